@@ -1,0 +1,259 @@
+"""
+The daemon's configuration: one frozen value built from ``twistd mailmcp``'s
+options, with ``MAILMCP_*`` environment variables as fallbacks.
+
+Validation happens here, before any service starts, so every bad setting is a
+`usage.UsageError` with one clear line and never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.python import usage
+
+from ._keyring import KeyRing, KeyRingError, load_or_create_keyring
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_STATE_DIR = "mailmcp-state"
+
+#: (option name, default, help) for every single-valued option.  Each one is
+#: also read from MAILMCP_<NAME> (upper case, dashes as underscores).
+PARAMETERS: list[tuple[str, str | None, str]] = [
+    ("base-url", None, "Public base URL, e.g. https://mail-mcp.example.com "
+     "(default: derived from the first tcp --listen)."),
+    ("state-dir", DEFAULT_STATE_DIR, "Directory for the key ring, SQLite store and local attachments."),
+    ("store", None, "Grant store: sqlite:PATH (default <state-dir>/mailmcp.sqlite3) or redis://host:port/db."),
+    ("attachments", "local", "Attachment store: local (files under the state dir) or s3://bucket/prefix."),
+    ("mail-ca-file", None, "Extra PEM CA bundle trusted for IMAP/SMTP servers with a private CA."),
+    ("key-file", None, "Read the key ring from this file instead of <state-dir>/keys.json."),
+    ("pool-size", "4", "Logged-in IMAP connections kept per account."),
+    ("pool-wait-timeout", "15", "Seconds a call waits for a free pooled IMAP connection."),
+    ("pool-idle-timeout", "300", "Seconds an idle pooled IMAP connection is kept."),
+    ("imap-timeout", "30", "Seconds one IMAP command (or connect/login) may take."),
+    ("smtp-timeout", "60", "Seconds one SMTP send may take."),
+    ("access-token-lifetime", "28800", "Access token lifetime in seconds."),
+    ("refresh-token-lifetime", "2592000", "Absolute refresh token lifetime from login, in seconds."),
+    ("code-lifetime", "60", "Authorization code lifetime in seconds."),
+    ("attachment-link-lifetime", "3600", "Lifetime of attachment download links in seconds."),
+    ("max-request-body", "33554432", "Largest accepted HTTP request body in bytes."),
+    ("login-concurrency", "32", "Most live IMAP/SMTP login checks in flight at once."),
+    ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
+    ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
+]
+
+FLAGS: list[tuple[str, str]] = [
+    ("trust-forwarded", "Take the client address from X-Forwarded-For (behind a trusted proxy)."),
+]
+
+_NUMERIC = {
+    "pool-size": int,
+    "pool-wait-timeout": float,
+    "pool-idle-timeout": float,
+    "imap-timeout": float,
+    "smtp-timeout": float,
+    "access-token-lifetime": int,
+    "refresh-token-lifetime": int,
+    "code-lifetime": int,
+    "attachment-link-lifetime": int,
+    "max-request-body": int,
+    "login-concurrency": int,
+    "shutdown-timeout": float,
+}
+
+
+def env_name(option: str) -> str:
+    return "MAILMCP_" + option.upper().replace("-", "_")
+
+
+@attrs.frozen
+class Config:
+    """Everything ``twistd mailmcp`` was told, validated."""
+
+    listen: tuple[str, ...]
+    base_url: str
+    state_dir: Path
+    store: str
+    attachments: str
+    mail_ca_file: Path | None
+    keyring: KeyRing = attrs.field(repr=False)
+    pool_size: int = 4
+    pool_wait_timeout: float = 15.0
+    pool_idle_timeout: float = 300.0
+    imap_timeout: float = 30.0
+    smtp_timeout: float = 60.0
+    access_token_lifetime: int = 28800
+    refresh_token_lifetime: int = 2592000
+    code_lifetime: int = 60
+    attachment_link_lifetime: int = 3600
+    max_request_body: int = 32 * 1024 * 1024
+    login_concurrency: int = 32
+    shutdown_timeout: float = 10.0
+    allowed_origins: tuple[str, ...] = ()
+    trust_forwarded: bool = False
+
+    @property
+    def mcp_url(self) -> str:
+        return self.base_url + "/mcp"
+
+
+def normalise_base_url(url: str) -> str:
+    """
+    The canonical issuer / base URL: lower-case scheme and host, no trailing
+    slash, no query or fragment.
+
+    :raises usage.UsageError: for anything else.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError(f"--base-url must be an http(s) URL, not {url!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise usage.UsageError("--base-url must not carry a query, fragment or credentials")
+    netloc = parts.hostname.lower()
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def base_url_from_listen(listen: Sequence[str]) -> str:
+    """
+    A base URL for the common local case: the first ``tcp:PORT`` endpoint,
+    served over plain http on its interface (loopback when it listens on all).
+    """
+    for description in listen:
+        fields = description.split(":")
+        if fields[0] in ("tcp", "tcp6") and len(fields) > 1 and fields[1].isdigit():
+            host = "127.0.0.1"
+            for field in fields[2:]:
+                if field.startswith("interface="):
+                    candidate = field.split("=", 1)[1].replace("\\", "")
+                    try:
+                        address = ipaddress.ip_address(candidate)
+                    except ValueError:
+                        continue
+                    if not address.is_unspecified:
+                        host = f"[{candidate}]" if address.version == 6 else candidate
+            return f"http://{host}:{fields[1]}"
+    return "http://127.0.0.1:8080"
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """
+    Create the state directory (0700) if needed and check that it is usable.
+
+    :raises usage.UsageError: with one line saying why it is not.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise usage.UsageError(f"cannot create state directory {path}: {e.strerror}") from None
+    if not path.is_dir():
+        raise usage.UsageError(f"state directory {path} is not a directory")
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise usage.UsageError(f"state directory {path} is not readable and writable")
+    return path.resolve()
+
+
+def _check_store(store: str) -> None:
+    if store.startswith("sqlite:") and len(store) > len("sqlite:"):
+        return
+    if store.startswith(("redis://", "rediss://", "unix://")):
+        return
+    raise usage.UsageError(f"--store must be sqlite:PATH or redis://host:port/db, not {store!r}")
+
+
+def _check_attachments(value: str) -> None:
+    if value == "local":
+        return
+    parts = urlsplit(value)
+    if parts.scheme == "s3" and parts.netloc and not parts.query and not parts.fragment:
+        return
+    raise usage.UsageError(f"--attachments must be local or s3://bucket/prefix, not {value!r}")
+
+
+def _check_listen(listen: Sequence[str]) -> None:
+    for description in listen:
+        if not description or ":" not in description:
+            raise usage.UsageError(f"--listen needs an endpoint string like tcp:8080, not {description!r}")
+
+
+def build_config(
+    values: Mapping[str, object],
+    listen: Sequence[str],
+    environ: Mapping[str, str],
+) -> Config:
+    """
+    Turn parsed option C{values} (L{None} where not given) into a L{Config},
+    taking environment fallbacks and defaults, validating everything and
+    loading (or creating) the key ring.
+    """
+    resolved: dict[str, object] = {}
+    for name, default, _ in PARAMETERS:
+        value = values.get(name)
+        if value is None:
+            value = environ.get(env_name(name), default)
+        resolved[name] = value
+    for name, _ in FLAGS:
+        flag = bool(values.get(name))
+        if not flag:
+            flag = environ.get(env_name(name), "").lower() in ("1", "true", "yes", "on")
+        resolved[name] = flag
+
+    if not listen:
+        env_listen = environ.get(env_name("listen"), "").split()
+        listen = env_listen or [DEFAULT_LISTEN]
+    _check_listen(listen)
+
+    numbers: dict[str, float | int] = {}
+    for name, kind in _NUMERIC.items():
+        raw = resolved[name]
+        try:
+            number = kind(str(raw))
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {raw!r}") from None
+        if number <= 0:
+            raise usage.UsageError(f"--{name} must be greater than zero")
+        numbers[name.replace("-", "_")] = number
+
+    state_dir = prepare_state_dir(Path(str(resolved["state-dir"])))
+    store = str(resolved["store"] or f"sqlite:{state_dir / 'mailmcp.sqlite3'}")
+    _check_store(store)
+    attachments = str(resolved["attachments"])
+    _check_attachments(attachments)
+
+    ca_file = None
+    if resolved["mail-ca-file"]:
+        ca_file = Path(str(resolved["mail-ca-file"]))
+        if not ca_file.is_file() or not os.access(ca_file, os.R_OK):
+            raise usage.UsageError(f"--mail-ca-file {ca_file} is not a readable file")
+
+    key_file = Path(str(resolved["key-file"])) if resolved["key-file"] else None
+    try:
+        keyring = load_or_create_keyring(state_dir, key_file, environ)
+    except KeyRingError as e:
+        raise usage.UsageError(str(e)) from None
+
+    base_url = normalise_base_url(
+        str(resolved["base-url"]) if resolved["base-url"] else base_url_from_listen(listen)
+    )
+    origins = tuple(str(resolved["allowed-origins"] or "").split())
+
+    return Config(
+        listen=tuple(listen),
+        base_url=base_url,
+        state_dir=state_dir,
+        store=store,
+        attachments=attachments,
+        mail_ca_file=ca_file,
+        keyring=keyring,
+        allowed_origins=origins,
+        trust_forwarded=bool(resolved["trust-forwarded"]),
+        **numbers,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,155 @@
+"""
+HTTP plumbing shared by every part of the daemon: the Site with a body-size
+cap, in-flight request tracking for graceful shutdown, an access log that
+never records query strings, and JSON helpers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+log = Logger()
+
+_TOO_LARGE = (
+    b"HTTP/1.1 413 Payload Too Large\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: 29\r\n"
+    b"Connection: close\r\n\r\n"
+    b'{"error":"request_too_large"}'
+)
+
+
+class InFlight:
+    """
+    Counts requests being served, so that shutdown can wait for them.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: list[Deferred[None]] = []
+
+    def started(self) -> None:
+        self.count += 1
+
+    def finished(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        if self.count == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._idle.remove(d) if d in self._idle else None)
+        self._idle.append(d)
+        return d
+
+
+class MailMCPRequest(server.Request):
+    """
+    A request that refuses bodies over the site's cap before buffering them,
+    and reports itself to the site's L{InFlight} counter.
+    """
+
+    _received = 0
+    _too_large = False
+
+    def _max_body(self) -> int:
+        site = getattr(self.channel, "site", None)
+        return int(getattr(site, "max_body", 1 << 20))
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._max_body():
+            self._refuse_too_large()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._too_large:
+            return
+        self._received += len(data)
+        if self._received > self._max_body():
+            self._refuse_too_large()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_too_large(self) -> None:
+        self._too_large = True
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.write(_TOO_LARGE)
+            transport.loseConnection()
+
+    def process(self) -> None:
+        if self._too_large:
+            return
+        tracker: InFlight = self.channel.site.in_flight
+        tracker.started()
+        self.notifyFinish().addBoth(lambda _: tracker.finished())
+        super().process()
+
+
+def _safe_log_formatter(timestamp: str, request: server.Request) -> str:
+    """
+    Like Twisted's combined log format, but the URL is logged without its
+    query string (OAuth parameters, or a token someone put there by mistake)
+    and no referrer.
+    """
+    path = (request.path or b"").decode("ascii", "replace")[:200]
+    agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace")[:120]
+    return '{ip} - - {ts} "{method} {path} {proto}" {code} {length} "{agent}"'.format(
+        ip=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
+        ts=timestamp,
+        method=(request.method or b"-").decode("ascii", "replace"),
+        path=path.replace('"', "%22"),
+        proto=(request.clientproto or b"-").decode("ascii", "replace"),
+        code=request.code,
+        length=request.sentLength or "-",
+        agent=agent.replace('"', "'"),
+    )
+
+
+class MailMCPSite(server.Site):
+    """The daemon's Site: no tracebacks, capped bodies, tracked requests."""
+
+    displayTracebacks = False
+    requestFactory = MailMCPRequest
+
+    def __init__(self, resource: IResource, max_body: int, reactor: IReactorTime) -> None:
+        super().__init__(resource, logFormatter=_safe_log_formatter, reactor=reactor)
+        self.max_body = max_body
+        self.in_flight = InFlight()
+
+
+def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = True) -> bytes:
+    """
+    Set C{status} and JSON headers on C{request} and return the encoded body.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    if no_store:
+        request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def log_failure_safely(message: str) -> Callable[[Failure], None]:
+    """An errback that logs C{message} with the failure's type only."""
+
+    def errback(failure: Failure) -> None:
+        log.error(message + " ({kind})", kind=failure.type.__name__ if failure.type else "?")
+
+    return errback
+
+
+__all__ = ["InFlight", "MailMCPSite", "json_body", "http"]

@@ -1,0 +1,228 @@
+"""
+The key ring: several master keys with ids; the newest encrypts, any decrypts.
+
+Each master key never encrypts anything itself: every purpose (a token kind,
+CSRF, attachment links, ...) gets its own subkey derived with HKDF, so a key
+leaked for one purpose opens nothing else.  Rotation appends a new key; the
+old ones stay to open what they sealed until they are removed by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import attrs
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEYRING_FILENAME = "keys.json"
+_KEY_BYTES = 32
+
+
+class KeyRingError(Exception):
+    """
+    The key ring cannot be read or is not valid.  The message is one line that
+    names the source and never the key material.
+    """
+
+
+@attrs.frozen(repr=False)
+class MasterKey:
+    """One master key: an id, 32 secret bytes and its creation time."""
+
+    kid: str
+    secret: bytes
+    created: int
+
+    def __repr__(self) -> str:
+        return f"<MasterKey kid={self.kid!r}>"
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def new_master_key(now: float | None = None) -> MasterKey:
+    """A fresh random master key with a unique, sortable id."""
+    created = int(time.time() if now is None else now)
+    kid = time.strftime("%Y%m%dT%H%M%S", time.gmtime(created)) + "-" + secrets.token_hex(4)
+    return MasterKey(kid=kid, secret=secrets.token_bytes(_KEY_BYTES), created=created)
+
+
+class KeyRing:
+    """
+    An ordered set of master keys.  The last one is the current (encrypting)
+    key; all of them can be looked up by id to decrypt.
+    """
+
+    def __init__(self, keys: Iterable[MasterKey]) -> None:
+        self._keys = list(keys)
+        if not self._keys:
+            raise KeyRingError("the key ring holds no key")
+        self._by_kid = {k.kid: k for k in self._keys}
+        if len(self._by_kid) != len(self._keys):
+            raise KeyRingError("the key ring holds two keys with the same id")
+        self._subkeys: dict[tuple[str, str], bytes] = {}
+
+    @property
+    def current_kid(self) -> str:
+        return self._keys[-1].kid
+
+    @property
+    def kids(self) -> list[str]:
+        return [k.kid for k in self._keys]
+
+    def has(self, kid: str) -> bool:
+        return kid in self._by_kid
+
+    def subkey(self, kid: str, purpose: str) -> bytes:
+        """
+        The 32-byte key for C{purpose} under master key C{kid}.
+
+        :raises KeyError: for an unknown kid.
+        """
+        cached = self._subkeys.get((kid, purpose))
+        if cached is not None:
+            return cached
+        master = self._by_kid[kid]
+        derived = HKDF(
+            algorithm=hashes.SHA256(),
+            length=_KEY_BYTES,
+            salt=b"mailmcp key ring v1",
+            info=b"mailmcp/" + purpose.encode("utf-8"),
+        ).derive(master.secret)
+        self._subkeys[(kid, purpose)] = derived
+        return derived
+
+    def current_subkey(self, purpose: str) -> tuple[str, bytes]:
+        kid = self.current_kid
+        return kid, self.subkey(kid, purpose)
+
+    def with_new_key(self, key: MasterKey | None = None) -> KeyRing:
+        """A new ring with C{key} (or a fresh one) appended as the current key."""
+        return KeyRing([*self._keys, key if key is not None else new_master_key()])
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "keys": [
+                    {"kid": k.kid, "secret": _b64encode(k.secret), "created": k.created}
+                    for k in self._keys
+                ],
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str) -> KeyRing:
+        """
+        Parse a key ring document.
+
+        :raises KeyRingError: naming C{source} when it is not a valid ring.
+        """
+        try:
+            document = json.loads(text)
+            if not isinstance(document, Mapping) or document.get("version") != 1:
+                raise ValueError("not a version 1 key ring")
+            keys = []
+            for entry in document["keys"]:
+                secret = _b64decode(entry["secret"])
+                if len(secret) != _KEY_BYTES:
+                    raise ValueError("a key is not 32 bytes")
+                kid = entry["kid"]
+                if not isinstance(kid, str) or not kid or len(kid) > 64:
+                    raise ValueError("a key id is not a short string")
+                keys.append(MasterKey(kid=kid, secret=secret, created=int(entry["created"])))
+        except (ValueError, KeyError, TypeError) as e:
+            # json.JSONDecodeError is a ValueError; its text quotes no content.
+            reason = str(e) if not isinstance(e, KeyError) else f"missing field {e}"
+            raise KeyRingError(f"corrupt key ring in {source}: {reason}") from None
+        return cls(keys)
+
+
+def write_keyring(path: Path, ring: KeyRing) -> None:
+    """
+    Write C{ring} to C{path} atomically, readable by the owner only (0600).
+    """
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(ring.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_keyring_file(path: Path) -> KeyRing:
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise KeyRingError(f"cannot read key ring {path}: {e.strerror}") from None
+    return KeyRing.from_json(text, str(path))
+
+
+def load_or_create_keyring(
+    state_dir: Path,
+    key_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> KeyRing:
+    """
+    The daemon's key ring, from the first source that exists:
+
+      1. C{MAILMCP_KEYS} in the environment (the key ring JSON itself);
+      2. C{key_file} (e.g. a mounted container secret), read-only;
+      3. C{state_dir/keys.json}, created with a fresh key on first start.
+
+    Keys are never taken from the command line, where ``ps`` shows them.
+    """
+    environ = os.environ if environ is None else environ
+    inline = environ.get("MAILMCP_KEYS")
+    if inline:
+        return KeyRing.from_json(inline, "MAILMCP_KEYS")
+    if key_file is not None:
+        return read_keyring_file(key_file)
+    path = state_dir / KEYRING_FILENAME
+    if path.exists():
+        return read_keyring_file(path)
+    ring = KeyRing([new_master_key()])
+    try:
+        write_keyring(path, ring)
+    except OSError as e:
+        raise KeyRingError(f"cannot create key ring {path}: {e.strerror}") from None
+    return ring
+
+
+def add_key(state_dir: Path, key_file: Path | None = None) -> KeyRing:
+    """
+    Rotate: append a new current key to the key ring file and return the ring.
+    Everything sealed under the older keys stays valid.
+    """
+    path = key_file if key_file is not None else state_dir / KEYRING_FILENAME
+    if path.exists():
+        ring = read_keyring_file(path).with_new_key()
+    else:
+        ring = KeyRing([new_master_key()])
+    try:
+        write_keyring(path, ring)
+    except OSError as e:
+        raise KeyRingError(f"cannot write key ring {path}: {e.strerror}") from None
+    return ring

@@ -1,0 +1,133 @@
+"""
+The daemon's service tree.  Objects are built here; no socket is opened and
+no I/O happens until `startService`.
+
+Children start in the order added and stop in reverse: the listeners stop
+accepting first, then `DrainService` waits (bounded) for in-flight requests,
+then the pools and stores behind them close.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+
+from ._config import Config
+from ._http import InFlight, MailMCPSite
+from ._web import HealthApp, Router
+
+log = Logger()
+
+
+class ListenFailed(SystemExit):
+    """Raised out of ``startService`` so twistd exits 1 with one line, no traceback."""
+
+
+class ListeningService(Service):
+    """
+    Listen on one endpoint string.  A failure to listen (port in use, bad
+    endpoint) prints one line to stderr and ends the process with status 1,
+    because a daemon that silently listens on nothing helps nobody.
+    """
+
+    def __init__(self, reactor: Any, description: str, site: MailMCPSite) -> None:
+        self._reactor = reactor
+        self._description = description
+        self._site = site
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            endpoint = serverFromString(self._reactor, self._description)
+        except (ValueError, TypeError, KeyError) as e:
+            self._fail(f"bad --listen endpoint {self._description!r}: {e}")
+            return
+        outcome: list[Any] = []
+        endpoint.listen(self._site).addBoth(outcome.append)
+        if not outcome:
+            log.warn("listening on {endpoint} is still pending", endpoint=self._description)
+            return
+        result = outcome[0]
+        if isinstance(result, Failure):
+            self._fail(f"cannot listen on {self._description}: {result.getErrorMessage()}")
+            return
+        self.port = result
+        log.info("mailmcp listening on {endpoint}", endpoint=self._description)
+
+    def _fail(self, message: str) -> None:
+        print(f"mailmcp: {message}", file=sys.stderr)
+        raise ListenFailed(1)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        d = port.stopListening()
+        return d if isinstance(d, Deferred) else None
+
+
+class DrainService(Service):
+    """On stop, wait until in-flight requests finish, at most C{timeout} seconds."""
+
+    def __init__(self, reactor: Any, in_flight: InFlight, timeout: float) -> None:
+        self._reactor = reactor
+        self._in_flight = in_flight
+        self._timeout = timeout
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._in_flight.count:
+            log.info("waiting for {count} in-flight requests", count=self._in_flight.count)
+        d = self._in_flight.when_idle()
+        timer = self._reactor.callLater(self._timeout, d.cancel)
+
+        def done(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                log.warn("shutdown: {count} requests did not finish in time", count=self._in_flight.count)
+
+        d.addBoth(done)
+        return d
+
+
+def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tuple[str, IResource]]:
+    """
+    Build the daemon's parts and return their path prefixes.  Parts that own
+    long-lived resources (pools, stores, thread pools) are added to
+    C{parent} as services.
+    """
+    routes: list[tuple[str, IResource]] = [("/health", HealthApp().app.resource())]
+    return routes
+
+
+def build_service(config: Config, reactor: Any) -> IService:
+    top = MultiService()
+    parts = MultiService()
+    parts.setName("parts")
+    parts.setServiceParent(top)
+    routes = build_routes(config, reactor, parts)
+    site = MailMCPSite(Router(routes), max_body=config.max_request_body, reactor=reactor)
+    drain = DrainService(reactor, site.in_flight, config.shutdown_timeout)
+    drain.setName("drain")
+    drain.setServiceParent(top)
+    for index, description in enumerate(config.listen):
+        listener = ListeningService(reactor, description, site)
+        listener.setName(f"listen-{index}")
+        listener.setServiceParent(top)
+    log.info(
+        "mailmcp starting: base URL {base_url}, state {state_dir}",
+        base_url=config.base_url,
+        state_dir=str(config.state_dir),
+    )
+    return top

@@ -1,0 +1,14 @@
+"""
+The registry of MCP tools, in the order ``tools/list`` shows them.
+
+Each module below owns a family of tools and exports them as ``TOOLS``.
+"""
+
+from __future__ import annotations
+
+from .._toolkit import Tool
+
+
+def all_tools() -> list[Tool]:  # type: ignore[type-arg]
+    tools: list[Tool] = []  # type: ignore[type-arg]
+    return tools

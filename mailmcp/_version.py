@@ -1,0 +1,3 @@
+"""The single source of mailmcp's version."""
+
+__version__ = "0.1.0"

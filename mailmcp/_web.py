@@ -1,0 +1,69 @@
+"""
+The root of the HTTP tree.
+
+Each part of the daemon (OAuth, MCP, attachments) is a class with its own
+``Klein`` app whose routes carry absolute paths.  `Router` sends each
+request to the part that owns its path prefix, so the parts stay independent
+and every URL is spelled out once, where it is handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from ._http import json_body
+from ._version import __version__
+
+
+class HealthApp:
+    """``GET /health``: cheap liveness answer for load balancers and Docker."""
+
+    app = Klein()
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        return json_body(request, 200, {"status": "ok", "version": __version__})
+
+
+class NotFoundApp:
+    app = Klein()
+
+    @app.route("/", branch=True)
+    def not_found(self, request: IRequest) -> bytes:
+        return json_body(request, 404, {"error": "not_found"})
+
+
+class Router(Resource):
+    """
+    Dispatch by path prefix to the parts' Klein resources, which see the
+    whole path.  Longest prefix wins; a prefix ending in ``/`` matches that
+    folder, any other matches that exact path or ``prefix/...``.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: Sequence[tuple[str, IResource]]) -> None:
+        super().__init__()
+        self._routes = sorted(
+            ((p.encode("ascii"), r) for p, r in routes), key=lambda pr: len(pr[0]), reverse=True
+        )
+        self._fallback = NotFoundApp().app.resource()
+
+    def _pick(self, path: bytes) -> IResource:
+        for prefix, resource in self._routes:
+            if prefix.endswith(b"/"):
+                if path.startswith(prefix):
+                    return resource
+            elif path == prefix or path.startswith(prefix + b"/"):
+                return resource
+        return self._fallback
+
+    def render(self, request: IRequest) -> bytes | int:
+        resource = self._pick(request.path or b"/")
+        result: bytes | int = resource.render(request)
+        return result if result is not None else NOT_DONE_YET

