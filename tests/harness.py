@@ -128,17 +128,22 @@ class Services:
         return env
 
     def _run(self, command: str) -> None:
-        result = subprocess.run(
-            ["bash", str(SERVICES_SH), command],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        # The daemons inherit our output; a file (not a pipe) keeps us from
+        # waiting for them to close it.
+        log = self.svc / f"services-{command}.log"
+        with open(log, "w") as out:
+            result = subprocess.run(
+                ["bash", str(SERVICES_SH), command],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
         if result.returncode != 0:
             raise RuntimeError(
                 f"tests/services.sh {command} failed ({result.returncode}):\n"
-                f"{result.stdout}\n{result.stderr}\n"
+                f"{log.read_text(errors='replace')}\n"
                 "Run as root on Debian 12 after 'bash tests/services.sh install'."
             )
 
