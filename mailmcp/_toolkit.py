@@ -62,3 +62,19 @@ class Tool(Generic[In, Out]):
             "idempotentHint": self.idempotent,
             "openWorldHint": self.open_world,
         }
+
+
+@attrs.define
+class ToolServices:
+    """
+    The shared, long-lived parts tool handlers use, built once by
+    ``mailmcp._service``: the reactor (clock), the daemon's config, the IMAP
+    pool (`mailmcp._mailbox_api.IMAPPoolAPI`), the SMTP sender and the
+    attachment store.  Tests build one with their own parts.
+    """
+
+    reactor: Any
+    config: Any
+    imap: Any = None
+    smtp: Any = None
+    attachments: Any = None
