@@ -13,7 +13,8 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -22,6 +23,7 @@ from twisted.web.resource import IResource
 
 from ._config import Config
 from ._http import InFlight, MailMCPSite
+from ._metrics import MetricsApp, ReactorLagProbe
 from ._web import HealthApp, Router
 
 log = Logger()
@@ -64,7 +66,12 @@ class ListeningService(Service):
         log.info("mailmcp listening on {endpoint}", endpoint=self._description)
 
     def _fail(self, message: str) -> None:
-        print(f"mailmcp: {message}", file=sys.stderr)
+        # Under twistd, sys.stderr is already redirected into the log; the
+        # operator's terminal (or journald) is the original stream.
+        log.error("{message}", message=message)
+        stream = sys.__stderr__ or sys.stderr
+        stream.write(f"mailmcp: {message}\n")
+        stream.flush()
         raise ListenFailed(1)
 
     def stopService(self) -> Deferred[None] | None:
@@ -77,7 +84,15 @@ class ListeningService(Service):
 
 
 class DrainService(Service):
-    """On stop, wait until in-flight requests finish, at most C{timeout} seconds."""
+    """
+    On stop, wait until in-flight requests finish, at most C{timeout} seconds.
+
+    Once they have, it waits C{flush_delay} more seconds: a finished
+    response may still sit in its transport's write buffer, and the reactor
+    drops every connection without flushing as soon as shutdown goes on.
+    """
+
+    flush_delay = 0.2
 
     def __init__(self, reactor: Any, in_flight: InFlight, timeout: float) -> None:
         self._reactor = reactor
@@ -86,9 +101,10 @@ class DrainService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._in_flight.count:
-            log.info("waiting for {count} in-flight requests", count=self._in_flight.count)
-        d = self._in_flight.when_idle()
+        busy = self._in_flight.count
+        if busy:
+            log.info("waiting for {count} in-flight requests", count=busy)
+        d: Deferred[None] = self._in_flight.when_idle()
         timer = self._reactor.callLater(self._timeout, d.cancel)
 
         def done(result: object) -> None:
@@ -98,6 +114,28 @@ class DrainService(Service):
                 log.warn("shutdown: {count} requests did not finish in time", count=self._in_flight.count)
 
         d.addBoth(done)
+        if busy:
+            d.addCallback(lambda _: deferLater(self._reactor, self.flush_delay))
+        return d
+
+
+class SequentialMultiService(MultiService):
+    """
+    A MultiService that stops its children one after another, in reverse
+    order, each only once the previous one has finished stopping (Twisted's
+    own stops them all at once): listeners close, then in-flight requests
+    drain, and only then do the pools and stores they use shut down.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+        d: Deferred[None] = succeed(None)
+        for child in children:
+            d.addCallback(lambda _, child=child: maybeDeferred(child.stopService))
+            d.addErrback(lambda f, child=child: log.failure("stopping {name}", f, name=child.name))
+            d.addCallback(lambda _: None)
         return d
 
 
@@ -108,11 +146,15 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     C{parent} as services.
     """
     routes: list[tuple[str, IResource]] = [("/health", HealthApp().app.resource())]
+    lag_probe = ReactorLagProbe(reactor)
+    lag_probe.setName("reactor-lag")
+    lag_probe.setServiceParent(parent)
+    routes.append(("/metrics", MetricsApp(lag_probe).app.resource()))
     return routes
 
 
 def build_service(config: Config, reactor: Any) -> IService:
-    top = MultiService()
+    top = SequentialMultiService()
     parts = MultiService()
     parts.setName("parts")
     parts.setServiceParent(top)

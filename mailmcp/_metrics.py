@@ -1,0 +1,202 @@
+"""
+Process metrics at ``GET /metrics``: the reactor-lag probe and memory.
+
+The probe is a timer that asks to run every ``interval`` seconds and records
+how late it actually ran.  Anything that holds the reactor (CPU work in a
+callback, a blocking call) shows up as lag, so this is the judge of "nothing
+blocks the reactor" under load.
+
+Output is Prometheus text by default; ``?format=json`` gives the same numbers
+as JSON, and ``?format=json&samples=1`` adds the recent raw samples as
+``[monotonic_time, lag_seconds]`` pairs (``since=<monotonic>`` filters them),
+which the benchmarks use to compute exact percentiles over one phase.
+``time.monotonic`` is the system-wide ``CLOCK_MONOTONIC`` on Linux, so a
+process on the same host can compare it with its own clock.
+
+Nothing here is secret: no account, token, address or path is exposed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import resource
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from klein import Klein
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall
+from twisted.web.iweb import IRequest
+
+#: Upper bounds (seconds) of the lag histogram's buckets.
+BUCKETS: tuple[float, ...] = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)
+
+
+class ReactorLagProbe(Service):
+    """
+    Measure how late the reactor runs a timer.  Keeps a cumulative histogram
+    (for Prometheus), the maximum, and a bounded ring of recent samples.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        interval: float = 0.02,
+        keep: int = 20000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._reactor = reactor
+        self.interval = interval
+        self._clock = clock
+        self.samples: deque[tuple[float, float]] = deque(maxlen=keep)
+        self.bucket_counts = [0] * (len(BUCKETS) + 1)
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self._expected = 0.0
+        self._call: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self) -> None:
+        self._expected = self._clock() + self.interval
+        self._call = self._reactor.callLater(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        now = self._clock()
+        self.record(now, max(0.0, now - self._expected))
+        self._schedule()
+
+    def record(self, now: float, lag: float) -> None:
+        self.samples.append((now, lag))
+        self.bucket_counts[bisect.bisect_left(BUCKETS, lag)] += 1
+        self.count += 1
+        self.total += lag
+        if lag > self.max:
+            self.max = lag
+
+    def quantile(self, q: float, since: float | None = None) -> float | None:
+        values = sorted(lag for t, lag in self.samples if since is None or t >= since)
+        if not values:
+            return None
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _rss_bytes() -> tuple[int | None, int | None]:
+    """Current and peak resident set size (VmRSS, VmHWM) from /proc, if there."""
+    current = peak = None
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return current, peak
+
+
+class MetricsApp:
+    """``GET /metrics`` (Prometheus text, or JSON with ``?format=json``)."""
+
+    app = Klein()
+
+    def __init__(self, probe: ReactorLagProbe, in_flight: Callable[[], int] | None = None) -> None:
+        self._probe = probe
+        self._in_flight = in_flight
+
+    def snapshot(self, since: float | None = None, samples: bool = False) -> dict[str, Any]:
+        probe = self._probe
+        rss, peak = _rss_bytes()
+        document: dict[str, Any] = {
+            "now_monotonic": probe._clock(),
+            "reactor_lag": {
+                "interval_seconds": probe.interval,
+                "count": probe.count,
+                "sum_seconds": probe.total,
+                "max_seconds": probe.max,
+                "p50_seconds": probe.quantile(0.50, since),
+                "p99_seconds": probe.quantile(0.99, since),
+                "buckets": {
+                    **{str(le): n for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts))},
+                    "+Inf": probe.count,
+                },
+            },
+            "process": {"resident_memory_bytes": rss, "max_resident_memory_bytes": peak},
+        }
+        if self._in_flight is not None:
+            document["http_requests_in_flight"] = self._in_flight()
+        if samples:
+            document["reactor_lag"]["samples"] = [
+                [t, lag] for t, lag in probe.samples if since is None or t >= since
+            ]
+        return document
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        args = request.args or {}
+        fmt = (args.get(b"format") or [b"prometheus"])[0]
+        since: float | None = None
+        raw_since = (args.get(b"since") or [None])[0]
+        if raw_since is not None:
+            try:
+                since = float(raw_since)
+            except ValueError:
+                since = None
+        if fmt == b"json":
+            body = self.snapshot(since, samples=(args.get(b"samples") or [b"0"])[0] == b"1")
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(body).encode("ascii")
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.prometheus().encode("ascii")
+
+    def prometheus(self) -> str:
+        probe = self._probe
+        rss, peak = _rss_bytes()
+        lines = [
+            "# HELP mailmcp_reactor_lag_seconds How late the reactor ran a periodic timer.",
+            "# TYPE mailmcp_reactor_lag_seconds histogram",
+        ]
+        for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts)):
+            lines.append(f'mailmcp_reactor_lag_seconds_bucket{{le="{le}"}} {n}')
+        lines.append(f'mailmcp_reactor_lag_seconds_bucket{{le="+Inf"}} {probe.count}')
+        lines.append(f"mailmcp_reactor_lag_seconds_sum {probe.total:.6f}")
+        lines.append(f"mailmcp_reactor_lag_seconds_count {probe.count}")
+        lines.append("# HELP mailmcp_reactor_lag_max_seconds Largest lag seen since start.")
+        lines.append("# TYPE mailmcp_reactor_lag_max_seconds gauge")
+        lines.append(f"mailmcp_reactor_lag_max_seconds {probe.max:.6f}")
+        if rss is not None:
+            lines.append("# TYPE process_resident_memory_bytes gauge")
+            lines.append(f"process_resident_memory_bytes {rss}")
+        if peak is not None:
+            lines.append("# TYPE mailmcp_process_max_resident_memory_bytes gauge")
+            lines.append(f"mailmcp_process_max_resident_memory_bytes {peak}")
+        if self._in_flight is not None:
+            lines.append("# TYPE mailmcp_http_requests_in_flight gauge")
+            lines.append(f"mailmcp_http_requests_in_flight {self._in_flight()}")
+        return "\n".join(lines) + "\n"
+
+
+def _cumulative(counts: list[int]) -> list[int]:
+    out, running = [], 0
+    for n in counts[:-1]:
+        running += n
+        out.append(running)
+    return out
