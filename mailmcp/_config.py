@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -69,6 +70,28 @@ _NUMERIC = {
 
 def env_name(option: str) -> str:
     return "MAILMCP_" + option.upper().replace("-", "_")
+
+
+class OneLineErrorOptions(usage.Options):
+    """
+    Options that, when parsed by twistd (as a subcommand, so with a parent),
+    report a `usage.UsageError` as one line on stderr and exit 1.
+
+    twistd itself would print the whole usage text and the error to
+    *stdout*, where a service manager or a script looking at stderr never
+    sees it.  Parsed directly (tests, other callers), the error propagates.
+    """
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            command = self.parent.subCommand or "mailmcp"
+            sys.stderr.write(f"{command}: error: {e} (see: twistd {command} --help)\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
 
 
 @attrs.frozen

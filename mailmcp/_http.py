@@ -73,7 +73,22 @@ class MailMCPRequest(server.Request):
         if length is not None and length > self._max_body():
             self._refuse_too_large()
             return
+        # In flight from the moment its headers are in: a request whose body
+        # is still arriving when SIGTERM comes must be allowed to finish too.
+        self._track()
         super().gotLength(length)
+
+    _tracked = False
+
+    def _track(self) -> None:
+        if self._tracked:
+            return
+        tracker: InFlight | None = getattr(getattr(self.channel, "site", None), "in_flight", None)
+        if tracker is None:
+            return
+        self._tracked = True
+        tracker.started()
+        self.notifyFinish().addBoth(lambda _: tracker.finished())
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._too_large:
@@ -94,9 +109,7 @@ class MailMCPRequest(server.Request):
     def process(self) -> None:
         if self._too_large:
             return
-        tracker: InFlight = self.channel.site.in_flight
-        tracker.started()
-        self.notifyFinish().addBoth(lambda _: tracker.finished())
+        self._track()
         super().process()
 
 

@@ -13,10 +13,10 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -129,14 +129,14 @@ class SequentialMultiService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        children = list(self)
-        children.reverse()
-        d: Deferred[None] = succeed(None)
-        for child in children:
-            d.addCallback(lambda _, child=child: maybeDeferred(child.stopService))
-            d.addErrback(lambda f, child=child: log.failure("stopping {name}", f, name=child.name))
-            d.addCallback(lambda _: None)
-        return d
+        return Deferred.fromCoroutine(self._stop_in_turn())
+
+    async def _stop_in_turn(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {name} failed", name=child.name)
 
 
 def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tuple[str, IResource]]:
@@ -145,7 +145,7 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     long-lived resources (pools, stores, thread pools) are added to
     C{parent} as services.
     """
-    routes: list[tuple[str, IResource]] = [("/health", HealthApp().app.resource())]
+    routes: list[tuple[str, IResource]] = [("/health", HealthApp(config.base_url).app.resource())]
     lag_probe = ReactorLagProbe(reactor)
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)

@@ -25,9 +25,18 @@ class HealthApp:
 
     app = Klein()
 
+    def __init__(self, base_url: str | None = None) -> None:
+        # Only public facts: operators (and the integration tests) can see
+        # which base URL a process was configured with.
+        self._base_url = base_url
+
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:
-        return json_body(request, 200, {"status": "ok", "version": __version__})
+        document = {"status": "ok", "version": __version__}
+        if self._base_url is not None:
+            document["base_url"] = self._base_url
+        body: bytes = json_body(request, 200, document)
+        return body
 
 
 class NotFoundApp:
@@ -35,7 +44,8 @@ class NotFoundApp:
 
     @app.route("/", branch=True)
     def not_found(self, request: IRequest) -> bytes:
-        return json_body(request, 404, {"error": "not_found"})
+        body: bytes = json_body(request, 404, {"error": "not_found"})
+        return body
 
 
 class Router(Resource):

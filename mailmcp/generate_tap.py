@@ -28,7 +28,7 @@ from ._clients import (
     provision_client,
     validate_redirect_uri,
 )
-from ._config import DEFAULT_STATE_DIR, env_name, prepare_state_dir
+from ._config import DEFAULT_STATE_DIR, OneLineErrorOptions, env_name, prepare_state_dir
 from ._keyring import KeyRing, KeyRingError, add_key, load_or_create_keyring
 from ._tokens import TokenCodec
 
@@ -47,7 +47,7 @@ class _WallClock(Clock):
         return time.time()
 
 
-class Options(usage.Options):
+class Options(OneLineErrorOptions):
     synopsis = "--imap-host HOST --smtp-host HOST [options]"
     longdesc = (
         "Print a client_id and client_secret to paste into Claude's custom "
@@ -125,11 +125,13 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
     state_dir: Path = options["state-dir"]
     key_file: Path | None = options["key-file"]
     if options["add-key"]:
-        ring = add_key(state_dir, key_file)
+        rotated = add_key(state_dir, key_file)
         if options["json"]:
-            out.write(json.dumps({"current_kid": ring.current_kid, "kids": ring.kids}) + "\n")
+            out.write(json.dumps({"current_kid": rotated.current_kid, "kids": rotated.kids}) + "\n")
         else:
-            out.write(f"Added key {ring.current_kid}; the key ring now holds {len(ring.kids)} keys.\n")
+            out.write(
+                f"Added key {rotated.current_kid}; the key ring now holds {len(rotated.kids)} keys.\n"
+            )
             out.write("Restart (or reload) every mailmcp process sharing this key ring.\n")
         return
     ring: KeyRing = load_or_create_keyring(state_dir, key_file, environ)

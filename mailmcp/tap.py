@@ -10,12 +10,11 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
-from twisted.python import usage
 
-from ._config import FLAGS, PARAMETERS, Config, build_config, env_name
+from ._config import FLAGS, PARAMETERS, Config, OneLineErrorOptions, build_config, env_name
 
 
-class Options(usage.Options):
+class Options(OneLineErrorOptions):
     """
     Options of the mailmcp daemon.  Every option may also be given as the
     environment variable ``MAILMCP_<NAME>``; the command line wins.
@@ -65,4 +64,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     assert IReactorCore.providedBy(reactor)
     from ._service import build_service
 
-    return build_service(options.config, reactor)
+    service: IService = build_service(options.config, reactor)
+    return service
