@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -151,7 +152,8 @@ def base_url_from_listen(listen: Sequence[str]) -> str:
     served over plain http on its interface (loopback when it listens on all).
     """
     for description in listen:
-        fields = description.split(":")
+        # Endpoint strings escape colons inside values: interface=\:\:1.
+        fields = re.split(r"(?<!\\):", description)
         if fields[0] in ("tcp", "tcp6") and len(fields) > 1 and fields[1].isdigit():
             host = "127.0.0.1"
             for field in fields[2:]:

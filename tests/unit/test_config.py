@@ -1,0 +1,362 @@
+"""
+``twistd mailmcp`` options: parsed values compared as whole Config values
+(so a changed default shows up), MAILMCP_* environment fallbacks, the
+command line winning over the environment, and every bad value refused as a
+`usage.UsageError` before any service starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+from twisted.python import usage
+
+from mailmcp._config import (
+    DEFAULT_LISTEN,
+    FLAGS,
+    PARAMETERS,
+    Config,
+    base_url_from_listen,
+    env_name,
+    normalise_base_url,
+)
+from mailmcp._keyring import KeyRing, new_master_key, write_keyring
+from mailmcp.tap import Options
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> Options:
+    options = Options(environ={} if environ is None else environ)
+    options.parseOptions(argv)
+    return options
+
+
+def without_keyring(config: Config) -> Config:
+    """Config compares by value; the key ring (random) is compared separately."""
+    return attrs.evolve(config, keyring=None)  # type: ignore[arg-type]
+
+
+def defaults(state_dir: Path) -> Config:
+    """The embedded defaults, written out literally so a change is noticed."""
+    return Config(
+        listen=("tcp:8080:interface=127.0.0.1",),
+        base_url="http://127.0.0.1:8080",
+        state_dir=state_dir,
+        store=f"sqlite:{state_dir / 'mailmcp.sqlite3'}",
+        attachments="local",
+        mail_ca_file=None,
+        keyring=None,  # type: ignore[arg-type]
+        pool_size=4,
+        pool_wait_timeout=15.0,
+        pool_idle_timeout=300.0,
+        imap_timeout=30.0,
+        smtp_timeout=60.0,
+        access_token_lifetime=28800,
+        refresh_token_lifetime=2592000,
+        code_lifetime=60,
+        attachment_link_lifetime=3600,
+        max_request_body=33554432,
+        login_concurrency=32,
+        shutdown_timeout=10.0,
+        allowed_origins=(),
+        trust_forwarded=False,
+    )
+
+
+def test_no_options_no_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With nothing given, the config is the embedded defaults: loopback port
+    8080, ./mailmcp-state (created 0700), SQLite inside it, local attachments.
+    """
+    monkeypatch.chdir(tmp_path)
+    options = parse([])
+    state = tmp_path / "mailmcp-state"
+    assert without_keyring(options.config) == defaults(state)
+    assert state.is_dir()
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert isinstance(options.config.keyring, KeyRing)
+    assert (state / "keys.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_raw_options_dict(tmp_path: Path) -> None:
+    """The Options mapping itself: every parameter present, None where not given."""
+    options = parse(["--state-dir", str(tmp_path), "--pool-size", "9", "--trust-forwarded"])
+    expected: dict[str, object] = {name: None for name, _, _ in PARAMETERS}
+    expected.update({name: 0 for name, _ in FLAGS})
+    expected.update({"state-dir": str(tmp_path), "pool-size": "9", "trust-forwarded": 1, "listen": []})
+    assert dict(options) == expected
+
+
+def test_every_option_on_the_command_line(tmp_path: Path) -> None:
+    """Every option given on the command line ends up in the Config."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here\n")
+    state = tmp_path / "state"
+    options = parse([
+        "--listen", "tcp:9000:interface=127.0.0.1",
+        "--listen", "unix:/tmp/x.sock",
+        "--base-url", "HTTPS://Mail.Example.COM/prefix/",
+        "--state-dir", str(state),
+        "--store", "redis://127.0.0.1:6379/2",
+        "--attachments", "s3://bucket/some/prefix",
+        "--mail-ca-file", str(ca),
+        "--pool-size", "2",
+        "--pool-wait-timeout", "1.5",
+        "--pool-idle-timeout", "60",
+        "--imap-timeout", "5",
+        "--smtp-timeout", "6",
+        "--access-token-lifetime", "100",
+        "--refresh-token-lifetime", "200",
+        "--code-lifetime", "30",
+        "--attachment-link-lifetime", "40",
+        "--max-request-body", "1000",
+        "--login-concurrency", "3",
+        "--shutdown-timeout", "2.5",
+        "--allowed-origins", "https://a.example https://b.example",
+        "--trust-forwarded",
+    ])
+    assert without_keyring(options.config) == Config(
+        listen=("tcp:9000:interface=127.0.0.1", "unix:/tmp/x.sock"),
+        base_url="https://mail.example.com/prefix",
+        state_dir=state.resolve(),
+        store="redis://127.0.0.1:6379/2",
+        attachments="s3://bucket/some/prefix",
+        mail_ca_file=ca,
+        keyring=None,  # type: ignore[arg-type]
+        pool_size=2,
+        pool_wait_timeout=1.5,
+        pool_idle_timeout=60.0,
+        imap_timeout=5.0,
+        smtp_timeout=6.0,
+        access_token_lifetime=100,
+        refresh_token_lifetime=200,
+        code_lifetime=30,
+        attachment_link_lifetime=40,
+        max_request_body=1000,
+        login_concurrency=3,
+        shutdown_timeout=2.5,
+        allowed_origins=("https://a.example", "https://b.example"),
+        trust_forwarded=True,
+    )
+
+
+def test_every_option_from_the_environment(tmp_path: Path) -> None:
+    """Each MAILMCP_<NAME> variable stands in for its option."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x\n")
+    state = tmp_path / "envstate"
+    environ = {
+        "MAILMCP_LISTEN": "tcp:9001:interface=127.0.0.1 unix:/tmp/y.sock",
+        "MAILMCP_BASE_URL": "https://env.example",
+        "MAILMCP_STATE_DIR": str(state),
+        "MAILMCP_STORE": "sqlite:/tmp/other.sqlite3",
+        "MAILMCP_ATTACHMENTS": "s3://b/p",
+        "MAILMCP_MAIL_CA_FILE": str(ca),
+        "MAILMCP_POOL_SIZE": "7",
+        "MAILMCP_POOL_WAIT_TIMEOUT": "8",
+        "MAILMCP_POOL_IDLE_TIMEOUT": "9",
+        "MAILMCP_IMAP_TIMEOUT": "10",
+        "MAILMCP_SMTP_TIMEOUT": "11",
+        "MAILMCP_ACCESS_TOKEN_LIFETIME": "12",
+        "MAILMCP_REFRESH_TOKEN_LIFETIME": "13",
+        "MAILMCP_CODE_LIFETIME": "14",
+        "MAILMCP_ATTACHMENT_LINK_LIFETIME": "15",
+        "MAILMCP_MAX_REQUEST_BODY": "16",
+        "MAILMCP_LOGIN_CONCURRENCY": "17",
+        "MAILMCP_SHUTDOWN_TIMEOUT": "18",
+        "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
+        "MAILMCP_TRUST_FORWARDED": "true",
+    }
+    # Every option of the contract has its variable in this test.
+    names = {env_name(n) for n, _, _ in PARAMETERS} | {env_name(n) for n, _ in FLAGS}
+    assert names - {"MAILMCP_KEY_FILE"} <= set(environ)
+    config = parse([], environ).config
+    assert without_keyring(config) == Config(
+        listen=("tcp:9001:interface=127.0.0.1", "unix:/tmp/y.sock"),
+        base_url="https://env.example",
+        state_dir=state.resolve(),
+        store="sqlite:/tmp/other.sqlite3",
+        attachments="s3://b/p",
+        mail_ca_file=ca,
+        keyring=None,  # type: ignore[arg-type]
+        pool_size=7,
+        pool_wait_timeout=8.0,
+        pool_idle_timeout=9.0,
+        imap_timeout=10.0,
+        smtp_timeout=11.0,
+        access_token_lifetime=12,
+        refresh_token_lifetime=13,
+        code_lifetime=14,
+        attachment_link_lifetime=15,
+        max_request_body=16,
+        login_concurrency=17,
+        shutdown_timeout=18.0,
+        allowed_origins=("https://c.example",),
+        trust_forwarded=True,
+    )
+
+
+def test_key_file_from_environment(tmp_path: Path) -> None:
+    """MAILMCP_KEY_FILE names the key ring file; nothing is created in the state dir."""
+    ring = KeyRing([new_master_key()])
+    key_file = tmp_path / "secret-keys.json"
+    write_keyring(key_file, ring)
+    state = tmp_path / "state"
+    config = parse([], {"MAILMCP_KEY_FILE": str(key_file), "MAILMCP_STATE_DIR": str(state)}).config
+    assert config.keyring.kids == ring.kids
+    assert not (state / "keys.json").exists()
+
+
+def test_command_line_wins_over_environment(tmp_path: Path) -> None:
+    """An option given on the command line beats its environment variable."""
+    environ = {
+        "MAILMCP_STATE_DIR": str(tmp_path / "env"),
+        "MAILMCP_POOL_SIZE": "7",
+        "MAILMCP_LISTEN": "tcp:1:interface=127.0.0.1",
+        "MAILMCP_BASE_URL": "https://env.example",
+    }
+    config = parse(
+        ["--state-dir", str(tmp_path / "cli"), "--pool-size", "3", "--listen", "tcp:2",
+         "--base-url", "https://cli.example"],
+        environ,
+    ).config
+    assert config.state_dir == (tmp_path / "cli").resolve()
+    assert config.pool_size == 3
+    assert config.listen == ("tcp:2",)
+    assert config.base_url == "https://cli.example"
+    assert not (tmp_path / "env").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("", False), ("no", False)],
+)
+def test_flag_from_environment(tmp_path: Path, value: str, expected: bool) -> None:
+    """Boolean variables accept 1/true/yes/on (any case); anything else is off."""
+    config = parse(["--state-dir", str(tmp_path)], {"MAILMCP_TRUST_FORWARDED": value}).config
+    assert config.trust_forwarded is expected
+
+
+@pytest.mark.parametrize(
+    ("listen", "base_url"),
+    [
+        (["tcp:9999"], "http://127.0.0.1:9999"),
+        (["tcp:9999:interface=0.0.0.0"], "http://127.0.0.1:9999"),
+        (["tcp:9999:interface=192.0.2.7"], "http://192.0.2.7:9999"),
+        ([r"tcp6:9999:interface=\:\:1"], "http://[::1]:9999"),
+        (["unix:/tmp/s", "tcp:7000"], "http://127.0.0.1:7000"),
+        (["unix:/tmp/s"], "http://127.0.0.1:8080"),
+        ([DEFAULT_LISTEN], "http://127.0.0.1:8080"),
+    ],
+)
+def test_base_url_derived_from_listen(listen: list[str], base_url: str) -> None:
+    """Without --base-url, the first tcp endpoint gives a local http base URL."""
+    assert base_url_from_listen(listen) == base_url
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("https://Example.COM/", "https://example.com"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("https://example.com/mail/", "https://example.com/mail"),
+        ("HTTPS://[::1]:8443", "https://[::1]:8443"),
+    ],
+)
+def test_base_url_normalised(raw: str, canonical: str) -> None:
+    """The base URL (the OAuth issuer) is canonical: lower-case, no trailing slash."""
+    assert normalise_base_url(raw) == canonical
+
+
+BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
+    (["--pool-size", "many"], {}, "--pool-size must be a number"),
+    (["--pool-size", "0"], {}, "--pool-size must be greater than zero"),
+    (["--pool-size", "1.5"], {}, "--pool-size must be a number"),
+    (["--imap-timeout", "-1"], {}, "--imap-timeout must be greater than zero"),
+    (["--smtp-timeout", "x"], {}, "--smtp-timeout must be a number"),
+    (["--pool-wait-timeout", "0"], {}, "--pool-wait-timeout"),
+    (["--pool-idle-timeout", "nope"], {}, "--pool-idle-timeout"),
+    (["--access-token-lifetime", "8h"], {}, "--access-token-lifetime"),
+    (["--refresh-token-lifetime", "0"], {}, "--refresh-token-lifetime"),
+    (["--code-lifetime", ""], {}, "--code-lifetime"),
+    (["--attachment-link-lifetime", "-5"], {}, "--attachment-link-lifetime"),
+    (["--max-request-body", "1e9"], {}, "--max-request-body"),
+    (["--login-concurrency", "0"], {}, "--login-concurrency"),
+    (["--shutdown-timeout", "soon"], {}, "--shutdown-timeout"),
+    ([], {"MAILMCP_POOL_SIZE": "lots"}, "--pool-size must be a number"),
+    (["--base-url", "ftp://example.com"], {}, "--base-url must be an http(s) URL"),
+    (["--base-url", "example.com"], {}, "--base-url must be an http(s) URL"),
+    (["--base-url", "https://example.com/?x=1"], {}, "--base-url must not carry"),
+    (["--base-url", "https://example.com/#frag"], {}, "--base-url must not carry"),
+    (["--base-url", "https://user:pw@example.com"], {}, "--base-url must not carry"),
+    ([], {"MAILMCP_BASE_URL": "nonsense"}, "--base-url must be an http(s) URL"),
+    (["--store", "mysql://db"], {}, "--store must be sqlite:PATH or redis://"),
+    (["--store", "sqlite:"], {}, "--store must be"),
+    (["--attachments", "ftp://bucket"], {}, "--attachments must be local or s3://"),
+    (["--attachments", "s3://"], {}, "--attachments must be"),
+    (["--attachments", "s3://bucket/p?x=1"], {}, "--attachments must be"),
+    (["--listen", "8080"], {}, "--listen needs an endpoint string"),
+    (["--listen", ""], {}, "--listen needs an endpoint string"),
+    ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
+    (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
+    (["--key-file", "/nonexistent/keys.json"], {}, "cannot read key ring /nonexistent/keys.json"),
+    ([], {"MAILMCP_KEYS": "{not json"}, "corrupt key ring in MAILMCP_KEYS"),
+    (["--unknown-option"], {}, "option --unknown-option not recognized"),
+    (["--trust-forwarded=yes"], {}, "trust-forwarded"),
+    (["positional"], {}, "Wrong number of arguments"),
+]
+
+
+@pytest.mark.parametrize(("argv", "environ", "message"), BAD_VALUES)
+def test_bad_values_are_usage_errors(
+    tmp_path: Path, argv: list[str], environ: dict[str, str], message: str
+) -> None:
+    """Every bad value is a UsageError whose single line says what is wrong."""
+    with pytest.raises(usage.UsageError) as raised:
+        parse(["--state-dir", str(tmp_path / "state"), *argv], environ)
+    text = str(raised.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_state_dir_under_a_file(tmp_path: Path) -> None:
+    """A state dir that cannot be created (a regular file is in the way) is refused."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(usage.UsageError, match="cannot create state directory .*file/sub"):
+        parse(["--state-dir", str(blocker / "sub")])
+
+
+def test_state_dir_is_a_file(tmp_path: Path) -> None:
+    """A state dir path naming an existing regular file is refused."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(usage.UsageError, match="state directory"):
+        parse(["--state-dir", str(blocker)])
+
+
+def test_corrupt_key_file_in_state_dir(tmp_path: Path) -> None:
+    """A corrupt keys.json is refused, naming the file and never its content."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "keys.json").write_text('{"version": 1, "keys": [{"kid": "k", "secret": "c2VjcmV0", "created": 1}]}')
+    with pytest.raises(usage.UsageError) as raised:
+        parse(["--state-dir", str(state)])
+    assert "corrupt key ring in" in str(raised.value)
+    assert "keys.json" in str(raised.value)
+    assert "c2VjcmV0" not in str(raised.value)
+
+
+def test_existing_key_ring_is_kept(tmp_path: Path) -> None:
+    """A second start reads the key ring the first one created; it never regenerates it."""
+    first = parse(["--state-dir", str(tmp_path)]).config.keyring
+    second = parse(["--state-dir", str(tmp_path)]).config.keyring
+    assert first.kids == second.kids
+    assert first.subkey(first.current_kid, "x") == second.subkey(second.current_kid, "x")
+
+
+def test_mcp_url() -> None:
+    """The MCP endpoint is <base>/mcp."""
+    config = attrs.evolve(defaults(Path("/x")), base_url="https://m.example/p")
+    assert config.mcp_url == "https://m.example/p/mcp"
