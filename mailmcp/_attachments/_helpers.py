@@ -1,0 +1,197 @@
+"""
+What the mail tools use from the attachment store.
+
+- `fetch_part` / `link_part`: read one MIME part of a message with
+  ``BODY.PEEK[part]`` (bounded by a partial fetch) on a leased IMAP session,
+  store it content-addressed for the caller and return a fresh link.  Used by
+  ``get_mail_attachment_link`` and by ``get_mail_message`` for its
+  ``attachments[].url``.
+- `resolve_attachment_urls`: turn ``attachment_urls`` given to send/draft
+  into bytes, accepting only links this server issued to the caller, with
+  count and size caps.  Anything else is a `ToolError` and no request is made.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.parser
+import email.policy
+import re
+from collections.abc import Sequence
+from email.message import EmailMessage
+from typing import Any
+
+import attrs
+
+from .._mailbox_api import IMAPSession
+from .._toolkit import ToolContext, ToolError
+from ._common import AttachmentError, Limits, ResolvedAttachment, sanitise_filename
+
+PART_PATTERN = r"^[1-9][0-9]{0,3}(\.[1-9][0-9]{0,3}){0,15}$"
+_PART = re.compile(PART_PATTERN)
+#: Text attachments up to this many characters may be returned inline.
+INLINE_TEXT_MAX = 32 * 1024
+
+
+@attrs.frozen
+class FetchedPart:
+    """One decoded MIME part."""
+
+    data: bytes
+    filename: str
+    content_type: str
+    charset: str | None
+
+
+@attrs.frozen
+class PartLink:
+    """A stored part and its fresh link (``url`` None when storing failed)."""
+
+    part: FetchedPart
+    size: int
+    sha256: str | None
+    url: str | None
+    expires_at: str | None
+    error: str | None = None
+
+
+def encoded_cap(max_bytes: int) -> int:
+    """How many transfer-encoded bytes may hold C{max_bytes} decoded (base64 + line breaks)."""
+    return max_bytes * 138 // 100 + 4096
+
+
+def decode_part(mime_header: bytes, body: bytes) -> FetchedPart:
+    """
+    Undo the part's Content-Transfer-Encoding and read its filename and type
+    from the part header (RFC 2231 and RFC 2047 names included).
+    """
+    if mime_header and not mime_header.endswith(b"\r\n\r\n") and not mime_header.endswith(b"\n\n"):
+        mime_header = mime_header.rstrip(b"\r\n") + b"\r\n\r\n"
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(mime_header + body)
+    assert isinstance(message, EmailMessage)
+    payload = message.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else body
+    try:
+        filename = message.get_filename()
+    except (ValueError, TypeError, LookupError):
+        filename = None
+    return FetchedPart(
+        data=data,
+        filename=sanitise_filename(filename),
+        content_type=message.get_content_type(),
+        charset=message.get_content_charset(),
+    )
+
+
+async def fetch_part(session: IMAPSession, uid: int, part: str, max_bytes: int) -> FetchedPart:
+    """
+    ``UID FETCH uid (BODY.PEEK[part.MIME] BODY.PEEK[part]<0.cap>)`` on the
+    already opened mailbox: only the one part crosses the wire, and never
+    more than the cap.
+
+    :raises ToolError: bad part, no such message or part, too large.
+    """
+    if not _PART.match(part):
+        raise ToolError("part must be a MIME part number like 2 or 1.2")
+    cap = encoded_cap(max_bytes)
+    fetched = await session.fetch(str(int(uid)), f"(UID BODY.PEEK[{part}.MIME] BODY.PEEK[{part}]<0.{cap + 1}>)")
+    for message in fetched:
+        if message.uid == uid:
+            break
+    else:
+        raise ToolError(f"no message with UID {uid} in this folder")
+    body = message.sections.get(part)
+    if body is None:
+        raise ToolError(f"message {uid} has no part {part}")
+    if len(body) > cap:
+        raise ToolError(f"attachment part {part} is over the {max_bytes}-byte cap")
+    decoded = decode_part(message.sections.get(f"{part}.MIME", b""), body)
+    if len(decoded.data) > max_bytes:
+        raise ToolError(f"attachment part {part} is over the {max_bytes}-byte cap")
+    return decoded
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(int(seconds), datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+async def store_and_link(
+    ctx: ToolContext,
+    data: bytes,
+    filename: str,
+    content_type: str,
+    lifetime: float | None = None,
+) -> PartLink:
+    """
+    Store C{data} for the caller and mint a link.  A storage failure is not
+    raised: it comes back as ``url=None`` with an ``error``, so a message can
+    still be read when the store is down (S3-02).
+    """
+    part = FetchedPart(data, sanitise_filename(filename), content_type, None)
+    store = ctx.services.attachments
+    if store is None:
+        return PartLink(part, len(data), None, None, None, "attachment storage is not configured")
+    try:
+        obj = await store.put(ctx.account.owner, data, content_type)
+        limit = store.link_lifetime if lifetime is None else min(lifetime, store.link_lifetime)
+        url = store.link(ctx.account.owner, obj, part.filename, content_type, limit)
+    except AttachmentError as e:
+        return PartLink(part, len(data), None, None, None, e.message)
+    return PartLink(part, obj.size, obj.sha256, url, _iso(ctx.services.reactor.seconds() + limit))
+
+
+async def link_part(
+    ctx: ToolContext, session: IMAPSession, uid: int, part: str, lifetime: float | None = None
+) -> PartLink:
+    """`fetch_part` then `store_and_link`, for a mailbox already open on C{session}."""
+    limits = _limits(ctx)
+    fetched = await fetch_part(session, uid, part, limits.max_attachment_bytes)
+    linked = await store_and_link(ctx, fetched.data, fetched.filename, fetched.content_type, lifetime)
+    return attrs.evolve(linked, part=fetched)
+
+
+def _limits(ctx: ToolContext) -> Limits:
+    store = ctx.services.attachments
+    limits = getattr(store, "limits", None)
+    return limits if isinstance(limits, Limits) else Limits()
+
+
+async def resolve_attachment_urls(ctx: ToolContext, urls: Sequence[Any]) -> list[ResolvedAttachment]:
+    """
+    The attachments behind C{urls}, in order.  Every URL is checked (pure
+    signature and ownership checks, no I/O) before any object is read, so a
+    single bad URL means nothing at all is read, and no URL is ever fetched.
+
+    :raises ToolError: a URL that is not a live link this server issued to
+        the caller; more than the count cap; over a size cap.
+    """
+    if not urls:
+        return []
+    store = ctx.services.attachments
+    if store is None:
+        raise ToolError("attachment_urls are not supported: no attachment store is configured")
+    limits = _limits(ctx)
+    if len(urls) > limits.max_count:
+        raise ToolError(f"at most {limits.max_count} attachments per message")
+    owner = ctx.account.owner
+    verify = getattr(store, "check", None)
+    for index, url in enumerate(urls):
+        if not isinstance(url, str):
+            raise ToolError(f"attachment_urls[{index}]: not a string")
+        if verify is not None:
+            try:
+                verify(owner, url)
+            except AttachmentError as e:
+                raise ToolError(f"attachment_urls[{index}]: {e.message}") from None
+    resolved: list[ResolvedAttachment] = []
+    total = 0
+    for index, url in enumerate(urls):
+        try:
+            item: ResolvedAttachment = await store.resolve(owner, url)
+        except AttachmentError as e:
+            raise ToolError(f"attachment_urls[{index}]: {e.message}") from None
+        total += len(item.data)
+        if total > limits.max_message_bytes:
+            raise ToolError(f"attachments together are over the {limits.max_message_bytes}-byte cap")
+        resolved.append(item)
+    return resolved
