@@ -1,0 +1,753 @@
+"""
+The ``/mcp`` endpoint without sockets: `MCPApp` driven through
+`treq.testing.StubTreq` with a `FakeTokenVerifier` and demo tools.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, RootModel
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import globalLogPublisher
+
+from mailmcp._mcp import MCPApp, describe_validation_error, origin_of
+from mailmcp._toolkit import Tool, ToolContext, ToolError
+from mailmcp.testing import EchoInput, FakeTokenVerifier, echo_tool, make_account
+
+BASE = "https://mail.example.test"
+TOKEN = "good-token"
+PRM = f'resource_metadata="{BASE}/.well-known/oauth-protected-resource/mcp"'
+MODERN = "2026-07-28"
+CAPS = "io.modelcontextprotocol/clientCapabilities"
+PV = "io.modelcontextprotocol/protocolVersion"
+CINFO = "io.modelcontextprotocol/clientInfo"
+
+
+class Empty(BaseModel):
+    pass
+
+
+class Boom(BaseModel):
+    ok: bool
+
+
+async def _explode(context: ToolContext, arguments: Empty) -> Boom:
+    raise RuntimeError("password=hunter2 leaked into an exception")
+
+
+async def _refuse(context: ToolContext, arguments: Empty) -> Boom:
+    raise ToolError("The folder 'Nope' does not exist; call list_mailboxes to see the folders.")
+
+
+async def _wrong_type(context: ToolContext, arguments: Empty) -> Boom:
+    return Empty()  # type: ignore[return-value]
+
+
+def _tool(name: str, handler: Any, output: type[BaseModel] = Boom) -> Tool:
+    return Tool(
+        name=name,
+        title=name.title(),
+        description=f"demo tool {name}",
+        input_model=Empty,
+        output_model=output,
+        handler=handler,
+        read_only=False,
+        destructive=True,
+        idempotent=False,
+    )
+
+
+def make_config(**overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "base_url": BASE,
+        "allowed_origins": ("https://inspector.example.test",),
+        "max_request_body": 1 << 20,
+    }
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def make_app(tools: list[Tool] | None = None, **kwargs: Any) -> tuple[MCPApp, FakeTokenVerifier]:
+    verifier = FakeTokenVerifier({TOKEN: make_account()})
+    if tools is None:
+        tools = [
+            echo_tool(),
+            _tool("explode", _explode),
+            _tool("refuse", _refuse),
+            _tool("wrong_type", _wrong_type),
+        ]
+    app = MCPApp(make_config(), verifier, SimpleNamespace(), tools, **kwargs)
+    return app, verifier
+
+
+class Client:
+    """A StubTreq over one MCPApp, with JSON-RPC helpers."""
+
+    def __init__(self, app: MCPApp) -> None:
+        self.stub = StubTreq(app.app.resource())
+
+    def request(
+        self,
+        method: str,
+        body: bytes | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+        url: str = f"{BASE}/mcp",
+        token: str | None = TOKEN,
+        content_type: bytes | None = b"application/json",
+    ) -> tuple[int, Any, bytes]:
+        all_headers: dict[bytes, list[bytes]] = {b"accept": [b"application/json, text/event-stream"]}
+        if content_type is not None:
+            all_headers[b"content-type"] = [content_type]
+        if token is not None:
+            all_headers[b"authorization"] = [b"Bearer " + token.encode()]
+        all_headers.update(headers or {})
+        d = self.stub.request(method, url, data=body, headers=all_headers)
+        self.stub.flush()
+        response = _result(d)
+        content = _result(response.content())
+        return response.code, response.headers, content
+
+    def rpc(
+        self, message: Any, headers: dict[bytes, list[bytes]] | None = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        raw = message if isinstance(message, bytes) else json.dumps(message).encode()
+        code, response_headers, content = self.request("POST", raw, headers, **kwargs)
+        assert response_headers.getRawHeaders(b"mcp-session-id") is None
+        return code, json.loads(content) if content else None
+
+
+def _result(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "deferred did not fire"
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def call(name: str, arguments: Any, request_id: int = 7) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+def modern(method: str, params: dict[str, Any] | None = None, request_id: int = 1) -> dict[str, Any]:
+    body_params = dict(params or {})
+    body_params["_meta"] = {PV: MODERN, CAPS: {}, CINFO: {"name": "test", "version": "1"}}
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": body_params}
+
+
+def modern_headers(method: str, name: str | None = None, version: str = MODERN) -> dict[bytes, list[bytes]]:
+    headers = {b"mcp-protocol-version": [version.encode()], b"mcp-method": [method.encode()]}
+    if name is not None:
+        headers[b"mcp-name"] = [name.encode()]
+    return headers
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    },
+}
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client(make_app()[0])
+
+
+@pytest.fixture
+def logged() -> Any:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+# -- the gate ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["POST", "GET", "DELETE", "PUT"])
+def test_no_token_is_401_with_resource_metadata(method: str) -> None:
+    """Any request without a token, whatever its method, gets the RFC 9728 challenge."""
+    c = Client(make_app()[0])
+    body = json.dumps(INITIALIZE).encode() if method == "POST" else None
+    code, headers, content = c.request(method, body, token=None)
+    assert code == 401
+    challenge = headers.getRawHeaders(b"www-authenticate")[0].decode()
+    assert challenge == f"Bearer {PRM}"
+    assert b"error" in content
+
+
+def test_bad_token_is_401_invalid_token(client: Client) -> None:
+    """An unknown token is invalid_token, and the token is not echoed back."""
+    code, headers, content = client.request("POST", json.dumps(INITIALIZE).encode(), token="forged-abc")
+    assert code == 401
+    challenge = headers.getRawHeaders(b"www-authenticate")[0].decode()
+    assert challenge.startswith(f"Bearer {PRM}")
+    assert 'error="invalid_token"' in challenge
+    assert b"forged-abc" not in content
+
+
+def test_unauthenticated_get_is_401_not_405(client: Client) -> None:
+    """An unauthenticated GET must not reveal 405 (Claude then assumes no auth is needed)."""
+    code, _, _ = client.request("GET", token="nope")
+    assert code == 401
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_authenticated_get_and_delete_are_405(client: Client, method: str) -> None:
+    """With a valid token there is no listen stream and no session to delete: 405 Allow: POST."""
+    code, headers, _ = client.request(method, content_type=None)
+    assert code == 405
+    assert headers.getRawHeaders(b"allow") == [b"POST"]
+
+
+def test_token_in_query_is_refused(client: Client) -> None:
+    """A token in the URL is refused even when it is valid (RFC 6750 §2.3 / MCP)."""
+    code, _ = client.rpc(INITIALIZE, url=f"{BASE}/mcp?access_token={TOKEN}", token=None)
+    assert code == 401
+    code, _, _ = client.request(
+        "POST", json.dumps(INITIALIZE).encode(), url=f"{BASE}/mcp?access_token={TOKEN}"
+    )
+    assert code == 401
+
+
+def test_two_authorization_headers_are_refused(client: Client) -> None:
+    """Two Authorization headers are ambiguous: 400 invalid_request."""
+    code, headers, _ = client.request(
+        "POST",
+        json.dumps(INITIALIZE).encode(),
+        headers={b"authorization": [f"Bearer {TOKEN}".encode(), f"Bearer {TOKEN}".encode()]},
+    )
+    assert code == 400
+    assert b'error="invalid_request"' in headers.getRawHeaders(b"www-authenticate")[0]
+
+
+@pytest.mark.parametrize(
+    "value", [b"Basic dXNlcjpwYXNz", b"Bearer", b"Bearer ", b"Bearer a b", b"bearer \xff\xfe", b"Bearer " + b"a" * 9000]
+)
+def test_malformed_authorization_is_401(client: Client, value: bytes) -> None:
+    """Other schemes and malformed Bearer credentials never get through."""
+    code, headers, _ = client.request(
+        "POST", json.dumps(INITIALIZE).encode(), headers={b"authorization": [value]}
+    )
+    assert code == 401
+    assert headers.getRawHeaders(b"www-authenticate")[0].startswith(f"Bearer {PRM}".encode())
+
+
+def test_bearer_scheme_is_case_insensitive(client: Client) -> None:
+    """RFC 7235: the auth scheme is case-insensitive."""
+    code, body = client.rpc(INITIALIZE, headers={b"authorization": [f"bearer {TOKEN}".encode()]})
+    assert code == 200
+    assert body["result"]["protocolVersion"] == "2025-11-25"
+
+
+def test_verifier_crash_is_503_not_500(logged: list[dict[str, Any]]) -> None:
+    """A broken grant store is a temporary 503, logged, never a 500 or traceback."""
+
+    class Broken:
+        def verify(self, token: str) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            d.errback(ConnectionError("store down"))
+            return d
+
+    app = MCPApp(make_config(), Broken(), SimpleNamespace(), [echo_tool()])
+    code, headers, content = Client(app).request("POST", json.dumps(INITIALIZE).encode())
+    assert code == 503
+    assert b"store down" not in content
+    assert any(e.get("log_failure") is not None for e in logged)
+
+
+# -- HTTP-level checks -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("origin", [b"https://evil.example", b"null", b"https://mail.example.test.evil.example"])
+def test_foreign_origin_is_403(client: Client, origin: bytes) -> None:
+    """A browser page from another origin is refused (DNS rebinding)."""
+    code, body = client.rpc(INITIALIZE, headers={b"origin": [origin]})
+    assert code == 403
+    assert body["error"]["code"] == -32600
+
+
+@pytest.mark.parametrize(
+    "origin", [b"https://mail.example.test", b"https://MAIL.example.test:443", b"https://inspector.example.test"]
+)
+def test_own_and_allowed_origins_pass(client: Client, origin: bytes) -> None:
+    """The base URL's origin and configured origins are allowed."""
+    code, _ = client.rpc(INITIALIZE, headers={b"origin": [origin]})
+    assert code == 200
+
+
+def test_wrong_content_type_is_415(client: Client) -> None:
+    """Only application/json bodies are accepted."""
+    code, _, _ = client.request("POST", json.dumps(INITIALIZE).encode(), content_type=b"text/plain")
+    assert code == 415
+    code, _, _ = client.request("POST", json.dumps(INITIALIZE).encode(), content_type=None)
+    assert code == 415
+    code, _ = client.rpc(INITIALIZE, content_type=b"application/json; charset=utf-8")
+    assert code == 200
+
+
+def test_accept_without_json_is_406(client: Client) -> None:
+    """A client that cannot take JSON cannot be answered."""
+    code, _ = client.rpc(INITIALIZE, headers={b"accept": [b"text/event-stream"]})
+    assert code == 406
+    code, _ = client.rpc(INITIALIZE, headers={b"accept": [b"*/*"]})
+    assert code == 200
+
+
+def test_body_over_cap_is_413() -> None:
+    """MCPApp enforces its own body cap too."""
+    verifier = FakeTokenVerifier({TOKEN: make_account()})
+    app = MCPApp(make_config(), verifier, SimpleNamespace(), [echo_tool()], max_body=100)
+    code, body = Client(app).rpc(call("echo", {"text": "x" * 200}))
+    assert code == 413
+
+
+# -- JSON-RPC framing --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"{", -32700),
+        (b"", -32700),
+        (b"\xff\xfe{}", -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping","x":NaN}', -32700),
+        (b'{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}', -32700),
+        (b"[" * 100_000 + b"]" * 100_000, -32700),
+        (b"[" * 70 + b"]" * 70, -32700),
+        (b'{"jsonrpc":"2.0","id":' + b"9" * 5000 + b',"method":"ping"}', -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"\\ud800"}}}', -32700),
+        (b"[]", -32600),
+        (b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]', -32600),
+        (b'"str"', -32600),
+        (b"null", -32600),
+        (b"42", -32600),
+        (b'{"jsonrpc":"1.0","id":1,"method":"ping"}', -32600),
+        (b'{"jsonrpc":"2.0","id":1}', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"result":{}}', -32600),
+        (b'{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}', -32600),
+        (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', -32600),
+        (b'{"jsonrpc":"2.0","id":true,"method":"ping"}', -32600),
+        (b'{"jsonrpc":"2.0","id":null,"method":"ping"}', -32600),
+        (b'{"jsonrpc":"2.0","id":"' + b"x" * 10240 + b'","method":"ping"}', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":42}', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}', -32600),
+    ],
+)
+def test_malformed_bodies_map_to_jsonrpc_errors(client: Client, raw: bytes, code: int) -> None:
+    """Every malformed body is a 400 with the right JSON-RPC error and a null id; never a 500."""
+    status, body = client.rpc(raw)
+    assert status == 400
+    assert body["jsonrpc"] == "2.0"
+    assert body["id"] is None
+    assert body["error"]["code"] == code
+
+
+def test_notification_is_202_without_body(client: Client) -> None:
+    """A notification is acknowledged with 202 and no body, whatever its method."""
+    for method in ("notifications/initialized", "notifications/cancelled", "whatever"):
+        code, headers, content = client.request(
+            "POST", json.dumps({"jsonrpc": "2.0", "method": method}).encode()
+        )
+        assert (code, content) == (202, b"")
+
+
+def test_notification_with_unknown_version_header_is_400(client: Client) -> None:
+    """The version header is checked on notifications too."""
+    code, body = client.rpc(
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={b"mcp-protocol-version": [b"1999-01-01"]},
+    )
+    assert code == 400
+
+
+# -- handshake era -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "requested, negotiated",
+    [
+        ("2025-03-26", "2025-03-26"),
+        ("2025-06-18", "2025-06-18"),
+        ("2025-11-25", "2025-11-25"),
+        ("2024-11-05", "2025-11-25"),
+        ("2026-07-28", "2025-11-25"),
+        ("2099-01-01", "2025-11-25"),
+    ],
+)
+def test_initialize_negotiates_version(client: Client, requested: str, negotiated: str) -> None:
+    """A supported version is echoed; anything else gets our newest handshake version."""
+    message = json.loads(json.dumps(INITIALIZE))
+    message["params"]["protocolVersion"] = requested
+    code, body = client.rpc(message)
+    assert code == 200
+    result = body["result"]
+    assert result["protocolVersion"] == negotiated
+    assert result["capabilities"] == {"tools": {}}
+    assert result["serverInfo"]["name"] == "mailmcp"
+    assert "resultType" not in result
+
+
+def test_initialize_with_bad_params_is_invalid_params(client: Client) -> None:
+    """initialize without clientInfo is -32602, naming the field."""
+    code, body = client.rpc(
+        {"jsonrpc": "2.0", "id": "a", "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+    )
+    assert body["id"] == "a"
+    assert body["error"]["code"] == -32602
+    assert "clientInfo" in body["error"]["message"] or "client_info" in body["error"]["message"]
+
+
+def test_ping(client: Client) -> None:
+    """ping answers an empty result in the handshake era."""
+    code, body = client.rpc({"jsonrpc": "2.0", "id": 3, "method": "ping"}, headers={b"mcp-protocol-version": [b"2025-11-25"]})
+    assert (code, body) == (200, {"jsonrpc": "2.0", "id": 3, "result": {}})
+
+
+def test_unsupported_version_header_is_400(client: Client) -> None:
+    """MCP-05: an unknown MCP-Protocol-Version is a 400."""
+    code, body = client.rpc(
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers={b"mcp-protocol-version": [b"1999-01-01"]}
+    )
+    assert code == 400
+    assert body["id"] == 3
+
+
+def test_unknown_method_is_method_not_found(client: Client) -> None:
+    """MCP-08: unknown and undeclared methods are -32601."""
+    for method in ("foo/bar", "prompts/list", "resources/list", "logging/setLevel"):
+        code, body = client.rpc({"jsonrpc": "2.0", "id": 9, "method": method, "params": {}})
+        assert body["error"]["code"] == -32601, method
+        assert body["id"] == 9
+
+
+def test_tools_list(client: Client) -> None:
+    """tools/list describes every tool from its models, schemas are objects, annotations complete."""
+    code, body = client.rpc({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    assert code == 200
+    tools = body["result"]["tools"]
+    assert [t["name"] for t in tools] == ["echo", "explode", "refuse", "wrong_type"]
+    echo = tools[0]
+    assert echo["title"] == "Echo"
+    assert echo["inputSchema"]["type"] == "object"
+    assert echo["inputSchema"]["properties"]["text"]["type"] == "string"
+    assert echo["inputSchema"]["required"] == ["text"]
+    assert echo["inputSchema"]["additionalProperties"] is False
+    assert echo["outputSchema"]["type"] == "object"
+    assert echo["annotations"] == {
+        "title": "Echo",
+        "readOnlyHint": True,
+        "destructiveHint": False,
+        "idempotentHint": True,
+        "openWorldHint": False,
+    }
+    assert "resultType" not in body["result"]
+
+
+def test_tools_list_with_cursor_is_invalid_params(client: Client) -> None:
+    """We never hand out cursors, so any cursor is invalid."""
+    code, body = client.rpc({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"cursor": "x"}})
+    assert body["error"]["code"] == -32602
+
+
+def test_tools_call_returns_structured_and_text(client: Client) -> None:
+    """The text block carries exactly the structured content as JSON."""
+    code, body = client.rpc(call("echo", {"text": "héllo", "times": 2}))
+    assert code == 200
+    result = body["result"]
+    assert result["isError"] is False
+    assert result["structuredContent"] == {"text": "héllohéllo", "owner": "grant-1", "email": "alice@example.test"}
+    assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+    assert result["content"][0]["type"] == "text"
+
+
+def test_tools_call_bad_arguments_is_tool_error(client: Client) -> None:
+    """Input validation errors are isError results naming the field, not JSON-RPC errors."""
+    code, body = client.rpc(call("echo", {"times": 50, "extra": "s3cret-value"}))
+    assert code == 200
+    result = body["result"]
+    assert result["isError"] is True
+    text = result["content"][0]["text"]
+    assert "text" in text and "times" in text and "extra" in text
+    assert "s3cret-value" not in text
+
+
+def test_tools_call_missing_arguments(client: Client) -> None:
+    """Absent arguments validate as an empty object."""
+    code, body = client.rpc({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}})
+    assert body["result"]["isError"] is True
+    assert "text" in body["result"]["content"][0]["text"]
+
+
+def test_tools_call_arguments_not_object_is_invalid_params(client: Client) -> None:
+    """Arguments that are not an object are a malformed request: -32602."""
+    code, body = client.rpc(call("echo", ["x"]))
+    assert body["error"]["code"] == -32602
+
+
+def test_tools_call_unknown_tool(client: Client) -> None:
+    """MCP-08: an unknown tool is -32602."""
+    code, body = client.rpc(call("nope", {}))
+    assert body["error"]["code"] == -32602
+    assert "nope" in body["error"]["message"]
+
+
+def test_tool_error_is_shown_verbatim(client: Client) -> None:
+    """A ToolError's message is what the model reads."""
+    code, body = client.rpc(call("refuse", {}))
+    assert body["result"]["isError"] is True
+    assert "list_mailboxes" in body["result"]["content"][0]["text"]
+
+
+def test_unexpected_exception_is_generic_and_logged(client: Client, logged: list[dict[str, Any]]) -> None:
+    """An unknown exception is logged as a failure and answered generically: no secrets, no traceback."""
+    code, body = client.rpc(call("explode", {}))
+    assert code == 200
+    text = body["result"]["content"][0]["text"]
+    assert body["result"]["isError"] is True
+    assert "hunter2" not in text and "Traceback" not in text
+    failures = [e for e in logged if e.get("log_failure") is not None]
+    assert failures and failures[0]["tool"] == "explode"
+
+
+def test_wrong_output_type_is_internal_tool_error(client: Client) -> None:
+    """A handler returning the wrong model is caught as an internal failure."""
+    code, body = client.rpc(call("wrong_type", {}))
+    assert body["result"]["isError"] is True
+
+
+def test_echo_tool_error(client: Client) -> None:
+    """The demo echo tool's ToolError path."""
+    code, body = client.rpc(call("echo", {"text": "fail"}))
+    assert body["result"]["isError"] is True
+    assert "fail" in body["result"]["content"][0]["text"]
+
+
+# -- 2026-07-28 ------------------------------------------------------------------------
+
+
+def test_discover(client: Client) -> None:
+    """server/discover lists every version, tools capability and cache hints."""
+    code, body = client.rpc(modern("server/discover"), headers=modern_headers("server/discover"))
+    assert code == 200
+    result = body["result"]
+    assert result["resultType"] == "complete"
+    assert result["supportedVersions"] == ["2025-03-26", "2025-06-18", "2025-11-25", MODERN]
+    assert result["capabilities"] == {"tools": {}}
+    assert result["ttlMs"] >= 0 and result["cacheScope"] in ("public", "private")
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mailmcp"
+
+
+def test_modern_tools_list_and_call(client: Client) -> None:
+    """tools/list and tools/call in the stateless era carry resultType and cache hints."""
+    code, body = client.rpc(modern("tools/list"), headers=modern_headers("tools/list"))
+    assert code == 200
+    assert body["result"]["resultType"] == "complete"
+    assert "ttlMs" in body["result"] and "cacheScope" in body["result"]
+    code, body = client.rpc(
+        modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+        headers=modern_headers("tools/call", "echo"),
+    )
+    assert code == 200
+    assert body["result"]["resultType"] == "complete"
+    assert body["result"]["structuredContent"]["text"] == "hi"
+
+
+def test_modern_base64_name_header(client: Client) -> None:
+    """The Mcp-Name header may carry the base64 sentinel form."""
+    code, body = client.rpc(
+        modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+        headers=modern_headers("tools/call", "=?base64?ZWNobw==?="),
+    )
+    assert code == 200
+
+
+def test_modern_name_header_mismatch(client: Client) -> None:
+    """MCP-15: Mcp-Name different from params.name is 400 -32020."""
+    code, body = client.rpc(
+        modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+        headers=modern_headers("tools/call", "explode"),
+    )
+    assert code == 400
+    assert body["error"]["code"] == -32020
+    assert body["id"] == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {b"mcp-protocol-version": [MODERN.encode()]},
+        {b"mcp-protocol-version": [MODERN.encode()], b"mcp-method": [b"tools/call"]},
+        {b"mcp-method": [b"tools/list"]},
+        {b"mcp-protocol-version": [MODERN.encode(), MODERN.encode()], b"mcp-method": [b"tools/list"]},
+        {b"mcp-protocol-version": [b"2025-11-25"], b"mcp-method": [b"tools/call"]},
+    ],
+)
+def test_modern_header_rules(client: Client, headers: dict[bytes, list[bytes]]) -> None:
+    """Missing, duplicated or mismatched routing headers are 400 -32020."""
+    code, body = client.rpc(modern("tools/list"), headers=headers)
+    assert code == 400
+    assert body["error"]["code"] == -32020
+
+
+def test_modern_missing_meta(client: Client) -> None:
+    """A 2026-07-28 request without the _meta envelope is 400 -32602."""
+    code, body = client.rpc(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}, headers=modern_headers("tools/list")
+    )
+    assert code == 400
+    assert body["error"]["code"] == -32602
+    message = modern("tools/list")
+    del message["params"]["_meta"][CAPS]
+    code, body = client.rpc(message, headers=modern_headers("tools/list"))
+    assert code == 400
+    assert CAPS in body["error"]["message"]
+
+
+def test_modern_unsupported_version(client: Client) -> None:
+    """An unknown modern version is 400 -32022 naming what we support."""
+    message = modern("tools/list")
+    message["params"]["_meta"][PV] = "2099-01-01"
+    code, body = client.rpc(message, headers=modern_headers("tools/list", version="2099-01-01"))
+    assert code == 400
+    assert body["error"]["code"] == -32022
+    assert body["error"]["data"] == {
+        "supported": ["2025-03-26", "2025-06-18", "2025-11-25", MODERN],
+        "requested": "2099-01-01",
+    }
+
+
+def test_modern_unknown_method_is_404(client: Client) -> None:
+    """Unknown methods, and handshake-only ones like ping, are 404 -32601 in the stateless era."""
+    for method in ("foo/bar", "ping", "prompts/list"):
+        code, body = client.rpc(modern(method), headers=modern_headers(method))
+        assert code == 404, method
+        assert body["error"]["code"] == -32601
+
+
+def test_modern_invalid_params_is_400(client: Client) -> None:
+    """A malformed tools/call in the stateless era is 400 -32602; an unknown tool too."""
+    code, body = client.rpc(modern("tools/call", {"arguments": {}}), headers=modern_headers("tools/call"))
+    assert (code, body["error"]["code"]) == (400, -32602)
+    code, body = client.rpc(
+        modern("tools/call", {"name": "nope", "arguments": {}}), headers=modern_headers("tools/call", "nope")
+    )
+    assert (code, body["error"]["code"]) == (400, -32602)
+
+
+def test_lenient_handshake_version_header(client: Client, logged: list[dict[str, Any]]) -> None:
+    """
+    A client sending a handshake version in the header with a 2026 body is
+    served (body authoritative), and logged once.
+    """
+    for _ in range(3):
+        code, body = client.rpc(
+            modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+            headers={b"mcp-protocol-version": [b"2025-11-25"]},
+        )
+        assert code == 200
+        assert body["result"]["resultType"] == "complete"
+    warnings = [e for e in logged if "authoritative" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    assert warnings[0]["header"] == "2025-11-25"
+
+
+def test_strict_mode_refuses_handshake_version_header() -> None:
+    """With leniency off, the mismatch is 400 -32020 as the spec says."""
+    c = Client(make_app(lenient_version_header=False)[0])
+    code, body = c.rpc(
+        modern("tools/list"), headers={b"mcp-protocol-version": [b"2025-11-25"], b"mcp-method": [b"tools/list"]}
+    )
+    assert (code, body["error"]["code"]) == (400, -32020)
+
+
+def test_initialize_never_touches_tools_or_services() -> None:
+    """initialize and tools/list run no tool handler (so no IMAP)."""
+    ran: list[str] = []
+
+    async def spy(context: ToolContext, arguments: Empty) -> Boom:
+        ran.append("ran")
+        return Boom(ok=True)
+
+    c = Client(MCPApp(make_config(), FakeTokenVerifier({TOKEN: make_account()}), None, [_tool("spy", spy)]))
+    c.rpc(INITIALIZE)
+    c.rpc({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    c.rpc(modern("tools/list"), headers=modern_headers("tools/list"))
+    assert ran == []
+    c.rpc(call("spy", {}))
+    assert ran == ["ran"]
+
+
+# -- cancellation and construction ------------------------------------------------------
+
+
+def test_cancellation_reaches_the_handler() -> None:
+    """When Klein cancels (client gone), the handler's pending Deferred is cancelled, not logged as a failure."""
+    pending: list[Deferred[None]] = []
+    cancelled: list[bool] = []
+
+    async def slow(context: ToolContext, arguments: Empty) -> Boom:
+        d: Deferred[None] = Deferred(lambda _: cancelled.append(True))
+        pending.append(d)
+        await d
+        return Boom(ok=True)
+
+    app = MCPApp(make_config(), FakeTokenVerifier(), None, [_tool("slow", slow)])
+    outer = Deferred.fromCoroutine(app._call_tool(make_account(), app._tools["slow"], {}))
+    assert pending
+    outer.cancel()
+    assert cancelled == [True]
+    failures: list[Any] = []
+    outer.addErrback(failures.append)
+    assert failures and failures[0].check(CancelledError)
+
+
+def test_construction_refuses_bad_tools() -> None:
+    """Bad names, duplicates and non-object schemas fail at startup, not at tools/list time."""
+
+    class Listy(RootModel[list[int]]):
+        pass
+
+    config, verifier = make_config(), FakeTokenVerifier()
+    with pytest.raises(ValueError, match="name"):
+        MCPApp(config, verifier, None, [_tool("bad name!", _explode)])
+    with pytest.raises(ValueError, match="two tools"):
+        MCPApp(config, verifier, None, [echo_tool(), echo_tool()])
+    with pytest.raises(ValueError, match="object"):
+        MCPApp(config, verifier, None, [_tool("listy", _explode, output=Listy)])
+
+
+def test_origin_of() -> None:
+    """Origins are normalised: case, default ports, IPv6."""
+    assert origin_of("HTTPS://Mail.Example.test:443/x") == "https://mail.example.test"
+    assert origin_of("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+    assert origin_of("http://[::1]:80") == "http://[::1]"
+    assert origin_of("null") is None
+    assert origin_of("http://h:99999") is None
+
+
+def test_describe_validation_error_names_fields_not_values() -> None:
+    """The message lists each bad field."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        EchoInput.model_validate({"text": 3, "times": "many"})
+    text = describe_validation_error("echo", info.value)
+    assert text.startswith("Invalid arguments for tool 'echo': ")
+    assert "text:" in text and "times:" in text and "many" not in text
