@@ -116,7 +116,7 @@ class LinkCodec:
             given = _b64d(sig)
         except (binascii.Error, ValueError):
             raise AttachmentRefused(TAMPERED) from None
-        if not hmac.compare_digest(self._mac(kid, payload), given):
+        if _b64e(given) != sig or not hmac.compare_digest(self._mac(kid, payload), given):
             raise AttachmentRefused(TAMPERED)
         try:
             version, tag, sha, size, ctype, filename, expires = json.loads(_b64d(payload))
