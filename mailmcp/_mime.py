@@ -127,6 +127,11 @@ def _codec(charset: str | None) -> str | None:
         return None
 
 
+def known_charset(charset: str) -> bool:
+    """Whether Python has a codec for C{charset} (after common aliases)."""
+    return _codec(charset) is not None
+
+
 def decode_bytes(data: bytes, charset: str | None, *, final: bool = True) -> tuple[str, str]:
     """
     Decode C{data} declared as C{charset}.  Returns the text and the codec
@@ -519,7 +524,7 @@ def iter_leaves(bodystructure: Any, warnings: list[str]) -> Iterator[tuple[Part,
             if len(chain) >= MAX_DEPTH:
                 warnings.append(f"MIME nesting deeper than {MAX_DEPTH} levels was not read")
                 continue
-            children = [child for child in node if isinstance(child, (list, tuple))]
+            children = [child for child in node if isinstance(child, (list, tuple))][: MAX_PARTS + 1]
             subtype = next((str(x).lower() for x in node if isinstance(x, (str, bytes))), "mixed")
             inner = chain + (subtype,)
             for index in range(len(children), 0, -1):

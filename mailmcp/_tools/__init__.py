@@ -7,8 +7,10 @@ Each module below owns a family of tools and exports them as ``TOOLS``.
 from __future__ import annotations
 
 from .._toolkit import Tool
+from . import _reading
 
 
 def all_tools() -> list[Tool]:  # type: ignore[type-arg]
     tools: list[Tool] = []  # type: ignore[type-arg]
+    tools.extend(_reading.TOOLS)
     return tools
