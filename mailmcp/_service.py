@@ -150,6 +150,18 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
     routes.append(("/metrics", MetricsApp(lag_probe).app.resource()))
+    from ._oauth import build_authorization_server
+
+    oauth_resource, verifier = build_authorization_server(config, reactor, parent)
+    routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
+    # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
+    # tool_services.imap / .smtp / .attachments before this point.
+    from ._mcp import MCPApp
+    from ._toolkit import ToolServices
+    from ._tools import all_tools
+
+    tool_services = ToolServices(reactor=reactor, config=config)
+    routes.append(("/mcp", MCPApp(config, verifier, tool_services, all_tools()).app.resource()))
     return routes
 
 

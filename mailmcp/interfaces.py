@@ -40,6 +40,56 @@ class IToolServices(Interface):
     config = Attribute("the daemon's Config")
 
 
+class IGrantStore(Interface):
+    """
+    Server-side OAuth state: grants (one per login, holding the mail
+    credentials sealed under a key only the tokens carry), single-use
+    authorization codes, the refresh-token generation of each grant's family,
+    and login-throttle counters.  Every method returns a Deferred.
+    """
+
+    def create_grant(record: Any) -> Any:
+        """Store a new `mailmcp._grants.GrantRecord` (generation 0)."""
+
+    def get_grant(grant_id: str) -> Any:
+        """Fire with the live `GrantRecord`, or None if revoked or expired."""
+
+    def activate_grant(grant_id: str, code_id: str, code_expires: int, expires: int) -> Any:
+        """
+        Consume authorization code C{code_id} of the grant atomically and set
+        the grant's absolute expiry.  Fire with True the first time only; a
+        second call with the same code (a replay), or for a missing grant,
+        fires with False.
+        """
+
+    def rotate_refresh(grant_id: str, generation: int) -> Any:
+        """
+        Compare-and-increment the grant's refresh generation: True when it was
+        C{generation} (now C{generation + 1}), False otherwise (reuse).
+        """
+
+    def revoke_grant(grant_id: str) -> Any:
+        """Delete the grant; every token of its family dies with it."""
+
+    def hit(key: str, window: int) -> Any:
+        """Add one to counter C{key} (a window of C{window} seconds from its first hit); fire with the new count."""
+
+    def count(key: str) -> Any:
+        """Fire with the current count of C{key} (0 when absent or expired)."""
+
+
+class ILoginChecker(Interface):
+    """Checks mail credentials live against the user's IMAP or SMTP server."""
+
+    def check(server: Any, username: str, password: str) -> Any:
+        """
+        Fire with None when the server accepts the login; fail with
+        `mailmcp._mailcheck.LoginRejected` (wrong credentials) or
+        `mailmcp._mailcheck.MailServerUnavailable` (unreachable, TLS failure,
+        timeout, protocol error).
+        """
+
+
 class IAttachmentStore(Interface):
     """
     Content-addressed, per-owner blob storage for attachments, with signed,

@@ -1,0 +1,479 @@
+"""
+Grants and split-knowledge credentials.
+
+A grant is one successful login.  Its row in the `IGrantStore` holds the
+user's IMAP/SMTP credentials (and the mail servers they belong to) encrypted
+with AES-256-GCM under a random per-grant key.  That key is never stored: it
+travels only inside the sealed authorization code, access and refresh
+tokens.  So a leaked store alone reveals no password, a leaked server key
+alone reveals no password either (the tokens it opens point at rows), and
+deleting the row revokes every token of the grant at once.
+
+`GrantService` implements the token-endpoint semantics on top of that:
+single-use codes whose replay revokes the grant, rotating refresh tokens with
+reuse detection over the grant's family, an absolute lifetime cap from the
+login, and client binding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from typing import Any
+
+import attrs
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ._account import MailAccount
+from ._clients import Client, MailServer
+from ._tokens import InvalidToken, TokenCodec
+from .interfaces import IGrantStore
+
+log = Logger()
+
+SCOPE = "mail"
+_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+
+
+class OAuthError(Exception):
+    """
+    An RFC 6749 error: C{error} code, a short safe C{description}, HTTP
+    C{status}.  The description never contains a secret.
+    """
+
+    def __init__(self, error: str, description: str = "", status: int = 400) -> None:
+        super().__init__(error)
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+@attrs.frozen(repr=False)
+class Credentials:
+    """What the user typed on the login page, plus the client's servers."""
+
+    email: str
+    full_name: str
+    imap: MailServer
+    imap_username: str
+    imap_password: str
+    smtp: MailServer
+    smtp_username: str
+    smtp_password: str
+
+    def __repr__(self) -> str:
+        return f"<Credentials {self.imap_username!r} password=***>"
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "email": self.email,
+                "full_name": self.full_name,
+                "imap": self.imap.to_claims(),
+                "imap_username": self.imap_username,
+                "imap_password": self.imap_password,
+                "smtp": self.smtp.to_claims(),
+                "smtp_username": self.smtp_username,
+                "smtp_password": self.smtp_password,
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Credentials:
+        d = json.loads(data)
+        return cls(
+            email=d["email"],
+            full_name=d["full_name"],
+            imap=MailServer.from_claims(d["imap"]),
+            imap_username=d["imap_username"],
+            imap_password=d["imap_password"],
+            smtp=MailServer.from_claims(d["smtp"]),
+            smtp_username=d["smtp_username"],
+            smtp_password=d["smtp_password"],
+        )
+
+
+@attrs.frozen
+class GrantRecord:
+    """
+    One grant as stored: no secret in clear.  C{sealed} is
+    ``nonce || AES-GCM(key, credentials, aad=grant_id)``.
+    """
+
+    grant_id: str
+    client_ref: str
+    sealed: bytes = attrs.field(repr=False)
+    created: int
+    expires: int
+    generation: int = 0
+
+
+def new_grant_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def seal_credentials(key: bytes, grant_id: str, credentials: Credentials) -> bytes:
+    nonce = secrets.token_bytes(12)
+    return nonce + AESGCM(key).encrypt(nonce, credentials.to_json(), grant_id.encode("ascii"))
+
+
+def open_credentials(key: bytes, grant_id: str, sealed: bytes) -> Credentials:
+    """
+    :raises InvalidToken: when the key does not open the row (a forged or
+        foreign token) or the row is damaged.
+    """
+    try:
+        plain = AESGCM(key).decrypt(sealed[:12], sealed[12:], grant_id.encode("ascii"))
+        return Credentials.from_json(plain)
+    except (InvalidTag, ValueError, KeyError, TypeError):
+        raise InvalidToken() from None
+
+
+def client_ref(client_id: str) -> str:
+    """A short stable reference to a client id (the id itself is long)."""
+    return hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:32]
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidToken()
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken() from None
+
+
+def pkce_s256(verifier: str) -> str:
+    return _b64e(hashlib.sha256(verifier.encode("ascii")).digest())
+
+
+@implementer(IGrantStore)
+class MemoryGrantStore:
+    """
+    An in-process `IGrantStore` for unit tests (and a model of the contract
+    the SQLite and Redis stores implement).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.grants: dict[str, GrantRecord] = {}
+        self.codes: dict[str, int] = {}
+        self.counters: dict[str, tuple[int, float]] = {}
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def create_grant(self, record: GrantRecord) -> Deferred[None]:
+        self.grants[record.grant_id] = record
+        return succeed(None)
+
+    def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
+        record = self.grants.get(grant_id)
+        if record is not None and record.expires <= self._now():
+            record = None
+        return succeed(record)
+
+    def activate_grant(
+        self, grant_id: str, code_id: str, code_expires: int, expires: int
+    ) -> Deferred[bool]:
+        if code_id in self.codes:
+            return succeed(False)
+        self.codes[code_id] = code_expires
+        record = self.grants.get(grant_id)
+        if record is None or record.expires <= self._now():
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, expires=expires)
+        return succeed(True)
+
+    def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.expires <= self._now() or record.generation != generation:
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, generation=generation + 1)
+        return succeed(True)
+
+    def revoke_grant(self, grant_id: str) -> Deferred[None]:
+        self.grants.pop(grant_id, None)
+        return succeed(None)
+
+    def hit(self, key: str, window: int) -> Deferred[int]:
+        now = self._now()
+        count, until = self.counters.get(key, (0, 0.0))
+        if until <= now:
+            count, until = 0, now + window
+        self.counters[key] = (count + 1, until)
+        return succeed(count + 1)
+
+    def count(self, key: str) -> Deferred[int]:
+        count, until = self.counters.get(key, (0, 0.0))
+        return succeed(count if until > self._now() else 0)
+
+
+@attrs.frozen
+class TokenSet:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    scope: str = SCOPE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+            "scope": self.scope,
+        }
+
+
+@attrs.frozen
+class CodeRequest:
+    """What /oauth/authorize validated, bound into the code."""
+
+    client: Client
+    redirect_uri: str
+    code_challenge: str
+    resource: str
+    scope: str = SCOPE
+
+
+class GrantService:
+    """
+    Creates grants at login and turns codes and refresh tokens into token
+    sets, enforcing single use, rotation, reuse detection, client binding and
+    the absolute lifetime.
+
+    :param store: the `IGrantStore`.
+    :param codec: seals and opens tokens.
+    :param resource: the canonical MCP URL, the audience of every access token.
+    """
+
+    def __init__(
+        self,
+        store: IGrantStore,
+        codec: TokenCodec,
+        resource: str,
+        code_lifetime: int,
+        access_lifetime: int,
+        refresh_lifetime: int,
+    ) -> None:
+        self.store = store
+        self._codec = codec
+        self._resource = resource
+        self._code_lifetime = code_lifetime
+        self._access_lifetime = access_lifetime
+        self._refresh_lifetime = refresh_lifetime
+
+    def _now(self) -> int:
+        return int(self._codec.now())
+
+    async def login(self, request: CodeRequest, credentials: Credentials) -> str:
+        """
+        Store a new grant for C{credentials} and return the authorization
+        code (carrying the grant key) for C{request}.
+        """
+        now = self._now()
+        grant_id = secrets.token_hex(16)
+        key = new_grant_key()
+        record = GrantRecord(
+            grant_id=grant_id,
+            client_ref=client_ref(request.client.client_id),
+            sealed=seal_credentials(key, grant_id, credentials),
+            created=now,
+            # Until the code is redeemed the row only lives as long as the code.
+            expires=now + self._code_lifetime + 5,
+        )
+        await self.store.create_grant(record)
+        log.info("grant {grant} created for client {client}", grant=grant_id, client=record.client_ref)
+        claims = {
+            "gid": grant_id,
+            "k": _b64e(key),
+            "cl": record.client_ref,
+            "ru": request.redirect_uri,
+            "cc": request.code_challenge,
+            "aud": request.resource,
+            "sc": request.scope,
+            "at": now,
+            "jti": secrets.token_hex(12),
+        }
+        code: str = self._codec.seal("code", claims, self._code_lifetime)
+        return code
+
+    def _issue(self, gid: str, key: str, cref: str, auth_time: int, generation: int) -> TokenSet:
+        now = self._now()
+        hard_stop = auth_time + self._refresh_lifetime
+        access_life = max(1, min(self._access_lifetime, hard_stop - now))
+        access = self._codec.seal(
+            "access",
+            {"gid": gid, "k": key, "cl": cref, "aud": self._resource, "sc": SCOPE,
+             "jti": secrets.token_hex(8)},
+            access_life,
+        )
+        refresh = self._codec.seal(
+            "refresh",
+            {"gid": gid, "k": key, "cl": cref, "aud": self._resource, "sc": SCOPE,
+             "gen": generation, "at": auth_time},
+            max(1, hard_stop - now),
+        )
+        return TokenSet(access_token=access, refresh_token=refresh, expires_in=access_life)
+
+    async def redeem_code(
+        self,
+        client: Client,
+        code: str | None,
+        redirect_uri: str | None,
+        code_verifier: str | None,
+        resource: str | None,
+    ) -> TokenSet:
+        """
+        The ``authorization_code`` grant.
+
+        :raises OAuthError: ``invalid_grant`` for a bad, expired, foreign or
+            replayed code; ``invalid_request`` for a malformed verifier.
+        """
+        if not code:
+            raise OAuthError("invalid_request", "code is required")
+        if not code_verifier:
+            raise OAuthError("invalid_request", "code_verifier is required")
+        if not _VERIFIER.fullmatch(code_verifier):
+            raise OAuthError("invalid_request", "code_verifier is malformed")
+        try:
+            claims = self._codec.open("code", code)
+        except InvalidToken:
+            raise OAuthError("invalid_grant", "the authorization code is invalid or expired") from None
+        cref = client_ref(client.client_id)
+        if not hmac.compare_digest(str(claims.get("cl", "")), cref):
+            raise OAuthError("invalid_grant", "the code was issued to another client")
+        if redirect_uri is None or not hmac.compare_digest(
+            str(claims.get("ru", "")).encode("utf-8"), redirect_uri.encode("utf-8")
+        ):
+            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
+        if not hmac.compare_digest(str(claims.get("cc", "")), pkce_s256(code_verifier)):
+            raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
+        if resource is not None and canonical_resource(resource, self._resource) is None:
+            raise OAuthError("invalid_target", "unknown resource")
+        gid, key, auth_time = claims.get("gid"), claims.get("k"), claims.get("at")
+        if not isinstance(gid, str) or not isinstance(key, str) or not isinstance(auth_time, int):
+            raise OAuthError("invalid_grant", "the authorization code is invalid")
+        first = await self.store.activate_grant(
+            gid, str(claims.get("jti")), int(claims.get("exp", 0)), auth_time + self._refresh_lifetime
+        )
+        if not first:
+            # A replayed code: whatever the first redemption produced dies.
+            await self.store.revoke_grant(gid)
+            log.warn("authorization code replayed: grant {grant} revoked", grant=gid)
+            raise OAuthError("invalid_grant", "the authorization code was already used")
+        return self._issue(gid, key, cref, auth_time, 0)
+
+    async def refresh(self, client: Client, refresh_token: str | None, resource: str | None) -> TokenSet:
+        """
+        The ``refresh_token`` grant, with rotation: the presented token dies,
+        and presenting a dead one again revokes the whole family.
+        """
+        if not refresh_token:
+            raise OAuthError("invalid_request", "refresh_token is required")
+        try:
+            claims = self._codec.open("refresh", refresh_token)
+        except InvalidToken:
+            raise OAuthError("invalid_grant", "the refresh token is invalid or expired") from None
+        cref = client_ref(client.client_id)
+        if not hmac.compare_digest(str(claims.get("cl", "")), cref):
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        if resource is not None and canonical_resource(resource, self._resource) is None:
+            raise OAuthError("invalid_target", "unknown resource")
+        gid, key, gen, auth_time = claims.get("gid"), claims.get("k"), claims.get("gen"), claims.get("at")
+        if (
+            not isinstance(gid, str)
+            or not isinstance(key, str)
+            or type(gen) is not int
+            or type(auth_time) is not int
+        ):
+            raise OAuthError("invalid_grant", "the refresh token is invalid")
+        if auth_time + self._refresh_lifetime <= self._now():
+            raise OAuthError("invalid_grant", "the login has expired; sign in again")
+        if not await self.store.rotate_refresh(gid, gen):
+            await self.store.revoke_grant(gid)
+            log.warn("refresh token reused or grant gone: grant {grant} revoked", grant=gid)
+            raise OAuthError("invalid_grant", "the refresh token is no longer valid")
+        return self._issue(gid, key, cref, auth_time, gen + 1)
+
+    async def revoke(self, client: Client, token: str | None) -> None:
+        """
+        RFC 7009: revoke the grant behind a refresh or access token of
+        C{client}.  Unknown tokens and other clients' tokens are ignored.
+        """
+        if not token:
+            return
+        cref = client_ref(client.client_id)
+        for kind in ("refresh", "access"):
+            try:
+                claims = self._codec.open(kind, token)
+            except InvalidToken:
+                continue
+            if hmac.compare_digest(str(claims.get("cl", "")), cref) and isinstance(claims.get("gid"), str):
+                await self.store.revoke_grant(claims["gid"])
+                log.info("grant {grant} revoked by its client", grant=claims["gid"])
+            return
+
+    async def account_for(self, access_token: str) -> MailAccount:
+        """
+        The mail account behind a live access token.
+
+        :raises InvalidToken: for anything else.
+        """
+        claims = self._codec.open("access", access_token)
+        if claims.get("aud") != self._resource:
+            raise InvalidToken()
+        gid, key = claims.get("gid"), claims.get("k")
+        if not isinstance(gid, str):
+            raise InvalidToken()
+        raw_key = _b64d(key)
+        if len(raw_key) != 32:
+            raise InvalidToken()
+        record = await self.store.get_grant(gid)
+        if record is None or not hmac.compare_digest(record.client_ref, str(claims.get("cl", ""))):
+            raise InvalidToken()
+        creds = open_credentials(raw_key, gid, record.sealed)
+        return MailAccount(
+            owner=gid,
+            email=creds.email,
+            full_name=creds.full_name,
+            imap=creds.imap,
+            imap_username=creds.imap_username,
+            imap_password=creds.imap_password,
+            smtp=creds.smtp,
+            smtp_username=creds.smtp_username,
+            smtp_password=creds.smtp_password,
+        )
+
+
+def canonical_resource(value: str | None, mcp_url: str) -> str | None:
+    """
+    The audience for a requested RFC 8707 C{resource}: absent, the MCP URL,
+    with a trailing slash, or the bare origin all mean the MCP URL.  Anything
+    else is L{None} (``invalid_target``).
+    """
+    if value is None or value == "":
+        return mcp_url
+    candidate = value.rstrip("/")
+    base = mcp_url[: -len("/mcp")] if mcp_url.endswith("/mcp") else mcp_url
+    if candidate in (mcp_url, base):
+        return mcp_url
+    if candidate.lower() in (mcp_url.lower(), base.lower()):
+        return mcp_url
+    return None

@@ -1,0 +1,257 @@
+"""
+Live login checks for the login page: does the user's IMAP (and then SMTP)
+server accept these credentials?
+
+Both use Twisted's own protocol clients, hardened the way the stack audit
+says: certificates always verified (`MailTLS`), STARTTLS mandatory when the
+client id says ``starttls`` (no cleartext fallback), ``plain`` only when the
+client id says so (the generator allows it for loopback hosts only), one
+deadline over connect + TLS + greeting + login, and the greeting errbacked
+from ``connectionLost`` so a failed handshake cannot hang the check.
+
+Secrets never reach a log line: SMTP client exceptions carry the base64
+transcript of the AUTH exchange in their ``str()``, so only the exception
+*type* is ever logged, and callers see one of two exceptions with fixed,
+safe messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.mail import imap4, smtp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._clients import MailServer
+from ._tls import MailTLS
+from .interfaces import ILoginChecker
+
+log = Logger()
+
+
+class LoginRejected(Exception):
+    """The server is reachable and said no to these credentials."""
+
+    def __init__(self, protocol: str) -> None:
+        super().__init__(f"{protocol} login failed")
+        self.protocol = protocol
+
+
+class MailServerUnavailable(Exception):
+    """The server could not be reached, securely, in time, or spoke nonsense."""
+
+    def __init__(self, protocol: str, reason: str = "unavailable") -> None:
+        super().__init__(f"{protocol} server unavailable")
+        self.protocol = protocol
+        self.reason = reason
+
+
+def _kind(failure: Failure | BaseException) -> str:
+    value = failure.value if isinstance(failure, Failure) else failure
+    return type(value).__name__
+
+
+def _endpoint(reactor: Any, tls: MailTLS, server: MailServer, timeout: float) -> IStreamClientEndpoint:
+    tcp = TCP4ClientEndpoint(reactor, server.host, server.port, timeout=max(1, int(timeout)))
+    if server.security == "tls":
+        return wrapClientTLS(tls.options_for(server.host), tcp)
+    return tcp
+
+
+def _has_control(*values: bytes) -> bool:
+    return any(c in v for v in values for c in (b"\r", b"\n", b"\0"))
+
+
+class _CheckingIMAP4Client(imap4.IMAP4Client):
+    """An IMAP4Client whose greeting is a Deferred that also fails on connection loss."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.greeting: Deferred[Any] = Deferred()
+        self.lost = False
+
+    def serverGreeting(self, caps: Any) -> None:
+        if not self.greeting.called:
+            self.greeting.callback(caps)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        super().connectionLost(reason)
+        if not self.greeting.called:
+            self.greeting.errback(reason)
+
+
+@implementer(ILoginChecker)
+class IMAPLoginChecker:
+    """
+    LOGIN over verified TLS (implicit, or mandatory STARTTLS), then LOGOUT.
+
+    :param reactor: provides `IReactorTCP` and `IReactorTime`.
+    :param timeout: seconds for the whole check.
+    """
+
+    def __init__(self, reactor: Any, tls: MailTLS, timeout: float = 20.0) -> None:
+        self._reactor = reactor
+        self._tls = tls
+        self._timeout = timeout
+
+    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+        holder: list[_CheckingIMAP4Client] = []
+        d = Deferred.fromCoroutine(self._check(server, username, password, holder))
+        d.addTimeout(self._timeout, self._reactor)
+
+        def done(result: Any) -> Any:
+            for proto in holder:
+                if not proto.lost and proto.transport is not None:
+                    proto.transport.abortConnection()  # type: ignore[attr-defined]
+            if isinstance(result, Failure):
+                if result.check(LoginRejected, MailServerUnavailable):
+                    return result
+                reason = "timeout" if result.check(defer.TimeoutError, defer.CancelledError) else "error"
+                log.info("IMAP check of {host}:{port} failed: {kind}", host=server.host,
+                         port=server.port, kind=_kind(result))
+                raise MailServerUnavailable("IMAP", reason)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    async def _check(
+        self, server: MailServer, username: str, password: str, holder: list[_CheckingIMAP4Client]
+    ) -> None:
+        user, secret = username.encode("utf-8"), password.encode("utf-8")
+        if _has_control(user, secret):
+            raise LoginRejected("IMAP")
+        options = self._tls.options_for(server.host) if server.security != "plain" else None
+        proto = _CheckingIMAP4Client(options)
+        proto.timeout = int(self._timeout)
+        holder.append(proto)
+        await connectProtocol(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
+        await proto.greeting
+        if server.security == "starttls":
+            caps = await proto.getCapabilities()
+            if b"STARTTLS" not in caps:
+                log.warn("IMAP server {host}:{port} offers no STARTTLS; refusing to log in",
+                         host=server.host, port=server.port)
+                raise MailServerUnavailable("IMAP", "no-starttls")
+            await proto.startTLS(options)
+            if not proto.startedTLS:
+                raise MailServerUnavailable("IMAP", "no-starttls")
+        try:
+            await proto.sendCommand(
+                imap4.Command(b"LOGIN", imap4._quote(user) + b" " + imap4._quote(secret))
+            )
+        except imap4.IMAP4Exception as e:
+            text = str(e.args[0] if e.args else b"").upper()
+            if "UNAVAILABLE" in text or "SERVERBUG" in text:
+                raise MailServerUnavailable("IMAP", "temporary") from None
+            raise LoginRejected("IMAP") from None
+        try:
+            logout = proto.logout()
+            logout.addTimeout(2, self._reactor)
+            await logout
+        except Exception:  # noqa: S110 - the login already succeeded; LOGOUT is a courtesy
+            pass
+
+
+class _AuthOnlyESMTPClient(smtp.ESMTPClient):
+    """
+    EHLO, (STARTTLS), AUTH, QUIT: reaching the MAIL FROM state means the
+    server accepted the credentials, and no mail transaction is ever begun.
+    """
+
+    requireAuthentication = True
+    heloFallback = False
+    debug = False  # no transcript: it would hold the base64 password
+
+    def __init__(
+        self, username: bytes, secret: bytes, context: Any, require_tls: bool,
+        identity: bytes, done: Deferred[None], timeout: float,
+    ) -> None:
+        super().__init__(secret, context, identity)
+        self.requireTransportSecurity = require_tls
+        self.timeout = int(timeout)  # type: ignore[assignment]
+        self.done = done
+        self.registerAuthenticator(smtp.PLAINAuthenticator(username))
+        self.registerAuthenticator(smtp.LOGINAuthenticator(username))
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+        self._disconnectFromServer()
+
+    def sendError(self, exc: Exception) -> None:
+        if not self.done.called:
+            self.done.errback(Failure(exc))
+        super().sendError(exc)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+@implementer(ILoginChecker)
+class SMTPLoginChecker:
+    """
+    SMTP AUTH over verified TLS (implicit, or mandatory STARTTLS); no mail
+    is sent.
+    """
+
+    def __init__(self, reactor: Any, tls: MailTLS, timeout: float = 20.0, identity: str = "localhost") -> None:
+        assert IReactorTCP.providedBy(reactor) and IReactorTime.providedBy(reactor)
+        self._reactor = reactor
+        self._tls = tls
+        self._timeout = timeout
+        self._identity = identity.encode("idna")
+
+    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+        holder: list[_AuthOnlyESMTPClient] = []
+        d = Deferred.fromCoroutine(self._check(server, username, password, holder))
+        d.addTimeout(self._timeout, self._reactor)
+
+        def done(result: Any) -> Any:
+            if isinstance(result, Failure):
+                for proto in holder:
+                    if proto.transport is not None:
+                        proto.transport.abortConnection()  # type: ignore[attr-defined]
+                if result.check(LoginRejected, MailServerUnavailable):
+                    return result
+                if result.check(smtp.AUTHDeclinedError):
+                    raise LoginRejected("SMTP")
+                reason = "timeout" if result.check(defer.TimeoutError, defer.CancelledError, smtp.SMTPTimeoutError) else "error"
+                if result.check(smtp.TLSRequiredError, smtp.TLSError):
+                    reason = "tls"
+                elif result.check(smtp.AUTHRequiredError, smtp.EHLORequiredError):
+                    reason = "no-auth"
+                # Only the type: str() of SMTP errors holds the AUTH transcript.
+                log.info("SMTP check of {host}:{port} failed: {kind}", host=server.host,
+                         port=server.port, kind=_kind(result))
+                raise MailServerUnavailable("SMTP", reason)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    async def _check(
+        self, server: MailServer, username: str, password: str, holder: list[_AuthOnlyESMTPClient]
+    ) -> None:
+        user, secret = username.encode("utf-8"), password.encode("utf-8")
+        if _has_control(user, secret):
+            raise LoginRejected("SMTP")
+        context = self._tls.options_for(server.host) if server.security == "starttls" else None
+        outcome: Deferred[None] = Deferred()
+        proto = _AuthOnlyESMTPClient(
+            user, secret, context, require_tls=server.security != "plain",
+            identity=self._identity, done=outcome, timeout=self._timeout,
+        )
+        holder.append(proto)
+        await connectProtocol(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
+        await outcome

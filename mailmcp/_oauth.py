@@ -1,0 +1,779 @@
+"""
+The OAuth 2.1 authorization server: discovery documents, the login page
+(which checks IMAP and SMTP credentials live), the token endpoint and
+revocation.
+
+Clients are pre-registered: a client id is a sealed token made by
+``twistd mailmcp-generate`` that names the mail servers and the allowed
+redirect URIs (see `mailmcp._clients`).  No dynamic client registration is
+offered: the client id *is* the mail-server configuration, so it cannot be
+self-issued by whoever asks.  The ``mcp`` client and Claude both accept
+pre-registered clients (``client_secret_post``, or ``none`` for a public
+client provisioned with ``--public``).
+
+Everything public is derived from ``config.base_url``, never from ``Host`` or
+``X-Forwarded-*``; the issuer string is identical in both metadata documents
+and in the ``iss`` authorization-response parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+import attrs
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from twisted.web.iweb import IRequest
+from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
+
+from ._clients import Client, open_client
+from ._config import Config
+from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
+from ._http import json_body as _json_body
+from ._mailcheck import LoginRejected, MailServerUnavailable
+from ._templates import template_path
+from ._throttle import Busy, LoginThrottle, Throttled
+from ._tokens import InvalidToken, TokenCodec
+from .interfaces import ILoginChecker
+
+log = Logger()
+
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+_EMAIL = re.compile(r"[^@\s<>()\[\]\",;:\\]{1,64}@[^@\s<>()\[\]\",;:\\]{1,253}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PARAM = 8192
+MAX_STATE = 2048
+MAX_TOKEN_BODY = 8192
+MAX_FORM_BODY = 65536
+OAUTH_PARAMS = ("client_id", "redirect_uri", "response_type", "state", "code_challenge",
+                "code_challenge_method", "scope", "resource")
+FORM_FIELDS = ("email", "full_name", "imap_username", "imap_password", "use_same_credentials",
+               "smtp_username", "smtp_password", "csrf_token")
+
+GENERIC_FAILURE = "Sign-in failed. Nothing was saved; please check the details below and try again."
+
+
+class BadRequest(Exception):
+    """A request we answer with the error page (never a redirect)."""
+
+    def __init__(self, title: str, message: str, status: int = 400) -> None:
+        super().__init__(title)
+        self.title = title
+        self.message = message
+        self.status = status
+
+
+class RedirectError(Exception):
+    """An authorization error sent back to the (validated) redirect URI."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.description = description
+
+
+@attrs.frozen
+class AuthorizeRequest:
+    """A validated authorization request."""
+
+    client: Client
+    redirect_uri: str
+    state: str | None
+    code_challenge: str
+    resource: str
+    scope: str
+
+    def hidden_fields(self) -> list[tuple[str, str]]:
+        fields = [
+            ("client_id", self.client.client_id),
+            ("redirect_uri", self.redirect_uri),
+            ("response_type", "code"),
+            ("code_challenge", self.code_challenge),
+            ("code_challenge_method", "S256"),
+            ("scope", self.scope),
+            ("resource", self.resource),
+        ]
+        if self.state is not None:
+            fields.append(("state", self.state))
+        return fields
+
+
+def _single(args: Mapping[bytes, list[bytes]], name: str, limit: int = MAX_PARAM) -> str | None:
+    """One parameter: absent → None; repeated, oversized or not UTF-8 → BadRequest."""
+    values = args.get(name.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest("Invalid request", f"The parameter {name} was given more than once.")
+    raw = values[0]
+    if len(raw) > limit:
+        raise BadRequest("Invalid request", f"The parameter {name} is too long.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("Invalid request", f"The parameter {name} is not valid text.") from None
+
+
+def _host_of(uri: str) -> str:
+    parts = urlsplit(uri)
+    return parts.netloc.rsplit("@", 1)[-1]
+
+
+def _origin_of(uri: str) -> str:
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{_host_of(uri)}"
+
+
+def _add_query(uri: str, params: list[tuple[str, str]]) -> str:
+    return uri + ("&" if urlsplit(uri).query else "?") + urlencode(params)
+
+
+class _Page(Element):
+    """The login page, rendered with twisted.web.template (auto-escaping)."""
+
+    loader = XMLFile(FilePath(str(template_path("login.xhtml"))))
+
+    def __init__(
+        self, request: AuthorizeRequest, csrf: str, values: Mapping[str, str],
+        same: bool, errors: list[str], message: str | None,
+    ) -> None:
+        super().__init__()
+        self._request = request
+        self._csrf = csrf
+        self._values = values
+        self._same = same
+        self._errors = errors
+        self._message = message
+
+    @renderer
+    def hidden(self, request: IRequest, tag: Tag) -> list[Tag]:
+        fields = [*self._request.hidden_fields(), ("csrf_token", self._csrf)]
+        return [tags.input(type="hidden", name=name, value=value) for name, value in fields]
+
+    @renderer
+    def errors(self, request: IRequest, tag: Tag) -> Tag | str:
+        if not self._errors and not self._message:
+            return ""
+        box = tags.div(class_="errors", role="alert")
+        if self._message:
+            box(tags.p(self._message, class_="error-generic"))
+        if self._errors:
+            box(tags.ul([tags.li(e, class_="error-line") for e in self._errors]))
+        return box
+
+    @renderer
+    def same_checkbox(self, request: IRequest, tag: Tag) -> Tag:
+        box = tags.input(type="checkbox", id="use_same_credentials", name="use_same_credentials", value="1")
+        if self._same:
+            box(checked="checked")
+        return box
+
+    @renderer
+    def page(self, request: IRequest, tag: Tag) -> Tag:
+        return tag.fillSlots(**self.slots())
+
+    def slots(self) -> dict[str, str]:
+        client = self._request.client
+        return {
+            "client_name": client.name or "Your AI assistant",
+            "redirect_host": _host_of(self._request.redirect_uri),
+            "imap_host": f"{client.imap.host}:{client.imap.port}",
+            "smtp_host": f"{client.smtp.host}:{client.smtp.port}",
+            "email": self._values.get("email", ""),
+            "full_name": self._values.get("full_name", ""),
+            "imap_username": self._values.get("imap_username", ""),
+            "smtp_username": self._values.get("smtp_username", ""),
+        }
+
+
+class _ErrorPage(Element):
+    """The error page: never a redirect, never an echo of the request."""
+
+    loader = XMLFile(FilePath(str(template_path("error.xhtml"))))
+
+    def __init__(self, title: str, message: str) -> None:
+        super().__init__()
+        self._title = title
+        self._message = message
+
+    @renderer
+    def page(self, request: IRequest, tag: Tag) -> Tag:
+        return tag.fillSlots(title=self._title, message=self._message)
+
+
+def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = True) -> bytes:
+    encoded: bytes = _json_body(request, status, body, no_store=no_store)
+    return encoded
+
+
+async def _flatten(element: Element) -> bytes:
+    body: bytes = await flattenString(None, element)
+    return b"<!DOCTYPE html>\n" + body
+
+
+def _body_size(request: IRequest) -> int:
+    content = request.content
+    if content is None:
+        return 0
+    position = content.tell()
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(position)
+    return int(size)
+
+
+class OAuthApp:
+    """
+    The authorization server's routes.
+
+    :param config: issuer, lifetimes, proxy trust.
+    :param codec: opens client ids.
+    :param grants: creates grants and mints tokens.
+    :param imap_checker, smtp_checker: live credential checks (`ILoginChecker`).
+    :param throttle: login throttling.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        config: Config,
+        codec: TokenCodec,
+        grants: GrantService,
+        imap_checker: ILoginChecker,
+        smtp_checker: ILoginChecker,
+        throttle: LoginThrottle,
+    ) -> None:
+        self._config = config
+        self._codec = codec
+        self._grants = grants
+        self._imap = imap_checker
+        self._smtp = smtp_checker
+        self._throttle = throttle
+        self._issuer = config.base_url
+        self._secure_cookie = config.base_url.startswith("https://")
+        self._csrf_cookie = b"__Host-mailmcp-csrf" if self._secure_cookie else b"mailmcp-csrf"
+        self._csrf_key = config.keyring.subkey(config.keyring.current_kid, "csrf")
+        self._css: bytes = template_path("login.css").read_bytes()
+
+    # -- discovery --------------------------------------------------------
+
+    def resource_metadata(self) -> dict[str, Any]:
+        return {
+            "resource": self._config.mcp_url,
+            "authorization_servers": [self._issuer],
+            "scopes_supported": [SCOPE],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Mail MCP",
+        }
+
+    def server_metadata(self) -> dict[str, Any]:
+        base = self._issuer
+        return {
+            "issuer": base,
+            "authorization_endpoint": base + "/oauth/authorize",
+            "token_endpoint": base + "/oauth/token",
+            "revocation_endpoint": base + "/oauth/revoke",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
+            "scopes_supported": [SCOPE],
+            "authorization_response_iss_parameter_supported": True,
+        }
+
+    def _metadata(self, request: IRequest, document: dict[str, Any]) -> bytes:
+        request.setHeader(b"access-control-allow-origin", b"*")
+        request.setHeader(b"cache-control", b"public, max-age=3600")
+        return json_body(request, 200, document, no_store=False)
+
+    @app.route("/.well-known/oauth-protected-resource", methods=["GET", "HEAD"])
+    def prm_root(self, request: IRequest) -> bytes:
+        return self._metadata(request, self.resource_metadata())
+
+    @app.route("/.well-known/oauth-protected-resource/mcp", methods=["GET", "HEAD"])
+    def prm_mcp(self, request: IRequest) -> bytes:
+        return self._metadata(request, self.resource_metadata())
+
+    @app.route("/.well-known/oauth-authorization-server", methods=["GET", "HEAD"])
+    def asm(self, request: IRequest) -> bytes:
+        return self._metadata(request, self.server_metadata())
+
+    @app.route("/.well-known/", branch=True)
+    def well_known_other(self, request: IRequest) -> bytes:
+        return json_body(request, 404, {"error": "not_found"})
+
+    @app.route("/oauth/static/login.css", methods=["GET", "HEAD"])
+    def css(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/css; charset=utf-8")
+        request.setHeader(b"cache-control", b"public, max-age=3600")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return self._css
+
+    @app.route("/oauth/", branch=True)
+    def oauth_other(self, request: IRequest) -> bytes:
+        return json_body(request, 404, {"error": "not_found"})
+
+    # -- pages ------------------------------------------------------------
+
+    def _page_headers(self, request: IRequest, redirect_uri: str | None = None) -> None:
+        form_action = "'self'"
+        if redirect_uri is not None:
+            # Browsers apply form-action to the redirect that follows the POST.
+            form_action += " " + _origin_of(redirect_uri)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(
+            b"content-security-policy",
+            (
+                "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'none'; "
+                f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+            ).encode(),
+        )
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"pragma", b"no-cache")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+
+    async def _error_page(self, request: IRequest, error: BadRequest) -> bytes:
+        request.setResponseCode(error.status)
+        self._page_headers(request)
+        return await _flatten(_ErrorPage(error.title, error.message))
+
+    def _csrf_for(self, cookie: str) -> str:
+        mac = hmac.new(self._csrf_key, cookie.encode("ascii"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+    def _csrf_cookie_value(self, request: IRequest) -> str:
+        """The browser's CSRF cookie, set now if it has none (or a bad one)."""
+        current = request.getCookie(self._csrf_cookie)
+        if current and re.fullmatch(rb"[A-Za-z0-9_-]{43}", current):
+            return str(current.decode("ascii"))
+        value = secrets.token_urlsafe(32)
+        request.addCookie(  # type: ignore[call-arg]
+            self._csrf_cookie, value.encode("ascii"), path=b"/", httpOnly=True,
+            secure=self._secure_cookie, sameSite="lax",
+        )
+        return value
+
+    async def _login_page(
+        self, request: IRequest, areq: AuthorizeRequest, status: int = 200,
+        values: Mapping[str, str] | None = None, same: bool = True,
+        errors: list[str] | None = None, message: str | None = None,
+    ) -> bytes:
+        csrf = self._csrf_for(self._csrf_cookie_value(request))
+        request.setResponseCode(status)
+        self._page_headers(request, areq.redirect_uri)
+        return await _flatten(_Page(areq, csrf, values or {}, same, errors or [], message))
+
+    def _redirect(self, request: IRequest, uri: str) -> bytes:
+        # 303: the browser must not re-POST the credentials (RFC 9700 §4.12).
+        request.setResponseCode(303)
+        request.setHeader(b"location", uri.encode("utf-8"))
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Redirecting.\n"
+
+    def _error_redirect(self, request: IRequest, redirect_uri: str, state: str | None,
+                        error: RedirectError) -> bytes:
+        params = [("error", error.error), ("error_description", error.description)]
+        if state is not None:
+            params.append(("state", state))
+        params.append(("iss", self._issuer))
+        return self._redirect(request, _add_query(redirect_uri, params))
+
+    def _validate_client(self, args: Mapping[bytes, list[bytes]]) -> tuple[Client, str, str | None]:
+        client_id = _single(args, "client_id")
+        if not client_id:
+            raise BadRequest("Unknown application", "The request does not name a client.")
+        try:
+            client = open_client(self._codec, client_id)
+        except InvalidToken:
+            raise BadRequest("Unknown application", "This client ID was not issued by this server.") from None
+        redirect_uri = _single(args, "redirect_uri")
+        if not redirect_uri or not client.allows_redirect(redirect_uri):
+            raise BadRequest(
+                "Unregistered redirect address",
+                "The redirect address is not registered for this client, so sign-in cannot continue.",
+            )
+        state = _single(args, "state", MAX_STATE)
+        return client, redirect_uri, state
+
+    def _validate_authorize(self, args: Mapping[bytes, list[bytes]]) -> AuthorizeRequest:
+        """
+        :raises BadRequest: for a bad client or redirect URI (error page).
+        :raises RedirectError: for anything else (sent to the redirect URI).
+        """
+        client, redirect_uri, state = self._validate_client(args)
+        try:
+            for name in OAUTH_PARAMS:
+                _single(args, name)
+        except BadRequest as e:
+            raise RedirectError("invalid_request", e.message) from None
+        response_type = _single(args, "response_type")
+        if response_type != "code":
+            raise RedirectError("unsupported_response_type", "response_type must be code")
+        challenge = _single(args, "code_challenge")
+        if not challenge or not _CHALLENGE.fullmatch(challenge):
+            raise RedirectError("invalid_request", "a PKCE S256 code_challenge is required")
+        if _single(args, "code_challenge_method") != "S256":
+            raise RedirectError("invalid_request", "code_challenge_method must be S256")
+        resource = canonical_resource(_single(args, "resource"), self._config.mcp_url)
+        if resource is None:
+            raise RedirectError("invalid_target", "unknown resource")
+        # Unknown scopes are ignored rather than refused (Claude sends some).
+        return AuthorizeRequest(
+            client=client, redirect_uri=redirect_uri, state=state,
+            code_challenge=challenge, resource=resource, scope=SCOPE,
+        )
+
+    async def _authorize_common(self, request: IRequest) -> tuple[AuthorizeRequest | None, bytes | None]:
+        args: Mapping[bytes, list[bytes]] = request.args or {}
+        try:
+            return self._validate_authorize(args), None
+        except BadRequest as e:
+            return None, await self._error_page(request, e)
+        except RedirectError as e:
+            client, redirect_uri, state = self._validate_client(args)
+            log.info("authorization request refused: {error}", error=e.error)
+            return None, self._error_redirect(request, redirect_uri, state, e)
+
+    @app.route("/oauth/authorize", methods=["GET", "HEAD"])
+    async def authorize_form(self, request: IRequest) -> bytes:
+        try:
+            areq, answer = await self._authorize_common(request)
+        except BadRequest as e:
+            return await self._error_page(request, e)
+        if areq is None:
+            assert answer is not None
+            return answer
+        return await self._login_page(request, areq)
+
+    def _client_address(self, request: IRequest) -> str:
+        if self._config.trust_forwarded:
+            forwarded = request.getHeader(b"x-forwarded-for")
+            if forwarded:
+                last = forwarded.split(b",")[-1].strip().decode("ascii", "replace")
+                if last:
+                    return str(last)
+        address = request.getClientAddress()
+        return str(getattr(address, "host", "unknown"))
+
+    def _check_csrf(self, request: IRequest, token: str | None) -> bool:
+        origin = request.getHeader(b"origin")
+        if origin is not None and origin.decode("ascii", "replace") != _origin_of(self._issuer):
+            return False
+        cookie = request.getCookie(self._csrf_cookie)
+        if not cookie or not token:
+            return False
+        try:
+            expected = self._csrf_for(cookie.decode("ascii"))
+        except UnicodeDecodeError:
+            return False
+        return hmac.compare_digest(expected.encode("ascii"), token.encode("utf-8", "replace"))
+
+    @app.route("/oauth/authorize", methods=["POST"])
+    async def authorize_submit(self, request: IRequest) -> bytes:
+        try:
+            return await self._authorize_submit(request)
+        except BadRequest as e:
+            return await self._error_page(request, e)
+
+    async def _authorize_submit(self, request: IRequest) -> bytes:
+        if _body_size(request) > MAX_FORM_BODY:
+            raise BadRequest("Request too large", "The form was too large.", 413)
+        areq, answer = await self._authorize_common(request)
+        if areq is None:
+            assert answer is not None
+            return answer
+        args: Mapping[bytes, list[bytes]] = request.args or {}
+        values: dict[str, str] = {}
+        for name in FORM_FIELDS:
+            values[name] = _single(args, name, 4096) or ""
+        if not self._check_csrf(request, values["csrf_token"]):
+            log.info("login form refused: missing or wrong CSRF token")
+            raise BadRequest(
+                "Session expired",
+                "This sign-in form has expired or was not sent from this site. "
+                "Go back to your assistant and start again.",
+                403,
+            )
+        same = values["use_same_credentials"] == "1"
+        if same:
+            values["smtp_username"] = values["imap_username"]
+            values["smtp_password"] = values["imap_password"]
+        kept = {k: v for k, v in values.items() if "password" not in k and k != "csrf_token"}
+        if same:
+            kept["smtp_username"] = ""
+
+        errors = self._field_errors(values, same)
+        if errors:
+            return await self._login_page(request, areq, 400, kept, same, errors, GENERIC_FAILURE)
+
+        address = self._client_address(request)
+        username = values["imap_username"]
+        try:
+            await self._throttle.admit(address, username)
+        except Throttled as e:
+            request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+            return await self._login_page(
+                request, areq, 429, kept, same,
+                ["Too many sign-in attempts. Please wait a few minutes before trying again."],
+                GENERIC_FAILURE,
+            )
+        try:
+            with self._throttle.slot():
+                problem = await self._check_mail(areq.client, values)
+        except Busy:
+            request.setHeader(b"retry-after", b"5")
+            return await self._login_page(
+                request, areq, 503, kept, same,
+                ["The service is busy checking other sign-ins. Please try again in a moment."],
+                GENERIC_FAILURE,
+            )
+        if problem is not None:
+            failed_user, line = problem
+            if failed_user is not None:
+                await self._throttle.failed(failed_user)
+            return await self._login_page(request, areq, 400, kept, same, [line], GENERIC_FAILURE)
+
+        credentials = Credentials(
+            email=values["email"].strip(),
+            full_name=values["full_name"].strip(),
+            imap=areq.client.imap,
+            imap_username=values["imap_username"],
+            imap_password=values["imap_password"],
+            smtp=areq.client.smtp,
+            smtp_username=values["smtp_username"],
+            smtp_password=values["smtp_password"],
+        )
+        code = await self._grants.login(
+            CodeRequest(client=areq.client, redirect_uri=areq.redirect_uri,
+                        code_challenge=areq.code_challenge, resource=areq.resource),
+            credentials,
+        )
+        params = [("code", code)]
+        if areq.state is not None:
+            params.append(("state", areq.state))
+        params.append(("iss", self._issuer))
+        return self._redirect(request, _add_query(areq.redirect_uri, params))
+
+    def _field_errors(self, values: Mapping[str, str], same: bool) -> list[str]:
+        errors: list[str] = []
+        email = values["email"].strip()
+        if not email:
+            errors.append("Email address: please enter your email address.")
+        elif len(email) > 254 or _CONTROL.search(email) or not _EMAIL.fullmatch(email):
+            errors.append("Email address: this does not look like an email address.")
+        if len(values["full_name"]) > 128 or _CONTROL.search(values["full_name"]):
+            errors.append("Your name: at most 128 characters, no control characters.")
+        groups = [("IMAP", "imap")] + ([] if same else [("SMTP", "smtp")])
+        for label, prefix in groups:
+            user, password = values[f"{prefix}_username"], values[f"{prefix}_password"]
+            if not user:
+                errors.append(f"{label} username: please enter your username.")
+            elif len(user) > 256 or _CONTROL.search(user):
+                errors.append(f"{label} username: at most 256 characters, no control characters.")
+            if not password:
+                errors.append(f"{label} password: please enter your password.")
+            elif len(password.encode("utf-8")) > 1024 or _CONTROL.search(password):
+                errors.append(f"{label} password: at most 1024 bytes, no control characters.")
+        return errors
+
+    async def _check_mail(self, client: Client, values: Mapping[str, str]) -> tuple[str | None, str] | None:
+        """
+        IMAP first, then SMTP (only when IMAP accepted).  Returns None, or
+        (the username to count a failure against, the line to show).
+        """
+        checks = [
+            ("IMAP", self._imap, client.imap, values["imap_username"], values["imap_password"]),
+            ("SMTP", self._smtp, client.smtp, values["smtp_username"], values["smtp_password"]),
+        ]
+        for label, checker, server, user, password in checks:
+            try:
+                await checker.check(server, user, password)
+            except LoginRejected:
+                log.info("{protocol} login rejected by {host}", protocol=label, host=server.host)
+                return user, f"{label}: the mail server rejected this username or password."
+            except MailServerUnavailable as e:
+                log.warn("{protocol} server {host} unavailable: {reason}", protocol=label,
+                         host=server.host, reason=e.reason)
+                return None, f"{label}: the mail server could not be reached securely. Please try again later."
+        return None
+
+    # -- token endpoint ---------------------------------------------------
+
+    def _token_error(self, request: IRequest, error: OAuthError, basic: bool = False) -> bytes:
+        if error.status == 401 and basic:
+            request.setHeader(b"www-authenticate", b'Basic realm="mailmcp"')
+        request.setHeader(b"pragma", b"no-cache")
+        body: dict[str, str] = {"error": error.error}
+        if error.description:
+            body["error_description"] = error.description
+        return json_body(request, error.status, body)
+
+    def _form(self, request: IRequest) -> dict[str, str]:
+        """
+        The token request body as single-valued parameters.
+
+        :raises OAuthError: for a query string, a wrong content type, a
+            body too large, or a repeated parameter.
+        """
+        if b"?" in (request.uri or b""):
+            raise OAuthError("invalid_request", "URL query parameters are not allowed")
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype != b"application/x-www-form-urlencoded":
+            raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+        content = request.content
+        body = content.read(MAX_TOKEN_BODY + 1) if content is not None else b""
+        if len(body) > MAX_TOKEN_BODY:
+            raise OAuthError("invalid_request", "the request body is too large", 413)
+        try:
+            parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise OAuthError("invalid_request", "the body is not UTF-8") from None
+        form: dict[str, str] = {}
+        for name, values in parsed.items():
+            if len(values) != 1:
+                raise OAuthError("invalid_request", f"parameter {name} repeated")
+            form[name] = values[0]
+        return form
+
+    def _authenticate_client(self, request: IRequest, form: Mapping[str, str]) -> tuple[Client, bool]:
+        """
+        client_secret_basic, client_secret_post, or none (public clients).
+
+        :return: the client and whether Basic was used.
+        :raises OAuthError: ``invalid_client`` (401) or ``invalid_request``.
+        """
+        headers = request.requestHeaders.getRawHeaders(b"authorization") or []
+        if len(headers) > 1:
+            raise OAuthError("invalid_request", "more than one Authorization header")
+        basic = False
+        client_id = form.get("client_id")
+        secret = form.get("client_secret")
+        if headers:
+            scheme, _, value = headers[0].partition(b" ")
+            if scheme.lower() != b"basic":
+                raise OAuthError("invalid_client", "unsupported client authentication", 401)
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+                raw_id, sep, raw_secret = decoded.partition(":")
+                if not sep:
+                    raise ValueError("no colon")
+            except (binascii.Error, ValueError, UnicodeDecodeError):
+                raise OAuthError("invalid_client", "malformed Basic credentials", 401) from None
+            basic = True
+            if secret is not None or (client_id is not None and client_id != unquote(raw_id)):
+                raise OAuthError("invalid_request", "use one client authentication method")
+            client_id, secret = unquote(raw_id), unquote(raw_secret)
+        if not client_id:
+            raise OAuthError("invalid_client", "client authentication failed", 401)
+        try:
+            client = open_client(self._codec, client_id)
+        except InvalidToken:
+            raise OAuthError("invalid_client", "client authentication failed", 401) from None
+        if client.is_public:
+            if secret:
+                raise OAuthError("invalid_client", "client authentication failed", 401)
+        elif not client.check_secret(secret):
+            raise OAuthError("invalid_client", "client authentication failed", 401)
+        return client, basic
+
+    @app.route("/oauth/token", methods=["POST"])
+    async def token(self, request: IRequest) -> bytes:
+        basic = False
+        try:
+            form = self._form(request)
+            client, basic = self._authenticate_client(request, form)
+            grant_type = form.get("grant_type")
+            if not grant_type:
+                raise OAuthError("invalid_request", "grant_type is required")
+            if grant_type == "authorization_code":
+                tokens = await self._grants.redeem_code(
+                    client, form.get("code"), form.get("redirect_uri"),
+                    form.get("code_verifier"), form.get("resource"),
+                )
+            elif grant_type == "refresh_token":
+                tokens = await self._grants.refresh(client, form.get("refresh_token"), form.get("resource"))
+            else:
+                raise OAuthError("unsupported_grant_type", "use authorization_code or refresh_token")
+        except OAuthError as e:
+            log.info("token request refused: {error}", error=e.error)
+            return self._token_error(request, e, basic)
+        request.setHeader(b"pragma", b"no-cache")
+        return json_body(request, 200, tokens.to_json())
+
+    @app.route("/oauth/token", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    def token_wrong_method(self, request: IRequest) -> bytes:
+        request.setHeader(b"allow", b"POST")
+        return self._token_error(request, OAuthError("invalid_request", "use POST", 405))
+
+    @app.route("/oauth/revoke", methods=["POST"])
+    async def revoke(self, request: IRequest) -> bytes:
+        basic = False
+        try:
+            form = self._form(request)
+            client, basic = self._authenticate_client(request, form)
+            await self._grants.revoke(client, form.get("token"))
+        except OAuthError as e:
+            return self._token_error(request, e, basic)
+        request.setHeader(b"pragma", b"no-cache")
+        return json_body(request, 200, {})
+
+    @app.route("/oauth/revoke", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    def revoke_wrong_method(self, request: IRequest) -> bytes:
+        request.setHeader(b"allow", b"POST")
+        return self._token_error(request, OAuthError("invalid_request", "use POST", 405))
+
+
+def open_store(config: Config, reactor: Any) -> Any:
+    """The `IGrantStore` named by ``--store`` (a service to start and stop)."""
+    from ._store_redis import RedisGrantStore
+    from ._store_sqlite import SQLiteGrantStore
+
+    if config.store.startswith("sqlite:"):
+        return SQLiteGrantStore(config.store[len("sqlite:"):], reactor)
+    return RedisGrantStore(config.store, reactor)
+
+
+def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tuple[Any, Any]:
+    """
+    Build the grant store (added to C{parent} as a service), the OAuth app and
+    the access-token verifier.  Returns ``(oauth_resource, verifier)``.
+    """
+    from ._mailcheck import IMAPLoginChecker, SMTPLoginChecker
+    from ._tls import MailTLS
+    from ._verifier import GrantTokenVerifier
+
+    store = open_store(config, reactor)
+    store.setName("grant-store")
+    store.setServiceParent(parent)
+    codec = TokenCodec(config.keyring, reactor)
+    grants = GrantService(
+        store, codec, config.mcp_url,
+        code_lifetime=config.code_lifetime,
+        access_lifetime=config.access_token_lifetime,
+        refresh_lifetime=config.refresh_token_lifetime,
+    )
+    tls = MailTLS(config.mail_ca_file)
+    identity = urlsplit(config.base_url).hostname or "localhost"
+    oauth = OAuthApp(
+        config, codec, grants,
+        IMAPLoginChecker(reactor, tls, timeout=min(config.imap_timeout, 20.0)),
+        SMTPLoginChecker(reactor, tls, timeout=min(config.smtp_timeout, 20.0), identity=identity),
+        LoginThrottle(store, config.login_concurrency),
+    )
+    return oauth.app.resource(), GrantTokenVerifier(grants)

@@ -1,0 +1,200 @@
+"""
+The shared grant store: Redis, for several processes or hosts
+(``--store redis://host:port/db``).
+
+Every check-and-set runs as one Lua script, so two processes racing on the
+same code or refresh token cannot both win.  Expiry is enforced against the
+daemon's clock (the ``expires`` field) and Redis TTLs only collect garbage.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ._grants import GrantRecord
+from .interfaces import IGrantStore
+
+log = Logger()
+
+_ACTIVATE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local expires = redis.call('HGET', KEYS[2], 'expires')
+if not expires or tonumber(expires) <= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], 'expires', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+_ROTATE = """
+local gen = redis.call('HGET', KEYS[1], 'gen')
+if not gen or tonumber(gen) ~= tonumber(ARGV[1]) then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'expires')) <= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'gen', tonumber(gen) + 1)
+return 1
+"""
+
+_HIT = """
+local now = tonumber(ARGV[1])
+local untl = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if untl <= now then
+  redis.call('HSET', KEYS[1], 'count', 1, 'until', tostring(now + tonumber(ARGV[2])))
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return redis.call('HINCRBY', KEYS[1], 'count', 1)
+"""
+
+
+def parse_redis_url(url: str) -> dict[str, Any]:
+    """``redis://[:password@]host[:port][/db]`` or ``unix:///path?db=N``."""
+    parts = urlsplit(url)
+    password = unquote(parts.password) if parts.password else None
+    if parts.scheme == "unix":
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+        return {"path": parts.path, "dbid": int(db), "password": password}
+    db_text = parts.path.lstrip("/")
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 6379,
+        "dbid": int(db_text) if db_text else 0,
+        "password": password,
+        "tls": parts.scheme == "rediss",
+    }
+
+
+@implementer(IGrantStore)
+class RedisGrantStore(Service):
+    """
+    `IGrantStore` on Redis.  The connection pool is opened in
+    `startService` and closed in `stopService`.
+    """
+
+    def __init__(self, url: str, clock: IReactorTime, prefix: str = "mailmcp:", poolsize: int = 4) -> None:
+        self._url = url
+        self._clock = clock
+        self._prefix = prefix
+        self._poolsize = poolsize
+        self._redis: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.connect()
+
+    def connect(self) -> None:
+        options = parse_redis_url(self._url)
+        common = dict(dbid=options["dbid"], poolsize=self._poolsize, password=options["password"],
+                      connectTimeout=5, replyTimeout=5)
+        if "path" in options:
+            self._redis = txredisapi.lazyUnixConnectionPool(options["path"], **common)
+        else:
+            self._redis = txredisapi.lazyConnectionPool(
+                options["host"], options["port"], ssl_context_factory=options["tls"], **common
+            )
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self.disconnect()
+
+    def disconnect(self) -> Deferred[None] | None:
+        redis, self._redis = self._redis, None
+        if redis is None:
+            return None
+        d: Deferred[None] = redis.disconnect()
+        return d
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def _ttl(self, expires: float) -> int:
+        return max(1, int(expires - self._now()) + 1)
+
+    def _grant_key(self, grant_id: str) -> str:
+        return f"{self._prefix}grant:{grant_id}"
+
+    async def _create(self, record: GrantRecord) -> None:
+        key = self._grant_key(record.grant_id)
+        await self._redis.execute_command(
+            "HSET", key,
+            "client_ref", record.client_ref,
+            "sealed", base64.b64encode(record.sealed).decode("ascii"),
+            "created", str(record.created),
+            "expires", str(record.expires),
+            "gen", str(record.generation),
+        )
+        await self._redis.execute_command("EXPIRE", key, self._ttl(record.expires))
+
+    def create_grant(self, record: GrantRecord) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._create(record))
+
+    async def _get(self, grant_id: str) -> GrantRecord | None:
+        fields = await self._redis.execute_command("HGETALL", self._grant_key(grant_id))
+        if not fields:
+            return None
+        if isinstance(fields, list):
+            fields = dict(zip(fields[::2], fields[1::2], strict=False))
+        expires = int(fields["expires"])
+        if expires <= self._now():
+            return None
+        return GrantRecord(
+            grant_id=grant_id,
+            client_ref=str(fields["client_ref"]),
+            sealed=base64.b64decode(str(fields["sealed"])),
+            created=int(fields["created"]),
+            expires=expires,
+            generation=int(fields["gen"]),
+        )
+
+    def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
+        return Deferred.fromCoroutine(self._get(grant_id))
+
+    async def _activate(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> bool:
+        result = await self._redis.eval(
+            _ACTIVATE,
+            [f"{self._prefix}code:{code_id}", self._grant_key(grant_id)],
+            [self._ttl(code_expires), str(expires), str(self._now()), self._ttl(expires)],
+        )
+        return int(result) == 1
+
+    def activate_grant(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._activate(grant_id, code_id, code_expires, expires))
+
+    async def _rotate(self, grant_id: str, generation: int) -> bool:
+        result = await self._redis.eval(
+            _ROTATE, [self._grant_key(grant_id)], [str(generation), str(self._now())]
+        )
+        return int(result) == 1
+
+    def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._rotate(grant_id, generation))
+
+    async def _revoke(self, grant_id: str) -> None:
+        await self._redis.execute_command("DEL", self._grant_key(grant_id))
+
+    def revoke_grant(self, grant_id: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._revoke(grant_id))
+
+    async def _hit(self, key: str, window: int) -> int:
+        result = await self._redis.eval(_HIT, [f"{self._prefix}count:{key}"], [str(self._now()), int(window)])
+        return int(result)
+
+    def hit(self, key: str, window: int) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._hit(key, window))
+
+    async def _count(self, key: str) -> int:
+        fields = await self._redis.execute_command("HMGET", f"{self._prefix}count:{key}", "count", "until")
+        count, until = fields
+        if count is None or until is None or float(until) <= self._now():
+            return 0
+        return int(count)
+
+    def count(self, key: str) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._count(key))

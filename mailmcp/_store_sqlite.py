@@ -1,0 +1,235 @@
+"""
+The default grant store: one SQLite file in the state directory.
+
+Why the queries run on the reactor thread and not on a thread pool: every
+statement here is a primary-key point lookup or a one-row write (tens of
+microseconds), and the token verifier reads a grant on every ``/mcp`` call,
+where a thread-pool round trip would cost more than the query itself.  What
+could stall is the disk: in WAL mode with ``synchronous=NORMAL`` a commit
+does not fsync; only checkpoints do, so automatic checkpoints are switched
+off here and `SQLiteGrantStore` runs them (PASSIVE, never blocking writers)
+on its own one-thread pool, together with the sweep of expired rows.
+
+One process per file.  Several processes or hosts share state through the
+Redis store (``--store redis://...``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ._grants import GrantRecord
+from .interfaces import IGrantStore
+
+log = Logger()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id TEXT PRIMARY KEY,
+    client_ref TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS grants_expires ON grants (expires);
+CREATE TABLE IF NOT EXISTS used_codes (
+    code_id TEXT PRIMARY KEY,
+    expires INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS used_codes_expires ON used_codes (expires);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+
+
+def _run(call: Callable[[], Any]) -> Deferred[Any]:
+    try:
+        return succeed(call())
+    except sqlite3.Error:
+        return fail(Failure())
+
+
+@implementer(IGrantStore)
+class SQLiteGrantStore(Service):
+    """
+    `IGrantStore` on a SQLite file.  As a service it sweeps expired rows and
+    checkpoints the WAL every C{maintenance_interval} seconds.
+    """
+
+    def __init__(self, path: Path | str, clock: IReactorTime, maintenance_interval: float = 60.0) -> None:
+        self._path = str(path)
+        self._clock = clock
+        self._interval = maintenance_interval
+        self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=2000")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.executescript(_SCHEMA)
+        if self._path != ":memory:":
+            Path(self._path).chmod(0o600)
+        self._pool: ThreadPool | None = None
+        self._loop: LoopingCall | None = None
+
+    # -- service ----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="mailmcp-sqlite")
+        self._pool.start()
+        self._loop = LoopingCall(self.maintain)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda f: log.error("sqlite maintenance stopped ({kind})", kind=f.type.__name__)
+        )
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+        self.close()
+        return None
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+
+    def maintain(self) -> Deferred[None] | None:
+        """Delete what has expired; checkpoint the WAL off the reactor thread."""
+        try:
+            self.sweep()
+        except sqlite3.Error as e:
+            log.error("sqlite sweep failed: {kind}", kind=type(e).__name__)
+        if self._pool is None:
+            return None
+        d: Deferred[None] = deferToThreadPool(self._clock, self._pool, self._checkpoint)  # type: ignore[arg-type]
+        d.addErrback(lambda f: log.error("sqlite checkpoint failed: {kind}", kind=f.type.__name__))
+        return d
+
+    def _checkpoint(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
+    def sweep(self) -> int:
+        now = self._now()
+        removed = 0
+        for table in ("grants", "used_codes", "counters"):
+            removed += self._db.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,)).rowcount  # noqa: S608
+        return removed
+
+    # -- IGrantStore -----------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def create_grant(self, record: GrantRecord) -> Deferred[None]:
+        def call() -> None:
+            self._db.execute(
+                "INSERT INTO grants (grant_id, client_ref, sealed, created, expires, generation)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (record.grant_id, record.client_ref, record.sealed, record.created,
+                 record.expires, record.generation),
+            )
+
+        return _run(call)
+
+    def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
+        def call() -> GrantRecord | None:
+            row = self._db.execute(
+                "SELECT grant_id, client_ref, sealed, created, expires, generation FROM grants"
+                " WHERE grant_id = ? AND expires > ?",
+                (grant_id, self._now()),
+            ).fetchone()
+            if row is None:
+                return None
+            return GrantRecord(grant_id=row[0], client_ref=row[1], sealed=bytes(row[2]),
+                               created=row[3], expires=row[4], generation=row[5])
+
+        return _run(call)
+
+    def activate_grant(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> Deferred[bool]:
+        def call() -> bool:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                fresh = self._db.execute(
+                    "INSERT OR IGNORE INTO used_codes (code_id, expires) VALUES (?, ?)",
+                    (code_id, max(code_expires, int(self._now()) + 1)),
+                ).rowcount
+                updated = 0
+                if fresh:
+                    updated = self._db.execute(
+                        "UPDATE grants SET expires = ? WHERE grant_id = ? AND expires > ?",
+                        (expires, grant_id, self._now()),
+                    ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return bool(fresh and updated)
+
+        return _run(call)
+
+    def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
+        def call() -> bool:
+            return self._db.execute(
+                "UPDATE grants SET generation = generation + 1"
+                " WHERE grant_id = ? AND generation = ? AND expires > ?",
+                (grant_id, generation, self._now()),
+            ).rowcount == 1
+
+        return _run(call)
+
+    def revoke_grant(self, grant_id: str) -> Deferred[None]:
+        def call() -> None:
+            self._db.execute("DELETE FROM grants WHERE grant_id = ?", (grant_id,))
+
+        return _run(call)
+
+    def hit(self, key: str, window: int) -> Deferred[int]:
+        def call() -> int:
+            now = self._now()
+            row = self._db.execute(
+                "INSERT INTO counters (key, count, expires) VALUES (?, 1, ?)"
+                " ON CONFLICT (key) DO UPDATE SET"
+                "  count = CASE WHEN expires <= ? THEN 1 ELSE count + 1 END,"
+                "  expires = CASE WHEN expires <= ? THEN ? ELSE expires END"
+                " RETURNING count",
+                (key, now + window, now, now, now + window),
+            ).fetchone()
+            return int(row[0])
+
+        return _run(call)
+
+    def count(self, key: str) -> Deferred[int]:
+        def call() -> int:
+            row = self._db.execute(
+                "SELECT count FROM counters WHERE key = ? AND expires > ?", (key, self._now())
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return _run(call)
