@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from email.utils import collapse_rfc2231_value, decode_rfc2231
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -141,9 +140,9 @@ def _canonical_host(scheme: str, netloc: str) -> str:
 
 def _filename_from_disposition(value: str) -> str:
     """The filename* (or filename) of a Content-Disposition we wrote ourselves."""
-    match = re.search(r"filename\*=([^;]+)", value)
+    match = re.search(r"filename\*=UTF-8''([^;\s]+)", value)
     if match:
-        return sanitise_filename(collapse_rfc2231_value(decode_rfc2231(match.group(1).strip())))
+        return sanitise_filename(unquote(match.group(1), encoding="utf-8", errors="replace"))
     match = re.search(r'filename="([^"]*)"', value)
     return sanitise_filename(match.group(1) if match else None)
 
