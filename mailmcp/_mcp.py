@@ -35,9 +35,10 @@ from klein import Klein
 from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from zope.interface import implementer
 
 from ._account import MailAccount
 from ._jsonrpc import (
@@ -60,6 +61,7 @@ from ._jsonrpc import (
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
 from ._toolkit import Tool, ToolContext, ToolError
 from ._version import __version__
+from .interfaces import IAccessTokenVerifier
 
 log = Logger()
 
@@ -142,6 +144,18 @@ def _object_schema(model: type[BaseModel], mode: str, what: str, tool: str) -> d
     if not isinstance(schema, dict) or schema.get("type") != "object":
         raise ValueError(f"tool {tool!r}: the {what} model must give a JSON Schema of type object")
     return schema
+
+
+@implementer(IAccessTokenVerifier)
+class RefuseAllTokens:
+    """
+    A verifier that accepts no token: the safe stand-in until the daemon's
+    grant store is wired in, so ``/mcp`` answers ``401`` instead of serving
+    anyone.
+    """
+
+    def verify(self, token: str) -> Deferred[MailAccount]:
+        return fail(InvalidToken())
 
 
 class _Reply(Exception):
@@ -288,6 +302,7 @@ class MCPApp:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         data: bytes = encode(message)
+        request.setHeader(b"content-length", str(len(data)).encode("ascii"))
         return data
 
     @property
@@ -399,6 +414,7 @@ class MCPApp:
             raise self._unsupported(header_version, status=400)
         log.debug("acknowledged notification {method}", method=method)
         request.setResponseCode(202)
+        request.setHeader(b"content-length", b"0")
         return b""
 
     def _unsupported(self, requested: str, *, status: int | None = None) -> RPCError:
