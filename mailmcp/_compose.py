@@ -193,6 +193,25 @@ def make_message_id(
 
 
 @attrs.frozen
+class OutgoingAttachment:
+    """One file to attach: its bytes, a display filename and a MIME type."""
+
+    data: bytes
+    filename: str
+    content_type: str
+
+
+_MIME_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+
+def _mime_type(content_type: str) -> tuple[str, str]:
+    maintype, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
+    if _MIME_TOKEN.fullmatch(maintype) and _MIME_TOKEN.fullmatch(subtype) and maintype != "multipart":
+        return maintype, subtype
+    return "application", "octet-stream"
+
+
+@attrs.frozen
 class ComposedMessage:
     """
     One outgoing message.
@@ -245,8 +264,8 @@ def compose(
     date: float,
     in_reply_to: Sequence[str] = (),
     references: Sequence[str] = (),
+    attachments: Sequence[OutgoingAttachment] = (),
     require_recipients: bool = True,
-    boundary_random: Callable[[int], bytes] = os.urandom,
 ) -> ComposedMessage:
     """
     Build a message.  C{to}/C{cc}/C{bcc} come from `parse_addresses`;
@@ -289,11 +308,16 @@ def compose(
         message.set_content(text_body, cte="quoted-printable")
         if html_body is not None:
             message.add_alternative(html_body, subtype="html", cte="quoted-printable")
-            for part in message.iter_parts():
-                del part["MIME-Version"]
-            # Fixed here so both renderings below carry the same boundary;
-            # random so that no body text can anticipate it.
-            message.set_boundary("=_mailmcp_" + boundary_random(16).hex())
+        for attachment in attachments:
+            maintype, subtype = _mime_type(attachment.content_type)
+            filename = _HEADER_FORBIDDEN.sub("_", attachment.filename)[:200] or "attachment"
+            message.add_attachment(
+                attachment.data, maintype=maintype, subtype=subtype, filename=filename
+            )
+        _drop_part_mime_version(message)
+        # The first rendering picks each multipart boundary (one that occurs
+        # in no part) and stores it on the message, so the rendering without
+        # Bcc below is byte-identical apart from that header.
         copy_bytes = message.as_bytes()
         del message["Bcc"]
         wire_bytes = message.as_bytes()
@@ -309,6 +333,13 @@ def compose(
         wire_bytes=wire_bytes,
         copy_bytes=copy_bytes,
     )
+
+
+def _drop_part_mime_version(message: EmailMessage) -> None:
+    """EmailMessage repeats MIME-Version in sub-parts; only the top needs it."""
+    for part in message.walk():
+        if part is not message:
+            del part["MIME-Version"]
 
 
 def is_canonical_crlf(data: bytes) -> bool:

@@ -36,9 +36,9 @@ stock sender overridden (security.md P-09, P-10, P-12):
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from OpenSSL import SSL
@@ -483,6 +483,19 @@ class SMTPSender:
         self._timeout = timeout
         self._connect_timeout = connect_timeout if connect_timeout is not None else min(timeout, 30.0)
         self._helo_name = helo_name
+        self._in_flight: set[str] = set()
+
+    def claim(self, message_id: str) -> Callable[[], None] | Literal[False]:
+        """
+        Mark C{message_id} as being sent by this process.  Returns a callable
+        that releases the claim, or False when a send of the same Message-ID
+        (the same idempotency key) is already in flight here, so two
+        concurrent retries cannot both miss it in Sent and both send.
+        """
+        if message_id in self._in_flight:
+            return False
+        self._in_flight.add(message_id)
+        return lambda: self._in_flight.discard(message_id)
 
     async def send(
         self,
