@@ -1,0 +1,185 @@
+"""
+A bare IMAP client on asyncio streams: just enough protocol to send tagged
+commands and read their responses (lines and ``{n}`` literals), with no
+parsing beyond that.  It is the "physical floor" of the benchmark: the same
+IMAP commands mailmcp sends, on an already logged-in connection with the
+folder open, with nothing else in the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections.abc import Callable, Sequence
+
+_LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
+_EXISTS = re.compile(rb"^\* (\d+) EXISTS", re.I)
+
+
+class IMAPFailure(Exception):
+    pass
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    return context
+
+
+def quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def warm_list_commands(exists: int, per_page: int = 20, page: int = 1) -> list[str]:
+    """
+    The IMAP commands a warm ``list_mail_messages(folder, page, per_page)``
+    sends on a pooled connection that already has the folder open:
+    ``NOOP`` (the pool's freshness check, which also reports new EXISTS) and
+    one ``FETCH`` of the page by sequence number (newest first, so the last
+    C{per_page} sequence numbers), asking for what the tool returns.
+
+    Kept in step with ``mailmcp/_tools/_reading.py``.
+    """
+    hi = exists - (page - 1) * per_page
+    lo = max(1, hi - per_page + 1)
+    return ["NOOP", f"FETCH {lo}:{hi} (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)"]
+
+
+class BareIMAP:
+    def __init__(self) -> None:
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tag = 0
+        self.exists = 0
+        self.bytes_read = 0
+
+    async def connect(self, host: str, port: int, context: ssl.SSLContext | None,
+                      server_hostname: str = "localhost") -> None:
+        self._reader, self._writer = await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=server_hostname if context else None, limit=1 << 22
+        )
+        greeting = await self._reader.readline()
+        if not greeting.startswith(b"* OK"):
+            raise IMAPFailure(f"bad greeting {greeting[:80]!r}")
+
+    async def command(self, text: str) -> list[bytes]:
+        """Send one command; return the untagged response lines (literals inlined)."""
+        assert self._reader is not None and self._writer is not None
+        self._tag += 1
+        tag = b"b%d" % self._tag
+        self._writer.write(tag + b" " + text.encode("utf-8") + b"\r\n")
+        reader = self._reader
+        lines: list[bytes] = []
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise IMAPFailure("connection closed")
+            m = _LITERAL.search(line)
+            while m:
+                literal = await reader.readexactly(int(m.group(1)))
+                rest = await reader.readline()
+                line = line + literal + rest
+                m = _LITERAL.search(rest)
+            self.bytes_read += len(line)
+            if line.startswith(tag + b" "):
+                if line[len(tag) + 1:len(tag) + 3].upper() != b"OK":
+                    raise IMAPFailure(line.decode("utf-8", "replace").strip())
+                return lines
+            e = _EXISTS.match(line)
+            if e:
+                self.exists = int(e.group(1))
+            lines.append(line)
+
+    async def login(self, user: str, password: str) -> None:
+        await self.command(f"LOGIN {quote(user)} {quote(password)}")
+
+    async def examine(self, folder: str) -> int:
+        await self.command(f"EXAMINE {quote(folder)}")
+        return self.exists
+
+    async def logout(self) -> None:
+        try:
+            await self.command("LOGOUT")
+        except (IMAPFailure, ConnectionError):
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+async def open_session(host: str, port: int, context: ssl.SSLContext, user: str, password: str,
+                       folder: str) -> BareIMAP:
+    client = BareIMAP()
+    await client.connect(host, port, context)
+    await client.login(user, password)
+    await client.examine(folder)
+    return client
+
+
+async def timed_warm_calls(client: BareIMAP, iterations: int,
+                           commands: Callable[[int], Sequence[str]] = warm_list_commands) -> list[float]:
+    """Latency (s) of C{iterations} warm listings on an open session."""
+    out = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        for text in commands(client.exists):
+            await client.command(text)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def connect_per_call(host: str, port: int, context: ssl.SSLContext, user: str, password: str,
+                           folder: str) -> float:
+    """The seed's design, from a bare client: connect, TLS, LOGIN, EXAMINE, UID SEARCH ALL, FETCH, LOGOUT."""
+    t0 = time.perf_counter()
+    client = BareIMAP()
+    await client.connect(host, port, context)
+    await client.login(user, password)
+    exists = await client.examine(folder)
+    await client.command("UID SEARCH ALL")
+    await client.command(warm_list_commands(exists)[-1])
+    await client.logout()
+    return time.perf_counter() - t0
+
+
+async def ceiling(host: str, port: int, context: ssl.SSLContext, accounts: Sequence[tuple[str, str]],
+                  folder: str, duration: float) -> dict[str, float]:
+    """
+    The raw IMAP ceiling: one logged-in connection per entry of C{accounts},
+    each looping warm listings for C{duration} seconds.  Returns calls/s.
+    """
+    sessions = [await open_session(host, port, context, u, p, folder) for u, p in accounts]
+    for s in sessions:  # one untimed call each: Dovecot's caches warm
+        await timed_warm_calls(s, 1)
+    deadline = time.perf_counter() + duration
+    counts = [0] * len(sessions)
+    latencies: list[float] = []
+
+    async def loop(i: int, s: BareIMAP) -> None:
+        while time.perf_counter() < deadline:
+            latencies.extend(await timed_warm_calls(s, 1))
+            counts[i] += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop(i, s) for i, s in enumerate(sessions)))
+    elapsed = time.perf_counter() - t0
+    for s in sessions:
+        await s.logout()
+    latencies.sort()
+    return {
+        "connections": len(sessions),
+        "calls": sum(counts),
+        "seconds": elapsed,
+        "calls_per_s": sum(counts) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else None,
+    }
+
+
+def ceiling_process(args: tuple[str, int, str, list[tuple[str, str]], str, float]) -> dict[str, float]:
+    """`ceiling` in a child process (so that the client's own CPU is spread over cores)."""
+    host, port, ca_file, accounts, folder, duration = args
+    return asyncio.run(ceiling(host, port, tls_context(ca_file), accounts, folder, duration))

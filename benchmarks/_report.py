@@ -1,0 +1,122 @@
+"""
+Turning a report into something to read: a plain-text/RST summary table and
+a PNG plot of latency (and throughput) against concurrency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(item, measured, ratio / verdict) rows for the summary table."""
+    out: list[tuple[str, str, str]] = []
+    f = report.get("floor", {})
+    w = report.get("warm", {})
+    c = report.get("cold", {})
+    lf = report.get("large_folder", {})
+    t = report.get("throughput", {})
+    p = report.get("peer", {})
+    out.append(("floor", f"p50 {_fmt(f.get('p50_ms'))} ms, p99 {_fmt(f.get('p99_ms'))} ms", f.get("error", "")))
+    out.append(("warm", f"p50 {_fmt(w.get('p50_ms'))} ms, p99 {_fmt(w.get('p99_ms'))} ms",
+                f"warm_p50/floor_p50 = {_fmt(w.get('warm_p50/floor_p50'))}" if "error" not in w else w["error"]))
+    out.append(("cold", f"p50 {_fmt(c.get('p50_ms'))} ms (bare connect-per-call "
+                        f"{_fmt(c.get('bare_connect_per_call_p50_ms'))} ms)",
+                f"cold_p50/warm_p50 = {_fmt(c.get('cold_p50/warm_p50'))}" if "error" not in c else c["error"]))
+    out.append(("large_folder", f"{_fmt(lf.get('large_folder_messages'))} msgs p50 {_fmt(lf.get('large_p50_ms'))} ms"
+                                f" vs {_fmt(lf.get('small_folder_messages'))} msgs {_fmt(lf.get('small_p50_ms'))} ms",
+                f"large_p50/small_p50 = {_fmt(lf.get('large_p50/small_p50'))}" if "error" not in lf else lf["error"]))
+    for key, item in (report.get("concurrency") or {}).items():
+        if key == "error":
+            out.append(("concurrency", "", str(item)))
+            continue
+        out.append((f"concurrency N={item.get('accounts')}",
+                    f"success {_fmt(item.get('success_rate'))}, {_fmt(item.get('throughput_per_s'))} calls/s, "
+                    f"p99 {_fmt(item.get('p99_ms'))} ms (first call p99 {_fmt(item.get('first_call_p99_ms'))} ms)",
+                    f"reactor lag p99 {_fmt(item.get('reactor_lag_p99_ms'))} ms, "
+                    f"peak RSS {_fmt(item.get('peak_rss_mib'))} MiB"))
+    out.append(("throughput", f"{_fmt(t.get('calls_per_s'))} calls/s at concurrency {_fmt(t.get('best_concurrency'))}"
+                              f"; IMAP ceiling {_fmt(t.get('ceiling_calls_per_s'))} calls/s",
+                f"ceiling_ratio = {_fmt(t.get('ceiling_ratio'))}" if "error" not in t else t["error"]))
+    if "error" in p:
+        out.append(("peer", "", p["error"][:200]))
+    else:
+        big = p.get("large_folder") or {}
+        out.append(("peer", f"p50 {_fmt(p.get('p50_ms'))} ms, {_fmt(p.get('calls_per_s'))} calls/s; "
+                            f"large folder: {'served' if big.get('served') else 'refused/failed'}",
+                    f"peer_p50/mailmcp_p50 = {_fmt(p.get('peer_p50/mailmcp_p50'))}, "
+                    f"mailmcp/peer throughput = {_fmt(p.get('mailmcp_throughput/peer_throughput'))}"))
+    return out
+
+
+def rst_table(report: dict[str, Any]) -> str:
+    data = [("item", "measured", "ratio")] + rows(report)
+    widths = [max(len(r[i]) for r in data) for i in range(3)]
+    sep = "  ".join("=" * w for w in widths)
+    lines = [sep, "  ".join(data[0][i].ljust(widths[i]) for i in range(3)).rstrip(), sep]
+    for r in data[1:]:
+        lines.append("  ".join(r[i].ljust(widths[i]) for i in range(3)).rstrip())
+    lines.append(sep)
+    return "\n".join(lines)
+
+
+def targets_text(report: dict[str, Any]) -> str:
+    lines = []
+    for name, t in (report.get("targets") or {}).items():
+        mark = {True: "met", False: "NOT met", None: "not measured"}[t.get("met")]
+        lines.append(f"  {name}: {_fmt(t.get('value'))} -> {mark}")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Latency (p50, p99) and throughput against concurrency.  Returns False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = []
+    for level in (report.get("throughput") or {}).get("levels") or []:
+        points.append((level["concurrency"], level.get("p50_ms"), level.get("p99_ms"), level.get("calls_per_s")))
+    for item in (report.get("concurrency") or {}).values():
+        if isinstance(item, dict) and "accounts" in item:
+            points.append((item["accounts"], item.get("p50_ms"), item.get("p99_ms"), item.get("throughput_per_s")))
+    points = sorted(p for p in points if p[1] is not None)
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    xs = [p[0] for p in points]
+    ax.plot(xs, [p[1] for p in points], "o-", label="p50 latency")
+    ax.plot(xs, [p[2] for p in points], "s--", label="p99 latency")
+    floor = (report.get("floor") or {}).get("p50_ms")
+    if floor:
+        ax.axhline(floor, color="grey", linestyle=":", label=f"IMAP floor p50 ({floor:.2f} ms)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent clients (one call in flight each)")
+    ax.set_ylabel("latency (ms)")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [p[3] for p in points], "^-", color="tab:green", alpha=0.6, label="calls/s")
+    ax2.set_ylabel("throughput (calls/s)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    machine = report.get("machine", {})
+    ax.set_title(f"mailmcp list_mail_messages, {machine.get('cores')} cores, {report.get('date', '')[:10]}"
+                 f" ({report.get('mode')})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

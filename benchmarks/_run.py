@@ -1,0 +1,692 @@
+"""
+The benchmark run: set up a real Dovecot with synthetic mail, start mailmcp,
+log accounts in through OAuth, then measure every item side by side and
+return the report (a JSON-able dict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from . import _imap, _seed
+from ._clients import McpClient, ToolCallFailed, count_messages, login_many
+from ._http import HTTPError, client_overhead
+from ._procs import Daemon, Peer, cpu_seconds, ensure_peer, generate_client, proc_status
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BENCH_USER = "bench@example.test"
+BENCH_PASSWORD = "bench-pw"
+LARGE_FOLDER = "Large"
+LIST_TOOL = "list_mail_messages"
+PEER_TOOL = "list_emails_metadata"
+THROUGHPUT_ACCOUNTS = 8
+
+#: How the daemon is told to connect per call (no pooling) for the ``cold`` item.
+COLD_ARGS: tuple[str, ...] = ("--pool-size", "0")
+
+
+@attrs.frozen
+class Sizes:
+    small: int  # the "10,000-message" folder
+    large: int  # the "100,000-message" folder
+    concurrency: tuple[int, ...]
+    per_account_messages: int
+    floor_iterations: int
+    warm_iterations: int
+    cold_iterations: int
+    large_iterations: int
+    concurrency_seconds: float
+    throughput_levels: tuple[int, ...]
+    throughput_seconds: float
+    ceiling_seconds: float
+    peer_calls: int
+    peer_seconds: float
+    seed_compare_sample: int
+    blocks: int = 5
+
+
+FULL = Sizes(
+    small=10_000, large=100_000, concurrency=(100, 1000), per_account_messages=50,
+    floor_iterations=1000, warm_iterations=1000, cold_iterations=200, large_iterations=500,
+    concurrency_seconds=15.0, throughput_levels=(1, 2, 4, 8, 16, 32, 64), throughput_seconds=5.0,
+    ceiling_seconds=5.0, peer_calls=10, peer_seconds=20.0, seed_compare_sample=300,
+)
+QUICK = Sizes(
+    small=2_000, large=10_000, concurrency=(20, 100), per_account_messages=30,
+    floor_iterations=200, warm_iterations=200, cold_iterations=30, large_iterations=100,
+    concurrency_seconds=2.0, throughput_levels=(1, 4, 16), throughput_seconds=1.5,
+    ceiling_seconds=1.5, peer_calls=3, peer_seconds=3.0, seed_compare_sample=60,
+)
+
+
+# -- small statistics helpers --------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 3)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def latency_summary(values: Sequence[float]) -> dict[str, Any]:
+    return {
+        "iterations": len(values),
+        "p50_ms": ms(pct(values, 0.50)),
+        "p90_ms": ms(pct(values, 0.90)),
+        "p99_ms": ms(pct(values, 0.99)),
+        "mean_ms": ms(statistics.fmean(values)) if values else None,
+        "max_ms": ms(max(values)) if values else None,
+    }
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- machine ----------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    import twisted
+
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "platform": platform.platform(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    try:
+        info["dovecot"] = subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
+                                         timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["dovecot"] = None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+# -- the phases ---------------------------------------------------------------
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t0
+
+
+async def listing(client: McpClient, folder: str, expect: int | None = 20) -> None:
+    result = await client.call(LIST_TOOL, {"folder": folder, "page": 1, "per_page": 20})
+    if expect is not None:
+        n = count_messages(result)
+        if n is not None and n != expect:
+            raise ToolCallFailed(f"listing returned {n} messages, expected {expect}")
+
+
+async def closed_loop(
+    clients: Sequence[Any], call: Callable[[Any], Awaitable[Any]], seconds: float, warmup: bool = True,
+    min_calls: int = 1,
+) -> dict[str, Any]:
+    """
+    Each client keeps one call in flight for C{seconds} (at least C{min_calls}
+    each).  Returns counts, latencies, failures and elapsed time.
+    """
+    if warmup:
+        await asyncio.gather(*(call(c) for c in clients), return_exceptions=True)
+    latencies: list[float] = []
+    failures: list[str] = []
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+
+    async def one(c: Any) -> None:
+        done = 0
+        while done < min_calls or time.perf_counter() < deadline:
+            s = time.perf_counter()
+            try:
+                await call(c)
+                latencies.append(time.perf_counter() - s)
+            except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+                failures.append(str(e)[:200])
+            done += 1
+
+    await asyncio.gather(*(one(c) for c in clients))
+    elapsed = time.perf_counter() - t0
+    return {"latencies": latencies, "failures": failures, "seconds": elapsed}
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, quick: bool, workdir: Path) -> None:
+        self.sizes = sizes
+        self.quick = quick
+        self.workdir = workdir
+        self.report: dict[str, Any] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "mode": "quick" if quick else "full",
+            "machine": machine_info(),
+            "sizes": attrs.asdict(sizes),
+        }
+        self.services: Any = None
+        self.daemon: Daemon | None = None
+        self.cold_daemon: Daemon | None = None
+        self.tokens: dict[str, str] = {}
+        self.ctx = None
+
+    # -- setup ------------------------------------------------------------
+
+    def start_services(self) -> None:
+        from tests.harness import Services
+
+        t0 = time.perf_counter()
+        self.services = Services.start()
+        self.ctx = _imap.tls_context(str(self.services.ca_file))
+        self.report["setup"] = {"services_start_s": round(time.perf_counter() - t0, 2)}
+
+    def seed(self) -> None:
+        s = self.sizes
+        svc = self.services.svc
+        mail_root = svc / "mail"
+        setup = self.report["setup"]
+        users = {BENCH_USER: BENCH_PASSWORD}
+        users.update({self.tp_user(i): f"tp{i}-pw" for i in range(1, THROUGHPUT_ACCOUNTS)})
+        users.update({self.c_user(i): f"c{i}-pw" for i in range(max(s.concurrency))})
+        _seed.add_users(svc / "users", users)
+
+        t0 = time.perf_counter()
+        inbox = _seed.make_maildir(mail_root, BENCH_USER)
+        small_names = _seed.fill_maildir(inbox, s.small, BENCH_USER, seed=1)
+        setup["write_small_folder_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        large = _seed.make_maildir(mail_root, BENCH_USER, LARGE_FOLDER)
+        _seed.fill_maildir(large, s.large, BENCH_USER, seed=2)
+        setup["write_large_folder_s"] = round(time.perf_counter() - t0, 2)
+        setup["write_msgs_per_s"] = round(s.large / setup["write_large_folder_s"]) if setup[
+            "write_large_folder_s"] else None
+        t0 = time.perf_counter()
+        for i in range(1, THROUGHPUT_ACCOUNTS):
+            _seed.link_maildir(inbox, small_names, _seed.make_maildir(mail_root, self.tp_user(i)))
+        few = small_names[-s.per_account_messages:]
+        for i in range(max(s.concurrency)):
+            _seed.link_maildir(inbox, few, _seed.make_maildir(mail_root, self.c_user(i)))
+        setup["link_accounts_s"] = round(time.perf_counter() - t0, 2)
+        setup["accounts"] = len(users)
+        setup["method"] = "Maildir files written directly (cur/, :2,<flags>, S=/W= sizes), " \
+                          "hard links for the extra accounts; Dovecot indexes on first access"
+
+    async def first_access(self) -> None:
+        """Dovecot builds its index on first SELECT; do it (timed) for the two big folders."""
+        setup = self.report["setup"]
+        for key, folder in (("index_small_folder_s", "INBOX"), ("index_large_folder_s", LARGE_FOLDER)):
+            t0 = time.perf_counter()
+            c = await _imap.open_session("127.0.0.1", self.services.imaps_port, self.ctx, BENCH_USER,
+                                         BENCH_PASSWORD, folder)
+            await _imap.timed_warm_calls(c, 1)
+            await c.logout()
+            setup[key] = round(time.perf_counter() - t0, 2)
+        # The throughput accounts' INBOXes: index them too (off the clock).
+        for i in range(1, THROUGHPUT_ACCOUNTS):
+            c = await _imap.open_session("127.0.0.1", self.services.imaps_port, self.ctx, self.tp_user(i),
+                                         f"tp{i}-pw", "INBOX")
+            await c.logout()
+        setup["seed_total_s"] = round(sum(v for k, v in setup.items() if k.startswith(("write_", "link_", "index_"))), 2)
+        try:
+            setup["seeding_methods"] = _seed.compare_methods(self.services.svc, self.services.lmtp_port,
+                                                             self.sizes.seed_compare_sample)
+        except Exception as e:  # informative only
+            setup["seeding_methods"] = {"error": str(e)[:200]}
+
+    def start_daemon(self) -> None:
+        from tests.harness import free_port
+
+        self.state_dir = self.workdir / "state"
+        t0 = time.perf_counter()
+        self.daemon = Daemon(self.workdir, free_port(), self.state_dir, self.services.ca_file)
+        self.client = generate_client(self.workdir, self.state_dir, self.services.imaps_port,
+                                      self.services.smtps_port)
+        self.report["setup"]["daemon_start_s"] = round(time.perf_counter() - t0, 2)
+
+    async def login_all(self) -> None:
+        assert self.daemon is not None
+        accounts = [(BENCH_USER, BENCH_PASSWORD)]
+        accounts += [(self.tp_user(i), f"tp{i}-pw") for i in range(1, THROUGHPUT_ACCOUNTS)]
+        accounts += [(self.c_user(i), f"c{i}-pw") for i in range(max(self.sizes.concurrency))]
+        tokens, stats = await login_many(self.daemon.base_url, self.client, accounts, concurrency=16)
+        self.tokens = tokens
+        self.report["setup"]["oauth_logins"] = stats
+        if BENCH_USER not in tokens:
+            # Keep going: the bare-IMAP items are still measured, the rest say why not.
+            self.report["errors"]["oauth"] = f"OAuth login failed: {stats['errors'][:2]}"
+
+    @staticmethod
+    def tp_user(i: int) -> str:
+        return BENCH_USER if i == 0 else f"tp{i}@example.test"
+
+    @staticmethod
+    def c_user(i: int) -> str:
+        return f"c{i:04d}@example.test"
+
+    # -- items ------------------------------------------------------------
+
+    async def floor_and_warm(self) -> None:
+        """floor and warm, measured in alternating blocks so that drift hits both alike."""
+        assert self.daemon is not None
+        s = self.sizes
+        bare = await _imap.open_session("127.0.0.1", self.services.imaps_port, self.ctx, BENCH_USER,
+                                        BENCH_PASSWORD, "INBOX")
+        client = McpClient(self.daemon.base_url, self.tokens.get(BENCH_USER, ""))
+        await _imap.timed_warm_calls(bare, 20)
+        try:
+            for _ in range(20):
+                await listing(client, "INBOX")
+        except Exception:
+            # No working tool: still report the floor, then fail the rest.
+            floor_only = await _imap.timed_warm_calls(bare, s.floor_iterations)
+            self.report["floor"] = {"commands": _imap.warm_list_commands(bare.exists),
+                                    "folder_messages": s.small, **latency_summary(floor_only)}
+            await bare.logout()
+            raise
+        floor: list[float] = []
+        warm: list[float] = []
+        for _ in range(s.blocks):
+            floor += await _imap.timed_warm_calls(bare, s.floor_iterations // s.blocks)
+            for _ in range(s.warm_iterations // s.blocks):
+                warm.append(await timed(lambda: listing(client, "INBOX")))
+        commands = _imap.warm_list_commands(bare.exists)
+        await bare.logout()
+        self.report["floor"] = {
+            "what": "bare asyncio IMAP client, logged in, folder open, the IMAP commands of a warm listing",
+            "commands": commands,
+            "folder_messages": s.small,
+            **latency_summary(floor),
+        }
+        self.report["warm"] = {
+            "what": f"{LIST_TOOL}(per_page=20) over MCP/HTTP, pool warm, {s.small}-message folder",
+            "folder_messages": s.small,
+            **latency_summary(warm),
+            "warm_p50/floor_p50": ratio(pct(warm, 0.5), pct(floor, 0.5)),
+        }
+        self._warm_client = client
+
+    async def large_folder(self) -> None:
+        s = self.sizes
+        client = getattr(self, "_warm_client", None) or McpClient(self.daemon.base_url,
+                                                                   self.tokens.get(BENCH_USER, ""))
+        bare = await _imap.open_session("127.0.0.1", self.services.imaps_port, self.ctx, BENCH_USER,
+                                        BENCH_PASSWORD, LARGE_FOLDER)
+        first = await timed(lambda: listing(client, LARGE_FOLDER))
+        for _ in range(5):
+            await listing(client, LARGE_FOLDER)
+        await _imap.timed_warm_calls(bare, 5)
+        large: list[float] = []
+        small: list[float] = []
+        floor_large: list[float] = []
+        for _ in range(s.blocks):
+            floor_large += await _imap.timed_warm_calls(bare, s.large_iterations // s.blocks)
+            for _ in range(s.large_iterations // s.blocks):
+                large.append(await timed(lambda: listing(client, LARGE_FOLDER)))
+        await bare.logout()
+        # The small folder again, right after, on the same client (its pool
+        # connection now has to switch folders once; the warm-up absorbs it).
+        for _ in range(5):
+            await listing(client, "INBOX")
+        for _ in range(s.large_iterations):
+            small.append(await timed(lambda: listing(client, "INBOX")))
+        self.report["large_folder"] = {
+            "what": "first page (20) of the large folder vs the small one, both warm",
+            "small_folder_messages": s.small,
+            "large_folder_messages": s.large,
+            "small_p50_ms": ms(pct(small, 0.5)),
+            "large_p50_ms": ms(pct(large, 0.5)),
+            "large_p99_ms": ms(pct(large, 0.99)),
+            "large_first_call_ms": ms(first),
+            "floor_large_p50_ms": ms(pct(floor_large, 0.5)),
+            "large_p50/small_p50": ratio(pct(large, 0.5), pct(small, 0.5)),
+        }
+
+    async def cold(self) -> None:
+        from tests.harness import free_port
+
+        s = self.sizes
+        out: dict[str, Any] = {
+            "what": f"{LIST_TOOL} with pooling disabled ({' '.join(COLD_ARGS)}): connect, TLS, LOGIN, "
+                    "SELECT, FETCH, LOGOUT per call",
+            "daemon_args": list(COLD_ARGS),
+        }
+        self.report["cold"] = out
+        # The seed's design from a bare client, for reference.
+        bare = [await _imap.connect_per_call("127.0.0.1", self.services.imaps_port, self.ctx, BENCH_USER,
+                                             BENCH_PASSWORD, "INBOX") for _ in range(max(5, s.cold_iterations // 2))]
+        out["bare_connect_per_call_p50_ms"] = ms(pct(bare, 0.5))
+        try:
+            self.cold_daemon = Daemon(self.workdir, free_port(), self.state_dir, self.services.ca_file,
+                                      extra=COLD_ARGS, name="mailmcp-cold")
+        except RuntimeError as e:
+            out["error"] = f"cannot start mailmcp without pooling: {str(e)[-300:]}"
+            return
+        client = McpClient(self.cold_daemon.base_url, self.tokens[BENCH_USER])
+        try:
+            for _ in range(3):
+                await listing(client, "INBOX")
+            lat = [await timed(lambda: listing(client, "INBOX")) for _ in range(s.cold_iterations)]
+        finally:
+            client.close()
+            self.cold_daemon.stop()
+            self.cold_daemon = None
+        warm_p50 = self.report.get("warm", {}).get("p50_ms")
+        out.update(latency_summary(lat))
+        out["cold_p50/warm_p50"] = ratio(out["p50_ms"], warm_p50)
+
+    async def concurrency(self) -> None:
+        assert self.daemon is not None
+        items = {}
+        self.report["concurrency"] = items
+        for n in self.sizes.concurrency:
+            log(f"concurrency N={n}")
+            items[f"n_{n}"] = await self.concurrency_one(n)
+
+    async def concurrency_one(self, n: int) -> dict[str, Any]:
+        assert self.daemon is not None
+        daemon = self.daemon
+        users = [self.c_user(i) for i in range(n)]
+        missing = [u for u in users if u not in self.tokens]
+        clients = [McpClient(daemon.base_url, self.tokens[u], timeout=120) for u in users if u in self.tokens]
+        sem = asyncio.Semaphore(64)
+
+        async def connect(c: McpClient) -> None:
+            async with sem:
+                await c.conn.connect()
+
+        await asyncio.gather(*(connect(c) for c in clients))
+        since = time.monotonic()
+        cpu0, pcpu0 = cpu_seconds(daemon.pid), time.process_time()
+        first: list[float] = []
+        later: list[float] = []
+        failures: list[str] = []
+        t0 = time.perf_counter()
+        deadline = t0 + self.sizes.concurrency_seconds
+        first_done: list[float] = []
+
+        async def user(c: McpClient) -> None:
+            is_first = True
+            while is_first or time.perf_counter() < deadline:
+                s = time.perf_counter()
+                try:
+                    await listing(c, "INBOX", expect=None)
+                    (first if is_first else later).append(time.perf_counter() - s)
+                except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+                    failures.append(f"{type(e).__name__}: {str(e)[:160]}")
+                if is_first:
+                    first_done.append(time.perf_counter() - t0)
+                is_first = False
+
+        await asyncio.gather(*(user(c) for c in clients))
+        elapsed = time.perf_counter() - t0
+        cpu1, pcpu1 = cpu_seconds(daemon.pid), time.process_time()
+        for c in clients:
+            c.close()
+        metrics = daemon.metrics(since=since, samples=True)
+        lag = metrics["reactor_lag"]
+        lag_samples = [x[1] for x in lag.get("samples", [])]
+        status = proc_status(daemon.pid)
+        calls = len(first) + len(later) + len(failures)
+        all_lat = first + later
+        return {
+            "accounts": n,
+            "accounts_without_token": len(missing),
+            "calls": calls,
+            "succeeded": len(all_lat),
+            "success_rate": round(len(all_lat) / (calls + len(missing)), 4) if calls else 0.0,
+            "seconds": round(elapsed, 2),
+            "throughput_per_s": round(len(all_lat) / elapsed, 1),
+            "p50_ms": ms(pct(all_lat, 0.5)),
+            "p99_ms": ms(pct(all_lat, 0.99)),
+            "first_call_p50_ms": ms(pct(first, 0.5)),
+            "first_call_p99_ms": ms(pct(first, 0.99)),
+            "all_first_calls_done_s": round(max(first_done), 2) if first_done else None,
+            "steady_p50_ms": ms(pct(later, 0.5)),
+            "steady_p99_ms": ms(pct(later, 0.99)),
+            "reactor_lag_p99_ms": ms(lag.get("p99_seconds")),
+            "reactor_lag_samples": len(lag_samples),
+            "reactor_lag_max_ms": ms(max(lag_samples, default=None)),
+            "reactor_lag_max_since_start_ms": ms(lag.get("max_seconds")),
+            "peak_rss_mib": round(status.get("VmHWM", 0) / 2**20, 1),
+            "rss_after_mib": round(status.get("VmRSS", 0) / 2**20, 1),
+            "daemon_cpu_share": round((cpu1 - cpu0) / elapsed, 2) if cpu0 is not None and cpu1 is not None else None,
+            "bench_client_cpu_share": round((pcpu1 - pcpu0) / elapsed, 2),
+            "failures_sample": failures[:5],
+        }
+
+    async def throughput(self) -> None:
+        assert self.daemon is not None
+        daemon = self.daemon
+        ceiling = await _imap.ceiling(
+            "127.0.0.1", self.services.imaps_port, self.ctx,
+            [(self.tp_user(i), BENCH_PASSWORD if i == 0 else f"tp{i}-pw") for i in range(THROUGHPUT_ACCOUNTS)],
+            "INBOX", self.sizes.ceiling_seconds,
+        )
+        out: dict[str, Any] = {
+            "what": f"warm {LIST_TOOL} calls/s on one process, closed loop, {THROUGHPUT_ACCOUNTS} accounts "
+                    f"on {self.sizes.small}-message folders; ceiling: bare clients on 8 logged-in connections",
+            "ceiling_calls_per_s": round(ceiling["calls_per_s"], 1),
+            "ceiling_p50_ms": ceiling["p50_ms"],
+        }
+        self.report["throughput"] = out
+        tokens = [self.tokens[self.tp_user(i)] for i in range(THROUGHPUT_ACCOUNTS) if self.tp_user(i) in self.tokens]
+        if not tokens:
+            raise RuntimeError("no OAuth token for the throughput accounts")
+        levels = []
+        out["levels"] = levels
+        for c in self.sizes.throughput_levels:
+            clients = [McpClient(daemon.base_url, tokens[i % len(tokens)]) for i in range(c)]
+            cpu0, pcpu0 = cpu_seconds(daemon.pid), time.process_time()
+            r = await closed_loop(clients, lambda cl: listing(cl, "INBOX"), self.sizes.throughput_seconds)
+            cpu1, pcpu1 = cpu_seconds(daemon.pid), time.process_time()
+            for cl in clients:
+                cl.close()
+            lat = r["latencies"]
+            levels.append({
+                "concurrency": c,
+                "calls_per_s": round(len(lat) / r["seconds"], 1),
+                "p50_ms": ms(pct(lat, 0.5)),
+                "p99_ms": ms(pct(lat, 0.99)),
+                "failures": len(r["failures"]),
+                "daemon_cpu_share": round((cpu1 - cpu0) / r["seconds"], 2)
+                if cpu0 is not None and cpu1 is not None else None,
+                "bench_client_cpu_share": round((pcpu1 - pcpu0) / r["seconds"], 2),
+            })
+            log(f"throughput c={c}: {levels[-1]['calls_per_s']} calls/s")
+            if r["failures"] and not lat:
+                raise ToolCallFailed(r["failures"][0])
+        best = max(levels, key=lambda x: x["calls_per_s"])
+        out["best_concurrency"] = best["concurrency"]
+        out["calls_per_s"] = best["calls_per_s"]
+        out["ceiling_ratio"] = ratio(best["calls_per_s"], ceiling["calls_per_s"])
+
+    async def peer(self) -> None:
+        from tests.harness import free_port
+
+        s = self.sizes
+        out: dict[str, Any] = {"what": "mcp-email-server 1.13.3 (own venv, streamable-http), "
+                                       f"{PEER_TOOL}(page_size=20), same Dovecot, same folders"}
+        self.report["peer"] = out
+        try:
+            exe = await asyncio.to_thread(ensure_peer)
+        except Exception as e:
+            out["error"] = f"could not install the peer: {str(e)[-400:]}"
+            return
+        try:
+            peer = await asyncio.to_thread(Peer, exe, self.workdir, free_port(), BENCH_USER, BENCH_PASSWORD,
+                                           self.services.imaps_port, self.services.smtps_port, self.services.ca_file)
+        except Exception as e:
+            out["error"] = f"the peer did not start: {str(e)[-600:]}"
+            return
+        args = {"account_name": "local", "page": 1, "page_size": 20, "mailbox": "INBOX"}
+        try:
+            client = McpClient(peer.base_url, timeout=300)
+            await client.initialize()
+            await client.call(PEER_TOOL, args)
+            lat = [await timed(lambda: client.call(PEER_TOOL, args)) for _ in range(s.peer_calls)]
+            out.update(latency_summary(lat))
+            clients = [client]
+            for _ in range(3):
+                extra = McpClient(peer.base_url, timeout=300)
+                await extra.initialize()
+                clients.append(extra)
+            r = await closed_loop(clients, lambda cl: cl.call(PEER_TOOL, args), s.peer_seconds, warmup=False)
+            out["throughput_concurrency"] = len(clients)
+            out["calls_per_s"] = round(len(r["latencies"]) / r["seconds"], 3)
+            out["throughput_failures"] = len(r["failures"])
+            mailmcp_p50 = self.report.get("warm", {}).get("p50_ms")
+            mailmcp_tp = self.report.get("throughput", {}).get("calls_per_s")
+            out["mailmcp_p50_ms"] = mailmcp_p50
+            out["mailmcp_calls_per_s"] = mailmcp_tp
+            out["peer_p50/mailmcp_p50"] = ratio(out["p50_ms"], mailmcp_p50)
+            out["mailmcp_throughput/peer_throughput"] = ratio(mailmcp_tp, out["calls_per_s"])
+            # The large folder.
+            big = {**args, "mailbox": LARGE_FOLDER}
+            t0 = time.perf_counter()
+            try:
+                await client.call(PEER_TOOL, big)
+                out["large_folder"] = {"served": True, "ms": ms(time.perf_counter() - t0)}
+            except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+                out["large_folder"] = {"served": False, "ms": ms(time.perf_counter() - t0), "error": str(e)[:300]}
+            for cl in clients:
+                cl.close()
+        except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+            out["error"] = f"the peer failed: {str(e)[:300]}; log: {peer.tail(600)}"
+        finally:
+            peer.stop()
+
+    async def overhead(self) -> None:
+        assert self.daemon is not None
+        self.report["setup"]["http_client_overhead"] = await client_overhead(self.daemon.base_url)
+
+    def stop(self) -> None:
+        for d in (self.cold_daemon, self.daemon):
+            if d is not None:
+                if d is self.daemon:
+                    self.report.setdefault("setup", {})["daemon_log_tail"] = d.tail(1200) if self.report.get(
+                        "errors") else None
+                d.stop()
+        if self.services is not None:
+            self.services.stop()
+
+
+ITEMS = ("floor", "warm", "cold", "large_folder", "concurrency", "throughput", "peer")
+
+
+def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
+    """DESIGN §6, checked against this run's numbers (None where not measured)."""
+
+    def get(*path: str) -> Any:
+        node: Any = report
+        for p in path:
+            if not isinstance(node, dict) or p not in node:
+                return None
+            node = node[p]
+        return node
+
+    def check(value: Any, ok: Callable[[Any], bool]) -> dict[str, Any]:
+        return {"value": value, "met": None if value is None else bool(ok(value))}
+
+    conc = get("concurrency") or {}
+    top = conc[max(conc, key=lambda k: int(k.split("_")[1]))] if conc else {}
+    inv_cold = get("cold", "cold_p50/warm_p50")
+    return {
+        "warm_p50/floor_p50 <= 1.5": check(get("warm", "warm_p50/floor_p50"), lambda v: v <= 1.5),
+        "cold_p50/warm_p50 >= 5": check(inv_cold, lambda v: v >= 5),
+        "large_p50/small_p50 <= 1.3": check(get("large_folder", "large_p50/small_p50"), lambda v: v <= 1.3),
+        f"concurrency n={top.get('accounts')}: success_rate == 1": check(top.get("success_rate"), lambda v: v == 1),
+        f"concurrency n={top.get('accounts')}: reactor_lag_p99 < 100 ms": check(top.get("reactor_lag_p99_ms"),
+                                                                                 lambda v: v < 100),
+        f"concurrency n={top.get('accounts')}: peak RSS < 1 GiB": check(top.get("peak_rss_mib"), lambda v: v < 1024),
+        "throughput.ceiling_ratio >= 0.5": check(get("throughput", "ceiling_ratio"), lambda v: v >= 0.5),
+        "mailmcp_throughput/peer_throughput >= 100": check(get("peer", "mailmcp_throughput/peer_throughput"),
+                                                           lambda v: v >= 100),
+    }
+
+
+async def run(quick: bool, keep: bool = False) -> dict[str, Any]:
+    sizes = QUICK if quick else FULL
+    workdir = Path(tempfile.mkdtemp(prefix="mailmcp-bench-"))
+    workdir.chmod(0o755)
+    bench = Bench(sizes, quick, workdir)
+    errors: dict[str, str] = {}
+    bench.report["errors"] = errors
+    t_start = time.perf_counter()
+    try:
+        log(f"starting services ({bench.report['mode']})")
+        bench.start_services()
+        log("seeding")
+        await asyncio.to_thread(bench.seed)
+        await bench.first_access()
+        log(f"seeded: {bench.report['setup']}")
+        bench.start_daemon()
+        await bench.overhead()
+        log("OAuth logins")
+        await bench.login_all()
+        log(f"logins: {bench.report['setup']['oauth_logins']}")
+        for name, phase in (
+            ("warm", bench.floor_and_warm),
+            ("large_folder", bench.large_folder),
+            ("cold", bench.cold),
+            ("throughput", bench.throughput),
+            ("concurrency", bench.concurrency),
+            ("peer", bench.peer),
+        ):
+            log(f"measuring {name}")
+            try:
+                await phase()
+            except Exception as e:
+                errors[name] = f"{type(e).__name__}: {str(e)[:500]}"
+                log(f"{name} failed: {errors[name]}")
+    except Exception as e:
+        errors["setup"] = f"{type(e).__name__}: {str(e)[:800]}"
+        log(f"setup failed: {errors['setup']}")
+    finally:
+        if errors and bench.daemon is not None:
+            bench.report["daemon_log_tail"] = bench.daemon.tail(2000)
+        bench.stop()
+        if keep:
+            bench.report["workdir"] = str(workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    for item in ITEMS:
+        bench.report.setdefault(item, {"error": errors.get(item) or errors.get("setup") or "not measured"})
+    bench.report["targets"] = evaluate_targets(bench.report)
+    bench.report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    return bench.report
