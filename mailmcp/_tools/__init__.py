@@ -7,10 +7,11 @@ Each module below owns a family of tools and exports them as ``TOOLS``.
 from __future__ import annotations
 
 from .._toolkit import Tool
-from . import _reading
+from . import _reading, _writing
 
 
 def all_tools() -> list[Tool]:  # type: ignore[type-arg]
     tools: list[Tool] = []  # type: ignore[type-arg]
     tools.extend(_reading.TOOLS)
+    tools.extend(_writing.TOOLS)
     return tools
