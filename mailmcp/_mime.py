@@ -169,9 +169,17 @@ def decode_transfer(data: bytes, encoding: str | None, *, complete: bool = True)
     """
     name = (encoding or "7bit").strip().lower()
     if name == "base64":
-        clean = _B64_JUNK.sub(b"", data.split(b"=", 1)[0])
-        defect = len(clean) % 4 != 0 and complete
-        clean = clean[: len(clean) - len(clean) % 4]
+        head = data.split(b"=", 1)
+        clean = _B64_JUNK.sub(b"", head[0])
+        # Padding is implied by the length; a lone trailing character
+        # cannot encode a byte and is a defect.
+        rest = len(clean) % 4
+        garbage = len(head[0]) - len(clean) > sum(head[0].count(c) for c in (b"\r", b"\n", b" ", b"\t"))
+        defect = garbage or (complete and rest == 1)
+        if complete and rest in (2, 3):
+            clean += b"=" * (4 - rest)
+        else:
+            clean = clean[: len(clean) - rest]
         try:
             return binascii.a2b_base64(clean), defect
         except binascii.Error:
@@ -524,8 +532,16 @@ def iter_leaves(bodystructure: Any, warnings: list[str]) -> Iterator[tuple[Part,
             if len(chain) >= MAX_DEPTH:
                 warnings.append(f"MIME nesting deeper than {MAX_DEPTH} levels was not read")
                 continue
-            children = [child for child in node if isinstance(child, (list, tuple))][: MAX_PARTS + 1]
-            subtype = next((str(x).lower() for x in node if isinstance(x, (str, bytes))), "mixed")
+            # Children come first; the subtype string ends them (the
+            # extension data after it may hold lists too).
+            children: list[Any] = []
+            subtype = "mixed"
+            for item in node:
+                if not isinstance(item, (list, tuple)):
+                    subtype = (_str(item) or "mixed").lower()
+                    break
+                if len(children) <= MAX_PARTS:
+                    children.append(item)
             inner = chain + (subtype,)
             for index in range(len(children), 0, -1):
                 child_id = f"{part_id}.{index}" if part_id else str(index)
