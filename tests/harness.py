@@ -39,6 +39,11 @@ USERS = {
 }
 
 
+#: ``twistd`` run by this interpreter.  (``python -m twisted`` is ``twist``,
+#: which has no -n, --pidfile or --logfile.)
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
 def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
@@ -232,7 +237,7 @@ class Daemon:
         state_dir.mkdir(parents=True, exist_ok=True)
         log_path = state_dir.parent / f"twistd-{port}.log"
         args = [
-            sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile", str(log_path),
+            *TWISTD, "-n", "--pidfile=", "--logfile", str(log_path),
             "mailmcp",
             "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--state-dir", str(state_dir),
@@ -287,7 +292,7 @@ def generate_client(state_dir: Path, services: Services | None = None, *args: st
     Provision a client with ``twistd mailmcp-generate --json`` for the test
     servers and return its JSON document.
     """
-    command = [sys.executable, "-m", "twisted", "mailmcp-generate", "--json",
+    command = [*TWISTD, "mailmcp-generate", "--json",
                "--state-dir", str(state_dir)]
     if services is not None:
         imap_port = services.imaps_port if imap_security == "tls" else services.imap_port
