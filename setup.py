@@ -50,6 +50,7 @@ setup(
             "build>=1.2",
         ],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0.5", "ruff>=0.5", "tox>=4"],
+        "bench": ["matplotlib>=3.7"],
     },
     classifiers=[
         "Framework :: Twisted",
