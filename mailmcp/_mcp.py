@@ -184,6 +184,8 @@ class MCPApp:
     """
 
     app = Klein()
+    # "/mcp//x" would otherwise answer a 308 to itself.
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,
@@ -253,6 +255,11 @@ class MCPApp:
         except Exception:
             log.failure("unexpected error serving an MCP request")
             return self._json(request, 200, error_message(None, INTERNAL_ERROR, "Internal error"))
+
+    @app.route("/mcp/", branch=True)
+    def below_mcp(self, request: IRequest) -> bytes:
+        """Nothing lives below ``/mcp``; answer in JSON rather than Klein's HTML 404."""
+        return self._json(request, 404, {"error": "not_found"})
 
     async def _serve(self, request: IRequest) -> bytes:
         account = await self._authenticate(request)
