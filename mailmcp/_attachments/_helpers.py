@@ -101,11 +101,13 @@ async def fetch_part(session: IMAPSession, uid: int, part: str, max_bytes: int) 
     else:
         raise ToolError(f"no message with UID {uid} in this folder")
     body = message.sections.get(part)
-    if body is None:
+    header = message.sections.get(f"{part}.MIME", b"")
+    if body is None or (not body and not header):
+        # Servers answer an empty string (or NIL) for a part that does not exist.
         raise ToolError(f"message {uid} has no part {part}")
     if len(body) > cap:
         raise ToolError(f"attachment part {part} is over the {max_bytes}-byte cap")
-    decoded = decode_part(message.sections.get(f"{part}.MIME", b""), body)
+    decoded = decode_part(header, body)
     if len(decoded.data) > max_bytes:
         raise ToolError(f"attachment part {part} is over the {max_bytes}-byte cap")
     return decoded
@@ -148,6 +150,57 @@ async def link_part(
     fetched = await fetch_part(session, uid, part, limits.max_attachment_bytes)
     linked = await store_and_link(ctx, fetched.data, fetched.filename, fetched.content_type, lifetime)
     return attrs.evolve(linked, part=fetched)
+
+
+async def link_parts(
+    ctx: ToolContext,
+    session: IMAPSession,
+    uid: int,
+    parts: Sequence[tuple[str, int]],
+    lifetime: float | None = None,
+) -> dict[str, PartLink | str]:
+    """
+    Links for several attachments of one message in one ``UID FETCH``, for
+    ``get_mail_message``: C{parts} are (part id, encoded size from
+    BODYSTRUCTURE).  Parts over the per-attachment cap, or beyond the
+    per-message budget, are not fetched at all; for them (and when storage
+    fails) the value is an error string instead of a `PartLink`.
+    """
+    limits = _limits(ctx)
+    cap = encoded_cap(limits.max_attachment_bytes)
+    budget = encoded_cap(limits.max_message_bytes)
+    results: dict[str, PartLink | str] = {}
+    wanted: list[str] = []
+    for part, size in parts[: limits.max_count]:
+        if not _PART.match(part):
+            results[part] = "not a valid part number"
+        elif size > cap:
+            results[part] = f"over the {limits.max_attachment_bytes}-byte cap; no link"
+        elif size > budget:
+            results[part] = "over this message's attachment budget; use get_mail_attachment_link"
+        else:
+            budget -= size
+            wanted.append(part)
+    for part, _ in parts[limits.max_count:]:
+        results[part] = "too many attachments; use get_mail_attachment_link"
+    if not wanted:
+        return results
+    items = " ".join(f"BODY.PEEK[{p}.MIME] BODY.PEEK[{p}]<0.{cap + 1}>" for p in wanted)
+    fetched = await session.fetch(str(int(uid)), f"(UID {items})")
+    message = next((m for m in fetched if m.uid == uid), None)
+    for part in wanted:
+        body = message.sections.get(part) if message is not None else None
+        header = message.sections.get(f"{part}.MIME", b"") if message is not None else b""
+        if body is None or (not body and not header):
+            results[part] = "part not found"
+            continue
+        if len(body) > cap:
+            results[part] = f"over the {limits.max_attachment_bytes}-byte cap; no link"
+            continue
+        decoded = decode_part(header, body)
+        linked = await store_and_link(ctx, decoded.data, decoded.filename, decoded.content_type, lifetime)
+        results[part] = attrs.evolve(linked, part=decoded) if linked.url else (linked.error or "storage failed")
+    return results
 
 
 def _limits(ctx: ToolContext) -> Limits:
