@@ -126,7 +126,7 @@ async def login_many(base_url: str, client: dict[str, Any], accounts: Sequence[t
             try:
                 tokens[email] = (await oauth_login(base_url, client, email, password, conn))["access_token"]
                 latencies.append(time.perf_counter() - t0)
-            except (LoginFailed, HTTPError, OSError, asyncio.TimeoutError, KeyError) as e:
+            except (TimeoutError, LoginFailed, HTTPError, OSError, KeyError) as e:
                 errors.append(f"{email}: {e}")
             finally:
                 conn.close()

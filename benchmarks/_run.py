@@ -180,7 +180,7 @@ async def closed_loop(
             try:
                 await call(c)
                 latencies.append(time.perf_counter() - s)
-            except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, ToolCallFailed, HTTPError, OSError) as e:
                 failures.append(str(e)[:200])
             done += 1
 
@@ -195,7 +195,7 @@ class Bench:
         self.quick = quick
         self.workdir = workdir
         self.report: dict[str, Any] = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "mode": "quick" if quick else "full",
             "machine": machine_info(),
             "sizes": attrs.asdict(sizes),
@@ -454,7 +454,7 @@ class Bench:
                 try:
                     await listing(c, "INBOX", expect=None)
                     (first if is_first else later).append(time.perf_counter() - s)
-                except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+                except (TimeoutError, ToolCallFailed, HTTPError, OSError) as e:
                     failures.append(f"{type(e).__name__}: {str(e)[:160]}")
                 if is_first:
                     first_done.append(time.perf_counter() - t0)
@@ -589,11 +589,11 @@ class Bench:
             try:
                 await client.call(PEER_TOOL, big)
                 out["large_folder"] = {"served": True, "ms": ms(time.perf_counter() - t0)}
-            except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, ToolCallFailed, HTTPError, OSError) as e:
                 out["large_folder"] = {"served": False, "ms": ms(time.perf_counter() - t0), "error": str(e)[:300]}
             for cl in clients:
                 cl.close()
-        except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ToolCallFailed, HTTPError, OSError) as e:
             out["error"] = f"the peer failed: {str(e)[:300]}; log: {peer.tail(600)}"
         finally:
             peer.stop()

@@ -32,9 +32,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.web.iweb import IRequest
 
 #: Upper bounds (seconds) of the lag histogram's buckets.
-BUCKETS: tuple[float, ...] = (
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-)
+BUCKETS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class ReactorLagProbe(Service):
@@ -134,7 +132,10 @@ class MetricsApp:
                 "p50_seconds": probe.quantile(0.50, since),
                 "p99_seconds": probe.quantile(0.99, since),
                 "buckets": {
-                    **{str(le): n for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts))},
+                    **{
+                        str(le): n
+                        for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts), strict=True)
+                    },
                     "+Inf": probe.count,
                 },
             },
@@ -174,7 +175,7 @@ class MetricsApp:
             "# HELP mailmcp_reactor_lag_seconds How late the reactor ran a periodic timer.",
             "# TYPE mailmcp_reactor_lag_seconds histogram",
         ]
-        for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts)):
+        for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts), strict=True):
             lines.append(f'mailmcp_reactor_lag_seconds_bucket{{le="{le}"}} {n}')
         lines.append(f'mailmcp_reactor_lag_seconds_bucket{{le="+Inf"}} {probe.count}')
         lines.append(f"mailmcp_reactor_lag_seconds_sum {probe.total:.6f}")
