@@ -491,7 +491,9 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
     formats: set[str] = set()
     for part in parts:
         raw = sections.get(part.part_id, b"")
-        part_complete = budgets[part.part_id] >= part.size and len(raw) < budgets[part.part_id]
+        budget = budgets[part.part_id]
+        # Asked for at least its whole declared size, or got less than asked.
+        part_complete = (part.size > 0 and budget >= part.size) or len(raw) < budget
         data, defect = _mime.decode_transfer(raw, part.encoding, complete=part_complete)
         if defect:
             warnings.append(f"part {part.part_id} has a damaged {part.encoding} encoding")
