@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools import all_tools
 from mailmcp._tools._reading import (
     TOOLS,
@@ -31,7 +32,6 @@ from mailmcp._tools._reading import (
     search_mail_messages,
     uid_set,
 )
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
 
 T = TypeVar("T")
