@@ -751,3 +751,37 @@ def test_describe_validation_error_names_fields_not_values() -> None:
     text = describe_validation_error("echo", info.value)
     assert text.startswith("Invalid arguments for tool 'echo': ")
     assert "text:" in text and "times:" in text and "many" not in text
+
+
+def test_client_disconnect_cancels_the_running_tool(logged: list[dict[str, Any]]) -> None:
+    """
+    Through Klein: when the connection drops mid-call, the tool's pending
+    work is cancelled and nothing is logged as a failure.
+    """
+    from io import BytesIO
+
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+    from twisted.web.server import Request
+    from twisted.web.test.test_web import DummyChannel
+
+    cancelled: list[bool] = []
+
+    async def slow(context: ToolContext, arguments: Empty) -> Boom:
+        await Deferred(lambda _: cancelled.append(True))
+        return Boom(ok=True)
+
+    app = MCPApp(make_config(), FakeTokenVerifier({TOKEN: make_account()}), None, [_tool("slow", slow)])
+    request = Request(DummyChannel(), False)
+    request.uri = request.path = b"/mcp"
+    request.prepath, request.postpath = [], [b"mcp"]
+    request.method = b"POST"
+    request.clientproto = b"HTTP/1.1"
+    request.content = BytesIO(json.dumps(call("slow", {})).encode())
+    request.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {TOKEN}".encode()])
+    request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    app.app.resource().render(request)
+    assert cancelled == [] and not request.finished
+    request.connectionLost(Failure(ConnectionLost()))
+    assert cancelled == [True]
+    assert not [e for e in logged if e.get("log_failure") is not None]
