@@ -127,7 +127,10 @@ def parse_addresses(field: str, values: str | Sequence[str] | None) -> tuple[Add
         check_header_text(field, item, limit=MAX_ADDRESS_CHARS * MAX_RECIPIENTS)
         if not item.strip():
             raise ComposeError(f"{field}: empty address")
-        header = policy.SMTP.header_factory(field, item)
+        try:
+            header = policy.SMTP.header_factory(field, item)
+        except Exception:  # the stdlib parser raises IndexError on "a@", among others
+            raise ComposeError(f"{field}: {item!r} is not a valid email address") from None
         groups = getattr(header, "groups", ())
         if any(group.display_name is not None for group in groups):
             raise ComposeError(f"{field}: group syntax ({item!r}) is not accepted; list addresses")

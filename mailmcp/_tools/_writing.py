@@ -32,6 +32,7 @@ from .._compose import (
     ComposedMessage,
     ComposeError,
     OutgoingAttachment,
+    check_body,
     check_header_text,
     compose,
     make_message_id,
@@ -147,10 +148,12 @@ class ComposeInput(BaseModel):
     subject: Annotated[str, AfterValidator(lambda v: check_header_text("subject", v))] = Field(
         default="", max_length=998, description="Subject line (no line breaks)."
     )
-    text_body: str = Field(default="", max_length=MAX_BODY_CHARS, description="Plain-text body.")
+    text_body: Annotated[str, AfterValidator(lambda v: check_body("text_body", v))] = Field(
+        default="", max_length=MAX_BODY_CHARS, description="Plain-text body."
+    )
     cc: CcList = []
     bcc: BccList = []
-    html_body: str | None = Field(
+    html_body: Annotated[str, AfterValidator(lambda v: check_body("html_body", v))] | None = Field(
         default=None,
         max_length=MAX_BODY_CHARS,
         description="Optional HTML version of the body, sent as an alternative to text_body.",
