@@ -161,6 +161,12 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     from ._tools import all_tools
 
     tool_services = ToolServices(reactor=reactor, config=config)
+    from ._attachments import build_attachments
+
+    attachments = build_attachments(config, reactor)
+    attachments.service.setServiceParent(parent)
+    routes += attachments.routes
+    tool_services.attachments = attachments.store
     routes.append(("/mcp", MCPApp(config, verifier, tool_services, all_tools()).app.resource()))
     return routes
 

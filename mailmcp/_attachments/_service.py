@@ -20,7 +20,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
-from ._common import AttachmentError, Limits
+from ._common import (
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    DEFAULT_MAX_MESSAGE_ATTACHMENT_BYTES,
+    AttachmentError,
+    Limits,
+)
 from ._local import AttachmentDownloads, LocalAttachmentStore
 from ._s3 import S3AttachmentStore, S3Settings, make_s3_client
 
@@ -105,8 +110,10 @@ def build_attachments(
     """
     environ = os.environ if environ is None else environ
     limits = Limits(
-        max_attachment_bytes=int(getattr(config, "attachment_max_bytes", Limits.max_attachment_bytes)),
-        max_message_bytes=int(getattr(config, "attachments_max_message_bytes", Limits.max_message_bytes)),
+        max_attachment_bytes=int(getattr(config, "attachment_max_bytes", DEFAULT_MAX_ATTACHMENT_BYTES)),
+        max_message_bytes=int(
+            getattr(config, "attachments_max_message_bytes", DEFAULT_MAX_MESSAGE_ATTACHMENT_BYTES)
+        ),
     )
     pool = ThreadPool(minthreads=0, maxthreads=4, name="mailmcp-attachments")
     service = MultiService()
