@@ -206,3 +206,41 @@ async def test_pinned_modern_mode(served: Any, tmp_path: Path) -> None:
     assert out["era"] == "modern"
     methods = [e["rpc"] for e in served.seen if e["rpc"]]
     assert "initialize" not in methods
+
+
+def test_daemon_mcp_gate(daemon_factory: Any) -> None:
+    """
+    The real ``twistd mailmcp``: ``/mcp`` challenges every unauthenticated
+    request with a resource_metadata URL that really serves this resource's
+    metadata, and a forged token is invalid_token, GET included.
+    """
+    import urllib.error
+    import urllib.request
+
+    daemon = daemon_factory()
+    url = daemon.base_url + "/mcp"
+
+    def fetch(method: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers
+
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize"}).encode()
+    status, headers = fetch("POST", {"content-type": "application/json"}, body)
+    assert status == 401
+    challenge = headers["www-authenticate"]
+    prm_url = f"{daemon.base_url}/.well-known/oauth-protected-resource/mcp"
+    assert challenge == f'Bearer resource_metadata="{prm_url}"'
+    with urllib.request.urlopen(prm_url, timeout=10) as response:
+        metadata = json.loads(response.read())
+    assert metadata["resource"] == url
+    forged = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIiwia2lkIjoieCJ9..AAAA.BBBB.CCCC"
+    for method in ("POST", "GET", "DELETE"):
+        status, headers = fetch(method, {"authorization": f"Bearer {forged}", "content-type": "application/json"},
+                                body if method == "POST" else None)
+        assert status == 401, method
+        assert 'error="invalid_token"' in headers["www-authenticate"]
+    assert forged not in daemon.log_text()
