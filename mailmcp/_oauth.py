@@ -694,10 +694,10 @@ class OAuthApp:
 
     @app.route("/oauth/token", methods=["POST"])
     async def token(self, request: IRequest) -> bytes:
-        basic = False
+        basic = request.getHeader(b"authorization") is not None
         try:
             form = self._form(request)
-            client, basic = self._authenticate_client(request, form)
+            client, _ = self._authenticate_client(request, form)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "grant_type is required")
@@ -723,10 +723,10 @@ class OAuthApp:
 
     @app.route("/oauth/revoke", methods=["POST"])
     async def revoke(self, request: IRequest) -> bytes:
-        basic = False
+        basic = request.getHeader(b"authorization") is not None
         try:
             form = self._form(request)
-            client, basic = self._authenticate_client(request, form)
+            client, _ = self._authenticate_client(request, form)
             await self._grants.revoke(client, form.get("token"))
         except OAuthError as e:
             return self._token_error(request, e, basic)
