@@ -1,0 +1,351 @@
+"""
+The reading tools against the real Dovecot of the test harness, through the
+real IMAP pool.
+
+Each test gets a Dovecot user of its own.  The pool's command observers see
+exactly what goes on the wire, so the tests can assert that listing never
+searches, that reading never changes ``\\Seen`` and that refused input never
+reaches the server at all.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from pydantic import ValidationError
+from twisted.internet import reactor
+
+from mailmcp._account import MailAccount
+from mailmcp._clients import MailServer
+from mailmcp._imap import IMAPPool
+from mailmcp._mailbox_api import IMAPSession
+from mailmcp._tls import MailTLS
+from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._tools._reading import (
+    GetMessageInput,
+    ListMailboxesInput,
+    ListMessagesInput,
+    SearchInput,
+    get_mail_message,
+    list_mail_messages,
+    list_mailboxes,
+    search_mail_messages,
+)
+from tests.harness import Services
+
+pytestmark = pytest.mark.integration
+
+MAIL_UID = 8  # the "mail" user Dovecot runs mailboxes as (first_valid_uid = 8)
+
+
+def fresh_user(services: Services) -> tuple[str, str]:
+    """
+    A brand-new Dovecot user with an empty mailbox.  Dovecot notices the
+    changed passwd-file only on a later lookup, so wait until LMTP knows the
+    user (otherwise a delivery or a LOGIN right away may be refused).
+    """
+    email = f"r{uuid.uuid4().hex[:10]}@example.test"
+    password = "pw-" + uuid.uuid4().hex[:8]
+    services.add_user(email, password)
+    deadline = time.monotonic() + 15
+    while True:
+        lmtp = smtplib.LMTP("127.0.0.1", services.lmtp_port)
+        try:
+            lmtp.ehlo_or_helo_if_needed()
+            lmtp.mail("probe@example.test")
+            code, _ = lmtp.rcpt(email)
+            lmtp.rset()
+        finally:
+            lmtp.quit()
+        if code == 250:
+            return email, password
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Dovecot does not know the new user {email}")
+        time.sleep(0.2)
+
+
+def account_for(services: Services, email: str, password: str) -> MailAccount:
+    return MailAccount(
+        owner="grant-" + email,
+        email=email,
+        full_name="Reader",
+        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
+        imap_username=email,
+        imap_password=password,
+        smtp=MailServer(host="localhost", port=services.smtps_port, security="tls"),
+        smtp_username=email,
+        smtp_password=password,
+    )
+
+
+class Wire:
+    """A pool, a fresh account on it, and the log of every command sent."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=30.0)
+        self.events: list[tuple[str, str, str]] = []
+        self.pool.command_observers.append(lambda *event: self.events.append(event))
+        self.email, password = fresh_user(services)
+        self.account = account_for(services, self.email, password)
+        self.ctx = ToolContext(
+            account=self.account,
+            services=ToolServices(reactor=reactor, config=None, imap=self.pool),
+        )
+
+    @property
+    def commands(self) -> list[str]:
+        return [f"{command} {arguments}" for _, command, arguments in self.events]
+
+    def deliver(self, message: bytes) -> None:
+        self.services.deliver(self.email, message)
+
+    async def session(self, operation: Any) -> Any:
+        return await self.pool.run(self.account, operation, read_only=False)
+
+
+@pytest.fixture
+def wire(services: Services) -> Iterator[Wire]:
+    made = Wire(services)
+    yield made
+    pytest_twisted.blockon(made.pool.stopService())
+
+
+def plain(subject: str, body: str = "Hello.\n", sender: str = "Ann <ann@example.test>") -> bytes:
+    message = EmailMessage(policy=SMTP)
+    message["From"] = sender
+    message["To"] = "reader@example.test"
+    message["Subject"] = subject
+    message["Date"] = "Tue, 01 Jul 2025 13:30:00 +0000"
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@example.test>"
+    message.set_content(body)
+    return message.as_bytes()
+
+
+async def expunge(wire: Wire, uids: list[int]) -> None:
+    async def operation(session: IMAPSession) -> None:
+        await session.select("INBOX")
+        await session.uid_store(uids, "+FLAGS", ["\\Deleted"])
+        await session.uid_expunge(uids)
+
+    await wire.session(operation)
+
+
+async def flags_of(wire: Wire, uid: int) -> tuple[str, ...]:
+    async def operation(session: IMAPSession) -> tuple[str, ...]:
+        await session.examine("INBOX")
+        (message,) = await session.fetch(str(uid), "(UID FLAGS)")
+        return message.flags or ()
+
+    result: tuple[str, ...] = await wire.session(operation)
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_seq_differs_from_uid(wire: Wire) -> None:
+    """
+    After expunges, sequence numbers and UIDs differ: list, search and get
+    all speak UIDs, and each UID leads to the message it was listed with.
+    Listing sends no SEARCH; reading leaves \\Seen alone.
+    """
+    for i in range(1, 13):
+        wire.deliver(plain(f"message {i}", f"body of message {i}\n"))
+    await expunge(wire, [1, 2, 3, 7])
+    wire.events.clear()
+
+    listing = await list_mail_messages(wire.ctx, ListMessagesInput(per_page=5))
+    assert listing.total == 8 and listing.has_more and listing.uidvalidity > 0
+    assert [m.uid for m in listing.messages] == [12, 11, 10, 9, 8]
+    assert [m.subject for m in listing.messages] == [f"message {i}" for i in (12, 11, 10, 9, 8)]
+    last = await list_mail_messages(wire.ctx, ListMessagesInput(page=2, per_page=5))
+    assert [m.uid for m in last.messages] == [6, 5, 4] and not last.has_more
+    assert not any("SEARCH" in c for c in wire.commands), wire.commands
+    assert any(c.startswith("FETCH 4:8 ") for c in wire.commands), wire.commands
+
+    found = await search_mail_messages(wire.ctx, SearchInput(query='OR SUBJECT "message 5" SUBJECT "message 9"'))
+    assert found.uids == [9, 5] and found.total == 2
+    assert [m.subject for m in found.messages] == ["message 9", "message 5"]
+
+    for uid in (5, 9, 12):
+        message = await get_mail_message(wire.ctx, GetMessageInput(uid=uid))
+        assert message.subject == f"message {uid}"
+        assert message.body.strip() == f"body of message {uid}"
+        assert not message.seen
+        assert "\\Seen" not in await flags_of(wire, uid)
+    fetches = [c for c in wire.commands if "FETCH" in c]
+    assert fetches and all("BODY[" not in c for c in fetches), fetches
+    assert not any(c.startswith(("STORE", "UID STORE", "SELECT")) for c in wire.commands
+                   if "FLAGS" in c and "Seen" in c)
+
+    with pytest.raises(ToolError, match="no message with UID 2 in folder 'INBOX'"):
+        await get_mail_message(wire.ctx, GetMessageInput(uid=2))
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_mailboxes_counts(wire: Wire) -> None:
+    """Folders come back with special use and STATUS counts."""
+    wire.deliver(plain("one"))
+    wire.deliver(plain("two"))
+    result = await list_mailboxes(wire.ctx, ListMailboxesInput())
+    boxes = {b.name: b for b in result.mailboxes}
+    assert boxes["INBOX"].messages == 2 and boxes["INBOX"].unseen == 2
+    assert boxes["Sent"].special_use == "\\Sent" and boxes["Sent"].messages == 0
+    assert boxes["Trash"].special_use == "\\Trash"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_folder(wire: Wire) -> None:
+    """A folder that doesn't exist is a ToolError pointing at list_mailboxes; nothing is created."""
+    with pytest.raises(ToolError, match="list_mailboxes"):
+        await list_mail_messages(wire.ctx, ListMessagesInput(folder="Nope"))
+    assert not any(c.startswith("CREATE") for c in wire.commands)
+
+
+def test_injection_refused_before_any_command(services: Services) -> None:
+    """
+    security.md TL-S1/TL-U1/TL-F1: hostile queries, UIDs and folder names are
+    refused by input validation, so the pool never even connects.
+    """
+    wire = Wire(services)
+    for query in ["ALL\r\nX1 DELETE INBOX", "ALL\nX1 DELETE INBOX", "{5}\r\nhello", "~{5+}", "TEXT a\x00"]:
+        with pytest.raises(ValidationError):
+            SearchInput.model_validate({"query": query})
+    for uid in ["5", "1:*", 0, -1, 4294967296, True, 1.5]:
+        with pytest.raises(ValidationError):
+            GetMessageInput.model_validate({"uid": uid})
+    for folder in ["INBOX\r\nX DELETE Trash", "", "a\x00"]:
+        with pytest.raises(ValidationError):
+            ListMessagesInput.model_validate({"folder": folder})
+    assert wire.events == [] and wire.pool.open_connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_ascii_search(wire: Wire) -> None:
+    """``FROM "Müller"`` and a non-ASCII subject filter reach Dovecot as UTF-8 literals."""
+    wire.deliver(plain("Grüße aus Köln", sender="Jürgen Müller <jm@example.test>"))
+    wire.deliver(plain("plain ascii", sender="bob@example.test"))
+    found = await search_mail_messages(wire.ctx, SearchInput(query='FROM "Müller"'))
+    assert found.uids == [1]
+    assert found.messages[0].from_[0].name == "Jürgen Müller"
+    found = await search_mail_messages(
+        wire.ctx, SearchInput.model_validate({"subject": "Köln", "unseen": True}))
+    assert found.uids == [1]
+    assert any("CHARSET UTF-8" in c for c in wire.commands)
+
+
+@pytest_twisted.ensureDeferred
+async def test_mime_message_through_real_bodystructure(wire: Wire) -> None:
+    """
+    A multipart mail (plain + HTML alternative, an RFC 2231 named attachment,
+    an inline image) analysed from Dovecot's own BODYSTRUCTURE: the plain text
+    is the body, attachments listed with decoded names, threading headers read.
+    """
+    message = EmailMessage(policy=SMTP)
+    message["From"] = "Ann <ann@example.test>"
+    message["To"] = "reader@example.test"
+    message["Subject"] = "Quarterly report"
+    message["Message-ID"] = "<q3@example.test>"
+    message["In-Reply-To"] = "<q2@example.test>"
+    message["References"] = "<q1@example.test> <q2@example.test>"
+    message.set_content("Plain text wins.\n")
+    message.add_alternative("<p>HTML <b>loses</b></p>", subtype="html")
+    message.add_attachment("données".encode(), maintype="application", subtype="octet-stream",
+                           filename="données – résumé.pdf")
+    wire.deliver(message.as_bytes())
+    out = await get_mail_message(wire.ctx, GetMessageInput(uid=1))
+    assert out.body == "Plain text wins.\n" and out.body_format == "text/plain"
+    assert (out.message_id, out.in_reply_to, out.references) == (
+        "<q3@example.test>", "<q2@example.test>", ["<q1@example.test>", "<q2@example.test>"])
+    (attachment,) = out.attachments
+    assert attachment.part_id == "2" and attachment.filename == "données – résumé.pdf"
+    assert attachment.disposition == "attachment" and attachment.size > 0
+    listing = await list_mail_messages(wire.ctx, ListMessagesInput())
+    assert listing.messages[0].has_attachments
+
+
+@pytest_twisted.ensureDeferred
+async def test_html_only_and_paging_through_body(wire: Wire) -> None:
+    """
+    An HTML-only base64 mail loses its hidden text, and a long body is read
+    in pieces with partial fetches that together give the whole text.
+    """
+    rows = "".join(f"<p>row {i:05d}</p>" for i in range(4000))
+    html = f"<html><head><style>p{{}}</style></head><body><div style='display:none'>SECRET</div>{rows}</body></html>"
+    message = EmailMessage(policy=SMTP)
+    message["From"] = "news@example.test"
+    message["Subject"] = "long html"
+    message.set_content(html, subtype="html", cte="base64")
+    wire.deliver(message.as_bytes())
+    pieces: list[str] = []
+    offset = 0
+    while True:
+        out = await get_mail_message(wire.ctx, GetMessageInput(uid=1, max_body_chars=10_000, body_offset=offset))
+        assert out.body_format == "text/html"
+        pieces.append(out.body)
+        if out.next_offset is None:
+            break
+        offset = out.next_offset
+    text = "".join(pieces)
+    assert "SECRET" not in text
+    assert [line for line in text.split("\n\n") if line.startswith("row")] == [f"row {i:05d}" for i in range(4000)]
+    assert any("BODY.PEEK[1]<0." in c for c in wire.commands)
+
+
+def seed_maildir(services: Services, email: str, count: int) -> None:
+    """
+    Write C{count} messages straight into the user's Maildir (``cur/``,
+    owned by the mail uid): 10,000 files take well under a second, where
+    10,000 LMTP deliveries or APPENDs take minutes on two shared cores.
+    """
+    maildir = Path(services.svc) / "mail" / email / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    base = int(time.time()) - count
+    for i in range(1, count + 1):
+        name = maildir / "cur" / f"{base + i}.M{i}P1.seed:2,"
+        name.write_bytes(
+            b"From: seed@example.test\r\nTo: %s\r\nSubject: seeded %05d\r\n"
+            b"Date: Tue, 01 Jul 2025 13:30:00 +0000\r\nMessage-ID: <seed-%d@example.test>\r\n\r\n"
+            b"body %d\r\n" % (email.encode(), i, i, i)
+        )
+    for root, dirs, files in os.walk(Path(services.svc) / "mail" / email):
+        os.chown(root, MAIL_UID, MAIL_UID)
+        for name_ in files:
+            os.chown(os.path.join(root, name_), MAIL_UID, MAIL_UID)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ten_thousand_messages_page_correctly(wire: Wire) -> None:
+    """
+    A folder of 10,000 messages: page 1 is the 20 newest (sequence range
+    9981:10000, no SEARCH), and paging with per_page=100 visits every UID
+    exactly once, newest first.
+    """
+    seed_maildir(wire.services, wire.email, 10_000)
+    first = await list_mail_messages(wire.ctx, ListMessagesInput())
+    assert first.total == 10_000 and first.has_more
+    assert [m.subject for m in first.messages] == [f"seeded {i:05d}" for i in range(10_000, 9980, -1)]
+    assert any(c.startswith("FETCH 9981:10000 ") for c in wire.commands), wire.commands[-3:]
+    seen: list[int] = []
+    page = 1
+    while True:
+        out = await list_mail_messages(wire.ctx, ListMessagesInput(page=page, per_page=100))
+        seen.extend(m.uid for m in out.messages)
+        if not out.has_more:
+            break
+        page += 1
+    assert page == 100
+    assert seen == sorted(seen, reverse=True) and len(set(seen)) == 10_000
+    assert not any("SEARCH" in c for c in wire.commands)
+    found = await search_mail_messages(wire.ctx, SearchInput(query="SUBJECT seeded", limit=10))
+    assert found.total == 10_000 and found.truncated and found.uids == seen[:10]
