@@ -181,7 +181,10 @@ class IMAPSession(Protocol):
         """UID MOVE (or COPY + flag + UID EXPUNGE); returns COPYUID mapping."""
 
     async def uid_expunge(self, uids: Sequence[int]) -> None:
-        """UID EXPUNGE of exactly these UIDs; refuses without UIDPLUS."""
+        """
+        UID EXPUNGE of exactly these UIDs; refuses without UIDPLUS.  As RFC
+        4315 says, only those already flagged ``\\Deleted`` are removed.
+        """
 
     async def append(
         self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None

@@ -161,6 +161,14 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     from ._tools import all_tools
 
     tool_services = ToolServices(reactor=reactor, config=config)
+    from ._imap import IMAPPool
+
+    # Logged-in IMAP connections per account; as a child service it logs
+    # them all out when the daemon stops.
+    imap_pool = IMAPPool.from_config(config, reactor)
+    imap_pool.setName("imap-pool")
+    imap_pool.setServiceParent(parent)
+    tool_services.imap = imap_pool
     from ._attachments import build_attachments
 
     attachments = build_attachments(config, reactor)

@@ -1,0 +1,449 @@
+"""
+`IMAPPool`: logged-in IMAP connections kept per account.
+
+A warm tool call leases a connection that is already logged in, usually
+with the right folder already open, so it costs one IMAP round trip instead
+of connect + TLS + LOGIN + SELECT + LOGOUT (DESIGN.md §3.5, §6).
+
+- Connections are keyed by `MailAccount.imap_pool_key` (a hash: a changed
+  password never reuses a connection logged in with the old one).
+- At most ``pool_size`` connections per account; further callers wait at
+  most ``wait_timeout`` seconds, then get "mailbox busy, try again".
+  A global cap (``max_connections``) bounds the whole process; when it is
+  reached the least recently used idle connection of any account is closed.
+- Idle connections are logged out after ``idle_timeout`` seconds (driven by
+  the injected clock); a connection whose transport went away is dropped
+  at once, and one idle for over ``noop_after`` seconds is checked with a
+  NOOP before reuse.
+- A connection that broke during an operation is discarded; the operation
+  is retried once on a fresh connection only when it is ``read_only`` and
+  the failure is transient.  `IMAPAuthError` is never retried.
+- ``connect_per_call=True`` disables pooling (connect, log in, run, log
+  out), the baseline the benchmarks compare against.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
+from .._tls import MailTLS
+from ._client import DEFAULT_MAX_LINE, DEFAULT_MAX_LITERAL, IMAPClientProtocol
+from ._session import Session
+
+T = TypeVar("T")
+log = Logger()
+
+#: An observer of every command sent: (connection label, command, arguments).
+CommandObserver = Callable[[str, str, str], None]
+
+
+@attrs.define(eq=False)
+class _Connection:
+    session: Session
+    key: str
+    label: str
+    last_used: float
+    leased: bool = True
+    dropped: bool = False
+    expiry: IDelayedCall | None = None
+
+
+@attrs.define(eq=False)
+class _Slots:
+    """One account's connections: idle ones, how many exist, who waits."""
+
+    idle: list[_Connection] = attrs.field(factory=list)
+    count: int = 0
+    waiters: deque[Deferred[_Connection | None]] = attrs.field(factory=deque)
+
+
+class IMAPPool(Service):
+    """
+    The process's pool of logged-in IMAP connections; implements
+    `IMAPPoolAPI`.  As a service it logs every idle connection out on stop.
+
+    :param reactor: provides `IReactorTCP` (and `IReactorTime`, injected).
+    :param clock: the `IReactorTime` for deadlines and idle expiry
+        (defaults to C{reactor}; tests pass a ``Clock``).
+    :param tls: builds verifying TLS options per host.
+    :param endpoint_factory: optional replacement for the TCP endpoint
+        (tests); it gets the account and returns an unconnected endpoint.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        tls: MailTLS,
+        *,
+        pool_size: int = 4,
+        wait_timeout: float = 15.0,
+        idle_timeout: float = 300.0,
+        command_timeout: float = 30.0,
+        max_connections: int = 5000,
+        connect_per_call: bool = False,
+        noop_after: float = 60.0,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_literal: int = DEFAULT_MAX_LITERAL,
+        endpoint_factory: Callable[[Any], IStreamClientEndpoint] | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.tls = tls
+        self.pool_size = pool_size
+        self.wait_timeout = wait_timeout
+        self.idle_timeout = idle_timeout
+        self.command_timeout = command_timeout
+        self.max_connections = max_connections
+        self.connect_per_call = connect_per_call
+        self.noop_after = noop_after
+        self.max_line = max_line
+        self.max_literal = max_literal
+        self.endpoint_factory = endpoint_factory
+        self.command_observers: list[CommandObserver] = []
+        self.stats: dict[str, int] = {
+            "connections": 0, "leases": 0, "reused": 0, "discarded": 0, "expired": 0,
+            "retries": 0, "evicted": 0, "busy": 0,
+        }  # fmt: skip
+        self._slots: dict[str, _Slots] = {}
+        self._lru: dict[_Connection, None] = {}
+        self._total = 0
+        self._global_waiters: deque[Deferred[_Connection | None]] = deque()
+        self._closing = False
+        self._serial = 0
+
+    @classmethod
+    def from_config(cls, config: Any, reactor: Any, **overrides: Any) -> IMAPPool:
+        """A pool configured from the daemon's `Config`."""
+        settings: dict[str, Any] = {
+            "pool_size": config.pool_size,
+            "wait_timeout": config.pool_wait_timeout,
+            "idle_timeout": config.pool_idle_timeout,
+            "command_timeout": config.imap_timeout,
+        }
+        settings.update(overrides)
+        return cls(reactor, MailTLS(config.mail_ca_file), **settings)
+
+    # -- public -----------------------------------------------------------------
+
+    @property
+    def open_connections(self) -> int:
+        """Connections that exist now (idle, leased or being opened)."""
+        return self._total
+
+    def idle_count(self, account: Any) -> int:
+        slots = self._slots.get(account.imap_pool_key)
+        return len(slots.idle) if slots is not None else 0
+
+    async def run(
+        self,
+        account: Any,
+        operation: Callable[[IMAPSession], Awaitable[T]],
+        *,
+        read_only: bool,
+    ) -> T:
+        attempts = 2 if read_only else 1
+        for attempt in range(attempts):
+            conn: _Connection | None = None
+            try:
+                conn = await self._acquire(account)
+                result = await operation(conn.session)
+            except IMAPError as e:
+                broken = conn is None or not conn.session.usable
+                if conn is not None:
+                    self._release(conn)
+                if (
+                    attempt + 1 < attempts
+                    and e.transient
+                    and broken
+                    and not isinstance(e, IMAPAuthError)
+                ):
+                    self.stats["retries"] += 1
+                    log.info(
+                        "IMAP {label}: retrying a read after: {error}",
+                        label=account.imap_pool_key[:12],
+                        error=e.message,
+                    )
+                    continue
+                raise
+            except BaseException:
+                if conn is not None:
+                    self._release(conn)
+                raise
+            self._release(conn)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def deferred_run(
+        self,
+        account: Any,
+        operation: Callable[[IMAPSession], Awaitable[T]],
+        *,
+        read_only: bool,
+    ) -> Deferred[T]:
+        """`run` as a Deferred, for callers at a Deferred seam."""
+        return Deferred.fromCoroutine(self.run(account, operation, read_only=read_only))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self._closing = True
+        error = IMAPError("the server is shutting down")
+        for slots in self._slots.values():
+            while slots.waiters:
+                d = slots.waiters.popleft()
+                if not d.called:
+                    d.errback(Failure(error))
+        while self._global_waiters:
+            d = self._global_waiters.popleft()
+            if not d.called:
+                d.errback(Failure(error))
+        closing = [self._close(conn) for conn in list(self._lru)]
+        return DeferredList(closing, consumeErrors=True)
+
+    # -- leasing -----------------------------------------------------------------------
+
+    async def _acquire(self, account: Any) -> _Connection:
+        key = account.imap_pool_key
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = _Slots()
+        deadline = self.clock.seconds() + self.wait_timeout
+        while True:
+            if self._closing:
+                raise IMAPError("the server is shutting down")
+            conn = self._pop_idle(slots)
+            if conn is not None:
+                if self.clock.seconds() - conn.last_used > self.noop_after:
+                    try:
+                        await conn.session.noop()
+                    except IMAPError:
+                        self._release(conn)
+                        continue
+                self.stats["leases"] += 1
+                self.stats["reused"] += 1
+                return conn
+            if slots.count < self.pool_size:
+                if self._total < self.max_connections or self._evict_one():
+                    return await self._open(account, key, slots)
+                waiters = self._global_waiters
+            else:
+                waiters = slots.waiters
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                self.stats["busy"] += 1
+                raise IMAPError("mailbox busy, try again")
+            handed = await self._wait(waiters, remaining)
+            if handed is not None:
+                self.stats["leases"] += 1
+                self.stats["reused"] += 1
+                return handed
+
+    def _wait(
+        self, waiters: deque[Deferred[_Connection | None]], timeout: float
+    ) -> Deferred[_Connection | None]:
+        def cancel(d: Deferred[_Connection | None]) -> None:
+            try:
+                waiters.remove(d)
+            except ValueError:
+                pass
+
+        d: Deferred[_Connection | None] = Deferred(cancel)
+        waiters.append(d)
+
+        def expired() -> None:
+            if not d.called:
+                cancel(d)
+                self.stats["busy"] += 1
+                d.errback(Failure(IMAPError("mailbox busy, try again")))
+
+        timer = self.clock.callLater(timeout, expired)
+
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
+        return d
+
+    def _pop_idle(self, slots: _Slots) -> _Connection | None:
+        while slots.idle:
+            conn = slots.idle.pop()
+            self._lru.pop(conn, None)
+            if conn.expiry is not None and conn.expiry.active():
+                conn.expiry.cancel()
+            conn.expiry = None
+            conn.leased = True
+            if conn.session.usable:
+                return conn
+            self._drop(conn)
+        return None
+
+    async def _open(self, account: Any, key: str, slots: _Slots) -> _Connection:
+        slots.count += 1
+        self._total += 1
+        self._serial += 1
+        label = f"{key[:12]}#{self._serial}"
+        protocol = IMAPClientProtocol(
+            self.clock,
+            timeout=self.command_timeout,
+            max_line=self.max_line,
+            max_literal=self.max_literal,
+            label=label,
+            observer=self._observer(label),
+        )
+        session = Session(protocol)
+        conn = _Connection(session=session, key=key, label=label, last_used=self.clock.seconds())
+        try:
+            await self._connect(account, protocol)
+            await session.open(account, self.tls.options_for(account.imap.host))
+        except BaseException:
+            self._close(conn)
+            raise
+        protocol.lost_callbacks.append(lambda _p: self._lost(conn))
+        self.stats["connections"] += 1
+        self.stats["leases"] += 1
+        log.info(
+            "IMAP {label}: logged in to {host}:{port} ({security})",
+            label=label,
+            host=account.imap.host,
+            port=account.imap.port,
+            security=account.imap.security,
+        )
+        return conn
+
+    async def _connect(self, account: Any, protocol: IMAPClientProtocol) -> None:
+        server = account.imap
+        if self.endpoint_factory is not None:
+            endpoint = self.endpoint_factory(account)
+        else:
+            endpoint = HostnameEndpoint(
+                self.reactor, server.host, server.port, timeout=max(1, int(self.command_timeout))
+            )
+        if server.security == "tls":
+            endpoint = wrapClientTLS(self.tls.options_for(server.host), endpoint)
+        d = connectProtocol(endpoint, protocol)
+        d.addTimeout(self.command_timeout, self.clock)
+        try:
+            await d
+        except (CancelledError, ConnectTimeoutError):
+            raise IMAPError(
+                f"could not connect to the mail server {server.host}:{server.port} "
+                f"within {self.command_timeout:g} s",
+                transient=True,
+            ) from None
+        except IMAPError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every connect failure maps to one message
+            raise IMAPError(
+                f"could not connect to the mail server {server.host}:{server.port} "
+                f"({type(e).__name__})",
+                transient=True,
+            ) from None
+
+    def _observer(self, label: str) -> Callable[[str, str], None]:
+        def observe(command: str, arguments: str) -> None:
+            for observer in self.command_observers:
+                observer(label, command, arguments)
+
+        return observe
+
+    # -- giving back ----------------------------------------------------------------
+
+    def _release(self, conn: _Connection) -> None:
+        conn.leased = False
+        if conn.dropped:
+            return
+        if self._closing or self.connect_per_call or not conn.session.usable:
+            if not conn.session.usable:
+                self.stats["discarded"] += 1
+            self._close(conn)
+            return
+        conn.last_used = self.clock.seconds()
+        slots = self._slots[conn.key]
+        while slots.waiters:
+            waiter = slots.waiters.popleft()
+            if not waiter.called:
+                conn.leased = True
+                waiter.callback(conn)
+                return
+        slots.idle.append(conn)
+        self._lru[conn] = None
+        conn.expiry = self.clock.callLater(self.idle_timeout, self._expire, conn)
+
+    def _expire(self, conn: _Connection) -> None:
+        conn.expiry = None
+        if conn.leased or conn.dropped:
+            return
+        self.stats["expired"] += 1
+        log.debug("IMAP {label}: idle for {seconds:g} s, logging out", label=conn.label,
+                  seconds=self.idle_timeout)
+        self._close(conn)
+
+    def _evict_one(self) -> bool:
+        """Close the least recently used idle connection of any account."""
+        for conn in self._lru:
+            self.stats["evicted"] += 1
+            self._close(conn)
+            return True
+        return False
+
+    def _lost(self, conn: _Connection) -> None:
+        """The transport went away; an idle connection is dropped at once."""
+        if not conn.leased:
+            self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        """Forget C{conn} and hand its slot to whoever waits."""
+        if conn.dropped:
+            return
+        conn.dropped = True
+        if conn.expiry is not None and conn.expiry.active():
+            conn.expiry.cancel()
+        conn.expiry = None
+        self._lru.pop(conn, None)
+        slots = self._slots.get(conn.key)
+        if slots is not None:
+            if conn in slots.idle:
+                slots.idle.remove(conn)
+            slots.count -= 1
+            self._wake(slots.waiters)
+            if slots.count == 0 and not slots.idle and not slots.waiters:
+                del self._slots[conn.key]
+        self._total -= 1
+        self._wake(self._global_waiters)
+
+    @staticmethod
+    def _wake(waiters: deque[Deferred[_Connection | None]]) -> None:
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.called:
+                waiter.callback(None)
+                return
+
+    def _close(self, conn: _Connection) -> Deferred[None]:
+        """Drop C{conn} and log it out (or abort it if it is not usable)."""
+        self._drop(conn)
+        session = conn.session
+        if session.usable:
+            return Deferred.fromCoroutine(session.logout())
+        session.protocol.fail(IMAPError("connection discarded", transient=True))
+        return Deferred.fromCoroutine(_nothing())
+
+
+async def _nothing() -> None:
+    return None
