@@ -9,6 +9,7 @@ then the pools and stores behind them close.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -44,10 +45,25 @@ class ListeningService(Service):
         self._reactor = reactor
         self._description = description
         self._site = site
+        self._attempted = False
         self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        # twistd calls this on the whole tree before any startService (and
+        # before dropping privileges): binding here means a port in use ends
+        # the process before any part has started a thread pool or
+        # connection that would keep the interpreter from exiting.
+        super().privilegedStartService()
+        self._listen()
 
     def startService(self) -> None:
         super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._attempted:
+            return
+        self._attempted = True
         try:
             endpoint = serverFromString(self._reactor, self._description)
         except (ValueError, TypeError, KeyError) as e:
@@ -101,6 +117,12 @@ class DrainService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        # SIGTERM is how service managers ask for an orderly stop, and this
+        # is one: report success.  (twistd would otherwise re-raise the
+        # signal once the reactor stopped, so the exit status would be
+        # "killed by SIGTERM" and buffered log output would be lost.)
+        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
+            self._reactor._exitSignal = None
         busy = self._in_flight.count
         if busy:
             log.info("waiting for {count} in-flight requests", count=busy)
