@@ -184,8 +184,7 @@ async def test_seq_differs_from_uid(wire: Wire) -> None:
         assert "\\Seen" not in await flags_of(wire, uid)
     fetches = [c for c in wire.commands if "FETCH" in c]
     assert fetches and all("BODY[" not in c for c in fetches), fetches
-    assert not any(c.startswith(("STORE", "UID STORE", "SELECT")) for c in wire.commands
-                   if "FLAGS" in c and "Seen" in c)
+    assert not any(c.startswith(("STORE", "UID STORE", "SELECT")) for c in wire.commands), wire.commands
 
     with pytest.raises(ToolError, match="no message with UID 2 in folder 'INBOX'"):
         await get_mail_message(wire.ctx, GetMessageInput(uid=2))
