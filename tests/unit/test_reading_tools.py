@@ -355,3 +355,48 @@ def test_hostile_headers_in_listing(server: FakeIMAPServer) -> None:
     server.mailboxes["INBOX"].add(raw)
     (summary,) = run(list_mail_messages(context(server), ListMessagesInput())).messages
     assert summary.subject == "hi Bcc: evil@x"
+
+
+class _SyncPool:
+    """A thread pool stand-in that runs work at once and counts it."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def callInThreadWithCallback(self, on_result: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        self.jobs += 1
+        try:
+            result = func(*args, **kwargs)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class _ThreadReactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = _SyncPool()
+
+    def getThreadPool(self) -> _SyncPool:
+        return self.pool
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+def test_big_html_is_converted_off_the_reactor(server: FakeIMAPServer) -> None:
+    """HTML over the inline threshold goes to the reactor's thread pool; small HTML does not."""
+    reactor = _ThreadReactor()
+    ctx = ToolContext(account=make_account(),
+                      services=ToolServices(reactor=reactor, config=None, imap=FakeIMAPPool(server)))
+    for size in (10, 5000):
+        message = EmailMessage(policy=SMTP)
+        message["From"] = "a@example.test"
+        message["Subject"] = f"html {size}"
+        message.set_content("".join(f"<p>para {i}</p>" for i in range(size)), subtype="html")
+        server.mailboxes["INBOX"].add(message.as_bytes())
+    small = run(get_mail_message(ctx, GetMessageInput(uid=1)))
+    assert reactor.pool.jobs == 0 and "para 9" in small.body
+    big = run(get_mail_message(ctx, GetMessageInput(uid=2)))
+    assert reactor.pool.jobs == 1 and big.body.startswith("para 0")
