@@ -1,10 +1,9 @@
 """
 The hardened IMAP client protocol.
 
-`IMAPClientProtocol` subclasses Twisted's `IMAP4Client` and keeps its
-command bookkeeping (tags, the waiting command, the queue, ``Command``
-objects), but replaces everything that security.md §1.2 and DESIGN.md §6
-found wanting:
+`IMAPClientProtocol` subclasses Twisted's `IMAP4Client` (tag generation,
+``Command`` objects, the ``IMAP4Client`` identity other code may check) but
+replaces everything that security.md §1.2 and DESIGN.md §6 found wanting:
 
 - receiving: our own buffer loop with a bounded line length (P-06) and a
   bounded literal size (P-07), no temp files, no recursion per literal;
@@ -28,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -48,6 +48,9 @@ _LITERAL_END = re.compile(rb"\{([0-9]{1,20})\}$")
 _PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
+_DONE = Failure(ConnectionDone())
+
+
 def server_text(text: bytes, limit: int = 200) -> str:
     """A server's human-readable text, made safe to show and log."""
     return _PRINTABLE.sub(b"?", text[:limit]).decode("ascii").strip()
@@ -56,9 +59,7 @@ def server_text(text: bytes, limit: int = 200) -> str:
 class CommandFailed(IMAPError):
     """A tagged NO or BAD; ``code`` is the parsed response code, if any."""
 
-    def __init__(
-        self, command: str, status: bytes, code: list[Value] | None, text: bytes
-    ) -> None:
+    def __init__(self, command: str, status: bytes, code: list[Value] | None, text: bytes) -> None:
         self.command = command
         self.status = status.decode("ascii", "replace")
         self.code = code
@@ -78,7 +79,6 @@ class Response:
     def __init__(self, lines: list[RawResponse], tagged: bytes) -> None:
         self.lines = lines
         self.code, self.text = split_code(tagged)
-
 
 
 def layout(
@@ -110,7 +110,7 @@ def describe(pieces: Sequence[bytes | Literal]) -> str:
     out = []
     for piece in pieces:
         if isinstance(piece, Literal):
-            out.append("{%d bytes}" % len(piece.data))
+            out.append(f"{{{len(piece.data)} bytes}}")
         else:
             out.append(piece.decode("ascii", "backslashreplace"))
     return "".join(out).strip()
@@ -140,10 +140,11 @@ class RawCommand(imap4.Command):
         self.log_args = log_args
         self.user_continuation = continuation
         self.literal_plus = literal_plus
-        self.lines: list[RawResponse] = []  # type: ignore[assignment]
+        self.lines: list[RawResponse] = []
         self.writes: list[bytes] = []
         self.protocol: IMAPClientProtocol | None = None
         self.timer: IDelayedCall | None = None
+        self.deferred: Deferred[Response] | None = None
         self.size = 0
 
     def _continue(self, rest: bytes) -> None:
@@ -154,6 +155,15 @@ class RawCommand(imap4.Command):
             self.user_continuation(rest)
             return
         raise IMAPError("unexpected continuation request from the mail server")
+
+
+def abort_transport(transport: Any) -> None:
+    """Close at once, without waiting to flush (abortConnection when there is one)."""
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
 
 
 def capabilities_from(values: Sequence[Value]) -> frozenset[str]:
@@ -209,6 +219,9 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         self.bye: bytes | None = None
         self.lost_callbacks: list[Callable[[IMAPClientProtocol], None]] = []
         self._greeting_timer: IDelayedCall | None = None
+        self._commands: dict[bytes, RawCommand] = {}
+        self._queue: list[RawCommand] = []
+        self._waiting: bytes | None = None
         self._buffer = b""
         self._segments: list[bytes] = []
         self._literal_remaining = 0
@@ -217,9 +230,11 @@ class IMAPClientProtocol(imap4.IMAP4Client):
     # -- connection events ----------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._greeting_timer = self.clock.callLater(self.command_timeout, self._timed_out, "greeting")
+        self._greeting_timer = self.clock.callLater(
+            self.command_timeout, self._timed_out, "greeting"
+        )
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         if not self.closed:
             self.closed = True
             self._fail_all(self.error or self._error_from(reason))
@@ -232,44 +247,55 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         text = str(value)
         module = type(value).__module__ or ""
         if module.startswith("OpenSSL") or "VerificationError" in type(value).__name__:
-            detail = "certificate verify failed" if "verify" in text.lower() or "Verification" in type(value).__name__ else "handshake failed"
-            return IMAPError(f"TLS with the mail server failed ({detail}); no credentials were sent")
+            detail = (
+                "certificate verify failed"
+                if "verify" in text.lower() or "Verification" in type(value).__name__
+                else "handshake failed"
+            )
+            return IMAPError(
+                f"TLS with the mail server failed ({detail}); no credentials were sent"
+            )
         if self.bye is not None:
-            return IMAPError(f"the mail server closed the connection: {server_text(self.bye)}", transient=True)
+            return IMAPError(
+                f"the mail server closed the connection: {server_text(self.bye)}", transient=True
+            )
         if not self.greeted:
-            return IMAPError("the mail server closed the connection before greeting", transient=True)
+            return IMAPError(
+                "the mail server closed the connection before greeting", transient=True
+            )
         if self._literal_remaining:
-            return IMAPError("connection to the mail server lost while reading a message", transient=True)
+            return IMAPError(
+                "connection to the mail server lost while reading a message", transient=True
+            )
         return IMAPError("connection to the mail server lost", transient=True)
 
     def fail(self, error: IMAPError) -> None:
         """Drop the connection: every pending command fails with C{error}."""
         if self.closed:
             return
-        log.warn("IMAP {label}: dropping connection: {error}", label=self.label, error=error.message)
+        log.warn(
+            "IMAP {label}: dropping connection: {error}", label=self.label, error=error.message
+        )
         self.closed = True
         self.error = error
         self._fail_all(error)
         if self.transport is not None:
-            self.transport.abortConnection()
+            abort_transport(self.transport)
 
     def _fail_all(self, error: IMAPError) -> None:
         if self._greeting_timer is not None and self._greeting_timer.active():
             self._greeting_timer.cancel()
         if not self.greeting.called:
             self.greeting.errback(Failure(error))
-        commands = list((self.tags or {}).values()) + list(self.queued or [])
-        self.tags = {}
-        self.queued = []
-        self.waiting = None
+        commands = list(self._commands.values()) + self._queue
+        self._commands = {}
+        self._queue = []
+        self._waiting = None
         for cmd in commands:
-            if cmd is None:
-                continue
-            timer = getattr(cmd, "timer", None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            if cmd.defer is not None:
-                d, cmd.defer = cmd.defer, None
+            if cmd.timer is not None and cmd.timer.active():
+                cmd.timer.cancel()
+            if cmd.deferred is not None:
+                d, cmd.deferred = cmd.deferred, None
                 d.errback(Failure(error))
 
     def _timed_out(self, what: str) -> None:
@@ -304,7 +330,9 @@ class IMAPClientProtocol(imap4.IMAP4Client):
                     self._line_too_long()
                     return
                 break
-            line = buffer[pos : newline - 1 if newline > pos and buffer[newline - 1] == 13 else newline]
+            line = buffer[
+                pos : newline - 1 if newline > pos and buffer[newline - 1] == 13 else newline
+            ]
             pos = newline + 1
             if len(line) > self.max_line:
                 self._line_too_long()
@@ -365,7 +393,9 @@ class IMAPClientProtocol(imap4.IMAP4Client):
                 cmd.lines.append(untagged)
                 cmd.size += sum(len(s) for s in response)
                 if cmd.size > self.max_response:
-                    raise IMAPError(f"the mail server's response exceeded {self.max_response} bytes")
+                    raise IMAPError(
+                        f"the mail server's response exceeded {self.max_response} bytes"
+                    )
             return
         if tag == b"+":
             cmd = self._current()
@@ -373,10 +403,10 @@ class IMAPClientProtocol(imap4.IMAP4Client):
                 raise IMAPError("unexpected continuation request from the mail server")
             cmd.continuation(rest)
             return
-        cmd = self.tags.pop(tag, None) if self.tags else None
+        cmd = self._commands.pop(tag, None)
         if cmd is None:
             raise IMAPError("the mail server answered a command that was never sent")
-        self.waiting = None
+        self._waiting = None
         status, _, text = rest.partition(b" ")
         self._finish(cmd, status.upper(), text)
         self._next()
@@ -401,20 +431,26 @@ class IMAPClientProtocol(imap4.IMAP4Client):
                 "connection as a possible man in the middle"
             )
         elif status == b"BYE":
-            raise IMAPError(f"the mail server refused the connection: {server_text(text)}", transient=True)
+            raise IMAPError(
+                f"the mail server refused the connection: {server_text(text)}", transient=True
+            )
         else:
             raise IMAPError("the mail server sent no IMAP greeting")
 
     def _current(self) -> RawCommand | None:
-        if self.waiting is None or not self.tags:
+        if self._waiting is None:
             return None
-        cmd: RawCommand | None = self.tags.get(self.waiting)
-        return cmd
+        return self._commands.get(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a command is in flight or queued."""
+        return self._waiting is not None or bool(self._queue)
 
     def _finish(self, cmd: RawCommand, status: bytes, text: bytes) -> None:
         if cmd.timer is not None and cmd.timer.active():
             cmd.timer.cancel()
-        d, cmd.defer = cmd.defer, None
+        d, cmd.deferred = cmd.deferred, None
         if d is None:
             return
         if status == b"OK":
@@ -436,25 +472,25 @@ class IMAPClientProtocol(imap4.IMAP4Client):
             failed.errback(Failure(error))
             return failed
         d: Deferred[Response] = Deferred()
-        cmd.defer = d
+        cmd.deferred = d
         cmd.protocol = self
         cmd.timer = self.clock.callLater(
             self.command_timeout, self._timed_out, cmd.name.decode("ascii", "replace")
         )
-        if self.waiting is not None:
-            self.queued.append(cmd)
+        if self._waiting is not None:
+            self._queue.append(cmd)
         else:
             self._start(cmd)
         return d
 
     def _next(self) -> None:
-        if self.queued and self.waiting is None and not self.closed:
-            self._start(self.queued.pop(0))
+        if self._queue and self._waiting is None and not self.closed:
+            self._start(self._queue.pop(0))
 
     def _start(self, cmd: RawCommand) -> None:
         tag = self.makeTag()
-        self.tags[tag] = cmd
-        self.waiting = tag
+        self._commands[tag] = cmd
+        self._waiting = tag
         writes = layout(tag, cmd.name, cmd.pieces, cmd.literal_plus)
         cmd.writes = writes[1:]
         arguments = cmd.log_args if cmd.log_args is not None else describe(cmd.pieces)

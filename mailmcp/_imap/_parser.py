@@ -27,7 +27,7 @@ from __future__ import annotations
 import email.header
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from .._mailbox_api import Address, Envelope, FetchedMessage
 
@@ -35,7 +35,7 @@ from .._mailbox_api import Address, Envelope, FetchedMessage
 #: literal payloads between them (always an odd number of items).
 RawResponse = tuple[bytes, ...]
 
-Value = Union[bytes, int, None, list["Value"]]
+Value: TypeAlias = bytes | int | None | list["Value"]
 
 #: Largest value accepted for a UID, a sequence number or a count.
 MAX_UINT32 = 2**32 - 1
@@ -73,7 +73,7 @@ _OPEN, _CLOSE, _QUOTED, _ATOM, _BOPEN, _BCLOSE, _BAD = range(7)
 
 def tokenize_segment(text: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]]:
     """The regex tokens of one text segment (exposed for the benchmark)."""
-    return _TOKEN.findall(text)  # type: ignore[return-value]
+    return _TOKEN.findall(text)
 
 
 def parse_values(response: RawResponse, start: int = 0) -> list[Value]:

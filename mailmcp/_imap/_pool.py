@@ -390,8 +390,11 @@ class IMAPPool(Service):
         if conn.leased or conn.dropped:
             return
         self.stats["expired"] += 1
-        log.debug("IMAP {label}: idle for {seconds:g} s, logging out", label=conn.label,
-                  seconds=self.idle_timeout)
+        log.debug(
+            "IMAP {label}: idle for {seconds:g} s, logging out",
+            label=conn.label,
+            seconds=self.idle_timeout,
+        )
         self._close(conn)
 
     def _evict_one(self) -> bool:

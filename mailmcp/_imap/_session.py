@@ -118,7 +118,7 @@ class Session:
     def usable(self) -> bool:
         """Connected, logged in, and no command left in flight."""
         p = self.protocol
-        return not p.closed and p.waiting is None and not p.queued and p.transport is not None
+        return not p.closed and not p.busy and p.transport is not None
 
     def _untagged(self, response: RawResponse) -> None:
         """Keep the open mailbox's counters current from any untagged line."""
@@ -189,7 +189,9 @@ class Session:
             try:
                 await self.command(b"STARTTLS")
             except CommandFailed as e:
-                raise IMAPError(f"the mail server refused STARTTLS ({e.text}); not logging in") from None
+                raise IMAPError(
+                    f"the mail server refused STARTTLS ({e.text}); not logging in"
+                ) from None
             transport = ITLSTransport(self.protocol.transport, None)
             if transport is None:
                 raise IMAPError("this connection cannot start TLS")
@@ -219,7 +221,12 @@ class Session:
         try:
             if printable and login_allowed:
                 response = await self.command(
-                    b"LOGIN", b" ", quote(user), b" ", quote(secret), log_args="<credentials redacted>"
+                    b"LOGIN",
+                    b" ",
+                    quote(user),
+                    b" ",
+                    quote(secret),
+                    log_args="<credentials redacted>",
                 )
             elif "AUTH=PLAIN" in caps:
                 response = await self._authenticate_plain(user, secret, caps)
@@ -232,7 +239,9 @@ class Session:
                 raise IMAPAuthError("the mail server offers no login method this server can use")
         except CommandFailed as e:
             if e.transient:
-                raise IMAPError(f"the mail server cannot log in right now: {e.text}", transient=True) from None
+                raise IMAPError(
+                    f"the mail server cannot log in right now: {e.text}", transient=True
+                ) from None
             raise IMAPAuthError(
                 f"the mail server rejected the login ({e.text}); sign in again with the right password"
             ) from None
@@ -248,7 +257,7 @@ class Session:
             return await self.command(
                 b"AUTHENTICATE", b" PLAIN ", initial, log_args="PLAIN <credentials redacted>"
             )
-        sent = []
+        sent: list[bool] = []
 
         def respond(_challenge: bytes) -> None:
             transport = self.protocol.transport
@@ -260,7 +269,10 @@ class Session:
             transport.write(initial + b"\r\n")
 
         return await self.command(
-            b"AUTHENTICATE", b" PLAIN", log_args="PLAIN <credentials redacted>", continuation=respond
+            b"AUTHENTICATE",
+            b" PLAIN",
+            log_args="PLAIN <credentials redacted>",
+            continuation=respond,
         )
 
     async def logout(self) -> None:
@@ -425,9 +437,7 @@ class Session:
                     permanent = tuple(as_atom_str(f) for f in value)
         if uidvalidity is None:
             raise IMAPError(f"the mail server sent no UIDVALIDITY for {mailbox!r}")
-        read_only = verb == b"EXAMINE" or bool(
-            response.code and response.code[0] == b"READ-ONLY"
-        )
+        read_only = verb == b"EXAMINE" or bool(response.code and response.code[0] == b"READ-ONLY")
         self._name = mailbox
         self._encoded = encoded
         self._read_only = read_only
@@ -460,7 +470,9 @@ class Session:
 
     # -- messages ------------------------------------------------------------------------
 
-    async def fetch(self, message_set: str, items: str, *, uid: bool = True) -> list[FetchedMessage]:
+    async def fetch(
+        self, message_set: str, items: str, *, uid: bool = True
+    ) -> list[FetchedMessage]:
         self._require_open()
         if not isinstance(message_set, str) or not is_sequence_set(message_set):
             raise IMAPError(f"invalid message set {message_set!r:.40}")
@@ -572,7 +584,9 @@ class Session:
         await self.uid_expunge(uids)
         return mapping
 
-    async def _to_mailbox(self, verb: bytes, uid_set: bytes, target: bytes, mailbox: str) -> Response:
+    async def _to_mailbox(
+        self, verb: bytes, uid_set: bytes, target: bytes, mailbox: str
+    ) -> Response:
         try:
             return await self.command(verb, b" ", uid_set, b" ", target)
         except CommandFailed as e:

@@ -19,7 +19,7 @@ from .._mailbox_api import IMAPError, Literal
 from ._parser import MAX_UINT32, compress_uids
 
 #: Pieces of a command's argument text: plain bytes, or a literal payload.
-Piece = bytes | Literal
+Piece = bytes | Literal  # noqa: UP040
 
 _SYSTEM_FLAGS = {"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"}
 #: RFC 9051 atom: printable ASCII except ( ) { SP % * " \ ]
@@ -107,7 +107,7 @@ def quote(value: bytes) -> bytes:
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def astring(value: bytes) -> Piece:
+def astring(value: bytes) -> bytes | Literal:
     """A quoted string when possible, else a literal."""
     if _QUOTABLE.match(value):
         return quote(value)

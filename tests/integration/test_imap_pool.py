@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -53,8 +53,14 @@ def fresh_user(services: Services, password: str | None = None) -> tuple[str, st
     """
     key = str(services.svc)
     if key not in _prepared:
-        users = [(f"u{uuid.uuid4().hex[:10]}@example.test", "pw-" + uuid.uuid4().hex[:8]) for _ in range(80)]
-        users += [(f"n{uuid.uuid4().hex[:10]}@example.test", NON_ASCII_PASSWORD + str(i)) for i in range(4)]
+        users = [
+            (f"u{uuid.uuid4().hex[:10]}@example.test", "pw-" + uuid.uuid4().hex[:8])
+            for _ in range(80)
+        ]
+        users += [
+            (f"n{uuid.uuid4().hex[:10]}@example.test", NON_ASCII_PASSWORD + str(i))
+            for i in range(4)
+        ]
         with open(services.svc / "users", "a", encoding="utf-8") as f:
             for email, pw in users:
                 f.write(f"{email}:{{PLAIN}}{pw}::::::\n")
@@ -118,10 +124,16 @@ def pools(services: Services) -> Iterator[Any]:
             pytest_twisted.blockon(pool.stopService())
 
 
-def message(subject: str, body: str = "Hello.\r\n", *, sender: str = "Sender <sender@example.test>",
-            to: str = "rcpt@example.test", extra: str = "") -> bytes:
+def message(
+    subject: str,
+    body: str = "Hello.\r\n",
+    *,
+    sender: str = "Sender <sender@example.test>",
+    to: str = "rcpt@example.test",
+    extra: str = "",
+) -> bytes:
     """A small RFC 5322 message (CRLF line ends)."""
-    date = format_datetime(datetime(2025, 7, 1, 13, 30, tzinfo=timezone.utc))
+    date = format_datetime(datetime(2025, 7, 1, 13, 30, tzinfo=UTC))
     text = (
         f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n"
         f"Message-ID: <{uuid.uuid4().hex}@example.test>\r\n{extra}"
@@ -195,7 +207,9 @@ async def test_non_ascii_password_uses_authenticate_plain(services: Services, po
 
     assert await pool.run(account_for(services, email, password), operation, read_only=True) == 0
     assert "AUTHENTICATE" in recorder.commands and "LOGIN" not in recorder.commands
-    assert [a for _, c, a in recorder.events if c == "AUTHENTICATE"] == ["PLAIN <credentials redacted>"]
+    assert [a for _, c, a in recorder.events if c == "AUTHENTICATE"] == [
+        "PLAIN <credentials redacted>"
+    ]
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])
@@ -227,8 +241,15 @@ async def test_plain_refused_for_non_loopback_host(services: Services, pools: An
     recorder = Recorder(pool)
     account = account_for(services, email, password, "plain")
     account = MailAccount(
-        owner=account.owner, email=email, full_name="", imap=MailServer("mail.example.test", services.imap_port, "plain"),
-        imap_username=email, imap_password=password, smtp=account.smtp, smtp_username=email, smtp_password=password,
+        owner=account.owner,
+        email=email,
+        full_name="",
+        imap=MailServer("mail.example.test", services.imap_port, "plain"),
+        imap_username=email,
+        imap_password=password,
+        smtp=account.smtp,
+        smtp_username=email,
+        smtp_password=password,
     )
 
     async def operation(session: IMAPSession) -> None:
@@ -520,7 +541,9 @@ async def test_stop_service_logs_out_idle_connections(services: Services, pools:
 
 
 @pytest_twisted.ensureDeferred
-async def test_fetch_envelope_bodystructure_and_peek_sections(services: Services, pools: Any) -> None:
+async def test_fetch_envelope_bodystructure_and_peek_sections(
+    services: Services, pools: Any
+) -> None:
     """ENVELOPE is decoded, BODYSTRUCTURE parsed, BODY.PEEK sections byte-exact, \\Seen untouched."""
     email, password = fresh_user(services)
     body = "Grüße aus Köln.\r\nLine two.\r\n"
@@ -536,14 +559,18 @@ async def test_fetch_envelope_bodystructure_and_peek_sections(services: Services
 
     async def operation(session: IMAPSession) -> Any:
         await session.examine("INBOX")
-        listing = await session.fetch("1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)", uid=True)
+        listing = await session.fetch(
+            "1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)", uid=True
+        )
         uid = listing[0].uid
         parts = await session.fetch(str(uid), "(BODY.PEEK[HEADER] BODY.PEEK[1] BODY.PEEK[])")
         partial = await session.fetch(str(uid), "(BODY[1]<3.4>)")
         after = await session.fetch(str(uid), "(FLAGS)")
         return listing, parts, partial, after
 
-    listing, parts, partial, after = await pool.run(account_for(services, email, password), operation, read_only=True)
+    listing, parts, partial, after = await pool.run(
+        account_for(services, email, password), operation, read_only=True
+    )
     (item,) = listing
     envelope = item.envelope
     assert envelope is not None
@@ -585,7 +612,9 @@ async def test_sequence_numbers_differ_from_uids(services: Services, pools: Any)
         by_uid = await session.fetch(f"{uids[3]}", "(ENVELOPE)")
         return uids, state, by_seq, by_uid
 
-    uids, state, by_seq, by_uid = await pool.run(account_for(services, email, password), operation, read_only=False)
+    uids, state, by_seq, by_uid = await pool.run(
+        account_for(services, email, password), operation, read_only=False
+    )
     assert state.exists == 3
     assert [(m.seq, m.uid) for m in by_seq] == [(1, uids[1]), (2, uids[3]), (3, uids[4])]
     assert [m.envelope.subject for m in by_seq] == ["message 2", "message 4", "message 5"]
@@ -610,7 +639,9 @@ async def test_search_with_non_ascii_literal(services: Services, pools: Any) -> 
         both = await session.uid_search([b"ALL"])
         return hits, ascii_hits, both
 
-    hits, ascii_hits, both = await pool.run(account_for(services, email, password), operation, read_only=True)
+    hits, ascii_hits, both = await pool.run(
+        account_for(services, email, password), operation, read_only=True
+    )
     assert len(both) == 2
     assert hits == [both[0]] and ascii_hits == [both[1]]
     searches = [a for _, c, a in recorder.events if c == "UID SEARCH"]
@@ -626,7 +657,9 @@ async def test_append_copy_move_expunge_with_uids(services: Services, pools: Any
 
     async def operation(session: IMAPSession) -> Any:
         appended = [
-            await session.append("INBOX", message(f"m{i}"), flags=["\\Seen"], date="01-Jul-2025 13:30:00 +0000")
+            await session.append(
+                "INBOX", message(f"m{i}"), flags=["\\Seen"], date="01-Jul-2025 13:30:00 +0000"
+            )
             for i in range(3)
         ]
         uidvalidity = (await session.select("INBOX")).uidvalidity
@@ -643,9 +676,18 @@ async def test_append_copy_move_expunge_with_uids(services: Services, pools: Any
         trash_items = await session.fetch("1:*", "(UID FLAGS ENVELOPE)")
         return appended, uidvalidity, uids, copied, moved, kept, inbox, archive, trash, trash_items
 
-    appended, uidvalidity, uids, copied, moved, kept, inbox, archive, trash, trash_items = await pool.run(
-        account_for(services, email, password), operation, read_only=False
-    )
+    (
+        appended,
+        uidvalidity,
+        uids,
+        copied,
+        moved,
+        kept,
+        inbox,
+        archive,
+        trash,
+        trash_items,
+    ) = await pool.run(account_for(services, email, password), operation, read_only=False)
     assert all(v == uidvalidity for v, _ in appended) and uids == sorted(uids)
     assert list(copied) == [uids[0]] and list(moved) == [uids[1]]
     assert kept == [uids[0], uids[2]]
@@ -700,7 +742,9 @@ async def test_non_ascii_folder_names_round_trip(services: Services, pools: Any)
         items = await session.fetch(str(uid), "(ENVELOPE)")
         return names, state, items
 
-    names, state, items = await pool.run(account_for(services, email, password), operation, read_only=False)
+    names, state, items = await pool.run(
+        account_for(services, email, password), operation, read_only=False
+    )
     assert name in names and "Résumé" in names
     assert state.name == name and state.exists == 1
     assert items[0].envelope.subject == "in a unicode folder"
