@@ -224,6 +224,11 @@ class GetMessageInput(_In):
         default=0, strict=True, ge=0, le=10_000_000,
         description="Start of the body text to return; pass the previous next_offset to read on.",
     )
+    uidvalidity: int | None = Field(
+        default=None, strict=True, ge=1, le=UID_MAX,
+        description="Optional: the uidvalidity the UID came with. If the folder's has changed since, "
+        "the UID may now name another message, and the call fails instead of guessing.",
+    )
 
 
 SearchText = Annotated[str, Field(min_length=1, max_length=500)]
@@ -464,6 +469,11 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
 
     async def operation(session: IMAPSession) -> tuple[Any, ...]:
         state = await session.examine(folder)
+        if arguments.uidvalidity is not None and arguments.uidvalidity != state.uidvalidity:
+            raise ToolError(
+                f"UID {uid} is stale: folder {folder!r} was rebuilt (its uidvalidity is now "
+                f"{state.uidvalidity}, not {arguments.uidvalidity}). List or search it again."
+            )
         head = [m for m in await session.fetch(str(uid), MESSAGE_ITEMS, uid=True) if m.uid == uid]
         if not head:
             raise ToolError(
@@ -506,7 +516,11 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
             text = _mime.clean_text(text)
         formats.add(part.content_type)
         texts.append(text)
-        complete = complete and part_complete
+        if not part_complete:
+            # Later parts would shift as this one is read further; they
+            # follow once it is complete, so offsets stay stable.
+            complete = False
+            break
     combined = "\n\n".join(t for t in texts if t)
     window = combined[offset : offset + max_chars]
     truncated = len(combined) > offset + max_chars or not complete

@@ -400,3 +400,39 @@ def test_big_html_is_converted_off_the_reactor(server: FakeIMAPServer) -> None:
     assert reactor.pool.jobs == 0 and "para 9" in small.body
     big = run(get_mail_message(ctx, GetMessageInput(uid=2)))
     assert reactor.pool.jobs == 1 and big.body.startswith("para 0")
+
+
+def test_stale_uidvalidity_refused(server: FakeIMAPServer) -> None:
+    """security.md TL-U2: a UID from an older uidvalidity is refused, not guessed at."""
+    server.mailboxes["INBOX"].add(plain("a"))
+    ok = run(get_mail_message(context(server), GetMessageInput(uid=1, uidvalidity=1000)))
+    assert ok.subject == "a"
+    with pytest.raises(ToolError, match="stale"):
+        run(get_mail_message(context(server), GetMessageInput(uid=1, uidvalidity=999)))
+
+
+def test_several_text_parts_read_in_order(server: FakeIMAPServer) -> None:
+    """Inline text parts around an attachment are all body, in order; paging stays consistent."""
+    message = EmailMessage(policy=SMTP)
+    message["From"] = "a@example.test"
+    message["Subject"] = "parts"
+    message.make_mixed()
+    first = EmailMessage(policy=SMTP)
+    first.set_content("A" * 30_000 + "\n")
+    second = EmailMessage(policy=SMTP)
+    second.set_content("tail text\n")
+    image = EmailMessage(policy=SMTP)
+    image.set_content(b"\x89PNG", maintype="image", subtype="png", disposition="attachment", filename="x.png")
+    for part in (first, image, second):
+        message.attach(part)
+    uid = server.mailboxes["INBOX"].add(message.as_bytes())
+    pieces, offset = [], 0
+    while True:
+        out = run(get_mail_message(context(server), GetMessageInput(uid=uid, max_body_chars=7000,
+                                                                      body_offset=offset)))
+        pieces.append(out.body)
+        if out.next_offset is None:
+            break
+        offset = out.next_offset
+    assert "".join(pieces) == "A" * 30_000 + "\n\n\ntail text\n"
+    assert [a.filename for a in out.attachments] == ["x.png"]
