@@ -1,0 +1,389 @@
+"""
+The ESMTP sender against the harness's real Postfix (delivering to real
+Dovecot over LMTP), and against scripted misbehaving SMTP servers written
+as real Twisted protocols on loopback.
+
+Delivered mail is read back over IMAPS with the stdlib client in a thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.protocols.basic import LineReceiver
+
+from mailmcp._account import MailAccount
+from mailmcp._clients import MailServer
+from mailmcp._compose import compose, make_message_id, parse_addresses
+from mailmcp._smtp import SMTPAuthFailed, SMTPOutcomeUnknown, SMTPSender, SMTPSendFailed
+from mailmcp._tls import MailTLS
+from tests.harness import Services
+
+pytestmark = pytest.mark.integration
+
+
+def fresh_users(services: Services, count: int) -> list[tuple[str, str]]:
+    """
+    C{count} brand-new Dovecot users (empty mailboxes of their own); SMTP
+    AUTH and LMTP delivery use the same passwd-file.
+
+    Dovecot re-reads the passwd-file at most once per wall-clock second, so
+    a user added in the second of the last re-read stays unknown until the
+    next second: wait for it (once for all the users).
+    """
+    made = []
+    with open(services.svc / "users", "a", encoding="utf-8") as f:
+        for _ in range(count):
+            email = f"w{uuid.uuid4().hex[:10]}@example.test"
+            password = "pw-" + uuid.uuid4().hex[:8]
+            f.write(f"{email}:{{PLAIN}}{password}::::::\n")
+            made.append((email, password))
+    time.sleep(1.05 - time.time() % 1)
+    return made
+
+
+def fresh_user(services: Services) -> tuple[str, str]:
+    """One brand-new user (see `fresh_users`)."""
+    return fresh_users(services, 1)[0]
+
+
+def smtp_account(services: Services, email: str, password: str, security: str = "tls",
+                 host: str = "localhost", port: int | None = None) -> MailAccount:
+    if port is None:
+        port = {"tls": services.smtps_port, "starttls": services.submission_port,
+                "plain": services.smtp_plain_port}[security]
+    return MailAccount(
+        owner="grant-" + email,
+        email=email,
+        full_name="Writer",
+        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
+        imap_username=email,
+        imap_password=password,
+        smtp=MailServer(host=host, port=port, security=security),  # type: ignore[arg-type]
+        smtp_username=email,
+        smtp_password=password,
+    )
+
+
+def _inbox(services: Services, email: str, password: str) -> list[bytes]:
+    context = ssl.create_default_context(cafile=str(services.ca_file))
+    with imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context) as client:
+        client.login(email, password)
+        client.select("INBOX", readonly=True)
+        _, data = client.uid("SEARCH", "ALL")
+        out = []
+        for uid in data[0].split():
+            _, parts = client.uid("FETCH", uid, "(BODY.PEEK[])")
+            out.append(parts[0][1])
+        return out
+
+
+async def wait_for_mail(services: Services, email: str, password: str, count: int = 1,
+                        timeout: float = 15.0) -> list[bytes]:
+    """The messages in C{email}'s INBOX once there are at least C{count} (Postfix delivers async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = await threads.deferToThread(_inbox, services, email, password)
+        if len(messages) >= count or time.monotonic() > deadline:
+            return messages
+        await deferLater(reactor, 0.2, lambda: None)
+
+
+def sender_for(services: Services, timeout: float = 20.0) -> SMTPSender:
+    return SMTPSender(reactor, MailTLS(services.ca_file), timeout=timeout)
+
+
+def header_block(raw: bytes) -> bytes:
+    return raw.split(b"\r\n\r\n", 1)[0]
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[str]]:
+    """Every log event emitted meanwhile, formatted, plus its raw fields' repr."""
+    from twisted.logger import formatEvent
+
+    events: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        events.append((formatEvent(event) or "") + " " + repr(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+# -- every transport security mode -------------------------------------------
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls", "plain"])
+@pytest_twisted.ensureDeferred
+async def test_send_each_security_mode_delivers(services: Services, security: str) -> None:
+    """
+    tls on the SMTPS port, starttls on the submission port and plain on the
+    cleartext port (loopback only) each authenticate and deliver; the
+    recipient's copy ends with exactly the bytes sent.
+    """
+    (sender_email, sender_pw), (rcpt, rcpt_pw) = fresh_users(services, 2)
+    message = compose(
+        from_email=sender_email, from_name="Writer", to=parse_addresses("to", rcpt),
+        subject=f"mode {security}", text_body="hello over " + security,
+        message_id=make_message_id(sender_email), date=time.time(),
+    )
+    host = "127.0.0.1" if security == "plain" else "localhost"
+    account = smtp_account(services, sender_email, sender_pw, security, host=host)
+    result = await sender_for(services).send(account, message.envelope_from, message.recipients,
+                                             message.wire_bytes)
+    assert result.code == 250
+    assert [(r.address, r.code) for r in result.recipients] == [(rcpt, 250)]
+    [delivered] = await wait_for_mail(services, rcpt, rcpt_pw)
+    assert delivered.endswith(message.wire_bytes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_is_a_clean_auth_failure(services: Services, captured_logs: list[str]) -> None:
+    """
+    A wrong password fails with SMTPAuthFailed whose message holds neither
+    the password nor its base64 form, and no log line carries them either.
+    """
+    email, _ = fresh_user(services)
+    wrong = "WRONG-CANARY-" + uuid.uuid4().hex[:8]
+    account = smtp_account(services, email, wrong, "tls")
+    with pytest.raises(SMTPAuthFailed) as info:
+        await sender_for(services).send(account, email, ["bob@example.test"], b"Subject: x\r\n\r\nx\r\n")
+    secrets = [wrong, base64.b64encode(wrong.encode()).decode()[:12],
+               base64.b64encode(f"\0{email}\0{wrong}".encode()).decode()[:20]]
+    text = info.value.message + str(info.value) + repr(info.value.args)
+    assert "rejected the login" in info.value.message
+    for secret in secrets:
+        assert secret not in text
+        assert not any(secret in line for line in captured_logs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_untrusted_certificate_is_refused(services: Services) -> None:
+    """Without the harness CA the self-signed certificate is not trusted: nothing is sent."""
+    email, password = fresh_user(services)
+    sender = SMTPSender(reactor, MailTLS(None), timeout=20)
+    for security in ("tls", "starttls"):
+        account = smtp_account(services, email, password, security)
+        with pytest.raises(SMTPSendFailed) as info:
+            await sender.send(account, email, ["bob@example.test"], b"Subject: x\r\n\r\nx\r\n")
+        assert "TLS" in info.value.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_starttls_mode_refuses_a_server_without_starttls(services: Services) -> None:
+    """starttls against the port that offers no STARTTLS refuses before AUTH (SM-02)."""
+    email, password = fresh_user(services)
+    account = smtp_account(services, email, password, "starttls", host="localhost",
+                           port=services.smtp_plain_port)
+    with pytest.raises(SMTPSendFailed) as info:
+        await sender_for(services).send(account, email, ["bob@example.test"], b"Subject: x\r\n\r\nx\r\n")
+    assert "STARTTLS" in info.value.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_recipient_sends_to_nobody(services: Services) -> None:
+    """
+    An outside recipient refused at RCPT: the whole send is abandoned before
+    DATA, so the accepted local recipient gets nothing either (SM-03).
+    """
+    (email, password), (rcpt, rcpt_pw) = fresh_users(services, 2)
+    account = smtp_account(services, email, password, "tls")
+    try:
+        result = await sender_for(services).send(
+            account, email, [rcpt, "someone@outside.invalid"], b"Subject: x\r\n\r\nx\r\n"
+        )
+    except SMTPSendFailed as e:
+        codes = {r.address: r.code for r in e.recipients}
+        assert codes[rcpt] == 250 and codes["someone@outside.invalid"] >= 400
+        await deferLater(reactor, 1.0, lambda: None)
+        assert await wait_for_mail(services, rcpt, rcpt_pw, timeout=0) == []
+    else:
+        # This Postfix accepted the outside address at RCPT (it bounces later);
+        # then both recipients must be reported as accepted.
+        assert all(r.accepted for r in result.recipients)
+
+
+# -- dot-stuffing and smuggling, end to end ------------------------------------
+
+
+@pytest.mark.parametrize("offset", [16382, 16383, 16384, 16385, 16386, 32768])
+@pytest_twisted.ensureDeferred
+async def test_dot_lines_at_chunk_boundaries_arrive_intact(services: Services, offset: int) -> None:
+    """
+    A body line "." (followed by a smuggled MAIL FROM / RCPT / DATA) at the
+    16 KiB chunk boundaries arrives as one message, byte-identical, and the
+    smuggled transaction never reaches its victim (P-10, SM-10).
+    """
+    (email, password), (rcpt, rcpt_pw), (victim, victim_pw) = fresh_users(services, 3)
+    head = (f"From: {email}\r\nTo: {rcpt}\r\nSubject: dots {offset}\r\n"
+            f"Date: Tue, 25 Nov 2025 10:00:00 +0000\r\nMessage-ID: {make_message_id(email)}\r\n\r\n").encode()
+    filler_len = offset - len(head) - 2
+    filler = (b"z" * 70 + b"\r\n") * (filler_len // 72)
+    filler += b"y" * (filler_len - len(filler))
+    smuggled = (f".\r\nMAIL FROM:<{email}>\r\nRCPT TO:<{victim}>\r\nDATA\r\n"
+                f"Subject: smuggled\r\n\r\nowned\r\n.\r\n").encode()
+    message = head + filler + b"\r\n" + smuggled + b"tail\r\n"
+    assert message[offset:offset + 3] == b".\r\n"
+    account = smtp_account(services, email, password, "tls")
+    result = await sender_for(services).send(account, email, [rcpt], message)
+    assert result.code == 250
+    [delivered] = await wait_for_mail(services, rcpt, rcpt_pw)
+    assert delivered.endswith(message)
+    assert await wait_for_mail(services, victim, victim_pw, timeout=0) == []
+
+
+# -- Bcc ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_bcc_recipient_receives_and_is_never_revealed(services: Services) -> None:
+    """
+    The Bcc recipient gets the message; the visible recipient's copy names
+    them nowhere; the Bcc recipient's own copy has no Bcc header (TL-T5).
+    """
+    (email, password), (to, to_pw), (hidden, hidden_pw) = fresh_users(services, 3)
+    message = compose(
+        from_email=email, from_name="Writer", to=parse_addresses("to", to),
+        bcc=parse_addresses("bcc", hidden), subject="bcc test", text_body="hi",
+        message_id=make_message_id(email), date=time.time(),
+    )
+    account = smtp_account(services, email, password, "starttls")
+    await sender_for(services).send(account, message.envelope_from, message.recipients, message.wire_bytes)
+    [to_copy] = await wait_for_mail(services, to, to_pw)
+    [hidden_copy] = await wait_for_mail(services, hidden, hidden_pw)
+    assert hidden.encode() not in to_copy
+    assert hidden.split("@")[0].encode() not in to_copy
+    assert b"\nbcc:" not in header_block(hidden_copy).lower()
+    assert hidden_copy.endswith(message.wire_bytes)
+
+
+# -- scripted misbehaving servers ----------------------------------------------
+
+
+class ScriptedSMTP(LineReceiver):
+    """
+    A minimal ESMTP server (AUTH PLAIN, no TLS) that records each complete
+    DATA transaction and then behaves as its factory's C{after_data} says:
+    ``drop`` closes the connection without a reply, ``silent`` never replies.
+    """
+
+    factory: ScriptedFactory
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.in_data = False
+        self.lines: list[bytes] = []
+        self.sendLine(b"220 scripted.example ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.in_data:
+            if line == b".":
+                self.in_data = False
+                self.factory.transactions.append(b"\r\n".join(self.lines))
+                if self.factory.after_data == "drop":
+                    self.transport.abortConnection()  # type: ignore[attr-defined]
+                elif self.factory.after_data == "ok":
+                    self.sendLine(b"250 2.0.0 queued")
+                return
+            self.lines.append(line)
+            return
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"EHLO":
+            self.sendLine(b"250-scripted.example")
+            self.sendLine(b"250 AUTH PLAIN LOGIN")
+        elif verb == b"AUTH":
+            self.sendLine(b"235 2.7.0 ok")
+        elif verb in (b"MAIL", b"RCPT", b"RSET"):
+            self.sendLine(b"250 ok")
+        elif verb == b"DATA":
+            self.in_data = True
+            self.lines = []
+            self.sendLine(b"354 go ahead")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 bye")
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"502 unknown")
+
+
+class ScriptedFactory(Factory):
+    protocol = ScriptedSMTP
+
+    def __init__(self, after_data: str) -> None:
+        self.after_data = after_data
+        self.connections = 0
+        self.transactions: list[bytes] = []
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    ports: list[Any] = []
+
+    async def start(after_data: str) -> tuple[ScriptedFactory, int]:
+        factory = ScriptedFactory(after_data)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        ports.append(port)
+        return factory, port.getHost().port
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_dropped_after_data_is_unknown_and_not_resent(scripted: Any) -> None:
+    """
+    A server that drops the connection after the final "." gets exactly one
+    transaction and one connection, and the send reports an unknown outcome
+    (SM-05): the sender never reconnects to try again.
+    """
+    factory, port = await scripted("drop")
+    account = smtp_account_plain(port)
+    sender = SMTPSender(reactor, MailTLS(None), timeout=10)
+    with pytest.raises(SMTPOutcomeUnknown) as info:
+        await sender.send(account, "alice@example.test", ["bob@example.test"],
+                          b"Subject: once\r\n\r\nonly once\r\n")
+    assert "unknown" in info.value.message
+    await deferLater(reactor, 1.0, lambda: None)
+    assert factory.connections == 1
+    assert factory.transactions == [b"Subject: once\r\n\r\nonly once"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_server_after_data_hits_the_deadline_as_unknown(scripted: Any) -> None:
+    """A server that never answers the final "." ends in an unknown outcome at the deadline (SM-07)."""
+    factory, port = await scripted("silent")
+    sender = SMTPSender(reactor, MailTLS(None), timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(SMTPOutcomeUnknown):
+        await sender.send(smtp_account_plain(port), "alice@example.test", ["bob@example.test"],
+                          b"Subject: s\r\n\r\nx\r\n")
+    assert time.monotonic() - started < 5
+    assert len(factory.transactions) == 1 and factory.connections == 1
+
+
+def smtp_account_plain(port: int) -> MailAccount:
+    return MailAccount(
+        owner="grant-scripted", email="alice@example.test", full_name="Alice",
+        imap=MailServer(host="127.0.0.1", port=1, security="plain"),
+        imap_username="alice@example.test", imap_password="x",
+        smtp=MailServer(host="127.0.0.1", port=port, security="plain"),
+        smtp_username="alice@example.test", smtp_password="x",
+    )
