@@ -197,6 +197,11 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     attachments.service.setServiceParent(parent)
     routes += attachments.routes
     tool_services.attachments = attachments.store
+    from ._smtp import SMTPSender
+    from ._tls import MailTLS
+
+    # One connection per message; TLS verified with the operator's extra CA.
+    tool_services.smtp = SMTPSender(reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout)
     routes.append(("/mcp", MCPApp(config, verifier, tool_services, all_tools()).app.resource()))
     return routes
 
