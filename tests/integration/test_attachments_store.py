@@ -283,7 +283,7 @@ async def test_second_read_creates_no_object(world: World) -> None:
     second = await link_for(world, account)
     assert world.store.puts == 1
     assert await world.count_objects() == 1
-    assert first.sha256 == second.sha256 and first.url != second.url or first.url == second.url
+    assert first.sha256 == second.sha256
     if world.kind == "s3":
         assert world.s3_calls.count("PutObject") == 1
         # A restarted process (empty cache) asks HEAD and uploads nothing.
@@ -334,12 +334,12 @@ async def test_url_matrix_refused_with_zero_outbound(world: World, sink: tuple[S
     short = (await link_for(world, alice, lifetime=60)).url
     ours = urlsplit(mine)
     matrix = [
-        "file:///etc/passwd", "|id", "/etc/passwd", "ftp://127.0.0.1:%d/x" % port,
-        "gopher://127.0.0.1:%d/_x" % port, "http://127.0.0.1:%d/" % port,
-        "http://localhost:%d/redirect" % port, "http://[::1]:%d/" % port,
+        "file:///etc/passwd", "|id", "/etc/passwd", f"ftp://127.0.0.1:{port}/x",
+        f"gopher://127.0.0.1:{port}/_x", f"http://127.0.0.1:{port}/",
+        f"http://localhost:{port}/redirect", f"http://[::1]:{port}/",
         "http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/",
-        "http://0x7f000001:%d/" % port, "http://2130706433:%d/" % port, "http://017700000001:%d/" % port,
-        "http://100.64.0.1/", "http://metadata.google.internal/", "https://127.0.0.1:%d/" % port,
+        f"http://0x7f000001:{port}/", f"http://2130706433:{port}/", f"http://017700000001:{port}/",
+        "http://100.64.0.1/", "http://metadata.google.internal/", f"https://127.0.0.1:{port}/",
         "data:text/plain;base64,SGVsbG8=", "javascript:alert(1)",
         ours._replace(netloc=f"127.0.0.1:{port}").geturl(),
         f"http://127.0.0.1:{port}/redirect?to=" + quote(mine, safe=""),
