@@ -26,12 +26,26 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--json", type=Path, help="write the JSON report here")
     run.add_argument("--plot", type=Path, help="write the latency-vs-concurrency PNG here")
     run.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, mail store)")
+    run.add_argument("--profile", type=Path, metavar="FILE",
+                     help="also sample the daemon with py-spy under warm load; raw stacks go to FILE "
+                          "and a summary into the report's 'profile'")
+    table = sub.add_parser("table", help="print the summary table of a JSON report (RST)")
+    table.add_argument("report", type=Path)
     args = parser.parse_args(argv)
+
+    if args.command == "table":
+        from . import _report
+
+        document = json.loads(args.report.read_text())
+        print(_report.rst_table(document))
+        print()
+        print(_report.targets_text(document))
+        return 0
 
     from . import _report
     from ._run import run as run_bench
 
-    report = asyncio.run(run_bench(quick=args.quick, keep=args.keep))
+    report = asyncio.run(run_bench(quick=args.quick, keep=args.keep, profile=args.profile))
     json_path = args.json or (None if args.quick else RESULTS / "report.json")
     plot_path = args.plot or (None if args.quick else RESULTS / "latency-vs-concurrency.png")
     text = json.dumps(report, indent=2, sort_keys=False)

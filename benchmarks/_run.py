@@ -38,7 +38,7 @@ PEER_TOOL = "list_emails_metadata"
 THROUGHPUT_ACCOUNTS = 8
 
 #: How the daemon is told to connect per call (no pooling) for the ``cold`` item.
-COLD_ARGS: tuple[str, ...] = ("--pool-size", "0")
+COLD_ARGS: tuple[str, ...] = ("--pool-idle-timeout", "1.5")
 
 
 @attrs.frozen
@@ -205,6 +205,7 @@ class Bench:
         self.cold_daemon: Daemon | None = None
         self.tokens: dict[str, str] = {}
         self.ctx = None
+        self.profile_copy: Path | None = None
 
     # -- setup ------------------------------------------------------------
 
@@ -224,6 +225,7 @@ class Bench:
         users = {BENCH_USER: BENCH_PASSWORD}
         users.update({self.tp_user(i): f"tp{i}-pw" for i in range(1, THROUGHPUT_ACCOUNTS)})
         users.update({self.c_user(i): f"c{i}-pw" for i in range(max(s.concurrency))})
+        users.update(_seed.COMPARE_USERS)
         _seed.add_users(svc / "users", users)
 
         t0 = time.perf_counter()
@@ -234,7 +236,7 @@ class Bench:
         large = _seed.make_maildir(mail_root, BENCH_USER, LARGE_FOLDER)
         _seed.fill_maildir(large, s.large, BENCH_USER, seed=2)
         setup["write_large_folder_s"] = round(time.perf_counter() - t0, 2)
-        setup["write_msgs_per_s"] = round(s.large / setup["write_large_folder_s"]) if setup[
+        setup["seed_msgs_per_s"] = round(s.large / setup["write_large_folder_s"]) if setup[
             "write_large_folder_s"] else None
         t0 = time.perf_counter()
         for i in range(1, THROUGHPUT_ACCOUNTS):
@@ -262,7 +264,8 @@ class Bench:
             c = await _imap.open_session("127.0.0.1", self.services.imaps_port, self.ctx, self.tp_user(i),
                                          f"tp{i}-pw", "INBOX")
             await c.logout()
-        setup["seed_total_s"] = round(sum(v for k, v in setup.items() if k.startswith(("write_", "link_", "index_"))), 2)
+        setup["seed_total_s"] = round(sum(v for k, v in setup.items()
+                                          if k.startswith(("write_", "link_", "index_"))), 2)
         try:
             setup["seeding_methods"] = _seed.compare_methods(self.services.svc, self.services.lmtp_port,
                                                              self.sizes.seed_compare_sample)
@@ -399,8 +402,11 @@ class Bench:
                                              BENCH_PASSWORD, "INBOX") for _ in range(max(5, s.cold_iterations // 2))]
         out["bare_connect_per_call_p50_ms"] = ms(pct(bare, 0.5))
         try:
+            # Same state dir (key ring, grant store) and the same --base-url, so
+            # the tokens minted by the warm daemon are valid here too.
             self.cold_daemon = Daemon(self.workdir, free_port(), self.state_dir, self.services.ca_file,
-                                      extra=COLD_ARGS, name="mailmcp-cold")
+                                      extra=(*COLD_ARGS, "--base-url", self.daemon.base_url),
+                                      name="mailmcp-cold")
         except RuntimeError as e:
             out["error"] = f"cannot start mailmcp without pooling: {str(e)[-300:]}"
             return
@@ -543,6 +549,40 @@ class Bench:
         out["calls_per_s"] = best["calls_per_s"]
         out["ceiling_ratio"] = ratio(best["calls_per_s"], ceiling["calls_per_s"])
 
+    async def profile(self, seconds: float, concurrency: int = 4) -> None:
+        """
+        Sample the daemon with py-spy while C{concurrency} clients keep warm
+        listings in flight; report where its time goes (self and inclusive
+        time per function, as a share of samples).
+        """
+        assert self.daemon is not None
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out: dict[str, Any] = {"what": f"py-spy samples of the daemon, {concurrency} clients, warm listings"}
+        self.report["profile"] = out
+        if not Path(exe).exists():
+            out["error"] = "py-spy is not installed (pip install py-spy)"
+            return
+        raw = self.workdir / "profile.txt"
+        tokens = [self.tokens[self.tp_user(i)] for i in range(THROUGHPUT_ACCOUNTS) if self.tp_user(i) in self.tokens]
+        clients = [McpClient(self.daemon.base_url, tokens[i % len(tokens)]) for i in range(concurrency)]
+        await asyncio.gather(*(listing(c, "INBOX") for c in clients))
+        proc = await asyncio.create_subprocess_exec(
+            exe, "record", "--pid", str(self.daemon.pid), "--duration", str(int(seconds)), "--rate", "250",
+            "--format", "raw", "--full-filenames", "-o", str(raw), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        r = await closed_loop(clients, lambda c: listing(c, "INBOX"), seconds + 1, warmup=False)
+        _, err = await proc.communicate()
+        for c in clients:
+            c.close()
+        out["calls_per_s_while_sampled"] = round(len(r["latencies"]) / r["seconds"], 1)
+        if proc.returncode != 0 or not raw.exists():
+            out["error"] = f"py-spy failed: {err.decode(errors='replace')[-300:]}"
+            return
+        out.update(summarise_profile(raw.read_text(errors="replace")))
+        if self.profile_copy is not None:
+            self.profile_copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(raw, self.profile_copy)
+
     async def peer(self) -> None:
         from tests.harness import free_port
 
@@ -583,11 +623,14 @@ class Bench:
             out["mailmcp_calls_per_s"] = mailmcp_tp
             out["peer_p50/mailmcp_p50"] = ratio(out["p50_ms"], mailmcp_p50)
             out["mailmcp_throughput/peer_throughput"] = ratio(mailmcp_tp, out["calls_per_s"])
-            # The large folder.
+            # The large folder (bounded: the peer may take minutes or never answer).
             big = {**args, "mailbox": LARGE_FOLDER}
+            big_client = McpClient(peer.base_url, timeout=150)
+            clients.append(big_client)
             t0 = time.perf_counter()
             try:
-                await client.call(PEER_TOOL, big)
+                await big_client.initialize()
+                await big_client.call(PEER_TOOL, big)
                 out["large_folder"] = {"served": True, "ms": ms(time.perf_counter() - t0)}
             except (TimeoutError, ToolCallFailed, HTTPError, OSError) as e:
                 out["large_folder"] = {"served": False, "ms": ms(time.perf_counter() - t0), "error": str(e)[:300]}
@@ -611,6 +654,54 @@ class Bench:
                 d.stop()
         if self.services is not None:
             self.services.stop()
+
+
+def summarise_profile(collapsed: str, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    import re
+
+    frame_re = re.compile(r"^(.*?) \((.*?)(?::\d+)?\)$")
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+
+    def name(frame: str) -> str:
+        m = frame_re.match(frame.strip())
+        if not m:
+            return frame.strip()
+        func, path = m.group(1), m.group(2)
+        for marker in ("site-packages/", "/lib/python3"):
+            if marker in path:
+                path = path.split(marker, 1)[1]
+                break
+        path = path.replace(str(ROOT) + "/", "")
+        return f"{func} ({path})"
+
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        if "mainLoop (" not in stack:
+            continue  # only the reactor thread (idle pool threads would dilute everything)
+        n = int(count)
+        total += n
+        frames = [name(f) for f in stack.split(";") if f]
+        if frames:
+            self_time[frames[-1]] = self_time.get(frames[-1], 0) + n
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+
+    def share(d: dict[str, int], filt: Callable[[str], bool] = lambda _: True) -> list[list[Any]]:
+        items = sorted(((v, k) for k, v in d.items() if filt(k)), reverse=True)[:top]
+        return [[k, round(100 * v / total, 1)] for v, k in items]
+
+    return {
+        "samples": total,
+        "note": "reactor thread only; py-spy drops idle (epoll_wait) samples, so shares are of busy time",
+        "self_percent": share(self_time),
+        "inclusive_percent_mailmcp": share(inclusive, lambda k: "mailmcp/" in k),
+        "inclusive_percent": share(inclusive),
+    }
 
 
 ITEMS = ("floor", "warm", "cold", "large_folder", "concurrency", "throughput", "peer")
@@ -647,11 +738,12 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def run(quick: bool, keep: bool = False) -> dict[str, Any]:
+async def run(quick: bool, keep: bool = False, profile: Path | None = None) -> dict[str, Any]:
     sizes = QUICK if quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="mailmcp-bench-"))
     workdir.chmod(0o755)
     bench = Bench(sizes, quick, workdir)
+    bench.profile_copy = profile
     errors: dict[str, str] = {}
     bench.report["errors"] = errors
     t_start = time.perf_counter()
@@ -673,6 +765,7 @@ async def run(quick: bool, keep: bool = False) -> dict[str, Any]:
             ("cold", bench.cold),
             ("throughput", bench.throughput),
             ("concurrency", bench.concurrency),
+            *((("profile", lambda: bench.profile(sizes.throughput_seconds * 2)),) if profile else ()),
             ("peer", bench.peer),
         ):
             log(f"measuring {name}")

@@ -143,7 +143,12 @@ def add_users(users_file: Path, users: dict[str, str]) -> None:
             f.write(f"{email}:{{PLAIN}}{password}::::::\n")
 
 
-def compare_methods(svc: Path, lmtp_port: int, sample: int = 300) -> dict[str, object]:
+#: Accounts `compare_methods` writes into; best added with the others before
+#: Dovecot first reads the passwd-file.
+COMPARE_USERS = {f"seedcmp-{m}@example.test": "pw" for m in ("maildir", "doveadm", "lmtp")}
+
+
+def compare_methods(svc: Path, lmtp_port: int, sample: int = 300, add: bool = False) -> dict[str, object]:
     """
     Time three ways of putting C{sample} messages into a fresh mailbox:
     direct Maildir files, ``doveadm save`` (one process per message, as it
@@ -151,8 +156,8 @@ def compare_methods(svc: Path, lmtp_port: int, sample: int = 300) -> dict[str, o
     """
     conf = svc / "dovecot" / "dovecot.conf"
     mail_root = svc / "mail"
-    users = {f"seedcmp-{m}@example.test": "pw" for m in ("maildir", "doveadm", "lmtp")}
-    add_users(svc / "users", users)
+    if add:
+        add_users(svc / "users", COMPARE_USERS)
     rng = random.Random(3)
     msgs = [message(n, rng, time.time() - 60 * (sample - n), "x@example.test") for n in range(sample)]
     result: dict[str, object] = {"sample_messages": sample}
