@@ -329,14 +329,13 @@ def _addresses(values: Sequence[Address]) -> list[EmailAddress]:
 
 
 def _has(flags: Sequence[str], flag: str) -> bool:
-    return any(f.lower() == flag for f in flags)
+    return flag in {f.lower() for f in flags}
 
 
 def summarise(message: FetchedMessage) -> MessageSummary:
     """The listing form of one FETCH result (ENVELOPE, FLAGS, BODYSTRUCTURE …)."""
     envelope = message.envelope
     flags = list(message.flags or ())
-    structure = _mime.analyse(message.bodystructure) if message.bodystructure is not None else None
     return MessageSummary(
         uid=message.uid,
         from_=_addresses(envelope.from_) if envelope else [],
@@ -350,7 +349,7 @@ def summarise(message: FetchedMessage) -> MessageSummary:
         flagged=_has(flags, "\\flagged"),
         answered=_has(flags, "\\answered"),
         size=message.size,
-        has_attachments=structure.has_attachments if structure else False,
+        has_attachments=_mime.has_attachments(message.bodystructure),
         message_id=_mime.clean_line(envelope.message_id, 300) if envelope else None,
     )
 

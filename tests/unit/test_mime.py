@@ -228,3 +228,28 @@ def test_fetch_budget_is_capped() -> None:
     assert _mime.fetch_budget(big, 20_000) <= _mime.MAX_HTML_FETCH
     small = analyse(text(size=500)).body_parts[0]
     assert _mime.fetch_budget(small, 20_000) == 500
+
+
+def test_has_attachments_agrees_with_analyse() -> None:
+    """The listing's cheap has_attachments gives the same answer as the full analysis."""
+    pdf = leaf("APPLICATION", "PDF", 5000, ["ATTACHMENT", ["FILENAME", "report.pdf"]])
+    structures: list[object] = [
+        text(),
+        [text(), text("HTML"), "ALTERNATIVE"],
+        [[text("HTML"), leaf("IMAGE", "PNG", cid="<logo@x>"), "RELATED"], "ALTERNATIVE"],
+        [[text(), text("HTML"), "ALTERNATIVE"], pdf, "MIXED", ["BOUNDARY", "x"], None, None],
+        [text(), text(disposition=["ATTACHMENT", ["FILENAME", "notes.txt"]]), "MIXED"],
+        [text(), leaf("IMAGE", "PNG"), "MIXED"],
+        [text(), leaf("IMAGE", "PNG", disposition=["INLINE", None]), "MIXED"],
+        None,
+    ]
+    for structure in structures:
+        assert _mime.has_attachments(structure) == analyse(structure).has_attachments, structure
+
+
+def test_internal_date() -> None:
+    """INTERNALDATE becomes ISO 8601; junk gives None."""
+    assert _mime.parse_internal_date("17-Jul-1996 02:44:25 -0700") == "1996-07-17T02:44:25-07:00"
+    assert _mime.parse_internal_date(" 7-Jul-1996 02:44:25 +0000") == "1996-07-07T02:44:25+00:00"
+    assert _mime.parse_internal_date("17-Foo-1996 02:44:25 -0700") is None
+    assert _mime.parse_internal_date(None) is None
