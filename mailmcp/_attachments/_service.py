@@ -6,6 +6,7 @@ the sweeper for the local store, and the one function ``_service`` calls.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
@@ -106,7 +106,8 @@ def build_attachments(
     state directory, served at ``/attachments/``, swept by a timer) or
     ``s3://bucket/prefix`` (credentials from the standard AWS environment).
 
-    :raises usage.UsageError: when S3 is asked for but cannot be set up.
+    :raises SystemExit: (after one line on stderr) when S3 is asked for but
+        cannot be set up, e.g. no AWS credentials are found.
     """
     environ = os.environ if environ is None else environ
     limits = Limits(
@@ -135,6 +136,9 @@ def build_attachments(
             client, credentials, settings, config.keyring, reactor, pool, link_lifetime=lifetime, limits=limits
         )
     except (ValueError, AttachmentError) as e:
-        raise usage.UsageError(f"--attachments: {e}") from None
+        # Like a listen failure: one line on stderr and exit status 1, no
+        # traceback (this runs inside makeService, past option parsing).
+        print(f"mailmcp: --attachments: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     log.info("attachments in S3 bucket {bucket} under {prefix!r}", bucket=settings.bucket, prefix=settings.prefix)
     return Attachments(store, service, [])
