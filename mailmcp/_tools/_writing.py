@@ -751,7 +751,9 @@ async def update_mail_message_flags(ctx: ToolContext, args: FlagsInput) -> Flags
         if args.remove:
             await session.uid_store([args.uid], "-FLAGS", args.remove, silent=True)
         flags = await _require_uid(session, args.folder, args.uid)
-        return FlagsOutput(folder=args.folder, uid=args.uid, uidvalidity=state.uidvalidity, flags=list(flags))
+        # \Recent is per-session noise nobody can set or clear.
+        shown = [f for f in flags if f.lower() != "\\recent"]
+        return FlagsOutput(folder=args.folder, uid=args.uid, uidvalidity=state.uidvalidity, flags=shown)
 
     return await _imap(ctx, update)
 
