@@ -86,19 +86,23 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    points = []
-    for level in (report.get("throughput") or {}).get("levels") or []:
-        points.append((level["concurrency"], level.get("p50_ms"), level.get("p99_ms"), level.get("calls_per_s")))
-    for item in (report.get("concurrency") or {}).values():
-        if isinstance(item, dict) and "accounts" in item:
-            points.append((item["accounts"], item.get("p50_ms"), item.get("p99_ms"), item.get("throughput_per_s")))
-    points = sorted(p for p in points if p[1] is not None)
-    if not points:
+    levels = [(lv["concurrency"], lv.get("p50_ms"), lv.get("p99_ms"), lv.get("calls_per_s"))
+              for lv in (report.get("throughput") or {}).get("levels") or [] if lv.get("p50_ms") is not None]
+    accounts = [(it["accounts"], it.get("p50_ms"), it.get("p99_ms"), it.get("throughput_per_s"))
+                for it in (report.get("concurrency") or {}).values()
+                if isinstance(it, dict) and it.get("p50_ms") is not None]
+    if not levels and not accounts:
         return False
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    xs = [p[0] for p in points]
-    ax.plot(xs, [p[1] for p in points], "o-", label="p50 latency")
-    ax.plot(xs, [p[2] for p in points], "s--", label="p99 latency")
+    ax2 = ax.twinx()
+    for points, style, label in ((sorted(levels), "-", "8 accounts, warm"),
+                                 (sorted(accounts), ":", "N distinct accounts (1st call logs in)")):
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        ax.plot(xs, [p[1] for p in points], "o" + style, color="tab:blue", label=f"p50, {label}")
+        ax.plot(xs, [p[2] for p in points], "s" + style, color="tab:orange", label=f"p99, {label}")
+        ax2.plot(xs, [p[3] for p in points], "^" + style, color="tab:green", alpha=0.6, label=f"calls/s, {label}")
     floor = (report.get("floor") or {}).get("p50_ms")
     if floor:
         ax.axhline(floor, color="grey", linestyle=":", label=f"IMAP floor p50 ({floor:.2f} ms)")
@@ -106,12 +110,11 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("concurrent clients (one call in flight each)")
     ax.set_ylabel("latency (ms)")
-    ax2 = ax.twinx()
-    ax2.plot(xs, [p[3] for p in points], "^-", color="tab:green", alpha=0.6, label="calls/s")
     ax2.set_ylabel("throughput (calls/s)")
+    ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=7)
     machine = report.get("machine", {})
     ax.set_title(f"mailmcp list_mail_messages, {machine.get('cores')} cores, {report.get('date', '')[:10]}"
                  f" ({report.get('mode')})", fontsize=10)
