@@ -17,6 +17,7 @@ safe messages.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from twisted.internet import defer
@@ -144,10 +145,20 @@ class IMAPLoginChecker:
             await proto.startTLS(options)
             if not proto.startedTLS:
                 raise MailServerUnavailable("IMAP", "no-starttls")
+        caps = await proto.getCapabilities()
         try:
-            await proto.sendCommand(
-                imap4.Command(b"LOGIN", imap4._quote(user) + b" " + imap4._quote(secret))
-            )
+            if b"PLAIN" in [m.upper() for m in (caps.get(b"AUTH") or [])]:
+                # SASL PLAIN carries UTF-8 credentials exactly; quoted LOGIN cannot.
+                response = base64.b64encode(b"\0" + user + b"\0" + secret)
+                await proto.sendCommand(
+                    imap4.Command(b"AUTHENTICATE", b"PLAIN", (), lambda rest: proto.sendLine(response))
+                )
+            elif b"LOGINDISABLED" in caps:
+                raise MailServerUnavailable("IMAP", "login-disabled")
+            else:
+                await proto.sendCommand(
+                    imap4.Command(b"LOGIN", imap4._quote(user) + b" " + imap4._quote(secret))
+                )
         except imap4.IMAP4Exception as e:
             text = str(e.args[0] if e.args else b"").upper()
             if "UNAVAILABLE" in text or "SERVERBUG" in text:
