@@ -20,6 +20,7 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
+import attrs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -49,6 +50,11 @@ MAX_BODY_PARTS = 10
 INLINE_HTML_CHARS = 16 * 1024
 
 SUMMARY_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)"
+BASIC_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)"
+UNREADABLE_STRUCTURE = (
+    "the MIME structure of UID {uid} is too deep or malformed to read; its body and attachments "
+    "are not shown"
+)
 THREADING_FIELDS = "HEADER.FIELDS (MESSAGE-ID IN-REPLY-TO REFERENCES)"
 MESSAGE_ITEMS = (
     f"(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE BODY.PEEK[{THREADING_FIELDS}]<0.32768>)"
@@ -108,7 +114,7 @@ class MessageSummary(_Out):
     flagged: bool
     answered: bool
     size: int | None = Field(description="Size of the whole message in bytes.")
-    has_attachments: bool
+    has_attachments: bool | None = Field(description="Null when the MIME structure could not be read.")
     message_id: str | None
 
 
@@ -138,6 +144,7 @@ class ListMessagesOutput(_Out):
     per_page: int
     has_more: bool = Field(description="True when a later page holds older messages.")
     messages: list[MessageSummary] = Field(description="Newest first.")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class AttachmentInfo(_Out):
@@ -194,6 +201,7 @@ class SearchOutput(_Out):
     truncated: bool = Field(description="True when more messages matched than `limit`.")
     uids: list[int] = Field(description="Matching UIDs, newest (highest) first.")
     messages: list[MessageSummary] = Field(description="Summaries of the returned UIDs, newest first.")
+    warnings: list[str] = Field(default_factory=list)
 
 
 # -- input models ------------------------------------------------------------
@@ -349,9 +357,50 @@ def summarise(message: FetchedMessage) -> MessageSummary:
         flagged=_has(flags, "\\flagged"),
         answered=_has(flags, "\\answered"),
         size=message.size,
-        has_attachments=_mime.has_attachments(message.bodystructure),
+        has_attachments=(
+            _mime.has_attachments(message.bodystructure) if message.bodystructure is not None else None
+        ),
         message_id=_mime.clean_line(envelope.message_id, 300) if envelope else None,
     )
+
+
+def _recoverable(error: IMAPError) -> bool:
+    """A failed FETCH worth retrying in smaller pieces on the same connection."""
+    return not error.transient and not isinstance(error, (IMAPAuthError, IMAPNoSuchMailbox))
+
+
+async def fetch_summaries(
+    session: IMAPSession, message_set: str, *, uid: bool
+) -> tuple[list[FetchedMessage], list[str]]:
+    """
+    FETCH the listing items for C{message_set}.  One hostile message whose
+    BODYSTRUCTURE the IMAP layer refuses (nested too deep) must not hide the
+    whole page: then the page is fetched without BODYSTRUCTURE and each
+    message's structure asked for alone, so only the bad one goes without.
+    """
+    try:
+        return await session.fetch(message_set, SUMMARY_ITEMS, uid=uid), []
+    except IMAPError as e:
+        if not _recoverable(e):
+            raise
+        log.info("summary FETCH failed, retrying per message: {error}", error=e.message)
+    basic = await session.fetch(message_set, BASIC_ITEMS, uid=uid)
+    out: list[FetchedMessage] = []
+    warnings: list[str] = []
+    for message in basic:
+        try:
+            got = [m for m in await session.fetch(str(message.uid), "(UID BODYSTRUCTURE)", uid=True)
+                   if m.uid == message.uid]
+        except IMAPError as e:
+            if not _recoverable(e):
+                raise
+            got = []
+        if got and got[0].bodystructure is not None:
+            message = attrs.evolve(message, bodystructure=got[0].bodystructure)
+        else:
+            warnings.append(UNREADABLE_STRUCTURE.format(uid=message.uid))
+        out.append(message)
+    return out, warnings
 
 
 def uid_set(uids: Sequence[int]) -> str:
@@ -422,9 +471,10 @@ async def list_mail_messages(ctx: ToolContext, arguments: ListMessagesInput) -> 
         state = await session.examine(folder)
         window = page_range(state.exists, page, per_page)
         fetched: list[FetchedMessage] = []
+        warnings: list[str] = []
         if window is not None:
             low, high = window
-            results = await session.fetch(f"{low}:{high}", SUMMARY_ITEMS, uid=False)
+            results, warnings = await fetch_summaries(session, f"{low}:{high}", uid=False)
             fetched = sorted((m for m in results if low <= m.seq <= high), key=lambda m: m.seq, reverse=True)
         return ListMessagesOutput(
             folder=folder,
@@ -434,6 +484,7 @@ async def list_mail_messages(ctx: ToolContext, arguments: ListMessagesInput) -> 
             per_page=per_page,
             has_more=window is not None and window[0] > 1,
             messages=[summarise(m) for m in fetched],
+            warnings=warnings,
         )
 
     result: ListMessagesOutput = await _run(ctx, folder, operation)
@@ -473,7 +524,15 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
                 f"UID {uid} is stale: folder {folder!r} was rebuilt (its uidvalidity is now "
                 f"{state.uidvalidity}, not {arguments.uidvalidity}). List or search it again."
             )
-        head = [m for m in await session.fetch(str(uid), MESSAGE_ITEMS, uid=True) if m.uid == uid]
+        unreadable = False
+        try:
+            head = [m for m in await session.fetch(str(uid), MESSAGE_ITEMS, uid=True) if m.uid == uid]
+        except IMAPError as e:
+            if not _recoverable(e):
+                raise
+            unreadable = True
+            head = [m for m in await session.fetch(str(uid), MESSAGE_ITEMS.replace(" BODYSTRUCTURE", ""),
+                                                   uid=True) if m.uid == uid]
         if not head:
             raise ToolError(
                 f"There is no message with UID {uid} in folder {folder!r} (it may have been moved or "
@@ -481,6 +540,8 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
             )
         message = head[0]
         structure = _mime.analyse(message.bodystructure)
+        if unreadable:
+            structure = attrs.evolve(structure, warnings=(UNREADABLE_STRUCTURE.format(uid=uid),))
         parts = structure.body_parts[:MAX_BODY_PARTS]
         budgets = {p.part_id: _mime.fetch_budget(p, chars_needed) for p in parts}
         sections: dict[str, bytes] = {}
@@ -594,9 +655,10 @@ async def search_mail_messages(ctx: ToolContext, arguments: SearchInput) -> Sear
         found = sorted(set(await session.uid_search(criteria)), reverse=True)
         chosen = found[:limit]
         summaries: list[MessageSummary] = []
+        warnings: list[str] = []
         if chosen:
             wanted = set(chosen)
-            results = await session.fetch(uid_set(chosen), SUMMARY_ITEMS, uid=True)
+            results, warnings = await fetch_summaries(session, uid_set(chosen), uid=True)
             summaries = [summarise(m) for m in sorted(results, key=lambda m: m.uid, reverse=True)
                          if m.uid in wanted]
         return SearchOutput(
@@ -608,6 +670,7 @@ async def search_mail_messages(ctx: ToolContext, arguments: SearchInput) -> Sear
             truncated=len(found) > len(chosen),
             uids=chosen,
             messages=summaries,
+            warnings=warnings,
         )
 
     result: SearchOutput = await _run(ctx, folder, operation)

@@ -436,3 +436,36 @@ def test_several_text_parts_read_in_order(server: FakeIMAPServer) -> None:
         offset = out.next_offset
     assert "".join(pieces) == "A" * 30_000 + "\n\n\ntail text\n"
     assert [a.filename for a in out.attachments] == ["x.png"]
+
+
+def test_one_unparseable_structure_does_not_hide_the_page(server: FakeIMAPServer) -> None:
+    """
+    When the IMAP layer refuses a FETCH because one message's BODYSTRUCTURE
+    is hostile, the page is fetched again without it and only that message
+    lacks has_attachments.
+    """
+    from mailmcp._fake_imap import FakeIMAPSession
+    from mailmcp._mailbox_api import IMAPError
+
+    class Picky(FakeIMAPSession):
+        async def fetch(self, message_set: str, items: str, *, uid: bool = True) -> Any:
+            results = await super().fetch(message_set, items, uid=uid)
+            if "BODYSTRUCTURE" in items and any(m.uid == 2 for m in results):
+                raise IMAPError("the mail server sent a malformed FETCH response (nesting too deep)")
+            return results
+
+    class PickyPool(FakeIMAPPool):
+        async def run(self, account: Any, operation: Any, *, read_only: bool) -> Any:
+            return await operation(Picky(self.server))
+
+    ctx = ToolContext(account=make_account(),
+                      services=ToolServices(reactor=MemoryReactorClock(), config=None, imap=PickyPool(server)))
+    for i in range(3):
+        server.mailboxes["INBOX"].add(plain(f"m{i}"))
+    out = run(list_mail_messages(ctx, ListMessagesInput()))
+    assert [(m.uid, m.has_attachments) for m in out.messages] == [(3, False), (2, None), (1, False)]
+    assert out.warnings == [
+        "the MIME structure of UID 2 is too deep or malformed to read; its body and attachments are not shown"
+    ]
+    single = run(get_mail_message(ctx, GetMessageInput(uid=2)))
+    assert single.subject == "m1" and single.body == "" and single.warnings
