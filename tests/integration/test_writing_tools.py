@@ -218,6 +218,23 @@ async def test_wrong_smtp_password_is_a_clean_error_and_keeps_a_draft(services: 
 
 
 @pytest_twisted.ensureDeferred
+async def test_refused_recipient_sends_nothing_and_keeps_a_draft(services: Services, tools: Any) -> None:
+    """
+    One recipient refused at RCPT: nobody gets the message, the error lists
+    the refused address with its code, and the message waits in Drafts (SM-03).
+    """
+    (me, pw), (bob, bob_pw) = fresh_users(services, 2)
+    ctx = tools(account(services, me, pw))
+    with pytest.raises(ToolError) as info:
+        await SEND_MAIL_MESSAGE.handler(ctx, SendInput(to=[bob, "someone@outside.invalid"], subject="fix me"))
+    assert "someone@outside.invalid (550)" in info.value.message and "'Drafts'" in info.value.message
+    [(_, raw)] = (await folder(services, me, pw, "Drafts")).values()
+    assert b"Subject: fix me" in raw
+    await deferLater(reactor, 1.0, lambda: None)
+    assert await wait_for_mail(services, bob, bob_pw, timeout=0) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_connection_dropped_after_data_reports_unknown_once(
     services: Services, tools: Any, scripted: Any  # noqa: F811 (the fixture imported above)
 ) -> None:
