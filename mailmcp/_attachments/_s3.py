@@ -61,6 +61,11 @@ UNAVAILABLE = "attachment storage is unavailable, try again later"
 _PREFIX_CHARS = re.compile(r"^[A-Za-z0-9._\-/]*$")
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 _PROBE = "mailmcp-probe-key"
+#: An object last written longer ago than this is written again when it is
+#: stored again: with a lifecycle rule expiring objects after one day, a
+#: fresh link then always has at least 12 hours of object behind it.
+REFRESH_AFTER = 12 * 3600.0
+_KNOWN_MAX = 100_000
 
 
 class S3Settings:
@@ -159,6 +164,7 @@ class S3AttachmentStore:
     :param reactor: for `deferToThreadPool` and the time.
     :param pool: the thread pool every boto3 network call runs on.
     :param link_lifetime: default and maximum presigned URL lifetime.
+    :param refresh_after: age after which storing an object writes it again.
     """
 
     def __init__(
@@ -172,6 +178,7 @@ class S3AttachmentStore:
         *,
         link_lifetime: int = 3600,
         limits: Limits | None = None,
+        refresh_after: float = REFRESH_AFTER,
     ) -> None:
         self._client = client
         self._credentials = credentials
@@ -183,7 +190,9 @@ class S3AttachmentStore:
         self.link_lifetime = min(link_lifetime, MAX_PRESIGN_SECONDS)
         self.limits = limits or Limits()
         self._region = str(client.meta.region_name)
-        self._known: set[str] = set()
+        #: key -> when it was last written, for keys known to be stored.
+        self._known: dict[str, float] = {}
+        self.refresh_after = refresh_after
         #: Objects uploaded since start (an already stored object does not count).
         self.puts = 0
         probe = urlsplit(
@@ -213,29 +222,43 @@ class S3AttachmentStore:
         tag = owner_tag(self._keyring, owner)
         sha: str = await self._in_pool(lambda: hashlib.sha256(data).hexdigest())
         key = self.key_for(tag, sha)
-        if key in self._known:
+        now = self._reactor.seconds()
+        stored_at = self._known.get(key)
+        if stored_at is not None and now - stored_at < self.refresh_after:
             return StoredObject(key, len(data), sha, created=False)
         try:
-            created: bool = await self._in_pool(self._upload_if_missing, key, data, sha)
+            created, stored_at = await self._in_pool(self._upload_if_missing, key, data, sha, now)
         except AttachmentError:
             raise
         except Exception as e:
             log.error("S3 upload of {sha:.12} failed: {kind}: {error}", sha=sha, kind=type(e).__name__, error=str(e)[:300])
             raise AttachmentError(UNAVAILABLE) from None
-        self._known.add(key)
+        if len(self._known) >= _KNOWN_MAX:
+            self._known.clear()
+        self._known[key] = stored_at
         if created:
             self.puts += 1
             log.info("uploaded attachment {sha:.12} ({size} bytes) for {tag:.8}", sha=sha, size=len(data), tag=tag)
         return StoredObject(key, len(data), sha, created=created)
 
-    def _upload_if_missing(self, key: str, data: bytes, sha: str) -> bool:
-        """In the pool: HEAD, and PUT only when the object is not there yet."""
+    def _upload_if_missing(self, key: str, data: bytes, sha: str, now: float) -> tuple[bool, float]:
+        """
+        In the pool: HEAD, and PUT unless the object is there and young.
+        An object older than `refresh_after` is uploaded again, which
+        restarts its age for the bucket's lifecycle rule (which counts from
+        the last write), so a fresh link never points at an object about to
+        expire.
+
+        :return: (whether we wrote, when the object was last written).
+        """
         from botocore.exceptions import ClientError
 
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
-            if int(head.get("ContentLength", -1)) == len(data):
-                return False
+            modified = head.get("LastModified")
+            written = modified.timestamp() if isinstance(modified, datetime.datetime) else 0.0
+            if int(head.get("ContentLength", -1)) == len(data) and now - written < self.refresh_after:
+                return False, written
         except ClientError as e:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status != 404 and e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
@@ -247,7 +270,7 @@ class S3AttachmentStore:
             ContentType="application/octet-stream",
             Metadata={"sha256": sha},
         )
-        return True
+        return True, now
 
     def link(
         self,

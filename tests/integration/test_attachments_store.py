@@ -419,3 +419,27 @@ async def test_forward_attachment_by_link(world: World) -> None:
     received = await link_for(world, bob, uid=uid)
     assert received.filename == "forward-me.bin"
     assert (await world.store.resolve(bob.owner, received.url)).data == payload
+
+
+@pytest_twisted.ensureDeferred
+async def test_storing_again_refreshes_an_old_object(world: World) -> None:
+    """
+    An object stored long ago is refreshed when stored again (S3: written
+    again, so the bucket's lifecycle age restarts; local: its mtime, which
+    the sweeper reads), still as one object.
+    """
+    account = fresh_account(world.harness)
+    obj = await world.store.put(account.owner, b"aging content", "text/plain")
+    if world.kind == "s3":
+        await world.store.put(account.owner, b"aging content", "text/plain")
+        assert world.s3_calls.count("PutObject") == 1
+        world.store.refresh_after = 0.0
+        again = await world.store.put(account.owner, b"aging content", "text/plain")
+        assert world.s3_calls.count("PutObject") == 2 and again.key == obj.key
+    else:
+        path = world.store.root / obj.key
+        os.utime(path, (1_000_000, 1_000_000))
+        await world.store.put(account.owner, b"aging content", "text/plain")
+        assert abs(path.stat().st_mtime - world.shifted.seconds()) < 5
+        assert world.store.puts == 1
+    assert await world.count_objects() == 1
