@@ -1,0 +1,183 @@
+"""
+One contract suite for every `IGrantStore`: the in-memory model, SQLite
+(the default) and Redis (the real server from the ``services`` fixture).
+Time comes from a `Clock` so expiry is tested without waiting.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from mailmcp._grants import GrantRecord, MemoryGrantStore
+from mailmcp._store_redis import RedisGrantStore, parse_redis_url
+from mailmcp._store_sqlite import SQLiteGrantStore
+from mailmcp.interfaces import IGrantStore
+
+pytestmark = pytest.mark.integration
+
+NOW = 1_800_000_000
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_and_clock(request, tmp_path: Path):
+    clock = Clock()
+    clock.advance(NOW)
+    if request.param == "memory":
+        yield MemoryGrantStore(clock), clock
+    elif request.param == "sqlite":
+        store = SQLiteGrantStore(tmp_path / "grants.sqlite3", clock)
+        yield store, clock
+        store.close()
+    else:
+        services = request.getfixturevalue("services")
+        store = RedisGrantStore(services.redis_url, clock, prefix=f"test-{secrets.token_hex(4)}:")
+        store.connect()
+        yield store, clock
+        pytest_twisted.blockon(store.disconnect())
+
+
+def record(grant_id: str | None = None, expires: int = NOW + 60, client: str = "c1") -> GrantRecord:
+    return GrantRecord(grant_id=grant_id or secrets.token_hex(16), client_ref=client,
+                       sealed=b"\x00\xffsealed" + secrets.token_bytes(20), created=NOW, expires=expires)
+
+
+def test_provides_interface(store_and_clock) -> None:
+    """Every store provides IGrantStore."""
+    store, _ = store_and_clock
+    assert verifyObject(IGrantStore, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_get_revoke(store_and_clock) -> None:
+    """A grant reads back byte for byte; revoked it is gone."""
+    store, _ = store_and_clock
+    r = record()
+    await store.create_grant(r)
+    assert await store.get_grant(r.grant_id) == r
+    assert await store.get_grant("missing") is None
+    await store.revoke_grant(r.grant_id)
+    assert await store.get_grant(r.grant_id) is None
+    await store.revoke_grant(r.grant_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_grant_expires(store_and_clock) -> None:
+    """A grant past its expiry reads as absent."""
+    store, clock = store_and_clock
+    r = record(expires=NOW + 10)
+    await store.create_grant(r)
+    clock.advance(11)
+    assert await store.get_grant(r.grant_id) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_activate_is_single_use(store_and_clock) -> None:
+    """A code activates its grant once (extending its life); a replay is refused."""
+    store, clock = store_and_clock
+    r = record(expires=NOW + 65)
+    await store.create_grant(r)
+    assert await store.activate_grant(r.grant_id, "code-1", NOW + 60, NOW + 1000) is True
+    assert await store.activate_grant(r.grant_id, "code-1", NOW + 60, NOW + 1000) is False
+    clock.advance(500)
+    got = await store.get_grant(r.grant_id)
+    assert got is not None and got.expires == NOW + 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_activate_concurrent_only_one_wins(store_and_clock) -> None:
+    """Racing redemptions of one code: exactly one wins."""
+    store, _ = store_and_clock
+    r = record()
+    await store.create_grant(r)
+    results = await gatherResults([store.activate_grant(r.grant_id, "code-x", NOW + 60, NOW + 999)
+                                   for _ in range(10)])
+    assert sorted(results) == [False] * 9 + [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_activate_missing_or_expired_grant(store_and_clock) -> None:
+    """Activating a grant that is gone fails."""
+    store, clock = store_and_clock
+    assert await store.activate_grant("nope", "code-2", NOW + 60, NOW + 999) is False
+    r = record(expires=NOW + 5)
+    await store.create_grant(r)
+    clock.advance(6)
+    assert await store.activate_grant(r.grant_id, "code-3", NOW + 60, NOW + 999) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotate_refresh(store_and_clock) -> None:
+    """Rotation is compare-and-increment: the current generation advances once; stale ones fail."""
+    store, _ = store_and_clock
+    r = record()
+    await store.create_grant(r)
+    assert await store.rotate_refresh(r.grant_id, 0) is True
+    assert await store.rotate_refresh(r.grant_id, 0) is False
+    assert await store.rotate_refresh(r.grant_id, 1) is True
+    assert (await store.get_grant(r.grant_id)).generation == 2
+    assert await store.rotate_refresh("missing", 0) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotate_concurrent_only_one_wins(store_and_clock) -> None:
+    """Two refreshes racing on one generation: one wins, so reuse detection triggers for the other."""
+    store, _ = store_and_clock
+    r = record()
+    await store.create_grant(r)
+    results = await gatherResults([store.rotate_refresh(r.grant_id, 0) for _ in range(8)])
+    assert results.count(True) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotate_expired_grant_fails(store_and_clock) -> None:
+    """An expired grant cannot rotate."""
+    store, clock = store_and_clock
+    r = record(expires=NOW + 5)
+    await store.create_grant(r)
+    clock.advance(6)
+    assert await store.rotate_refresh(r.grant_id, 0) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_counters_window(store_and_clock) -> None:
+    """Counters count within their window and restart after it."""
+    store, clock = store_and_clock
+    assert await store.count("k") == 0
+    assert [await store.hit("k", 60) for _ in range(3)] == [1, 2, 3]
+    assert await store.count("k") == 3
+    assert await store.count("other") == 0
+    clock.advance(61)
+    assert await store.count("k") == 0
+    assert await store.hit("k", 60) == 1
+
+
+def test_sqlite_sweep_and_file_mode(tmp_path: Path) -> None:
+    """The SQLite file is private (0600) and the sweep deletes expired rows."""
+    clock = Clock()
+    clock.advance(NOW)
+    store = SQLiteGrantStore(tmp_path / "g.sqlite3", clock)
+    try:
+        assert (tmp_path / "g.sqlite3").stat().st_mode & 0o777 == 0o600
+        store.create_grant(record("a" * 32, expires=NOW + 5))
+        store.create_grant(record("b" * 32, expires=NOW + 500))
+        store.hit("k", 5)
+        clock.advance(10)
+        assert store.sweep() == 2
+    finally:
+        store.close()
+
+
+def test_parse_redis_url() -> None:
+    """Redis URLs: host, port, db and password; unix sockets."""
+    assert parse_redis_url("redis://:pw@h:7000/3") == {"host": "h", "port": 7000, "dbid": 3,
+                                                       "password": "pw", "tls": False}
+    assert parse_redis_url("redis://h")["port"] == 6379
+    assert parse_redis_url("unix:///run/redis.sock?db=2") == {"path": "/run/redis.sock", "dbid": 2,
+                                                              "password": None}
