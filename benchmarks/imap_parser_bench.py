@@ -50,7 +50,9 @@ def fetch_response(count: int = 20, first_uid: int = 9981) -> list[bytes]:
             else b'"Quarterly report ' + str(i).encode() + b' (draft v2) [internal]"'
         )
         envelope = (
-            b'("Tue, 01 Jul 2025 13:30:' + b"%02d" % (i % 60) + b' +0000" '
+            b'("Tue, 01 Jul 2025 13:30:'
+            + b"%02d" % (i % 60)
+            + b' +0000" '
             + subject
             + b' (("Alice Example" NIL "alice" "example.test")) (("Alice Example" NIL "alice" "example.test"))'
             b' (("Alice Example" NIL "alice" "example.test"))'

@@ -24,7 +24,7 @@ Every malformed input raises `ParseError`; nothing here trusts the server.
 
 from __future__ import annotations
 
-import email.header
+import binascii
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
@@ -53,25 +53,20 @@ class ParseError(ValueError):
 
 
 _TOKEN = re.compile(
-    rb"""
-    [ \t]*(?:
-      (\()                                           # 1: open list
-     |(\))                                           # 2: close list
-     |"((?:[^"\\\r\n]|\\.)*)"                        # 3: quoted string
-     |([^ \t()"\[\]{\r\n]+                           # 4: atom ...
-        (?:\[[^\]\r\n]*\](?:<[0-9.]+>)?)?)           #    ... with a section: BODY[1.2]<0>
-     |(\[)                                           # 5: open bracket (response code)
-     |(\])                                           # 6: close bracket
-     |(\S)                                           # 7: anything else is an error
-    )
-    """,
+    rb"""[ \t]*(
+        "(?:[^"\\\r\n]|\\.)*"                     # quoted string
+       |[()\[\]]                                  # list delimiters
+       |[^ \t()"\[\]{\r\n]+                       # atom ...
+          (?:\[[^\]\r\n]*\](?:<[0-9.]+>)?)?       #   ... with a section: BODY[1.2]<0>
+       |\S                                        # anything else: an error
+    )""",
     re.VERBOSE | re.DOTALL,
 )
 _UNQUOTE = re.compile(rb"\\(.)", re.DOTALL)
-_OPEN, _CLOSE, _QUOTED, _ATOM, _BOPEN, _BCLOSE, _BAD = range(7)
+_OPEN, _CLOSE, _BOPEN, _BCLOSE, _QUOTE, _BRACE = 40, 41, 91, 93, 34, 123
 
 
-def tokenize_segment(text: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]]:
+def tokenize_segment(text: bytes) -> list[bytes]:
     """The regex tokens of one text segment (exposed for the benchmark)."""
     return _TOKEN.findall(text)
 
@@ -87,44 +82,48 @@ def parse_values(response: RawResponse, start: int = 0) -> list[Value]:
     """
     top: list[Value] = []
     current = top
-    stack: list[list[Value]] = []
-    closers: list[int] = []
+    append = top.append
+    stack: list[tuple[list[Value], int]] = []
+    closer = 0
     last = len(response) - 1
+    findall = _TOKEN.findall
     for index in range(0, last + 1, 2):
         text = response[index]
         if index == 0 and start:
             text = text[start:]
-        for token in _TOKEN.findall(text):
-            atom = token[3]
-            if atom:
-                if atom.isdigit():
-                    current.append(int(atom) if len(atom) <= 20 else atom)
-                elif atom == b"NIL":
-                    current.append(None)
-                else:
-                    current.append(atom)
-            elif token[0] or token[4]:
+        for token in findall(text):
+            first = token[0]
+            if first == _QUOTE:
+                if len(token) < 2 or token[-1] != _QUOTE:
+                    raise ParseError("unterminated quoted string")
+                quoted = token[1:-1]
+                if b"\\" in quoted:
+                    quoted = _UNQUOTE.sub(rb"\1", quoted)
+                append(quoted)
+            elif first == _OPEN or first == _BOPEN:
                 if len(stack) >= MAX_DEPTH:
                     raise ParseError("nesting too deep")
                 child: list[Value] = []
-                current.append(child)
-                stack.append(current)
-                closers.append(_CLOSE if token[0] else _BCLOSE)
+                append(child)
+                stack.append((current, closer))
+                closer = _CLOSE if first == _OPEN else _BCLOSE
                 current = child
-            elif token[1] or token[5]:
-                kind = _CLOSE if token[1] else _BCLOSE
-                if not stack or closers.pop() != kind:
+                append = child.append
+            elif first == _CLOSE or first == _BCLOSE:
+                if first != closer:
                     raise ParseError("unbalanced parentheses")
-                current = stack.pop()
-            elif token[6]:
-                raise ParseError(f"unexpected character {token[6]!r}")
+                current, closer = stack.pop()
+                append = current.append
+            elif token == b"NIL":
+                append(None)
+            elif token.isdigit():
+                append(int(token) if len(token) <= 20 else token)
+            elif first == _BRACE:
+                raise ParseError("unexpected literal marker")
             else:
-                quoted = token[2]
-                if b"\\" in quoted:
-                    quoted = _UNQUOTE.sub(rb"\1", quoted)
-                current.append(quoted)
+                append(token)
         if index < last:
-            current.append(response[index + 1])
+            append(response[index + 1])
     if stack:
         raise ParseError("unbalanced parentheses")
     return top
@@ -174,35 +173,54 @@ def decode_header_text(value: Value) -> str | None:
     characters (CR, LF, NUL...) become spaces, so decoded text can never
     smuggle a header line anywhere.
     """
+    if type(value) is bytes and value.isascii() and b"=?" not in value:
+        text = value.decode("ascii")  # the common case, kept cheap
+        return text if text.isprintable() else _CONTROL.sub(" ", text)
     text = as_text(value)
     if text is None:
         return None
     if len(text) > MAX_HEADER_DECODE:
         text = text[:MAX_HEADER_DECODE]
     if "=?" in text:
-        text = _decode_words(text)
-    return _CONTROL.sub(" ", text)
+        text = decode_words(text)
+    return text if text.isprintable() else _CONTROL.sub(" ", text)
 
 
-def _decode_words(text: str) -> str:
-    try:
-        parts = email.header.decode_header(text)
-    except Exception:  # noqa: BLE001 - stdlib raises assorted errors on junk
-        return text
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,64})\?([qQbB])\?([^?\s]*)\?=")
+
+
+def decode_words(text: str) -> str:
+    """
+    RFC 2047 encoded words in C{text}, decoded; whitespace between two
+    adjacent encoded words is dropped, as the RFC says.  Never raises:
+    bad base64 stays as written, unknown charsets decode as UTF-8.
+    """
     out: list[str] = []
-    for chunk, charset in parts:
-        if isinstance(chunk, str):
-            out.append(chunk)
-            continue
-        codec = charset or "raw-unicode-escape"
-        if codec.lower() in ("unknown-8bit", "x-unknown"):
-            codec = "utf-8"
+    position = 0
+    previous_word = False
+    for match in _ENCODED_WORD.finditer(text):
+        gap = text[position : match.start()]
+        if not (previous_word and (not gap or gap.isspace())):
+            out.append(gap)
+        charset = match.group(1).split("*", 1)[0]
+        payload = match.group(3).encode("ascii", "replace")
+        if match.group(2) in "qQ":
+            data = binascii.a2b_qp(payload, header=True)
+        else:
+            try:
+                data = binascii.a2b_base64(payload + b"=" * (-len(payload) % 4))
+            except binascii.Error:
+                out.append(match.group(0))
+                position = match.end()
+                previous_word = False
+                continue
         try:
-            out.append(chunk.decode(codec, "replace"))
-        except (LookupError, UnicodeError, ValueError):
-            out.append(chunk.decode("utf-8", "replace"))
-    # decode_header keeps the whitespace of the plain parts and drops the
-    # whitespace between adjacent encoded words, as RFC 2047 wants.
+            out.append(data.decode(charset, "replace"))
+        except (LookupError, ValueError):
+            out.append(data.decode("utf-8", "replace"))
+        position = match.end()
+        previous_word = True
+    out.append(text[position:])
     return "".join(out)
 
 
