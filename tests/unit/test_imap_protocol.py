@@ -452,7 +452,7 @@ def test_uidvalidity_change_on_upgrade_refuses_the_write() -> None:
     wire.ok(b"[READ-WRITE] done")
     with pytest.raises(IMAPError, match="UIDVALIDITY"):
         result_of(d)
-    assert wire.sent() == b'0004 SELECT "Archive"\r\n'  # and no UID EXPUNGE
+    assert wire.sent() == b'0003 SELECT "Archive"\r\n'  # and no UID EXPUNGE
 
 
 def test_missing_mailbox_on_select() -> None:
