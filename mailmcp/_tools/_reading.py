@@ -17,6 +17,7 @@ input validation, so a hostile query is refused before any IMAP command.
 from __future__ import annotations
 
 import datetime
+import heapq
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -652,8 +653,9 @@ async def search_mail_messages(ctx: ToolContext, arguments: SearchInput) -> Sear
 
     async def operation(session: IMAPSession) -> SearchOutput:
         state = await session.examine(folder)
-        found = sorted(set(await session.uid_search(criteria)), reverse=True)
-        chosen = found[:limit]
+        found = await session.uid_search(criteria)
+        # The newest `limit` without sorting a result that may hold a million UIDs.
+        chosen = sorted(set(heapq.nlargest(limit, found)), reverse=True)
         summaries: list[MessageSummary] = []
         warnings: list[str] = []
         if chosen:

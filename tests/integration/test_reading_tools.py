@@ -392,3 +392,28 @@ async def test_hostile_mime_is_bounded(wire: Wire) -> None:
     assert time.monotonic() - started < 10
     again = await list_mail_messages(wire.ctx, ListMessagesInput())
     assert again.total == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_ascii_and_wildcard_folder_names(wire: Wire) -> None:
+    """
+    security.md TL-F1: a folder named ``Entwürfe`` (modified UTF-7 on disk
+    and on the wire) is listed decoded and opens by that name; ``*`` and
+    ``%`` are literal names, not patterns.
+    """
+    wire.deliver(plain("hello"))  # creates the Maildir
+    folder = Path(wire.services.svc) / "mail" / wire.email / "Maildir" / ".Entw&APw-rfe"
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "cur" / "1.M1P1.seed:2,S").write_bytes(b"From: a@example.test\r\nSubject: draft\r\n\r\nx\r\n")
+    for root, _, files in os.walk(folder):
+        os.chown(root, MAIL_UID, MAIL_UID)
+        for name in files:
+            os.chown(os.path.join(root, name), MAIL_UID, MAIL_UID)
+    names = [b.name for b in (await list_mailboxes(wire.ctx, ListMailboxesInput())).mailboxes]
+    assert "Entwürfe" in names
+    listing = await list_mail_messages(wire.ctx, ListMessagesInput(folder="Entwürfe"))
+    assert [(m.subject, m.seen) for m in listing.messages] == [("draft", True)]
+    for pattern in ("*", "%", "INBOX*"):
+        with pytest.raises(ToolError, match="list_mailboxes"):
+            await list_mail_messages(wire.ctx, ListMessagesInput(folder=pattern))

@@ -469,3 +469,13 @@ def test_one_unparseable_structure_does_not_hide_the_page(server: FakeIMAPServer
     ]
     single = run(get_mail_message(ctx, GetMessageInput(uid=2)))
     assert single.subject == "m1" and single.body == "" and single.warnings
+
+
+def test_many_folders_skip_counts(server: FakeIMAPServer) -> None:
+    """Past 200 folders there is no STATUS per folder; the result says counts are missing."""
+    for i in range(250):
+        server.mailbox(f"folder {i}")
+    out = run(list_mailboxes(context(server), ListMailboxesInput()))
+    assert out.total == 252 and not out.counts_included
+    assert all(b.messages is None for b in out.mailboxes)
+    assert [c[0] for c in server.commands] == ["LIST"]
