@@ -470,28 +470,40 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
     message = await _compose(ctx, args, require_recipients=True)
 
     if args.idempotency_key is not None:
-        async def look(session: IMAPSession) -> tuple[str, tuple[int, int] | None]:
+        async def look(session: IMAPSession) -> tuple[str, tuple[int, int, bool] | None]:
             sent = await _folder_or_special(session, args.folder, "\\Sent", SENT_NAMES)
             if sent is None:
                 raise ToolError(
                     "idempotency_key needs a Sent folder to check, and none was found; "
                     "pass folder, or call without idempotency_key"
                 )
-            return sent, await _find_by_message_id(session, sent, message.message_id)
+            found = await _find_by_message_id(session, sent, message.message_id)
+            if found is None:
+                return sent, None
+            flags = await _require_uid(session, sent, found[1])
+            unconfirmed = any(f.lower() == UNKNOWN_OUTCOME_KEYWORD.lower() for f in flags)
+            return sent, (found[0], found[1], unconfirmed)
 
         sent_folder, earlier = await _imap(ctx, look)
         if earlier is not None:
+            earlier_uidvalidity, earlier_uid, unconfirmed = earlier
+            warnings = [
+                f"a message with this idempotency_key is already in {sent_folder!r}; "
+                "nothing was sent this time"
+            ]
+            if unconfirmed:
+                warnings.append(
+                    "that earlier send ended with an unknown delivery status (the connection "
+                    "broke after the message went out); it was most likely delivered"
+                )
             return SendOutput(
                 status="already_sent",
                 message_id=message.message_id,
                 recipients=[],
                 sent_folder=sent_folder,
-                sent_uid=earlier[1],
-                sent_uidvalidity=earlier[0],
-                warnings=[
-                    "a message with this idempotency_key is already in "
-                    f"{sent_folder!r}; nothing was sent this time"
-                ],
+                sent_uid=earlier_uid,
+                sent_uidvalidity=earlier_uidvalidity,
+                warnings=warnings,
             )
 
     claim = getattr(sender, "claim", None)
@@ -543,7 +555,15 @@ async def _file_copy(
         target = await _folder_or_special(session, folder, "\\Sent", SENT_NAMES)
         if target is None:
             return None, None, None
-        uidvalidity, uid = await session.append(target, message.copy_bytes, flags)
+        try:
+            uidvalidity, uid = await session.append(target, message.copy_bytes, flags)
+        except IMAPNoSuchMailbox:
+            raise
+        except IMAPError:
+            if tuple(flags) == ("\\Seen",):
+                raise
+            # A server that refuses our marker keyword still gets the copy.
+            uidvalidity, uid = await session.append(target, message.copy_bytes, ("\\Seen",))
         return target, uidvalidity, uid
 
     try:

@@ -286,6 +286,7 @@ def test_unknown_outcome_is_reported_never_retried_and_blocks_a_keyed_retry(
     sender.outcome = None
     again = run(SEND_MAIL_MESSAGE.handler(ctx, args))
     assert again.status == "already_sent"
+    assert any("unknown delivery status" in w for w in again.warnings)
     assert len(sender.sent) == 1
 
 
