@@ -1,0 +1,333 @@
+"""
+The fast IMAP response parser (`mailmcp._imap._parser`) on normal and
+hostile input: every malformed response raises `ParseError` (never another
+exception, never a hang), numbers are bounded, NIL is accepted wherever the
+grammar allows it, and 8-bit or broken header text still decodes.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.mail import imap4
+
+from mailmcp._imap._parser import (
+    MAX_DEPTH,
+    ParseError,
+    compress_uids,
+    decode_header_text,
+    decode_words,
+    expand_sequence_set,
+    is_sequence_set,
+    parse_envelope,
+    parse_fetch,
+    parse_values,
+    split_code,
+)
+from mailmcp._mailbox_api import Address
+
+ENVELOPE = (
+    b'("Tue, 01 Jul 2025 13:30:00 +0000" "=?utf-8?q?R=C3=A9union?= today" '
+    b'(("=?iso-8859-1?q?J=FCrgen?=" NIL "juergen" "example.test")) NIL NIL '
+    b'(("Bob" NIL "bob" "example.test")(NIL NIL "carol" "example.test")) NIL NIL '
+    b'"<a@b>" "<id@example.test>")'
+)
+
+
+def fetch(line: bytes, *literals: bytes) -> object:
+    """Parse ``* <line>`` split at ``{n}`` markers like the protocol does."""
+    return parse_fetch(_segments(line, literals))
+
+
+def _segments(line: bytes, literals: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    parts = line.split(b"\x00")
+    assert len(parts) == len(literals) + 1
+    out: list[bytes] = []
+    for i, text in enumerate(parts):
+        out.append(text)
+        if i < len(literals):
+            out.append(literals[i])
+    return tuple(out)
+
+
+# -- the normal shapes ----------------------------------------------------------------
+
+
+def test_listing_fetch() -> None:
+    """UID, FLAGS, RFC822.SIZE, INTERNALDATE, ENVELOPE and MODSEQ of a listing FETCH."""
+    message = parse_fetch(
+        (
+            b'12 FETCH (UID 345 FLAGS (\\Seen $Label1) RFC822.SIZE 4096 INTERNALDATE "01-Jul-2025 13:30:00 +0000" '
+            b"MODSEQ (12345678901) ENVELOPE " + ENVELOPE + b")",
+        )
+    )
+    assert message is not None
+    assert (message.seq, message.uid, message.size, message.modseq) == (12, 345, 4096, 12345678901)
+    assert message.flags == ("\\Seen", "$Label1")
+    assert message.internal_date == "01-Jul-2025 13:30:00 +0000"
+    envelope = message.envelope
+    assert envelope is not None
+    assert envelope.subject == "Réunion today"
+    assert envelope.from_ == (Address(name="Jürgen", email="juergen@example.test"),)
+    assert envelope.sender == () and envelope.reply_to == ()
+    assert envelope.to == (Address("Bob", "bob@example.test"), Address(None, "carol@example.test"))
+    assert envelope.in_reply_to == "<a@b>" and envelope.message_id == "<id@example.test>"
+
+
+def test_sections_and_literals() -> None:
+    """BODY[...] values from literals and quoted strings, keyed by bare section."""
+    message = parse_fetch(
+        _segments(
+            b'7 FETCH (UID 9 BODY[HEADER.FIELDS (SUBJECT FROM)] \x00 BODY[1.2]<0> "abc" BODY[] \x00 BODY[2.MIME] NIL)',
+            (b"Subject: (unbalanced\r\n\r\n", b'raw "bytes" \xff\x00 )))'),
+        )
+    )
+    assert message is not None
+    assert message.sections == {
+        "HEADER.FIELDS (SUBJECT FROM)": b"Subject: (unbalanced\r\n\r\n",
+        "1.2": b"abc",
+        "": b'raw "bytes" \xff\x00 )))',
+        "2.MIME": b"",
+    }
+
+
+def test_bodystructure_contract_form() -> None:
+    """BODYSTRUCTURE atoms/strings become str, numbers int, NIL None; quoted digits stay str."""
+    message = parse_fetch(
+        (
+            b'1 FETCH (UID 1 BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 12 1 NIL NIL NIL NIL)'
+            b'("application" "pdf" ("name" "1234") NIL NIL "base64" 4000 NIL ("attachment" ("filename" "r\xe9sum\xe9.pdf")) NIL NIL)'
+            b' "mixed" ("boundary" "42") NIL NIL NIL))',
+        )
+    )
+    assert message is not None
+    body = message.bodystructure
+    assert body[0] == [
+        "text",
+        "plain",
+        ["charset", "utf-8"],
+        None,
+        None,
+        "7bit",
+        12,
+        1,
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert body[1][2] == ["name", "1234"]
+    assert body[1][8] == ["attachment", ["filename", "r\xe9sum\xe9.pdf"]]
+    assert body[2:4] == ["mixed", ["boundary", "42"]]
+
+
+def test_envelope_all_nil() -> None:
+    """An ENVELOPE of ten NILs is valid: every field None or empty."""
+    envelope = parse_envelope([None] * 10)
+    assert envelope.subject is None and envelope.date is None
+    assert envelope.from_ == () and envelope.bcc == ()
+
+
+def test_group_syntax_addresses() -> None:
+    """RFC 3501 group markers: start becomes a name-only Address, end is dropped."""
+    (values,) = parse_values(
+        (
+            b'(NIL "s" NIL NIL NIL ((NIL NIL "team" NIL)("A" NIL "a" "x.test")(NIL NIL NIL NIL)) NIL NIL NIL NIL)',
+        )
+    )
+    envelope = parse_envelope(values)
+    assert envelope.to == (Address("team", ""), Address("A", "a@x.test"))
+
+
+def test_response_codes() -> None:
+    """Response codes are split from their text; numbers parsed, names upper-cased."""
+    assert split_code(b"[appenduid 38505 3955] APPEND completed") == (
+        [b"APPENDUID", 38505, 3955],
+        b"APPEND completed",
+    )
+    assert split_code(b"[COPYUID 7 1:3,5 10:13] Done")[0] == [b"COPYUID", 7, b"1:3,5", b"10:13"]
+    assert split_code(b"[PERMANENTFLAGS (\\Seen \\*)] ok")[0] == [
+        b"PERMANENTFLAGS",
+        [b"\\Seen", b"\\*"],
+    ]
+    assert split_code(b"no code here") == (None, b"no code here")
+
+
+# -- hostile input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"1 FETCH (UID 5 FLAGS (\\Seen)",  # missing close
+        b"1 FETCH (UID 5))",  # extra close
+        b"1 FETCH (UID 5 FLAGS (\\Seen])",  # mismatched bracket
+        b'1 FETCH (UID 5 ENVELOPE ("unterminated))',
+        b"1 FETCH (UID 5 {12} oops)",  # literal marker not at end of line
+        b"1 FETCH UID 5",  # no list
+        b"1 FETCH (UID)",  # odd item count
+        b"1 FETCH (FLAGS (\\Seen))",  # no UID
+        b"1 FETCH (UID 0)",
+        b"1 FETCH (UID -1)",
+        b"1 FETCH (UID 12abc)",
+        b"1 FETCH (UID 4294967296)",
+        b"1 FETCH (UID 99999999999999999999999999999)",
+        b"1 FETCH (UID " + b"9" * 5000 + b")",  # beyond int()'s digit limit
+        b"1 FETCH (UID 5 RFC822.SIZE NIL)",
+        b"1 FETCH (UID 5 RFC822.SIZE (1))",
+        b"1 FETCH (UID 5 FLAGS NIL)",
+        b"1 FETCH (UID 5 MODSEQ 5)",
+        b"1 FETCH (UID 5 MODSEQ (99999999999999999999))",
+        b"1 FETCH (UID 5 BODYSTRUCTURE NIL)",
+        b"1 FETCH (UID 5 ENVELOPE NIL)",
+        b"1 FETCH (UID 5 ENVELOPE (NIL NIL))",
+        b'1 FETCH (UID 5 ENVELOPE (NIL NIL ((NIL NIL "x")) NIL NIL NIL NIL NIL NIL NIL))',
+        b"1 FETCH (UID 5 ENVELOPE (NIL NIL BOGUS NIL NIL NIL NIL NIL NIL NIL))",
+        b"1 FETCH (UID 5 BODY[1] (a b))",
+        b"1 FETCH ((UID) 5)",
+        b"99999999999 FETCH (UID 5)",
+    ],
+)
+def test_malformed_fetch_raises_parse_error(line: bytes) -> None:
+    """Each malformed FETCH raises ParseError, nothing else."""
+    with pytest.raises(ParseError):
+        parse_fetch((line,))
+
+
+def test_deep_nesting_is_bounded() -> None:
+    """Thousands of nested parentheses are refused without recursion."""
+    with pytest.raises(ParseError, match="too deep"):
+        parse_values((b"(" * 5000 + b")" * 5000,))
+    assert parse_values((b"(" * MAX_DEPTH + b")" * MAX_DEPTH,))
+
+
+def test_nil_everywhere_is_tolerated_where_allowed() -> None:
+    """NIL in every nstring position of FETCH data parses."""
+    message = parse_fetch(
+        (
+            b"1 FETCH (UID 3 INTERNALDATE NIL BODY[TEXT] NIL ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL))",
+        )
+    )
+    assert message is not None
+    assert message.internal_date is None and message.sections == {"TEXT": b""}
+
+
+def test_eight_bit_header_text() -> None:
+    """Raw UTF-8 decodes as UTF-8; invalid UTF-8 falls back to Latin-1; never raises."""
+    assert decode_header_text("Grüße 日本".encode()) == "Grüße 日本"
+    assert decode_header_text(b"caf\xe9") == "café"
+    assert decode_header_text(b"\xff\xfe\xfd") == "ÿþý"
+
+
+def test_rfc2047_broken_charsets_and_payloads() -> None:
+    """Unknown charsets, bad base64 and bad QP decode to something readable instead of failing."""
+    assert decode_words("=?x-unknown?q?caf=C3=A9?=") == "café"
+    assert decode_words("=?utf-8?b?!!!not base64?=") == "=?utf-8?b?!!!not base64?="
+    assert decode_words("=?utf-8?q?=FF=FE?=") == "\ufffd\ufffd"
+    assert decode_words("=?utf-8?b?SsO8cmdlbg?=") == "Jürgen"  # missing padding
+    assert decode_words("=?utf-8?q?a?=  \t =?utf-8?q?b?= c") == "ab c"
+    assert decode_words("=?base64?q?abc?= =?rot13?q?abc?=") == "abcabc"  # non-text codecs
+
+
+def test_decoded_control_characters_become_spaces() -> None:
+    """An encoded CR/LF/NUL (header smuggling) comes out as a space per run."""
+    assert decode_header_text(b"=?utf-8?q?hi=0D=0ABcc:_evil@x=00?=") == "hi Bcc: evil@x "
+
+
+def test_huge_subject_is_cut_before_decoding() -> None:
+    """20,000 encoded words are cut to a bounded length before decoding (P-16)."""
+    text = b" ".join([b"=?utf-8?q?a?="] * 20000)
+    decoded = decode_header_text(text)
+    assert decoded is not None and 0 < len(decoded) <= 8192
+
+
+def test_atoms_with_eight_bit_bytes() -> None:
+    """8-bit bytes inside atoms are kept, not an error (servers do send them)."""
+    assert parse_values((b'* LIST () "/" Caf\xe9',)) == [b"*", b"LIST", [], b"/", b"Caf\xe9"]
+
+
+def test_quoted_escapes() -> None:
+    """Backslash escapes inside quoted strings are undone."""
+    assert parse_values((b'"a \\"b\\" \\\\c" ""',)) == [b'a "b" \\c', b""]
+
+
+# -- sequence sets -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1", "1:*", "*", "1,3:5,7:*", "4294967295"])
+def test_valid_sequence_sets(value: str) -> None:
+    """Ordinary sequence sets are accepted."""
+    assert is_sequence_set(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "0", "1:0", "4294967296", "1,,2", "1:*\r\n", "a", "1 2", "-1", "1:2:3", "1," * 6000],
+)
+def test_invalid_sequence_sets(value: str) -> None:
+    """Zero, overflow, junk and CR/LF are refused."""
+    assert not is_sequence_set(value)
+
+
+def test_compress_and_expand_round_trip() -> None:
+    """compress_uids and expand_sequence_set are inverse on sorted unique UIDs."""
+    uids = [1, 2, 3, 5, 9, 10, 11, 200]
+    assert compress_uids(uids) == b"1:3,5,9:11,200"
+    assert expand_sequence_set(b"1:3,5,9:11,200", 100) == uids
+    with pytest.raises(ParseError):
+        expand_sequence_set(b"1:1000000", 1000)
+
+
+# -- agreement with Twisted's parser and fuzzing -------------------------------------------------
+
+
+def test_agrees_with_stock_parser_on_envelope() -> None:
+    """On a well-formed ENVELOPE our nested form matches twisted's parseNestedParens."""
+    ours = parse_values((ENVELOPE,))
+    stock = imap4.parseNestedParens(ENVELOPE)
+
+    def normalise(value: object) -> object:
+        if isinstance(value, list):
+            return [normalise(v) for v in value]
+        if isinstance(value, int):
+            return str(value).encode()
+        return value
+
+    assert normalise(ours) == stock
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_parse_error(data: bytes) -> None:
+    """Arbitrary bytes after ``1 FETCH `` either parse or raise ParseError."""
+    try:
+        parse_fetch((b"1 FETCH " + data,))
+    except ParseError:
+        pass
+
+
+def test_mutated_real_responses_only_ever_raise_parse_error() -> None:
+    """Thousands of byte-level mutations of a real FETCH never escape as other exceptions."""
+    base = bytearray(
+        b"1 FETCH (UID 345 FLAGS (\\Seen) RFC822.SIZE 4096 MODSEQ (5) ENVELOPE " + ENVELOPE + b")"
+    )
+    alphabet = b'()[]"\\ {}0123456789NILx\xff'
+    rng = random.Random(1234)
+    for _ in range(3000):
+        mutated = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(mutated))
+            choice = rng.random()
+            if choice < 0.4:
+                mutated[position] = rng.choice(alphabet)
+            elif choice < 0.7:
+                del mutated[position]
+            else:
+                mutated.insert(position, rng.choice(alphabet))
+        try:
+            parse_fetch((bytes(mutated),))
+        except ParseError:
+            pass
