@@ -360,3 +360,12 @@ def test_mcp_url() -> None:
     """The MCP endpoint is <base>/mcp."""
     config = attrs.evolve(defaults(Path("/x")), base_url="https://m.example/p")
     assert config.mcp_url == "https://m.example/p/mcp"
+
+
+def test_readme_documents_every_option() -> None:
+    """README.rst's configuration table names every option and its environment variable."""
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text(encoding="utf-8")
+    names = ["listen", *(n for n, _, _ in PARAMETERS), *(n for n, _ in FLAGS)]
+    for name in names:
+        assert f"``--{name}``" in readme, f"--{name} is missing from README.rst"
+        assert f"``{env_name(name)}``" in readme, f"{env_name(name)} is missing from README.rst"
