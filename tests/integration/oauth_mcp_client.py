@@ -1,0 +1,141 @@
+"""
+A plain-asyncio script driving the unmodified ``mcp`` 2.x client's
+`OAuthClientProvider` through the daemon's whole OAuth flow, with a
+pre-registered client (its storage hands out the client id and secret, so no
+dynamic registration happens), then listing tools and calling one.  It plays
+the browser itself: GET the login page, POST the credentials with the CSRF
+cookie, read the 303.
+
+Usage: python oauth_mcp_client.py CONFIG_JSON   (prints one JSON object)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import sys
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
+
+
+class Storage:
+    def __init__(self, info: OAuthClientInformationFull) -> None:
+        self.info: OAuthClientInformationFull | None = info
+        self.tokens: OAuthToken | None = None
+        self.registered = False
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.registered = True
+        self.info = client_info
+
+
+async def main(cfg: dict[str, Any]) -> dict[str, Any]:
+    base, url = cfg["base"], cfg["base"] + "/mcp"
+    out: dict[str, Any] = {"log": []}
+    got: dict[str, Any] = {}
+
+    async def redirect_handler(authorization_url: str) -> None:
+        out["authorization_url_params"] = sorted(parse_qs(urlsplit(authorization_url).query))
+        async with httpx2.AsyncClient(follow_redirects=False) as browser:
+            page = await browser.get(authorization_url)
+            out["form_status"] = page.status_code
+            fields = {html.unescape(k): html.unescape(v) for k, v in
+                      re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
+            fields.update(email=cfg["user"], full_name="Flow Test", imap_username=cfg["user"],
+                          imap_password=cfg["password"], use_same_credentials="1")
+            answer = await browser.post(base + "/oauth/authorize", data=fields,
+                                        headers={"origin": base})
+            out["login_status"] = answer.status_code
+            location = answer.headers.get("location", "")
+            out["redirect_prefix"] = location.split("?")[0]
+            query = parse_qs(urlsplit(location).query)
+            got.update({k: v[0] for k, v in query.items() if k in ("code", "state", "iss")})
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        return AuthorizationCodeResult(**got)
+
+    info = OAuthClientInformationFull(
+        client_id=cfg["client_id"],
+        client_secret=cfg.get("client_secret") or None,
+        redirect_uris=[cfg["redirect_uri"]],
+        token_endpoint_auth_method=cfg["auth_method"],
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+    )
+    storage = Storage(info)
+    provider = OAuthClientProvider(
+        server_url=url,
+        client_metadata=OAuthClientMetadata(
+            client_name="flow test", redirect_uris=[cfg["redirect_uri"]],
+            grant_types=["authorization_code", "refresh_token"], response_types=["code"],
+            token_endpoint_auth_method=cfg["auth_method"],
+        ),
+        storage=storage,
+        redirect_handler=redirect_handler,
+        callback_handler=callback_handler,
+    )
+    async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            tools = await client.list_tools()
+            out["tools"] = sorted(t.name for t in tools.tools)
+            if cfg.get("call_tool"):
+                result = await client.call_tool(cfg["call_tool"], {})
+                out["call_is_error"] = result.is_error
+                out["call_text"] = "".join(getattr(c, "text", "") for c in result.content)[:2000]
+    out["registered_dynamically"] = storage.registered
+    out["got_refresh_token"] = bool(storage.tokens and storage.tokens.refresh_token)
+
+    # Rotation against the running daemon: the new pair works, the old
+    # refresh token is dead, and presenting it again revokes the family.
+    assert storage.tokens is not None
+    old_refresh = storage.tokens.refresh_token
+    auth_fields = {"client_id": cfg["client_id"]}
+    if cfg.get("client_secret"):
+        auth_fields["client_secret"] = cfg["client_secret"]
+    list_call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    mcp_headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+                   "mcp-protocol-version": "2025-11-25"}
+    async with httpx2.AsyncClient(timeout=30) as raw:
+        first = await raw.post(base + "/oauth/token", data={
+            "grant_type": "refresh_token", "refresh_token": old_refresh, "resource": url, **auth_fields})
+        out["refresh_status"] = first.status_code
+        fresh = first.json()
+        out["refresh_cache_control"] = first.headers.get("cache-control")
+        r = await raw.post(url, json=list_call,
+                           headers={**mcp_headers, "authorization": "Bearer " + fresh["access_token"]})
+        out["fresh_access_status"] = r.status_code
+        again = await raw.post(base + "/oauth/token", data={
+            "grant_type": "refresh_token", "refresh_token": old_refresh, **auth_fields})
+        out["reuse_status"], out["reuse_error"] = again.status_code, again.json().get("error")
+        r = await raw.post(url, json=list_call,
+                           headers={**mcp_headers, "authorization": "Bearer " + fresh["access_token"]})
+        out["after_reuse_access_status"] = r.status_code
+        out["after_reuse_www_authenticate"] = r.headers.get("www-authenticate")
+    return out
+
+
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    print(json.dumps(asyncio.run(main(config))))

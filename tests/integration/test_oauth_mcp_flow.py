@@ -1,0 +1,65 @@
+"""
+End to end: a real ``twistd mailmcp`` daemon, real Dovecot and Postfix, and
+the real ``mcp`` 2.x client (its `OAuthClientProvider`, in a plain-asyncio
+subprocess) completing the whole OAuth flow with a pre-registered client --
+confidential (``client_secret_post``) and public (``none``) -- then listing
+and calling tools, then rotating and reusing a refresh token.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT, generate_client
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).with_name("oauth_mcp_client.py")
+
+
+def run_client(config: dict) -> dict:
+    result = subprocess.run([sys.executable, str(SCRIPT), json.dumps(config)], capture_output=True,
+                            text=True, timeout=120, cwd=str(ROOT))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", ["confidential", "public"])
+def test_mcp_client_completes_oauth_flow(services, daemon_factory, tmp_path, kind) -> None:
+    """The mcp client logs in through the login page, gets tokens, lists tools, reads the mailbox; rotation and reuse detection hold."""
+    daemon = daemon_factory(services)
+    extra = ("--public",) if kind == "public" else ()
+    client = generate_client(daemon.state_dir, services, *extra)
+    config = {
+        "base": daemon.base_url,
+        "client_id": client["client_id"],
+        "client_secret": client.get("client_secret") if kind == "confidential" else None,
+        "auth_method": "client_secret_post" if kind == "confidential" else "none",
+        "redirect_uri": "http://127.0.0.1:9/callback",
+        "user": "alice@example.test",
+        "password": "alicepw",
+        "call_tool": "list_mailboxes",
+    }
+    out = run_client(config)
+    assert out["registered_dynamically"] is False
+    assert "code_challenge" in out["authorization_url_params"]
+    assert "resource" in out["authorization_url_params"]
+    assert out["form_status"] == 200
+    assert out["login_status"] == 303
+    assert out["redirect_prefix"] == "http://127.0.0.1:9/callback"
+    assert out["got_refresh_token"] is True
+    assert "list_mailboxes" in out["tools"] and "send_mail_message" in out["tools"]
+    assert out["call_is_error"] is False, out["call_text"]
+    assert "INBOX" in out["call_text"]
+    assert out["refresh_status"] == 200
+    assert out["refresh_cache_control"] == "no-store"
+    assert out["fresh_access_status"] == 200
+    assert (out["reuse_status"], out["reuse_error"]) == (400, "invalid_grant")
+    assert out["after_reuse_access_status"] == 401
+    assert out["after_reuse_www_authenticate"].startswith(
+        f'Bearer resource_metadata="{daemon.base_url}/.well-known/oauth-protected-resource/mcp"')
