@@ -471,3 +471,37 @@ def test_connection_refused_is_a_definite_failure() -> None:
     factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
     assert isinstance(outcome[0].value, SMTPSendFailed)
     assert len(clock.sslClients) == 1
+
+
+def test_failure_logs_carry_no_secret() -> None:
+    """The log events of a refused login name the account and stage, never the password."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        events.append((formatEvent(event) or "") + repr(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        c = Conversation()
+        c.server(b"220 hi")
+        c.server(*EHLO_TLS)
+        c.server(b"535 5.7.8 Error: authentication failed")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert isinstance(c.result, SMTPAuthFailed)
+    assert any("alice@example.test" in e for e in events)
+    secret_b64 = base64.b64encode(b"\0alice@example.test\0" + PASSWORD.encode()).decode()
+    assert not any(PASSWORD in e or secret_b64 in e for e in events)
+
+
+def test_claim_blocks_a_concurrent_send_of_the_same_message_id() -> None:
+    """A Message-ID claimed by an in-flight send cannot be claimed again until released."""
+    sender = SMTPSender(MemoryReactorClock(), MailTLS())
+    release = sender.claim("<a@example.test>")
+    assert callable(release)
+    assert sender.claim("<a@example.test>") is False
+    assert callable(sender.claim("<b@example.test>"))
+    release()
+    assert callable(sender.claim("<a@example.test>"))
