@@ -279,3 +279,39 @@ def test_real_pool_put_runs_off_the_calling_thread(tmp_path: Path) -> None:
         pool.stop()
     assert threads_seen and threads_seen[0] != threading.current_thread().name
     assert os.path.exists(tmp_path / box[0].key)
+
+
+# -- the same contract, run against the local store and the in-memory fake ----
+
+
+@pytest.fixture(params=["local", "memory"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    from mailmcp._attachments import MemoryAttachmentStore
+
+    reactor = ClockReactor()
+    reactor.advance(START)
+    limits = Limits(max_attachment_bytes=1000, max_message_bytes=1500)
+    if request.param == "memory":
+        return MemoryAttachmentStore(reactor, link_lifetime=600, limits=limits), reactor
+    return LocalAttachmentStore(tmp_path, KeyRing([new_master_key()]), reactor, SyncPool(), BASE,  # type: ignore[arg-type]
+                                link_lifetime=600, limits=limits), reactor
+
+
+def test_contract_round_trip_dedup_owner_expiry(any_store: Any) -> None:
+    """Both implementations: idempotent put, owner-bound resolve, capped and expiring links."""
+    store, reactor = any_store
+    assert verifyObject(IAttachmentStore, store)
+    a = result_of(store.put("o1", b"bytes", "text/plain"))
+    b = result_of(store.put("o1", b"bytes", "text/plain"))
+    assert a.created and not b.created and store.puts == 1
+    url = store.link("o1", a, "a.txt", "text/plain", lifetime=10**9)
+    assert result_of(store.resolve("o1", url)) == (b"bytes", "a.txt", "text/plain")
+    with pytest.raises(AttachmentRefused):
+        store.check("o2", url)
+    with pytest.raises(AttachmentRefused):
+        store.check("o1", "http://169.254.169.254/latest/meta-data/")
+    with pytest.raises(AttachmentTooLarge):
+        result_of(store.put("o1", b"x" * 1001, "text/plain"))
+    reactor.advance(601)
+    with pytest.raises(AttachmentRefused):
+        store.check("o1", url)
