@@ -1,0 +1,137 @@
+"""
+The reading tools through the ``/mcp`` endpoint: `MCPApp` with the real tool
+set over real HTTP, in front of the real IMAP pool and Dovecot.
+
+What the assistant sees: ``tools/list`` describes the four tools honestly;
+``tools/call`` results carry ``structuredContent`` and the same JSON as
+text, with UIDs and uidvalidity; hostile arguments come back as ``isError``
+results while the IMAP server receives nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from io import BytesIO
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+
+from mailmcp._http import MailMCPSite
+from mailmcp._mcp import MCPApp
+from mailmcp._tools import all_tools
+from mailmcp._web import Router
+from mailmcp.testing import FakeTokenVerifier
+from tests.harness import Services
+from tests.integration.test_reading_tools import Wire, expunge, plain
+
+pytestmark = pytest.mark.integration
+
+READING = ("list_mailboxes", "list_mail_messages", "get_mail_message", "search_mail_messages")
+
+
+@pytest.fixture
+def endpoint(services: Services) -> Iterator[Any]:
+    """An MCPApp on a loopback port whose tools use a fresh Dovecot account through the pool."""
+    wire = Wire(services)
+    verifier = FakeTokenVerifier()
+    token = "tok-" + uuid.uuid4().hex
+    verifier.add(token, wire.account)
+    site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    config = SimpleNamespace(base_url=base, allowed_origins=(), max_request_body=1 << 20)
+    app = MCPApp(config, verifier, wire.ctx.services, all_tools())
+    site.resource = Router([("/mcp", app.app.resource())])
+    yield SimpleNamespace(url=f"{base}/mcp", token=token, wire=wire)
+    pytest_twisted.blockon(port.stopListening())
+    pytest_twisted.blockon(wire.pool.stopService())
+
+
+async def rpc(endpoint: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    response = await agent.request(
+        b"POST", endpoint.url.encode(),
+        Headers({b"content-type": [b"application/json"], b"accept": [b"application/json, text/event-stream"],
+                 b"authorization": [b"Bearer " + endpoint.token.encode()],
+                 b"mcp-protocol-version": [b"2025-06-18"]}),
+        FileBodyProducer(BytesIO(body)),
+    )
+    assert response.code == 200
+    message: dict[str, Any] = json.loads(await readBody(response))
+    return message
+
+
+async def call(endpoint: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    message = await rpc(endpoint, "tools/call", {"name": name, "arguments": arguments})
+    result: dict[str, Any] = message["result"]
+    if not result.get("isError"):
+        assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_tools_list_describes_reading_tools(endpoint: Any) -> None:
+    """tools/list: the four tools with titles, read-only annotations and both schemas."""
+    tools = {t["name"]: t for t in (await rpc(endpoint, "tools/list", {}))["result"]["tools"]}
+    for name in READING:
+        tool = tools[name]
+        assert tool["title"] and tool["annotations"]["readOnlyHint"] is True
+        assert tool["annotations"]["destructiveHint"] is False
+        assert tool["inputSchema"]["type"] == "object" and tool["outputSchema"]["type"] == "object"
+    assert "from" in tools["search_mail_messages"]["inputSchema"]["properties"]
+    assert endpoint.wire.events == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_through_mcp(endpoint: Any) -> None:
+    """Listing, searching and reading over MCP give UIDs that agree, after expunges."""
+    wire: Wire = endpoint.wire
+    for i in range(1, 6):
+        wire.deliver(plain(f"note {i}", f"text {i}\n"))
+    await expunge(wire, [1, 3])
+    boxes = (await call(endpoint, "list_mailboxes", {}))["structuredContent"]["mailboxes"]
+    assert {"name": "INBOX", "messages": 3} in [{"name": b["name"], "messages": b["messages"]} for b in boxes]
+    listing = (await call(endpoint, "list_mail_messages", {"folder": "INBOX"}))["structuredContent"]
+    assert [m["uid"] for m in listing["messages"]] == [5, 4, 2]
+    assert listing["messages"][0]["from"] == [{"name": "Ann", "email": "ann@example.test"}]
+    found = (await call(endpoint, "search_mail_messages", {"subject": "note 4"}))["structuredContent"]
+    assert found["uids"] == [4]
+    message = (await call(endpoint, "get_mail_message", {"folder": "INBOX", "uid": 4,
+                                                        "uidvalidity": listing["uidvalidity"]}))
+    assert message["structuredContent"]["body"] == "text 4\n"
+    assert message["structuredContent"]["seen"] is False
+    missing = await call(endpoint, "get_mail_message", {"folder": "INBOX", "uid": 3})
+    assert missing["isError"] and "no message with UID 3" in missing["content"][0]["text"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_arguments_are_errors_without_imap(endpoint: Any) -> None:
+    """security.md TL-S1/TL-U1/TL-F1 over MCP: isError results, and zero IMAP commands."""
+    attempts = [
+        ("search_mail_messages", {"query": "ALL\r\nX1 DELETE INBOX"}),
+        ("search_mail_messages", {"query": "{5}\r\nhello"}),
+        ("search_mail_messages", {"query": "~{5+}"}),
+        ("search_mail_messages", {"from": "a\r\nX1 DELETE INBOX"}),
+        ("get_mail_message", {"uid": "5"}),
+        ("get_mail_message", {"uid": "1:*"}),
+        ("get_mail_message", {"uid": True}),
+        ("get_mail_message", {"uid": 4294967296}),
+        ("list_mail_messages", {"folder": "INBOX\r\nX DELETE Trash"}),
+        ("list_mail_messages", {"per_page": 10**6}),
+        ("list_mailboxes", {"unexpected": 1}),
+    ]
+    for name, arguments in attempts:
+        message = await rpc(endpoint, "tools/call", {"name": name, "arguments": arguments})
+        result = message.get("result")
+        assert (result is not None and result["isError"]) or "error" in message, (name, arguments, message)
+    assert endpoint.wire.events == []
+    assert endpoint.wire.pool.open_connections == 0
