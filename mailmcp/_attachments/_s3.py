@@ -3,8 +3,11 @@ The S3 attachment store: boto3 on a dedicated thread pool.
 
 boto3 is blocking, so every call that touches the network (``head_object``,
 ``put_object``, ``get_object``) runs through `deferToThreadPool` on the pool
-the store's service owns; the reactor thread only hashes nothing, signs
-presigned URLs (pure HMAC in botocore) and checks them.
+the store's service owns, and so does hashing the content; the reactor
+thread only computes presigned URLs (pure HMAC in botocore) and checks
+them.  (With refreshable credentials, such as an instance role, botocore
+may refresh them inside a presign; keep them cached by using the default
+credential chain, which refreshes well ahead of expiry.)
 
 Keys are ``<prefix>/<owner tag>/<sha256 of content>``: no filename, nothing
 from the email, and the same bytes stored twice for one owner are one object.
