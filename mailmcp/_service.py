@@ -66,6 +66,13 @@ class ListeningService(Service):
         self._attempted = True
         try:
             endpoint = serverFromString(self._reactor, self._description)
+        except IndexError:
+            # systemd:...:index=N with fewer sockets passed in (LISTEN_FDS).
+            self._fail(
+                f"bad --listen endpoint {self._description!r}: no such socket was passed "
+                "in by systemd (is the process started by its .socket unit?)"
+            )
+            return
         except (ValueError, TypeError, KeyError) as e:
             self._fail(f"bad --listen endpoint {self._description!r}: {e}")
             return

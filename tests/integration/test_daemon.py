@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -57,15 +58,17 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Proc:
     """A twistd process whose stdout and stderr go to files (never a full pipe)."""
 
-    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str],
+                 prefix: Sequence[str] = TWISTD, pass_fds: Sequence[int] = ()) -> None:
         self.cwd = cwd
         self.out_path = cwd / f"stdout-{time.monotonic_ns()}.txt"
         self.err_path = cwd / f"stderr-{time.monotonic_ns()}.txt"
         self._out = open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
         self.popen = subprocess.Popen(
-            [*TWISTD, *args],
+            [*prefix, *args],
             cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
+            pass_fds=tuple(pass_fds),
         )
 
     @property
@@ -377,6 +380,40 @@ def test_listen_tcp_and_unix_together(tmp_path: Path, procs: list[Proc]) -> None
     proc.assert_clean_exit()
 
 
+def test_systemd_socket_activation(tmp_path: Path, procs: list[Proc]) -> None:
+    """
+    ``--listen systemd:domain=INET:index=0`` (contrib/systemd/mailmcp-socket.service)
+    serves on a listening socket passed in as fd 3 with LISTEN_FDS/LISTEN_PID,
+    the way systemd does it.
+    """
+    with closing(socket.socket()) as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        # Put the socket at fd 3 and set LISTEN_PID to the pid that twistd
+        # will have (exec keeps it), as systemd does.
+        wrapper = (
+            "import os, sys\n"
+            "fd = int(os.environ.pop('TEST_LISTEN_FD'))\n"
+            "os.dup2(fd, 3)\n"
+            "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1',\n"
+            "                  LISTEN_FDNAMES='mailmcp.socket')\n"
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+        )
+        env = clean_env(TEST_LISTEN_FD=str(listening.fileno()))
+        proc = Proc(
+            ["-n", "--pidfile=", "mailmcp", "--listen", "systemd:domain=INET:index=0",
+             "--base-url", f"http://127.0.0.1:{port}"],
+            tmp_path, env, prefix=[sys.executable, "-c", wrapper, *TWISTD[1:]],
+            pass_fds=[listening.fileno()],
+        )
+        procs.append(proc)
+    # Our copy is closed; only the daemon holds the listening socket now.
+    assert proc.wait_for_health(f"http://127.0.0.1:{port}")["base_url"] == f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.assert_clean_exit()
+
+
 # -- graceful shutdown ---------------------------------------------------------
 
 
@@ -537,6 +574,7 @@ def test_second_listen_in_use(tmp_path: Path, procs: list[Proc]) -> None:
     ("args", "env", "expected"),
     [
         (["--listen", "nonsense:1"], {}, "--listen"),
+        (["--listen", "systemd:domain=INET:index=0"], {}, "no such socket was passed in by systemd"),
         (["--listen", "8080"], {}, "--listen needs an endpoint string"),
         (["--pool-size", "many"], {}, "--pool-size must be a number"),
         ([], {"MAILMCP_IMAP_TIMEOUT": "soon"}, "--imap-timeout must be a number"),
