@@ -42,7 +42,7 @@ from mailmcp._tools._writing import (
     SendInput,
 )
 from tests.harness import Services
-from tests.integration.test_smtp import fresh_users, scripted, wait_for_mail  # noqa: F401 (scripted: fixture)
+from tests.integration.test_smtp_live import fresh_users, scripted, wait_for_mail  # noqa: F401 (scripted: fixture)
 
 pytestmark = pytest.mark.integration
 
