@@ -30,7 +30,7 @@ from mailmcp._tools import all_tools
 from mailmcp._web import Router
 from mailmcp.testing import FakeTokenVerifier
 from tests.harness import Services
-from tests.integration.test_reading_tools import Wire, expunge, plain
+from tests.integration.test_reading_tools_dovecot import Wire, expunge, plain
 
 pytestmark = pytest.mark.integration
 
