@@ -443,3 +443,43 @@ async def test_storing_again_refreshes_an_old_object(world: World) -> None:
         assert abs(path.stat().st_mtime - world.shifted.seconds()) < 5
         assert world.store.puts == 1
     assert await world.count_objects() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_s3_down_is_a_clear_error_not_a_crash(services: Services, tmp_path: Path) -> None:
+    """
+    With S3 unreachable (S3-02), storing fails with "storage unavailable"
+    after botocore's bounded retries, the link tool still returns an inline
+    text attachment (url null, error set), and nothing hangs.
+    """
+    from mailmcp._attachments import AttachmentError
+
+    pool = ThreadPool(minthreads=0, maxthreads=2, name="att-down")
+    pool.start()
+    try:
+        client, credentials = make_s3_client(dict(S3_ENV, MAILMCP_S3_ENDPOINT=f"http://127.0.0.1:{free_port()}"))
+        store = S3AttachmentStore(client, credentials, S3Settings("s3://attachments/down"),
+                                  KeyRing([new_master_key()]), reactor, pool)
+        with pytest.raises(AttachmentError, match="unavailable"):
+            await store.put("grant-x", b"data", "text/plain")
+        account = fresh_account(services)
+        services.deliver(account.email, multipart(b"binary", "a.bin"))
+        text_message = MIMEMultipart()
+        text_message["Subject"] = "notes"
+        text_message.attach(MIMEText("body\n"))
+        notes = MIMEText("plain words\n")
+        notes.add_header("Content-Disposition", "attachment", filename="notes.txt")
+        text_message.attach(notes)
+        services.deliver(account.email, text_message.as_bytes().replace(b"\n", b"\r\n"))
+        imap = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=15.0)
+        ctx = ToolContext(account=account, services=ToolServices(reactor=reactor, config=None, imap=imap,
+                                                                  attachments=store))
+        with pytest.raises(ToolError, match="unavailable"):
+            await get_mail_attachment_link(ctx, AttachmentLinkInput(folder="INBOX", uid=1, part="2"))
+        inline = await get_mail_attachment_link(
+            ctx, AttachmentLinkInput(folder="INBOX", uid=2, part="2", inline_text=True))
+        assert inline.url is None and "unavailable" in (inline.error or "")
+        assert inline.text == "plain words\r\n" and inline.filename == "notes.txt"
+        await imap.stopService() if imap.running else None
+    finally:
+        pool.stop()
