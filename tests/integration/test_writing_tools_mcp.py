@@ -1,0 +1,166 @@
+"""
+The writing tools through the ``/mcp`` endpoint: `MCPApp` with the real tool
+set over real HTTP, in front of the real IMAP pool and Dovecot, sending to a
+scripted SMTP server on loopback that counts connections and transactions.
+
+What the assistant sees: ``tools/list`` annotates the five tools honestly;
+results carry ``structuredContent`` and the same JSON as text; hostile
+arguments come back as errors while neither the IMAP server nor the SMTP
+server hears anything.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from io import BytesIO
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+
+from mailmcp._http import MailMCPSite
+from mailmcp._imap import IMAPPool
+from mailmcp._mcp import MCPApp
+from mailmcp._smtp import SMTPSender
+from mailmcp._tls import MailTLS
+from mailmcp._toolkit import ToolServices
+from mailmcp._tools import all_tools
+from mailmcp._web import Router
+from mailmcp.testing import FakeTokenVerifier
+from tests.harness import Services
+from tests.integration.test_smtp_live import ScriptedFactory, fresh_users
+from tests.integration.test_writing_tools_live import account, append, folder, sample
+
+pytestmark = pytest.mark.integration
+
+WRITING = ("send_mail_message", "create_draft_mail_message", "delete_mail_message", "move_mail_message",
+           "update_mail_message_flags")
+
+
+@pytest.fixture
+def endpoint(services: Services) -> Iterator[Any]:
+    """An MCPApp on loopback for a fresh account whose SMTP server is a scripted one."""
+    ((user, password),) = fresh_users(services, 1)
+    smtp = ScriptedFactory("ok")
+    smtp_port = pytest_twisted.blockon(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(smtp))
+    acct = account(services, user, password, "plain", smtp_port=smtp_port.getHost().port)
+    pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=10.0)
+    imap_commands: list[Any] = []
+    pool.command_observers.append(lambda *event: imap_commands.append(event))
+    services_ = ToolServices(reactor=reactor, config=None, imap=pool,
+                             smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=10.0))
+    verifier = FakeTokenVerifier()
+    token = "tok-" + uuid.uuid4().hex
+    verifier.add(token, acct)
+    site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    config = SimpleNamespace(base_url=base, allowed_origins=(), max_request_body=1 << 20)
+    app = MCPApp(config, verifier, services_, all_tools())
+    site.resource = Router([("/mcp", app.app.resource())])
+    yield SimpleNamespace(url=f"{base}/mcp", token=token, smtp=smtp, pool=pool, imap=imap_commands,
+                          user=user, password=password)
+    pytest_twisted.blockon(port.stopListening())
+    pytest_twisted.blockon(smtp_port.stopListening())
+    pytest_twisted.blockon(pool.stopService())
+
+
+async def rpc(endpoint: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    response = await agent.request(
+        b"POST", endpoint.url.encode(),
+        Headers({b"content-type": [b"application/json"], b"accept": [b"application/json, text/event-stream"],
+                 b"authorization": [b"Bearer " + endpoint.token.encode()],
+                 b"mcp-protocol-version": [b"2025-06-18"]}),
+        FileBodyProducer(BytesIO(body)),
+    )
+    assert response.code == 200
+    message: dict[str, Any] = json.loads(await readBody(response))
+    return message
+
+
+async def call(endpoint: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    message = await rpc(endpoint, "tools/call", {"name": name, "arguments": arguments})
+    result: dict[str, Any] = message["result"]
+    if not result.get("isError"):
+        assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_tools_list_annotates_writing_tools_honestly(endpoint: Any) -> None:
+    """tools/list: the five writing tools, not read-only, with honest hints and both schemas."""
+    tools = {t["name"]: t for t in (await rpc(endpoint, "tools/list", {}))["result"]["tools"]}
+    for name in WRITING:
+        tool = tools[name]
+        assert tool["title"] and tool["annotations"]["readOnlyHint"] is False
+        assert tool["inputSchema"]["type"] == "object" and tool["outputSchema"]["type"] == "object"
+    hints = {name: tools[name]["annotations"] for name in WRITING}
+    assert hints["send_mail_message"]["openWorldHint"] is True
+    assert hints["send_mail_message"]["idempotentHint"] is False
+    assert hints["delete_mail_message"]["destructiveHint"] is True
+    assert hints["move_mail_message"]["destructiveHint"] is True
+    assert hints["update_mail_message_flags"]["idempotentHint"] is True
+    assert {"to", "subject", "text_body", "cc", "bcc", "html_body", "attachment_urls", "folder"} <= set(
+        tools["send_mail_message"]["inputSchema"]["properties"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_and_move_through_mcp(services: Services, endpoint: Any) -> None:
+    """A send over MCP makes one SMTP transaction and files its copy; a move returns the new UID."""
+    result = await call(endpoint, "send_mail_message", {"to": ["bob@example.test"], "subject": "via mcp",
+                                                        "text_body": "hi", "bcc": "dave@example.test"})
+    sent = result["structuredContent"]
+    assert sent["status"] == "sent" and sent["sent_folder"] == "Sent"
+    assert len(endpoint.smtp.transactions) == 1
+    assert b"dave@example.test" not in endpoint.smtp.transactions[0]
+    copies = await folder(services, endpoint.user, endpoint.password, "Sent")
+    assert set(copies) == {sent["sent_uid"]}
+    uid = await append(services, endpoint.user, endpoint.password, "INBOX", sample("move me"))
+    moved = await call(endpoint, "move_mail_message", {"folder": "INBOX", "uid": uid, "destination": "Archive"})
+    archive = await folder(services, endpoint.user, endpoint.password, "Archive")
+    assert moved["structuredContent"]["destination_uid"] in archive
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_arguments_are_errors_without_imap_or_smtp(endpoint: Any) -> None:
+    """
+    security.md TL-T1/T2/A1/U1/G1/F1 over MCP: every attempt is an error,
+    and neither the IMAP server nor the SMTP server hears a thing.
+    """
+    attempts = [
+        ("send_mail_message", {"to": "a@x.test\r\nRCPT TO:<x@evil.test>"}),
+        ("send_mail_message", {"to": "bob@example.test", "subject": "hi\r\nBcc: evil@x.test"}),
+        ("send_mail_message", {"to": "Bob\r\n <bob@example.test>"}),
+        ("send_mail_message", {"to": "undisclosed-recipients:;"}),
+        ("send_mail_message", {"to": "a@b@c"}),
+        ("send_mail_message", {"to": [f"u{i}@example.test" for i in range(51)]}),
+        ("send_mail_message", {"to": "bob@example.test", "attachment_urls": ["http://169.254.169.254/"]}),
+        ("send_mail_message", {"to": "bob@example.test", "attachment_urls": ["file:///etc/passwd"]}),
+        ("send_mail_message", {"to": "bob@example.test", "from": "ceo@example.test"}),
+        ("send_mail_message", {}),
+        ("create_draft_mail_message", {"subject": "x\x00"}),
+        ("delete_mail_message", {"folder": "INBOX", "uid": "1:*"}),
+        ("delete_mail_message", {"folder": "INBOX", "uid": True}),
+        ("delete_mail_message", {"folder": "INBOX\r\nX DELETE Trash", "uid": 1}),
+        ("move_mail_message", {"folder": "INBOX", "uid": 1, "destination": "INBOX"}),
+        ("update_mail_message_flags", {"folder": "INBOX", "uid": 1, "add": ["\\Deleted"]}),
+        ("update_mail_message_flags", {"folder": "INBOX", "uid": 1, "add": ["\\Seen)\r\nX EXPUNGE"]}),
+        ("update_mail_message_flags", {"folder": "INBOX", "uid": 1, "add": ["a b"]}),
+    ]
+    for name, arguments in attempts:
+        message = await rpc(endpoint, "tools/call", {"name": name, "arguments": arguments})
+        result = message.get("result")
+        assert (result is not None and result["isError"]) or "error" in message, (name, arguments, message)
+    assert endpoint.imap == []
+    assert endpoint.pool.open_connections == 0
+    assert endpoint.smtp.connections == 0
