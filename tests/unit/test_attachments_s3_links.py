@@ -183,3 +183,14 @@ def test_from_environment_any() -> None:
     assert client.meta.region_name == "eu-west-1"
     frozen: Any = creds()
     assert frozen.access_key == "AKIDEXAMPLE"
+
+
+def test_any_flipped_character_is_refused(store: S3AttachmentStore) -> None:
+    """Changing any single character of a presigned link (outside the host's case) makes it unacceptable."""
+    url = store.link("grant-a", stored(store), "x.pdf", "application/pdf")
+    for position in range(len(url)):
+        original = url[position]
+        replacement = "0" if original.lower() != "0" else "1"
+        flipped = url[:position] + replacement + url[position + 1:]
+        with pytest.raises(AttachmentRefused):
+            store.check("grant-a", flipped)
