@@ -255,6 +255,9 @@ def test_no_options_no_environment(tmp_path: Path, procs: list[Proc]) -> None:
         keys = state / "keys.json"
         assert keys.stat().st_mode & 0o777 == 0o600
         assert len(read_keyring_file(keys).kids) == 1
+        # The embedded stores: SQLite grants and local attachment files.
+        assert (state / "mailmcp.sqlite3").is_file()
+        assert (state / "attachments").is_dir()
         # Loopback only: the listening socket is bound to 127.0.0.1, not 0.0.0.0.
         listening = subprocess.run(["ss", "-Hltn", f"sport = :{DEFAULT_PORT}"],
                                    capture_output=True, text=True).stdout
