@@ -473,7 +473,9 @@ class OAuthApp:
 
     def _check_csrf(self, request: IRequest, token: str | None) -> bool:
         origin = request.getHeader(b"origin")
-        if origin is not None and origin.decode("ascii", "replace") != _origin_of(self._issuer):
+        # Under Referrer-Policy: no-referrer browsers send "Origin: null" on
+        # the form POST; only a real foreign origin is refused outright.
+        if origin not in (None, b"null") and origin.decode("ascii", "replace") != _origin_of(self._issuer):
             return False
         cookie = request.getCookie(self._csrf_cookie)
         if not cookie or not token:

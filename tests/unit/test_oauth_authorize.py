@@ -291,9 +291,10 @@ def test_csrf_failures_refused_without_contacting_mail(server, kind) -> None:
     assert server.imap.calls == [] and server.smtp.calls == []
 
 
-def test_same_site_origin_accepted(server) -> None:
-    """A same-origin Origin header (what browsers send) passes the CSRF check."""
-    response, _ = server.login(headers={"Origin": BASE})
+@pytest.mark.parametrize("origin", [BASE, "null"])
+def test_same_site_or_null_origin_accepted(server, origin) -> None:
+    """A same-origin Origin, or "null" (what browsers send under no-referrer), passes with a valid token."""
+    response, _ = server.login(headers={"Origin": origin})
     assert response.code == 303
 
 
