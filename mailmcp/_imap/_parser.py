@@ -54,7 +54,7 @@ class ParseError(ValueError):
 
 _TOKEN = re.compile(
     rb"""[ \t]*(
-        "(?:[^"\\\r\n]|\\.)*"                     # quoted string
+        "[^"\\\r\n]*(?:\\.[^"\\\r\n]*)*"          # quoted string (unrolled: fast in re)
        |[()\[\]]                                  # list delimiters
        |[^ \t()"\[\]{\r\n]+                       # atom ...
           (?:\[[^\]\r\n]*\](?:<[0-9.]+>)?)?       #   ... with a section: BODY[1.2]<0>
@@ -174,8 +174,8 @@ def decode_header_text(value: Value) -> str | None:
     smuggle a header line anywhere.
     """
     if type(value) is bytes and value.isascii() and b"=?" not in value:
-        text = value.decode("ascii")  # the common case, kept cheap
-        return text if text.isprintable() else _CONTROL.sub(" ", text)
+        plain = value.decode("ascii")  # the common case, kept cheap
+        return plain if plain.isprintable() else _CONTROL.sub(" ", plain)
     text = as_text(value)
     if text is None:
         return None
@@ -299,19 +299,150 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
     space = head.find(b" ")
     if space <= 0 or head[space + 1 : space + 7].upper() != b"FETCH ":
         return None
+    seq = as_number(_int_atom(head[:space]), what="sequence number")
+    if len(response) == 1:
+        fast = _fast_envelope(head, space + 7)
+        if fast is not None:
+            return fast_fetch(seq, *fast)
     values = parse_values(response, space + 7)
     if len(values) != 1 or not isinstance(values[0], list):
         raise ParseError("FETCH without a parenthesised list")
-    seq = as_number(_int_atom(head[:space]), what="sequence number")
     return fetch_from_items(seq, values[0])
+
+
+# The listing hot path: an ENVELOPE without literals is matched by one
+# regular expression (in C) instead of ~50 tokens through the Python loop.
+_NSTRING = rb'(?:NIL|"[^"\\\r\n]*(?:\\.[^"\\\r\n]*)*")'
+_ADDRESS = rb"\(" + rb" ".join([_NSTRING] * 4) + rb"\)"
+_ADDRESSES = rb"(?:NIL|\((?:" + _ADDRESS + rb")+\))"
+_FAST_ENVELOPE = re.compile(
+    rb"(?<=[ (])ENVELOPE \("
+    + rb" ".join(
+        [rb"(" + _NSTRING + rb")"] * 2
+        + [rb"(" + _ADDRESSES + rb")"] * 6
+        + [rb"(" + _NSTRING + rb")"] * 2
+    )
+    + rb"\)"
+)
+_ADDRESS_FIELDS = re.compile(rb"\(" + rb" ".join([rb"(" + _NSTRING + rb")"] * 4) + rb"\)")
+
+
+def _nstring(raw: bytes) -> bytes | None:
+    if raw == b"NIL":
+        return None
+    inner = raw[1:-1]
+    return _UNQUOTE.sub(rb"\1", inner) if b"\\" in inner else inner
+
+
+def _fast_envelope(head: bytes, start: int) -> tuple[list[Value], Envelope] | None:
+    """
+    (the FETCH items with ENVELOPE's value a placeholder, the Envelope), or
+    None when the fast path does not apply (the general parser then runs).
+    """
+    at = head.find(b"ENVELOPE (", start)
+    if at <= start or head[at - 1] not in b" (":
+        return None
+    match = _FAST_ENVELOPE.match(head, at)
+    if match is None:
+        return None
+    rest = head[start : match.start()] + b"ENVELOPE NIL" + head[match.end() :]
+    try:
+        values = parse_values((rest,))
+    except ParseError:
+        return None
+    if len(values) != 1 or not isinstance(values[0], list):
+        return None
+    items = values[0]
+    # The match must be the top-level ENVELOPE item (not text inside some
+    # quoted string): its placeholder must be found there.
+    for i in range(0, len(items) - 1, 2):
+        if items[i] == b"ENVELOPE" and items[i + 1] is None:
+            break
+    else:
+        return None
+    groups = match.groups()
+    envelope = Envelope(
+        date=_fast_text(groups[0]),
+        subject=_fast_text(groups[1]),
+        from_=_fast_addresses(groups[2]),
+        sender=_fast_addresses(groups[3]),
+        reply_to=_fast_addresses(groups[4]),
+        to=_fast_addresses(groups[5]),
+        cc=_fast_addresses(groups[6]),
+        bcc=_fast_addresses(groups[7]),
+        in_reply_to=_fast_text(groups[8]),
+        message_id=_fast_text(groups[9]),
+    )
+    return items, envelope
+
+
+#: Decoded header texts by raw bytes: senders' names repeat on every page.
+_DECODED: dict[bytes, str | None] = {}
+_DECODED_MAX = 4096
+
+
+def _fast_text(raw: bytes) -> str | None:
+    """`decode_header_text` of a raw nstring, memoised (bounded)."""
+    if raw == b"NIL":
+        return None
+    cached = _DECODED.get(raw)
+    if cached is None:
+        cached = decode_header_text(_nstring(raw))
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[raw] = cached
+    return cached
+
+
+#: Address lists by raw bytes (immutable values, safe to share).
+_ADDRESS_LISTS: dict[bytes, tuple[Address, ...]] = {}
+
+
+def _fast_addresses(raw: bytes) -> tuple[Address, ...]:
+    """The Address tuple of a raw address list, memoised (bounded)."""
+    if raw == b"NIL":
+        return ()
+    cached = _ADDRESS_LISTS.get(raw)
+    if cached is None:
+        cached = _decode_addresses(raw)
+        if len(_ADDRESS_LISTS) >= _DECODED_MAX:
+            _ADDRESS_LISTS.clear()
+        _ADDRESS_LISTS[raw] = cached
+    return cached
+
+
+def _decode_addresses(raw: bytes) -> tuple[Address, ...]:
+    result: list[Address] = []
+    for name, _adl, mailbox, host in _ADDRESS_FIELDS.findall(raw):
+        if host == b"NIL":
+            if mailbox != b"NIL":  # start of a group; NIL is its end
+                result.append(Address(name=_fast_text(mailbox), email=""))
+            continue
+        local = "" if mailbox == b"NIL" else as_text(_nstring(mailbox)) or ""
+        domain = as_text(_nstring(host)) or ""
+        email = f"{local}@{domain}" if local else domain
+        if not email.isprintable():
+            email = _CONTROL.sub("", email)
+        result.append(Address(name=_fast_text(name), email=email))
+    return tuple(result)
+
+
+def fast_fetch(seq: int, items: list[Value], envelope: Envelope) -> FetchedMessage:
+    message = fetch_from_items(seq, items, envelope)
+    return message
 
 
 def _int_atom(atom: bytes) -> Value:
     return int(atom) if atom.isdigit() and len(atom) <= 20 else atom
 
 
-def fetch_from_items(seq: int, items: list[Value]) -> FetchedMessage:
-    """Build a `FetchedMessage` from the key/value list of one FETCH."""
+def fetch_from_items(
+    seq: int, items: list[Value], parsed_envelope: Envelope | None = None
+) -> FetchedMessage:
+    """
+    Build a `FetchedMessage` from the key/value list of one FETCH.
+    C{parsed_envelope}, when given, stands for the ENVELOPE item's value.
+    """
     if len(items) % 2:
         raise ParseError("FETCH list has an odd number of items")
     uid: int | None = None
@@ -341,7 +472,7 @@ def fetch_from_items(seq: int, items: list[Value]) -> FetchedMessage:
         elif name == b"INTERNALDATE":
             internal_date = as_text(value)
         elif name == b"ENVELOPE":
-            envelope = parse_envelope(value)
+            envelope = parsed_envelope if parsed_envelope is not None else parse_envelope(value)
         elif name in (b"BODYSTRUCTURE", b"BODY"):
             if not isinstance(value, list):
                 raise ParseError("BODYSTRUCTURE is not a list")

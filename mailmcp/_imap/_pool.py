@@ -130,6 +130,7 @@ class IMAPPool(Service):
     def from_config(cls, config: Any, reactor: Any, **overrides: Any) -> IMAPPool:
         """A pool configured from the daemon's `Config`."""
         settings: dict[str, Any] = {
+            "max_connections": default_max_connections(),
             "pool_size": config.pool_size,
             "wait_timeout": config.pool_wait_timeout,
             "idle_timeout": config.pool_idle_timeout,
@@ -445,7 +446,26 @@ class IMAPPool(Service):
         if session.usable:
             return Deferred.fromCoroutine(session.logout())
         session.protocol.fail(IMAPError("connection discarded", transient=True))
+        # Nobody may ever await the greeting of a connection that failed
+        # early; its failure is already reported through the operation.
+        session.protocol.greeting.addErrback(lambda _: None)
         return Deferred.fromCoroutine(_nothing())
+
+
+def default_max_connections() -> int:
+    """
+    Three quarters of the process's file-descriptor limit (the rest is for
+    HTTP clients, files and the store), at most 5,000.
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 5000
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 5000
+    return max(16, min(5000, soft * 3 // 4))
 
 
 async def _nothing() -> None:

@@ -331,3 +331,41 @@ def test_mutated_real_responses_only_ever_raise_parse_error() -> None:
             parse_fetch((bytes(mutated),))
         except ParseError:
             pass
+
+
+# -- the ENVELOPE fast path -------------------------------------------------------------------
+
+FAST_PATH_ENVELOPES = [
+    ENVELOPE,
+    b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+    b'("d" "a \\"quoted\\" \\\\ subject" (("N\\"x" NIL "m" "h")) NIL NIL NIL NIL NIL NIL NIL)',
+    b'(NIL "s" NIL NIL NIL ((NIL NIL "team" NIL)("A" NIL "a" "x.test")(NIL NIL NIL NIL)) NIL NIL NIL NIL)',
+    b'(NIL "Gr\xc3\xbc\xc3\x9fe caf\xe9" (("=?bogus?q?x?=" NIL NIL "host")) NIL NIL NIL NIL NIL NIL NIL)',
+    b'(NIL "=?utf-8?q?a=0D=0Ab?=" (("n" NIL "lo\x01cal" "host")) NIL NIL NIL NIL NIL NIL NIL)',
+]
+
+
+@pytest.mark.parametrize("envelope", FAST_PATH_ENVELOPES)
+def test_fast_envelope_path_matches_general_parser(envelope: bytes) -> None:
+    """The one-regex ENVELOPE path gives exactly what the general parser gives."""
+    from mailmcp._imap import _parser
+
+    line = b"3 FETCH (UID 8 FLAGS (\\Seen) ENVELOPE " + envelope + b" RFC822.SIZE 10)"
+    assert _parser._fast_envelope(line, 8) is not None
+    general = _parser.fetch_from_items(3, parse_values((line,), 8)[0])
+    _parser._DECODED.clear()
+    _parser._ADDRESS_LISTS.clear()
+    assert parse_fetch((line,)) == general
+    assert parse_fetch((line,)) == general  # memoised second time, same result
+
+
+def test_fast_envelope_ignores_envelope_text_inside_a_string() -> None:
+    """'ENVELOPE (' inside a quoted value is not taken for the ENVELOPE item."""
+    from mailmcp._imap import _parser
+
+    fake = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+    line = b'3 FETCH (UID 8 BODY[HEADER] "x ENVELOPE ' + fake + b' y")'
+    assert _parser._fast_envelope(line, 8) is None
+    message = parse_fetch((line,))
+    assert message is not None and message.envelope is None
+    assert message.sections == {"HEADER": b"x ENVELOPE " + fake + b" y"}
