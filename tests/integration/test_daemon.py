@@ -19,10 +19,12 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import ipaddress
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -379,6 +381,52 @@ def test_listen_tcp_and_unix_together(tmp_path: Path, procs: list[Proc]) -> None
     response = unix_get(sock)
     assert response.startswith(b"HTTP/1.0 200") or response.startswith(b"HTTP/1.1 200")
     assert b'"status":"ok"' in response
+    proc.terminate()
+    proc.assert_clean_exit()
+
+
+def write_self_signed(cert_path: Path, key_path: Path) -> None:
+    """A self-signed server certificate for 127.0.0.1 and its key, in PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+
+def test_listen_ssl(tmp_path: Path, procs: list[Proc]) -> None:
+    """An ssl: endpoint serves /health over verified TLS with the given certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_self_signed(cert, key)
+    port = free_port()
+    proc = start(procs, ["-n", "--pidfile=", "mailmcp", "--base-url", f"https://127.0.0.1:{port}",
+                         "--listen", f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"],
+                 tmp_path)
+    context = ssl.create_default_context(cafile=str(cert))
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.popen.poll() is None, proc.stdout + proc.stderr
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/health", timeout=2,
+                                        context=context) as response:
+                assert json.loads(response.read())["base_url"] == f"https://127.0.0.1:{port}"
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "no answer over TLS"
+            time.sleep(0.1)
     proc.terminate()
     proc.assert_clean_exit()
 
