@@ -1,0 +1,157 @@
+"""
+Canary test (security.md LG-01): run the OAuth flows -- failed and
+successful logins (IMAP and SMTP failures), code redemption and replay,
+refresh rotation and reuse, bad client secrets, secrets in query strings,
+tool calls that log in to IMAP and SMTP, revocation -- with recognisable
+passwords, then prove that no password (nor its base64 or SASL PLAIN
+form), client secret, code, access or refresh token appears in any line of
+the daemon's log, and that no password appears in any page or error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import pytest
+
+from tests.harness import generate_client
+
+pytestmark = pytest.mark.integration
+
+USER = "canary@example.test"
+PASSWORD = "PASSWORD-CANARY-9f3a71"
+WRONG = "WRONGPW-CANARY-55aa02"
+WRONG_SMTP = "SMTPPW-CANARY-77bb13"
+REDIRECT = "http://127.0.0.1:9/callback"
+
+
+def forms_of(secret: str, user: str = USER) -> list[str]:
+    """A secret as it could leak: itself, base64, and the SASL PLAIN / LOGIN transcripts."""
+    raw = secret.encode()
+    out = [secret, base64.b64encode(raw).decode().rstrip("=")]
+    for plain in (b"\0" + user.encode() + b"\0" + raw, user.encode() + b"\0" + user.encode() + b"\0" + raw):
+        out.append(base64.b64encode(plain).decode().rstrip("="))
+    return out
+
+
+def add_canary_user(services) -> None:
+    path = services.svc / "users"
+    if USER not in path.read_text():
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
+        stamp = time.time() + 5
+        os.utime(path, (stamp, stamp))
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    return verifier, base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+class Recorder:
+    """An HTTP client that keeps every response body it saw."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = httpx2.Client(follow_redirects=False, timeout=30)
+        self.bodies: list[tuple[str, str]] = []
+
+    def __call__(self, method: str, path: str, **kw) -> httpx2.Response:
+        response = self.http.request(method, self.base + path, **kw)
+        self.bodies.append((f"{method} {path} {response.status_code}", response.text))
+        return response
+
+
+def login(rec: Recorder, client_id: str, password: str, smtp_password: str | None = None) -> httpx2.Response:
+    verifier, challenge = pkce()
+    params = {"client_id": client_id, "redirect_uri": REDIRECT, "response_type": "code",
+              "state": "canary-state", "code_challenge": challenge, "code_challenge_method": "S256"}
+    page = rec("GET", "/oauth/authorize", params=params)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    form = dict(params, csrf_token=csrf, email=USER, full_name="Canary", imap_username=USER,
+                imap_password=password)
+    if smtp_password is None:
+        form["use_same_credentials"] = "1"
+    else:
+        form.update(smtp_username=USER, smtp_password=smtp_password)
+    response = rec("POST", "/oauth/authorize", data=form)
+    response.verifier = verifier  # type: ignore[attr-defined]
+    return response
+
+
+def test_no_secret_in_logs_or_pages(services, daemon_factory) -> None:
+    """No password, secret, code or token appears in the daemon log; no password in any page or error."""
+    add_canary_user(services)
+    daemon = daemon_factory(services)
+    client = generate_client(daemon.state_dir, services)
+    cid, secret = client["client_id"], client["client_secret"]
+    rec = Recorder(daemon.base_url)
+    issued: list[str] = [secret]
+
+    # Failed logins: wrong IMAP password; right IMAP, wrong SMTP password.
+    assert login(rec, cid, WRONG).status_code == 400
+    for _ in range(4):  # Dovecot notices the new passwd-file entry asynchronously
+        response = login(rec, cid, PASSWORD, smtp_password=WRONG_SMTP)
+        if b"SMTP:" in response.content:
+            break
+        time.sleep(1)
+    assert b"SMTP: the mail server rejected" in response.content
+
+    # A successful login and the token endpoint, good and bad.
+    response = login(rec, cid, PASSWORD)
+    assert response.status_code == 303, response.text
+    code = parse_qs(urlsplit(response.headers["location"]).query)["code"][0]
+    issued.append(code)
+    redeem = {"grant_type": "authorization_code", "code": code, "code_verifier": response.verifier,
+              "redirect_uri": REDIRECT, "client_id": cid}
+    bad = rec("POST", "/oauth/token", data=dict(redeem, client_secret=secret[:-2] + "xx"))
+    assert bad.status_code == 401
+    query = rec("POST", "/oauth/token?client_secret=" + secret + "&code=" + code, data=redeem)
+    assert query.status_code == 400
+    tokens = rec("POST", "/oauth/token", data=dict(redeem, client_secret=secret)).json()
+    issued += [tokens["access_token"], tokens["refresh_token"]]
+    refreshed = rec("POST", "/oauth/token", data={"grant_type": "refresh_token", "client_id": cid,
+                                                  "client_secret": secret,
+                                                  "refresh_token": tokens["refresh_token"]}).json()
+    issued += [refreshed["access_token"], refreshed["refresh_token"]]
+
+    # Tool calls that log in to IMAP and SMTP with the canary password.
+    bearer = {"authorization": "Bearer " + refreshed["access_token"],
+              "accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+    for name, arguments in (("list_mailboxes", {}),
+                            ("send_mail_message", {"to": ["bob@example.test"], "subject": "canary",
+                                                   "text_body": "hello"})):
+        call = rec("POST", "/mcp", headers=bearer, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
+        assert call.status_code == 200, call.text
+        assert call.json()["result"].get("isError") is not True, call.text
+    rec("POST", "/mcp?access_token=" + refreshed["access_token"],
+        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+
+    # Replays and revocation.
+    assert rec("POST", "/oauth/token", data=dict(redeem, client_secret=secret)).status_code == 400
+    assert rec("POST", "/oauth/token", data={"grant_type": "refresh_token", "client_id": cid,
+                                             "client_secret": secret,
+                                             "refresh_token": tokens["refresh_token"]}).status_code == 400
+    assert rec("POST", "/oauth/revoke", data={"token": refreshed["refresh_token"], "client_id": cid,
+                                              "client_secret": secret}).status_code == 200
+    dead = rec("POST", "/mcp", headers=bearer, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+    assert dead.status_code == 401
+
+    time.sleep(0.5)  # let the log file catch up
+    log = daemon.log_text()
+    assert len(log) > 1000
+    for value in forms_of(PASSWORD) + forms_of(WRONG) + forms_of(WRONG_SMTP):
+        assert value not in log, f"a password form leaked into the log: {value[:12]}..."
+        for where, body in rec.bodies:
+            assert value not in body, f"a password form leaked into {where}"
+    for value in issued:
+        assert value not in log, "a secret, code or token leaked into the log"
+    assert "Authorization" not in log and "authorization: Bearer" not in log.lower()
