@@ -759,6 +759,12 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
 
 async def run(quick: bool, keep: bool = False, profile: Path | None = None) -> dict[str, Any]:
     sizes = QUICK if quick else FULL
+    if os.environ.get("MAILMCP_BENCH_SIZES"):
+        # e.g. '{"concurrency": [1000], "throughput_levels": [8]}' to try one item at full size
+        import json
+
+        overrides = json.loads(os.environ["MAILMCP_BENCH_SIZES"])
+        sizes = attrs.evolve(sizes, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     workdir = Path(tempfile.mkdtemp(prefix="mailmcp-bench-"))
     workdir.chmod(0o755)
     bench = Bench(sizes, quick, workdir)
