@@ -30,8 +30,22 @@ from ._web import HealthApp, Router
 log = Logger()
 
 
-class ListenFailed(SystemExit):
-    """Raised out of ``startService`` so twistd exits 1 with one line, no traceback."""
+class ListenFailed(SystemExit, Exception):
+    """
+    Raised out of ``(privileged)startService`` so twistd exits 1 with one
+    line and no traceback.
+
+    A SystemExit, so the interpreter exits quietly; also an Exception, so
+    that a daemonizing twistd reports it through its status pipe (the
+    waiting parent otherwise blocks forever) and removes its pid file.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ListeningService(Service):
@@ -95,7 +109,7 @@ class ListeningService(Service):
         stream = sys.__stderr__ or sys.stderr
         stream.write(f"mailmcp: {message}\n")
         stream.flush()
-        raise ListenFailed(1)
+        raise ListenFailed(message)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

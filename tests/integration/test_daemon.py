@@ -621,6 +621,43 @@ def test_second_listen_in_use(tmp_path: Path, procs: list[Proc]) -> None:
         assert_one_line_error(proc, "cannot listen on", str(port))
 
 
+def test_daemonized_port_in_use(tmp_path: Path, procs: list[Proc]) -> None:
+    """
+    Daemonized (no -n), a port in use still ends with exit 1 and the reason
+    on stderr (through twistd's status pipe), not a parent waiting forever,
+    and leaves no pid file.
+    """
+    with closing(socket.socket()) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start(procs, ["--pidfile", "mailmcp.pid", "--logfile", "mailmcp.log", "mailmcp",
+                             "--listen", f"tcp:{port}:interface=127.0.0.1"], tmp_path)
+        assert proc.wait(30) == 1
+    assert "cannot listen on" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "mailmcp.pid").exists()
+
+
+def test_daemonized_start_and_stop(tmp_path: Path, procs: list[Proc]) -> None:
+    """``twistd mailmcp`` (daemonizing) returns 0 once serving; SIGTERM to its pid stops it."""
+    port = free_port()
+    proc = start(procs, ["--pidfile", "mailmcp.pid", "--logfile", "mailmcp.log", "mailmcp",
+                         "--listen", f"tcp:{port}:interface=127.0.0.1"], tmp_path)
+    assert proc.wait(30) == 0, proc.stderr
+    pid = int((tmp_path / "mailmcp.pid").read_text())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while (tmp_path / "mailmcp.pid").exists():
+        assert time.monotonic() < deadline, "the daemon did not stop"
+        time.sleep(0.1)
+    assert "Server Shut Down" in (tmp_path / "mailmcp.log").read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
