@@ -29,23 +29,25 @@ def run_client(config: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kind", ["confidential", "public"])
+@pytest.mark.parametrize("kind", ["confidential", "public", "confidential-redis"])
 def test_mcp_client_completes_oauth_flow(services, daemon_factory, tmp_path, kind) -> None:
-    """The mcp client logs in through the login page, gets tokens, lists tools, reads the mailbox; rotation and reuse detection hold."""
-    daemon = daemon_factory(services)
+    """The mcp client logs in through the login page, gets tokens, lists tools, reads the mailbox; rotation and reuse detection hold (SQLite and Redis stores)."""
+    store = ("--store", services.redis_url) if kind.endswith("redis") else ()
+    daemon = daemon_factory(services, *store)
     extra = ("--public",) if kind == "public" else ()
     client = generate_client(daemon.state_dir, services, *extra)
     config = {
         "base": daemon.base_url,
         "client_id": client["client_id"],
-        "client_secret": client.get("client_secret") if kind == "confidential" else None,
-        "auth_method": "client_secret_post" if kind == "confidential" else "none",
+        "client_secret": client.get("client_secret") if kind != "public" else None,
+        "auth_method": "client_secret_post" if kind != "public" else "none",
         "redirect_uri": "http://127.0.0.1:9/callback",
         "user": "alice@example.test",
         "password": "alicepw",
         "call_tool": "list_mailboxes",
     }
     out = run_client(config)
+    assert (daemon.state_dir / "mailmcp.sqlite3").exists() == (not store)
     assert out["registered_dynamically"] is False
     assert "code_challenge" in out["authorization_url_params"]
     assert "resource" in out["authorization_url_params"]
