@@ -189,8 +189,8 @@ class IMAPClientProtocol(imap4.IMAP4Client):
     :param label: a non-secret connection label for the logs (pool key prefix).
     """
 
-    #: Set by the session once capabilities are known.
-    literal_plus = False
+    #: Set by the session once credentials have been sent and accepted.
+    logged_in = False
 
     def __init__(
         self,
@@ -252,6 +252,10 @@ class IMAPClientProtocol(imap4.IMAP4Client):
                 if "verify" in text.lower() or "Verification" in type(value).__name__
                 else "handshake failed"
             )
+            if self.logged_in:
+                return IMAPError(
+                    f"TLS error on the mail server connection ({detail})", transient=True
+                )
             return IMAPError(
                 f"TLS with the mail server failed ({detail}); no credentials were sent"
             )

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -341,7 +342,7 @@ class IMAPPool(Service):
         d.addTimeout(self.command_timeout, self.clock)
         try:
             await d
-        except (CancelledError, ConnectTimeoutError):
+        except (CancelledError, ConnectTimeoutError, DeferredTimeoutError):
             raise IMAPError(
                 f"could not connect to the mail server {server.host}:{server.port} "
                 f"within {self.command_timeout:g} s",
@@ -385,6 +386,8 @@ class IMAPPool(Service):
         slots.idle.append(conn)
         self._lru[conn] = None
         conn.expiry = self.clock.callLater(self.idle_timeout, self._expire, conn)
+        # A caller held back by the global cap may now evict this one.
+        self._wake(self._global_waiters)
 
     def _expire(self, conn: _Connection) -> None:
         conn.expiry = None

@@ -245,6 +245,7 @@ class Session:
             raise IMAPAuthError(
                 f"the mail server rejected the login ({e.text}); sign in again with the right password"
             ) from None
+        self.protocol.logged_in = True
         if response.code and response.code[0] == b"CAPABILITY":
             return capabilities_from(response.code[1:])
         return await self.capability()

@@ -1,0 +1,303 @@
+"""
+`IMAPPool` without sockets: an in-memory endpoint connects each pooled
+protocol to a scripted IMAP server on a ``StringTransport``, and a
+``Clock`` drives every deadline, so waits, timeouts and caps are exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailmcp._account import MailAccount
+from mailmcp._clients import MailServer
+from mailmcp._imap import IMAPPool
+from mailmcp._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
+from mailmcp._tls import MailTLS
+
+
+class ScriptedServer:
+    """Answers LOGIN/NOOP/SELECT/EXAMINE/LOGOUT; counts connections and commands."""
+
+    def __init__(self) -> None:
+        self.transports: list[ServerTransport] = []
+        self.commands: list[bytes] = []
+        self.stall = False
+        self.connect_hangs = False
+        self.peak = 0
+
+    @property
+    def open(self) -> int:
+        return sum(1 for t in self.transports if not t.closed)
+
+    def answer(self, transport: ServerTransport, line: bytes) -> bytes:
+        tag, _, rest = line.partition(b" ")
+        command = rest.split(b" ", 1)[0].upper()
+        self.commands.append(command)
+        if command == b"LOGIN":
+            if b'"bad"' in rest:
+                return tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+            return tag + b" OK [CAPABILITY IMAP4rev1 UIDPLUS MOVE] Logged in\r\n"
+        if command == b"NOOP" and self.stall:
+            return b""
+        if command in (b"SELECT", b"EXAMINE"):
+            return b"* 3 EXISTS\r\n* OK [UIDVALIDITY 9] ok\r\n" + tag + b" OK done\r\n"
+        if command == b"LOGOUT":
+            transport.logging_out = True
+            return b"* BYE bye\r\n" + tag + b" OK done\r\n"
+        return tag + b" OK done\r\n"
+
+
+class ServerTransport(StringTransport):
+    """The client's transport: every line it writes is answered at once."""
+
+    def __init__(self, server: ScriptedServer) -> None:
+        super().__init__()
+        self.server = server
+        self.protocol: Any = None
+        self.closed = False
+        self.logging_out = False
+        self._pending = b""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._pending += data
+        while b"\r\n" in self._pending and not self.closed:
+            line, self._pending = self._pending.split(b"\r\n", 1)
+            reply = self.server.answer(self, line)
+            if reply:
+                self.protocol.dataReceived(reply)
+            if self.logging_out:
+                self.loseConnection()
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        self._close()
+
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            from twisted.internet.error import ConnectionDone
+
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+@implementer(IStreamClientEndpoint)
+class ScriptedEndpoint:
+    def __init__(self, server: ScriptedServer) -> None:
+        self.server = server
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        if self.server.connect_hangs:
+            return Deferred()
+        protocol = factory.buildProtocol(None)
+        transport = ServerTransport(self.server)
+        transport.protocol = protocol
+        self.server.transports.append(transport)
+        self.server.peak = max(self.server.peak, self.server.open)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+        return succeed(protocol)
+
+
+def account(password: str = "pw", user: str = "alice@example.test") -> MailAccount:
+    server = MailServer(host="127.0.0.1", port=143, security="plain")
+    return MailAccount(
+        owner="g", email=user, full_name="", imap=server, imap_username=user,
+        imap_password=password, smtp=server, smtp_username=user, smtp_password=password,
+    )  # fmt: skip
+
+
+def make_pool(server: ScriptedServer, clock: Clock, **kwargs: Any) -> IMAPPool:
+    kwargs.setdefault("command_timeout", 30.0)
+    return IMAPPool(
+        None,
+        MailTLS(None),
+        clock=clock,
+        endpoint_factory=lambda _a: ScriptedEndpoint(server),
+        **kwargs,
+    )
+
+
+def run(pool: IMAPPool, acct: MailAccount, operation: Any, read_only: bool = True) -> Deferred[Any]:
+    return Deferred.fromCoroutine(pool.run(acct, operation, read_only=read_only))
+
+
+def outcome(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+async def noop(session: IMAPSession) -> str:
+    await session.noop()
+    return "ok"
+
+
+def test_twenty_concurrent_calls_share_four_connections() -> None:
+    """IM-16: 20 calls for one account: at most 4 connections; the rest queue and succeed."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, pool_size=4)
+    gate: Deferred[None] = Deferred()
+
+    async def held(session: IMAPSession) -> str:
+        await session.noop()
+        await gate
+        return "ok"
+
+    calls = [run(pool, account(), held) for _ in range(20)]
+    assert server.open == 4 and pool.open_connections == 4
+    gate.callback(None)
+    assert outcome(gatherResults(calls)) == ["ok"] * 20
+    assert server.peak == 4 and server.commands.count(b"LOGIN") == 4
+    assert pool.stats["reused"] == 16
+
+
+def test_wait_timeout_says_busy() -> None:
+    """A caller that cannot get a connection within pool_wait_timeout gets 'mailbox busy'."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, pool_size=1, wait_timeout=5)
+    gate: Deferred[None] = Deferred()
+
+    async def held(session: IMAPSession) -> None:
+        await gate
+
+    first = run(pool, account(), held)
+    second = run(pool, account(), noop)
+    clock.advance(4.9)
+    assert not second.called
+    clock.advance(0.2)
+    with pytest.raises(IMAPError, match="mailbox busy, try again"):
+        outcome(second)
+    gate.callback(None)
+    outcome(first)
+    assert pool.stats["busy"] == 1 and server.commands.count(b"LOGIN") == 1
+
+
+def test_connect_timeout_retried_once_for_reads_never_for_writes() -> None:
+    """A connect that never completes times out (transient); reads try twice, writes once."""
+    server, clock = ScriptedServer(), Clock()
+    server.connect_hangs = True
+    pool = make_pool(server, clock, command_timeout=10)
+    for read_only, attempts in ((True, 2), (False, 1)):
+        d = run(pool, account(), noop, read_only=read_only)
+        for _ in range(attempts):
+            clock.advance(10)
+        with pytest.raises(IMAPError, match="could not connect .* within 10 s") as caught:
+            outcome(d)
+        assert caught.value.transient
+    assert pool.stats["retries"] == 1 and pool.open_connections == 0
+
+
+def test_auth_failure_not_retried_and_logged_out() -> None:
+    """A refused LOGIN is IMAPAuthError, never retried; the connection is closed."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock)
+    with pytest.raises(IMAPAuthError):
+        outcome(run(pool, account(password="bad"), noop))
+    assert server.commands.count(b"LOGIN") == 1
+    assert server.open == 0 and pool.open_connections == 0
+
+
+def test_idle_expiry_and_noop_check_on_reuse() -> None:
+    """Idle connections are logged out after idle_timeout; one idle > 60 s is NOOP-checked."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, idle_timeout=300)
+
+    async def select(session: IMAPSession) -> int:
+        return (await session.select("INBOX")).exists
+
+    assert outcome(run(pool, account(), select)) == 3
+    clock.advance(61)
+    server.commands.clear()
+    assert outcome(run(pool, account(), select)) == 3
+    assert server.commands == [b"NOOP", b"NOOP"]  # health check, then the cached select
+    clock.advance(301)
+    assert server.commands[-1] == b"LOGOUT" and server.open == 0
+    assert pool.stats["expired"] == 1 and pool.open_connections == 0
+
+
+def test_connection_lost_while_idle_is_dropped() -> None:
+    """An idle connection whose server hung up is forgotten at once."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock)
+    outcome(run(pool, account(), noop))
+    server.transports[0].loseConnection()
+    assert pool.open_connections == 0 and pool.idle_count(account()) == 0
+    outcome(run(pool, account(), noop))
+    assert len(server.transports) == 2
+
+
+def test_cancelled_operation_discards_its_connection() -> None:
+    """A call cancelled mid-command leaves a connection in an unknown state: it is discarded."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock)
+    server.stall = True
+    d = run(pool, account(), noop)
+    d.cancel()
+    d.addErrback(lambda f: None)
+    assert server.transports[0].closed and pool.open_connections == 0
+    server.stall = False
+    assert outcome(run(pool, account(), noop)) == "ok"
+    assert len(server.transports) == 2
+
+
+def test_changed_password_never_reuses_old_connection() -> None:
+    """The pool key covers the password: a new password gets a new connection."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock)
+    outcome(run(pool, account(password="one"), noop))
+    outcome(run(pool, account(password="two"), noop))
+    assert server.commands.count(b"LOGIN") == 2
+
+
+def test_global_cap_waits_then_evicts_idle_connection() -> None:
+    """At the global cap a call waits; when another account's connection goes idle it is evicted."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, max_connections=1)
+    gate: Deferred[None] = Deferred()
+
+    async def held(session: IMAPSession) -> str:
+        await gate
+        return "held"
+
+    first = run(pool, account(user="a@example.test"), held)
+    second = run(pool, account(user="b@example.test"), noop)
+    assert not second.called and server.open == 1
+    gate.callback(None)
+    assert outcome(first) == "held" and outcome(second) == "ok"
+    assert pool.stats["evicted"] == 1 and server.open == 1 and server.peak == 1
+
+
+def test_stop_service_closes_idle_and_fails_waiters() -> None:
+    """stopService logs idle connections out and fails callers still waiting."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, pool_size=1)
+    pool.startService()
+    gate: Deferred[None] = Deferred()
+
+    async def held(session: IMAPSession) -> None:
+        await gate
+
+    first = run(pool, account(), held)
+    waiting = run(pool, account(), noop)
+    pool.stopService()
+    with pytest.raises(IMAPError, match="shutting down"):
+        outcome(waiting)
+    gate.callback(None)
+    outcome(first)
+    assert server.open == 0 and server.commands[-1] == b"LOGOUT"
