@@ -463,6 +463,9 @@ class Bench:
                 await c.conn.connect()
 
         await asyncio.gather(*(connect(c) for c in clients))
+        profiling = None
+        if self.profile_copy is not None and n == max(self.sizes.concurrency):
+            profiling = await self.start_profiler(f"concurrency-{n}")
         since = time.monotonic()
         cpu0, pcpu0 = cpu_seconds(daemon.pid), time.process_time()
         first: list[float] = []
@@ -490,6 +493,8 @@ class Bench:
         cpu1, pcpu1 = cpu_seconds(daemon.pid), time.process_time()
         for c in clients:
             c.close()
+        await self.finish_profiler(profiling, f"concurrency-{n}",
+                                   f"{n} accounts, one call in flight each, first calls log in")
         metrics = daemon.metrics(since=since, samples=True)
         lag = metrics["reactor_lag"]
         lag_samples = [x[1] for x in lag.get("samples", [])]
@@ -568,39 +573,65 @@ class Bench:
         out["calls_per_s"] = best["calls_per_s"]
         out["ceiling_ratio"] = ratio(best["calls_per_s"], ceiling["calls_per_s"])
 
-    async def profile(self, seconds: float, concurrency: int = 4) -> None:
-        """
-        Sample the daemon with py-spy while C{concurrency} clients keep warm
-        listings in flight; report where its time goes (self and inclusive
-        time per function, as a share of samples).
-        """
+    async def start_profiler(self, name: str) -> tuple[Any, Path] | None:
+        """Start py-spy on the daemon (until `finish_profiler`); None when py-spy is missing."""
         assert self.daemon is not None
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        out: dict[str, Any] = {"what": f"py-spy samples of the daemon, {concurrency} clients, warm listings"}
-        self.report["profile"] = out
         if not Path(exe).exists():
-            out["error"] = "py-spy is not installed (pip install py-spy)"
-            return
-        raw = self.workdir / "profile.txt"
-        tokens = [self.tokens[self.tp_user(i)] for i in range(THROUGHPUT_ACCOUNTS) if self.tp_user(i) in self.tokens]
-        clients = [McpClient(self.daemon.base_url, tokens[i % len(tokens)]) for i in range(concurrency)]
-        await asyncio.gather(*(listing(c, "INBOX") for c in clients))
+            self.report.setdefault("profile", {})["error"] = "py-spy is not installed (pip install py-spy)"
+            return None
+        raw = self.workdir / f"profile-{name}.txt"
         proc = await asyncio.create_subprocess_exec(
-            exe, "record", "--pid", str(self.daemon.pid), "--duration", str(int(seconds)), "--rate", "250",
-            "--format", "raw", "--full-filenames", "-o", str(raw), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            exe, "record", "--pid", str(self.daemon.pid), "--rate", "250", "--format", "raw", "--full-filenames",
+            "-o", str(raw), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
-        r = await closed_loop(clients, lambda c: listing(c, "INBOX"), seconds + 1, warmup=False)
-        _, err = await proc.communicate()
-        for c in clients:
-            c.close()
-        out["calls_per_s_while_sampled"] = round(len(r["latencies"]) / r["seconds"], 1)
-        if proc.returncode != 0 or not raw.exists():
+        await asyncio.sleep(0.5)  # let it attach
+        return proc, raw
+
+    async def finish_profiler(self, started: tuple[Any, Path] | None, name: str, what: str) -> None:
+        if started is None:
+            return
+        proc, raw = started
+        import signal
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        except TimeoutError:
+            proc.kill()
+            err = b"py-spy did not stop"
+        out: dict[str, Any] = {"what": what}
+        self.report.setdefault("profile", {})[name] = out
+        if not raw.exists():
             out["error"] = f"py-spy failed: {err.decode(errors='replace')[-300:]}"
             return
         out.update(summarise_profile(raw.read_text(errors="replace")))
         if self.profile_copy is not None:
-            self.profile_copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(raw, self.profile_copy)
+            target = self.profile_copy.with_name(f"{self.profile_copy.stem}-{name}{self.profile_copy.suffix}")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(raw, target)
+                out["raw_stacks"] = str(target)
+            except OSError as e:
+                out["raw_stacks_error"] = str(e)
+
+    async def profile(self, seconds: float, concurrency: int = 4) -> None:
+        """
+        Sample the daemon with py-spy while C{concurrency} clients keep warm
+        listings in flight; report where its time goes (self and inclusive
+        time per function, as a share of the reactor thread's busy samples).
+        """
+        assert self.daemon is not None
+        tokens = [self.tokens[self.tp_user(i)] for i in range(THROUGHPUT_ACCOUNTS) if self.tp_user(i) in self.tokens]
+        clients = [McpClient(self.daemon.base_url, tokens[i % len(tokens)]) for i in range(concurrency)]
+        await asyncio.gather(*(listing(c, "INBOX") for c in clients))
+        started = await self.start_profiler("warm")
+        r = await closed_loop(clients, lambda c: listing(c, "INBOX"), seconds, warmup=False)
+        for c in clients:
+            c.close()
+        await self.finish_profiler(
+            started, "warm", f"{concurrency} clients, warm listings, "
+                             f"{round(len(r['latencies']) / r['seconds'], 1)} calls/s while sampled")
 
     async def peer(self) -> None:
         from tests.harness import free_port
