@@ -226,6 +226,7 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         self._segments: list[bytes] = []
         self._literal_remaining = 0
         self._literal_chunks: list[bytes] = []
+        self._assembled = 0
 
     # -- connection events ----------------------------------------------------
 
@@ -360,6 +361,12 @@ class IMAPClientProtocol(imap4.IMAP4Client):
                         )
                     )
                     return
+                self._assembled += len(line) + size
+                if self._assembled > self.max_response:
+                    self.fail(
+                        IMAPError(f"the mail server's response exceeded {self.max_response} bytes")
+                    )
+                    return
                 self._segments.append(line[: match.start()])
                 if size:
                     self._literal_remaining = size
@@ -370,6 +377,7 @@ class IMAPClientProtocol(imap4.IMAP4Client):
             self._segments.append(line)
             response = tuple(self._segments)
             self._segments = []
+            self._assembled = 0
         else:
             response = (line,)
         try:

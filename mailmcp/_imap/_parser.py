@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
 
-from .._mailbox_api import Address, Envelope, FetchedMessage
+from .._mailbox_api import Address, Envelope, FetchedMessage, IMAPError
 
 #: One response as assembled by the protocol: text segments with the
 #: literal payloads between them (always an odd number of items).
@@ -48,8 +48,16 @@ MAX_DEPTH = 100
 MAX_HEADER_DECODE = 8192
 
 
-class ParseError(ValueError):
-    """The server sent something that is not valid IMAP."""
+class ParseError(IMAPError, ValueError):
+    """
+    The server sent something that is not valid IMAP.  An `IMAPError`, so a
+    malformed response that escapes a caller still reaches the tools as a
+    clean error, never as a crash.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the mail server sent a malformed response ({detail})")
+        self.detail = detail
 
 
 _TOKEN = re.compile(

@@ -166,7 +166,7 @@ class Session:
         caps: set[str] = set()
         for line in response.lines:
             if line[0][:11].upper() == b"CAPABILITY ":
-                caps |= capabilities_from(parse_values(line)[1:])
+                caps |= capabilities_from(_parse(line)[1:])
         return frozenset(caps)
 
     # -- connection setup ------------------------------------------------------------
@@ -315,7 +315,7 @@ class Session:
                 if not isinstance(raw_name, bytes) or isinstance(delimiter, list):
                     raise ParseError("bad LIST response")
             except ParseError as e:
-                log.warn("IMAP: skipping a malformed LIST line: {error}", error=str(e))
+                log.warn("IMAP: skipping a malformed LIST line: {error}", error=e.detail)
                 continue
             result.append(
                 MailboxInfo(
@@ -488,7 +488,9 @@ class Session:
             try:
                 message = parse_fetch(line)
             except ParseError as e:
-                raise IMAPError(f"the mail server sent a malformed FETCH response ({e})") from None
+                raise IMAPError(
+                    f"the mail server sent a malformed FETCH response ({e.detail})"
+                ) from None
             if message is None:
                 continue
             key = message.uid if uid else message.seq
@@ -636,7 +638,7 @@ def _parse(line: RawResponse) -> list[Value]:
     try:
         return parse_values(line)
     except ParseError as e:
-        raise IMAPError(f"the mail server sent a malformed response ({e})") from None
+        raise IMAPError(e.message) from None
 
 
 def _bounded(raw: bytes) -> int:
@@ -655,7 +657,7 @@ def _uid_set(value: Value) -> list[int]:
     try:
         return expand_sequence_set(value, MAX_RESULT_UIDS)
     except ParseError as e:
-        raise IMAPError(f"the mail server sent a malformed UID set ({e})") from None
+        raise IMAPError(f"the mail server sent a malformed UID set ({e.detail})") from None
 
 
 def _copyuid(response: Response) -> dict[int, int]:

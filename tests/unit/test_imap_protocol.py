@@ -344,6 +344,20 @@ def test_huge_literal_announcement_drops_connection() -> None:
     assert wire.protocol._literal_chunks == []
 
 
+def test_many_literals_in_one_response_are_bounded() -> None:
+    """Literals each under the cap cannot add up past the response bound in one response."""
+    wire = opened(max_literal=1000, max_response=2500)
+    d = run(wire.session.fetch("1", "(UID BODY.PEEK[1] BODY.PEEK[2] BODY.PEEK[3])"))
+    wire.server(
+        b"* 1 FETCH (UID 5 BODY[1] {900}\r\n" + b"a" * 900 + b" BODY[2] {900}\r\n" + b"b" * 900
+    )
+    assert not d.called
+    wire.server(b" BODY[3] {900}\r\n")
+    with pytest.raises(IMAPError, match="exceeded 2500 bytes"):
+        result_of(d)
+    assert wire.transport.disconnected
+
+
 def test_overlong_line_drops_connection() -> None:
     """IM-09/P-06: a line over the bound fails cleanly (never a silent disconnect)."""
     wire = opened(max_line=4096)
