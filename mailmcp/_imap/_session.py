@@ -134,10 +134,17 @@ class Session:
                     self._uidnext = None  # new mail: UIDNEXT no longer known
             elif kind == b"EXPUNGE":
                 self._exists = max(0, self._exists - 1)
-        elif first.upper() == b"OK" and rest[:15].upper() == b"[HIGHESTMODSEQ ":
+        elif first.upper() == b"OK" and rest[:1] == b"[":
             code, _ = split_code(rest)
-            if code and len(code) > 1 and type(code[1]) is int and code[1] <= MAX_MODSEQ:
+            if not code or len(code) < 2 or type(code[1]) is not int:
+                return
+            if code[0] == b"HIGHESTMODSEQ" and code[1] <= MAX_MODSEQ:
                 self._highest_modseq = code[1]
+            elif code[0] == b"UIDVALIDITY" and code[1] <= MAX_UINT32:
+                # The folder was renumbered while open (RFC 3501 §2.3.1.1):
+                # callers comparing UIDVALIDITY must see the new value.
+                self._uidvalidity = code[1]
+                self._uidnext = None
 
     # -- plumbing -----------------------------------------------------------------
 

@@ -436,6 +436,18 @@ def test_repeat_examine_costs_one_noop_and_tracks_exists() -> None:
     assert result_of(d).exists == 4
 
 
+def test_unsolicited_uidvalidity_change_is_tracked() -> None:
+    """An untagged OK [UIDVALIDITY n] while a folder is open updates the state callers see."""
+    wire = opened()
+    d = run(wire.session.noop())
+    wire.server(b"* OK [UIDVALIDITY 1800000000] renumbered\r\n* OK [HIGHESTMODSEQ 77] x\r\n")
+    wire.ok()
+    result_of(d)
+    state = wire.session.selected
+    assert state is not None
+    assert (state.uidvalidity, state.uidnext, state.highest_modseq) == (1800000000, None, 77)
+
+
 def test_examine_then_write_upgrades_to_select() -> None:
     """A STORE on an EXAMINEd folder re-opens it with SELECT first."""
     wire = logged_in()
