@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -31,12 +32,42 @@ _TOO_LARGE = (
 
 class InFlight:
     """
-    Counts requests being served, so that shutdown can wait for them.
+    Counts requests being served, so that shutdown can wait for them, and
+    knows the open connections, so that shutdown can close them gracefully.
     """
 
     def __init__(self) -> None:
         self.count = 0
         self._idle: list[Deferred[None]] = []
+        self.connections: set[ITransport] = set()
+        self._all_closed: list[Deferred[None]] = []
+
+    def connection_opened(self, transport: ITransport) -> None:
+        self.connections.add(transport)
+
+    def connection_closed(self, transport: ITransport) -> None:
+        self.connections.discard(transport)
+        if not self.connections:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_connections(self) -> Deferred[None]:
+        """
+        Close every open connection once its pending output is written, and
+        fire when all are closed.  (At reactor shutdown connections are
+        dropped without writing what is still buffered: a response that
+        finished a moment ago would be lost.)
+        """
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred(
+            lambda d: self._all_closed.remove(d) if d in self._all_closed else None
+        )
+        self._all_closed.append(d)
+        for transport in list(self.connections):
+            transport.loseConnection()
+        return d
 
     def started(self) -> None:
         self.count += 1
@@ -143,6 +174,30 @@ class MailMCPSite(server.Site):
         super().__init__(resource, logFormatter=_safe_log_formatter, reactor=reactor)
         self.max_body = max_body
         self.in_flight = InFlight()
+
+    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+        protocol: _GenericHTTPChannelProtocol | None = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        # Know each connection's transport while it is open, so that
+        # shutdown can close it gracefully (see InFlight.close_connections).
+        tracker = self.in_flight
+        made, lost = protocol.makeConnection, protocol.connectionLost
+        transports: list[ITransport] = []
+
+        def make_connection(transport: ITransport) -> None:
+            transports.append(transport)
+            tracker.connection_opened(transport)
+            made(transport)
+
+        def connection_lost(reason: Failure) -> None:
+            for transport in transports:
+                tracker.connection_closed(transport)
+            lost(reason)
+
+        protocol.makeConnection = make_connection
+        protocol.connectionLost = connection_lost
+        return protocol
 
 
 def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = True) -> bytes:

@@ -14,10 +14,9 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -122,14 +121,14 @@ class ListeningService(Service):
 
 class DrainService(Service):
     """
-    On stop, wait until in-flight requests finish, at most C{timeout} seconds.
+    On stop, wait until in-flight requests finish, then close every open
+    connection gracefully (pending output written first), all within
+    C{timeout} seconds.
 
-    Once they have, it waits C{flush_delay} more seconds: a finished
-    response may still sit in its transport's write buffer, and the reactor
-    drops every connection without flushing as soon as shutdown goes on.
+    The second step matters: once shutdown goes on, the reactor drops every
+    connection without writing what is still buffered, so a response that
+    finished a moment earlier would never reach its client.
     """
-
-    flush_delay = 0.2
 
     def __init__(self, reactor: Any, in_flight: InFlight, timeout: float) -> None:
         self._reactor = reactor
@@ -144,22 +143,31 @@ class DrainService(Service):
         # "killed by SIGTERM" and buffered log output would be lost.)
         if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
             self._reactor._exitSignal = None
-        busy = self._in_flight.count
-        if busy:
-            log.info("waiting for {count} in-flight requests", count=busy)
-        d: Deferred[None] = self._in_flight.when_idle()
-        timer = self._reactor.callLater(self._timeout, d.cancel)
+        return Deferred.fromCoroutine(self._drain())
 
-        def done(result: object) -> None:
+    async def _drain(self) -> None:
+        deadline = self._reactor.seconds() + self._timeout
+        if self._in_flight.count:
+            log.info("waiting for {count} in-flight requests", count=self._in_flight.count)
+        if not await self._within(self._in_flight.when_idle(), deadline):
+            log.warn("shutdown: {count} requests did not finish in time", count=self._in_flight.count)
+        if not await self._within(self._in_flight.close_connections(), deadline):
+            log.warn(
+                "shutdown: {count} connections did not close in time",
+                count=len(self._in_flight.connections),
+            )
+
+    async def _within(self, d: Deferred[None], deadline: float) -> bool:
+        """Wait for C{d} until C{deadline}; False (and C{d} cancelled) if it is not done by then."""
+        timer = self._reactor.callLater(max(0.0, deadline - self._reactor.seconds()), d.cancel)
+        try:
+            await d
+        except CancelledError:
+            return False
+        finally:
             if timer.active():
                 timer.cancel()
-            if isinstance(result, Failure):
-                log.warn("shutdown: {count} requests did not finish in time", count=self._in_flight.count)
-
-        d.addBoth(done)
-        if busy:
-            d.addCallback(lambda _: deferLater(self._reactor, self.flush_delay))
-        return d
+        return True
 
 
 class SequentialMultiService(MultiService):

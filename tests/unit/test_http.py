@@ -270,10 +270,7 @@ def test_in_flight_when_idle_cancel() -> None:
 
 
 def test_drain_waits_for_in_flight(reactor: MemoryReactorClock) -> None:
-    """
-    Stopping the drain service waits until in-flight requests finish, then a
-    short flush delay so their responses leave the write buffers.
-    """
+    """Stopping the drain service waits until in-flight requests finish."""
     tracker = InFlight()
     tracker.started()
     drain = DrainService(reactor, tracker, timeout=10)
@@ -283,8 +280,6 @@ def test_drain_waits_for_in_flight(reactor: MemoryReactorClock) -> None:
     reactor.advance(5)
     assert results == []
     tracker.finished()
-    assert results == []
-    reactor.advance(DrainService.flush_delay)
     assert results == [None]
     assert not reactor.getDelayedCalls()
 
@@ -301,17 +296,72 @@ def test_drain_is_bounded(reactor: MemoryReactorClock) -> None:
         reactor.advance(2.9)
         assert results == []
         reactor.advance(0.1)
-        reactor.advance(DrainService.flush_delay)
     assert results == [None]
     assert any("did not finish in time" in str(e.get("log_format")) for e in events)
+    assert not reactor.getDelayedCalls()
 
 
 def test_drain_idle_is_immediate(reactor: MemoryReactorClock) -> None:
-    """With nothing in flight, stopping is immediate and leaves no timer behind."""
+    """With nothing in flight and no connection, stopping is immediate and leaves no timer."""
     drain = DrainService(reactor, InFlight(), timeout=3)
     drain.startService()
-    assert drain.stopService().called
+    results: list[object] = []
+    drain.stopService().addBoth(results.append)
+    assert results == [None]
     assert not reactor.getDelayedCalls()
+
+
+def test_drain_closes_connections_after_responses(
+    site: MailMCPSite, parts: Parts, reactor: MemoryReactorClock
+) -> None:
+    """
+    After the last in-flight request finishes, every open connection (busy
+    or idle keep-alive) is closed with loseConnection, which writes pending
+    output first; the drain completes once they are all gone.
+    """
+    idle = Connection(site)
+    idle.send(post(b"/echo", b"x"))
+    busy = Connection(site)
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(site.in_flight.connections) == 2
+    drain = DrainService(reactor, site.in_flight, timeout=10)
+    drain.startService()
+    results: list[object] = []
+    drain.stopService().addBoth(results.append)
+    assert not idle.transport.disconnecting
+    parts.pending[0].callback(b"slow answer")
+    assert busy.response().startswith(b"HTTP/1.1 200 ")
+    assert idle.transport.disconnecting and busy.transport.disconnecting
+    assert results == []
+    idle.protocol.connectionLost(Exception("closed"))  # type: ignore[arg-type]
+    assert results == []
+    busy.protocol.connectionLost(Exception("closed"))  # type: ignore[arg-type]
+    assert results == [None]
+    assert site.in_flight.connections == set()
+    assert not reactor.getDelayedCalls()
+
+
+def test_drain_connection_close_is_bounded(site: MailMCPSite, reactor: MemoryReactorClock) -> None:
+    """A client that never lets its connection close holds shutdown only until the timeout."""
+    conn = Connection(site)
+    conn.send(post(b"/echo", b"x"))
+    drain = DrainService(reactor, site.in_flight, timeout=2)
+    drain.startService()
+    results: list[object] = []
+    with capturedLogs() as events:
+        drain.stopService().addBoth(results.append)
+        assert conn.transport.disconnecting
+        reactor.advance(2)
+    assert results == [None]
+    assert any("did not close in time" in str(e.get("log_format")) for e in events)
+
+
+def test_connections_are_tracked(site: MailMCPSite) -> None:
+    """The site knows its open connections and forgets them when they close."""
+    conn = Connection(site)
+    assert site.in_flight.connections == {conn.transport}
+    conn.protocol.connectionLost(Exception("gone"))  # type: ignore[arg-type]
+    assert site.in_flight.connections == set()
 
 
 class Recorder(Service):
