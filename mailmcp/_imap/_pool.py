@@ -99,6 +99,7 @@ class IMAPPool(Service):
         max_literal: int = DEFAULT_MAX_LITERAL,
         endpoint_factory: Callable[[Any], IStreamClientEndpoint] | None = None,
         clock: IReactorTime | None = None,
+        logout_timeout: float = 2.0,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
@@ -112,6 +113,7 @@ class IMAPPool(Service):
         self.max_connections = max_connections
         self.connect_per_call = connect_per_call
         self.noop_after = noop_after
+        self.logout_timeout = logout_timeout
         self.max_line = max_line
         self.max_literal = max_literal
         self.endpoint_factory = endpoint_factory
@@ -213,8 +215,23 @@ class IMAPPool(Service):
             d = self._global_waiters.popleft()
             if not d.called:
                 d.errback(Failure(error))
-        closing = [self._close(conn) for conn in list(self._lru)]
-        return DeferredList(closing, consumeErrors=True)
+        idle = list(self._lru)
+        done: Deferred[Any] = DeferredList([self._close(conn) for conn in idle], consumeErrors=True)
+
+        def abort_stragglers() -> None:
+            for conn in idle:
+                conn.session.protocol.fail(IMAPError("the server is shutting down"))
+
+        # LOGOUT is a courtesy: a server that does not answer it promptly
+        # must not hold up the daemon's shutdown.
+        timer = self.clock.callLater(self.logout_timeout, abort_stragglers)
+
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(stop_timer)
 
     # -- leasing -----------------------------------------------------------------------
 

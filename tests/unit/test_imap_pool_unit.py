@@ -301,3 +301,16 @@ def test_stop_service_closes_idle_and_fails_waiters() -> None:
     gate.callback(None)
     outcome(first)
     assert server.open == 0 and server.commands[-1] == b"LOGOUT"
+
+
+def test_stop_does_not_wait_long_for_a_silent_logout() -> None:
+    """A server that never answers LOGOUT is cut off after logout_timeout on stop."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, logout_timeout=2)
+    outcome(run(pool, account(), noop))
+    original = server.answer
+    server.answer = lambda transport, line: b"" if b"LOGOUT" in line else original(transport, line)  # type: ignore[method-assign]
+    stopped = pool.stopService()
+    assert not stopped.called
+    clock.advance(2)
+    assert stopped.called and server.open == 0
