@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -204,3 +205,84 @@ def test_installed_daemon_serves_health_and_login_page(installed: Installed) -> 
             code = process.wait(30)
     assert code == 0, (workdir / "out.txt").read_text() + (workdir / "err.txt").read_text()
     assert "Traceback" not in (workdir / "out.txt").read_text() + (workdir / "err.txt").read_text()
+
+
+def _instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(
+        line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def test_dockerfile_runtime_stage() -> None:
+    """
+    The image (docker cannot run here, so its recipe is checked): a
+    python:3.11-slim runtime stage that installs the built wheel, regenerates
+    the dropin cache as root before switching to an unprivileged user, keeps
+    state in the /data volume, has a /health HEALTHCHECK and runs twistd in
+    the foreground without a pid file.
+    """
+    steps = _instructions((ROOT / "Dockerfile").read_text())
+    froms = [i for i, (word, _) in enumerate(steps) if word == "FROM"]
+    runtime = steps[froms[-1]:]
+    assert runtime[0][1] == "python:3.11-slim"
+    words = [word for word, _ in runtime]
+    runs = [args for word, args in runtime if word == "RUN"]
+    install = next(i for i, (w, a) in enumerate(runtime) if w == "RUN" and "pip install" in a)
+    assert ".whl" in runtime[install][1]
+    assert "getPlugins(IPlugin)" in runtime[install][1]
+    user = words.index("USER")
+    assert user > install, "the dropin cache must be written while still root"
+    assert runtime[user][1] not in ("root", "0")
+    assert any("useradd" in r and runtime[user][1] in r for r in runs)
+    assert ("VOLUME", '["/data"]') in runtime
+    assert ("EXPOSE", "8080") in runtime
+    env = " ".join(a for w, a in runtime if w == "ENV")
+    assert "MAILMCP_STATE_DIR=/data" in env and "MAILMCP_BASE_URL=" in env
+    healthcheck = next(a for w, a in runtime if w == "HEALTHCHECK")
+    assert "urllib.request" in healthcheck and "http://127.0.0.1:8080/health" in healthcheck
+    cmd = json.loads(next(a for w, a in runtime if w == "CMD"))
+    assert cmd == ["twistd", "--nodaemon", "--pidfile=", "mailmcp", "--listen", "tcp:8080"]
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    """The virtualenv, git data and local state never go into the build context."""
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    for entry in (".venv", ".git", "mailmcp-state", "twisted/plugins/dropin.cache"):
+        assert entry in ignored
+
+
+def _unit(path: Path) -> dict[str, list[str]]:
+    """``Key=value`` settings of a systemd unit file (values of repeated keys in order)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_systemd_units() -> None:
+    """
+    The plain service runs twistd in the foreground on the embedded defaults;
+    the socket unit activates mailmcp-socket.service, which listens on the
+    inherited socket (the endpoint exercised in test_daemon).
+    """
+    units = ROOT / "contrib" / "systemd"
+    plain = _unit(units / "mailmcp.service")
+    assert plain["ExecStart"][0].split()[1:] == ["--nodaemon", "--pidfile=", "mailmcp"]
+    assert plain["User"] == ["mailmcp"]
+    assert plain["KillSignal"] == ["SIGTERM"]
+    assert "MAILMCP_STATE_DIR=/var/lib/mailmcp" in plain["Environment"]
+    socket_unit = _unit(units / "mailmcp.socket")
+    assert socket_unit["Service"] == ["mailmcp-socket.service"]
+    assert len(socket_unit["ListenStream"]) == 1
+    activated = _unit(units / "mailmcp-socket.service")
+    assert activated["ExecStart"][0].split()[1:] == [
+        "--nodaemon", "--pidfile=", "mailmcp", "--listen", "systemd:domain=INET:index=0"]
+    assert activated["Requires"] == ["mailmcp.socket"]
