@@ -14,6 +14,7 @@ import pytest
 from twisted.python import usage
 
 from mailmcp._config import (
+    _NUMERIC,
     DEFAULT_LISTEN,
     FLAGS,
     PARAMETERS,
@@ -168,11 +169,17 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_TRUST_FORWARDED": "true",
     }
-    # Every option of the contract has its variable in this test.
+    # Every option of the contract has its variable in this test: numeric
+    # options added later get a value here; anything else must be added above.
+    extra: dict[str, float | int] = {}
+    for name, kind in _NUMERIC.items():
+        if env_name(name) not in environ:
+            environ[env_name(name)] = "7"
+            extra[name.replace("-", "_")] = kind("7")
     names = {env_name(n) for n, _, _ in PARAMETERS} | {env_name(n) for n, _ in FLAGS}
-    assert names - {"MAILMCP_KEY_FILE"} <= set(environ)
+    assert names - {"MAILMCP_KEY_FILE"} <= set(environ), "give the new option a value in this test"
     config = parse([], environ).config
-    assert without_keyring(config) == Config(
+    assert without_keyring(config) == attrs.evolve(Config(
         listen=("tcp:9001:interface=127.0.0.1", "unix:/tmp/y.sock"),
         base_url="https://env.example",
         state_dir=state.resolve(),
@@ -194,7 +201,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         shutdown_timeout=18.0,
         allowed_origins=("https://c.example",),
         trust_forwarded=True,
-    )
+    ), **extra)
 
 
 def test_key_file_from_environment(tmp_path: Path) -> None:
@@ -362,10 +369,46 @@ def test_mcp_url() -> None:
     assert config.mcp_url == "https://m.example/p/mcp"
 
 
-def test_readme_documents_every_option() -> None:
-    """README.rst's configuration table names every option and its environment variable."""
+def config_table_rst() -> str:
+    """
+    The README's configuration table, generated from PARAMETERS and FLAGS.
+    Print it with ``.venv/bin/python -m tests.unit.test_config``.
+    """
+    rows = [(
+        "--listen", env_name("listen"), DEFAULT_LISTEN,
+        "Endpoint to listen on; repeat the option (or separate endpoints with spaces in the "
+        "variable) to listen on several: ``tcp:PORT:interface=ADDR``, "
+        "``ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem``, ``unix:PATH``, "
+        "``systemd:domain=INET:index=N``.",
+    )]
+    rows += [(f"--{name}", env_name(name), default or None, text) for name, default, text in PARAMETERS]
+    rows += [(f"--{name}", env_name(name), "off", text + " The variable takes 1/true/yes/on.")
+             for name, text in FLAGS]
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 20 28 17 35", "",
+             "   * - Option", "     - Environment variable", "     - Default", "     - Meaning"]
+    for option, variable, default, text in rows:
+        lines += [f"   * - ``{option}``", f"     - ``{variable}``",
+                  f"     - ``{default}``" if default else "     - (none)", f"     - {text}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_readme_configuration_table_is_generated() -> None:
+    """
+    README.rst's configuration table is exactly the one generated from
+    PARAMETERS/FLAGS, so every option and MAILMCP_* variable is documented
+    with its current default.  To refresh it:
+    ``.venv/bin/python -m tests.unit.test_config`` and paste the output
+    between the CONFIG TABLE markers.
+    """
     readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text(encoding="utf-8")
-    names = ["listen", *(n for n, _, _ in PARAMETERS), *(n for n, _ in FLAGS)]
-    for name in names:
-        assert f"``--{name}``" in readme, f"--{name} is missing from README.rst"
-        assert f"``{env_name(name)}``" in readme, f"{env_name(name)} is missing from README.rst"
+    begin, end = ".. BEGIN CONFIG TABLE (generated)\n\n", "\n.. END CONFIG TABLE\n"
+    assert begin in readme and end in readme
+    table = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert table == config_table_rst(), (
+        "README.rst's configuration table is out of date: run "
+        "'.venv/bin/python -m tests.unit.test_config' and paste its output into README.rst"
+    )
+
+
+if __name__ == "__main__":
+    print(config_table_rst(), end="")
