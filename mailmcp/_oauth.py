@@ -618,6 +618,7 @@ class OAuthApp:
     # -- token endpoint ---------------------------------------------------
 
     def _token_error(self, request: IRequest, error: OAuthError, basic: bool = False) -> bytes:
+        request.setHeader(b"access-control-allow-origin", b"*")
         if error.status == 401 and basic:
             request.setHeader(b"www-authenticate", b'Basic realm="mailmcp"')
         request.setHeader(b"pragma", b"no-cache")
@@ -716,9 +717,31 @@ class OAuthApp:
             log.info("token request refused: {error}", error=e.error)
             return self._token_error(request, e, basic)
         request.setHeader(b"pragma", b"no-cache")
+        request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
 
-    @app.route("/oauth/token", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    @app.route("/oauth/token", methods=["OPTIONS"])
+    def token_preflight(self, request: IRequest) -> bytes:
+        return self._preflight(request)
+
+    @app.route("/oauth/revoke", methods=["OPTIONS"])
+    def revoke_preflight(self, request: IRequest) -> bytes:
+        return self._preflight(request)
+
+    def _preflight(self, request: IRequest) -> bytes:
+        """
+        CORS for browser-based MCP clients (the Inspector): the token and
+        revocation endpoints take no cookies, so any origin may call them.
+        The login page itself never answers CORS.
+        """
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-origin", b"*")
+        request.setHeader(b"access-control-allow-methods", b"POST")
+        request.setHeader(b"access-control-allow-headers", b"authorization, content-type")
+        request.setHeader(b"access-control-max-age", b"600")
+        return b""
+
+    @app.route("/oauth/token", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
     def token_wrong_method(self, request: IRequest) -> bytes:
         request.setHeader(b"allow", b"POST")
         return self._token_error(request, OAuthError("invalid_request", "use POST", 405))
@@ -733,9 +756,10 @@ class OAuthApp:
         except OAuthError as e:
             return self._token_error(request, e, basic)
         request.setHeader(b"pragma", b"no-cache")
+        request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {})
 
-    @app.route("/oauth/revoke", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    @app.route("/oauth/revoke", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
     def revoke_wrong_method(self, request: IRequest) -> bytes:
         request.setHeader(b"allow", b"POST")
         return self._token_error(request, OAuthError("invalid_request", "use POST", 405))

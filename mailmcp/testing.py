@@ -15,6 +15,8 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._clients import MailServer
 from ._fake_imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage
+from ._grants import MemoryGrantStore
+from ._mailcheck import FakeLoginChecker
 from ._tokens import InvalidToken
 from ._toolkit import Tool, ToolContext, ToolError
 from .interfaces import IAccessTokenVerifier
@@ -121,4 +123,5 @@ def echo_tool() -> Tool[EchoInput, EchoOutput]:
 
 __all__ = [
     "FakeIMAPPool", "FakeIMAPServer", "FakeIMAPSession", "FakeMailbox", "FakeMessage",
-    "EchoInput", "EchoOutput", "FakeTokenVerifier", "echo_tool", "make_account"]
+    "EchoInput", "EchoOutput", "FakeTokenVerifier", "echo_tool", "make_account",
+    "MemoryGrantStore", "FakeLoginChecker"]

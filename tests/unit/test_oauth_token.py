@@ -386,3 +386,58 @@ def test_issuer_in_metadata_equals_iss(server) -> None:
     response, _ = server.login()
     location = response.headers.getRawHeaders(b"location")[0].decode()
     assert location.endswith("&iss=" + BASE.replace(":", "%3A").replace("/", "%2F"))
+
+
+def test_token_endpoint_cors_preflight(server) -> None:
+    """Browser-based clients may call the token endpoint (no cookies involved); responses carry ACAO."""
+    response, _ = server.request("OPTIONS", "/oauth/token", headers={"Origin": "http://localhost:6274"})
+    assert response.code == 204
+    assert response.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
+    assert b"authorization" in response.headers.getRawHeaders(b"access-control-allow-headers")[0]
+    code, verifier = server.code_for()
+    response, _ = server.redeem(code, verifier)
+    assert response.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
+
+
+def test_foreign_algorithm_token_rejected_cheaply(server) -> None:
+    """TK-01: a PBES2 token (p2c=16384) is refused before any key derivation, faster than a valid token is opened."""
+    import time
+
+    from jwcrypto import jwe, jwk
+
+    key = jwk.JWK.generate(kty="oct", size=256)
+    forged = jwe.JWE(b'{"gid":"x"}', protected=json.dumps(
+        {"alg": "PBES2-HS256+A128KW", "enc": "A128GCM", "p2c": 16384}))
+    forged.add_recipient(key)
+    token = forged.serialize(compact=True)
+    valid = server.tokens()["access_token"]
+
+    def cost(t: str) -> float:
+        started = time.perf_counter()
+        for _ in range(20):
+            try:
+                server.account(t)
+            except InvalidToken:
+                pass
+        return (time.perf_counter() - started) / 20
+
+    cost(valid)
+    assert is_dead(server, token)
+    assert cost(token) < 0.002
+    assert cost(token) < cost(valid) * 2
+
+
+def test_implementations_provide_interfaces(server) -> None:
+    """The real and fake login checkers, the memory store and the verifier provide their interfaces."""
+    from twisted.internet.testing import MemoryReactorClock
+    from zope.interface.verify import verifyObject
+
+    from mailmcp._mailcheck import IMAPLoginChecker, SMTPLoginChecker
+    from mailmcp._tls import MailTLS
+    from mailmcp.interfaces import IAccessTokenVerifier, IGrantStore, ILoginChecker
+
+    reactor = MemoryReactorClock()
+    for checker in (server.imap, IMAPLoginChecker(reactor, MailTLS(None)), SMTPLoginChecker(reactor, MailTLS(None))):
+        assert verifyObject(ILoginChecker, checker)
+    assert verifyObject(IGrantStore, server.store)
+    assert verifyObject(IAccessTokenVerifier, server.verifier)
