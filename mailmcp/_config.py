@@ -51,6 +51,8 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
 
 FLAGS: list[tuple[str, str]] = [
     ("trust-forwarded", "Take the client address from X-Forwarded-For (behind a trusted proxy)."),
+    ("imap-connect-per-call", "Do not pool IMAP connections: connect, log in and log out on every "
+     "call (a benchmark baseline, slow)."),
 ]
 
 _NUMERIC = {
@@ -120,6 +122,7 @@ class Config:
     shutdown_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     trust_forwarded: bool = False
+    imap_connect_per_call: bool = False
 
     @property
     def mcp_url(self) -> str:
@@ -280,5 +283,6 @@ def build_config(
         keyring=keyring,
         allowed_origins=origins,
         trust_forwarded=bool(resolved["trust-forwarded"]),
+        imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
         **numbers,  # type: ignore[arg-type]
     )

@@ -138,6 +138,7 @@ class IMAPPool(Service):
             "wait_timeout": config.pool_wait_timeout,
             "idle_timeout": config.pool_idle_timeout,
             "command_timeout": config.imap_timeout,
+            "connect_per_call": bool(getattr(config, "imap_connect_per_call", False)),
         }
         settings.update(overrides)
         return cls(reactor, MailTLS(config.mail_ca_file), **settings)

@@ -168,14 +168,19 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SHUTDOWN_TIMEOUT": "18",
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_TRUST_FORWARDED": "true",
+        "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
-    extra: dict[str, float | int] = {}
+    extra: dict[str, float | int | bool] = {}
     for name, kind in _NUMERIC.items():
         if env_name(name) not in environ:
             environ[env_name(name)] = "7"
             extra[name.replace("-", "_")] = kind("7")
+    for name, _ in FLAGS:
+        if env_name(name) not in environ:
+            environ[env_name(name)] = "yes"
+            extra[name.replace("-", "_")] = True
     names = {env_name(n) for n, _, _ in PARAMETERS} | {env_name(n) for n, _ in FLAGS}
     assert names - {"MAILMCP_KEY_FILE"} <= set(environ), "give the new option a value in this test"
     config = parse([], environ).config
@@ -201,6 +206,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         shutdown_timeout=18.0,
         allowed_origins=("https://c.example",),
         trust_forwarded=True,
+        imap_connect_per_call=True,
     ), **extra)
 
 
