@@ -11,6 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import ITLSTransport
@@ -712,3 +714,43 @@ def test_mailbox_name_quoting() -> None:
     wire = logged_in()
     run(wire.session.examine('We "say" \\ hi'))
     assert wire.sent() == b'0002 EXAMINE "We \\"say\\" \\\\ hi"\r\n'
+
+
+def test_each_command_is_a_log_event_with_secrets_redacted() -> None:
+    """Every command emits a log event (name, arguments); LOGIN's are redacted."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    with capturedLogs() as events:
+        wire = logged_in()
+        run(wire.session.select("INBOX"))
+    commands = [(e["imap_command"], e["imap_arguments"]) for e in events if "imap_command" in e]
+    assert commands == [("LOGIN", "<credentials redacted>"), ("SELECT", '"INBOX"')]
+    text = "\n".join(formatEvent(e) for e in events)
+    assert "secret" not in text and "alice@example.test" not in text
+    assert 'C: 0002 SELECT "INBOX"' in text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=80))
+def test_any_chunking_of_a_mixed_stream_parses_the_same(cuts: list[int]) -> None:
+    """However TCP splits a stream of FETCHes with literals, the results are identical."""
+    wire = opened()
+    d = run(wire.session.fetch("1:3", "(UID FLAGS BODY.PEEK[1])", uid=False))
+    tag = wire.tag()
+    stream = (
+        b"* 1 FETCH (UID 7 FLAGS (\\Seen) BODY[1] {5}\r\nab\r\nc)\r\n"
+        b"* 2 FETCH (UID 8 FLAGS () BODY[1] {0}\r\n)\r\n"
+        b"* 4 EXISTS\r\n"
+        b'* 3 FETCH (UID 9 FLAGS (\\Flagged) BODY[1] "quoted")\r\n' + tag + b" OK done\r\n"
+    )
+    position = 0
+    for cut in cuts:
+        wire.server(stream[position : position + cut])
+        position += cut
+    wire.server(stream[position:])
+    messages = result_of(d)
+    assert [(m.uid, m.flags, m.sections) for m in messages] == [
+        (7, ("\\Seen",), {"1": b"ab\r\nc"}),
+        (8, (), {"1": b""}),
+        (9, ("\\Flagged",), {"1": b"quoted"}),
+    ]
