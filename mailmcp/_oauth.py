@@ -59,6 +59,7 @@ OAUTH_PARAMS = ("client_id", "redirect_uri", "response_type", "state", "code_cha
 FORM_FIELDS = ("email", "full_name", "imap_username", "imap_password", "use_same_credentials",
                "smtp_username", "smtp_password", "csrf_token")
 
+UNAVAILABLE_TEXT = "Sign-in is temporarily unavailable. Please try again in a minute."
 GENERIC_FAILURE = "Sign-in failed. Nothing was saved; please check the details below and try again."
 
 
@@ -70,6 +71,9 @@ class BadRequest(Exception):
         self.title = title
         self.message = message
         self.status = status
+
+
+UNAVAILABLE = BadRequest("Temporarily unavailable", UNAVAILABLE_TEXT, 503)
 
 
 class RedirectError(Exception):
@@ -492,6 +496,10 @@ class OAuthApp:
             return await self._authorize_submit(request)
         except BadRequest as e:
             return await self._error_page(request, e)
+        except Exception:
+            # The store is down or similar: say so, keep details in the log.
+            log.failure("login could not be completed")
+            return await self._error_page(request, UNAVAILABLE)
 
     async def _authorize_submit(self, request: IRequest) -> bytes:
         if _body_size(request) > MAX_FORM_BODY:
@@ -716,6 +724,9 @@ class OAuthApp:
         except OAuthError as e:
             log.info("token request refused: {error}", error=e.error)
             return self._token_error(request, e, basic)
+        except Exception:
+            log.failure("token request failed")
+            return self._token_error(request, OAuthError("temporarily_unavailable", "try again later", 503))
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
@@ -755,6 +766,9 @@ class OAuthApp:
             await self._grants.revoke(client, form.get("token"))
         except OAuthError as e:
             return self._token_error(request, e, basic)
+        except Exception:
+            log.failure("revocation failed")
+            return self._token_error(request, OAuthError("temporarily_unavailable", "try again later", 503))
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {})

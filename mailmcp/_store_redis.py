@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -54,6 +54,10 @@ return redis.call('HINCRBY', KEYS[1], 'count', 1)
 """
 
 
+class RedisUnavailable(Exception):
+    """The store is not connected (not started, or stopped)."""
+
+
 def parse_redis_url(url: str) -> dict[str, Any]:
     """``redis://[:password@]host[:port][/db]`` or ``unix:///path?db=N``."""
     parts = urlsplit(url)
@@ -78,9 +82,11 @@ class RedisGrantStore(Service):
     `startService` and closed in `stopService`.
     """
 
-    def __init__(self, url: str, clock: IReactorTime, prefix: str = "mailmcp:", poolsize: int = 4) -> None:
+    def __init__(self, url: str, clock: IReactorTime, prefix: str = "mailmcp:", poolsize: int = 4,
+                 timeout: float = 5.0) -> None:
         self._url = url
         self._clock = clock
+        self._timeout = timeout
         self._prefix = prefix
         self._poolsize = poolsize
         self._redis: Any = None
@@ -114,6 +120,18 @@ class RedisGrantStore(Service):
     def _now(self) -> float:
         return self._clock.seconds()
 
+    def _deadline(self, coro: Any) -> Deferred[Any]:
+        """
+        Every operation ends within the timeout: a lazy txredisapi pool
+        queues commands while Redis is down, and a login must not hang.
+        """
+        if self._redis is None:
+            coro.close()
+            return fail(RedisUnavailable())
+        d: Deferred[Any] = Deferred.fromCoroutine(coro)
+        d.addTimeout(self._timeout, self._clock)
+        return d
+
     def _ttl(self, expires: float) -> int:
         return max(1, int(expires - self._now()) + 1)
 
@@ -133,7 +151,7 @@ class RedisGrantStore(Service):
         await self._redis.execute_command("EXPIRE", key, self._ttl(record.expires))
 
     def create_grant(self, record: GrantRecord) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._create(record))
+        return self._deadline(self._create(record))
 
     async def _get(self, grant_id: str) -> GrantRecord | None:
         fields = await self._redis.execute_command("HGETALL", self._grant_key(grant_id))
@@ -154,7 +172,7 @@ class RedisGrantStore(Service):
         )
 
     def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
-        return Deferred.fromCoroutine(self._get(grant_id))
+        return self._deadline(self._get(grant_id))
 
     async def _activate(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> bool:
         result = await self._redis.eval(
@@ -165,7 +183,7 @@ class RedisGrantStore(Service):
         return int(result) == 1
 
     def activate_grant(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> Deferred[bool]:
-        return Deferred.fromCoroutine(self._activate(grant_id, code_id, code_expires, expires))
+        return self._deadline(self._activate(grant_id, code_id, code_expires, expires))
 
     async def _rotate(self, grant_id: str, generation: int) -> bool:
         result = await self._redis.eval(
@@ -174,20 +192,20 @@ class RedisGrantStore(Service):
         return int(result) == 1
 
     def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
-        return Deferred.fromCoroutine(self._rotate(grant_id, generation))
+        return self._deadline(self._rotate(grant_id, generation))
 
     async def _revoke(self, grant_id: str) -> None:
         await self._redis.execute_command("DEL", self._grant_key(grant_id))
 
     def revoke_grant(self, grant_id: str) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._revoke(grant_id))
+        return self._deadline(self._revoke(grant_id))
 
     async def _hit(self, key: str, window: int) -> int:
         result = await self._redis.eval(_HIT, [f"{self._prefix}count:{key}"], [str(self._now()), int(window)])
         return int(result)
 
     def hit(self, key: str, window: int) -> Deferred[int]:
-        return Deferred.fromCoroutine(self._hit(key, window))
+        return self._deadline(self._hit(key, window))
 
     async def _count(self, key: str) -> int:
         fields = await self._redis.execute_command("HMGET", f"{self._prefix}count:{key}", "count", "until")
@@ -197,4 +215,4 @@ class RedisGrantStore(Service):
         return int(count)
 
     def count(self, key: str) -> Deferred[int]:
-        return Deferred.fromCoroutine(self._count(key))
+        return self._deadline(self._count(key))

@@ -181,3 +181,23 @@ def test_parse_redis_url() -> None:
     assert parse_redis_url("redis://h")["port"] == 6379
     assert parse_redis_url("unix:///run/redis.sock?db=2") == {"path": "/run/redis.sock", "dbid": 2,
                                                               "password": None}
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_fails_fast() -> None:
+    """With Redis unreachable, operations fail within the store's deadline instead of queueing forever."""
+    import time
+
+    from twisted.internet import reactor
+
+    from tests.harness import free_port
+
+    store = RedisGrantStore(f"redis://127.0.0.1:{free_port()}/0", reactor, timeout=1.0)
+    store.connect()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception):
+            await store.get_grant("x")
+        assert time.monotonic() - started < 3
+    finally:
+        await store.disconnect()

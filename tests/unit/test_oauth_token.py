@@ -441,3 +441,17 @@ def test_implementations_provide_interfaces(server) -> None:
         assert verifyObject(ILoginChecker, checker)
     assert verifyObject(IGrantStore, server.store)
     assert verifyObject(IAccessTokenVerifier, server.verifier)
+
+
+def test_store_failure_is_503_not_a_traceback(server) -> None:
+    """A failing grant store gives a 503 page at login and temporarily_unavailable at the token endpoint."""
+    from twisted.internet.defer import fail
+
+    tokens = server.tokens()
+    server.store.create_grant = lambda record: fail(RuntimeError("store down"))
+    server.store.rotate_refresh = lambda gid, gen: fail(RuntimeError("store down"))
+    response, body = server.login()
+    assert response.code == 503
+    assert b"temporarily unavailable" in body and b"Traceback" not in body and b"store down" not in body
+    response, body = server.refresh(tokens["refresh_token"])
+    assert response.code == 503 and body["error"] == "temporarily_unavailable"
