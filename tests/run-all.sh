@@ -19,6 +19,14 @@ if [ "$need_apt" = 1 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
+# Debian's python3 has no venv/ensurepip without the python3-venv package.
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "run-all.sh: $PYTHON cannot create virtualenvs; run as root (or: apt-get install python3-venv)" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
