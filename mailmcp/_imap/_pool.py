@@ -238,13 +238,15 @@ class IMAPPool(Service):
 
     async def _acquire(self, account: Any) -> _Connection:
         key = account.imap_pool_key
-        slots = self._slots.get(key)
-        if slots is None:
-            slots = self._slots[key] = _Slots()
         deadline = self.clock.seconds() + self.wait_timeout
         while True:
             if self._closing:
                 raise IMAPError("the server is shutting down")
+            # Looked up afresh after every wait: an account's slots are
+            # forgotten whenever it has no connection and nobody waits.
+            slots = self._slots.get(key)
+            if slots is None:
+                slots = self._slots[key] = _Slots()
             conn = self._pop_idle(slots)
             if conn is not None:
                 if self.clock.seconds() - conn.last_used > self.noop_after:
@@ -394,7 +396,10 @@ class IMAPPool(Service):
             self._close(conn)
             return
         conn.last_used = self.clock.seconds()
-        slots = self._slots[conn.key]
+        slots = self._slots.get(conn.key)
+        if slots is None:  # pragma: no cover - a leased connection keeps its slots
+            slots = self._slots[conn.key] = _Slots()
+            slots.count = 1
         while slots.waiters:
             waiter = slots.waiters.popleft()
             if not waiter.called:

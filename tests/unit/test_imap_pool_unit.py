@@ -314,3 +314,32 @@ def test_stop_does_not_wait_long_for_a_silent_logout() -> None:
     assert not stopped.called
     clock.advance(2)
     assert stopped.called and server.open == 0
+
+
+def test_waiter_reconnects_when_the_busy_connection_breaks() -> None:
+    """
+    With one slot: the holder's connection dies while another caller waits.
+    The waiter gets the freed slot and connects afresh; the holder's read is
+    retried once and served after it, on the same new connection.
+    """
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, pool_size=1, wait_timeout=10)
+    gate: Deferred[None] = Deferred()
+    calls: list[str] = []
+
+    async def held(session: IMAPSession) -> str:
+        calls.append("held")
+        await gate
+        await session.noop()
+        return "held"
+
+    holder = run(pool, account(), held)
+    waiter = run(pool, account(), noop)
+    assert not waiter.called
+    server.transports[0].abortConnection()  # the holder's connection dies while it waits
+    gate.callback(None)
+    assert outcome(waiter) == "ok"
+    assert outcome(holder) == "held"
+    assert calls == ["held", "held"]
+    assert len(server.transports) == 2 and server.open == 1 and server.peak == 1
+    assert pool.stats["retries"] == 1 and pool.open_connections == 1
