@@ -302,13 +302,63 @@ class Session:
         await self.command(b"NOOP")
 
     async def list_mailboxes(self) -> list[MailboxInfo]:
+        boxes, _ = await self._list(())
+        return boxes
+
+    async def list_mailboxes_status(
+        self, items: Sequence[str]
+    ) -> list[tuple[MailboxInfo, dict[str, int]]]:
+        """
+        Every mailbox with the STATUS C{items} of each selectable one: a
+        single LIST ... RETURN (STATUS (...)) round trip when the server has
+        LIST-STATUS (RFC 5819), else LIST and one STATUS per folder.
+        """
+        wanted = _status_items(items)
+        if "LIST-STATUS" in self._capabilities:
+            boxes, statuses = await self._list(wanted)
+            return [(box, statuses.get(box.name, {})) for box in boxes]
+        boxes, _ = await self._list(())
+        result: list[tuple[MailboxInfo, dict[str, int]]] = []
+        for box in boxes:
+            counts: dict[str, int] = {}
+            if box.selectable:
+                try:
+                    counts = await self.status(box.name, wanted)
+                except IMAPNoSuchMailbox:
+                    pass
+            result.append((box, counts))
+        return result
+
+    async def _list(
+        self, status_items: Sequence[str]
+    ) -> tuple[list[MailboxInfo], dict[str, dict[str, int]]]:
         pieces: list[bytes | Literal] = [b' "" "*"']
-        if "SPECIAL-USE" in self._capabilities and "LIST-EXTENDED" in self._capabilities:
-            pieces.append(b" RETURN (SPECIAL-USE)")
+        options = []
+        if "LIST-EXTENDED" in self._capabilities:
+            if "SPECIAL-USE" in self._capabilities:
+                options.append(b"SPECIAL-USE")
+            options.append(b"CHILDREN")
+        if status_items:
+            options.append(b"STATUS (" + " ".join(status_items).encode("ascii") + b")")
+        if options:
+            pieces.append(b" RETURN (" + b" ".join(options) + b")")
         response = await self.command(b"LIST", *pieces)
         result: list[MailboxInfo] = []
+        statuses: dict[str, dict[str, int]] = {}
         for line in response.lines:
-            if line[0][:5].upper() != b"LIST ":
+            head = line[0][:7].upper()
+            if head.startswith(b"STATUS "):
+                try:
+                    values = parse_values(line)
+                    if len(values) < 3 or not isinstance(values[-1], list):
+                        raise ParseError("bad STATUS response")
+                    name = _mailbox_name(values[1])
+                except ParseError as e:
+                    log.warn("IMAP: skipping a malformed STATUS line: {error}", error=e.detail)
+                    continue
+                statuses[name] = _status_pairs(values[-1])
+                continue
+            if not head.startswith(b"LIST "):
                 continue
             try:
                 values = parse_values(line)
@@ -316,27 +366,23 @@ class Session:
                     raise ParseError("bad LIST response")
                 flags = tuple(as_atom_str(f) for f in values[1])
                 delimiter = values[2]
-                raw_name = values[3]
-                if isinstance(raw_name, int):
-                    raw_name = str(raw_name).encode("ascii")
-                if not isinstance(raw_name, bytes) or isinstance(delimiter, list):
+                if isinstance(delimiter, list):
                     raise ParseError("bad LIST response")
+                name = _mailbox_name(values[3])
             except ParseError as e:
                 log.warn("IMAP: skipping a malformed LIST line: {error}", error=e.detail)
                 continue
             result.append(
                 MailboxInfo(
-                    name="INBOX" if raw_name.upper() == b"INBOX" else decode_mailbox(raw_name),
+                    name=name,
                     delimiter=None if delimiter is None else as_atom_str(delimiter),
                     flags=flags,
                 )
             )
-        return result
+        return result, statuses
 
     async def status(self, mailbox: str, items: Sequence[str]) -> dict[str, int]:
-        wanted = [str(i).upper() for i in items]
-        if not wanted or any(i not in _STATUS_ITEMS for i in wanted):
-            raise IMAPError(f"invalid STATUS items {list(items)!r:.80}")
+        wanted = _status_items(items)
         names = " ".join(wanted).encode("ascii")
         try:
             response = await self.command(
@@ -353,11 +399,7 @@ class Session:
             values = _parse(line)
             if len(values) < 3 or not isinstance(values[-1], list):
                 raise IMAPError("the mail server sent a malformed STATUS response")
-            pairs = values[-1]
-            for i in range(0, len(pairs) - 1, 2):
-                key, value = pairs[i], pairs[i + 1]
-                if isinstance(key, bytes) and type(value) is int and value <= MAX_MODSEQ:
-                    result[key.decode("latin-1").upper()] = value
+            result.update(_status_pairs(values[-1]))
         return result
 
     async def create_mailbox(self, mailbox: str) -> None:
@@ -639,6 +681,31 @@ class Session:
             uid = code[2] if type(code[2]) is int and 0 < code[2] <= MAX_UINT32 else None
             return uidvalidity, uid
         return None, None
+
+
+def _status_items(items: Sequence[str]) -> list[str]:
+    wanted = [str(i).upper() for i in items]
+    if not wanted or any(i not in _STATUS_ITEMS for i in wanted):
+        raise IMAPError(f"invalid STATUS items {list(items)!r:.80}")
+    return wanted
+
+
+def _status_pairs(pairs: list[Value]) -> dict[str, int]:
+    result: dict[str, int] = {}
+    for i in range(0, len(pairs) - 1, 2):
+        key, value = pairs[i], pairs[i + 1]
+        if isinstance(key, bytes) and type(value) is int and value <= MAX_MODSEQ:
+            result[key.decode("latin-1").upper()] = value
+    return result
+
+
+def _mailbox_name(raw: Value) -> str:
+    """A mailbox name from LIST/STATUS: atom, string or literal; decoded."""
+    if isinstance(raw, int):
+        return str(raw)
+    if not isinstance(raw, bytes):
+        raise ParseError("bad mailbox name")
+    return "INBOX" if raw.upper() == b"INBOX" else decode_mailbox(raw)
 
 
 def _parse(line: RawResponse) -> list[Value]:

@@ -740,11 +740,17 @@ async def test_non_ascii_folder_names_round_trip(services: Services, pools: Any)
         _, uid = await session.append(name, message("in a unicode folder"))
         state = await session.examine(name)
         items = await session.fetch(str(uid), "(ENVELOPE)")
-        return names, state, items
+        with_status = await session.list_mailboxes_status(["MESSAGES", "UNSEEN"])
+        return names, state, items, with_status
 
-    names, state, items = await pool.run(
+    names, state, items, with_status = await pool.run(
         account_for(services, email, password), operation, read_only=False
     )
+    counts = {box.name: status for box, status in with_status}
+    assert counts[name] == {"MESSAGES": 1, "UNSEEN": 1}
+    parent = next(box for box, _ in with_status if box.name == "Résumé")
+    assert counts["Résumé"] == ({} if not parent.selectable else {"MESSAGES": 0, "UNSEEN": 0})
+    assert counts["INBOX"] == {"MESSAGES": 0, "UNSEEN": 0}
     assert name in names and "Résumé" in names
     assert state.name == name and state.exists == 1
     assert items[0].envelope.subject == "in a unicode folder"

@@ -754,3 +754,42 @@ def test_any_chunking_of_a_mixed_stream_parses_the_same(cuts: list[int]) -> None
         (8, (), {"1": b""}),
         (9, ("\\Flagged",), {"1": b"quoted"}),
     ]
+
+
+def test_list_status_in_one_round_trip() -> None:
+    """With LIST-STATUS, folders and their counters come from one LIST command."""
+    wire = logged_in(caps=b"IMAP4rev1 LIST-EXTENDED SPECIAL-USE LIST-STATUS")
+    d = run(wire.session.list_mailboxes_status(["MESSAGES", "UNSEEN"]))
+    assert (
+        wire.sent()
+        == b'0002 LIST "" "*" RETURN (SPECIAL-USE CHILDREN STATUS (MESSAGES UNSEEN))\r\n'
+    )
+    wire.server(
+        b'* LIST (\\HasNoChildren) "/" INBOX\r\n* STATUS INBOX (MESSAGES 5 UNSEEN 2)\r\n'
+        b'* LIST (\\Noselect \\HasChildren) "/" "R&AOk-sum&AOk-"\r\n'
+        b'* LIST (\\HasNoChildren \\Sent) "/" "R&AOk-sum&AOk-/Sent"\r\n'
+        b'* STATUS "R&AOk-sum&AOk-/Sent" (MESSAGES 1 UNSEEN 0)\r\n'
+    )
+    wire.ok()
+    result = [(box.name, counts) for box, counts in result_of(d)]
+    assert result == [
+        ("INBOX", {"MESSAGES": 5, "UNSEEN": 2}),
+        ("Résumé", {}),
+        ("Résumé/Sent", {"MESSAGES": 1, "UNSEEN": 0}),
+    ]
+
+
+def test_list_status_fallback_without_the_extension() -> None:
+    """Without LIST-STATUS: LIST, then one STATUS per selectable folder."""
+    wire = logged_in()
+    d = run(wire.session.list_mailboxes_status(["MESSAGES"]))
+    assert wire.sent() == b'0002 LIST "" "*"\r\n'
+    wire.server(b'* LIST () "/" INBOX\r\n* LIST (\\Noselect) "/" Parent\r\n')
+    wire.ok()
+    assert wire.sent() == b'0003 STATUS "INBOX" (MESSAGES)\r\n'
+    wire.server(b"* STATUS INBOX (MESSAGES 4)\r\n")
+    wire.ok()
+    assert [(box.name, counts) for box, counts in result_of(d)] == [
+        ("INBOX", {"MESSAGES": 4}),
+        ("Parent", {}),
+    ]
