@@ -161,6 +161,11 @@ class IMAPPool(Service):
         *,
         read_only: bool,
     ) -> T:
+        """
+        Lease a logged-in connection for C{account}, run C{operation} on its
+        session and give it back (see `IMAPPoolAPI.run`).  Cancelling the
+        call discards a connection left mid-command and is never retried.
+        """
         attempts = 2 if read_only else 1
         for attempt in range(attempts):
             conn: _Connection | None = None
@@ -362,13 +367,13 @@ class IMAPPool(Service):
         d.addTimeout(self.command_timeout, self.clock)
         try:
             await d
-        except (CancelledError, ConnectTimeoutError, DeferredTimeoutError):
+        except (ConnectTimeoutError, DeferredTimeoutError):
             raise IMAPError(
                 f"could not connect to the mail server {server.host}:{server.port} "
                 f"within {self.command_timeout:g} s",
                 transient=True,
             ) from None
-        except IMAPError:
+        except (IMAPError, CancelledError):
             raise
         except Exception as e:  # noqa: BLE001 - every connect failure maps to one message
             raise IMAPError(

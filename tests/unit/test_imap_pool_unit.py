@@ -343,3 +343,17 @@ def test_waiter_reconnects_when_the_busy_connection_breaks() -> None:
     assert calls == ["held", "held"]
     assert len(server.transports) == 2 and server.open == 1 and server.peak == 1
     assert pool.stats["retries"] == 1 and pool.open_connections == 1
+
+
+def test_cancel_while_connecting_is_not_retried() -> None:
+    """Cancelling a read while its connection is being opened ends it: no retry, no leak."""
+    from twisted.internet.defer import CancelledError
+
+    server, clock = ScriptedServer(), Clock()
+    server.connect_hangs = True
+    pool = make_pool(server, clock)
+    d = run(pool, account(), noop, read_only=True)
+    d.cancel()
+    with pytest.raises(CancelledError):
+        outcome(d)
+    assert pool.stats["retries"] == 0 and pool.open_connections == 0
