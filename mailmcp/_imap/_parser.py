@@ -364,7 +364,8 @@ def _fast_envelope(head: bytes, start: int) -> tuple[list[Value], Envelope] | No
     # The match must be the top-level ENVELOPE item (not text inside some
     # quoted string): its placeholder must be found there.
     for i in range(0, len(items) - 1, 2):
-        if items[i] == b"ENVELOPE" and items[i + 1] is None:
+        key = items[i]
+        if isinstance(key, bytes) and key.upper() == b"ENVELOPE" and items[i + 1] is None:
             break
     else:
         return None
@@ -615,8 +616,17 @@ def split_code(text: bytes) -> tuple[list[Value] | None, bytes]:
         code = parse_values((match.group(1),))
     except ParseError:
         code = [match.group(1)]
-    if code and isinstance(code[0], bytes):
-        code[0] = code[0].upper()
+    if not code:
+        return None, match.group(2)
+    first = code[0]
+    # The code's name is always bytes, so callers compare like with like.
+    code[0] = (
+        first.upper()
+        if isinstance(first, bytes)
+        else str(first).encode("ascii")
+        if isinstance(first, int)
+        else b""
+    )
     return code, match.group(2)
 
 

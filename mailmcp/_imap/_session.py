@@ -577,7 +577,8 @@ class Session:
             if head.startswith(b"ESEARCH"):
                 values = _parse(line)
                 for i in range(1, len(values) - 1):
-                    if values[i] == b"ALL" or values[i] == b"all":
+                    word = values[i]
+                    if isinstance(word, bytes) and word.upper() == b"ALL":
                         uids.update(_uid_set(values[i + 1]))
             elif head.startswith(b"SEARCH"):
                 for value in _parse(line)[1:]:
