@@ -1,0 +1,183 @@
+"""
+A scripted, misbehaving IMAP server: a real Twisted protocol listening on
+127.0.0.1 (plain, or implicit TLS with the harness CA's ``localhost``
+certificate), for the IMAP-misbehaviour cases of security.md §3.6.
+
+It speaks just enough IMAP to log a client in (CAPABILITY, LOGIN,
+AUTHENTICATE PLAIN, LOGOUT, NOOP) and answer LIST / EXAMINE / SELECT /
+STATUS / FETCH for a one-message INBOX.  Its ``behaviour`` decides how it
+misbehaves at the first *mailbox* command after login (so the daemon's live
+login check, which only logs in and out, succeeds first):
+
+``normal``           behaves.
+``no-greeting``      accepts TCP and never says anything (IM-01).
+``close``            closes right after the greeting (fault soak).
+``stall``            never answers the first mailbox command (IM-02).
+``reset-literal``    starts a FETCH literal, sends part of it, then RST (IM-03).
+``giant-literal``    announces ``{99999999999}`` in a FETCH (IM-08).
+``long-line``        sends a 2 MiB line with no end of line (IM-09).
+``strip-starttls``   a plain port that never advertises STARTTLS (IM-05).
+``starttls-bad``     advertises STARTTLS but answers it ``BAD`` (IM-05).
+
+Every received line is recorded in ``factory.lines`` (so a test can assert
+that no ``LOGIN`` or ``AUTHENTICATE`` ever arrived) together with the
+connection count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
+
+#: Commands the daemon's login check and the pool's login use; never the trigger.
+SESSION_VERBS = {b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE"}
+BEHAVIOURS = ("normal", "no-greeting", "close", "stall", "reset-literal", "giant-literal",
+              "long-line", "strip-starttls", "starttls-bad")
+MESSAGE = (b"From: Scripted <s@example.test>\r\nTo: alice@example.test\r\nSubject: scripted\r\n"
+           b"Date: Tue, 01 Jul 2025 13:30:00 +0000\r\nMessage-ID: <s1@example.test>\r\n\r\nhello\r\n")
+
+
+class ScriptedIMAP(LineReceiver):
+    MAX_LENGTH = 1 << 20
+    factory: ScriptedIMAPFactory
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.factory.open.add(self)
+        self.pending_auth: bytes | None = None
+        behaviour = self.factory.behaviour
+        if behaviour == "no-greeting":
+            return
+        self.sendLine(b"* OK [CAPABILITY " + self.caps() + b"] scripted IMAP ready")
+        if behaviour == "close":
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.open.discard(self)
+
+    def caps(self) -> bytes:
+        caps = b"IMAP4rev1 UIDPLUS MOVE LITERAL+"
+        if self.factory.behaviour == "starttls-bad":
+            caps += b" STARTTLS"
+        return caps
+
+    def lineReceived(self, line: bytes) -> None:
+        self.factory.lines.append(line)
+        if self.pending_auth is not None:
+            tag, self.pending_auth = self.pending_auth, None
+            self.sendLine(tag + b" OK [CAPABILITY " + self.caps() + b"] logged in")
+            return
+        tag, _, rest = line.partition(b" ")
+        verb, _, args = rest.partition(b" ")
+        verb = verb.upper()
+        if verb == b"UID":
+            verb, _, args = args.partition(b" ")
+            verb = verb.upper()
+        self.factory.verbs.append(verb)
+        behaviour = self.factory.behaviour
+        if verb == b"CAPABILITY":
+            self.sendLine(b"* CAPABILITY " + self.caps())
+            self.sendLine(tag + b" OK done")
+        elif verb == b"STARTTLS":
+            self.sendLine(tag + b" BAD STARTTLS not available")
+        elif verb == b"LOGIN":
+            self.sendLine(tag + b" OK [CAPABILITY " + self.caps() + b"] logged in")
+        elif verb == b"AUTHENTICATE":
+            if len(args.split()) > 1:  # SASL-IR
+                self.sendLine(tag + b" OK logged in")
+            else:
+                self.pending_auth = tag
+                self.sendLine(b"+ ")
+        elif verb == b"LOGOUT":
+            self.sendLine(b"* BYE bye")
+            self.sendLine(tag + b" OK done")
+            self.transport.loseConnection()
+        elif verb in SESSION_VERBS:
+            self.sendLine(tag + b" OK done")
+        elif behaviour in ("normal", "strip-starttls", "starttls-bad"):
+            self.answer(tag, verb)
+        else:
+            self.misbehave(tag, verb)
+
+    def answer(self, tag: bytes, verb: bytes) -> None:
+        if verb == b"LIST":
+            self.sendLine(b'* LIST (\\HasNoChildren) "/" INBOX')
+        elif verb in (b"EXAMINE", b"SELECT"):
+            self.sendLine(b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft)")
+            self.sendLine(b"* 1 EXISTS")
+            self.sendLine(b"* OK [UIDVALIDITY 7] ok")
+            self.sendLine(b"* OK [UIDNEXT 2] ok")
+        elif verb == b"FETCH":
+            self.sendLine(b"* 1 FETCH (UID 1 FLAGS () RFC822.SIZE %d BODY[] {%d}" % (len(MESSAGE), len(MESSAGE)))
+            self.transport.write(MESSAGE + b")\r\n")
+        elif verb == b"SEARCH":
+            self.sendLine(b"* SEARCH 1")
+        self.sendLine(tag + b" OK done")
+
+    def misbehave(self, tag: bytes, verb: bytes) -> None:
+        behaviour = self.factory.behaviour
+        if behaviour == "stall":
+            return
+        if behaviour == "reset-literal":
+            if verb != b"FETCH":
+                self.answer(tag, verb)
+                return
+            # The RST follows once the client has read the partial literal
+            # (an RST arriving first may make the kernel drop unread data).
+            self.transport.write(b"* 1 FETCH (UID 1 BODY[] {100000}\r\n" + b"x" * 3000)
+            from twisted.internet import reactor
+
+            reactor.callLater(0.2, self.transport.abortConnection)
+        elif behaviour == "giant-literal":
+            if verb not in (b"FETCH", b"LIST"):
+                self.answer(tag, verb)
+                return
+            prefix = b"* 1 FETCH (UID 1 BODY[] " if verb == b"FETCH" else b'* LIST () "/" '
+            self.transport.write(prefix + b"{99999999999}\r\n" + b"y" * 4096)
+        elif behaviour == "long-line":
+            self.transport.write(b"* " + b"9" * (2 << 20))
+        else:  # pragma: no cover - a test asked for an unknown behaviour
+            raise AssertionError(behaviour)
+
+
+class ScriptedIMAPFactory(Factory):
+    protocol = ScriptedIMAP
+
+    def __init__(self, behaviour: str) -> None:
+        assert behaviour in BEHAVIOURS, behaviour
+        self.behaviour = behaviour
+        self.connections = 0
+        self.lines: list[bytes] = []
+        self.verbs: list[bytes] = []
+        self.open: set[ScriptedIMAP] = set()
+
+    @property
+    def saw_credentials(self) -> bool:
+        """Whether any LOGIN or AUTHENTICATE command (or SASL response) ever arrived."""
+        return any(v in (b"LOGIN", b"AUTHENTICATE") for v in self.verbs)
+
+    def close_all(self) -> None:
+        for proto in list(self.open):
+            proto.transport.abortConnection()
+
+
+def tls_context(svc: Path) -> ssl.CertificateOptions:
+    """Server TLS options with the harness's ``localhost`` certificate (signed by its CA)."""
+    cert = ssl.PrivateCertificate.loadPEM((svc / "cert.pem").read_text() + (svc / "key.pem").read_text())
+    return cert.options()
+
+
+async def listen(reactor: Any, behaviour: str, *, tls_svc: Path | None = None) -> tuple[ScriptedIMAPFactory, Any]:
+    """Start a scripted server on 127.0.0.1 (TLS when C{tls_svc}); returns (factory, listening port)."""
+    factory = ScriptedIMAPFactory(behaviour)
+    if tls_svc is not None:
+        endpoint: Any = SSL4ServerEndpoint(reactor, 0, tls_context(tls_svc), interface="127.0.0.1")
+    else:
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await endpoint.listen(factory)
+    return factory, port

@@ -1,0 +1,230 @@
+"""
+IMAP server misbehaviour (security.md §3.6) with scripted servers written as
+real Twisted protocols on 127.0.0.1 (`tests.hostile.scripted_imap`), driven
+through the real `IMAPPool` in-process and, for a stalling server, through
+a real ``twistd mailmcp`` daemon and MCP ``tools/call`` while another user
+keeps being served by the real Dovecot.
+
+Each case: a clean `IMAPError` (or ``isError`` result) within the configured
+timeout, no connection left open on either side, no credentials ever sent
+to a server that strips STARTTLS or fails TLS verification.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.internet.task import deferLater
+
+from mailmcp._account import MailAccount
+from mailmcp._clients import MailServer
+from mailmcp._imap import IMAPPool
+from mailmcp._mailbox_api import IMAPError, IMAPSession
+from mailmcp._tls import MailTLS
+from tests.harness import Services, generate_client
+from tests.hostile import mcp_http
+from tests.hostile.scripted_imap import MESSAGE, ScriptedIMAPFactory, listen
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 1.0
+
+
+def scripted_account(port: int, security: str = "plain", host: str = "127.0.0.1",
+                     user: str = "alice@example.test") -> MailAccount:
+    return MailAccount(
+        owner="grant-scripted-" + user, email=user, full_name="Scripted",
+        imap=MailServer(host=host, port=port, security=security),  # type: ignore[arg-type]
+        imap_username=user, imap_password="scripted-pw",
+        smtp=MailServer(host="127.0.0.1", port=1, security="plain"),
+        smtp_username=user, smtp_password="scripted-pw",
+    )
+
+
+def dovecot_account(services: Services, user: str = "alice@example.test", password: str = "alicepw") -> MailAccount:
+    return MailAccount(
+        owner="grant-" + user, email=user, full_name="Alice",
+        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
+        imap_username=user, imap_password=password,
+        smtp=MailServer(host="localhost", port=services.smtps_port, security="tls"),
+        smtp_username=user, smtp_password=password,
+    )
+
+
+async def read_message(session: IMAPSession) -> bytes:
+    """EXAMINE INBOX and fetch message 1 whole: what get_mail_message does, minus the MIME work."""
+    await session.examine("INBOX")
+    [fetched] = await session.fetch("1", "(UID BODY.PEEK[])")
+    return fetched.sections[""]
+
+
+@pytest.fixture
+def servers() -> Iterator[Any]:
+    """Start scripted IMAP servers; all are stopped (and their connections cut) afterwards."""
+    started: list[tuple[ScriptedIMAPFactory, Any]] = []
+
+    async def start(behaviour: str, tls_svc: Any = None) -> tuple[ScriptedIMAPFactory, int]:
+        factory, port = await listen(reactor, behaviour, tls_svc=tls_svc)
+        started.append((factory, port))
+        return factory, port.getHost().port
+
+    yield start
+    for factory, port in started:
+        factory.close_all()
+        pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
+def pool(services: Services) -> Iterator[IMAPPool]:
+    """A pool trusting the harness CA, with a short command timeout; stopped afterwards."""
+    made = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=TIMEOUT, wait_timeout=5)
+    made.startService()
+    yield made
+    pytest_twisted.blockon(made.stopService())
+
+
+async def settle(factory: ScriptedIMAPFactory, pool: IMAPPool, seconds: float = 3.0) -> None:
+    """Wait (bounded) until neither side keeps a connection open."""
+    deadline = time.monotonic() + seconds
+    while (factory.open or pool.open_connections) and time.monotonic() < deadline:
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+CASES = [
+    # behaviour, expected text in the error, most connections the server may see
+    ("no-greeting", "did not answer greeting", 2),
+    ("stall", "did not answer EXAMINE", 2),
+    ("reset-literal", "lost while reading a message", 2),
+    ("giant-literal", "over the 67108864-byte limit", 1),
+    ("long-line", "line longer than", 1),
+]
+
+
+@pytest.mark.parametrize("behaviour, expected, max_connections", CASES)
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_misbehaving_server_is_a_clean_bounded_error(
+    services: Services, servers: Any, pool: IMAPPool, behaviour: str, expected: str,
+    max_connections: int, tls: bool,
+) -> None:
+    """
+    IM-01 (no greeting), IM-02 (stall mid-session), IM-03 (RST inside a FETCH
+    literal), IM-08 (giant literal) and IM-09 (endless line), over plain and
+    implicit TLS: the read fails with a clear IMAPError within the timeout
+    (a transient failure is retried once, on a fresh connection, so at most
+    twice the timeout), no partial message is returned, and afterwards no
+    connection stays open on either side; the same pool then reads the
+    real Dovecot fine.
+    """
+    factory, port = await servers(behaviour, services.svc if tls else None)
+    account = scripted_account(port, "tls" if tls else "plain", "localhost" if tls else "127.0.0.1")
+    started = time.monotonic()
+    with pytest.raises(IMAPError) as info:
+        await pool.run(account, read_message, read_only=True)
+    elapsed = time.monotonic() - started
+    assert expected in info.value.message, info.value.message
+    assert "scripted-pw" not in info.value.message
+    assert elapsed < 2 * TIMEOUT + 2.0, elapsed
+    assert 1 <= factory.connections <= max_connections
+    await settle(factory, pool)
+    assert pool.open_connections == 0 and not factory.open
+    body = await pool.run(dovecot_account(services), lambda s: s.examine("INBOX"), read_only=True)
+    assert body.uidvalidity > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_normal_scripted_server_reads_fine(servers: Any, pool: IMAPPool) -> None:
+    """The scripted server's normal behaviour is real IMAP: the pool logs in and reads the message whole."""
+    factory, port = await servers("normal")
+    assert await pool.run(scripted_account(port), read_message, read_only=True) == MESSAGE
+    assert factory.saw_credentials
+
+
+@pytest.mark.parametrize("behaviour, expected", [
+    ("strip-starttls", "does not offer STARTTLS"),
+    ("starttls-bad", "refused STARTTLS"),
+])
+@pytest_twisted.ensureDeferred
+async def test_starttls_stripping_never_sends_credentials(
+    servers: Any, pool: IMAPPool, behaviour: str, expected: str
+) -> None:
+    """IM-05: a starttls account on a port without STARTTLS, or whose STARTTLS is refused: no LOGIN/AUTHENTICATE ever arrives."""
+    factory, port = await servers(behaviour)
+    for read_only in (True, False):
+        with pytest.raises(IMAPError) as info:
+            await pool.run(scripted_account(port, "starttls", "localhost"), read_message, read_only=read_only)
+        assert expected in info.value.message
+    await settle(factory, pool)
+    assert not factory.saw_credentials, factory.lines
+    assert all(b"scripted-pw" not in line for line in factory.lines)
+    assert pool.open_connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_untrusted_tls_certificate_never_gets_credentials(servers: Any, services: Services) -> None:
+    """IM-06: implicit TLS with a certificate from a CA the client does not trust: refused, nothing after the handshake."""
+    factory, port = await servers("normal", services.svc)
+    untrusting = IMAPPool(reactor, MailTLS(None), command_timeout=TIMEOUT)
+    try:
+        with pytest.raises(IMAPError) as info:
+            await untrusting.run(scripted_account(port, "tls", "localhost"), read_message, read_only=False)
+        assert "TLS" in info.value.message and "no credentials were sent" in info.value.message
+        assert factory.lines == [] and not factory.saw_credentials
+    finally:
+        await untrusting.stopService()
+
+
+# -- through the real daemon ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("behaviour", ["stall", "reset-literal"])
+@pytest_twisted.ensureDeferred
+async def test_daemon_answers_is_error_and_keeps_serving_alice(
+    services: Services, daemon_factory: Any, servers: Any, behaviour: str
+) -> None:
+    """
+    A real daemon (``--imap-timeout 2``) with a client provisioned for a
+    scripted server that accepts the login check and then misbehaves:
+    ``tools/call`` answers HTTP 200 with ``isError`` and a clear reason
+    within the timeout (stall: EXAMINE never answered; reset: the FETCH
+    literal cut short), while alice on the real Dovecot is served normally
+    during the stall; the daemon logs no traceback.
+    """
+    factory, port = await servers(behaviour)
+    daemon = daemon_factory(services, "--imap-timeout", "2")
+    scripted_client = generate_client(
+        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
+        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+    alice_client = generate_client(daemon.state_dir, services)
+    bad = await threads.deferToThread(mcp_http.login, daemon.base_url, scripted_client,
+                                      "alice@example.test", "alicepw", "127.3.0.1")
+    good = await threads.deferToThread(mcp_http.login, daemon.base_url, alice_client,
+                                       "alice@example.test", "alicepw", "127.3.0.2")
+    assert factory.saw_credentials  # the login check logged in, and out
+    started = time.monotonic()
+    tool, arguments = (("list_mail_messages", {"folder": "INBOX"}) if behaviour == "stall"
+                       else ("get_mail_message", {"folder": "INBOX", "uid": 1}))
+    hostile = threads.deferToThread(mcp_http.call, daemon.base_url, bad["access_token"], tool, arguments)
+    await deferLater(reactor, 0.3, lambda: None)
+    normal = await threads.deferToThread(mcp_http.call, daemon.base_url, good["access_token"],
+                                         "list_mail_messages", {"folder": "INBOX"})
+    assert normal.get("isError") is not True, normal
+    if behaviour == "stall":
+        assert not hostile.called  # alice was served while the scripted call hangs
+    result = await hostile
+    elapsed = time.monotonic() - started
+    assert result["isError"] is True
+    text = mcp_http.text_of(result)
+    assert ("did not answer" in text) if behaviour == "stall" else ("lost while reading" in text), text
+    assert "alicepw" not in text
+    assert elapsed < 2 * 2 + 3.0, elapsed
+    again = await threads.deferToThread(mcp_http.call, daemon.base_url, good["access_token"], "list_mailboxes")
+    assert again.get("isError") is not True
+    log = daemon.log_text()
+    assert "Traceback" not in log and "#error]" not in log and "#critical]" not in log, log[-3000:]
