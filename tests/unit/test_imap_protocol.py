@@ -793,3 +793,17 @@ def test_list_status_fallback_without_the_extension() -> None:
         ("INBOX", {"MESSAGES": 4}),
         ("Parent", {}),
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=400))
+def test_garbage_from_the_server_never_escapes_as_an_exception(garbage: bytes) -> None:
+    """Arbitrary server bytes mid-FETCH end in an IMAPError (or nothing yet), never a crash."""
+    wire = opened(max_line=256, max_literal=64)
+    d = run(wire.session.fetch("1:*", "(UID FLAGS ENVELOPE)"))
+    wire.server(garbage)
+    wire.server(b"\r\n" + wire.tag() + b" OK done\r\n")
+    outcomes: list[Any] = []
+    d.addBoth(outcomes.append)
+    if outcomes and isinstance(outcomes[0], Failure):
+        assert outcomes[0].check(IMAPError)
