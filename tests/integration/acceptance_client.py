@@ -1,0 +1,184 @@
+"""
+An interactive plain-asyncio driver of the unmodified ``mcp`` 2.x client for
+the acceptance tests (`tests.integration.test_acceptance`).
+
+It logs in through the daemon's whole OAuth flow with `OAuthClientProvider`
+and a pre-registered client (confidential ``client_secret_post`` or public
+``none``), playing the browser itself (GET the login page, POST the
+credentials with the CSRF cookie, read the 303), connects in the protocol
+era asked for (``mode``: ``legacy``, ``auto`` or ``2026-07-28``), then
+serves tool calls one JSON line at a time, so the test can check the real
+mailbox between calls.
+
+Usage: python acceptance_client.py CONFIG_JSON
+
+Protocol on stdout, one JSON object per line:
+- first ``{"ready": true, "era", "version", "tools", "login_status", ...}``
+  (or ``{"ready": false, "error": ...}``);
+- then, for each line ``{"tool": NAME, "args": {...}}`` read from stdin,
+  ``{"is_error", "structured", "texts", "content_types", "requests"}``
+  where ``requests`` are the HTTP requests that call made (JSON-RPC method
+  and ``MCP-Protocol-Version`` header);
+- ``{"quit": true}`` ends the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import sys
+import traceback
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
+
+
+class Storage:
+    def __init__(self, info: OAuthClientInformationFull) -> None:
+        self.info: OAuthClientInformationFull | None = info
+        self.tokens: OAuthToken | None = None
+        self.registered = False
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.registered = True
+        self.info = client_info
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def main(cfg: dict[str, Any]) -> None:
+    base, url = cfg["base"], cfg["base"] + "/mcp"
+    login: dict[str, Any] = {}
+    got: dict[str, Any] = {}
+    requests: list[dict[str, Any]] = []
+
+    async def redirect_handler(authorization_url: str) -> None:
+        async with httpx2.AsyncClient(follow_redirects=False) as browser:
+            page = await browser.get(authorization_url)
+            login["form_status"] = page.status_code
+            fields = {html.unescape(k): html.unescape(v) for k, v in
+                      re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
+            fields.update(email=cfg["user"], full_name=cfg.get("full_name", "Acceptance Test"),
+                          imap_username=cfg["user"], imap_password=cfg["password"],
+                          use_same_credentials="1")
+            answer = await browser.post(base + "/oauth/authorize", data=fields, headers={"origin": base})
+            login["login_status"] = answer.status_code
+            location = answer.headers.get("location", "")
+            login["redirect_prefix"] = location.split("?")[0]
+            query = parse_qs(urlsplit(location).query)
+            got.update({k: v[0] for k, v in query.items() if k in ("code", "state", "iss")})
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        return AuthorizationCodeResult(**got)
+
+    async def record(request: Any) -> None:
+        method = None
+        try:
+            body = request.content
+            if body:
+                method = json.loads(body).get("method")
+        except Exception:  # a streamed or non-JSON body: nothing to record
+            pass
+        requests.append({
+            "url": str(request.url).split("?")[0],
+            "http": request.method,
+            "rpc": method,
+            "version": request.headers.get("mcp-protocol-version"),
+            "session": request.headers.get("mcp-session-id"),
+            "bearer": request.headers.get("authorization", "").startswith("Bearer "),
+        })
+
+    auth_method = cfg["auth_method"]
+    info = OAuthClientInformationFull(
+        client_id=cfg["client_id"],
+        client_secret=cfg.get("client_secret") or None,
+        redirect_uris=[cfg["redirect_uri"]],
+        token_endpoint_auth_method=auth_method,
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+    )
+    storage = Storage(info)
+    provider = OAuthClientProvider(
+        server_url=url,
+        client_metadata=OAuthClientMetadata(
+            client_name="acceptance test", redirect_uris=[cfg["redirect_uri"]],
+            grant_types=["authorization_code", "refresh_token"], response_types=["code"],
+            token_endpoint_auth_method=auth_method,
+        ),
+        storage=storage,
+        redirect_handler=redirect_handler,
+        callback_handler=callback_handler,
+    )
+    async with httpx2.AsyncClient(auth=provider, timeout=60,
+                                  event_hooks={"request": [record]}) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=cfg["mode"]) as client:
+            session = client.session
+            if session.initialize_result is not None:
+                era, version = "legacy", session.initialize_result.protocol_version
+            else:
+                era, version = "modern", list(session.discover_result.supported_versions)
+            tools = await client.list_tools()
+            emit({
+                "ready": True, "era": era, "version": version,
+                "tools": {t.name: {"title": t.title, "has_output_schema": t.output_schema is not None,
+                                   "read_only": t.annotations.read_only_hint if t.annotations else None}
+                          for t in tools.tools},
+                "registered_dynamically": storage.registered,
+                "got_refresh_token": bool(storage.tokens and storage.tokens.refresh_token),
+                "login_requests": list(requests),
+                **login,
+            })
+            loop = asyncio.get_running_loop()
+            while True:
+                line = await loop.run_in_executor(None, sys.stdin.readline)
+                if not line:
+                    return
+                command = json.loads(line)
+                if command.get("quit"):
+                    return
+                del requests[:]
+                try:
+                    result = await client.call_tool(command["tool"], command.get("args") or {})
+                except Exception as e:
+                    emit({"exception": f"{type(e).__name__}: {e}", "requests": list(requests)})
+                    continue
+                emit({
+                    "is_error": result.is_error,
+                    "structured": result.structured_content,
+                    "texts": [getattr(c, "text", None) for c in result.content],
+                    "content_types": [c.type for c in result.content],
+                    "requests": list(requests),
+                })
+
+
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    try:
+        asyncio.run(main(config))
+    except BaseException as e:  # tell the test, then fail
+        emit({"ready": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        raise

@@ -1,0 +1,503 @@
+"""
+Acceptance through the public surface only: a real ``twistd mailmcp``
+daemon, clients provisioned with ``twistd mailmcp-generate``, the real
+``mcp`` 2.x client (its `OAuthClientProvider` logging in through the login
+page, in a plain-asyncio subprocess: `acceptance_client.py`) in both
+protocol eras, and every tool checked against the real mailbox (Dovecot,
+read back with the stdlib IMAP client over TLS) and the real mail flow
+(Postfix delivering to Dovecot).
+
+The mailbox is built so that sequence numbers and UIDs differ: seven
+messages are delivered and two expunged before the assistant looks.  One
+daemon serves the module; each scenario has its own fresh user.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import imaplib
+import json
+import queue
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT, Daemon, Services, generate_client
+
+pytestmark = pytest.mark.integration
+
+CLIENT = Path(__file__).with_name("acceptance_client.py")
+REDIRECT_URI = "http://127.0.0.1:9/callback"
+ALL_TOOLS = {
+    "list_mailboxes", "list_mail_messages", "get_mail_message", "search_mail_messages",
+    "send_mail_message", "create_draft_mail_message", "delete_mail_message", "move_mail_message",
+    "update_mail_message_flags", "get_mail_attachment_link",
+}
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
+#: A small binary attachment: every byte value, CR/LF and NUL included.
+BLOB = bytes(range(256)) * 4 + b"\r\n\x00\r\x00\n" + hashlib.sha256(b"acceptance").digest()
+
+
+# -- the mail side ----------------------------------------------------------
+
+
+def fresh_users(services: Services, count: int) -> list[tuple[str, str]]:
+    """New Dovecot users; waits out Dovecot's once-a-second re-read of its passwd file."""
+    users = []
+    for _ in range(count):
+        name = f"acc-{uuid.uuid4().hex[:10]}@example.test"
+        password = "pw-" + uuid.uuid4().hex[:12]
+        services.add_user(name, password)
+        users.append((name, password))
+    time.sleep(1.2)
+    return users
+
+
+def message(recipient: str, subject: str, body: str, attachment: bytes | None = None) -> tuple[bytes, str]:
+    m = EmailMessage()
+    m["From"] = "Acceptance Sender <sender@example.test>"
+    m["To"] = recipient
+    m["Subject"] = subject
+    m["Date"] = formatdate(localtime=False)
+    m["Message-ID"] = message_id = make_msgid(domain="example.test")
+    m.set_content(body)
+    if attachment is not None:
+        m.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="blob.bin")
+    return m.as_bytes(policy=email.policy.SMTP), message_id
+
+
+class Mailbox:
+    """Another mail client: stdlib IMAP over TLS, verifying the test CA."""
+
+    def __init__(self, services: Services, user: str, password: str) -> None:
+        context = ssl.create_default_context(cafile=str(services.ca_file))
+        self.imap = imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context)
+        self.imap.login(user, password)
+
+    def __enter__(self) -> Mailbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.imap.logout()
+
+    def examine(self, folder: str) -> int:
+        """Open C{folder} read-only; its UIDVALIDITY."""
+        status, _ = self.imap.select(folder, readonly=True)
+        assert status == "OK", folder
+        return int(self.imap.response("UIDVALIDITY")[1][0])
+
+    def uids(self, folder: str, *criteria: str) -> list[int]:
+        self.examine(folder)
+        _, data = self.imap.uid("SEARCH", *(criteria or ("ALL",)))
+        return sorted(int(u) for u in data[0].split())
+
+    def flags(self, folder: str, uid: int) -> set[str]:
+        self.examine(folder)
+        _, data = self.imap.uid("FETCH", str(uid), "(FLAGS)")
+        assert data and data[0], f"no UID {uid} in {folder}"
+        return {f.decode() for f in imaplib.ParseFlags(data[0])}  # type: ignore[arg-type]
+
+    def fetch(self, folder: str, uid: int) -> email.message.EmailMessage:
+        self.examine(folder)
+        _, data = self.imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
+        assert data and isinstance(data[0], tuple), f"no UID {uid} in {folder}"
+        parsed: email.message.EmailMessage = email.message_from_bytes(data[0][1], policy=email.policy.default)
+        return parsed
+
+    def wait_for(self, folder: str, *criteria: str, timeout: float = 20.0) -> list[int]:
+        """UIDs matching C{criteria} once there is at least one (Postfix delivers asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.uids(folder, *criteria)
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
+
+def build_inbox(services: Services, user: str, password: str, tag: str) -> dict[str, Any]:
+    """
+    Seven messages (UIDs 1-7, the last with a binary attachment), then UIDs 2
+    and 4 expunged: INBOX holds UIDs 1, 3, 5, 6, 7 at sequence numbers 1-5.
+    """
+    ids = {}
+    for n, word in enumerate(WORDS, start=1):
+        raw, ids[n] = message(user, f"Acceptance {word} {tag}", f"Body {n}: the {word} line of {tag}.\n",
+                              BLOB if n == 7 else None)
+        services.deliver(user, raw)
+    with Mailbox(services, user, password) as box:
+        assert box.uids("INBOX") == [1, 2, 3, 4, 5, 6, 7]
+        box.imap.select("INBOX")
+        box.imap.uid("STORE", "2,4", "+FLAGS.SILENT", "(\\Deleted)")
+        box.imap.expunge()
+        assert box.uids("INBOX") == [1, 3, 5, 6, 7]
+        uidvalidity = box.examine("INBOX")
+    return {"message_ids": ids, "uidvalidity": uidvalidity}
+
+
+def download(url: str) -> tuple[bytes, Any]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200
+        return response.read(), response.headers
+
+
+# -- the assistant side ------------------------------------------------------
+
+
+class Assistant:
+    """The real mcp client in its own process, logged in, calling tools on request."""
+
+    def __init__(self, config: dict[str, Any], stderr_path: Path) -> None:
+        self._stderr_path = stderr_path
+        self._stderr = open(stderr_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(CLIENT), json.dumps(config)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, cwd=str(ROOT),
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.ready = self._read()
+        assert self.ready.get("ready"), self.ready
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _tail(self) -> str:
+        self._stderr.flush()
+        return self._stderr_path.read_text(errors="replace")[-4000:]
+
+    def _read(self, timeout: float = 90.0) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the mcp client said nothing for {timeout}s:\n{self._tail()}") from None
+        if line is None:
+            self.process.wait(10)
+            raise AssertionError(f"the mcp client exited ({self.process.returncode}):\n{self._tail()}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def raw_call(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"tool": tool, "args": args}) + "\n")
+        self.process.stdin.flush()
+        result = self._read()
+        assert "exception" not in result, result
+        return result
+
+    def call(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A successful call's structuredContent, checked to be the same JSON as its text."""
+        result = self.raw_call(tool, args)
+        assert result["is_error"] is False, (tool, result["texts"])
+        assert result["content_types"] == ["text"], result
+        structured: dict[str, Any] = result["structured"]
+        assert isinstance(structured, dict), result
+        assert json.loads(result["texts"][0]) == structured
+        self.last_requests = result["requests"]
+        return structured
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                assert self.process.stdin is not None
+                self.process.stdin.write(json.dumps({"quit": True}) + "\n")
+                self.process.stdin.flush()
+                self.process.wait(20)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        self._stderr.close()
+
+
+@pytest.fixture(scope="module")
+def deployment(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """One daemon (SQLite store, local attachments) for the module, with a confidential and a public client."""
+    root = tmp_path_factory.mktemp("acceptance")
+    daemon = Daemon.start(root / "state", services)
+    try:
+        clients = {
+            "confidential": generate_client(daemon.state_dir, services),
+            "public": generate_client(daemon.state_dir, services, "--public"),
+        }
+        yield SimpleNamespace(daemon=daemon, clients=clients, root=root)
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def assistants(tmp_path: Path) -> Iterator[Any]:
+    """Start logged-in mcp clients; all are ended afterwards."""
+    started: list[Assistant] = []
+
+    def start(daemon: Daemon, client: dict[str, Any], kind: str, mode: str, user: str,
+              password: str) -> Assistant:
+        config = {
+            "base": daemon.base_url,
+            "client_id": client["client_id"],
+            "client_secret": client.get("client_secret") if kind == "confidential" else None,
+            "auth_method": "client_secret_post" if kind == "confidential" else "none",
+            "redirect_uri": REDIRECT_URI,
+            "user": user,
+            "password": password,
+            "mode": mode,
+        }
+        assistant = Assistant(config, tmp_path / f"client-{len(started)}.stderr")
+        started.append(assistant)
+        return assistant
+
+    yield start
+    for assistant in started:
+        assistant.close()
+
+
+def check_login(assistant: Assistant, mode: str) -> None:
+    """The OAuth login went through the form with the pre-registered client, in the era asked for."""
+    ready = assistant.ready
+    assert ready["form_status"] == 200
+    assert ready["login_status"] == 303
+    assert ready["redirect_prefix"] == REDIRECT_URI
+    assert ready["registered_dynamically"] is False
+    assert ready["got_refresh_token"] is True
+    assert set(ready["tools"]) >= ALL_TOOLS
+    assert all(ready["tools"][name]["has_output_schema"] for name in ALL_TOOLS)
+    methods = [r["rpc"] for r in ready["login_requests"] if r["rpc"]]
+    assert not any(r["session"] for r in ready["login_requests"])
+    if mode == "legacy":
+        assert ready["era"] == "legacy" and ready["version"] == "2025-11-25"
+        assert "initialize" in methods and "server/discover" not in methods
+    elif mode == "auto":
+        # The probe finds the stateless era, so the client never initializes.
+        assert ready["era"] == "modern" and "2026-07-28" in ready["version"]
+        assert "server/discover" in methods and "initialize" not in methods
+    else:
+        # Pinned to 2026-07-28: no handshake at all, every request carries the version.
+        assert ready["era"] == "modern" and "2026-07-28" in ready["version"]
+        assert "initialize" not in methods and "tools/list" in methods
+        assert {r["version"] for r in ready["login_requests"] if r["rpc"]} == {"2026-07-28"}
+
+
+def check_call_era(assistant: Assistant, mode: str) -> None:
+    """The last tool call was one authenticated POST carrying the era's protocol version."""
+    calls = [r for r in assistant.last_requests if r["rpc"] == "tools/call"]
+    assert calls, assistant.last_requests
+    assert all(r["bearer"] and r["http"] == "POST" for r in calls)
+    expected = "2025-11-25" if mode == "legacy" else "2026-07-28"
+    assert {r["version"] for r in calls} == {expected}
+
+
+# -- the full scenario -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "mode"), [
+    ("confidential", "legacy"),
+    ("public", "2026-07-28"),
+    ("confidential", "auto"),
+    ("public", "legacy"),
+])
+def test_every_tool_against_the_real_mailbox(services: Services, deployment: SimpleNamespace,
+                                             assistants: Any, kind: str, mode: str) -> None:
+    """
+    Logged in through OAuth with a pre-registered client, the real mcp client
+    calls every tool in the protocol era asked for; each result is structured
+    and the same JSON as text, and matches what the mailbox really holds.
+    """
+    (user, password), = fresh_users(services, 1)
+    tag = uuid.uuid4().hex[:8]
+    inbox = build_inbox(services, user, password, tag)
+    subject = {uid: f"Acceptance {WORDS[uid - 1]} {tag}" for uid in range(1, 8)}
+    assistant = assistants(deployment.daemon, deployment.clients[kind], kind, mode, user, password)
+    check_login(assistant, mode)
+
+    # list_mailboxes: the SPECIAL-USE folders and INBOX's real counts.
+    out = assistant.call("list_mailboxes", {})
+    check_call_era(assistant, mode)
+    boxes = {b["name"]: b for b in out["mailboxes"]}
+    assert {name: boxes[name]["special_use"] for name in ("Drafts", "Sent", "Trash", "Junk", "Archive")} == {
+        "Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
+    assert boxes["INBOX"]["special_use"] is None and boxes["INBOX"]["selectable"] is True
+    assert out["total"] == len(out["mailboxes"])
+    if out["counts_included"]:
+        assert (boxes["INBOX"]["messages"], boxes["INBOX"]["unseen"]) == (5, 5)
+
+    # list_mail_messages: UIDs, not sequence numbers, newest first, paged.
+    out = assistant.call("list_mail_messages", {"folder": "INBOX"})
+    assert (out["folder"], out["uidvalidity"], out["total"], out["has_more"]) == (
+        "INBOX", inbox["uidvalidity"], 5, False)
+    assert [m["uid"] for m in out["messages"]] == [7, 6, 5, 3, 1]
+    assert {m["uid"]: m["subject"] for m in out["messages"]} == {u: subject[u] for u in (7, 6, 5, 3, 1)}
+    assert {m["uid"]: m["message_id"] for m in out["messages"]} == {
+        u: inbox["message_ids"][u] for u in (7, 6, 5, 3, 1)}
+    assert [m["has_attachments"] for m in out["messages"]] == [True, False, False, False, False]
+    assert not any(m["seen"] for m in out["messages"])
+    assert out["messages"][0]["from"] == [{"name": "Acceptance Sender", "email": "sender@example.test"}]
+    page = assistant.call("list_mail_messages", {"folder": "INBOX", "page": 2, "per_page": 2})
+    assert ([m["uid"] for m in page["messages"]], page["has_more"]) == ([5, 3], True)
+    page = assistant.call("list_mail_messages", {"folder": "INBOX", "page": 3, "per_page": 2})
+    assert ([m["uid"] for m in page["messages"]], page["has_more"]) == ([1], False)
+
+    # search_mail_messages: structured filters and raw IMAP criteria.
+    out = assistant.call("search_mail_messages", {"folder": "INBOX", "subject": "echo"})
+    assert (out["uids"], out["total"], out["uidvalidity"]) == ([5], 1, inbox["uidvalidity"])
+    assert [m["subject"] for m in out["messages"]] == [subject[5]]
+    out = assistant.call("search_mail_messages", {"query": "OR SUBJECT alpha SUBJECT foxtrot"})
+    assert out["uids"] == [6, 1]
+    out = assistant.call("search_mail_messages", {"from": "sender@example.test", "text": f"golf line of {tag}"})
+    assert out["uids"] == [7]
+    out = assistant.call("search_mail_messages", {"subject": "bravo"})
+    assert (out["uids"], out["total"]) == ([], 0)
+
+    # get_mail_message: the right message, and reading it does not set \Seen.
+    out = assistant.call("get_mail_message", {"folder": "INBOX", "uid": 5})
+    assert (out["uid"], out["uidvalidity"], out["subject"], out["message_id"]) == (
+        5, inbox["uidvalidity"], subject[5], inbox["message_ids"][5])
+    assert f"the echo line of {tag}" in out["body"]
+    assert out["body_format"] == "text/plain" and out["seen"] is False and out["attachments"] == []
+    with Mailbox(services, user, password) as box:
+        assert "\\Seen" not in box.flags("INBOX", 5)
+
+    # Attachments: listed by get_mail_message, linked, downloaded byte-exact.
+    out = assistant.call("get_mail_message", {"folder": "INBOX", "uid": 7})
+    assert f"the golf line of {tag}" in out["body"]
+    (attachment,) = out["attachments"]
+    assert (attachment["filename"], attachment["content_type"], attachment["part_id"]) == (
+        "blob.bin", "application/octet-stream", "2")
+    if attachment["url"] is not None:
+        assert download(attachment["url"])[0] == BLOB
+    link = assistant.call("get_mail_attachment_link", {"folder": "INBOX", "uid": 7, "part": "2"})
+    assert (link["filename"], link["size"], link["sha256"]) == ("blob.bin", len(BLOB), hashlib.sha256(BLOB).hexdigest())
+    assert link["url"].startswith(deployment.daemon.base_url + "/attachments/")
+    body, headers = download(link["url"])
+    assert body == BLOB
+    assert "blob.bin" in headers.get("content-disposition", "")
+    with Mailbox(services, user, password) as box:
+        assert "\\Seen" not in box.flags("INBOX", 7)
+
+    # update_mail_message_flags: add, then remove, as the server sees it.
+    out = assistant.call("update_mail_message_flags",
+                         {"folder": "INBOX", "uid": 3, "add": ["\\Flagged", "$Acceptance"], "remove": []})
+    assert {"\\Flagged", "$Acceptance"} <= set(out["flags"]) and out["uid"] == 3
+    with Mailbox(services, user, password) as box:
+        assert {"\\Flagged", "$Acceptance"} <= box.flags("INBOX", 3)
+    out = assistant.call("update_mail_message_flags",
+                         {"folder": "INBOX", "uid": 3, "add": ["\\Seen"], "remove": ["\\Flagged"]})
+    assert "\\Flagged" not in out["flags"] and {"\\Seen", "$Acceptance"} <= set(out["flags"])
+    with Mailbox(services, user, password) as box:
+        flags = box.flags("INBOX", 3)
+        assert "\\Flagged" not in flags and {"\\Seen", "$Acceptance"} <= flags
+
+    # move_mail_message: the message is in Archive under the new UID it reports.
+    out = assistant.call("move_mail_message", {"folder": "INBOX", "uid": 1, "destination": "Archive"})
+    with Mailbox(services, user, password) as box:
+        assert out["destination_uidvalidity"] == box.examine("Archive")
+        assert box.uids("Archive") == [out["destination_uid"]]
+        assert box.fetch("Archive", out["destination_uid"])["Subject"] == subject[1]
+        assert box.uids("INBOX") == [3, 5, 6, 7]
+    assert (out["uid"], out["uidvalidity"], out["destination"]) == (1, inbox["uidvalidity"], "Archive")
+
+    # delete_mail_message: to Trash; the other messages survive untouched.
+    out = assistant.call("delete_mail_message", {"folder": "INBOX", "uid": 3})
+    assert (out["action"], out["trash_folder"], out["uid"]) == ("moved_to_trash", "Trash", 3)
+    with Mailbox(services, user, password) as box:
+        assert box.uids("Trash") == [out["trash_uid"]]
+        assert box.fetch("Trash", out["trash_uid"])["Subject"] == subject[3]
+        assert box.uids("INBOX") == [5, 6, 7]
+        assert not any("\\Seen" in box.flags("INBOX", uid) for uid in (5, 6, 7))
+    listed = assistant.call("list_mail_messages", {"folder": "INBOX"})
+    assert [m["uid"] for m in listed["messages"]] == [7, 6, 5]
+
+    # send_mail_message: arrives in bob's INBOX (with the attachment forwarded
+    # by link), and the copy is in the sender's Sent.
+    sent_subject = f"Acceptance sent {tag}"
+    out = assistant.call("send_mail_message", {
+        "to": ["Bob <bob@example.test>"], "subject": sent_subject,
+        "text_body": f"Hello Bob, sent by the acceptance test {tag}.", "attachment_urls": [link["url"]],
+    })
+    assert out["status"] == "sent" and out["warnings"] == []
+    assert [(r["address"], r["accepted"]) for r in out["recipients"]] == [("bob@example.test", True)]
+    assert out["sent_folder"] == "Sent"
+    with Mailbox(services, "bob@example.test", "bobpw") as bob:
+        (arrived,) = bob.wait_for("INBOX", "SUBJECT", tag)
+        received = bob.fetch("INBOX", arrived)
+    assert received["Subject"] == sent_subject and received["Message-ID"] == out["message_id"]
+    assert user in received["From"] and "Acceptance Test" in received["From"]
+    assert f"sent by the acceptance test {tag}" in received.get_body(("plain",)).get_content()
+    (forwarded,) = list(received.iter_attachments())
+    assert forwarded.get_filename() == "blob.bin" and forwarded.get_content() == BLOB
+    with Mailbox(services, user, password) as box:
+        assert out["sent_uidvalidity"] == box.examine("Sent")
+        assert box.uids("Sent") == [out["sent_uid"]]
+        copy = box.fetch("Sent", out["sent_uid"])
+        assert copy["Message-ID"] == out["message_id"] and copy["Subject"] == sent_subject
+        assert "\\Seen" in box.flags("Sent", out["sent_uid"])
+
+    # create_draft_mail_message: saved in Drafts as a \Draft, not sent.
+    draft_subject = f"Acceptance draft {tag}"
+    out = assistant.call("create_draft_mail_message", {
+        "to": "bob@example.test", "subject": draft_subject, "text_body": "Not finished yet."})
+    assert (out["status"], out["folder"]) == ("saved", "Drafts")
+    with Mailbox(services, user, password) as box:
+        assert out["uidvalidity"] == box.examine("Drafts")
+        assert box.uids("Drafts") == [out["uid"]]
+        assert box.fetch("Drafts", out["uid"])["Subject"] == draft_subject
+        assert "\\Draft" in box.flags("Drafts", out["uid"])
+    check_call_era(assistant, mode)
+
+    # A tool failure is a result with isError, not a transport error.
+    failed = assistant.raw_call("get_mail_message", {"folder": "INBOX", "uid": 1})
+    assert failed["is_error"] is True and "UID 1" in failed["texts"][0]
+
+
+# -- other deployments -------------------------------------------------------
+
+
+def test_redis_store_login_and_tool_call(services: Services, daemon_factory: Any, assistants: Any) -> None:
+    """With --store redis://, the OAuth login and a tool call work and no SQLite file is created."""
+    daemon = daemon_factory(services, "--store", services.redis_url)
+    client = generate_client(daemon.state_dir, services)
+    (user, password), = fresh_users(services, 1)
+    tag = uuid.uuid4().hex[:8]
+    raw, message_id = message(user, f"Acceptance redis {tag}", "Stored in Redis.\n")
+    services.deliver(user, raw)
+    assistant = assistants(daemon, client, "confidential", "auto", user, password)
+    check_login(assistant, "auto")
+    out = assistant.call("list_mail_messages", {"folder": "INBOX"})
+    assert [(m["uid"], m["subject"], m["message_id"]) for m in out["messages"]] == [
+        (1, f"Acceptance redis {tag}", message_id)]
+    assert not (daemon.state_dir / "mailmcp.sqlite3").exists()
+
+
+def test_s3_attachment_round_trip(s3: Services, daemon_factory: Any, assistants: Any) -> None:
+    """With --attachments s3://bucket/prefix, an attachment's link points at S3 and downloads byte-exact."""
+    env = {"AWS_ACCESS_KEY_ID": "testkey", "AWS_SECRET_ACCESS_KEY": "testsecret",
+           "AWS_DEFAULT_REGION": "us-east-1", "MAILMCP_S3_ENDPOINT": s3.s3_endpoint}
+    daemon = daemon_factory(s3, "--attachments", "s3://attachments/acceptance", env=env)
+    client = generate_client(daemon.state_dir, s3, "--public")
+    (user, password), = fresh_users(s3, 1)
+    raw, _ = message(user, "Acceptance S3", "See the attachment.\n", BLOB)
+    s3.deliver(user, raw)
+    assistant = assistants(daemon, client, "public", "legacy", user, password)
+    check_login(assistant, "legacy")
+    out = assistant.call("get_mail_attachment_link", {"folder": "INBOX", "uid": 1, "part": "2"})
+    assert (out["filename"], out["size"], out["sha256"]) == ("blob.bin", len(BLOB), hashlib.sha256(BLOB).hexdigest())
+    assert out["url"].startswith(s3.s3_endpoint + "/attachments/acceptance/")
+    body, headers = download(out["url"])
+    assert body == BLOB
+    assert "blob.bin" in headers.get("content-disposition", "")
+    with Mailbox(s3, user, password) as box:
+        assert "\\Seen" not in box.flags("INBOX", 1)
