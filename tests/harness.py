@@ -206,9 +206,25 @@ class Services:
             raise RuntimeError(f"LMTP refused {refused}")
 
     def add_user(self, email: str, password: str) -> None:
-        """Add a Dovecot user (the passwd-file is re-read on each login)."""
-        with open(self.svc / "users", "a", encoding="ascii") as f:
-            f.write(f"{email}:{{PLAIN}}{password}::::::\n")
+        """
+        Add a Dovecot user, and return once Dovecot will see it.
+
+        Dovecot re-stats its passwd-file at most once a second and reloads it
+        only when the mtime changed, so the mtime is moved past any value it
+        may have cached and we wait for the next wall-clock second.
+        """
+        self.add_users({email: password})
+
+    def add_users(self, users: dict[str, str]) -> None:
+        """Add several Dovecot users at once (one wait for all of them)."""
+        path = self.svc / "users"
+        before = int(path.stat().st_mtime)
+        with open(path, "a", encoding="ascii") as f:
+            for email, password in users.items():
+                f.write(f"{email}:{{PLAIN}}{password}::::::\n")
+        stamp = max(before + 1, int(time.time()))
+        os.utime(path, (stamp, stamp))
+        time.sleep(1.05 - (time.time() % 1.0))
 
 
 @attrs.define
