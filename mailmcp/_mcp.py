@@ -35,7 +35,7 @@ from klein import Klein
 from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
@@ -609,7 +609,7 @@ class MCPApp:
             if inspect.iscoroutine(awaitable):
                 output = await Deferred.fromCoroutine(awaitable)
             else:
-                output = await ensureDeferred(awaitable)
+                output = await awaitable
             if not isinstance(output, tool.output_model):
                 raise TypeError(f"tool returned {type(output).__name__}, not {tool.output_model.__name__}")
             structured = output.model_dump(mode="json", by_alias=True)

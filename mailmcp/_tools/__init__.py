@@ -6,13 +6,15 @@ Each module below owns a family of tools and exports them as ``TOOLS``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, cast
+
 from .._toolkit import Tool
 from . import _attachments, _reading, _writing
 
+AnyTool = Tool[Any, Any]
 
-def all_tools() -> list[Tool]:  # type: ignore[type-arg]
-    tools: list[Tool] = []  # type: ignore[type-arg]
-    tools.extend(_reading.TOOLS)
-    tools.extend(_writing.TOOLS)
-    tools.extend(_attachments.TOOLS)
-    return tools
+
+def all_tools() -> list[AnyTool]:
+    families = (_reading.TOOLS, _writing.TOOLS, _attachments.TOOLS)
+    return [tool for family in families for tool in cast(Sequence[AnyTool], family)]
