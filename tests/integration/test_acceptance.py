@@ -377,6 +377,8 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
     (attachment,) = out["attachments"]
     assert (attachment["filename"], attachment["content_type"], attachment["part_id"]) == (
         "blob.bin", "application/octet-stream", "2")
+    # get_mail_message lists the attachment; a url there is optional ("when
+    # the server provides one"), and must then work like the link tool's.
     if attachment["url"] is not None:
         assert download(attachment["url"])[0] == BLOB
     link = assistant.call("get_mail_attachment_link", {"folder": "INBOX", "uid": 7, "part": "2"})
@@ -401,6 +403,13 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
         flags = box.flags("INBOX", 3)
         assert "\\Flagged" not in flags and {"\\Seen", "$Acceptance"} <= flags
 
+    # A stale uidvalidity is refused as a tool error, and nothing changes.
+    failed = assistant.raw_call("update_mail_message_flags", {
+        "folder": "INBOX", "uid": 5, "uidvalidity": inbox["uidvalidity"] + 1, "add": ["\\Flagged"]})
+    assert failed["is_error"] is True and "UIDVALIDITY" in failed["texts"][0]
+    with Mailbox(services, user, password) as box:
+        assert "\\Flagged" not in box.flags("INBOX", 5)
+
     # move_mail_message: the message is in Archive under the new UID it reports.
     out = assistant.call("move_mail_message", {"folder": "INBOX", "uid": 1, "destination": "Archive"})
     with Mailbox(services, user, password) as box:
@@ -421,29 +430,42 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
     listed = assistant.call("list_mail_messages", {"folder": "INBOX"})
     assert [m["uid"] for m in listed["messages"]] == [7, 6, 5]
 
-    # send_mail_message: arrives in bob's INBOX (with the attachment forwarded
-    # by link), and the copy is in the sender's Sent.
+    # send_mail_message: arrives at bob (to), carol (cc) and dave (bcc, named
+    # in no header anyone receives), with the attachment forwarded by link
+    # and an HTML alternative; the copy, Bcc included, is in the sender's Sent.
     sent_subject = f"Acceptance sent {tag}"
     out = assistant.call("send_mail_message", {
-        "to": ["Bob <bob@example.test>"], "subject": sent_subject,
-        "text_body": f"Hello Bob, sent by the acceptance test {tag}.", "attachment_urls": [link["url"]],
+        "to": ["Bob <bob@example.test>"], "cc": "carol@example.test", "bcc": ["dave@example.test"],
+        "subject": sent_subject, "text_body": f"Hello Bob, sent by the acceptance test {tag}.",
+        "html_body": f"<p>Hello <b>Bob</b>, html {tag}</p>", "attachment_urls": [link["url"]],
     })
     assert out["status"] == "sent" and out["warnings"] == []
-    assert [(r["address"], r["accepted"]) for r in out["recipients"]] == [("bob@example.test", True)]
+    assert sorted((r["address"], r["accepted"]) for r in out["recipients"]) == [
+        ("bob@example.test", True), ("carol@example.test", True), ("dave@example.test", True)]
     assert out["sent_folder"] == "Sent"
-    with Mailbox(services, "bob@example.test", "bobpw") as bob:
-        (arrived,) = bob.wait_for("INBOX", "SUBJECT", tag)
-        received = bob.fetch("INBOX", arrived)
+    delivered = {}
+    for name in ("bob", "carol", "dave"):
+        with Mailbox(services, f"{name}@example.test", f"{name}pw") as other:
+            (arrived,) = other.wait_for("INBOX", "SUBJECT", tag)
+            delivered[name] = other.fetch("INBOX", arrived)
+    received = delivered["bob"]
     assert received["Subject"] == sent_subject and received["Message-ID"] == out["message_id"]
     assert user in received["From"] and "Acceptance Test" in received["From"]
+    assert "bob@example.test" in received["To"] and "carol@example.test" in received["Cc"]
     assert f"sent by the acceptance test {tag}" in received.get_body(("plain",)).get_content()
+    assert f"html {tag}" in received.get_body(("html",)).get_content()
     (forwarded,) = list(received.iter_attachments())
     assert forwarded.get_filename() == "blob.bin" and forwarded.get_content() == BLOB
+    assert {copy["Message-ID"] for copy in delivered.values()} == {out["message_id"]}
+    assert all(copy["Bcc"] is None for copy in delivered.values())
+    for name in ("bob", "carol"):
+        assert "dave@" not in delivered[name].as_string().split("\n\n", 1)[0]
     with Mailbox(services, user, password) as box:
         assert out["sent_uidvalidity"] == box.examine("Sent")
         assert box.uids("Sent") == [out["sent_uid"]]
         copy = box.fetch("Sent", out["sent_uid"])
         assert copy["Message-ID"] == out["message_id"] and copy["Subject"] == sent_subject
+        assert "dave@example.test" in copy["Bcc"]
         assert "\\Seen" in box.flags("Sent", out["sent_uid"])
 
     # create_draft_mail_message: saved in Drafts as a \Draft, not sent.
