@@ -77,6 +77,7 @@ async def main(cfg: dict[str, Any]) -> None:
     requests: list[dict[str, Any]] = []
 
     async def redirect_handler(authorization_url: str) -> None:
+        login["logins"] = login.get("logins", 0) + 1
         async with httpx2.AsyncClient(follow_redirects=False) as browser:
             page = await browser.get(authorization_url)
             login["form_status"] = page.status_code
@@ -172,6 +173,7 @@ async def main(cfg: dict[str, Any]) -> None:
                     "texts": [getattr(c, "text", None) for c in result.content],
                     "content_types": [c.type for c in result.content],
                     "requests": list(requests),
+                    "logins": login.get("logins", 0),
                 })
 
 

@@ -523,3 +523,94 @@ def test_s3_attachment_round_trip(s3: Services, daemon_factory: Any, assistants:
     assert "blob.bin" in headers.get("content-disposition", "")
     with Mailbox(s3, user, password) as box:
         assert "\\Seen" not in box.flags("INBOX", 1)
+
+
+def test_non_ascii_folders_subjects_and_bodies(services: Services, deployment: SimpleNamespace,
+                                               assistants: Any) -> None:
+    """
+    Non-ASCII all the way: a folder with a modified-UTF-7 name is listed
+    decoded and usable as move destination and draft folder; encoded subjects
+    and attachment names come back decoded; a UTF-8 search finds the message;
+    a sent message's non-ASCII subject and body arrive intact.
+    """
+    (user, password), = fresh_users(services, 1)
+    tag = uuid.uuid4().hex[:8]
+    folder, folder_wire = "Projekte/Überblick", "Projekte/&ANw-berblick"
+    m = EmailMessage()
+    m["From"] = "Jürgen Groß <juergen@example.test>"
+    m["To"] = user
+    m["Subject"] = subject = f"Grüße aus Köln ✓ {tag}"
+    m["Message-ID"] = make_msgid(domain="example.test")
+    m["Date"] = formatdate()
+    m.set_content(f"Schöne Grüße, {tag}: 日本語のテキスト.\n")
+    m.add_attachment(BLOB, maintype="application", subtype="octet-stream", filename="Bericht Übersicht.bin")
+    services.deliver(user, m.as_bytes(policy=email.policy.SMTP))
+    with Mailbox(services, user, password) as box:
+        assert box.imap.create(folder_wire)[0] == "OK"
+    assistant = assistants(deployment.daemon, deployment.clients["confidential"], "confidential", "auto",
+                           user, password)
+    check_login(assistant, "auto")
+
+    boxes = {b["name"]: b for b in assistant.call("list_mailboxes", {})["mailboxes"]}
+    assert folder in boxes and boxes[folder]["selectable"] is True
+    listed = assistant.call("list_mail_messages", {"folder": "INBOX"})
+    (summary,) = listed["messages"]
+    assert summary["subject"] == subject
+    assert summary["from"] == [{"name": "Jürgen Groß", "email": "juergen@example.test"}]
+    assert assistant.call("search_mail_messages", {"subject": "Köln ✓"})["uids"] == [1]
+    assert assistant.call("search_mail_messages", {"text": "日本語"})["uids"] == [1]
+    out = assistant.call("get_mail_message", {"folder": "INBOX", "uid": 1})
+    assert f"Schöne Grüße, {tag}: 日本語のテキスト." in out["body"]
+    (attachment,) = out["attachments"]
+    assert attachment["filename"] == "Bericht Übersicht.bin"
+    link = assistant.call("get_mail_attachment_link", {"folder": "INBOX", "uid": 1, "part": "2"})
+    body, headers = download(link["url"])
+    assert body == BLOB and "filename*=UTF-8''Bericht%20%C3%9Cbersicht.bin" in headers["content-disposition"]
+
+    moved = assistant.call("move_mail_message", {"folder": "INBOX", "uid": 1, "destination": folder})
+    assert moved["destination"] == folder
+    in_folder = assistant.call("list_mail_messages", {"folder": folder})
+    assert [(m["uid"], m["subject"]) for m in in_folder["messages"]] == [(moved["destination_uid"], subject)]
+    with Mailbox(services, user, password) as box:
+        assert box.uids(folder_wire) == [moved["destination_uid"]] and box.uids("INBOX") == []
+
+    draft = assistant.call("create_draft_mail_message", {"folder": folder, "subject": f"Entwurf für {tag}",
+                                                         "text_body": "Noch nicht fertig — später."})
+    assert draft["folder"] == folder
+    with Mailbox(services, user, password) as box:
+        saved = box.fetch(folder_wire, draft["uid"])
+        assert saved["Subject"] == f"Entwurf für {tag}"
+        assert saved.get_body(("plain",)).get_content().strip() == "Noch nicht fertig — später."
+
+    sent = assistant.call("send_mail_message", {"to": "carol@example.test", "subject": f"Réponse ✓ {tag}",
+                                                "text_body": f"Ça va? 日本語 {tag}"})
+    with Mailbox(services, "carol@example.test", "carolpw") as carol:
+        (arrived,) = carol.wait_for("INBOX", "SUBJECT", tag)
+        received = carol.fetch("INBOX", arrived)
+    assert received["Message-ID"] == sent["message_id"]
+    assert received["Subject"] == f"Réponse ✓ {tag}"
+    assert received.get_body(("plain",)).get_content().strip() == f"Ça va? 日本語 {tag}"
+    assert "Acceptance Test" in received["From"]
+
+
+def test_expired_access_token_is_refreshed_by_the_client(services: Services, daemon_factory: Any,
+                                                         assistants: Any) -> None:
+    """
+    With a 2-second access token, the mcp client's next call after expiry
+    goes through the refresh grant (no second login) and still succeeds.
+    """
+    daemon = daemon_factory(services, "--access-token-lifetime", "2")
+    client = generate_client(daemon.state_dir, services)
+    (user, password), = fresh_users(services, 1)
+    raw, _ = message(user, "Acceptance refresh", "Still readable after the token expired.\n")
+    services.deliver(user, raw)
+    assistant = assistants(daemon, client, "confidential", "legacy", user, password)
+    check_login(assistant, "legacy")
+    first = assistant.raw_call("list_mail_messages", {"folder": "INBOX"})
+    assert first["is_error"] is False and first["logins"] == 1
+    time.sleep(3)
+    second = assistant.raw_call("list_mail_messages", {"folder": "INBOX"})
+    assert second["is_error"] is False, second
+    assert [m["subject"] for m in second["structured"]["messages"]] == ["Acceptance refresh"]
+    assert second["logins"] == 1
+    assert any(r["url"] == daemon.base_url + "/oauth/token" for r in second["requests"]), second["requests"]
