@@ -77,7 +77,7 @@ class Sizes:
     peer_calls: int
     peer_seconds: float
     seed_compare_sample: int
-    blocks: int = 5
+    blocks: int = 10
 
 
 FULL = Sizes(
@@ -330,9 +330,10 @@ class Bench:
         bare = await _imap.open_session("127.0.0.1", self.services.imaps_port, self.ctx, BENCH_USER,
                                         BENCH_PASSWORD, "INBOX")
         client = McpClient(self.daemon.base_url, self.tokens.get(BENCH_USER, ""))
-        await _imap.timed_warm_calls(bare, 20)
+        warmup = max(50, s.warm_iterations // 10)
+        await _imap.timed_warm_calls(bare, warmup)
         try:
-            for _ in range(20):
+            for _ in range(warmup):
                 await listing(client, "INBOX")
         except Exception:
             # No working tool: still report the floor, then fail the rest.
