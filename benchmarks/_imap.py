@@ -164,9 +164,10 @@ async def ceiling(host: str, port: int, context: ssl.SSLContext, accounts: Seque
             latencies.extend(await timed_warm_calls(s, 1))
             counts[i] += 1
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(loop(i, s) for i, s in enumerate(sessions)))
     elapsed = time.perf_counter() - t0
+    client_cpu = time.process_time() - c0
     for s in sessions:
         await s.logout()
     latencies.sort()
@@ -176,6 +177,7 @@ async def ceiling(host: str, port: int, context: ssl.SSLContext, accounts: Seque
         "seconds": elapsed,
         "calls_per_s": sum(counts) / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else None,
+        "client_cpu_share": client_cpu / elapsed,
     }
 
 

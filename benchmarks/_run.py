@@ -547,6 +547,7 @@ class Bench:
                     f"on {self.sizes.small}-message folders; ceiling: bare clients on 8 logged-in connections",
             "ceiling_calls_per_s": round(ceiling["calls_per_s"], 1),
             "ceiling_p50_ms": ceiling["p50_ms"],
+            "ceiling_client_cpu_share": round(ceiling["client_cpu_share"], 2),
         }
         self.report["throughput"] = out
         tokens = [self.tokens[self.tp_user(i)] for i in range(THROUGHPUT_ACCOUNTS) if self.tp_user(i) in self.tokens]
