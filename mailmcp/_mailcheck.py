@@ -73,10 +73,15 @@ def _has_control(*values: bytes) -> bool:
 class _CheckingIMAP4Client(imap4.IMAP4Client):
     """An IMAP4Client whose greeting is a Deferred that also fails on connection loss."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, clock: IReactorTime) -> None:
         super().__init__(context)
         self.greeting: Deferred[Any] = Deferred()
         self.lost = False
+        self._clock = clock
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
+        # TimeoutMixin's idle timer runs on our clock, not the global reactor.
+        return self._clock.callLater(delay, f, *args, **kw)
 
     def serverGreeting(self, caps: Any) -> None:
         if not self.greeting.called:
@@ -131,7 +136,7 @@ class IMAPLoginChecker:
         if _has_control(user, secret):
             raise LoginRejected("IMAP")
         options = self._tls.options_for(server.host) if server.security != "plain" else None
-        proto = _CheckingIMAP4Client(options)
+        proto = _CheckingIMAP4Client(options, self._reactor)
         proto.timeout = int(self._timeout)
         holder.append(proto)
         await connectProtocol(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
@@ -184,14 +189,19 @@ class _AuthOnlyESMTPClient(smtp.ESMTPClient):
 
     def __init__(
         self, username: bytes, secret: bytes, context: Any, require_tls: bool,
-        identity: bytes, done: Deferred[None], timeout: float,
+        identity: bytes, done: Deferred[None], timeout: float, clock: IReactorTime,
     ) -> None:
         super().__init__(secret, context, identity)
+        self._clock = clock
         self.requireTransportSecurity = require_tls
         self.timeout = int(timeout)  # type: ignore[assignment]
         self.done = done
         self.registerAuthenticator(smtp.PLAINAuthenticator(username))
         self.registerAuthenticator(smtp.LOGINAuthenticator(username))
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
+        # TimeoutMixin's idle timer runs on our clock, not the global reactor.
+        return self._clock.callLater(delay, f, *args, **kw)
 
     def smtpState_from(self, code: int, resp: bytes) -> None:
         if not self.done.called:
@@ -261,7 +271,7 @@ class SMTPLoginChecker:
         outcome: Deferred[None] = Deferred()
         proto = _AuthOnlyESMTPClient(
             user, secret, context, require_tls=server.security != "plain",
-            identity=self._identity, done=outcome, timeout=self._timeout,
+            identity=self._identity, done=outcome, timeout=self._timeout, clock=self._reactor,
         )
         holder.append(proto)
         await connectProtocol(_endpoint(self._reactor, self._tls, server, self._timeout), proto)

@@ -252,3 +252,14 @@ def test_smtp_no_auth_offered() -> None:
     wire.feed(b"220 hi", b"250 hi")
     failure = result_of(d)
     assert isinstance(failure, MailServerUnavailable) and failure.reason == "no-auth"
+
+
+def test_smtp_deadline_on_injected_clock() -> None:
+    """A server that stops answering mid-dialogue: unavailable when the injected clock passes the deadline."""
+    reactor, d = smtp_check()
+    wire = Wire(reactor, StringTransport())
+    wire.feed(b"220 hi")
+    reactor.advance(5.1)
+    failure = result_of(d)
+    assert isinstance(failure, MailServerUnavailable) and failure.reason == "timeout"
+    assert reactor.getDelayedCalls() == [] or all(not c.active() for c in reactor.getDelayedCalls())
