@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,14 @@ def test_mcp_client_completes_oauth_flow(services, daemon_factory, tmp_path, kin
         "password": "alicepw",
         "call_tool": "list_mailboxes",
     }
+    for method, body in (("POST", b'{"jsonrpc":"2.0","id":1,"method":"initialize"}'), ("GET", None)):
+        request = urllib.request.Request(daemon.base_url + "/mcp", data=body, method=method,
+                                         headers={"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        assert refused.value.headers["www-authenticate"].startswith(
+            f'Bearer resource_metadata="{daemon.base_url}/.well-known/oauth-protected-resource/mcp"')
     out = run_client(config)
     assert (daemon.state_dir / "mailmcp.sqlite3").exists() == (not store)
     assert out["registered_dynamically"] is False
