@@ -67,7 +67,8 @@ class ScriptedIMAP(LineReceiver):
         return caps
 
     def lineReceived(self, line: bytes) -> None:
-        self.factory.lines.append(line)
+        if self.factory.record:
+            self.factory.lines.append(line)
         if self.pending_auth is not None:
             tag, self.pending_auth = self.pending_auth, None
             self.sendLine(tag + b" OK [CAPABILITY " + self.caps() + b"] logged in")
@@ -78,7 +79,8 @@ class ScriptedIMAP(LineReceiver):
         if verb == b"UID":
             verb, _, args = args.partition(b" ")
             verb = verb.upper()
-        self.factory.verbs.append(verb)
+        if self.factory.record or verb in (b"LOGIN", b"AUTHENTICATE"):
+            self.factory.verbs.append(verb)
         behaviour = self.factory.behaviour
         if verb == b"CAPABILITY":
             self.sendLine(b"* CAPABILITY " + self.caps())
@@ -154,6 +156,7 @@ class ScriptedIMAPFactory(Factory):
         self.connections = 0
         self.lines: list[bytes] = []
         self.verbs: list[bytes] = []
+        self.record = True  # keep every line (off for soaks; LOGIN/AUTHENTICATE always kept)
         self.open: set[ScriptedIMAP] = set()
 
     @property
