@@ -424,6 +424,7 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
     assert (out["action"], out["trash_folder"], out["uid"]) == ("moved_to_trash", "Trash", 3)
     with Mailbox(services, user, password) as box:
         assert box.uids("Trash") == [out["trash_uid"]]
+        out_trash_uid = out["trash_uid"]
         assert box.fetch("Trash", out["trash_uid"])["Subject"] == subject[3]
         assert box.uids("INBOX") == [5, 6, 7]
         assert not any("\\Seen" in box.flags("INBOX", uid) for uid in (5, 6, 7))
@@ -479,6 +480,21 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
         assert box.fetch("Drafts", out["uid"])["Subject"] == draft_subject
         assert "\\Draft" in box.flags("Drafts", out["uid"])
     check_call_era(assistant, mode)
+
+    # Permanent deletes remove exactly one UID: emptying it from Trash, and
+    # from INBOX while another client has a \Deleted message pending there
+    # (never a bare EXPUNGE, which would take that one too).
+    trashed = assistant.call("delete_mail_message", {"folder": "Trash", "uid": out_trash_uid})
+    assert trashed["action"] == "deleted_permanently"
+    with Mailbox(services, user, password) as box:
+        assert box.uids("Trash") == []
+        box.imap.select("INBOX")
+        box.imap.uid("STORE", "6", "+FLAGS.SILENT", "(\\Deleted)")
+    gone = assistant.call("delete_mail_message", {"folder": "INBOX", "uid": 5, "permanent": True})
+    assert (gone["action"], gone["uid"], gone["uidvalidity"]) == ("deleted_permanently", 5, inbox["uidvalidity"])
+    with Mailbox(services, user, password) as box:
+        assert box.uids("INBOX") == [6, 7] and "\\Deleted" in box.flags("INBOX", 6)
+        assert box.uids("Trash") == []
 
     # A tool failure is a result with isError, not a transport error.
     failed = assistant.raw_call("get_mail_message", {"folder": "INBOX", "uid": 1})
@@ -582,11 +598,22 @@ def test_non_ascii_folders_subjects_and_bodies(services: Services, deployment: S
         assert saved["Subject"] == f"Entwurf für {tag}"
         assert saved.get_body(("plain",)).get_content().strip() == "Noch nicht fertig — später."
 
-    sent = assistant.call("send_mail_message", {"to": "carol@example.test", "subject": f"Réponse ✓ {tag}",
-                                                "text_body": f"Ça va? 日本語 {tag}"})
+    request = {"to": "carol@example.test", "subject": f"Réponse ✓ {tag}", "text_body": f"Ça va? 日本語 {tag}",
+               "idempotency_key": f"acceptance-{tag}"}
+    sent = assistant.call("send_mail_message", request)
+    assert sent["status"] == "sent"
     with Mailbox(services, "carol@example.test", "carolpw") as carol:
         (arrived,) = carol.wait_for("INBOX", "SUBJECT", tag)
         received = carol.fetch("INBOX", arrived)
+    # The same idempotency_key again: reported as already sent, not sent twice.
+    again = assistant.call("send_mail_message", request)
+    assert (again["status"], again["message_id"], again["sent_uid"]) == (
+        "already_sent", sent["message_id"], sent["sent_uid"])
+    time.sleep(1)
+    with Mailbox(services, "carol@example.test", "carolpw") as carol:
+        assert carol.uids("INBOX", "SUBJECT", tag) == [arrived]
+    with Mailbox(services, user, password) as box:
+        assert box.uids("Sent") == [sent["sent_uid"]]
     assert received["Message-ID"] == sent["message_id"]
     assert received["Subject"] == f"Réponse ✓ {tag}"
     assert received.get_body(("plain",)).get_content().strip() == f"Ça va? 日本語 {tag}"
