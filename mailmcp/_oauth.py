@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -785,7 +786,12 @@ def open_store(config: Config, reactor: Any) -> Any:
     from ._store_sqlite import SQLiteGrantStore
 
     if config.store.startswith("sqlite:"):
-        return SQLiteGrantStore(config.store[len("sqlite:"):], reactor)
+        path = config.store[len("sqlite:"):]
+        try:
+            return SQLiteGrantStore(path, reactor)
+        except (sqlite3.Error, OSError) as e:
+            # One line and exit status 1, not a traceback.
+            raise SystemExit(f"mailmcp: cannot open the grant store {path}: {e}") from None
     return RedisGrantStore(config.store, reactor)
 
 

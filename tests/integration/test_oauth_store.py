@@ -201,3 +201,21 @@ async def test_redis_down_fails_fast() -> None:
         assert time.monotonic() - started < 3
     finally:
         await store.disconnect()
+
+
+def test_unopenable_sqlite_store_exits_with_one_line(tmp_path: Path) -> None:
+    """A grant store path that cannot be opened stops the daemon with one line and status 1."""
+    import os
+    import subprocess
+
+    from tests.harness import ROOT, TWISTD, free_port
+
+    result = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "mailmcp", "--listen", f"tcp:{free_port()}:interface=127.0.0.1",
+         "--state-dir", str(tmp_path / "state"), "--store", "sqlite:/nonexistent/dir/x.sqlite3"],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 1
+    assert "cannot open the grant store /nonexistent/dir/x.sqlite3" in result.stderr
+    assert "Traceback" not in result.stderr
