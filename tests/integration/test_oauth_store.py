@@ -219,3 +219,21 @@ def test_unopenable_sqlite_store_exits_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot open the grant store /nonexistent/dir/x.sqlite3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_service_maintenance(tmp_path: Path) -> None:
+    """As a service the SQLite store sweeps expired rows and checkpoints the WAL on its own thread."""
+    from twisted.internet import reactor
+
+    store = SQLiteGrantStore(tmp_path / "m.sqlite3", reactor, maintenance_interval=3600)
+    store.startService()
+    try:
+        now = int(reactor.seconds())
+        await store.create_grant(record("c" * 32, expires=now - 1))
+        await store.create_grant(record("d" * 32, expires=now + 600))
+        await store.maintain()
+        assert await store.get_grant("d" * 32) is not None
+        assert store.sweep() == 0
+    finally:
+        store.stopService()
