@@ -151,7 +151,13 @@ def decode_bytes(data: bytes, charset: str | None, *, final: bool = True) -> tup
     if codec in ("cp1252", "latin-1", "iso8859-1", "ascii"):
         # windows-1252 is what "latin-1" and "us-ascii" mail means in practice.
         return data.decode("cp1252", errors="replace"), "cp1252"
-    return _decode(data, codec, final, "replace"), codec
+    try:
+        return _decode(data, codec, final, "replace"), codec
+    except UnicodeError:
+        # UTF-16/32 without a BOM raise even with errors="replace" (MM-04);
+        # RFC 2781 says such text is big-endian.
+        fallback = {"utf-16": "utf-16-be", "utf-32": "utf-32-be"}.get(codec, "cp1252")
+        return _decode(data, fallback, final, "replace"), fallback
 
 
 def _decode(data: bytes, codec: str, final: bool, errors: str) -> str:

@@ -1,0 +1,314 @@
+"""
+Property-based fuzzing (hypothesis) of the parsers that face hostile input:
+the ``/mcp`` JSON-RPC entry (`MCPApp` over `StubTreq`, with the real tool set
+on an in-memory mailbox), the search-query lexer and compiler, the token
+parser, the MIME helpers and the IMAP FETCH parser.
+
+Properties: no exception other than the component's own error type, never
+an HTTP 500, every request answered synchronously (no hang), and whatever
+the search compiler accepts goes to the wire with no CR, LF or NUL and with
+balanced parentheses.  Every property is bounded by ``max_examples`` and a
+per-example deadline, so the file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+
+from mailmcp import _mime
+from mailmcp._imap._parser import ParseError, parse_fetch, parse_values
+from mailmcp._keyring import KeyRing, new_master_key
+from mailmcp._mailbox_api import IMAPError, Literal
+from mailmcp._mcp import MCPApp
+from mailmcp._search import Filters, SearchQueryError, compile_search
+from mailmcp._toolkit import ToolServices
+from mailmcp._tokens import InvalidToken, TokenCodec
+from mailmcp._tools import all_tools
+from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, make_account
+
+BASE = "https://mail.example.test"
+TOKEN = "fuzz-token"
+FAST = settings(max_examples=300, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=120, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+
+json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=20)
+
+
+# -- /mcp JSON-RPC entry -----------------------------------------------------------------
+
+
+def _mcp() -> StubTreq:
+    server = FakeIMAPServer()
+    inbox = server.mailbox("INBOX")
+    inbox.add(b"From: a@example.test\r\nSubject: hi\r\n\r\nbody\r\n")
+    server.mailbox("Sent", "\\Sent")
+    server.mailbox("Drafts", "\\Drafts")
+    config = SimpleNamespace(base_url=BASE, allowed_origins=(), max_request_body=1 << 20)
+    services = ToolServices(reactor=MemoryReactorClock(), config=None, imap=FakeIMAPPool(server))
+    app = MCPApp(config, FakeTokenVerifier({TOKEN: make_account()}), services, all_tools())
+    return StubTreq(app.app.resource())
+
+
+STUB = _mcp()
+TOOL_NAMES = sorted(t.name for t in all_tools())
+
+
+def _now(d: Deferred[Any]) -> Any:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "the request did not finish (hang)"
+    if hasattr(box[0], "raiseException"):
+        box[0].raiseException()
+    return box[0]
+
+
+def post(body: bytes, version: bytes = b"2025-11-25") -> tuple[int, bytes]:
+    headers = {b"content-type": [b"application/json"], b"accept": [b"application/json, text/event-stream"],
+               b"authorization": [b"Bearer " + TOKEN.encode()], b"mcp-protocol-version": [version]}
+    d = STUB.request("POST", BASE + "/mcp", data=body, headers=headers)
+    STUB.flush()
+    response = _now(d)
+    content = _now(response.content())
+    return response.code, content
+
+
+def check_answer(status: int, content: bytes) -> None:
+    assert status in (200, 202, 400, 404, 413), (status, content[:300])
+    if status == 202:
+        assert content == b""
+        return
+    message = json.loads(content)
+    assert message["jsonrpc"] == "2.0"
+    assert ("result" in message) != ("error" in message), message
+    if "error" in message:
+        assert isinstance(message["error"]["code"], int) and message["error"]["message"]
+
+
+@FAST
+@given(st.binary(max_size=300))
+def test_random_bytes_never_500(body: bytes) -> None:
+    """Any byte string as the POST body is answered with a JSON-RPC error (or result), never a 500 or a hang."""
+    check_answer(*post(body))
+
+
+methods = st.sampled_from(["initialize", "ping", "tools/list", "tools/call", "server/discover",
+                           "notifications/initialized", "foo/bar", "resources/list", ""]) | st.text(max_size=20)
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from(["jsonrpc", "id", "method", "params"]), json_values, max_size=4),
+       methods, st.sampled_from([b"2025-06-18", b"2025-11-25", b"2026-07-28", b"1999-01-01"]))
+def test_random_jsonrpc_messages_never_500(message: dict[str, Any], method: str, version: bytes) -> None:
+    """JSON-RPC-shaped messages with random ids, methods, params and version headers: never a 500."""
+    message.setdefault("jsonrpc", "2.0")
+    message.setdefault("method", method)
+    status, content = post(json.dumps(message).encode(), version)
+    assert status != 500
+    if content:
+        json.loads(content)
+
+
+@SLOW
+@given(st.sampled_from(TOOL_NAMES), st.dictionaries(
+    st.sampled_from(["folder", "uid", "page", "per_page", "query", "from", "to", "subject", "text", "since",
+                     "before", "unseen", "flagged", "destination", "add", "remove", "cc", "bcc", "text_body",
+                     "html_body", "attachment_urls", "uidvalidity", "idempotency_key", "permanent", "x"]),
+    json_values, max_size=5))
+def test_random_tool_arguments_are_results_or_invalid_params(name: str, arguments: dict[str, Any]) -> None:
+    """tools/call of every real tool with random arguments: a result (isError or not) or -32602; never a 500 or a hang."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": name, "arguments": arguments}}).encode()
+    status, content = post(body)
+    assert status == 200, (status, content[:500])
+    message = json.loads(content)
+    if "error" in message:
+        assert message["error"]["code"] == -32602, message
+    else:
+        assert isinstance(message["result"]["isError"], bool) or "isError" not in message["result"]
+
+
+# -- search ------------------------------------------------------------------------------
+
+atoms = st.sampled_from(["ALL", "SEEN", "UNSEEN", "FLAGGED", "OR", "NOT", "FROM", "TO", "SUBJECT", "TEXT",
+                         "SINCE", "BEFORE", "ON", "LARGER", "SMALLER", "UID", "HEADER", "KEYWORD", "BODY",
+                         "1-Jan-2025", "2025-01-01", "1:*", "5", "(", ")", '"', "\\", "{5}", "~{5+}", "*",
+                         "\r\n", "\0", "Müller", "\"a b\"", "X1 DELETE INBOX"])
+queries = st.lists(atoms | st.text(max_size=8), max_size=12).map(" ".join) | st.text(max_size=80)
+
+
+def _safe(criteria: list[bytes | Literal]) -> None:
+    depth = 0
+    for token in criteria:
+        data = token.data if isinstance(token, Literal) else token
+        assert isinstance(data, bytes)
+        assert b"\r" not in data and b"\n" not in data and b"\0" not in data, criteria
+        if isinstance(token, bytes):
+            assert b"{" not in token, criteria  # no literal syntax outside a Literal
+            in_quote = False
+            escaped = False
+            for byte in token:
+                if in_quote:
+                    if escaped:
+                        escaped = False
+                    elif byte == 0x5C:
+                        escaped = True
+                    elif byte == 0x22:
+                        in_quote = False
+                elif byte == 0x22:
+                    in_quote = True
+                elif byte == 0x28:
+                    depth += 1
+                elif byte == 0x29:
+                    depth -= 1
+                    assert depth >= 0, criteria
+            assert not in_quote, criteria
+    assert depth == 0, criteria
+
+
+@FAST
+@given(queries)
+def test_search_compiler_accepts_only_safe_criteria(query: str) -> None:
+    """Any query: SearchQueryError, or criteria with no CR/LF/NUL, no literal syntax, balanced parentheses and quotes."""
+    try:
+        criteria = compile_search(query)
+    except SearchQueryError as e:
+        assert str(e)
+        return
+    _safe(criteria)
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from(["from_", "to", "subject", "text", "since", "before", "unseen", "flagged"]),
+                       st.text(max_size=30) | st.booleans(), max_size=4), queries)
+def test_search_filters_are_safe(filters: dict[str, Any], query: str) -> None:
+    """Structured filters (any text) AND-ed with a query: only SearchQueryError/ValueError, or safe criteria."""
+    try:
+        compiled = Filters(**filters)
+        criteria = compile_search(query, compiled)
+    except (SearchQueryError, ValueError, TypeError) as e:
+        assert str(e) or isinstance(e, TypeError)
+        return
+    _safe(criteria)
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+CODEC = TokenCodec(KeyRing([new_master_key()]), Clock())
+GOOD = CODEC.seal("access", {"sub": "x"}, 3600)
+b64 = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=", max_size=60)
+
+
+def _mutations() -> st.SearchStrategy[str]:
+    parts = GOOD.split(".")
+
+    def mutate(args: tuple[int, str]) -> str:
+        index, replacement = args
+        changed = list(parts)
+        changed[index] = replacement
+        return ".".join(changed)
+
+    return st.tuples(st.integers(0, 4), b64).map(mutate)
+
+
+@FAST
+@given(st.text(max_size=200) | st.binary(max_size=200) | st.lists(b64, max_size=7).map(".".join) | _mutations(),
+       st.sampled_from(["access", "refresh", "code", "client"]))
+def test_token_open_only_raises_invalid_token(token: Any, typ: str) -> None:
+    """TokenCodec.open on any string, bytes or mutated real token raises InvalidToken and nothing else."""
+    try:
+        CODEC.open(typ, token)
+    except InvalidToken:
+        return
+    assert token == GOOD and typ == "access"
+
+
+# -- MIME --------------------------------------------------------------------------------
+
+bs_atom = st.none() | st.integers(-5, 2**40) | st.text(max_size=20) | st.sampled_from(
+    ["text", "plain", "html", "multipart", "mixed", "alternative", "related", "message", "rfc822",
+     "base64", "quoted-printable", "attachment", "inline", "charset", "utf-8", "name", "filename*0*",
+     "filename*1", "utf-8''%e2%80%ae.exe"])
+bodystructures = st.recursive(bs_atom, lambda inner: st.lists(inner, max_size=9), max_leaves=40)
+
+
+@SLOW
+@given(bodystructures)
+def test_bodystructure_analysis_never_crashes(structure: Any) -> None:
+    """mime.analyse / has_attachments / iter_leaves on any nested structure: a result, never an exception."""
+    _mime.analyse(structure)
+    _mime.has_attachments(structure)
+    warnings: list[str] = []
+    for _ in _mime.iter_leaves(structure, warnings):
+        pass
+
+
+@FAST
+@given(st.binary(max_size=400), st.sampled_from([None, "utf-8", "x-evil", "utf-7", "utf-16", "latin-1", "",
+                                                 "iso-2022-jp", "gb2312", "UTF-8\0"]),
+       st.sampled_from([None, "base64", "quoted-printable", "7bit", "x-uuencode", "BASE64", ""]))
+def test_decoders_never_crash(data: bytes, charset: str | None, encoding: str | None) -> None:
+    """Transfer and charset decoding of any bytes with any declared charset/encoding returns text."""
+    raw, _ = _mime.decode_transfer(data, encoding)
+    text, used = _mime.decode_bytes(raw, charset)
+    assert isinstance(text, str) and isinstance(used, str)
+    _mime.decode_bytes(data, charset, final=False)
+
+
+@FAST
+@given(st.text(max_size=300))
+def test_header_text_helpers_never_crash(value: str) -> None:
+    """RFC 2047 decoding, date parsing, filename sanitising, HTML to text and line cleaning accept any text."""
+    assert "\r" not in (_mime.clean_line(value) or "") and "\n" not in (_mime.clean_line(value) or "")
+    _mime.decode_words(value)
+    _mime.parse_date(value)
+    _mime.parse_internal_date(value)
+    name = _mime.sanitize_filename(value)
+    assert name is None or ("/" not in name and "\0" not in name)
+    _mime.html_to_text(value)
+    _mime.clean_text(value)
+
+
+@FAST
+@given(st.binary(max_size=600))
+def test_threading_headers_on_random_bytes(raw: bytes) -> None:
+    """Reading In-Reply-To/References from any bytes never raises."""
+    _mime.threading_headers(raw)
+
+
+# -- IMAP FETCH parser ---------------------------------------------------------------------
+
+fetch_bits = st.sampled_from([b"1 FETCH (", b"UID", b"FLAGS", b"(\\Seen)", b"ENVELOPE", b"BODYSTRUCTURE",
+                              b"BODY[]", b"BODY[1.2]<0>", b"RFC822.SIZE", b"INTERNALDATE", b"NIL", b'"x"',
+                              b'"a\\"b"', b"(", b")", b"[", b"]", b" ", b"{3}", b"4294967296", b"99", b"-1",
+                              b"MODSEQ", b"(12)", b'"=?utf-8?q?x?="', b"\xff", b"\r", b"\n"])
+fetch_heads = st.lists(fetch_bits, max_size=30).map(b"".join).map(lambda h: b"1 FETCH (" + h) | st.binary(max_size=200)
+
+
+@SLOW
+@given(fetch_heads, st.lists(st.binary(max_size=30), max_size=3))
+def test_fetch_parser_raises_only_parse_errors(head: bytes, rest: list[bytes]) -> None:
+    """parse_fetch/parse_values on random responses (with random literal segments): a result, None or an IMAPError."""
+    segments: list[bytes] = [head]
+    for literal in rest:
+        segments.append(literal)
+        segments.append(b" UID 1)")
+    for response in ((head,), tuple(segments)):
+        try:
+            parse_fetch(response)
+        except (ParseError, IMAPError):
+            pass
+        try:
+            parse_values(response)
+        except (ParseError, IMAPError):
+            pass
