@@ -301,6 +301,12 @@ def check_call_era(assistant: Assistant, mode: str) -> None:
     assert {r["version"] for r in calls} == {expected}
 
 
+def assert_clean_log(daemon: Daemon) -> None:
+    """Nothing went wrong inside the daemon that its log would show as a crash."""
+    text = daemon.log_text()
+    assert "Traceback" not in text and "Unhandled Error" not in text, text[-6000:]
+
+
 # -- the full scenario -------------------------------------------------------
 
 
@@ -499,6 +505,11 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
     # A tool failure is a result with isError, not a transport error.
     failed = assistant.raw_call("get_mail_message", {"folder": "INBOX", "uid": 1})
     assert failed["is_error"] is True and "UID 1" in failed["texts"][0]
+    failed = assistant.raw_call("list_mail_messages", {"folder": f"No such folder {tag}"})
+    assert failed["is_error"] is True and "No such folder" in failed["texts"][0]
+    failed = assistant.raw_call("list_mail_messages", {"folder": "INBOX", "per_page": 500})
+    assert failed["is_error"] is True and "per_page" in failed["texts"][0]
+    assert_clean_log(deployment.daemon)
 
 
 # -- other deployments -------------------------------------------------------
@@ -518,6 +529,7 @@ def test_redis_store_login_and_tool_call(services: Services, daemon_factory: Any
     assert [(m["uid"], m["subject"], m["message_id"]) for m in out["messages"]] == [
         (1, f"Acceptance redis {tag}", message_id)]
     assert not (daemon.state_dir / "mailmcp.sqlite3").exists()
+    assert_clean_log(daemon)
 
 
 def test_s3_attachment_round_trip(s3: Services, daemon_factory: Any, assistants: Any) -> None:
@@ -539,6 +551,7 @@ def test_s3_attachment_round_trip(s3: Services, daemon_factory: Any, assistants:
     assert "blob.bin" in headers.get("content-disposition", "")
     with Mailbox(s3, user, password) as box:
         assert "\\Seen" not in box.flags("INBOX", 1)
+    assert_clean_log(daemon)
 
 
 def test_non_ascii_folders_subjects_and_bodies(services: Services, deployment: SimpleNamespace,
@@ -618,6 +631,7 @@ def test_non_ascii_folders_subjects_and_bodies(services: Services, deployment: S
     assert received["Subject"] == f"Réponse ✓ {tag}"
     assert received.get_body(("plain",)).get_content().strip() == f"Ça va? 日本語 {tag}"
     assert "Acceptance Test" in received["From"]
+    assert_clean_log(deployment.daemon)
 
 
 def test_expired_access_token_is_refreshed_by_the_client(services: Services, daemon_factory: Any,
@@ -641,3 +655,4 @@ def test_expired_access_token_is_refreshed_by_the_client(services: Services, dae
     assert [m["subject"] for m in second["structured"]["messages"]] == ["Acceptance refresh"]
     assert second["logins"] == 1
     assert any(r["url"] == daemon.base_url + "/oauth/token" for r in second["requests"]), second["requests"]
+    assert_clean_log(daemon)
