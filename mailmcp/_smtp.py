@@ -204,6 +204,18 @@ class _Sender(smtp.ESMTPSender):
         self.registerAuthenticator(_PlainAuthenticator(self.username))
         self.registerAuthenticator(smtp.LOGINAuthenticator(self.username))
 
+    def esmtpEHLORequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        # EHLO refused: report the server's own reply, not Twisted's fixed
+        # "502 no ESMTP" (which read as "no supported authentication").
+        self._fail(
+            SMTPSendFailed(
+                f"the SMTP server refused EHLO: {code} {_text(resp or b'')}",
+                stage=self.phase,
+                code=code if code > 0 else None,
+            )
+        )
+        self._disconnectFromServer()
+
     def _esmtpState_plainAuth(self, code: int, resp: bytes) -> None:
         # PLAIN was refused: that is the answer, no second attempt.
         self.esmtpAUTHDeclined(code, resp)
