@@ -19,6 +19,8 @@ Protocol on stdout, one JSON object per line:
   ``{"is_error", "structured", "texts", "content_types", "requests"}``
   where ``requests`` are the HTTP requests that call made (JSON-RPC method
   and ``MCP-Protocol-Version`` header);
+- ``{"revoke": "refresh_token"}`` (or ``"access_token"``) revokes that
+  token at ``/oauth/revoke`` and answers ``{"status": HTTP status}``;
 - ``{"quit": true}`` ends the session.
 """
 
@@ -161,6 +163,18 @@ async def main(cfg: dict[str, Any]) -> None:
                 command = json.loads(line)
                 if command.get("quit"):
                     return
+                if command.get("revoke"):
+                    # RFC 7009 revocation of the current token of that kind,
+                    # outside the mcp client (as a user signing out would).
+                    assert storage.tokens is not None
+                    token = getattr(storage.tokens, command["revoke"])
+                    form = {"token": token, "client_id": cfg["client_id"]}
+                    if cfg.get("client_secret"):
+                        form["client_secret"] = cfg["client_secret"]
+                    async with httpx2.AsyncClient(timeout=30) as raw:
+                        answer = await raw.post(base + "/oauth/revoke", data=form)
+                    emit({"status": answer.status_code})
+                    continue
                 del requests[:]
                 try:
                     result = await client.call_tool(command["tool"], command.get("args") or {})

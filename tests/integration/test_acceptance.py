@@ -193,11 +193,14 @@ class Assistant:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def raw_call(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    def command(self, command: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"tool": tool, "args": args}) + "\n")
+        self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
-        result = self._read()
+        return self._read()
+
+    def raw_call(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        result = self.command({"tool": tool, "args": args})
         assert "exception" not in result, result
         return result
 
@@ -656,3 +659,66 @@ def test_expired_access_token_is_refreshed_by_the_client(services: Services, dae
     assert second["logins"] == 1
     assert any(r["url"] == daemon.base_url + "/oauth/token" for r in second["requests"]), second["requests"]
     assert_clean_log(daemon)
+
+
+def test_attachment_links_are_bound_to_their_owner(services: Services, deployment: SimpleNamespace,
+                                                   assistants: Any) -> None:
+    """
+    attachment_urls accept only live links this server issued to the same
+    user: another user's link, a tampered link and a foreign URL are isError
+    results and nothing is sent or saved; the owner's own link is attached
+    byte-exact to a draft.
+    """
+    (owner, owner_pw), (other, other_pw) = fresh_users(services, 2)
+    tag = uuid.uuid4().hex[:8]
+    services.deliver(owner, message(owner, f"Linked {tag}", "With attachment.\n", BLOB)[0])
+    first = assistants(deployment.daemon, deployment.clients["confidential"], "confidential", "legacy",
+                       owner, owner_pw)
+    second = assistants(deployment.daemon, deployment.clients["public"], "public", "2026-07-28",
+                        other, other_pw)
+    url = first.call("get_mail_attachment_link", {"folder": "INBOX", "uid": 1, "part": "2"})["url"]
+    assert download(url)[0] == BLOB
+
+    mail = {"to": "bob@example.test", "subject": f"Not sent {tag}", "text_body": "x"}
+    for tool in ("send_mail_message", "create_draft_mail_message"):
+        refused = second.raw_call(tool, {**mail, "attachment_urls": [url]})
+        assert refused["is_error"] is True and "attachment_urls" in refused["texts"][0], refused
+    tampered = url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")
+    for bad in (tampered, "https://example.com/blob.bin"):
+        refused = first.raw_call("send_mail_message", {**mail, "attachment_urls": [bad]})
+        assert refused["is_error"] is True and "attachment_urls" in refused["texts"][0], refused
+
+    draft = first.call("create_draft_mail_message", {"subject": f"Keep {tag}", "attachment_urls": [url]})
+    time.sleep(1)
+    with Mailbox(services, owner, owner_pw) as box:
+        saved = box.fetch("Drafts", draft["uid"])
+        (attached,) = list(saved.iter_attachments())
+        assert attached.get_filename() == "blob.bin" and attached.get_content() == BLOB
+        assert box.uids("Sent") == [] and box.uids("Drafts") == [draft["uid"]]
+    with Mailbox(services, other, other_pw) as box:
+        assert box.uids("Sent") == [] and box.uids("Drafts") == []
+    with Mailbox(services, "bob@example.test", "bobpw") as bob:
+        assert bob.uids("INBOX", "SUBJECT", tag) == []
+    assert_clean_log(deployment.daemon)
+
+
+@pytest.mark.parametrize("token", ["refresh_token", "access_token"])
+def test_revocation_ends_the_grant_at_once(services: Services, deployment: SimpleNamespace,
+                                           assistants: Any, token: str) -> None:
+    """
+    Revoking the refresh token or the access token at /oauth/revoke stops
+    the current access token at once: the mcp client's next call is
+    answered 401, so it logs in again, and then the call succeeds.
+    """
+    (user, password), = fresh_users(services, 1)
+    services.deliver(user, message(user, "Revocation", "x\n")[0])
+    assistant = assistants(deployment.daemon, deployment.clients["confidential"], "confidential", "auto",
+                           user, password)
+    first = assistant.raw_call("list_mail_messages", {"folder": "INBOX"})
+    assert first["is_error"] is False and first["logins"] == 1
+    assert assistant.command({"revoke": token}) == {"status": 200}
+    second = assistant.raw_call("list_mail_messages", {"folder": "INBOX"})
+    assert second["is_error"] is False, second
+    assert [m["subject"] for m in second["structured"]["messages"]] == ["Revocation"]
+    assert second["logins"] == 2, second["requests"]
+    assert_clean_log(deployment.daemon)
