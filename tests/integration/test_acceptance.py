@@ -341,8 +341,9 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
         "Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
     assert boxes["INBOX"]["special_use"] is None and boxes["INBOX"]["selectable"] is True
     assert out["total"] == len(out["mailboxes"])
-    if out["counts_included"]:
-        assert (boxes["INBOX"]["messages"], boxes["INBOX"]["unseen"]) == (5, 5)
+    assert out["counts_included"] is True
+    assert (boxes["INBOX"]["messages"], boxes["INBOX"]["unseen"]) == (5, 5)
+    assert (boxes["Sent"]["messages"], boxes["Trash"]["messages"]) == (0, 0)
 
     # list_mail_messages: UIDs, not sequence numbers, newest first, paged.
     out = assistant.call("list_mail_messages", {"folder": "INBOX"})
