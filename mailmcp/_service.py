@@ -17,6 +17,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -178,6 +179,10 @@ class SequentialMultiService(MultiService):
     drain, and only then do the pools and stores they use shut down.
     """
 
+    def __init__(self, clock: Any = None) -> None:
+        super().__init__()
+        self._clock = clock
+
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop_in_turn())
@@ -188,6 +193,13 @@ class SequentialMultiService(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("stopping {name} failed", name=child.name)
+        if self._clock is not None:
+            # The last child may finish inside a protocol callback (the IMAP
+            # pool's last LOGOUT answer); the reactor's shutdown goes on from
+            # here at once and drops every connection, which a TLS transport
+            # in the middle of dataReceived cannot survive (AttributeError
+            # on _tlsConnection).  Finish on a fresh reactor turn instead.
+            await deferLater(self._clock, 0, lambda: None)
 
 
 def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tuple[str, IResource]]:
@@ -236,7 +248,7 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
 
 
 def build_service(config: Config, reactor: Any) -> IService:
-    top = SequentialMultiService()
+    top = SequentialMultiService(reactor)
     parts = MultiService()
     parts.setName("parts")
     parts.setServiceParent(top)

@@ -1,0 +1,280 @@
+"""
+Load, restart and graceful shutdown against a real ``twistd mailmcp`` on
+loopback, with real OAuth logins and the real Dovecot/Postfix.
+
+- Load (security.md §4 "Concurrency"): a bounded generator keeps 200 calls
+  in flight across 50 accounts (``list_mail_messages``) for 20 s, then
+  stops by itself; 100 % success, no error-level line in the daemon log.
+  The reactor lag (``GET /metrics``) and the peak RSS (``VmHWM``) go into
+  ``test-artifacts/load-report.json``.  (20 s rather than the issue's 60 s
+  keeps the suite within its CI budget on 2 shared cores.)
+- Restart: an access and a refresh token issued before a restart work after
+  it, with the SQLite store and with Redis.
+- SIGTERM during load: calls already in flight finish with their answers,
+  the daemon exits 0, and a send in flight is either delivered once (and
+  reported sent) or reported failed -- never duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks._clients import McpClient, ToolCallFailed, login_many
+from benchmarks._http import Connection, HTTPError
+from tests.harness import Daemon, Services, free_port, generate_client
+from tests.hostile import mcp_http
+from tests.integration.test_smtp_live import _inbox, fresh_users
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ACCOUNTS = 50
+IN_FLIGHT = 200
+DURATION = 20.0
+CALL_TIMEOUT = 30.0
+
+
+def vm(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def error_lines(daemon: Daemon) -> list[str]:
+    """Error-level log lines, each with the 12 lines that follow it (a traceback's body)."""
+    lines = daemon.log_text().splitlines()
+    return ["\n".join(lines[i:i + 12]) for i, line in enumerate(lines)
+            if "#error]" in line or "#critical]" in line or "Traceback" in line]
+
+
+def metrics(base_url: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(base_url + "/metrics?format=json", timeout=10) as r:
+        document: dict[str, Any] = json.load(r)
+        return document
+
+
+def seed(services: Services, count: int, messages: int = 3) -> list[tuple[str, str]]:
+    users = fresh_users(services, count)
+    for email, _ in users:
+        for i in range(messages):
+            services.deliver(email, (f"From: Load <load@example.test>\r\nTo: {email}\r\nSubject: load {i}\r\n"
+                                     f"Message-ID: <{uuid.uuid4().hex}@example.test>\r\n\r\nbody {i}\r\n").encode())
+    return users
+
+
+async def generate(base_url: str, tokens: list[str], in_flight: int, duration: float) -> dict[str, Any]:
+    """C{in_flight} workers, each on its own keep-alive connection, calling until the deadline."""
+    deadline = time.monotonic() + duration
+    ok = 0
+    failures: list[str] = []
+    latencies: list[float] = []
+
+    async def worker(index: int) -> None:
+        nonlocal ok
+        client = McpClient(base_url, tokens[index % len(tokens)], timeout=CALL_TIMEOUT)
+        try:
+            for _ in range(100_000):  # bounded in count as well as in time
+                if time.monotonic() >= deadline:
+                    return
+                started = time.monotonic()
+                try:
+                    result = await client.call("list_mail_messages", {"folder": "INBOX", "per_page": 20})
+                except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+                    failures.append(f"{type(e).__name__}: {str(e)[:200]}")
+                    continue
+                latencies.append(time.monotonic() - started)
+                if len(result["structuredContent"]["messages"]) == 3:
+                    ok += 1
+                else:
+                    failures.append("wrong listing")
+        finally:
+            client.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(in_flight)))
+    elapsed = time.monotonic() - started
+    latencies.sort()
+
+    def pct(q: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3, 1) if latencies else None
+
+    return {"calls_ok": ok, "failures": len(failures), "failure_examples": failures[:5],
+            "seconds": round(elapsed, 1), "calls_per_second": round(ok / elapsed, 1),
+            "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)}}
+
+
+def test_load_200_in_flight_across_50_accounts(services: Services, daemon_factory: Any, artifacts: Path) -> None:
+    """
+    200 in-flight list_mail_messages calls across 50 OAuth-logged-in accounts
+    for 20 s (bounded; stops by itself): every call succeeds with the right
+    listing, the daemon logs no error line, and the reactor lag and peak RSS
+    are recorded in test-artifacts/load-report.json.
+    """
+    users = seed(services, ACCOUNTS)
+    daemon = daemon_factory(services)
+    client = generate_client(daemon.state_dir, services)
+    tokens, login_stats = asyncio.run(login_many(daemon.base_url, client, users))
+    assert len(tokens) == ACCOUNTS, login_stats
+    before = metrics(daemon.base_url)
+    since = before["now_monotonic"]
+    result = asyncio.run(generate(daemon.base_url, list(tokens.values()), IN_FLIGHT, DURATION))
+    after = metrics(daemon.base_url)
+    lag = after["reactor_lag"]
+    import urllib.request
+
+    with urllib.request.urlopen(f"{daemon.base_url}/metrics?format=json&since={since}", timeout=10) as r:
+        during = json.load(r)["reactor_lag"]
+    report = {
+        "test": "tests/hostile/test_hostile_load.py",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "accounts": ACCOUNTS, "in_flight": IN_FLIGHT, "duration_seconds": DURATION,
+        "logins": login_stats,
+        **result,
+        "reactor_lag_ms": {
+            "p50": round((during["p50_seconds"] or 0) * 1e3, 2),
+            "p99": round((during["p99_seconds"] or 0) * 1e3, 2),
+            "max_since_start": round(lag["max_seconds"] * 1e3, 2),
+        },
+        "rss_kib": {"now": vm(daemon.process.pid, "VmRSS"), "peak_VmHWM": vm(daemon.process.pid, "VmHWM")},
+        "cores": os.cpu_count(),
+    }
+    (artifacts / "load-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    assert result["failures"] == 0, result
+    assert result["calls_ok"] > IN_FLIGHT, result
+    assert report["rss_kib"]["peak_VmHWM"] < 512 * 1024, report
+    assert daemon.stop() == 0
+    assert error_lines(daemon) == [], error_lines(daemon)[:10]
+
+
+# -- restart -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_tokens_survive_a_restart(services: Services, daemon_factory: Any, tmp_path: Path, store: str) -> None:
+    """
+    An access token and a refresh token issued before a restart (same state
+    directory and base URL) still work after it: the access token reads the
+    mailbox, the refresh token rotates once, and its old value stays dead.
+    """
+    port = free_port()
+    args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--base-url", f"http://127.0.0.1:{port}"]
+    if store == "redis":
+        args += ["--store", services.redis_url]
+    base = f"http://127.0.0.1:{port}"
+    first = daemon_factory(services, *args, state_dir=tmp_path / "state")
+    client = generate_client(first.state_dir, services)
+    tokens = mcp_http.login(base, client, "alice@example.test", "alicepw", "127.4.0.1")
+    assert mcp_http.call(base, tokens["access_token"], "list_mailboxes").get("isError") is not True
+    assert first.stop() == 0
+    second = daemon_factory(services, *args, state_dir=tmp_path / "state")
+    assert second.state_dir == first.state_dir
+    result = mcp_http.call(base, tokens["access_token"], "list_mail_messages", {"folder": "INBOX"})
+    assert result.get("isError") is not True, result
+    fresh = refresh(base, client, tokens["refresh_token"])
+    assert fresh.status_code == 200, fresh.text
+    assert mcp_http.call(base, fresh.json()["access_token"], "list_mailboxes").get("isError") is not True
+    reuse = refresh(base, client, tokens["refresh_token"])
+    assert (reuse.status_code, reuse.json()["error"]) == (400, "invalid_grant")
+
+
+def refresh(base: str, client: dict[str, Any], refresh_token: str) -> Any:
+    import httpx2
+
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client["client_id"]}
+    if client.get("client_secret"):
+        form["client_secret"] = client["client_secret"]
+    return httpx2.post(base + "/oauth/token", data=form, timeout=30)
+
+
+# -- SIGTERM during load ------------------------------------------------------------------------
+
+
+def test_sigterm_during_load_finishes_in_flight_calls_and_loses_no_mail(
+    services: Services, daemon_factory: Any
+) -> None:
+    """
+    SIGTERM while 40 listing calls and one send are in flight: every call
+    that started well before the signal gets its answer (HTTP 200, no
+    isError), the daemon exits 0 with no error log line, and the recipient
+    has the sent message once if the send was reported sent -- at most once
+    in any case -- and never a duplicate.
+    """
+    (sender, sender_pw), (rcpt, rcpt_pw), *readers = seed(services, 8, messages=3)
+    daemon = daemon_factory(services)
+    client = generate_client(daemon.state_dir, services)
+    tokens, stats = asyncio.run(login_many(daemon.base_url, client, [(sender, sender_pw), *readers]))
+    assert len(tokens) == 7, stats
+    reader_tokens = [tokens[email] for email, _ in readers]
+    subject = "sigterm " + uuid.uuid4().hex[:8]
+
+    async def scenario() -> tuple[list[tuple[float, str]], float, str]:
+        outcomes: list[tuple[float, str]] = []
+        stop_at = time.monotonic() + 15
+
+        async def reader(index: int) -> None:
+            mcp = McpClient(daemon.base_url, reader_tokens[index % len(reader_tokens)], timeout=CALL_TIMEOUT)
+            try:
+                while time.monotonic() < stop_at:
+                    started = time.monotonic()
+                    try:
+                        result = await mcp.call("list_mail_messages", {"folder": "INBOX"})
+                        outcomes.append((started, "ok" if len(result["structuredContent"]["messages"]) == 3
+                                         else "wrong"))
+                    except (ToolCallFailed, HTTPError, OSError, asyncio.IncompleteReadError,
+                            asyncio.TimeoutError) as e:
+                        outcomes.append((started, f"{type(e).__name__}: {str(e)[:120]}"))
+                        return  # the daemon is going away
+            finally:
+                mcp.close()
+
+        async def send() -> str:
+            mcp = McpClient(daemon.base_url, tokens[sender], timeout=CALL_TIMEOUT)
+            try:
+                result = await mcp.rpc("tools/call", {"name": "send_mail_message", "arguments": {
+                    "to": rcpt, "subject": subject, "text_body": "exactly once"}})
+                return "error" if result.get("isError") else "sent"
+            except (ToolCallFailed, HTTPError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+                return "no answer"
+            finally:
+                mcp.close()
+
+        readers_task = [asyncio.ensure_future(reader(i)) for i in range(40)]
+        await asyncio.sleep(1.5)
+        send_task = asyncio.ensure_future(send())
+        await asyncio.sleep(0.02)
+        signalled = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*readers_task), 30)
+        return outcomes, signalled, await asyncio.wait_for(send_task, 30)
+
+    outcomes, signalled, sent = asyncio.run(scenario())
+    assert daemon.process.wait(30) == 0
+    early = [o for started, o in outcomes if started < signalled - 0.05]
+    assert len(early) > 40 and set(early) == {"ok"}, [o for o in early if o != "ok"][:5]
+    assert error_lines(daemon) == [], error_lines(daemon)[:10]
+    deadline = time.monotonic() + 10
+    copies: list[bytes] = []
+    while time.monotonic() < deadline:
+        copies = [m for m in _inbox(services, rcpt, rcpt_pw) if subject.encode() in m]
+        if copies or sent != "sent":
+            if sent != "sent":
+                time.sleep(2)  # give a send that did go out the time to arrive
+                copies = [m for m in _inbox(services, rcpt, rcpt_pw) if subject.encode() in m]
+            break
+        time.sleep(0.2)
+    assert len(copies) <= 1
+    if sent == "sent":
+        assert len(copies) == 1
+    print(f"sigterm: send outcome {sent!r}, copies {len(copies)}, calls before the signal {len(early)}")
