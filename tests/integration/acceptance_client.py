@@ -21,6 +21,7 @@ Protocol on stdout, one JSON object per line:
   and ``MCP-Protocol-Version`` header);
 - ``{"revoke": "refresh_token"}`` (or ``"access_token"``) revokes that
   token at ``/oauth/revoke`` and answers ``{"status": HTTP status}``;
+- ``{"tokens": true}`` answers the current access and refresh tokens;
 - ``{"quit": true}`` ends the session.
 """
 
@@ -163,6 +164,11 @@ async def main(cfg: dict[str, Any]) -> None:
                 command = json.loads(line)
                 if command.get("quit"):
                     return
+                if command.get("tokens"):
+                    assert storage.tokens is not None
+                    emit({"access_token": storage.tokens.access_token,
+                          "refresh_token": storage.tokens.refresh_token})
+                    continue
                 if command.get("revoke"):
                     # RFC 7009 revocation of the current token of that kind,
                     # outside the mcp client (as a user signing out would).

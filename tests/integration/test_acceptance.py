@@ -25,6 +25,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from tests import harness
 from tests.harness import ROOT, Daemon, Services, generate_client
 
 pytestmark = pytest.mark.integration
@@ -199,6 +202,9 @@ class Assistant:
         self.process.stdin.flush()
         return self._read()
 
+    def tokens(self) -> dict[str, str]:
+        return self.command({"tokens": True})
+
     def raw_call(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
         result = self.command({"tool": tool, "args": args})
         assert "exception" not in result, result
@@ -304,9 +310,9 @@ def check_call_era(assistant: Assistant, mode: str) -> None:
     assert {r["version"] for r in calls} == {expected}
 
 
-def assert_clean_log(daemon: Daemon) -> None:
-    """Nothing went wrong inside the daemon that its log would show as a crash."""
-    text = daemon.log_text()
+def assert_clean_log(daemon: Daemon, since: int = 0) -> None:
+    """Nothing went wrong inside the daemon that its log (from offset C{since}) would show as a crash."""
+    text = daemon.log_text()[since:]
     assert "Traceback" not in text and "Unhandled Error" not in text, text[-6000:]
 
 
@@ -723,3 +729,102 @@ def test_revocation_ends_the_grant_at_once(services: Services, deployment: Simpl
     assert [m["subject"] for m in second["structured"]["messages"]] == ["Revocation"]
     assert second["logins"] == 2, second["requests"]
     assert_clean_log(deployment.daemon)
+
+
+def test_tokens_survive_a_daemon_restart(services: Services, tmp_path: Path, assistants: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The key ring and the SQLite grant store live in the state directory: a
+    daemon restarted on the same state directory and address serves the
+    same stateless mcp client with no new login.
+    """
+    state = tmp_path / "restart-state"
+    (user, password), = fresh_users(services, 1)
+    services.deliver(user, message(user, "Before and after", "x\n")[0])
+    first = Daemon.start(state, services)
+    try:
+        client = generate_client(state, services)
+        assistant = assistants(first, client, "confidential", "legacy", user, password)
+        before = assistant.raw_call("list_mail_messages", {"folder": "INBOX"})
+        assert before["is_error"] is False and before["logins"] == 1
+    finally:
+        first.stop()
+    # The restarted daemon appends to the same log file.
+    offset = len(first.log_text())
+    monkeypatch.setattr(harness, "free_port", lambda: first.port)
+    second = Daemon.start(state, services)
+    try:
+        after = assistant.raw_call("list_mail_messages", {"folder": "INBOX"})
+        assert after["is_error"] is False, after
+        assert [m["subject"] for m in after["structured"]["messages"]] == ["Before and after"]
+        assert after["logins"] == 1
+        assert_clean_log(second, offset)
+    finally:
+        second.stop()
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("www-authenticate")
+
+
+def post_form(url: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_scale_out_two_processes_share_redis(services: Services, tmp_path: Path, daemon_factory: Any,
+                                             assistants: Any) -> None:
+    """
+    Two daemon processes behind one base URL, sharing the key ring and a
+    Redis store: a login at one is honoured by the other, a refresh at one
+    rotates for both, and replaying the old refresh token at the other
+    revokes the family everywhere.
+    """
+    state = tmp_path / "shared-state"
+    one = daemon_factory(services, "--store", services.redis_url, state_dir=state)
+    two = daemon_factory(services, "--store", services.redis_url, "--base-url", one.base_url, state_dir=state)
+    client = generate_client(state, services)
+    (user, password), = fresh_users(services, 1)
+    services.deliver(user, message(user, "Seen by both", "x\n")[0])
+    assistant = assistants(one, client, "confidential", "auto", user, password)
+    assert assistant.call("list_mail_messages", {})["total"] == 1
+    tokens = assistant.tokens()
+
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "list_mail_messages", "arguments": {"folder": "INBOX"}}}
+    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+    status, answer = post_json(two.base_url + "/mcp", call,
+                               {**headers, "authorization": "Bearer " + tokens["access_token"]})
+    assert status == 200, answer
+    result = answer["result"]
+    assert result["isError"] is False
+    assert [m["subject"] for m in result["structuredContent"]["messages"]] == ["Seen by both"]
+    assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+
+    auth = {"client_id": client["client_id"], "client_secret": client["client_secret"]}
+    status, fresh = post_form(two.base_url + "/oauth/token", {
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], **auth})
+    assert status == 200, fresh
+    status, answer = post_json(one.base_url + "/mcp", call,
+                               {**headers, "authorization": "Bearer " + fresh["access_token"]})
+    assert status == 200 and answer["result"]["isError"] is False
+    status, reuse = post_form(one.base_url + "/oauth/token", {
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], **auth})
+    assert (status, reuse["error"]) == (400, "invalid_grant")
+    for daemon in (one, two):
+        status, challenge = post_json(daemon.base_url + "/mcp", call,
+                                      {**headers, "authorization": "Bearer " + fresh["access_token"]})
+        assert status == 401 and challenge.startswith(
+            f'Bearer resource_metadata="{one.base_url}/.well-known/oauth-protected-resource/mcp"')
+    assert_clean_log(one)
+    assert_clean_log(two)
