@@ -828,3 +828,26 @@ def test_scale_out_two_processes_share_redis(services: Services, tmp_path: Path,
             f'Bearer resource_metadata="{one.base_url}/.well-known/oauth-protected-resource/mcp"')
     assert_clean_log(one)
     assert_clean_log(two)
+
+
+def test_starttls_mail_servers(services: Services, deployment: SimpleNamespace, assistants: Any) -> None:
+    """
+    A client provisioned for STARTTLS on IMAP (143) and SMTP submission
+    (587-style) logs in, reads and sends exactly like the implicit-TLS one.
+    """
+    client = generate_client(deployment.daemon.state_dir, services, imap_security="starttls",
+                             smtp_security="starttls")
+    (user, password), = fresh_users(services, 1)
+    tag = uuid.uuid4().hex[:8]
+    services.deliver(user, message(user, f"Over STARTTLS {tag}", "x\n")[0])
+    assistant = assistants(deployment.daemon, client, "confidential", "2026-07-28", user, password)
+    check_login(assistant, "2026-07-28")
+    listed = assistant.call("list_mail_messages", {"folder": "INBOX"})
+    assert [m["subject"] for m in listed["messages"]] == [f"Over STARTTLS {tag}"]
+    sent = assistant.call("send_mail_message", {"to": "dave@example.test", "subject": f"Via submission {tag}",
+                                                "text_body": "Sent over STARTTLS."})
+    assert sent["status"] == "sent" and sent["sent_folder"] == "Sent"
+    with Mailbox(services, "dave@example.test", "davepw") as dave:
+        (arrived,) = dave.wait_for("INBOX", "SUBJECT", tag)
+        assert dave.fetch("INBOX", arrived)["Message-ID"] == sent["message_id"]
+    assert_clean_log(deployment.daemon)
