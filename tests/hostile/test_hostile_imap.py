@@ -228,3 +228,33 @@ async def test_daemon_answers_is_error_and_keeps_serving_alice(
     assert again.get("isError") is not True
     log = daemon.log_text()
     assert "Traceback" not in log and "#error]" not in log and "#critical]" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("behaviour", ["strip-starttls", "starttls-bad"])
+@pytest_twisted.ensureDeferred
+async def test_login_page_never_sends_credentials_to_a_stripping_server(
+    services: Services, daemon_factory: Any, servers: Any, behaviour: str
+) -> None:
+    """
+    IM-05 at the login page of a real daemon: a client provisioned for
+    ``starttls`` whose server does not offer STARTTLS (or refuses it) gets a
+    generic "unreachable"-style refusal (no redirect, no code, no host or
+    port in the page), and the scripted server never receives LOGIN or
+    AUTHENTICATE.
+    """
+    from benchmarks._clients import LoginFailed
+
+    factory, port = await servers(behaviour)
+    daemon = daemon_factory(services, "--imap-timeout", "2")
+    client = generate_client(
+        daemon.state_dir, None, "--imap-host", "localhost", "--imap-port", str(port),
+        "--imap-security", "starttls", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+    with pytest.raises(LoginFailed) as info:
+        await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
+                                    "alicepw", "127.3.1.1")
+    text = str(info.value)
+    assert text.startswith("POST /oauth/authorize: ") and " 303 " not in text[:30], text
+    assert str(port) not in text and "alicepw" not in text
+    assert factory.connections >= 1
+    assert not factory.saw_credentials, factory.lines
