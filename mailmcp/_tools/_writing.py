@@ -161,8 +161,8 @@ class ComposeInput(BaseModel):
     attachment_urls: list[Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=list,
         max_length=MAX_ATTACHMENT_URLS,
-        description="Attachments: only download links issued by this server (from get_mail_message or "
-        "get_mail_attachment_link) are accepted; other URLs are refused and never fetched.",
+        description="Attachments: only download links issued by this server (get_mail_attachment_link "
+        "gives one per attachment) are accepted; other URLs are refused and never fetched.",
     )
     in_reply_to: Annotated[list[str], BeforeValidator(_as_list), AfterValidator(_check_message_ids("in_reply_to"))] = Field(
         default_factory=list,
@@ -394,8 +394,8 @@ async def _attachments(ctx: ToolContext, urls: Sequence[str]) -> list[OutgoingAt
         return []
     store = ctx.services.attachments
     refusal = (
-        "attachment_urls must be links issued by this server (from get_mail_message or "
-        "get_mail_attachment_link); other URLs are never fetched"
+        "attachment_urls must be links issued by this server (get_mail_attachment_link gives "
+        "one per attachment); other URLs are never fetched"
     )
     if store is None:
         raise ToolError(refusal + ", and attachments are not enabled on this server")
