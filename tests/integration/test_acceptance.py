@@ -694,6 +694,8 @@ def test_attachment_links_are_bound_to_their_owner(services: Services, deploymen
     for bad in (tampered, "https://example.com/blob.bin"):
         refused = first.raw_call("send_mail_message", {**mail, "attachment_urls": [bad]})
         assert refused["is_error"] is True and "attachment_urls" in refused["texts"][0], refused
+        # The refusal tells the model where valid links come from.
+        assert "get_mail_attachment_link" in refused["texts"][0]
 
     draft = first.call("create_draft_mail_message", {"subject": f"Keep {tag}", "attachment_urls": [url]})
     time.sleep(1)
