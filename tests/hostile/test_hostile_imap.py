@@ -258,3 +258,44 @@ async def test_login_page_never_sends_credentials_to_a_stripping_server(
     assert str(port) not in text and "alicepw" not in text
     assert factory.connections >= 1
     assert not factory.saw_credentials, factory.lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_twenty_calls_on_a_stalling_server_stay_bounded(servers: Any, pool: IMAPPool, services: Services) -> None:
+    """
+    IM-16 with IM-02: 20 concurrent reads for one account whose server
+    stalls after login: never more than 4 connections at the server at once,
+    every call fails (timeout, or "busy" for the queued ones) within the
+    bounded time, none hangs, and nothing stays open afterwards.
+    """
+    from twisted.internet.defer import Deferred, DeferredList
+
+    factory, port = await servers("stall")
+    peak = 0
+
+    def watch() -> None:
+        nonlocal peak
+        peak = max(peak, len(factory.open))
+
+    from twisted.internet.task import LoopingCall
+
+    watcher = LoopingCall(watch)
+    watcher.start(0.01)
+    account = scripted_account(port)
+    started = time.monotonic()
+    try:
+        results = await DeferredList(
+            [Deferred.fromCoroutine(pool.run(account, read_message, read_only=True)) for _ in range(20)],
+            consumeErrors=True)
+    finally:
+        watcher.stop()
+    elapsed = time.monotonic() - started
+    errors = [r.value.message for ok, r in results if not ok and isinstance(r.value, IMAPError)]
+    assert len(errors) == 20, results
+    assert all("did not answer" in e or "busy" in e for e in errors), set(errors)
+    assert peak <= 4, peak
+    # Each attempt waits at most wait_timeout (5 s) for a slot, then runs at
+    # most one command timeout; a read has two attempts.
+    assert elapsed < 2 * (5 + TIMEOUT) + 3, elapsed
+    await settle(factory, pool)
+    assert pool.open_connections == 0 and not factory.open
