@@ -838,21 +838,33 @@ def test_scale_out_two_processes_share_redis(services: Services, tmp_path: Path,
 def test_starttls_mail_servers(services: Services, deployment: SimpleNamespace, assistants: Any) -> None:
     """
     A client provisioned for STARTTLS on IMAP (143) and SMTP submission
-    (587-style) logs in, reads and sends exactly like the implicit-TLS one.
+    (587-style) logs in, reads, replies (threading headers from
+    get_mail_message) and flags exactly like the implicit-TLS one.
     """
     client = generate_client(deployment.daemon.state_dir, services, imap_security="starttls",
                              smtp_security="starttls")
     (user, password), = fresh_users(services, 1)
     tag = uuid.uuid4().hex[:8]
-    services.deliver(user, message(user, f"Over STARTTLS {tag}", "x\n")[0])
+    raw, original_id = message(user, f"Over STARTTLS {tag}", "x\n")
+    services.deliver(user, raw)
     assistant = assistants(deployment.daemon, client, "confidential", "2026-07-28", user, password)
     check_login(assistant, "2026-07-28")
     listed = assistant.call("list_mail_messages", {"folder": "INBOX"})
     assert [m["subject"] for m in listed["messages"]] == [f"Over STARTTLS {tag}"]
-    sent = assistant.call("send_mail_message", {"to": "dave@example.test", "subject": f"Via submission {tag}",
-                                                "text_body": "Sent over STARTTLS."})
+    # A reply, threaded with what get_mail_message reported, then marked answered.
+    original = assistant.call("get_mail_message", {"folder": "INBOX", "uid": 1})
+    assert original["message_id"] == original_id
+    sent = assistant.call("send_mail_message", {
+        "to": "dave@example.test", "subject": f"Re: Over STARTTLS {tag}", "text_body": "Sent over STARTTLS.",
+        "in_reply_to": original["message_id"], "references": [*original["references"], original["message_id"]]})
     assert sent["status"] == "sent" and sent["sent_folder"] == "Sent"
     with Mailbox(services, "dave@example.test", "davepw") as dave:
         (arrived,) = dave.wait_for("INBOX", "SUBJECT", tag)
-        assert dave.fetch("INBOX", arrived)["Message-ID"] == sent["message_id"]
+        reply = dave.fetch("INBOX", arrived)
+    assert reply["Message-ID"] == sent["message_id"]
+    assert (reply["In-Reply-To"], reply["References"]) == (original_id, original_id)
+    flags = assistant.call("update_mail_message_flags", {"folder": "INBOX", "uid": 1, "add": "\\Answered",
+                                                         "uidvalidity": original["uidvalidity"]})
+    assert "\\Answered" in flags["flags"]
+    assert assistant.call("list_mail_messages", {})["messages"][0]["answered"] is True
     assert_clean_log(deployment.daemon)
