@@ -83,6 +83,20 @@ class _CheckingIMAP4Client(imap4.IMAP4Client):
         # TimeoutMixin's idle timer runs on our clock, not the global reactor.
         return self._clock.callLater(delay, f, *args, **kw)
 
+    #: A login check reads a greeting, CAPABILITY and a few short replies;
+    #: the stock client would spool any announced literal, however large,
+    #: to a temporary file (IM-08).  Anything bigger ends the check.
+    max_literal = 64 * 1024
+
+    def _setupForLiteral(self, rest: bytes, octets: int) -> None:
+        if octets > self.max_literal:
+            log.warn("IMAP server announced a {size}-byte literal during the login check; hanging up",
+                     size=octets)
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        super()._setupForLiteral(rest, octets)
+
     def serverGreeting(self, caps: Any) -> None:
         if not self.greeting.called:
             self.greeting.callback(caps)

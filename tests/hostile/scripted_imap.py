@@ -18,6 +18,9 @@ login check, which only logs in and out, succeeds first):
 ``long-line``        sends a 2 MiB line with no end of line (IM-09).
 ``strip-starttls``   a plain port that never advertises STARTTLS (IM-05).
 ``starttls-bad``     advertises STARTTLS but answers it ``BAD`` (IM-05).
+``giant-greeting``   ends its greeting with ``{99999999999}`` and then streams
+                     data (1 MiB every 10 ms, at most 2 GiB) until the client
+                     hangs up; ``factory.streamed`` counts the bytes (IM-08).
 
 Every received line is recorded in ``factory.lines`` (so a test can assert
 that no ``LOGIN`` or ``AUTHENTICATE`` ever arrived) together with the
@@ -37,7 +40,8 @@ from twisted.protocols.basic import LineReceiver
 #: Commands the daemon's login check and the pool's login use; never the trigger.
 SESSION_VERBS = {b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE"}
 BEHAVIOURS = ("normal", "no-greeting", "close", "stall", "reset-literal", "giant-literal",
-              "long-line", "strip-starttls", "starttls-bad")
+              "long-line", "strip-starttls", "starttls-bad", "giant-greeting")
+CHUNK = b"z" * (1 << 20)
 MESSAGE = (b"From: Scripted <s@example.test>\r\nTo: alice@example.test\r\nSubject: scripted\r\n"
            b"Date: Tue, 01 Jul 2025 13:30:00 +0000\r\nMessage-ID: <s1@example.test>\r\n\r\nhello\r\n")
 
@@ -53,12 +57,29 @@ class ScriptedIMAP(LineReceiver):
         behaviour = self.factory.behaviour
         if behaviour == "no-greeting":
             return
+        if behaviour == "giant-greeting":
+            from twisted.internet.task import LoopingCall
+
+            self.transport.write(b"* OK [CAPABILITY IMAP4rev1] hello {99999999999}\r\n")
+            self.streamer = LoopingCall(self.stream)
+            self.streamer.start(0.01)
+            return
         self.sendLine(b"* OK [CAPABILITY " + self.caps() + b"] scripted IMAP ready")
         if behaviour == "close":
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.open.discard(self)
+        streamer = getattr(self, "streamer", None)
+        if streamer is not None and streamer.running:
+            streamer.stop()
+
+    def stream(self) -> None:
+        if self.factory.streamed >= 2 << 30:
+            self.streamer.stop()
+            return
+        self.factory.streamed += len(CHUNK)
+        self.transport.write(CHUNK)
 
     def caps(self) -> bytes:
         caps = b"IMAP4rev1 UIDPLUS MOVE LITERAL+"
@@ -158,6 +179,7 @@ class ScriptedIMAPFactory(Factory):
         self.verbs: list[bytes] = []
         self.record = True  # keep every line (off for soaks; LOGIN/AUTHENTICATE always kept)
         self.open: set[ScriptedIMAP] = set()
+        self.streamed = 0
 
     @property
     def saw_credentials(self) -> bool:

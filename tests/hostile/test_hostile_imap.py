@@ -299,3 +299,47 @@ async def test_twenty_calls_on_a_stalling_server_stay_bounded(servers: Any, pool
     assert elapsed < 2 * (5 + TIMEOUT) + 3, elapsed
     await settle(factory, pool)
     assert pool.open_connections == 0 and not factory.open
+
+
+@pytest_twisted.ensureDeferred
+async def test_giant_greeting_literal_is_refused_at_once(servers: Any, pool: IMAPPool) -> None:
+    """IM-08 at the greeting: the pool's client hangs up at the announcement, long before the data adds up."""
+    factory, port = await servers("giant-greeting")
+    started = time.monotonic()
+    with pytest.raises(IMAPError) as info:
+        await pool.run(scripted_account(port), read_message, read_only=False)
+    assert "99999999999-byte literal" in info.value.message
+    assert time.monotonic() - started < 2
+    await settle(factory, pool)
+    assert factory.streamed < 64 << 20 and not factory.saw_credentials
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_check_refuses_a_giant_literal_at_once(
+    services: Services, daemon_factory: Any, servers: Any
+) -> None:
+    """
+    IM-08 at the login page of a real daemon: an IMAP server whose greeting
+    announces a 99,999,999,999-byte literal and then streams data is cut
+    off at once -- the login fails within seconds, not at the 20 s
+    validation deadline, and the daemon reads (and spools to temporary
+    files) only a bounded amount, never the stream.
+    """
+    from benchmarks._clients import LoginFailed
+
+    factory, port = await servers("giant-greeting")
+    daemon = daemon_factory(services)
+    client = generate_client(
+        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
+        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+    started = time.monotonic()
+    with pytest.raises(LoginFailed):
+        await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
+                                    "alicepw", "127.3.2.1")
+    elapsed = time.monotonic() - started
+    await deferLater(reactor, 0.5, lambda: None)
+    assert not factory.open, "the daemon still reads the stream"
+    assert factory.streamed < 64 << 20, factory.streamed
+    assert elapsed < 5, elapsed
+    assert not factory.saw_credentials
