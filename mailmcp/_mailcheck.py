@@ -217,6 +217,17 @@ class _AuthOnlyESMTPClient(smtp.ESMTPClient):
         # TimeoutMixin's idle timer runs on our clock, not the global reactor.
         return self._clock.callLater(delay, f, *args, **kw)
 
+    def lineReceived(self, line: bytes) -> Any:
+        # The stock client keeps every line of a multi-line reply: bound it
+        # (a server sending "250-" lines forever must not fill memory).
+        if len(self.resp) >= 1000:
+            self.resp = []
+            self.sendError(smtp.SMTPProtocolError(-1, b"reply too long"))
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            return None
+        return super().lineReceived(line)
+
     def smtpState_from(self, code: int, resp: bytes) -> None:
         if not self.done.called:
             self.done.callback(None)

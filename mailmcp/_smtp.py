@@ -184,6 +184,10 @@ class _Phase:
     DONE = "done"
 
 
+#: Most lines accepted in one multi-line SMTP reply.
+MAX_REPLY_LINES = 1000
+
+
 class _Sender(smtp.ESMTPSender):
     """One ESMTP transaction for `_SenderFactory`, with a classified outcome."""
 
@@ -203,6 +207,17 @@ class _Sender(smtp.ESMTPSender):
     def _registerAuthenticators(self) -> None:
         self.registerAuthenticator(_PlainAuthenticator(self.username))
         self.registerAuthenticator(smtp.LOGINAuthenticator(self.username))
+
+    def lineReceived(self, line: bytes) -> Any:
+        # Twisted keeps every line of a multi-line reply in self.resp with no
+        # bound: a server sending "250-" lines forever would fill memory
+        # until the deadline.  No real reply has this many lines.
+        if len(self.resp) >= MAX_REPLY_LINES:
+            self.resp = []
+            self.sendError(smtp.SMTPProtocolError(-1, b"reply too long"))
+            self._abort()
+            return None
+        return super().lineReceived(line)
 
     def esmtpEHLORequired(self, code: int = -1, resp: bytes | None = None) -> None:
         # EHLO refused: report the server's own reply, not Twisted's fixed

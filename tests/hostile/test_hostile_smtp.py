@@ -40,6 +40,10 @@ from tests.integration.test_writing_tools_live import account, folder, tools  # 
 pytestmark = pytest.mark.integration
 
 
+ENDLESS = b"250-" + b"x" * 1020 + b"\r\n"
+ENDLESS = ENDLESS * ((1 << 20) // len(ENDLESS))
+
+
 class StageSMTP(LineReceiver):
     """ESMTP with AUTH PLAIN and no TLS that fails at ``factory.stage``; records everything."""
 
@@ -50,14 +54,36 @@ class StageSMTP(LineReceiver):
         self.in_data = False
         self.data: list[bytes] = []
         self.rcpts = 0
+        if self.factory.stage == "endless-reply":
+            from twisted.internet.task import LoopingCall
+
+            self.streamer = LoopingCall(self.stream)
         if self.factory.stage == "greeting-421":
             self.sendLine(b"421 4.3.2 scripted: service not available")
             self.transport.loseConnection()
             return
         self.sendLine(b"220 scripted.example ESMTP")
 
+    def stream(self) -> None:
+        """An EHLO reply that never ends: 1 MiB of "250-" lines every 10 ms (at most 256 MiB)."""
+        if self.factory.streamed >= 256 << 20:
+            self.streamer.stop()
+            return
+        self.factory.streamed += len(ENDLESS)
+        self.transport.write(ENDLESS)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        streamer = getattr(self, "streamer", None)
+        if streamer is not None and streamer.running:
+            streamer.stop()
+
     def lineReceived(self, line: bytes) -> None:
         stage = self.factory.stage
+        if stage == "endless-reply":
+            self.factory.commands.append(line.split(b" ", 1)[0].upper())
+            if line.upper().startswith(b"EHLO") and not self.streamer.running:
+                self.streamer.start(0.01)
+            return
         if self.in_data:
             if line != b".":
                 self.data.append(line)
@@ -110,6 +136,7 @@ class StageFactory(Factory):
         self.connections = 0
         self.commands: list[bytes] = []
         self.transactions: list[bytes] = []
+        self.streamed = 0
 
 
 @pytest.fixture
@@ -190,3 +217,57 @@ async def test_failed_stage_is_clear_kept_in_drafts_never_retried(
     [(flags, raw)] = drafts.values()
     assert b"\\Draft" in flags and f"Subject: {subject}".encode() in raw
     assert await folder(services, me, pw, "Sent") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_endless_multiline_reply_is_cut_off(stage_server: Any) -> None:
+    """
+    A server whose EHLO reply never ends ("250-" lines forever) is cut off
+    after a bounded number of lines -- the client never holds the stream in
+    memory until its deadline -- and the send fails cleanly before AUTH.
+    """
+    from mailmcp._smtp import SMTPSender, SMTPSendFailed
+    from mailmcp._tls import MailTLS
+    from tests.integration.test_smtp_live import smtp_account_plain
+
+    factory, port = await stage_server("endless-reply")
+    started = time.monotonic()
+    with pytest.raises(SMTPSendFailed) as info:
+        await SMTPSender(reactor, MailTLS(None), timeout=10).send(
+            smtp_account_plain(port), "alice@example.test", ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
+    assert time.monotonic() - started < 3
+    assert "nothing was sent" in info.value.message
+    await deferLater(reactor, 0.3, lambda: None)
+    assert factory.streamed < 64 << 20, factory.streamed
+    assert b"AUTH" not in factory.commands
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_check_cuts_off_an_endless_smtp_reply(
+    services: Services, daemon_factory: Any, stage_server: Any
+) -> None:
+    """
+    The login page's live SMTP check against a server whose EHLO reply never
+    ends: the login fails within seconds (not at the 20 s deadline) and
+    the daemon stops reading after a bounded amount.
+    """
+    from twisted.internet.threads import deferToThread
+
+    from benchmarks._clients import LoginFailed
+    from tests.harness import generate_client
+    from tests.hostile import mcp_http
+
+    factory, port = await stage_server("endless-reply")
+    daemon = daemon_factory(services)
+    client = generate_client(
+        daemon.state_dir, None, "--imap-host", "localhost", "--imap-port", str(services.imaps_port),
+        "--imap-security", "tls", "--smtp-host", "127.0.0.1", "--smtp-port", str(port),
+        "--smtp-security", "plain")
+    started = time.monotonic()
+    with pytest.raises(LoginFailed):
+        await deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test", "alicepw", "127.6.0.1")
+    assert time.monotonic() - started < 5
+    await deferLater(reactor, 0.3, lambda: None)
+    assert factory.streamed < 64 << 20, factory.streamed
+    assert b"AUTH" not in factory.commands
