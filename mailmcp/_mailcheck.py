@@ -87,6 +87,21 @@ class _CheckingIMAP4Client(imap4.IMAP4Client):
     #: the stock client would spool any announced literal, however large,
     #: to a temporary file (IM-08).  Anything bigger ends the check.
     max_literal = 64 * 1024
+    #: A whole check receives a few kilobytes; a server that keeps talking
+    #: (endless untagged lines) is cut off instead of read until the deadline.
+    max_received = 1024 * 1024
+    received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.max_received:
+            if self.transport is not None and not self.lost:
+                log.warn("IMAP server sent over {limit} bytes during the login check; hanging up",
+                         limit=self.max_received)
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.lost = True
+            return
+        super().dataReceived(data)
 
     def _setupForLiteral(self, rest: bytes, octets: int) -> None:
         if octets > self.max_literal:

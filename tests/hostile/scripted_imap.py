@@ -21,6 +21,8 @@ login check, which only logs in and out, succeeds first):
 ``giant-greeting``   ends its greeting with ``{99999999999}`` and then streams
                      data (1 MiB every 10 ms, at most 2 GiB) until the client
                      hangs up; ``factory.streamed`` counts the bytes (IM-08).
+``endless-untagged`` greets, then streams ``* OK`` lines (1 MiB every 10 ms,
+                     at most 2 GiB) until the client hangs up.
 
 Every received line is recorded in ``factory.lines`` (so a test can assert
 that no ``LOGIN`` or ``AUTHENTICATE`` ever arrived) together with the
@@ -40,8 +42,9 @@ from twisted.protocols.basic import LineReceiver
 #: Commands the daemon's login check and the pool's login use; never the trigger.
 SESSION_VERBS = {b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE"}
 BEHAVIOURS = ("normal", "no-greeting", "close", "stall", "reset-literal", "giant-literal",
-              "long-line", "strip-starttls", "starttls-bad", "giant-greeting")
+              "long-line", "strip-starttls", "starttls-bad", "giant-greeting", "endless-untagged")
 CHUNK = b"z" * (1 << 20)
+UNTAGGED = (b"* OK " + b"u" * 1017 + b"\r\n") * 1024
 MESSAGE = (b"From: Scripted <s@example.test>\r\nTo: alice@example.test\r\nSubject: scripted\r\n"
            b"Date: Tue, 01 Jul 2025 13:30:00 +0000\r\nMessage-ID: <s1@example.test>\r\n\r\nhello\r\n")
 
@@ -57,10 +60,12 @@ class ScriptedIMAP(LineReceiver):
         behaviour = self.factory.behaviour
         if behaviour == "no-greeting":
             return
-        if behaviour == "giant-greeting":
+        if behaviour in ("giant-greeting", "endless-untagged"):
             from twisted.internet.task import LoopingCall
 
-            self.transport.write(b"* OK [CAPABILITY IMAP4rev1] hello {99999999999}\r\n")
+            self.transport.write(b"* OK [CAPABILITY IMAP4rev1] hello {99999999999}\r\n"
+                                 if behaviour == "giant-greeting" else b"* OK [CAPABILITY IMAP4rev1] hello\r\n")
+            self.chunk = CHUNK if behaviour == "giant-greeting" else UNTAGGED
             self.streamer = LoopingCall(self.stream)
             self.streamer.start(0.01)
             return
@@ -78,8 +83,8 @@ class ScriptedIMAP(LineReceiver):
         if self.factory.streamed >= 2 << 30:
             self.streamer.stop()
             return
-        self.factory.streamed += len(CHUNK)
-        self.transport.write(CHUNK)
+        self.factory.streamed += len(self.chunk)
+        self.transport.write(self.chunk)
 
     def caps(self) -> bytes:
         caps = b"IMAP4rev1 UIDPLUS MOVE LITERAL+"

@@ -343,3 +343,31 @@ async def test_login_check_refuses_a_giant_literal_at_once(
     assert factory.streamed < 64 << 20, factory.streamed
     assert elapsed < 5, elapsed
     assert not factory.saw_credentials
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_check_cuts_off_endless_untagged_lines(
+    services: Services, daemon_factory: Any, servers: Any
+) -> None:
+    """
+    A server that greets and then streams ``* OK`` lines forever: the login
+    page's IMAP check gives up after a bounded amount (no memory or log
+    flood until the 20 s deadline), the login fails within seconds, and no
+    credentials were sent.
+    """
+    from benchmarks._clients import LoginFailed
+
+    factory, port = await servers("endless-untagged")
+    daemon = daemon_factory(services)
+    client = generate_client(
+        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
+        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+    started = time.monotonic()
+    with pytest.raises(LoginFailed):
+        await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
+                                    "alicepw", "127.3.3.1")
+    assert time.monotonic() - started < 5
+    await deferLater(reactor, 0.5, lambda: None)
+    assert not factory.open and factory.streamed < 64 << 20, factory.streamed
+    assert len(daemon.log_text()) < 1 << 20
