@@ -96,8 +96,10 @@ class _CheckingIMAP4Client(imap4.IMAP4Client):
         self.received += len(data)
         if self.received > self.max_received:
             if self.transport is not None and not self.lost:
-                log.warn("IMAP server sent over {limit} bytes during the login check; hanging up",
-                         limit=self.max_received)
+                log.warn(
+                    "IMAP server sent over {limit} bytes during the login check; hanging up",
+                    limit=self.max_received,
+                )
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 self.lost = True
             return
@@ -105,8 +107,10 @@ class _CheckingIMAP4Client(imap4.IMAP4Client):
 
     def _setupForLiteral(self, rest: bytes, octets: int) -> None:
         if octets > self.max_literal:
-            log.warn("IMAP server announced a {size}-byte literal during the login check; hanging up",
-                     size=octets)
+            log.warn(
+                "IMAP server announced a {size}-byte literal during the login check; hanging up",
+                size=octets,
+            )
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return

@@ -30,8 +30,8 @@ from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._mailbox_api import IMAPError, Literal
 from mailmcp._mcp import MCPApp
 from mailmcp._search import Filters, SearchQueryError, compile_search
-from mailmcp._toolkit import ToolServices
 from mailmcp._tokens import InvalidToken, TokenCodec
+from mailmcp._toolkit import ToolServices
 from mailmcp._tools import all_tools
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, make_account
 

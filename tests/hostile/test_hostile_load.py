@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from benchmarks._clients import McpClient, ToolCallFailed, login_many
-from benchmarks._http import Connection, HTTPError
+from benchmarks._http import HTTPError
 from tests.harness import Daemon, Services, free_port, generate_client
 from tests.hostile import mcp_http
 from tests.integration.test_smtp_live import _inbox, fresh_users
@@ -91,7 +91,7 @@ async def generate(base_url: str, tokens: list[str], in_flight: int, duration: f
                 started = time.monotonic()
                 try:
                     result = await client.call("list_mail_messages", {"folder": "INBOX", "per_page": 20})
-                except (ToolCallFailed, HTTPError, OSError, asyncio.TimeoutError) as e:
+                except (TimeoutError, ToolCallFailed, HTTPError, OSError) as e:
                     failures.append(f"{type(e).__name__}: {str(e)[:200]}")
                     continue
                 latencies.append(time.monotonic() - started)
@@ -232,8 +232,7 @@ def test_sigterm_during_load_finishes_in_flight_calls_and_loses_no_mail(
                         result = await mcp.call("list_mail_messages", {"folder": "INBOX"})
                         outcomes.append((started, "ok" if len(result["structuredContent"]["messages"]) == 3
                                          else "wrong"))
-                    except (ToolCallFailed, HTTPError, OSError, asyncio.IncompleteReadError,
-                            asyncio.TimeoutError) as e:
+                    except (TimeoutError, ToolCallFailed, HTTPError, OSError, asyncio.IncompleteReadError) as e:
                         outcomes.append((started, f"{type(e).__name__}: {str(e)[:120]}"))
                         return  # the daemon is going away
             finally:
@@ -245,7 +244,7 @@ def test_sigterm_during_load_finishes_in_flight_calls_and_loses_no_mail(
                 result = await mcp.rpc("tools/call", {"name": "send_mail_message", "arguments": {
                     "to": rcpt, "subject": subject, "text_body": "exactly once"}})
                 return "error" if result.get("isError") else "sent"
-            except (ToolCallFailed, HTTPError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            except (TimeoutError, ToolCallFailed, HTTPError, OSError, asyncio.IncompleteReadError):
                 return "no answer"
             finally:
                 mcp.close()

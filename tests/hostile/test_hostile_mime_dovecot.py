@@ -21,7 +21,12 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 
-from mailmcp._tools._reading import GetMessageInput, ListMessagesInput, get_mail_message, list_mail_messages
+from mailmcp._tools._reading import (
+    GetMessageInput,
+    ListMessagesInput,
+    get_mail_message,
+    list_mail_messages,
+)
 from tests.harness import Services
 from tests.integration.test_reading_tools_dovecot import Wire
 
