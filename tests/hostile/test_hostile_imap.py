@@ -371,3 +371,41 @@ async def test_login_check_cuts_off_endless_untagged_lines(
     await deferLater(reactor, 0.5, lambda: None)
     assert not factory.open and factory.streamed < 64 << 20, factory.streamed
     assert len(daemon.log_text()) < 1 << 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_with_a_call_stuck_on_a_stalling_server(
+    services: Services, daemon_factory: Any, servers: Any
+) -> None:
+    """
+    Graceful shutdown (security.md §4) with a call that cannot finish: the
+    daemon (``--shutdown-timeout 2``, ``--imap-timeout 30``) stops within
+    a few seconds of SIGTERM, exits 0, and the stuck call ends (an answer
+    or a closed connection) instead of holding the shutdown for the IMAP
+    timeout.
+    """
+    import signal
+
+    factory, port = await servers("stall")
+    daemon = daemon_factory(services, "--imap-timeout", "30", "--shutdown-timeout", "2")
+    client = generate_client(
+        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
+        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+    token = (await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
+                                         "alicepw", "127.3.4.1"))["access_token"]
+    stuck = threads.deferToThread(mcp_http.rpc, daemon.base_url, token, "tools/call",
+                                  {"name": "list_mailboxes", "arguments": {}})
+    stuck.addErrback(lambda f: f.value)
+    await deferLater(reactor, 0.5, lambda: None)
+    assert not stuck.called
+    started = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    outcome = await stuck
+    code = await threads.deferToThread(daemon.process.wait, 20)
+    elapsed = time.monotonic() - started
+    assert code == 0
+    assert elapsed < 8, elapsed
+    print(f"stuck call outcome after SIGTERM: {outcome!r:.300}")
+    log = daemon.log_text()
+    assert "Traceback" not in log and "#critical]" not in log, log[-3000:]
