@@ -202,12 +202,14 @@ def tls_context(svc: Path) -> ssl.CertificateOptions:
     return cert.options()
 
 
-async def listen(reactor: Any, behaviour: str, *, tls_svc: Path | None = None) -> tuple[ScriptedIMAPFactory, Any]:
-    """Start a scripted server on 127.0.0.1 (TLS when C{tls_svc}); returns (factory, listening port)."""
+async def listen(reactor: Any, behaviour: str, *, tls_svc: Path | None = None,
+                 interface: str = "127.0.0.1") -> tuple[ScriptedIMAPFactory, Any]:
+    """Start a scripted server on a loopback address (TLS when C{tls_svc}); returns (factory, port)."""
+    assert interface.startswith("127."), "loopback only"
     factory = ScriptedIMAPFactory(behaviour)
     if tls_svc is not None:
-        endpoint: Any = SSL4ServerEndpoint(reactor, 0, tls_context(tls_svc), interface="127.0.0.1")
+        endpoint: Any = SSL4ServerEndpoint(reactor, 0, tls_context(tls_svc), interface=interface)
     else:
-        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface=interface)
     port = await endpoint.listen(factory)
     return factory, port

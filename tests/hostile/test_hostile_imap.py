@@ -409,3 +409,24 @@ async def test_sigterm_with_a_call_stuck_on_a_stalling_server(
     print(f"stuck call outcome after SIGTERM: {outcome!r:.300}")
     log = daemon.log_text()
     assert "Traceback" not in log and "#critical]" not in log, log[-3000:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_for_another_host_never_gets_credentials(services: Services) -> None:
+    """
+    IM-06: implicit TLS on 127.0.0.2 with a certificate (from the trusted CA)
+    that names only localhost and 127.0.0.1: refused as a TLS failure,
+    nothing after the handshake reaches the server.
+    """
+    factory, port = await listen(reactor, "normal", tls_svc=services.svc, interface="127.0.0.2")
+    pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=TIMEOUT)
+    try:
+        with pytest.raises(IMAPError) as info:
+            await pool.run(scripted_account(port.getHost().port, "tls", "127.0.0.2"), read_message,
+                           read_only=False)
+        assert "TLS" in info.value.message and "no credentials were sent" in info.value.message
+        assert factory.lines == [] and not factory.saw_credentials
+    finally:
+        await pool.stopService()
+        factory.close_all()
+        await port.stopListening()
