@@ -312,3 +312,46 @@ def test_fetch_parser_raises_only_parse_errors(head: bytes, rest: list[bytes]) -
             parse_values(response)
         except (ParseError, IMAPError):
             pass
+
+
+# -- OAuth endpoints ----------------------------------------------------------------------------
+
+_OAUTH: dict[str, Any] = {}
+
+
+def _oauth() -> Any:
+    """One socket-free OAuth server (tests.unit.oauth_helpers) for all examples."""
+    if not _OAUTH:
+        import tempfile
+        from pathlib import Path
+
+        from tests.unit.oauth_helpers import make_server
+
+        _OAUTH["server"] = make_server(Path(tempfile.mkdtemp(prefix="mailmcp-fuzz-")))
+    return _OAUTH["server"]
+
+
+form_keys = st.sampled_from(["grant_type", "code", "refresh_token", "client_id", "client_secret", "code_verifier",
+                             "redirect_uri", "resource", "token", "token_type_hint", "scope", "state",
+                             "response_type", "code_challenge", "code_challenge_method", "csrf_token", "email",
+                             "imap_username", "imap_password", "x"])
+form_values = st.text(max_size=60) | st.sampled_from(["authorization_code", "refresh_token", "S256", "plain", "code",
+                                                       "http://127.0.0.1:9/cb", "https://app.example/cb"])
+forms = st.lists(st.tuples(form_keys, form_values), max_size=8)
+
+
+@SLOW
+@given(st.sampled_from(["/oauth/token", "/oauth/revoke", "/oauth/authorize"]), st.sampled_from(["GET", "POST"]),
+       forms, st.booleans())
+def test_oauth_endpoints_never_500(path: str, method: str, fields: list[tuple[str, str]], real_client: bool) -> None:
+    """Random (and duplicated) form or query fields on the token, revoke and authorize endpoints: never a 500."""
+    server = _oauth()
+    if real_client:
+        fields = [("client_id", server.client_id), *fields]
+    if method == "GET":
+        response, body = server.request("GET", path, params=fields)
+    else:
+        response, body = server.request("POST", path, data=fields,
+                                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.code < 500 or response.code == 503, (response.code, body[:300])
+    assert b"Traceback" not in body
