@@ -18,6 +18,8 @@ login check, which only logs in and out, succeeds first):
 ``long-line``        sends a 2 MiB line with no end of line (IM-09).
 ``strip-starttls``   a plain port that never advertises STARTTLS (IM-05).
 ``starttls-bad``     advertises STARTTLS but answers it ``BAD`` (IM-05).
+``starttls-ok``      a real STARTTLS (the factory's ``tls_svc`` certificate),
+                     then behaves.
 ``giant-greeting``   ends its greeting with ``{99999999999}`` and then streams
                      data (1 MiB every 10 ms, at most 2 GiB) until the client
                      hangs up; ``factory.streamed`` counts the bytes (IM-08).
@@ -42,7 +44,8 @@ from twisted.protocols.basic import LineReceiver
 #: Commands the daemon's login check and the pool's login use; never the trigger.
 SESSION_VERBS = {b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE"}
 BEHAVIOURS = ("normal", "no-greeting", "close", "stall", "reset-literal", "giant-literal",
-              "long-line", "strip-starttls", "starttls-bad", "giant-greeting", "endless-untagged")
+              "long-line", "strip-starttls", "starttls-bad", "giant-greeting", "endless-untagged",
+              "starttls-ok")
 CHUNK = b"z" * (1 << 20)
 UNTAGGED = (b"* OK " + b"u" * 1017 + b"\r\n") * 1024
 MESSAGE = (b"From: Scripted <s@example.test>\r\nTo: alice@example.test\r\nSubject: scripted\r\n"
@@ -57,6 +60,7 @@ class ScriptedIMAP(LineReceiver):
         self.factory.connections += 1
         self.factory.open.add(self)
         self.pending_auth: bytes | None = None
+        self.tls_started = False
         behaviour = self.factory.behaviour
         if behaviour == "no-greeting":
             return
@@ -88,7 +92,7 @@ class ScriptedIMAP(LineReceiver):
 
     def caps(self) -> bytes:
         caps = b"IMAP4rev1 UIDPLUS MOVE LITERAL+"
-        if self.factory.behaviour == "starttls-bad":
+        if self.factory.behaviour in ("starttls-bad", "starttls-ok") and not self.tls_started:
             caps += b" STARTTLS"
         return caps
 
@@ -111,6 +115,10 @@ class ScriptedIMAP(LineReceiver):
         if verb == b"CAPABILITY":
             self.sendLine(b"* CAPABILITY " + self.caps())
             self.sendLine(tag + b" OK done")
+        elif verb == b"STARTTLS" and behaviour == "starttls-ok" and self.factory.tls_svc is not None:
+            self.sendLine(tag + b" OK begin TLS now")
+            self.tls_started = True
+            self.transport.startTLS(tls_context(self.factory.tls_svc))
         elif verb == b"STARTTLS":
             self.sendLine(tag + b" BAD STARTTLS not available")
         elif verb == b"LOGIN":
@@ -127,7 +135,7 @@ class ScriptedIMAP(LineReceiver):
             self.transport.loseConnection()
         elif verb in SESSION_VERBS:
             self.sendLine(tag + b" OK done")
-        elif behaviour in ("normal", "strip-starttls", "starttls-bad"):
+        elif behaviour in ("normal", "strip-starttls", "starttls-bad", "starttls-ok"):
             self.answer(tag, verb)
         else:
             self.misbehave(tag, verb)
@@ -185,6 +193,7 @@ class ScriptedIMAPFactory(Factory):
         self.record = True  # keep every line (off for soaks; LOGIN/AUTHENTICATE always kept)
         self.open: set[ScriptedIMAP] = set()
         self.streamed = 0
+        self.tls_svc: Path | None = None  # the certificate STARTTLS uses ("starttls-ok")
 
     @property
     def saw_credentials(self) -> bool:
@@ -207,6 +216,8 @@ async def listen(reactor: Any, behaviour: str, *, tls_svc: Path | None = None,
     """Start a scripted server on a loopback address (TLS when C{tls_svc}); returns (factory, port)."""
     assert interface.startswith("127."), "loopback only"
     factory = ScriptedIMAPFactory(behaviour)
+    if behaviour == "starttls-ok":
+        factory.tls_svc, tls_svc = tls_svc, None  # plain listener, TLS after STARTTLS
     if tls_svc is not None:
         endpoint: Any = SSL4ServerEndpoint(reactor, 0, tls_context(tls_svc), interface=interface)
     else:

@@ -430,3 +430,31 @@ async def test_certificate_for_another_host_never_gets_credentials(services: Ser
         await pool.stopService()
         factory.close_all()
         await port.stopListening()
+
+
+@pytest.mark.parametrize("host, works", [("localhost", True), ("127.0.0.2", False)])
+@pytest_twisted.ensureDeferred
+async def test_starttls_then_certificate_for_another_host(services: Services, host: str, works: bool) -> None:
+    """
+    IM-05 third variant: a server that does STARTTLS for real, with a
+    certificate naming localhost/127.0.0.1.  Reached as localhost the
+    upgrade verifies and the read works; reached as 127.0.0.2 the
+    certificate names another host: refused, and LOGIN never arrives.
+    """
+    factory, port = await listen(reactor, "starttls-ok", tls_svc=services.svc, interface="127.0.0.2"
+                                 if not works else "127.0.0.1")
+    pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=TIMEOUT)
+    try:
+        account = scripted_account(port.getHost().port, "starttls", host)
+        if works:
+            assert await pool.run(account, read_message, read_only=False) == MESSAGE
+            assert factory.saw_credentials
+        else:
+            with pytest.raises(IMAPError) as info:
+                await pool.run(account, read_message, read_only=False)
+            assert "TLS" in info.value.message and "no credentials were sent" in info.value.message
+            assert not factory.saw_credentials, factory.lines
+    finally:
+        await pool.stopService()
+        factory.close_all()
+        await port.stopListening()
