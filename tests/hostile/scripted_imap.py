@@ -20,6 +20,7 @@ login check, which only logs in and out, succeeds first):
 ``starttls-bad``     advertises STARTTLS but answers it ``BAD`` (IM-05).
 ``starttls-ok``      a real STARTTLS (the factory's ``tls_svc`` certificate),
                      then behaves.
+``many-mailboxes``   LIST answers 50,000 mailboxes (IM-09).
 ``giant-greeting``   ends its greeting with ``{99999999999}`` and then streams
                      data (1 MiB every 10 ms, at most 2 GiB) until the client
                      hangs up; ``factory.streamed`` counts the bytes (IM-08).
@@ -45,7 +46,7 @@ from twisted.protocols.basic import LineReceiver
 SESSION_VERBS = {b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE"}
 BEHAVIOURS = ("normal", "no-greeting", "close", "stall", "reset-literal", "giant-literal",
               "long-line", "strip-starttls", "starttls-bad", "giant-greeting", "endless-untagged",
-              "starttls-ok")
+              "starttls-ok", "many-mailboxes")
 CHUNK = b"z" * (1 << 20)
 UNTAGGED = (b"* OK " + b"u" * 1017 + b"\r\n") * 1024
 MESSAGE = (b"From: Scripted <s@example.test>\r\nTo: alice@example.test\r\nSubject: scripted\r\n"
@@ -135,7 +136,7 @@ class ScriptedIMAP(LineReceiver):
             self.transport.loseConnection()
         elif verb in SESSION_VERBS:
             self.sendLine(tag + b" OK done")
-        elif behaviour in ("normal", "strip-starttls", "starttls-bad", "starttls-ok"):
+        elif behaviour in ("normal", "strip-starttls", "starttls-bad", "starttls-ok", "many-mailboxes"):
             self.answer(tag, verb)
         else:
             self.misbehave(tag, verb)
@@ -143,6 +144,9 @@ class ScriptedIMAP(LineReceiver):
     def answer(self, tag: bytes, verb: bytes) -> None:
         if verb == b"LIST":
             self.sendLine(b'* LIST (\\HasNoChildren) "/" INBOX')
+            if self.factory.behaviour == "many-mailboxes":
+                self.transport.write(b"".join(b'* LIST (\\HasNoChildren) "/" "box%05d"\r\n' % i
+                                              for i in range(50_000)))
         elif verb in (b"EXAMINE", b"SELECT"):
             self.sendLine(b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft)")
             self.sendLine(b"* 1 EXISTS")

@@ -458,3 +458,22 @@ async def test_starttls_then_certificate_for_another_host(services: Services, ho
         await pool.stopService()
         factory.close_all()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifty_thousand_mailboxes_are_listed_without_status_storm(servers: Any, pool: IMAPPool) -> None:
+    """
+    IM-09 (LIST with 50,000 mailboxes) through list_mailboxes: answered in
+    a few seconds with every name, without one STATUS per folder (counts
+    left out, and said so).
+    """
+    from mailmcp._toolkit import ToolContext, ToolServices
+    from mailmcp._tools._reading import ListMailboxesInput, list_mailboxes
+
+    factory, port = await servers("many-mailboxes")
+    ctx = ToolContext(account=scripted_account(port), services=ToolServices(reactor=reactor, config=None, imap=pool))
+    started = time.monotonic()
+    result = await list_mailboxes(ctx, ListMailboxesInput())
+    assert time.monotonic() - started < 10
+    assert result.total == 50_001 and result.counts_included is False
+    assert factory.verbs.count(b"STATUS") == 0
