@@ -355,3 +355,49 @@ def test_oauth_endpoints_never_500(path: str, method: str, fields: list[tuple[st
                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.code < 500 or response.code == 503, (response.code, body[:300])
     assert b"Traceback" not in body
+
+
+# -- the IMAP client protocol on random server bytes ---------------------------------------------
+
+server_bits = st.sampled_from([
+    b"* 1 FETCH (UID 1 FLAGS (\\Seen) BODY[] {5}\r\nhello)\r\n", b"* 2 FETCH (UID 9 RFC822.SIZE 10)\r\n",
+    b"* 3 EXISTS\r\n", b"* 1 EXPUNGE\r\n", b"* OK [UIDVALIDITY 5] x\r\n", b"* BYE bye\r\n", b"+ go\r\n",
+    b"0002 OK done\r\n", b"0002 NO [UNAVAILABLE] later\r\n", b"0002 BAD what\r\n", b"0009 OK stray\r\n",
+    b"* 1 FETCH (UID {3}\r\n", b"{99999999999}\r\n", b"* SEARCH 1 2 3\r\n", b"\r\n", b"*", b" ", b"(", b")",
+    b"* 1 FETCH (BODY[] NIL)\r\n", b"* 4294967296 FETCH (UID 1)\r\n", b"* ESEARCH (TAG \"0002\") UID ALL 1:*\r\n",
+]) | st.binary(max_size=40)
+
+
+@SLOW
+@given(st.lists(server_bits, max_size=12), st.integers(1, 64))
+def test_client_protocol_survives_any_server_bytes(chunks: list[bytes], cut: int) -> None:
+    """
+    A logged-in client with a UID FETCH in flight, fed any server bytes in
+    any TCP chunking: nothing raises out of dataReceived, and the command
+    ends (result or IMAPError) by its deadline at the latest -- no hang.
+    """
+    from twisted.internet.testing import StringTransport
+
+    from mailmcp._imap._client import IMAPClientProtocol
+    from mailmcp._imap._session import Session
+
+    clock = Clock()
+    protocol = IMAPClientProtocol(clock, timeout=5.0, max_line=4096, max_literal=1024)
+    protocol.makeConnection(StringTransport())
+    session = Session(protocol)
+    opened = Deferred.fromCoroutine(session.open(SimpleNamespace(
+        imap=SimpleNamespace(host="127.0.0.1", port=1, security="plain"),
+        imap_username="u", imap_password="p"), None))
+    protocol.dataReceived(b"* OK [CAPABILITY IMAP4rev1 UIDPLUS] hi\r\n")
+    protocol.dataReceived(b"0001 OK [CAPABILITY IMAP4rev1 UIDPLUS] in\r\n")
+    _now(opened)
+    fetched = Deferred.fromCoroutine(session.fetch("1:3", "(UID FLAGS BODY.PEEK[])"))
+    box: list[Any] = []
+    fetched.addBoth(box.append)
+    data = b"".join(chunks)
+    for start in range(0, len(data), cut):
+        protocol.dataReceived(data[start:start + cut])
+    clock.advance(6)
+    assert box, "the command never ended"
+    if hasattr(box[0], "value"):
+        assert isinstance(box[0].value, IMAPError), box[0]
