@@ -277,3 +277,41 @@ def test_sigterm_during_load_finishes_in_flight_calls_and_loses_no_mail(
     if sent == "sent":
         assert len(copies) == 1
     print(f"sigterm: send outcome {sent!r}, copies {len(copies)}, calls before the signal {len(early)}")
+
+
+def test_half_open_http_clients_do_not_starve_others(services: Services, daemon_factory: Any) -> None:
+    """
+    300 connections that send half a request and stay (slowloris-style) do
+    not keep a real user from being served; once they go away the daemon's
+    open file descriptors are back to the baseline (within 5).
+    """
+    import socket
+
+    daemon = daemon_factory(services)
+    client = generate_client(daemon.state_dir, services)
+    token = mcp_http.login(daemon.base_url, client, "alice@example.test", "alicepw", "127.7.0.1")["access_token"]
+    assert mcp_http.call(daemon.base_url, token, "list_mailboxes").get("isError") is not True
+    fds_before = len(os.listdir(f"/proc/{daemon.process.pid}/fd"))
+    sockets = []
+    try:
+        for i in range(300):
+            s = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+            s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n" if i % 2
+                      else b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            sockets.append(s)
+        started = time.monotonic()
+        result = mcp_http.call(daemon.base_url, token, "list_mail_messages", {"folder": "INBOX"})
+        assert result.get("isError") is not True
+        assert time.monotonic() - started < 5
+    finally:
+        for s in sockets:
+            s.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        fds = len(os.listdir(f"/proc/{daemon.process.pid}/fd"))
+        if fds <= fds_before + 5:
+            break
+        time.sleep(0.1)
+    assert fds <= fds_before + 5, (fds_before, fds)
+    assert daemon.stop() == 0
+    assert error_lines(daemon) == [], error_lines(daemon)[:5]
