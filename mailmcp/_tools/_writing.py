@@ -484,7 +484,13 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
             unconfirmed = any(f.lower() == UNKNOWN_OUTCOME_KEYWORD.lower() for f in flags)
             return sent, (found[0], found[1], unconfirmed)
 
-        sent_folder, earlier = await _imap(ctx, look)
+        try:
+            sent_folder, earlier = await _imap(ctx, look)
+        except ToolError as e:
+            # Say whether the mail went out: here it did not (a bare IMAP
+            # error would leave the user guessing, and maybe resending).
+            raise ToolError(f"Not sent: {e.message} (while checking Sent for an earlier send "
+                            "with this idempotency_key); nothing was sent.") from None
         if earlier is not None:
             earlier_uidvalidity, earlier_uid, unconfirmed = earlier
             warnings = [

@@ -477,3 +477,43 @@ async def test_fifty_thousand_mailboxes_are_listed_without_status_storm(servers:
     assert time.monotonic() - started < 10
     assert result.total == 50_001 and result.counts_included is False
     assert factory.verbs.count(b"STATUS") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_while_imap_stalls_is_reported_and_never_duplicated(
+    services: Services, daemon_factory: Any, servers: Any
+) -> None:
+    """
+    send_mail_message for an account whose IMAP server stalls after login
+    (SMTP is the real Postfix): without an idempotency key the mail goes
+    out once and the result says it was not saved to Sent (SM-08); with a
+    key the pre-send check in Sent fails, the call says nothing was sent,
+    and indeed nothing arrives.  Both within the IMAP timeout.
+    """
+    from tests.integration.test_smtp_live import _inbox, fresh_users
+
+    (rcpt, rcpt_pw), = fresh_users(services, 1)
+    factory, port = await servers("stall")
+    daemon = daemon_factory(services, "--imap-timeout", "2")
+    client = generate_client(
+        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
+        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+    token = (await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
+                                         "alicepw", "127.3.5.1"))["access_token"]
+    started = time.monotonic()
+    plain = await threads.deferToThread(mcp_http.call, daemon.base_url, token, "send_mail_message",
+                                        {"to": rcpt, "subject": "stalled sent copy", "text_body": "once"})
+    keyed = await threads.deferToThread(mcp_http.call, daemon.base_url, token, "send_mail_message",
+                                        {"to": rcpt, "subject": "keyed", "text_body": "never",
+                                         "idempotency_key": "k-stall"})
+    assert time.monotonic() - started < 2 * (2 * 2 + 3)
+    assert plain.get("isError") is not True, plain
+    assert any("sent" in w.lower() for w in plain["structuredContent"]["warnings"]), plain
+    assert keyed["isError"] is True
+    assert "nothing was sent" in mcp_http.text_of(keyed).lower() or "not sent" in mcp_http.text_of(keyed).lower(), \
+        mcp_http.text_of(keyed)
+    await deferLater(reactor, 2.0, lambda: None)
+    got = await threads.deferToThread(_inbox, services, rcpt, rcpt_pw)
+    assert [b"stalled sent copy" in m for m in got].count(True) == 1
+    assert not any(b"Subject: keyed" in m for m in got)
