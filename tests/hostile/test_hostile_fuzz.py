@@ -401,3 +401,46 @@ def test_client_protocol_survives_any_server_bytes(chunks: list[bytes], cut: int
     assert box, "the command never ended"
     if hasattr(box[0], "value"):
         assert isinstance(box[0].value, IMAPError), box[0]
+
+
+# -- outgoing messages ------------------------------------------------------------------------
+
+address_text = st.sampled_from(["a@example.test", "Bob <b@example.test>", '"x, y" <c@example.test>',
+                                "user@bücher.de", "a@b@c", "undisclosed-recipients:;", "", "<>", "\"\" <d@e.test>",
+                                "Ünï Cödé <u@example.test>", "a@x.test\r\nRCPT TO:<x@evil>"]) | st.text(max_size=40)
+body_text = st.text(max_size=300) | st.lists(st.sampled_from(["\r\n", "\n", "\r", ".", "..", "line", " ", "é",
+                                                               "\u2028", "=", "From x"]), max_size=60).map("".join)
+
+
+@SLOW
+@given(st.lists(address_text, min_size=1, max_size=4), st.text(max_size=120), body_text,
+       st.none() | body_text, st.text(max_size=40))
+def test_compose_builds_safe_wire_bytes_or_refuses(to: list[str], subject: str, text: str, html: str | None,
+                                                   name: str) -> None:
+    """
+    Composing any recipients, subject, bodies and display name: ComposeError,
+    or wire bytes with canonical CRLF line ends, no line over 998 octets, no
+    NUL, exactly the requested recipients, and no Bcc header.
+    """
+    from mailmcp._compose import (
+        ComposeError,
+        compose,
+        is_canonical_crlf,
+        make_message_id,
+        parse_addresses,
+    )
+
+    try:
+        message = compose(from_email="alice@example.test", from_name=name, to=parse_addresses("to", to),
+                          subject=subject, text_body=text, html_body=html,
+                          message_id=make_message_id("alice@example.test"), date=1_750_000_000.0)
+    except ComposeError as e:
+        assert str(e)
+        return
+    wire = message.wire_bytes
+    assert is_canonical_crlf(wire), wire[:300]
+    assert b"\0" not in wire
+    assert all(len(line) <= 998 for line in wire.split(b"\r\n")), max(len(x) for x in wire.split(b"\r\n"))
+    head = wire.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"\r\nbcc:" not in head and not head.startswith(b"bcc:")
+    assert len(message.recipients) == len(set(message.recipients)) >= 1
