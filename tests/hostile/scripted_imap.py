@@ -20,6 +20,9 @@ login check, which only logs in and out, succeeds first):
 ``starttls-bad``     advertises STARTTLS but answers it ``BAD`` (IM-05).
 ``starttls-ok``      a real STARTTLS (the factory's ``tls_svc`` certificate),
                      then behaves.
+``login-once``       accepts the first LOGIN ever, then answers every LOGIN
+                     ``NO [AUTHENTICATIONFAILED]`` (a password changed after
+                     the daemon's login check; IM-04).
 ``many-mailboxes``   LIST answers 50,000 mailboxes (IM-09).
 ``giant-greeting``   ends its greeting with ``{99999999999}`` and then streams
                      data (1 MiB every 10 ms, at most 2 GiB) until the client
@@ -46,7 +49,7 @@ from twisted.protocols.basic import LineReceiver
 SESSION_VERBS = {b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE"}
 BEHAVIOURS = ("normal", "no-greeting", "close", "stall", "reset-literal", "giant-literal",
               "long-line", "strip-starttls", "starttls-bad", "giant-greeting", "endless-untagged",
-              "starttls-ok", "many-mailboxes")
+              "starttls-ok", "many-mailboxes", "login-once")
 CHUNK = b"z" * (1 << 20)
 UNTAGGED = (b"* OK " + b"u" * 1017 + b"\r\n") * 1024
 MESSAGE = (b"From: Scripted <s@example.test>\r\nTo: alice@example.test\r\nSubject: scripted\r\n"
@@ -122,6 +125,8 @@ class ScriptedIMAP(LineReceiver):
             self.transport.startTLS(tls_context(self.factory.tls_svc))
         elif verb == b"STARTTLS":
             self.sendLine(tag + b" BAD STARTTLS not available")
+        elif verb == b"LOGIN" and behaviour == "login-once" and self.factory.verbs.count(b"LOGIN") > 1:
+            self.sendLine(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.")
         elif verb == b"LOGIN":
             self.sendLine(tag + b" OK [CAPABILITY " + self.caps() + b"] logged in")
         elif verb == b"AUTHENTICATE":
@@ -136,7 +141,8 @@ class ScriptedIMAP(LineReceiver):
             self.transport.loseConnection()
         elif verb in SESSION_VERBS:
             self.sendLine(tag + b" OK done")
-        elif behaviour in ("normal", "strip-starttls", "starttls-bad", "starttls-ok", "many-mailboxes"):
+        elif behaviour in ("normal", "strip-starttls", "starttls-bad", "starttls-ok", "many-mailboxes",
+                           "login-once"):
             self.answer(tag, verb)
         else:
             self.misbehave(tag, verb)

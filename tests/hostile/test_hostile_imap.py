@@ -517,3 +517,31 @@ async def test_send_while_imap_stalls_is_reported_and_never_duplicated(
     got = await threads.deferToThread(_inbox, services, rcpt, rcpt_pw)
     assert [b"stalled sent copy" in m for m in got].count(True) == 1
     assert not any(b"Subject: keyed" in m for m in got)
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_changed_after_login_is_one_login_per_call(
+    services: Services, daemon_factory: Any, servers: Any
+) -> None:
+    """
+    IM-04 through a real daemon: the IMAP server accepted the login check,
+    then refuses the password (NO [AUTHENTICATIONFAILED]).  Each tool call
+    is an isError telling the user to sign in again, distinct from a
+    temporary failure, after exactly one LOGIN -- never a retry loop.
+    """
+    factory, port = await servers("login-once")
+    daemon = daemon_factory(services, "--imap-timeout", "2")
+    client = generate_client(
+        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
+        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+    token = (await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
+                                         "alicepw", "127.3.6.1"))["access_token"]
+    assert factory.verbs.count(b"LOGIN") == 1
+    for expected_logins in (2, 3):
+        result = await threads.deferToThread(mcp_http.call, daemon.base_url, token, "list_mail_messages",
+                                             {"folder": "INBOX"})
+        assert result["isError"] is True
+        text = mcp_http.text_of(result)
+        assert "rejected the login" in text and "sign in again" in text, text
+        assert factory.verbs.count(b"LOGIN") == expected_logins
