@@ -551,9 +551,16 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
             for got in await session.fetch(str(uid), f"(UID {items})", uid=True):
                 if got.uid == uid:
                     sections.update(got.sections)
-        return state, message, structure, parts, budgets, sections
+        # Attachments: each part is fetched on its own (BODY.PEEK[part]),
+        # stored content-addressed for this user and linked (mailmcp._attachments).
+        links: dict[str, Any] = {}
+        if ctx.services.attachments is not None and structure.attachments:
+            from .._attachments._helpers import link_parts
 
-    state, message, structure, parts, budgets, sections = await _run(ctx, folder, operation)
+            links = await link_parts(ctx, session, uid, [(p.part_id, p.size) for p in structure.attachments])
+        return state, message, structure, parts, budgets, sections, links
+
+    state, message, structure, parts, budgets, sections, links = await _run(ctx, folder, operation)
     warnings = list(structure.warnings)
     if len(structure.body_parts) > MAX_BODY_PARTS:
         warnings.append(f"only the first {MAX_BODY_PARTS} text parts are shown")
@@ -630,6 +637,7 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
                 disposition=p.disposition,
                 inline=p.inline,
                 content_id=p.content_id,
+                url=getattr(links.get(p.part_id), "url", None),
             )
             for p in structure.attachments
         ],

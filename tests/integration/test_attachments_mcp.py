@@ -114,3 +114,22 @@ async def test_send_with_foreign_urls_is_error_and_silent(world: World, mcp: Any
             assert result.get("isError") is True, (tool, url, result)
             assert "never fetched" in result["content"][0]["text"] or "not" in result["content"][0]["text"]
     assert site.connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_mail_message_lists_attachments_with_links(world: World, mcp: Any) -> None:  # noqa: F811
+    """get_mail_message gives each attachment a working link; reading the message again stores nothing new."""
+    account = fresh_account(world.harness)
+    token = "tok-" + uuid.uuid4().hex
+    mcp.verifier.add(token, account)
+    payload = os.urandom(90_000)
+    world.harness.deliver(account.email, multipart(payload, "photo.jpg", subtype="octet-stream"))
+    first = await call_tool(mcp, token, "get_mail_message", {"folder": "INBOX", "uid": 1})
+    assert not first.get("isError"), first
+    attachments = first["structuredContent"]["attachments"]
+    assert [a["filename"] for a in attachments] == ["photo.jpg"]
+    code, _, body = await download(attachments[0]["url"])
+    assert code == 200 and body == payload
+    second = await call_tool(mcp, token, "get_mail_message", {"folder": "INBOX", "uid": 1})
+    assert second["structuredContent"]["attachments"][0]["url"]
+    assert world.store.puts == 1 and await world.count_objects() == 1
