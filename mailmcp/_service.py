@@ -233,11 +233,13 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     imap_pool.setServiceParent(parent)
     tool_services.imap = imap_pool
     from ._attachments import build_attachments
+    from ._attachments._helpers import StoredPartIndex
 
     attachments = build_attachments(config, reactor)
     attachments.service.setServiceParent(parent)
     routes += attachments.routes
     tool_services.attachments = attachments.store
+    tool_services.attachment_index = StoredPartIndex()
     from ._smtp import SMTPSender
     from ._tls import MailTLS
 

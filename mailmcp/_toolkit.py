@@ -78,3 +78,4 @@ class ToolServices:
     imap: Any = None
     smtp: Any = None
     attachments: Any = None
+    attachment_index: Any = None

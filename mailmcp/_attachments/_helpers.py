@@ -17,6 +17,7 @@ import datetime
 import email.parser
 import email.policy
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import Any
@@ -53,6 +54,44 @@ class PartLink:
     url: str | None
     expires_at: str | None
     error: str | None = None
+    obj: Any = None
+
+
+class StoredPartIndex:
+    """
+    Which message parts this process stored recently, so that reading the
+    same message again mints fresh links without fetching its attachments
+    from IMAP again.  Keyed by owner, mailbox, UIDVALIDITY, UID and part, so
+    a renumbered mailbox never maps to the wrong bytes; bounded in size and
+    age (entries live shorter than the S3 re-upload horizon).
+    """
+
+    def __init__(self, max_entries: int = 20_000, max_age: float = 3600.0) -> None:
+        self._entries: OrderedDict[tuple[str, str, int, int, str], tuple[float, Any, FetchedPart]] = (
+            OrderedDict()
+        )
+        self._max_entries = max_entries
+        self._max_age = max_age
+
+    def get(self, key: tuple[str, str, int, int, str], now: float) -> tuple[Any, FetchedPart] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        stored_at, obj, part = entry
+        if now - stored_at > self._max_age:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return obj, part
+
+    def put(self, key: tuple[str, str, int, int, str], now: float, obj: Any, part: FetchedPart) -> None:
+        self._entries[key] = (now, obj, part)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def encoded_cap(max_bytes: int) -> int:
@@ -139,7 +178,7 @@ async def store_and_link(
         url = store.link(ctx.account.owner, obj, part.filename, content_type, limit)
     except AttachmentError as e:
         return PartLink(part, len(data), None, None, None, e.message)
-    return PartLink(part, obj.size, obj.sha256, url, _iso(ctx.services.reactor.seconds() + limit))
+    return PartLink(part, obj.size, obj.sha256, url, _iso(ctx.services.reactor.seconds() + limit), obj=obj)
 
 
 async def link_part(
@@ -183,6 +222,27 @@ async def link_parts(
             wanted.append(part)
     for part, _ in parts[limits.max_count:]:
         results[part] = "too many attachments; use get_mail_attachment_link"
+    index: StoredPartIndex | None = getattr(ctx.services, "attachment_index", None)
+    selected = session.selected
+    now = ctx.services.reactor.seconds()
+
+    def index_key(part: str) -> tuple[str, str, int, int, str] | None:
+        if index is None or selected is None:
+            return None
+        return (ctx.account.owner, selected.name, selected.uidvalidity, int(uid), part)
+
+    if index is not None:
+        for part in list(wanted):
+            key = index_key(part)
+            known = index.get(key, now) if key is not None else None
+            if known is None:
+                continue
+            obj, decoded = known
+            store = ctx.services.attachments
+            limit = store.link_lifetime if lifetime is None else min(lifetime, store.link_lifetime)
+            url = store.link(ctx.account.owner, obj, decoded.filename, decoded.content_type, limit)
+            results[part] = PartLink(decoded, obj.size, obj.sha256, url, _iso(now + limit))
+            wanted.remove(part)
     if not wanted:
         return results
     items = " ".join(f"BODY.PEEK[{p}.MIME] BODY.PEEK[{p}]<0.{cap + 1}>" for p in wanted)
@@ -200,6 +260,9 @@ async def link_parts(
         decoded = decode_part(header, body)
         linked = await store_and_link(ctx, decoded.data, decoded.filename, decoded.content_type, lifetime)
         results[part] = attrs.evolve(linked, part=decoded) if linked.url else (linked.error or "storage failed")
+        key = index_key(part)
+        if index is not None and key is not None and linked.url and linked.obj is not None:
+            index.put(key, now, linked.obj, attrs.evolve(decoded, data=b""))
     return results
 
 

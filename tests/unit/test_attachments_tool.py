@@ -15,13 +15,19 @@ from email.message import Message
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from mailmcp._attachments import Limits, LocalAttachmentStore
-from mailmcp._attachments._helpers import decode_part, link_parts, resolve_attachment_urls
+from mailmcp._attachments._helpers import (
+    StoredPartIndex,
+    decode_part,
+    link_parts,
+    resolve_attachment_urls,
+)
 from mailmcp._fake_imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._toolkit import ToolContext, ToolError, ToolServices
@@ -218,6 +224,31 @@ def test_link_parts_for_get_mail_message(world: Any) -> None:
     assert results["3"].part.filename == "notes.txt"
     assert isinstance(results["4"], str) and "cap" in results["4"]
     assert len([c for c in server.commands if c[0] == "UID FETCH"]) == 1
+
+
+def test_link_parts_reread_skips_the_imap_fetch(world: Any) -> None:
+    """
+    With the stored-part index, reading the same message again mints fresh
+    links to the same objects without fetching the attachments from IMAP.
+    """
+    ctx, server, store = world
+    ctx = ToolContext(account=ctx.account, services=attrs.evolve(ctx.services, attachment_index=StoredPartIndex()))
+
+    async def op(session: Any) -> Any:
+        await session.examine("INBOX")
+        return await link_parts(ctx, session, 1, [("2", 14000), ("3", 30)])
+
+    first = result_of(ctx.services.imap.run(ctx.account, op, read_only=True))
+    fetches_after_first = len([c for c in server.commands if c[0] == "UID FETCH"])
+    ctx.services.reactor.advance(60)
+    second = result_of(ctx.services.imap.run(ctx.account, op, read_only=True))
+    assert len([c for c in server.commands if c[0] == "UID FETCH"]) == fetches_after_first == 1
+    assert second["2"].url != first["2"].url and second["2"].sha256 == first["2"].sha256
+    assert result_of(store.resolve("grant-a", second["2"].url)).data == BINARY
+    assert second["3"].part.filename == "notes.txt" and store.puts == 2
+    ctx.services.reactor.advance(7200)
+    result_of(ctx.services.imap.run(ctx.account, op, read_only=True))
+    assert len([c for c in server.commands if c[0] == "UID FETCH"]) == 2, "an old entry is fetched again"
 
 
 def test_resolve_urls_matrix_refused_without_io(world: Any) -> None:
