@@ -45,6 +45,10 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ("attachment-link-lifetime", "3600", "Lifetime of attachment download links in seconds."),
     ("max-request-body", "33554432", "Largest accepted HTTP request body in bytes."),
     ("login-concurrency", "32", "Most live IMAP/SMTP login checks in flight at once."),
+    ("login-attempts-per-address", "20", "Login attempts allowed per client address per minute."),
+    ("login-failures-per-user", "5", "Failed logins allowed per username per 5 minutes."),
+    ("attachment-max-bytes", "26214400", "Largest single attachment linked, stored or sent, in bytes."),
+    ("attachments-max-message-bytes", "36700160", "Most attachment bytes linked or sent per message."),
     ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
     ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
 ]
@@ -67,6 +71,10 @@ _NUMERIC = {
     "attachment-link-lifetime": int,
     "max-request-body": int,
     "login-concurrency": int,
+    "login-attempts-per-address": int,
+    "login-failures-per-user": int,
+    "attachment-max-bytes": int,
+    "attachments-max-message-bytes": int,
     "shutdown-timeout": float,
 }
 
@@ -119,6 +127,10 @@ class Config:
     attachment_link_lifetime: int = 3600
     max_request_body: int = 32 * 1024 * 1024
     login_concurrency: int = 32
+    login_attempts_per_address: int = 20
+    login_failures_per_user: int = 5
+    attachment_max_bytes: int = 25 * 1024 * 1024
+    attachments_max_message_bytes: int = 35 * 1024 * 1024
     shutdown_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     trust_forwarded: bool = False

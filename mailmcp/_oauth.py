@@ -42,7 +42,7 @@ from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, 
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._templates import template_path
-from ._throttle import Busy, LoginThrottle, Throttled
+from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy
 from ._tokens import InvalidToken, TokenCodec
 from .interfaces import ILoginChecker
 
@@ -820,6 +820,13 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
         config, codec, grants,
         IMAPLoginChecker(reactor, tls, timeout=min(config.imap_timeout, 20.0)),
         SMTPLoginChecker(reactor, tls, timeout=min(config.smtp_timeout, 20.0), identity=identity),
-        LoginThrottle(store, config.login_concurrency),
+        LoginThrottle(
+            store,
+            config.login_concurrency,
+            ThrottlePolicy(
+                ip_attempts=config.login_attempts_per_address,
+                user_failures=config.login_failures_per_user,
+            ),
+        ),
     )
     return oauth.app.resource(), GrantTokenVerifier(grants)

@@ -63,6 +63,24 @@ def test_throttled_attempts_fast_and_offline(services, daemon_factory) -> None:
             assert "location" not in response.headers
         time.sleep(0.5)
         assert dovecot_logins(services) == before
-    # A loopback HTTP round trip from Python plus rendering the page: the
-    # server answers from its counters without any mail-server I/O.
-    assert statistics.median(timings) < 0.05, timings
+    # The speed itself is the benchmark's business (DESIGN §6); this bound
+    # only proves no attempt waited on a mail server (the login check's
+    # timeout is many seconds).
+    assert statistics.median(timings) < 0.5, timings
+
+
+def test_attempt_limit_is_configurable(services, daemon_factory) -> None:
+    """--login-attempts-per-address 3 makes the 4th attempt from one address a 429."""
+    daemon = daemon_factory(services, "--login-attempts-per-address", "3")
+    client = generate_client(daemon.state_dir, services)
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    params = {"client_id": client["client_id"], "redirect_uri": "http://127.0.0.1:9/cb",
+              "response_type": "code", "state": "s", "code_challenge": challenge,
+              "code_challenge_method": "S256"}
+    with httpx2.Client(base_url=daemon.base_url, follow_redirects=False, timeout=30) as http:
+        page = http.get("/oauth/authorize", params=params)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        form = dict(params, csrf_token=csrf, email=USER, imap_username=USER, imap_password="davepw",
+                    use_same_credentials="1")
+        assert [http.post("/oauth/authorize", data=form).status_code for _ in range(4)] == [303, 303, 303, 429]
