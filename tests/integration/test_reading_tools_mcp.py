@@ -10,26 +10,15 @@ results while the IMAP server receives nothing.
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Iterator
-from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
-from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
 
-from mailmcp._http import MailMCPSite
-from mailmcp._mcp import MCPApp
-from mailmcp._tools import all_tools
-from mailmcp._web import Router
-from mailmcp.testing import FakeTokenVerifier
 from tests.harness import Services
+from tests.integration.mcp_loopback import call, rpc, serve_mcp
 from tests.integration.test_reading_tools_dovecot import Wire, expunge, plain
 
 pytestmark = pytest.mark.integration
@@ -41,41 +30,10 @@ READING = ("list_mailboxes", "list_mail_messages", "get_mail_message", "search_m
 def endpoint(services: Services) -> Iterator[Any]:
     """An MCPApp on a loopback port whose tools use a fresh Dovecot account through the pool."""
     wire = Wire(services)
-    verifier = FakeTokenVerifier()
-    token = "tok-" + uuid.uuid4().hex
-    verifier.add(token, wire.account)
-    site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    base = f"http://127.0.0.1:{port.getHost().port}"
-    config = SimpleNamespace(base_url=base, allowed_origins=(), max_request_body=1 << 20)
-    app = MCPApp(config, verifier, wire.ctx.services, all_tools())
-    site.resource = Router([("/mcp", app.app.resource())])
-    yield SimpleNamespace(url=f"{base}/mcp", token=token, wire=wire)
+    url, token, port = serve_mcp(wire.account, wire.ctx.services)
+    yield SimpleNamespace(url=url, token=token, wire=wire)
     pytest_twisted.blockon(port.stopListening())
     pytest_twisted.blockon(wire.pool.stopService())
-
-
-async def rpc(endpoint: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    response = await agent.request(
-        b"POST", endpoint.url.encode(),
-        Headers({b"content-type": [b"application/json"], b"accept": [b"application/json, text/event-stream"],
-                 b"authorization": [b"Bearer " + endpoint.token.encode()],
-                 b"mcp-protocol-version": [b"2025-06-18"]}),
-        FileBodyProducer(BytesIO(body)),
-    )
-    assert response.code == 200
-    message: dict[str, Any] = json.loads(await readBody(response))
-    return message
-
-
-async def call(endpoint: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    message = await rpc(endpoint, "tools/call", {"name": name, "arguments": arguments})
-    result: dict[str, Any] = message["result"]
-    if not result.get("isError"):
-        assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
-    return result
 
 
 @pytest_twisted.ensureDeferred

@@ -11,10 +11,7 @@ server hears anything.
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Iterator
-from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,20 +19,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
-from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
 
-from mailmcp._http import MailMCPSite
 from mailmcp._imap import IMAPPool
-from mailmcp._mcp import MCPApp
 from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
 from mailmcp._toolkit import ToolServices
-from mailmcp._tools import all_tools
-from mailmcp._web import Router
-from mailmcp.testing import FakeTokenVerifier
 from tests.harness import Services
+from tests.integration.mcp_loopback import call, rpc, serve_mcp
 from tests.integration.test_smtp_live import ScriptedFactory, fresh_users
 from tests.integration.test_writing_tools_live import account, append, folder, sample
 
@@ -57,43 +47,12 @@ def endpoint(services: Services) -> Iterator[Any]:
     pool.command_observers.append(lambda *event: imap_commands.append(event))
     services_ = ToolServices(reactor=reactor, config=None, imap=pool,
                              smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=10.0))
-    verifier = FakeTokenVerifier()
-    token = "tok-" + uuid.uuid4().hex
-    verifier.add(token, acct)
-    site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    base = f"http://127.0.0.1:{port.getHost().port}"
-    config = SimpleNamespace(base_url=base, allowed_origins=(), max_request_body=1 << 20)
-    app = MCPApp(config, verifier, services_, all_tools())
-    site.resource = Router([("/mcp", app.app.resource())])
-    yield SimpleNamespace(url=f"{base}/mcp", token=token, smtp=smtp, pool=pool, imap=imap_commands,
+    url, token, port = serve_mcp(acct, services_)
+    yield SimpleNamespace(url=url, token=token, smtp=smtp, pool=pool, imap=imap_commands,
                           user=user, password=password)
     pytest_twisted.blockon(port.stopListening())
     pytest_twisted.blockon(smtp_port.stopListening())
     pytest_twisted.blockon(pool.stopService())
-
-
-async def rpc(endpoint: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    response = await agent.request(
-        b"POST", endpoint.url.encode(),
-        Headers({b"content-type": [b"application/json"], b"accept": [b"application/json, text/event-stream"],
-                 b"authorization": [b"Bearer " + endpoint.token.encode()],
-                 b"mcp-protocol-version": [b"2025-06-18"]}),
-        FileBodyProducer(BytesIO(body)),
-    )
-    assert response.code == 200
-    message: dict[str, Any] = json.loads(await readBody(response))
-    return message
-
-
-async def call(endpoint: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    message = await rpc(endpoint, "tools/call", {"name": name, "arguments": arguments})
-    result: dict[str, Any] = message["result"]
-    if not result.get("isError"):
-        assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
-    return result
 
 
 @pytest_twisted.ensureDeferred
