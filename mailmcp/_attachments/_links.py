@@ -37,7 +37,7 @@ _TAG = re.compile(r"^[0-9a-f]{32}$")
 NOT_OURS = (
     "attachment source not allowed: only links this server issued to you "
     "(from get_mail_message or get_mail_attachment_link) or inline base64 "
-    "content are accepted"
+    "content in the attachments parameter are accepted"
 )
 TAMPERED = "attachment link is not valid (altered or not issued by this server)"
 EXPIRED = "attachment link has expired: get a fresh one with get_mail_attachment_link"

@@ -20,6 +20,8 @@ one is careful about exactly what it touches:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
@@ -139,6 +141,26 @@ BccList = Annotated[
 ]
 
 
+class InlineAttachment(BaseModel):
+    """A file given inline, base64-encoded, for send/draft."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: Annotated[str, AfterValidator(lambda v: check_header_text("filename", v))] = Field(
+        min_length=1, max_length=255, description="File name shown to the recipient, e.g. 'report.pdf'."
+    )
+    content_type: str = Field(
+        default="application/octet-stream",
+        max_length=127,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$",
+        description="MIME type, e.g. 'application/pdf'.",
+    )
+    content_base64: str = Field(
+        max_length=48 * 1024 * 1024,
+        description="The file's bytes, base64-encoded (standard alphabet, padding required).",
+    )
+
+
 class ComposeInput(BaseModel):
     """The message fields shared by send_mail_message and create_draft_mail_message."""
 
@@ -163,6 +185,12 @@ class ComposeInput(BaseModel):
         max_length=MAX_ATTACHMENT_URLS,
         description="Attachments: only download links issued by this server (get_mail_attachment_link "
         "gives one per attachment) are accepted; other URLs are refused and never fetched.",
+    )
+    attachments: list[InlineAttachment] = Field(
+        default_factory=list,
+        max_length=MAX_ATTACHMENT_URLS,
+        description="Attachments given inline as base64 with filename and content type (for files "
+        "that are not already in the mailbox; to forward one, use attachment_urls).",
     )
     in_reply_to: Annotated[list[str], BeforeValidator(_as_list), AfterValidator(_check_message_ids("in_reply_to"))] = Field(
         default_factory=list,
@@ -415,8 +443,49 @@ async def _attachments(ctx: ToolContext, urls: Sequence[str]) -> list[OutgoingAt
     return [OutgoingAttachment(r.data, r.filename, r.content_type) for r in resolved]
 
 
+def _attachment_limits(ctx: ToolContext) -> tuple[int, int, int]:
+    """(per attachment, per message, count) caps, from the store or the configuration."""
+    from .._attachments._common import Limits
+
+    limits = getattr(ctx.services.attachments, "limits", None)
+    if not isinstance(limits, Limits):
+        config = ctx.services.config
+        defaults = Limits()
+        limits = Limits(
+            max_attachment_bytes=getattr(config, "attachment_max_bytes", defaults.max_attachment_bytes),
+            max_message_bytes=getattr(config, "attachments_max_message_bytes", defaults.max_message_bytes),
+        )
+    return limits.max_attachment_bytes, limits.max_message_bytes, limits.max_count
+
+
+def _inline_attachments(ctx: ToolContext, inline: Sequence[InlineAttachment]) -> list[OutgoingAttachment]:
+    """Decode inline base64 attachments, strictly and within the size caps."""
+    per_file, _, _ = _attachment_limits(ctx)
+    decoded = []
+    for index, item in enumerate(inline):
+        text = "".join(item.content_base64.split())
+        if len(text) > per_file * 4 // 3 + 8:
+            raise ToolError(f"attachments[{index}] ({item.filename}) is over the {per_file}-byte cap")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ToolError(
+                f"attachments[{index}].content_base64 is not valid base64 (standard alphabet, with padding)"
+            ) from None
+        if len(data) > per_file:
+            raise ToolError(f"attachments[{index}] ({item.filename}) is over the {per_file}-byte cap")
+        decoded.append(OutgoingAttachment(data, item.filename, item.content_type.lower()))
+    return decoded
+
+
 async def _compose(ctx: ToolContext, args: ComposeInput, *, require_recipients: bool) -> ComposedMessage:
-    attachments = await _attachments(ctx, args.attachment_urls)
+    inline = _inline_attachments(ctx, args.attachments)
+    _, per_message, max_count = _attachment_limits(ctx)
+    if len(args.attachments) + len(args.attachment_urls) > max_count:
+        raise ToolError(f"too many attachments (at most {max_count} per message)")
+    attachments = await _attachments(ctx, args.attachment_urls) + inline
+    if sum(len(a.data) for a in attachments) > per_message:
+        raise ToolError(f"attachments too large together (at most {per_message} bytes)")
     try:
         return compose(
             from_email=ctx.account.email,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import email
 import imaplib
+import os
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -181,6 +182,23 @@ async def test_bcc_recipient_receives_and_no_header_reveals_them(services: Servi
     bcc_line = f"Bcc: Dave <{dave}>\r\n".encode()
     assert bcc_line in sent_copy
     assert to_copy.endswith(sent_copy.replace(bcc_line, b""))
+
+
+@pytest_twisted.ensureDeferred
+async def test_inline_base64_attachment_arrives_byte_exact(services: Services, tools: Any) -> None:
+    """An inline base64 attachment goes through real Postfix and arrives byte-exact in the recipient's INBOX."""
+    (me, pw), (bob, bob_pw) = fresh_users(services, 2)
+    ctx = tools(account(services, me, pw))
+    payload = os.urandom(40_000) + b"\r\n.\r\n" + bytes(range(256))
+    inline = {"filename": "Bericht März.pdf", "content_type": "application/pdf",
+              "content_base64": base64.b64encode(payload).decode()}
+    result = await SEND_MAIL_MESSAGE.handler(ctx, SendInput(to=bob, subject="inline", attachments=[inline]))
+    assert result.status == "sent"
+    [delivered] = await wait_for_mail(services, bob, bob_pw)
+    [attachment] = list(email.message_from_bytes(delivered, policy=policy.default).iter_attachments())
+    assert attachment.get_filename() == "Bericht März.pdf"
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_content() == payload
 
 
 @pytest_twisted.ensureDeferred

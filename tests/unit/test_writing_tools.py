@@ -7,6 +7,7 @@ test asserts exactly what was (and was not) done.
 
 from __future__ import annotations
 
+import base64
 import email
 from collections.abc import Coroutine, Sequence
 from email import policy
@@ -350,6 +351,47 @@ def test_attachment_urls_resolved_through_the_store(ctx: ToolContext, sender: Fa
     assert len(sender.sent) == 1
 
 
+def test_inline_base64_attachments_are_attached(ctx: ToolContext, sender: FakeSender) -> None:
+    """Inline base64 attachments arrive byte-exact with their filename and type, no store needed."""
+    payload = bytes(range(256)) * 4
+    inline = {"filename": "données.bin", "content_type": "application/octet-stream",
+              "content_base64": base64.b64encode(payload).decode()}
+    run(SEND_MAIL_MESSAGE.handler(ctx, SendInput(to="bob@example.test", attachments=[inline])))
+    parsed = email.message_from_bytes(sender.sent[0][2], policy=policy.default)
+    [attachment] = list(parsed.iter_attachments())
+    assert attachment.get_filename() == "données.bin"
+    assert attachment.get_content() == payload
+
+
+@pytest.mark.parametrize("inline,reason", [
+    ({"filename": "a.bin", "content_base64": "not base64!"}, "not valid base64"),
+    ({"filename": "a.bin", "content_base64": "QUJD"}, None),
+    ({"filename": "big.bin", "content_base64": base64.b64encode(b"x" * 3000).decode()}, "cap"),
+])
+def test_inline_attachments_checked_before_anything_is_sent(
+    ctx: ToolContext, server: WritableServer, sender: FakeSender, inline: dict[str, str], reason: str | None
+) -> None:
+    """Bad base64 or an attachment over the cap is a clear ToolError and nothing is sent or saved."""
+    config = type("Config", (), {"attachment_max_bytes": 2048, "attachments_max_message_bytes": 4096})()
+    ctx2 = ToolContext(account=ctx.account, services=attrs.evolve(ctx.services, config=config))
+    if reason is None:
+        run(SEND_MAIL_MESSAGE.handler(ctx2, SendInput(to="bob@example.test", attachments=[inline])))
+        assert len(sender.sent) == 1
+        return
+    with pytest.raises(ToolError, match=reason):
+        run(SEND_MAIL_MESSAGE.handler(ctx2, SendInput(to="bob@example.test", attachments=[inline])))
+    assert sender.sent == [] and commands(server, "APPEND") == []
+
+
+def test_inline_attachment_fields_are_validated() -> None:
+    """A filename with a line break or a malformed content type is invalid input."""
+    with pytest.raises(ValueError):
+        SendInput(to="bob@example.test", attachments=[{"filename": "a\r\nb", "content_base64": ""}])
+    with pytest.raises(ValueError):
+        SendInput(to="bob@example.test", attachments=[{"filename": "a", "content_type": "text/html; x",
+                                                       "content_base64": ""}])
+
+
 @pytest.mark.parametrize("field,value", [
     ("to", "a@x.test\r\nRCPT TO:<x@evil.test>"),
     ("to", "Bob\r\n <bob@example.test>"),
@@ -568,7 +610,8 @@ def test_annotations_are_honest() -> None:
 def test_tool_names_and_params_match_the_contract() -> None:
     """The seed's names and parameters (DESIGN §4) are all there."""
     params = {t.name: set(t.input_model.model_fields) for t in TOOLS}
-    compose_params = {"to", "subject", "text_body", "cc", "bcc", "html_body", "attachment_urls", "folder"}
+    compose_params = {"to", "subject", "text_body", "cc", "bcc", "html_body", "attachment_urls", "attachments",
+                      "folder"}
     assert compose_params <= params["send_mail_message"]
     assert compose_params <= params["create_draft_mail_message"]
     assert {"folder", "uid"} <= params["delete_mail_message"]
