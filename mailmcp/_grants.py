@@ -336,6 +336,24 @@ class GrantService:
         )
         return TokenSet(access_token=access, refresh_token=refresh, expires_in=access_life)
 
+    def _open_for(self, client: Client, kind: str, token: str, name: str, short: str) -> tuple[dict[str, Any], str]:
+        """
+        The claims of C{token} (a ``code`` or ``refresh`` token) and the
+        client reference it must carry, which must be C{client}'s.
+
+        :raises OAuthError: ``invalid_grant`` when the token does not open
+            (C{name} ... is invalid or expired) or was issued to another
+            client (C{short} was issued to another client).
+        """
+        try:
+            claims = self._codec.open(kind, token)
+        except InvalidToken:
+            raise OAuthError("invalid_grant", f"{name} is invalid or expired") from None
+        cref = client_ref(client.client_id)
+        if not hmac.compare_digest(str(claims.get("cl", "")), cref):
+            raise OAuthError("invalid_grant", f"{short} was issued to another client")
+        return claims, cref
+
     async def redeem_code(
         self,
         client: Client,
@@ -356,13 +374,7 @@ class GrantService:
             raise OAuthError("invalid_request", "code_verifier is required")
         if not _VERIFIER.fullmatch(code_verifier):
             raise OAuthError("invalid_request", "code_verifier is malformed")
-        try:
-            claims = self._codec.open("code", code)
-        except InvalidToken:
-            raise OAuthError("invalid_grant", "the authorization code is invalid or expired") from None
-        cref = client_ref(client.client_id)
-        if not hmac.compare_digest(str(claims.get("cl", "")), cref):
-            raise OAuthError("invalid_grant", "the code was issued to another client")
+        claims, cref = self._open_for(client, "code", code, "the authorization code", "the code")
         if redirect_uri is None or not hmac.compare_digest(
             str(claims.get("ru", "")).encode("utf-8"), redirect_uri.encode("utf-8")
         ):
@@ -391,13 +403,7 @@ class GrantService:
         """
         if not refresh_token:
             raise OAuthError("invalid_request", "refresh_token is required")
-        try:
-            claims = self._codec.open("refresh", refresh_token)
-        except InvalidToken:
-            raise OAuthError("invalid_grant", "the refresh token is invalid or expired") from None
-        cref = client_ref(client.client_id)
-        if not hmac.compare_digest(str(claims.get("cl", "")), cref):
-            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        claims, cref = self._open_for(client, "refresh", refresh_token, "the refresh token", "the refresh token")
         if resource is not None and canonical_resource(resource, self._resource) is None:
             raise OAuthError("invalid_target", "unknown resource")
         gid, key, gen, auth_time = claims.get("gid"), claims.get("k"), claims.get("gen"), claims.get("at")
