@@ -28,44 +28,15 @@ Protocol on stdout, one JSON object per line:
 from __future__ import annotations
 
 import asyncio
-import html
 import json
-import re
 import sys
 import traceback
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 from mcp import Client
-from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import (
-    AuthorizationCodeResult,
-    OAuthClientInformationFull,
-    OAuthClientMetadata,
-    OAuthToken,
-)
-
-
-class Storage:
-    def __init__(self, info: OAuthClientInformationFull) -> None:
-        self.info: OAuthClientInformationFull | None = info
-        self.tokens: OAuthToken | None = None
-        self.registered = False
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.registered = True
-        self.info = client_info
+from oauth_client_login import log_in, provider_for
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -81,23 +52,7 @@ async def main(cfg: dict[str, Any]) -> None:
 
     async def redirect_handler(authorization_url: str) -> None:
         login["logins"] = login.get("logins", 0) + 1
-        async with httpx2.AsyncClient(follow_redirects=False) as browser:
-            page = await browser.get(authorization_url)
-            login["form_status"] = page.status_code
-            fields = {html.unescape(k): html.unescape(v) for k, v in
-                      re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
-            fields.update(email=cfg["user"], full_name=cfg.get("full_name", "Acceptance Test"),
-                          imap_username=cfg["user"], imap_password=cfg["password"],
-                          use_same_credentials="1")
-            answer = await browser.post(base + "/oauth/authorize", data=fields, headers={"origin": base})
-            login["login_status"] = answer.status_code
-            location = answer.headers.get("location", "")
-            login["redirect_prefix"] = location.split("?")[0]
-            query = parse_qs(urlsplit(location).query)
-            got.update({k: v[0] for k, v in query.items() if k in ("code", "state", "iss")})
-
-    async def callback_handler() -> AuthorizationCodeResult:
-        return AuthorizationCodeResult(**got)
+        await log_in(cfg, authorization_url, cfg.get("full_name", "Acceptance Test"), login, got)
 
     async def record(request: Any) -> None:
         method = None
@@ -116,27 +71,7 @@ async def main(cfg: dict[str, Any]) -> None:
             "bearer": request.headers.get("authorization", "").startswith("Bearer "),
         })
 
-    auth_method = cfg["auth_method"]
-    info = OAuthClientInformationFull(
-        client_id=cfg["client_id"],
-        client_secret=cfg.get("client_secret") or None,
-        redirect_uris=[cfg["redirect_uri"]],
-        token_endpoint_auth_method=auth_method,
-        grant_types=["authorization_code", "refresh_token"],
-        response_types=["code"],
-    )
-    storage = Storage(info)
-    provider = OAuthClientProvider(
-        server_url=url,
-        client_metadata=OAuthClientMetadata(
-            client_name="acceptance test", redirect_uris=[cfg["redirect_uri"]],
-            grant_types=["authorization_code", "refresh_token"], response_types=["code"],
-            token_endpoint_auth_method=auth_method,
-        ),
-        storage=storage,
-        redirect_handler=redirect_handler,
-        callback_handler=callback_handler,
-    )
+    provider, storage = provider_for(cfg, "acceptance test", redirect_handler, got)
     async with httpx2.AsyncClient(auth=provider, timeout=60,
                                   event_hooks={"request": [record]}) as http:
         async with Client(streamable_http_client(url, http_client=http), mode=cfg["mode"]) as client:

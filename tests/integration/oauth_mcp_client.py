@@ -12,43 +12,15 @@ Usage: python oauth_mcp_client.py CONFIG_JSON   (prints one JSON object)
 from __future__ import annotations
 
 import asyncio
-import html
 import json
-import re
 import sys
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 from mcp import Client
-from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import (
-    AuthorizationCodeResult,
-    OAuthClientInformationFull,
-    OAuthClientMetadata,
-    OAuthToken,
-)
-
-
-class Storage:
-    def __init__(self, info: OAuthClientInformationFull) -> None:
-        self.info: OAuthClientInformationFull | None = info
-        self.tokens: OAuthToken | None = None
-        self.registered = False
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.registered = True
-        self.info = client_info
+from oauth_client_login import log_in, provider_for
 
 
 async def main(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -58,44 +30,9 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
 
     async def redirect_handler(authorization_url: str) -> None:
         out["authorization_url_params"] = sorted(parse_qs(urlsplit(authorization_url).query))
-        async with httpx2.AsyncClient(follow_redirects=False) as browser:
-            page = await browser.get(authorization_url)
-            out["form_status"] = page.status_code
-            fields = {html.unescape(k): html.unescape(v) for k, v in
-                      re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
-            fields.update(email=cfg["user"], full_name="Flow Test", imap_username=cfg["user"],
-                          imap_password=cfg["password"], use_same_credentials="1")
-            answer = await browser.post(base + "/oauth/authorize", data=fields,
-                                        headers={"origin": base})
-            out["login_status"] = answer.status_code
-            location = answer.headers.get("location", "")
-            out["redirect_prefix"] = location.split("?")[0]
-            query = parse_qs(urlsplit(location).query)
-            got.update({k: v[0] for k, v in query.items() if k in ("code", "state", "iss")})
+        await log_in(cfg, authorization_url, "Flow Test", out, got)
 
-    async def callback_handler() -> AuthorizationCodeResult:
-        return AuthorizationCodeResult(**got)
-
-    info = OAuthClientInformationFull(
-        client_id=cfg["client_id"],
-        client_secret=cfg.get("client_secret") or None,
-        redirect_uris=[cfg["redirect_uri"]],
-        token_endpoint_auth_method=cfg["auth_method"],
-        grant_types=["authorization_code", "refresh_token"],
-        response_types=["code"],
-    )
-    storage = Storage(info)
-    provider = OAuthClientProvider(
-        server_url=url,
-        client_metadata=OAuthClientMetadata(
-            client_name="flow test", redirect_uris=[cfg["redirect_uri"]],
-            grant_types=["authorization_code", "refresh_token"], response_types=["code"],
-            token_endpoint_auth_method=cfg["auth_method"],
-        ),
-        storage=storage,
-        redirect_handler=redirect_handler,
-        callback_handler=callback_handler,
-    )
+    provider, storage = provider_for(cfg, "flow test", redirect_handler, got)
     async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
         async with Client(streamable_http_client(url, http_client=http)) as client:
             tools = await client.list_tools()
