@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClient
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.mail import imap4, smtp
+from twisted.protocols import policies
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -70,7 +71,24 @@ def _has_control(*values: bytes) -> bool:
     return any(c in v for v in values for c in (b"\r", b"\n", b"\0"))
 
 
-class _CheckingIMAP4Client(imap4.IMAP4Client):
+class _OnClock(policies.TimeoutMixin):
+    """For a protocol client: TimeoutMixin's idle timer runs on C{_clock}, not the global reactor."""
+
+    _clock: IReactorTime
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
+        return self._clock.callLater(delay, f, *args, **kw)
+
+
+def _credentials(protocol: str, username: str, password: str) -> tuple[bytes, bytes]:
+    """The UTF-8 user and secret; a line break or NUL in either is refused without a connection."""
+    user, secret = username.encode("utf-8"), password.encode("utf-8")
+    if _has_control(user, secret):
+        raise LoginRejected(protocol)
+    return user, secret
+
+
+class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
     """An IMAP4Client whose greeting is a Deferred that also fails on connection loss."""
 
     def __init__(self, context: Any, clock: IReactorTime) -> None:
@@ -78,10 +96,6 @@ class _CheckingIMAP4Client(imap4.IMAP4Client):
         self.greeting: Deferred[Any] = Deferred()
         self.lost = False
         self._clock = clock
-
-    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
-        # TimeoutMixin's idle timer runs on our clock, not the global reactor.
-        return self._clock.callLater(delay, f, *args, **kw)
 
     #: A login check reads a greeting, CAPABILITY and a few short replies;
     #: the stock client would spool any announced literal, however large,
@@ -165,9 +179,7 @@ class IMAPLoginChecker:
     async def _check(
         self, server: MailServer, username: str, password: str, holder: list[_CheckingIMAP4Client]
     ) -> None:
-        user, secret = username.encode("utf-8"), password.encode("utf-8")
-        if _has_control(user, secret):
-            raise LoginRejected("IMAP")
+        user, secret = _credentials("IMAP", username, password)
         options = self._tls.options_for(server.host) if server.security != "plain" else None
         proto = _CheckingIMAP4Client(options, self._reactor)
         proto.timeout = int(self._timeout)
@@ -210,7 +222,7 @@ class IMAPLoginChecker:
             pass
 
 
-class _AuthOnlyESMTPClient(smtp.ESMTPClient):
+class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
     """
     EHLO, (STARTTLS), AUTH, QUIT: reaching the MAIL FROM state means the
     server accepted the credentials, and no mail transaction is ever begun.
@@ -231,10 +243,6 @@ class _AuthOnlyESMTPClient(smtp.ESMTPClient):
         self.done = done
         self.registerAuthenticator(smtp.PLAINAuthenticator(username))
         self.registerAuthenticator(smtp.LOGINAuthenticator(username))
-
-    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
-        # TimeoutMixin's idle timer runs on our clock, not the global reactor.
-        return self._clock.callLater(delay, f, *args, **kw)
 
     def lineReceived(self, line: bytes) -> Any:
         # The stock client keeps every line of a multi-line reply: bound it
@@ -308,9 +316,7 @@ class SMTPLoginChecker:
     async def _check(
         self, server: MailServer, username: str, password: str, holder: list[_AuthOnlyESMTPClient]
     ) -> None:
-        user, secret = username.encode("utf-8"), password.encode("utf-8")
-        if _has_control(user, secret):
-            raise LoginRejected("SMTP")
+        user, secret = _credentials("SMTP", username, password)
         context = self._tls.options_for(server.host) if server.security == "starttls" else None
         outcome: Deferred[None] = Deferred()
         proto = _AuthOnlyESMTPClient(
