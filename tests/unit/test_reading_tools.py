@@ -6,14 +6,12 @@ return, and what they refuse before any command.
 from __future__ import annotations
 
 import base64
-from collections.abc import Coroutine
 from email.message import EmailMessage
 from email.policy import SMTP
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
@@ -33,18 +31,7 @@ from mailmcp._tools._reading import (
     uid_set,
 )
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
-
-T = TypeVar("T")
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Drive a coroutine that never really waits (the fake answers at once)."""
-    results: list[Any] = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    assert results, "the tool waited on something the fake never fires"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]  # type: ignore[no-any-return]
+from tests.helpers import run
 
 
 def plain(subject: str, body: str = "hello", sender: str = "Ann <ann@example.test>", **headers: str) -> bytes:

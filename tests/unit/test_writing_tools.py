@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import base64
 import email
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from email import policy
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import pytest
 from pydantic import ValidationError
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from mailmcp._mailbox_api import IMAPError, Literal, MailboxState
 from mailmcp._smtp import RecipientResult, SendResult, SMTPOutcomeUnknown, SMTPSendFailed
@@ -38,8 +36,7 @@ from mailmcp._tools._writing import (
     SendInput,
 )
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, make_account
-
-T = TypeVar("T")
+from tests.helpers import run
 
 SAMPLE = b"From: x@example.test\r\nSubject: sample\r\nMessage-ID: <s@example.test>\r\n\r\nbody\r\n"
 
@@ -166,16 +163,6 @@ def ctx(server: WritableServer, sender: FakeSender) -> ToolContext:
     clock.advance(1_700_000_000)
     services = ToolServices(reactor=clock, config=None, imap=FakeIMAPPool(server), smtp=sender)
     return ToolContext(account=make_account(full_name="Alice Example"), services=services)
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a handler on the synchronous fakes and return its result (or raise)."""
-    outcome: list[Any] = []
-    Deferred.fromCoroutine(coroutine).addBoth(outcome.append)
-    assert outcome, "the handler did not finish on synchronous fakes"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]  # type: ignore[no-any-return]
 
 
 def commands(server: WritableServer, *names: str) -> list[tuple[Any, ...]]:
