@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+
+from mailmcp._account import MailAccount
+from mailmcp._clients import MailServer
+
+if TYPE_CHECKING:
+    from tests.harness import Services
 
 T = TypeVar("T")
 
@@ -22,3 +28,27 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     if isinstance(outcome[0], Failure):
         outcome[0].raiseException()
     return outcome[0]  # type: ignore[no-any-return]
+
+
+def live_account(services: Services, email: str, password: str, *, full_name: str,
+                 smtp_security: str = "tls", smtp_host: str = "localhost", smtp_port: int | None = None,
+                 smtp_password: str | None = None) -> MailAccount:
+    """
+    A `MailAccount` for a user of the test services: IMAP over TLS on
+    localhost, SMTP with C{smtp_security} on that security's port unless
+    C{smtp_port} is given, one password for both unless C{smtp_password}.
+    """
+    if smtp_port is None:
+        smtp_port = {"tls": services.smtps_port, "starttls": services.submission_port,
+                     "plain": services.smtp_plain_port}[smtp_security]
+    return MailAccount(
+        owner="grant-" + email,
+        email=email,
+        full_name=full_name,
+        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
+        imap_username=email,
+        imap_password=password,
+        smtp=MailServer(host=smtp_host, port=smtp_port, security=smtp_security),  # type: ignore[arg-type]
+        smtp_username=email,
+        smtp_password=smtp_password if smtp_password is not None else password,
+    )

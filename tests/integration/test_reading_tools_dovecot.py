@@ -26,7 +26,6 @@ from pydantic import ValidationError
 from twisted.internet import reactor
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
 from mailmcp._imap import IMAPPool
 from mailmcp._mailbox_api import IMAPSession
 from mailmcp._tls import MailTLS
@@ -42,6 +41,7 @@ from mailmcp._tools._reading import (
     search_mail_messages,
 )
 from tests.harness import Services
+from tests.helpers import live_account
 
 pytestmark = pytest.mark.integration
 
@@ -75,17 +75,7 @@ def fresh_user(services: Services) -> tuple[str, str]:
 
 
 def account_for(services: Services, email: str, password: str) -> MailAccount:
-    return MailAccount(
-        owner="grant-" + email,
-        email=email,
-        full_name="Reader",
-        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
-        imap_username=email,
-        imap_password=password,
-        smtp=MailServer(host="localhost", port=services.smtps_port, security="tls"),
-        smtp_username=email,
-        smtp_password=password,
-    )
+    return live_account(services, email, password, full_name="Reader")
 
 
 class Wire:

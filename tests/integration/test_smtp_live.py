@@ -31,6 +31,7 @@ from mailmcp._compose import compose, make_message_id, parse_addresses
 from mailmcp._smtp import SMTPAuthFailed, SMTPOutcomeUnknown, SMTPSender, SMTPSendFailed
 from mailmcp._tls import MailTLS
 from tests.harness import Services
+from tests.helpers import live_account
 
 pytestmark = pytest.mark.integration
 
@@ -62,20 +63,8 @@ def fresh_user(services: Services) -> tuple[str, str]:
 
 def smtp_account(services: Services, email: str, password: str, security: str = "tls",
                  host: str = "localhost", port: int | None = None) -> MailAccount:
-    if port is None:
-        port = {"tls": services.smtps_port, "starttls": services.submission_port,
-                "plain": services.smtp_plain_port}[security]
-    return MailAccount(
-        owner="grant-" + email,
-        email=email,
-        full_name="Writer",
-        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
-        imap_username=email,
-        imap_password=password,
-        smtp=MailServer(host=host, port=port, security=security),  # type: ignore[arg-type]
-        smtp_username=email,
-        smtp_password=password,
-    )
+    return live_account(services, email, password, full_name="Writer", smtp_security=security,
+                        smtp_host=host, smtp_port=port)
 
 
 def _inbox(services: Services, email: str, password: str) -> list[bytes]:

@@ -24,7 +24,6 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
 from mailmcp._imap import IMAPPool
 from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
@@ -43,6 +42,7 @@ from mailmcp._tools._writing import (
     SendInput,
 )
 from tests.harness import Services
+from tests.helpers import live_account
 from tests.integration.test_smtp_live import fresh_users, scripted, wait_for_mail  # noqa: F401 (scripted: fixture)
 
 pytestmark = pytest.mark.integration
@@ -50,21 +50,9 @@ pytestmark = pytest.mark.integration
 
 def account(services: Services, email_: str, password: str, smtp_security: str = "tls", *,
             smtp_password: str | None = None, smtp_port: int | None = None) -> MailAccount:
-    if smtp_port is None:
-        smtp_port = {"tls": services.smtps_port, "starttls": services.submission_port,
-                     "plain": services.smtp_plain_port}[smtp_security]
-    smtp_host = "127.0.0.1" if smtp_security == "plain" else "localhost"
-    return MailAccount(
-        owner="grant-" + email_,
-        email=email_,
-        full_name="Writer Wörld",
-        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
-        imap_username=email_,
-        imap_password=password,
-        smtp=MailServer(host=smtp_host, port=smtp_port, security=smtp_security),  # type: ignore[arg-type]
-        smtp_username=email_,
-        smtp_password=smtp_password if smtp_password is not None else password,
-    )
+    return live_account(services, email_, password, full_name="Writer Wörld", smtp_security=smtp_security,
+                        smtp_host="127.0.0.1" if smtp_security == "plain" else "localhost",
+                        smtp_port=smtp_port, smtp_password=smtp_password)
 
 
 @pytest.fixture
