@@ -188,20 +188,27 @@ def default_port_lock(timeout: float = 300.0) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_ca(path: Path) -> None:
-    """A throw-away self-signed CA certificate in PEM, as --mail-ca-file expects."""
+def _self_signed(common_name: str, *extensions: x509.ExtensionType) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh P-256 key and a 30-day self-signed CA certificate for it with C{extensions} (non-critical)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailmcp test CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    return key, builder.sign(key, hashes.SHA256())
+
+
+def write_ca(path: Path) -> None:
+    """A throw-away self-signed CA certificate in PEM, as --mail-ca-file expects."""
+    _, cert = _self_signed("mailmcp test CA")
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -387,19 +394,8 @@ def test_listen_tcp_and_unix_together(tmp_path: Path, procs: list[Proc]) -> None
 
 def write_self_signed(cert_path: Path, key_path: Path) -> None:
     """A self-signed server certificate for 127.0.0.1 and its key, in PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    key, cert = _self_signed(
+        "127.0.0.1", x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
