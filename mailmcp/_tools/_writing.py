@@ -76,20 +76,22 @@ def _as_list(value: Any) -> Any:
     return value
 
 
-def _addresses(field: str) -> Callable[[list[str]], list[str]]:
+def _parsed_by(parse: Callable[[str, list[str]], object], field: str) -> Callable[[list[str]], list[str]]:
+    """A validator: C{parse(field, values)} must accept the values, which are kept as given."""
+
     def check(values: list[str]) -> list[str]:
-        parse_addresses(field, values)
+        parse(field, values)
         return values
 
     return check
+
+
+def _addresses(field: str) -> Callable[[list[str]], list[str]]:
+    return _parsed_by(parse_addresses, field)
 
 
 def _check_message_ids(field: str) -> Callable[[list[str]], list[str]]:
-    def check(values: list[str]) -> list[str]:
-        parse_message_ids(field, values)
-        return values
-
-    return check
+    return _parsed_by(parse_message_ids, field)
 
 
 Folder = Annotated[
@@ -406,6 +408,13 @@ async def _require_uid(session: IMAPSession, folder: str, uid: int) -> tuple[str
     raise ToolError(f"message UID {uid} not found in {folder!r}. Nothing was changed.")
 
 
+async def _open_message(session: IMAPSession, ref: MessageRef) -> MailboxState:
+    """SELECT the message's folder (refusing a stale UIDVALIDITY) and make sure its UID is there."""
+    state = await _open(session, ref.folder, ref.uidvalidity)
+    await _require_uid(session, ref.folder, ref.uid)
+    return state
+
+
 def _same_folder(a: str, b: str) -> bool:
     if a.upper() == "INBOX" and b.upper() == "INBOX":
         return True
@@ -654,7 +663,7 @@ async def _not_sent(ctx: ToolContext, error: SMTPSendFailed, message: ComposedMe
     """Keep the composed message in Drafts and say what happened."""
 
     async def save(session: IMAPSession) -> tuple[str | None, int | None]:
-        drafts = find_special(await session.list_mailboxes(), "\\Drafts", DRAFTS_NAMES)
+        drafts = await _folder_or_special(session, None, "\\Drafts", DRAFTS_NAMES)
         if drafts is None:
             return None, None
         _, uid = await session.append(drafts, message.copy_bytes, ("\\Draft", "\\Seen"))
@@ -751,8 +760,7 @@ async def delete_mail_message(ctx: ToolContext, args: DeleteInput) -> DeleteOutp
             )
         if not permanent and trash is None:
             raise ToolError("no Trash folder found; pass permanent=true to delete the message for good")
-        state = await _open(session, args.folder, args.uidvalidity)
-        await _require_uid(session, args.folder, args.uid)
+        state = await _open_message(session, args)
         if permanent:
             await session.uid_store([args.uid], "+FLAGS", ["\\Deleted"], silent=True)
             await session.uid_expunge([args.uid])
@@ -799,8 +807,7 @@ async def move_mail_message(ctx: ToolContext, args: MoveInput) -> MoveOutput:
         boxes = await session.list_mailboxes()
         if not any(_same_folder(b.name, args.destination) and b.selectable for b in boxes):
             raise ToolError(f"destination folder {args.destination!r} not found (use list_mailboxes)")
-        state = await _open(session, args.folder, args.uidvalidity)
-        await _require_uid(session, args.folder, args.uid)
+        state = await _open_message(session, args)
         mapping = await session.uid_move([args.uid], args.destination)
         destination_uidvalidity: int | None = None
         try:
@@ -839,8 +846,7 @@ MOVE_MAIL_MESSAGE: Tool[MoveInput, MoveOutput] = Tool(
 
 async def update_mail_message_flags(ctx: ToolContext, args: FlagsInput) -> FlagsOutput:
     async def update(session: IMAPSession) -> FlagsOutput:
-        state = await _open(session, args.folder, args.uidvalidity)
-        await _require_uid(session, args.folder, args.uid)
+        state = await _open_message(session, args)
         if args.add:
             await session.uid_store([args.uid], "+FLAGS", args.add, silent=True)
         if args.remove:
