@@ -341,23 +341,31 @@ def _has(flags: Sequence[str], flag: str) -> bool:
     return flag in {f.lower() for f in flags}
 
 
+def _common_fields(message: FetchedMessage) -> dict[str, Any]:
+    """What a listing and a full message both say of one FETCH result: From/To/Cc, subject, dates, flags, size."""
+    envelope = message.envelope
+    flags = list(message.flags or ())
+    return {
+        "from_": _addresses(envelope.from_) if envelope else [],
+        "to": _addresses(envelope.to) if envelope else [],
+        "cc": _addresses(envelope.cc) if envelope else [],
+        "subject": _mime.clean_line(envelope.subject) if envelope else None,
+        "date": _mime.parse_date(envelope.date) if envelope else None,
+        "received": _mime.parse_internal_date(message.internal_date),
+        "flags": flags,
+        "seen": _has(flags, "\\seen"),
+        "flagged": _has(flags, "\\flagged"),
+        "answered": _has(flags, "\\answered"),
+        "size": message.size,
+    }
+
+
 def summarise(message: FetchedMessage) -> MessageSummary:
     """The listing form of one FETCH result (ENVELOPE, FLAGS, BODYSTRUCTURE …)."""
     envelope = message.envelope
-    flags = list(message.flags or ())
     return MessageSummary(
         uid=message.uid,
-        from_=_addresses(envelope.from_) if envelope else [],
-        to=_addresses(envelope.to) if envelope else [],
-        cc=_addresses(envelope.cc) if envelope else [],
-        subject=_mime.clean_line(envelope.subject) if envelope else None,
-        date=_mime.parse_date(envelope.date) if envelope else None,
-        received=_mime.parse_internal_date(message.internal_date),
-        flags=flags,
-        seen=_has(flags, "\\seen"),
-        flagged=_has(flags, "\\flagged"),
-        answered=_has(flags, "\\answered"),
-        size=message.size,
+        **_common_fields(message),
         has_attachments=(
             _mime.has_attachments(message.bodystructure) if message.bodystructure is not None else None
         ),
@@ -599,7 +607,6 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
         "none" if not formats else "text/plain" if "text/plain" in formats else "text/html"
     )
     envelope = message.envelope
-    flags = list(message.flags or ())
     threading = _mime.threading_headers(_threading_section(message))
     return GetMessageOutput(
         folder=folder,
@@ -608,21 +615,11 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
         message_id=threading["message_id"] or (envelope.message_id if envelope else None),
         in_reply_to=threading["in_reply_to"] or (envelope.in_reply_to if envelope else None),
         references=threading["references"],
-        from_=_addresses(envelope.from_) if envelope else [],
+        **_common_fields(message),
         sender=_addresses(envelope.sender) if envelope else [],
         reply_to=_addresses(envelope.reply_to) if envelope else [],
-        to=_addresses(envelope.to) if envelope else [],
-        cc=_addresses(envelope.cc) if envelope else [],
         bcc=_addresses(envelope.bcc) if envelope else [],
-        subject=_mime.clean_line(envelope.subject) if envelope else None,
-        date=_mime.parse_date(envelope.date) if envelope else None,
         date_raw=_mime.clean_line(envelope.date, 200) if envelope else None,
-        received=_mime.parse_internal_date(message.internal_date),
-        flags=flags,
-        seen=_has(flags, "\\seen"),
-        flagged=_has(flags, "\\flagged"),
-        answered=_has(flags, "\\answered"),
-        size=message.size,
         body=window,
         body_format=body_format,
         body_offset=offset,
