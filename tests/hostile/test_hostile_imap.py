@@ -63,6 +63,15 @@ async def read_message(session: IMAPSession) -> bytes:
     return fetched.sections[""]
 
 
+def scripted_imap_client(daemon: Any, services: Services, port: int, security: str = "plain",
+                         host: str = "127.0.0.1") -> Any:
+    """A client of C{daemon} provisioned for the scripted IMAP server on C{port} (SMTP: the real one)."""
+    return generate_client(
+        daemon.state_dir, None, "--imap-host", host, "--imap-port", str(port),
+        "--imap-security", security, "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--smtp-security", "tls")
+
+
 @pytest.fixture
 def servers() -> Iterator[Any]:
     """Start scripted IMAP servers; all are stopped (and their connections cut) afterwards."""
@@ -197,10 +206,7 @@ async def test_daemon_answers_is_error_and_keeps_serving_alice(
     """
     factory, port = await servers(behaviour)
     daemon = daemon_factory(services, "--imap-timeout", "2")
-    scripted_client = generate_client(
-        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
-        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
+    scripted_client = scripted_imap_client(daemon, services, port)
     alice_client = generate_client(daemon.state_dir, services)
     bad = await threads.deferToThread(mcp_http.login, daemon.base_url, scripted_client,
                                       "alice@example.test", "alicepw", "127.3.0.1")
@@ -246,10 +252,7 @@ async def test_login_page_never_sends_credentials_to_a_stripping_server(
 
     factory, port = await servers(behaviour)
     daemon = daemon_factory(services, "--imap-timeout", "2")
-    client = generate_client(
-        daemon.state_dir, None, "--imap-host", "localhost", "--imap-port", str(port),
-        "--imap-security", "starttls", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
+    client = scripted_imap_client(daemon, services, port, "starttls", "localhost")
     with pytest.raises(LoginFailed) as info:
         await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                     "alicepw", "127.3.1.1")
@@ -329,10 +332,7 @@ async def test_login_check_refuses_a_giant_literal_at_once(
 
     factory, port = await servers("giant-greeting")
     daemon = daemon_factory(services)
-    client = generate_client(
-        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
-        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
+    client = scripted_imap_client(daemon, services, port)
     started = time.monotonic()
     with pytest.raises(LoginFailed):
         await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
@@ -359,10 +359,7 @@ async def test_login_check_cuts_off_endless_untagged_lines(
 
     factory, port = await servers("endless-untagged")
     daemon = daemon_factory(services)
-    client = generate_client(
-        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
-        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
+    client = scripted_imap_client(daemon, services, port)
     started = time.monotonic()
     with pytest.raises(LoginFailed):
         await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
@@ -388,10 +385,7 @@ async def test_sigterm_with_a_call_stuck_on_a_stalling_server(
 
     factory, port = await servers("stall")
     daemon = daemon_factory(services, "--imap-timeout", "30", "--shutdown-timeout", "2")
-    client = generate_client(
-        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
-        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
+    client = scripted_imap_client(daemon, services, port)
     token = (await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                          "alicepw", "127.3.4.1"))["access_token"]
     stuck = threads.deferToThread(mcp_http.rpc, daemon.base_url, token, "tools/call",
@@ -495,10 +489,7 @@ async def test_send_while_imap_stalls_is_reported_and_never_duplicated(
     (rcpt, rcpt_pw), = fresh_users(services, 1)
     factory, port = await servers("stall")
     daemon = daemon_factory(services, "--imap-timeout", "2")
-    client = generate_client(
-        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
-        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
+    client = scripted_imap_client(daemon, services, port)
     token = (await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                          "alicepw", "127.3.5.1"))["access_token"]
     started = time.monotonic()
@@ -531,10 +522,7 @@ async def test_password_changed_after_login_is_one_login_per_call(
     """
     factory, port = await servers("login-once")
     daemon = daemon_factory(services, "--imap-timeout", "2")
-    client = generate_client(
-        daemon.state_dir, None, "--imap-host", "127.0.0.1", "--imap-port", str(port),
-        "--imap-security", "plain", "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
+    client = scripted_imap_client(daemon, services, port)
     token = (await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                          "alicepw", "127.3.6.1"))["access_token"]
     assert factory.verbs.count(b"LOGIN") == 1
