@@ -45,6 +45,12 @@ class MailAccount:
         connection logged in with the old one, and no secret sits in a dict key.
         """
         material = "\0".join(
-            [self.imap.host, str(self.imap.port), self.imap.security, self.imap_username, self.imap_password]
+            [
+                self.imap.host,
+                str(self.imap.port),
+                self.imap.security,
+                self.imap_username,
+                self.imap_password,
+            ]
         )
         return hashlib.sha256(material.encode("utf-8")).hexdigest()

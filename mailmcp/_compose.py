@@ -209,7 +209,11 @@ _MIME_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
 def _mime_type(content_type: str) -> tuple[str, str]:
     maintype, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
-    if _MIME_TOKEN.fullmatch(maintype) and _MIME_TOKEN.fullmatch(subtype) and maintype != "multipart":
+    if (
+        _MIME_TOKEN.fullmatch(maintype)
+        and _MIME_TOKEN.fullmatch(subtype)
+        and maintype != "multipart"
+    ):
         return maintype, subtype
     return "application", "octet-stream"
 

@@ -27,11 +27,27 @@ DEFAULT_STATE_DIR = "mailmcp-state"
 #: (option name, default, help) for every single-valued option.  Each one is
 #: also read from MAILMCP_<NAME> (upper case, dashes as underscores).
 PARAMETERS: list[tuple[str, str | None, str]] = [
-    ("base-url", None, "Public base URL, e.g. https://mail-mcp.example.com "
-     "(default: derived from the first tcp --listen)."),
-    ("state-dir", DEFAULT_STATE_DIR, "Directory for the key ring, SQLite store and local attachments."),
-    ("store", None, "Grant store: sqlite:PATH (default <state-dir>/mailmcp.sqlite3) or redis://host:port/db."),
-    ("attachments", "local", "Attachment store: local (files under the state dir) or s3://bucket/prefix."),
+    (
+        "base-url",
+        None,
+        "Public base URL, e.g. https://mail-mcp.example.com "
+        "(default: derived from the first tcp --listen).",
+    ),
+    (
+        "state-dir",
+        DEFAULT_STATE_DIR,
+        "Directory for the key ring, SQLite store and local attachments.",
+    ),
+    (
+        "store",
+        None,
+        "Grant store: sqlite:PATH (default <state-dir>/mailmcp.sqlite3) or redis://host:port/db.",
+    ),
+    (
+        "attachments",
+        "local",
+        "Attachment store: local (files under the state dir) or s3://bucket/prefix.",
+    ),
     ("mail-ca-file", None, "Extra PEM CA bundle trusted for IMAP/SMTP servers with a private CA."),
     ("key-file", None, "Read the key ring from this file instead of <state-dir>/keys.json."),
     ("pool-size", "4", "Logged-in IMAP connections kept per account."),
@@ -40,23 +56,38 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ("imap-timeout", "30", "Seconds one IMAP command (or connect/login) may take."),
     ("smtp-timeout", "60", "Seconds one SMTP send may take."),
     ("access-token-lifetime", "28800", "Access token lifetime in seconds."),
-    ("refresh-token-lifetime", "2592000", "Absolute refresh token lifetime from login, in seconds."),
+    (
+        "refresh-token-lifetime",
+        "2592000",
+        "Absolute refresh token lifetime from login, in seconds.",
+    ),
     ("code-lifetime", "60", "Authorization code lifetime in seconds."),
     ("attachment-link-lifetime", "3600", "Lifetime of attachment download links in seconds."),
     ("max-request-body", "33554432", "Largest accepted HTTP request body in bytes."),
     ("login-concurrency", "32", "Most live IMAP/SMTP login checks in flight at once."),
     ("login-attempts-per-address", "20", "Login attempts allowed per client address per minute."),
     ("login-failures-per-user", "5", "Failed logins allowed per username per 5 minutes."),
-    ("attachment-max-bytes", "26214400", "Largest single attachment linked, stored or sent, in bytes."),
-    ("attachments-max-message-bytes", "36700160", "Most attachment bytes linked or sent per message."),
+    (
+        "attachment-max-bytes",
+        "26214400",
+        "Largest single attachment linked, stored or sent, in bytes.",
+    ),
+    (
+        "attachments-max-message-bytes",
+        "36700160",
+        "Most attachment bytes linked or sent per message.",
+    ),
     ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
     ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
 ]
 
 FLAGS: list[tuple[str, str]] = [
     ("trust-forwarded", "Take the client address from X-Forwarded-For (behind a trusted proxy)."),
-    ("imap-connect-per-call", "Do not pool IMAP connections: connect, log in and log out on every "
-     "call (a benchmark baseline, slow)."),
+    (
+        "imap-connect-per-call",
+        "Do not pool IMAP connections: connect, log in and log out on every "
+        "call (a benchmark baseline, slow).",
+    ),
 ]
 
 _NUMERIC = {
@@ -221,7 +252,9 @@ def _check_attachments(value: str) -> None:
 def _check_listen(listen: Sequence[str]) -> None:
     for description in listen:
         if not description or ":" not in description:
-            raise usage.UsageError(f"--listen needs an endpoint string like tcp:8080, not {description!r}")
+            raise usage.UsageError(
+                f"--listen needs an endpoint string like tcp:8080, not {description!r}"
+            )
 
 
 def build_config(

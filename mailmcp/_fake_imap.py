@@ -92,8 +92,9 @@ class FakeIMAPPool:
     server: FakeIMAPServer
     leases: int = 0
 
-    async def run(self, account: Any, operation: Callable[[Any], Awaitable[T]], *,
-                  read_only: bool) -> T:
+    async def run(
+        self, account: Any, operation: Callable[[Any], Awaitable[T]], *, read_only: bool
+    ) -> T:
         self.leases += 1
         return await operation(self.server.session())
 
@@ -124,14 +125,19 @@ class FakeIMAPSession:
     def _state(self) -> MailboxState:
         assert self._selected is not None
         box = self._selected
-        return MailboxState(box.name, len(box.messages), box.uidvalidity, box.uidnext, self._read_only)
+        return MailboxState(
+            box.name, len(box.messages), box.uidvalidity, box.uidnext, self._read_only
+        )
 
     def _log(self, *entry: Any) -> None:
         self.server.commands.append(entry)
 
     async def list_mailboxes(self) -> list[MailboxInfo]:
         self._log("LIST")
-        return [MailboxInfo(b.name, self.server.delimiter, b.flags) for b in self.server.mailboxes.values()]
+        return [
+            MailboxInfo(b.name, self.server.delimiter, b.flags)
+            for b in self.server.mailboxes.values()
+        ]
 
     async def status(self, mailbox: str, items: Sequence[str]) -> dict[str, int]:
         self._log("STATUS", mailbox, tuple(items))
@@ -163,7 +169,9 @@ class FakeIMAPSession:
     async def noop(self) -> None:
         self._log("NOOP")
 
-    async def fetch(self, message_set: str, items: str, *, uid: bool = True) -> list[FetchedMessage]:
+    async def fetch(
+        self, message_set: str, items: str, *, uid: bool = True
+    ) -> list[FetchedMessage]:
         self._log("UID FETCH" if uid else "FETCH", message_set, items)
         if self._selected is None:
             raise IMAPError("No mailbox selected")
@@ -203,8 +211,9 @@ class FakeIMAPSession:
                 matched.append(message.uid)
         return matched
 
-    async def uid_store(self, uids: Sequence[int], mode: str, flags: Sequence[str], *,
-                        silent: bool = True) -> dict[int, tuple[str, ...]]:
+    async def uid_store(
+        self, uids: Sequence[int], mode: str, flags: Sequence[str], *, silent: bool = True
+    ) -> dict[int, tuple[str, ...]]:
         self._log("UID STORE", tuple(uids), mode, tuple(flags))
         raise IMAPError("the fake session is read-only")
 
@@ -220,8 +229,9 @@ class FakeIMAPSession:
         self._log("UID EXPUNGE", tuple(uids))
         raise IMAPError("the fake session is read-only")
 
-    async def append(self, mailbox: str, message: bytes, flags: Sequence[str] = (),
-                     date: str | None = None) -> tuple[int | None, int | None]:
+    async def append(
+        self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None
+    ) -> tuple[int | None, int | None]:
         self._log("APPEND", mailbox)
         box = self._box(mailbox)
         return box.uidvalidity, box.add(message, flags)
@@ -249,7 +259,9 @@ def _decode(value: str | None) -> str | None:
 
 def _addresses(message: Message, name: str) -> tuple[Address, ...]:
     values = message.get_all(name) or []
-    return tuple(Address(_decode(n) or None, a) for n, a in getaddresses([str(v) for v in values]) if a)
+    return tuple(
+        Address(_decode(n) or None, a) for n, a in getaddresses([str(v) for v in values]) if a
+    )
 
 
 def envelope_of(message: Message) -> Envelope:
@@ -286,7 +298,14 @@ def bodystructure_of(message: Message) -> Any:
     if message.is_multipart():
         children = [bodystructure_of(p) for p in message.get_payload() if isinstance(p, Message)]
         params = list((message.get_params() or [])[1:])
-        return [*children, message.get_content_subtype().upper(), _param_list(params), None, None, None]
+        return [
+            *children,
+            message.get_content_subtype().upper(),
+            _param_list(params),
+            None,
+            None,
+            None,
+        ]
     main, sub = message.get_content_maintype().upper(), message.get_content_subtype().upper()
     params = [(k, v) for k, v in (message.get_params() or [])[1:]]
     disposition: Any = None
@@ -297,8 +316,15 @@ def bodystructure_of(message: Message) -> Any:
         disposition = [kind, _param_list(list(dparams))]
     body = _body_of(message)
     content_id = message.get("Content-ID")
-    node: list[Any] = [main, sub, _param_list(params), content_id, message.get("Content-Description"),
-                       (message.get("Content-Transfer-Encoding") or "7BIT").upper(), len(body)]
+    node: list[Any] = [
+        main,
+        sub,
+        _param_list(params),
+        content_id,
+        message.get("Content-Description"),
+        (message.get("Content-Transfer-Encoding") or "7BIT").upper(),
+        len(body),
+    ]
     if main == "TEXT":
         node.append(body.count(b"\n"))
     node += [None, disposition, None, None]
@@ -350,9 +376,11 @@ def _section(raw: bytes, parsed: Message, section: str) -> bytes:
     head, _, body = raw.partition(b"\r\n\r\n") if b"\r\n\r\n" in raw else raw.partition(b"\n\n")
     upper = section.upper()
     if upper.startswith("HEADER.FIELDS"):
-        names = {n.lower() for n in re.findall(r"[^\s()]+", section[len("HEADER.FIELDS"):])}
+        names = {n.lower() for n in re.findall(r"[^\s()]+", section[len("HEADER.FIELDS") :])}
         lines = re.split(rb"\r?\n(?![ \t])", head)
-        keep = [ln for ln in lines if ln.split(b":", 1)[0].strip().decode("latin-1").lower() in names]
+        keep = [
+            ln for ln in lines if ln.split(b":", 1)[0].strip().decode("latin-1").lower() in names
+        ]
         return b"\r\n".join(keep) + b"\r\n\r\n"
     if upper == "HEADER":
         return head + b"\r\n\r\n"
@@ -372,7 +400,9 @@ def _string(token: bytes | Literal) -> str:
     return token.decode("ascii")
 
 
-def _eval(tokens: list[bytes | Literal], pos: list[int], message: FakeMessage, seq: int, top: int) -> bool:
+def _eval(
+    tokens: list[bytes | Literal], pos: list[int], message: FakeMessage, seq: int, top: int
+) -> bool:
     token = tokens[pos[0]]
     pos[0] += 1
     if isinstance(token, Literal):
@@ -392,10 +422,15 @@ def _eval(tokens: list[bytes | Literal], pos: list[int], message: FakeMessage, s
         return left or right
     flags = {f.lower() for f in message.flags}
     simple = {
-        b"ALL": True, b"SEEN": "\\seen" in flags, b"UNSEEN": "\\seen" not in flags,
-        b"FLAGGED": "\\flagged" in flags, b"UNFLAGGED": "\\flagged" not in flags,
-        b"ANSWERED": "\\answered" in flags, b"UNANSWERED": "\\answered" not in flags,
-        b"DELETED": "\\deleted" in flags, b"UNDELETED": "\\deleted" not in flags,
+        b"ALL": True,
+        b"SEEN": "\\seen" in flags,
+        b"UNSEEN": "\\seen" not in flags,
+        b"FLAGGED": "\\flagged" in flags,
+        b"UNFLAGGED": "\\flagged" not in flags,
+        b"ANSWERED": "\\answered" in flags,
+        b"UNANSWERED": "\\answered" not in flags,
+        b"DELETED": "\\deleted" in flags,
+        b"UNDELETED": "\\deleted" not in flags,
     }
     if key in simple:
         return simple[key]

@@ -275,7 +275,9 @@ class GrantService:
         cache_size: int = 4096,
     ) -> None:
         self.store = store
-        self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount]] = OrderedDict()
+        self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount]] = (
+            OrderedDict()
+        )
         self._cache_size = cache_size
         self._codec = codec
         self._resource = resource
@@ -303,7 +305,9 @@ class GrantService:
             expires=now + self._code_lifetime + 5,
         )
         await self.store.create_grant(record)
-        log.info("grant {grant} created for client {client}", grant=grant_id, client=record.client_ref)
+        log.info(
+            "grant {grant} created for client {client}", grant=grant_id, client=record.client_ref
+        )
         claims = {
             "gid": grant_id,
             "k": _b64e(key),
@@ -324,19 +328,34 @@ class GrantService:
         access_life = max(1, min(self._access_lifetime, hard_stop - now))
         access = self._codec.seal(
             "access",
-            {"gid": gid, "k": key, "cl": cref, "aud": self._resource, "sc": SCOPE,
-             "jti": secrets.token_hex(8)},
+            {
+                "gid": gid,
+                "k": key,
+                "cl": cref,
+                "aud": self._resource,
+                "sc": SCOPE,
+                "jti": secrets.token_hex(8),
+            },
             access_life,
         )
         refresh = self._codec.seal(
             "refresh",
-            {"gid": gid, "k": key, "cl": cref, "aud": self._resource, "sc": SCOPE,
-             "gen": generation, "at": auth_time},
+            {
+                "gid": gid,
+                "k": key,
+                "cl": cref,
+                "aud": self._resource,
+                "sc": SCOPE,
+                "gen": generation,
+                "at": auth_time,
+            },
             max(1, hard_stop - now),
         )
         return TokenSet(access_token=access, refresh_token=refresh, expires_in=access_life)
 
-    def _open_for(self, client: Client, kind: str, token: str, name: str, short: str) -> tuple[dict[str, Any], str]:
+    def _open_for(
+        self, client: Client, kind: str, token: str, name: str, short: str
+    ) -> tuple[dict[str, Any], str]:
         """
         The claims of C{token} (a ``code`` or ``refresh`` token) and the
         client reference it must carry, which must be C{client}'s.
@@ -378,7 +397,9 @@ class GrantService:
         if redirect_uri is None or not hmac.compare_digest(
             str(claims.get("ru", "")).encode("utf-8"), redirect_uri.encode("utf-8")
         ):
-            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
+            raise OAuthError(
+                "invalid_grant", "redirect_uri does not match the authorization request"
+            )
         if not hmac.compare_digest(str(claims.get("cc", "")), pkce_s256(code_verifier)):
             raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
         if resource is not None and canonical_resource(resource, self._resource) is None:
@@ -387,7 +408,10 @@ class GrantService:
         if not isinstance(gid, str) or not isinstance(key, str) or not isinstance(auth_time, int):
             raise OAuthError("invalid_grant", "the authorization code is invalid")
         first = await self.store.activate_grant(
-            gid, str(claims.get("jti")), int(claims.get("exp", 0)), auth_time + self._refresh_lifetime
+            gid,
+            str(claims.get("jti")),
+            int(claims.get("exp", 0)),
+            auth_time + self._refresh_lifetime,
         )
         if not first:
             # A replayed code: whatever the first redemption produced dies.
@@ -396,17 +420,26 @@ class GrantService:
             raise OAuthError("invalid_grant", "the authorization code was already used")
         return self._issue(gid, key, cref, auth_time, 0)
 
-    async def refresh(self, client: Client, refresh_token: str | None, resource: str | None) -> TokenSet:
+    async def refresh(
+        self, client: Client, refresh_token: str | None, resource: str | None
+    ) -> TokenSet:
         """
         The ``refresh_token`` grant, with rotation: the presented token dies,
         and presenting a dead one again revokes the whole family.
         """
         if not refresh_token:
             raise OAuthError("invalid_request", "refresh_token is required")
-        claims, cref = self._open_for(client, "refresh", refresh_token, "the refresh token", "the refresh token")
+        claims, cref = self._open_for(
+            client, "refresh", refresh_token, "the refresh token", "the refresh token"
+        )
         if resource is not None and canonical_resource(resource, self._resource) is None:
             raise OAuthError("invalid_target", "unknown resource")
-        gid, key, gen, auth_time = claims.get("gid"), claims.get("k"), claims.get("gen"), claims.get("at")
+        gid, key, gen, auth_time = (
+            claims.get("gid"),
+            claims.get("k"),
+            claims.get("gen"),
+            claims.get("at"),
+        )
         if (
             not isinstance(gid, str)
             or not isinstance(key, str)
@@ -435,7 +468,9 @@ class GrantService:
                 claims = self._codec.open(kind, token)
             except InvalidToken:
                 continue
-            if hmac.compare_digest(str(claims.get("cl", "")), cref) and isinstance(claims.get("gid"), str):
+            if hmac.compare_digest(str(claims.get("cl", "")), cref) and isinstance(
+                claims.get("gid"), str
+            ):
                 await self.store.revoke_grant(claims["gid"])
                 log.info("grant {grant} revoked by its client", grant=claims["gid"])
             return
@@ -494,7 +529,13 @@ class GrantService:
             smtp_username=creds.smtp_username,
             smtp_password=creds.smtp_password,
         )
-        return account, (float(claims.get("exp", 0)), gid, record.client_ref, record.sealed, account)
+        return account, (
+            float(claims.get("exp", 0)),
+            gid,
+            record.client_ref,
+            record.sealed,
+            account,
+        )
 
 
 def canonical_resource(value: str | None, mcp_url: str) -> str | None:

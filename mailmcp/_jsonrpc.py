@@ -67,7 +67,9 @@ class RPCError(Exception):
         self.status = status
 
 
-def error_message(request_id: RequestId | None, code: int, message: str, data: Any = None) -> dict[str, Any]:
+def error_message(
+    request_id: RequestId | None, code: int, message: str, data: Any = None
+) -> dict[str, Any]:
     """A JSON-RPC error response object (``id`` is kept even when null)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
@@ -121,15 +123,23 @@ def _check_tree(value: Any) -> None:
         node, depth = stack.pop()
         if isinstance(node, str):
             if _has_surrogate(node):
-                raise RPCError(PARSE_ERROR, "Parse error: invalid text (lone surrogate in a string)", status=400)
+                raise RPCError(
+                    PARSE_ERROR,
+                    "Parse error: invalid text (lone surrogate in a string)",
+                    status=400,
+                )
         elif isinstance(node, dict | list):
             if depth > MAX_DEPTH:
-                raise RPCError(PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels", status=400)
+                raise RPCError(
+                    PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels", status=400
+                )
             if isinstance(node, dict):
                 for key, child in node.items():
                     if _has_surrogate(key):
                         raise RPCError(
-                            PARSE_ERROR, "Parse error: invalid text (lone surrogate in a key)", status=400
+                            PARSE_ERROR,
+                            "Parse error: invalid text (lone surrogate in a key)",
+                            status=400,
                         )
                     stack.append((child, depth + 1))
             else:
@@ -150,7 +160,9 @@ def decode_body(body: bytes) -> Any:
     try:
         value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
     except RecursionError:
-        raise RPCError(PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels", status=400) from None
+        raise RPCError(
+            PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels", status=400
+        ) from None
     except ValueError as e:
         # Includes JSONDecodeError, over-long integer literals, our hooks.
         reason = str(e).split("\n", 1)[0][:200]
@@ -179,16 +191,22 @@ def check_envelope(message: Any) -> tuple[RequestId | None, str, dict[str, Any] 
     if isinstance(message, list):
         raise RPCError(INVALID_REQUEST, "Invalid Request: batches are not supported", status=400)
     if not isinstance(message, dict):
-        raise RPCError(INVALID_REQUEST, "Invalid Request: the body must be a JSON-RPC object", status=400)
+        raise RPCError(
+            INVALID_REQUEST, "Invalid Request: the body must be a JSON-RPC object", status=400
+        )
     if message.get("jsonrpc") != "2.0":
         raise RPCError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', status=400)
     if "method" not in message:
         raise RPCError(
-            INVALID_REQUEST, "Invalid Request: only requests and notifications are accepted", status=400
+            INVALID_REQUEST,
+            "Invalid Request: only requests and notifications are accepted",
+            status=400,
         )
     method = message["method"]
     if not isinstance(method, str) or not method or len(method) > MAX_METHOD_LENGTH:
-        raise RPCError(INVALID_REQUEST, 'Invalid Request: "method" must be a short string', status=400)
+        raise RPCError(
+            INVALID_REQUEST, 'Invalid Request: "method" must be a short string', status=400
+        )
     params = message.get("params")
     if params is not None and not isinstance(params, dict):
         raise RPCError(INVALID_REQUEST, 'Invalid Request: "params" must be an object', status=400)

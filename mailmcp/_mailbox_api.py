@@ -58,13 +58,23 @@ class MailboxInfo:
     @property
     def special_use(self) -> str | None:
         for flag in self.flags:
-            if flag.lower() in ("\\sent", "\\drafts", "\\trash", "\\junk", "\\archive", "\\all", "\\flagged"):
+            if flag.lower() in (
+                "\\sent",
+                "\\drafts",
+                "\\trash",
+                "\\junk",
+                "\\archive",
+                "\\all",
+                "\\flagged",
+            ):
                 return flag
         return None
 
     @property
     def selectable(self) -> bool:
-        return not any(f.lower() == "\\noselect" or f.lower() == "\\nonexistent" for f in self.flags)
+        return not any(
+            f.lower() == "\\noselect" or f.lower() == "\\nonexistent" for f in self.flags
+        )
 
 
 @attrs.frozen

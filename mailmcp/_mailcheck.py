@@ -60,7 +60,9 @@ def _kind(failure: Failure | BaseException) -> str:
     return type(value).__name__
 
 
-def _endpoint(reactor: Any, tls: MailTLS, server: MailServer, timeout: float) -> IStreamClientEndpoint:
+def _endpoint(
+    reactor: Any, tls: MailTLS, server: MailServer, timeout: float
+) -> IStreamClientEndpoint:
     tcp = TCP4ClientEndpoint(reactor, server.host, server.port, timeout=max(1, int(timeout)))
     if server.security == "tls":
         return wrapClientTLS(tls.options_for(server.host), tcp)
@@ -167,9 +169,15 @@ class IMAPLoginChecker:
             if isinstance(result, Failure):
                 if result.check(LoginRejected, MailServerUnavailable):
                     return result
-                reason = "timeout" if result.check(defer.TimeoutError, defer.CancelledError) else "error"
-                log.info("IMAP check of {host}:{port} failed: {kind}", host=server.host,
-                         port=server.port, kind=_kind(result))
+                reason = (
+                    "timeout" if result.check(defer.TimeoutError, defer.CancelledError) else "error"
+                )
+                log.info(
+                    "IMAP check of {host}:{port} failed: {kind}",
+                    host=server.host,
+                    port=server.port,
+                    kind=_kind(result),
+                )
                 raise MailServerUnavailable("IMAP", reason)
             return result
 
@@ -189,8 +197,11 @@ class IMAPLoginChecker:
         if server.security == "starttls":
             caps = await proto.getCapabilities()
             if b"STARTTLS" not in caps:
-                log.warn("IMAP server {host}:{port} offers no STARTTLS; refusing to log in",
-                         host=server.host, port=server.port)
+                log.warn(
+                    "IMAP server {host}:{port} offers no STARTTLS; refusing to log in",
+                    host=server.host,
+                    port=server.port,
+                )
                 raise MailServerUnavailable("IMAP", "no-starttls")
             await proto.startTLS(options)
             if not proto.startedTLS:
@@ -201,7 +212,9 @@ class IMAPLoginChecker:
                 # SASL PLAIN carries UTF-8 credentials exactly; quoted LOGIN cannot.
                 response = base64.b64encode(b"\0" + user + b"\0" + secret)
                 await proto.sendCommand(
-                    imap4.Command(b"AUTHENTICATE", b"PLAIN", (), lambda rest: proto.sendLine(response))
+                    imap4.Command(
+                        b"AUTHENTICATE", b"PLAIN", (), lambda rest: proto.sendLine(response)
+                    )
                 )
             elif b"LOGINDISABLED" in caps:
                 raise MailServerUnavailable("IMAP", "login-disabled")
@@ -233,8 +246,15 @@ class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
     debug = False  # no transcript: it would hold the base64 password
 
     def __init__(
-        self, username: bytes, secret: bytes, context: Any, require_tls: bool,
-        identity: bytes, done: Deferred[None], timeout: float, clock: IReactorTime,
+        self,
+        username: bytes,
+        secret: bytes,
+        context: Any,
+        require_tls: bool,
+        identity: bytes,
+        done: Deferred[None],
+        timeout: float,
+        clock: IReactorTime,
     ) -> None:
         super().__init__(secret, context, identity)
         self._clock = clock
@@ -278,7 +298,9 @@ class SMTPLoginChecker:
     is sent.
     """
 
-    def __init__(self, reactor: Any, tls: MailTLS, timeout: float = 20.0, identity: str = "localhost") -> None:
+    def __init__(
+        self, reactor: Any, tls: MailTLS, timeout: float = 20.0, identity: str = "localhost"
+    ) -> None:
         assert IReactorTCP.providedBy(reactor) and IReactorTime.providedBy(reactor)
         self._reactor = reactor
         self._tls = tls
@@ -299,14 +321,22 @@ class SMTPLoginChecker:
                     return result
                 if result.check(smtp.AUTHDeclinedError):
                     raise LoginRejected("SMTP")
-                reason = "timeout" if result.check(defer.TimeoutError, defer.CancelledError, smtp.SMTPTimeoutError) else "error"
+                reason = (
+                    "timeout"
+                    if result.check(defer.TimeoutError, defer.CancelledError, smtp.SMTPTimeoutError)
+                    else "error"
+                )
                 if result.check(smtp.TLSRequiredError, smtp.TLSError):
                     reason = "tls"
                 elif result.check(smtp.AUTHRequiredError, smtp.EHLORequiredError):
                     reason = "no-auth"
                 # Only the type: str() of SMTP errors holds the AUTH transcript.
-                log.info("SMTP check of {host}:{port} failed: {kind}", host=server.host,
-                         port=server.port, kind=_kind(result))
+                log.info(
+                    "SMTP check of {host}:{port} failed: {kind}",
+                    host=server.host,
+                    port=server.port,
+                    kind=_kind(result),
+                )
                 raise MailServerUnavailable("SMTP", reason)
             return result
 
@@ -320,8 +350,14 @@ class SMTPLoginChecker:
         context = self._tls.options_for(server.host) if server.security == "starttls" else None
         outcome: Deferred[None] = Deferred()
         proto = _AuthOnlyESMTPClient(
-            user, secret, context, require_tls=server.security != "plain",
-            identity=self._identity, done=outcome, timeout=self._timeout, clock=self._reactor,
+            user,
+            secret,
+            context,
+            require_tls=server.security != "plain",
+            identity=self._identity,
+            done=outcome,
+            timeout=self._timeout,
+            clock=self._reactor,
         )
         holder.append(proto)
         await connectProtocol(_endpoint(self._reactor, self._tls, server, self._timeout), proto)

@@ -85,7 +85,9 @@ _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 #: MCP 2025-11-25 tool-name rule.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
-_SERVER_INFO = mcp_types.Implementation(name="mailmcp", title="Mail (IMAP/SMTP)", version=__version__)
+_SERVER_INFO = mcp_types.Implementation(
+    name="mailmcp", title="Mail (IMAP/SMTP)", version=__version__
+)
 
 DEFAULT_INSTRUCTIONS = (
     "Tools for the user's own mailbox over IMAP and SMTP. Messages are addressed by folder "
@@ -217,7 +219,9 @@ class MCPApp:
         described: list[dict[str, Any]] = []
         for tool in tools:
             if not _TOOL_NAME.fullmatch(tool.name):
-                raise ValueError(f"tool name {tool.name!r} is not 1-64 characters of [A-Za-z0-9_.-]")
+                raise ValueError(
+                    f"tool name {tool.name!r} is not 1-64 characters of [A-Za-z0-9_.-]"
+                )
             if tool.name in self._tools:
                 raise ValueError(f"two tools are named {tool.name!r}")
             self._tools[tool.name] = tool
@@ -227,7 +231,9 @@ class MCPApp:
                     title=tool.title,
                     description=tool.description,
                     input_schema=_object_schema(tool.input_model, "validation", "input", tool.name),
-                    output_schema=_object_schema(tool.output_model, "serialization", "output", tool.name),
+                    output_schema=_object_schema(
+                        tool.output_model, "serialization", "output", tool.name
+                    ),
                     annotations=mcp_types.ToolAnnotations.model_validate(tool.annotations()),
                 ).model_dump(by_alias=True, exclude_none=True, mode="json")
             )
@@ -268,7 +274,9 @@ class MCPApp:
             request.setHeader(b"allow", b"POST")
             raise _Reply(
                 self._json(
-                    request, 405, error_message(None, INVALID_REQUEST, "Method not allowed: use POST")
+                    request,
+                    405,
+                    error_message(None, INVALID_REQUEST, "Method not allowed: use POST"),
                 )
             )
         self._check_content_type(request)
@@ -276,7 +284,9 @@ class MCPApp:
         body = request.content.read() if request.content is not None else b""
         if len(body) > self._max_body:
             raise _Reply(
-                self._json(request, 413, error_message(None, INVALID_REQUEST, "Request body too large"))
+                self._json(
+                    request, 413, error_message(None, INVALID_REQUEST, "Request body too large")
+                )
             )
         request_id: RequestId | None = None
         era = "legacy"
@@ -318,7 +328,9 @@ class MCPApp:
 
     # -- the gate ------------------------------------------------------------
 
-    def _challenge(self, request: IRequest, status: int, error: str | None, description: str | None) -> _Reply:
+    def _challenge(
+        self, request: IRequest, status: int, error: str | None, description: str | None
+    ) -> _Reply:
         challenge = f'Bearer resource_metadata="{self._resource_metadata}"'
         body: dict[str, str] = {"error": error or "unauthorized"}
         if error is not None:
@@ -340,7 +352,9 @@ class MCPApp:
             )
         values = request.requestHeaders.getRawHeaders(b"authorization") or []
         if len(values) > 1:
-            raise self._challenge(request, 400, "invalid_request", "More than one Authorization header")
+            raise self._challenge(
+                request, 400, "invalid_request", "More than one Authorization header"
+            )
         if not values:
             raise self._challenge(request, 401, None, None)
         scheme, _, credentials = values[0].strip().partition(b" ")
@@ -367,7 +381,9 @@ class MCPApp:
                 )
             ) from None
         if not isinstance(account, MailAccount):
-            log.error("token verifier returned {kind} instead of an account", kind=type(account).__name__)
+            log.error(
+                "token verifier returned {kind} instead of an account", kind=type(account).__name__
+            )
             raise self._challenge(request, 401, "invalid_token", None)
         return account
 
@@ -380,7 +396,11 @@ class MCPApp:
             if origin is not None and origin in self._origins:
                 return
         log.info("refused /mcp request from a foreign Origin")
-        raise _Reply(self._json(request, 403, error_message(None, INVALID_REQUEST, "Forbidden: Origin not allowed")))
+        raise _Reply(
+            self._json(
+                request, 403, error_message(None, INVALID_REQUEST, "Forbidden: Origin not allowed")
+            )
+        )
 
     def _check_content_type(self, request: IRequest) -> None:
         value = request.getHeader(b"content-type")
@@ -389,7 +409,11 @@ class MCPApp:
                 self._json(
                     request,
                     415,
-                    error_message(None, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json"),
+                    error_message(
+                        None,
+                        INVALID_REQUEST,
+                        "Unsupported Media Type: Content-Type must be application/json",
+                    ),
                 )
             )
 
@@ -403,14 +427,18 @@ class MCPApp:
                 self._json(
                     request,
                     406,
-                    error_message(None, INVALID_REQUEST, "Not Acceptable: responses are application/json"),
+                    error_message(
+                        None, INVALID_REQUEST, "Not Acceptable: responses are application/json"
+                    ),
                 )
             )
 
     def _single_header(self, request: IRequest, name: bytes) -> str | None:
         values = request.requestHeaders.getRawHeaders(name) or []
         if len(values) > 1:
-            raise RPCError(HEADER_MISMATCH, f"{name.decode()} header appears more than once", status=400)
+            raise RPCError(
+                HEADER_MISMATCH, f"{name.decode()} header appears more than once", status=400
+            )
         return values[0].decode("latin-1") if values else None
 
     # -- eras ------------------------------------------------------------------
@@ -432,7 +460,9 @@ class MCPApp:
             status=status,
         )
 
-    def _is_modern(self, method: str, params: dict[str, Any] | None, header_version: str | None) -> bool:
+    def _is_modern(
+        self, method: str, params: dict[str, Any] | None, header_version: str | None
+    ) -> bool:
         """Route on the body first: the 2026 envelope or ``server/discover`` make it modern."""
         if method == "server/discover" or header_version in MODERN_VERSIONS:
             return True
@@ -452,7 +482,11 @@ class MCPApp:
         return header_version
 
     def _modern_version(
-        self, request: IRequest, method: str, params: dict[str, Any] | None, header_version: str | None
+        self,
+        request: IRequest,
+        method: str,
+        params: dict[str, Any] | None,
+        header_version: str | None,
     ) -> str:
         """
         The 2026-07-28 validation ladder: the ``_meta`` envelope, then the
@@ -477,18 +511,25 @@ class MCPApp:
         name_header = self._single_header(request, b"mcp-name")
         lenient = False
         if header_version != body_version:
-            if self._lenient and header_version in HANDSHAKE_PROTOCOL_VERSIONS and isinstance(body_version, str):
+            if (
+                self._lenient
+                and header_version in HANDSHAKE_PROTOCOL_VERSIONS
+                and isinstance(body_version, str)
+            ):
                 lenient = True
                 self._log_lenient(meta, header_version, body_version)
             else:
                 raise RPCError(
-                    HEADER_MISMATCH, "MCP-Protocol-Version header does not match params._meta's protocol version"
+                    HEADER_MISMATCH,
+                    "MCP-Protocol-Version header does not match params._meta's protocol version",
                 )
         if method_header != method and not (lenient and method_header is None):
             raise RPCError(HEADER_MISMATCH, "Mcp-Method header does not match the request's method")
         name_key = _NAME_BEARING.get(method)
         if name_key is not None and params is not None and params.get(name_key) is not None:
-            if decode_header_value(name_header) != params[name_key] and not (lenient and name_header is None):
+            if decode_header_value(name_header) != params[name_key] and not (
+                lenient and name_header is None
+            ):
                 raise RPCError(HEADER_MISMATCH, f"Mcp-Name header does not match params.{name_key}")
         if not isinstance(body_version, str):
             raise RPCError(INVALID_PARAMS, "the protocol version in params._meta must be a string")
@@ -496,7 +537,9 @@ class MCPApp:
             raise self._unsupported(body_version)
         return body_version
 
-    def _log_lenient(self, meta: dict[str, Any], header_version: str | None, body_version: str) -> None:
+    def _log_lenient(
+        self, meta: dict[str, Any], header_version: str | None, body_version: str
+    ) -> None:
         info = meta.get(mcp_types.CLIENT_INFO_META_KEY)
         client = "unknown client"
         if isinstance(info, dict):
@@ -518,7 +561,11 @@ class MCPApp:
     def _initialize(self, params: dict[str, Any] | None) -> dict[str, Any]:
         """Negotiate: echo a version we speak, else offer our newest handshake version."""
         requested = params.get("protocolVersion") if params else None
-        version = requested if isinstance(requested, str) and requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
+        version = (
+            requested
+            if isinstance(requested, str) and requested in HANDSHAKE_VERSIONS
+            else LATEST_HANDSHAKE_VERSION
+        )
         self._parse(mcp_methods.parse_client_request, "initialize", version, params)
         result = mcp_types.InitializeResult(
             protocol_version=version,
@@ -589,12 +636,16 @@ class MCPApp:
                 cache_scope="public",
             )
             cached = mcp_methods.serialize_server_result(
-                "server/discover", version, result.model_dump(by_alias=True, exclude_none=True, mode="json")
+                "server/discover",
+                version,
+                result.model_dump(by_alias=True, exclude_none=True, mode="json"),
             )
             self._static_results[("server/discover", version)] = cached
         return cached
 
-    async def _call_tool(self, account: MailAccount, tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def _call_tool(
+        self, account: MailAccount, tool: Tool, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
         """
         Run one tool.  Whatever goes wrong inside becomes an ``isError``
         result the model can read; only cancellation escapes.
@@ -605,17 +656,24 @@ class MCPApp:
             return _error_result(describe_validation_error(tool.name, e))
         started = time.monotonic()
         try:
-            awaitable = tool.handler(ToolContext(account=account, services=self._services), validated)
+            awaitable = tool.handler(
+                ToolContext(account=account, services=self._services), validated
+            )
             if inspect.iscoroutine(awaitable):
                 output = await Deferred.fromCoroutine(awaitable)
             else:
                 output = await awaitable
             if not isinstance(output, tool.output_model):
-                raise TypeError(f"tool returned {type(output).__name__}, not {tool.output_model.__name__}")
+                raise TypeError(
+                    f"tool returned {type(output).__name__}, not {tool.output_model.__name__}"
+                )
             structured = output.model_dump(mode="json", by_alias=True)
         except ToolError as e:
             log.info(
-                "tool {tool} for {owner} failed: {message}", tool=tool.name, owner=account.owner, message=e.message
+                "tool {tool} for {owner} failed: {message}",
+                tool=tool.name,
+                owner=account.owner,
+                message=e.message,
             )
             return _error_result(e.message)
         except (CancelledError, asyncio.CancelledError):
@@ -631,7 +689,11 @@ class MCPApp:
             elapsed=time.monotonic() - started,
         )
         text = json.dumps(structured, ensure_ascii=False)
-        return {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": False}
+        return {
+            "content": [{"type": "text", "text": text}],
+            "structuredContent": structured,
+            "isError": False,
+        }
 
 
 def _error_result(message: str) -> dict[str, Any]:

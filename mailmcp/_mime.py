@@ -115,8 +115,14 @@ def decode_words(value: str, limit: int = MAX_HEADER_CHARS) -> str:
 
 # -- charsets and transfer encodings ----------------------------------------
 
-_CHARSET_ALIASES = {"unicode-1-1-utf-7": "utf-7", "x-unknown": "utf-8", "unknown-8bit": "utf-8",
-                    "ks_c_5601-1987": "cp949", "gb2312": "gb18030", "gbk": "gb18030"}
+_CHARSET_ALIASES = {
+    "unicode-1-1-utf-7": "utf-7",
+    "x-unknown": "utf-8",
+    "unknown-8bit": "utf-8",
+    "ks_c_5601-1987": "cp949",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+}
 
 
 def _codec(charset: str | None) -> str | None:
@@ -168,7 +174,9 @@ def _decode(data: bytes, codec: str, final: bool, errors: str) -> str:
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 
 
-def decode_transfer(data: bytes, encoding: str | None, *, complete: bool = True) -> tuple[bytes, bool]:
+def decode_transfer(
+    data: bytes, encoding: str | None, *, complete: bool = True
+) -> tuple[bytes, bool]:
     """
     Undo a Content-Transfer-Encoding.  C{complete} is False for a prefix cut
     by a partial fetch: a trailing incomplete base64 quantum or ``=X``
@@ -182,7 +190,9 @@ def decode_transfer(data: bytes, encoding: str | None, *, complete: bool = True)
         # Padding is implied by the length; a lone trailing character
         # cannot encode a byte and is a defect.
         rest = len(clean) % 4
-        garbage = len(head[0]) - len(clean) > sum(head[0].count(c) for c in (b"\r", b"\n", b" ", b"\t"))
+        garbage = len(head[0]) - len(clean) > sum(
+            head[0].count(c) for c in (b"\r", b"\n", b" ", b"\t")
+        )
         defect = garbage or (complete and rest == 1)
         if complete and rest in (2, 3):
             clean += b"=" * (4 - rest)
@@ -203,10 +213,41 @@ def decode_transfer(data: bytes, encoding: str | None, *, complete: bool = True)
 
 # -- HTML --------------------------------------------------------------------
 
-_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-                   "param", "source", "track", "wbr"})
-_DROP_WITH_CONTENT = frozenset({"head", "script", "style", "title", "template", "noscript",
-                                "object", "iframe", "svg", "math", "select", "textarea", "button"})
+_VOID = frozenset(
+    {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+    }
+)
+_DROP_WITH_CONTENT = frozenset(
+    {
+        "head",
+        "script",
+        "style",
+        "title",
+        "template",
+        "noscript",
+        "object",
+        "iframe",
+        "svg",
+        "math",
+        "select",
+        "textarea",
+        "button",
+    }
+)
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?:[a-z%]*)?\s*(?:;|$|!)"
     r"|opacity\s*:\s*0(?:\.0*)?\s*(?:;|$|!)|max-height\s*:\s*0(?:px)?\s*(?:;|$|!)",
@@ -252,7 +293,9 @@ class _VisibleHTML(HTMLParser):
     def handle_startendtag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
         self._start(tag, attrs_, self.get_starttag_text() or "", closed=True)
 
-    def _start(self, tag: str, attrs_: list[tuple[str, str | None]], text: str, closed: bool) -> None:
+    def _start(
+        self, tag: str, attrs_: list[tuple[str, str | None]], text: str, closed: bool
+    ) -> None:
         void = closed or tag in _VOID
         if self.hidden_at is not None:
             if not void:
@@ -385,7 +428,10 @@ def _str(value: Any) -> str | None:
 def _int(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return max(value, 0)
-    if isinstance(value, (str, bytes)) and str(value if isinstance(value, str) else value.decode()).isdigit():
+    if (
+        isinstance(value, (str, bytes))
+        and str(value if isinstance(value, str) else value.decode()).isdigit()
+    ):
         return int(value)
     return 0
 
@@ -398,7 +444,7 @@ def _params(value: Any) -> dict[str, str]:
         for i in range(0, len(items) - 1, 2):
             key, val = _str(items[i]), _str(items[i + 1])
             if key is not None and val is not None and len(raw) < 100:
-                raw[key.lower()] = val[:MAX_HEADER_CHARS * 2]
+                raw[key.lower()] = val[: MAX_HEADER_CHARS * 2]
     return _join_rfc2231(raw)
 
 
@@ -498,7 +544,9 @@ def _leaf(node: Sequence[Any], part_id: str, in_related: bool) -> Part:
         ext = 10
     else:
         ext = 7
-    disposition, disposition_params = _disposition(node[ext + 1]) if len(node) > ext + 1 else (None, {})
+    disposition, disposition_params = (
+        _disposition(node[ext + 1]) if len(node) > ext + 1 else (None, {})
+    )
     filename = disposition_params.get("filename") or params.get("name")
     content_id = _str(node[3]) if len(node) > 3 else None
     if content_id:
@@ -581,8 +629,12 @@ def analyse(bodystructure: Any) -> Structure:
     alternatives: dict[str, list[Part]] = {}
     order: list[Part | str] = []
     for part, chain in leaves:
-        named_file = (part.filename is not None and part.disposition is None and bool(chain)
-                      and chain[-1] != "alternative")
+        named_file = (
+            part.filename is not None
+            and part.disposition is None
+            and bool(chain)
+            and chain[-1] != "alternative"
+        )
         if not part.is_text_body_candidate or named_file:
             attachments.append(part)
             continue
@@ -649,8 +701,13 @@ def fetch_budget(part: Part, chars_needed: int) -> int:
 
 # -- headers -----------------------------------------------------------------
 
-_MONTH_NUMBERS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
+_MONTH_NUMBERS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+        start=1,
+    )
+}
 
 
 def _valid(year: int, month: int, day: int, hour: int, minute: int, second: int) -> bool:
@@ -765,13 +822,17 @@ def has_attachments(bodystructure: Any) -> bool:
             return True
         main = (_str(node[0]) or "").lower()
         sub = (_str(node[1]) or "").lower() if len(node) > 1 else ""
-        ext = 8 if main == "text" else 10 if main == "message" and sub in ("rfc822", "global") else 7
+        ext = (
+            8 if main == "text" else 10 if main == "message" and sub in ("rfc822", "global") else 7
+        )
         disposition, _ = _disposition(node[ext + 1]) if len(node) > ext + 1 else (None, {})
         if disposition == "attachment":
             return True
         if main == "text" and sub in ("plain", "html"):
             continue
-        if disposition == "inline" or (disposition is None and in_related and len(node) > 3 and node[3]):
+        if disposition == "inline" or (
+            disposition is None and in_related and len(node) > 3 and node[3]
+        ):
             continue
         return True
     return False

@@ -55,10 +55,26 @@ MAX_PARAM = 8192
 MAX_STATE = 2048
 MAX_TOKEN_BODY = 8192
 MAX_FORM_BODY = 65536
-OAUTH_PARAMS = ("client_id", "redirect_uri", "response_type", "state", "code_challenge",
-                "code_challenge_method", "scope", "resource")
-FORM_FIELDS = ("email", "full_name", "imap_username", "imap_password", "use_same_credentials",
-               "smtp_username", "smtp_password", "csrf_token")
+OAUTH_PARAMS = (
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "scope",
+    "resource",
+)
+FORM_FIELDS = (
+    "email",
+    "full_name",
+    "imap_username",
+    "imap_password",
+    "use_same_credentials",
+    "smtp_username",
+    "smtp_password",
+    "csrf_token",
+)
 
 UNAVAILABLE_TEXT = "Sign-in is temporarily unavailable. Please try again in a minute."
 GENERIC_FAILURE = "Sign-in failed. Nothing was saved; please check the details below and try again."
@@ -148,8 +164,13 @@ class _Page(Element):
     loader = XMLFile(FilePath(str(template_path("login.xhtml"))))
 
     def __init__(
-        self, request: AuthorizeRequest, csrf: str, values: Mapping[str, str],
-        same: bool, errors: list[str], message: str | None,
+        self,
+        request: AuthorizeRequest,
+        csrf: str,
+        values: Mapping[str, str],
+        same: bool,
+        errors: list[str],
+        message: str | None,
     ) -> None:
         super().__init__()
         self._request = request
@@ -177,7 +198,9 @@ class _Page(Element):
 
     @renderer
     def same_checkbox(self, request: IRequest, tag: Tag) -> Tag:
-        box = tags.input(type="checkbox", id="use_same_credentials", name="use_same_credentials", value="1")
+        box = tags.input(
+            type="checkbox", id="use_same_credentials", name="use_same_credentials", value="1"
+        )
         if self._same:
             box(checked="checked")
         return box
@@ -292,8 +315,16 @@ class OAuthApp:
             "response_modes_supported": ["query"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
-            "revocation_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "client_secret_basic",
+                "none",
+            ],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "client_secret_basic",
+                "none",
+            ],
             "scopes_supported": [SCOPE],
             "authorization_response_iss_parameter_supported": True,
         }
@@ -367,15 +398,24 @@ class OAuthApp:
             return str(current.decode("ascii"))
         value = secrets.token_urlsafe(32)
         request.addCookie(  # type: ignore[call-arg]
-            self._csrf_cookie, value.encode("ascii"), path=b"/", httpOnly=True,
-            secure=self._secure_cookie, sameSite="lax",
+            self._csrf_cookie,
+            value.encode("ascii"),
+            path=b"/",
+            httpOnly=True,
+            secure=self._secure_cookie,
+            sameSite="lax",
         )
         return value
 
     async def _login_page(
-        self, request: IRequest, areq: AuthorizeRequest, status: int = 200,
-        values: Mapping[str, str] | None = None, same: bool = True,
-        errors: list[str] | None = None, message: str | None = None,
+        self,
+        request: IRequest,
+        areq: AuthorizeRequest,
+        status: int = 200,
+        values: Mapping[str, str] | None = None,
+        same: bool = True,
+        errors: list[str] | None = None,
+        message: str | None = None,
     ) -> bytes:
         csrf = self._csrf_for(self._csrf_cookie_value(request))
         request.setResponseCode(status)
@@ -391,8 +431,9 @@ class OAuthApp:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"Redirecting.\n"
 
-    def _error_redirect(self, request: IRequest, redirect_uri: str, state: str | None,
-                        error: RedirectError) -> bytes:
+    def _error_redirect(
+        self, request: IRequest, redirect_uri: str, state: str | None, error: RedirectError
+    ) -> bytes:
         params = [("error", error.error), ("error_description", error.description)]
         if state is not None:
             params.append(("state", state))
@@ -406,7 +447,9 @@ class OAuthApp:
         try:
             client = open_client(self._codec, client_id)
         except InvalidToken:
-            raise BadRequest("Unknown application", "This client ID was not issued by this server.") from None
+            raise BadRequest(
+                "Unknown application", "This client ID was not issued by this server."
+            ) from None
         redirect_uri = _single(args, "redirect_uri")
         if not redirect_uri or not client.allows_redirect(redirect_uri):
             raise BadRequest(
@@ -440,11 +483,17 @@ class OAuthApp:
             raise RedirectError("invalid_target", "unknown resource")
         # Unknown scopes are ignored rather than refused (Claude sends some).
         return AuthorizeRequest(
-            client=client, redirect_uri=redirect_uri, state=state,
-            code_challenge=challenge, resource=resource, scope=SCOPE,
+            client=client,
+            redirect_uri=redirect_uri,
+            state=state,
+            code_challenge=challenge,
+            resource=resource,
+            scope=SCOPE,
         )
 
-    async def _authorize_common(self, request: IRequest) -> tuple[AuthorizeRequest | None, bytes | None]:
+    async def _authorize_common(
+        self, request: IRequest
+    ) -> tuple[AuthorizeRequest | None, bytes | None]:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
             return self._validate_authorize(args), None
@@ -480,7 +529,9 @@ class OAuthApp:
         origin = request.getHeader(b"origin")
         # Under Referrer-Policy: no-referrer browsers send "Origin: null" on
         # the form POST; only a real foreign origin is refused outright.
-        if origin not in (None, b"null") and origin.decode("ascii", "replace") != _origin_of(self._issuer):
+        if origin not in (None, b"null") and origin.decode("ascii", "replace") != _origin_of(
+            self._issuer
+        ):
             return False
         cookie = request.getCookie(self._csrf_cookie)
         if not cookie or not token:
@@ -540,7 +591,11 @@ class OAuthApp:
         except Throttled as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
             return await self._login_page(
-                request, areq, 429, kept, same,
+                request,
+                areq,
+                429,
+                kept,
+                same,
                 ["Too many sign-in attempts. Please wait a few minutes before trying again."],
                 GENERIC_FAILURE,
             )
@@ -550,7 +605,11 @@ class OAuthApp:
         except Busy:
             request.setHeader(b"retry-after", b"5")
             return await self._login_page(
-                request, areq, 503, kept, same,
+                request,
+                areq,
+                503,
+                kept,
+                same,
                 ["The service is busy checking other sign-ins. Please try again in a moment."],
                 GENERIC_FAILURE,
             )
@@ -571,8 +630,12 @@ class OAuthApp:
             smtp_password=values["smtp_password"],
         )
         code = await self._grants.login(
-            CodeRequest(client=areq.client, redirect_uri=areq.redirect_uri,
-                        code_challenge=areq.code_challenge, resource=areq.resource),
+            CodeRequest(
+                client=areq.client,
+                redirect_uri=areq.redirect_uri,
+                code_challenge=areq.code_challenge,
+                resource=areq.resource,
+            ),
             credentials,
         )
         params = [("code", code)]
@@ -603,7 +666,9 @@ class OAuthApp:
                 errors.append(f"{label} password: at most 1024 bytes, no control characters.")
         return errors
 
-    async def _check_mail(self, client: Client, values: Mapping[str, str]) -> tuple[str | None, str] | None:
+    async def _check_mail(
+        self, client: Client, values: Mapping[str, str]
+    ) -> tuple[str | None, str] | None:
         """
         IMAP first, then SMTP (only when IMAP accepted).  Returns None, or
         (the username to count a failure against, the line to show).
@@ -619,9 +684,16 @@ class OAuthApp:
                 log.info("{protocol} login rejected by {host}", protocol=label, host=server.host)
                 return user, f"{label}: the mail server rejected this username or password."
             except MailServerUnavailable as e:
-                log.warn("{protocol} server {host} unavailable: {reason}", protocol=label,
-                         host=server.host, reason=e.reason)
-                return None, f"{label}: the mail server could not be reached securely. Please try again later."
+                log.warn(
+                    "{protocol} server {host} unavailable: {reason}",
+                    protocol=label,
+                    host=server.host,
+                    reason=e.reason,
+                )
+                return (
+                    None,
+                    f"{label}: the mail server could not be reached securely. Please try again later.",
+                )
         return None
 
     # -- token endpoint ---------------------------------------------------
@@ -647,7 +719,9 @@ class OAuthApp:
             raise OAuthError("invalid_request", "URL query parameters are not allowed")
         ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype != b"application/x-www-form-urlencoded":
-            raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+            raise OAuthError(
+                "invalid_request", "the body must be application/x-www-form-urlencoded"
+            )
         content = request.content
         body = content.read(MAX_TOKEN_BODY + 1) if content is not None else b""
         if len(body) > MAX_TOKEN_BODY:
@@ -663,7 +737,9 @@ class OAuthApp:
             form[name] = values[0]
         return form
 
-    def _authenticate_client(self, request: IRequest, form: Mapping[str, str]) -> tuple[Client, bool]:
+    def _authenticate_client(
+        self, request: IRequest, form: Mapping[str, str]
+    ) -> tuple[Client, bool]:
         """
         client_secret_basic, client_secret_post, or none (public clients).
 
@@ -715,19 +791,28 @@ class OAuthApp:
                 raise OAuthError("invalid_request", "grant_type is required")
             if grant_type == "authorization_code":
                 tokens = await self._grants.redeem_code(
-                    client, form.get("code"), form.get("redirect_uri"),
-                    form.get("code_verifier"), form.get("resource"),
+                    client,
+                    form.get("code"),
+                    form.get("redirect_uri"),
+                    form.get("code_verifier"),
+                    form.get("resource"),
                 )
             elif grant_type == "refresh_token":
-                tokens = await self._grants.refresh(client, form.get("refresh_token"), form.get("resource"))
+                tokens = await self._grants.refresh(
+                    client, form.get("refresh_token"), form.get("resource")
+                )
             else:
-                raise OAuthError("unsupported_grant_type", "use authorization_code or refresh_token")
+                raise OAuthError(
+                    "unsupported_grant_type", "use authorization_code or refresh_token"
+                )
         except OAuthError as e:
             log.info("token request refused: {error}", error=e.error)
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("token request failed")
-            return self._token_error(request, OAuthError("temporarily_unavailable", "try again later", 503))
+            return self._token_error(
+                request, OAuthError("temporarily_unavailable", "try again later", 503)
+            )
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
@@ -769,7 +854,9 @@ class OAuthApp:
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("revocation failed")
-            return self._token_error(request, OAuthError("temporarily_unavailable", "try again later", 503))
+            return self._token_error(
+                request, OAuthError("temporarily_unavailable", "try again later", 503)
+            )
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {})
@@ -786,7 +873,7 @@ def open_store(config: Config, reactor: Any) -> Any:
     from ._store_sqlite import SQLiteGrantStore
 
     if config.store.startswith("sqlite:"):
-        path = config.store[len("sqlite:"):]
+        path = config.store[len("sqlite:") :]
         try:
             return SQLiteGrantStore(path, reactor)
         except (sqlite3.Error, OSError) as e:
@@ -809,7 +896,9 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
     store.setServiceParent(parent)
     codec = TokenCodec(config.keyring, reactor)
     grants = GrantService(
-        store, codec, config.mcp_url,
+        store,
+        codec,
+        config.mcp_url,
         code_lifetime=config.code_lifetime,
         access_lifetime=config.access_token_lifetime,
         refresh_lifetime=config.refresh_token_lifetime,
@@ -817,7 +906,9 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"
     oauth = OAuthApp(
-        config, codec, grants,
+        config,
+        codec,
+        grants,
         IMAPLoginChecker(reactor, tls, timeout=min(config.imap_timeout, 20.0)),
         SMTPLoginChecker(reactor, tls, timeout=min(config.smtp_timeout, 20.0), identity=identity),
         LoginThrottle(

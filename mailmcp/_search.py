@@ -42,8 +42,20 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 # RFC 5032 WITHIN's YOUNGER/OLDER).
 _NO_ARG = frozenset(
     {
-        "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT",
-        "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN",
+        "ALL",
+        "ANSWERED",
+        "DELETED",
+        "DRAFT",
+        "FLAGGED",
+        "NEW",
+        "OLD",
+        "RECENT",
+        "SEEN",
+        "UNANSWERED",
+        "UNDELETED",
+        "UNDRAFT",
+        "UNFLAGGED",
+        "UNSEEN",
     }
 )
 _STRING_ARG = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
@@ -56,7 +68,9 @@ _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _KEYWORD_RE = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}$")
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext
 _SEQ_NUMBER = r"(?:[1-9][0-9]{0,9}|\*)"
-_UID_SET_RE = re.compile(rf"^{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?(?:,{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?)*$")
+_UID_SET_RE = re.compile(
+    rf"^{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?(?:,{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?)*$"
+)
 _IMAP_DATE_RE = re.compile(r"^([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})$")
 _ISO_DATE_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
 
@@ -84,7 +98,9 @@ def tokenize(query: str) -> list[Token]:
     command line, and no legitimate query needs them.
     """
     if len(query) > MAX_QUERY_CHARS:
-        raise SearchQueryError(f"query is too long ({len(query)} characters, at most {MAX_QUERY_CHARS})")
+        raise SearchQueryError(
+            f"query is too long ({len(query)} characters, at most {MAX_QUERY_CHARS})"
+        )
     bad = _FORBIDDEN_CHARS.search(query)
     if bad is not None:
         raise SearchQueryError(
@@ -107,11 +123,15 @@ def tokenize(query: str) -> list[Token]:
             chars: list[str] = []
             while True:
                 if i >= n:
-                    raise SearchQueryError(f"unterminated quoted string starting at position {start}")
+                    raise SearchQueryError(
+                        f"unterminated quoted string starting at position {start}"
+                    )
                 c = query[i]
                 if c == "\\":
                     if i + 1 >= n:
-                        raise SearchQueryError(f"unterminated quoted string starting at position {start}")
+                        raise SearchQueryError(
+                            f"unterminated quoted string starting at position {start}"
+                        )
                     chars.append(query[i + 1])
                     i += 2
                 elif c == '"':
@@ -132,7 +152,7 @@ def tokenize(query: str) -> list[Token]:
                 if query[i] == "{":
                     raise SearchQueryError(
                         f"IMAP literal syntax ({{n}}) at position {i} is not allowed; "
-                        'write the text in double quotes instead'
+                        "write the text in double quotes instead"
                     )
                 i += 1
             tokens.append(Token("atom", query[start:i], start))
@@ -205,7 +225,9 @@ def search_string(value: str) -> bytes | Literal:
         raise SearchQueryError("search text may not contain line breaks or control characters")
     encoded = value.encode("utf-8", errors="strict")
     if len(encoded) > MAX_STRING_BYTES:
-        raise SearchQueryError(f"search text is too long ({len(encoded)} bytes, at most {MAX_STRING_BYTES})")
+        raise SearchQueryError(
+            f"search text is too long ({len(encoded)} bytes, at most {MAX_STRING_BYTES})"
+        )
     if value.isascii():
         return b'"' + encoded.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return Literal(encoded)
@@ -248,7 +270,9 @@ class _Parser:
     def argument(self, key: str) -> Token:
         token = self.take(f"the argument of {key}")
         if token.kind not in ("atom", "string"):
-            raise SearchQueryError(f"{key} needs an argument, found {token.text!r} at position {token.position}")
+            raise SearchQueryError(
+                f"{key} needs an argument, found {token.text!r} at position {token.position}"
+            )
         return token
 
     def parse(self) -> Node:
@@ -269,7 +293,9 @@ class _Parser:
             while True:
                 nxt = self.peek()
                 if nxt is None:
-                    raise SearchQueryError(f"parenthesis opened at position {token.position} is never closed")
+                    raise SearchQueryError(
+                        f"parenthesis opened at position {token.position} is never closed"
+                    )
                 if nxt.kind == ")":
                     self.pos += 1
                     break
@@ -318,11 +344,21 @@ class _Parser:
                 f"write UID {token.text}"
             )
         if name == "CHARSET":
-            raise SearchQueryError("leave out CHARSET: non-ASCII text is sent as UTF-8 automatically")
+            raise SearchQueryError(
+                "leave out CHARSET: non-ASCII text is sent as UTF-8 automatically"
+            )
         raise SearchQueryError(
             f"unknown search key {token.text[:40]!r} at position {token.position}; known keys: "
-            + ", ".join(sorted(_NO_ARG | _STRING_ARG | _DATE_ARG | _NUMBER_ARG | _KEYWORD_ARG
-                               | {"HEADER", "UID", "NOT", "OR"}))
+            + ", ".join(
+                sorted(
+                    _NO_ARG
+                    | _STRING_ARG
+                    | _DATE_ARG
+                    | _NUMBER_ARG
+                    | _KEYWORD_ARG
+                    | {"HEADER", "UID", "NOT", "OR"}
+                )
+            )
         )
 
 
@@ -371,8 +407,12 @@ class Filters:
     def nodes(self) -> list[Node]:
         out: list[Node] = []
         for name, value in (
-            ("FROM", self.from_), ("TO", self.to), ("CC", self.cc), ("SUBJECT", self.subject),
-            ("TEXT", self.text), ("BODY", self.body),
+            ("FROM", self.from_),
+            ("TO", self.to),
+            ("CC", self.cc),
+            ("SUBJECT", self.subject),
+            ("TEXT", self.text),
+            ("BODY", self.body),
         ):
             if value is not None:
                 out.append(Key(name, (search_string(value),)))

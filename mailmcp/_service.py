@@ -151,7 +151,9 @@ class DrainService(Service):
         if self._in_flight.count:
             log.info("waiting for {count} in-flight requests", count=self._in_flight.count)
         if not await self._within(self._in_flight.when_idle(), deadline):
-            log.warn("shutdown: {count} requests did not finish in time", count=self._in_flight.count)
+            log.warn(
+                "shutdown: {count} requests did not finish in time", count=self._in_flight.count
+            )
         if not await self._within(self._in_flight.close_connections(), deadline):
             log.warn(
                 "shutdown: {count} connections did not close in time",
@@ -244,7 +246,9 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     from ._tls import MailTLS
 
     # One connection per message; TLS verified with the operator's extra CA.
-    tool_services.smtp = SMTPSender(reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout)
+    tool_services.smtp = SMTPSender(
+        reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
+    )
     routes.append(("/mcp", MCPApp(config, verifier, tool_services, all_tools()).app.resource()))
     return routes
 

@@ -508,7 +508,9 @@ class SMTPSender:
         self._reactor = reactor
         self._tls = tls
         self._timeout = timeout
-        self._connect_timeout = connect_timeout if connect_timeout is not None else min(timeout, 30.0)
+        self._connect_timeout = (
+            connect_timeout if connect_timeout is not None else min(timeout, 30.0)
+        )
         self._helo_name = helo_name
         self._in_flight: set[str] = set()
 

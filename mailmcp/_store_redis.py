@@ -82,8 +82,14 @@ class RedisGrantStore(Service):
     `startService` and closed in `stopService`.
     """
 
-    def __init__(self, url: str, clock: IReactorTime, prefix: str = "mailmcp:", poolsize: int = 4,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: IReactorTime,
+        prefix: str = "mailmcp:",
+        poolsize: int = 4,
+        timeout: float = 5.0,
+    ) -> None:
         self._url = url
         self._clock = clock
         self._timeout = timeout
@@ -97,8 +103,13 @@ class RedisGrantStore(Service):
 
     def connect(self) -> None:
         options = parse_redis_url(self._url)
-        common = dict(dbid=options["dbid"], poolsize=self._poolsize, password=options["password"],
-                      connectTimeout=5, replyTimeout=5)
+        common = dict(
+            dbid=options["dbid"],
+            poolsize=self._poolsize,
+            password=options["password"],
+            connectTimeout=5,
+            replyTimeout=5,
+        )
         if "path" in options:
             self._redis = txredisapi.lazyUnixConnectionPool(options["path"], **common)
         else:
@@ -141,12 +152,18 @@ class RedisGrantStore(Service):
     async def _create(self, record: GrantRecord) -> None:
         key = self._grant_key(record.grant_id)
         await self._redis.execute_command(
-            "HSET", key,
-            "client_ref", record.client_ref,
-            "sealed", base64.b64encode(record.sealed).decode("ascii"),
-            "created", str(record.created),
-            "expires", str(record.expires),
-            "gen", str(record.generation),
+            "HSET",
+            key,
+            "client_ref",
+            record.client_ref,
+            "sealed",
+            base64.b64encode(record.sealed).decode("ascii"),
+            "created",
+            str(record.created),
+            "expires",
+            str(record.expires),
+            "gen",
+            str(record.generation),
         )
         await self._redis.execute_command("EXPIRE", key, self._ttl(record.expires))
 
@@ -182,7 +199,9 @@ class RedisGrantStore(Service):
         )
         return int(result) == 1
 
-    def activate_grant(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> Deferred[bool]:
+    def activate_grant(
+        self, grant_id: str, code_id: str, code_expires: int, expires: int
+    ) -> Deferred[bool]:
         return self._deadline(self._activate(grant_id, code_id, code_expires, expires))
 
     async def _rotate(self, grant_id: str, generation: int) -> bool:
@@ -201,14 +220,18 @@ class RedisGrantStore(Service):
         return self._deadline(self._revoke(grant_id))
 
     async def _hit(self, key: str, window: int) -> int:
-        result = await self._redis.eval(_HIT, [f"{self._prefix}count:{key}"], [str(self._now()), int(window)])
+        result = await self._redis.eval(
+            _HIT, [f"{self._prefix}count:{key}"], [str(self._now()), int(window)]
+        )
         return int(result)
 
     def hit(self, key: str, window: int) -> Deferred[int]:
         return self._deadline(self._hit(key, window))
 
     async def _count(self, key: str) -> int:
-        fields = await self._redis.execute_command("HMGET", f"{self._prefix}count:{key}", "count", "until")
+        fields = await self._redis.execute_command(
+            "HMGET", f"{self._prefix}count:{key}", "count", "until"
+        )
         count, until = fields
         if count is None or until is None or float(until) <= self._now():
             return 0

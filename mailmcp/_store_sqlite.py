@@ -73,7 +73,9 @@ class SQLiteGrantStore(Service):
     checkpoints the WAL every C{maintenance_interval} seconds.
     """
 
-    def __init__(self, path: Path | str, clock: IReactorTime, maintenance_interval: float = 60.0) -> None:
+    def __init__(
+        self, path: Path | str, clock: IReactorTime, maintenance_interval: float = 60.0
+    ) -> None:
         self._path = str(path)
         self._clock = clock
         self._interval = maintenance_interval
@@ -152,8 +154,14 @@ class SQLiteGrantStore(Service):
             self._db.execute(
                 "INSERT INTO grants (grant_id, client_ref, sealed, created, expires, generation)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (record.grant_id, record.client_ref, record.sealed, record.created,
-                 record.expires, record.generation),
+                (
+                    record.grant_id,
+                    record.client_ref,
+                    record.sealed,
+                    record.created,
+                    record.expires,
+                    record.generation,
+                ),
             )
 
         return _run(call)
@@ -167,12 +175,20 @@ class SQLiteGrantStore(Service):
             ).fetchone()
             if row is None:
                 return None
-            return GrantRecord(grant_id=row[0], client_ref=row[1], sealed=bytes(row[2]),
-                               created=row[3], expires=row[4], generation=row[5])
+            return GrantRecord(
+                grant_id=row[0],
+                client_ref=row[1],
+                sealed=bytes(row[2]),
+                created=row[3],
+                expires=row[4],
+                generation=row[5],
+            )
 
         return _run(call)
 
-    def activate_grant(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> Deferred[bool]:
+    def activate_grant(
+        self, grant_id: str, code_id: str, code_expires: int, expires: int
+    ) -> Deferred[bool]:
         def call() -> bool:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -196,11 +212,14 @@ class SQLiteGrantStore(Service):
 
     def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
         def call() -> bool:
-            return self._db.execute(
-                "UPDATE grants SET generation = generation + 1"
-                " WHERE grant_id = ? AND generation = ? AND expires > ?",
-                (grant_id, generation, self._now()),
-            ).rowcount == 1
+            return (
+                self._db.execute(
+                    "UPDATE grants SET generation = generation + 1"
+                    " WHERE grant_id = ? AND generation = ? AND expires > ?",
+                    (grant_id, generation, self._now()),
+                ).rowcount
+                == 1
+            )
 
         return _run(call)
 

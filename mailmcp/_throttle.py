@@ -70,7 +70,9 @@ class LoginThrottle:
     ``await throttle.failed(username)`` when the mail server said no.
     """
 
-    def __init__(self, store: IGrantStore, concurrency: int, policy: ThrottlePolicy | None = None) -> None:
+    def __init__(
+        self, store: IGrantStore, concurrency: int, policy: ThrottlePolicy | None = None
+    ) -> None:
         self._store = store
         self._limit = concurrency
         self.policy = policy or ThrottlePolicy()
@@ -84,7 +86,11 @@ class LoginThrottle:
             raise Throttled(policy.user_window, "username")
         attempts = await self._store.hit(address_key(address), policy.ip_window)
         if attempts > policy.ip_attempts:
-            log.info("login throttled for {address} ({attempts} attempts)", address=address, attempts=attempts)
+            log.info(
+                "login throttled for {address} ({attempts} attempts)",
+                address=address,
+                attempts=attempts,
+            )
             raise Throttled(policy.ip_window, "address")
 
     async def failed(self, username: str) -> None:

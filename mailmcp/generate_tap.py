@@ -55,8 +55,18 @@ class Options(OneLineErrorOptions):
         "With --add-key, rotate the key ring instead."
     )
     optParameters = [
-        ["state-dir", None, None, f"State directory of the daemon [env {env_name('state-dir')}; default {DEFAULT_STATE_DIR}]"],
-        ["key-file", None, None, f"Key ring file, if not <state-dir>/keys.json [env {env_name('key-file')}]"],
+        [
+            "state-dir",
+            None,
+            None,
+            f"State directory of the daemon [env {env_name('state-dir')}; default {DEFAULT_STATE_DIR}]",
+        ],
+        [
+            "key-file",
+            None,
+            None,
+            f"Key ring file, if not <state-dir>/keys.json [env {env_name('key-file')}]",
+        ],
         ["imap-host", None, None, "IMAP server host name."],
         ["imap-port", None, None, "IMAP port (default 993 for tls, 143 for starttls)."],
         ["imap-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],

@@ -107,7 +107,9 @@ class IAttachmentStore(Interface):
         :return: an awaitable firing with a `StoredObject`.
         """
 
-    def link(owner: str, obj: Any, filename: str, content_type: str, lifetime: float | None = None) -> str:
+    def link(
+        owner: str, obj: Any, filename: str, content_type: str, lifetime: float | None = None
+    ) -> str:
         """
         A download URL for C{obj}, valid for C{lifetime} seconds (capped by
         configuration), served as an attachment named C{filename}.  Computed

@@ -98,7 +98,9 @@ async def _echo(context: ToolContext, arguments: EchoInput) -> EchoOutput:
     if arguments.text == "fail":
         raise ToolError("You asked the echo tool to fail, so it did.")
     return EchoOutput(
-        text=arguments.text * arguments.times, owner=context.account.owner, email=context.account.email
+        text=arguments.text * arguments.times,
+        owner=context.account.owner,
+        email=context.account.email,
     )
 
 
@@ -122,6 +124,16 @@ def echo_tool() -> Tool[EchoInput, EchoOutput]:
 
 
 __all__ = [
-    "FakeIMAPPool", "FakeIMAPServer", "FakeIMAPSession", "FakeMailbox", "FakeMessage",
-    "EchoInput", "EchoOutput", "FakeTokenVerifier", "echo_tool", "make_account",
-    "MemoryGrantStore", "FakeLoginChecker"]
+    "FakeIMAPPool",
+    "FakeIMAPServer",
+    "FakeIMAPSession",
+    "FakeMailbox",
+    "FakeMessage",
+    "EchoInput",
+    "EchoOutput",
+    "FakeTokenVerifier",
+    "echo_tool",
+    "make_account",
+    "MemoryGrantStore",
+    "FakeLoginChecker",
+]

@@ -67,13 +67,15 @@ class StoredPartIndex:
     """
 
     def __init__(self, max_entries: int = 20_000, max_age: float = 3600.0) -> None:
-        self._entries: OrderedDict[tuple[str, str, int, int, str], tuple[float, Any, FetchedPart]] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[
+            tuple[str, str, int, int, str], tuple[float, Any, FetchedPart]
+        ] = OrderedDict()
         self._max_entries = max_entries
         self._max_age = max_age
 
-    def get(self, key: tuple[str, str, int, int, str], now: float) -> tuple[Any, FetchedPart] | None:
+    def get(
+        self, key: tuple[str, str, int, int, str], now: float
+    ) -> tuple[Any, FetchedPart] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -84,7 +86,9 @@ class StoredPartIndex:
         self._entries.move_to_end(key)
         return obj, part
 
-    def put(self, key: tuple[str, str, int, int, str], now: float, obj: Any, part: FetchedPart) -> None:
+    def put(
+        self, key: tuple[str, str, int, int, str], now: float, obj: Any, part: FetchedPart
+    ) -> None:
         self._entries[key] = (now, obj, part)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
@@ -133,7 +137,9 @@ async def fetch_part(session: IMAPSession, uid: int, part: str, max_bytes: int) 
     if not _PART.match(part):
         raise ToolError("part must be a MIME part number like 2 or 1.2")
     cap = encoded_cap(max_bytes)
-    fetched = await session.fetch(str(int(uid)), f"(UID BODY.PEEK[{part}.MIME] BODY.PEEK[{part}]<0.{cap + 1}>)")
+    fetched = await session.fetch(
+        str(int(uid)), f"(UID BODY.PEEK[{part}.MIME] BODY.PEEK[{part}]<0.{cap + 1}>)"
+    )
     for message in fetched:
         if message.uid == uid:
             break
@@ -153,7 +159,11 @@ async def fetch_part(session: IMAPSession, uid: int, part: str, max_bytes: int) 
 
 
 def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(int(seconds), datetime.UTC).isoformat().replace("+00:00", "Z")
+    return (
+        datetime.datetime.fromtimestamp(int(seconds), datetime.UTC)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
 
 
 async def store_and_link(
@@ -178,7 +188,9 @@ async def store_and_link(
         url = store.link(ctx.account.owner, obj, part.filename, content_type, limit)
     except AttachmentError as e:
         return PartLink(part, len(data), None, None, None, e.message)
-    return PartLink(part, obj.size, obj.sha256, url, _iso(ctx.services.reactor.seconds() + limit), obj=obj)
+    return PartLink(
+        part, obj.size, obj.sha256, url, _iso(ctx.services.reactor.seconds() + limit), obj=obj
+    )
 
 
 async def link_part(
@@ -187,7 +199,9 @@ async def link_part(
     """`fetch_part` then `store_and_link`, for a mailbox already open on C{session}."""
     limits = _limits(ctx)
     fetched = await fetch_part(session, uid, part, limits.max_attachment_bytes)
-    linked = await store_and_link(ctx, fetched.data, fetched.filename, fetched.content_type, lifetime)
+    linked = await store_and_link(
+        ctx, fetched.data, fetched.filename, fetched.content_type, lifetime
+    )
     return attrs.evolve(linked, part=fetched)
 
 
@@ -220,7 +234,7 @@ async def link_parts(
         else:
             budget -= size
             wanted.append(part)
-    for part, _ in parts[limits.max_count:]:
+    for part, _ in parts[limits.max_count :]:
         results[part] = "too many attachments; use get_mail_attachment_link"
     index: StoredPartIndex | None = getattr(ctx.services, "attachment_index", None)
     selected = session.selected
@@ -258,8 +272,12 @@ async def link_parts(
             results[part] = f"over the {limits.max_attachment_bytes}-byte cap; no link"
             continue
         decoded = decode_part(header, body)
-        linked = await store_and_link(ctx, decoded.data, decoded.filename, decoded.content_type, lifetime)
-        results[part] = attrs.evolve(linked, part=decoded) if linked.url else (linked.error or "storage failed")
+        linked = await store_and_link(
+            ctx, decoded.data, decoded.filename, decoded.content_type, lifetime
+        )
+        results[part] = (
+            attrs.evolve(linked, part=decoded) if linked.url else (linked.error or "storage failed")
+        )
         key = index_key(part)
         if index is not None and key is not None and linked.url and linked.obj is not None:
             index.put(key, now, linked.obj, attrs.evolve(decoded, data=b""))
@@ -272,7 +290,9 @@ def _limits(ctx: ToolContext) -> Limits:
     return limits if isinstance(limits, Limits) else Limits()
 
 
-async def resolve_attachment_urls(ctx: ToolContext, urls: Sequence[Any]) -> list[ResolvedAttachment]:
+async def resolve_attachment_urls(
+    ctx: ToolContext, urls: Sequence[Any]
+) -> list[ResolvedAttachment]:
     """
     The attachments behind C{urls}, in order.  Every URL is checked (pure
     signature and ownership checks, no I/O) before any object is read, so a
@@ -308,6 +328,8 @@ async def resolve_attachment_urls(ctx: ToolContext, urls: Sequence[Any]) -> list
             raise ToolError(f"attachment_urls[{index}]: {e.message}") from None
         total += len(item.data)
         if total > limits.max_message_bytes:
-            raise ToolError(f"attachments together are over the {limits.max_message_bytes}-byte cap")
+            raise ToolError(
+                f"attachments together are over the {limits.max_message_bytes}-byte cap"
+            )
         resolved.append(item)
     return resolved

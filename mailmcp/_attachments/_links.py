@@ -86,7 +86,9 @@ class LinkCodec:
 
     def _mac(self, kid: str, payload: str) -> bytes:
         key = self._keyring.subkey(kid, LINK_PURPOSE)
-        return hmac.new(key, f"{kid}.{payload}".encode("ascii"), hashlib.sha256).digest()[:_SIG_BYTES]
+        return hmac.new(key, f"{kid}.{payload}".encode("ascii"), hashlib.sha256).digest()[
+            :_SIG_BYTES
+        ]
 
     def sign(self, claims: LinkClaims) -> str:
         """The URL for C{claims}."""
@@ -101,7 +103,9 @@ class LinkCodec:
         ]
         payload = _b64e(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         kid = self._keyring.current_kid
-        return f"{self.base_url}{DOWNLOAD_PREFIX}{kid}.{payload}?sig={_b64e(self._mac(kid, payload))}"
+        return (
+            f"{self.base_url}{DOWNLOAD_PREFIX}{kid}.{payload}?sig={_b64e(self._mac(kid, payload))}"
+        )
 
     def verify_token(self, token: str, sig: str, *, check_expiry: bool = True) -> LinkClaims:
         """
@@ -159,7 +163,7 @@ class LinkCodec:
             or not parts.path.startswith(self._prefix)
         ):
             raise AttachmentRefused(NOT_OURS)
-        token = parts.path[len(self._prefix):]
+        token = parts.path[len(self._prefix) :]
         if "/" in token or "%" in token:
             raise AttachmentRefused(NOT_OURS)
         query = parse_qs(parts.query, strict_parsing=False)

@@ -102,10 +102,17 @@ class LocalAttachmentStore:
                 f"attachment of {len(data)} bytes is over the {self.limits.max_attachment_bytes}-byte cap"
             )
         tag = owner_tag(self._keyring, owner)
-        obj: StoredObject = await self._in_pool(self._write, tag, bytes(data), self._reactor.seconds())
+        obj: StoredObject = await self._in_pool(
+            self._write, tag, bytes(data), self._reactor.seconds()
+        )
         if obj.created:
             self.puts += 1
-            log.info("stored attachment {sha:.12} ({size} bytes) for {tag:.8}", sha=obj.sha256, size=obj.size, tag=tag)
+            log.info(
+                "stored attachment {sha:.12} ({size} bytes) for {tag:.8}",
+                sha=obj.sha256,
+                size=obj.size,
+                tag=tag,
+            )
         return obj
 
     def _write(self, tag: str, data: bytes, now: float) -> StoredObject:
@@ -222,7 +229,11 @@ class LocalAttachmentStore:
                 except FileNotFoundError:
                     continue
                 except OSError as e:
-                    log.warn("cannot sweep attachment {name}: {error}", name=path.name[:12], error=e.strerror)
+                    log.warn(
+                        "cannot sweep attachment {name}: {error}",
+                        name=path.name[:12],
+                        error=e.strerror,
+                    )
             try:
                 directory.rmdir()  # only succeeds when empty
             except OSError:
@@ -337,7 +348,9 @@ class AttachmentDownloads:
         for name, value in _SECURITY_HEADERS:
             request.setHeader(name, value)
         request.setHeader(b"content-type", safe_content_type(claims.content_type).encode("ascii"))
-        request.setHeader(b"content-disposition", content_disposition(claims.filename).encode("ascii"))
+        request.setHeader(
+            b"content-disposition", content_disposition(claims.filename).encode("ascii")
+        )
         request.setHeader(b"content-length", str(claims.size).encode("ascii"))
         if request.method == b"HEAD":
             f.close()

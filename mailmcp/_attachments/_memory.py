@@ -68,7 +68,12 @@ class MemoryAttachmentStore:
         return StoredObject(key, len(data), sha, created=created)
 
     def link(
-        self, owner: str, obj: StoredObject, filename: str, content_type: str, lifetime: float | None = None
+        self,
+        owner: str,
+        obj: StoredObject,
+        filename: str,
+        content_type: str,
+        lifetime: float | None = None,
     ) -> str:
         lifetime = self.link_lifetime if lifetime is None else min(lifetime, self.link_lifetime)
         return self.codec.sign(

@@ -234,14 +234,24 @@ class S3AttachmentStore:
         except AttachmentError:
             raise
         except Exception as e:
-            log.error("S3 upload of {sha:.12} failed: {kind}: {error}", sha=sha, kind=type(e).__name__, error=str(e)[:300])
+            log.error(
+                "S3 upload of {sha:.12} failed: {kind}: {error}",
+                sha=sha,
+                kind=type(e).__name__,
+                error=str(e)[:300],
+            )
             raise AttachmentError(UNAVAILABLE) from None
         if len(self._known) >= _KNOWN_MAX:
             self._known.clear()
         self._known[key] = stored_at
         if created:
             self.puts += 1
-            log.info("uploaded attachment {sha:.12} ({size} bytes) for {tag:.8}", sha=sha, size=len(data), tag=tag)
+            log.info(
+                "uploaded attachment {sha:.12} ({size} bytes) for {tag:.8}",
+                sha=sha,
+                size=len(data),
+                tag=tag,
+            )
         return StoredObject(key, len(data), sha, created=created)
 
     def _upload_if_missing(self, key: str, data: bytes, sha: str, now: float) -> tuple[bool, float]:
@@ -260,11 +270,18 @@ class S3AttachmentStore:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
             modified = head.get("LastModified")
             written = modified.timestamp() if isinstance(modified, datetime.datetime) else 0.0
-            if int(head.get("ContentLength", -1)) == len(data) and now - written < self.refresh_after:
+            if (
+                int(head.get("ContentLength", -1)) == len(data)
+                and now - written < self.refresh_after
+            ):
                 return False, written
         except ClientError as e:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status != 404 and e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            if status != 404 and e.response.get("Error", {}).get("Code") not in (
+                "404",
+                "NoSuchKey",
+                "NotFound",
+            ):
                 raise
         self._client.put_object(
             Bucket=self.bucket,
@@ -318,7 +335,7 @@ class S3AttachmentStore:
             or "%" in parts.path
         ):
             raise AttachmentRefused(NOT_OURS)
-        match = self._key_pattern.match(parts.path[len(self._base_path):])
+        match = self._key_pattern.match(parts.path[len(self._base_path) :])
         if match is None:
             raise AttachmentRefused(NOT_OURS)
         params: dict[str, str] = {}
@@ -330,9 +347,14 @@ class S3AttachmentStore:
             params[name] = value
         creds = self._credentials()
         allowed = {
-            "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
-            "X-Amz-SignedHeaders", "X-Amz-Signature",
-            "response-content-disposition", "response-content-type",
+            "X-Amz-Algorithm",
+            "X-Amz-Credential",
+            "X-Amz-Date",
+            "X-Amz-Expires",
+            "X-Amz-SignedHeaders",
+            "X-Amz-Signature",
+            "response-content-disposition",
+            "response-content-type",
         }
         if creds.token:
             allowed.add("X-Amz-Security-Token")
@@ -369,10 +391,17 @@ class S3AttachmentStore:
             ]
         )
         to_sign = "\n".join(
-            ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()]
+            [
+                "AWS4-HMAC-SHA256",
+                amz_date,
+                scope,
+                hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            ]
         )
         expected = hmac.new(
-            _signing_key(creds.secret_key, amz_date[:8], self._region), to_sign.encode("utf-8"), hashlib.sha256
+            _signing_key(creds.secret_key, amz_date[:8], self._region),
+            to_sign.encode("utf-8"),
+            hashlib.sha256,
         ).hexdigest()
         if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
             raise AttachmentRefused(TAMPERED)
@@ -400,7 +429,12 @@ class S3AttachmentStore:
         except AttachmentError:
             raise
         except Exception as e:
-            log.error("S3 read of {sha:.12} failed: {kind}: {error}", sha=sha, kind=type(e).__name__, error=str(e)[:300])
+            log.error(
+                "S3 read of {sha:.12} failed: {kind}: {error}",
+                sha=sha,
+                kind=type(e).__name__,
+                error=str(e)[:300],
+            )
             raise AttachmentError(UNAVAILABLE) from None
         if data is None:
             raise AttachmentNotFound(EXPIRED)

@@ -68,7 +68,9 @@ class Sweeper:
 
     def __call__(self) -> Deferred[None]:
         now = self._reactor.seconds()
-        d: Deferred[int] = threads.deferToThreadPool(self._reactor, self._pool, self._store.sweep, now)
+        d: Deferred[int] = threads.deferToThreadPool(
+            self._reactor, self._pool, self._store.sweep, now
+        )
         return d.addCallbacks(self._done, self._failed)
 
     def _done(self, removed: int) -> None:
@@ -82,7 +84,9 @@ class Sweeper:
         log.failure("attachment sweep failed; will try again", failure)
 
 
-def sweeper_service(sweeper: Sweeper, interval: float = SWEEP_INTERVAL, clock: Any = None) -> TimerService:
+def sweeper_service(
+    sweeper: Sweeper, interval: float = SWEEP_INTERVAL, clock: Any = None
+) -> TimerService:
     service = TimerService(interval, sweeper)
     if clock is not None:
         service.clock = clock
@@ -111,7 +115,9 @@ def build_attachments(
     """
     environ = os.environ if environ is None else environ
     limits = Limits(
-        max_attachment_bytes=int(getattr(config, "attachment_max_bytes", DEFAULT_MAX_ATTACHMENT_BYTES)),
+        max_attachment_bytes=int(
+            getattr(config, "attachment_max_bytes", DEFAULT_MAX_ATTACHMENT_BYTES)
+        ),
         max_message_bytes=int(
             getattr(config, "attachments_max_message_bytes", DEFAULT_MAX_MESSAGE_ATTACHMENT_BYTES)
         ),
@@ -125,20 +131,39 @@ def build_attachments(
         root = config.state_dir / "attachments"
         root.mkdir(mode=0o700, exist_ok=True)
         local = LocalAttachmentStore(
-            root, config.keyring, reactor, pool, config.base_url, link_lifetime=lifetime, limits=limits
+            root,
+            config.keyring,
+            reactor,
+            pool,
+            config.base_url,
+            link_lifetime=lifetime,
+            limits=limits,
         )
         sweeper_service(Sweeper(local, reactor, pool)).setServiceParent(service)
-        return Attachments(local, service, [("/attachments/", AttachmentDownloads(local).app.resource())])
+        return Attachments(
+            local, service, [("/attachments/", AttachmentDownloads(local).app.resource())]
+        )
     try:
         settings = S3Settings(config.attachments)
         client, credentials = make_s3_client(environ)
         store = S3AttachmentStore(
-            client, credentials, settings, config.keyring, reactor, pool, link_lifetime=lifetime, limits=limits
+            client,
+            credentials,
+            settings,
+            config.keyring,
+            reactor,
+            pool,
+            link_lifetime=lifetime,
+            limits=limits,
         )
     except (ValueError, AttachmentError) as e:
         # Like a listen failure: one line on stderr and exit status 1, no
         # traceback (this runs inside makeService, past option parsing).
         print(f"mailmcp: --attachments: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    log.info("attachments in S3 bucket {bucket} under {prefix!r}", bucket=settings.bucket, prefix=settings.prefix)
+    log.info(
+        "attachments in S3 bucket {bucket} under {prefix!r}",
+        bucket=settings.bucket,
+        prefix=settings.prefix,
+    )
     return Attachments(store, service, [])

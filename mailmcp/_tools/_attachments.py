@@ -20,7 +20,9 @@ from .._toolkit import Tool, ToolContext, ToolError
 class AttachmentLinkInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    folder: str = Field(min_length=1, max_length=1000, description="Folder holding the message, e.g. INBOX.")
+    folder: str = Field(
+        min_length=1, max_length=1000, description="Folder holding the message, e.g. INBOX."
+    )
     uid: int = Field(ge=1, le=4294967295, description="IMAP UID of the message.")
     part: str = Field(
         pattern=PART_PATTERN,
@@ -28,14 +30,18 @@ class AttachmentLinkInput(BaseModel):
         description="MIME part number of the attachment, as listed by get_mail_message (e.g. 2 or 1.2).",
     )
     uidvalidity: int | None = Field(
-        default=None, ge=1, description="The folder's UIDVALIDITY from get_mail_message; refuses a stale UID."
+        default=None,
+        ge=1,
+        description="The folder's UIDVALIDITY from get_mail_message; refuses a stale UID.",
     )
     inline_text: bool = Field(
         default=False,
         description=f"For text attachments, also return the text itself (up to {INLINE_TEXT_MAX} characters).",
     )
     lifetime: int | None = Field(
-        default=None, ge=60, description="Link lifetime in seconds (capped by the server's maximum)."
+        default=None,
+        ge=60,
+        description="Link lifetime in seconds (capped by the server's maximum).",
     )
 
 
@@ -51,7 +57,9 @@ class AttachmentLinkOutput(BaseModel):
     url: str | None = Field(description="Download link; null when storage failed (see error).")
     expires_at: str | None
     error: str | None = None
-    text: str | None = Field(default=None, description="The attachment's text when inline_text was asked for.")
+    text: str | None = Field(
+        default=None, description="The attachment's text when inline_text was asked for."
+    )
     text_truncated: bool = False
 
 
@@ -69,7 +77,9 @@ def _inline(linked: PartLink) -> tuple[str | None, bool]:
     return text, False
 
 
-async def get_mail_attachment_link(ctx: ToolContext, args: AttachmentLinkInput) -> AttachmentLinkOutput:
+async def get_mail_attachment_link(
+    ctx: ToolContext, args: AttachmentLinkInput
+) -> AttachmentLinkOutput:
     async def operation(session: IMAPSession) -> tuple[int, PartLink]:
         state = await session.examine(args.folder)
         if args.uidvalidity is not None and args.uidvalidity != state.uidvalidity:

@@ -54,7 +54,7 @@ UNKNOWN_OUTCOME_KEYWORD = "$MailMCPDeliveryUnknown"
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Flagged", "\\Answered", "\\Draft")}
 # RFC 9051 atom: printable ASCII except atom-specials ( ) { SP CTL % * " \ ]
-_KEYWORD = re.compile(r'[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}')
+_KEYWORD = re.compile(r"[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}")
 
 SENT_NAMES = ("sent", "sent items", "sent messages", "sent mail")
 DRAFTS_NAMES = ("drafts", "draft")
@@ -76,7 +76,9 @@ def _as_list(value: Any) -> Any:
     return value
 
 
-def _parsed_by(parse: Callable[[str, list[str]], object], field: str) -> Callable[[list[str]], list[str]]:
+def _parsed_by(
+    parse: Callable[[str, list[str]], object], field: str
+) -> Callable[[list[str]], list[str]]:
     """A validator: C{parse(field, values)} must accept the values, which are kept as given."""
 
     def check(values: list[str]) -> list[str]:
@@ -96,10 +98,16 @@ def _check_message_ids(field: str) -> Callable[[list[str]], list[str]]:
 
 Folder = Annotated[
     str,
-    Field(min_length=1, max_length=1000, description="Folder name as listed by list_mailboxes, e.g. INBOX."),
+    Field(
+        min_length=1,
+        max_length=1000,
+        description="Folder name as listed by list_mailboxes, e.g. INBOX.",
+    ),
     AfterValidator(_check_folder),
 ]
-UID = Annotated[int, Field(strict=True, ge=1, le=4294967295, description="IMAP UID of the message.")]
+UID = Annotated[
+    int, Field(strict=True, ge=1, le=4294967295, description="IMAP UID of the message.")
+]
 UIDValidity = Annotated[
     int | None,
     Field(
@@ -149,7 +157,9 @@ class InlineAttachment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: Annotated[str, AfterValidator(lambda v: check_header_text("filename", v))] = Field(
-        min_length=1, max_length=255, description="File name shown to the recipient, e.g. 'report.pdf'."
+        min_length=1,
+        max_length=255,
+        description="File name shown to the recipient, e.g. 'report.pdf'.",
     )
     content_type: str = Field(
         default="application/octet-stream",
@@ -194,12 +204,16 @@ class ComposeInput(BaseModel):
         description="Attachments given inline as base64 with filename and content type (for files "
         "that are not already in the mailbox; to forward one, use attachment_urls).",
     )
-    in_reply_to: Annotated[list[str], BeforeValidator(_as_list), AfterValidator(_check_message_ids("in_reply_to"))] = Field(
+    in_reply_to: Annotated[
+        list[str], BeforeValidator(_as_list), AfterValidator(_check_message_ids("in_reply_to"))
+    ] = Field(
         default_factory=list,
         max_length=1,
         description="When replying: the Message-ID of the message replied to, e.g. '<abc@example.com>'.",
     )
-    references: Annotated[list[str], BeforeValidator(_as_list), AfterValidator(_check_message_ids("references"))] = Field(
+    references: Annotated[
+        list[str], BeforeValidator(_as_list), AfterValidator(_check_message_ids("references"))
+    ] = Field(
         default_factory=list,
         max_length=100,
         description="When replying: the thread's Message-IDs (the original's References plus its Message-ID).",
@@ -249,7 +263,7 @@ def _check_flag(value: str) -> str:
     if not _KEYWORD.fullmatch(value):
         raise ValueError(
             f"{value[:40]!r} is not a valid keyword: 1-64 printable ASCII characters, "
-            "without spaces or ( ) { } % * \" \\ ]"
+            'without spaces or ( ) { } % * " \\ ]'
         )
     return value
 
@@ -335,7 +349,9 @@ class DeleteOutput(BaseModel):
     uidvalidity: int
     action: Literal["moved_to_trash", "deleted_permanently"]
     trash_folder: str | None = None
-    trash_uid: int | None = Field(default=None, description="UID of the message in Trash, when moved.")
+    trash_uid: int | None = Field(
+        default=None, description="UID of the message in Trash, when moved."
+    )
 
 
 class MoveOutput(BaseModel):
@@ -343,7 +359,9 @@ class MoveOutput(BaseModel):
     uid: int
     uidvalidity: int
     destination: str
-    destination_uid: int | None = Field(description="UID in the destination (COPYUID), if the server said.")
+    destination_uid: int | None = Field(
+        description="UID in the destination (COPYUID), if the server said."
+    )
     destination_uidvalidity: int | None
 
 
@@ -368,9 +386,7 @@ async def _imap(ctx: ToolContext, operation: Callable[[IMAPSession], Awaitable[T
         raise ToolError(e.message) from None
 
 
-def find_special(
-    boxes: Sequence[MailboxInfo], special: str, names: Sequence[str]
-) -> str | None:
+def find_special(boxes: Sequence[MailboxInfo], special: str, names: Sequence[str]) -> str | None:
     """
     The folder with SPECIAL-USE attribute C{special} (e.g. ``\\Sent``), else
     the first whose name (or last path component) is one of C{names}.
@@ -448,7 +464,9 @@ async def _attachments(ctx: ToolContext, urls: Sequence[str]) -> list[OutgoingAt
     limits = getattr(store, "limits", None)
     total = sum(len(r.data) for r in resolved)
     if limits is not None and total > limits.max_message_bytes:
-        raise ToolError(f"attachments too large together (at most {limits.max_message_bytes} bytes)")
+        raise ToolError(
+            f"attachments too large together (at most {limits.max_message_bytes} bytes)"
+        )
     return [OutgoingAttachment(r.data, r.filename, r.content_type) for r in resolved]
 
 
@@ -461,20 +479,28 @@ def _attachment_limits(ctx: ToolContext) -> tuple[int, int, int]:
         config = ctx.services.config
         defaults = Limits()
         limits = Limits(
-            max_attachment_bytes=getattr(config, "attachment_max_bytes", defaults.max_attachment_bytes),
-            max_message_bytes=getattr(config, "attachments_max_message_bytes", defaults.max_message_bytes),
+            max_attachment_bytes=getattr(
+                config, "attachment_max_bytes", defaults.max_attachment_bytes
+            ),
+            max_message_bytes=getattr(
+                config, "attachments_max_message_bytes", defaults.max_message_bytes
+            ),
         )
     return limits.max_attachment_bytes, limits.max_message_bytes, limits.max_count
 
 
-def _inline_attachments(ctx: ToolContext, inline: Sequence[InlineAttachment]) -> list[OutgoingAttachment]:
+def _inline_attachments(
+    ctx: ToolContext, inline: Sequence[InlineAttachment]
+) -> list[OutgoingAttachment]:
     """Decode inline base64 attachments, strictly and within the size caps."""
     per_file, _, _ = _attachment_limits(ctx)
     decoded = []
     for index, item in enumerate(inline):
         text = "".join(item.content_base64.split())
         if len(text) > per_file * 4 // 3 + 8:
-            raise ToolError(f"attachments[{index}] ({item.filename}) is over the {per_file}-byte cap")
+            raise ToolError(
+                f"attachments[{index}] ({item.filename}) is over the {per_file}-byte cap"
+            )
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -482,12 +508,16 @@ def _inline_attachments(ctx: ToolContext, inline: Sequence[InlineAttachment]) ->
                 f"attachments[{index}].content_base64 is not valid base64 (standard alphabet, with padding)"
             ) from None
         if len(data) > per_file:
-            raise ToolError(f"attachments[{index}] ({item.filename}) is over the {per_file}-byte cap")
+            raise ToolError(
+                f"attachments[{index}] ({item.filename}) is over the {per_file}-byte cap"
+            )
         decoded.append(OutgoingAttachment(data, item.filename, item.content_type.lower()))
     return decoded
 
 
-async def _compose(ctx: ToolContext, args: ComposeInput, *, require_recipients: bool) -> ComposedMessage:
+async def _compose(
+    ctx: ToolContext, args: ComposeInput, *, require_recipients: bool
+) -> ComposedMessage:
     inline = _inline_attachments(ctx, args.attachments)
     _, per_message, max_count = _attachment_limits(ctx)
     if len(args.attachments) + len(args.attachment_urls) > max_count:
@@ -516,7 +546,9 @@ async def _compose(ctx: ToolContext, args: ComposeInput, *, require_recipients: 
         raise ToolError(str(e)) from None
 
 
-async def _find_by_message_id(session: IMAPSession, folder: str, message_id: str) -> tuple[int, int] | None:
+async def _find_by_message_id(
+    session: IMAPSession, folder: str, message_id: str
+) -> tuple[int, int] | None:
     """(uidvalidity, uid) of a message in C{folder} with this Message-ID, if any."""
     state = await session.examine(folder)
     uids = await session.uid_search([b"HEADER", b"Message-ID", search_string(message_id)])
@@ -548,6 +580,7 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
     message = await _compose(ctx, args, require_recipients=True)
 
     if args.idempotency_key is not None:
+
         async def look(session: IMAPSession) -> tuple[str, tuple[int, int, bool] | None]:
             sent = await _folder_or_special(session, args.folder, "\\Sent", SENT_NAMES)
             if sent is None:
@@ -567,8 +600,10 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
         except ToolError as e:
             # Say whether the mail went out: here it did not (a bare IMAP
             # error would leave the user guessing, and maybe resending).
-            raise ToolError(f"Not sent: {e.message} (while checking Sent for an earlier send "
-                            "with this idempotency_key); nothing was sent.") from None
+            raise ToolError(
+                f"Not sent: {e.message} (while checking Sent for an earlier send "
+                "with this idempotency_key); nothing was sent."
+            ) from None
         if earlier is not None:
             earlier_uidvalidity, earlier_uid, unconfirmed = earlier
             warnings = [
@@ -655,7 +690,12 @@ async def _file_copy(
     except IMAPError as e:
         return None, None, None, [f"sent, but not saved to Sent: {e.message}"]
     if target is None:
-        return None, None, None, ["sent, but not saved: no Sent folder found (pass folder to choose one)"]
+        return (
+            None,
+            None,
+            None,
+            ["sent, but not saved: no Sent folder found (pass folder to choose one)"],
+        )
     return target, uidvalidity, uid, []
 
 
@@ -718,12 +758,19 @@ async def create_draft_mail_message(ctx: ToolContext, args: DraftInput) -> Draft
             earlier = await _find_by_message_id(session, target, message.message_id)
             if earlier is not None:
                 return DraftOutput(
-                    status="already_saved", folder=target, uid=earlier[1], uidvalidity=earlier[0],
+                    status="already_saved",
+                    folder=target,
+                    uid=earlier[1],
+                    uidvalidity=earlier[0],
                     message_id=message.message_id,
                 )
         uidvalidity, uid = await session.append(target, message.copy_bytes, ("\\Draft", "\\Seen"))
         return DraftOutput(
-            status="saved", folder=target, uid=uid, uidvalidity=uidvalidity, message_id=message.message_id
+            status="saved",
+            folder=target,
+            uid=uid,
+            uidvalidity=uidvalidity,
+            message_id=message.message_id,
         )
 
     return await _imap(ctx, save)
@@ -759,20 +806,28 @@ async def delete_mail_message(ctx: ToolContext, args: DeleteInput) -> DeleteOutp
                 "because a plain EXPUNGE would also remove other messages marked deleted"
             )
         if not permanent and trash is None:
-            raise ToolError("no Trash folder found; pass permanent=true to delete the message for good")
+            raise ToolError(
+                "no Trash folder found; pass permanent=true to delete the message for good"
+            )
         state = await _open_message(session, args)
         if permanent:
             await session.uid_store([args.uid], "+FLAGS", ["\\Deleted"], silent=True)
             await session.uid_expunge([args.uid])
             return DeleteOutput(
-                folder=args.folder, uid=args.uid, uidvalidity=state.uidvalidity,
+                folder=args.folder,
+                uid=args.uid,
+                uidvalidity=state.uidvalidity,
                 action="deleted_permanently",
             )
         assert trash is not None
         mapping = await session.uid_move([args.uid], trash)
         return DeleteOutput(
-            folder=args.folder, uid=args.uid, uidvalidity=state.uidvalidity, action="moved_to_trash",
-            trash_folder=trash, trash_uid=mapping.get(args.uid),
+            folder=args.folder,
+            uid=args.uid,
+            uidvalidity=state.uidvalidity,
+            action="moved_to_trash",
+            trash_folder=trash,
+            trash_uid=mapping.get(args.uid),
         )
 
     return await _imap(ctx, delete)
@@ -806,7 +861,9 @@ async def move_mail_message(ctx: ToolContext, args: MoveInput) -> MoveOutput:
     async def move(session: IMAPSession) -> MoveOutput:
         boxes = await session.list_mailboxes()
         if not any(_same_folder(b.name, args.destination) and b.selectable for b in boxes):
-            raise ToolError(f"destination folder {args.destination!r} not found (use list_mailboxes)")
+            raise ToolError(
+                f"destination folder {args.destination!r} not found (use list_mailboxes)"
+            )
         state = await _open_message(session, args)
         mapping = await session.uid_move([args.uid], args.destination)
         destination_uidvalidity: int | None = None
@@ -816,8 +873,11 @@ async def move_mail_message(ctx: ToolContext, args: MoveInput) -> MoveOutput:
         except IMAPError:
             pass
         return MoveOutput(
-            folder=args.folder, uid=args.uid, uidvalidity=state.uidvalidity,
-            destination=args.destination, destination_uid=mapping.get(args.uid),
+            folder=args.folder,
+            uid=args.uid,
+            uidvalidity=state.uidvalidity,
+            destination=args.destination,
+            destination_uid=mapping.get(args.uid),
             destination_uidvalidity=destination_uidvalidity,
         )
 
@@ -854,7 +914,9 @@ async def update_mail_message_flags(ctx: ToolContext, args: FlagsInput) -> Flags
         flags = await _require_uid(session, args.folder, args.uid)
         # \Recent is per-session noise nobody can set or clear.
         shown = [f for f in flags if f.lower() != "\\recent"]
-        return FlagsOutput(folder=args.folder, uid=args.uid, uidvalidity=state.uidvalidity, flags=shown)
+        return FlagsOutput(
+            folder=args.folder, uid=args.uid, uidvalidity=state.uidvalidity, flags=shown
+        )
 
     return await _imap(ctx, update)
 
