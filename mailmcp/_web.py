@@ -17,7 +17,6 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ._http import json_body
-from ._version import __version__
 
 
 class HealthApp:
@@ -32,7 +31,8 @@ class HealthApp:
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:
-        document = {"status": "ok", "version": __version__}
+        # No version: it only helps an attacker pick exploits (LG-05).
+        document = {"status": "ok"}
         if self._base_url is not None:
             document["base_url"] = self._base_url
         body: bytes = json_body(request, 200, document)

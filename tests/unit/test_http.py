@@ -10,6 +10,7 @@ bounded by a timeout.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -247,7 +248,11 @@ def test_unknown_path_is_json_404(site: MailMCPSite) -> None:
 
 
 def test_health_is_json_and_shows_base_url(site: MailMCPSite) -> None:
-    """/health answers 200 JSON with the status, version and configured base URL."""
+    """
+    /health answers 200 JSON with the status and the (public) base URL, and
+    nothing an attacker could use: no version, key or mail-server detail
+    (security.md LG-05).
+    """
     conn = Connection(site)
     conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     response = conn.response()
@@ -255,6 +260,8 @@ def test_health_is_json_and_shows_base_url(site: MailMCPSite) -> None:
     assert b"Content-Type: application/json" in response
     assert b'"status":"ok"' in response
     assert b'"base_url":"http://127.0.0.1:8080"' in response
+    body = json.loads(response.split(b"\r\n\r\n", 1)[1].split(b"\r\n")[1])
+    assert set(body) == {"status", "base_url"}
 
 
 def test_in_flight_when_idle_cancel() -> None:
