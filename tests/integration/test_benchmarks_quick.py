@@ -52,6 +52,7 @@ def test_machine_and_date(report: dict[str, Any]) -> None:
 
 
 def test_no_errors(report: dict[str, Any]) -> None:
+    """The report names its mode, date and machine (cores, Python, Twisted, Dovecot)."""
     errors = {k: v for k, v in report.get("errors", {}).items() if k != "peer"}
     assert errors == {}, json.dumps(errors, indent=2)
 
@@ -67,6 +68,7 @@ def test_no_errors(report: dict[str, Any]) -> None:
     ],
 )
 def test_item_has_numbers(report: dict[str, Any], item: str, keys: list[str]) -> None:
+    """No item but the optional peer reported an error."""
     section = report[item]
     assert "error" not in section, section["error"]
     for key in keys:
@@ -74,6 +76,7 @@ def test_item_has_numbers(report: dict[str, Any], item: str, keys: list[str]) ->
 
 
 def test_concurrency(report: dict[str, Any]) -> None:
+    """Each item carries its latencies and the ratio the issue names."""
     section = report["concurrency"]
     assert "error" not in section, section["error"]
     assert len(section) == 2
@@ -83,6 +86,7 @@ def test_concurrency(report: dict[str, Any]) -> None:
 
 
 def test_peer_measured_or_explained(report: dict[str, Any]) -> None:
+    """Both concurrency levels report success rate, throughput, p99, reactor lag and peak RSS."""
     """The peer needs PyPI for its own venv; when it cannot run, the report must say why."""
     section = report["peer"]
     if "error" in section:
@@ -94,4 +98,5 @@ def test_peer_measured_or_explained(report: dict[str, Any]) -> None:
 
 
 def test_targets_listed(report: dict[str, Any]) -> None:
+    """Every DESIGN §6 target is listed with its verdict."""
     assert len(report["targets"]) == 8

@@ -28,6 +28,7 @@ def test_on_time_timer_has_no_lag() -> None:
 
 
 def test_blocked_reactor_shows_as_lag() -> None:
+    """A timer that fires on time records zero lag."""
     clock, probe = _probe()
     clock.advance(0.02)
     clock.advance(0.5)  # the reactor was busy for 0.48 s past the deadline
@@ -38,6 +39,7 @@ def test_blocked_reactor_shows_as_lag() -> None:
 
 
 def test_window_percentiles_and_stop() -> None:
+    """A reactor busy past the tick's deadline shows as that much lag, in the right bucket."""
     clock, probe = _probe()
     clock.advance(0.02)
     clock.advance(0.12)  # lag 0.1
@@ -52,6 +54,8 @@ def test_window_percentiles_and_stop() -> None:
 
 
 def test_json_and_prometheus_documents() -> None:
+    """The JSON and Prometheus documents carry the counts and nothing that looks like a secret."""
+    """Percentiles can be taken from a point in time on; a stopped probe records nothing more."""
     clock, probe = _probe()
     clock.pump([0.02] * 3)
     app = MetricsApp(probe, in_flight=lambda: 2)
