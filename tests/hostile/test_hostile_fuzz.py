@@ -37,8 +37,8 @@ from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, mak
 
 BASE = "https://mail.example.test"
 TOKEN = "fuzz-token"
-FAST = settings(max_examples=300, deadline=500, suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=120, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=120, deadline=10000, suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
