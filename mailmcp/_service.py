@@ -22,9 +22,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
+from ._attachments import build_attachments
+from ._attachments._helpers import StoredPartIndex
 from ._config import Config
 from ._http import InFlight, MailMCPSite
+from ._imap import IMAPPool
+from ._mcp import MCPApp
 from ._metrics import MetricsApp, ReactorLagProbe
+from ._oauth import build_authorization_server
+from ._smtp import SMTPSender
+from ._tls import MailTLS
+from ._toolkit import ToolServices
+from ._tools import all_tools
 from ._web import HealthApp, Router
 
 log = Logger()
@@ -215,36 +224,22 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
     routes.append(("/metrics", MetricsApp(lag_probe).app.resource()))
-    from ._oauth import build_authorization_server
-
     oauth_resource, verifier = build_authorization_server(config, reactor, parent)
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
     # tool_services.imap / .smtp / .attachments before this point.
-    from ._mcp import MCPApp
-    from ._toolkit import ToolServices
-    from ._tools import all_tools
-
     tool_services = ToolServices(reactor=reactor, config=config)
-    from ._imap import IMAPPool
-
     # Logged-in IMAP connections per account; as a child service it logs
     # them all out when the daemon stops.
     imap_pool = IMAPPool.from_config(config, reactor)
     imap_pool.setName("imap-pool")
     imap_pool.setServiceParent(parent)
     tool_services.imap = imap_pool
-    from ._attachments import build_attachments
-    from ._attachments._helpers import StoredPartIndex
-
     attachments = build_attachments(config, reactor)
     attachments.service.setServiceParent(parent)
     routes += attachments.routes
     tool_services.attachments = attachments.store
     tool_services.attachment_index = StoredPartIndex()
-    from ._smtp import SMTPSender
-    from ._tls import MailTLS
-
     # One connection per message; TLS verified with the operator's extra CA.
     tool_services.smtp = SMTPSender(
         reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
