@@ -33,20 +33,25 @@ def dovecot_logins(services) -> int:
         return 0
 
 
-def test_throttled_attempts_fast_and_offline(services, daemon_factory) -> None:
-    """The 21st attempt from one address in a minute gets 429 + Retry-After, fast, with no IMAP contact."""
-    daemon = daemon_factory(services)
+def login_form(http, daemon, services) -> dict[str, str]:
+    """A filled-in login form (right password) for a fresh client, with its CSRF token."""
     client = generate_client(daemon.state_dir, services)
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     params = {"client_id": client["client_id"], "redirect_uri": "http://127.0.0.1:9/cb",
               "response_type": "code", "state": "s", "code_challenge": challenge,
               "code_challenge_method": "S256"}
+    page = http.get("/oauth/authorize", params=params)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return dict(params, csrf_token=csrf, email=USER, imap_username=USER, imap_password="davepw",
+                use_same_credentials="1")
+
+
+def test_throttled_attempts_fast_and_offline(services, daemon_factory) -> None:
+    """The 21st attempt from one address in a minute gets 429 + Retry-After, fast, with no IMAP contact."""
+    daemon = daemon_factory(services)
     with httpx2.Client(base_url=daemon.base_url, follow_redirects=False, timeout=30) as http:
-        page = http.get("/oauth/authorize", params=params)
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        form = dict(params, csrf_token=csrf, email=USER, imap_username=USER, imap_password="davepw",
-                    use_same_credentials="1")
+        form = login_form(http, daemon, services)
         for _ in range(20):
             assert http.post("/oauth/authorize", data=form).status_code == 303
         time.sleep(0.5)
@@ -72,15 +77,6 @@ def test_throttled_attempts_fast_and_offline(services, daemon_factory) -> None:
 def test_attempt_limit_is_configurable(services, daemon_factory) -> None:
     """--login-attempts-per-address 3 makes the 4th attempt from one address a 429."""
     daemon = daemon_factory(services, "--login-attempts-per-address", "3")
-    client = generate_client(daemon.state_dir, services)
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    params = {"client_id": client["client_id"], "redirect_uri": "http://127.0.0.1:9/cb",
-              "response_type": "code", "state": "s", "code_challenge": challenge,
-              "code_challenge_method": "S256"}
     with httpx2.Client(base_url=daemon.base_url, follow_redirects=False, timeout=30) as http:
-        page = http.get("/oauth/authorize", params=params)
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        form = dict(params, csrf_token=csrf, email=USER, imap_username=USER, imap_password="davepw",
-                    use_same_credentials="1")
+        form = login_form(http, daemon, services)
         assert [http.post("/oauth/authorize", data=form).status_code for _ in range(4)] == [303, 303, 303, 429]
