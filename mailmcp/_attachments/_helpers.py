@@ -166,6 +166,12 @@ def _iso(seconds: float) -> str:
     )
 
 
+def _link_lifetime(store: Any, lifetime: float | None) -> float:
+    """The asked-for link lifetime, capped by the store's configured one."""
+    configured: float = store.link_lifetime
+    return configured if lifetime is None else min(lifetime, configured)
+
+
 async def store_and_link(
     ctx: ToolContext,
     data: bytes,
@@ -184,7 +190,7 @@ async def store_and_link(
         return PartLink(part, len(data), None, None, None, "attachment storage is not configured")
     try:
         obj = await store.put(ctx.account.owner, data, content_type)
-        limit = store.link_lifetime if lifetime is None else min(lifetime, store.link_lifetime)
+        limit = _link_lifetime(store, lifetime)
         url = store.link(ctx.account.owner, obj, part.filename, content_type, limit)
     except AttachmentError as e:
         return PartLink(part, len(data), None, None, None, e.message)
@@ -253,7 +259,7 @@ async def link_parts(
                 continue
             obj, decoded = known
             store = ctx.services.attachments
-            limit = store.link_lifetime if lifetime is None else min(lifetime, store.link_lifetime)
+            limit = _link_lifetime(store, lifetime)
             url = store.link(ctx.account.owner, obj, decoded.filename, decoded.content_type, limit)
             results[part] = PartLink(decoded, obj.size, obj.sha256, url, _iso(now + limit))
             wanted.remove(part)
