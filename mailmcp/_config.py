@@ -79,6 +79,15 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ),
     ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
     ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
+    ("log-level", "info", "Lowest level of log events written: debug, info, warn or error."),
+    (
+        "imap-connect-concurrency",
+        "16",
+        "Most new IMAP connections (connect, TLS, LOGIN) in progress at once; "
+        "further calls wait their turn (bounds reactor lag in a login burst).",
+    ),
+    ("send-burst", "20", "Messages one account may send at once before --sends-per-hour applies."),
+    ("sends-per-hour", "120", "Messages one account may send per hour after its burst."),
 ]
 
 FLAGS: list[tuple[str, str]] = [
@@ -107,7 +116,12 @@ _NUMERIC = {
     "attachment-max-bytes": int,
     "attachments-max-message-bytes": int,
     "shutdown-timeout": float,
+    "imap-connect-concurrency": int,
+    "send-burst": int,
+    "sends-per-hour": float,
 }
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
 
 
 def env_name(option: str) -> str:
@@ -164,6 +178,10 @@ class Config:
     attachments_max_message_bytes: int = 35 * 1024 * 1024
     shutdown_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+    imap_connect_concurrency: int = 16
+    send_burst: int = 20
+    sends_per_hour: float = 120.0
     trust_forwarded: bool = False
     imap_connect_per_call: bool = False
 
@@ -317,6 +335,11 @@ def build_config(
         str(resolved["base-url"]) if resolved["base-url"] else base_url_from_listen(listen)
     )
     origins = tuple(str(resolved["allowed-origins"] or "").split())
+    log_level = str(resolved["log-level"]).strip().lower()
+    if log_level not in LOG_LEVELS:
+        raise usage.UsageError(
+            f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
+        )
 
     return Config(
         listen=tuple(listen),
@@ -327,6 +350,7 @@ def build_config(
         mail_ca_file=ca_file,
         keyring=keyring,
         allowed_origins=origins,
+        log_level=log_level,
         trust_forwarded=bool(resolved["trust-forwarded"]),
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
         **numbers,  # type: ignore[arg-type]

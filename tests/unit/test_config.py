@@ -167,6 +167,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_LOGIN_CONCURRENCY": "17",
         "MAILMCP_SHUTDOWN_TIMEOUT": "18",
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
+        "MAILMCP_LOG_LEVEL": "Debug",
         "MAILMCP_TRUST_FORWARDED": "true",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
     }
@@ -205,9 +206,16 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         login_concurrency=17,
         shutdown_timeout=18.0,
         allowed_origins=("https://c.example",),
+        log_level="debug",
         trust_forwarded=True,
         imap_connect_per_call=True,
     ), **extra)
+
+
+def test_log_level_refuses_unknown_levels(tmp_path: Path) -> None:
+    """An unknown --log-level is one clear usage error naming the choices."""
+    with pytest.raises(usage.UsageError, match="debug, info, warn, error"):
+        parse(["--log-level", "chatty"], {"MAILMCP_STATE_DIR": str(tmp_path)})
 
 
 def test_key_file_from_environment(tmp_path: Path) -> None:
