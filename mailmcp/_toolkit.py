@@ -69,8 +69,9 @@ class ToolServices:
     """
     The shared, long-lived parts tool handlers use, built once by
     ``mailmcp._service``: the reactor (clock), the daemon's config, the IMAP
-    pool (`mailmcp._mailbox_api.IMAPPoolAPI`), the SMTP sender and the
-    attachment store.  Tests build one with their own parts.
+    pool (`mailmcp._mailbox_api.IMAPPoolAPI`), the SMTP sender, the
+    per-account send limiter (`mailmcp._sendrate.SendRateLimiter`; None: no
+    limit) and the attachment store.  Tests build one with their own parts.
     """
 
     reactor: Any
@@ -79,3 +80,4 @@ class ToolServices:
     smtp: Any = None
     attachments: Any = None
     attachment_index: Any = None
+    send_limiter: Any = None
