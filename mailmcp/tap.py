@@ -62,7 +62,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = _reactor
     assert IReactorCore.providedBy(reactor)
+    from ._logging import set_log_level
     from ._service import build_service
 
+    set_log_level(options.config.log_level)
     service: IService = build_service(options.config, reactor)
     return service

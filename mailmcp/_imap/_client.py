@@ -32,10 +32,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from .._logging import Logger, debug_enabled
 from .._mailbox_api import IMAPError, Literal
 from ._parser import RawResponse, Value, split_code
 
@@ -505,16 +505,17 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         self._waiting = tag
         writes = layout(tag, cmd.name, cmd.pieces, cmd.literal_plus)
         cmd.writes = writes[1:]
-        arguments = cmd.log_args if cmd.log_args is not None else describe(cmd.pieces)
-        command = cmd.name.decode("ascii", "replace")
-        log.debug(
-            "IMAP {label} C: {tag} {imap_command} {imap_arguments}",
-            label=self.label,
-            tag=tag.decode("ascii"),
-            imap_command=command,
-            imap_arguments=arguments,
-        )
-        if self.observer is not None:
-            self.observer(command, arguments)
+        if self.observer is not None or debug_enabled():
+            arguments = cmd.log_args if cmd.log_args is not None else describe(cmd.pieces)
+            command = cmd.name.decode("ascii", "replace")
+            log.debug(
+                "IMAP {label} C: {tag} {imap_command} {imap_arguments}",
+                label=self.label,
+                tag=tag.decode("ascii"),
+                imap_command=command,
+                imap_arguments=arguments,
+            )
+            if self.observer is not None:
+                self.observer(command, arguments)
         assert self.transport is not None
         self.transport.write(writes[0])

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.interfaces import ITLSTransport
-from twisted.logger import Logger
 
 from .._clients import is_loopback_host
+from .._logging import Logger
 from .._mailbox_api import (
     FetchedMessage,
     IMAPAuthError,

@@ -87,9 +87,13 @@ def login(rec: Recorder, client_id: str, password: str, smtp_password: str | Non
 
 
 def test_no_secret_in_logs_or_pages(services, daemon_factory) -> None:
-    """No password, secret, code or token appears in the daemon log; no password in any page or error."""
+    """
+    No password, secret, code or token appears in the daemon log; no
+    password in any page or error.  The daemon runs at ``--log-level debug``,
+    the most verbose level, which also traces every IMAP command.
+    """
     add_canary_user(services)
-    daemon = daemon_factory(services)
+    daemon = daemon_factory(services, "--log-level", "debug")
     client = generate_client(daemon.state_dir, services)
     cid, secret = client["client_id"], client["client_secret"]
     rec = Recorder(daemon.base_url)
@@ -148,6 +152,7 @@ def test_no_secret_in_logs_or_pages(services, daemon_factory) -> None:
     time.sleep(0.5)  # let the log file catch up
     log = daemon.log_text()
     assert len(log) > 1000
+    assert " C: " in log and "LOGIN <credentials redacted>" in log, "the debug IMAP trace is missing"
     for value in forms_of(PASSWORD) + forms_of(WRONG) + forms_of(WRONG_SMTP):
         assert value not in log, f"a password form leaked into the log: {value[:12]}..."
         for where, body in rec.bodies:

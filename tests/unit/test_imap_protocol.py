@@ -717,17 +717,37 @@ def test_mailbox_name_quoting() -> None:
 
 
 def test_each_command_is_a_log_event_with_secrets_redacted() -> None:
-    """Every command emits a log event (name, arguments); LOGIN's are redacted."""
+    """
+    At ``--log-level debug`` every command emits a log event (name,
+    arguments); LOGIN's are redacted.
+    """
     from twisted.logger import capturedLogs, formatEvent
 
-    with capturedLogs() as events:
-        wire = logged_in()
-        run(wire.session.select("INBOX"))
+    from mailmcp._logging import set_log_level
+
+    set_log_level("debug")
+    try:
+        with capturedLogs() as events:
+            wire = logged_in()
+            run(wire.session.select("INBOX"))
+    finally:
+        set_log_level("info")
     commands = [(e["imap_command"], e["imap_arguments"]) for e in events if "imap_command" in e]
     assert commands == [("LOGIN", "<credentials redacted>"), ("SELECT", '"INBOX"')]
     text = "\n".join(formatEvent(e) for e in events)
     assert "secret" not in text and "alice@example.test" not in text
     assert 'C: 0002 SELECT "INBOX"' in text
+
+
+def test_commands_are_not_logged_at_the_default_level() -> None:
+    """At the default ``info`` level the per-command trace is not even built."""
+    from twisted.logger import capturedLogs
+
+    with capturedLogs() as events:
+        wire = logged_in()
+        run(wire.session.select("INBOX"))
+    assert wire.sent().endswith(b'SELECT "INBOX"\r\n')
+    assert [e for e in events if "imap_command" in e] == []
 
 
 @settings(max_examples=60, deadline=None)
