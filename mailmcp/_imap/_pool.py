@@ -18,6 +18,12 @@ of connect + TLS + LOGIN + SELECT + LOGOUT (DESIGN.md §3.5, §6).
 - A connection that broke during an operation is discarded; the operation
   is retried once on a fresh connection only when it is ``read_only`` and
   the failure is transient.  `IMAPAuthError` is never retried.
+- At most ``connect_concurrency`` new connections (connect, TLS, LOGIN) are
+  in progress at once; the rest wait their turn.  A burst of first calls
+  from a thousand accounts would otherwise run a thousand TLS handshakes in
+  the same reactor iterations and stall every warm call for seconds.  A slot
+  is held for at most ``connect_slot_hold`` seconds, so a mail server that
+  stalls its greeting cannot block other accounts' logins for long.
 - ``connect_per_call=True`` disables pooling (connect, log in, run, log
   out), the baseline the benchmarks compare against.
 """
@@ -30,14 +36,14 @@ from typing import Any, TypeVar
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._logging import Logger
 from .._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
 from .._tls import MailTLS
 from ._client import DEFAULT_MAX_LINE, DEFAULT_MAX_LITERAL, IMAPClientProtocol
@@ -100,9 +106,13 @@ class IMAPPool(Service):
         endpoint_factory: Callable[[Any], IStreamClientEndpoint] | None = None,
         clock: IReactorTime | None = None,
         logout_timeout: float = 2.0,
+        connect_concurrency: int = 16,
+        connect_slot_hold: float = 1.0,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
+        if connect_concurrency < 1:
+            raise ValueError("connect_concurrency must be at least 1")
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.tls = tls
@@ -118,9 +128,11 @@ class IMAPPool(Service):
         self.max_literal = max_literal
         self.endpoint_factory = endpoint_factory
         self.command_observers: list[CommandObserver] = []
+        self.connect_slot_hold = connect_slot_hold
+        self._connect_gate = DeferredSemaphore(connect_concurrency)
         self.stats: dict[str, int] = {
             "connections": 0, "leases": 0, "reused": 0, "discarded": 0, "expired": 0,
-            "retries": 0, "evicted": 0, "busy": 0,
+            "retries": 0, "evicted": 0, "busy": 0, "connect_waits": 0,
         }  # fmt: skip
         self._slots: dict[str, _Slots] = {}
         self._lru: dict[_Connection, None] = {}
@@ -139,6 +151,7 @@ class IMAPPool(Service):
             "idle_timeout": config.pool_idle_timeout,
             "command_timeout": config.imap_timeout,
             "connect_per_call": bool(getattr(config, "imap_connect_per_call", False)),
+            "connect_concurrency": getattr(config, "imap_connect_concurrency", 16),
         }
         settings.update(overrides)
         return cls(reactor, MailTLS(config.mail_ca_file), **settings)
@@ -336,8 +349,7 @@ class IMAPPool(Service):
         session = Session(protocol)
         conn = _Connection(session=session, key=key, label=label, last_used=self.clock.seconds())
         try:
-            await self._connect(account, protocol)
-            await session.open(account, self.tls.options_for(account.imap.host))
+            await self._gated_login(account, protocol, session)
         except BaseException:
             self._close(conn)
             raise
@@ -352,6 +364,39 @@ class IMAPPool(Service):
             security=account.imap.security,
         )
         return conn
+
+    async def _gated_login(
+        self, account: Any, protocol: IMAPClientProtocol, session: Session
+    ) -> None:
+        """Connect and log in holding a slot of the connect gate (see the module docstring)."""
+        gate = self._connect_gate
+        if gate.tokens == 0:
+            self.stats["connect_waits"] += 1
+        waiting = gate.acquire()
+        waiting.addTimeout(self.wait_timeout, self.clock)
+        try:
+            await waiting
+        except DeferredTimeoutError:
+            self.stats["busy"] += 1
+            raise IMAPError("the server is busy logging in to other mailboxes, try again") from None
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                gate.release()
+
+        timer = self.clock.callLater(self.connect_slot_hold, release)
+        try:
+            if self._closing:
+                raise IMAPError("the server is shutting down")
+            await self._connect(account, protocol)
+            await session.open(account, self.tls.options_for(account.imap.host))
+        finally:
+            if timer.active():
+                timer.cancel()
+            release()
 
     async def _connect(self, account: Any, protocol: IMAPClientProtocol) -> None:
         server = account.imap
