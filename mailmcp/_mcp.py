@@ -22,6 +22,7 @@ Nothing here touches IMAP except a tool handler run by ``tools/call``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import re
@@ -36,7 +37,6 @@ from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -58,6 +58,7 @@ from ._jsonrpc import (
     error_message,
     result_message,
 )
+from ._logging import Logger
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
 from ._toolkit import Tool, ToolContext, ToolError
 from ._version import __version__
@@ -242,8 +243,10 @@ class MCPApp:
         self._lenient_clients_logged: set[tuple[str, str]] = set()
         # Serialise the static results once now: a tool whose schema the
         # wire model refuses fails at startup, not on the first tools/list.
+        self._result_keys: dict[str, frozenset[str]] = {}
         for version in ALL_VERSIONS:
             self._tools_list_result(version)
+            self._tool_result_keys(version)
         self._discover_result()
 
     # -- HTTP ----------------------------------------------------------------
@@ -296,13 +299,18 @@ class MCPApp:
             header_version = self._single_header(request, b"mcp-protocol-version")
             if request_id is None:
                 return self._notification(request, method, header_version)
+            result: dict[str, Any] | _ToolText
             if method == "initialize":
                 result = self._initialize(params)
             elif self._is_modern(method, params, header_version):
                 era = "modern"
                 version = self._modern_version(request, method, params, header_version)
                 result = await self._dispatch(account, method, version, params)
-                result.setdefault("_meta", {})[mcp_types.SERVER_INFO_META_KEY] = self._server_info
+                meta = {mcp_types.SERVER_INFO_META_KEY: self._server_info}
+                if isinstance(result, _ToolText):
+                    result.meta = meta
+                else:
+                    result.setdefault("_meta", {}).update(meta)
             else:
                 version = self._legacy_version(header_version)
                 result = await self._dispatch(account, method, version, params)
@@ -312,17 +320,21 @@ class MCPApp:
                 status = ERROR_CODE_HTTP_STATUS.get(e.code, 200) if era == "modern" else 200
             return self._json(request, status, error_message(request_id, e.code, e.message, e.data))
         assert request_id is not None
+        if isinstance(result, _ToolText):
+            return self._reply(request, 200, result.message(request_id))
         return self._json(request, 200, result_message(request_id, result))
 
     def _json(self, request: IRequest, status: int, message: Any) -> bytes:
+        return self._reply(request, status, encode(message))
+
+    def _reply(self, request: IRequest, status: int, data: bytes) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        data: bytes = encode(message)
         request.setHeader(b"content-length", str(len(data)).encode("ascii"))
         return data
 
-    @property
+    @functools.cached_property
     def _server_info(self) -> dict[str, Any]:
         return _SERVER_INFO.model_dump(by_alias=True, exclude_none=True, mode="json")
 
@@ -587,7 +599,7 @@ class MCPApp:
 
     async def _dispatch(
         self, account: MailAccount, method: str, version: str, params: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | _ToolText:
         if method not in _SERVED:
             # Methods of capabilities this server does not declare (prompts,
             # resources, completion, logging, subscriptions) and unknown ones.
@@ -607,9 +619,34 @@ class MCPApp:
             if tool is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown tool: {name[:64]!r}")
             data = await self._call_tool(account, tool, request.params.arguments or {})
+            if isinstance(data, _ToolText):
+                data.keys = self._tool_result_keys(version)
+                return data
             data["resultType"] = "complete"  # dropped again for the handshake era
             return mcp_methods.serialize_server_result("tools/call", version, data)
         raise RPCError(METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
+
+    def _tool_result_keys(self, version: str) -> frozenset[str]:
+        """
+        The top-level fields a successful tools/call result keeps in
+        C{version}, learnt once from the wire model so that `_ToolText`
+        writes exactly what `serialize_server_result` would.
+        """
+        keys = self._result_keys.get(version)
+        if keys is None:
+            sample = {
+                "content": [{"type": "text", "text": "{}"}],
+                "structuredContent": {"k": "v"},
+                "isError": False,
+                "resultType": "complete",
+            }
+            shaped = mcp_methods.serialize_server_result("tools/call", version, sample)
+            if shaped.get("content") != sample["content"] or set(shaped) - set(sample):
+                raise RuntimeError(f"tools/call results of {version} changed shape: {shaped!r}")
+            keys = self._result_keys[version] = frozenset(
+                k for k, v in shaped.items() if v == sample[k]
+            )
+        return keys
 
     def _tools_list_result(self, version: str) -> dict[str, Any]:
         cached = self._static_results.get(("tools/list", version))
@@ -645,7 +682,7 @@ class MCPApp:
 
     async def _call_tool(
         self, account: MailAccount, tool: Tool, arguments: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | _ToolText:
         """
         Run one tool.  Whatever goes wrong inside becomes an ``isError``
         result the model can read; only cancellation escapes.
@@ -688,12 +725,55 @@ class MCPApp:
             owner=account.owner,
             elapsed=time.monotonic() - started,
         )
-        text = json.dumps(structured, ensure_ascii=False)
-        return {
-            "content": [{"type": "text", "text": text}],
-            "structuredContent": structured,
-            "isError": False,
-        }
+        return _ToolText(json.dumps(structured, ensure_ascii=False))
+
+
+class _ToolText:
+    """
+    A successful ``tools/call`` result, kept as the JSON text of the tool's
+    structured output: that text is the text content and, verbatim, the
+    ``structuredContent`` (JSON does not mind the spaces), so a listing is
+    encoded once instead of three times (DESIGN §6: the warm path is CPU).
+    """
+
+    __slots__ = ("text", "keys", "meta")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.keys: frozenset[str] = frozenset()
+        self.meta: dict[str, Any] | None = None
+
+    def message(self, request_id: RequestId) -> bytes:
+        """The whole JSON-RPC response, as `encode` would write it."""
+        text = self.text
+        try:
+            return self._assemble(request_id, text, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate from a broken header: escape, as `encode` does.
+            text = json.dumps(json.loads(text), ensure_ascii=True)
+            return self._assemble(request_id, text, ensure_ascii=True).encode("ascii")
+
+    def _assemble(self, request_id: RequestId, text: str, *, ensure_ascii: bool) -> str:
+        parts = [
+            '{"jsonrpc":"2.0","id":',
+            json.dumps(request_id),
+            ',"result":{"content":[{"type":"text","text":',
+            json.dumps(text, ensure_ascii=ensure_ascii),
+            "}]",
+        ]
+        if "structuredContent" in self.keys:
+            parts += [',"structuredContent":', text]
+        if "isError" in self.keys:
+            parts.append(',"isError":false')
+        if "resultType" in self.keys:
+            parts.append(',"resultType":"complete"')
+        if self.meta is not None:
+            parts += [
+                ',"_meta":',
+                json.dumps(self.meta, ensure_ascii=ensure_ascii, separators=(",", ":")),
+            ]
+        parts.append("}}")
+        return "".join(parts)
 
 
 def _error_result(message: str) -> dict[str, Any]:

@@ -477,6 +477,48 @@ def test_tools_call_returns_structured_and_text(client: Client) -> None:
     assert result["content"][0]["type"] == "text"
 
 
+@pytest.mark.parametrize("version", ["2025-03-26", "2025-06-18", "2025-11-25", MODERN])
+def test_tools_call_result_is_what_the_wire_model_writes(client: Client, version: str) -> None:
+    """
+    The result, encoded once as text and reused as structuredContent, is
+    exactly what serialize_server_result writes for the same data in that
+    protocol version.
+    """
+    from mcp_types import methods as mcp_methods
+
+    if version == MODERN:
+        message = modern("tools/call", {"name": "echo", "arguments": {"text": 'q"\\x\u2028', "times": 2}}, 9)
+        headers = modern_headers("tools/call", "echo")
+    else:
+        message = call("echo", {"text": 'q"\\x\u2028', "times": 2}, request_id=9)
+        headers = {b"mcp-protocol-version": [version.encode()]}
+    code, body = client.rpc(message, headers=headers)
+    assert code == 200 and body["id"] == 9 and body["jsonrpc"] == "2.0"
+    result = dict(body["result"])
+    result.pop("_meta", None)
+    structured = {"text": 'q"\\x\u2028q"\\x\u2028', "owner": "grant-1", "email": "alice@example.test"}
+    expected = mcp_methods.serialize_server_result("tools/call", version, {
+        "content": [{"type": "text", "text": json.dumps(structured, ensure_ascii=False)}],
+        "structuredContent": structured,
+        "isError": False,
+        "resultType": "complete",
+    })
+    assert result == expected
+    assert (version == MODERN) == ("resultType" in result) == ("_meta" in body["result"])
+
+
+def test_tools_call_lone_surrogate_is_escaped_not_a_failure(client: Client) -> None:
+    """A lone surrogate (from a broken header) comes out \\u-escaped in valid UTF-8 JSON."""
+    code, body = client.rpc(b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":'
+                            b'{"name":"echo","arguments":{"text":"a\\ud800b"}}}')
+    assert code == 400 and body["error"]["code"] == -32700  # refused at the door ...
+    from mailmcp._mcp import _ToolText
+
+    raw = _ToolText(json.dumps({"text": "a\ud800b"}, ensure_ascii=False)).message(3)
+    raw.decode("utf-8")  # ... and, should a tool produce one, the response is still UTF-8
+    assert json.loads(raw)["result"]["content"][0]["text"] == json.dumps({"text": "a\ud800b"})
+
+
 def test_tools_call_bad_arguments_is_tool_error(client: Client) -> None:
     """Input validation errors are isError results naming the field, not JSON-RPC errors."""
     code, body = client.rpc(call("echo", {"times": 50, "extra": "s3cret-value"}))
