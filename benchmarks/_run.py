@@ -804,6 +804,8 @@ async def run(quick: bool, keep: bool = False, profile: Path | None = None) -> d
 
         overrides = json.loads(os.environ["MAILMCP_BENCH_SIZES"])
         sizes = attrs.evolve(sizes, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    # e.g. MAILMCP_BENCH_ONLY=warm,concurrency while working on one item
+    only = set(filter(None, os.environ.get("MAILMCP_BENCH_ONLY", "").split(",")))
     workdir = Path(tempfile.mkdtemp(prefix="mailmcp-bench-"))
     workdir.chmod(0o755)
     bench = Bench(sizes, quick, workdir)
@@ -832,6 +834,8 @@ async def run(quick: bool, keep: bool = False, profile: Path | None = None) -> d
             *((("profile", lambda: bench.profile(sizes.throughput_seconds * 2)),) if profile else ()),
             ("peer", bench.peer),
         ):
+            if only and name not in only:
+                continue
             log(f"measuring {name}")
             try:
                 await phase()
