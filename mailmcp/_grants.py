@@ -400,7 +400,15 @@ class GrantService:
             raise OAuthError(
                 "invalid_grant", "redirect_uri does not match the authorization request"
             )
-        if not hmac.compare_digest(str(claims.get("cc", "")), pkce_s256(code_verifier)):
+        challenge = claims.get("cc")
+        if not isinstance(challenge, str) or not challenge:
+            # OT-07 (RFC 9700 §4.8.2): a verifier for a code issued without a
+            # challenge is a downgrade attempt, not a mismatch.
+            raise OAuthError(
+                "invalid_request",
+                "code_verifier given, but the code was issued without a challenge",
+            )
+        if not hmac.compare_digest(challenge, pkce_s256(code_verifier)):
             raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
         if resource is not None and canonical_resource(resource, self._resource) is None:
             raise OAuthError("invalid_target", "unknown resource")

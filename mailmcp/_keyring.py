@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -44,8 +45,19 @@ class MasterKey:
         return f"<MasterKey kid={self.kid!r}>"
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """
+    Strict base64url: the stdlib decoder silently skips characters outside
+    the alphabet, which would let a mangled secret through (LG-04).
+
+    :raises ValueError: for anything but base64url text.
+    """
+    if not isinstance(text, str) or not _B64URL.fullmatch(text):
+        raise ValueError("a key secret is not base64url text")
+    return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
 
 
 def _b64encode(data: bytes) -> str:
@@ -148,7 +160,11 @@ class KeyRing:
             # json.JSONDecodeError is a ValueError; its text quotes no content.
             reason = str(e) if not isinstance(e, KeyError) else f"missing field {e}"
             raise KeyRingError(f"corrupt key ring in {source}: {reason}") from None
-        return cls(keys)
+        try:
+            return cls(keys)
+        except KeyRingError as e:
+            # No key at all means no current key to seal with (LG-04).
+            raise KeyRingError(f"corrupt key ring in {source}: {e}") from None
 
 
 def write_keyring(path: Path, ring: KeyRing) -> None:
@@ -196,7 +212,11 @@ def load_or_create_keyring(
     """
     environ = os.environ if environ is None else environ
     inline = environ.get("MAILMCP_KEYS")
-    if inline:
+    if inline is not None:
+        if not inline.strip():
+            # Set but empty (a secret that did not render): refuse rather
+            # than quietly make a new ring that no other replica shares.
+            raise KeyRingError("MAILMCP_KEYS is set but empty")
         return KeyRing.from_json(inline, "MAILMCP_KEYS")
     if key_file is not None:
         return read_keyring_file(key_file)

@@ -8,8 +8,10 @@ again inside as ``typ``, so one kind can never be replayed as another.
 The decoder is deliberately strict and cheap to reject with: a size cap,
 compact form only, the protected header pinned to exactly
 ``{"alg": "dir", "enc": "A256GCM", "kid": <known>}``, then authenticated
-decryption.  Every failure is the same `InvalidToken`, whose message says
-nothing about which check failed.
+decryption, then the claims: the right ``typ``, an integer ``iat`` not in
+the future and an integer ``exp`` not in the past (required for every kind
+but client ids, which have none).  Every failure is the same
+`InvalidToken`, whose message says nothing about which check failed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from ._keyring import KeyRing
 MAX_TOKEN_LENGTH = 8192
 _ALG = "dir"
 _ENC = "A256GCM"
+#: Kinds sealed without a lifetime (a client id lives as long as its key).
+#: Every other kind must carry an integer ``exp``.
+NON_EXPIRING_KINDS = frozenset({"client"})
+#: How far in the future an ``iat`` may lie (clock skew between replicas).
+MAX_CLOCK_SKEW = 60
 
 
 class InvalidToken(Exception):
@@ -129,7 +136,16 @@ class TokenCodec:
             raise InvalidToken() from None
         if not isinstance(claims, dict) or claims.get("typ") != typ:
             raise InvalidToken()
+        now = self.now()
+        # TK-08: seal() always writes an integer iat; one from the future
+        # was not made by this clock (or a replica's, within the skew).
+        iat = claims.get("iat")
+        if type(iat) is not int or iat > now + MAX_CLOCK_SKEW:
+            raise InvalidToken()
         exp = claims.get("exp")
-        if exp is not None and (not isinstance(exp, int) or exp <= self.now()):
+        if exp is None:
+            if typ not in NON_EXPIRING_KINDS:
+                raise InvalidToken()
+        elif type(exp) is not int or exp <= now:
             raise InvalidToken()
         return claims
