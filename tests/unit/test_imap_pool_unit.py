@@ -31,6 +31,7 @@ class ScriptedServer:
         self.commands: list[bytes] = []
         self.stall = False
         self.connect_hangs = False
+        self.connect_attempts = 0
         self.peak = 0
 
     @property
@@ -99,6 +100,7 @@ class ScriptedEndpoint:
         self.server = server
 
     def connect(self, factory: Any) -> Deferred[Any]:
+        self.server.connect_attempts += 1
         if self.server.connect_hangs:
             return Deferred()
         protocol = factory.buildProtocol(None)
@@ -357,3 +359,49 @@ def test_cancel_while_connecting_is_not_retried() -> None:
     with pytest.raises(CancelledError):
         outcome(d)
     assert pool.stats["retries"] == 0 and pool.open_connections == 0
+
+
+def test_connect_gate_bounds_logins_in_progress() -> None:
+    """
+    At most connect_concurrency new connections are in progress at once;
+    the others wait, and all log in as slots free up.
+    """
+    server, clock = ScriptedServer(), Clock()
+    server.connect_hangs = True
+    pool = make_pool(server, clock, connect_concurrency=2, connect_slot_hold=1.0)
+    calls = [run(pool, account(user=f"u{i}@example.test"), noop) for i in range(5)]
+    assert server.connect_attempts == 2 and pool.stats["connect_waits"] == 3
+    server.connect_hangs = False
+    clock.advance(0.9)
+    assert server.connect_attempts == 2
+    clock.advance(0.1)  # the two stalled logins give up their slots, not their attempt,
+    # and the three waiting ones (now answered at once) log in one after another
+    assert server.connect_attempts == 5
+    assert [c.called for c in calls] == [False, False, True, True, True]
+    assert [outcome(c) for c in calls[2:]] == ["ok"] * 3
+
+
+def test_connect_gate_releases_at_once_when_logins_are_quick() -> None:
+    """With one slot, logins that finish at once run back to back, without waiting for the hold."""
+    server, clock = ScriptedServer(), Clock()
+    pool = make_pool(server, clock, connect_concurrency=1, connect_slot_hold=60.0)
+    calls = [run(pool, account(user=f"u{i}@example.test"), noop) for i in range(4)]
+    assert [outcome(c) for c in calls] == ["ok"] * 4
+    assert server.commands.count(b"LOGIN") == 4 and clock.seconds() == 0
+
+
+def test_connect_gate_wait_is_bounded_by_the_wait_timeout() -> None:
+    """A login that cannot get a slot within pool_wait_timeout fails with a clear message."""
+    server, clock = ScriptedServer(), Clock()
+    server.connect_hangs = True
+    pool = make_pool(
+        server, clock, connect_concurrency=1, connect_slot_hold=100.0, wait_timeout=5,
+        command_timeout=60,
+    )  # fmt: skip
+    first = run(pool, account(user="a@example.test"), noop)
+    second = run(pool, account(user="b@example.test"), noop)
+    clock.advance(5)
+    with pytest.raises(IMAPError, match="busy logging in to other mailboxes"):
+        outcome(second)
+    assert server.connect_attempts == 1 and not first.called
+    assert pool.open_connections == 1
