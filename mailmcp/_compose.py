@@ -312,9 +312,14 @@ def compose(
             message["In-Reply-To"] = " ".join(in_reply_to)
         if references:
             message["References"] = " ".join(references)
-        message.set_content(text_body, cte="quoted-printable")
-        if html_body is not None:
-            message.add_alternative(html_body, subtype="html", cte="quoted-printable")
+        if html_body is not None and not text_body.strip():
+            # HTML only: an empty text/plain alternative would be what
+            # plain-text readers (and most summaries) show: a blank message.
+            message.set_content(html_body, subtype="html", cte="quoted-printable")
+        else:
+            message.set_content(text_body, cte="quoted-printable")
+            if html_body is not None:
+                message.add_alternative(html_body, subtype="html", cte="quoted-printable")
         for attachment in attachments:
             maintype, subtype = _mime_type(attachment.content_type)
             filename = _HEADER_FORBIDDEN.sub("_", attachment.filename)[:200] or "attachment"

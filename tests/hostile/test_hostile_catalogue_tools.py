@@ -1,0 +1,530 @@
+"""
+Catalogue cases (security.md §3.4, §3.5, §3.8) that need a tool called
+through MCP on a real ``twistd mailmcp``: huge folders on a scripted IMAP
+server that logs every command line (TL-L2, TL-S4), UIDs after an expunge
+on the real Dovecot (TL-S3), bodies and sender identity delivered through
+the real Postfix (TL-T3, TL-T4, TL-T6), hostile attachment servers that must
+never be contacted (TL-A3), and attachments of real messages stored in the
+real SeaweedFS S3 (MM-08, MM-09, S3-05, S3-06).
+
+Every test ends with the daemon still serving and no error in its log.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import imaplib
+import json
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.internet.endpoints import TCP4ServerEndpoint
+
+from tests.harness import Services, generate_client
+from tests.hostile import mcp_http
+from tests.hostile.scripted_imap import ScriptedIMAP, ScriptedIMAPFactory
+from tests.hostile.test_hostile_load import error_lines, fresh_users
+from tests.integration.test_smtp_live import _inbox
+
+pytestmark = pytest.mark.integration
+
+#: UID = sequence number + UID_OFFSET on the big scripted folder, so a
+#: sequence number mistaken for a UID is always caught.
+UID_OFFSET = 1000
+
+
+# -- a scripted IMAP server with a huge INBOX ----------------------------------------------------
+
+
+def _expand(message_set: bytes, low: int, high: int, cap: int = 10_000) -> list[int]:
+    """The numbers of an IMAP set within [low, high]; refuses to expand more than C{cap}."""
+    out: list[int] = []
+    for piece in message_set.split(b","):
+        first, _, last = piece.partition(b":")
+        a = high if first == b"*" else int(first)
+        b = a if not last else (high if last == b"*" else int(last))
+        a, b = max(min(a, b), low), min(max(a, b), high)
+        if b - a + 1 > cap:
+            raise AssertionError(f"unbounded FETCH of {message_set[:80]!r}")
+        out.extend(range(a, b + 1))
+    return out
+
+
+class BigFolderIMAP(ScriptedIMAP):
+    """`ScriptedIMAP` answering for an INBOX of ``factory.count`` messages (generated, not stored)."""
+
+    factory: BigFolderFactory
+
+    def caps(self) -> bytes:
+        return super().caps() + (b" ESEARCH" if self.factory.esearch else b"")
+
+    def lineReceived(self, line: bytes) -> None:
+        _, _, rest = line.partition(b" ")
+        self.uid_command = rest[:4].upper() == b"UID "
+        self.arguments = rest.split(b" ", 2)[-1] if self.uid_command else rest.partition(b" ")[2]
+        super().lineReceived(line)
+
+    def answer(self, tag: bytes, verb: bytes) -> None:
+        count = self.factory.count
+        if verb in (b"EXAMINE", b"SELECT"):
+            self.sendLine(b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft)")
+            self.sendLine(b"* %d EXISTS" % count)
+            self.sendLine(b"* OK [UIDVALIDITY 77] ok")
+            self.sendLine(b"* OK [UIDNEXT %d] ok" % (count + UID_OFFSET + 1))
+        elif verb == b"FETCH":
+            message_set = self.arguments.split(b" ", 1)[0]
+            if self.uid_command:
+                seqs = [
+                    u - UID_OFFSET for u in _expand(message_set, UID_OFFSET + 1, UID_OFFSET + count)
+                ]
+            else:
+                seqs = _expand(message_set, 1, count)
+            self.transport.write(b"".join(self.summary(seq) for seq in seqs))
+        elif verb == b"SEARCH":
+            if b"RETURN (ALL)" in self.arguments.upper():
+                self.sendLine(
+                    b'* ESEARCH (TAG "%s") UID ALL %d:%d'
+                    % (tag, UID_OFFSET + 1, UID_OFFSET + count)
+                )
+            else:
+                self.sendLine(
+                    b"* SEARCH " + b" ".join(b"%d" % (UID_OFFSET + s) for s in range(1, count + 1))
+                )
+        elif verb == b"LIST":
+            self.sendLine(b'* LIST (\\HasNoChildren) "/" INBOX')
+        self.sendLine(tag + b" OK done")
+
+    @staticmethod
+    def summary(seq: int) -> bytes:
+        uid = seq + UID_OFFSET
+        envelope = (
+            b'("Tue, 01 Jul 2025 13:30:00 +0000" "message %d" (("Sender" NIL "s" "example.test")) '
+            b'(("Sender" NIL "s" "example.test")) (("Sender" NIL "s" "example.test")) '
+            b'((NIL NIL "alice" "example.test")) NIL NIL NIL "<m%d@example.test>")' % (uid, uid)
+        )
+        return (
+            b'* %d FETCH (UID %d FLAGS (\\Seen) RFC822.SIZE 300 INTERNALDATE "01-Jul-2025 13:30:00 +0000" '
+            b'ENVELOPE %s BODYSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 5 1))\r\n'
+            % (seq, uid, envelope)
+        )
+
+
+class BigFolderFactory(ScriptedIMAPFactory):
+    protocol = BigFolderIMAP
+
+    def __init__(self, count: int, esearch: bool) -> None:
+        super().__init__("normal")
+        self.count = count
+        self.esearch = esearch
+
+    def mailbox_lines(self) -> list[bytes]:
+        """Every command line after login (what reached "the wire" for the tool)."""
+        skip = (b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE")
+        return [
+            line
+            for line in self.lines
+            if line.split(b" ", 1)[-1].split(b" ", 1)[0].upper() not in skip
+        ]
+
+
+@pytest.fixture
+def big_folder() -> Iterator[Any]:
+    started: list[tuple[BigFolderFactory, Any]] = []
+
+    async def start(count: int, esearch: bool = False) -> tuple[BigFolderFactory, int]:
+        factory = BigFolderFactory(count, esearch)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        started.append((factory, port))
+        return factory, port.getHost().port
+
+    yield start
+    for factory, port in started:
+        factory.close_all()
+        pytest_twisted.blockon(port.stopListening())
+
+
+async def scripted_token(daemon: Any, services: Services, port: int, source: str) -> str:
+    """A token for a client of C{daemon} whose IMAP server is the scripted one on C{port}."""
+    client = generate_client(
+        daemon.state_dir,
+        None,
+        "--imap-host",
+        "127.0.0.1",
+        "--imap-port",
+        str(port),
+        "--imap-security",
+        "plain",
+        "--smtp-host",
+        "localhost",
+        "--smtp-port",
+        str(services.smtps_port),
+        "--smtp-security",
+        "tls",
+    )
+    login = await threads.deferToThread(
+        mcp_http.login, daemon.base_url, client, "alice@example.test", "alicepw", source
+    )
+    return str(login["access_token"])
+
+
+def assert_healthy(daemon: Any) -> None:
+    assert daemon.stop() == 0
+    assert error_lines(daemon) == [], error_lines(daemon)[:3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_100000_message_folder_is_one_bounded_fetch(
+    services: Services, daemon_factory: Any, big_folder: Any
+) -> None:
+    """
+    TL-L2: list_mail_messages on a 100,000-message folder (scripted IMAP
+    server, UID = seq + 1000) answers with ``total`` 100000, ``has_more``
+    and exactly ``per_page`` summaries keyed by UID, newest first.  The
+    server's command log shows no SEARCH at all (no unbounded ``UID SEARCH
+    ALL``), at most one EXAMINE per call (a pooled session may keep the
+    folder open) and one FETCH per call whose set is just that page
+    (``99901:100000``), and no command line is long.
+    """
+    factory, port = await big_folder(100_000)
+    daemon = daemon_factory(services)
+    token = await scripted_token(daemon, services, port, "127.7.0.1")
+    factory.lines.clear()
+    first = await threads.deferToThread(
+        mcp_http.call,
+        daemon.base_url,
+        token,
+        "list_mail_messages",
+        {"folder": "INBOX", "per_page": 100},
+    )
+    assert first.get("isError") is not True, first
+    out = first["structuredContent"]
+    assert (out["total"], out["per_page"], out["has_more"]) == (100_000, 100, True)
+    assert [m["uid"] for m in out["messages"]] == list(
+        range(UID_OFFSET + 100_000, UID_OFFSET + 99_900, -1)
+    )
+    assert out["messages"][0]["subject"] == f"message {UID_OFFSET + 100_000}"
+    last = await threads.deferToThread(
+        mcp_http.call,
+        daemon.base_url,
+        token,
+        "list_mail_messages",
+        {"folder": "INBOX", "per_page": 100, "page": 1000},
+    )
+    assert last["structuredContent"]["has_more"] is False
+    assert [m["uid"] for m in last["structuredContent"]["messages"]] == list(
+        range(UID_OFFSET + 100, UID_OFFSET, -1)
+    )
+    commands = factory.mailbox_lines()
+    assert not any(b"SEARCH" in line.upper() for line in commands), commands
+    fetches = [line for line in commands if b"FETCH" in line.upper()]
+    assert [line.split(b" ")[2] for line in fetches] == [b"99901:100000", b"1:100"], fetches
+    assert sum(
+        1 for line in commands if b"EXAMINE" in line.upper() or b"SELECT" in line.upper()
+    ) in (1, 2)
+    assert max(len(line) for line in factory.lines) < 1000
+    assert_healthy(daemon)
+
+
+@pytest.mark.parametrize(
+    "count, esearch", [(100_000, False), (200_000, True)], ids=["100000-SEARCH", "200000-ESEARCH"]
+)
+@pytest_twisted.ensureDeferred
+async def test_search_matching_every_message_is_truncated(
+    services: Services, daemon_factory: Any, big_folder: Any, count: int, esearch: bool
+) -> None:
+    """
+    TL-S4: a search that matches every message of a 100,000-message folder
+    (plain ``* SEARCH`` answer) or a 200,000-message one (``ESEARCH``) returns
+    the newest ``limit`` UIDs with ``total`` = all matches, ``returned`` =
+    ``limit`` and ``truncated: true``.  The server sees exactly one SEARCH
+    (the criteria asked for) and one FETCH whose set covers only the
+    ``limit`` returned UIDs -- never the whole result.
+    """
+    factory, port = await big_folder(count, esearch)
+    daemon = daemon_factory(services)
+    token = await scripted_token(daemon, services, port, "127.7.0.2")
+    factory.lines.clear()
+    result = await threads.deferToThread(
+        mcp_http.call,
+        daemon.base_url,
+        token,
+        "search_mail_messages",
+        {"folder": "INBOX", "query": "FROM sender", "limit": 40},
+    )
+    assert result.get("isError") is not True, result
+    out = result["structuredContent"]
+    newest = UID_OFFSET + count
+    assert (out["total"], out["returned"], out["truncated"]) == (count, 40, True)
+    assert out["uids"] == list(range(newest, newest - 40, -1))
+    assert [m["uid"] for m in out["messages"]] == out["uids"]
+    commands = factory.mailbox_lines()
+    searches = [line for line in commands if b"SEARCH" in line.upper()]
+    assert len(searches) == 1 and searches[0].endswith(b'FROM "sender"'), searches
+    assert (b"RETURN (ALL)" in searches[0].upper()) is esearch
+    fetches = [line for line in commands if b"FETCH" in line.upper()]
+    assert len(fetches) == 1, fetches
+    assert fetches[0].split(b" ")[3] == b"%d:%d" % (newest - 39, newest), fetches
+    assert_healthy(daemon)
+
+
+# -- real Dovecot and Postfix ----------------------------------------------------------------------
+
+
+def _imap(services: Services, user: str, password: str) -> imaplib.IMAP4_SSL:
+    client = imaplib.IMAP4_SSL(
+        "localhost",
+        services.imaps_port,
+        ssl_context=ssl.create_default_context(cafile=str(services.ca_file)),
+    )
+    client.login(user, password)
+    return client
+
+
+def wait_for_inbox(
+    services: Services, user: str, password: str, timeout: float = 30.0
+) -> list[bytes]:
+    """C{user}'s INBOX once it holds a message (Postfix delivers asynchronously); a hang guard only."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = _inbox(services, user, password)
+        if messages or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.2)
+
+
+def _refusal(message: dict[str, Any] | None) -> str:
+    """The reason of a refused tools/call: a -32602 error or an isError result (else fail)."""
+    assert message is not None
+    if "error" in message:
+        assert message["error"]["code"] == -32602, message
+        return json.dumps(message["error"]).lower()
+    assert message["result"]["isError"] is True, message
+    return mcp_http.text_of(message["result"]).lower()
+
+
+def _user_token(daemon: Any, services: Services, user: str, password: str, source: str) -> str:
+    client = generate_client(daemon.state_dir, services)
+    return str(mcp_http.login(daemon.base_url, client, user, password, source)["access_token"])
+
+
+def test_search_after_expunge_returns_uids_not_sequence_numbers(
+    services: Services, daemon_factory: Any
+) -> None:
+    """
+    TL-S3: in a Dovecot folder where sequence numbers and UIDs differ (UIDs
+    1, 2 and 4 of six expunged by another client), search returns the UIDs
+    3, 5, 6 -- not the sequence numbers 1..3 -- each summary carries the
+    subject of that UID, get_mail_message(uid) returns the matching
+    message, and a UID that exists only as a sequence number (2) is "no
+    message" rather than another message.
+    """
+    [(user, password)] = fresh_users(services, 1)
+    for i in range(1, 7):
+        services.deliver(
+            user,
+            f"From: a@example.test\r\nTo: {user}\r\nSubject: seq case {i}\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@example.test>\r\n\r\nbody of {i}\r\n".encode(),
+        )
+    with _imap(services, user, password) as other:
+        other.select("INBOX")
+        other.uid("STORE", "1,2,4", "+FLAGS.SILENT", "(\\Deleted)")
+        other.expunge()
+    daemon = daemon_factory(services)
+    token = _user_token(daemon, services, user, password, "127.7.1.1")
+    found = mcp_http.call(daemon.base_url, token, "search_mail_messages", {"subject": "seq case"})
+    assert found.get("isError") is not True, found
+    out = found["structuredContent"]
+    assert out["uids"] == [6, 5, 3] and out["total"] == 3 and out["truncated"] is False
+    assert [(m["uid"], m["subject"]) for m in out["messages"]] == [
+        (6, "seq case 6"),
+        (5, "seq case 5"),
+        (3, "seq case 3"),
+    ]
+    one = mcp_http.call(
+        daemon.base_url, token, "search_mail_messages", {"query": 'SUBJECT "seq case 5"'}
+    )
+    assert one["structuredContent"]["uids"] == [5]
+    message = mcp_http.call(
+        daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 5}
+    )
+    assert message["structuredContent"]["subject"] == "seq case 5"
+    assert "body of 5" in message["structuredContent"]["body"]
+    gone = mcp_http.call(daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 2})
+    assert gone["isError"] is True and "uid 2" in mcp_http.text_of(gone).lower()
+    assert_healthy(daemon)
+
+
+def _dot_body() -> str:
+    """A body with every dot-stuffing trap: lone dots, CRLF.CRLF, bare CR/LF, a 5,000-char line, and
+    ``.`` lines at each offset from 16,380 to 16,390 (across the 16 KiB chunk boundary)."""
+    head = (
+        "first\n.\nsecond\r\n.\r\nMAIL FROM:<x@evil.test>\r\nRCPT TO:<y@evil.test>\r\nthird\r.\rfourth\n"
+        "..two dots\n. dot space\n" + "y" * 5000 + "\n"
+    )
+    pad = 16380 - len(head) - 1
+    body = head + "p" * pad + "\n"
+    assert len(body) == 16380
+    for _ in range(6):
+        body += ".\n"  # a dot line at 16380, 16382, ... 16390
+    body += "x\n.\n" * 3 + "tail\n.\n.."
+    return body
+
+
+def _text_part(raw: bytes, subtype: str = "plain") -> str:
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    part = parsed.get_body(preferencelist=(subtype,))
+    assert part is not None, raw[:2000]
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content
+
+
+def test_body_size_cap_and_dot_stuffing_arrive_byte_exact(
+    services: Services, daemon_factory: Any
+) -> None:
+    """
+    TL-T3: a 30 MiB ``text_body`` is refused (-32602 naming text_body) and
+    nothing is sent; a body full of dot-stuffing traps (lone ``.`` lines,
+    ``\\r\\n.\\r\\n`` followed by ``MAIL FROM``, bare CR and LF, a 5,000-char
+    line, dot lines at offsets 16,380-16,390) goes through the real Postfix
+    as exactly one message, whose decoded text equals what was sent (line
+    ends normalised to LF), with no bare CR or LF on the wire copy, and no
+    second (smuggled) message arrives.
+    """
+    (user, password), (rcpt, rcpt_pw) = fresh_users(services, 2)
+    daemon = daemon_factory(services)
+    token = _user_token(daemon, services, user, password, "127.7.1.2")
+    status, huge = mcp_http.rpc(
+        daemon.base_url,
+        token,
+        "tools/call",
+        {
+            "name": "send_mail_message",
+            "arguments": {"to": rcpt, "subject": "huge", "text_body": "a" * (30 << 20)},
+        },
+        timeout=120,
+    )
+    assert status == 200
+    assert "text_body" in _refusal(huge)
+    body = _dot_body()
+    sent = mcp_http.call(
+        daemon.base_url,
+        token,
+        "send_mail_message",
+        {"to": rcpt, "subject": "dots", "text_body": body},
+    )
+    assert sent.get("isError") is not True, sent
+    [raw] = wait_for_inbox(services, rcpt, rcpt_pw)
+    text = _text_part(raw)
+    assert (
+        re.search("\r(?!\n)|(?<!\r)\n", text) is None
+    )  # CRLF line ends only, in the decoded text too
+    assert text.replace("\r\n", "\n").rstrip("\n") == body.replace("\r\n", "\n").replace("\r", "\n")
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", raw) is None
+    time.sleep(1.0)  # a smuggled second transaction would have been delivered by now
+    received = _inbox(services, rcpt, rcpt_pw)
+    assert len(received) == 1 and b"Subject: huge" not in received[0]
+    assert_healthy(daemon)
+
+
+def test_html_body_with_script_is_sent_as_given_never_rendered(
+    services: Services, daemon_factory: Any
+) -> None:
+    """
+    TL-T4: an ``html_body`` holding ``<script>`` is the user's own mail: the
+    recipient receives the HTML part exactly as given (script included),
+    as the only body part (an HTML-only send carries no blank text/plain
+    alternative that readers would show instead).
+    mailmcp itself never renders it: reading that message back through
+    get_mail_message gives text (body_format text/html converted), with no
+    script element and no script code.
+    """
+    (user, password), (rcpt, rcpt_pw) = fresh_users(services, 2)
+    daemon = daemon_factory(services)
+    token = _user_token(daemon, services, user, password, "127.7.1.3")
+    html = '<html><body><p>Hello <b>there</b></p><script>alert("owned")</script></body></html>'
+    sent = mcp_http.call(
+        daemon.base_url,
+        token,
+        "send_mail_message",
+        {"to": rcpt, "subject": "html", "text_body": "", "html_body": html},
+    )
+    assert sent.get("isError") is not True, sent
+    [raw] = wait_for_inbox(services, rcpt, rcpt_pw)
+    assert _text_part(raw, "html").rstrip("\r\n") == html
+    assert (
+        email.message_from_bytes(raw, policy=email.policy.default).get_content_type() == "text/html"
+    )
+    rcpt_token = _user_token(daemon, services, rcpt, rcpt_pw, "127.7.1.4")
+    [uid] = mcp_http.call(daemon.base_url, rcpt_token, "search_mail_messages", {"subject": "html"})[
+        "structuredContent"
+    ]["uids"]
+    read = mcp_http.call(
+        daemon.base_url, rcpt_token, "get_mail_message", {"folder": "INBOX", "uid": uid}
+    )
+    out = read["structuredContent"]
+    assert out["body_format"] == "text/html"
+    assert "Hello" in out["body"] and "there" in out["body"]
+    assert "<script" not in out["body"] and "alert(" not in out["body"]
+    assert_healthy(daemon)
+
+
+def test_sender_identity_cannot_be_overridden(services: Services, daemon_factory: Any) -> None:
+    """
+    TL-T6: send_mail_message has no sender parameter.  ``from``, ``email``,
+    ``sender`` and ``reply_to`` override attempts are refused (-32602 naming
+    the field) and send nothing; a normal send arrives through Postfix with
+    ``From`` and the envelope sender (``Return-Path``) both the
+    authenticated user.
+    """
+    (user, password), (rcpt, rcpt_pw) = fresh_users(services, 2)
+    daemon = daemon_factory(services)
+    token = _user_token(daemon, services, user, password, "127.7.1.5")
+    schema = next(
+        t
+        for t in mcp_http.rpc(daemon.base_url, token, "tools/list")[1]["result"]["tools"]  # type: ignore[index]
+        if t["name"] == "send_mail_message"
+    )["inputSchema"]
+    assert not {"from", "email", "sender", "from_"} & set(schema["properties"]), schema[
+        "properties"
+    ].keys()
+    for field in ("from", "email", "sender", "from_"):
+        _, refused = mcp_http.rpc(
+            daemon.base_url,
+            token,
+            "tools/call",
+            {
+                "name": "send_mail_message",
+                "arguments": {
+                    "to": rcpt,
+                    "subject": f"spoof {field}",
+                    "text_body": "x",
+                    field: "ceo@evil.test",
+                },
+            },
+        )
+        assert field in _refusal(refused), refused
+    sent = mcp_http.call(
+        daemon.base_url,
+        token,
+        "send_mail_message",
+        {"to": rcpt, "subject": "genuine", "text_body": "hello"},
+    )
+    assert sent.get("isError") is not True, sent
+    [raw] = wait_for_inbox(services, rcpt, rcpt_pw)
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == "genuine"
+    assert [a.addr_spec for a in parsed["From"].addresses] == [user]
+    assert parsed["Return-Path"].strip("<>") == user
+    assert b"evil.test" not in raw
+    assert_healthy(daemon)
