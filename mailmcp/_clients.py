@@ -45,23 +45,40 @@ def is_loopback_host(host: str) -> bool:
 
 @attrs.frozen
 class MailServer:
-    """Where and how to reach one IMAP or SMTP server."""
+    """
+    Where and how to reach one IMAP or SMTP server.
+
+    C{files_sent} (SMTP only) says the server files a copy of every message
+    it sends in the Sent folder itself, as Gmail and Office 365 do, so ours
+    would be a duplicate.  It is written into claims only when set, so
+    client ids and grants made before it existed open unchanged.
+    """
 
     host: str
     port: int
     security: Security
+    files_sent: bool = False
 
     def to_claims(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "security": self.security}
+        claims: dict[str, Any] = {"host": self.host, "port": self.port, "security": self.security}
+        if self.files_sent:
+            claims["files_sent"] = True
+        return claims
 
     @classmethod
     def from_claims(cls, claims: Any) -> MailServer:
         if not isinstance(claims, dict):
             raise ValueError("not a server description")
         host, port, security = claims["host"], claims["port"], claims["security"]
-        if not isinstance(host, str) or not isinstance(port, int) or security not in SECURITY_MODES:
+        files_sent = claims.get("files_sent", False)
+        if (
+            not isinstance(host, str)
+            or not isinstance(port, int)
+            or security not in SECURITY_MODES
+            or not isinstance(files_sent, bool)
+        ):
             raise ValueError("bad server description")
-        return cls(host=host, port=port, security=security)
+        return cls(host=host, port=port, security=security, files_sent=files_sent)
 
 
 @attrs.frozen

@@ -30,6 +30,7 @@ from ._imap import IMAPPool
 from ._mcp import MCPApp
 from ._metrics import MetricsApp, ReactorLagProbe
 from ._oauth import build_authorization_server
+from ._sendrate import SendRateLimiter
 from ._smtp import SMTPSender
 from ._tls import MailTLS
 from ._toolkit import ToolServices
@@ -244,6 +245,8 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     tool_services.smtp = SMTPSender(
         reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
     )
+    # Sends per account: --send-burst at once, then --sends-per-hour (SM-12).
+    tool_services.send_limiter = SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
     routes.append(("/mcp", MCPApp(config, verifier, tool_services, all_tools()).app.resource()))
     return routes
 

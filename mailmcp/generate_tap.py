@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+import attrs
 from twisted.application.service import IService
 from twisted.internet.task import Clock
 from twisted.python import usage
@@ -79,6 +80,12 @@ class Options(OneLineErrorOptions):
         ["json", None, "Print one JSON object instead of human-readable text."],
         ["public", None, "A public client: no secret, PKCE only (e.g. Claude Code)."],
         ["add-key", None, "Add a new current key to the key ring (rotation) and exit."],
+        [
+            "smtp-files-sent",
+            None,
+            "The SMTP server files sent mail in Sent itself (Gmail, Office 365): "
+            "send_mail_message then adds no copy of its own.",
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -122,7 +129,7 @@ class Options(OneLineErrorOptions):
         if self["add-key"]:
             return
         self["imap"] = self._server("imap")
-        self["smtp"] = self._server("smtp")
+        self["smtp"] = attrs.evolve(self._server("smtp"), files_sent=bool(self["smtp-files-sent"]))
         uris = self["redirect-uri"] or list(DEFAULT_REDIRECT_URIS)
         try:
             self["redirect-uri"] = [validate_redirect_uri(u) for u in uris]
@@ -169,6 +176,8 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
     out.write("mailmcp client provisioned\n\n")
     out.write(f"  IMAP:   {imap.host}:{imap.port} ({imap.security})\n")
     out.write(f"  SMTP:   {smtp.host}:{smtp.port} ({smtp.security})\n")
+    if smtp.files_sent:
+        out.write("          files sent mail itself: no copy is added to Sent\n")
     out.write("  Redirect URIs:\n")
     for uri in options["redirect-uri"]:
         out.write(f"    {uri}\n")

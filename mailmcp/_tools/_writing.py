@@ -11,6 +11,9 @@ one is careful about exactly what it touches:
   after the whole message went out) is reported as unknown and never
   retried.  The exact bytes sent are filed in Sent (plus the ``Bcc`` header,
   so the user keeps a record of blind copies); a failed filing is a warning.
+  Providers that file sent mail themselves (a client provisioned with
+  ``--smtp-files-sent``) get no second copy.  Each account may send only
+  ``--send-burst`` messages at once, then ``--sends-per-hour`` (SM-12).
 - ``delete_mail_message`` moves to Trash by default; a permanent delete
   flags and ``UID EXPUNGE``\\ s that one UID only (UIDPLUS), never a bare
   ``EXPUNGE`` that would also purge other clients' ``\\Deleted`` messages.
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -43,6 +48,7 @@ from .._compose import (
 )
 from .._mailbox_api import IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInfo, MailboxState
 from .._search import search_string
+from .._sendrate import send_key
 from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from .._toolkit import Tool, ToolContext, ToolError
 
@@ -332,6 +338,11 @@ class SendOutput(BaseModel):
     sent_folder: str | None = Field(description="Folder holding the sent copy, if it was filed.")
     sent_uid: int | None
     sent_uidvalidity: int | None
+    sent_copy_filed_by_server: bool = Field(
+        default=False,
+        description="True when the account's SMTP server files sent mail in Sent itself (as Gmail "
+        "and Office 365 do), so this server did not add a copy (sent_folder is then null).",
+    )
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -629,11 +640,22 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
     release = claim(message.message_id) if claim is not None else None
     if release is False:
         raise ToolError("a send with this idempotency_key is already in progress; nothing was sent")
+    # The server files its own copy (Gmail, Office 365): a second one from
+    # us would be a duplicate in Sent.
+    server_files = ctx.account.smtp.files_sent
     try:
+        _take_send_token(ctx)
         result = await sender.send(
             ctx.account, message.envelope_from, message.recipients, message.wire_bytes
         )
     except SMTPOutcomeUnknown as e:
+        if server_files:
+            raise ToolError(
+                f"Delivery status unknown: {e.message} Message-ID: {message.message_id}. "
+                "The SMTP server files sent mail itself, so if the message went out its copy is "
+                "in Sent, and a retry with the same idempotency_key will find it and not send "
+                "again."
+            ) from None
         filed = await _file_copy(ctx, args.folder, message, ("\\Seen", UNKNOWN_OUTCOME_KEYWORD))
         raise ToolError(
             f"Delivery status unknown: {e.message} Message-ID: {message.message_id}. "
@@ -650,6 +672,16 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
         if callable(release):
             release()
 
+    if server_files:
+        return SendOutput(
+            status="sent",
+            message_id=message.message_id,
+            recipients=_recipients(result.recipients),
+            sent_folder=None,
+            sent_uid=None,
+            sent_uidvalidity=None,
+            sent_copy_filed_by_server=True,
+        )
     folder, uidvalidity, uid, warnings = await _file_copy(ctx, args.folder, message, ("\\Seen",))
     return SendOutput(
         status="sent",
@@ -659,6 +691,27 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
         sent_uid=uid,
         sent_uidvalidity=uidvalidity,
         warnings=warnings,
+    )
+
+
+def _take_send_token(ctx: ToolContext) -> None:
+    """
+    Take one of the account's send tokens (SM-12), or refuse the send with
+    when to try again.  Called just before SMTP is contacted, so a call that
+    fails validation or is an idempotent replay costs nothing.
+    """
+    limiter = ctx.services.send_limiter
+    if limiter is None:
+        return
+    wait = limiter.acquire(send_key(ctx.account))
+    if wait <= 0:
+        return
+    seconds = max(1, math.ceil(wait))
+    when = datetime.fromtimestamp(ctx.services.reactor.seconds() + seconds, UTC)
+    raise ToolError(
+        f"Not sent: send rate limit reached for this account ({limiter.burst} messages at once, "
+        f"then {limiter.per_hour:g} per hour). Try again in {seconds} seconds "
+        f"(after {when:%H:%M:%S} UTC). Nothing was sent; the message was not saved."
     )
 
 
@@ -732,7 +785,8 @@ SEND_MAIL_MESSAGE: Tool[SendInput, SendOutput] = Tool(
         "plain-text body and optional HTML alternative and attachments. The sent copy is filed in "
         "the Sent folder. If any recipient is refused nothing is sent and the message is kept in "
         "Drafts. If the outcome is unknown (the connection broke after the message went out), do "
-        "not resend. Pass idempotency_key to make retries safe."
+        "not resend. Pass idempotency_key to make retries safe. Sending is rate-limited per "
+        "account; a refused call says when to try again."
     ),
     input_model=SendInput,
     output_model=SendOutput,
