@@ -8,9 +8,9 @@ again inside as ``typ``, so one kind can never be replayed as another.
 The decoder is deliberately strict and cheap to reject with: a size cap,
 compact form only, the protected header pinned to exactly
 ``{"alg": "dir", "enc": "A256GCM", "kid": <known>}``, then authenticated
-decryption, then the claims: the right ``typ``, an integer ``iat`` not in
-the future and an integer ``exp`` not in the past (required for every kind
-but client ids, which have none).  Every failure is the same
+decryption, then the claims: the right ``typ`` and, for every kind but
+client ids (which have no lifetime), an integer ``iat`` not in the future
+and an integer ``exp`` not in the past.  Every failure is the same
 `InvalidToken`, whose message says nothing about which check failed.
 """
 
@@ -136,16 +136,18 @@ class TokenCodec:
             raise InvalidToken() from None
         if not isinstance(claims, dict) or claims.get("typ") != typ:
             raise InvalidToken()
+        exp = claims.get("exp")
+        if typ in NON_EXPIRING_KINDS:
+            # A client id has no time semantics: it lives as long as its key.
+            if exp is not None and (type(exp) is not int or exp <= self.now()):
+                raise InvalidToken()
+            return claims
         now = self.now()
-        # TK-08: seal() always writes an integer iat; one from the future
-        # was not made by this clock (or a replica's, within the skew).
+        # TK-08: seal() always writes an integer iat and exp; an iat from the
+        # future was not made by this clock (or a replica's, within the skew).
         iat = claims.get("iat")
         if type(iat) is not int or iat > now + MAX_CLOCK_SKEW:
             raise InvalidToken()
-        exp = claims.get("exp")
-        if exp is None:
-            if typ not in NON_EXPIRING_KINDS:
-                raise InvalidToken()
-        elif type(exp) is not int or exp <= now:
+        if type(exp) is not int or exp <= now:
             raise InvalidToken()
         return claims
