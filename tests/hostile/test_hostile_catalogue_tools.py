@@ -12,17 +12,24 @@ Every test ends with the daemon still serving and no error in its log.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import imaplib
 import json
+import os
 import re
 import ssl
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
 import pytest_twisted
@@ -32,6 +39,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
 from tests.hostile.scripted_imap import ScriptedIMAP, ScriptedIMAPFactory
+from tests.hostile.test_hostile_catalogue import snapshot
 from tests.hostile.test_hostile_load import error_lines, fresh_users
 from tests.integration.test_smtp_live import _inbox
 
@@ -528,3 +536,384 @@ def test_sender_identity_cannot_be_overridden(services: Services, daemon_factory
     assert parsed["Return-Path"].strip("<>") == user
     assert b"evil.test" not in raw
     assert_healthy(daemon)
+
+
+# -- attachment sources that must never be fetched (TL-A3) -----------------------------------------
+
+
+class HostileSourceHandler(BaseHTTPRequestHandler):
+    """
+    A hostile attachment source: ``/10gib`` streams 10 GiB, ``/slow`` sends
+    one byte a second, ``/cl1`` says ``Content-Length: 1`` then streams,
+    ``/gzip`` is a gzip bomb (``Content-Encoding: gzip``), ``/ok`` answers
+    at once.  Streams stop when the client goes away (or after 60 s).
+    """
+
+    server: HostileSourceServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/ok":
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if self.path == "/10gib":
+            self.send_header("Content-Length", str(10 << 30))
+        elif self.path == "/cl1":
+            self.send_header("Content-Length", "1")
+        elif self.path == "/gzip":
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        chunk = b"\x1f\x8b\x08\x00" + b"\x00" * 65532 if self.path == "/gzip" else b"z" * 65536
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline and not self.server.closing:
+                if self.path == "/slow":
+                    self.wfile.write(b"s")
+                    time.sleep(1.0)
+                else:
+                    self.wfile.write(chunk)
+        except OSError:
+            pass
+
+
+class HostileSourceServer(ThreadingHTTPServer):
+    daemon_threads = True
+    closing = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), HostileSourceHandler)
+        self.connections = 0
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        self.connections += 1
+        return True
+
+
+@pytest.fixture
+def hostile_source() -> Iterator[HostileSourceServer]:
+    server = HostileSourceServer()
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
+    thread.start()
+    yield server
+    server.closing = True
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_hostile_attachment_sources_are_never_fetched(
+    services: Services, daemon_factory: Any, hostile_source: HostileSourceServer
+) -> None:
+    """
+    TL-A3: a 10 GiB source, a slowloris (1 byte/s), ``Content-Length: 1``
+    followed by an endless body, and a gzip bomb, each given as
+    ``attachment_urls`` to send_mail_message and create_draft_mail_message.
+    By design mailmcp makes no outbound fetch at all: ``attachment_urls``
+    accepts only live links it issued itself to the caller (checked without
+    I/O, then read from its own store; mailmcp._attachments._helpers
+    .resolve_attachment_urls), so there is no byte cap or deadline to hit.
+    Each call is refused naming the attachment, the hostile server records
+    0 connections (it does count: one direct request is seen), nothing is
+    sent or filed, and the daemon keeps serving.
+    """
+    (user, password), (rcpt, rcpt_pw) = fresh_users(services, 2)
+    daemon = daemon_factory(services)
+    token = _user_token(daemon, services, user, password, "127.7.2.1")
+    before = snapshot(services, user, password)
+    port = hostile_source.server_address[1]
+    urls = [f"http://127.0.0.1:{port}/{p}" for p in ("10gib", "slow", "cl1", "gzip")]
+    urls += [f"http://localhost:{port}/gzip", f"https://127.0.0.1:{port}/10gib"]
+    for tool in ("send_mail_message", "create_draft_mail_message"):
+        for url in urls:
+            status, message = mcp_http.rpc(
+                daemon.base_url,
+                token,
+                "tools/call",
+                {
+                    "name": tool,
+                    "arguments": {
+                        "to": rcpt,
+                        "subject": "att",
+                        "text_body": "x",
+                        "attachment_urls": [url],
+                    },
+                },
+                timeout=60,
+            )
+            assert status == 200
+            reason = _refusal(message)
+            assert "attachment" in reason, reason
+    assert hostile_source.connections == 0
+    assert snapshot(services, user, password) == before
+    assert _inbox(services, rcpt, rcpt_pw) == []
+    normal = mcp_http.call(daemon.base_url, token, "list_mail_messages", {"folder": "INBOX"})
+    assert normal.get("isError") is not True
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ok", timeout=10) as response:
+        assert response.read() == b"ok"
+    assert hostile_source.connections == 1
+    assert_healthy(daemon)
+
+
+# -- attachments of real messages in the real SeaweedFS S3 -----------------------------------------
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testkey",
+    "AWS_SECRET_ACCESS_KEY": "testsecret",
+    "AWS_REGION": "us-east-1",
+}
+LINK_LIFETIME = 600
+
+
+def s3_daemon(daemon_factory: Any, services: Services, prefix: str, *extra: str, **kw: Any) -> Any:
+    env = dict(S3_ENV, MAILMCP_S3_ENDPOINT=services.s3_endpoint)
+    return daemon_factory(
+        services,
+        "--attachments",
+        f"s3://attachments/{prefix}",
+        "--attachment-link-lifetime",
+        str(LINK_LIFETIME),
+        *extra,
+        env=env,
+        **kw,
+    )
+
+
+def s3_keys(services: Services, prefix: str) -> list[str]:
+    from mailmcp._attachments import make_s3_client
+
+    client, _ = make_s3_client(dict(S3_ENV, MAILMCP_S3_ENDPOINT=services.s3_endpoint))
+    response = client.list_objects_v2(Bucket="attachments", Prefix=prefix + "/")
+    return sorted(item["Key"] for item in response.get("Contents", []))
+
+
+def with_attachments(to: str, subject: str, parts: list[tuple[str, str, bytes]]) -> bytes:
+    """A multipart/mixed message: a text body, then (filename, content type, data) attachments, base64."""
+    boundary = "b-" + uuid.uuid4().hex
+    out = [
+        f"From: Sender <sender@example.test>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@example.test>\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe body text survives.\r\n".encode()
+    ]
+    for filename, content_type, data in parts:
+        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+        out.append(
+            f'--{boundary}\r\nContent-Type: {content_type}; name="{filename}"\r\n'
+            f'Content-Disposition: attachment; filename="{filename}"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n".encode()
+            + encoded
+        )
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out)
+
+
+def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def with_query(url: str, **changes: str | None) -> str:
+    """C{url} with query parameters replaced (None: removed), the rest as they were."""
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    for key, value in changes.items():
+        if value is None:
+            query.pop(key, None)
+        else:
+            query[key] = value
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+HTML_PAYLOAD = b"<html><script>alert(document.cookie)</script></html>"
+SVG_PAYLOAD = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><script>alert(2)</script></svg>'
+)
+
+
+def test_active_attachments_stored_inert_once_with_signed_disposition(
+    s3: Services, daemon_factory: Any
+) -> None:
+    """
+    Through MCP on a daemon with ``--attachments s3://…`` (SeaweedFS, which
+    checks signatures) and ``--attachment-link-lifetime 600``, a message
+    with a ``text/html`` and an ``image/svg+xml`` attachment:
+
+    MM-08: both are stored as ``application/octet-stream`` objects and the
+    links download them byte for byte as ``application/octet-stream`` with
+    ``Content-Disposition: attachment``.
+
+    S3-05: reading the message again, asking for a link, and reading it
+    once more from a restarted daemon (empty in-process caches) creates no
+    second object: the bucket holds exactly the two objects.
+
+    S3-06: every link expires within the configured 600 s even when a
+    longer lifetime is asked for; ``response-content-disposition=attachment``
+    is part of what is signed: changing it to ``inline`` or dropping it
+    makes S3 refuse the link (403).
+    """
+    from mailmcp._attachments import make_s3_client
+
+    services = s3
+    [(user, password)] = fresh_users(services, 1)
+    services.deliver(
+        user,
+        with_attachments(
+            user,
+            "active",
+            [("page.html", "text/html", HTML_PAYLOAD), ("logo.svg", "image/svg+xml", SVG_PAYLOAD)],
+        ),
+    )
+    prefix = "cat-" + uuid.uuid4().hex[:8]
+    daemon = s3_daemon(daemon_factory, services, prefix)
+    token = _user_token(daemon, services, user, password, "127.7.3.1")
+    read = mcp_http.call(daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 1})
+    out = read["structuredContent"]
+    assert "The body text survives." in out["body"]
+    by_name = {a["filename"]: a for a in out["attachments"]}
+    assert set(by_name) == {"page.html", "logo.svg"}
+    payloads = {"page.html": HTML_PAYLOAD, "logo.svg": SVG_PAYLOAD}
+    # MM-08
+    for name, attachment in by_name.items():
+        assert attachment["url"], attachment
+        status, headers, body = http_get(attachment["url"])
+        assert status == 200 and body == payloads[name]
+        assert headers["Content-Type"] == "application/octet-stream"
+        assert headers["Content-Disposition"].startswith("attachment;")
+    keys = s3_keys(services, prefix)
+    assert len(keys) == 2
+    client, _ = make_s3_client(dict(S3_ENV, MAILMCP_S3_ENDPOINT=services.s3_endpoint))
+    for key in keys:
+        assert (
+            client.head_object(Bucket="attachments", Key=key)["ContentType"]
+            == "application/octet-stream"
+        )
+        assert "html" not in key and "svg" not in key
+    # S3-06
+    html_part = by_name["page.html"]["part_id"]
+    link = mcp_http.call(
+        daemon.base_url,
+        token,
+        "get_mail_attachment_link",
+        {"folder": "INBOX", "uid": 1, "part": html_part, "lifetime": 86400},
+    )
+    assert link.get("isError") is not True, link
+    urls = [a["url"] for a in by_name.values()] + [link["structuredContent"]["url"]]
+    for url in urls:
+        query = parse_qs(urlsplit(url).query)
+        assert 0 < int(query["X-Amz-Expires"][0]) <= LINK_LIFETIME
+        assert query["response-content-disposition"][0].startswith("attachment;")
+    url = link["structuredContent"]["url"]
+    assert http_get(url)[0] == 200
+    disposition = parse_qs(urlsplit(url).query)["response-content-disposition"][0]
+    inline = disposition.replace("attachment", "inline", 1)
+    assert http_get(with_query(url, **{"response-content-disposition": inline}))[0] == 403
+    assert http_get(with_query(url, **{"response-content-disposition": None}))[0] == 403
+    assert http_get(with_query(url, **{"X-Amz-Expires": "604800"}))[0] == 403
+    # S3-05
+    again = mcp_http.call(daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 1})
+    assert all(a["url"] for a in again["structuredContent"]["attachments"])
+    assert s3_keys(services, prefix) == keys
+    assert_healthy(daemon)
+    # Same state and base URL: the same grant (owner) and token, on a new process.
+    restarted = s3_daemon(
+        daemon_factory, services, prefix, "--base-url", daemon.base_url, state_dir=daemon.state_dir
+    )
+    third = mcp_http.call(
+        restarted.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 1}
+    )
+    assert all(a["url"] for a in third["structuredContent"]["attachments"]), third
+    assert s3_keys(services, prefix) == keys
+    assert_healthy(restarted)
+
+
+def _mm09_setup(s3: Services, daemon_factory: Any, source: str) -> tuple[Any, str, str, str]:
+    """A user with a 60 MB-attachment message (UID 1) and a 1,000-attachment one (UID 2), and an S3 daemon."""
+    [(user, password)] = fresh_users(s3, 1)
+    s3.deliver(
+        user,
+        with_attachments(
+            user, "huge", [("big.bin", "application/octet-stream", os.urandom(60 * 1000 * 1000))]
+        ),
+    )
+    s3.deliver(
+        user,
+        with_attachments(
+            user,
+            "many",
+            [(f"f{i}.txt", "application/octet-stream", b"attachment %d" % i) for i in range(1000)],
+        ),
+    )
+    prefix = "mm09-" + uuid.uuid4().hex[:8]
+    daemon = s3_daemon(daemon_factory, s3, prefix)
+    return daemon, _user_token(daemon, s3, user, password, source), prefix, user
+
+
+def test_attachment_caps_keep_the_body(s3: Services, daemon_factory: Any) -> None:
+    """
+    MM-09: a message with one 60 MB attachment and one with 1,000
+    attachments, read through MCP on an S3 daemon (25 MB and 20-attachment
+    default caps).  The text body is still returned in full; the 60 MB
+    attachment is listed with its size but gets no link and is never
+    uploaded; of the 1,000 at most the count cap get links (and objects),
+    the listing itself is capped with a warning.
+    """
+    daemon, token, prefix, _ = _mm09_setup(s3, daemon_factory, "127.7.4.1")
+    huge = mcp_http.call(
+        daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 1}, timeout=120
+    )
+    assert huge.get("isError") is not True, huge
+    out = huge["structuredContent"]
+    assert out["body"].strip() == "The body text survives." and out["truncated"] is False
+    [big] = out["attachments"]
+    assert big["filename"] == "big.bin" and big["size"] > 60 * 1000 * 1000 and big["url"] is None
+    assert s3_keys(s3, prefix) == []
+    many = mcp_http.call(
+        daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 2}, timeout=120
+    )
+    assert many.get("isError") is not True, many
+    out = many["structuredContent"]
+    assert out["body"].strip() == "The body text survives."
+    assert 20 <= len(out["attachments"]) < 1000
+    assert any("parts" in w for w in out["warnings"]), out["warnings"]
+    linked = [a for a in out["attachments"] if a["url"]]
+    assert len(linked) == 20
+    assert len(s3_keys(s3, prefix)) == 20
+    assert_healthy(daemon)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "mailmcp/_tools/_reading.py get_mail_message drops the reason link_parts gives for an attachment "
+        "without a link (over the size cap, over the count cap, storage failed): AttachmentInfo has no "
+        "error field and nothing is added to warnings, so the user sees url=null with no explanation"
+    ),
+)
+def test_attachment_caps_are_explained(s3: Services, daemon_factory: Any) -> None:
+    """
+    MM-09: the catalogue's "attachment too large (N MB), not uploaded" --
+    an attachment left without a link says why (too large / too many), in
+    the result the model sees.
+    """
+    daemon, token, _, _ = _mm09_setup(s3, daemon_factory, "127.7.4.2")
+    huge = mcp_http.call(
+        daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 1}, timeout=120
+    )
+    text = mcp_http.text_of(huge).lower()
+    assert "too large" in text or "byte cap" in text, text[:2000]
+    many = mcp_http.call(
+        daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 2}, timeout=120
+    )
+    assert any("too many attachments" in w for w in many["structuredContent"]["warnings"])
