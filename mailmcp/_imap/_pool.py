@@ -373,7 +373,10 @@ class IMAPPool(Service):
         if gate.tokens == 0:
             self.stats["connect_waits"] += 1
         waiting = gate.acquire()
-        waiting.addTimeout(self.wait_timeout, self.clock)
+        # A login burst is paced by the mail server's login rate, so a turn
+        # may take longer than a free pooled connection would: wait as long
+        # as a call may wait for one plus what one connect may take.
+        waiting.addTimeout(self.wait_timeout + self.command_timeout, self.clock)
         try:
             await waiting
         except DeferredTimeoutError:

@@ -390,18 +390,27 @@ def test_connect_gate_releases_at_once_when_logins_are_quick() -> None:
     assert server.commands.count(b"LOGIN") == 4 and clock.seconds() == 0
 
 
-def test_connect_gate_wait_is_bounded_by_the_wait_timeout() -> None:
-    """A login that cannot get a slot within pool_wait_timeout fails with a clear message."""
+def test_connect_gate_wait_is_bounded() -> None:
+    """
+    A login that cannot get a slot within pool_wait_timeout plus
+    imap_timeout fails with a clear message (here: a queue of logins to a
+    server that never answers, one slot).
+    """
     server, clock = ScriptedServer(), Clock()
     server.connect_hangs = True
     pool = make_pool(
         server, clock, connect_concurrency=1, connect_slot_hold=100.0, wait_timeout=5,
         command_timeout=60,
     )  # fmt: skip
-    first = run(pool, account(user="a@example.test"), noop)
-    second = run(pool, account(user="b@example.test"), noop)
-    clock.advance(5)
+    calls = [run(pool, account(user=f"{n}@example.test"), noop, read_only=False) for n in "abc"]
+    clock.advance(64.9)
+    assert server.connect_attempts == 2 and not calls[2].called
+    clock.advance(0.1)
     with pytest.raises(IMAPError, match="busy logging in to other mailboxes"):
-        outcome(second)
-    assert server.connect_attempts == 1 and not first.called
-    assert pool.open_connections == 1
+        outcome(calls[2])
+    with pytest.raises(IMAPError, match="could not connect"):
+        outcome(calls[0])  # its own connect timed out at 60 s, freeing the slot for b
+    clock.advance(60)
+    with pytest.raises(IMAPError, match="could not connect"):
+        outcome(calls[1])
+    assert server.connect_attempts == 2 and pool.open_connections == 0
