@@ -19,7 +19,24 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from ._jsonrpc import encode, error_message, result_message, valid_id
+
 log = Logger()
+
+SHUTTING_DOWN = -32000
+"""JSON-RPC error code (implementation-defined range) for a call cut short by shutdown."""
+
+SHUTDOWN_MESSAGE = (
+    "The server is shutting down (a restart or deploy) and this call did not finish in time, so "
+    "it was stopped. Its outcome is unknown: what it was doing may or may not have taken effect "
+    "(for send_mail_message: the message may or may not have gone out; look in Sent, or retry "
+    "with the same idempotency_key). Try again in a moment."
+)
+
+
+class ShuttingDown(Exception):
+    """Fired into a request's finish notifications when shutdown answered it early."""
+
 
 _TOO_LARGE = (
     b"HTTP/1.1 413 Payload Too Large\r\n"
@@ -39,6 +56,7 @@ class InFlight:
     def __init__(self) -> None:
         self.count = 0
         self._idle: list[Deferred[None]] = []
+        self.requests: set[MailMCPRequest] = set()
         self.connections: set[ITransport] = set()
         self._all_closed: list[Deferred[None]] = []
 
@@ -69,15 +87,32 @@ class InFlight:
             transport.loseConnection()
         return d
 
-    def started(self) -> None:
+    def started(self, request: MailMCPRequest | None = None) -> None:
         self.count += 1
+        if request is not None:
+            self.requests.add(request)
 
-    def finished(self) -> None:
+    def finished(self, request: MailMCPRequest | None = None) -> None:
         self.count -= 1
+        if request is not None:
+            self.requests.discard(request)
         if self.count == 0:
             waiting, self._idle = self._idle, []
             for d in waiting:
                 d.callback(None)
+
+    def answer_unfinished(self) -> int:
+        """
+        Give every request still being served a clean "shutting down"
+        answer now and stop the work behind it (see
+        L{MailMCPRequest.answer_shutting_down}).  Returns how many were
+        answered.
+        """
+        answered = 0
+        for request in list(self.requests):
+            if request.answer_shutting_down():
+                answered += 1
+        return answered
 
     def when_idle(self) -> Deferred[None]:
         if self.count == 0:
@@ -118,8 +153,8 @@ class MailMCPRequest(server.Request):
         if tracker is None:
             return
         self._tracked = True
-        tracker.started()
-        self.notifyFinish().addBoth(lambda _: tracker.finished())
+        tracker.started(self)
+        self.notifyFinish().addBoth(lambda _: tracker.finished(self))
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._too_large:
@@ -137,11 +172,93 @@ class MailMCPRequest(server.Request):
             transport.write(_TOO_LARGE)
             transport.loseConnection()
 
+    _processing = False
+
     def process(self) -> None:
         if self._too_large:
             return
         self._track()
+        self._processing = True
         super().process()
+
+    def answer_shutting_down(self) -> bool:
+        """
+        Answer this unfinished request at once, because the server is
+        stopping and its time is up, and stop the work behind it.  Returns
+        False when there was nothing left to answer.
+
+        ``/mcp`` gets a JSON-RPC answer with the request's id: for
+        ``tools/call`` an ``isError`` result (HTTP 200), which the model
+        reads and which no proxy or client retries on its own, since the
+        interrupted call (a send, a move) may have taken effect; for
+        anything else HTTP 503 with a JSON-RPC error.  Other paths get a
+        503 JSON error.  Either way the connection is closed afterwards.
+
+        The request's finish notifications are fired as a failure rather
+        than a success: that is how the resource (Klein) learns to cancel
+        the handler instead of writing into a finished request.
+        """
+        if self.finished or self._disconnected or self.channel is None:
+            return False
+        if not self._processing:
+            # The body is still arriving: no handler runs yet, nothing to
+            # cancel; say so and close, as for an oversized body.
+            transport = self.channel.transport
+            if transport is None:
+                return False
+            body = encode(error_message(None, SHUTTING_DOWN, SHUTDOWN_MESSAGE))
+            transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nRetry-After: 5\r\nConnection: close\r\n\r\n"
+                % (len(body),)
+                + body
+            )
+            transport.loseConnection()
+            return True
+        if self.startedWriting:
+            # A response is already on its way; closing the connection
+            # (later, gracefully) is all that is left.
+            return False
+        status, body = self._shutdown_answer()
+        waiting, self.notifications = self.notifications, []
+        self.setResponseCode(status)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"cache-control", b"no-store")
+        self.setHeader(b"content-length", b"%d" % (len(body),))
+        self.setHeader(b"connection", b"close")
+        if status == 503:
+            self.setHeader(b"retry-after", b"5")
+        channel = self.channel
+        self.write(body)
+        self.finish()
+        # As the header says: no further request on this connection.
+        channel.loseConnection()
+        for d in waiting:
+            d.errback(Failure(ShuttingDown()))
+        return True
+
+    def _shutdown_answer(self) -> tuple[int, bytes]:
+        """The status and body of a "shutting down" answer to this request."""
+        if self.path != b"/mcp":
+            return 503, encode(
+                {"error": "temporarily_unavailable", "error_description": "server shutting down"}
+            )
+        request_id: Any = None
+        method: Any = None
+        content: Any = getattr(self, "content", None)
+        try:
+            content.seek(0)
+            message = json.loads(content.read())
+        except (AttributeError, OSError, ValueError):
+            message = None
+        if isinstance(message, dict):
+            method = message.get("method")
+            if valid_id(message.get("id")):
+                request_id = message["id"]
+        if method == "tools/call" and request_id is not None:
+            result = {"content": [{"type": "text", "text": SHUTDOWN_MESSAGE}], "isError": True}
+            return 200, encode(result_message(request_id, result))
+        return 503, encode(error_message(request_id, SHUTTING_DOWN, SHUTDOWN_MESSAGE))
 
 
 def _safe_log_formatter(timestamp: str, request: server.Request) -> str:

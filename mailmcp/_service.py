@@ -132,19 +132,25 @@ class ListeningService(Service):
 
 class DrainService(Service):
     """
-    On stop, wait until in-flight requests finish, then close every open
-    connection gracefully (pending output written first), all within
-    C{timeout} seconds.
+    On stop, wait until in-flight requests finish, within C{timeout}
+    seconds; answer those still running then with a clean "shutting down"
+    (and stop their work); then close every open connection gracefully
+    (pending output written first), allowing C{close_grace} more seconds
+    for that.
 
-    The second step matters: once shutdown goes on, the reactor drops every
+    The last steps matter: once shutdown goes on, the reactor drops every
     connection without writing what is still buffered, so a response that
-    finished a moment earlier would never reach its client.
+    finished a moment earlier would never reach its client, and a call cut
+    off with no answer at all leaves its client guessing.
     """
 
-    def __init__(self, reactor: Any, in_flight: InFlight, timeout: float) -> None:
+    def __init__(
+        self, reactor: Any, in_flight: InFlight, timeout: float, close_grace: float = 5.0
+    ) -> None:
         self._reactor = reactor
         self._in_flight = in_flight
         self._timeout = timeout
+        self._close_grace = close_grace
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -161,9 +167,16 @@ class DrainService(Service):
         if self._in_flight.count:
             log.info("waiting for {count} in-flight requests", count=self._in_flight.count)
         if not await self._within(self._in_flight.when_idle(), deadline):
+            count = self._in_flight.count
+            answered = self._in_flight.answer_unfinished()
             log.warn(
-                "shutdown: {count} requests did not finish in time", count=self._in_flight.count
+                "shutdown: {count} requests did not finish in time; {answered} answered "
+                "'server shutting down' and stopped",
+                count=count,
+                answered=answered,
             )
+            # The answers just written need a moment to leave.
+            deadline = max(deadline, self._reactor.seconds() + self._close_grace)
         if not await self._within(self._in_flight.close_connections(), deadline):
             log.warn(
                 "shutdown: {count} connections did not close in time",
