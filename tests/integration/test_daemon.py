@@ -311,6 +311,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "key-file": str(key_file),
         "max-request-body": "2000",
         "allowed-origins": "https://a.example https://b.example",
+        "log-level": "debug",
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
