@@ -260,9 +260,15 @@ async def link_parts(
             obj, decoded = known
             store = ctx.services.attachments
             limit = _link_lifetime(store, lifetime)
-            url = store.link(ctx.account.owner, obj, decoded.filename, decoded.content_type, limit)
-            results[part] = PartLink(decoded, obj.size, obj.sha256, url, _iso(now + limit))
             wanted.remove(part)
+            try:
+                url = store.link(
+                    ctx.account.owner, obj, decoded.filename, decoded.content_type, limit
+                )
+            except AttachmentError as e:
+                results[part] = e.message
+                continue
+            results[part] = PartLink(decoded, obj.size, obj.sha256, url, _iso(now + limit))
     if not wanted:
         return results
     items = " ".join(f"BODY.PEEK[{p}.MIME] BODY.PEEK[{p}]<0.{cap + 1}>" for p in wanted)

@@ -301,16 +301,24 @@ class S3AttachmentStore:
         lifetime: float | None = None,
     ) -> str:
         lifetime = self.link_lifetime if lifetime is None else min(lifetime, self.link_lifetime)
-        url: str = self._client.generate_presigned_url(
-            "get_object",
-            Params={
-                "Bucket": self.bucket,
-                "Key": obj.key,
-                "ResponseContentDisposition": content_disposition(filename),
-                "ResponseContentType": safe_content_type(content_type),
-            },
-            ExpiresIn=max(1, int(lifetime)),
-        )
+        try:
+            url: str = self._client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": obj.key,
+                    "ResponseContentDisposition": content_disposition(filename),
+                    "ResponseContentType": safe_content_type(content_type),
+                },
+                ExpiresIn=max(1, int(lifetime)),
+            )
+        except Exception as e:
+            # Expired credentials that cannot be refreshed (S3-03): no link
+            # at all rather than a crash, or a URL S3 would refuse.
+            log.error(
+                "S3 presign failed: {kind}: {error}", kind=type(e).__name__, error=str(e)[:300]
+            )
+            raise AttachmentError(UNAVAILABLE) from None
         return url
 
     def verify_url(self, url: str) -> tuple[str, str, str, str]:
@@ -345,7 +353,15 @@ class S3AttachmentStore:
             if not eq or name in params:
                 raise AttachmentRefused(TAMPERED)
             params[name] = value
-        creds = self._credentials()
+        try:
+            creds = self._credentials()
+        except Exception as e:
+            log.error(
+                "S3 credentials unavailable: {kind}: {error}",
+                kind=type(e).__name__,
+                error=str(e)[:300],
+            )
+            raise AttachmentError(UNAVAILABLE) from None
         allowed = {
             "X-Amz-Algorithm",
             "X-Amz-Credential",

@@ -917,3 +917,295 @@ def test_attachment_caps_are_explained(s3: Services, daemon_factory: Any) -> Non
         daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 2}, timeout=120
     )
     assert any("too many attachments" in w for w in many["structuredContent"]["warnings"])
+
+
+# -- the S3 store itself (S3-01, S3-03) ------------------------------------------------------------
+
+
+class SlowDownProxyHandler(BaseHTTPRequestHandler):
+    """Forwards to the real SeaweedFS unchanged (Host included, so SigV4 still holds), except that the
+    first ``server.slowdowns`` PutObject requests are answered ``503 SlowDown``."""
+
+    protocol_version = "HTTP/1.1"
+    server: SlowDownProxy
+    SLOWDOWN = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def relay(self) -> None:
+        import http.client
+
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests.append(self.command)
+        if self.command == "PUT" and self.server.slowdowns > 0:
+            self.server.slowdowns -= 1
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(self.SLOWDOWN)))
+            self.end_headers()
+            self.wfile.write(self.SLOWDOWN)
+            return
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
+        try:
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")
+            }
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(key, value)
+            length = (
+                response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+            )
+            self.send_header("Content-Length", length or "0")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        finally:
+            upstream.close()
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = relay
+
+
+class SlowDownProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), SlowDownProxyHandler)
+        self.upstream_port = upstream_port
+        self.slowdowns = 0
+        self.requests: list[str] = []
+
+
+@pytest.fixture
+def slowdown_proxy(s3: Services) -> Iterator[SlowDownProxy]:
+    proxy = SlowDownProxy(s3.s3_port)
+    thread = threading.Thread(
+        target=proxy.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
+    thread.start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+    thread.join(10)
+
+
+@pytest.fixture
+def store_pool() -> Iterator[Any]:
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(minthreads=0, maxthreads=2, name="catalogue-s3")
+    pool.start()
+    yield pool
+    pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_s3_slowdown_is_retried_a_bounded_number_of_times(
+    s3: Services, slowdown_proxy: SlowDownProxy, store_pool: Any
+) -> None:
+    """
+    S3-01: the S3 store built as the daemon builds it (``make_s3_client``,
+    ``MAILMCP_S3_ENDPOINT``) talks to the real SeaweedFS through a loopback
+    proxy that answers PutObject ``503 SlowDown`` three times: the fourth
+    attempt stores the object (botocore's standard retry mode: bounded,
+    exponential backoff with jitter; ``retries={"max_attempts": 3}`` there
+    means three retries, four attempts in all).  When S3 keeps answering SlowDown the
+    put fails with "storage unavailable" after exactly the same bounded
+    number of attempts -- never a retry loop.
+    """
+    from mailmcp._attachments import AttachmentError, S3AttachmentStore, S3Settings, make_s3_client
+    from mailmcp._keyring import KeyRing, new_master_key
+
+    proxy = slowdown_proxy
+    client, credentials = make_s3_client(
+        dict(S3_ENV, MAILMCP_S3_ENDPOINT=f"http://127.0.0.1:{proxy.server_port}")
+    )
+    prefix = "slow-" + uuid.uuid4().hex[:8]
+    store = S3AttachmentStore(
+        client,
+        credentials,
+        S3Settings(f"s3://attachments/{prefix}"),
+        KeyRing([new_master_key()]),
+        reactor,
+        store_pool,
+    )
+    proxy.slowdowns = 3
+    stored = await store.put("grant-slow", b"retried content", "text/plain")
+    assert proxy.requests.count("PUT") == 4 and proxy.slowdowns == 0
+    assert stored.created and store.puts == 1
+    assert s3_keys(s3, prefix) == [stored.key]
+    proxy.requests.clear()
+    proxy.slowdowns = 1000
+    with pytest.raises(AttachmentError, match="unavailable"):
+        await store.put("grant-slow", b"never stored", "text/plain")
+    assert proxy.requests.count("PUT") == 4
+    assert s3_keys(s3, prefix) == [stored.key]
+
+
+class ExpiringSTS:
+    """
+    A botocore credential provider handing out refreshable (STS-style)
+    credentials on a clock the test moves; once they are past their expiry
+    the refresh fails, as when STS is unreachable or the role was revoked.
+    """
+
+    METHOD = "catalogue-sts"
+    CANONICAL_NAME = "catalogue-sts"
+
+    def __init__(self) -> None:
+        import datetime
+
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.expiry = self.now + datetime.timedelta(hours=1)
+        self.refreshes = 0
+
+    def refresh(self) -> dict[str, str]:
+        self.refreshes += 1
+        raise RuntimeError("STS unreachable: credentials could not be refreshed")
+
+    def load(self) -> Any:
+        from botocore.credentials import RefreshableCredentials
+
+        return RefreshableCredentials(
+            access_key=S3_ENV["AWS_ACCESS_KEY_ID"],
+            secret_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+            token=None,
+            expiry_time=self.expiry,
+            refresh_using=self.refresh,
+            method=self.METHOD,
+            time_fetcher=lambda: self.now,
+        )
+
+    def expire(self) -> None:
+        import datetime
+
+        self.now = self.expiry + datetime.timedelta(minutes=5)
+
+
+def sts_store(s3: Services, sts: ExpiringSTS, prefix: str, pool: Any) -> Any:
+    """An S3 store whose boto3 client gets its credentials from C{sts} (client options as make_s3_client)."""
+    import boto3
+    import botocore.session
+    from botocore.config import Config as BotoConfig
+
+    from mailmcp._attachments import S3AttachmentStore, S3Settings
+    from mailmcp._keyring import KeyRing, new_master_key
+
+    core = botocore.session.Session()
+    core.get_component("credential_provider").insert_before("env", sts)
+    session = boto3.session.Session(botocore_session=core, region_name="us-east-1")
+    client = session.client(
+        "s3",
+        endpoint_url=s3.s3_endpoint,
+        config=BotoConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
+    credentials = session.get_credentials()
+    return S3AttachmentStore(
+        client,
+        credentials.get_frozen_credentials,
+        S3Settings(f"s3://attachments/{prefix}"),
+        KeyRing([new_master_key()]),
+        reactor,
+        pool,
+        link_lifetime=600,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_credentials_give_a_clear_error_and_no_dead_link(
+    s3: Services, store_pool: Any
+) -> None:
+    """
+    S3-03: with STS-style credentials that have expired and cannot be
+    refreshed, minting a link for an object stored earlier, storing new
+    content and checking a link all fail with the store's clear
+    "storage unavailable" `AttachmentError` -- never a botocore exception
+    and never a URL (which S3 would refuse).  Through get_mail_message on
+    the real Dovecot, an attachment read before the expiry (so known to the
+    stored-part index) and one never read come back with ``url: null`` while
+    the body is still returned; nothing new reaches the bucket.
+    """
+    from mailmcp._account import MailAccount
+    from mailmcp._attachments import AttachmentError
+    from mailmcp._attachments._helpers import StoredPartIndex, store_and_link
+    from mailmcp._clients import MailServer
+    from mailmcp._imap import IMAPPool
+    from mailmcp._tls import MailTLS
+    from mailmcp._toolkit import ToolContext, ToolServices
+    from mailmcp._tools._reading import GetMessageInput, get_mail_message
+
+    sts = ExpiringSTS()
+    prefix = "sts-" + uuid.uuid4().hex[:8]
+    store = sts_store(s3, sts, prefix, store_pool)
+    [(user, password)] = fresh_users(s3, 1)
+    s3.deliver(
+        user,
+        with_attachments(user, "one", [("a.bin", "application/octet-stream", b"first attachment")]),
+    )
+    s3.deliver(
+        user,
+        with_attachments(
+            user, "two", [("b.bin", "application/octet-stream", b"second attachment")]
+        ),
+    )
+    account = MailAccount(
+        owner="grant-" + uuid.uuid4().hex,
+        email=user,
+        full_name="STS",
+        imap=MailServer(host="localhost", port=s3.imaps_port, security="tls"),
+        imap_username=user,
+        imap_password=password,
+        smtp=MailServer(host="localhost", port=s3.smtps_port, security="tls"),
+        smtp_username=user,
+        smtp_password=password,
+    )
+    imap = IMAPPool(reactor, MailTLS(s3.ca_file), command_timeout=15.0)
+    ctx = ToolContext(
+        account=account,
+        services=ToolServices(
+            reactor=reactor,
+            config=None,
+            imap=imap,
+            attachments=store,
+            attachment_index=StoredPartIndex(),
+        ),
+    )
+    try:
+        before = await get_mail_message(ctx, GetMessageInput(folder="INBOX", uid=1))
+        [attachment] = before.attachments
+        assert attachment.url and http_get(attachment.url)[0] == 200
+        obj = await store.put(account.owner, b"stored before expiry", "text/plain")
+        live = store.link(account.owner, obj, "x.txt", "text/plain")
+        keys = s3_keys(s3, prefix)
+        assert len(keys) == 2
+
+        sts.expire()
+        with pytest.raises(AttachmentError, match="unavailable"):
+            store.link(account.owner, obj, "x.txt", "text/plain")
+        with pytest.raises(AttachmentError, match="unavailable"):
+            await store.put(account.owner, b"new after expiry", "text/plain")
+        with pytest.raises(AttachmentError):
+            store.check(account.owner, live)
+        linked = await store_and_link(ctx, b"also new", "y.txt", "text/plain")
+        assert linked.url is None and "unavailable" in (linked.error or "")
+        for uid in (1, 2):
+            after = await get_mail_message(ctx, GetMessageInput(folder="INBOX", uid=uid))
+            assert "The body text survives." in after.body
+            assert [a.url for a in after.attachments] == [None]
+        assert sts.refreshes >= 1
+        assert s3_keys(s3, prefix) == keys
+    finally:
+        if imap.running or imap.open_connections:
+            await imap.stopService()
