@@ -167,6 +167,10 @@ class AttachmentInfo(_Out):
     url: str | None = Field(
         default=None, description="Download link, when the server provides one."
     )
+    link_error: str | None = Field(
+        default=None,
+        description="Why there is no download link (too large, too many, storage failed).",
+    )
 
 
 class GetMessageOutput(_Out):
@@ -710,11 +714,29 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
                 inline=p.inline,
                 content_id=p.content_id,
                 url=getattr(links.get(p.part_id), "url", None),
+                link_error=_link_error(links.get(p.part_id)),
             )
             for p in structure.attachments
         ],
-        warnings=warnings,
+        warnings=warnings + _unlinked_warnings(links),
     )
+
+
+def _link_error(link: object) -> str | None:
+    """`link_parts` gives a reason string instead of a link when it made none."""
+    return link if isinstance(link, str) else None
+
+
+def _unlinked_warnings(links: dict[str, Any]) -> list[str]:
+    """One warning per distinct reason, so a thousand attachments are not a thousand lines."""
+    reasons: dict[str, int] = {}
+    for link in links.values():
+        if isinstance(link, str):
+            reasons[link] = reasons.get(link, 0) + 1
+    return [
+        f"{count} attachment{'s' if count > 1 else ''} without a download link: {reason}"
+        for reason, count in reasons.items()
+    ]
 
 
 def _threading_section(message: FetchedMessage) -> bytes:
@@ -809,7 +831,9 @@ TOOLS: list[Tool] = [
         input_model=GetMessageInput,
         output_model=GetMessageOutput,
         handler=get_mail_message,
-        read_only=True,
+        # Not read-only (security.md MCP-14): reading stores the message's
+        # attachments in the attachment store and mints links to them.
+        read_only=False,
         destructive=False,
         idempotent=True,
         open_world=True,

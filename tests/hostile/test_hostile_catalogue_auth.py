@@ -718,11 +718,6 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
         assert tools[name]["readOnlyHint"] is False, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MCP-14: get_mail_message stores attachment parts (writes) but is "
-    "annotated readOnlyHint=true in mailmcp/_tools/_reading.py; the lead is changing it",
-)
 def test_mcp_14_get_mail_message_is_not_read_only(env: Env) -> None:
     """MCP-14: get_mail_message stores attachment parts, so tools/list must not call it readOnlyHint."""
     assert annotations(env)["get_mail_message"]["readOnlyHint"] is False

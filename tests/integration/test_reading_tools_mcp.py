@@ -38,11 +38,15 @@ def endpoint(services: Services) -> Iterator[Any]:
 
 @pytest_twisted.ensureDeferred
 async def test_tools_list_describes_reading_tools(endpoint: Any) -> None:
-    """tools/list: the four tools with titles, read-only annotations and both schemas."""
+    """
+    tools/list: the four tools with titles, honest annotations and both
+    schemas; get_mail_message is not read-only (it stores attachments, MCP-14).
+    """
     tools = {t["name"]: t for t in (await rpc(endpoint, "tools/list", {}))["result"]["tools"]}
     for name in READING:
         tool = tools[name]
-        assert tool["title"] and tool["annotations"]["readOnlyHint"] is True
+        read_only = name != "get_mail_message"
+        assert tool["title"] and tool["annotations"]["readOnlyHint"] is read_only
         assert tool["annotations"]["destructiveHint"] is False
         assert tool["inputSchema"]["type"] == "object" and tool["outputSchema"]["type"] == "object"
     assert "from" in tools["search_mail_messages"]["inputSchema"]["properties"]

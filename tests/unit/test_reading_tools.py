@@ -61,12 +61,16 @@ def context(server: FakeIMAPServer) -> ToolContext:
 
 
 def test_registered_with_honest_annotations() -> None:
-    """All four are in the registry, read-only, non-destructive, idempotent, open-world."""
+    """
+    All four are in the registry, non-destructive, idempotent, open-world;
+    read-only except get_mail_message, which stores attachments (MCP-14).
+    """
     names = [t.name for t in all_tools()]
     for tool in TOOLS:
         assert tool.name in names
         assert tool.annotations() == {
-            "title": tool.title, "readOnlyHint": True, "destructiveHint": False,
+            "title": tool.title, "readOnlyHint": tool.name != "get_mail_message",
+            "destructiveHint": False,
             "idempotentHint": True, "openWorldHint": True,
         }
         schema = tool.input_model.model_json_schema()
