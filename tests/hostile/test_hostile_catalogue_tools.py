@@ -893,19 +893,13 @@ def test_attachment_caps_keep_the_body(s3: Services, daemon_factory: Any) -> Non
     assert_healthy(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "mailmcp/_tools/_reading.py get_mail_message drops the reason link_parts gives for an attachment "
-        "without a link (over the size cap, over the count cap, storage failed): AttachmentInfo has no "
-        "error field and nothing is added to warnings, so the user sees url=null with no explanation"
-    ),
-)
 def test_attachment_caps_are_explained(s3: Services, daemon_factory: Any) -> None:
     """
     MM-09: the catalogue's "attachment too large (N MB), not uploaded" --
-    an attachment left without a link says why (too large / too many), in
-    the result the model sees.
+    an attachment left without a link says why, in the text the model sees
+    as well as in the structured result: the 60 MB one names the byte cap
+    (its ``link_error`` and a warning), the attachments past the count cap
+    say "too many attachments" (one warning for all of them, not 980).
     """
     daemon, token, _, _ = _mm09_setup(s3, daemon_factory, "127.7.4.2")
     huge = mcp_http.call(
@@ -913,10 +907,17 @@ def test_attachment_caps_are_explained(s3: Services, daemon_factory: Any) -> Non
     )
     text = mcp_http.text_of(huge).lower()
     assert "too large" in text or "byte cap" in text, text[:2000]
+    [big] = huge["structuredContent"]["attachments"]
+    assert big["url"] is None and "cap" in (big.get("link_error") or ""), big
+    assert any("without a download link" in w for w in huge["structuredContent"]["warnings"])
     many = mcp_http.call(
         daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 2}, timeout=120
     )
-    assert any("too many attachments" in w for w in many["structuredContent"]["warnings"])
+    warnings = many["structuredContent"]["warnings"]
+    assert sum("too many attachments" in w for w in warnings) == 1, warnings
+    unlinked = [a for a in many["structuredContent"]["attachments"] if a["url"] is None]
+    assert unlinked and all("too many attachments" in (a.get("link_error") or "") for a in unlinked)
+    assert_healthy(daemon)
 
 
 # -- the S3 store itself (S3-01, S3-03) ------------------------------------------------------------
@@ -1204,6 +1205,7 @@ async def test_expired_credentials_give_a_clear_error_and_no_dead_link(
             after = await get_mail_message(ctx, GetMessageInput(folder="INBOX", uid=uid))
             assert "The body text survives." in after.body
             assert [a.url for a in after.attachments] == [None]
+            assert "unavailable" in (after.attachments[0].link_error or ""), after.attachments
         assert sts.refreshes >= 1
         assert s3_keys(s3, prefix) == keys
     finally:
