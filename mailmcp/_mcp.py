@@ -27,7 +27,7 @@ import inspect
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,12 +36,12 @@ from klein import Klein
 from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, fail
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from ._account import MailAccount
+from ._admission import Admission
 from ._jsonrpc import (
     ERROR_CODE_HTTP_STATUS,
     HEADER_MISMATCH,
@@ -67,14 +67,6 @@ from .interfaces import IAccessTokenVerifier
 
 log = Logger()
 
-#: /mcp requests worked on at once; more wait, already parsed, for a turn.
-#: Sixteen calls of ~2 ms CPU each bound one reactor iteration's work far
-#: below DESIGN §6's 100 ms lag while keeping the CPU busy (a warm call
-#: spends ~1 ms waiting on IMAP).
-MAX_WORKING = 16
-#: Seconds after which a turn ends even if its call is still waiting (on a
-#: slow mail server, a pooled connection or a login slot).
-TURN_HOLD = 0.1
 
 #: Handshake-era versions we negotiate in ``initialize``, oldest first.
 HANDSHAKE_VERSIONS: tuple[str, ...] = ("2025-03-26", "2025-06-18", "2025-11-25")
@@ -211,14 +203,10 @@ class MCPApp:
         lenient_version_header: bool = True,
         list_ttl_ms: int = 300_000,
         max_body: int | None = None,
-        max_working: int = MAX_WORKING,
-        turn_hold: float = TURN_HOLD,
-        clock: IReactorTime | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._config = config
-        self._working = DeferredSemaphore(max_working)
-        self._turn_hold = turn_hold
-        self._clock = clock if clock is not None else getattr(tool_services, "reactor", None)
+        self._admission = admission if admission is not None else Admission()
         self._verifier = verifier
         self._services = tool_services
         self._instructions = instructions
@@ -270,7 +258,8 @@ class MCPApp:
     @app.route("/mcp", branch=False)
     async def mcp(self, request: IRequest) -> bytes:
         """The single MCP endpoint; see the module docstring for the order of checks."""
-        end_turn = await self._take_turn()
+        admission = self._admission
+        await admission.enter()
         try:
             return await self._serve(request)
         except _Reply as reply:
@@ -282,32 +271,7 @@ class MCPApp:
             log.failure("unexpected error serving an MCP request")
             return self._json(request, 200, error_message(None, INTERNAL_ERROR, "Internal error"))
         finally:
-            end_turn()
-
-    async def _take_turn(self) -> Callable[[], None]:
-        """
-        Wait for one of `MAX_WORKING` turns; return what ends it.  A turn
-        ends when the request is answered or after `TURN_HOLD` seconds,
-        whichever is first, so the limit bounds the CPU work a burst can put
-        into one reactor iteration (DESIGN §6: reactor lag) without letting
-        calls that wait on a slow mail server hold everyone else back.
-        """
-        working = self._working
-        await working.acquire()
-        held = True
-        timer: IDelayedCall | None = None
-
-        def end_turn() -> None:
-            nonlocal held
-            if held:
-                held = False
-                if timer is not None and timer.active():
-                    timer.cancel()
-                working.release()
-
-        if self._clock is not None:
-            timer = self._clock.callLater(self._turn_hold, end_turn)
-        return end_turn
+            admission.leave()
 
     @app.route("/mcp/", branch=True)
     def below_mcp(self, request: IRequest) -> bytes:

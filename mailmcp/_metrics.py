@@ -31,6 +31,8 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web.iweb import IRequest
 
+from ._admission import Admission
+
 #: Upper bounds (seconds) of the lag histogram's buckets.
 BUCKETS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -58,6 +60,8 @@ class ReactorLagProbe(Service):
         self.max = 0.0
         self._expected = 0.0
         self._call: IDelayedCall | None = None
+        #: Called with every lag sample (e.g. `mailmcp._admission.Admission.observe_lag`).
+        self.observers: list[Callable[[float], None]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -75,8 +79,11 @@ class ReactorLagProbe(Service):
 
     def _tick(self) -> None:
         now = self._clock()
-        self.record(now, max(0.0, now - self._expected))
+        lag = max(0.0, now - self._expected)
+        self.record(now, lag)
         self._schedule()
+        for observer in self.observers:
+            observer(lag)
 
     def record(self, now: float, lag: float) -> None:
         self.samples.append((now, lag))
@@ -115,9 +122,15 @@ class MetricsApp:
 
     app = Klein()
 
-    def __init__(self, probe: ReactorLagProbe, in_flight: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        probe: ReactorLagProbe,
+        in_flight: Callable[[], int] | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self._probe = probe
         self._in_flight = in_flight
+        self._admission = admission
 
     def snapshot(self, since: float | None = None, samples: bool = False) -> dict[str, Any]:
         probe = self._probe
@@ -143,6 +156,13 @@ class MetricsApp:
         }
         if self._in_flight is not None:
             document["http_requests_in_flight"] = self._in_flight()
+        if self._admission is not None:
+            document["admission"] = {
+                "limit": int(self._admission.limit),
+                "working": self._admission.working,
+                "queued": self._admission.queued,
+                "waited_total": self._admission.waited,
+            }
         if samples:
             document["reactor_lag"]["samples"] = [
                 [t, lag] for t, lag in probe.samples if since is None or t >= since
@@ -192,6 +212,15 @@ class MetricsApp:
         if self._in_flight is not None:
             lines.append("# TYPE mailmcp_http_requests_in_flight gauge")
             lines.append(f"mailmcp_http_requests_in_flight {self._in_flight()}")
+        admission = self._admission
+        if admission is not None:
+            lines.append("# HELP mailmcp_mcp_admission_limit /mcp requests worked on at once.")
+            lines.append("# TYPE mailmcp_mcp_admission_limit gauge")
+            lines.append(f"mailmcp_mcp_admission_limit {int(admission.limit)}")
+            lines.append("# TYPE mailmcp_mcp_requests_queued gauge")
+            lines.append(f"mailmcp_mcp_requests_queued {admission.queued}")
+            lines.append("# TYPE mailmcp_mcp_requests_waited_total counter")
+            lines.append(f"mailmcp_mcp_requests_waited_total {admission.waited}")
         return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
+from ._admission import Admission
 from ._attachments import build_attachments
 from ._attachments._helpers import StoredPartIndex
 from ._config import Config
@@ -237,7 +238,10 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     lag_probe = ReactorLagProbe(reactor)
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
-    routes.append(("/metrics", MetricsApp(lag_probe).app.resource()))
+    # /mcp requests in progress at once, adapted to the lag (DESIGN §6).
+    admission = Admission()
+    lag_probe.observers.append(admission.observe_lag)
+    routes.append(("/metrics", MetricsApp(lag_probe, admission=admission).app.resource()))
     oauth_resource, verifier = build_authorization_server(config, reactor, parent)
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
@@ -260,7 +264,8 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     )
     # Sends per account: --send-burst at once, then --sends-per-hour (SM-12).
     tool_services.send_limiter = SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
-    routes.append(("/mcp", MCPApp(config, verifier, tool_services, all_tools()).app.resource()))
+    mcp = MCPApp(config, verifier, tool_services, all_tools(), admission=admission)
+    routes.append(("/mcp", mcp.app.resource()))
     return routes
 
 

@@ -834,7 +834,7 @@ def test_admission_bounds_the_requests_worked_on_at_once() -> None:
     At most max_working requests are worked on at once; the others wait,
     already parsed, and each gets its turn when one is answered.
     """
-    from twisted.internet.task import Clock
+    from mailmcp._admission import fixed
 
     started: list[Deferred[None]] = []
 
@@ -846,7 +846,7 @@ def test_admission_bounds_the_requests_worked_on_at_once() -> None:
 
     app = MCPApp(
         make_config(), FakeTokenVerifier({TOKEN: make_account()}), None, [_tool("held", held)],
-        max_working=3, clock=Clock(),
+        admission=fixed(3),
     )  # fmt: skip
     client = Client(app)
     responses = [
@@ -870,42 +870,3 @@ def test_admission_bounds_the_requests_worked_on_at_once() -> None:
     client.stub.flush()
     codes = [_result(r).code for r in responses]
     assert codes == [200] * 5
-
-
-def test_a_turn_ends_after_the_hold_even_if_the_call_still_waits() -> None:
-    """
-    Calls waiting on a slow mail server give up their turn after turn_hold
-    seconds, so they cannot keep every other user's request waiting.
-    """
-    from twisted.internet.task import Clock
-
-    clock = Clock()
-    started: list[Deferred[None]] = []
-
-    async def stalled(context: ToolContext, arguments: Empty) -> Boom:
-        gate: Deferred[None] = Deferred()
-        started.append(gate)
-        await gate
-        return Boom(ok=True)
-
-    app = MCPApp(
-        make_config(), FakeTokenVerifier({TOKEN: make_account()}), None,
-        [_tool("stalled", stalled)], max_working=2, turn_hold=0.1, clock=clock,
-    )  # fmt: skip
-    client = Client(app)
-    for n in range(6):
-        client.stub.post(
-            f"{BASE}/mcp",
-            data=json.dumps(call("stalled", {}, request_id=n)).encode(),
-            headers={
-                b"authorization": [f"Bearer {TOKEN}".encode()],
-                b"content-type": [b"application/json"],
-            },
-        )
-    assert len(started) == 2
-    clock.advance(0.05)
-    assert len(started) == 2
-    clock.advance(0.05)
-    assert len(started) == 4
-    clock.advance(0.1)
-    assert len(started) == 6

@@ -20,6 +20,7 @@ def _probe() -> tuple[Clock, ReactorLagProbe]:
 
 
 def test_on_time_timer_has_no_lag() -> None:
+    """A timer that fires on time records zero lag."""
     clock, probe = _probe()
     clock.pump([0.02] * 10)
     assert probe.count == 10
@@ -28,7 +29,7 @@ def test_on_time_timer_has_no_lag() -> None:
 
 
 def test_blocked_reactor_shows_as_lag() -> None:
-    """A timer that fires on time records zero lag."""
+    """A reactor busy past the tick's deadline shows as that much lag, in the right bucket."""
     clock, probe = _probe()
     clock.advance(0.02)
     clock.advance(0.5)  # the reactor was busy for 0.48 s past the deadline
@@ -39,7 +40,7 @@ def test_blocked_reactor_shows_as_lag() -> None:
 
 
 def test_window_percentiles_and_stop() -> None:
-    """A reactor busy past the tick's deadline shows as that much lag, in the right bucket."""
+    """Percentiles can be taken from a point in time on; a stopped probe records nothing more."""
     clock, probe = _probe()
     clock.advance(0.02)
     clock.advance(0.12)  # lag 0.1
@@ -55,7 +56,6 @@ def test_window_percentiles_and_stop() -> None:
 
 def test_json_and_prometheus_documents() -> None:
     """The JSON and Prometheus documents carry the counts and nothing that looks like a secret."""
-    """Percentiles can be taken from a point in time on; a stopped probe records nothing more."""
     clock, probe = _probe()
     clock.pump([0.02] * 3)
     app = MetricsApp(probe, in_flight=lambda: 2)
@@ -68,3 +68,23 @@ def test_json_and_prometheus_documents() -> None:
     assert 'mailmcp_reactor_lag_seconds_bucket{le="+Inf"} 3' in text
     assert "mailmcp_reactor_lag_seconds_count 3" in text
     assert "@" not in text and "password" not in text.lower()
+
+
+def test_lag_samples_feed_the_admission_limit_and_show_in_metrics() -> None:
+    """
+    Every lag sample reaches the probe's observers: a lagging reactor cuts
+    the /mcp admission limit, an idle one raises it; /metrics shows it.
+    """
+    from mailmcp._admission import Admission
+
+    clock, probe = _probe()
+    admission = Admission(initial=16, minimum=4, maximum=64)
+    probe.observers.append(admission.observe_lag)
+    clock.advance(0.02)
+    assert admission.limit == 17
+    clock.advance(0.5)  # 0.48 s late
+    assert admission.limit == 12.75
+    admission.enter()
+    app = MetricsApp(probe, admission=admission)
+    assert app.snapshot()["admission"] == {"limit": 12, "working": 1, "queued": 0, "waited_total": 0}
+    assert "mailmcp_mcp_admission_limit 12" in app.prometheus()
