@@ -532,6 +532,8 @@ class Bench:
             "daemon_cpu_share": round((cpu1 - cpu0) / elapsed, 2) if cpu0 is not None and cpu1 is not None else None,
             "bench_client_cpu_share": round((pcpu1 - pcpu0) / elapsed, 2),
             "failures_sample": failures[:5],
+            "gc": metrics.get("gc"),
+            "admission": metrics.get("admission"),
         }
 
     async def throughput(self) -> None:

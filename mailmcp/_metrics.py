@@ -19,6 +19,7 @@ Nothing here is secret: no account, token, address or path is exposed.
 from __future__ import annotations
 
 import bisect
+import gc
 import json
 import resource
 import time
@@ -62,13 +63,16 @@ class ReactorLagProbe(Service):
         self._call: IDelayedCall | None = None
         #: Called with every lag sample (e.g. `mailmcp._admission.Admission.observe_lag`).
         self.observers: list[Callable[[float], None]] = []
+        self.gc_pauses = GCPauses()
 
     def startService(self) -> None:
         super().startService()
+        self.gc_pauses.install()
         self._schedule()
 
     def stopService(self) -> None:
         super().stopService()
+        self.gc_pauses.uninstall()
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -98,6 +102,84 @@ class ReactorLagProbe(Service):
         if not values:
             return None
         return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class GCPauses:
+    """
+    How long the garbage collector stopped the process, per generation.  A
+    full collection scans every tracked object and holds the reactor the
+    whole time, so it is the first suspect when lag has no other cause.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = 0.0
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.max = [0.0, 0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+            return
+        generation = min(int(info.get("generation", 2)), 2)
+        pause = self._clock() - self._started
+        self.count[generation] += 1
+        self.total[generation] += pause
+        if pause > self.max[generation]:
+            self.max[generation] = pause
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            f"gen{g}": {
+                "collections": self.count[g],
+                "pause_sum_seconds": round(self.total[g], 6),
+                "pause_max_seconds": round(self.max[g], 6),
+            }
+            for g in range(3)
+        } | {"frozen_objects": gc.get_freeze_count()}
+
+
+class GCTuning(Service):
+    """
+    Keep full garbage collections rare and short (DESIGN §6: reactor lag).
+
+    A full collection scans every tracked object with the reactor stopped;
+    measured under load (`GCPauses`), it was the whole of the lag p99
+    (200-400 ms).  On start, everything built so far -- imported modules,
+    wire models, tool schemas, the service tree -- is moved out of the
+    collector's sight (`gc.freeze`): it lives as long as the process, and
+    reference counting still frees it.  Collections run less often
+    (`THRESHOLDS`); young garbage is still collected, in bigger batches.
+    Stopping restores the previous state.
+    """
+
+    THRESHOLDS = (20_000, 20, 20)
+
+    def __init__(self) -> None:
+        self._previous: tuple[int, int, int] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
+        self._previous = gc.get_threshold()
+        gc.set_threshold(*self.THRESHOLDS)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            gc.set_threshold(*self._previous)
+            self._previous = None
+        gc.unfreeze()
 
 
 def _rss_bytes() -> tuple[int | None, int | None]:
@@ -153,6 +235,7 @@ class MetricsApp:
                 },
             },
             "process": {"resident_memory_bytes": rss, "max_resident_memory_bytes": peak},
+            "gc": probe.gc_pauses.snapshot(),
         }
         if self._in_flight is not None:
             document["http_requests_in_flight"] = self._in_flight()

@@ -29,7 +29,7 @@ from ._config import Config
 from ._http import InFlight, MailMCPSite
 from ._imap import IMAPPool
 from ._mcp import MCPApp
-from ._metrics import MetricsApp, ReactorLagProbe
+from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
 from ._oauth import build_authorization_server
 from ._sendrate import SendRateLimiter
 from ._smtp import SMTPSender
@@ -275,6 +275,10 @@ def build_service(config: Config, reactor: Any) -> IService:
     parts.setName("parts")
     parts.setServiceParent(top)
     routes = build_routes(config, reactor, parts)
+    # Last of the parts: freezes what they built (see GCTuning).
+    gc_tuning = GCTuning()
+    gc_tuning.setName("gc-tuning")
+    gc_tuning.setServiceParent(parts)
     site = MailMCPSite(Router(routes), max_body=config.max_request_body, reactor=reactor)
     drain = DrainService(reactor, site.in_flight, config.shutdown_timeout)
     drain.setName("drain")

@@ -88,3 +88,41 @@ def test_lag_samples_feed_the_admission_limit_and_show_in_metrics() -> None:
     app = MetricsApp(probe, admission=admission)
     assert app.snapshot()["admission"] == {"limit": 12, "working": 1, "queued": 0, "waited_total": 0}
     assert "mailmcp_mcp_admission_limit 12" in app.prometheus()
+
+
+def test_gc_tuning_freezes_startup_objects_and_restores_on_stop() -> None:
+    """
+    Started, GCTuning moves what exists out of the collector's sight and
+    makes collections rarer; stopped, it puts both back.
+    """
+    import gc
+
+    from mailmcp._metrics import GCTuning
+
+    before = gc.get_threshold()
+    tuning = GCTuning()
+    tuning.startService()
+    try:
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == GCTuning.THRESHOLDS
+    finally:
+        tuning.stopService()
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
+
+
+def test_gc_pauses_are_recorded_per_generation() -> None:
+    """A forced full collection shows up as one gen2 pause in the probe's GC figures."""
+    import gc
+
+    clock, probe = _probe()
+    try:
+        gc.collect()
+        snapshot = probe.gc_pauses.snapshot()
+        assert snapshot["gen2"]["collections"] >= 1
+        assert snapshot["gen2"]["pause_max_seconds"] > 0
+    finally:
+        probe.stopService()
+    collections = probe.gc_pauses.count[2]
+    gc.collect()
+    assert probe.gc_pauses.count[2] == collections  # uninstalled on stop
