@@ -329,6 +329,21 @@ def generate_client(state_dir: Path, services: Services | None = None, *args: st
     return document
 
 
+def scripted_imap_client(state_dir: Path, imap_port: int, services: Services,
+                         *args: str) -> dict[str, Any]:
+    """
+    A client whose IMAP server is a scripted one on loopback C{imap_port}
+    (plain, which mailmcp allows only on loopback) and whose SMTP server is
+    the test Postfix.
+    """
+    return generate_client(
+        state_dir, None,
+        "--imap-host", "127.0.0.1", "--imap-port", str(imap_port), "--imap-security", "plain",
+        "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port), "--smtp-security", "tls",
+        *args,
+    )
+
+
 def iter_log_lines(paths: Sequence[Path]) -> Iterator[str]:
     for path in paths:
         try:

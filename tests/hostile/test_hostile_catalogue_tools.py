@@ -36,7 +36,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from tests.harness import Services, generate_client
+from tests.harness import Services, generate_client, scripted_imap_client
 from tests.hostile import mcp_http
 from tests.hostile.scripted_imap import ScriptedIMAP, ScriptedIMAPFactory
 from tests.hostile.test_hostile_catalogue import snapshot
@@ -162,22 +162,7 @@ def big_folder() -> Iterator[Any]:
 
 async def scripted_token(daemon: Any, services: Services, port: int, source: str) -> str:
     """A token for a client of C{daemon} whose IMAP server is the scripted one on C{port}."""
-    client = generate_client(
-        daemon.state_dir,
-        None,
-        "--imap-host",
-        "127.0.0.1",
-        "--imap-port",
-        str(port),
-        "--imap-security",
-        "plain",
-        "--smtp-host",
-        "localhost",
-        "--smtp-port",
-        str(services.smtps_port),
-        "--smtp-security",
-        "tls",
-    )
+    client = scripted_imap_client(daemon.state_dir, port, services)
     login = await threads.deferToThread(
         mcp_http.login, daemon.base_url, client, "alice@example.test", "alicepw", source
     )

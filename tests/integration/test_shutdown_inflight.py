@@ -21,7 +21,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
-from tests.harness import Services, generate_client
+from tests.harness import Services, scripted_imap_client
 from tests.hostile import mcp_http
 from tests.hostile.scripted_imap import ScriptedIMAPFactory, listen
 
@@ -76,22 +76,7 @@ async def test_stalled_calls_get_a_clean_answer_and_exit_is_0(
     """
     factory, port = await stalling_imap()
     daemon = daemon_factory(services, "--shutdown-timeout", "1", "--imap-timeout", "120")
-    client = generate_client(
-        daemon.state_dir,
-        None,
-        "--imap-host",
-        "127.0.0.1",
-        "--imap-port",
-        str(port),
-        "--imap-security",
-        "plain",
-        "--smtp-host",
-        "localhost",
-        "--smtp-port",
-        str(services.smtps_port),
-        "--smtp-security",
-        "tls",
-    )
+    client = scripted_imap_client(daemon.state_dir, port, services)
     tokens = await threads.deferToThread(
         mcp_http.login, daemon.base_url, client, "alice@example.test", "alicepw"
     )
