@@ -464,9 +464,9 @@ class Bench:
                 await c.conn.connect()
 
         await asyncio.gather(*(connect(c) for c in clients))
-        profiling = None
-        if self.profile_copy is not None and n == max(self.sizes.concurrency):
-            profiling = await self.start_profiler(f"concurrency-{n}")
+        # Never profiled while measured: py-spy stops the daemon ~250 times a
+        # second to sample it, which shows up as reactor lag (--profile has
+        # its own phase, after the measured ones).
         since = time.monotonic()
         cpu0, pcpu0 = cpu_seconds(daemon.pid), time.process_time()
         first: list[float] = []
@@ -494,8 +494,6 @@ class Bench:
         cpu1, pcpu1 = cpu_seconds(daemon.pid), time.process_time()
         for c in clients:
             c.close()
-        await self.finish_profiler(profiling, f"concurrency-{n}",
-                                   f"{n} accounts, one call in flight each, first calls log in")
         metrics = daemon.metrics(since=since, samples=True)
         lag = metrics["reactor_lag"]
         lag_samples = [x[1] for x in lag.get("samples", [])]
