@@ -173,6 +173,7 @@ class MailMCPRequest(server.Request):
             transport.loseConnection()
 
     _processing = False
+    _answered_at_shutdown = False
 
     def process(self) -> None:
         if self._too_large:
@@ -231,11 +232,24 @@ class MailMCPRequest(server.Request):
         channel = self.channel
         self.write(body)
         self.finish()
+        self._answered_at_shutdown = True
         # As the header says: no further request on this connection.
         channel.loseConnection()
         for d in waiting:
             d.errback(Failure(ShuttingDown()))
         return True
+
+    def write(self, data: bytes) -> None:
+        if self._answered_at_shutdown:
+            # The handler finished anyway (something on its way swallowed the
+            # cancellation): its answer comes too late and is dropped.
+            return
+        super().write(data)
+
+    def finish(self) -> None:
+        if self._answered_at_shutdown:
+            return
+        super().finish()
 
     def _shutdown_answer(self) -> tuple[int, bytes]:
         """The status and body of a "shutting down" answer to this request."""

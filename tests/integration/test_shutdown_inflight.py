@@ -178,3 +178,46 @@ async def test_answer_unfinished_cancels_the_handler_and_answers_503() -> None:
     assert error["id"] == "abc" and error["error"]["code"] == SHUTTING_DOWN
     assert cancelled == [True]
     assert site.in_flight.count == 0 and not site.in_flight.requests
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_that_finishes_after_the_shutdown_answer_is_dropped_quietly() -> None:
+    """
+    A handler that swallows its cancellation and returns anyway (any
+    ``except Exception`` on its way does that: Twisted's CancelledError is
+    an Exception) must not write into the answered request: its late answer
+    is dropped, the client keeps the shutdown answer, nothing is logged as
+    an error (found by the SIGTERM-under-load test).
+    """
+    from klein import Klein
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.logger import globalLogPublisher
+
+    from mailmcp._http import MailMCPSite
+
+    app = Klein()
+
+    @app.route("/mcp", methods=["POST"])
+    async def stubborn(request: Any) -> bytes:
+        try:
+            await Deferred()
+        except Exception:  # noqa: BLE001 - the mistake under test
+            pass
+        return b'{"late": true}'
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    site = MailMCPSite(app.resource(), max_body=1 << 20, reactor=reactor)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    try:
+        body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call"}).encode()
+        answer = threads.deferToThread(_post, port.getHost().port, b"/mcp", body)
+        await until(lambda: site.in_flight.count == 1, "the request to be in flight")
+        assert site.in_flight.answer_unfinished() == 1
+        raw = await answer
+    finally:
+        await port.stopListening()
+        globalLogPublisher.removeObserver(events.append)
+    assert b"late" not in raw and b"shutting down" in raw
+    assert [e for e in events if e.get("log_failure") is not None or e.get("isError")] == []
