@@ -38,9 +38,10 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from .._logging import Logger
@@ -74,6 +75,22 @@ class _Slots:
     idle: list[_Connection] = attrs.field(factory=list)
     count: int = 0
     waiters: deque[Deferred[_Connection | None]] = attrs.field(factory=deque)
+
+
+class _QuietOneShot(Factory):
+    """
+    `connectProtocol`'s one-shot factory without its two log lines
+    ("Starting factory", "Stopping factory") per connection: with thousands
+    of pooled connections they were most of the log.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: IMAPClientProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> IMAPClientProtocol:
+        return self._protocol
 
 
 class IMAPPool(Service):
@@ -411,7 +428,7 @@ class IMAPPool(Service):
             )
         if server.security == "tls":
             endpoint = wrapClientTLS(self.tls.options_for(server.host), endpoint)
-        d = connectProtocol(endpoint, protocol)
+        d = endpoint.connect(_QuietOneShot(protocol))
         d.addTimeout(self.command_timeout, self.clock)
         try:
             await d

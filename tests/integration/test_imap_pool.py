@@ -174,6 +174,36 @@ async def test_login_each_security_mode(services: Services, pools: Any, security
     assert all(password not in a for _, _, a in recorder.events)
 
 
+@pytest.mark.parametrize("security", ["tls", "plain"])
+@pytest_twisted.ensureDeferred
+async def test_connections_log_one_line_not_factory_noise(
+    services: Services, pools: Any, security: str
+) -> None:
+    """
+    A new pooled connection logs its login, once, and not Twisted's
+    "Starting factory" / "Stopping factory" pair (thousands of accounts made
+    those most of the log).
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    email, password = fresh_user(services)
+    pool = pools()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await pool.run(account_for(services, email, password, security), _noop, read_only=True)
+        await pool.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events]
+    assert [line for line in lines if "logged in to" in line] != []
+    assert [line for line in lines if "factory" in line.lower()] == []
+
+
+async def _noop(session: IMAPSession) -> None:
+    await session.noop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_wrong_password_is_auth_error_and_not_retried(services: Services, pools: Any) -> None:
     """A refused login is IMAPAuthError, is tried once even for reads, and leaves nothing open."""
