@@ -672,17 +672,14 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
         if callable(release):
             release()
 
-    if server_files:
-        return SendOutput(
-            status="sent",
-            message_id=message.message_id,
-            recipients=_recipients(result.recipients),
-            sent_folder=None,
-            sent_uid=None,
-            sent_uidvalidity=None,
-            sent_copy_filed_by_server=True,
+    folder: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+    warnings = []
+    if not server_files:
+        folder, uidvalidity, uid, warnings = await _file_copy(
+            ctx, args.folder, message, ("\\Seen",)
         )
-    folder, uidvalidity, uid, warnings = await _file_copy(ctx, args.folder, message, ("\\Seen",))
     return SendOutput(
         status="sent",
         message_id=message.message_id,
@@ -690,6 +687,7 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
         sent_folder=folder,
         sent_uid=uid,
         sent_uidvalidity=uidvalidity,
+        sent_copy_filed_by_server=server_files,
         warnings=warnings,
     )
 
