@@ -25,6 +25,7 @@ import json
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -223,6 +224,28 @@ class MemoryGrantStore:
     def count(self, key: str) -> Deferred[int]:
         count, until = self.counters.get(key, (0, 0.0))
         return succeed(count if until > self._now() else 0)
+
+    def reserve(self, budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
+        now = self._now()
+        current: dict[str, tuple[int, float]] = {}
+        for key, limit, window in budgets:
+            count, until = self.counters.get(key, (0, 0.0))
+            if until <= now:
+                count, until = 0, now + window
+            if count >= limit:
+                return succeed(key)
+            current[key] = (count, until)
+        for key, (count, until) in current.items():
+            self.counters[key] = (count + 1, until)
+        return succeed(None)
+
+    def release(self, keys: Sequence[str]) -> Deferred[None]:
+        now = self._now()
+        for key in keys:
+            count, until = self.counters.get(key, (0, 0.0))
+            if until > now and count > 0:
+                self.counters[key] = (count - 1, until)
+        return succeed(None)
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ daemon's clock (the ``expires`` field) and Redis TTLs only collect garbage.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -51,6 +52,42 @@ if untl <= now then
   return 1
 end
 return redis.call('HINCRBY', KEYS[1], 'count', 1)
+"""
+
+
+# KEYS: the counters; ARGV: now, then limit and window for each key.  All or
+# nothing: one script is atomic, so racing processes cannot overshoot.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local fresh = {}
+for i, key in ipairs(KEYS) do
+  local count = 0
+  local untl = tonumber(redis.call('HGET', key, 'until') or '0')
+  if untl > now then count = tonumber(redis.call('HGET', key, 'count') or '0') end
+  if count >= tonumber(ARGV[2 * i]) then return i end
+  fresh[i] = untl <= now
+end
+for i, key in ipairs(KEYS) do
+  if fresh[i] then
+    local window = tonumber(ARGV[2 * i + 1])
+    redis.call('HSET', key, 'count', 1, 'until', tostring(now + window))
+    redis.call('EXPIRE', key, window)
+  else
+    redis.call('HINCRBY', key, 'count', 1)
+  end
+end
+return 0
+"""
+
+_RELEASE = """
+local now = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local untl = tonumber(redis.call('HGET', key, 'until') or '0')
+  if untl > now and tonumber(redis.call('HGET', key, 'count') or '0') > 0 then
+    redis.call('HINCRBY', key, 'count', -1)
+  end
+end
+return 0
 """
 
 
@@ -239,3 +276,23 @@ class RedisGrantStore(Service):
 
     def count(self, key: str) -> Deferred[int]:
         return self._deadline(self._count(key))
+
+    async def _reserve(self, budgets: Sequence[tuple[str, int, int]]) -> str | None:
+        args: list[str | int] = [str(self._now())]
+        for _, limit, window in budgets:
+            args += [int(limit), int(window)]
+        keys = [f"{self._prefix}count:{key}" for key, _, _ in budgets]
+        full = int(await self._redis.eval(_RESERVE, keys, args))
+        return budgets[full - 1][0] if full else None
+
+    def reserve(self, budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
+        return self._deadline(self._reserve(budgets))
+
+    async def _release(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._redis.eval(
+                _RELEASE, [f"{self._prefix}count:{key}" for key in keys], [str(self._now())]
+            )
+
+    def release(self, keys: Sequence[str]) -> Deferred[None]:
+        return self._deadline(self._release(keys))

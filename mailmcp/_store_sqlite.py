@@ -17,7 +17,7 @@ Redis store (``--store redis://...``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,5 +250,46 @@ class SQLiteGrantStore(Service):
                 "SELECT count FROM counters WHERE key = ? AND expires > ?", (key, self._now())
             ).fetchone()
             return int(row[0]) if row else 0
+
+        return _run(call)
+
+    def reserve(self, budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
+        def call() -> str | None:
+            now = self._now()
+            # BEGIN IMMEDIATE takes the write lock before reading, so another
+            # process cannot read the same counts in between (no check-then-act).
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, limit, _ in budgets:
+                    row = self._db.execute(
+                        "SELECT count FROM counters WHERE key = ? AND expires > ?", (key, now)
+                    ).fetchone()
+                    if row is not None and int(row[0]) >= limit:
+                        self._db.execute("ROLLBACK")
+                        return key
+                for key, _, window in budgets:
+                    self._db.execute(
+                        "INSERT INTO counters (key, count, expires) VALUES (?, 1, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET"
+                        "  count = CASE WHEN expires <= ? THEN 1 ELSE count + 1 END,"
+                        "  expires = CASE WHEN expires <= ? THEN ? ELSE expires END",
+                        (key, now + window, now, now, now + window),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return None
+
+        return _run(call)
+
+    def release(self, keys: Sequence[str]) -> Deferred[None]:
+        def call() -> None:
+            now = self._now()
+            self._db.executemany(
+                "UPDATE counters SET count = count - 1 WHERE key = ? AND expires > ? AND count > 0",
+                [(key, now) for key in keys],
+            )
 
         return _run(call)

@@ -77,6 +77,24 @@ class IGrantStore(Interface):
     def count(key: str) -> Any:
         """Fire with the current count of C{key} (0 when absent or expired)."""
 
+    def reserve(budgets: Any) -> Any:
+        """
+        Take one unit from every budget, atomically and all or nothing.
+
+        C{budgets} is a sequence of (counter key, limit, window seconds) with
+        distinct keys.  When every counter is below its limit, add one to
+        each (a counter's window starts at its first unit) and fire with
+        None; otherwise change nothing and fire with the first key that is
+        at its limit.  Two processes racing on one counter can never take
+        more than its limit between them (no check-then-act).
+        """
+
+    def release(keys: Any) -> Any:
+        """
+        Hand back one unit of each counter in C{keys} (taken by `reserve`),
+        never going below zero; an expired counter stays expired.
+        """
+
 
 class ILoginChecker(Interface):
     """Checks mail credentials live against the user's IMAP or SMTP server."""

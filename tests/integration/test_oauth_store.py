@@ -158,6 +158,87 @@ async def test_counters_window(store_and_clock) -> None:
     assert await store.hit("k", 60) == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_reserve_is_all_or_nothing(store_and_clock) -> None:
+    """reserve takes one unit from every budget or, when one is full, from none."""
+    store, clock = store_and_clock
+    assert await store.reserve([("a", 2, 60), ("b", 1, 60)]) is None
+    assert (await store.count("a"), await store.count("b")) == (1, 1)
+    assert await store.reserve([("a", 2, 60), ("b", 1, 60)]) == "b"
+    assert (await store.count("a"), await store.count("b")) == (1, 1)
+    await store.release(["b"])
+    assert await store.count("b") == 0
+    assert await store.reserve([("a", 2, 60), ("b", 1, 60)]) is None
+    assert await store.reserve([("c", 5, 60), ("a", 2, 60)]) == "a"
+    assert await store.count("c") == 0
+    clock.advance(61)
+    assert await store.reserve([("a", 2, 60)]) is None
+    assert await store.count("a") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_never_below_zero_nor_revives(store_and_clock) -> None:
+    """release stops at zero, ignores absent keys and leaves an expired counter expired."""
+    store, clock = store_and_clock
+    await store.release(["absent"])
+    assert await store.count("absent") == 0
+    assert await store.reserve([("k", 3, 10)]) is None
+    await store.release(["k", "absent"])
+    await store.release(["k"])
+    assert await store.count("k") == 0
+    assert await store.reserve([("k", 3, 10)]) is None
+    clock.advance(11)
+    await store.release(["k"])
+    assert await store.count("k") == 0
+    assert [await store.reserve([("k", 1, 10)]), await store.reserve([("k", 1, 10)])] == [None, "k"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_reservations_never_overshoot(store_and_clock) -> None:
+    """30 reservations in flight at once against a limit of 5: exactly 5 are granted."""
+    store, _ = store_and_clock
+    results = await gatherResults([store.reserve([("user:x", 5, 300), ("global", 1000, 300)])
+                                   for _ in range(30)])
+    assert results.count(None) == 5
+    assert results.count("user:x") == 25
+    assert await store.count("user:x") == 5
+    assert await store.count("global") == 5
+
+
+_RESERVER = """
+import sys
+from twisted.internet.task import Clock
+from mailmcp._store_sqlite import SQLiteGrantStore
+clock = Clock()
+clock.advance(float(sys.argv[2]))
+store = SQLiteGrantStore(sys.argv[1], clock)
+sys.stdin.readline()  # start together
+won = []
+for _ in range(300):
+    store.reserve([("user:race", 500, 300)]).addCallback(won.append)
+print(won.count(None))
+"""
+
+
+def test_sqlite_reservations_are_atomic_across_processes(tmp_path: Path) -> None:
+    """Four processes race 300 reservations each on one SQLite file, limit 500: 500 win in total."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "race.sqlite3"
+    SQLiteGrantStore(path, Clock()).close()  # create the schema once
+    procs = [subprocess.Popen([sys.executable, "-c", _RESERVER, str(path), str(NOW)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(int(out) for out in outputs) == 500
+
+
 def test_sqlite_sweep_and_file_mode(tmp_path: Path) -> None:
     """The SQLite file is private (0600) and the sweep deletes expired rows."""
     clock = Clock()
