@@ -20,6 +20,7 @@ import attrs
 from twisted.python import usage
 
 from ._keyring import KeyRing, KeyRingError, load_or_create_keyring
+from ._throttle import IPNetwork, parse_networks
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "mailmcp-state"
@@ -66,7 +67,23 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ("max-request-body", "33554432", "Largest accepted HTTP request body in bytes."),
     ("login-concurrency", "32", "Most live IMAP/SMTP login checks in flight at once."),
     ("login-attempts-per-address", "20", "Login attempts allowed per client address per minute."),
-    ("login-failures-per-user", "5", "Failed logins allowed per username per 5 minutes."),
+    (
+        "login-failures-per-user",
+        "5",
+        "Failed logins allowed per username (IMAP and SMTP, normalised) per 5 minutes.",
+    ),
+    ("login-failures-per-address", "30", "Failed logins allowed per client address per hour."),
+    (
+        "login-failures-global",
+        "300",
+        "Failed logins allowed across all users and addresses per 5 minutes.",
+    ),
+    (
+        "trusted-proxies",
+        "",
+        "Reverse proxies (comma/space separated addresses or CIDR networks) whose "
+        "X-Forwarded-For hops are believed.",
+    ),
     (
         "attachment-max-bytes",
         "26214400",
@@ -91,7 +108,11 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
 ]
 
 FLAGS: list[tuple[str, str]] = [
-    ("trust-forwarded", "Take the client address from X-Forwarded-For (behind a trusted proxy)."),
+    (
+        "trust-forwarded",
+        "Treat the direct peer as a trusted proxy whatever its address (e.g. a UNIX "
+        "socket); prefer --trusted-proxies.",
+    ),
     (
         "imap-connect-per-call",
         "Do not pool IMAP connections: connect, log in and log out on every "
@@ -113,6 +134,8 @@ _NUMERIC = {
     "login-concurrency": int,
     "login-attempts-per-address": int,
     "login-failures-per-user": int,
+    "login-failures-per-address": int,
+    "login-failures-global": int,
     "attachment-max-bytes": int,
     "attachments-max-message-bytes": int,
     "shutdown-timeout": float,
@@ -174,6 +197,9 @@ class Config:
     login_concurrency: int = 32
     login_attempts_per_address: int = 20
     login_failures_per_user: int = 5
+    login_failures_per_address: int = 30
+    login_failures_global: int = 300
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     attachment_max_bytes: int = 25 * 1024 * 1024
     attachments_max_message_bytes: int = 35 * 1024 * 1024
     shutdown_timeout: float = 10.0
@@ -341,6 +367,11 @@ def build_config(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
         )
 
+    try:
+        trusted_proxies = parse_networks(str(resolved["trusted-proxies"] or ""))
+    except ValueError as e:
+        raise usage.UsageError(f"--trusted-proxies: {e}") from None
+
     return Config(
         listen=tuple(listen),
         base_url=base_url,
@@ -352,6 +383,7 @@ def build_config(
         allowed_origins=origins,
         log_level=log_level,
         trust_forwarded=bool(resolved["trust-forwarded"]),
+        trusted_proxies=trusted_proxies,
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
         **numbers,  # type: ignore[arg-type]
     )

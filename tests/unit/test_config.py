@@ -7,6 +7,7 @@ command line winning over the environment, and every bad value refused as a
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 
 import attrs
@@ -116,6 +117,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--shutdown-timeout", "2.5",
         "--allowed-origins", "https://a.example https://b.example",
         "--trust-forwarded",
+        "--trusted-proxies", "127.0.0.1/32 ::1,10.1.2.3/8",
     ])
     assert without_keyring(options.config) == Config(
         listen=("tcp:9000:interface=127.0.0.1", "unix:/tmp/x.sock"),
@@ -139,6 +141,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         shutdown_timeout=2.5,
         allowed_origins=("https://a.example", "https://b.example"),
         trust_forwarded=True,
+        trusted_proxies=(ip_network("127.0.0.1/32"), ip_network("::1/128"), ip_network("10.0.0.0/8")),
     )
 
 
@@ -169,6 +172,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_LOG_LEVEL": "Debug",
         "MAILMCP_TRUST_FORWARDED": "true",
+        "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
     }
     # Every option of the contract has its variable in this test: numeric
@@ -208,6 +212,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         allowed_origins=("https://c.example",),
         log_level="debug",
         trust_forwarded=True,
+        trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
     ), **extra)
 
@@ -292,6 +297,10 @@ def test_base_url_normalised(raw: str, canonical: str) -> None:
 
 BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--pool-size", "many"], {}, "--pool-size must be a number"),
+    (["--trusted-proxies", "10.0.0.0/8 proxy.example"], {},
+     "--trusted-proxies: 'proxy.example' is not an IP address or CIDR network"),
+    ([], {"MAILMCP_TRUSTED_PROXIES": "10.0.0.0/33"}, "--trusted-proxies: '10.0.0.0/33'"),
+    (["--login-failures-global", "0"], {}, "--login-failures-global must be greater than zero"),
     (["--pool-size", "0"], {}, "--pool-size must be greater than zero"),
     (["--pool-size", "1.5"], {}, "--pool-size must be a number"),
     (["--imap-timeout", "-1"], {}, "--imap-timeout must be greater than zero"),
