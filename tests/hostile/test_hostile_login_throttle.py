@@ -247,8 +247,8 @@ def test_smtp_username_throttle_in_the_browser(
 
 @pytest.fixture
 def dave_daemon(services: Services, daemon_factory: Any) -> Iterator[Any]:
-    def start(*extra: str) -> tuple[Daemon, dict[str, Any]]:
-        daemon = daemon_factory(services, "--login-attempts-per-address", "2", *extra)
+    def start(*extra: str, env: dict[str, str] | None = None) -> tuple[Daemon, dict[str, Any]]:
+        daemon = daemon_factory(services, "--login-attempts-per-address", "2", *extra, env=env)
         return daemon, generate_client(daemon.state_dir, services)
 
     yield start
@@ -265,16 +265,22 @@ def attempt(daemon: Daemon, client: dict[str, Any], source: str,
         return int(http.post("/oauth/authorize", data=form, headers=headers).status_code)
 
 
-def test_forwarded_for_counts_only_through_trusted_proxies(dave_daemon: Any) -> None:
+@pytest.mark.parametrize("via", ["option", "environment"])
+def test_forwarded_for_counts_only_through_trusted_proxies(dave_daemon: Any, via: str) -> None:
     """
-    ``--trusted-proxies "127.0.0.1 10.0.0.0/8"``, 2 attempts per address.
+    ``--trusted-proxies "127.0.0.1, 10.0.0.0/8"`` (or MAILMCP_TRUSTED_PROXIES),
+    2 attempts per address.
     A direct (untrusted) client's X-Forwarded-For is ignored, so rotating it
     buys nothing.  Through the trusted proxy the client is the right-most
     untrusted hop: a spoofed hop prepended by the client, a second trusted
     proxy in the chain, or a second header line does not change who is
     charged, and a different real client has its own budget.
     """
-    daemon, client = dave_daemon("--trusted-proxies", "127.0.0.1, 10.0.0.0/8")
+    proxies = "127.0.0.1, 10.0.0.0/8"
+    if via == "option":
+        daemon, client = dave_daemon("--trusted-proxies", proxies)
+    else:
+        daemon, client = dave_daemon(env={"MAILMCP_TRUSTED_PROXIES": proxies})
     # A direct client on 127.6.0.9 (not a proxy) spoofing the header.
     direct = [attempt(daemon, client, "127.6.0.9", [f"203.0.113.{i}"]) for i in range(3)]
     assert direct == [303, 303, 429]

@@ -312,6 +312,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "max-request-body": "2000",
         "allowed-origins": "https://a.example https://b.example",
         "log-level": "debug",
+        "trusted-proxies": "127.0.0.1/32, 10.0.0.0/8",
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
