@@ -615,8 +615,9 @@ class OAuthApp:
                 ["The service is busy checking other sign-ins. Please try again in a moment."],
                 GENERIC_FAILURE,
             )
-        # The username whose check failed keeps its charge (and the failure
-        # budgets); a check that raised keeps everything.
+        # The username whose check failed keeps its charge, and so do the
+        # failure budgets; the rest is handed back.  (Should the check itself
+        # raise, nothing is handed back.)
         await self._throttle.settle(reservation, problem[0] if problem else None)
         if problem is not None:
             return await self._login_page(
@@ -672,7 +673,7 @@ class OAuthApp:
 
     async def _check_mail(
         self, client: Client, values: Mapping[str, str]
-    ) -> tuple[str | None, str] | None:
+    ) -> tuple[str, str] | None:
         """
         IMAP first, then SMTP (only when IMAP accepted).  Returns None, or
         (the username to count a failure against, the line to show).  A
