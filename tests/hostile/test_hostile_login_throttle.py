@@ -69,16 +69,16 @@ def login_form(http: httpx2.Client, client: dict[str, Any], imap: tuple[str, str
     return form
 
 
-def post_together(base_url: str, forms: list[dict[str, str]], http: httpx2.Client) -> list[httpx2.Response]:
-    """POST every form at once (a barrier releases all threads together)."""
-    barrier = threading.Barrier(len(forms))
+def post_together(posts: list[tuple[httpx2.Client, dict[str, str]]]) -> list[httpx2.Response]:
+    """POST every (client, form) at once (a barrier releases all threads together)."""
+    barrier = threading.Barrier(len(posts))
 
-    def post(form: dict[str, str]) -> httpx2.Response:
+    def post(job: tuple[httpx2.Client, dict[str, str]]) -> httpx2.Response:
         barrier.wait(30)
-        return http.post(base_url + "/oauth/authorize", data=form)
+        return job[0].post("/oauth/authorize", data=job[1])
 
-    with ThreadPoolExecutor(len(forms)) as pool:
-        return list(pool.map(post, forms))
+    with ThreadPoolExecutor(len(posts)) as pool:
+        return list(pool.map(post, posts))
 
 
 # -- contact counters on the real servers -------------------------------------------
@@ -114,26 +114,43 @@ def settle_logs() -> None:
 # -- 30 concurrent guesses for one username ---------------------------------------------
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis-two-processes"])
 @pytest_twisted.ensureDeferred
 async def test_30_concurrent_guesses_reach_imap_at_most_limit_times(
-    services: Services, daemon_factory: Any
+    services: Services, daemon_factory: Any, tmp_path: Any, store: str
 ) -> None:
     """
     30 guesses for one username, all in flight together against a scripted
     IMAP server that answers every LOGIN ``NO`` after half a second: the
     server sees exactly 5 LOGINs (the per-username limit), 5 answers are
-    400 and 25 are 429 with Retry-After.  (Check-then-act let all 30 through.)
+    400 and 25 are 429 with Retry-After.  (Check-then-act let all 30
+    through.)  With a Redis store the 30 are split over two daemon processes
+    sharing it, and the limit still holds across them.
     """
     factory, port = await listen(reactor, "reject-slow")
     try:
-        daemon = daemon_factory(services, "--login-attempts-per-address", "100")
-        client = scripted_imap_client(daemon.state_dir, port.getHost().port, services)
+        args = ["--login-attempts-per-address", "100"]
+        if store == "sqlite":
+            daemons = [daemon_factory(services, *args)]
+        else:
+            shared = tmp_path / "shared-state"
+            one = daemon_factory(services, *args, "--store", services.redis_url, state_dir=shared)
+            two = daemon_factory(services, *args, "--store", services.redis_url,
+                                 "--base-url", one.base_url, state_dir=shared)
+            daemons = [one, two]
+        client = scripted_imap_client(daemons[0].state_dir, port.getHost().port, services)
+        victim = f"victim-{secrets.token_hex(3)}@example.test"
 
         def attack() -> list[httpx2.Response]:
-            with httpx2.Client(base_url=daemon.base_url, timeout=60, follow_redirects=False) as http:
-                forms = [login_form(http, client, ("victim@example.test", f"guess-{i}"))
-                         for i in range(30)]
-                return post_together(daemon.base_url, forms, http)
+            clients = [httpx2.Client(base_url=d.base_url, timeout=60, follow_redirects=False)
+                       for d in daemons]
+            try:
+                posts = [(http, login_form(http, client, (victim, f"guess-{i}")))
+                         for i in range(30) for http in [clients[i % len(clients)]]]
+                return post_together(posts)
+            finally:
+                for http in clients:
+                    http.close()
 
         responses = await threads.deferToThread(attack)
         logins = [v for v in factory.verbs if v in (b"LOGIN", b"AUTHENTICATE")]
@@ -173,6 +190,8 @@ def test_smtp_guessing_behind_a_valid_imap_login_is_throttled(
     -- as an IMAP username too, in any spelling, with the right password --
     is throttled with no contact with Dovecot or Postfix, while the attacker's
     own budget was handed back each time (their IMAP login succeeded).
+    (Most of this test's time is Dovecot's per-address auth failure delay,
+    which Postfix's SASL lookups pay: all of them come from 127.0.0.1.)
     """
     attacker, victim = pair
     spellings = [victim, f"  {victim.upper()} ", victim.replace("victim", "Victim")]
@@ -184,7 +203,7 @@ def test_smtp_guessing_behind_a_valid_imap_login_is_throttled(
         settle_logs()
         smtp0, fail0, imap0 = postfix_connects(services), postfix_auth_failures(services), \
             dovecot_logins(services, attacker)
-        responses = post_together(daemon.base_url, forms, http)
+        responses = post_together([(http, form) for form in forms])
         settle_logs()
         codes = sorted(r.status_code for r in responses)
         assert codes == [400] * 5 + [429] * 10, codes
