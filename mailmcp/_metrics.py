@@ -150,7 +150,7 @@ class GCPauses:
 
 class GCTuning(Service):
     """
-    Keep full garbage collections rare and short (DESIGN §6: reactor lag).
+    Keep full garbage collections rare and short (docs/architecture.rst, Targets: reactor lag).
 
     A full collection scans every tracked object with the reactor stopped;
     measured under load (`GCPauses`), it was the whole of the lag p99

@@ -7,7 +7,7 @@ the BODYSTRUCTURE, decides here which parts are the readable body and which
 are attachments, and then fetches only a bounded prefix of the body part(s).
 So the cost of a 60 MB attachment or a 50,000-part bomb is the size of its
 BODYSTRUCTURE, which the analysis below walks with caps on part count and
-nesting depth instead of recursion without limit (security.md P-16, MM-01,
+nesting depth instead of recursion without limit (docs/threat-model.rst, P-16, MM-01,
 MM-02).
 
 Everything that comes out is text for a language model: transfer encodings

@@ -5,7 +5,7 @@ The model may write raw IMAP SEARCH syntax (``OR FROM alice FROM bob``,
 ``SUBJECT "q3 report" SINCE 01-Jan-2025``).  Twisted's ``IMAP4Client.search``
 would join such text into the command line verbatim, so a CR/LF smuggles a
 second command and a ``{5}`` literal header stalls the connection
-(security.md P-01).  Here the text is lexed and parsed against an allow-list
+(docs/threat-model.rst, P-01).  Here the text is lexed and parsed against an allow-list
 of search keys with their argument types, and the parse tree is re-emitted:
 every string argument is re-quoted (or sent as a `Literal` when it is not
 ASCII), dates, numbers and UID sets are validated, and nothing the user wrote

@@ -1,5 +1,5 @@
 """
-Per-account send rate limit (security.md SM-12): a model stuck in a loop,
+Per-account send rate limit (docs/threat-model.rst, SM-12): a model stuck in a loop,
 or a stolen token, must not turn a user's mailbox into a spam cannon and get
 the account blocked by its provider.
 

@@ -238,7 +238,7 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     lag_probe = ReactorLagProbe(reactor)
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
-    # /mcp requests in progress at once, adapted to the lag (DESIGN §6).
+    # /mcp requests in progress at once, adapted to the lag (docs/architecture.rst, Targets).
     admission = Admission()
     lag_probe.observers.append(admission.observe_lag)
     routes.append(("/metrics", MetricsApp(lag_probe, admission=admission).app.resource()))

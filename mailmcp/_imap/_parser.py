@@ -3,7 +3,7 @@ A fast parser for IMAP server responses, working on bytes.
 
 Twisted's ``imap4.parseNestedParens`` walks a response byte by byte in
 Python and costs about ten times the network floor on a 20-message ENVELOPE
-FETCH (DESIGN.md §6).  Here a response arrives already split by the
+FETCH (docs/architecture.rst, Targets).  Here a response arrives already split by the
 protocol into text segments and literal payloads (``RawResponse``:
 ``(text, literal, text, literal, ..., text)``), each text segment is
 tokenised by one compiled regular expression (``findall`` runs in C), and a

@@ -1,7 +1,7 @@
 """
 Everything that turns a caller's value into bytes on the IMAP wire.
 
-No user string is ever interpolated raw (security.md P-01…P-04): mailbox
+No user string is ever interpolated raw (docs/threat-model.rst, P-01…P-04): mailbox
 names are checked for control characters, encoded to modified UTF-7 and
 sent as a quoted string; flags must be atoms; UIDs must be real ints in
 range; free text goes out as a quoted string when it is plain printable

@@ -1,5 +1,5 @@
 """
-The attack catalogue (security.md §3.3, §3.4) end to end: hostile
+The attack catalogue (docs/threat-model.rst, MCP and TL) end to end: hostile
 ``/mcp`` bodies and hostile tool arguments sent to a real ``twistd mailmcp``
 with a real token of a real Dovecot user, grouped by surface.
 

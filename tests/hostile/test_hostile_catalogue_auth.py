@@ -1,5 +1,5 @@
 """
-The authorization side of the attack catalogue (security.md §3.1-§3.3)
+The authorization side of the attack catalogue (docs/threat-model.rst, OA, OT, TK, MCP)
 against a real ``twistd mailmcp`` on loopback, with a client from
 ``twistd mailmcp-generate``, a real Dovecot user and a real OAuth login.
 

@@ -2,7 +2,7 @@
 Load, restart and graceful shutdown against a real ``twistd mailmcp`` on
 loopback, with real OAuth logins and the real Dovecot/Postfix.
 
-- Load (security.md §4 "Concurrency"): a bounded generator keeps 200 calls
+- Load (docs/threat-model.rst, Reliability goals, "Concurrency"): a bounded generator keeps 200 calls
   in flight across 50 accounts (``list_mail_messages``) for 20 s, then
   stops by itself; 100 % success, no error-level line in the daemon log.
   The reactor lag (``GET /metrics``) and the peak RSS (``VmHWM``) go into

@@ -93,7 +93,7 @@ async def test_send_and_move_through_mcp(services: Services, endpoint: Any) -> N
 @pytest_twisted.ensureDeferred
 async def test_hostile_arguments_are_errors_without_imap_or_smtp(endpoint: Any) -> None:
     """
-    security.md TL-T1/T2/A1/U1/G1/F1 over MCP: every attempt is an error,
+    docs/threat-model.rst TL-T1/T2/A1/U1/G1/F1 over MCP: every attempt is an error,
     and neither the IMAP server nor the SMTP server hears a thing.
     """
     attempts = [

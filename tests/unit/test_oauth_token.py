@@ -1,6 +1,6 @@
 """
 ``/oauth/token``, ``/oauth/revoke`` and the access-token verifier, without
-sockets.  Case ids (OT-xx, TK-xx) refer to security.md §3.2.
+sockets.  Case ids (OT-xx, TK-xx) refer to docs/threat-model.rst.
 """
 
 from __future__ import annotations

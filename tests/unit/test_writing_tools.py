@@ -595,7 +595,7 @@ def test_annotations_are_honest() -> None:
 
 
 def test_tool_names_and_params_match_the_contract() -> None:
-    """The seed's names and parameters (DESIGN §4) are all there."""
+    """The seed's names and parameters (README.rst, Tools) are all there."""
     params = {t.name: set(t.input_model.model_fields) for t in TOOLS}
     compose_params = {"to", "subject", "text_body", "cc", "bcc", "html_body", "attachment_urls", "attachments",
                       "folder"}
