@@ -708,9 +708,7 @@ async def deliver(
     uid: int | None = None
     warnings = []
     if not server_files:
-        filed_in, uidvalidity, uid, warnings = await _file_copy(
-            ctx, folder, message, ("\\Seen",)
-        )
+        filed_in, uidvalidity, uid, warnings = await _file_copy(ctx, folder, message, ("\\Seen",))
     return SendOutput(
         status="sent",
         message_id=message.message_id,
