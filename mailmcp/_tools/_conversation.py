@@ -336,17 +336,25 @@ async def _read_original(
                     raise ToolError(
                         f"could not read the original's attachment {p.part_id}. Nothing was sent."
                     )
-                decoded = decode_part(
-                    holder.sections.get(f"{p.part_id}.MIME", b"") if holder else b"", body
-                )
+                header = holder.sections.get(f"{p.part_id}.MIME", b"") if holder else b""
+                if not header.strip():
+                    # No part header from the server: rebuild what decoding needs from BODYSTRUCTURE.
+                    header = (
+                        f"Content-Type: {p.content_type}\r\n"
+                        f"Content-Transfer-Encoding: {p.encoding or '7bit'}\r\n\r\n"
+                    ).encode("ascii", "replace")
+                decoded = decode_part(header, body)
                 if len(decoded.data) > per_file:
                     raise ToolError(
                         f"the original's attachment {decoded.filename!r} is over the "
                         f"{per_file}-byte cap; forward with include_attachments=false. "
                         "Nothing was sent."
                     )
+                name = decoded.filename if decoded.filename != "attachment" else None
                 parts.append(
-                    OutgoingAttachment(decoded.data, decoded.filename, decoded.content_type)
+                    OutgoingAttachment(
+                        decoded.data, name or p.filename or "attachment", decoded.content_type
+                    )
                 )
         whole: bytes | None = None
         if raw:
