@@ -267,15 +267,17 @@ async def _read_original(
     uid: int,
     uidvalidity: int | None,
     *,
+    bodies: bool = True,
     attachments: bool = False,
     raw: bool = False,
 ) -> Original:
     """
     Fetch the original over the pooled IMAP session (read-only, every body
     read a ``BODY.PEEK``): envelope, threading headers, its first text and
-    HTML body parts (bounded), and on request its attachments or its whole
-    bytes, within the attachment caps.
+    HTML body parts (bounded; not read when C{bodies} is false), and on
+    request its attachments or its whole bytes, within the attachment caps.
     """
+    want_bodies = bodies
     per_file, per_message, max_count = _attachment_limits(ctx)
     from .._attachments._helpers import decode_part, encoded_cap
 
@@ -298,13 +300,15 @@ async def _read_original(
         structure = _mime.analyse(message.bodystructure)
         warnings.extend(structure.warnings)
         skip = {p.part_id for p in structure.attachments}
-        bodies: dict[str, _mime.Part] = {}
+        texts: dict[str, _mime.Part] = {}
         for part, _chain in _mime.iter_leaves(message.bodystructure, []):
             if part.part_id not in skip and part.content_type in ("text/plain", "text/html"):
-                bodies.setdefault(part.content_type, part)
-        budgets = {p.part_id: _mime.fetch_budget(p, MAX_QUOTED_CHARS) for p in bodies.values()}
+                texts.setdefault(part.content_type, part)
+        if not want_bodies:
+            texts = {}
+        budgets = {p.part_id: _mime.fetch_budget(p, MAX_QUOTED_CHARS) for p in texts.values()}
         sections: dict[str, bytes] = {}
-        if bodies:
+        if texts:
             items = " ".join(f"BODY.PEEK[{p}]<0.{n}>" for p, n in budgets.items())
             for got in await session.fetch(str(uid), f"(UID {items})"):
                 if got.uid == uid:
@@ -377,13 +381,13 @@ async def _read_original(
                     f"the original is over the {per_message}-byte message cap, so it cannot be "
                     "attached. Nothing was sent."
                 )
-        return state.uidvalidity, message, bodies, budgets, sections, parts, whole, warnings
+        return state.uidvalidity, message, texts, budgets, sections, parts, whole, warnings
 
-    uidvalidity_now, message, bodies, budgets, sections, parts, whole, warnings = await _run(
+    uidvalidity_now, message, text_parts, budgets, sections, parts, whole, warnings = await _run(
         ctx, folder, operation
     )
     texts: dict[str, str] = {}
-    for content_type, part in bodies.items():
+    for content_type, part in text_parts.items():
         data = sections.get(part.part_id, b"")
         complete = (part.size > 0 and budgets[part.part_id] >= part.size) or len(data) < budgets[
             part.part_id
@@ -636,7 +640,7 @@ def reply_bodies(
 
 async def reply_mail_message(ctx: ToolContext, args: ReplyInput) -> ReplyOutput:
     _require_sender(ctx, args.draft)
-    original = await _read_original(ctx, args.folder, args.uid, args.uidvalidity)
+    original = await _read_original(ctx, args.folder, args.uid, args.uidvalidity, bodies=args.quote)
     to, auto_cc, warnings = reply_recipients(
         original.envelope, own_addresses(ctx), reply_all=args.reply_all
     )
@@ -769,6 +773,7 @@ async def forward_mail_message(ctx: ToolContext, args: ForwardInput) -> ForwardO
         args.folder,
         args.uid,
         args.uidvalidity,
+        bodies=not args.as_attachment,
         attachments=args.include_attachments and not args.as_attachment,
         raw=args.as_attachment,
     )

@@ -362,6 +362,9 @@ def test_reply_without_quote(ctx: ToolContext, server: KeywordServer, sender: Fa
     reply = sent_message(sender)
     assert reply.get_body(("plain",)).get_content().replace("\r\n", "\n").strip() == "Yes"
     assert reply.get_body(("html",)) is None
+    # The original's body is not even read.
+    fetched = " ".join(c[2] for c in server.commands if c[0] == "UID FETCH")
+    assert "BODY.PEEK[1" not in fetched
 
 
 def test_draft_reply_sends_nothing_and_marks_nothing(ctx: ToolContext, server: KeywordServer,
