@@ -174,6 +174,27 @@ async def test_forward_as_attachment_is_the_original_byte_for_byte(services: Ser
 
 
 @pytest_twisted.ensureDeferred
+async def test_inline_forward_keeps_an_attached_message_byte_exact(services: Services, tools: Any) -> None:  # noqa: F811 (fixture)
+    """An original carrying a message/rfc822 attachment: the inline forward carries that message unchanged."""
+    (me, pw), (bob, bob_pw) = fresh_users(services, 2)
+    inner = b"From: z@example.test\r\nSubject: inner\r\nMessage-ID: <inner@example.test>\r\n\r\ninner body\r\n"
+    outer = (
+        b"From: anna@example.test\r\nSubject: with eml\r\nMessage-ID: <outer@example.test>\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        b'--b\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment; filename="inner.eml"\r\n\r\n'
+        + inner + b"\r\n--b--\r\n"
+    )
+    uid = await append(services, me, pw, "INBOX", outer)
+    ctx = tools(account(services, me, pw))
+    result = await FORWARD_MAIL_MESSAGE.handler(ctx, ForwardInput(folder="INBOX", uid=uid, to=bob))
+    assert result.forwarded_attachments == ["inner.eml"]
+    await wait_for_mail(services, bob, bob_pw)
+    [part] = await threads.deferToThread(_fetch_section, services, bob, bob_pw, "INBOX", "2")
+    assert part == inner
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_uid_or_folder_sends_nothing(services: Services, tools: Any) -> None:  # noqa: F811 (fixture)
     """A UID that is not there, a folder that does not exist, a stale uidvalidity: errors, nothing delivered."""
     (me, pw), (anna, anna_pw) = fresh_users(services, 2)

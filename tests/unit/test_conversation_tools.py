@@ -556,3 +556,22 @@ def test_contract_names_parameters_and_annotations() -> None:
         assert tool.annotations() == {"title": tool.title, "readOnlyHint": False, "destructiveHint": False,
                                       "idempotentHint": False, "openWorldHint": True}
     assert {"reply_mail_message", "forward_mail_message"} <= {t.name for t in all_tools()}
+
+
+def test_reply_to_an_html_only_original_quotes_its_text_and_its_html(
+    ctx: ToolContext, server: KeywordServer, sender: FakeSender
+) -> None:
+    """Without a text/plain part the text quote is the HTML made readable; the HTML quote is the HTML."""
+    message = EmailMessage(policy=policy.SMTP)
+    message["From"] = "anna@x.test"
+    message["Subject"] = "Newsletter"
+    message["Message-ID"] = "<html-only@x.test>"
+    message.set_content("<p>Big <b>news</b></p><div style='display:none'>hidden</div>", subtype="html")
+    uid = put(server, message.as_bytes())
+    run(REPLY_MAIL_MESSAGE.handler(ctx, ReplyInput(folder="INBOX", uid=uid, text_body="Thanks")))
+    reply = sent_message(sender)
+    text = reply.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "> Big **news**" in text and "hidden" not in text
+    html = reply.get_body(("html",)).get_content()
+    assert "<p>Big <b>news</b></p>" in html and "hidden" not in html
+
