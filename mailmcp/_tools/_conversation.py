@@ -125,7 +125,11 @@ class _ConversationInput(BaseModel):
     folder: Folder
     uid: UID
     uidvalidity: UIDValidity
-    cc: CcList = []
+    cc: CcList = Field(
+        default_factory=list,
+        description="Carbon-copy recipients to add: addresses like 'bob@example.com' or "
+        "'Bob <bob@example.com>' (a list, or one comma-separated string).",
+    )
     bcc: BccList = []
     draft: Draft = False
     idempotency_key: IdempotencyKey = None
