@@ -465,7 +465,7 @@ def _shown_date(raw: str | None) -> str | None:
         when = parsedate_to_datetime(raw[:200])
     except (TypeError, ValueError, IndexError, OverflowError):
         return _mime.clean_line(raw, 200)
-    return f"{when:%a, %-d %b %Y at %H:%M}" + (f" {when:%z}" if when.tzinfo else "")
+    return f"{when:%a}, {when.day} {when:%b %Y at %H:%M}" + (f" {when:%z}" if when.tzinfo else "")
 
 
 def attribution(envelope: Envelope) -> str:
