@@ -700,7 +700,8 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
     MCP-14: tools/list from the daemon: list_mailboxes, list_mail_messages
     and search_mail_messages are readOnlyHint true and not destructive;
     delete_mail_message is destructiveHint true and not read-only; every
-    tool that writes (send, draft, move, flags, delete) is not read-only.
+    tool that writes (send, draft, move, flags, delete, reply, forward) is
+    not read-only.
     """
     tools = annotations(env)
     for name in ("list_mailboxes", "list_mail_messages", "search_mail_messages"):
@@ -714,6 +715,8 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
         "move_mail_message",
         "update_mail_message_flags",
         "delete_mail_message",
+        "reply_mail_message",
+        "forward_mail_message",
     ):
         assert tools[name]["readOnlyHint"] is False, name
 
