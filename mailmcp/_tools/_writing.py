@@ -790,7 +790,8 @@ SEND_MAIL_MESSAGE: Tool[SendInput, SendOutput] = Tool(
     output_model=SendOutput,
     handler=send_mail_message,
     read_only=False,
-    destructive=False,
+    # A sent message cannot be called back: hosts should ask before each send.
+    destructive=True,
     idempotent=False,
     open_world=True,
 )
@@ -839,6 +840,7 @@ CREATE_DRAFT_MAIL_MESSAGE: Tool[DraftInput, DraftOutput] = Tool(
     output_model=DraftOutput,
     handler=create_draft_mail_message,
     read_only=False,
+    # Only adds a message to Drafts.
     destructive=False,
     idempotent=False,
     open_world=False,
@@ -984,6 +986,8 @@ UPDATE_MAIL_MESSAGE_FLAGS: Tool[FlagsInput, FlagsOutput] = Tool(
     output_model=FlagsOutput,
     handler=update_mail_message_flags,
     read_only=False,
+    # Every change can be undone with the same tool, and \Deleted (the one
+    # flag that loses mail) is refused.
     destructive=False,
     idempotent=True,
     open_world=False,
