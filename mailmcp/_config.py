@@ -93,6 +93,11 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
 FLAGS: list[tuple[str, str]] = [
     ("trust-forwarded", "Take the client address from X-Forwarded-For (behind a trusted proxy)."),
     (
+        "allow-insecure-base-url",
+        "Accept an http:// --base-url on a host that is not loopback (only behind a "
+        "proxy that adds TLS; MCP clients require https).",
+    ),
+    (
         "imap-connect-per-call",
         "Do not pool IMAP connections: connect, log in and log out on every "
         "call (a benchmark baseline, slow).",
@@ -183,6 +188,7 @@ class Config:
     send_burst: int = 20
     sends_per_hour: float = 120.0
     trust_forwarded: bool = False
+    allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
 
     @property
@@ -208,6 +214,37 @@ def normalise_base_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether C{host} (a URL's hostname) names this machine only."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url_transport(base_url: str, allow_insecure: bool) -> None:
+    """
+    Refuse a plain-http base URL that other machines would use: MCP requires
+    the authorization endpoints over HTTPS, and over http the login form's
+    password and every bearer token cross the network in the clear.  Loopback
+    stays allowed (local use, tests); a TLS-terminating proxy in front is the
+    one reason for C{allow_insecure}.
+
+    :raises usage.UsageError: with one line saying what to do.
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or allow_insecure or is_loopback_host(parts.hostname or ""):
+        return
+    raise usage.UsageError(
+        f"base URL {base_url} is plain http on a host that is not loopback: "
+        "use an https:// --base-url (MCP requires HTTPS), or pass "
+        "--allow-insecure-base-url if a proxy in front adds TLS"
+    )
 
 
 def base_url_from_listen(listen: Sequence[str]) -> str:
@@ -334,6 +371,7 @@ def build_config(
     base_url = normalise_base_url(
         str(resolved["base-url"]) if resolved["base-url"] else base_url_from_listen(listen)
     )
+    check_base_url_transport(base_url, bool(resolved["allow-insecure-base-url"]))
     origins = tuple(str(resolved["allowed-origins"] or "").split())
     log_level = str(resolved["log-level"]).strip().lower()
     if log_level not in LOG_LEVELS:
@@ -352,6 +390,7 @@ def build_config(
         allowed_origins=origins,
         log_level=log_level,
         trust_forwarded=bool(resolved["trust-forwarded"]),
+        allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
         **numbers,  # type: ignore[arg-type]
     )

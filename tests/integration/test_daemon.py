@@ -664,6 +664,9 @@ def test_daemonized_start_and_stop(tmp_path: Path, procs: list[Proc]) -> None:
         (["--pool-size", "many"], {}, "--pool-size must be a number"),
         ([], {"MAILMCP_IMAP_TIMEOUT": "soon"}, "--imap-timeout must be a number"),
         (["--base-url", "ftp://x"], {}, "--base-url"),
+        (["--base-url", "http://mail.example.com"], {}, "plain http on a host that is not loopback"),
+        ([], {"MAILMCP_BASE_URL": "http://192.0.2.7"}, "or pass --allow-insecure-base-url"),
+        (["--listen", "tcp:8080:interface=192.0.2.7"], {}, "http://192.0.2.7:8080 is plain http"),
         (["--store", "mysql://db"], {}, "--store"),
         (["--attachments", "ftp://bucket"], {}, "--attachments"),
         (["--mail-ca-file", "/nonexistent.pem"], {}, "--mail-ca-file"),
@@ -675,3 +678,28 @@ def test_bad_values(tmp_path: Path, procs: list[Proc], args: list[str], env: dic
     """Each bad value, by option or environment: one stderr line, non-zero exit, no traceback."""
     proc = start(procs, ["-n", "--pidfile=", "mailmcp", *args], tmp_path, clean_env(**env))
     assert_one_line_error(proc, expected)
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_insecure_base_url_only_when_allowed(tmp_path: Path, procs: list[Proc], how: str) -> None:
+    """
+    An http:// base URL on a public host starts only with
+    --allow-insecure-base-url (or MAILMCP_ALLOW_INSECURE_BASE_URL), for a
+    TLS-terminating proxy in front; the daemon then advertises it as given.
+    """
+    port = free_port()
+    args = ["-n", "--pidfile=", "mailmcp", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--base-url", "http://mail.example.com"]
+    env = clean_env()
+    if how == "option":
+        args.append("--allow-insecure-base-url")
+    else:
+        env["MAILMCP_ALLOW_INSECURE_BASE_URL"] = "1"
+    proc = start(procs, args, tmp_path, env)
+    assert proc.wait_for_health(f"http://127.0.0.1:{port}")["base_url"] == "http://mail.example.com"
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server", timeout=10
+    ) as response:
+        assert json.load(response)["issuer"] == "http://mail.example.com"
+    proc.terminate()
+    proc.assert_clean_exit()
