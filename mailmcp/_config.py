@@ -86,6 +86,13 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Most new IMAP connections (connect, TLS, LOGIN) in progress at once; "
         "further calls wait their turn (bounds reactor lag in a login burst).",
     ),
+    (
+        "metrics-listen",
+        None,
+        "Endpoint serving GET /metrics (Prometheus; ?format=json for the benchmarks), "
+        "like --listen, e.g. tcp:9100:interface=127.0.0.1; off when not given. "
+        "Keep it private: it is not on the public listener.",
+    ),
     ("send-burst", "20", "Messages one account may send at once before --sends-per-hour applies."),
     ("sends-per-hour", "120", "Messages one account may send per hour after its burst."),
 ]
@@ -185,6 +192,7 @@ class Config:
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
     imap_connect_concurrency: int = 16
+    metrics_listen: str | None = None
     send_burst: int = 20
     sends_per_hour: float = 120.0
     trust_forwarded: bool = False
@@ -304,11 +312,11 @@ def _check_attachments(value: str) -> None:
     raise usage.UsageError(f"--attachments must be local or s3://bucket/prefix, not {value!r}")
 
 
-def _check_listen(listen: Sequence[str]) -> None:
+def _check_listen(listen: Sequence[str], option: str = "--listen") -> None:
     for description in listen:
         if not description or ":" not in description:
             raise usage.UsageError(
-                f"--listen needs an endpoint string like tcp:8080, not {description!r}"
+                f"{option} needs an endpoint string like tcp:8080, not {description!r}"
             )
 
 
@@ -338,6 +346,9 @@ def build_config(
         env_listen = environ.get(env_name("listen"), "").split()
         listen = env_listen or [DEFAULT_LISTEN]
     _check_listen(listen)
+    metrics_listen = str(resolved["metrics-listen"] or "").strip() or None
+    if metrics_listen is not None:
+        _check_listen([metrics_listen], "--metrics-listen")
 
     numbers: dict[str, float | int] = {}
     for name, kind in _NUMERIC.items():
@@ -388,6 +399,7 @@ def build_config(
         mail_ca_file=ca_file,
         keyring=keyring,
         allowed_origins=origins,
+        metrics_listen=metrics_listen,
         log_level=log_level,
         trust_forwarded=bool(resolved["trust-forwarded"]),
         allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),

@@ -66,10 +66,13 @@ class ListeningService(Service):
     because a daemon that silently listens on nothing helps nobody.
     """
 
-    def __init__(self, reactor: Any, description: str, site: MailMCPSite) -> None:
+    def __init__(
+        self, reactor: Any, description: str, site: MailMCPSite, option: str = "--listen"
+    ) -> None:
         self._reactor = reactor
         self._description = description
         self._site = site
+        self._option = option
         self._attempted = False
         self.port: IListeningPort | None = None
 
@@ -94,12 +97,12 @@ class ListeningService(Service):
         except IndexError:
             # systemd:...:index=N with fewer sockets passed in (LISTEN_FDS).
             self._fail(
-                f"bad --listen endpoint {self._description!r}: no such socket was passed "
+                f"bad {self._option} endpoint {self._description!r}: no such socket was passed "
                 "in by systemd (is the process started by its .socket unit?)"
             )
             return
         except (ValueError, TypeError, KeyError) as e:
-            self._fail(f"bad --listen endpoint {self._description!r}: {e}")
+            self._fail(f"bad {self._option} endpoint {self._description!r}: {e}")
             return
         outcome: list[Any] = []
         endpoint.listen(self._site).addBoth(outcome.append)
@@ -111,7 +114,11 @@ class ListeningService(Service):
             self._fail(f"cannot listen on {self._description}: {result.getErrorMessage()}")
             return
         self.port = result
-        log.info("mailmcp listening on {endpoint}", endpoint=self._description)
+        log.info(
+            "mailmcp listening on {endpoint}{what}",
+            endpoint=self._description,
+            what=" (metrics)" if self._option == "--metrics-listen" else "",
+        )
 
     def _fail(self, message: str) -> None:
         # Under twistd, sys.stderr is already redirected into the log; the
@@ -241,7 +248,18 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     # /mcp requests in progress at once, adapted to the lag (DESIGN §6).
     admission = Admission()
     lag_probe.observers.append(admission.observe_lag)
-    routes.append(("/metrics", MetricsApp(lag_probe, admission=admission).app.resource()))
+    # /metrics only on its own, private listener (--metrics-listen), if any:
+    # on the public one it would be an anonymous traffic amplifier.
+    if config.metrics_listen is not None:
+        metrics = MetricsApp(lag_probe, admission=admission)
+        metrics_site = MailMCPSite(
+            Router([("/metrics", metrics.app.resource())]), max_body=4096, reactor=reactor
+        )
+        metrics_listener = ListeningService(
+            reactor, config.metrics_listen, metrics_site, option="--metrics-listen"
+        )
+        metrics_listener.setName("metrics-listen")
+        metrics_listener.setServiceParent(parent)
     oauth_resource, verifier = build_authorization_server(config, reactor, parent)
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill

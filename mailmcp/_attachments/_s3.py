@@ -206,9 +206,7 @@ class S3AttachmentStore:
         self._scheme = probe.scheme.lower()
         self._netloc = probe.netloc.lower()
         self._base_path = probe.path[: -len(_PROBE)]
-        self._key_pattern = re.compile(
-            re.escape(self.prefix) + r"([0-9a-f]{32})/([0-9a-f]{64})"
-        )
+        self._key_pattern = re.compile(re.escape(self.prefix) + r"([0-9a-f]{32})/([0-9a-f]{64})")
 
     def _in_pool(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         return threads.deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)

@@ -116,6 +116,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--shutdown-timeout", "2.5",
         "--allowed-origins", "https://a.example https://b.example",
         "--trust-forwarded",
+        "--metrics-listen", "tcp:9101:interface=127.0.0.1",
     ])
     assert without_keyring(options.config) == Config(
         listen=("tcp:9000:interface=127.0.0.1", "unix:/tmp/x.sock"),
@@ -139,6 +140,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         shutdown_timeout=2.5,
         allowed_origins=("https://a.example", "https://b.example"),
         trust_forwarded=True,
+        metrics_listen="tcp:9101:interface=127.0.0.1",
     )
 
 
@@ -170,6 +172,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_LOG_LEVEL": "Debug",
         "MAILMCP_TRUST_FORWARDED": "true",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
+        "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -209,6 +212,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         log_level="debug",
         trust_forwarded=True,
         imap_connect_per_call=True,
+        metrics_listen="tcp:9102:interface=127.0.0.1",
     ), **extra)
 
 
@@ -348,6 +352,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--listen", "8080"], {}, "--listen needs an endpoint string"),
     (["--listen", ""], {}, "--listen needs an endpoint string"),
     ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
+    (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
+    ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
     (["--key-file", "/nonexistent/keys.json"], {}, "cannot read key ring /nonexistent/keys.json"),
     ([], {"MAILMCP_KEYS": "{not json"}, "corrupt key ring in MAILMCP_KEYS"),
