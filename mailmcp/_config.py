@@ -93,8 +93,18 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "like --listen, e.g. tcp:9100:interface=127.0.0.1; off when not given. "
         "Keep it private: it is not on the public listener.",
     ),
-    ("send-burst", "20", "Messages one account may send at once before --sends-per-hour applies."),
-    ("sends-per-hour", "120", "Messages one account may send per hour after its burst."),
+    (
+        "send-burst",
+        "20",
+        "Recipients one account may send to at once before --sends-per-hour applies "
+        "(each message costs its to+cc+bcc count; one with more is refused).",
+    ),
+    (
+        "sends-per-hour",
+        "120",
+        "Recipients one account may send to per hour after its burst; shared by all "
+        "daemons on one Redis --store, per process with SQLite.",
+    ),
 ]
 
 FLAGS: list[tuple[str, str]] = [

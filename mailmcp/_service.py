@@ -31,12 +31,13 @@ from ._imap import IMAPPool
 from ._mcp import MCPApp
 from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
 from ._oauth import build_authorization_server
-from ._sendrate import SendRateLimiter
+from ._sendrate import SendRateLimiter, SharedSendRateLimiter
 from ._smtp import SMTPSender
 from ._tls import MailTLS
 from ._toolkit import ToolServices
 from ._tools import all_tools
 from ._web import HealthApp, Router
+from .interfaces import ISendBudget, ISendTokenStore
 
 log = Logger()
 
@@ -235,6 +236,18 @@ class SequentialMultiService(MultiService):
             await deferLater(self._clock, 0, lambda: None)
 
 
+def build_send_limiter(config: Config, reactor: Any, parent: MultiService) -> ISendBudget:
+    """
+    Recipients per account: --send-burst at once, then --sends-per-hour
+    (SM-12).  Kept in the grant store when it can share them (Redis: every
+    daemon on it has one budget per account), else in this process.
+    """
+    store = parent.getServiceNamed("grant-store") if "grant-store" in parent.namedServices else None
+    if ISendTokenStore.providedBy(store):
+        return SharedSendRateLimiter(store, config.send_burst, config.sends_per_hour)
+    return SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
+
+
 def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tuple[str, IResource]]:
     """
     Build the daemon's parts and return their path prefixes.  Parts that own
@@ -280,8 +293,7 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     tool_services.smtp = SMTPSender(
         reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
     )
-    # Sends per account: --send-burst at once, then --sends-per-hour (SM-12).
-    tool_services.send_limiter = SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
+    tool_services.send_limiter = build_send_limiter(config, reactor, parent)
     mcp = MCPApp(config, verifier, tool_services, all_tools(), admission=admission)
     routes.append(("/mcp", mcp.app.resource()))
     return routes
