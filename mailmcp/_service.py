@@ -255,7 +255,9 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     C{parent} as services.
     """
     routes: list[tuple[str, IResource]] = [("/health", HealthApp(config.base_url).app.resource())]
-    lag_probe = ReactorLagProbe(reactor)
+    # The raw samples (for the JSON of /metrics) are kept only when there is
+    # a metrics listener to serve them; admission needs none.
+    lag_probe = ReactorLagProbe(reactor, keep=20000 if config.metrics_listen else 0)
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
     # /mcp requests in progress at once, adapted to the lag (DESIGN §6).
