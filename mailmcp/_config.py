@@ -86,12 +86,34 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Most new IMAP connections (connect, TLS, LOGIN) in progress at once; "
         "further calls wait their turn (bounds reactor lag in a login burst).",
     ),
-    ("send-burst", "20", "Messages one account may send at once before --sends-per-hour applies."),
-    ("sends-per-hour", "120", "Messages one account may send per hour after its burst."),
+    (
+        "metrics-listen",
+        None,
+        "Endpoint serving GET /metrics (Prometheus; ?format=json for the benchmarks), "
+        "like --listen, e.g. tcp:9100:interface=127.0.0.1; off when not given. "
+        "Keep it private: it is not on the public listener.",
+    ),
+    (
+        "send-burst",
+        "20",
+        "Recipients one account may send to at once before --sends-per-hour applies "
+        "(each message costs its to+cc+bcc count; one with more is refused).",
+    ),
+    (
+        "sends-per-hour",
+        "120",
+        "Recipients one account may send to per hour after its burst; shared by all "
+        "daemons on one Redis --store, per process with SQLite.",
+    ),
 ]
 
 FLAGS: list[tuple[str, str]] = [
     ("trust-forwarded", "Take the client address from X-Forwarded-For (behind a trusted proxy)."),
+    (
+        "allow-insecure-base-url",
+        "Accept an http:// --base-url on a host that is not loopback (only behind a "
+        "proxy that adds TLS; MCP clients require https).",
+    ),
     (
         "imap-connect-per-call",
         "Do not pool IMAP connections: connect, log in and log out on every "
@@ -180,9 +202,11 @@ class Config:
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
     imap_connect_concurrency: int = 16
+    metrics_listen: str | None = None
     send_burst: int = 20
     sends_per_hour: float = 120.0
     trust_forwarded: bool = False
+    allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
 
     @property
@@ -208,6 +232,37 @@ def normalise_base_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether C{host} (a URL's hostname) names this machine only."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url_transport(base_url: str, allow_insecure: bool) -> None:
+    """
+    Refuse a plain-http base URL that other machines would use: MCP requires
+    the authorization endpoints over HTTPS, and over http the login form's
+    password and every bearer token cross the network in the clear.  Loopback
+    stays allowed (local use, tests); a TLS-terminating proxy in front is the
+    one reason for C{allow_insecure}.
+
+    :raises usage.UsageError: with one line saying what to do.
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or allow_insecure or is_loopback_host(parts.hostname or ""):
+        return
+    raise usage.UsageError(
+        f"base URL {base_url} is plain http on a host that is not loopback: "
+        "use an https:// --base-url (MCP requires HTTPS), or pass "
+        "--allow-insecure-base-url if a proxy in front adds TLS"
+    )
 
 
 def base_url_from_listen(listen: Sequence[str]) -> str:
@@ -267,11 +322,11 @@ def _check_attachments(value: str) -> None:
     raise usage.UsageError(f"--attachments must be local or s3://bucket/prefix, not {value!r}")
 
 
-def _check_listen(listen: Sequence[str]) -> None:
+def _check_listen(listen: Sequence[str], option: str = "--listen") -> None:
     for description in listen:
         if not description or ":" not in description:
             raise usage.UsageError(
-                f"--listen needs an endpoint string like tcp:8080, not {description!r}"
+                f"{option} needs an endpoint string like tcp:8080, not {description!r}"
             )
 
 
@@ -301,6 +356,9 @@ def build_config(
         env_listen = environ.get(env_name("listen"), "").split()
         listen = env_listen or [DEFAULT_LISTEN]
     _check_listen(listen)
+    metrics_listen = str(resolved["metrics-listen"] or "").strip() or None
+    if metrics_listen is not None:
+        _check_listen([metrics_listen], "--metrics-listen")
 
     numbers: dict[str, float | int] = {}
     for name, kind in _NUMERIC.items():
@@ -334,6 +392,7 @@ def build_config(
     base_url = normalise_base_url(
         str(resolved["base-url"]) if resolved["base-url"] else base_url_from_listen(listen)
     )
+    check_base_url_transport(base_url, bool(resolved["allow-insecure-base-url"]))
     origins = tuple(str(resolved["allowed-origins"] or "").split())
     log_level = str(resolved["log-level"]).strip().lower()
     if log_level not in LOG_LEVELS:
@@ -350,8 +409,10 @@ def build_config(
         mail_ca_file=ca_file,
         keyring=keyring,
         allowed_origins=origins,
+        metrics_listen=metrics_listen,
         log_level=log_level,
         trust_forwarded=bool(resolved["trust-forwarded"]),
+        allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
         **numbers,  # type: ignore[arg-type]
     )

@@ -10,6 +10,7 @@ daemon's clock (the ``expires`` field) and Redis TTLs only collect garbage.
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -21,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ._grants import GrantRecord
-from .interfaces import IGrantStore
+from .interfaces import IGrantStore, ISendTokenStore
 
 log = Logger()
 
@@ -54,6 +55,25 @@ return redis.call('HINCRBY', KEYS[1], 'count', 1)
 """
 
 
+#: Token bucket (send limit): KEYS[1] the bucket; ARGV burst, refill rate per
+#: second, now, tokens wanted, TTL.  Returns "0" when taken, else the seconds
+#: to wait (as a string: Lua numbers would be truncated to integers).
+_TAKE_SEND_TOKENS = """
+local burst, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, want = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tokens, stamp = burst, now
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+if saved[1] and saved[2] then
+  stamp = math.max(now, tonumber(saved[2]))
+  tokens = math.min(burst, tonumber(saved[1]) + math.max(0, now - tonumber(saved[2])) * rate)
+end
+if tokens < want then return tostring((want - tokens) / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - want), 'stamp', tostring(stamp))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return '0'
+"""
+
+
 class RedisUnavailable(Exception):
     """The store is not connected (not started, or stopped)."""
 
@@ -75,7 +95,7 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     }
 
 
-@implementer(IGrantStore)
+@implementer(IGrantStore, ISendTokenStore)
 class RedisGrantStore(Service):
     """
     `IGrantStore` on Redis.  The connection pool is opened in
@@ -239,3 +259,22 @@ class RedisGrantStore(Service):
 
     def count(self, key: str) -> Deferred[int]:
         return self._deadline(self._count(key))
+
+    # -- send limit (SM-12): recipients' token buckets shared by every daemon --
+
+    async def _take_send_tokens(self, key: str, count: int, burst: int, per_hour: float) -> float:
+        rate = per_hour / 3600.0
+        # A bucket untouched this long has refilled: it may as well vanish.
+        ttl = math.ceil(burst / rate) + 1
+        result = await self._redis.eval(
+            _TAKE_SEND_TOKENS,
+            [f"{self._prefix}send:{key}"],
+            [str(burst), repr(rate), repr(self._now()), str(count), str(ttl)],
+        )
+        return float(result)
+
+    def take_send_tokens(
+        self, key: str, count: int, burst: int, per_hour: float
+    ) -> Deferred[float]:
+        """`ISendTokenStore.take_send_tokens`: one Lua script, so racing daemons share one bucket."""
+        return self._deadline(self._take_send_tokens(key, count, burst, per_hour))

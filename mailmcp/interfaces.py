@@ -132,3 +132,37 @@ class IAttachmentStore(Interface):
         :return: an awaitable firing with a `ResolvedAttachment`.
         :raises AttachmentRefused: for any other URL, before any I/O.
         """
+
+
+# -- send limit (SM-12) -------------------------------------------------------
+
+
+class ISendBudget(Interface):
+    """
+    An account's send budget: a token bucket of recipients
+    (`mailmcp._sendrate`).
+    """
+
+    burst = Attribute("recipients one account may send to at once")
+    per_hour = Attribute("recipients the bucket refills by per hour")
+
+    def take(key: str, count: int) -> Any:
+        """
+        Take C{count} tokens (one per recipient) from bucket C{key}.
+
+        :return: a Deferred firing with 0.0 when they were taken, else with
+            the seconds until they will be available (`math.inf` when
+            C{count} is more than the burst); nothing is taken then.
+        """
+
+
+class ISendTokenStore(Interface):
+    """A store that can hold the send buckets for every daemon sharing it."""
+
+    def take_send_tokens(key: str, count: int, burst: int, per_hour: float) -> Any:
+        """
+        Atomically take C{count} tokens from the bucket C{key} (capacity
+        C{burst}, refilled at C{per_hour} per hour on the store's clock).
+
+        :return: a Deferred firing as `ISendBudget.take` does.
+        """

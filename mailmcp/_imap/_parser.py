@@ -541,7 +541,7 @@ def merge_fetched(old: FetchedMessage, new: FetchedMessage) -> FetchedMessage:
 
 # -- sequence sets ------------------------------------------------------------
 
-_SEQ_SET = re.compile(rb"^(?:\d+|\*)(?::(?:\d+|\*))?(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*$")
+_SEQ_SET = re.compile(rb"(?:\d+|\*)(?::(?:\d+|\*))?(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*")
 
 
 def is_sequence_set(value: str) -> bool:
@@ -549,7 +549,7 @@ def is_sequence_set(value: str) -> bool:
     if not value or len(value) > 10_000:
         return False
     raw = value.encode("ascii", "replace")
-    if not _SEQ_SET.match(raw):
+    if not _SEQ_SET.fullmatch(raw):
         return False
     for part in re.split(rb"[:,]", raw):
         if part != b"*" and (len(part) > 10 or not 0 < int(part) <= MAX_UINT32):

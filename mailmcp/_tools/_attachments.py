@@ -130,7 +130,9 @@ GET_MAIL_ATTACHMENT_LINK: Tool[AttachmentLinkInput, AttachmentLinkOutput] = Tool
     read_only=False,
     destructive=False,
     idempotent=True,
-    open_world=False,
+    # Like get_mail_message it hands back content from outside senders
+    # (inline_text), and the link it makes is reachable by whoever holds it.
+    open_world=True,
 )
 
 TOOLS = [GET_MAIL_ATTACHMENT_LINK]

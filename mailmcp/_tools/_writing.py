@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
 
 from .._compose import (
     MAX_BODY_CHARS,
@@ -53,6 +55,7 @@ from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from .._toolkit import Tool, ToolContext, ToolError
 
 T = TypeVar("T")
+log = Logger()
 
 MAX_ATTACHMENT_URLS = 20
 MAX_FLAGS = 20
@@ -675,7 +678,7 @@ async def deliver(
     # us would be a duplicate in Sent.
     server_files = ctx.account.smtp.files_sent
     try:
-        _take_send_token(ctx)
+        await _take_send_tokens(ctx, len(message.recipients))
         result = await sender.send(
             ctx.account, message.envelope_from, message.recipients, message.wire_bytes
         )
@@ -721,23 +724,41 @@ async def deliver(
     )
 
 
-def _take_send_token(ctx: ToolContext) -> None:
+async def _take_send_tokens(ctx: ToolContext, recipients: int) -> None:
     """
-    Take one of the account's send tokens (SM-12), or refuse the send with
-    when to try again.  Called just before SMTP is contacted, so a call that
-    fails validation or is an idempotent replay costs nothing.
+    Take one of the account's send tokens per envelope recipient (SM-12),
+    or refuse the whole send saying why and when to try again.  Called just
+    before SMTP is contacted, so a call that fails validation or is an
+    idempotent replay costs nothing.
     """
     limiter = ctx.services.send_limiter
     if limiter is None:
         return
-    wait = limiter.acquire(send_key(ctx.account))
+    burst, per_hour = limiter.burst, limiter.per_hour
+    budget = f"{burst} recipients at once, then {per_hour:g} per hour; to, cc and bcc all count"
+    if recipients > burst:
+        raise ToolError(
+            f"Not sent: this message has {recipients} recipients, more than this account's "
+            f"send rate limit allows in one go ({budget}). Send it to fewer recipients at a "
+            "time. Nothing was sent; the message was not saved."
+        )
+    try:
+        wait = await limiter.take(send_key(ctx.account), recipients)
+    except CancelledError:
+        raise
+    except Exception as e:
+        log.warn("send limit could not be checked: {error}", error=type(e).__name__)
+        raise ToolError(
+            "Not sent: the send rate limit could not be checked (the server's store is "
+            "unavailable); try again in a minute. Nothing was sent; the message was not saved."
+        ) from None
     if wait <= 0:
         return
     seconds = max(1, math.ceil(wait))
     when = datetime.fromtimestamp(ctx.services.reactor.seconds() + seconds, UTC)
     raise ToolError(
-        f"Not sent: send rate limit reached for this account ({limiter.burst} messages at once, "
-        f"then {limiter.per_hour:g} per hour). Try again in {seconds} seconds "
+        f"Not sent: send rate limit reached for this account ({budget}); this message has "
+        f"{recipients} recipient{'s' if recipients != 1 else ''}. Try again in {seconds} seconds "
         f"(after {when:%H:%M:%S} UTC). Nothing was sent; the message was not saved."
     )
 
@@ -819,7 +840,8 @@ SEND_MAIL_MESSAGE: Tool[SendInput, SendOutput] = Tool(
     output_model=SendOutput,
     handler=send_mail_message,
     read_only=False,
-    destructive=False,
+    # A sent message cannot be called back: hosts should ask before each send.
+    destructive=True,
     idempotent=False,
     open_world=True,
 )
@@ -879,6 +901,7 @@ CREATE_DRAFT_MAIL_MESSAGE: Tool[DraftInput, DraftOutput] = Tool(
     output_model=DraftOutput,
     handler=create_draft_mail_message,
     read_only=False,
+    # Only adds a message to Drafts.
     destructive=False,
     idempotent=False,
     open_world=False,
@@ -1024,6 +1047,8 @@ UPDATE_MAIL_MESSAGE_FLAGS: Tool[FlagsInput, FlagsOutput] = Tool(
     output_model=FlagsOutput,
     handler=update_mail_message_flags,
     read_only=False,
+    # Every change can be undone with the same tool, and \Deleted (the one
+    # flag that loses mail) is refused.
     destructive=False,
     idempotent=True,
     open_world=False,

@@ -66,6 +66,7 @@ async def test_tools_list_annotates_writing_tools_honestly(endpoint: Any) -> Non
     hints = {name: tools[name]["annotations"] for name in WRITING}
     assert hints["send_mail_message"]["openWorldHint"] is True
     assert hints["send_mail_message"]["idempotentHint"] is False
+    assert hints["send_mail_message"]["destructiveHint"] is True
     assert hints["delete_mail_message"]["destructiveHint"] is True
     assert hints["move_mail_message"]["destructiveHint"] is True
     assert hints["update_mail_message_flags"]["idempotentHint"] is True

@@ -116,6 +116,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--shutdown-timeout", "2.5",
         "--allowed-origins", "https://a.example https://b.example",
         "--trust-forwarded",
+        "--metrics-listen", "tcp:9101:interface=127.0.0.1",
     ])
     assert without_keyring(options.config) == Config(
         listen=("tcp:9000:interface=127.0.0.1", "unix:/tmp/x.sock"),
@@ -139,6 +140,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         shutdown_timeout=2.5,
         allowed_origins=("https://a.example", "https://b.example"),
         trust_forwarded=True,
+        metrics_listen="tcp:9101:interface=127.0.0.1",
     )
 
 
@@ -170,6 +172,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_LOG_LEVEL": "Debug",
         "MAILMCP_TRUST_FORWARDED": "true",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
+        "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -209,6 +212,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         log_level="debug",
         trust_forwarded=True,
         imap_connect_per_call=True,
+        metrics_listen="tcp:9102:interface=127.0.0.1",
     ), **extra)
 
 
@@ -290,6 +294,30 @@ def test_base_url_normalised(raw: str, canonical: str) -> None:
     assert normalise_base_url(raw) == canonical
 
 
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        ([], {}),
+        (["--base-url", "http://localhost:8080"], {}),
+        (["--base-url", "http://app.localhost"], {}),
+        (["--base-url", "http://127.0.0.2:9000/mcp-prefix"], {}),
+        (["--base-url", "http://[::1]:8080"], {}),
+        (["--listen", r"tcp6:9999:interface=\:\:1"], {}),
+        (["--base-url", "https://mail.example.com"], {}),
+        (["--base-url", "http://mail.example.com", "--allow-insecure-base-url"], {}),
+        (["--base-url", "http://mail.example.com"], {"MAILMCP_ALLOW_INSECURE_BASE_URL": "yes"}),
+    ],
+)
+def test_base_url_transport_allowed(tmp_path: Path, argv: list[str], environ: dict[str, str]) -> None:
+    """
+    Plain http is fine on loopback (the default) and https anywhere; an
+    http URL for other hosts needs --allow-insecure-base-url (a TLS proxy
+    in front), by option or environment.
+    """
+    config = parse(["--state-dir", str(tmp_path), *argv], environ).config
+    assert config.allow_insecure_base_url is ("--allow-insecure-base-url" in argv or bool(environ))
+
+
 BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--pool-size", "many"], {}, "--pool-size must be a number"),
     (["--pool-size", "0"], {}, "--pool-size must be greater than zero"),
@@ -312,6 +340,10 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--base-url", "https://example.com/#frag"], {}, "--base-url must not carry"),
     (["--base-url", "https://user:pw@example.com"], {}, "--base-url must not carry"),
     ([], {"MAILMCP_BASE_URL": "nonsense"}, "--base-url must be an http(s) URL"),
+    (["--base-url", "http://mail.example.com"], {}, "is plain http on a host that is not loopback"),
+    ([], {"MAILMCP_BASE_URL": "http://192.0.2.7:8080"}, "--allow-insecure-base-url"),
+    (["--listen", "tcp:9999:interface=192.0.2.7"], {}, "http://192.0.2.7:9999 is plain http"),
+    (["--base-url", "http://127.0.0.1.example.com"], {}, "use an https:// --base-url"),
     (["--store", "mysql://db"], {}, "--store must be sqlite:PATH or redis://"),
     (["--store", "sqlite:"], {}, "--store must be"),
     (["--attachments", "ftp://bucket"], {}, "--attachments must be local or s3://"),
@@ -320,6 +352,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--listen", "8080"], {}, "--listen needs an endpoint string"),
     (["--listen", ""], {}, "--listen needs an endpoint string"),
     ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
+    (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
+    ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
     (["--key-file", "/nonexistent/keys.json"], {}, "cannot read key ring /nonexistent/keys.json"),
     ([], {"MAILMCP_KEYS": "{not json"}, "corrupt key ring in MAILMCP_KEYS"),
