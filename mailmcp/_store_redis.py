@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ._grants import GrantRecord
+from ._grants import USED_CODE_MARGIN, GrantRecord
 from .interfaces import IGrantStore
 
 log = Logger()
@@ -35,11 +35,20 @@ return 1
 """
 
 _ROTATE = """
-local gen = redis.call('HGET', KEYS[1], 'gen')
-if not gen or tonumber(gen) ~= tonumber(ARGV[1]) then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'expires')) <= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'gen', tonumber(gen) + 1)
-return 1
+local f = redis.call('HMGET', KEYS[1], 'gen', 'expires', 'rotated', 'succ')
+if not f[1] or not f[2] then return false end
+local now = tonumber(ARGV[2])
+if tonumber(f[2]) <= now then return false end
+local gen = tonumber(f[1])
+local asked = tonumber(ARGV[1])
+if gen == asked then
+  redis.call('HSET', KEYS[1], 'gen', gen + 1, 'rotated', ARGV[2], 'succ', ARGV[3])
+  return ARGV[3]
+end
+if gen == asked + 1 and f[3] and f[4] and now < tonumber(f[3]) + tonumber(ARGV[4]) then
+  return f[4]
+end
+return false
 """
 
 _HIT = """
@@ -195,7 +204,12 @@ class RedisGrantStore(Service):
         result = await self._redis.eval(
             _ACTIVATE,
             [f"{self._prefix}code:{code_id}", self._grant_key(grant_id)],
-            [self._ttl(code_expires), str(expires), str(self._now()), self._ttl(expires)],
+            [
+                self._ttl(code_expires + USED_CODE_MARGIN),
+                str(expires),
+                str(self._now()),
+                self._ttl(expires),
+            ],
         )
         return int(result) == 1
 
@@ -204,14 +218,27 @@ class RedisGrantStore(Service):
     ) -> Deferred[bool]:
         return self._deadline(self._activate(grant_id, code_id, code_expires, expires))
 
-    async def _rotate(self, grant_id: str, generation: int) -> bool:
+    async def _rotate(
+        self, grant_id: str, generation: int, successor: bytes, grace: int
+    ) -> bytes | None:
         result = await self._redis.eval(
-            _ROTATE, [self._grant_key(grant_id)], [str(generation), str(self._now())]
+            _ROTATE,
+            [self._grant_key(grant_id)],
+            [
+                str(generation),
+                repr(self._now()),
+                base64.b64encode(successor).decode("ascii"),
+                str(int(grace)),
+            ],
         )
-        return int(result) == 1
+        if not result:
+            return None
+        return base64.b64decode(str(result))
 
-    def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
-        return self._deadline(self._rotate(grant_id, generation))
+    def rotate_refresh(
+        self, grant_id: str, generation: int, successor: bytes, grace: int
+    ) -> Deferred[bytes | None]:
+        return self._deadline(self._rotate(grant_id, generation, successor, grace))
 
     async def _revoke(self, grant_id: str) -> None:
         await self._redis.execute_command("DEL", self._grant_key(grant_id))
