@@ -12,14 +12,14 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import attrs
 from twisted.python import usage
 
-from ._keyring import KeyRing, KeyRingError, load_or_create_keyring
+from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "mailmcp-state"
@@ -233,9 +233,40 @@ def base_url_from_listen(listen: Sequence[str]) -> str:
     return "http://127.0.0.1:8080"
 
 
-def prepare_state_dir(path: Path) -> Path:
+def _make_private(path: Path, what: str, mode: int, hint: str = "") -> str | None:
+    """
+    Take group and other permissions off C{path} (to C{mode}) if it has any.
+
+    :return: the warning to show when it had to be fixed, else None.
+    :raises usage.UsageError: when it cannot be fixed (e.g. owned by
+        another user): refusing beats running with a readable secret.
+    """
+    try:
+        old = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise usage.UsageError(f"cannot check {what} {path}: {e.strerror}") from None
+    if not old & 0o077:
+        return None
+    try:
+        os.chmod(path, mode)
+    except OSError as e:
+        raise usage.UsageError(
+            f"{what} {path} is accessible to group/others (mode {old:04o}) and cannot be "
+            f"made private ({e.strerror}); run: chmod {mode:o} {path}"
+        ) from None
+    return f"{what} {path} was accessible to group/others (mode {old:04o}); changed to {mode:04o}{hint}"
+
+
+def prepare_state_dir(path: Path, warn: Callable[[str], None] | None = None) -> Path:
     """
     Create the state directory (0700) if needed and check that it is usable.
+
+    An existing directory, or its ``keys.json``, that group or others may
+    access is made private (0700, 0600) and C{warn} (default: one line on
+    stderr) is told, since the daemon owns both and tightening them is always
+    safe; if it cannot be tightened, that is an error.
 
     :raises usage.UsageError: with one line saying why it is not.
     """
@@ -247,7 +278,24 @@ def prepare_state_dir(path: Path) -> Path:
         raise usage.UsageError(f"state directory {path} is not a directory")
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise usage.UsageError(f"state directory {path} is not readable and writable")
+    fixed = [
+        _make_private(path, "state directory", 0o700),
+        _make_private(
+            path / KEYRING_FILENAME,
+            "key ring",
+            0o600,
+            "; if anyone else could read it, rotate the key ring (README: key rotation)",
+        ),
+    ]
+    for message in fixed:
+        if message is not None:
+            (warn or _warn_stderr)(message)
     return path.resolve()
+
+
+def _warn_stderr(message: str) -> None:
+    sys.stderr.write(f"mailmcp: warning: {message}\n")
+    sys.stderr.flush()
 
 
 def _check_store(store: str) -> None:

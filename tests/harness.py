@@ -250,7 +250,7 @@ class Daemon:
         timeout: float = 30.0,
     ) -> Daemon:
         port = free_port()
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = state_dir.parent / f"twistd-{port}.log"
         args = [
             *TWISTD, "-n", "--pidfile=", "--logfile", str(log_path),

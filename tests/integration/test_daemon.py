@@ -581,8 +581,9 @@ def test_corrupt_key_file(tmp_path: Path, procs: list[Proc]) -> None:
 def test_corrupt_keys_json_in_state_dir(tmp_path: Path, procs: list[Proc]) -> None:
     """A truncated keys.json in the state dir is refused, never silently replaced."""
     state = tmp_path / "mailmcp-state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     (state / "keys.json").write_text('{"version": 1, "keys": [')
+    (state / "keys.json").chmod(0o600)
     proc = start(procs, ["-n", "--pidfile=", "mailmcp"], tmp_path)
     assert_one_line_error(proc, "corrupt key ring", "keys.json")
     assert (state / "keys.json").read_text() == '{"version": 1, "keys": ['

@@ -203,8 +203,9 @@ def test_bad_input(tmp_path: Path, args: list[str], expected: str) -> None:
 def test_corrupt_key_ring(tmp_path: Path) -> None:
     """A corrupt keys.json: one stderr line naming it, exit 1, the file untouched."""
     state = tmp_path / "mailmcp-state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     (state / "keys.json").write_text("{broken")
+    (state / "keys.json").chmod(0o600)
     result = generate(tmp_path, *SERVERS)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [result.stderr.strip()]

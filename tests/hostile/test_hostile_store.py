@@ -1,0 +1,148 @@
+"""
+Attacks on the grant store, the tokens and the state files, against a real
+``twistd mailmcp`` with the real Dovecot and Redis:
+
+- ST-01 a stolen refresh token replayed after its successor was used (or
+  after the grace) revokes the whole family; the legitimate race (five
+  refreshes of one token at once, a lost response) keeps the user logged in
+  with one successor, on SQLite and on Redis.
+- ST-02 state files readable by others: an existing state directory or
+  ``keys.json`` with group/other access is made private with a warning; the
+  SQLite database and its ``-wal``/``-shm`` files are 0600 from the start.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from mailmcp._keyring import KeyRing, new_master_key, write_keyring
+from tests.harness import ROOT, TWISTD, Daemon, Services, free_port, generate_client
+from tests.hostile import mcp_http
+from tests.hostile.test_hostile_load import error_lines
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def refresh(base: str, client: dict[str, Any], refresh_token: str) -> httpx2.Response:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
+            "client_id": client["client_id"], "client_secret": client["client_secret"]}
+    return httpx2.post(base + "/oauth/token", data=form, timeout=30)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_st_01_concurrent_refreshes_share_one_successor_and_stale_replay_revokes(
+    services: Services, daemon_factory: Any, tmp_path: Path, store: str
+) -> None:
+    """
+    Five refreshes of one refresh token at once (Claude's known race) all get
+    200 and the same successor; the access tokens all work.  After the
+    successor itself rotates, the original token (a stolen copy) is refused
+    and every token of the family dies.
+    """
+    extra = ["--store", services.redis_url] if store == "redis" else []
+    daemon = daemon_factory(services, *extra)
+    base = daemon.base_url
+    client = generate_client(daemon.state_dir, services)
+    tokens = mcp_http.login(base, client, "alice@example.test", "alicepw")
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: refresh(base, client, tokens["refresh_token"]), range(5)))
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+    successors = {a.json()["refresh_token"] for a in answers}
+    assert len(successors) == 1
+    for answer in answers:
+        status, body = mcp_http.rpc(base, answer.json()["access_token"], "tools/list")
+        assert status == 200 and body is not None and "result" in body, body
+    (successor,) = successors
+    newer = refresh(base, client, successor)
+    assert newer.status_code == 200, newer.text
+    stale = refresh(base, client, tokens["refresh_token"])
+    assert (stale.status_code, stale.json()["error"]) == (400, "invalid_grant")
+    status, _ = mcp_http.rpc(base, newer.json()["access_token"], "tools/list")
+    assert status == 401
+    assert refresh(base, client, newer.json()["refresh_token"]).status_code == 400
+    assert error_lines(daemon) == []
+
+
+def test_st_02_state_files_are_private(services: Services, tmp_path: Path) -> None:
+    """
+    A state directory (0755), keys.json (0644) and an old SQLite file (0644)
+    left open to others: twistd starts, warns once per fixed path on stderr
+    (no traceback), and after a real login wrote a grant the directory is
+    0700 and keys.json, the database and its -wal and -shm files are 0600.
+    """
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    write_keyring(state / "keys.json", KeyRing([new_master_key()]))
+    (state / "keys.json").chmod(0o644)
+    database = state / "mailmcp.sqlite3"
+    database.touch()
+    database.chmod(0o644)
+    daemon = Daemon.start(state, services)
+    try:
+        client = generate_client(state, services)
+        tokens = mcp_http.login(daemon.base_url, client, "alice@example.test", "alicepw")
+        assert refresh(daemon.base_url, client, tokens["refresh_token"]).status_code == 200
+        files = [database, state / "mailmcp.sqlite3-wal", state / "mailmcp.sqlite3-shm"]
+        assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
+        assert mode(state) == 0o700 and mode(state / "keys.json") == 0o600
+        daemon.process.terminate()
+        assert daemon.process.wait(20) == 0
+        assert daemon.process.stderr is not None
+        err = daemon.process.stderr.read().decode()
+    finally:
+        daemon.stop()
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("mailmcp: warning: state directory ") and "(mode 0755)" in lines[0]
+    assert "changed to 0700" in lines[0]
+    assert lines[1].startswith("mailmcp: warning: key ring ") and "(mode 0644)" in lines[1]
+    assert "Traceback" not in err
+    assert mode(database) == 0o600
+
+
+def test_st_02_new_state_files_are_private_whatever_the_umask(services: Services, tmp_path: Path) -> None:
+    """With a permissive umask (000) the files the daemon creates are still 0700/0600."""
+    state = tmp_path / "fresh"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    command = [*TWISTD, "-n", "--pidfile=", "--logfile", str(tmp_path / "twistd.log"), "mailmcp",
+               "--listen", f"tcp:{port}:interface=127.0.0.1", "--state-dir", str(state),
+               "--mail-ca-file", str(services.ca_file)]
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, preexec_fn=lambda: os.umask(0))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            try:
+                if httpx2.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+        client = generate_client(state, services)
+        mcp_http.login(base, client, "alice@example.test", "alicepw")
+        database = state / "mailmcp.sqlite3"
+        files = [database, state / "mailmcp.sqlite3-wal", state / "mailmcp.sqlite3-shm",
+                 state / "keys.json"]
+        assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
+        assert mode(state) == 0o700
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=20)
+    assert b"Traceback" not in err and b"warning" not in err, err
