@@ -49,6 +49,12 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Attachment store: local (files under the state dir) or s3://bucket/prefix.",
     ),
     ("mail-ca-file", None, "Extra PEM CA bundle trusted for IMAP/SMTP servers with a private CA."),
+    (
+        "store-ca-file",
+        None,
+        "PEM CA bundle that a rediss:// --store server's certificate must chain to "
+        "(default: the system trust store).",
+    ),
     ("key-file", None, "Read the key ring from this file instead of <state-dir>/keys.json."),
     ("pool-size", "4", "Logged-in IMAP connections kept per account."),
     ("pool-wait-timeout", "15", "Seconds a call waits for a free pooled IMAP connection."),
@@ -161,6 +167,7 @@ class Config:
     attachments: str
     mail_ca_file: Path | None
     keyring: KeyRing = attrs.field(repr=False)
+    store_ca_file: Path | None = None
     pool_size: int = 4
     pool_wait_timeout: float = 15.0
     pool_idle_timeout: float = 300.0
@@ -306,6 +313,20 @@ def _check_store(store: str) -> None:
     raise usage.UsageError(f"--store must be sqlite:PATH or redis://host:port/db, not {store!r}")
 
 
+def _check_ca_bundle(path: Path, option: str) -> None:
+    """A readable PEM file holding at least one certificate, or one line saying why not."""
+    from ._tls import load_pem_certificates
+
+    try:
+        certificates = load_pem_certificates(path)
+    except OSError as e:
+        raise usage.UsageError(f"{option} {path} is not a readable file ({e.strerror})") from None
+    except Exception:
+        raise usage.UsageError(f"{option} {path} holds a damaged PEM certificate") from None
+    if not certificates:
+        raise usage.UsageError(f"{option} {path} holds no PEM certificate")
+
+
 def _check_attachments(value: str) -> None:
     if value == "local":
         return
@@ -373,6 +394,11 @@ def build_config(
         if not ca_file.is_file() or not os.access(ca_file, os.R_OK):
             raise usage.UsageError(f"--mail-ca-file {ca_file} is not a readable file")
 
+    store_ca_file = None
+    if resolved["store-ca-file"]:
+        store_ca_file = Path(str(resolved["store-ca-file"]))
+        _check_ca_bundle(store_ca_file, "--store-ca-file")
+
     key_file = Path(str(resolved["key-file"])) if resolved["key-file"] else None
     try:
         keyring = load_or_create_keyring(state_dir, key_file, environ)
@@ -397,6 +423,7 @@ def build_config(
         attachments=attachments,
         mail_ca_file=ca_file,
         keyring=keyring,
+        store_ca_file=store_ca_file,
         allowed_origins=origins,
         log_level=log_level,
         trust_forwarded=bool(resolved["trust-forwarded"]),

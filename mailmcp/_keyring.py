@@ -153,7 +153,9 @@ class KeyRing:
         :raises KeyRingError: for an unknown kid.
         """
         if kid not in self._by_kid:
-            raise KeyRingError(f"the key ring holds no key {kid!r} (it holds {', '.join(self.kids)})")
+            raise KeyRingError(
+                f"the key ring holds no key {kid!r} (it holds {', '.join(self.kids)})"
+            )
         others = [k for k in self._keys if k.kid != kid]
         return KeyRing([*others, attrs.evolve(self._by_kid[kid], active=True)])
 

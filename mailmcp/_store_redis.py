@@ -5,22 +5,34 @@ The shared grant store: Redis, for several processes or hosts
 Every check-and-set runs as one Lua script, so two processes racing on the
 same code or refresh token cannot both win.  Expiry is enforced against the
 daemon's clock (the ``expires`` field) and Redis TTLs only collect garbage.
+
+``rediss://`` verifies the server: its certificate chain against the system
+trust store (or only the CAs of ``--store-ca-file``) and its name against the
+URL's host.  txredisapi's own ``ssl_context_factory=True`` verifies neither,
+so it is never used.
 """
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
+from service_identity import VerificationError
 from twisted.application.service import Service
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._grants import USED_CODE_MARGIN, GrantRecord
+from ._tls import load_pem_certificates
 from .interfaces import IGrantStore
 
 log = Logger()
@@ -84,11 +96,56 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     }
 
 
+def redis_tls_options(host: str, ca_file: Path | None = None) -> Any:
+    """
+    Client TLS options for a Redis server at C{host} that verify its
+    certificate: against the system trust store, or only against the CAs in
+    C{ca_file}; and its name (or IP address) against C{host}.
+    """
+    trust = (
+        ssl.trustRootFromCertificates(load_pem_certificates(ca_file))
+        if ca_file is not None
+        else ssl.platformTrust()
+    )
+    return ssl.optionsForClientTLS(host, trustRoot=trust)
+
+
+@implementer(IHandshakeListener)
+class _Handshake(Protocol):
+    """Completes a TLS handshake, reports it to C{done}, and hangs up."""
+
+    def __init__(self, done: Deferred[bool]) -> None:
+        self._done = done
+
+    def handshakeCompleted(self) -> None:
+        if not self._done.called:
+            self._done.callback(True)
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._done.called:
+            self._done.errback(reason)
+
+
+def _tls_reason(reason: Failure) -> str:
+    """A short operator-facing reason for a failed handshake."""
+    if reason.check(VerificationError):
+        return "the certificate does not name this host"
+    text = reason.getErrorMessage()
+    if "certificate verify failed" in text:
+        return "the certificate is not signed by a trusted CA"
+    return text[:200]
+
+
 @implementer(IGrantStore)
 class RedisGrantStore(Service):
     """
     `IGrantStore` on Redis.  The connection pool is opened in
     `startService` and closed in `stopService`.
+
+    :param ca_file: for ``rediss://``, the PEM CAs to trust instead of the
+        system trust store.
     """
 
     def __init__(
@@ -98,8 +155,12 @@ class RedisGrantStore(Service):
         prefix: str = "mailmcp:",
         poolsize: int = 4,
         timeout: float = 5.0,
+        ca_file: Path | None = None,
+        reactor: Any = None,
     ) -> None:
         self._url = url
+        self._ca_file = ca_file
+        self._reactor = reactor
         self._clock = clock
         self._timeout = timeout
         self._prefix = prefix
@@ -109,6 +170,42 @@ class RedisGrantStore(Service):
     def startService(self) -> None:
         super().startService()
         self.connect()
+        if self._reactor is not None and parse_redis_url(self._url).get("tls"):
+            self.check_tls()
+
+    def check_tls(self) -> Deferred[bool]:
+        """
+        One TLS handshake with the server, no Redis command, to say clearly
+        in the log (at start) whether the server's certificate verifies: the
+        pool's own failures only read "Lost connection".  Fires with the
+        outcome; never fails.
+        """
+        options = parse_redis_url(self._url)
+        where = f"{options['host']}:{options['port']}"
+        endpoint = wrapClientTLS(
+            redis_tls_options(options["host"], self._ca_file),
+            HostnameEndpoint(self._reactor, options["host"], options["port"], timeout=5),
+        )
+        done: Deferred[bool] = Deferred()
+
+        def failed(reason: Failure) -> bool:
+            log.error(
+                "grant store {where}: TLS refused, nothing sent: {why} "
+                "(trusting {trust}; check --store-ca-file and the host name in --store)",
+                where=where,
+                why=_tls_reason(reason),
+                trust=self._ca_file or "the system CAs",
+            )
+            return False
+
+        def verified(_: object) -> bool:
+            log.info("grant store {where}: TLS certificate verified", where=where)
+            return True
+
+        done.addCallbacks(verified, failed)
+        connected = endpoint.connect(Factory.forProtocol(lambda: _Handshake(done)))
+        connected.addErrback(lambda f: None if done.called else done.errback(f))
+        return done
 
     def connect(self) -> None:
         options = parse_redis_url(self._url)
@@ -122,8 +219,9 @@ class RedisGrantStore(Service):
         if "path" in options:
             self._redis = txredisapi.lazyUnixConnectionPool(options["path"], **common)
         else:
+            tls = redis_tls_options(options["host"], self._ca_file) if options["tls"] else False
             self._redis = txredisapi.lazyConnectionPool(
-                options["host"], options["port"], ssl_context_factory=options["tls"], **common
+                options["host"], options["port"], ssl_context_factory=tls, **common
             )
 
     def stopService(self) -> Deferred[None] | None:

@@ -146,3 +146,65 @@ def test_st_02_new_state_files_are_private_whatever_the_umask(services: Services
         process.terminate()
         _, err = process.communicate(timeout=20)
     assert b"Traceback" not in err and b"warning" not in err, err
+
+
+# -- ST-03: a rediss:// store that is not who it claims to be -----------------------------------
+
+
+def redis_cli(services: Services, port: int, *command: str) -> str:
+    result = subprocess.run(["redis-cli", "--tls", "--cacert", str(services.ca_file),
+                             "--sni", "other.example.test", "-h", "127.0.0.1", "-p", str(port), *command],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def commands_processed(services: Services, port: int) -> int:
+    for line in redis_cli(services, port, "info", "stats").splitlines():
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no total_commands_processed")
+
+
+def test_st_03_rediss_with_store_ca_file_works(services: Services, daemon_factory: Any) -> None:
+    """rediss:// with --store-ca-file: the handshake verifies (logged), logins and refreshes work, grants land in Redis."""
+    daemon = daemon_factory(services, "--store", services.rediss_url(db=3),
+                            "--store-ca-file", str(services.ca_file))
+    client = generate_client(daemon.state_dir, services)
+    tokens = mcp_http.login(daemon.base_url, client, "alice@example.test", "alicepw")
+    assert refresh(daemon.base_url, client, tokens["refresh_token"]).status_code == 200
+    status, _ = mcp_http.rpc(daemon.base_url, tokens["access_token"], "tools/list")
+    assert status == 200
+    grants = redis_cli(services, services.redis_tls_port, "-n", "3", "--scan", "--pattern", "mailmcp:grant:*")
+    assert len(grants.split()) == 1
+    assert "TLS certificate verified" in daemon.log_text()
+
+
+@pytest.mark.parametrize("case", ["system-trust", "other-ca", "other-name"])
+def test_st_03_rediss_unverified_server_refused(services: Services, daemon_factory: Any, case: str) -> None:
+    """
+    A rediss:// server whose certificate does not verify -- the test CA is
+    not in the system store, --store-ca-file names another CA, or the
+    certificate (from the right CA) names another host -- gets no command at
+    all: the login answers 503, the log says why in one line, and the server
+    processed nothing and stored nothing.
+    """
+    if case == "other-name":
+        port, url, extra = (services.redis_tls_other_port, services.rediss_other_name_url(db=4),
+                            ["--store-ca-file", str(services.ca_file)])
+        why = "the certificate does not name this host"
+    else:
+        port, url = services.redis_tls_port, services.rediss_url(db=4)
+        extra = [] if case == "system-trust" else ["--store-ca-file", str(services.other_ca_file)]
+        why = "the certificate is not signed by a trusted CA"
+    before = commands_processed(services, port)
+    daemon = daemon_factory(services, "--store", url, *extra)
+    client = generate_client(daemon.state_dir, services)
+    with pytest.raises(Exception, match="POST /oauth/authorize: 503"):
+        mcp_http.login(daemon.base_url, client, "alice@example.test", "alicepw")
+    assert daemon.stop() == 0
+    lines = [line for line in daemon.log_text().splitlines() if "TLS refused" in line]
+    assert len(lines) == 1 and why in lines[0] and "nothing sent" in lines[0], lines
+    assert "alicepw" not in daemon.log_text()
+    assert commands_processed(services, port) - before == 1  # the INFO that asked
+    assert redis_cli(services, port, "-n", "4", "dbsize").strip() == "0"

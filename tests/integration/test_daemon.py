@@ -308,6 +308,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "store": f"sqlite:{tmp_path / 'custom-store.sqlite3'}",
         "attachments": "local",
         "mail-ca-file": str(ca),
+        "store-ca-file": str(ca),
         "key-file": str(key_file),
         "max-request-body": "2000",
         "allowed-origins": "https://a.example https://b.example",
@@ -668,6 +669,7 @@ def test_daemonized_start_and_stop(tmp_path: Path, procs: list[Proc]) -> None:
         (["--store", "mysql://db"], {}, "--store"),
         (["--attachments", "ftp://bucket"], {}, "--attachments"),
         (["--mail-ca-file", "/nonexistent.pem"], {}, "--mail-ca-file"),
+        ([], {"MAILMCP_STORE_CA_FILE": "/nonexistent.pem"}, "--store-ca-file /nonexistent.pem"),
         ([], {"MAILMCP_KEYS": "not json"}, "corrupt key ring in MAILMCP_KEYS"),
     ],
 )
