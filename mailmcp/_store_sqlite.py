@@ -246,20 +246,24 @@ class SQLiteGrantStore(Service):
             # successor now current (ours, or the winner's within the grace).
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
+                rotated = self._db.execute(
                     "UPDATE grants SET generation = generation + 1, successor = ?, rotated = ?"
                     " WHERE grant_id = ? AND generation = ? AND expires > ?",
                     (successor, now, grant_id, generation, now),
-                )
-                row = self._db.execute(
-                    "SELECT successor FROM grants WHERE grant_id = ? AND generation = ?"
-                    " AND expires > ? AND rotated IS NOT NULL AND rotated + ? > ?",
-                    (grant_id, generation + 1, now, grace, now),
-                ).fetchone()
+                ).rowcount
+                row = None
+                if not rotated:
+                    row = self._db.execute(
+                        "SELECT successor FROM grants WHERE grant_id = ? AND generation = ?"
+                        " AND expires > ? AND rotated IS NOT NULL AND rotated + ? > ?",
+                        (grant_id, generation + 1, now, grace, now),
+                    ).fetchone()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if rotated:
+                return successor
             return None if row is None or row[0] is None else bytes(row[0])
 
         return _run(call)

@@ -474,3 +474,38 @@ async def test_refresh_concurrent_requests_share_one_successor(http: Server) -> 
     assert len(grants) == 1 and None not in grants
     code, body = await refresh(http, answers[0][1]["refresh_token"])
     assert code == 200, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_file_from_an_older_version_gains_the_rotation_columns(tmp_path: Path) -> None:
+    """A grants table without the successor/rotated columns is upgraded in place; its grants rotate with the grace."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE grants (grant_id TEXT PRIMARY KEY, client_ref TEXT NOT NULL, sealed BLOB NOT NULL,
+                             created INTEGER NOT NULL, expires INTEGER NOT NULL,
+                             generation INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO grants VALUES ('old-grant', 'c1', x'00', 1, 1900000000, 3);
+    """)
+    db.close()
+    clock = Clock()
+    clock.advance(NOW)
+    store = SQLiteGrantStore(path, clock)
+    try:
+        assert await store.rotate_refresh("old-grant", 3, b"next", 60) == b"next"
+        assert await store.rotate_refresh("old-grant", 3, b"late", 60) == b"next"
+        assert (await store.get_grant("old-grant")).generation == 4
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotation_winner_gets_its_successor_even_without_grace(store_and_clock) -> None:
+    """With a grace of 0 the rotating call still gets its own successor; a replay gets nothing."""
+    store, _ = store_and_clock
+    r = record()
+    await store.create_grant(r)
+    assert await store.rotate_refresh(r.grant_id, 0, b"mine", 0) == b"mine"
+    assert await store.rotate_refresh(r.grant_id, 0, b"again", 0) is None

@@ -223,7 +223,10 @@ def test_expired_code(server) -> None:
 
 
 def test_refresh_rotation_and_reuse_revokes_family(server) -> None:
-    """OT-12: each refresh token works once; reusing one revokes the whole family."""
+    """
+    OT-12: each refresh token rotates once; reusing an older one (here two
+    generations back, past the previous token's grace) revokes the whole family.
+    """
     first = server.tokens()
     response, second = server.refresh(first["refresh_token"])
     assert response.code == 200
