@@ -25,6 +25,8 @@ from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import TimeoutError as TCPTimedOutError
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -189,6 +191,14 @@ class RedisGrantStore(Service):
         done: Deferred[bool] = Deferred()
 
         def failed(reason: Failure) -> bool:
+            if reason.check(ConnectError, DNSLookupError, TCPTimedOutError):
+                # Not a verdict on the certificate: Redis is not up (yet).
+                log.warn(
+                    "grant store {where}: not reachable at start, TLS not checked: {why}",
+                    where=where,
+                    why=reason.getErrorMessage()[:200],
+                )
+                return False
             log.error(
                 "grant store {where}: TLS refused, nothing sent: {why} "
                 "(trusting {trust}; check --store-ca-file and the host name in --store)",

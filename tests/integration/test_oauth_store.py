@@ -509,3 +509,36 @@ async def test_rotation_winner_gets_its_successor_even_without_grace(store_and_c
     await store.create_grant(r)
     assert await store.rotate_refresh(r.grant_id, 0, b"mine", 0) == b"mine"
     assert await store.rotate_refresh(r.grant_id, 0, b"again", 0) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_tls_check_says_why(services) -> None:
+    """
+    The start-up TLS check of a rediss:// store: verified with the right CA
+    (info), refused with another CA or a certificate for another name (one
+    error line saying which), and an unreachable server is a warning, not a
+    verdict on its certificate.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from tests.harness import free_port
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    cases = [
+        (services.rediss_url(), services.ca_file, True, "info", "TLS certificate verified"),
+        (services.rediss_url(), services.other_ca_file, False, "error", "not signed by a trusted CA"),
+        (services.rediss_other_name_url(), services.ca_file, False, "error", "does not name this host"),
+        (f"rediss://127.0.0.1:{free_port()}/0", services.ca_file, False, "warn", "not reachable at start"),
+    ]
+    try:
+        for url, ca_file, ok, level, text in cases:
+            events.clear()
+            store = RedisGrantStore(url, reactor, ca_file=ca_file, reactor=reactor)
+            assert await store.check_tls() is ok, url
+            mine = [e for e in events if e.get("log_namespace") == "mailmcp._store_redis"]
+            assert len(mine) == 1, mine
+            assert mine[0]["log_level"].name == level
+            assert text in formatEvent(mine[0]), formatEvent(mine[0])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
