@@ -1,8 +1,9 @@
 """
-The real-server test harness: starts Dovecot, Postfix and Redis (and, when a
-test asks for it, SeaweedFS S3) on free loopback ports with a throw-away CA,
-once per test run, and runs the daemon under test as a real ``twistd``
-process.
+The real-server test harness: starts Dovecot, Postfix and Redis (plain; TLS
+with the throw-away CA's localhost certificate; and TLS with a certificate
+from that CA for another name) and, when a test asks for it, SeaweedFS S3 on
+free loopback ports, once per test run, and runs the daemon under test as a
+real ``twistd`` process.
 
 Everything listens on 127.0.0.1 only; Postfix refuses all outbound mail.
 """
