@@ -12,14 +12,14 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import attrs
 from twisted.python import usage
 
-from ._keyring import KeyRing, KeyRingError, load_or_create_keyring
+from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "mailmcp-state"
@@ -49,6 +49,12 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Attachment store: local (files under the state dir) or s3://bucket/prefix.",
     ),
     ("mail-ca-file", None, "Extra PEM CA bundle trusted for IMAP/SMTP servers with a private CA."),
+    (
+        "store-ca-file",
+        None,
+        "PEM CA bundle that a rediss:// --store server's certificate must chain to "
+        "(default: the system trust store).",
+    ),
     ("key-file", None, "Read the key ring from this file instead of <state-dir>/keys.json."),
     ("pool-size", "4", "Logged-in IMAP connections kept per account."),
     ("pool-wait-timeout", "15", "Seconds a call waits for a free pooled IMAP connection."),
@@ -183,6 +189,7 @@ class Config:
     attachments: str
     mail_ca_file: Path | None
     keyring: KeyRing = attrs.field(repr=False)
+    store_ca_file: Path | None = None
     pool_size: int = 4
     pool_wait_timeout: float = 15.0
     pool_idle_timeout: float = 300.0
@@ -288,9 +295,40 @@ def base_url_from_listen(listen: Sequence[str]) -> str:
     return "http://127.0.0.1:8080"
 
 
-def prepare_state_dir(path: Path) -> Path:
+def _make_private(path: Path, what: str, mode: int, hint: str = "") -> str | None:
+    """
+    Take group and other permissions off C{path} (to C{mode}) if it has any.
+
+    :return: the warning to show when it had to be fixed, else None.
+    :raises usage.UsageError: when it cannot be fixed (e.g. owned by
+        another user): refusing beats running with a readable secret.
+    """
+    try:
+        old = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise usage.UsageError(f"cannot check {what} {path}: {e.strerror}") from None
+    if not old & 0o077:
+        return None
+    try:
+        os.chmod(path, mode)
+    except OSError as e:
+        raise usage.UsageError(
+            f"{what} {path} is accessible to group/others (mode {old:04o}) and cannot be "
+            f"made private ({e.strerror}); run: chmod {mode:o} {path}"
+        ) from None
+    return f"{what} {path} was accessible to group/others (mode {old:04o}); changed to {mode:04o}{hint}"
+
+
+def prepare_state_dir(path: Path, warn: Callable[[str], None] | None = None) -> Path:
     """
     Create the state directory (0700) if needed and check that it is usable.
+
+    An existing directory, or its ``keys.json``, that group or others may
+    access is made private (0700, 0600) and C{warn} (default: one line on
+    stderr) is told, since the daemon owns both and tightening them is always
+    safe; if it cannot be tightened, that is an error.
 
     :raises usage.UsageError: with one line saying why it is not.
     """
@@ -302,7 +340,24 @@ def prepare_state_dir(path: Path) -> Path:
         raise usage.UsageError(f"state directory {path} is not a directory")
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise usage.UsageError(f"state directory {path} is not readable and writable")
+    fixed = [
+        _make_private(path, "state directory", 0o700),
+        _make_private(
+            path / KEYRING_FILENAME,
+            "key ring",
+            0o600,
+            "; if anyone else could read it, rotate the key ring (README: key rotation)",
+        ),
+    ]
+    for message in fixed:
+        if message is not None:
+            (warn or _warn_stderr)(message)
     return path.resolve()
+
+
+def _warn_stderr(message: str) -> None:
+    sys.stderr.write(f"mailmcp: warning: {message}\n")
+    sys.stderr.flush()
 
 
 def _check_store(store: str) -> None:
@@ -311,6 +366,20 @@ def _check_store(store: str) -> None:
     if store.startswith(("redis://", "rediss://", "unix://")):
         return
     raise usage.UsageError(f"--store must be sqlite:PATH or redis://host:port/db, not {store!r}")
+
+
+def _check_ca_bundle(path: Path, option: str) -> None:
+    """A readable PEM file holding at least one certificate, or one line saying why not."""
+    from ._tls import load_pem_certificates
+
+    try:
+        certificates = load_pem_certificates(path)
+    except OSError as e:
+        raise usage.UsageError(f"{option} {path} is not a readable file ({e.strerror})") from None
+    except Exception:
+        raise usage.UsageError(f"{option} {path} holds a damaged PEM certificate") from None
+    if not certificates:
+        raise usage.UsageError(f"{option} {path} holds no PEM certificate")
 
 
 def _check_attachments(value: str) -> None:
@@ -383,6 +452,11 @@ def build_config(
         if not ca_file.is_file() or not os.access(ca_file, os.R_OK):
             raise usage.UsageError(f"--mail-ca-file {ca_file} is not a readable file")
 
+    store_ca_file = None
+    if resolved["store-ca-file"]:
+        store_ca_file = Path(str(resolved["store-ca-file"]))
+        _check_ca_bundle(store_ca_file, "--store-ca-file")
+
     key_file = Path(str(resolved["key-file"])) if resolved["key-file"] else None
     try:
         keyring = load_or_create_keyring(state_dir, key_file, environ)
@@ -408,6 +482,7 @@ def build_config(
         attachments=attachments,
         mail_ca_file=ca_file,
         keyring=keyring,
+        store_ca_file=store_ca_file,
         allowed_origins=origins,
         metrics_listen=metrics_listen,
         log_level=log_level,

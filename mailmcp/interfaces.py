@@ -59,13 +59,25 @@ class IGrantStore(Interface):
         Consume authorization code C{code_id} of the grant atomically and set
         the grant's absolute expiry.  Fire with True the first time only; a
         second call with the same code (a replay), or for a missing grant,
-        fires with False.
+        fires with False.  The used-code marker outlives C{code_expires} by
+        `mailmcp._grants.USED_CODE_MARGIN` seconds, so a replica whose clock
+        runs behind still sees the code as used.
         """
 
-    def rotate_refresh(grant_id: str, generation: int) -> Any:
+    def rotate_refresh(grant_id: str, generation: int, successor: bytes, grace: int) -> Any:
         """
-        Compare-and-increment the grant's refresh generation: True when it was
-        C{generation} (now C{generation + 1}), False otherwise (reuse).
+        Rotate the grant's refresh family, atomically (concurrent calls from
+        several processes see one outcome):
+
+          - the grant is at C{generation}: move it to C{generation + 1},
+            remember C{successor} (the new refresh token, sealed under the
+            grant key) and the time, and fire with C{successor};
+          - the grant is already at C{generation + 1} and was rotated less
+            than C{grace} seconds ago (a lost response, or a concurrent
+            refresh of the same token): fire with the remembered successor,
+            changing nothing;
+          - otherwise (older reuse, reuse after the grace, no such live
+            grant): fire with None.
         """
 
     def revoke_grant(grant_id: str) -> Any:

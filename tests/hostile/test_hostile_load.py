@@ -169,7 +169,8 @@ def test_tokens_survive_a_restart(services: Services, daemon_factory: Any, tmp_p
     """
     An access token and a refresh token issued before a restart (same state
     directory and base URL) still work after it: the access token reads the
-    mailbox, the refresh token rotates once, and its old value stays dead.
+    mailbox, the refresh token rotates, and once its successor has rotated
+    too, the old value is reuse (invalid_grant).
     """
     port = free_port()
     args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--base-url", f"http://127.0.0.1:{port}"]
@@ -188,6 +189,8 @@ def test_tokens_survive_a_restart(services: Services, daemon_factory: Any, tmp_p
     fresh = refresh(base, client, tokens["refresh_token"])
     assert fresh.status_code == 200, fresh.text
     assert mcp_http.call(base, fresh.json()["access_token"], "list_mailboxes").get("isError") is not True
+    newer = refresh(base, client, fresh.json()["refresh_token"])
+    assert newer.status_code == 200, newer.text
     reuse = refresh(base, client, tokens["refresh_token"])
     assert (reuse.status_code, reuse.json()["error"]) == (400, "invalid_grant")
 

@@ -308,6 +308,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "store": f"sqlite:{tmp_path / 'custom-store.sqlite3'}",
         "attachments": "local",
         "mail-ca-file": str(ca),
+        "store-ca-file": str(ca),
         "key-file": str(key_file),
         "max-request-body": "2000",
         "allowed-origins": "https://a.example https://b.example",
@@ -594,8 +595,9 @@ def test_corrupt_key_file(tmp_path: Path, procs: list[Proc]) -> None:
 def test_corrupt_keys_json_in_state_dir(tmp_path: Path, procs: list[Proc]) -> None:
     """A truncated keys.json in the state dir is refused, never silently replaced."""
     state = tmp_path / "mailmcp-state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     (state / "keys.json").write_text('{"version": 1, "keys": [')
+    (state / "keys.json").chmod(0o600)
     proc = start(procs, ["-n", "--pidfile=", "mailmcp"], tmp_path)
     assert_one_line_error(proc, "corrupt key ring", "keys.json")
     assert (state / "keys.json").read_text() == '{"version": 1, "keys": ['
@@ -684,6 +686,7 @@ def test_daemonized_start_and_stop(tmp_path: Path, procs: list[Proc]) -> None:
         (["--store", "mysql://db"], {}, "--store"),
         (["--attachments", "ftp://bucket"], {}, "--attachments"),
         (["--mail-ca-file", "/nonexistent.pem"], {}, "--mail-ca-file"),
+        ([], {"MAILMCP_STORE_CA_FILE": "/nonexistent.pem"}, "--store-ca-file /nonexistent.pem"),
         ([], {"MAILMCP_KEYS": "not json"}, "corrupt key ring in MAILMCP_KEYS"),
     ],
 )

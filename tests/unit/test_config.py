@@ -22,6 +22,7 @@ from mailmcp._config import (
     base_url_from_listen,
     env_name,
     normalise_base_url,
+    prepare_state_dir,
 )
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
 from mailmcp.tap import Options
@@ -36,6 +37,25 @@ def parse(argv: list[str], environ: dict[str, str] | None = None) -> Options:
 def without_keyring(config: Config) -> Config:
     """Config compares by value; the key ring (random) is compared separately."""
     return attrs.evolve(config, keyring=None)  # type: ignore[arg-type]
+
+
+def write_pem_ca(path: Path) -> None:
+    """A throw-away self-signed CA certificate in PEM (--store-ca-file checks for one)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "store test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def defaults(state_dir: Path) -> Config:
@@ -149,6 +169,8 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("x\n")
     state = tmp_path / "envstate"
+    store_ca = tmp_path / "store-ca.pem"
+    write_pem_ca(store_ca)
     environ = {
         "MAILMCP_LISTEN": "tcp:9001:interface=127.0.0.1 unix:/tmp/y.sock",
         "MAILMCP_BASE_URL": "https://env.example",
@@ -156,6 +178,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_STORE": "sqlite:/tmp/other.sqlite3",
         "MAILMCP_ATTACHMENTS": "s3://b/p",
         "MAILMCP_MAIL_CA_FILE": str(ca),
+        "MAILMCP_STORE_CA_FILE": str(store_ca),
         "MAILMCP_POOL_SIZE": "7",
         "MAILMCP_POOL_WAIT_TIMEOUT": "8",
         "MAILMCP_POOL_IDLE_TIMEOUT": "9",
@@ -195,6 +218,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         store="sqlite:/tmp/other.sqlite3",
         attachments="s3://b/p",
         mail_ca_file=ca,
+        store_ca_file=store_ca,
         keyring=None,  # type: ignore[arg-type]
         pool_size=7,
         pool_wait_timeout=8.0,
@@ -355,6 +379,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
     ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
+    (["--store-ca-file", "/nonexistent/ca.pem"], {}, "--store-ca-file /nonexistent/ca.pem is not a readable file"),
+    ([], {"MAILMCP_STORE_CA_FILE": "/dev/null"}, "--store-ca-file /dev/null holds no PEM certificate"),
     (["--key-file", "/nonexistent/keys.json"], {}, "cannot read key ring /nonexistent/keys.json"),
     ([], {"MAILMCP_KEYS": "{not json"}, "corrupt key ring in MAILMCP_KEYS"),
     (["--unknown-option"], {}, "option --unknown-option not recognized"),
@@ -460,3 +486,40 @@ def test_readme_configuration_table_is_generated() -> None:
 
 if __name__ == "__main__":
     print(config_table_rst(), end="")
+
+
+def test_state_dir_open_to_others_is_made_private_with_a_warning(tmp_path: Path) -> None:
+    """An existing state dir (0755) and keys.json (0644) are tightened to 0700/0600, one warning each."""
+    state = tmp_path / "open"
+    state.mkdir()
+    state.chmod(0o755)
+    parse(["--state-dir", str(state)])
+    (state / "keys.json").chmod(0o644)
+    state.chmod(0o750)
+    warnings: list[str] = []
+    prepare_state_dir(state, warnings.append)
+    assert (state.stat().st_mode & 0o777, (state / "keys.json").stat().st_mode & 0o777) == (0o700, 0o600)
+    assert len(warnings) == 2
+    assert "state directory" in warnings[0] and "(mode 0750); changed to 0700" in warnings[0]
+    assert "key ring" in warnings[1] and "(mode 0644); changed to 0600" in warnings[1]
+    assert "rotate" in warnings[1]
+    warnings.clear()
+    prepare_state_dir(state, warnings.append)
+    assert warnings == []
+
+
+def test_state_dir_that_cannot_be_made_private_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When chmod fails (another user's directory), startup stops with one line saying what to do."""
+    state = tmp_path / "theirs"
+    state.mkdir()
+    state.chmod(0o755)
+
+    def refuse(path: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("mailmcp._config.os.chmod", refuse)
+    with pytest.raises(usage.UsageError) as raised:
+        prepare_state_dir(state)
+    text = str(raised.value)
+    assert "\n" not in text
+    assert "state directory" in text and "mode 0755" in text and f"chmod 700 {state}" in text
