@@ -886,7 +886,7 @@ def open_store(config: Config, reactor: Any) -> Any:
         except (sqlite3.Error, OSError) as e:
             # One line and exit status 1, not a traceback.
             raise SystemExit(f"mailmcp: cannot open the grant store {path}: {e}") from None
-    return RedisGrantStore(config.store, reactor)
+    return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
 def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tuple[Any, Any]:

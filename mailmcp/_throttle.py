@@ -140,7 +140,7 @@ def client_address(
 
     ``X-Forwarded-For`` (all its header lines, in order, as one list) only
     counts when the direct C{peer} is a trusted proxy (in C{proxies}, or any
-    peer when C{trust_peer}, the deprecated ``--trust-forwarded``).  Then the
+    peer when C{trust_peer}, i.e. ``--trust-forwarded``).  Then the
     list is walked from the right, skipping hops that are trusted proxies:
     the first other hop is the client, as the nearest trusted proxy saw it.
     Hops further left were written by the client and are never believed.

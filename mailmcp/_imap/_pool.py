@@ -3,7 +3,7 @@
 
 A warm tool call leases a connection that is already logged in, usually
 with the right folder already open, so it costs one IMAP round trip instead
-of connect + TLS + LOGIN + SELECT + LOGOUT (DESIGN.md §3.5, §6).
+of connect + TLS + LOGIN + SELECT + LOGOUT (docs/architecture.rst, IMAP and Targets).
 
 - Connections are keyed by `MailAccount.imap_pool_key` (a hash: a changed
   password never reuses a connection logged in with the old one).  That key

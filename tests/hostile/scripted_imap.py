@@ -1,7 +1,7 @@
 """
 A scripted, misbehaving IMAP server: a real Twisted protocol listening on
 127.0.0.1 (plain, or implicit TLS with the harness CA's ``localhost``
-certificate), for the IMAP-misbehaviour cases of security.md §3.6.
+certificate), for the IMAP-misbehaviour cases of docs/threat-model.rst (IM).
 
 It speaks just enough IMAP to log a client in (CAPABILITY, LOGIN,
 AUTHENTICATE PLAIN, LOGOUT, NOOP) and answer LIST / EXAMINE / SELECT /

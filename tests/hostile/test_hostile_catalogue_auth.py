@@ -1,5 +1,5 @@
 """
-The authorization side of the attack catalogue (security.md §3.1-§3.3)
+The authorization side of the attack catalogue (docs/threat-model.rst, OA, OT, TK, MCP)
 against a real ``twistd mailmcp`` on loopback, with a client from
 ``twistd mailmcp-generate``, a real Dovecot user and a real OAuth login.
 
@@ -700,7 +700,8 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
     MCP-14: tools/list from the daemon: list_mailboxes, list_mail_messages
     and search_mail_messages are readOnlyHint true and not destructive;
     delete_mail_message is destructiveHint true and not read-only; every
-    tool that writes (send, draft, move, flags, delete) is not read-only.
+    tool that writes (send, draft, move, flags, delete, reply, forward) is
+    not read-only.
     """
     tools = annotations(env)
     for name in ("list_mailboxes", "list_mail_messages", "search_mail_messages"):
@@ -714,6 +715,8 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
         "move_mail_message",
         "update_mail_message_flags",
         "delete_mail_message",
+        "reply_mail_message",
+        "forward_mail_message",
     ):
         assert tools[name]["readOnlyHint"] is False, name
 

@@ -1,5 +1,5 @@
 """
-Canary test (LG-01): run the OAuth flows -- failed and
+Canary test (docs/threat-model.rst, LG-01): run the OAuth flows -- failed and
 successful logins (IMAP and SMTP failures), code redemption and replay,
 refresh rotation and reuse, bad client secrets, secrets in query strings,
 tool calls that log in to IMAP and SMTP, revocation -- with recognisable
