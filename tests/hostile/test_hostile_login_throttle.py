@@ -1,5 +1,5 @@
 """
-The login form as a password-guessing oracle, attacked through a real
+The login form as a password-guessing oracle (OA-19), attacked through a real
 ``twistd mailmcp`` (HTTP, and the real Chromium for the form itself):
 
 - 30 concurrent guesses for one username reach the IMAP server at most the

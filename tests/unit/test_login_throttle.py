@@ -1,5 +1,5 @@
 """
-The login throttle, socket-free: `OAuthApp` on a `StubTreq` with a memory
+The login throttle (OA-19), socket-free: `OAuthApp` on a `StubTreq` with a memory
 store and fake login checkers (the daemon-level proofs are in
 ``tests/hostile/test_hostile_login_throttle.py``).  Every username tried is
 charged (IMAP and SMTP, normalised), the attempt is reserved before the live
