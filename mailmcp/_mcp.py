@@ -27,7 +27,8 @@ import inspect
 import json
 import re
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Hashable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,11 +38,14 @@ from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from ._account import MailAccount
-from ._admission import Admission
+from ._admission import Admission, Refused
+from ._http import SMALL_BODY, ILargeBodyGate, Refusal
 from ._jsonrpc import (
     ERROR_CODE_HTTP_STATUS,
     HEADER_MISMATCH,
@@ -85,6 +89,12 @@ _NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": 
 _SERVED = frozenset({"ping", "server/discover", "tools/list", "tools/call"})
 #: RFC 6750 ``b64token``.
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+#: Bodies up to this size are decoded on the reactor thread (a few
+#: milliseconds at worst); larger ones on the decode thread pool, so that one
+#: large body cannot stall every other request.
+DECODE_ON_REACTOR_MAX = SMALL_BODY
+#: JSON-RPC error code (implementation-defined range) for "too busy, retry".
+SERVER_BUSY = -32001
 #: MCP 2025-11-25 tool-name rule.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -171,6 +181,7 @@ class _Reply(Exception):
         self.body = body
 
 
+@implementer(ILargeBodyGate)
 class MCPApp:
     """
     The ``/mcp`` endpoint.
@@ -186,6 +197,14 @@ class MCPApp:
         ``_meta`` as authoritative; each such client is logged once.
     :param list_ttl_ms: the cache lifetime advertised for ``tools/list`` and
         ``server/discover`` results in the 2026-07-28 era.
+    :param admission: how many requests are worked on at once, with each
+        account's share (`mailmcp._admission.Admission`).
+    :param decode_pool: a started thread pool for decoding bodies over
+        `DECODE_ON_REACTOR_MAX`; without one every body decodes on the
+        reactor.  C{reactor} is then required.
+
+    It is also the `ILargeBodyGate` of ``/mcp``: a body over the
+    unauthenticated cap is read only once its Bearer token is verified.
     """
 
     app = Klein()
@@ -204,9 +223,17 @@ class MCPApp:
         list_ttl_ms: int = 300_000,
         max_body: int | None = None,
         admission: Admission | None = None,
+        decode_pool: ThreadPool | None = None,
+        reactor: Any = None,
     ) -> None:
         self._config = config
         self._admission = admission if admission is not None else Admission()
+        self._decode_pool = decode_pool
+        self._reactor = reactor
+        #: Accounts verified at headers time by `admit_large_body`, for `_authenticate`.
+        self._verified: weakref.WeakKeyDictionary[IRequest, MailAccount] = (
+            weakref.WeakKeyDictionary()
+        )
         self._verifier = verifier
         self._services = tool_services
         self._instructions = instructions
@@ -258,8 +285,6 @@ class MCPApp:
     @app.route("/mcp", branch=False)
     async def mcp(self, request: IRequest) -> bytes:
         """The single MCP endpoint; see the module docstring for the order of checks."""
-        admission = self._admission
-        await admission.enter()
         try:
             return await self._serve(request)
         except _Reply as reply:
@@ -270,8 +295,28 @@ class MCPApp:
         except Exception:
             log.failure("unexpected error serving an MCP request")
             return self._json(request, 200, error_message(None, INTERNAL_ERROR, "Internal error"))
-        finally:
-            admission.leave()
+
+    def admit_large_body(self, request: IRequest) -> Deferred[Refusal | None]:
+        """
+        `ILargeBodyGate`: admit a body over the unauthenticated cap once the
+        request's Bearer token is verified (from the headers, before the body
+        is read); otherwise the answer `_authenticate` gives (401 and its
+        challenge) is sent at once.  The account is kept for the request.
+        """
+
+        async def decide() -> Refusal | None:
+            try:
+                self._verified[request] = await self._authenticate(request)
+            except _Reply as reply:
+                headers = tuple(
+                    (name, value)
+                    for name, values in request.responseHeaders.getAllRawHeaders()
+                    for value in values
+                )
+                return Refusal(request.code, reply.body, headers)
+            return None
+
+        return Deferred.fromCoroutine(decide())
 
     @app.route("/mcp/", branch=True)
     def below_mcp(self, request: IRequest) -> bytes:
@@ -292,17 +337,59 @@ class MCPApp:
             )
         self._check_content_type(request)
         self._check_accept(request)
-        body = request.content.read() if request.content is not None else b""
-        if len(body) > self._max_body:
+        key = account_key(account)
+        try:
+            await self._admission.enter(key)
+        except Refused as refused:
+            log.info(
+                "/mcp request for {owner} refused: {reason}",
+                owner=account.owner,
+                reason=refused.reason,
+            )
+            request.setHeader(b"retry-after", b"%d" % (refused.retry_after,))
+            data = {"retryAfter": refused.retry_after, "reason": refused.reason}
+            raise _Reply(
+                self._json(request, 503, error_message(None, SERVER_BUSY, refused.message, data))
+            ) from None
+        try:
+            return await self._serve_admitted(request, account)
+        finally:
+            self._admission.leave(key)
+
+    async def _decode(self, request: IRequest) -> Any:
+        """
+        The request's body, decoded (`decode_body`): small bodies on the
+        reactor, larger ones (read and decoded) on the decode thread pool.
+        """
+        content = request.content
+        if content is None:
+            return decode_body(b"")
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size > self._max_body:
             raise _Reply(
                 self._json(
-                    request, 413, error_message(None, INVALID_REQUEST, "Request body too large")
+                    request,
+                    413,
+                    error_message(
+                        None,
+                        INVALID_REQUEST,
+                        f"Request body too large: /mcp accepts at most {self._max_body} bytes.",
+                    ),
                 )
             )
+        if size <= DECODE_ON_REACTOR_MAX or self._decode_pool is None:
+            return decode_body(content.read())
+        return await deferToThreadPool(
+            self._reactor, self._decode_pool, lambda: decode_body(content.read())
+        )
+
+    async def _serve_admitted(self, request: IRequest, account: MailAccount) -> bytes:
         request_id: RequestId | None = None
         era = "legacy"
         try:
-            message = decode_body(body)
+            message = await self._decode(request)
             request_id, method, params = check_envelope(message)
             header_version = self._single_header(request, b"mcp-protocol-version")
             if request_id is None:
@@ -370,6 +457,9 @@ class MCPApp:
             raise self._challenge(
                 request, 401, "invalid_request", "Access tokens are not accepted in the URL"
             )
+        known = self._verified.pop(request, None)
+        if known is not None:
+            return known
         values = request.requestHeaders.getRawHeaders(b"authorization") or []
         if len(values) > 1:
             raise self._challenge(
@@ -782,6 +872,14 @@ class _ToolText:
             ]
         parts.append("}}")
         return "".join(parts)
+
+
+def account_key(account: MailAccount) -> Hashable:
+    """
+    Whose share of ``/mcp`` a request takes: the mailbox (server and user
+    name), not the grant, so that logging in many times buys no more.
+    """
+    return (account.imap.host.lower(), account.imap.port, account.imap_username)
 
 
 def _error_result(message: str) -> dict[str, Any]:

@@ -20,13 +20,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from ._admission import Admission
-from ._attachments import build_attachments
+from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
 from ._config import Config
-from ._http import InFlight, MailMCPSite
+from ._http import ILargeBodyGate, InFlight, MailMCPSite
 from ._imap import IMAPPool
 from ._mcp import MCPApp
 from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
@@ -228,18 +229,27 @@ class SequentialMultiService(MultiService):
             await deferLater(self._clock, 0, lambda: None)
 
 
-def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tuple[str, IResource]]:
+def build_routes(
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    gates: dict[bytes, ILargeBodyGate] | None = None,
+) -> list[tuple[str, IResource]]:
     """
     Build the daemon's parts and return their path prefixes.  Parts that own
     long-lived resources (pools, stores, thread pools) are added to
-    C{parent} as services.
+    C{parent} as services.  The parts that take large bodies put their
+    gates (see `mailmcp._http.ILargeBodyGate`) into C{gates}.
     """
     routes: list[tuple[str, IResource]] = [("/health", HealthApp(config.base_url).app.resource())]
     lag_probe = ReactorLagProbe(reactor)
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
-    # /mcp requests in progress at once, adapted to the lag (DESIGN §6).
-    admission = Admission()
+    # /mcp requests in progress at once, adapted to the lag (DESIGN §6),
+    # with each mailbox's share and a bounded queue (issue 12).
+    admission = Admission(
+        per_account=config.max_requests_per_account, max_queued=config.max_queued_requests
+    )
     lag_probe.observers.append(admission.observe_lag)
     routes.append(("/metrics", MetricsApp(lag_probe, admission=admission).app.resource()))
     oauth_resource, verifier = build_authorization_server(config, reactor, parent)
@@ -264,8 +274,25 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     )
     # Sends per account: --send-burst at once, then --sends-per-hour (SM-12).
     tool_services.send_limiter = SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
-    mcp = MCPApp(config, verifier, tool_services, all_tools(), admission=admission)
+    # Large /mcp bodies are decoded here, off the reactor thread; two
+    # threads, so at most two such bodies are being decoded (and held as
+    # Python objects) at once.
+    decode = ThreadPoolService(ThreadPool(minthreads=0, maxthreads=2, name="mailmcp-json"))
+    decode.setName("json-decode")
+    decode.setServiceParent(parent)
+    mcp = MCPApp(
+        config,
+        verifier,
+        tool_services,
+        all_tools(),
+        admission=admission,
+        decode_pool=decode.pool,
+        reactor=reactor,
+    )
     routes.append(("/mcp", mcp.app.resource()))
+    if gates is not None:
+        # /mcp takes --max-request-body only once its token is verified.
+        gates[b"/mcp"] = mcp
     return routes
 
 
@@ -274,12 +301,15 @@ def build_service(config: Config, reactor: Any) -> IService:
     parts = MultiService()
     parts.setName("parts")
     parts.setServiceParent(top)
-    routes = build_routes(config, reactor, parts)
+    gates: dict[bytes, ILargeBodyGate] = {}
+    routes = build_routes(config, reactor, parts, gates)
     # Last of the parts: freezes what they built (see GCTuning).
     gc_tuning = GCTuning()
     gc_tuning.setName("gc-tuning")
     gc_tuning.setServiceParent(parts)
     site = MailMCPSite(Router(routes), max_body=config.max_request_body, reactor=reactor)
+    for path, gate in gates.items():
+        site.gate(path, gate)
     drain = DrainService(reactor, site.in_flight, config.shutdown_timeout)
     drain.setName("drain")
     drain.setServiceParent(top)
