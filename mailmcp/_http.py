@@ -6,14 +6,19 @@ never records query strings, and JSON helpers.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -340,17 +345,22 @@ class MailMCPRequest(server.Request):
     def _site_max(self) -> int:
         return int(getattr(self._site(), "max_body", 1 << 20))
 
-    def _pause(self) -> None:
+    def _producer(self) -> IPushProducer | None:
         transport = self.channel.transport if self.channel is not None else None
-        if not self._paused and transport is not None:
+        producer: IPushProducer | None = IPushProducer(transport, None)
+        return producer
+
+    def _pause(self) -> None:
+        producer = self._producer()
+        if not self._paused and producer is not None:
             self._paused = True
-            transport.pauseProducing()
+            producer.pauseProducing()
 
     def _resume(self) -> None:
-        transport = self.channel.transport if self.channel is not None else None
-        if self._paused and transport is not None:
+        producer = self._producer()
+        if self._paused and producer is not None:
             self._paused = False
-            transport.resumeProducing()
+            producer.resumeProducing()
 
     def _refuse(self, refusal: Refusal) -> None:
         """Answer C{refusal} now, then drain the rest of the body (bounded) and close."""
@@ -358,9 +368,11 @@ class MailMCPRequest(server.Request):
         self._untrack()
         # No "100 Continue" after the answer (HTTPChannel sends one after gotLength).
         self.requestHeaders.removeHeader(b"expect")
-        if self.content is not None:
-            self.content.close()
-            self.content = io.BytesIO()
+        content: Any = getattr(self, "content", None)
+        if content is not None:
+            # Drop what was kept of the body (a temporary file past 100 KB).
+            content.close()
+            self.content = None
         channel = self.channel
         transport = channel.transport if channel is not None else None
         if transport is None:

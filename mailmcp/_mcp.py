@@ -28,8 +28,8 @@ import json
 import re
 import time
 import weakref
-from collections.abc import Hashable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import mcp_types
@@ -70,6 +70,8 @@ from ._version import __version__
 from .interfaces import IAccessTokenVerifier
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 
 #: Handshake-era versions we negotiate in ``initialize``, oldest first.
@@ -176,9 +178,10 @@ class RefuseAllTokens:
 class _Reply(Exception):
     """Unwinds the request with a complete HTTP answer already prepared."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, status: int = 200) -> None:
         super().__init__()
         self.body = body
+        self.status = status
 
 
 @implementer(ILargeBodyGate)
@@ -313,7 +316,7 @@ class MCPApp:
                     for name, values in request.responseHeaders.getAllRawHeaders()
                     for value in values
                 )
-                return Refusal(request.code, reply.body, headers)
+                return Refusal(reply.status, reply.body, headers)
             return None
 
         return Deferred.fromCoroutine(decide())
@@ -356,14 +359,16 @@ class MCPApp:
         finally:
             self._admission.leave(key)
 
-    async def _decode(self, request: IRequest) -> Any:
+    async def _decode(self, request: IRequest) -> tuple[Any, bool]:
         """
-        The request's body, decoded (`decode_body`): small bodies on the
-        reactor, larger ones (read and decoded) on the decode thread pool.
+        The request's body, decoded (`decode_body`), and whether it is large:
+        small bodies are decoded on the reactor, larger ones (read and
+        decoded) on the decode thread pool, and so are their later
+        validation steps (`_off_reactor`).
         """
         content = request.content
         if content is None:
-            return decode_body(b"")
+            return decode_body(b""), False
         content.seek(0, 2)
         size = content.tell()
         content.seek(0)
@@ -379,17 +384,25 @@ class MCPApp:
                     ),
                 )
             )
-        if size <= DECODE_ON_REACTOR_MAX or self._decode_pool is None:
-            return decode_body(content.read())
-        return await deferToThreadPool(
-            self._reactor, self._decode_pool, lambda: decode_body(content.read())
-        )
+        large = size > DECODE_ON_REACTOR_MAX
+        return await self._off_reactor(large, lambda: decode_body(content.read())), large
+
+    async def _off_reactor(self, large: bool, work: Callable[[], _T]) -> _T:
+        """
+        C{work()}, on the decode thread pool if C{large} (and there is one):
+        decoding and validating a body of tens of megabytes takes tens of
+        milliseconds to seconds, which the reactor must not spend.
+        """
+        if not large or self._decode_pool is None:
+            return work()
+        result: _T = await deferToThreadPool(self._reactor, self._decode_pool, work)
+        return result
 
     async def _serve_admitted(self, request: IRequest, account: MailAccount) -> bytes:
         request_id: RequestId | None = None
         era = "legacy"
         try:
-            message = await self._decode(request)
+            message, large = await self._decode(request)
             request_id, method, params = check_envelope(message)
             header_version = self._single_header(request, b"mcp-protocol-version")
             if request_id is None:
@@ -400,7 +413,7 @@ class MCPApp:
             elif self._is_modern(method, params, header_version):
                 era = "modern"
                 version = self._modern_version(request, method, params, header_version)
-                result = await self._dispatch(account, method, version, params)
+                result = await self._dispatch(account, method, version, params, large)
                 meta = {mcp_types.SERVER_INFO_META_KEY: self._server_info}
                 if isinstance(result, _ToolText):
                     result.meta = meta
@@ -408,7 +421,7 @@ class MCPApp:
                     result.setdefault("_meta", {}).update(meta)
             else:
                 version = self._legacy_version(header_version)
-                result = await self._dispatch(account, method, version, params)
+                result = await self._dispatch(account, method, version, params, large)
         except RPCError as e:
             status = e.status
             if status is None:
@@ -446,7 +459,7 @@ class MCPApp:
             challenge += f', error_description="{description}"'
             body["error_description"] = description
         request.setHeader(b"www-authenticate", challenge.encode("ascii"))
-        return _Reply(self._json(request, status, body))
+        return _Reply(self._json(request, status, body), status)
 
     async def _authenticate(self, request: IRequest) -> MailAccount:
         """
@@ -488,7 +501,8 @@ class MCPApp:
                     request,
                     503,
                     {"error": "temporarily_unavailable", "error_description": "Try again shortly"},
-                )
+                ),
+                503,
             ) from None
         if not isinstance(account, MailAccount):
             log.error(
@@ -696,13 +710,21 @@ class MCPApp:
             raise RPCError(INVALID_PARAMS, _params_message(method, e)) from None
 
     async def _dispatch(
-        self, account: MailAccount, method: str, version: str, params: dict[str, Any] | None
+        self,
+        account: MailAccount,
+        method: str,
+        version: str,
+        params: dict[str, Any] | None,
+        large: bool = False,
     ) -> dict[str, Any] | _ToolText:
         if method not in _SERVED:
             # Methods of capabilities this server does not declare (prompts,
             # resources, completion, logging, subscriptions) and unknown ones.
             raise RPCError(METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
-        request = self._parse(mcp_methods.parse_client_request, method, version, params)
+        request = await self._off_reactor(
+            large,
+            lambda: self._parse(mcp_methods.parse_client_request, method, version, params),
+        )
         if isinstance(request, mcp_types.PingRequest):
             return {}
         if isinstance(request, mcp_types.DiscoverRequest):
@@ -716,7 +738,7 @@ class MCPApp:
             tool = self._tools.get(name)
             if tool is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown tool: {name[:64]!r}")
-            data = await self._call_tool(account, tool, request.params.arguments or {})
+            data = await self._call_tool(account, tool, request.params.arguments or {}, large)
             if isinstance(data, _ToolText):
                 data.keys = self._tool_result_keys(version)
                 return data
@@ -779,14 +801,16 @@ class MCPApp:
         return cached
 
     async def _call_tool(
-        self, account: MailAccount, tool: Tool, arguments: dict[str, Any]
+        self, account: MailAccount, tool: Tool, arguments: dict[str, Any], large: bool = False
     ) -> dict[str, Any] | _ToolText:
         """
         Run one tool.  Whatever goes wrong inside becomes an ``isError``
         result the model can read; only cancellation escapes.
         """
         try:
-            validated = tool.input_model.model_validate(arguments)
+            validated = await self._off_reactor(
+                large, lambda: tool.input_model.model_validate(arguments)
+            )
         except ValidationError as e:
             return _error_result(describe_validation_error(tool.name, e))
         started = time.monotonic()
