@@ -344,7 +344,9 @@ class MCPApp:
         try:
             await self._admission.enter(key)
         except Refused as refused:
-            log.info(
+            # Debug only: a flood would otherwise write a log line per refusal
+            # (Admission.refused counts them).
+            log.debug(
                 "/mcp request for {owner} refused: {reason}",
                 owner=account.owner,
                 reason=refused.reason,
