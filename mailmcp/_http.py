@@ -54,8 +54,17 @@ SMALL_BODY = 64 * 1024
 #: The paths whose ``POST`` bodies are forms: only these are parsed into
 #: ``request.args``.  Anywhere else twisted.web would parse a form body (up
 #: to the whole cap, on the reactor thread) before routing or authentication.
+#: (``/account`` is the user's page, whose forms post back to it.)
 FORM_PATHS = frozenset(
-    {b"/oauth/authorize", b"/oauth/token", b"/oauth/revoke", b"/authorize", b"/token", b"/revoke"}
+    {
+        b"/oauth/authorize",
+        b"/oauth/token",
+        b"/oauth/revoke",
+        b"/authorize",
+        b"/token",
+        b"/revoke",
+        b"/account",
+    }
 )
 
 #: Paths that take bodies up to the site's ``max_body``, once their gate
