@@ -80,6 +80,52 @@ DRAIN_BYTES = 64 * 1024 * 1024
 DRAIN_SECONDS = 10.0
 
 
+#: What all lingering drains together may read per second.  Reading and
+#: dropping is cheap but not free (an anonymous client re-sending 32 MiB
+#: bodies as fast as loopback allows made the reactor read ~750 MB/s); past
+#: this, draining connections wait, paused, for the next tenth of a second.
+DRAIN_RATE = 64 * 1024 * 1024
+
+
+class DrainBudget:
+    """
+    A token bucket shared by the drains of one site: `spend` what was read;
+    when the bucket is empty, `wait` pauses a drain until the next refill.
+    """
+
+    TICK = 0.1
+
+    def __init__(self, clock: IReactorTime, rate: int) -> None:
+        self._clock = clock
+        self._per_tick = max(1, int(rate * self.TICK))
+        self._tokens = self._per_tick
+        self._waiting: list[Callable[[], None]] = []
+        self._timer: IDelayedCall | None = None
+
+    def spend(self, size: int) -> bool:
+        """Take C{size} bytes; False when the bucket is now empty (pause until `wait` fires)."""
+        self._tokens -= size
+        if self._timer is None:
+            self._timer = self._clock.callLater(self.TICK, self._refill)
+        return self._tokens > 0
+
+    def wait(self, resume: Callable[[], None]) -> None:
+        self._waiting.append(resume)
+
+    def _refill(self) -> None:
+        self._timer = None
+        self._tokens = min(self._per_tick, self._tokens + self._per_tick)
+        if self._tokens > 0:
+            # Each resumed drain reads up to one socket read (64 KiB) before
+            # it spends: resume only as many as the bucket holds reads.
+            count = max(1, self._tokens // 65536)
+            resumed, self._waiting = self._waiting[:count], self._waiting[count:]
+            for resume in resumed:
+                resume()
+        if self._waiting or self._tokens < self._per_tick:
+            self._timer = self._clock.callLater(self.TICK, self._refill)
+
+
 @attrs.frozen
 class Refusal:
     """A complete answer to a request whose body is not wanted."""
@@ -337,8 +383,14 @@ class MailMCPRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             self._drained += len(data)
-            if self._drained > int(getattr(self._site(), "drain_bytes", DRAIN_BYTES)):
+            site = self._site()
+            if self._drained > int(getattr(site, "drain_bytes", DRAIN_BYTES)):
                 self._end_drain()
+                return
+            budget: DrainBudget | None = getattr(site, "drain_budget", None)
+            if budget is not None and not budget.spend(len(data)):
+                self._pause()
+                budget.wait(self._resume)
             return
         self._received += len(data)
         if self._received > self._cap:
@@ -356,6 +408,8 @@ class MailMCPRequest(server.Request):
 
     def _producer(self) -> IPushProducer | None:
         transport = self.channel.transport if self.channel is not None else None
+        if getattr(transport, "disconnecting", False):
+            return None  # closing: nothing more to read
         producer: IPushProducer | None = IPushProducer(transport, None)
         return producer
 
@@ -366,6 +420,8 @@ class MailMCPRequest(server.Request):
             producer.pauseProducing()
 
     def _resume(self) -> None:
+        if self._disconnected:
+            return
         producer = self._producer()
         if self._paused and producer is not None:
             self._paused = False
@@ -564,12 +620,14 @@ class MailMCPSite(server.Site):
         small_body: int = SMALL_BODY,
         drain_bytes: int = DRAIN_BYTES,
         drain_seconds: float = DRAIN_SECONDS,
+        drain_rate: int = DRAIN_RATE,
     ) -> None:
         super().__init__(resource, logFormatter=_safe_log_formatter, reactor=reactor)
         self.max_body = max_body
         self.small_body = small_body
         self.drain_bytes = drain_bytes
         self.drain_seconds = drain_seconds
+        self.drain_budget = DrainBudget(reactor, drain_rate)
         #: Gates of the paths in `LARGE_BODY_PATHS`, by path (see `gate`).
         self.large_body_gates: dict[bytes, ILargeBodyGate] = {}
         self.in_flight = InFlight()

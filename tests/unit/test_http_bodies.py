@@ -327,3 +327,29 @@ def test_no_gate_means_the_plain_cap_on_mcp(reactor: MemoryReactorClock, parts: 
     conn = Connection(site)
     conn.send(post(b"/mcp", b"f" * LARGE))
     assert parts.seen == [(b"/mcp", LARGE, {})]
+
+
+def test_drains_share_a_rate_budget(reactor: MemoryReactorClock, parts: Parts) -> None:
+    """
+    All lingering drains together read at most drain_rate bytes a second:
+    past the budget a draining connection is paused until the next tenth of
+    a second; within its own bounds it then goes on to the end of the body.
+    """
+    site = MailMCPSite(Router([("/", parts.app.resource())]), max_body=LARGE, reactor=reactor,
+                       small_body=SMALL, drain_bytes=100_000, drain_seconds=10, drain_rate=10_000)
+    conns = [Connection(site) for _ in range(2)]
+    for conn in conns:
+        conn.send(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n")
+        assert conn.response().startswith(b"HTTP/1.1 413 ")
+    conns[0].send(b"x" * 600)  # 1,000 bytes a tick: within it
+    assert conns[0].transport.producerState == "producing"
+    conns[1].send(b"x" * 600)  # now over it
+    assert conns[1].transport.producerState == "paused"
+    reactor.advance(0.1)
+    assert conns[1].transport.producerState == "producing"
+    conns[1].send(b"x" * 2400)
+    assert conns[1].transport.disconnecting  # the body is complete: closed
+    conns[0].protocol.connectionLost(Exception("gone"))  # type: ignore[arg-type]
+    for _ in range(10):  # the bucket fills up again, then its timer stops
+        reactor.advance(0.1)
+    assert not [c for c in reactor.getDelayedCalls() if c.active() and c.func.__name__ == "_refill"]
