@@ -233,6 +233,10 @@ class MCPApp:
         self._admission = admission if admission is not None else Admission()
         self._decode_pool = decode_pool
         self._reactor = reactor
+        #: Large bodies (admitted by `admit_large_body`) arriving or being
+        #: served, per mailbox, and how many one mailbox may have at once.
+        self._uploads: dict[Hashable, int] = {}
+        self._max_uploads = max(1, self._admission.per_account // 4)
         #: Accounts verified at headers time by `admit_large_body`, for `_authenticate`.
         self._verified: weakref.WeakKeyDictionary[IRequest, MailAccount] = (
             weakref.WeakKeyDictionary()
@@ -309,7 +313,7 @@ class MCPApp:
 
         async def decide() -> Refusal | None:
             try:
-                self._verified[request] = await self._authenticate(request)
+                account = await self._authenticate(request)
             except _Reply as reply:
                 headers = tuple(
                     (name, value)
@@ -317,9 +321,34 @@ class MCPApp:
                     for value in values
                 )
                 return Refusal(reply.status, reply.body, headers)
+            key = account_key(account)
+            if self._uploads.get(key, 0) >= self._max_uploads:
+                # Each large body waits on disk until it is all in: bound
+                # how many one mailbox sends at once.
+                message = (
+                    f"Too many large requests in progress for this account (at most "
+                    f"{self._max_uploads} over {SMALL_BODY} bytes at once); retry shortly."
+                )
+                data = {"retryAfter": 1, "reason": "account"}
+                return Refusal(
+                    503,
+                    encode(error_message(None, SERVER_BUSY, message, data)),
+                    ((b"Retry-After", b"1"),),
+                )
+            self._uploads[key] = self._uploads.get(key, 0) + 1
+            finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
+            finished.addBoth(lambda _: self._upload_done(key))
+            self._verified[request] = account
             return None
 
         return Deferred.fromCoroutine(decide())
+
+    def _upload_done(self, key: Hashable) -> None:
+        count = self._uploads.get(key, 0) - 1
+        if count > 0:
+            self._uploads[key] = count
+        else:
+            self._uploads.pop(key, None)
 
     @app.route("/mcp/", branch=True)
     def below_mcp(self, request: IRequest) -> bytes:

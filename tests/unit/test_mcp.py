@@ -993,3 +993,36 @@ def test_the_gate_verifies_once_and_refuses_with_the_challenge() -> None:
     assert any(name.lower() == b"www-authenticate" and PRM.encode() in value for name, value in refusal.headers)
     none = DummyRequest([b"mcp"])
     assert _result(app.admit_large_body(none)).status == 401
+
+
+def test_the_gate_bounds_large_bodies_in_progress_per_mailbox() -> None:
+    """
+    A mailbox may have per_account // 4 large bodies (admitted by the gate)
+    arriving or being served at once; the next one is refused at header
+    time with 503, Retry-After and a JSON-RPC error; once one finishes,
+    another is admitted.  Another mailbox is not affected.
+    """
+    import attrs
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from mailmcp._admission import Admission
+
+    other = attrs.evolve(make_account(), owner="grant-2", imap_username="bob@example.test")
+    verifier = FakeTokenVerifier({TOKEN: make_account(), "other-token": other})
+    app = MCPApp(make_config(), verifier, None, [echo_tool()], admission=Admission(per_account=8))
+
+    def large(token: str) -> DummyRequest:
+        request = DummyRequest([b"mcp"])
+        request.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {token}".encode()])
+        return request
+
+    admitted = [large(TOKEN) for _ in range(2)]
+    assert [_result(app.admit_large_body(r)) for r in admitted] == [None, None]
+    refusal = _result(app.admit_large_body(large(TOKEN)))
+    assert refusal.status == 503 and (b"Retry-After", b"1") in refusal.headers
+    error = json.loads(refusal.body)
+    assert error["id"] is None and error["error"]["code"] == -32001
+    assert "at most 2" in error["error"]["message"]
+    assert _result(app.admit_large_body(large("other-token"))) is None
+    admitted[0].finish()
+    assert _result(app.admit_large_body(large(TOKEN))) is None
