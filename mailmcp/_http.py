@@ -1,7 +1,8 @@
 """
-HTTP plumbing shared by every part of the daemon: the Site with a body-size
-cap, in-flight request tracking for graceful shutdown, an access log that
-never records query strings, and JSON helpers.
+HTTP plumbing shared by every part of the daemon: the Site with per-path
+body caps (forms parsed only where expected, large bodies only past a gate,
+refusals with a lingering close), in-flight request tracking for graceful
+shutdown, an access log that never records query strings, and JSON helpers.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ Every request is self-contained.  The order of checks is fixed and matters:
 1. the Bearer token (before anything else, so an unauthenticated client,
    whatever it sends, learns where to log in from the ``401``);
 2. the ``Origin`` (DNS rebinding), the HTTP method (``405`` for the GET
-   listen stream and DELETE), ``Content-Type``, ``Accept`` and body size;
-3. the JSON-RPC envelope (one object, never a batch);
+   listen stream and DELETE), ``Content-Type``, ``Accept``;
+3. admission (`mailmcp._admission.Admission`): the mailbox's share and the
+   queue (``503`` with ``Retry-After`` past them), then the body size and
+   the JSON-RPC envelope (one object, never a batch), decoded off the
+   reactor when large;
 4. the era: ``initialize`` and requests without the 2026 ``_meta`` envelope
    are the handshake era (2025-03-26 / 2025-06-18 / 2025-11-25);
    ``server/discover`` and requests carrying the envelope are the stateless
@@ -17,6 +20,10 @@ Every request is self-contained.  The order of checks is fixed and matters:
    ``tools/call``.
 
 Nothing here touches IMAP except a tool handler run by ``tools/call``.
+
+A body over 64 KiB is read only once step 1 has passed: `MCPApp` is the
+site's large-body gate (`mailmcp._http.ILargeBodyGate`) and verifies the
+token as soon as the headers are in.
 """
 
 from __future__ import annotations
