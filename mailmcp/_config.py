@@ -70,7 +70,24 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ),
     ("code-lifetime", "60", "Authorization code lifetime in seconds."),
     ("attachment-link-lifetime", "3600", "Lifetime of attachment download links in seconds."),
-    ("max-request-body", "33554432", "Largest accepted HTTP request body in bytes."),
+    (
+        "max-request-body",
+        "33554432",
+        "Largest accepted /mcp request body in bytes, once its access token is verified "
+        "(before that, and on every other path, 64 KiB).",
+    ),
+    (
+        "max-requests-per-account",
+        "16",
+        "Most /mcp requests one mailbox may have in progress or waiting at once; "
+        "more are answered 503 with Retry-After.",
+    ),
+    (
+        "max-queued-requests",
+        "2048",
+        "Most /mcp requests waiting for their turn, all accounts together; "
+        "more are answered 503 with Retry-After.",
+    ),
     ("login-concurrency", "32", "Most live IMAP/SMTP login checks in flight at once."),
     ("login-attempts-per-address", "20", "Login attempts allowed per client address per minute."),
     (
@@ -159,6 +176,8 @@ _NUMERIC = {
     "code-lifetime": int,
     "attachment-link-lifetime": int,
     "max-request-body": int,
+    "max-requests-per-account": int,
+    "max-queued-requests": int,
     "login-concurrency": int,
     "login-attempts-per-address": int,
     "login-failures-per-user": int,
@@ -223,6 +242,8 @@ class Config:
     code_lifetime: int = 60
     attachment_link_lifetime: int = 3600
     max_request_body: int = 32 * 1024 * 1024
+    max_requests_per_account: int = 16
+    max_queued_requests: int = 2048
     login_concurrency: int = 32
     login_attempts_per_address: int = 20
     login_failures_per_user: int = 5

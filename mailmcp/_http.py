@@ -1,7 +1,8 @@
 """
-HTTP plumbing shared by every part of the daemon: the Site with a body-size
-cap, in-flight request tracking for graceful shutdown, an access log that
-never records query strings, and JSON helpers.
+HTTP plumbing shared by every part of the daemon: the Site with per-path
+body caps (forms parsed only where expected, large bodies only past a gate,
+refusals with a lingering close), in-flight request tracking for graceful
+shutdown, an access log that never records query strings, and JSON helpers.
 """
 
 from __future__ import annotations
@@ -10,16 +11,24 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from zope.interface import Interface
 
-from ._jsonrpc import encode, error_message, result_message, valid_id
+from ._jsonrpc import INVALID_REQUEST, encode, error_message, result_message, valid_id
 
 log = Logger()
 
@@ -38,13 +47,149 @@ class ShuttingDown(Exception):
     """Fired into a request's finish notifications when shutdown answered it early."""
 
 
-_TOO_LARGE = (
-    b"HTTP/1.1 413 Payload Too Large\r\n"
-    b"Content-Type: application/json\r\n"
-    b"Content-Length: 29\r\n"
-    b"Connection: close\r\n\r\n"
-    b'{"error":"request_too_large"}'
+#: Largest body accepted on every path but a gated one (``/mcp``), and on a
+#: gated path until its gate admits the request: OAuth forms, DCR documents
+#: and the rest are small.
+SMALL_BODY = 64 * 1024
+
+#: The paths whose ``POST`` bodies are forms: only these are parsed into
+#: ``request.args``.  Anywhere else twisted.web would parse a form body (up
+#: to the whole cap, on the reactor thread) before routing or authentication.
+#: (``/account`` is the user's page, whose forms post back to it.)
+FORM_PATHS = frozenset(
+    {
+        b"/oauth/authorize",
+        b"/oauth/token",
+        b"/oauth/revoke",
+        b"/authorize",
+        b"/token",
+        b"/revoke",
+        b"/account",
+    }
 )
+
+#: Paths that take bodies up to the site's ``max_body``, once their gate
+#: (`ILargeBodyGate`) admits the request.
+LARGE_BODY_PATHS = frozenset({b"/mcp"})
+
+#: A refused request's body is still read, and thrown away, up to this many
+#: bytes and ...
+DRAIN_BYTES = 64 * 1024 * 1024
+#: ... this many seconds, so that a client still sending gets to read the
+#: answer (closing with unread input makes the kernel send a reset, and the
+#: client loses the answer with it); then the connection is closed.
+DRAIN_SECONDS = 10.0
+
+
+#: What all lingering drains together may read per second.  Reading and
+#: dropping is cheap but not free (an anonymous client re-sending 32 MiB
+#: bodies as fast as loopback allows made the reactor read ~750 MB/s); past
+#: this, draining connections wait, paused, for the next tenth of a second.
+DRAIN_RATE = 64 * 1024 * 1024
+
+
+class DrainBudget:
+    """
+    A token bucket shared by the drains of one site: `spend` what was read;
+    when the bucket is empty, `wait` pauses a drain until the next refill.
+    """
+
+    TICK = 0.1
+
+    def __init__(self, clock: IReactorTime, rate: int) -> None:
+        self._clock = clock
+        self._per_tick = max(1, int(rate * self.TICK))
+        self._tokens = self._per_tick
+        self._waiting: list[Callable[[], None]] = []
+        self._timer: IDelayedCall | None = None
+
+    def spend(self, size: int) -> bool:
+        """Take C{size} bytes; False when the bucket is now empty (pause until `wait` fires)."""
+        self._tokens -= size
+        if self._timer is None:
+            self._timer = self._clock.callLater(self.TICK, self._refill)
+        return self._tokens > 0
+
+    def wait(self, resume: Callable[[], None]) -> None:
+        self._waiting.append(resume)
+
+    def _refill(self) -> None:
+        self._timer = None
+        self._tokens = min(self._per_tick, self._tokens + self._per_tick)
+        if self._tokens > 0:
+            # Each resumed drain reads up to one socket read (64 KiB) before
+            # it spends: resume only as many as the bucket holds reads.
+            count = max(1, self._tokens // 65536)
+            resumed, self._waiting = self._waiting[:count], self._waiting[count:]
+            for resume in resumed:
+                resume()
+        if self._waiting or self._tokens < self._per_tick:
+            self._timer = self._clock.callLater(self.TICK, self._refill)
+
+
+@attrs.frozen
+class Refusal:
+    """A complete answer to a request whose body is not wanted."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+class ILargeBodyGate(Interface):
+    """
+    Decides, from a request's headers alone, whether it may send a body
+    larger than `SMALL_BODY` (up to the site's ``max_body``).  ``/mcp``
+    admits a request once its Bearer token is verified.
+    """
+
+    def admit_large_body(request: IRequest) -> Deferred[Refusal | None]:
+        """
+        Fire with L{None} to admit the body, or with the `Refusal` to answer
+        instead.  The body waits (unread past `SMALL_BODY`) until then.
+        """
+
+
+_UNAVAILABLE = Refusal(
+    503,
+    encode({"error": "temporarily_unavailable", "error_description": "Try again shortly"}),
+    ((b"Retry-After", b"5"),),
+)
+
+
+def raw_response(refusal: Refusal) -> bytes:
+    """The bytes of C{refusal} as a complete HTTP/1.1 response that closes the connection."""
+    reason = http.RESPONSES.get(refusal.status, b"Error")
+    lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason)]
+    names = {b"content-type", b"content-length", b"connection", b"cache-control"}
+    for name, value in refusal.headers:
+        if name.lower() not in names and b"\r" not in value and b"\n" not in value:
+            lines.append(name + b": " + value)
+    lines += [
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % (len(refusal.body),),
+        b"Cache-Control: no-store",
+        b"Connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + refusal.body
+
+
+def too_large(path: bytes, limit: int) -> Refusal:
+    """
+    The 413 for a body over C{limit} bytes on C{path}: a JSON-RPC error
+    (id null) on ``/mcp``, an RFC 6749-style error document elsewhere.
+    """
+    size = f"{limit} bytes" if limit < 1024 else f"{limit} bytes ({_human(limit)})"
+    text = f"Request body too large: {path.decode('ascii', 'replace')[:64]} accepts at most {size}"
+    if path == b"/mcp":
+        return Refusal(413, encode(error_message(None, INVALID_REQUEST, text + ".")))
+    return Refusal(413, encode({"error": "request_too_large", "error_description": text}))
+
+
+def _human(size: int) -> str:
+    if size >= 1 << 20 and size % (1 << 20) == 0:
+        return f"{size >> 20} MiB"
+    return f"{size / 1024:.0f} KiB"
 
 
 class InFlight:
@@ -124,59 +269,225 @@ class InFlight:
 
 class MailMCPRequest(server.Request):
     """
-    A request that refuses bodies over the site's cap before buffering them,
-    and reports itself to the site's L{InFlight} counter.
+    A request that keeps its body within its path's cap, parses forms only
+    where forms are expected, and reports itself to the site's L{InFlight}
+    counter.
+
+    Caps: a gated path (``/mcp``, see `ILargeBodyGate`) takes up to the
+    site's ``max_body`` once its gate admits it and `SMALL_BODY` until then;
+    every other path takes `SMALL_BODY` (never more than ``max_body``).  A
+    declared ``Content-Length`` over the cap is refused before a byte of the
+    body is read; a chunked body as soon as it passes the cap.  While a gate
+    is still deciding, a body past `SMALL_BODY` is not read on (the
+    transport is paused) and a ``100 Continue`` is held back.
+
+    A refused request is answered at once (413, or the gate's refusal) and
+    its connection closed after a lingering drain: the rest of the body is
+    read and thrown away (at most `DRAIN_BYTES`, `DRAIN_SECONDS`), so that a
+    client still sending reads the answer instead of a reset.
     """
 
     _received = 0
-    _too_large = False
+    _cap = SMALL_BODY
+    _refused = False
+    _gate_pending = False
+    _paused = False
+    _hold_continue = False
+    _complete: tuple[bytes, bytes, bytes] | None = None
+    _drained = 0
+    _drain_timer: IDelayedCall | None = None
 
-    def _max_body(self) -> int:
-        site = getattr(self.channel, "site", None)
-        return int(getattr(site, "max_body", 1 << 20))
+    def _site(self) -> Any:
+        return getattr(self.channel, "site", None)
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._max_body():
-            self._refuse_too_large()
+        site = self._site()
+        max_body = self._site_max()
+        small = min(int(getattr(site, "small_body", SMALL_BODY)), max_body)
+        # The request line is in, but Request.requestReceived sets method
+        # and path only once the body is complete: read them off the channel.
+        method = getattr(self.channel, "_command", b"") or b""
+        path = (getattr(self.channel, "_path", b"") or b"").split(b"?", 1)[0]
+        self._path_seen = path
+        gates: dict[bytes, ILargeBodyGate] = getattr(site, "large_body_gates", {})
+        gate = gates.get(path) if path in gates and method.upper() == b"POST" else None
+        if path in LARGE_BODY_PATHS and path not in gates:
+            # No gate to verify the caller early (a site built without one):
+            # the plain cap, as before gates existed.
+            small = max_body
+        self._cap = small
+        super().gotLength(length)
+        limit = max_body if gate is not None else small
+        if length is not None and length > limit:
+            self._refuse(too_large(path, limit))
             return
         # In flight from the moment its headers are in: a request whose body
         # is still arriving when SIGTERM comes must be allowed to finish too.
         self._track()
-        super().gotLength(length)
+        if gate is not None and (length is None or length > small):
+            self._ask_gate(gate, max_body)
 
-    _tracked = False
+    def _ask_gate(self, gate: ILargeBodyGate, max_body: int) -> None:
+        self._gate_pending = True
+        if self.requestHeaders.hasHeader(b"expect"):
+            # Answer 100 Continue only once admitted: a client that waits for
+            # it never sends a body that would be refused.
+            self.requestHeaders.removeHeader(b"expect")
+            self._hold_continue = getattr(self.channel, "_version", b"") == b"HTTP/1.1"
+
+        def decided(refusal: Refusal | None) -> None:
+            self._gate_pending = False
+            if self._refused or self.channel is None or self._disconnected:
+                return
+            if refusal is not None:
+                # What the endpoint would answer anyway (401 for a bad
+                # token), only sooner, before the body is read.
+                self._refuse(refusal)
+                return
+            self._cap = max_body
+            transport = self.channel.transport
+            if self._hold_continue and transport is not None:
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._hold_continue = False
+            self._resume()
+            if self._complete is not None:
+                command, path, version = self._complete
+                self._complete = None
+                self.requestReceived(command, path, version)
+
+        def failed(reason: Failure) -> None:
+            log.failure("deciding on a large request body failed", reason)
+            decided(_UNAVAILABLE)
+
+        gate.admit_large_body(self).addCallbacks(decided, failed)
+
+    _tracker: InFlight | None = None
+    _untracked = False
+    _path_seen = b""
 
     def _track(self) -> None:
-        if self._tracked:
+        if self._tracker is not None:
             return
-        tracker: InFlight | None = getattr(getattr(self.channel, "site", None), "in_flight", None)
+        tracker: InFlight | None = getattr(self._site(), "in_flight", None)
         if tracker is None:
             return
-        self._tracked = True
+        self._tracker = tracker
         tracker.started(self)
-        self.notifyFinish().addBoth(lambda _: tracker.finished(self))
+        self.notifyFinish().addBoth(lambda _: self._untrack())
+
+    def _untrack(self) -> None:
+        if self._tracker is None or self._untracked:
+            return
+        self._untracked = True
+        self._tracker.finished(self)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._too_large:
+        if self._refused:
+            self._drained += len(data)
+            site = self._site()
+            if self._drained > int(getattr(site, "drain_bytes", DRAIN_BYTES)):
+                self._end_drain()
+                return
+            budget: DrainBudget | None = getattr(site, "drain_budget", None)
+            if budget is not None and not budget.spend(len(data)):
+                self._pause()
+                budget.wait(self._resume)
             return
         self._received += len(data)
-        if self._received > self._max_body():
-            self._refuse_too_large()
-            return
+        if self._received > self._cap:
+            if self._gate_pending:
+                # Keep what came (at most one read past the cap) and read no
+                # further until the gate has decided.
+                self._pause()
+            else:
+                self._refuse(too_large(self._path_seen, self._cap))
+                return
         super().handleContentChunk(data)
 
-    def _refuse_too_large(self) -> None:
-        self._too_large = True
+    def _site_max(self) -> int:
+        return int(getattr(self._site(), "max_body", 1 << 20))
+
+    def _producer(self) -> IPushProducer | None:
         transport = self.channel.transport if self.channel is not None else None
-        if transport is not None:
-            transport.write(_TOO_LARGE)
-            transport.loseConnection()
+        if getattr(transport, "disconnecting", False):
+            return None  # closing: nothing more to read
+        producer: IPushProducer | None = IPushProducer(transport, None)
+        return producer
+
+    def _pause(self) -> None:
+        producer = self._producer()
+        if not self._paused and producer is not None:
+            self._paused = True
+            producer.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._disconnected:
+            return
+        producer = self._producer()
+        if self._paused and producer is not None:
+            self._paused = False
+            producer.resumeProducing()
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer C{refusal} now, then drain the rest of the body (bounded) and close."""
+        self._refused = True
+        self._untrack()
+        # No "100 Continue" after the answer (HTTPChannel sends one after gotLength).
+        self.requestHeaders.removeHeader(b"expect")
+        content: Any = getattr(self, "content", None)
+        if content is not None:
+            # Drop what was kept of the body (a temporary file past 100 KB).
+            content.close()
+            self.content = None
+        channel = self.channel
+        transport = channel.transport if channel is not None else None
+        if transport is None:
+            return
+        transport.write(raw_response(refusal))
+        self._resume()
+        if self._complete is not None:
+            self._end_drain()
+            return
+        site = self._site()
+        clock = getattr(site, "reactor", None)
+        if clock is not None:
+            self._drain_timer = clock.callLater(
+                float(getattr(site, "drain_seconds", DRAIN_SECONDS)), self._end_drain
+            )
+
+    def _end_drain(self) -> None:
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        self._drain_timer = None
+        channel = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        self._drain_timer = None
+        super().connectionLost(reason)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            # The refused body is all in: the answer is out, close now.
+            self._complete = (command, path, version)
+            self._end_drain()
+            return
+        if self._gate_pending:
+            # Complete before the gate decided: process once it has.
+            self._complete = (command, path, version)
+            return
+        # Forms are parsed only where a form is expected.
+        self._parsePOSTFormSubmission = path.split(b"?", 1)[0] in FORM_PATHS
+        super().requestReceived(command, path, version)
 
     _processing = False
     _answered_at_shutdown = False
 
     def process(self) -> None:
-        if self._too_large:
+        if self._refused:
             return
         self._track()
         self._processing = True
@@ -301,10 +612,30 @@ class MailMCPSite(server.Site):
     displayTracebacks = False
     requestFactory = MailMCPRequest
 
-    def __init__(self, resource: IResource, max_body: int, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        max_body: int,
+        reactor: IReactorTime,
+        *,
+        small_body: int = SMALL_BODY,
+        drain_bytes: int = DRAIN_BYTES,
+        drain_seconds: float = DRAIN_SECONDS,
+        drain_rate: int = DRAIN_RATE,
+    ) -> None:
         super().__init__(resource, logFormatter=_safe_log_formatter, reactor=reactor)
         self.max_body = max_body
+        self.small_body = small_body
+        self.drain_bytes = drain_bytes
+        self.drain_seconds = drain_seconds
+        self.drain_budget = DrainBudget(reactor, drain_rate)
+        #: Gates of the paths in `LARGE_BODY_PATHS`, by path (see `gate`).
+        self.large_body_gates: dict[bytes, ILargeBodyGate] = {}
         self.in_flight = InFlight()
+
+    def gate(self, path: bytes, gate: ILargeBodyGate) -> None:
+        """Let C{path} take bodies up to ``max_body`` from requests C{gate} admits."""
+        self.large_body_gates[path] = gate
 
     def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
         protocol: _GenericHTTPChannelProtocol | None = super().buildProtocol(addr)
@@ -351,4 +682,4 @@ def log_failure_safely(message: str) -> Callable[[Failure], None]:
     return errback
 
 
-__all__ = ["InFlight", "MailMCPSite", "json_body", "http"]
+__all__ = ["ILargeBodyGate", "InFlight", "MailMCPSite", "Refusal", "json_body", "http"]

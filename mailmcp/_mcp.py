@@ -7,8 +7,11 @@ Every request is self-contained.  The order of checks is fixed and matters:
 1. the Bearer token (before anything else, so an unauthenticated client,
    whatever it sends, learns where to log in from the ``401``);
 2. the ``Origin`` (DNS rebinding), the HTTP method (``405`` for the GET
-   listen stream and DELETE), ``Content-Type``, ``Accept`` and body size;
-3. the JSON-RPC envelope (one object, never a batch);
+   listen stream and DELETE), ``Content-Type``, ``Accept``;
+3. admission (`mailmcp._admission.Admission`): the mailbox's share and the
+   queue (``503`` with ``Retry-After`` past them), then the body size and
+   the JSON-RPC envelope (one object, never a batch), decoded off the
+   reactor when large;
 4. the era: ``initialize`` and requests without the 2026 ``_meta`` envelope
    are the handshake era (2025-03-26 / 2025-06-18 / 2025-11-25);
    ``server/discover`` and requests carrying the envelope are the stateless
@@ -17,6 +20,10 @@ Every request is self-contained.  The order of checks is fixed and matters:
    ``tools/call``.
 
 Nothing here touches IMAP except a tool handler run by ``tools/call``.
+
+A body over 64 KiB is read only once step 1 has passed: `MCPApp` is the
+site's large-body gate (`mailmcp._http.ILargeBodyGate`) and verifies the
+token as soon as the headers are in.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import inspect
 import json
 import re
 import time
-from collections.abc import Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import mcp_types
@@ -37,11 +45,14 @@ from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from ._account import MailAccount
-from ._admission import Admission
+from ._admission import Admission, Refused
+from ._http import SMALL_BODY, ILargeBodyGate, Refusal
 from ._jsonrpc import (
     ERROR_CODE_HTTP_STATUS,
     HEADER_MISMATCH,
@@ -67,6 +78,8 @@ from .interfaces import IAccessTokenVerifier
 
 log = Logger()
 
+_T = TypeVar("_T")
+
 
 #: Handshake-era versions we negotiate in ``initialize``, oldest first.
 HANDSHAKE_VERSIONS: tuple[str, ...] = ("2025-03-26", "2025-06-18", "2025-11-25")
@@ -85,6 +98,12 @@ _NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": 
 _SERVED = frozenset({"ping", "server/discover", "tools/list", "tools/call"})
 #: RFC 6750 ``b64token``.
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+#: Bodies up to this size are decoded on the reactor thread (a few
+#: milliseconds at worst); larger ones on the decode thread pool, so that one
+#: large body cannot stall every other request.
+DECODE_ON_REACTOR_MAX = SMALL_BODY
+#: JSON-RPC error code (implementation-defined range) for "too busy, retry".
+SERVER_BUSY = -32001
 #: MCP 2025-11-25 tool-name rule.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -166,11 +185,13 @@ class RefuseAllTokens:
 class _Reply(Exception):
     """Unwinds the request with a complete HTTP answer already prepared."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, status: int = 200) -> None:
         super().__init__()
         self.body = body
+        self.status = status
 
 
+@implementer(ILargeBodyGate)
 class MCPApp:
     """
     The ``/mcp`` endpoint.
@@ -186,6 +207,14 @@ class MCPApp:
         ``_meta`` as authoritative; each such client is logged once.
     :param list_ttl_ms: the cache lifetime advertised for ``tools/list`` and
         ``server/discover`` results in the 2026-07-28 era.
+    :param admission: how many requests are worked on at once, with each
+        account's share (`mailmcp._admission.Admission`).
+    :param decode_pool: a started thread pool for decoding bodies over
+        `DECODE_ON_REACTOR_MAX`; without one every body decodes on the
+        reactor.  C{reactor} is then required.
+
+    It is also the `ILargeBodyGate` of ``/mcp``: a body over the
+    unauthenticated cap is read only once its Bearer token is verified.
     """
 
     app = Klein()
@@ -204,9 +233,21 @@ class MCPApp:
         list_ttl_ms: int = 300_000,
         max_body: int | None = None,
         admission: Admission | None = None,
+        decode_pool: ThreadPool | None = None,
+        reactor: Any = None,
     ) -> None:
         self._config = config
         self._admission = admission if admission is not None else Admission()
+        self._decode_pool = decode_pool
+        self._reactor = reactor
+        #: Large bodies (admitted by `admit_large_body`) arriving or being
+        #: served, per mailbox, and how many one mailbox may have at once.
+        self._uploads: dict[Hashable, int] = {}
+        self._max_uploads = max(1, self._admission.per_account // 4)
+        #: Accounts verified at headers time by `admit_large_body`, for `_authenticate`.
+        self._verified: weakref.WeakKeyDictionary[IRequest, MailAccount] = (
+            weakref.WeakKeyDictionary()
+        )
         self._verifier = verifier
         self._services = tool_services
         self._instructions = instructions
@@ -258,8 +299,6 @@ class MCPApp:
     @app.route("/mcp", branch=False)
     async def mcp(self, request: IRequest) -> bytes:
         """The single MCP endpoint; see the module docstring for the order of checks."""
-        admission = self._admission
-        await admission.enter()
         try:
             return await self._serve(request)
         except _Reply as reply:
@@ -270,8 +309,53 @@ class MCPApp:
         except Exception:
             log.failure("unexpected error serving an MCP request")
             return self._json(request, 200, error_message(None, INTERNAL_ERROR, "Internal error"))
-        finally:
-            admission.leave()
+
+    def admit_large_body(self, request: IRequest) -> Deferred[Refusal | None]:
+        """
+        `ILargeBodyGate`: admit a body over the unauthenticated cap once the
+        request's Bearer token is verified (from the headers, before the body
+        is read); otherwise the answer `_authenticate` gives (401 and its
+        challenge) is sent at once.  The account is kept for the request.
+        """
+
+        async def decide() -> Refusal | None:
+            try:
+                account = await self._authenticate(request)
+            except _Reply as reply:
+                headers = tuple(
+                    (name, value)
+                    for name, values in request.responseHeaders.getAllRawHeaders()
+                    for value in values
+                )
+                return Refusal(reply.status, reply.body, headers)
+            key = account_key(account)
+            if self._uploads.get(key, 0) >= self._max_uploads:
+                # Each large body waits on disk until it is all in: bound
+                # how many one mailbox sends at once.
+                message = (
+                    f"Too many large requests in progress for this account (at most "
+                    f"{self._max_uploads} over {SMALL_BODY} bytes at once); retry shortly."
+                )
+                data = {"retryAfter": 1, "reason": "account"}
+                return Refusal(
+                    503,
+                    encode(error_message(None, SERVER_BUSY, message, data)),
+                    ((b"Retry-After", b"1"),),
+                )
+            self._uploads[key] = self._uploads.get(key, 0) + 1
+            finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
+            finished.addBoth(lambda _: self._upload_done(key))
+            self._verified[request] = account
+            return None
+
+        return Deferred.fromCoroutine(decide())
+
+    def _upload_done(self, key: Hashable) -> None:
+        count = self._uploads.get(key, 0) - 1
+        if count > 0:
+            self._uploads[key] = count
+        else:
+            self._uploads.pop(key, None)
 
     @app.route("/mcp/", branch=True)
     def below_mcp(self, request: IRequest) -> bytes:
@@ -292,17 +376,71 @@ class MCPApp:
             )
         self._check_content_type(request)
         self._check_accept(request)
-        body = request.content.read() if request.content is not None else b""
-        if len(body) > self._max_body:
+        key = account_key(account)
+        try:
+            await self._admission.enter(key)
+        except Refused as refused:
+            # Debug only: a flood would otherwise write a log line per refusal
+            # (Admission.refused counts them).
+            log.debug(
+                "/mcp request for {owner} refused: {reason}",
+                owner=account.owner,
+                reason=refused.reason,
+            )
+            request.setHeader(b"retry-after", b"%d" % (refused.retry_after,))
+            data = {"retryAfter": refused.retry_after, "reason": refused.reason}
+            raise _Reply(
+                self._json(request, 503, error_message(None, SERVER_BUSY, refused.message, data))
+            ) from None
+        try:
+            return await self._serve_admitted(request, account)
+        finally:
+            self._admission.leave(key)
+
+    async def _decode(self, request: IRequest) -> tuple[Any, bool]:
+        """
+        The request's body, decoded (`decode_body`), and whether it is large:
+        small bodies are decoded on the reactor, larger ones (read and
+        decoded) on the decode thread pool, and so are their later
+        validation steps (`_off_reactor`).
+        """
+        content = request.content
+        if content is None:
+            return decode_body(b""), False
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size > self._max_body:
             raise _Reply(
                 self._json(
-                    request, 413, error_message(None, INVALID_REQUEST, "Request body too large")
+                    request,
+                    413,
+                    error_message(
+                        None,
+                        INVALID_REQUEST,
+                        f"Request body too large: /mcp accepts at most {self._max_body} bytes.",
+                    ),
                 )
             )
+        large = size > DECODE_ON_REACTOR_MAX
+        return await self._off_reactor(large, lambda: decode_body(content.read())), large
+
+    async def _off_reactor(self, large: bool, work: Callable[[], _T]) -> _T:
+        """
+        C{work()}, on the decode thread pool if C{large} (and there is one):
+        decoding and validating a body of tens of megabytes takes tens of
+        milliseconds to seconds, which the reactor must not spend.
+        """
+        if not large or self._decode_pool is None:
+            return work()
+        result: _T = await deferToThreadPool(self._reactor, self._decode_pool, work)
+        return result
+
+    async def _serve_admitted(self, request: IRequest, account: MailAccount) -> bytes:
         request_id: RequestId | None = None
         era = "legacy"
         try:
-            message = decode_body(body)
+            message, large = await self._decode(request)
             request_id, method, params = check_envelope(message)
             header_version = self._single_header(request, b"mcp-protocol-version")
             if request_id is None:
@@ -313,7 +451,7 @@ class MCPApp:
             elif self._is_modern(method, params, header_version):
                 era = "modern"
                 version = self._modern_version(request, method, params, header_version)
-                result = await self._dispatch(account, method, version, params)
+                result = await self._dispatch(account, method, version, params, large)
                 meta = {mcp_types.SERVER_INFO_META_KEY: self._server_info}
                 if isinstance(result, _ToolText):
                     result.meta = meta
@@ -321,7 +459,7 @@ class MCPApp:
                     result.setdefault("_meta", {}).update(meta)
             else:
                 version = self._legacy_version(header_version)
-                result = await self._dispatch(account, method, version, params)
+                result = await self._dispatch(account, method, version, params, large)
         except RPCError as e:
             status = e.status
             if status is None:
@@ -359,7 +497,7 @@ class MCPApp:
             challenge += f', error_description="{description}"'
             body["error_description"] = description
         request.setHeader(b"www-authenticate", challenge.encode("ascii"))
-        return _Reply(self._json(request, status, body))
+        return _Reply(self._json(request, status, body), status)
 
     async def _authenticate(self, request: IRequest) -> MailAccount:
         """
@@ -370,6 +508,9 @@ class MCPApp:
             raise self._challenge(
                 request, 401, "invalid_request", "Access tokens are not accepted in the URL"
             )
+        known = self._verified.pop(request, None)
+        if known is not None:
+            return known
         values = request.requestHeaders.getRawHeaders(b"authorization") or []
         if len(values) > 1:
             raise self._challenge(
@@ -398,7 +539,8 @@ class MCPApp:
                     request,
                     503,
                     {"error": "temporarily_unavailable", "error_description": "Try again shortly"},
-                )
+                ),
+                503,
             ) from None
         if not isinstance(account, MailAccount):
             log.error(
@@ -606,13 +748,21 @@ class MCPApp:
             raise RPCError(INVALID_PARAMS, _params_message(method, e)) from None
 
     async def _dispatch(
-        self, account: MailAccount, method: str, version: str, params: dict[str, Any] | None
+        self,
+        account: MailAccount,
+        method: str,
+        version: str,
+        params: dict[str, Any] | None,
+        large: bool = False,
     ) -> dict[str, Any] | _ToolText:
         if method not in _SERVED:
             # Methods of capabilities this server does not declare (prompts,
             # resources, completion, logging, subscriptions) and unknown ones.
             raise RPCError(METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
-        request = self._parse(mcp_methods.parse_client_request, method, version, params)
+        request = await self._off_reactor(
+            large,
+            lambda: self._parse(mcp_methods.parse_client_request, method, version, params),
+        )
         if isinstance(request, mcp_types.PingRequest):
             return {}
         if isinstance(request, mcp_types.DiscoverRequest):
@@ -626,7 +776,7 @@ class MCPApp:
             tool = self._tools.get(name)
             if tool is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown tool: {name[:64]!r}")
-            data = await self._call_tool(account, tool, request.params.arguments or {})
+            data = await self._call_tool(account, tool, request.params.arguments or {}, large)
             if isinstance(data, _ToolText):
                 data.keys = self._tool_result_keys(version)
                 return data
@@ -689,14 +839,16 @@ class MCPApp:
         return cached
 
     async def _call_tool(
-        self, account: MailAccount, tool: Tool, arguments: dict[str, Any]
+        self, account: MailAccount, tool: Tool, arguments: dict[str, Any], large: bool = False
     ) -> dict[str, Any] | _ToolText:
         """
         Run one tool.  Whatever goes wrong inside becomes an ``isError``
         result the model can read; only cancellation escapes.
         """
         try:
-            validated = tool.input_model.model_validate(arguments)
+            validated = await self._off_reactor(
+                large, lambda: tool.input_model.model_validate(arguments)
+            )
         except ValidationError as e:
             return _error_result(describe_validation_error(tool.name, e))
         started = time.monotonic()
@@ -782,6 +934,14 @@ class _ToolText:
             ]
         parts.append("}}")
         return "".join(parts)
+
+
+def account_key(account: MailAccount) -> Hashable:
+    """
+    Whose share of ``/mcp`` a request takes: the mailbox (server and user
+    name), not the grant, so that logging in many times buys no more.
+    """
+    return (account.imap.host.lower(), account.imap.port, account.imap_username)
 
 
 def _error_result(message: str) -> dict[str, Any]:

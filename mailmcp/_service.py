@@ -20,13 +20,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from ._admission import Admission
-from ._attachments import build_attachments
+from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
 from ._config import Config
-from ._http import InFlight, MailMCPSite
+from ._http import ILargeBodyGate, InFlight, MailMCPSite
 from ._imap import IMAPPool
 from ._mcp import MCPApp
 from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
@@ -248,11 +249,17 @@ def build_send_limiter(config: Config, reactor: Any, parent: MultiService) -> IS
     return SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
 
 
-def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tuple[str, IResource]]:
+def build_routes(
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    gates: dict[bytes, ILargeBodyGate] | None = None,
+) -> list[tuple[str, IResource]]:
     """
     Build the daemon's parts and return their path prefixes.  Parts that own
     long-lived resources (pools, stores, thread pools) are added to
-    C{parent} as services.
+    C{parent} as services.  The parts that take large bodies put their
+    gates (see `mailmcp._http.ILargeBodyGate`) into C{gates}.
     """
     routes: list[tuple[str, IResource]] = [("/health", HealthApp(config.base_url).app.resource())]
     # The raw samples (for the JSON of /metrics) are kept only when there is
@@ -260,8 +267,11 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     lag_probe = ReactorLagProbe(reactor, keep=20000 if config.metrics_listen else 0)
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
-    # /mcp requests in progress at once, adapted to the lag (docs/architecture.rst, Targets).
-    admission = Admission()
+    # /mcp requests in progress at once, adapted to the lag (docs/architecture.rst, Targets),
+    # with each mailbox's share and a bounded queue (issue 12).
+    admission = Admission(
+        per_account=config.max_requests_per_account, max_queued=config.max_queued_requests
+    )
     lag_probe.observers.append(admission.observe_lag)
     # /metrics only on its own, private listener (--metrics-listen), if any:
     # on the public one it would be an anonymous traffic amplifier.
@@ -296,8 +306,25 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
         reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
     )
     tool_services.send_limiter = build_send_limiter(config, reactor, parent)
-    mcp = MCPApp(config, verifier, tool_services, all_tools(), admission=admission)
+    # Large /mcp bodies are decoded here, off the reactor thread; two
+    # threads, so at most two such bodies are being decoded (and held as
+    # Python objects) at once.
+    decode = ThreadPoolService(ThreadPool(minthreads=0, maxthreads=2, name="mailmcp-json"))
+    decode.setName("json-decode")
+    decode.setServiceParent(parent)
+    mcp = MCPApp(
+        config,
+        verifier,
+        tool_services,
+        all_tools(),
+        admission=admission,
+        decode_pool=decode.pool,
+        reactor=reactor,
+    )
     routes.append(("/mcp", mcp.app.resource()))
+    if gates is not None:
+        # /mcp takes --max-request-body only once its token is verified.
+        gates[b"/mcp"] = mcp
     return routes
 
 
@@ -306,12 +333,15 @@ def build_service(config: Config, reactor: Any) -> IService:
     parts = MultiService()
     parts.setName("parts")
     parts.setServiceParent(top)
-    routes = build_routes(config, reactor, parts)
+    gates: dict[bytes, ILargeBodyGate] = {}
+    routes = build_routes(config, reactor, parts, gates)
     # Last of the parts: freezes what they built (see GCTuning).
     gc_tuning = GCTuning()
     gc_tuning.setName("gc-tuning")
     gc_tuning.setServiceParent(parts)
     site = MailMCPSite(Router(routes), max_body=config.max_request_body, reactor=reactor)
+    for path, gate in gates.items():
+        site.gate(path, gate)
     drain = DrainService(reactor, site.in_flight, config.shutdown_timeout)
     drain.setName("drain")
     drain.setServiceParent(top)

@@ -114,19 +114,32 @@ def test_content_length_over_the_cap_is_413(site: MailMCPSite, parts: Parts) -> 
     conn.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n")
     response = conn.response()
     assert response.startswith(b"HTTP/1.1 413 ")
-    assert response.endswith(b'{"error":"request_too_large"}')
+    assert b"Connection: close\r\n" in response
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1]) == {
+        "error": "request_too_large",
+        "error_description": "Request body too large: /echo accepts at most 100 bytes",
+    }
+    assert site.in_flight.count == 0
+    # Lingering close: the body still coming is read and dropped, then the
+    # connection closes (a client still sending reads the 413, no reset).
+    assert not conn.transport.disconnecting
+    conn.send(b"a" * 101)
     assert conn.transport.disconnecting
     assert parts.bodies == []
-    assert site.in_flight.count == 0
 
 
-def test_huge_content_length_is_413_without_buffering(site: MailMCPSite, parts: Parts) -> None:
+def test_huge_content_length_is_413_without_buffering(
+    site: MailMCPSite, parts: Parts, reactor: MemoryReactorClock
+) -> None:
     """A 10 GB Content-Length is refused before a single body byte is read."""
     conn = Connection(site)
     conn.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n")
     assert conn.response().startswith(b"HTTP/1.1 413 ")
     conn.send(b"x" * 1000)
     assert parts.bodies == []
+    assert not conn.transport.disconnecting
+    reactor.advance(site.drain_seconds)  # the drain is bounded in time
+    assert conn.transport.disconnecting
 
 
 def test_chunked_body_over_the_cap_is_413(site: MailMCPSite, parts: Parts) -> None:

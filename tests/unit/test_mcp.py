@@ -870,3 +870,159 @@ def test_admission_bounds_the_requests_worked_on_at_once() -> None:
     client.stub.flush()
     codes = [_result(r).code for r in responses]
     assert codes == [200] * 5
+
+
+# -- bodies off the reactor, per-account admission, the large-body gate (issue 12) ----------
+
+
+class RecordingPool:
+    """A stand-in thread pool that runs the work at once and records what ran there."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
+        self.ran.append(getattr(f, "__qualname__", repr(f)))
+        try:
+            result = f(*args, **kw)
+        except Exception as e:
+            from twisted.python.failure import Failure
+
+            on_result(False, Failure(e))
+        else:
+            on_result(True, result)
+
+
+class ImmediateReactor:
+    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+        f(*args, **kw)
+
+
+def test_large_bodies_are_decoded_and_validated_on_the_pool_small_ones_on_the_reactor() -> None:
+    """
+    A body over DECODE_ON_REACTOR_MAX is decoded, its request parsed and the
+    tool's arguments validated on the decode pool; a small one never touches
+    it.  A parse error found there is the usual -32700.
+    """
+    from mailmcp._mcp import DECODE_ON_REACTOR_MAX
+
+    pool = RecordingPool()
+    app, _ = make_app(decode_pool=pool, reactor=ImmediateReactor())  # type: ignore[arg-type]
+    client = Client(app)
+    code, body = client.rpc(call("echo", {"text": "hi"}))
+    assert code == 200 and body["result"]["structuredContent"]["text"] == "hi"
+    assert pool.ran == []
+    big = call("echo", {"text": "big"})
+    big["params"]["_meta"] = {"pad": "x" * DECODE_ON_REACTOR_MAX}
+    code, body = client.rpc(big)
+    assert code == 200 and body["result"]["structuredContent"]["text"] == "big"
+    assert len(pool.ran) == 3, pool.ran  # decode, request parse, argument validation
+    code, body = client.rpc(b"{" * (DECODE_ON_REACTOR_MAX + 1))
+    assert body["error"]["code"] == -32700
+    assert len(pool.ran) == 4
+
+
+def test_an_account_past_its_share_gets_503_with_retry_after() -> None:
+    """
+    With a share of 2, a third concurrent call of the same mailbox is 503
+    with Retry-After and a JSON-RPC error (id null, code -32001) saying so;
+    another mailbox is still served; once a call finishes, the first
+    mailbox may call again.
+    """
+    from mailmcp._admission import Admission
+
+    gates: list[Deferred[None]] = []
+
+    async def held(context: ToolContext, arguments: Empty) -> Boom:
+        gate: Deferred[None] = Deferred()
+        gates.append(gate)
+        await gate
+        return Boom(ok=True)
+
+    import attrs
+
+    second = attrs.evolve(make_account(), owner="grant-2", imap_username="bob@example.test")
+    verifier = FakeTokenVerifier({TOKEN: make_account(), "other-token": second})
+    app = MCPApp(make_config(), verifier, None, [_tool("held", held)],
+                 admission=Admission(initial=16, per_account=2))
+    client = Client(app)
+
+    def post(token: str) -> Deferred[Any]:
+        return client.stub.post(f"{BASE}/mcp", data=json.dumps(call("held", {})).encode(), headers={
+            b"authorization": [f"Bearer {token}".encode()], b"content-type": [b"application/json"]})
+
+    first, second_call = post(TOKEN), post(TOKEN)
+    refused = post(TOKEN)
+    client.stub.flush()
+    response = _result(refused)
+    assert response.code == 503
+    assert response.headers.getRawHeaders(b"retry-after") == [b"1"]
+    body = json.loads(_result(response.content()))
+    assert body["id"] is None and body["error"]["code"] == -32001
+    assert "at most 2" in body["error"]["message"]
+    other_call = post("other-token")
+    assert len(gates) == 3
+    gates[0].callback(None)
+    client.stub.flush()
+    assert _result(first).code == 200
+    again = post(TOKEN)
+    assert len(gates) == 4
+    for gate in gates[1:]:
+        gate.callback(None)
+    client.stub.flush()
+    assert [_result(d).code for d in (second_call, other_call, again)] == [200, 200, 200]
+
+
+def test_the_gate_verifies_once_and_refuses_with_the_challenge() -> None:
+    """
+    `admit_large_body` admits a request with a good token (and the request
+    is not verified a second time when served) and refuses a bad one with
+    the 401 challenge /mcp would give.
+    """
+    from twisted.web.test.requesthelper import DummyRequest
+
+    app, verifier = make_app()
+    good = DummyRequest([b"mcp"])
+    good.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {TOKEN}".encode()])
+    assert _result(app.admit_large_body(good)) is None
+    assert good in app._verified
+    bad = DummyRequest([b"mcp"])
+    bad.requestHeaders.setRawHeaders(b"authorization", [b"Bearer nope"])
+    refusal = _result(app.admit_large_body(bad))
+    assert refusal.status == 401 and json.loads(refusal.body)["error"] == "invalid_token"
+    assert any(name.lower() == b"www-authenticate" and PRM.encode() in value for name, value in refusal.headers)
+    none = DummyRequest([b"mcp"])
+    assert _result(app.admit_large_body(none)).status == 401
+
+
+def test_the_gate_bounds_large_bodies_in_progress_per_mailbox() -> None:
+    """
+    A mailbox may have per_account // 4 large bodies (admitted by the gate)
+    arriving or being served at once; the next one is refused at header
+    time with 503, Retry-After and a JSON-RPC error; once one finishes,
+    another is admitted.  Another mailbox is not affected.
+    """
+    import attrs
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from mailmcp._admission import Admission
+
+    other = attrs.evolve(make_account(), owner="grant-2", imap_username="bob@example.test")
+    verifier = FakeTokenVerifier({TOKEN: make_account(), "other-token": other})
+    app = MCPApp(make_config(), verifier, None, [echo_tool()], admission=Admission(per_account=8))
+
+    def large(token: str) -> DummyRequest:
+        request = DummyRequest([b"mcp"])
+        request.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {token}".encode()])
+        return request
+
+    admitted = [large(TOKEN) for _ in range(2)]
+    assert [_result(app.admit_large_body(r)) for r in admitted] == [None, None]
+    refusal = _result(app.admit_large_body(large(TOKEN)))
+    assert refusal.status == 503 and (b"Retry-After", b"1") in refusal.headers
+    error = json.loads(refusal.body)
+    assert error["id"] is None and error["error"]["code"] == -32001
+    assert "at most 2" in error["error"]["message"]
+    assert _result(app.admit_large_body(large("other-token"))) is None
+    admitted[0].finish()
+    assert _result(app.admit_large_body(large(TOKEN))) is None
