@@ -20,7 +20,11 @@ setup(
     packages=find_packages(include=["mailmcp", "mailmcp.*"])
     + ["twisted.plugins", "mailmcp.templates"],
     package_dir={"mailmcp.templates": "templates"},
-    package_data={"mailmcp.templates": ["*.xhtml", "*.html", "*.css", "*.txt"], "mailmcp": ["py.typed"]},
+    package_data={
+        "mailmcp.templates": ["*.xhtml", "*.html", "*.css", "*.txt"],
+        "mailmcp": ["py.typed"],
+        "mailmcp.client_metadata": ["*.json"],
+    },
     include_package_data=False,
     install_requires=[
         "twisted[tls]>=24.7",

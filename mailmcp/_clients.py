@@ -1,10 +1,15 @@
 """
-OAuth clients provisioned by ``twistd mailmcp-generate``.
+OAuth clients: provisioned by ``twistd mailmcp-generate``, registered at
+``/oauth/register`` (RFC 7591), or named by a Client ID Metadata Document
+URL (see `mailmcp._cimd`).
 
-A client id is itself a sealed token (kind ``client``) that records which
-mail servers the client may log in to, how, the redirect URIs it may use and
-a hash of its secret.  Nothing about clients is stored server-side, so any
-process sharing the key ring recognises them.
+A client's description (mail servers, redirect URIs, a hash of its secret)
+is a sealed token (kind ``client``).  Ids issued before version 0.2 *are*
+that token (~740 characters); Claude's connector dialog and some clients
+cap a client id far below that, so every id issued now is short:
+``mc_`` and 22 random URL-safe characters (25 in all), mapped to the sealed
+description in the grant store (`IClientStore`: SQLite or Redis, so every
+process sharing the store knows it).  The store sees only the sealed form.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -20,6 +26,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._tokens import InvalidToken, TokenCodec
+from .interfaces import IClientStore
 
 Security = Literal["tls", "starttls", "plain"]
 SECURITY_MODES: tuple[Security, ...] = ("tls", "starttls", "plain")
@@ -30,6 +37,47 @@ CLAUDE_REDIRECT_URIS = (
 )
 LOOPBACK_REDIRECT_URIS = ("http://127.0.0.1/*", "http://localhost/*")
 DEFAULT_REDIRECT_URIS = CLAUDE_REDIRECT_URIS + LOOPBACK_REDIRECT_URIS
+
+
+DEFAULT_PORTS = {
+    "imap": {"tls": 993, "starttls": 143, "plain": 143},
+    "smtp": {"tls": 465, "starttls": 587, "plain": 25},
+}
+
+#: A short client id: ``mc_`` and 128 random bits.
+SHORT_ID = re.compile(r"mc_[A-Za-z0-9_-]{22}")
+
+
+def new_client_id() -> str:
+    return "mc_" + secrets.token_urlsafe(16)
+
+
+def parse_mail_server(
+    kind: str, host: str | None, port: str | int | None, security: str | None
+) -> MailServer:
+    """
+    One mail server from ``--KIND-host/-port/-security`` (``mailmcp-generate``
+    and the daemon's default mail profile share this).
+
+    :raises ValueError: with a one-line reason naming the option.
+    """
+    if not host:
+        raise ValueError(f"--{kind}-host is required")
+    security = security or "tls"
+    if security not in SECURITY_MODES:
+        raise ValueError(f"--{kind}-security must be tls, starttls or plain")
+    if security == "plain" and not is_loopback_host(host):
+        raise ValueError(
+            f"--{kind}-security plain would send passwords in clear text; "
+            f"it is only allowed for a loopback host, not {host}"
+        )
+    try:
+        number = int(port) if port else DEFAULT_PORTS[kind][security]
+    except ValueError:
+        raise ValueError(f"--{kind}-port must be a number") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"--{kind}-port must be between 1 and 65535")
+    return MailServer(host=host.strip().lower(), port=number, security=security)  # type: ignore[arg-type]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -91,6 +139,8 @@ class Client:
     redirect_uris: tuple[str, ...]
     secret_hash: str | None
     name: str | None = None
+    #: ``provisioned`` (mailmcp-generate), ``registered`` (DCR) or ``metadata`` (CIMD).
+    kind: str = "provisioned"
 
     @property
     def is_public(self) -> bool:
@@ -153,6 +203,30 @@ def redirect_uri_matches(registered: str, candidate: str) -> bool:
     return cand.path == reg.path and cand.query == reg.query
 
 
+def client_claims(
+    imap: MailServer | None,
+    smtp: MailServer | None,
+    redirect_uris: Iterable[str],
+    secret: str | None,
+    name: str | None = None,
+    kind: str = "provisioned",
+) -> dict[str, Any]:
+    """The sealed description of a client; no servers means the default mail profile."""
+    claims: dict[str, Any] = {
+        "redirect_uris": [validate_redirect_uri(u) for u in redirect_uris],
+        "secret_hash": None if secret is None else hash_secret(secret),
+        "cid": secrets.token_hex(8),
+    }
+    if imap is not None and smtp is not None:
+        claims["imap"] = imap.to_claims()
+        claims["smtp"] = smtp.to_claims()
+    if name:
+        claims["name"] = name
+    if kind != "provisioned":
+        claims["kind"] = kind
+    return claims
+
+
 def provision_client(
     codec: TokenCodec,
     imap: MailServer,
@@ -162,29 +236,39 @@ def provision_client(
     name: str | None = None,
 ) -> tuple[str, str | None]:
     """
-    Seal a new client id.  Returns ``(client_id, client_secret)``; the secret
-    is L{None} for a public client and is never stored anywhere.
+    Seal a client description and return ``(sealed, client_secret)``; the
+    secret is L{None} for a public client and is never stored anywhere.
+    The sealed form is a (long) client id by itself, as issued before
+    short ids; `register_client` files it under a short id.
     """
     secret = None if public else secrets.token_urlsafe(32)
-    claims: dict[str, Any] = {
-        "imap": imap.to_claims(),
-        "smtp": smtp.to_claims(),
-        "redirect_uris": [validate_redirect_uri(u) for u in redirect_uris],
-        "secret_hash": None if secret is None else hash_secret(secret),
-        "cid": secrets.token_hex(8),
-    }
-    if name:
-        claims["name"] = name
+    claims = client_claims(imap, smtp, redirect_uris, secret, name)
     return codec.seal("client", claims, None), secret
 
 
-def open_client(codec: TokenCodec, client_id: str | None) -> Client:
-    """
-    Open a client id.
+async def register_client(store: IClientStore, codec: TokenCodec, claims: dict[str, Any]) -> str:
+    """File a sealed description under a new short id; return the id."""
+    client_id = new_client_id()
+    await store.put_client(client_id, codec.seal("client", claims, None))
+    return client_id
 
-    :raises InvalidToken: when it is not a client id this key ring issued.
+
+def open_client(
+    codec: TokenCodec,
+    client_id: str | None,
+    sealed: str | None = None,
+    default_imap: MailServer | None = None,
+    default_smtp: MailServer | None = None,
+) -> Client:
     """
-    claims = codec.open("client", client_id)
+    Open a client: C{sealed} (from the store) when given, else the long
+    C{client_id} itself.  A description without servers takes the default
+    mail profile.
+
+    :raises InvalidToken: when it is not a client this key ring issued, or
+        it needs a default profile the daemon does not have.
+    """
+    claims = codec.open("client", sealed if sealed is not None else client_id)
     try:
         assert client_id is not None
         uris = claims["redirect_uris"]
@@ -194,13 +278,21 @@ def open_client(codec: TokenCodec, client_id: str | None) -> Client:
         if secret_hash is not None and not isinstance(secret_hash, str):
             raise ValueError("bad secret hash")
         name = claims.get("name")
+        kind = claims.get("kind", "provisioned")
+        if "imap" in claims:
+            imap, smtp = MailServer.from_claims(claims["imap"]), MailServer.from_claims(claims["smtp"])
+        elif default_imap is not None and default_smtp is not None:
+            imap, smtp = default_imap, default_smtp
+        else:
+            raise ValueError("no mail servers")
         return Client(
             client_id=client_id,
-            imap=MailServer.from_claims(claims["imap"]),
-            smtp=MailServer.from_claims(claims["smtp"]),
+            imap=imap,
+            smtp=smtp,
             redirect_uris=tuple(uris),
             secret_hash=secret_hash,
             name=name if isinstance(name, str) else None,
+            kind=kind if isinstance(kind, str) else "provisioned",
         )
     except (KeyError, ValueError, AssertionError):
         raise InvalidToken() from None

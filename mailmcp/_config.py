@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.python import usage
 
+from ._clients import MailServer, parse_mail_server
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
 from ._throttle import IPNetwork, parse_networks
 
@@ -145,6 +146,36 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Recipients one account may send to per hour after its burst; shared by all "
         "daemons on one Redis --store, per process with SQLite.",
     ),
+    (
+        "imap-host",
+        None,
+        "Default mail profile: the IMAP server of clients that bring none (Claude, the MCP "
+        "Inspector: Client ID Metadata Documents and /oauth/register are on only with a "
+        "default profile).",
+    ),
+    ("imap-port", None, "Default profile's IMAP port (default 993 for tls, 143 for starttls)."),
+    ("imap-security", "tls", "Default profile's IMAP tls, starttls or plain (plain only on loopback)."),
+    ("smtp-host", None, "Default profile's SMTP submission server (required with --imap-host)."),
+    ("smtp-port", None, "Default profile's SMTP port (default 465 for tls, 587 for starttls)."),
+    ("smtp-security", "tls", "Default profile's SMTP tls, starttls or plain (plain only on loopback)."),
+    (
+        "client-metadata-dir",
+        None,
+        "Directory of Client ID Metadata Documents (*.json) used instead of fetching their "
+        "URLs; they replace the pinned copies of Claude's documents with the same client_id.",
+    ),
+    (
+        "client-metadata-allow",
+        "",
+        "URL prefix of Client ID Metadata Documents fetched although the address rules would "
+        "refuse them (private addresses, plain http: in-house clients); repeatable, space "
+        "separated in the variable.",
+    ),
+    (
+        "registrations-per-address",
+        "20",
+        "Dynamic client registrations (/oauth/register) allowed per client address per hour.",
+    ),
 ]
 
 FLAGS: list[tuple[str, str]] = [
@@ -189,6 +220,7 @@ _NUMERIC = {
     "imap-connect-concurrency": int,
     "send-burst": int,
     "sends-per-hour": float,
+    "registrations-per-address": int,
 }
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -262,6 +294,13 @@ class Config:
     trust_forwarded: bool = False
     allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
+    #: The default mail profile (both or neither): clients that bring no
+    #: servers (CIMD, registered) log in to these.
+    default_imap: MailServer | None = None
+    default_smtp: MailServer | None = None
+    client_metadata_dir: Path | None = None
+    client_metadata_allow: tuple[str, ...] = ()
+    registrations_per_address: int = 20
 
     @property
     def mcp_url(self) -> str:
@@ -407,7 +446,7 @@ def _warn_stderr(message: str) -> None:
     sys.stderr.flush()
 
 
-def _check_store(store: str) -> None:
+def check_store(store: str) -> None:
     if store.startswith("sqlite:") and len(store) > len("sqlite:"):
         return
     if store.startswith(("redis://", "rediss://", "unix://")):
@@ -446,6 +485,30 @@ def _check_listen(listen: Sequence[str], option: str = "--listen") -> None:
             )
 
 
+def _mail_profile(resolved: Mapping[str, object]) -> tuple[MailServer | None, MailServer | None]:
+    """The default mail profile: both servers or neither."""
+    if not resolved["imap-host"] and not resolved["smtp-host"]:
+        for name in ("imap-port", "smtp-port"):
+            if resolved[name]:
+                raise usage.UsageError(f"--{name} needs --imap-host and --smtp-host")
+        return None, None
+    servers = []
+    for kind in ("imap", "smtp"):
+        host, port, security = (resolved[f"{kind}-{f}"] for f in ("host", "port", "security"))
+        try:
+            servers.append(
+                parse_mail_server(
+                    kind,
+                    str(host) if host else None,
+                    str(port) if port else None,
+                    str(security) if security else None,
+                )
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"{e} (the default mail profile needs both servers)") from None
+    return servers[0], servers[1]
+
+
 def build_config(
     values: Mapping[str, object],
     listen: Sequence[str],
@@ -476,6 +539,21 @@ def build_config(
     if metrics_listen is not None:
         _check_listen([metrics_listen], "--metrics-listen")
 
+    default_imap, default_smtp = _mail_profile(resolved)
+    metadata_dir = None
+    if resolved["client-metadata-dir"]:
+        metadata_dir = Path(str(resolved["client-metadata-dir"]))
+        if not metadata_dir.is_dir():
+            raise usage.UsageError(f"--client-metadata-dir {metadata_dir} is not a directory")
+    raw_allow = resolved["client-metadata-allow"] or ""
+    allow = tuple(raw_allow.split() if isinstance(raw_allow, str) else raw_allow)  # type: ignore[arg-type]
+    for prefix in allow:
+        parts = urlsplit(prefix)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.path:
+            raise usage.UsageError(
+                f"--client-metadata-allow needs an http(s) URL prefix with a path, not {prefix!r}"
+            )
+
     numbers: dict[str, float | int] = {}
     for name, kind in _NUMERIC.items():
         raw = resolved[name]
@@ -489,7 +567,7 @@ def build_config(
 
     state_dir = prepare_state_dir(Path(str(resolved["state-dir"])))
     store = str(resolved["store"] or f"sqlite:{state_dir / 'mailmcp.sqlite3'}")
-    _check_store(store)
+    check_store(store)
     attachments = str(resolved["attachments"])
     _check_attachments(attachments)
 
@@ -542,5 +620,9 @@ def build_config(
         trusted_proxies=trusted_proxies,
         allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
+        default_imap=default_imap,
+        default_smtp=default_smtp,
+        client_metadata_dir=metadata_dir,
+        client_metadata_allow=allow,
         **numbers,  # type: ignore[arg-type]
     )

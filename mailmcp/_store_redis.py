@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from ._grants import USED_CODE_MARGIN, GrantRecord
 from ._tls import load_pem_certificates
-from .interfaces import IGrantStore, ISendTokenStore
+from .interfaces import IClientStore, IGrantStore, ISendTokenStore
 
 log = Logger()
 
@@ -196,7 +196,7 @@ def _tls_reason(reason: Failure) -> str:
     return text[:200]
 
 
-@implementer(IGrantStore, ISendTokenStore)
+@implementer(IGrantStore, ISendTokenStore, IClientStore)
 class RedisGrantStore(Service):
     """
     `IGrantStore` on Redis.  The connection pool is opened in
@@ -450,6 +450,25 @@ class RedisGrantStore(Service):
 
     def release(self, keys: Sequence[str]) -> Deferred[None]:
         return self._deadline(self._release(keys))
+
+    # -- short client ids (IClientStore) --
+
+    async def _put_client(self, client_id: str, sealed: str) -> None:
+        created = await self._redis.execute_command(
+            "SET", f"{self._prefix}client:{client_id}", sealed, "NX"
+        )
+        if not created:
+            raise KeyError("client id already taken")
+
+    def put_client(self, client_id: str, sealed: str) -> Deferred[None]:
+        return self._deadline(self._put_client(client_id, sealed))
+
+    async def _get_client(self, client_id: str) -> str | None:
+        value = await self._redis.execute_command("GET", f"{self._prefix}client:{client_id}")
+        return None if value is None else str(value)
+
+    def get_client(self, client_id: str) -> Deferred[str | None]:
+        return self._deadline(self._get_client(client_id))
 
     # -- send limit (SM-12): recipients' token buckets shared by every daemon --
 

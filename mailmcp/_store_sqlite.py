@@ -33,9 +33,14 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ._grants import USED_CODE_MARGIN, GrantRecord
-from .interfaces import IGrantStore
+from .interfaces import IClientStore, IGrantStore
 
 log = Logger()
+
+_SCHEMA_CLIENTS = (
+    "CREATE TABLE IF NOT EXISTS clients ("
+    " client_id TEXT PRIMARY KEY, sealed TEXT NOT NULL, created INTEGER NOT NULL)"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
@@ -89,7 +94,7 @@ def _run(call: Callable[[], Any]) -> Deferred[Any]:
         return fail(Failure())
 
 
-@implementer(IGrantStore)
+@implementer(IGrantStore, IClientStore)
 class SQLiteGrantStore(Service):
     """
     `IGrantStore` on a SQLite file.  As a service it sweeps expired rows and
@@ -110,6 +115,7 @@ class SQLiteGrantStore(Service):
         self._db.execute("PRAGMA busy_timeout=2000")
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
+        self._db.execute(_SCHEMA_CLIENTS)
         have = {row[1] for row in self._db.execute("PRAGMA table_info(grants)")}
         for column, declaration in _ADDED_COLUMNS.items():
             if column not in have:
@@ -338,3 +344,29 @@ class SQLiteGrantStore(Service):
             )
 
         return _run(call)
+
+    # -- short client ids (IClientStore) --
+
+    def put_client(self, client_id: str, sealed: str) -> Deferred[None]:
+        def call() -> None:
+            write_client(self._db, client_id, sealed, int(self._now()))
+
+        return _run(call)
+
+    def get_client(self, client_id: str) -> Deferred[str | None]:
+        def call() -> str | None:
+            row = self._db.execute(
+                "SELECT sealed FROM clients WHERE client_id = ?", (client_id,)
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return _run(call)
+
+
+def write_client(db: sqlite3.Connection, client_id: str, sealed: str, created: int) -> None:
+    """Insert one client record (also used by ``mailmcp-generate``, without a reactor)."""
+    db.execute(_SCHEMA_CLIENTS)
+    db.execute(
+        "INSERT INTO clients (client_id, sealed, created) VALUES (?, ?, ?)",
+        (client_id, sealed, created),
+    )

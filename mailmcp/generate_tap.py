@@ -22,21 +22,19 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from ._clients import (
+    DEFAULT_PORTS,
     DEFAULT_REDIRECT_URIS,
-    SECURITY_MODES,
     MailServer,
-    is_loopback_host,
+    new_client_id,
+    parse_mail_server,
     provision_client,
     validate_redirect_uri,
 )
-from ._config import DEFAULT_STATE_DIR, OneLineErrorOptions, env_name, prepare_state_dir
+from ._config import DEFAULT_STATE_DIR, OneLineErrorOptions, check_store, env_name, prepare_state_dir
 from ._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
 from ._tokens import TokenCodec
 
-_DEFAULT_PORTS = {
-    "imap": {"tls": 993, "starttls": 143, "plain": 143},
-    "smtp": {"tls": 465, "starttls": 587, "plain": 25},
-}
+_DEFAULT_PORTS = DEFAULT_PORTS
 
 
 class _WallClock(Clock):
@@ -68,6 +66,19 @@ class Options(OneLineErrorOptions):
             None,
             None,
             f"Key ring file, if not <state-dir>/keys.json [env {env_name('key-file')}]",
+        ],
+        [
+            "store",
+            None,
+            None,
+            f"Grant store the daemon uses, where the new client id is filed: sqlite:PATH "
+            f"(default <state-dir>/mailmcp.sqlite3) or redis://host:port/db [env {env_name('store')}]",
+        ],
+        [
+            "store-ca-file",
+            None,
+            None,
+            f"PEM CA bundle for a rediss:// --store [env {env_name('store-ca-file')}]",
         ],
         ["imap-host", None, None, "IMAP server host name."],
         ["imap-port", None, None, "IMAP port (default 993 for tls, 143 for starttls)."],
@@ -114,31 +125,23 @@ class Options(OneLineErrorOptions):
         self["redirect-uri"].append(uri)
 
     def _server(self, kind: str) -> MailServer:
-        host = self[f"{kind}-host"]
-        if not host:
-            raise usage.UsageError(f"--{kind}-host is required")
-        security = self[f"{kind}-security"]
-        if security not in SECURITY_MODES:
-            raise usage.UsageError(f"--{kind}-security must be tls, starttls or plain")
-        if security == "plain" and not is_loopback_host(host):
-            raise usage.UsageError(
-                f"--{kind}-security plain would send passwords in clear text; "
-                f"it is only allowed for a loopback host, not {host}"
-            )
-        raw_port = self[f"{kind}-port"]
         try:
-            port = int(raw_port) if raw_port else _DEFAULT_PORTS[kind][security]
-        except ValueError:
-            raise usage.UsageError(f"--{kind}-port must be a number") from None
-        if not 0 < port < 65536:
-            raise usage.UsageError(f"--{kind}-port must be between 1 and 65535")
-        return MailServer(host=host.strip().lower(), port=port, security=security)
+            return parse_mail_server(
+                kind, self[f"{kind}-host"], self[f"{kind}-port"], self[f"{kind}-security"]
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
         state = self["state-dir"] or self._environ.get(env_name("state-dir"), DEFAULT_STATE_DIR)
         self["state-dir"] = prepare_state_dir(Path(state))
         key_file = self["key-file"] or self._environ.get(env_name("key-file"))
         self["key-file"] = Path(key_file) if key_file else None
+        store = self["store"] or self._environ.get(env_name("store"))
+        self["store"] = store or f"sqlite:{self['state-dir'] / 'mailmcp.sqlite3'}"
+        check_store(self["store"])
+        ca = self["store-ca-file"] or self._environ.get(env_name("store-ca-file"))
+        self["store-ca-file"] = Path(ca) if ca else None
         if self["inactive"] and not self["add-key"]:
             raise usage.UsageError("--inactive only goes with --add-key")
         if self["add-key"] and self["activate-key"]:
@@ -163,7 +166,7 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
         return
     ring: KeyRing = load_or_create_keyring(state_dir, key_file, environ)
     codec = TokenCodec(ring, _WallClock())
-    client_id, secret = provision_client(
+    sealed, secret = provision_client(
         codec,
         options["imap"],
         options["smtp"],
@@ -171,6 +174,8 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
         public=bool(options["public"]),
         name=options["name"],
     )
+    client_id = new_client_id()
+    _file_client(options["store"], options["store-ca-file"], client_id, sealed)
     imap, smtp = options["imap"], options["smtp"]
     if options["json"]:
         document: dict[str, Any] = {
@@ -199,6 +204,59 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
     else:
         out.write(f"  OAuth Client Secret: {secret}\n")
         out.write("\nThe secret is shown once and stored nowhere; keep it safe.\n")
+
+
+def _file_client(store: str, ca_file: Path | None, client_id: str, sealed: str) -> None:
+    """
+    Write the short id's record where the daemon reads it: SQLite directly
+    (the daemon may have the file open: WAL and a busy timeout make that
+    safe), Redis through the daemon's own store on a briefly run reactor.
+    """
+    if store.startswith("sqlite:"):
+        import sqlite3
+        import time
+
+        from ._store_sqlite import _create_private, write_client
+
+        path = store[len("sqlite:") :]
+        try:
+            _create_private(path)
+            db = sqlite3.connect(path, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=5000")
+                write_client(db, client_id, sealed, int(time.time()))
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError) as e:
+            raise KeyRingError(f"cannot write the client to the store {path}: {e}") from None
+        return
+    _file_client_redis(store, ca_file, client_id, sealed)
+
+
+def _file_client_redis(store: str, ca_file: Path | None, client_id: str, sealed: str) -> None:
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.defer import Deferred
+
+    from ._store_redis import RedisGrantStore
+
+    reactor: Any = _reactor
+    redis = RedisGrantStore(store, reactor, ca_file=ca_file)
+    failures: list[str] = []
+
+    async def write() -> None:
+        redis.startService()
+        try:
+            await redis.put_client(client_id, sealed)
+        except Exception as e:
+            failures.append(str(e) or type(e).__name__)
+        finally:
+            await redis.stopService()
+
+    done = Deferred.fromCoroutine(write())
+    done.addBoth(lambda _: reactor.stop())
+    reactor.run(installSignalHandlers=False)
+    if failures or not done.called:
+        raise KeyRingError(f"cannot write the client to the store {store}: {failures[:1]}")
 
 
 def _rotate(options: Options, state_dir: Path, key_file: Path | None, out: TextIO) -> None:

@@ -196,3 +196,17 @@ class ISendTokenStore(Interface):
 
         :return: a Deferred firing as `ISendBudget.take` does.
         """
+
+
+class IClientStore(Interface):
+    """
+    Where short client ids live: each maps to the client's description,
+    sealed under the key ring (so the store never sees a secret hash or a
+    mail server in the clear).  Shared by every process on the same store.
+    """
+
+    def put_client(client_id: str, sealed: str) -> Any:
+        """Record C{sealed} under C{client_id} (a new, random id); fire with None."""
+
+    def get_client(client_id: str) -> Any:
+        """Fire with the sealed description of C{client_id}, or None when unknown."""

@@ -29,6 +29,7 @@ class Options(OneLineErrorOptions):
     optParameters = [
         [name, None, None, f"{help} [env {env_name(name)}; default {default or 'none'}]"]
         for name, default, help in PARAMETERS
+        if name != "client-metadata-allow"
     ]
     optFlags = [[name, None, f"{help} [env {env_name(name)}]"] for name, help in FLAGS]
 
@@ -38,6 +39,15 @@ class Options(OneLineErrorOptions):
         super().__init__()
         self._environ = os.environ if environ is None else environ
         self["listen"] = []
+        self["client-metadata-allow"] = None
+
+    def opt_client_metadata_allow(self, prefix: str) -> None:
+        """
+        URL prefix of Client ID Metadata Documents fetched although the
+        address rules would refuse them (in-house clients), repeatable
+        [env MAILMCP_CLIENT_METADATA_ALLOW, space separated]
+        """
+        self["client-metadata-allow"] = [*(self["client-metadata-allow"] or []), prefix]
 
     def opt_listen(self, description: str) -> None:
         """
