@@ -77,7 +77,7 @@ def parse_mail_server(
         raise ValueError(f"--{kind}-port must be a number") from None
     if not 0 < number < 65536:
         raise ValueError(f"--{kind}-port must be between 1 and 65535")
-    return MailServer(host=host.strip().lower(), port=number, security=security)  # type: ignore[arg-type]
+    return MailServer(host=host.strip().lower(), port=number, security=security)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -280,7 +280,10 @@ def open_client(
         name = claims.get("name")
         kind = claims.get("kind", "provisioned")
         if "imap" in claims:
-            imap, smtp = MailServer.from_claims(claims["imap"]), MailServer.from_claims(claims["smtp"])
+            imap, smtp = (
+                MailServer.from_claims(claims["imap"]),
+                MailServer.from_claims(claims["smtp"]),
+            )
         elif default_imap is not None and default_smtp is not None:
             imap, smtp = default_imap, default_smtp
         else:

@@ -154,10 +154,18 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "default profile).",
     ),
     ("imap-port", None, "Default profile's IMAP port (default 993 for tls, 143 for starttls)."),
-    ("imap-security", "tls", "Default profile's IMAP tls, starttls or plain (plain only on loopback)."),
+    (
+        "imap-security",
+        "tls",
+        "Default profile's IMAP tls, starttls or plain (plain only on loopback).",
+    ),
     ("smtp-host", None, "Default profile's SMTP submission server (required with --imap-host)."),
     ("smtp-port", None, "Default profile's SMTP port (default 465 for tls, 587 for starttls)."),
-    ("smtp-security", "tls", "Default profile's SMTP tls, starttls or plain (plain only on loopback)."),
+    (
+        "smtp-security",
+        "tls",
+        "Default profile's SMTP tls, starttls or plain (plain only on loopback).",
+    ),
     (
         "client-metadata-dir",
         None,
@@ -546,7 +554,9 @@ def build_config(
         if not metadata_dir.is_dir():
             raise usage.UsageError(f"--client-metadata-dir {metadata_dir} is not a directory")
     raw_allow = resolved["client-metadata-allow"] or ""
-    allow = tuple(raw_allow.split() if isinstance(raw_allow, str) else raw_allow)  # type: ignore[arg-type]
+    allow: tuple[str, ...] = tuple(
+        raw_allow.split() if isinstance(raw_allow, str) else [str(p) for p in raw_allow]  # type: ignore[attr-defined]
+    )
     for prefix in allow:
         parts = urlsplit(prefix)
         if parts.scheme not in ("http", "https") or not parts.hostname or not parts.path:

@@ -3,13 +3,12 @@ The OAuth 2.1 authorization server: discovery documents, the login page
 (which checks IMAP and SMTP credentials live), the token endpoint and
 revocation.
 
-Clients are pre-registered: a client id is a sealed token made by
-``twistd mailmcp-generate`` that names the mail servers and the allowed
-redirect URIs (see `mailmcp._clients`).  No dynamic client registration is
-offered: the client id *is* the mail-server configuration, so it cannot be
-self-issued by whoever asks.  The ``mcp`` client and Claude both accept
-pre-registered clients (``client_secret_post``, or ``none`` for a public
-client provisioned with ``--public``).
+Clients are provisioned by ``twistd mailmcp-generate`` (they name their
+mail servers), registered at ``/oauth/register`` (RFC 7591), or named by a
+Client ID Metadata Document URL; the last two log in to the daemon's
+default mail profile and are on only when it has one.  Finding a client by
+id is `mailmcp._registration.ClientDirectory`'s job, fetching documents
+`mailmcp._cimd`'s.
 
 Everything public is derived from ``config.base_url``, never from ``Host`` or
 ``X-Forwarded-*``; the issuer string is identical in both metadata documents
@@ -36,11 +35,14 @@ from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
-from ._clients import Client, open_client
+from ._cimd import PINNED_DIR as _PINNED_DIR
+from ._cimd import ClientMetadataError, ClientMetadataResolver, MetadataFetcher, load_pinned
+from ._clients import Client
 from ._config import Config
 from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
+from ._registration import ClientDirectory, Registration, open_registration
 from ._templates import template_path
 from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy, client_address
 from ._tokens import InvalidToken, TokenCodec
@@ -280,8 +282,11 @@ class OAuthApp:
         imap_checker: ILoginChecker,
         smtp_checker: ILoginChecker,
         throttle: LoginThrottle,
+        clients: ClientDirectory | None = None,
     ) -> None:
         self._config = config
+        self._clients = clients or ClientDirectory(config, codec, grants.store, None)
+        self._registration = Registration(config, codec, grants.store, self._client_address)
         self._codec = codec
         self._grants = grants
         self._imap = imap_checker
@@ -327,6 +332,16 @@ class OAuthApp:
             ],
             "scopes_supported": [SCOPE],
             "authorization_response_iss_parameter_supported": True,
+            **self._client_kinds_metadata(),
+        }
+
+    def _client_kinds_metadata(self) -> dict[str, Any]:
+        """CIMD and DCR, advertised only when clients may come without mail servers."""
+        if not open_registration(self._config):
+            return {}
+        return {
+            "client_id_metadata_document_supported": True,
+            "registration_endpoint": self._issuer + "/oauth/register",
         }
 
     def _metadata(self, request: IRequest, document: dict[str, Any]) -> bytes:
@@ -440,16 +455,24 @@ class OAuthApp:
         params.append(("iss", self._issuer))
         return self._redirect(request, _add_query(redirect_uri, params))
 
-    def _validate_client(self, args: Mapping[bytes, list[bytes]]) -> tuple[Client, str, str | None]:
+    async def _find_client(self, client_id: str) -> Client:
+        """:raises InvalidToken, ClientMetadataError: see `ClientDirectory.find`."""
+        return await self._clients.find(client_id)
+
+    async def _validate_client(
+        self, args: Mapping[bytes, list[bytes]]
+    ) -> tuple[Client, str, str | None]:
         client_id = _single(args, "client_id")
         if not client_id:
             raise BadRequest("Unknown application", "The request does not name a client.")
         try:
-            client = open_client(self._codec, client_id)
+            client = await self._find_client(client_id)
         except InvalidToken:
             raise BadRequest(
                 "Unknown application", "This client ID was not issued by this server."
             ) from None
+        except ClientMetadataError as e:
+            raise BadRequest("Unknown application", str(e)) from None
         redirect_uri = _single(args, "redirect_uri")
         if not redirect_uri or not client.allows_redirect(redirect_uri):
             raise BadRequest(
@@ -459,12 +482,19 @@ class OAuthApp:
         state = _single(args, "state", MAX_STATE)
         return client, redirect_uri, state
 
-    def _validate_authorize(self, args: Mapping[bytes, list[bytes]]) -> AuthorizeRequest:
+    def _validate_authorize(
+        self,
+        args: Mapping[bytes, list[bytes]],
+        client: Client,
+        redirect_uri: str,
+        state: str | None,
+    ) -> AuthorizeRequest:
         """
-        :raises BadRequest: for a bad client or redirect URI (error page).
-        :raises RedirectError: for anything else (sent to the redirect URI).
+        The rest of an authorization request, once its client and redirect
+        URI are known good.
+
+        :raises RedirectError: for anything wrong (sent to the redirect URI).
         """
-        client, redirect_uri, state = self._validate_client(args)
         try:
             for name in OAUTH_PARAMS:
                 _single(args, name)
@@ -496,11 +526,12 @@ class OAuthApp:
     ) -> tuple[AuthorizeRequest | None, bytes | None]:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
-            return self._validate_authorize(args), None
+            client, redirect_uri, state = await self._validate_client(args)
         except BadRequest as e:
             return None, await self._error_page(request, e)
+        try:
+            return self._validate_authorize(args, client, redirect_uri, state), None
         except RedirectError as e:
-            client, redirect_uri, state = self._validate_client(args)
             log.info("authorization request refused: {error}", error=e.error)
             return None, self._error_redirect(request, redirect_uri, state, e)
 
@@ -744,7 +775,7 @@ class OAuthApp:
             form[name] = values[0]
         return form
 
-    def _authenticate_client(
+    async def _authenticate_client(
         self, request: IRequest, form: Mapping[str, str]
     ) -> tuple[Client, bool]:
         """
@@ -777,8 +808,9 @@ class OAuthApp:
         if not client_id:
             raise OAuthError("invalid_client", "client authentication failed", 401)
         try:
-            client = open_client(self._codec, client_id)
-        except InvalidToken:
+            client = await self._find_client(client_id)
+        except (InvalidToken, ClientMetadataError):
+            # Unknown (or from a key ring since replaced): Claude re-registers on 401.
             raise OAuthError("invalid_client", "client authentication failed", 401) from None
         if client.is_public:
             if secret:
@@ -792,7 +824,7 @@ class OAuthApp:
         basic = request.getHeader(b"authorization") is not None
         try:
             form = self._form(request)
-            client, _ = self._authenticate_client(request, form)
+            client, _ = await self._authenticate_client(request, form)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "grant_type is required")
@@ -823,6 +855,15 @@ class OAuthApp:
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
+
+    @app.route("/oauth/register", methods=["POST"])
+    async def register(self, request: IRequest) -> bytes:
+        """RFC 7591 dynamic client registration (see `Registration`)."""
+        return await self._registration.handle(request)
+
+    @app.route("/oauth/register", methods=["OPTIONS"])
+    def register_preflight(self, request: IRequest) -> bytes:
+        return self._preflight(request)
 
     @app.route("/oauth/token", methods=["OPTIONS"])
     def token_preflight(self, request: IRequest) -> bytes:
@@ -855,7 +896,7 @@ class OAuthApp:
         basic = request.getHeader(b"authorization") is not None
         try:
             form = self._form(request)
-            client, _ = self._authenticate_client(request, form)
+            client, _ = await self._authenticate_client(request, form)
             await self._grants.revoke(client, form.get("token"))
         except OAuthError as e:
             return self._token_error(request, e, basic)
@@ -912,6 +953,18 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"
+    metadata = None
+    if open_registration(config):
+        pinned_dirs = [_PINNED_DIR]
+        if config.client_metadata_dir is not None:
+            pinned_dirs.append(config.client_metadata_dir)
+        try:
+            pinned = load_pinned(pinned_dirs)
+        except ValueError as e:
+            raise SystemExit(f"mailmcp: {e}") from None
+        metadata = ClientMetadataResolver(
+            reactor, MetadataFetcher(reactor), pinned, config.client_metadata_allow
+        )
     oauth = OAuthApp(
         config,
         codec,
@@ -928,5 +981,6 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
                 global_failures=config.login_failures_global,
             ),
         ),
+        ClientDirectory(config, codec, store, metadata),
     )
     return oauth.app.resource(), GrantTokenVerifier(grants)

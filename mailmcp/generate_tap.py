@@ -30,7 +30,13 @@ from ._clients import (
     provision_client,
     validate_redirect_uri,
 )
-from ._config import DEFAULT_STATE_DIR, OneLineErrorOptions, check_store, env_name, prepare_state_dir
+from ._config import (
+    DEFAULT_STATE_DIR,
+    OneLineErrorOptions,
+    check_store,
+    env_name,
+    prepare_state_dir,
+)
 from ._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
 from ._tokens import TokenCodec
 
@@ -250,7 +256,9 @@ def _file_client_redis(store: str, ca_file: Path | None, client_id: str, sealed:
         except Exception as e:
             failures.append(str(e) or type(e).__name__)
         finally:
-            await redis.stopService()
+            stopped = redis.stopService()
+            if stopped is not None:
+                await stopped
 
     done = Deferred.fromCoroutine(write())
     done.addBoth(lambda _: reactor.stop())

@@ -14,6 +14,7 @@ import attrs
 import pytest
 from twisted.python import usage
 
+from mailmcp._clients import MailServer
 from mailmcp._config import (
     _NUMERIC,
     DEFAULT_LISTEN,
@@ -200,6 +201,14 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
         "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
+        "MAILMCP_IMAP_HOST": "IMAP.example",
+        "MAILMCP_IMAP_PORT": "1993",
+        "MAILMCP_IMAP_SECURITY": "tls",
+        "MAILMCP_SMTP_HOST": "smtp.example",
+        "MAILMCP_SMTP_PORT": "",
+        "MAILMCP_SMTP_SECURITY": "starttls",
+        "MAILMCP_CLIENT_METADATA_DIR": str(tmp_path),
+        "MAILMCP_CLIENT_METADATA_ALLOW": "http://127.0.0.1:9/docs/ https://intra.example/c/",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -242,6 +251,10 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
         metrics_listen="tcp:9102:interface=127.0.0.1",
+        default_imap=MailServer("imap.example", 1993, "tls"),
+        default_smtp=MailServer("smtp.example", 587, "starttls"),
+        client_metadata_dir=tmp_path,
+        client_metadata_allow=("http://127.0.0.1:9/docs/", "https://intra.example/c/"),
     ), **extra)
 
 
