@@ -4,19 +4,33 @@ OAuth clients: provisioned by ``twistd mailmcp-generate``, registered at
 URL (see `mailmcp._cimd`).
 
 A client's description (mail servers, redirect URIs, a hash of its secret)
-is a sealed token (kind ``client``).  Ids issued before version 0.2 *are*
-that token (~740 characters); Claude's connector dialog and some clients
-cap a client id far below that, so every id issued now is short:
-``mc_`` and 22 random URL-safe characters (25 in all), mapped to the sealed
-description in the grant store (`IClientStore`: SQLite or Redis, so every
-process sharing the store knows it).  The store sees only the sealed form.
+was a sealed JWE (kind ``client``) that *was* the client id: ~740
+characters, more than Claude's connector dialog and some clients accept.
+Those ids keep working.  Every id issued now is under 200 characters, in one
+of two forms:
+
+  - **compact sealed** (``mc1.`` ...), what ``mailmcp-generate`` prints
+    when it fits: the same description as lines of text, AES-GCM sealed
+    under a key-ring subkey with a 4-byte key tag, the secret hash cut to
+    128 bits.  Like the long form it needs no server-side state, so any
+    process with the key ring recognises it and ``mailmcp-generate`` needs
+    no access to the daemon's store.
+  - **stored** (``mc_`` and 22 random characters): the sealed description
+    filed in the grant store (`IClientStore`: SQLite or Redis, shared by
+    every process on it).  Registration (``/oauth/register``) always uses
+    it; ``mailmcp-generate`` does when the compact form would not fit (many
+    redirect URIs, a long name), writing to ``--store``.  The store sees
+    only the sealed description.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 import secrets
 from collections.abc import Iterable
@@ -24,7 +38,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ._keyring import KeyRing
 from ._tokens import InvalidToken, TokenCodec
 from .interfaces import IClientStore
 
@@ -147,12 +164,12 @@ class Client:
         return self.secret_hash is None
 
     def check_secret(self, secret: str | None) -> bool:
-        """Constant-time check of a presented client secret."""
+        """Constant-time check of a presented client secret (full or 128-bit hash)."""
         if self.secret_hash is None:
             return secret is None or secret == ""
-        if not secret:
+        if not secret or len(self.secret_hash) not in (32, 64):
             return False
-        presented = hash_secret(secret)
+        presented = hash_secret(secret)[: len(self.secret_hash)]
         return hmac.compare_digest(self.secret_hash, presented)
 
     def allows_redirect(self, redirect_uri: str) -> bool:
@@ -227,6 +244,96 @@ def client_claims(
     return claims
 
 
+COMPACT_PREFIX = "mc1."
+MAX_CLIENT_ID = 199
+_COMPACT_AAD = b"mailmcp client id v1"
+_SECURITY_LETTER = {"tls": "t", "starttls": "s", "plain": "p"}
+_LETTER_SECURITY: dict[str, Security] = {"t": "tls", "s": "starttls", "p": "plain"}
+
+
+def _kid_tag(kid: str) -> bytes:
+    return hashlib.sha256(kid.encode("utf-8")).digest()[:4]
+
+
+def seal_compact(keyring: KeyRing, claims: dict[str, Any]) -> str | None:
+    """
+    The compact sealed id for C{claims} (with servers), or None when it
+    would be C{MAX_CLIENT_ID} characters or longer.
+    """
+    imap, smtp = claims["imap"], claims["smtp"]
+    name = claims.get("name") or ""
+    uris = claims["redirect_uris"]
+    if any("\n" in str(v) for v in (name, *uris)) or " " in imap["host"] + smtp["host"]:
+        return None
+    secret_hash = claims["secret_hash"]
+    lines = [
+        f"{imap['host']} {imap['port']} {_SECURITY_LETTER[imap['security']]}",
+        f"{smtp['host']} {smtp['port']} {_SECURITY_LETTER[smtp['security']]}"
+        + ("f" if smtp.get("files_sent") else ""),
+        "-" if secret_hash is None else secret_hash[:32],
+        name,
+        *([] if list(uris) == list(DEFAULT_REDIRECT_URIS) else uris),
+    ]
+    kid = keyring.current_kid
+    nonce = os.urandom(12)
+    box = AESGCM(keyring.subkey(kid, "client-id/compact"))
+    sealed = box.encrypt(nonce, "\n".join(lines).encode("utf-8"), _COMPACT_AAD)
+    token = base64.urlsafe_b64encode(_kid_tag(kid) + nonce + sealed).rstrip(b"=").decode()
+    client_id = COMPACT_PREFIX + token
+    return client_id if len(client_id) <= MAX_CLIENT_ID else None
+
+
+def open_compact(keyring: KeyRing, client_id: str) -> dict[str, Any]:
+    """
+    The claims of a compact sealed id.
+
+    :raises InvalidToken: for anything this key ring did not seal.
+    """
+    token = client_id[len(COMPACT_PREFIX) :]
+    if not client_id.startswith(COMPACT_PREFIX) or len(client_id) > MAX_CLIENT_ID:
+        raise InvalidToken()
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken() from None
+    tag, nonce, sealed = raw[:4], raw[4:16], raw[16:]
+    for kid in keyring.kids:
+        if hmac.compare_digest(_kid_tag(kid), tag):
+            try:
+                box = AESGCM(keyring.subkey(kid, "client-id/compact"))
+                text = box.decrypt(nonce, sealed, _COMPACT_AAD).decode("utf-8")
+            except (InvalidTag, ValueError):
+                continue
+            return _compact_claims(text)
+    raise InvalidToken()
+
+
+def _compact_claims(text: str) -> dict[str, Any]:
+    try:
+        lines = text.split("\n")
+        servers = []
+        for line in lines[:2]:
+            host, port, security = line.split(" ")
+            servers.append(
+                {
+                    "host": host,
+                    "port": int(port),
+                    "security": _LETTER_SECURITY[security[0]],
+                    **({"files_sent": True} if security[1:] == "f" else {}),
+                }
+            )
+        secret_hash = None if lines[2] == "-" else lines[2]
+        return {
+            "imap": servers[0],
+            "smtp": servers[1],
+            "secret_hash": secret_hash,
+            "name": lines[3] or None,
+            "redirect_uris": lines[4:] or list(DEFAULT_REDIRECT_URIS),
+        }
+    except (IndexError, KeyError, ValueError):
+        raise InvalidToken() from None
+
+
 def provision_client(
     codec: TokenCodec,
     imap: MailServer,
@@ -244,6 +351,24 @@ def provision_client(
     secret = None if public else secrets.token_urlsafe(32)
     claims = client_claims(imap, smtp, redirect_uris, secret, name)
     return codec.seal("client", claims, None), secret
+
+
+def provision_short_client(
+    codec: TokenCodec,
+    imap: MailServer,
+    smtp: MailServer,
+    redirect_uris: Iterable[str],
+    public: bool = False,
+    name: str | None = None,
+) -> tuple[str | None, str, str | None]:
+    """
+    A new provisioned client: ``(compact id or None, sealed, secret)``.
+    When the compact id is None (it would not fit), file C{sealed} under a
+    `new_client_id` in the store.
+    """
+    secret = None if public else secrets.token_urlsafe(32)
+    claims = client_claims(imap, smtp, redirect_uris, secret, name)
+    return seal_compact(codec.keyring, claims), codec.seal("client", claims, None), secret
 
 
 async def register_client(store: IClientStore, codec: TokenCodec, claims: dict[str, Any]) -> str:
@@ -268,7 +393,10 @@ def open_client(
     :raises InvalidToken: when it is not a client this key ring issued, or
         it needs a default profile the daemon does not have.
     """
-    claims = codec.open("client", sealed if sealed is not None else client_id)
+    if sealed is None and client_id is not None and client_id.startswith(COMPACT_PREFIX):
+        claims = open_compact(codec.keyring, client_id)
+    else:
+        claims = codec.open("client", sealed if sealed is not None else client_id)
     try:
         assert client_id is not None
         uris = claims["redirect_uris"]

@@ -27,7 +27,7 @@ from ._clients import (
     MailServer,
     new_client_id,
     parse_mail_server,
-    provision_client,
+    provision_short_client,
     validate_redirect_uri,
 )
 from ._config import (
@@ -172,7 +172,7 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
         return
     ring: KeyRing = load_or_create_keyring(state_dir, key_file, environ)
     codec = TokenCodec(ring, _WallClock())
-    sealed, secret = provision_client(
+    compact, sealed, secret = provision_short_client(
         codec,
         options["imap"],
         options["smtp"],
@@ -180,8 +180,11 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
         public=bool(options["public"]),
         name=options["name"],
     )
-    client_id = new_client_id()
-    _file_client(options["store"], options["store-ca-file"], client_id, sealed)
+    client_id = compact
+    if client_id is None:
+        # Too much to fit in a compact id: file it where the daemon reads.
+        client_id = new_client_id()
+        _file_client(options["store"], options["store-ca-file"], client_id, sealed)
     imap, smtp = options["imap"], options["smtp"]
     if options["json"]:
         document: dict[str, Any] = {
