@@ -39,7 +39,7 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._clients import Client, MailServer
 from ._tokens import InvalidToken, TokenCodec
-from .interfaces import IGrantStore
+from .interfaces import IClientStore, IGrantStore
 
 log = Logger()
 
@@ -208,7 +208,7 @@ def pkce_s256(verifier: str) -> str:
     return _b64e(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
-@implementer(IGrantStore)
+@implementer(IGrantStore, IClientStore)
 class MemoryGrantStore:
     """
     An in-process `IGrantStore` for unit tests (and a model of the contract
@@ -221,6 +221,18 @@ class MemoryGrantStore:
         self.codes: dict[str, int] = {}
         self.counters: dict[str, tuple[int, float]] = {}
         self.rotations: dict[str, _Rotation] = {}
+        self.clients: dict[str, str] = {}
+
+    def put_client(self, client_id: str, sealed: str) -> Deferred[None]:
+        """`IClientStore.put_client`."""
+        if client_id in self.clients:
+            raise KeyError("client id already taken")
+        self.clients[client_id] = sealed
+        return succeed(None)
+
+    def get_client(self, client_id: str) -> Deferred[str | None]:
+        """`IClientStore.get_client`."""
+        return succeed(self.clients.get(client_id))
 
     def _now(self) -> float:
         return self._clock.seconds()
