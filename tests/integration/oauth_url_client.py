@@ -28,15 +28,27 @@ import mcp.client.auth.oauth2 as oauth2
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--window-size=900,1200"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--window-size=900,1200",
+]
 
 
 class Storage:
@@ -55,7 +67,9 @@ class Storage:
         return self.info
 
     async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.registered = client_info.client_id is not None and not client_info.client_id.startswith("http")
+        self.registered = (
+            client_info.client_id is not None and not client_info.client_id.startswith("http")
+        )
         self.info = client_info
 
 
@@ -84,8 +98,12 @@ def browser_login(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> dict[st
         driver.get(url)
         out["page_names_client"] = cfg["client_name"] in driver.page_source
         out["page_redirect_host"] = driver.find_element(By.CLASS_NAME, "redirect-host").text
-        for field, value in (("email", cfg["user"]), ("full_name", "URL Client"),
-                             ("imap_username", cfg["user"]), ("imap_password", cfg["password"])):
+        for field, value in (
+            ("email", cfg["user"]),
+            ("full_name", "URL Client"),
+            ("imap_username", cfg["user"]),
+            ("imap_password", cfg["password"]),
+        ):
             driver.find_element(By.ID, field).send_keys(value)
         driver.find_element(By.ID, "submit").click()
         WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.ID, "done")))
@@ -104,7 +122,8 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
 
     async def redirect_handler(authorization_url: str) -> None:
         out["authorization_client_id"] = urllib.parse.parse_qs(
-            urllib.parse.urlsplit(authorization_url).query)["client_id"][0]
+            urllib.parse.urlsplit(authorization_url).query
+        )["client_id"][0]
         got.update(await asyncio.to_thread(browser_login, cfg, authorization_url, out))
 
     async def callback_handler() -> AuthorizationCodeResult:
@@ -118,8 +137,10 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
     provider = OAuthClientProvider(
         server_url=cfg["base"] + "/mcp",
         client_metadata=OAuthClientMetadata(
-            client_name=cfg["client_name"], redirect_uris=[redirect_uri],
-            grant_types=["authorization_code", "refresh_token"], response_types=["code"],
+            client_name=cfg["client_name"],
+            redirect_uris=[redirect_uri],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
             token_endpoint_auth_method=cfg.get("auth_method", "none"),
         ),
         storage=storage,
@@ -129,7 +150,9 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     try:
         async with httpx2.AsyncClient(auth=provider, timeout=60) as http:
-            async with Client(streamable_http_client(cfg["base"] + "/mcp", http_client=http)) as client:
+            async with Client(
+                streamable_http_client(cfg["base"] + "/mcp", http_client=http)
+            ) as client:
                 tools = await client.list_tools()
                 out["tools"] = sorted(t.name for t in tools.tools)
                 result = await client.call_tool(cfg["call_tool"], {})

@@ -88,33 +88,65 @@ def documents() -> Iterator[DocumentServer]:
 
 
 def profile(services: Any) -> list[str]:
-    return ["--imap-host", "localhost", "--imap-port", str(services.imaps_port),
-            "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port)]
+    return [
+        "--imap-host",
+        "localhost",
+        "--imap-port",
+        str(services.imaps_port),
+        "--smtp-host",
+        "localhost",
+        "--smtp-port",
+        str(services.smtps_port),
+    ]
 
 
 def run_client(config: dict[str, Any]) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, str(SCRIPT), json.dumps(config)], capture_output=True,
-                            text=True, timeout=180, cwd=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=str(ROOT),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     out: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return out
 
 
 def metadata_document(url: str, name: str) -> dict[str, Any]:
-    return {"client_id": url, "client_name": name, "redirect_uris": ["http://127.0.0.1/callback"],
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-            "token_endpoint_auth_method": "none"}
+    return {
+        "client_id": url,
+        "client_name": name,
+        "redirect_uris": ["http://127.0.0.1/callback"],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    }
 
 
-def test_mcp_client_connects_by_client_metadata_document(services, daemon_factory, documents) -> None:
+def test_mcp_client_connects_by_client_metadata_document(
+    services, daemon_factory, documents
+) -> None:
     """The mcp client with a client_metadata_url: Chromium logs in on a page naming the client, then list_mailboxes works; the document was fetched once."""
     url = documents.base + "/allowed/inhouse.json"
-    documents.serve("/allowed/inhouse.json", metadata_document(url, "In-house Agent"),
-                    **{"cache-control": "max-age=600"})
-    daemon = daemon_factory(services, *profile(services),
-                            "--client-metadata-allow", documents.base + "/allowed/")
-    out = run_client({"base": daemon.base_url, "client_metadata_url": url, "client_name": "In-house Agent",
-                      "user": "alice@example.test", "password": "alicepw", "call_tool": "list_mailboxes"})
+    documents.serve(
+        "/allowed/inhouse.json",
+        metadata_document(url, "In-house Agent"),
+        **{"cache-control": "max-age=600"},
+    )
+    daemon = daemon_factory(
+        services, *profile(services), "--client-metadata-allow", documents.base + "/allowed/"
+    )
+    out = run_client(
+        {
+            "base": daemon.base_url,
+            "client_metadata_url": url,
+            "client_name": "In-house Agent",
+            "user": "alice@example.test",
+            "password": "alicepw",
+            "call_tool": "list_mailboxes",
+        }
+    )
     assert out["authorization_client_id"] == url
     assert out["client_id"] == url and out["registered_dynamically"] is False
     assert out["page_names_client"] is True
@@ -128,9 +160,16 @@ def test_mcp_client_connects_by_client_metadata_document(services, daemon_factor
 def test_mcp_client_connects_by_dynamic_registration(services, daemon_factory) -> None:
     """The mcp client with no client information registers (short id), Chromium logs in, list_mailboxes works."""
     daemon = daemon_factory(services, *profile(services))
-    out = run_client({"base": daemon.base_url, "client_name": "Registering Agent",
-                      "auth_method": "client_secret_post",
-                      "user": "bob@example.test", "password": "bobpw", "call_tool": "list_mailboxes"})
+    out = run_client(
+        {
+            "base": daemon.base_url,
+            "client_name": "Registering Agent",
+            "auth_method": "client_secret_post",
+            "user": "bob@example.test",
+            "password": "bobpw",
+            "call_tool": "list_mailboxes",
+        }
+    )
     assert out["registered_dynamically"] is True
     assert out["client_id"].startswith("mc_") and len(out["client_id"]) < 200
     assert out["page_names_client"] is True
@@ -138,10 +177,18 @@ def test_mcp_client_connects_by_dynamic_registration(services, daemon_factory) -
     assert "INBOX" in out["call_text"]
 
 
-def authorize(daemon: Any, client_id: str, redirect_uri: str = "http://127.0.0.1:9/callback") -> tuple[int, str]:
-    params = {"client_id": client_id, "redirect_uri": redirect_uri, "response_type": "code",
-              "state": "s", "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-              "code_challenge_method": "S256", "resource": daemon.base_url + "/mcp"}
+def authorize(
+    daemon: Any, client_id: str, redirect_uri: str = "http://127.0.0.1:9/callback"
+) -> tuple[int, str]:
+    params = {
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "response_type": "code",
+        "state": "s",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+        "resource": daemon.base_url + "/mcp",
+    }
     url = daemon.base_url + "/oauth/authorize?" + urllib.parse.urlencode(params)
     try:
         with urllib.request.urlopen(url, timeout=20) as response:
@@ -151,28 +198,42 @@ def authorize(daemon: Any, client_id: str, redirect_uri: str = "http://127.0.0.1
 
 
 def test_bad_metadata_documents_are_refused_without_fetching_anything_else(
-        services, daemon_factory, documents) -> None:
+    services, daemon_factory, documents
+) -> None:
     """A lying client_id, a foreign redirect URI, a redirect, a 6 KiB document, a private address: error page each, and only the named document was ever requested."""
     allowed = documents.base + "/allowed/"
     liar = documents.serve("/allowed/liar.json", metadata_document("https://claude.ai/x", "Liar"))
     other = allowed + "other.json"
-    documents.serve("/allowed/other.json", {**metadata_document(other, "Other"),
-                                            "redirect_uris": ["https://attacker.example/cb"]})
-    moved = documents.serve("/allowed/moved.json", b"", status=302,
-                            location=documents.base + "/allowed/target.json")
+    documents.serve(
+        "/allowed/other.json",
+        {**metadata_document(other, "Other"), "redirect_uris": ["https://attacker.example/cb"]},
+    )
+    moved = documents.serve(
+        "/allowed/moved.json", b"", status=302, location=documents.base + "/allowed/target.json"
+    )
     documents.serve("/allowed/target.json", metadata_document(allowed + "moved.json", "Target"))
     big = allowed + "big.json"
     documents.serve("/allowed/big.json", {**metadata_document(big, "Big"), "padding": "x" * 6000})
     daemon = daemon_factory(services, *profile(services), "--client-metadata-allow", allowed)
 
-    cases = [(liar, "different client_id"), (other, "not registered for this client"),
-             (moved, "redirects are not followed"), (big, "too large")]
+    cases = [
+        (liar, "different client_id"),
+        (other, "not registered for this client"),
+        (moved, "redirects are not followed"),
+        (big, "too large"),
+    ]
     for url, says in cases:
         status, page = authorize(daemon, url)
         assert status == 400 and says in page, (url, page[-600:])
         assert "<title>" in page
-    assert documents.hits == Counter({"/allowed/liar.json": 1, "/allowed/other.json": 1,
-                                      "/allowed/moved.json": 1, "/allowed/big.json": 1})
+    assert documents.hits == Counter(
+        {
+            "/allowed/liar.json": 1,
+            "/allowed/other.json": 1,
+            "/allowed/moved.json": 1,
+            "/allowed/big.json": 1,
+        }
+    )
 
     # Outside the allow prefix the address rules apply: localhost is refused
     # before any connection is made.
@@ -198,7 +259,9 @@ def test_claude_pinned_document_needs_no_fetch(services, daemon_factory) -> None
 def test_without_profile_metadata_urls_are_unknown(services, daemon_factory) -> None:
     """No default profile: the metadata advertises neither CIMD nor registration and Claude's id is unknown."""
     daemon = daemon_factory(services)
-    with urllib.request.urlopen(daemon.base_url + "/.well-known/oauth-authorization-server", timeout=10) as r:
+    with urllib.request.urlopen(
+        daemon.base_url + "/.well-known/oauth-authorization-server", timeout=10
+    ) as r:
         metadata = json.loads(r.read())
     assert "registration_endpoint" not in metadata
     assert "client_id_metadata_document_supported" not in metadata
@@ -213,3 +276,27 @@ def test_generated_ids_are_short_and_work_beside_a_profile(services, daemon_fact
     assert len(client["client_id"]) < 200
     status, page = authorize(daemon, client["client_id"])
     assert status == 200 and "Provisioned" in page
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_generated_id_too_big_for_compact_form_is_filed_in_the_store(
+    services, daemon_factory, store
+) -> None:
+    """With many redirect URIs mailmcp-generate files the client under a 25-character id in --store (SQLite or Redis); the daemon on that store opens it."""
+    args = ("--store", services.redis_url) if store == "redis" else ()
+    daemon = daemon_factory(services, *args)
+    uris = [f"https://app{i}.example/a/rather/long/callback/path" for i in range(4)]
+    client = generate_client(
+        daemon.state_dir,
+        services,
+        *args,
+        "--name",
+        "Filed",
+        "--public",
+        *[a for u in [*uris, "http://127.0.0.1/callback"] for a in ("--redirect-uri", u)],
+    )
+    assert client["client_id"].startswith("mc_") and len(client["client_id"]) == 25
+    status, page = authorize(daemon, client["client_id"], "http://127.0.0.1:9/callback")
+    assert status == 200 and "Filed" in page
+    status, page = authorize(daemon, "mc_" + "A" * 22, "http://127.0.0.1:9/callback")
+    assert status == 400 and "not issued by this server" in page

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.parse
@@ -52,7 +53,20 @@ def generate_json(cwd: Path, *args: str, env: dict[str, str] | None = None) -> d
 def open_with_state(state_dir: Path, client_id: str) -> Client:
     """Open a client id with the key ring the daemon would load from C{state_dir}."""
     ring = load_or_create_keyring(state_dir, None, {})
-    return open_client(TokenCodec(ring, Clock()), client_id)
+    sealed = None
+    if client_id.startswith("mc_"):
+        # Filed in the store: read it where the daemon would.
+        with sqlite3.connect(state_dir / "mailmcp.sqlite3") as db:
+            sealed = db.execute("SELECT sealed FROM clients WHERE client_id = ?", (client_id,)).fetchone()[0]
+    return open_client(TokenCodec(ring, Clock()), client_id, sealed)
+
+
+def sealed_kid(client_id: str, kids: list[str]) -> str:
+    """The key a compact client id is sealed under: its first 4 bytes are SHA-256(kid)[:4]."""
+    token = client_id.split(".", 1)[1]
+    tag = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))[:4]
+    (kid,) = [k for k in kids if hashlib.sha256(k.encode()).digest()[:4] == tag]
+    return kid
 
 
 def test_json_output(tmp_path: Path) -> None:
@@ -73,20 +87,20 @@ def test_json_output(tmp_path: Path) -> None:
     assert (client.imap.host, client.imap.port, client.imap.security) == ("imap.example.com", 993, "tls")
     assert (client.smtp.host, client.smtp.port, client.smtp.security) == ("smtp.example.com", 465, "tls")
     assert client.redirect_uris == DEFAULT_REDIRECT_URIS
-    assert client.secret_hash == hashlib.sha256(document["client_secret"].encode()).hexdigest()
+    assert len(document["client_id"]) < 200
+    assert len(client.secret_hash) == 32
+    assert hashlib.sha256(document["client_secret"].encode()).hexdigest().startswith(client.secret_hash)
     assert client.check_secret(document["client_secret"])
 
 
 def test_client_id_holds_no_secret(tmp_path: Path) -> None:
-    """The client id is a 5-part JWE; neither the secret nor the host names are readable in it."""
+    """The client id is compact and sealed (mc1. + AES-GCM); neither the secret nor the host names are readable in it."""
     document = generate_json(tmp_path, *SERVERS)
     client_id, secret = document["client_id"], document["client_secret"]
     parts = client_id.split(".")
-    assert len(parts) == 5
-    header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
-    assert header["alg"] == "dir" and header["enc"] == "A256GCM"
+    assert parts[0] == "mc1" and len(parts) == 2 and len(client_id) < 200
     assert secret not in client_id
-    decoded = b"".join(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)) for p in parts if p)
+    decoded = b"".join(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)) for p in parts[1:])
     assert secret.encode() not in decoded
     assert b"imap.example.com" not in decoded
 
@@ -229,8 +243,7 @@ def test_add_key_rotation_keeps_client_ids(tmp_path: Path) -> None:
     after = generate_json(tmp_path, *SERVERS)
     assert open_with_state(tmp_path / "mailmcp-state", before["client_id"]).check_secret(before["client_secret"])
     assert open_with_state(tmp_path / "mailmcp-state", after["client_id"]).check_secret(after["client_secret"])
-    header = json.loads(base64.urlsafe_b64decode(after["client_id"].split(".")[0] + "=="))
-    assert header["kid"] == rotated["current_kid"]
+    assert sealed_kid(after["client_id"], rotated["kids"]) == rotated["current_kid"]
 
 
 def test_add_key_human_output(tmp_path: Path) -> None:
@@ -283,18 +296,18 @@ def test_staged_rotation_add_inactive_then_activate(tmp_path: Path) -> None:
     to do next.
     """
     first = generate_json(tmp_path, *SERVERS)
-    old_kid = json.loads(base64.urlsafe_b64decode(first["client_id"].split(".")[0] + "=="))["kid"]
+    old_kid = sealed_kid(first["client_id"], read_keyring_file(tmp_path / "mailmcp-state" / "keys.json").kids)
     human = generate(tmp_path, "--add-key", "--inactive")
     assert human.returncode == 0 and human.stderr == "", human.stderr
     ring = read_keyring_file(tmp_path / "mailmcp-state" / "keys.json")
     new_kid = ring.inactive_kids[0]
     assert ring.current_kid == old_kid and f"--activate-key {new_kid}" in human.stdout
     during = generate_json(tmp_path, *SERVERS)
-    assert json.loads(base64.urlsafe_b64decode(during["client_id"].split(".")[0] + "=="))["kid"] == old_kid
+    assert sealed_kid(during["client_id"], [old_kid, new_kid]) == old_kid
     activated = generate_json(tmp_path, "--activate-key", new_kid)
     assert activated == {"current_kid": new_kid, "kids": [old_kid, new_kid], "inactive_kids": []}
     after = generate_json(tmp_path, *SERVERS)
-    assert json.loads(base64.urlsafe_b64decode(after["client_id"].split(".")[0] + "=="))["kid"] == new_kid
+    assert sealed_kid(after["client_id"], [old_kid, new_kid]) == new_kid
     for client in (first, during, after):
         assert open_with_state(tmp_path / "mailmcp-state", client["client_id"]).check_secret(client["client_secret"])
 

@@ -60,15 +60,20 @@ class FakeFetcher:
 
 
 def doc(url: str = DOC_URL, **over: Any) -> dict[str, Any]:
-    document = {"client_id": url, "client_name": "Tool Example", "redirect_uris": [REDIRECT],
-                "grant_types": ["authorization_code", "refresh_token"],
-                "token_endpoint_auth_method": "none"}
+    document = {
+        "client_id": url,
+        "client_name": "Tool Example",
+        "redirect_uris": [REDIRECT],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_method": "none",
+    }
     document.update(over)
     return document
 
 
-def open_server(tmp_path: Path, documents: dict[str, tuple[Any, int]] | None = None,
-                allow: tuple[str, ...] = ()) -> tuple[Any, FakeFetcher]:
+def open_server(
+    tmp_path: Path, documents: dict[str, tuple[Any, int]] | None = None, allow: tuple[str, ...] = ()
+) -> tuple[Any, FakeFetcher]:
     server = make_server(tmp_path, default_imap=IMAP, default_smtp=SMTP)
     fetcher = FakeFetcher(documents or {})
     resolver = ClientMetadataResolver(server.clock, fetcher, load_pinned([PINNED_DIR]), allow)  # type: ignore[arg-type]
@@ -78,8 +83,9 @@ def open_server(tmp_path: Path, documents: dict[str, tuple[Any, int]] | None = N
 
 def register(server: Any, body: Any, **headers: str) -> tuple[Any, dict[str, Any]]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response, answer = server.request("POST", "/oauth/register", data=raw,
-                                      headers={"content-type": "application/json", **headers})
+    response, answer = server.request(
+        "POST", "/oauth/register", data=raw, headers={"content-type": "application/json", **headers}
+    )
     return response, json.loads(answer)
 
 
@@ -104,8 +110,9 @@ def test_without_default_profile_cimd_and_registration_are_off(tmp_path: Path) -
     assert "registration_endpoint" not in metadata
     response, answer = register(server, {"redirect_uris": [REDIRECT]})
     assert response.code == 404 and answer["error"] == "invalid_request"
-    response, body = server.request("GET", "/oauth/authorize",
-                                    params=server.authorize_params(client_id=CLAUDE))
+    response, body = server.request(
+        "GET", "/oauth/authorize", params=server.authorize_params(client_id=CLAUDE)
+    )
     assert response.code == 400 and b"not issued by this server" in body
 
 
@@ -115,9 +122,15 @@ def test_without_default_profile_cimd_and_registration_are_off(tmp_path: Path) -
 def test_registration_of_a_confidential_client_and_its_login(tmp_path: Path) -> None:
     """A client_secret_post registration answers 201 with a short id and secret; that client logs in to the default profile and redeems its code."""
     server, _ = open_server(tmp_path)
-    response, answer = register(server, {"redirect_uris": [REDIRECT], "client_name": "Inspector",
-                                         "token_endpoint_auth_method": "client_secret_post",
-                                         "grant_types": ["authorization_code", "refresh_token"]})
+    response, answer = register(
+        server,
+        {
+            "redirect_uris": [REDIRECT],
+            "client_name": "Inspector",
+            "token_endpoint_auth_method": "client_secret_post",
+            "grant_types": ["authorization_code", "refresh_token"],
+        },
+    )
     assert response.code == 201, answer
     assert len(answer["client_id"]) < 200 and answer["client_id"].startswith("mc_")
     assert isinstance(answer["client_id_issued_at"], int)
@@ -135,7 +148,9 @@ def test_registration_of_a_confidential_client_and_its_login(tmp_path: Path) -> 
 def test_registration_of_a_public_client_uses_pkce_only(tmp_path: Path) -> None:
     """A none registration gets no secret; its code redeems without one, and a made-up secret is refused."""
     server, _ = open_server(tmp_path)
-    response, answer = register(server, {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"})
+    response, answer = register(
+        server, {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
+    )
     assert response.code == 201 and "client_secret" not in answer
     server.client_id, server.client_secret = answer["client_id"], None  # type: ignore[assignment]
     code, verifier = server.code_for()
@@ -146,20 +161,31 @@ def test_registration_of_a_public_client_uses_pkce_only(tmp_path: Path) -> None:
     assert response.code == 200, body
 
 
-@pytest.mark.parametrize(("body", "error"), [
-    ({}, "invalid_redirect_uri"),
-    ({"redirect_uris": []}, "invalid_redirect_uri"),
-    ({"redirect_uris": ["http://app.example/cb"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": ["https://app.example/cb#frag"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": ["http://127.0.0.1/*"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt"}, "invalid_client_metadata"),
-    ({"redirect_uris": [REDIRECT], "grant_types": ["client_credentials"]}, "invalid_client_metadata"),
-    ({"redirect_uris": [REDIRECT], "response_types": ["token"]}, "invalid_client_metadata"),
-    ({"redirect_uris": [REDIRECT], "client_name": "x" * 101}, "invalid_client_metadata"),
-    (["not", "an", "object"], "invalid_client_metadata"),
-    (b"{not json", "invalid_client_metadata"),
-])
-def test_bad_registrations_are_refused_and_store_nothing(tmp_path: Path, body: Any, error: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({}, "invalid_redirect_uri"),
+        ({"redirect_uris": []}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://app.example/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://app.example/cb#frag"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://127.0.0.1/*"]}, "invalid_redirect_uri"),
+        (
+            {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt"},
+            "invalid_client_metadata",
+        ),
+        (
+            {"redirect_uris": [REDIRECT], "grant_types": ["client_credentials"]},
+            "invalid_client_metadata",
+        ),
+        ({"redirect_uris": [REDIRECT], "response_types": ["token"]}, "invalid_client_metadata"),
+        ({"redirect_uris": [REDIRECT], "client_name": "x" * 101}, "invalid_client_metadata"),
+        (["not", "an", "object"], "invalid_client_metadata"),
+        (b"{not json", "invalid_client_metadata"),
+    ],
+)
+def test_bad_registrations_are_refused_and_store_nothing(
+    tmp_path: Path, body: Any, error: str
+) -> None:
     """Each bad registration answers 400 with its RFC 7591 error and files no client."""
     server, _ = open_server(tmp_path)
     response, answer = register(server, body)
@@ -171,16 +197,21 @@ def test_bad_registrations_are_refused_and_store_nothing(tmp_path: Path, body: A
 def test_registration_needs_json(tmp_path: Path) -> None:
     """A form-encoded registration is refused with invalid_client_metadata."""
     server, _ = open_server(tmp_path)
-    response, body = server.request("POST", "/oauth/register", data=b"redirect_uris=x",
-                                    headers={"content-type": "application/x-www-form-urlencoded"})
+    response, body = server.request(
+        "POST",
+        "/oauth/register",
+        data=b"redirect_uris=x",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert response.code == 400 and json.loads(body)["error"] == "invalid_client_metadata"
 
 
 def test_registration_is_rate_limited_per_address(tmp_path: Path) -> None:
     """OA-19: past --registrations-per-address in an hour the next answers 429 with Retry-After; an hour later it works again."""
     server, _ = open_server(tmp_path)
-    server.config = server.app._config = server.app._registration._config = (
-        __import__("attrs").evolve(server.config, registrations_per_address=3))
+    server.config = server.app._config = server.app._registration._config = __import__(
+        "attrs"
+    ).evolve(server.config, registrations_per_address=3)
     for _ in range(3):
         assert register(server, {"redirect_uris": [REDIRECT]})[0].code == 201
     response, answer = register(server, {"redirect_uris": [REDIRECT]})
@@ -193,9 +224,20 @@ def test_registration_is_rate_limited_per_address(tmp_path: Path) -> None:
 def test_unknown_short_id_at_token_endpoint_is_invalid_client(tmp_path: Path) -> None:
     """An unknown (or unopenable) client at /oauth/token gets 401 invalid_client, so Claude re-registers."""
     server, _ = open_server(tmp_path)
-    for client_id in ("mc_" + "A" * 22, COMPACT_PREFIX + "garbage", "eyJhbGciOi.x.y.z.w", DOC_URL + "x"):
-        response, body = server.token({"grant_type": "authorization_code", "code": "c",
-                                       "client_id": client_id, "code_verifier": "v" * 43})
+    for client_id in (
+        "mc_" + "A" * 22,
+        COMPACT_PREFIX + "garbage",
+        "eyJhbGciOi.x.y.z.w",
+        DOC_URL + "x",
+    ):
+        response, body = server.token(
+            {
+                "grant_type": "authorization_code",
+                "code": "c",
+                "client_id": client_id,
+                "code_verifier": "v" * 43,
+            }
+        )
         assert (response.code, body["error"]) == (401, "invalid_client"), client_id
 
 
@@ -206,7 +248,9 @@ def test_provisioned_ids_are_short_and_open_with_their_key_ring_only(tmp_path: P
     """A compact id is < 200 characters, opens to the same servers, URIs and secret; another key ring or one changed character cannot open it."""
     ring = KeyRing([new_master_key()])
     codec = TokenCodec(ring, __import__("twisted.internet.task", fromlist=["Clock"]).Clock())
-    compact, _, secret = provision_short_client(codec, IMAP, SMTP, DEFAULT_REDIRECT_URIS, name="Laptop")
+    compact, _, secret = provision_short_client(
+        codec, IMAP, SMTP, DEFAULT_REDIRECT_URIS, name="Laptop"
+    )
     assert compact is not None and len(compact) < 200
     client = open_client(codec, compact)
     assert (client.imap, client.smtp, client.name) == (IMAP, SMTP, "Laptop")
@@ -255,17 +299,24 @@ def test_cimd_client_logs_in_and_is_named_on_the_login_page(tmp_path: Path) -> N
     assert fetcher.fetched == [(DOC_URL, True)]  # once: the cache answered the rest
 
 
-@pytest.mark.parametrize(("document", "says"), [
-    (doc(client_id="https://evil.example/c.json"), b"different client_id"),
-    (doc(redirect_uris=["https://other.example/cb"]), b"not registered for this client"),
-    (doc(token_endpoint_auth_method="private_key_jwt"), b"(PKCE) is supported"),
-    (doc(redirect_uris="https://app.example/cb"), b"lists no redirect_uris"),
-    (["a list"], b"not a JSON object"),
-])
-def test_bad_metadata_documents_get_an_error_page(tmp_path: Path, document: Any, says: bytes) -> None:
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        (doc(client_id="https://evil.example/c.json"), b"different client_id"),
+        (doc(redirect_uris=["https://other.example/cb"]), b"not registered for this client"),
+        (doc(token_endpoint_auth_method="private_key_jwt"), b"(PKCE) is supported"),
+        (doc(redirect_uris="https://app.example/cb"), b"lists no redirect_uris"),
+        (["a list"], b"not a JSON object"),
+    ],
+)
+def test_bad_metadata_documents_get_an_error_page(
+    tmp_path: Path, document: Any, says: bytes
+) -> None:
     """A document that lies about its client_id, lacks the redirect URI or asks for another auth method: error page, no redirect."""
     server, _ = open_server(tmp_path, {DOC_URL: (document, 3600)})
-    response, body = server.request("GET", "/oauth/authorize", params=server.authorize_params(client_id=DOC_URL))
+    response, body = server.request(
+        "GET", "/oauth/authorize", params=server.authorize_params(client_id=DOC_URL)
+    )
     assert response.code == 400 and not response.headers.getRawHeaders(b"location")
     assert says in body, body
 
@@ -273,15 +324,23 @@ def test_bad_metadata_documents_get_an_error_page(tmp_path: Path, document: Any,
 def test_metadata_url_must_be_https_with_a_path_unless_allowed(tmp_path: Path) -> None:
     """http or a bare host is refused without fetching; under an allow prefix plain http is fetched unchecked."""
     allowed = "http://127.0.0.1:9/clients/"
-    server, fetcher = open_server(tmp_path, {allowed + "a.json": (doc(allowed + "a.json"), 60)}, (allowed,))
+    server, fetcher = open_server(
+        tmp_path, {allowed + "a.json": (doc(allowed + "a.json"), 60)}, (allowed,)
+    )
     for url in ("https://tools.example", "https://tools.example/"):
-        response, body = server.request("GET", "/oauth/authorize", params=server.authorize_params(client_id=url))
+        response, body = server.request(
+            "GET", "/oauth/authorize", params=server.authorize_params(client_id=url)
+        )
         assert response.code == 400 and b"https URL with a path" in body
-    response, body = server.request("GET", "/oauth/authorize",
-                                    params=server.authorize_params(client_id="http://127.0.0.1:9/other.json"))
+    response, body = server.request(
+        "GET",
+        "/oauth/authorize",
+        params=server.authorize_params(client_id="http://127.0.0.1:9/other.json"),
+    )
     assert response.code == 400
-    response, body = server.request("GET", "/oauth/authorize",
-                                    params=server.authorize_params(client_id=allowed + "a.json"))
+    response, body = server.request(
+        "GET", "/oauth/authorize", params=server.authorize_params(client_id=allowed + "a.json")
+    )
     assert response.code == 200, body
     assert fetcher.fetched == [(allowed + "a.json", False)]
 
@@ -289,14 +348,29 @@ def test_metadata_url_must_be_https_with_a_path_unless_allowed(tmp_path: Path) -
 def test_claudes_pinned_documents_are_used_without_fetching(tmp_path: Path) -> None:
     """Claude's and Claude Code's documents are package data: their callbacks work (Claude Code on any loopback port) with no fetch."""
     server, fetcher = open_server(tmp_path)
-    response, body = server.request("GET", "/oauth/authorize", params=server.authorize_params(
-        client_id=CLAUDE, redirect_uri="https://claude.ai/api/mcp/auth_callback"))
+    response, body = server.request(
+        "GET",
+        "/oauth/authorize",
+        params=server.authorize_params(
+            client_id=CLAUDE, redirect_uri="https://claude.ai/api/mcp/auth_callback"
+        ),
+    )
     assert response.code == 200 and b"Claude" in body and b"claude.ai" in body
-    response, body = server.request("GET", "/oauth/authorize", params=server.authorize_params(
-        client_id=CLAUDE_CODE, redirect_uri="http://localhost:53124/callback"))
+    response, body = server.request(
+        "GET",
+        "/oauth/authorize",
+        params=server.authorize_params(
+            client_id=CLAUDE_CODE, redirect_uri="http://localhost:53124/callback"
+        ),
+    )
     assert response.code == 200 and b"Claude Code" in body
-    response, body = server.request("GET", "/oauth/authorize", params=server.authorize_params(
-        client_id=CLAUDE, redirect_uri="https://evil.example/api/mcp/auth_callback"))
+    response, body = server.request(
+        "GET",
+        "/oauth/authorize",
+        params=server.authorize_params(
+            client_id=CLAUDE, redirect_uri="https://evil.example/api/mcp/auth_callback"
+        ),
+    )
     assert response.code == 400
     assert fetcher.fetched == []
 
@@ -304,7 +378,9 @@ def test_claudes_pinned_documents_are_used_without_fetching(tmp_path: Path) -> N
 def test_client_metadata_dir_overrides_pinned_documents(tmp_path: Path) -> None:
     """A document in --client-metadata-dir with Claude's client_id replaces the pinned copy."""
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "claude.json").write_text(json.dumps(doc(CLAUDE, client_name="Our Claude")))
+    (tmp_path / "mine" / "claude.json").write_text(
+        json.dumps(doc(CLAUDE, client_name="Our Claude"))
+    )
     pinned = load_pinned([PINNED_DIR, tmp_path / "mine"])
     assert pinned[CLAUDE].client_name == "Our Claude"
     assert pinned[CLAUDE].redirect_uris == (REDIRECT,)
@@ -347,7 +423,9 @@ def test_cache_holds_a_bounded_number_of_documents(tmp_path: Path) -> None:
 
 def test_document_rules() -> None:
     """parse_document: client_id equals the URL, redirect URIs https or loopback http, control characters stripped from the name."""
-    parsed = parse_document(DOC_URL, doc(client_name="A\x00B\nC", redirect_uris=["http://localhost/cb", REDIRECT]))
+    parsed = parse_document(
+        DOC_URL, doc(client_name="A\x00B\nC", redirect_uris=["http://localhost/cb", REDIRECT])
+    )
     assert parsed.client_name == "ABC"
     with pytest.raises(ClientMetadataError, match="https, or http on a loopback"):
         parse_document(DOC_URL, doc(redirect_uris=["http://app.example/cb"]))
@@ -355,13 +433,26 @@ def test_document_rules() -> None:
         parse_document(DOC_URL, doc(grant_types=["refresh_token"]))
 
 
-@pytest.mark.parametrize(("address", "public"), [
-    ("93.184.216.34", True), ("2606:2800:220:1:248:1893:25c8:1946", True),
-    ("127.0.0.1", False), ("10.1.2.3", False), ("192.168.0.1", False), ("172.16.0.1", False),
-    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False),
-    ("fe80::1%eth0", False), ("fc00::1", False), ("::ffff:127.0.0.1", False), ("224.0.0.1", False),
-    ("not-an-ip", False),
-])
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:2800:220:1:248:1893:25c8:1946", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.0.1", False),
+        ("172.16.0.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("::1", False),
+        ("fe80::1%eth0", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("224.0.0.1", False),
+        ("not-an-ip", False),
+    ],
+)
 def test_public_address_rule(address: str, public: bool) -> None:
     """Only globally routable unicast addresses may be fetched from (IPv4-mapped IPv6 unwrapped)."""
     assert is_public_address(address) is public
