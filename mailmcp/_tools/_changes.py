@@ -48,7 +48,7 @@ from ._state import (
 
 
 class QresyncSession(IMAPSession, Protocol):
-    """The QRESYNC reads `mailmcp._imap._session.Session` adds to `IMAPSession`."""
+    """The reads `mailmcp._imap._session.Session` adds to `IMAPSession` for this tool."""
 
     async def enable_qresync(self) -> None: ...
 
@@ -124,9 +124,10 @@ async def get_mailbox_changes(
         use_qresync = old.highest_modseq is not None and "QRESYNC" in session.capabilities
         if use_qresync:
             await cast(QresyncSession, session).enable_qresync()
-            mailbox = await cast(QresyncSession, session).reopen(folder)
-        else:
-            mailbox = await session.examine(folder)
+        # A fresh EXAMINE, not the pool's cached selection: a folder deleted
+        # and re-created by another client keeps its old UIDVALIDITY on a
+        # connection that had it open (Dovecot says nothing on NOOP).
+        mailbox = await cast(QresyncSession, session).reopen(folder)
         if mailbox.uidvalidity != old.uidvalidity:
             now = await current_state(session, folder, mailbox)
             return MailboxChangesOutput(

@@ -182,12 +182,42 @@ async def _heads(
 
 
 def _special_folders(boxes: Sequence[MailboxInfo], seed: str) -> list[str]:
-    out = [seed]
+    """The seed's folder, \\Sent and \\Archive; and INBOX when the seed is elsewhere (in Sent, say)."""
+    out = [seed] if seed.upper() == "INBOX" else [seed, "INBOX"]
     for special, names in (("\\Sent", SENT_NAMES), ("\\Archive", ARCHIVE_NAMES)):
         name = find_special(boxes, special, names)
-        if name is not None and name not in out and not (seed.upper() == "INBOX" == name.upper()):
+        if name is not None and name not in out and name.upper() != "INBOX":
             out.append(name)
     return out
+
+
+def _links(entry: _Found) -> set[str]:
+    ids = entry.ids
+    return {i for i in (ids["message_id"], ids["in_reply_to"], *ids["references"]) if i}
+
+
+def _connected(found: Sequence[_Found], seed: _Found) -> list[_Found]:
+    """
+    The messages linked to C{seed} through Message-ID, In-Reply-To or
+    References.  THREAD=REFERENCES also groups unrelated messages that merely
+    share a subject, and HEADER search matches substrings: both are dropped.
+    """
+    by_id: dict[str, list[int]] = {}
+    links = [_links(entry) for entry in found]
+    for index, ids in enumerate(links):
+        for value in ids:
+            by_id.setdefault(value, []).append(index)
+    start = next(i for i, entry in enumerate(found) if entry is seed)
+    reached = {start}
+    todo = [start]
+    while todo:
+        index = todo.pop()
+        for value in links[index]:
+            for other in by_id.get(value, ()):
+                if other not in reached:
+                    reached.add(other)
+                    todo.append(other)
+    return [found[i] for i in sorted(reached)]
 
 
 def _when(entry: _Found) -> datetime.datetime:
@@ -309,7 +339,8 @@ async def get_mail_thread(ctx: ToolContext, arguments: ThreadInput) -> ThreadOut
                 search.warnings.append("the conversation may go on beyond what was searched")
         if len(search.found) >= MAX_FOUND:
             search.warnings.append(f"only the first {MAX_FOUND} messages found were considered")
-        ordered = sorted(search.found.values(), key=_when)
+        linked = _connected(list(search.found.values()), search.found[(seed_folder, seed_uid)])
+        ordered = sorted(linked, key=_when)
         chosen = ordered[-limit:]
         snippets: dict[tuple[str, int], str] = {}
         for folder in folders:
@@ -364,7 +395,7 @@ TOOLS: list[Tool] = [
         title="Read a conversation",
         description=(
             "The whole conversation a message belongs to: the messages it replies to and the "
-            "replies to it, found in its folder, the Sent folder and the Archive folder, "
+            "replies to it, found in its folder, the Sent folder and the Archive folder (and INBOX), "
             "oldest first, each with folder, UID, sender, recipients, date, subject, flags and "
             "a short snippet. Use get_mail_message to read one in full. Does not mark anything "
             "as read."
