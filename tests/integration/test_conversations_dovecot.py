@@ -34,7 +34,12 @@ from mailmcp._tools._folders import (
     delete_mailbox,
     rename_mailbox,
 )
-from mailmcp._tools._reading import ListMessagesInput, SearchInput, list_mail_messages, search_mail_messages
+from mailmcp._tools._reading import (
+    ListMessagesInput,
+    SearchInput,
+    list_mail_messages,
+    search_mail_messages,
+)
 from mailmcp._tools._threads import ThreadInput, get_mail_thread
 from tests.harness import Services
 from tests.integration.test_reading_tools_dovecot import Wire, plain
