@@ -92,7 +92,12 @@ class FolderState:
             data["fs"] = [list(k) for k in table]
             data["fi"] = index
         raw = json.dumps(data, separators=(",", ":")).encode("utf-8")
-        return PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode("ascii").rstrip("=")
+        text = PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode("ascii").rstrip("=")
+        if len(text) > MAX_STATE_CHARS and self.flags is not None:
+            # Thousands of distinct, long keywords: a snapshot that would not
+            # be accepted back.  Without it the next answer is "partial".
+            return attrs.evolve(self, flags=None).encode()
+        return text
 
 
 def folder_digest(folder: str) -> str:

@@ -45,6 +45,9 @@ from ._reading import (
 from ._writing import find_special
 
 MAX_ENTRIES = 100
+#: Larger folders are not THREADed whole (the answer grows with the folder);
+#: the header chain alone finds the conversation there.
+MAX_THREAD_FOLDER = 50_000
 MAX_FOUND = 500
 MAX_ROUNDS = 6
 MAX_IDS = 300
@@ -292,7 +295,7 @@ async def get_mail_thread(ctx: ToolContext, arguments: ThreadInput) -> ThreadOut
             )
         search.learn(seed[0])
         threaded_by = "headers"
-        if "THREAD=REFERENCES" in session.capabilities:
+        if "THREAD=REFERENCES" in session.capabilities and seed_state.exists <= MAX_THREAD_FOLDER:
             try:
                 threads = await session.uid_thread_references([b"ALL"])  # type: ignore[attr-defined]
             except IMAPError as e:

@@ -8,6 +8,7 @@ fake server (which has no THREAD, CONDSTORE or QRESYNC).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import zlib
 from typing import Any
@@ -310,3 +311,15 @@ def test_tool_registry_lists_the_new_tools_once() -> None:
 
 def test_fake_module_is_the_one_tested() -> None:
     assert FakeIMAPServer is _fake_imap.FakeIMAPServer
+
+
+def test_an_oversized_snapshot_is_dropped_not_handed_out() -> None:
+    """A state too big to be accepted back loses its snapshot (the next answer is partial)."""
+    def keyword(uid: int) -> str:
+        return "".join(hashlib.sha256(b"%d-%d" % (uid, i)).hexdigest() for i in range(3))
+
+    flags = {uid: frozenset({keyword(uid)}) for uid in range(1, 1001)}
+    state = _state.FolderState(_state.folder_digest("INBOX"), 7, 2000, 1000, None, flags)
+    encoded = state.encode()
+    assert len(encoded) <= _state.MAX_STATE_CHARS
+    assert _state.decode(encoded, "INBOX").flags is None
