@@ -184,6 +184,25 @@ async def _heads(
     ]
 
 
+async def _linked_members(session: IMAPSession, seed: _Found, uids: Sequence[int]) -> list[int]:
+    """
+    The members of the seed's THREAD tree linked to it by their headers (a
+    light FETCH of the three headers only): the tree also holds messages
+    merged in by subject alone, often many in a busy folder, and fetching
+    and searching for all of them would cost more than the thread itself.
+    """
+    if not uids:
+        return []
+    fetched = await session.fetch(uid_set(uids), f"(UID {THREAD_FIELDS})", uid=True)
+    wanted = set(uids)
+    light = [
+        _Found(seed.folder, seed.uidvalidity, m, _mime.threading_headers(_threading_section(m)))
+        for m in fetched
+        if m.uid in wanted
+    ]
+    return [f.message.uid for f in _connected([seed, *light], seed) if f is not seed]
+
+
 def _special_folders(boxes: Sequence[MailboxInfo], seed: str) -> list[str]:
     """The seed's folder, \\Sent and \\Archive; and INBOX when the seed is elsewhere (in Sent, say)."""
     out = [seed] if seed.upper() == "INBOX" else [seed, "INBOX"]
@@ -306,7 +325,8 @@ async def get_mail_thread(ctx: ToolContext, arguments: ThreadInput) -> ThreadOut
                 threaded_by = "THREAD=REFERENCES"
                 mine = next((t for t in threads if seed_uid in t), [seed_uid])
                 others = [u for u in mine if u != seed_uid][: MAX_FOUND - 1]
-                for entry in await _heads(session, seed_folder, seed_state.uidvalidity, others):
+                members = await _linked_members(session, seed[0], others)
+                for entry in await _heads(session, seed_folder, seed_state.uidvalidity, members):
                     search.learn(entry)
         validities = {seed_folder: seed_state.uidvalidity}
         for _round in range(MAX_ROUNDS):
@@ -347,11 +367,11 @@ async def get_mail_thread(ctx: ToolContext, arguments: ThreadInput) -> ThreadOut
         chosen = ordered[-limit:]
         snippets: dict[tuple[str, int], str] = {}
         for folder in folders:
-            members = [e for e in chosen if e.folder == folder]
-            if not members:
+            here = [e for e in chosen if e.folder == folder]
+            if not here:
                 continue
             await session.examine(folder)
-            for uid, text in (await _snippets(session, members)).items():
+            for uid, text in (await _snippets(session, here)).items():
                 snippets[(folder, uid)] = text
         entries = [_entry(e, snippets.get((e.folder, e.message.uid), "")) for e in chosen]
         return ThreadOutput(
