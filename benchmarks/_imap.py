@@ -214,11 +214,32 @@ def changes_commands(folder: str, uidnext: int, modseq: int) -> list[str]:
     ]
 
 
-def thread_commands(uid: int, message_id: str) -> list[str]:
+def thread_members(line: bytes, uid: int) -> list[int]:
+    """The other UIDs of the top-level THREAD tree that holds C{uid}."""
+    depth = 0
+    start = 0
+    body = line.split(b"THREAD", 1)[-1]
+    for i, ch in enumerate(body):
+        if ch == 40:  # (
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == 41:  # )
+            depth -= 1
+            if depth == 0:
+                numbers = [int(n) for n in re.findall(rb"\d+", body[start : i + 1])]
+                if uid in numbers:
+                    return [n for n in numbers if n != uid]
+    return []
+
+
+def thread_commands(uid: int, message_id: str, members: Sequence[int] = ()) -> list[str]:
     """
     The IMAP commands a warm ``get_mail_thread("INBOX", uid)`` sends for a
     message that is a conversation of its own (folder already open): LIST,
-    the freshness NOOP, the seed's headers, THREAD, one header search in
+    the freshness NOOP, the seed's headers, THREAD, the three threading
+    headers of the other members of its THREAD tree (same-subject messages,
+    C{members}), one header search in
     INBOX (open), Sent and Archive, and the snippet back in INBOX.  Kept in
     step with ``mailmcp/_tools/_threads.py``.
     """
@@ -232,6 +253,8 @@ def thread_commands(uid: int, message_id: str) -> list[str]:
         "NOOP",
         f"UID FETCH {uid} {head}",
         "UID THREAD REFERENCES UTF-8 ALL",
+        *([f"UID FETCH {','.join(map(str, sorted(members)[:499]))} (UID BODY.PEEK[HEADER.FIELDS "
+           "(MESSAGE-ID IN-REPLY-TO REFERENCES)]<0.16384>)"] if members else []),
         "NOOP",
         search,
         f"EXAMINE {quote('Sent')} (CONDSTORE)",

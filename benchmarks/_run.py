@@ -427,7 +427,10 @@ class Bench:
         await bare.command("ENABLE QRESYNC")
         codes = _imap.response_codes(await bare.command('EXAMINE "INBOX" (CONDSTORE)'))
         changes = _imap.changes_commands("INBOX", codes["UIDNEXT"], codes["HIGHESTMODSEQ"])
-        thread = _imap.thread_commands(uid, message_id)
+        threads = [ln for ln in await bare.command("UID THREAD REFERENCES UTF-8 ALL")
+                   if ln.upper().startswith(b"* THREAD")]
+        members = _imap.thread_members(threads[0], uid) if threads else []
+        thread = _imap.thread_commands(uid, message_id, members)
         iterations = max(20, s.warm_iterations // 4)
 
         async def floor(commands: list[str]) -> None:
