@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import Field
 
@@ -27,6 +27,17 @@ from .._toolkit import Tool, ToolContext, ToolError
 from ._reading import Folder, _In, _Out
 
 T = TypeVar("T")
+
+
+class FolderSession(IMAPSession, Protocol):
+    """The folder commands `mailmcp._imap._session.Session` adds to `IMAPSession`."""
+
+    async def create_mailbox(self, mailbox: str) -> None: ...
+
+    async def rename_mailbox(self, old: str, new: str) -> None: ...
+
+    async def delete_mailbox(self, mailbox: str) -> None: ...
+
 
 MAX_LEVEL_CHARS = 200
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f*%]")
@@ -192,7 +203,7 @@ async def create_mailbox(ctx: ToolContext, arguments: CreateMailboxInput) -> Cre
         if _find(boxes, full) is not None:
             raise ToolError(f"A folder named {full!r} already exists. Nothing was changed.")
         try:
-            await session.create_mailbox(full)  # type: ignore[attr-defined]
+            await cast(FolderSession, session).create_mailbox(full)
         except IMAPNoSuchMailbox as e:
             raise _refused("create", full, e) from None
         except IMAPError as e:
@@ -227,7 +238,7 @@ async def rename_mailbox(ctx: ToolContext, arguments: RenameMailboxInput) -> Ren
         if new_name.upper() == "INBOX" or _find(boxes, new_name) is not None:
             raise ToolError(f"A folder named {new_name!r} already exists. Nothing was changed.")
         try:
-            await session.rename_mailbox(box.name, new_name)  # type: ignore[attr-defined]
+            await cast(FolderSession, session).rename_mailbox(box.name, new_name)
         except IMAPError as e:
             if e.transient or isinstance(e, IMAPAuthError):
                 raise
@@ -272,7 +283,7 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
                 "Nothing was changed."
             )
         try:
-            await session.delete_mailbox(box.name)  # type: ignore[attr-defined]
+            await cast(FolderSession, session).delete_mailbox(box.name)
         except IMAPError as e:
             if e.transient or isinstance(e, IMAPAuthError):
                 raise

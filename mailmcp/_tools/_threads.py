@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import attrs
 from pydantic import Field
@@ -51,7 +51,7 @@ MAX_THREAD_FOLDER = 50_000
 MAX_FOUND = 500
 MAX_ROUNDS = 6
 MAX_IDS = 300
-IDS_PER_SEARCH = 10
+IDS_PER_SEARCH = 25
 SNIPPET_CHARS = 200
 SNIPPET_FETCH = 2048
 THREAD_FIELDS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID IN-REPLY-TO REFERENCES)]<0.16384>"
@@ -59,6 +59,12 @@ HEAD_ITEMS = f"(UID FLAGS INTERNALDATE ENVELOPE BODYSTRUCTURE {THREAD_FIELDS})"
 HEAD_ITEMS_PLAIN = f"(UID FLAGS INTERNALDATE ENVELOPE {THREAD_FIELDS})"
 ARCHIVE_NAMES = ("archive", "archives")
 SENT_NAMES = ("sent", "sent items", "sent messages", "sent mail")
+
+
+class ThreadSession(IMAPSession, Protocol):
+    """THREAD as `mailmcp._imap._session.Session` adds it to `IMAPSession`."""
+
+    async def uid_thread_references(self, criteria: Sequence[bytes]) -> list[list[int]]: ...
 
 
 class ThreadInput(_In):
@@ -316,7 +322,7 @@ async def get_mail_thread(ctx: ToolContext, arguments: ThreadInput) -> ThreadOut
         threaded_by = "headers"
         if "THREAD=REFERENCES" in session.capabilities and seed_state.exists <= MAX_THREAD_FOLDER:
             try:
-                threads = await session.uid_thread_references([b"ALL"])  # type: ignore[attr-defined]
+                threads = await cast(ThreadSession, session).uid_thread_references([b"ALL"])
             except IMAPError as e:
                 if not _recoverable(e):
                     raise
