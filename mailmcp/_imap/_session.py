@@ -3,8 +3,8 @@
 
 It speaks UIDs only, never sends a bare EXPUNGE, compiles every argument
 through `mailmcp._imap._wire`, and tracks the open mailbox so that a repeat
-call in the same folder costs a single NOOP (untagged EXISTS/EXPUNGE keep
-the count current).
+call in the same folder costs a single NOOP (untagged EXISTS/EXPUNGE, and
+VANISHED once QRESYNC is enabled, keep the count current).
 """
 
 from __future__ import annotations
