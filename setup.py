@@ -37,6 +37,7 @@ setup(
         "txredisapi>=1.4.10",
         "boto3>=1.34",
         "html2text>=2024.2.26",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if plot_path is not None:
         _report.plot(report, plot_path)
     print(_report.rst_table(report))
-    print("targets (DESIGN §6):")
+    print("targets (docs/architecture.rst, Targets):")
     print(_report.targets_text(report))
     if report.get("errors"):
         print("errors:", json.dumps(report["errors"], indent=2), file=sys.stderr)

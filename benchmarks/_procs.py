@@ -72,8 +72,13 @@ class Daemon:
 
     def __init__(self, workdir: Path, port: int, state_dir: Path, ca_file: Path,
                  extra: Sequence[str] = (), name: str = "mailmcp") -> None:
+        from tests.harness import free_port
+
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
+        # GET /metrics is served only on its own listener (--metrics-listen).
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         self.log_path = workdir / f"{name}-{port}.log"
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -82,6 +87,7 @@ class Daemon:
             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
             "--state-dir", str(state_dir),
             "--mail-ca-file", str(ca_file),
+            "--metrics-listen", f"tcp:{self.metrics_port}:interface=127.0.0.1",
             *extra,
         ]
         self.args = args
@@ -99,7 +105,7 @@ class Daemon:
         return self.process.pid
 
     def metrics(self, since: float | None = None, samples: bool = False) -> dict:
-        url = self.base_url + "/metrics?format=json"
+        url = self.metrics_url + "/metrics?format=json"
         if samples:
             url += "&samples=1"
         if since is not None:

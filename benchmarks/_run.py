@@ -826,7 +826,7 @@ ITEMS = ("floor", "warm", "cold", "large_folder", "conversations", "concurrency"
 
 
 def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
-    """DESIGN §6, checked against this run's numbers (None where not measured)."""
+    """docs/architecture.rst (Targets), checked against this run's numbers (None where not measured)."""
 
     def get(*path: str) -> Any:
         node: Any = report

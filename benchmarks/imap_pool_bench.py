@@ -1,7 +1,8 @@
 """
 Live benchmark of the IMAP layer against the harness's real Dovecot
-(loopback, implicit TLS): the listing workload of DESIGN.md §6, i.e. the
-20 newest messages' ``UID FLAGS RFC822.SIZE ENVELOPE`` of one folder.
+(loopback, implicit TLS): the listing workload of docs/architecture.rst
+(Targets), i.e. the 20 newest messages' ``UID FLAGS RFC822.SIZE ENVELOPE``
+of one folder.
 
     .venv/bin/python benchmarks/imap_pool_bench.py [--messages 2000] [--rounds 200]
 

@@ -3,7 +3,7 @@
 the reactor's lag.
 
 One process multiplexes every user on one reactor, so the work a burst puts
-into one reactor iteration is what everyone else waits for (DESIGN §6: lag
+into one reactor iteration is what everyone else waits for (docs/architecture.rst, Targets: lag
 p99 < 100 ms with 1,000 accounts).  Requests beyond the limit wait, already
 parsed and cheap, in arrival order.  The limit follows the lag probe
 (`mailmcp._metrics.ReactorLagProbe`): every sample above the target cuts it

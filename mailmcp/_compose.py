@@ -25,6 +25,7 @@ sends reaches a header unchecked:
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -324,7 +325,11 @@ def compose(
             maintype, subtype = _mime_type(attachment.content_type)
             filename = _HEADER_FORBIDDEN.sub("_", attachment.filename)[:200] or "attachment"
             message.add_attachment(
-                attachment.data, maintype=maintype, subtype=subtype, filename=filename
+                attachment.data,
+                maintype=maintype,
+                subtype=subtype,
+                filename=filename,
+                cte=_attachment_cte(maintype, subtype, attachment.data),
             )
         _drop_part_mime_version(message)
         # The first rendering picks each multipart boundary (one that occurs
@@ -347,6 +352,27 @@ def compose(
     )
 
 
+_LONG_LINE = re.compile(rb"[^\r\n]{999}")
+
+
+def _attachment_cte(maintype: str, subtype: str, data: bytes) -> str:
+    """
+    base64 for every attachment, except an attached message (a forward as
+    attachment) that is 7-bit clean with CRLF lines of at most 998 octets:
+    that one goes as ``7bit``, byte for byte, as RFC 2046 §5.2.1 wants for
+    ``message/rfc822`` (the recipient's client then shows it as a message).
+    """
+    if (
+        (maintype, subtype) == ("message", "rfc822")
+        and data.isascii()
+        and is_canonical_crlf(data)
+        and b"\0" not in data
+        and not _LONG_LINE.search(data)
+    ):
+        return "7bit"
+    return "base64"
+
+
 def _drop_part_mime_version(message: EmailMessage) -> None:
     """EmailMessage repeats MIME-Version in sub-parts; only the top needs it."""
     for part in message.walk():
@@ -358,3 +384,166 @@ def is_canonical_crlf(data: bytes) -> bool:
     """True when every CR and LF in C{data} is part of a CRLF pair."""
     stripped = data.replace(b"\r\n", b"")
     return b"\r" not in stripped and b"\n" not in stripped
+
+
+# -- replies and forwards ------------------------------------------------------
+#
+# Pure functions that turn what the original message says into the fields of
+# a reply or a forward; the tools in ``mailmcp._tools._conversation`` fetch
+# the original and call these.
+
+#: At most this many ids in a reply's References (RFC 5322 §3.6.4 allows
+#: trimming; the first id, the thread's root, is always kept).
+MAX_REPLY_REFERENCES = 20
+#: And at most this many characters of them, however short each id is.
+MAX_REPLY_REFERENCES_CHARS = 2000
+
+# The reply prefixes mail clients write, in the languages they are
+# localised to: Re, Re[2], Re(2), Re^2 (any language), AW (German), SV
+# (Scandinavian), Antw (Dutch), R and RIF (Italian), Res (Portuguese), Odp
+# (Polish), VS (Finnish), Vá (Hungarian), YNT (Turkish), Отв, ΑΠ/ΣΧΕΤ, and
+# the CJK ones.  A colon may be full-width.
+_REPLY_WORDS = (
+    r"re|aw|sv|antw|antwort|r|rif|res|odp|vs|v[áa]|ynt|atb|отв|απ|σχετ|回复|回覆|答复|返信"
+)
+_FORWARD_WORDS = r"fwd?|wg|tr|rv|enc|vb|vl|pd|doorst|i|fs|转发|轉寄|転送|πρθ"
+_COUNTER = r"(?:\s*\[\d{1,4}\]|\s*\(\d{1,4}\)|\^\d{1,4})?"
+_REPLY_PREFIX = re.compile(rf"^\s*(?:{_REPLY_WORDS}){_COUNTER}\s*[:：]\s*", re.IGNORECASE)
+_FORWARD_PREFIX = re.compile(rf"^\s*(?:{_FORWARD_WORDS}){_COUNTER}\s*[:：]\s*", re.IGNORECASE)
+
+
+def _strip_prefixes(subject: str, prefix: re.Pattern[str]) -> str:
+    for _ in range(100):  # bounded: each round removes at least one character
+        stripped = prefix.sub("", subject, count=1)
+        if stripped == subject:
+            break
+        subject = stripped
+    return subject.strip()
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join(_HEADER_FORBIDDEN.sub(" ", text or "").split())
+
+
+def reply_subject(subject: str | None) -> str:
+    """
+    The subject of a reply: the original's without any stack of reply
+    prefixes (``Re: AW: Re[2]: x``), then exactly one ``Re: ``.
+    """
+    rest = _strip_prefixes(_one_line(subject), _REPLY_PREFIX)
+    return f"Re: {rest}"[:MAX_SUBJECT_CHARS].rstrip()
+
+
+def forward_subject(subject: str | None) -> str:
+    """The subject of a forward: stacked ``Fwd:``/``FW:``/``WG:``/``TR:``… stripped, one ``Fwd: ``."""
+    rest = _strip_prefixes(_one_line(subject), _FORWARD_PREFIX)
+    return f"Fwd: {rest}"[:MAX_SUBJECT_CHARS].rstrip()
+
+
+def reply_references(
+    message_id: str | None, references: Sequence[str], in_reply_to: str | None
+) -> tuple[str, ...]:
+    """
+    A reply's References (RFC 5322 §3.6.4): the original's References (or,
+    without them, its In-Reply-To) followed by its Message-ID; ids that are
+    not well-formed are dropped, duplicates too, and a long chain is trimmed
+    from the front after the first id (the thread's root), to at most
+    `MAX_REPLY_REFERENCES` ids and `MAX_REPLY_REFERENCES_CHARS` characters.
+    """
+    chain = list(references) or ([in_reply_to] if in_reply_to else [])
+    if message_id:
+        chain.append(message_id)
+    seen: set[str] = set()
+    ids: list[str] = []
+    for item in chain:
+        if _MESSAGE_ID.fullmatch(item) and item not in seen:
+            seen.add(item)
+            ids.append(item)
+    if len(ids) > MAX_REPLY_REFERENCES:
+        ids = ids[:1] + ids[len(ids) - MAX_REPLY_REFERENCES + 1 :]
+    while len(ids) > 2 and len(" ".join(ids)) > MAX_REPLY_REFERENCES_CHARS:
+        del ids[1]
+    return tuple(ids)
+
+
+def valid_message_id(value: str | None) -> str | None:
+    """C{value} when it is a Message-ID this module would write, else None."""
+    return value if value is not None and _MESSAGE_ID.fullmatch(value) else None
+
+
+def safe_address(email: str, name: str | None = None) -> Address | None:
+    """
+    An address read from a message (so: untrusted) as an `Address` fit for
+    a header, or None when it is not a valid address (group syntax, a
+    hostile local part, ...).
+    """
+    local, at, domain = (email or "").rpartition("@")
+    if not at:
+        return None
+    try:
+        spec = normalize_addr_spec("address", local, domain)
+    except ComposeError:
+        return None
+    s_local, _, s_domain = spec.rpartition("@")
+    return Address(display_name=_clean_display_name(name or ""), username=s_local, domain=s_domain)
+
+
+def without(addresses: Iterable[Address], excluded: Iterable[str] = ()) -> tuple[Address, ...]:
+    """
+    C{addresses} without duplicates and without any whose address is in
+    C{excluded}, compared case-insensitively, the first spelling kept.
+    """
+    seen = {e.lower() for e in excluded}
+    kept: list[Address] = []
+    for address in addresses:
+        key = address.addr_spec.lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(address)
+    return tuple(kept)
+
+
+#: The original's text quoted in a reply, or forwarded, is cut after this many characters.
+MAX_QUOTED_CHARS = 200_000
+
+
+def quote_text(text: str, attribution: str) -> str:
+    """C{attribution} then C{text} with every line behind ``> `` (``>`` alone on blank lines)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    quoted = [f"> {line}" if line.strip() else ">" for line in lines]
+    return "\n".join([attribution, *quoted]) + "\n"
+
+
+def text_to_html(text: str) -> str:
+    """Plain text as HTML that shows the same: escaped, line breaks kept."""
+    escaped = html.escape(text.replace("\r\n", "\n"), quote=False)
+    return escaped.replace("\n", "<br>\n")
+
+
+_DOCUMENT_TAGS = re.compile(r"</?(?:html|body)\b[^>]*>|<!doctype[^>]*>", re.IGNORECASE)
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def html_fragment(document: str) -> str:
+    """The inside of an HTML document, to nest in another one (no html/body/doctype tags)."""
+    return _DOCUMENT_TAGS.sub("", document).strip()
+
+
+def append_html(document: str, addition: str) -> str:
+    """C{addition} inside C{document}'s body, at its end."""
+    matches = list(_BODY_END.finditer(document))
+    if not matches:
+        return document + addition
+    at = matches[-1].start()
+    return document[:at] + addition + document[at:]
+
+
+def blockquote(attribution: str, inner_html: str) -> str:
+    """A quoted original as HTML: the attribution line, then the original in a cite blockquote."""
+    return (
+        f'<div class="mailmcp-quote"><p>{html.escape(attribution, quote=False)}</p>'
+        '<blockquote type="cite" style="margin:0 0 0 .8ex;border-left:1px solid #ccc;'
+        f'padding-left:1ex">{inner_html}</blockquote></div>'
+    )

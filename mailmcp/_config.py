@@ -12,14 +12,15 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import attrs
 from twisted.python import usage
 
-from ._keyring import KeyRing, KeyRingError, load_or_create_keyring
+from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
+from ._throttle import IPNetwork, parse_networks
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "mailmcp-state"
@@ -49,6 +50,12 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Attachment store: local (files under the state dir) or s3://bucket/prefix.",
     ),
     ("mail-ca-file", None, "Extra PEM CA bundle trusted for IMAP/SMTP servers with a private CA."),
+    (
+        "store-ca-file",
+        None,
+        "PEM CA bundle that a rediss:// --store server's certificate must chain to "
+        "(default: the system trust store).",
+    ),
     ("key-file", None, "Read the key ring from this file instead of <state-dir>/keys.json."),
     ("pool-size", "4", "Logged-in IMAP connections kept per account."),
     ("pool-wait-timeout", "15", "Seconds a call waits for a free pooled IMAP connection."),
@@ -66,7 +73,23 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ("max-request-body", "33554432", "Largest accepted HTTP request body in bytes."),
     ("login-concurrency", "32", "Most live IMAP/SMTP login checks in flight at once."),
     ("login-attempts-per-address", "20", "Login attempts allowed per client address per minute."),
-    ("login-failures-per-user", "5", "Failed logins allowed per username per 5 minutes."),
+    (
+        "login-failures-per-user",
+        "5",
+        "Failed logins allowed per username (IMAP and SMTP, normalised) per 5 minutes.",
+    ),
+    ("login-failures-per-address", "30", "Failed logins allowed per client address per hour."),
+    (
+        "login-failures-global",
+        "300",
+        "Failed logins allowed across all users and addresses per 5 minutes.",
+    ),
+    (
+        "trusted-proxies",
+        "",
+        "Reverse proxies (comma/space separated addresses or CIDR networks) whose "
+        "X-Forwarded-For hops are believed.",
+    ),
     (
         "attachment-max-bytes",
         "26214400",
@@ -86,12 +109,38 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Most new IMAP connections (connect, TLS, LOGIN) in progress at once; "
         "further calls wait their turn (bounds reactor lag in a login burst).",
     ),
-    ("send-burst", "20", "Messages one account may send at once before --sends-per-hour applies."),
-    ("sends-per-hour", "120", "Messages one account may send per hour after its burst."),
+    (
+        "metrics-listen",
+        None,
+        "Endpoint serving GET /metrics (Prometheus; ?format=json for the benchmarks), "
+        "like --listen, e.g. tcp:9100:interface=127.0.0.1; off when not given. "
+        "Keep it private: it is not on the public listener.",
+    ),
+    (
+        "send-burst",
+        "20",
+        "Recipients one account may send to at once before --sends-per-hour applies "
+        "(each message costs its to+cc+bcc count; one with more is refused).",
+    ),
+    (
+        "sends-per-hour",
+        "120",
+        "Recipients one account may send to per hour after its burst; shared by all "
+        "daemons on one Redis --store, per process with SQLite.",
+    ),
 ]
 
 FLAGS: list[tuple[str, str]] = [
-    ("trust-forwarded", "Take the client address from X-Forwarded-For (behind a trusted proxy)."),
+    (
+        "trust-forwarded",
+        "Treat the direct peer as a trusted proxy whatever its address (e.g. a UNIX "
+        "socket); prefer --trusted-proxies.",
+    ),
+    (
+        "allow-insecure-base-url",
+        "Accept an http:// --base-url on a host that is not loopback (only behind a "
+        "proxy that adds TLS; MCP clients require https).",
+    ),
     (
         "imap-connect-per-call",
         "Do not pool IMAP connections: connect, log in and log out on every "
@@ -113,6 +162,8 @@ _NUMERIC = {
     "login-concurrency": int,
     "login-attempts-per-address": int,
     "login-failures-per-user": int,
+    "login-failures-per-address": int,
+    "login-failures-global": int,
     "attachment-max-bytes": int,
     "attachments-max-message-bytes": int,
     "shutdown-timeout": float,
@@ -161,6 +212,7 @@ class Config:
     attachments: str
     mail_ca_file: Path | None
     keyring: KeyRing = attrs.field(repr=False)
+    store_ca_file: Path | None = None
     pool_size: int = 4
     pool_wait_timeout: float = 15.0
     pool_idle_timeout: float = 300.0
@@ -174,15 +226,20 @@ class Config:
     login_concurrency: int = 32
     login_attempts_per_address: int = 20
     login_failures_per_user: int = 5
+    login_failures_per_address: int = 30
+    login_failures_global: int = 300
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     attachment_max_bytes: int = 25 * 1024 * 1024
     attachments_max_message_bytes: int = 35 * 1024 * 1024
     shutdown_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
     imap_connect_concurrency: int = 16
+    metrics_listen: str | None = None
     send_burst: int = 20
     sends_per_hour: float = 120.0
     trust_forwarded: bool = False
+    allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
 
     @property
@@ -210,6 +267,37 @@ def normalise_base_url(url: str) -> str:
     return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether C{host} (a URL's hostname) names this machine only."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url_transport(base_url: str, allow_insecure: bool) -> None:
+    """
+    Refuse a plain-http base URL that other machines would use: MCP requires
+    the authorization endpoints over HTTPS, and over http the login form's
+    password and every bearer token cross the network in the clear.  Loopback
+    stays allowed (local use, tests); a TLS-terminating proxy in front is the
+    one reason for C{allow_insecure}.
+
+    :raises usage.UsageError: with one line saying what to do.
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or allow_insecure or is_loopback_host(parts.hostname or ""):
+        return
+    raise usage.UsageError(
+        f"base URL {base_url} is plain http on a host that is not loopback: "
+        "use an https:// --base-url (MCP requires HTTPS), or pass "
+        "--allow-insecure-base-url if a proxy in front adds TLS"
+    )
+
+
 def base_url_from_listen(listen: Sequence[str]) -> str:
     """
     A base URL for the common local case: the first ``tcp:PORT`` endpoint,
@@ -233,9 +321,40 @@ def base_url_from_listen(listen: Sequence[str]) -> str:
     return "http://127.0.0.1:8080"
 
 
-def prepare_state_dir(path: Path) -> Path:
+def _make_private(path: Path, what: str, mode: int, hint: str = "") -> str | None:
+    """
+    Take group and other permissions off C{path} (to C{mode}) if it has any.
+
+    :return: the warning to show when it had to be fixed, else None.
+    :raises usage.UsageError: when it cannot be fixed (e.g. owned by
+        another user): refusing beats running with a readable secret.
+    """
+    try:
+        old = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise usage.UsageError(f"cannot check {what} {path}: {e.strerror}") from None
+    if not old & 0o077:
+        return None
+    try:
+        os.chmod(path, mode)
+    except OSError as e:
+        raise usage.UsageError(
+            f"{what} {path} is accessible to group/others (mode {old:04o}) and cannot be "
+            f"made private ({e.strerror}); run: chmod {mode:o} {path}"
+        ) from None
+    return f"{what} {path} was accessible to group/others (mode {old:04o}); changed to {mode:04o}{hint}"
+
+
+def prepare_state_dir(path: Path, warn: Callable[[str], None] | None = None) -> Path:
     """
     Create the state directory (0700) if needed and check that it is usable.
+
+    An existing directory, or its ``keys.json``, that group or others may
+    access is made private (0700, 0600) and C{warn} (default: one line on
+    stderr) is told, since the daemon owns both and tightening them is always
+    safe; if it cannot be tightened, that is an error.
 
     :raises usage.UsageError: with one line saying why it is not.
     """
@@ -247,7 +366,24 @@ def prepare_state_dir(path: Path) -> Path:
         raise usage.UsageError(f"state directory {path} is not a directory")
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise usage.UsageError(f"state directory {path} is not readable and writable")
+    fixed = [
+        _make_private(path, "state directory", 0o700),
+        _make_private(
+            path / KEYRING_FILENAME,
+            "key ring",
+            0o600,
+            "; if anyone else could read it, rotate the key ring (README: key rotation)",
+        ),
+    ]
+    for message in fixed:
+        if message is not None:
+            (warn or _warn_stderr)(message)
     return path.resolve()
+
+
+def _warn_stderr(message: str) -> None:
+    sys.stderr.write(f"mailmcp: warning: {message}\n")
+    sys.stderr.flush()
 
 
 def _check_store(store: str) -> None:
@@ -256,6 +392,20 @@ def _check_store(store: str) -> None:
     if store.startswith(("redis://", "rediss://", "unix://")):
         return
     raise usage.UsageError(f"--store must be sqlite:PATH or redis://host:port/db, not {store!r}")
+
+
+def _check_ca_bundle(path: Path, option: str) -> None:
+    """A readable PEM file holding at least one certificate, or one line saying why not."""
+    from ._tls import load_pem_certificates
+
+    try:
+        certificates = load_pem_certificates(path)
+    except OSError as e:
+        raise usage.UsageError(f"{option} {path} is not a readable file ({e.strerror})") from None
+    except Exception:
+        raise usage.UsageError(f"{option} {path} holds a damaged PEM certificate") from None
+    if not certificates:
+        raise usage.UsageError(f"{option} {path} holds no PEM certificate")
 
 
 def _check_attachments(value: str) -> None:
@@ -267,11 +417,11 @@ def _check_attachments(value: str) -> None:
     raise usage.UsageError(f"--attachments must be local or s3://bucket/prefix, not {value!r}")
 
 
-def _check_listen(listen: Sequence[str]) -> None:
+def _check_listen(listen: Sequence[str], option: str = "--listen") -> None:
     for description in listen:
         if not description or ":" not in description:
             raise usage.UsageError(
-                f"--listen needs an endpoint string like tcp:8080, not {description!r}"
+                f"{option} needs an endpoint string like tcp:8080, not {description!r}"
             )
 
 
@@ -301,6 +451,9 @@ def build_config(
         env_listen = environ.get(env_name("listen"), "").split()
         listen = env_listen or [DEFAULT_LISTEN]
     _check_listen(listen)
+    metrics_listen = str(resolved["metrics-listen"] or "").strip() or None
+    if metrics_listen is not None:
+        _check_listen([metrics_listen], "--metrics-listen")
 
     numbers: dict[str, float | int] = {}
     for name, kind in _NUMERIC.items():
@@ -325,6 +478,11 @@ def build_config(
         if not ca_file.is_file() or not os.access(ca_file, os.R_OK):
             raise usage.UsageError(f"--mail-ca-file {ca_file} is not a readable file")
 
+    store_ca_file = None
+    if resolved["store-ca-file"]:
+        store_ca_file = Path(str(resolved["store-ca-file"]))
+        _check_ca_bundle(store_ca_file, "--store-ca-file")
+
     key_file = Path(str(resolved["key-file"])) if resolved["key-file"] else None
     try:
         keyring = load_or_create_keyring(state_dir, key_file, environ)
@@ -334,12 +492,18 @@ def build_config(
     base_url = normalise_base_url(
         str(resolved["base-url"]) if resolved["base-url"] else base_url_from_listen(listen)
     )
+    check_base_url_transport(base_url, bool(resolved["allow-insecure-base-url"]))
     origins = tuple(str(resolved["allowed-origins"] or "").split())
     log_level = str(resolved["log-level"]).strip().lower()
     if log_level not in LOG_LEVELS:
         raise usage.UsageError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
         )
+
+    try:
+        trusted_proxies = parse_networks(str(resolved["trusted-proxies"] or ""))
+    except ValueError as e:
+        raise usage.UsageError(f"--trusted-proxies: {e}") from None
 
     return Config(
         listen=tuple(listen),
@@ -349,9 +513,13 @@ def build_config(
         attachments=attachments,
         mail_ca_file=ca_file,
         keyring=keyring,
+        store_ca_file=store_ca_file,
         allowed_origins=origins,
+        metrics_listen=metrics_listen,
         log_level=log_level,
         trust_forwarded=bool(resolved["trust-forwarded"]),
+        trusted_proxies=trusted_proxies,
+        allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
         **numbers,  # type: ignore[arg-type]
     )

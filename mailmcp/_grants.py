@@ -25,6 +25,7 @@ import json
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -43,6 +44,16 @@ from .interfaces import IGrantStore
 log = Logger()
 
 SCOPE = "mail"
+
+#: Seconds the immediately previous refresh token stays usable after a
+#: rotation, answering with the same successor: a client whose token
+#: response was lost, or that refreshes twice at once, is not logged out.
+REFRESH_GRACE = 60
+
+#: Seconds a used-code marker outlives the code itself, so that a replica
+#: whose clock runs behind (and so still finds the code unexpired) cannot
+#: redeem it a second time after the marker is gone.
+USED_CODE_MARGIN = 600
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 
 
@@ -120,6 +131,15 @@ class GrantRecord:
     generation: int = 0
 
 
+@attrs.frozen
+class _Rotation:
+    """What the memory store remembers of a grant's last refresh rotation."""
+
+    generation: int
+    successor: bytes
+    at: float
+
+
 def new_grant_key() -> bytes:
     return secrets.token_bytes(32)
 
@@ -138,6 +158,31 @@ def open_credentials(key: bytes, grant_id: str, sealed: bytes) -> Credentials:
         plain = AESGCM(key).decrypt(sealed[:12], sealed[12:], grant_id.encode("ascii"))
         return Credentials.from_json(plain)
     except (InvalidTag, ValueError, KeyError, TypeError):
+        raise InvalidToken() from None
+
+
+def _successor_aad(grant_id: str, generation: int) -> bytes:
+    return f"{grant_id}/successor/{generation}".encode("ascii")
+
+
+def seal_successor(key: bytes, grant_id: str, generation: int, refresh_token: str) -> bytes:
+    """
+    The refresh token of C{generation}, sealed under the grant key for the
+    store: the grace window can hand it out again, while the store alone
+    (which never sees the grant key) cannot.
+    """
+    nonce = secrets.token_bytes(12)
+    return nonce + AESGCM(key).encrypt(
+        nonce, refresh_token.encode("ascii"), _successor_aad(grant_id, generation)
+    )
+
+
+def open_successor(key: bytes, grant_id: str, generation: int, sealed: bytes) -> str:
+    """:raises InvalidToken: when C{sealed} is not that successor."""
+    try:
+        plain = AESGCM(key).decrypt(sealed[:12], sealed[12:], _successor_aad(grant_id, generation))
+        return plain.decode("ascii")
+    except (InvalidTag, ValueError):
         raise InvalidToken() from None
 
 
@@ -175,6 +220,7 @@ class MemoryGrantStore:
         self.grants: dict[str, GrantRecord] = {}
         self.codes: dict[str, int] = {}
         self.counters: dict[str, tuple[int, float]] = {}
+        self.rotations: dict[str, _Rotation] = {}
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -201,15 +247,29 @@ class MemoryGrantStore:
         self.grants[grant_id] = attrs.evolve(record, expires=expires)
         return succeed(True)
 
-    def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
+    def rotate_refresh(
+        self, grant_id: str, generation: int, successor: bytes, grace: int
+    ) -> Deferred[bytes | None]:
+        now = self._now()
         record = self.grants.get(grant_id)
-        if record is None or record.expires <= self._now() or record.generation != generation:
-            return succeed(False)
-        self.grants[grant_id] = attrs.evolve(record, generation=generation + 1)
-        return succeed(True)
+        if record is None or record.expires <= now:
+            return succeed(None)
+        if record.generation == generation:
+            self.grants[grant_id] = attrs.evolve(record, generation=generation + 1)
+            self.rotations[grant_id] = _Rotation(generation + 1, successor, now)
+            return succeed(successor)
+        last = self.rotations.get(grant_id)
+        if (
+            last is not None
+            and record.generation == generation + 1 == last.generation
+            and now < last.at + grace
+        ):
+            return succeed(last.successor)
+        return succeed(None)
 
     def revoke_grant(self, grant_id: str) -> Deferred[None]:
         self.grants.pop(grant_id, None)
+        self.rotations.pop(grant_id, None)
         return succeed(None)
 
     def hit(self, key: str, window: int) -> Deferred[int]:
@@ -223,6 +283,28 @@ class MemoryGrantStore:
     def count(self, key: str) -> Deferred[int]:
         count, until = self.counters.get(key, (0, 0.0))
         return succeed(count if until > self._now() else 0)
+
+    def reserve(self, budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
+        now = self._now()
+        current: dict[str, tuple[int, float]] = {}
+        for key, limit, window in budgets:
+            count, until = self.counters.get(key, (0, 0.0))
+            if until <= now:
+                count, until = 0, now + window
+            if count >= limit:
+                return succeed(key)
+            current[key] = (count, until)
+        for key, (count, until) in current.items():
+            self.counters[key] = (count + 1, until)
+        return succeed(None)
+
+    def release(self, keys: Sequence[str]) -> Deferred[None]:
+        now = self._now()
+        for key in keys:
+            count, until = self.counters.get(key, (0, 0.0))
+            if until > now and count > 0:
+                self.counters[key] = (count - 1, until)
+        return succeed(None)
 
 
 @attrs.frozen
@@ -433,7 +515,10 @@ class GrantService:
     ) -> TokenSet:
         """
         The ``refresh_token`` grant, with rotation: the presented token dies,
-        and presenting a dead one again revokes the whole family.
+        and presenting a dead one again revokes the whole family.  The one
+        exception is the grace: for `REFRESH_GRACE` seconds after a rotation
+        the token just rotated answers with the same successor refresh token
+        (and a new access token for the grant).
         """
         if not refresh_token:
             raise OAuthError("invalid_request", "refresh_token is required")
@@ -457,11 +542,33 @@ class GrantService:
             raise OAuthError("invalid_grant", "the refresh token is invalid")
         if auth_time + self._refresh_lifetime <= self._now():
             raise OAuthError("invalid_grant", "the login has expired; sign in again")
-        if not await self.store.rotate_refresh(gid, gen):
+        try:
+            raw_key = _b64d(key)
+        except InvalidToken:
+            raw_key = b""
+        if len(raw_key) != 32:
+            raise OAuthError("invalid_grant", "the refresh token is invalid")
+        successor = self._issue(gid, key, cref, auth_time, gen + 1)
+        current = await self.store.rotate_refresh(
+            gid,
+            gen,
+            seal_successor(raw_key, gid, gen + 1, successor.refresh_token),
+            REFRESH_GRACE,
+        )
+        if current is None:
             await self.store.revoke_grant(gid)
             log.warn("refresh token reused or grant gone: grant {grant} revoked", grant=gid)
             raise OAuthError("invalid_grant", "the refresh token is no longer valid")
-        return self._issue(gid, key, cref, auth_time, gen + 1)
+        try:
+            refresh_token = open_successor(raw_key, gid, gen + 1, current)
+        except InvalidToken:
+            raise OAuthError("invalid_grant", "the refresh token is no longer valid") from None
+        if refresh_token == successor.refresh_token:
+            return successor
+        # Within the grace: the successor another request already got, and
+        # a fresh access token for the same grant.
+        log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
+        return attrs.evolve(successor, refresh_token=refresh_token)
 
     async def revoke(self, client: Client, token: str | None) -> None:
         """

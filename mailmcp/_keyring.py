@@ -1,10 +1,16 @@
 """
-The key ring: several master keys with ids; the newest encrypts, any decrypts.
+The key ring: several master keys with ids; the newest active key encrypts,
+any key decrypts.
 
 Each master key never encrypts anything itself: every purpose (a token kind,
 CSRF, attachment links, ...) gets its own subkey derived with HKDF, so a key
 leaked for one purpose opens nothing else.  Rotation appends a new key; the
 old ones stay to open what they sealed until they are removed by hand.
+
+Staged rotation, for several processes: a key added *inactive* only
+decrypts.  Once every process has it, activating it makes it the encrypting
+key; since every process can already open what it seals, no process ever
+meets a token it cannot open.
 """
 
 from __future__ import annotations
@@ -35,14 +41,18 @@ class KeyRingError(Exception):
 
 @attrs.frozen(repr=False)
 class MasterKey:
-    """One master key: an id, 32 secret bytes and its creation time."""
+    """
+    One master key: an id, 32 secret bytes, its creation time, and whether
+    it may encrypt (an inactive key only decrypts).
+    """
 
     kid: str
     secret: bytes
     created: int
+    active: bool = True
 
     def __repr__(self) -> str:
-        return f"<MasterKey kid={self.kid!r}>"
+        return f"<MasterKey kid={self.kid!r}{'' if self.active else ' inactive'}>"
 
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
@@ -73,8 +83,8 @@ def new_master_key(now: float | None = None) -> MasterKey:
 
 class KeyRing:
     """
-    An ordered set of master keys.  The last one is the current (encrypting)
-    key; all of them can be looked up by id to decrypt.
+    An ordered set of master keys.  The last active one is the current
+    (encrypting) key; all of them can be looked up by id to decrypt.
     """
 
     def __init__(self, keys: Iterable[MasterKey]) -> None:
@@ -84,15 +94,23 @@ class KeyRing:
         self._by_kid = {k.kid: k for k in self._keys}
         if len(self._by_kid) != len(self._keys):
             raise KeyRingError("the key ring holds two keys with the same id")
+        active = [k for k in self._keys if k.active]
+        if not active:
+            raise KeyRingError("the key ring holds no active key")
+        self._current = active[-1].kid
         self._subkeys: dict[tuple[str, str], bytes] = {}
 
     @property
     def current_kid(self) -> str:
-        return self._keys[-1].kid
+        return self._current
 
     @property
     def kids(self) -> list[str]:
         return [k.kid for k in self._keys]
+
+    @property
+    def inactive_kids(self) -> list[str]:
+        return [k.kid for k in self._keys if not k.active]
 
     def has(self, kid: str) -> bool:
         return kid in self._by_kid
@@ -120,21 +138,39 @@ class KeyRing:
         kid = self.current_kid
         return kid, self.subkey(kid, purpose)
 
-    def with_new_key(self, key: MasterKey | None = None) -> KeyRing:
-        """A new ring with C{key} (or a fresh one) appended as the current key."""
-        return KeyRing([*self._keys, key if key is not None else new_master_key()])
+    def with_new_key(self, key: MasterKey | None = None, active: bool = True) -> KeyRing:
+        """
+        A new ring with C{key} (or a fresh one) appended: the current key, or
+        with C{active=False} a key that only decrypts until activated.
+        """
+        key = key if key is not None else new_master_key()
+        return KeyRing([*self._keys, attrs.evolve(key, active=active)])
+
+    def with_active(self, kid: str) -> KeyRing:
+        """
+        A new ring where key C{kid} is active and current (moved last).
+
+        :raises KeyRingError: for an unknown kid.
+        """
+        if kid not in self._by_kid:
+            raise KeyRingError(
+                f"the key ring holds no key {kid!r} (it holds {', '.join(self.kids)})"
+            )
+        others = [k for k in self._keys if k.kid != kid]
+        return KeyRing([*others, attrs.evolve(self._by_kid[kid], active=True)])
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": 1,
-                "keys": [
-                    {"kid": k.kid, "secret": _b64encode(k.secret), "created": k.created}
-                    for k in self._keys
-                ],
-            },
-            indent=2,
-        )
+        keys: list[dict[str, object]] = []
+        for k in self._keys:
+            entry: dict[str, object] = {
+                "kid": k.kid,
+                "secret": _b64encode(k.secret),
+                "created": k.created,
+            }
+            if not k.active:
+                entry["inactive"] = True
+            keys.append(entry)
+        return json.dumps({"version": 1, "keys": keys}, indent=2)
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str) -> KeyRing:
@@ -155,7 +191,14 @@ class KeyRing:
                 kid = entry["kid"]
                 if not isinstance(kid, str) or not kid or len(kid) > 64:
                     raise ValueError("a key id is not a short string")
-                keys.append(MasterKey(kid=kid, secret=secret, created=int(entry["created"])))
+                inactive = entry.get("inactive", False)
+                if not isinstance(inactive, bool):
+                    raise ValueError("a key's inactive flag is not true or false")
+                keys.append(
+                    MasterKey(
+                        kid=kid, secret=secret, created=int(entry["created"]), active=not inactive
+                    )
+                )
         except (ValueError, KeyError, TypeError) as e:
             # json.JSONDecodeError is a ValueError; its text quotes no content.
             reason = str(e) if not isinstance(e, KeyError) else f"missing field {e}"
@@ -231,18 +274,31 @@ def load_or_create_keyring(
     return ring
 
 
-def add_key(state_dir: Path, key_file: Path | None = None) -> KeyRing:
-    """
-    Rotate: append a new current key to the key ring file and return the ring.
-    Everything sealed under the older keys stays valid.
-    """
-    path = key_file if key_file is not None else state_dir / KEYRING_FILENAME
-    if path.exists():
-        ring = read_keyring_file(path).with_new_key()
-    else:
-        ring = KeyRing([new_master_key()])
+def _save(path: Path, ring: KeyRing) -> KeyRing:
     try:
         write_keyring(path, ring)
     except OSError as e:
         raise KeyRingError(f"cannot write key ring {path}: {e.strerror}") from None
     return ring
+
+
+def add_key(state_dir: Path, key_file: Path | None = None, active: bool = True) -> KeyRing:
+    """
+    Rotate: append a new key to the key ring file and return the ring.
+    Everything sealed under the older keys stays valid.  With
+    C{active=False} the new key only decrypts until `activate_key`.
+    """
+    path = key_file if key_file is not None else state_dir / KEYRING_FILENAME
+    if path.exists():
+        ring = read_keyring_file(path).with_new_key(active=active)
+    elif not active:
+        raise KeyRingError(f"no key ring at {path} to add an inactive key to")
+    else:
+        ring = KeyRing([new_master_key()])
+    return _save(path, ring)
+
+
+def activate_key(state_dir: Path, kid: str, key_file: Path | None = None) -> KeyRing:
+    """Make key C{kid} of the key ring file the current (encrypting) key."""
+    path = key_file if key_file is not None else state_dir / KEYRING_FILENAME
+    return _save(path, read_keyring_file(path).with_active(kid))

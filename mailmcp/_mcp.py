@@ -741,7 +741,7 @@ class _ToolText:
     A successful ``tools/call`` result, kept as the JSON text of the tool's
     structured output: that text is the text content and, verbatim, the
     ``structuredContent`` (JSON does not mind the spaces), so a listing is
-    encoded once instead of three times (DESIGN §6: the warm path is CPU).
+    encoded once instead of three times (docs/architecture.rst, Targets: the warm path is CPU).
     """
 
     __slots__ = ("text", "keys", "meta")

@@ -1,13 +1,16 @@
 """
-Process metrics at ``GET /metrics``: the reactor-lag probe and memory.
+Process metrics at ``GET /metrics`` on the ``--metrics-listen`` endpoint
+(off by default, never on the public listener): the reactor-lag probe,
+garbage-collector pauses and memory.
 
 The probe is a timer that asks to run every ``interval`` seconds and records
 how late it actually ran.  Anything that holds the reactor (CPU work in a
 callback, a blocking call) shows up as lag, so this is the judge of "nothing
 blocks the reactor" under load.
 
-Output is Prometheus text by default; ``?format=json`` gives the same numbers
-as JSON, and ``?format=json&samples=1`` adds the recent raw samples as
+Output is Prometheus text by default (`prometheus_client`, with a registry
+per daemon); ``?format=json`` gives the same numbers as JSON, and
+``?format=json&samples=1`` adds the recent raw samples as
 ``[monotonic_time, lag_seconds]`` pairs (``since=<monotonic>`` filters them),
 which the benchmarks use to compute exact percentiles over one phase.
 ``time.monotonic`` is the system-wide ``CLOCK_MONOTONIC`` on Linux, so a
@@ -24,10 +27,15 @@ import json
 import resource
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from klein import Klein
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web.iweb import IRequest
@@ -150,7 +158,7 @@ class GCPauses:
 
 class GCTuning(Service):
     """
-    Keep full garbage collections rare and short (DESIGN §6: reactor lag).
+    Keep full garbage collections rare and short (docs/architecture.rst, Targets: reactor lag).
 
     A full collection scans every tracked object with the reactor stopped;
     measured under load (`GCPauses`), it was the whole of the lag p99
@@ -199,8 +207,101 @@ def _rss_bytes() -> tuple[int | None, int | None]:
     return current, peak
 
 
+class _DaemonCollector(Collector):
+    """
+    The daemon's own figures as Prometheus metric families, read when
+    scraped: the lag histogram, GC pauses, memory peak, requests in flight
+    and /mcp admission.
+    """
+
+    def __init__(
+        self,
+        probe: ReactorLagProbe,
+        in_flight: Callable[[], int] | None,
+        admission: Admission | None,
+    ) -> None:
+        self._probe = probe
+        self._in_flight = in_flight
+        self._admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        probe = self._probe
+        buckets = [
+            (str(le), float(n))
+            for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts), strict=True)
+        ]
+        yield HistogramMetricFamily(
+            "mailmcp_reactor_lag_seconds",
+            "How late the reactor ran a periodic timer.",
+            buckets=[*buckets, ("+Inf", float(probe.count))],
+            sum_value=probe.total,
+        )
+        yield GaugeMetricFamily(
+            "mailmcp_reactor_lag_max_seconds", "Largest lag seen since start.", value=probe.max
+        )
+        gc_pauses = probe.gc_pauses
+        collections = CounterMetricFamily(
+            "mailmcp_gc_collections", "Garbage collections, per generation.", labels=["generation"]
+        )
+        paused = CounterMetricFamily(
+            "mailmcp_gc_pause_seconds",
+            "Time the garbage collector stopped the process, per generation.",
+            labels=["generation"],
+        )
+        longest = GaugeMetricFamily(
+            "mailmcp_gc_pause_max_seconds",
+            "Longest garbage collector pause since start, per generation.",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            label = [str(generation)]
+            collections.add_metric(label, gc_pauses.count[generation])
+            paused.add_metric(label, gc_pauses.total[generation])
+            longest.add_metric(label, gc_pauses.max[generation])
+        yield from (collections, paused, longest)
+        _, peak = _rss_bytes()
+        if peak is not None:
+            yield GaugeMetricFamily(
+                "mailmcp_process_max_resident_memory_bytes",
+                "Peak resident memory (VmHWM).",
+                value=peak,
+            )
+        if self._in_flight is not None:
+            yield GaugeMetricFamily(
+                "mailmcp_http_requests_in_flight",
+                "HTTP requests being answered.",
+                value=self._in_flight(),
+            )
+        admission = self._admission
+        if admission is not None:
+            yield GaugeMetricFamily(
+                "mailmcp_mcp_admission_limit",
+                "/mcp requests worked on at once.",
+                value=int(admission.limit),
+            )
+            yield GaugeMetricFamily(
+                "mailmcp_mcp_requests_queued",
+                "/mcp requests waiting for admission.",
+                value=admission.queued,
+            )
+            yield CounterMetricFamily(
+                "mailmcp_mcp_requests_waited",
+                "/mcp requests that had to wait for admission.",
+                value=admission.waited,
+            )
+
+
 class MetricsApp:
-    """``GET /metrics`` (Prometheus text, or JSON with ``?format=json``)."""
+    """
+    ``GET /metrics``: Prometheus text (or OpenMetrics, by ``Accept``) from a
+    registry of this daemon's own (never the process-global one, so two
+    daemons or tests in one process do not mix), or with ``?format=json``
+    the JSON document the benchmarks read.
+
+    Served only on ``--metrics-listen``, never on the public listener: the
+    JSON with ``samples=1`` is hundreds of kilobytes, an amplifier for
+    anyone who can reach it.
+    """
 
     app = Klein()
 
@@ -213,6 +314,10 @@ class MetricsApp:
         self._probe = probe
         self._in_flight = in_flight
         self._admission = admission
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_DaemonCollector(probe, in_flight, admission))
+        # process_resident_memory_bytes, CPU seconds, open file descriptors.
+        ProcessCollector(registry=self.registry)
 
     def snapshot(self, since: float | None = None, samples: bool = False) -> dict[str, Any]:
         probe = self._probe
@@ -268,43 +373,14 @@ class MetricsApp:
             body = self.snapshot(since, samples=(args.get(b"samples") or [b"0"])[0] == b"1")
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(body).encode("ascii")
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return self.prometheus().encode("ascii")
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return encoder(self.registry)
 
     def prometheus(self) -> str:
-        probe = self._probe
-        rss, peak = _rss_bytes()
-        lines = [
-            "# HELP mailmcp_reactor_lag_seconds How late the reactor ran a periodic timer.",
-            "# TYPE mailmcp_reactor_lag_seconds histogram",
-        ]
-        for le, n in zip(BUCKETS, _cumulative(probe.bucket_counts), strict=True):
-            lines.append(f'mailmcp_reactor_lag_seconds_bucket{{le="{le}"}} {n}')
-        lines.append(f'mailmcp_reactor_lag_seconds_bucket{{le="+Inf"}} {probe.count}')
-        lines.append(f"mailmcp_reactor_lag_seconds_sum {probe.total:.6f}")
-        lines.append(f"mailmcp_reactor_lag_seconds_count {probe.count}")
-        lines.append("# HELP mailmcp_reactor_lag_max_seconds Largest lag seen since start.")
-        lines.append("# TYPE mailmcp_reactor_lag_max_seconds gauge")
-        lines.append(f"mailmcp_reactor_lag_max_seconds {probe.max:.6f}")
-        if rss is not None:
-            lines.append("# TYPE process_resident_memory_bytes gauge")
-            lines.append(f"process_resident_memory_bytes {rss}")
-        if peak is not None:
-            lines.append("# TYPE mailmcp_process_max_resident_memory_bytes gauge")
-            lines.append(f"mailmcp_process_max_resident_memory_bytes {peak}")
-        if self._in_flight is not None:
-            lines.append("# TYPE mailmcp_http_requests_in_flight gauge")
-            lines.append(f"mailmcp_http_requests_in_flight {self._in_flight()}")
-        admission = self._admission
-        if admission is not None:
-            lines.append("# HELP mailmcp_mcp_admission_limit /mcp requests worked on at once.")
-            lines.append("# TYPE mailmcp_mcp_admission_limit gauge")
-            lines.append(f"mailmcp_mcp_admission_limit {int(admission.limit)}")
-            lines.append("# TYPE mailmcp_mcp_requests_queued gauge")
-            lines.append(f"mailmcp_mcp_requests_queued {admission.queued}")
-            lines.append("# TYPE mailmcp_mcp_requests_waited_total counter")
-            lines.append(f"mailmcp_mcp_requests_waited_total {admission.waited}")
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition, as a string."""
+        return generate_latest(self.registry).decode("utf-8")
 
 
 def _cumulative(counts: list[int]) -> list[int]:

@@ -7,7 +7,7 @@ the BODYSTRUCTURE, decides here which parts are the readable body and which
 are attachments, and then fetches only a bounded prefix of the body part(s).
 So the cost of a 60 MB attachment or a 50,000-part bomb is the size of its
 BODYSTRUCTURE, which the analysis below walks with caps on part count and
-nesting depth instead of recursion without limit (security.md P-16, MM-01,
+nesting depth instead of recursion without limit (docs/threat-model.rst, P-16, MM-01,
 MM-02).
 
 Everything that comes out is text for a language model: transfer encodings
@@ -448,7 +448,7 @@ def _params(value: Any) -> dict[str, str]:
     return _join_rfc2231(raw)
 
 
-_RFC2231_SEGMENT = re.compile(r"^(?P<name>[^*]+)\*(?:(?P<index>[0-9]{1,3})\*?|)$")
+_RFC2231_SEGMENT = re.compile(r"(?P<name>[^*]+)\*(?:(?P<index>[0-9]{1,3})\*?|)")
 
 
 def _join_rfc2231(raw: dict[str, str]) -> dict[str, str]:
@@ -460,7 +460,7 @@ def _join_rfc2231(raw: dict[str, str]) -> dict[str, str]:
     plain: dict[str, str] = {}
     segments: dict[str, dict[int, tuple[str, bool]]] = {}
     for key, value in raw.items():
-        m = _RFC2231_SEGMENT.match(key)
+        m = _RFC2231_SEGMENT.fullmatch(key)
         if m is None:
             plain[key] = value
             continue
@@ -752,7 +752,7 @@ def parse_date(raw: str | None) -> str | None:
     """An RFC 5322 Date as ISO 8601, or None when absent or unparseable (MM-15)."""
     if not raw:
         return None
-    m = _RFC5322_DATE.match(raw)
+    m = _RFC5322_DATE.fullmatch(raw)
     if m is not None:
         day, month, year, hh, mm, ss, sign, zh, zm = m.groups()
         number = _MONTH_NUMBERS.get(month.lower())
@@ -768,11 +768,11 @@ def parse_date(raw: str | None) -> str | None:
 # The usual shape of a Date header, parsed without the email package (a
 # listing parses twenty of them per call); anything else takes the slow path.
 _RFC5322_DATE = re.compile(
-    r"^(?:[A-Za-z]{3}, )?([0-9]{1,2}) ([A-Za-z]{3}) ([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) "
-    r"([+-])([0-9]{2})([0-9]{2})(?: \([^()]*\))?$"
+    r"(?:[A-Za-z]{3}, )?([0-9]{1,2}) ([A-Za-z]{3}) ([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) "
+    r"([+-])([0-9]{2})([0-9]{2})(?: \([^()]*\))?"
 )
 _INTERNAL_DATE = re.compile(
-    r"^ ?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})$"
+    r" ?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"
 )
 
 
@@ -783,7 +783,7 @@ def parse_internal_date(raw: str | None) -> str | None:
     """
     if not raw:
         return None
-    m = _INTERNAL_DATE.match(raw.strip())
+    m = _INTERNAL_DATE.fullmatch(raw.strip())
     if m is None:
         return None
     day, month, year, hh, mm, ss, sign, zh, zm = m.groups()

@@ -42,7 +42,7 @@ from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, 
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._templates import template_path
-from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy
+from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy, client_address
 from ._tokens import InvalidToken, TokenCodec
 from .interfaces import ILoginChecker
 
@@ -516,14 +516,12 @@ class OAuthApp:
         return await self._login_page(request, areq)
 
     def _client_address(self, request: IRequest) -> str:
-        if self._config.trust_forwarded:
-            forwarded = request.getHeader(b"x-forwarded-for")
-            if forwarded:
-                last = forwarded.split(b",")[-1].strip().decode("ascii", "replace")
-                if last:
-                    return str(last)
-        address = request.getClientAddress()
-        return str(getattr(address, "host", "unknown"))
+        """The address throttling charges: see `client_address` for X-Forwarded-For."""
+        peer = str(getattr(request.getClientAddress(), "host", "unknown"))
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        return client_address(
+            peer, forwarded, self._config.trusted_proxies, self._config.trust_forwarded
+        )
 
     def _check_csrf(self, request: IRequest, token: str | None) -> bool:
         origin = request.getHeader(b"origin")
@@ -585,9 +583,12 @@ class OAuthApp:
             return await self._login_page(request, areq, 400, kept, same, errors, GENERIC_FAILURE)
 
         address = self._client_address(request)
-        username = values["imap_username"]
         try:
-            await self._throttle.admit(address, username)
+            # Every username tried spends from its budget: guessing the SMTP
+            # password behind a valid IMAP login is throttled like IMAP.
+            reservation = await self._throttle.admit(
+                address, [values["imap_username"], values["smtp_username"]]
+            )
         except Throttled as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
             return await self._login_page(
@@ -603,6 +604,7 @@ class OAuthApp:
             with self._throttle.slot():
                 problem = await self._check_mail(areq.client, values)
         except Busy:
+            await self._throttle.settle(reservation, None)
             request.setHeader(b"retry-after", b"5")
             return await self._login_page(
                 request,
@@ -613,11 +615,14 @@ class OAuthApp:
                 ["The service is busy checking other sign-ins. Please try again in a moment."],
                 GENERIC_FAILURE,
             )
+        # The username whose check failed keeps its charge, and so do the
+        # failure budgets; the rest is handed back.  (Should the check itself
+        # raise, nothing is handed back.)
+        await self._throttle.settle(reservation, problem[0] if problem else None)
         if problem is not None:
-            failed_user, line = problem
-            if failed_user is not None:
-                await self._throttle.failed(failed_user)
-            return await self._login_page(request, areq, 400, kept, same, [line], GENERIC_FAILURE)
+            return await self._login_page(
+                request, areq, 400, kept, same, [problem[1]], GENERIC_FAILURE
+            )
 
         credentials = Credentials(
             email=values["email"].strip(),
@@ -668,10 +673,12 @@ class OAuthApp:
 
     async def _check_mail(
         self, client: Client, values: Mapping[str, str]
-    ) -> tuple[str | None, str] | None:
+    ) -> tuple[str, str] | None:
         """
         IMAP first, then SMTP (only when IMAP accepted).  Returns None, or
-        (the username to count a failure against, the line to show).
+        (the username to count a failure against, the line to show).  A
+        server that could not be reached counts as a failure too: what it
+        would have said about the password is unknown.
         """
         checks = [
             ("IMAP", self._imap, client.imap, values["imap_username"], values["imap_password"]),
@@ -691,7 +698,7 @@ class OAuthApp:
                     reason=e.reason,
                 )
                 return (
-                    None,
+                    user,
                     f"{label}: the mail server could not be reached securely. Please try again later.",
                 )
         return None
@@ -879,7 +886,7 @@ def open_store(config: Config, reactor: Any) -> Any:
         except (sqlite3.Error, OSError) as e:
             # One line and exit status 1, not a traceback.
             raise SystemExit(f"mailmcp: cannot open the grant store {path}: {e}") from None
-    return RedisGrantStore(config.store, reactor)
+    return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
 def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tuple[Any, Any]:
@@ -917,6 +924,8 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
             ThrottlePolicy(
                 ip_attempts=config.login_attempts_per_address,
                 user_failures=config.login_failures_per_user,
+                ip_failures=config.login_failures_per_address,
+                global_failures=config.login_failures_global,
             ),
         ),
     )

@@ -5,7 +5,7 @@ The model may write raw IMAP SEARCH syntax (``OR FROM alice FROM bob``,
 ``SUBJECT "q3 report" SINCE 01-Jan-2025``).  Twisted's ``IMAP4Client.search``
 would join such text into the command line verbatim, so a CR/LF smuggles a
 second command and a ``{5}`` literal header stalls the connection
-(security.md P-01).  Here the text is lexed and parsed against an allow-list
+(docs/threat-model.rst, P-01).  Here the text is lexed and parsed against an allow-list
 of search keys with their argument types, and the parse tree is re-emitted:
 every string argument is re-quoted (or sent as a `Literal` when it is not
 ASCII), dates, numbers and UID sets are validated, and nothing the user wrote
@@ -65,14 +65,12 @@ _KEYWORD_ARG = frozenset({"KEYWORD", "UNKEYWORD"})
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9051 atom: any CHAR except atom-specials "(" ")" "{" SP CTL "%" "*" DQUOTE "\" "]"
-_KEYWORD_RE = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}$")
-_HEADER_NAME_RE = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext
+_KEYWORD_RE = re.compile(r"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}")
+_HEADER_NAME_RE = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext
 _SEQ_NUMBER = r"(?:[1-9][0-9]{0,9}|\*)"
-_UID_SET_RE = re.compile(
-    rf"^{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?(?:,{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?)*$"
-)
-_IMAP_DATE_RE = re.compile(r"^([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})$")
-_ISO_DATE_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
+_UID_SET_RE = re.compile(rf"{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?(?:,{_SEQ_NUMBER}(?::{_SEQ_NUMBER})?)*")
+_IMAP_DATE_RE = re.compile(r"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})")
+_ISO_DATE_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 
 
 class SearchQueryError(ValueError):
@@ -197,8 +195,8 @@ def imap_date(value: str | datetime.date) -> bytes:
     if isinstance(value, datetime.date):
         day = value
     else:
-        m = _IMAP_DATE_RE.match(value)
-        iso = _ISO_DATE_RE.match(value)
+        m = _IMAP_DATE_RE.fullmatch(value)
+        iso = _ISO_DATE_RE.fullmatch(value)
         try:
             if m is not None:
                 month = m.group(2).capitalize()
@@ -235,7 +233,7 @@ def search_string(value: str) -> bytes | Literal:
 
 def uid_set(value: str) -> bytes:
     """A validated UID set (``1:10,15,20:*``); every number 1..4294967295."""
-    if len(value) > MAX_UID_SET_CHARS or not _UID_SET_RE.match(value):
+    if len(value) > MAX_UID_SET_CHARS or not _UID_SET_RE.fullmatch(value):
         raise SearchQueryError(
             f"{value[:50]!r} is not a UID set; use numbers, ranges and '*', e.g. 100:200,305"
         )
@@ -325,7 +323,7 @@ class _Parser:
             return Key(name, (_number(self.argument(name).text, name),))
         if name in _KEYWORD_ARG:
             flag = self.argument(name).text
-            if not _KEYWORD_RE.match(flag):
+            if not _KEYWORD_RE.fullmatch(flag):
                 raise SearchQueryError(
                     f"{name} needs a keyword such as $Important (system flags like \\Seen "
                     "have their own keys: SEEN, FLAGGED …)"
@@ -333,12 +331,12 @@ class _Parser:
             return Key(name, (flag.encode("ascii"),))
         if name == "HEADER":
             field = self.argument(name).text
-            if not _HEADER_NAME_RE.match(field):
+            if not _HEADER_NAME_RE.fullmatch(field):
                 raise SearchQueryError(f"{field[:40]!r} is not a header field name")
             return Key(name, (search_string(field), search_string(self.argument(name).text)))
         if name == "UID":
             return Key(name, (uid_set(self.argument(name).text),))
-        if _UID_SET_RE.match(token.text):
+        if _UID_SET_RE.fullmatch(token.text):
             raise SearchQueryError(
                 f"{token.text!r} looks like message sequence numbers; this server speaks UIDs only: "
                 f"write UID {token.text}"

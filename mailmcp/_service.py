@@ -31,12 +31,13 @@ from ._imap import IMAPPool
 from ._mcp import MCPApp
 from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
 from ._oauth import build_authorization_server
-from ._sendrate import SendRateLimiter
+from ._sendrate import SendRateLimiter, SharedSendRateLimiter
 from ._smtp import SMTPSender
 from ._tls import MailTLS
 from ._toolkit import ToolServices
 from ._tools import all_tools
 from ._web import HealthApp, Router
+from .interfaces import ISendBudget, ISendTokenStore
 
 log = Logger()
 
@@ -66,10 +67,13 @@ class ListeningService(Service):
     because a daemon that silently listens on nothing helps nobody.
     """
 
-    def __init__(self, reactor: Any, description: str, site: MailMCPSite) -> None:
+    def __init__(
+        self, reactor: Any, description: str, site: MailMCPSite, option: str = "--listen"
+    ) -> None:
         self._reactor = reactor
         self._description = description
         self._site = site
+        self._option = option
         self._attempted = False
         self.port: IListeningPort | None = None
 
@@ -94,12 +98,12 @@ class ListeningService(Service):
         except IndexError:
             # systemd:...:index=N with fewer sockets passed in (LISTEN_FDS).
             self._fail(
-                f"bad --listen endpoint {self._description!r}: no such socket was passed "
+                f"bad {self._option} endpoint {self._description!r}: no such socket was passed "
                 "in by systemd (is the process started by its .socket unit?)"
             )
             return
         except (ValueError, TypeError, KeyError) as e:
-            self._fail(f"bad --listen endpoint {self._description!r}: {e}")
+            self._fail(f"bad {self._option} endpoint {self._description!r}: {e}")
             return
         outcome: list[Any] = []
         endpoint.listen(self._site).addBoth(outcome.append)
@@ -111,7 +115,11 @@ class ListeningService(Service):
             self._fail(f"cannot listen on {self._description}: {result.getErrorMessage()}")
             return
         self.port = result
-        log.info("mailmcp listening on {endpoint}", endpoint=self._description)
+        log.info(
+            "mailmcp listening on {endpoint}{what}",
+            endpoint=self._description,
+            what=" (metrics)" if self._option == "--metrics-listen" else "",
+        )
 
     def _fail(self, message: str) -> None:
         # Under twistd, sys.stderr is already redirected into the log; the
@@ -228,6 +236,18 @@ class SequentialMultiService(MultiService):
             await deferLater(self._clock, 0, lambda: None)
 
 
+def build_send_limiter(config: Config, reactor: Any, parent: MultiService) -> ISendBudget:
+    """
+    Recipients per account: --send-burst at once, then --sends-per-hour
+    (SM-12).  Kept in the grant store when it can share them (Redis: every
+    daemon on it has one budget per account), else in this process.
+    """
+    store = parent.getServiceNamed("grant-store") if "grant-store" in parent.namedServices else None
+    if ISendTokenStore.providedBy(store):
+        return SharedSendRateLimiter(store, config.send_burst, config.sends_per_hour)
+    return SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
+
+
 def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tuple[str, IResource]]:
     """
     Build the daemon's parts and return their path prefixes.  Parts that own
@@ -235,13 +255,26 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     C{parent} as services.
     """
     routes: list[tuple[str, IResource]] = [("/health", HealthApp(config.base_url).app.resource())]
-    lag_probe = ReactorLagProbe(reactor)
+    # The raw samples (for the JSON of /metrics) are kept only when there is
+    # a metrics listener to serve them; admission needs none.
+    lag_probe = ReactorLagProbe(reactor, keep=20000 if config.metrics_listen else 0)
     lag_probe.setName("reactor-lag")
     lag_probe.setServiceParent(parent)
-    # /mcp requests in progress at once, adapted to the lag (DESIGN §6).
+    # /mcp requests in progress at once, adapted to the lag (docs/architecture.rst, Targets).
     admission = Admission()
     lag_probe.observers.append(admission.observe_lag)
-    routes.append(("/metrics", MetricsApp(lag_probe, admission=admission).app.resource()))
+    # /metrics only on its own, private listener (--metrics-listen), if any:
+    # on the public one it would be an anonymous traffic amplifier.
+    if config.metrics_listen is not None:
+        metrics = MetricsApp(lag_probe, admission=admission)
+        metrics_site = MailMCPSite(
+            Router([("/metrics", metrics.app.resource())]), max_body=4096, reactor=reactor
+        )
+        metrics_listener = ListeningService(
+            reactor, config.metrics_listen, metrics_site, option="--metrics-listen"
+        )
+        metrics_listener.setName("metrics-listen")
+        metrics_listener.setServiceParent(parent)
     oauth_resource, verifier = build_authorization_server(config, reactor, parent)
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
@@ -262,8 +295,7 @@ def build_routes(config: Config, reactor: Any, parent: MultiService) -> list[tup
     tool_services.smtp = SMTPSender(
         reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
     )
-    # Sends per account: --send-burst at once, then --sends-per-hour (SM-12).
-    tool_services.send_limiter = SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
+    tool_services.send_limiter = build_send_limiter(config, reactor, parent)
     mcp = MCPApp(config, verifier, tool_services, all_tools(), admission=admission)
     routes.append(("/mcp", mcp.app.resource()))
     return routes

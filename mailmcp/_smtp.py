@@ -2,7 +2,7 @@
 Sending one message over ESMTP, at most once.
 
 Built on `twisted.mail.smtp.ESMTPSender`, with every unsafe default of the
-stock sender overridden (security.md P-09, P-10, P-12):
+stock sender overridden (docs/threat-model.rst, P-09, P-10, P-12):
 
 - **TLS is required and verified**: implicit TLS for ``tls`` (port 465),
   mandatory STARTTLS for ``starttls`` (a server that does not offer it is

@@ -5,23 +5,39 @@ The shared grant store: Redis, for several processes or hosts
 Every check-and-set runs as one Lua script, so two processes racing on the
 same code or refresh token cannot both win.  Expiry is enforced against the
 daemon's clock (the ``expires`` field) and Redis TTLs only collect garbage.
+
+``rediss://`` verifies the server: its certificate chain against the system
+trust store (or only the CAs of ``--store-ca-file``) and its name against the
+URL's host.  txredisapi's own ``ssl_context_factory=True`` verifies neither,
+so it is never used.
 """
 
 from __future__ import annotations
 
 import base64
+import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
+from service_identity import VerificationError
 from twisted.application.service import Service
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import TimeoutError as TCPTimedOutError
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._grants import GrantRecord
-from .interfaces import IGrantStore
+from ._grants import USED_CODE_MARGIN, GrantRecord
+from ._tls import load_pem_certificates
+from .interfaces import IGrantStore, ISendTokenStore
 
 log = Logger()
 
@@ -35,11 +51,20 @@ return 1
 """
 
 _ROTATE = """
-local gen = redis.call('HGET', KEYS[1], 'gen')
-if not gen or tonumber(gen) ~= tonumber(ARGV[1]) then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'expires')) <= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'gen', tonumber(gen) + 1)
-return 1
+local f = redis.call('HMGET', KEYS[1], 'gen', 'expires', 'rotated', 'succ')
+if not f[1] or not f[2] then return false end
+local now = tonumber(ARGV[2])
+if tonumber(f[2]) <= now then return false end
+local gen = tonumber(f[1])
+local asked = tonumber(ARGV[1])
+if gen == asked then
+  redis.call('HSET', KEYS[1], 'gen', gen + 1, 'rotated', ARGV[2], 'succ', ARGV[3])
+  return ARGV[3]
+end
+if gen == asked + 1 and f[3] and f[4] and now < tonumber(f[3]) + tonumber(ARGV[4]) then
+  return f[4]
+end
+return false
 """
 
 _HIT = """
@@ -51,6 +76,60 @@ if untl <= now then
   return 1
 end
 return redis.call('HINCRBY', KEYS[1], 'count', 1)
+"""
+
+
+# KEYS: the counters; ARGV: now, then limit and window for each key.  All or
+# nothing: one script is atomic, so racing processes cannot overshoot.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local fresh = {}
+for i, key in ipairs(KEYS) do
+  local count = 0
+  local untl = tonumber(redis.call('HGET', key, 'until') or '0')
+  if untl > now then count = tonumber(redis.call('HGET', key, 'count') or '0') end
+  if count >= tonumber(ARGV[2 * i]) then return i end
+  fresh[i] = untl <= now
+end
+for i, key in ipairs(KEYS) do
+  if fresh[i] then
+    local window = tonumber(ARGV[2 * i + 1])
+    redis.call('HSET', key, 'count', 1, 'until', tostring(now + window))
+    redis.call('EXPIRE', key, window)
+  else
+    redis.call('HINCRBY', key, 'count', 1)
+  end
+end
+return 0
+"""
+
+_RELEASE = """
+local now = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local untl = tonumber(redis.call('HGET', key, 'until') or '0')
+  if untl > now and tonumber(redis.call('HGET', key, 'count') or '0') > 0 then
+    redis.call('HINCRBY', key, 'count', -1)
+  end
+end
+return 0
+"""
+
+#: Token bucket (send limit): KEYS[1] the bucket; ARGV burst, refill rate per
+#: second, now, tokens wanted, TTL.  Returns "0" when taken, else the seconds
+#: to wait (as a string: Lua numbers would be truncated to integers).
+_TAKE_SEND_TOKENS = """
+local burst, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, want = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tokens, stamp = burst, now
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+if saved[1] and saved[2] then
+  stamp = math.max(now, tonumber(saved[2]))
+  tokens = math.min(burst, tonumber(saved[1]) + math.max(0, now - tonumber(saved[2])) * rate)
+end
+if tokens < want then return tostring((want - tokens) / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - want), 'stamp', tostring(stamp))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return '0'
 """
 
 
@@ -75,11 +154,56 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     }
 
 
-@implementer(IGrantStore)
+def redis_tls_options(host: str, ca_file: Path | None = None) -> Any:
+    """
+    Client TLS options for a Redis server at C{host} that verify its
+    certificate: against the system trust store, or only against the CAs in
+    C{ca_file}; and its name (or IP address) against C{host}.
+    """
+    trust = (
+        ssl.trustRootFromCertificates(load_pem_certificates(ca_file))
+        if ca_file is not None
+        else ssl.platformTrust()
+    )
+    return ssl.optionsForClientTLS(host, trustRoot=trust)
+
+
+@implementer(IHandshakeListener)
+class _Handshake(Protocol):
+    """Completes a TLS handshake, reports it to C{done}, and hangs up."""
+
+    def __init__(self, done: Deferred[bool]) -> None:
+        self._done = done
+
+    def handshakeCompleted(self) -> None:
+        if not self._done.called:
+            self._done.callback(True)
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._done.called:
+            self._done.errback(reason)
+
+
+def _tls_reason(reason: Failure) -> str:
+    """A short operator-facing reason for a failed handshake."""
+    if reason.check(VerificationError):
+        return "the certificate does not name this host"
+    text = reason.getErrorMessage()
+    if "certificate verify failed" in text:
+        return "the certificate is not signed by a trusted CA"
+    return text[:200]
+
+
+@implementer(IGrantStore, ISendTokenStore)
 class RedisGrantStore(Service):
     """
     `IGrantStore` on Redis.  The connection pool is opened in
     `startService` and closed in `stopService`.
+
+    :param ca_file: for ``rediss://``, the PEM CAs to trust instead of the
+        system trust store.
     """
 
     def __init__(
@@ -89,8 +213,12 @@ class RedisGrantStore(Service):
         prefix: str = "mailmcp:",
         poolsize: int = 4,
         timeout: float = 5.0,
+        ca_file: Path | None = None,
+        reactor: Any = None,
     ) -> None:
         self._url = url
+        self._ca_file = ca_file
+        self._reactor = reactor
         self._clock = clock
         self._timeout = timeout
         self._prefix = prefix
@@ -100,6 +228,50 @@ class RedisGrantStore(Service):
     def startService(self) -> None:
         super().startService()
         self.connect()
+        if self._reactor is not None and parse_redis_url(self._url).get("tls"):
+            self.check_tls()
+
+    def check_tls(self) -> Deferred[bool]:
+        """
+        One TLS handshake with the server, no Redis command, to say clearly
+        in the log (at start) whether the server's certificate verifies: the
+        pool's own failures only read "Lost connection".  Fires with the
+        outcome; never fails.
+        """
+        options = parse_redis_url(self._url)
+        where = f"{options['host']}:{options['port']}"
+        endpoint = wrapClientTLS(
+            redis_tls_options(options["host"], self._ca_file),
+            HostnameEndpoint(self._reactor, options["host"], options["port"], timeout=5),
+        )
+        done: Deferred[bool] = Deferred()
+
+        def failed(reason: Failure) -> bool:
+            if reason.check(ConnectError, DNSLookupError, TCPTimedOutError):
+                # Not a verdict on the certificate: Redis is not up (yet).
+                log.warn(
+                    "grant store {where}: not reachable at start, TLS not checked: {why}",
+                    where=where,
+                    why=reason.getErrorMessage()[:200],
+                )
+                return False
+            log.error(
+                "grant store {where}: TLS refused, nothing sent: {why} "
+                "(trusting {trust}; check --store-ca-file and the host name in --store)",
+                where=where,
+                why=_tls_reason(reason),
+                trust=self._ca_file or "the system CAs",
+            )
+            return False
+
+        def verified(_: object) -> bool:
+            log.info("grant store {where}: TLS certificate verified", where=where)
+            return True
+
+        done.addCallbacks(verified, failed)
+        connected = endpoint.connect(Factory.forProtocol(lambda: _Handshake(done)))
+        connected.addErrback(lambda f: None if done.called else done.errback(f))
+        return done
 
     def connect(self) -> None:
         options = parse_redis_url(self._url)
@@ -113,8 +285,9 @@ class RedisGrantStore(Service):
         if "path" in options:
             self._redis = txredisapi.lazyUnixConnectionPool(options["path"], **common)
         else:
+            tls = redis_tls_options(options["host"], self._ca_file) if options["tls"] else False
             self._redis = txredisapi.lazyConnectionPool(
-                options["host"], options["port"], ssl_context_factory=options["tls"], **common
+                options["host"], options["port"], ssl_context_factory=tls, **common
             )
 
     def stopService(self) -> Deferred[None] | None:
@@ -195,7 +368,12 @@ class RedisGrantStore(Service):
         result = await self._redis.eval(
             _ACTIVATE,
             [f"{self._prefix}code:{code_id}", self._grant_key(grant_id)],
-            [self._ttl(code_expires), str(expires), str(self._now()), self._ttl(expires)],
+            [
+                self._ttl(code_expires + USED_CODE_MARGIN),
+                str(expires),
+                str(self._now()),
+                self._ttl(expires),
+            ],
         )
         return int(result) == 1
 
@@ -204,14 +382,27 @@ class RedisGrantStore(Service):
     ) -> Deferred[bool]:
         return self._deadline(self._activate(grant_id, code_id, code_expires, expires))
 
-    async def _rotate(self, grant_id: str, generation: int) -> bool:
+    async def _rotate(
+        self, grant_id: str, generation: int, successor: bytes, grace: int
+    ) -> bytes | None:
         result = await self._redis.eval(
-            _ROTATE, [self._grant_key(grant_id)], [str(generation), str(self._now())]
+            _ROTATE,
+            [self._grant_key(grant_id)],
+            [
+                str(generation),
+                repr(self._now()),
+                base64.b64encode(successor).decode("ascii"),
+                str(int(grace)),
+            ],
         )
-        return int(result) == 1
+        if not result:
+            return None
+        return base64.b64decode(str(result))
 
-    def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
-        return self._deadline(self._rotate(grant_id, generation))
+    def rotate_refresh(
+        self, grant_id: str, generation: int, successor: bytes, grace: int
+    ) -> Deferred[bytes | None]:
+        return self._deadline(self._rotate(grant_id, generation, successor, grace))
 
     async def _revoke(self, grant_id: str) -> None:
         await self._redis.execute_command("DEL", self._grant_key(grant_id))
@@ -239,3 +430,42 @@ class RedisGrantStore(Service):
 
     def count(self, key: str) -> Deferred[int]:
         return self._deadline(self._count(key))
+
+    async def _reserve(self, budgets: Sequence[tuple[str, int, int]]) -> str | None:
+        args: list[str | int] = [str(self._now())]
+        for _, limit, window in budgets:
+            args += [int(limit), int(window)]
+        keys = [f"{self._prefix}count:{key}" for key, _, _ in budgets]
+        full = int(await self._redis.eval(_RESERVE, keys, args))
+        return budgets[full - 1][0] if full else None
+
+    def reserve(self, budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
+        return self._deadline(self._reserve(budgets))
+
+    async def _release(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._redis.eval(
+                _RELEASE, [f"{self._prefix}count:{key}" for key in keys], [str(self._now())]
+            )
+
+    def release(self, keys: Sequence[str]) -> Deferred[None]:
+        return self._deadline(self._release(keys))
+
+    # -- send limit (SM-12): recipients' token buckets shared by every daemon --
+
+    async def _take_send_tokens(self, key: str, count: int, burst: int, per_hour: float) -> float:
+        rate = per_hour / 3600.0
+        # A bucket untouched this long has refilled: it may as well vanish.
+        ttl = math.ceil(burst / rate) + 1
+        result = await self._redis.eval(
+            _TAKE_SEND_TOKENS,
+            [f"{self._prefix}send:{key}"],
+            [str(burst), repr(rate), repr(self._now()), str(count), str(ttl)],
+        )
+        return float(result)
+
+    def take_send_tokens(
+        self, key: str, count: int, burst: int, per_hour: float
+    ) -> Deferred[float]:
+        """`ISendTokenStore.take_send_tokens`: one Lua script, so racing daemons share one bucket."""
+        return self._deadline(self._take_send_tokens(key, count, burst, per_hour))

@@ -16,8 +16,9 @@ Redis store (``--store redis://...``).
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ._grants import GrantRecord
+from ._grants import USED_CODE_MARGIN, GrantRecord
 from .interfaces import IGrantStore
 
 log = Logger()
@@ -43,7 +44,9 @@ CREATE TABLE IF NOT EXISTS grants (
     sealed BLOB NOT NULL,
     created INTEGER NOT NULL,
     expires INTEGER NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 0
+    generation INTEGER NOT NULL DEFAULT 0,
+    successor BLOB,
+    rotated REAL
 );
 CREATE INDEX IF NOT EXISTS grants_expires ON grants (expires);
 CREATE TABLE IF NOT EXISTS used_codes (
@@ -57,6 +60,26 @@ CREATE TABLE IF NOT EXISTS counters (
     expires REAL NOT NULL
 );
 """
+
+
+#: Columns added after the first release, with their declarations: a file
+#: written by an older version gains them when opened.
+_ADDED_COLUMNS = {"successor": "BLOB", "rotated": "REAL"}
+
+
+def _create_private(path: str) -> None:
+    """
+    Create the database file 0600 before SQLite opens it (and make an
+    existing one and its ``-wal``/``-shm`` files 0600): SQLite creates the
+    ``-wal`` and ``-shm`` files with the database file's mode, so they are
+    private from the first write on, whatever the umask.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _run(call: Callable[[], Any]) -> Deferred[Any]:
@@ -79,14 +102,18 @@ class SQLiteGrantStore(Service):
         self._path = str(path)
         self._clock = clock
         self._interval = maintenance_interval
+        if self._path != ":memory:":
+            _create_private(self._path)
         self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=2000")
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
-        if self._path != ":memory:":
-            Path(self._path).chmod(0o600)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(grants)")}
+        for column, declaration in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE grants ADD COLUMN {column} {declaration}")
         self._pool: ThreadPool | None = None
         self._loop: LoopingCall | None = None
 
@@ -194,7 +221,7 @@ class SQLiteGrantStore(Service):
             try:
                 fresh = self._db.execute(
                     "INSERT OR IGNORE INTO used_codes (code_id, expires) VALUES (?, ?)",
-                    (code_id, max(code_expires, int(self._now()) + 1)),
+                    (code_id, max(code_expires, int(self._now())) + USED_CODE_MARGIN),
                 ).rowcount
                 updated = 0
                 if fresh:
@@ -210,16 +237,34 @@ class SQLiteGrantStore(Service):
 
         return _run(call)
 
-    def rotate_refresh(self, grant_id: str, generation: int) -> Deferred[bool]:
-        def call() -> bool:
-            return (
-                self._db.execute(
-                    "UPDATE grants SET generation = generation + 1"
+    def rotate_refresh(
+        self, grant_id: str, generation: int, successor: bytes, grace: int
+    ) -> Deferred[bytes | None]:
+        def call() -> bytes | None:
+            now = self._now()
+            # One transaction: rotate if at `generation`, then read back the
+            # successor now current (ours, or the winner's within the grace).
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rotated = self._db.execute(
+                    "UPDATE grants SET generation = generation + 1, successor = ?, rotated = ?"
                     " WHERE grant_id = ? AND generation = ? AND expires > ?",
-                    (grant_id, generation, self._now()),
+                    (successor, now, grant_id, generation, now),
                 ).rowcount
-                == 1
-            )
+                row = None
+                if not rotated:
+                    row = self._db.execute(
+                        "SELECT successor FROM grants WHERE grant_id = ? AND generation = ?"
+                        " AND expires > ? AND rotated IS NOT NULL AND rotated + ? > ?",
+                        (grant_id, generation + 1, now, grace, now),
+                    ).fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if rotated:
+                return successor
+            return None if row is None or row[0] is None else bytes(row[0])
 
         return _run(call)
 
@@ -250,5 +295,46 @@ class SQLiteGrantStore(Service):
                 "SELECT count FROM counters WHERE key = ? AND expires > ?", (key, self._now())
             ).fetchone()
             return int(row[0]) if row else 0
+
+        return _run(call)
+
+    def reserve(self, budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
+        def call() -> str | None:
+            now = self._now()
+            # BEGIN IMMEDIATE takes the write lock before reading, so another
+            # process cannot read the same counts in between (no check-then-act).
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, limit, _ in budgets:
+                    row = self._db.execute(
+                        "SELECT count FROM counters WHERE key = ? AND expires > ?", (key, now)
+                    ).fetchone()
+                    if row is not None and int(row[0]) >= limit:
+                        self._db.execute("ROLLBACK")
+                        return key
+                for key, _, window in budgets:
+                    self._db.execute(
+                        "INSERT INTO counters (key, count, expires) VALUES (?, 1, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET"
+                        "  count = CASE WHEN expires <= ? THEN 1 ELSE count + 1 END,"
+                        "  expires = CASE WHEN expires <= ? THEN ? ELSE expires END",
+                        (key, now + window, now, now, now + window),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return None
+
+        return _run(call)
+
+    def release(self, keys: Sequence[str]) -> Deferred[None]:
+        def call() -> None:
+            now = self._now()
+            self._db.executemany(
+                "UPDATE counters SET count = count - 1 WHERE key = ? AND expires > ? AND count > 0",
+                [(key, now) for key in keys],
+            )
 
         return _run(call)

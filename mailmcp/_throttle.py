@@ -1,15 +1,29 @@
 """
 Login throttling: the login form is a live credential oracle for the mail
-server behind it, so attempts are limited per client address and failures
-per username (counters in the grant store, shared by every process), and
-live validations in flight are capped per process.  A throttled attempt is
-answered from these counters alone, without contacting any mail server.
+servers behind it, so every attempt spends from budgets kept in the grant
+store (shared by every process) before any mail server is contacted:
+
+- per username tried (the IMAP username and, when different, the SMTP
+  username), normalised so spellings of one name share a budget;
+- attempts per client address (a short window);
+- failures per client address (a long window);
+- failures across the whole service (the backstop against guessing spread
+  over many addresses).
+
+The attempt is *reserved* in one atomic store operation (`IGrantStore.reserve`)
+before the live check, so concurrent attempts cannot all pass a check that
+only a later write would have failed.  Failure budgets are handed back when
+the mail server accepted the login (or was never asked); only the per-address
+attempt budget counts successes too.  Live checks in flight are also capped
+per process.  A throttled attempt is answered from the store alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import unicodedata
+from collections.abc import Iterable, Sequence
 
 import attrs
 from twisted.logger import Logger
@@ -18,38 +32,140 @@ from .interfaces import IGrantStore
 
 log = Logger()
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+GLOBAL_FAILURES_KEY = "global:failures"
+
 
 @attrs.frozen
 class ThrottlePolicy:
-    """Limits: attempts per address, failures per username, each per window (seconds)."""
+    """Budgets and their windows (seconds)."""
 
     ip_attempts: int = 20
     ip_window: int = 60
     user_failures: int = 5
     user_window: int = 300
+    ip_failures: int = 30
+    ip_failure_window: int = 3600
+    global_failures: int = 300
+    global_window: int = 300
 
 
-def address_key(address: str) -> str:
-    """IPv4 addresses count alone; IPv6 addresses by their /64."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return "ip:" + address[:64]
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return f"ip:{ip.ipv4_mapped}"
-        return "ip:" + str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return f"ip:{ip}"
+def normalise_username(username: str) -> str:
+    """
+    One spelling per name: Unicode NFKC, case-folded, outer whitespace
+    stripped, so ``Alice@Example.test `` and ``alice@example.test`` (or a
+    full-width variant) share one budget.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+    return folded.strip()
 
 
 def username_key(username: str) -> str:
     """Usernames are stored hashed: the store needs no list of who tried."""
-    norm = username.strip().lower().encode("utf-8")
+    norm = normalise_username(username).encode("utf-8")
     return "user:" + hashlib.sha256(norm).hexdigest()[:32]
 
 
+def _address_id(address: str) -> str:
+    """IPv4 addresses count alone; IPv6 addresses by their /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def address_key(address: str) -> str:
+    """The counter of login attempts from C{address}."""
+    return "ip:" + _address_id(address)
+
+
+def address_failure_key(address: str) -> str:
+    """The counter of failed logins from C{address}."""
+    return "ipfail:" + _address_id(address)
+
+
+# -- the client address -------------------------------------------------------
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """
+    A comma- or space-separated list of addresses and CIDR networks.
+
+    :raises ValueError: naming the first entry that is neither.
+    """
+    networks = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def _parse_hop(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An X-Forwarded-For hop as an address (ports and IPv6 brackets removed)."""
+    if hop.startswith("["):
+        hop = hop[1:].partition("]")[0]
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(hop)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _trusted(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, proxies: Sequence[IPNetwork]
+) -> bool:
+    return ip is not None and any(ip in net for net in proxies)
+
+
+def client_address(
+    peer: str,
+    forwarded: Sequence[bytes],
+    proxies: Sequence[IPNetwork],
+    trust_peer: bool = False,
+) -> str:
+    """
+    The address a login attempt is charged to.
+
+    ``X-Forwarded-For`` (all its header lines, in order, as one list) only
+    counts when the direct C{peer} is a trusted proxy (in C{proxies}, or any
+    peer when C{trust_peer}, i.e. ``--trust-forwarded``).  Then the
+    list is walked from the right, skipping hops that are trusted proxies:
+    the first other hop is the client, as the nearest trusted proxy saw it.
+    Hops further left were written by the client and are never believed.
+    """
+    if not forwarded or not (trust_peer or _trusted(_parse_hop(peer), proxies)):
+        return peer
+    hops = [
+        hop.strip()
+        for value in forwarded
+        for hop in value.decode("latin-1").split(",")
+        if hop.strip()
+    ]
+    for hop in reversed(hops):
+        ip = _parse_hop(hop)
+        if not _trusted(ip, proxies):
+            return str(ip) if ip is not None else hop[:64]
+    # Every hop is a proxy of ours: the left-most is the furthest we know.
+    return str(_parse_hop(hops[0])) if hops else peer
+
+
+# -- the gate -----------------------------------------------------------------
+
+
 class Throttled(Exception):
-    """Too many attempts: try again after C{retry_after} seconds."""
+    """A budget is used up: try again after C{retry_after} seconds."""
 
     def __init__(self, retry_after: int, scope: str) -> None:
         super().__init__("throttled")
@@ -61,13 +177,26 @@ class Busy(Exception):
     """Too many live validations in flight in this process."""
 
 
+@attrs.frozen
+class Reservation:
+    """
+    What one admitted attempt holds: its username counters (normalised
+    username -> key) and the address/global failure counters.
+    """
+
+    usernames: dict[str, str]
+    failure_keys: tuple[str, ...]
+
+
 class LoginThrottle:
     """
     The gate in front of live login checks.
 
-    Use: ``await throttle.admit(ip, username)`` (raises `Throttled`), then
-    ``with throttle.slot():`` around the live check (raises `Busy`), then
-    ``await throttle.failed(username)`` when the mail server said no.
+    Use: ``reservation = await throttle.admit(ip, [imap_user, smtp_user])``
+    (raises `Throttled`), then ``with throttle.slot():`` around the live check
+    (raises `Busy`), then ``await throttle.settle(reservation, failed_user)``
+    with the username the mail server refused (or None when it accepted, or
+    was never asked).
     """
 
     def __init__(
@@ -78,23 +207,59 @@ class LoginThrottle:
         self.policy = policy or ThrottlePolicy()
         self.in_flight = 0
 
-    async def admit(self, address: str, username: str) -> None:
-        policy = self.policy
-        failures = await self._store.count(username_key(username))
-        if failures >= policy.user_failures:
-            log.info("login throttled for a username ({failures} failures)", failures=failures)
-            raise Throttled(policy.user_window, "username")
-        attempts = await self._store.hit(address_key(address), policy.ip_window)
-        if attempts > policy.ip_attempts:
-            log.info(
-                "login throttled for {address} ({attempts} attempts)",
-                address=address,
-                attempts=attempts,
-            )
-            raise Throttled(policy.ip_window, "address")
+    async def admit(self, address: str, usernames: Iterable[str]) -> Reservation:
+        """
+        Reserve one attempt against every budget at once, before any mail
+        server is asked.
 
-    async def failed(self, username: str) -> None:
-        await self._store.hit(username_key(username), self.policy.user_window)
+        :raises Throttled: when one budget is used up (nothing is charged).
+        """
+        policy = self.policy
+        names: dict[str, str] = {}
+        for username in usernames:
+            names.setdefault(normalise_username(username), username_key(username))
+        failure_keys = (address_failure_key(address), GLOBAL_FAILURES_KEY)
+        budgets = [(key, policy.user_failures, policy.user_window) for key in names.values()]
+        budgets += [
+            (address_key(address), policy.ip_attempts, policy.ip_window),
+            (failure_keys[0], policy.ip_failures, policy.ip_failure_window),
+            (failure_keys[1], policy.global_failures, policy.global_window),
+        ]
+        full = await self._store.reserve(budgets)
+        if full is None:
+            return Reservation(names, failure_keys)
+        if full.startswith("user:"):
+            scope, retry = "username", policy.user_window
+        elif full.startswith("ip:"):
+            scope, retry = "address", policy.ip_window
+        elif full.startswith("ipfail:"):
+            scope, retry = "address failures", policy.ip_failure_window
+        else:
+            scope, retry = "global failures", policy.global_window
+        log.info(
+            "login throttled for {address}: {scope} budget used up", address=address, scope=scope
+        )
+        raise Throttled(retry, scope)
+
+    async def settle(self, reservation: Reservation, failed_username: str | None) -> None:
+        """
+        Keep the charges of a failed attempt (the refused username's budget
+        and the failure budgets), hand back everything else.
+        """
+        if failed_username is None:
+            keep: set[str] = set()
+        else:
+            failed = reservation.usernames.get(normalise_username(failed_username))
+            keep = {*reservation.failure_keys, *([failed] if failed else [])}
+        back = [
+            k for k in (*reservation.usernames.values(), *reservation.failure_keys) if k not in keep
+        ]
+        if back:
+            try:
+                await self._store.release(back)
+            except Exception:
+                # Over-charging is the safe side; the login itself goes on.
+                log.failure("could not hand back login throttle budgets")
 
     def slot(self) -> _Slot:
         return _Slot(self)

@@ -70,8 +70,9 @@ class ToolServices:
     The shared, long-lived parts tool handlers use, built once by
     ``mailmcp._service``: the reactor (clock), the daemon's config, the IMAP
     pool (`mailmcp._mailbox_api.IMAPPoolAPI`), the SMTP sender, the
-    per-account send limiter (`mailmcp._sendrate.SendRateLimiter`; None: no
-    limit) and the attachment store.  Tests build one with their own parts.
+    per-account send budget (`mailmcp.interfaces.ISendBudget`, in
+    `mailmcp._sendrate`; None: no limit) and the attachment store.  Tests
+    build one with their own parts.
     """
 
     reactor: Any

@@ -30,7 +30,7 @@ from ._clients import (
     validate_redirect_uri,
 )
 from ._config import DEFAULT_STATE_DIR, OneLineErrorOptions, env_name, prepare_state_dir
-from ._keyring import KeyRing, KeyRingError, add_key, load_or_create_keyring
+from ._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
 from ._tokens import TokenCodec
 
 _DEFAULT_PORTS = {
@@ -53,7 +53,8 @@ class Options(OneLineErrorOptions):
     longdesc = (
         "Print a client_id and client_secret to paste into Claude's custom "
         "connector (Advanced settings), for one IMAP/SMTP server pair. "
-        "With --add-key, rotate the key ring instead."
+        "With --add-key (optionally --inactive) or --activate-key KID, rotate the "
+        "key ring instead."
     )
     optParameters = [
         [
@@ -75,11 +76,23 @@ class Options(OneLineErrorOptions):
         ["smtp-port", None, None, "SMTP port (default 465 for tls, 587 for starttls)."],
         ["smtp-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
         ["name", None, None, "A label for this client, shown on the login page."],
+        [
+            "activate-key",
+            None,
+            None,
+            "Make key KID (added with --add-key --inactive) the encrypting key and exit.",
+        ],
     ]
     optFlags = [
         ["json", None, "Print one JSON object instead of human-readable text."],
         ["public", None, "A public client: no secret, PKCE only (e.g. Claude Code)."],
         ["add-key", None, "Add a new current key to the key ring (rotation) and exit."],
+        [
+            "inactive",
+            None,
+            "With --add-key: the new key only decrypts until --activate-key "
+            "(staged rotation across several processes).",
+        ],
         [
             "smtp-files-sent",
             None,
@@ -126,7 +139,11 @@ class Options(OneLineErrorOptions):
         self["state-dir"] = prepare_state_dir(Path(state))
         key_file = self["key-file"] or self._environ.get(env_name("key-file"))
         self["key-file"] = Path(key_file) if key_file else None
-        if self["add-key"]:
+        if self["inactive"] and not self["add-key"]:
+            raise usage.UsageError("--inactive only goes with --add-key")
+        if self["add-key"] and self["activate-key"]:
+            raise usage.UsageError("--add-key and --activate-key are separate steps")
+        if self["add-key"] or self["activate-key"]:
             return
         self["imap"] = self._server("imap")
         self["smtp"] = attrs.evolve(self._server("smtp"), files_sent=bool(self["smtp-files-sent"]))
@@ -141,15 +158,8 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
     """Do what the options ask and write the result to C{out}."""
     state_dir: Path = options["state-dir"]
     key_file: Path | None = options["key-file"]
-    if options["add-key"]:
-        rotated = add_key(state_dir, key_file)
-        if options["json"]:
-            out.write(json.dumps({"current_kid": rotated.current_kid, "kids": rotated.kids}) + "\n")
-        else:
-            out.write(
-                f"Added key {rotated.current_kid}; the key ring now holds {len(rotated.kids)} keys.\n"
-            )
-            out.write("Restart (or reload) every mailmcp process sharing this key ring.\n")
+    if options["add-key"] or options["activate-key"]:
+        _rotate(options, state_dir, key_file, out)
         return
     ring: KeyRing = load_or_create_keyring(state_dir, key_file, environ)
     codec = TokenCodec(ring, _WallClock())
@@ -189,6 +199,41 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
     else:
         out.write(f"  OAuth Client Secret: {secret}\n")
         out.write("\nThe secret is shown once and stored nowhere; keep it safe.\n")
+
+
+def _rotate(options: Options, state_dir: Path, key_file: Path | None, out: TextIO) -> None:
+    """--add-key [--inactive] or --activate-key KID: change the key ring file, say what next."""
+    if options["activate-key"]:
+        ring = activate_key(state_dir, options["activate-key"], key_file)
+        message = (
+            f"Key {ring.current_kid} is now the encrypting key.\n"
+            "Restart every mailmcp process sharing this key ring (each one can\n"
+            "already open what the others seal with it).\n"
+        )
+    elif options["inactive"]:
+        ring = add_key(state_dir, key_file, active=False)
+        added = ring.kids[-1]
+        message = (
+            f"Added key {added} (inactive: it decrypts, {ring.current_kid} still encrypts).\n"
+            "Copy this key ring to every mailmcp process and restart each one; then run\n"
+            f"  twistd mailmcp-generate --activate-key {added}\n"
+            "and again copy and restart each one.\n"
+        )
+    else:
+        ring = add_key(state_dir, key_file)
+        message = (
+            f"Added key {ring.current_kid}; the key ring now holds {len(ring.kids)} keys.\n"
+            "Restart (or reload) every mailmcp process sharing this key ring.\n"
+        )
+    if options["json"]:
+        document = {
+            "current_kid": ring.current_kid,
+            "kids": ring.kids,
+            "inactive_kids": ring.inactive_kids,
+        }
+        out.write(json.dumps(document) + "\n")
+    else:
+        out.write(message)
 
 
 def makeService(options: Options) -> IService:

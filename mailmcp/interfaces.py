@@ -59,13 +59,25 @@ class IGrantStore(Interface):
         Consume authorization code C{code_id} of the grant atomically and set
         the grant's absolute expiry.  Fire with True the first time only; a
         second call with the same code (a replay), or for a missing grant,
-        fires with False.
+        fires with False.  The used-code marker outlives C{code_expires} by
+        `mailmcp._grants.USED_CODE_MARGIN` seconds, so a replica whose clock
+        runs behind still sees the code as used.
         """
 
-    def rotate_refresh(grant_id: str, generation: int) -> Any:
+    def rotate_refresh(grant_id: str, generation: int, successor: bytes, grace: int) -> Any:
         """
-        Compare-and-increment the grant's refresh generation: True when it was
-        C{generation} (now C{generation + 1}), False otherwise (reuse).
+        Rotate the grant's refresh family, atomically (concurrent calls from
+        several processes see one outcome):
+
+          - the grant is at C{generation}: move it to C{generation + 1},
+            remember C{successor} (the new refresh token, sealed under the
+            grant key) and the time, and fire with C{successor};
+          - the grant is already at C{generation + 1} and was rotated less
+            than C{grace} seconds ago (a lost response, or a concurrent
+            refresh of the same token): fire with the remembered successor,
+            changing nothing;
+          - otherwise (older reuse, reuse after the grace, no such live
+            grant): fire with None.
         """
 
     def revoke_grant(grant_id: str) -> Any:
@@ -76,6 +88,24 @@ class IGrantStore(Interface):
 
     def count(key: str) -> Any:
         """Fire with the current count of C{key} (0 when absent or expired)."""
+
+    def reserve(budgets: Any) -> Any:
+        """
+        Take one unit from every budget, atomically and all or nothing.
+
+        C{budgets} is a sequence of (counter key, limit, window seconds) with
+        distinct keys.  When every counter is below its limit, add one to
+        each (a counter's window starts at its first unit) and fire with
+        None; otherwise change nothing and fire with the first key that is
+        at its limit.  Two processes racing on one counter can never take
+        more than its limit between them (no check-then-act).
+        """
+
+    def release(keys: Any) -> Any:
+        """
+        Hand back one unit of each counter in C{keys} (taken by `reserve`),
+        never going below zero; an expired counter stays expired.
+        """
 
 
 class ILoginChecker(Interface):
@@ -131,4 +161,38 @@ class IAttachmentStore(Interface):
 
         :return: an awaitable firing with a `ResolvedAttachment`.
         :raises AttachmentRefused: for any other URL, before any I/O.
+        """
+
+
+# -- send limit (SM-12) -------------------------------------------------------
+
+
+class ISendBudget(Interface):
+    """
+    An account's send budget: a token bucket of recipients
+    (`mailmcp._sendrate`).
+    """
+
+    burst = Attribute("recipients one account may send to at once")
+    per_hour = Attribute("recipients the bucket refills by per hour")
+
+    def take(key: str, count: int) -> Any:
+        """
+        Take C{count} tokens (one per recipient) from bucket C{key}.
+
+        :return: a Deferred firing with 0.0 when they were taken, else with
+            the seconds until they will be available (`math.inf` when
+            C{count} is more than the burst); nothing is taken then.
+        """
+
+
+class ISendTokenStore(Interface):
+    """A store that can hold the send buckets for every daemon sharing it."""
+
+    def take_send_tokens(key: str, count: int, burst: int, per_hour: float) -> Any:
+        """
+        Atomically take C{count} tokens from the bucket C{key} (capacity
+        C{burst}, refilled at C{per_hour} per hour on the store's clock).
+
+        :return: a Deferred firing as `ISendBudget.take` does.
         """

@@ -8,12 +8,22 @@ server do not pay for them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.harness import ARTIFACTS, Daemon, Services
+
+# Property tests explore the same examples on every run ("ci", the default),
+# so that a submission cannot pass or fail by luck; no per-example deadline,
+# since a busy machine is not a failure.  A longer random exploration is its
+# own command: HYPOTHESIS_PROFILE=fuzz pytest tests/hostile/test_hostile_fuzz.py
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("fuzz", max_examples=5000, derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

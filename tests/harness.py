@@ -1,8 +1,9 @@
 """
-The real-server test harness: starts Dovecot, Postfix and Redis (and, when a
-test asks for it, SeaweedFS S3) on free loopback ports with a throw-away CA,
-once per test run, and runs the daemon under test as a real ``twistd``
-process.
+The real-server test harness: starts Dovecot, Postfix and Redis (plain; TLS
+with the throw-away CA's localhost certificate; and TLS with a certificate
+from that CA for another name) and, when a test asks for it, SeaweedFS S3 on
+free loopback ports, once per test run, and runs the daemon under test as a
+real ``twistd`` process.
 
 Everything listens on 127.0.0.1 only; Postfix refuses all outbound mail.
 """
@@ -102,6 +103,8 @@ class Services:
     smtps_port: int
     smtp_plain_port: int
     redis_port: int
+    redis_tls_port: int
+    redis_tls_other_port: int
     s3_port: int
     s3_port_base: int
     s3_started: bool = False
@@ -122,6 +125,8 @@ class Services:
             SMTPS_PORT=str(self.smtps_port),
             SMTP_PLAIN_PORT=str(self.smtp_plain_port),
             REDIS_PORT=str(self.redis_port),
+            REDIS_TLS_PORT=str(self.redis_tls_port),
+            REDIS_TLS_OTHER_PORT=str(self.redis_tls_other_port),
             S3_PORT=str(self.s3_port),
             S3_PORT_BASE=str(self.s3_port_base),
         )
@@ -166,6 +171,8 @@ class Services:
             smtps_port=free_port(),
             smtp_plain_port=free_port(),
             redis_port=free_port(),
+            redis_tls_port=free_port(),
+            redis_tls_other_port=free_port(),
             s3_port=free_port(),
             s3_port_base=free_port_block(10),
         )
@@ -194,6 +201,19 @@ class Services:
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def rediss_url(self, db: int = 0, host: str = "127.0.0.1") -> str:
+        """The TLS Redis, whose certificate (from `ca_file`) names localhost and 127.0.0.1."""
+        return f"rediss://{host}:{self.redis_tls_port}/{db}"
+
+    def rediss_other_name_url(self, db: int = 0) -> str:
+        """A TLS Redis on 127.0.0.1 whose certificate, from the same CA, names other.example.test."""
+        return f"rediss://127.0.0.1:{self.redis_tls_other_port}/{db}"
+
+    @property
+    def other_ca_file(self) -> Path:
+        """A CA that signed none of the test servers' certificates."""
+        return self.svc / "other-ca.pem"
 
     def deliver(self, recipient: str, message: bytes, sender: str = "sender@example.test") -> None:
         """Put C{message} into C{recipient}'s INBOX over LMTP, synchronously."""
@@ -250,7 +270,7 @@ class Daemon:
         timeout: float = 30.0,
     ) -> Daemon:
         port = free_port()
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = state_dir.parent / f"twistd-{port}.log"
         args = [
             *TWISTD, "-n", "--pidfile=", "--logfile", str(log_path),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Loopback-only test services for mailmcp: Dovecot (IMAP+STARTTLS, IMAPS, LMTP,
 # SASL), Postfix (submission STARTTLS+AUTH, SMTPS, plain AUTH, delivery over LMTP
-# to Dovecot, no outbound), Redis, and SeaweedFS S3 (signatures checked).
+# to Dovecot, no outbound), Redis (plain, and TLS with the test CA's
+# localhost certificate, and TLS with a certificate for another name), and
+# SeaweedFS S3 (signatures checked).
 #
 # Usage: services.sh install | start | start-s3 | stop      (root, Debian 12)
 # Every port comes from the environment so that several test runs can share a
@@ -17,6 +19,8 @@ SUBMISSION_PORT=${SUBMISSION_PORT:-10587}
 SMTPS_PORT=${SMTPS_PORT:-10465}
 SMTP_PLAIN_PORT=${SMTP_PLAIN_PORT:-10025}
 REDIS_PORT=${REDIS_PORT:-16379}
+REDIS_TLS_PORT=${REDIS_TLS_PORT:-16380}
+REDIS_TLS_OTHER_PORT=${REDIS_TLS_OTHER_PORT:-16381}
 S3_PORT=${S3_PORT:-8333}
 S3_PORT_BASE=${S3_PORT_BASE:-19300}
 WEED=${S3BIN:-$(command -v weed || true)}
@@ -43,11 +47,28 @@ write_certs() {
   chmod 600 "$SVC/key.pem" "$SVC/ca-key.pem"
 }
 
+write_extra_certs() {
+  [ -f "$SVC/other-ca.pem" ] && return 0
+  # A certificate from the test CA for a name that is not localhost, and an
+  # unrelated CA: what a client that verifies must refuse.
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=other.example.test" -keyout "$SVC/other-key.pem" \
+      -out "$SVC/other.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:other.example.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$SVC/other.ext"
+  openssl x509 -req -in "$SVC/other.csr" -CA "$SVC/ca.pem" -CAkey "$SVC/ca-key.pem" -CAcreateserial \
+      -days 30 -extfile "$SVC/other.ext" -out "$SVC/other-cert.pem" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=mailmcp other test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$SVC/other-ca-key.pem" -out "$SVC/other-ca.pem" 2>/dev/null
+  chmod 600 "$SVC/other-key.pem" "$SVC/other-ca-key.pem"
+  # redis-server runs as root here but reads its key like any other file.
+}
+
 write_configs() {
   mkdir -p "$SVC"/{dovecot/run,dovecot/state,mail,postfix/etc,postfix/spool,postfix/data,s3/data,s3/logs,redis}
   chmod 755 "$SVC"
   chown mail:mail "$SVC/mail"; chown postfix:postfix "$SVC/postfix/data"
   write_certs
+  write_extra_certs
   [ -f "$SVC/users" ] || cat > "$SVC/users" <<'EOF'
 alice@example.test:{PLAIN}alicepw::::::
 bob@example.test:{PLAIN}bobpw::::::
@@ -248,6 +269,17 @@ start() {
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
       --pidfile "$SVC/redis/redis.pid" --logfile "$SVC/redis/redis.log" --dir "$SVC/redis"
   wait_port "$REDIS_PORT" redis
+  redis-server --bind 127.0.0.1 --port 0 --tls-port "$REDIS_TLS_PORT" --tls-cert-file "$SVC/cert.pem" \
+      --tls-key-file "$SVC/key.pem" --tls-ca-cert-file "$SVC/ca.pem" --tls-auth-clients no \
+      --save '' --appendonly no --daemonize yes --pidfile "$SVC/redis/redis-tls.pid" \
+      --logfile "$SVC/redis/redis-tls.log" --dir "$SVC/redis"
+  wait_port "$REDIS_TLS_PORT" redis-tls
+  redis-server --bind 127.0.0.1 --port 0 --tls-port "$REDIS_TLS_OTHER_PORT" \
+      --tls-cert-file "$SVC/other-cert.pem" --tls-key-file "$SVC/other-key.pem" \
+      --tls-ca-cert-file "$SVC/ca.pem" --tls-auth-clients no \
+      --save '' --appendonly no --daemonize yes --pidfile "$SVC/redis/redis-tls-other.pid" \
+      --logfile "$SVC/redis/redis-tls-other.log" --dir "$SVC/redis"
+  wait_port "$REDIS_TLS_OTHER_PORT" redis-tls-other
 }
 
 start_s3() {
@@ -267,7 +299,9 @@ start_s3() {
 
 stop() {
   if [ -f "$SVC/s3/weed.pid" ]; then kill -9 "$(cat "$SVC/s3/weed.pid")" 2>/dev/null || true; rm -f "$SVC/s3/weed.pid"; fi
-  if [ -f "$SVC/redis/redis.pid" ]; then kill "$(cat "$SVC/redis/redis.pid")" 2>/dev/null || true; fi
+  for pid in redis redis-tls redis-tls-other; do
+    if [ -f "$SVC/redis/$pid.pid" ]; then kill "$(cat "$SVC/redis/$pid.pid")" 2>/dev/null || true; fi
+  done
   postfix -c "$SVC/postfix/etc" stop >/dev/null 2>&1 || true
   doveadm -c "$SVC/dovecot/dovecot.conf" stop 2>/dev/null || true
 }

@@ -1,7 +1,7 @@
 """
 Attachment storage: content-addressed per owner, handed out as signed,
 expiring, owner-bound links, and never fetched from arbitrary URLs
-(DESIGN §3.7).  `build_attachments` is what the service tree calls;
+(docs/architecture.rst, Attachments).  `build_attachments` is what the service tree calls;
 `mailmcp._attachments._helpers` is what tools call.
 """
 

@@ -147,7 +147,7 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(clean, safe='')}"
 
 
-_TOKEN = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _ACTIVE_EXACT = frozenset(
     {
         "text/html",
@@ -187,7 +187,7 @@ def safe_content_type(content_type: str | None) -> str:
     essence, _, params = content_type.partition(";")
     essence = essence.strip().lower()
     kind, slash, subtype = essence.partition("/")
-    if not slash or not _TOKEN.match(kind) or not _TOKEN.match(subtype):
+    if not slash or not _TOKEN.fullmatch(kind) or not _TOKEN.fullmatch(subtype):
         return "application/octet-stream"
     if (
         essence in _ACTIVE_EXACT

@@ -134,7 +134,7 @@ async def fetch_part(session: IMAPSession, uid: int, part: str, max_bytes: int) 
 
     :raises ToolError: bad part, no such message or part, too large.
     """
-    if not _PART.match(part):
+    if not _PART.fullmatch(part):
         raise ToolError("part must be a MIME part number like 2 or 1.2")
     cap = encoded_cap(max_bytes)
     fetched = await session.fetch(
@@ -231,7 +231,7 @@ async def link_parts(
     results: dict[str, PartLink | str] = {}
     wanted: list[str] = []
     for part, size in parts[: limits.max_count]:
-        if not _PART.match(part):
+        if not _PART.fullmatch(part):
             results[part] = "not a valid part number"
         elif size > cap:
             results[part] = f"over the {limits.max_attachment_bytes}-byte cap; no link"

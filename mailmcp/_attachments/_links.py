@@ -31,8 +31,8 @@ from ._common import LINK_PURPOSE, MAX_URL_LENGTH, AttachmentRefused
 
 DOWNLOAD_PREFIX = "/attachments/"
 _SIG_BYTES = 16
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TAG = re.compile(r"^[0-9a-f]{32}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TAG = re.compile(r"[0-9a-f]{32}")
 
 NOT_OURS = (
     "attachment source not allowed: only links this server issued to you "
@@ -129,9 +129,9 @@ class LinkCodec:
         if (
             version != 1
             or not isinstance(tag, str)
-            or not _TAG.match(tag)
+            or not _TAG.fullmatch(tag)
             or not isinstance(sha, str)
-            or not _SHA256.match(sha)
+            or not _SHA256.fullmatch(sha)
             or not isinstance(size, int)
             or not isinstance(ctype, str)
             or not isinstance(filename, str)

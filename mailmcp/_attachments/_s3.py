@@ -61,7 +61,7 @@ log = Logger()
 #: SigV4 presigned URLs cannot live longer than this.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 UNAVAILABLE = "attachment storage is unavailable, try again later"
-_PREFIX_CHARS = re.compile(r"^[A-Za-z0-9._\-/]*$")
+_PREFIX_CHARS = re.compile(r"[A-Za-z0-9._\-/]*")
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 _PROBE = "mailmcp-probe-key"
 #: An object last written longer ago than this is written again when it is
@@ -80,7 +80,7 @@ class S3Settings:
             raise ValueError(f"not an s3://bucket/prefix URL: {spec!r}")
         self.bucket = parts.netloc
         prefix = parts.path.strip("/")
-        if not _PREFIX_CHARS.match(prefix) or "//" in prefix or ".." in prefix.split("/"):
+        if not _PREFIX_CHARS.fullmatch(prefix) or "//" in prefix or ".." in prefix.split("/"):
             raise ValueError("the S3 key prefix may only use letters, digits and ._-/")
         self.prefix = prefix + "/" if prefix else ""
 
@@ -206,9 +206,7 @@ class S3AttachmentStore:
         self._scheme = probe.scheme.lower()
         self._netloc = probe.netloc.lower()
         self._base_path = probe.path[: -len(_PROBE)]
-        self._key_pattern = re.compile(
-            "^" + re.escape(self.prefix) + r"([0-9a-f]{32})/([0-9a-f]{64})$"
-        )
+        self._key_pattern = re.compile(re.escape(self.prefix) + r"([0-9a-f]{32})/([0-9a-f]{64})")
 
     def _in_pool(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         return threads.deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
@@ -343,7 +341,7 @@ class S3AttachmentStore:
             or "%" in parts.path
         ):
             raise AttachmentRefused(NOT_OURS)
-        match = self._key_pattern.match(parts.path[len(self._base_path) :])
+        match = self._key_pattern.fullmatch(parts.path[len(self._base_path) :])
         if match is None:
             raise AttachmentRefused(NOT_OURS)
         params: dict[str, str] = {}

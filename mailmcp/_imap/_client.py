@@ -3,7 +3,8 @@ The hardened IMAP client protocol.
 
 `IMAPClientProtocol` subclasses Twisted's `IMAP4Client` (tag generation,
 ``Command`` objects, the ``IMAP4Client`` identity other code may check) but
-replaces everything that security.md §1.2 and DESIGN.md §6 found wanting:
+replaces everything that docs/threat-model.rst (stack traps, P) and the
+targets of docs/architecture.rst found wanting:
 
 - receiving: our own buffer loop with a bounded line length (P-06) and a
   bounded literal size (P-07), no temp files, no recursion per literal;
@@ -121,8 +122,8 @@ class RawCommand(imap4.Command):
     One command with its arguments as pieces (bytes or `Literal`).  Every
     untagged response that arrives while it runs is kept raw in C{lines}:
     nothing is filtered, so ESEARCH, COPYUID, HIGHESTMODSEQ and the rest
-    are never dropped (the widened ``Command`` of stack.md §3.2, taken to
-    its end).
+    are never dropped (the stock ``Command`` keeps only the responses it
+    expects; this widening is taken to its end).
     """
 
     def __init__(

@@ -3,7 +3,7 @@ A fast parser for IMAP server responses, working on bytes.
 
 Twisted's ``imap4.parseNestedParens`` walks a response byte by byte in
 Python and costs about ten times the network floor on a 20-message ENVELOPE
-FETCH (DESIGN.md §6).  Here a response arrives already split by the
+FETCH (docs/architecture.rst, Targets).  Here a response arrives already split by the
 protocol into text segments and literal payloads (``RawResponse``:
 ``(text, literal, text, literal, ..., text)``), each text segment is
 tokenised by one compiled regular expression (``findall`` runs in C), and a
@@ -541,7 +541,7 @@ def merge_fetched(old: FetchedMessage, new: FetchedMessage) -> FetchedMessage:
 
 # -- sequence sets ------------------------------------------------------------
 
-_SEQ_SET = re.compile(rb"^(?:\d+|\*)(?::(?:\d+|\*))?(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*$")
+_SEQ_SET = re.compile(rb"(?:\d+|\*)(?::(?:\d+|\*))?(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*")
 
 
 def is_sequence_set(value: str) -> bool:
@@ -549,7 +549,7 @@ def is_sequence_set(value: str) -> bool:
     if not value or len(value) > 10_000:
         return False
     raw = value.encode("ascii", "replace")
-    if not _SEQ_SET.match(raw):
+    if not _SEQ_SET.fullmatch(raw):
         return False
     for part in re.split(rb"[:,]", raw):
         if part != b"*" and (len(part) > 10 or not 0 < int(part) <= MAX_UINT32):

@@ -3,10 +3,14 @@
 
 A warm tool call leases a connection that is already logged in, usually
 with the right folder already open, so it costs one IMAP round trip instead
-of connect + TLS + LOGIN + SELECT + LOGOUT (DESIGN.md §3.5, §6).
+of connect + TLS + LOGIN + SELECT + LOGOUT (docs/architecture.rst, IMAP and Targets).
 
 - Connections are keyed by `MailAccount.imap_pool_key` (a hash: a changed
-  password never reuses a connection logged in with the old one).
+  password never reuses a connection logged in with the old one).  That key
+  is derived from the password, so it never reaches the log: a connection's
+  label is an HMAC of it under a secret drawn at random by each pool (plus a
+  serial), which nobody can recompute from known credentials, and which
+  differs between runs.
 - At most ``pool_size`` connections per account; further callers wait at
   most ``wait_timeout`` seconds, then get "mailbox busy, try again".
   A global cap (``max_connections``) bounds the whole process; when it is
@@ -30,6 +34,8 @@ of connect + TLS + LOGIN + SELECT + LOGOUT (DESIGN.md §3.5, §6).
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -157,6 +163,7 @@ class IMAPPool(Service):
         self._global_waiters: deque[Deferred[_Connection | None]] = deque()
         self._closing = False
         self._serial = 0
+        self._label_secret = secrets.token_bytes(32)
 
     @classmethod
     def from_config(cls, config: Any, reactor: Any, **overrides: Any) -> IMAPPool:
@@ -215,7 +222,7 @@ class IMAPPool(Service):
                     self.stats["retries"] += 1
                     log.info(
                         "IMAP {label}: retrying a read after: {error}",
-                        label=account.imap_pool_key[:12],
+                        label=self._label(account.imap_pool_key),
                         error=e.message,
                     )
                     continue
@@ -354,7 +361,7 @@ class IMAPPool(Service):
         slots.count += 1
         self._total += 1
         self._serial += 1
-        label = f"{key[:12]}#{self._serial}"
+        label = f"{self._label(key)}#{self._serial}"
         protocol = IMAPClientProtocol(
             self.clock,
             timeout=self.command_timeout,
@@ -446,6 +453,10 @@ class IMAPPool(Service):
                 f"({type(e).__name__})",
                 transient=True,
             ) from None
+
+    def _label(self, key: str) -> str:
+        """An account's name in the log: keyed, so no password fingerprint."""
+        return hmac.new(self._label_secret, key.encode("ascii"), "sha256").hexdigest()[:12]
 
     def _observer(self, label: str) -> Callable[[str, str], None]:
         def observe(command: str, arguments: str) -> None:

@@ -63,7 +63,7 @@ _STATUS_ITEMS = {
     "MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE",
     "DELETED", "APPENDLIMIT",
 }  # fmt: skip
-_FETCH_ITEMS_OK = re.compile(rb"^[\x20-\x7e]{1,4096}$")
+_FETCH_ITEMS_OK = re.compile(rb"[\x20-\x7e]{1,4096}")
 _BODY_NO_PEEK = re.compile(rb"(?i)\b(BODY|BINARY)\[")
 _RFC822_SEEN = re.compile(rb"(?i)\bRFC822(?!\.(?:SIZE|HEADER)\b)(?:\.TEXT)?\b")
 _HAS_UID = re.compile(rb"(?i)(?:^|[\s(])UID(?:$|[\s)])")
@@ -936,7 +936,7 @@ def _fetch_items(items: str) -> bytes:
     if not isinstance(items, str):
         raise IMAPError("invalid FETCH items")
     raw = items.strip().encode("ascii", "replace")
-    if not _FETCH_ITEMS_OK.match(raw) or b"{" in raw or raw.count(b"(") != raw.count(b")"):
+    if not _FETCH_ITEMS_OK.fullmatch(raw) or b"{" in raw or raw.count(b"(") != raw.count(b")"):
         raise IMAPError(f"invalid FETCH items {items!r:.60}")
     if _RFC822_SEEN.search(raw):
         raise IMAPError("RFC822 and RFC822.TEXT would mark messages seen; use BODY.PEEK[]")

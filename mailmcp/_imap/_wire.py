@@ -1,7 +1,7 @@
 """
 Everything that turns a caller's value into bytes on the IMAP wire.
 
-No user string is ever interpolated raw (security.md P-01…P-04): mailbox
+No user string is ever interpolated raw (docs/threat-model.rst, P-01…P-04): mailbox
 names are checked for control characters, encoded to modified UTF-7 and
 sent as a quoted string; flags must be atoms; UIDs must be real ints in
 range; free text goes out as a quoted string when it is plain printable
@@ -23,12 +23,12 @@ Piece = bytes | Literal  # noqa: UP040
 
 _SYSTEM_FLAGS = {"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"}
 #: RFC 9051 atom: printable ASCII except ( ) { SP % * " \ ]
-_KEYWORD = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}$")
+_KEYWORD = re.compile(r"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_QUOTABLE = re.compile(rb"^[\x20-\x7e]*$")
+_QUOTABLE = re.compile(rb"[\x20-\x7e]*")
 _DATE_TIME = re.compile(
-    r"^[ 0-9]?[0-9]-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-[0-9]{4} "
-    r"[0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}$"
+    r"[ 0-9]?[0-9]-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-[0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}"
 )
 MAX_MAILBOX_NAME = 1024
 
@@ -54,7 +54,7 @@ def check_flag(flag: str) -> bytes:
         if flag.lower() not in _SYSTEM_FLAGS:
             raise IMAPError(f"unsupported system flag {flag!r:.40}")
         return flag.encode("ascii")
-    if not _KEYWORD.match(flag):
+    if not _KEYWORD.fullmatch(flag):
         raise IMAPError(f"invalid flag {flag!r:.40}: keywords are 1-64 printable ASCII characters")
     return flag.encode("ascii")
 
@@ -65,7 +65,7 @@ def flag_list(flags: Sequence[str]) -> bytes:
 
 def check_date_time(date: str) -> bytes:
     """An APPEND date-time like ``01-Jul-2025 13:30:00 +0000``, quoted."""
-    if not isinstance(date, str) or not _DATE_TIME.match(date):
+    if not isinstance(date, str) or not _DATE_TIME.fullmatch(date):
         raise IMAPError(f"invalid IMAP date-time {date!r:.40}")
     return b'"' + date.encode("ascii") + b'"'
 
@@ -102,14 +102,14 @@ def decode_mailbox(raw: bytes) -> str:
 
 def quote(value: bytes) -> bytes:
     """An IMAP quoted string; only for printable ASCII (callers check)."""
-    if not _QUOTABLE.match(value):
+    if not _QUOTABLE.fullmatch(value):
         raise IMAPError("value cannot be sent as a quoted string")
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def astring(value: bytes) -> bytes | Literal:
     """A quoted string when possible, else a literal."""
-    if _QUOTABLE.match(value):
+    if _QUOTABLE.fullmatch(value):
         return quote(value)
     return Literal(value)
 
@@ -120,7 +120,7 @@ def check_atom_token(token: bytes) -> bytes:
     CR/LF/NUL.  (Search compilation itself is the tools' job; this is the
     last line of defence against P-01.)
     """
-    if not isinstance(token, bytes) or not token or not _QUOTABLE.match(token):
+    if not isinstance(token, bytes) or not token or not _QUOTABLE.fullmatch(token):
         raise IMAPError(f"invalid search token {token!r:.40}")
     if b"{" in token and token.rstrip().endswith(b"}"):
         raise IMAPError("literal syntax is not allowed in search tokens")

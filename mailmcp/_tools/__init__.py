@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from .._toolkit import Tool
-from . import _attachments, _changes, _folders, _reading, _threads, _writing
+from . import _attachments, _changes, _conversation, _folders, _reading, _threads, _writing
 
 AnyTool = Tool[Any, Any]
 
@@ -21,6 +21,7 @@ def all_tools() -> list[AnyTool]:
         _threads.TOOLS,
         _changes.TOOLS,
         _writing.TOOLS,
+        _conversation.TOOLS,
         _folders.TOOLS,
         _attachments.TOOLS,
     )

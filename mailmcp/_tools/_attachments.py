@@ -126,11 +126,13 @@ GET_MAIL_ATTACHMENT_LINK: Tool[AttachmentLinkInput, AttachmentLinkOutput] = Tool
     output_model=AttachmentLinkOutput,
     handler=get_mail_attachment_link,
     # It publishes the attachment behind a bearer link, so not "read-only"
-    # even though the mailbox is untouched (security.md S-15).
+    # even though the mailbox is untouched (docs/threat-model.rst, S-15).
     read_only=False,
     destructive=False,
     idempotent=True,
-    open_world=False,
+    # Like get_mail_message it hands back content from outside senders
+    # (inline_text), and the link it makes is reachable by whoever holds it.
+    open_world=True,
 )
 
 TOOLS = [GET_MAIL_ATTACHMENT_LINK]

@@ -839,7 +839,7 @@ TOOLS: list[Tool] = [
         input_model=GetMessageInput,
         output_model=GetMessageOutput,
         handler=get_mail_message,
-        # Not read-only (security.md MCP-14): reading stores the message's
+        # Not read-only (docs/threat-model.rst, MCP-14): reading stores the message's
         # attachments in the attachment store and mints links to them.
         read_only=False,
         destructive=False,

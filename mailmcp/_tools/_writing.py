@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
 
 from .._compose import (
     MAX_BODY_CHARS,
@@ -53,6 +55,7 @@ from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from .._toolkit import Tool, ToolContext, ToolError
 
 T = TypeVar("T")
+log = Logger()
 
 MAX_ATTACHMENT_URLS = 20
 MAX_FLAGS = 20
@@ -526,16 +529,32 @@ def _inline_attachments(
     return decoded
 
 
+async def user_attachments(
+    ctx: ToolContext,
+    urls: Sequence[str],
+    inline: Sequence[InlineAttachment],
+    *,
+    more: Sequence[OutgoingAttachment] = (),
+) -> list[OutgoingAttachment]:
+    """
+    The caller's attachments (links this server issued, then inline base64)
+    followed by C{more} (parts the server took from a message itself), all
+    checked against the count and size caps together.
+    """
+    decoded = _inline_attachments(ctx, inline)
+    _, per_message, max_count = _attachment_limits(ctx)
+    if len(inline) + len(urls) + len(more) > max_count:
+        raise ToolError(f"too many attachments (at most {max_count} per message)")
+    attachments = await _attachments(ctx, urls) + decoded + list(more)
+    if sum(len(a.data) for a in attachments) > per_message:
+        raise ToolError(f"attachments too large together (at most {per_message} bytes)")
+    return attachments
+
+
 async def _compose(
     ctx: ToolContext, args: ComposeInput, *, require_recipients: bool
 ) -> ComposedMessage:
-    inline = _inline_attachments(ctx, args.attachments)
-    _, per_message, max_count = _attachment_limits(ctx)
-    if len(args.attachments) + len(args.attachment_urls) > max_count:
-        raise ToolError(f"too many attachments (at most {max_count} per message)")
-    attachments = await _attachments(ctx, args.attachment_urls) + inline
-    if sum(len(a.data) for a in attachments) > per_message:
-        raise ToolError(f"attachments too large together (at most {per_message} bytes)")
+    attachments = await user_attachments(ctx, args.attachment_urls, args.attachments)
     try:
         return compose(
             from_email=ctx.account.email,
@@ -585,15 +604,30 @@ def _recipients(result: Sequence[Any]) -> list[RecipientStatus]:
 
 
 async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
+    if ctx.services.smtp is None:
+        raise ToolError("sending mail is not configured on this server")
+    message = await _compose(ctx, args, require_recipients=True)
+    return await deliver(ctx, message, folder=args.folder, idempotency_key=args.idempotency_key)
+
+
+async def deliver(
+    ctx: ToolContext, message: ComposedMessage, *, folder: str | None, idempotency_key: str | None
+) -> SendOutput:
+    """
+    Send a composed message at most once and file its copy: the path every
+    sending tool (send, reply, forward) shares, so the idempotency check in
+    Sent, the in-progress claim, the send rate limit, the unknown-outcome
+    handling and the Drafts fallback are the same for all of them.
+    C{folder} is where the copy goes (None: the \\Sent folder).
+    """
     sender = ctx.services.smtp
     if sender is None:
         raise ToolError("sending mail is not configured on this server")
-    message = await _compose(ctx, args, require_recipients=True)
 
-    if args.idempotency_key is not None:
+    if idempotency_key is not None:
 
         async def look(session: IMAPSession) -> tuple[str, tuple[int, int, bool] | None]:
-            sent = await _folder_or_special(session, args.folder, "\\Sent", SENT_NAMES)
+            sent = await _folder_or_special(session, folder, "\\Sent", SENT_NAMES)
             if sent is None:
                 raise ToolError(
                     "idempotency_key needs a Sent folder to check, and none was found; "
@@ -644,7 +678,7 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
     # us would be a duplicate in Sent.
     server_files = ctx.account.smtp.files_sent
     try:
-        _take_send_token(ctx)
+        await _take_send_tokens(ctx, len(message.recipients))
         result = await sender.send(
             ctx.account, message.envelope_from, message.recipients, message.wire_bytes
         )
@@ -656,7 +690,7 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
                 "in Sent, and a retry with the same idempotency_key will find it and not send "
                 "again."
             ) from None
-        filed = await _file_copy(ctx, args.folder, message, ("\\Seen", UNKNOWN_OUTCOME_KEYWORD))
+        filed = await _file_copy(ctx, folder, message, ("\\Seen", UNKNOWN_OUTCOME_KEYWORD))
         raise ToolError(
             f"Delivery status unknown: {e.message} Message-ID: {message.message_id}. "
             + (
@@ -672,19 +706,17 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
         if callable(release):
             release()
 
-    folder: str | None = None
+    filed_in: str | None = None
     uidvalidity: int | None = None
     uid: int | None = None
     warnings = []
     if not server_files:
-        folder, uidvalidity, uid, warnings = await _file_copy(
-            ctx, args.folder, message, ("\\Seen",)
-        )
+        filed_in, uidvalidity, uid, warnings = await _file_copy(ctx, folder, message, ("\\Seen",))
     return SendOutput(
         status="sent",
         message_id=message.message_id,
         recipients=_recipients(result.recipients),
-        sent_folder=folder,
+        sent_folder=filed_in,
         sent_uid=uid,
         sent_uidvalidity=uidvalidity,
         sent_copy_filed_by_server=server_files,
@@ -692,23 +724,41 @@ async def send_mail_message(ctx: ToolContext, args: SendInput) -> SendOutput:
     )
 
 
-def _take_send_token(ctx: ToolContext) -> None:
+async def _take_send_tokens(ctx: ToolContext, recipients: int) -> None:
     """
-    Take one of the account's send tokens (SM-12), or refuse the send with
-    when to try again.  Called just before SMTP is contacted, so a call that
-    fails validation or is an idempotent replay costs nothing.
+    Take one of the account's send tokens per envelope recipient (SM-12),
+    or refuse the whole send saying why and when to try again.  Called just
+    before SMTP is contacted, so a call that fails validation or is an
+    idempotent replay costs nothing.
     """
     limiter = ctx.services.send_limiter
     if limiter is None:
         return
-    wait = limiter.acquire(send_key(ctx.account))
+    burst, per_hour = limiter.burst, limiter.per_hour
+    budget = f"{burst} recipients at once, then {per_hour:g} per hour; to, cc and bcc all count"
+    if recipients > burst:
+        raise ToolError(
+            f"Not sent: this message has {recipients} recipients, more than this account's "
+            f"send rate limit allows in one go ({budget}). Send it to fewer recipients at a "
+            "time. Nothing was sent; the message was not saved."
+        )
+    try:
+        wait = await limiter.take(send_key(ctx.account), recipients)
+    except CancelledError:
+        raise
+    except Exception as e:
+        log.warn("send limit could not be checked: {error}", error=type(e).__name__)
+        raise ToolError(
+            "Not sent: the send rate limit could not be checked (the server's store is "
+            "unavailable); try again in a minute. Nothing was sent; the message was not saved."
+        ) from None
     if wait <= 0:
         return
     seconds = max(1, math.ceil(wait))
     when = datetime.fromtimestamp(ctx.services.reactor.seconds() + seconds, UTC)
     raise ToolError(
-        f"Not sent: send rate limit reached for this account ({limiter.burst} messages at once, "
-        f"then {limiter.per_hour:g} per hour). Try again in {seconds} seconds "
+        f"Not sent: send rate limit reached for this account ({budget}); this message has "
+        f"{recipients} recipient{'s' if recipients != 1 else ''}. Try again in {seconds} seconds "
         f"(after {when:%H:%M:%S} UTC). Nothing was sent; the message was not saved."
     )
 
@@ -790,7 +840,8 @@ SEND_MAIL_MESSAGE: Tool[SendInput, SendOutput] = Tool(
     output_model=SendOutput,
     handler=send_mail_message,
     read_only=False,
-    destructive=False,
+    # A sent message cannot be called back: hosts should ask before each send.
+    destructive=True,
     idempotent=False,
     open_world=True,
 )
@@ -801,12 +852,23 @@ SEND_MAIL_MESSAGE: Tool[SendInput, SendOutput] = Tool(
 
 async def create_draft_mail_message(ctx: ToolContext, args: DraftInput) -> DraftOutput:
     message = await _compose(ctx, args, require_recipients=False)
+    return await save_draft(ctx, message, folder=args.folder, idempotency_key=args.idempotency_key)
+
+
+async def save_draft(
+    ctx: ToolContext, message: ComposedMessage, *, folder: str | None, idempotency_key: str | None
+) -> DraftOutput:
+    """
+    APPEND a composed message to Drafts (or C{folder}) as ``\\Draft``; with
+    an C{idempotency_key}, a draft with the same Message-ID already there is
+    reported instead of saved twice.  Shared by every tool that saves drafts.
+    """
 
     async def save(session: IMAPSession) -> DraftOutput:
-        target = await _folder_or_special(session, args.folder, "\\Drafts", DRAFTS_NAMES)
+        target = await _folder_or_special(session, folder, "\\Drafts", DRAFTS_NAMES)
         if target is None:
             raise ToolError("no Drafts folder found; pass folder to choose where to save the draft")
-        if args.idempotency_key is not None:
+        if idempotency_key is not None:
             earlier = await _find_by_message_id(session, target, message.message_id)
             if earlier is not None:
                 return DraftOutput(
@@ -839,6 +901,7 @@ CREATE_DRAFT_MAIL_MESSAGE: Tool[DraftInput, DraftOutput] = Tool(
     output_model=DraftOutput,
     handler=create_draft_mail_message,
     read_only=False,
+    # Only adds a message to Drafts.
     destructive=False,
     idempotent=False,
     open_world=False,
@@ -984,6 +1047,8 @@ UPDATE_MAIL_MESSAGE_FLAGS: Tool[FlagsInput, FlagsOutput] = Tool(
     output_model=FlagsOutput,
     handler=update_mail_message_flags,
     read_only=False,
+    # Every change can be undone with the same tool, and \Deleted (the one
+    # flag that loses mail) is refused.
     destructive=False,
     idempotent=True,
     open_world=False,

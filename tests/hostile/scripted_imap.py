@@ -1,7 +1,7 @@
 """
 A scripted, misbehaving IMAP server: a real Twisted protocol listening on
 127.0.0.1 (plain, or implicit TLS with the harness CA's ``localhost``
-certificate), for the IMAP-misbehaviour cases of security.md §3.6.
+certificate), for the IMAP-misbehaviour cases of docs/threat-model.rst (IM).
 
 It speaks just enough IMAP to log a client in (CAPABILITY, LOGIN,
 AUTHENTICATE PLAIN, LOGOUT, NOOP) and answer LIST / EXAMINE / SELECT /
@@ -23,6 +23,10 @@ login check, which only logs in and out, succeeds first):
 ``login-once``       accepts the first LOGIN ever, then answers every LOGIN
                      ``NO [AUTHENTICATIONFAILED]`` (a password changed after
                      the daemon's login check; IM-04).
+``reject-slow``      answers every LOGIN / AUTHENTICATE ``NO
+                     [AUTHENTICATIONFAILED]`` after ``factory.reject_delay``
+                     seconds, so concurrent login attempts overlap (the
+                     login-throttle race).
 ``many-mailboxes``   LIST answers 50,000 mailboxes (IM-09).
 ``giant-greeting``   ends its greeting with ``{99999999999}`` and then streams
                      data (1 MiB every 10 ms, at most 2 GiB) until the client
@@ -49,7 +53,7 @@ from twisted.protocols.basic import LineReceiver
 SESSION_VERBS = {b"CAPABILITY", b"LOGIN", b"AUTHENTICATE", b"LOGOUT", b"NOOP", b"ID", b"ENABLE"}
 BEHAVIOURS = ("normal", "no-greeting", "close", "stall", "reset-literal", "giant-literal",
               "long-line", "strip-starttls", "starttls-bad", "giant-greeting", "endless-untagged",
-              "starttls-ok", "many-mailboxes", "login-once")
+              "starttls-ok", "many-mailboxes", "login-once", "reject-slow")
 CHUNK = b"z" * (1 << 20)
 UNTAGGED = (b"* OK " + b"u" * 1017 + b"\r\n") * 1024
 MESSAGE = (b"From: Scripted <s@example.test>\r\nTo: alice@example.test\r\nSubject: scripted\r\n"
@@ -105,6 +109,9 @@ class ScriptedIMAP(LineReceiver):
             self.factory.lines.append(line)
         if self.pending_auth is not None:
             tag, self.pending_auth = self.pending_auth, None
+            if self.factory.behaviour == "reject-slow":
+                self.reject_later(tag)
+                return
             self.sendLine(tag + b" OK [CAPABILITY " + self.caps() + b"] logged in")
             return
         tag, _, rest = line.partition(b" ")
@@ -127,6 +134,9 @@ class ScriptedIMAP(LineReceiver):
             self.sendLine(tag + b" BAD STARTTLS not available")
         elif verb == b"LOGIN" and behaviour == "login-once" and self.factory.verbs.count(b"LOGIN") > 1:
             self.sendLine(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.")
+        elif behaviour == "reject-slow" and (verb == b"LOGIN" or (verb == b"AUTHENTICATE"
+                                                                  and len(args.split()) > 1)):
+            self.reject_later(tag)
         elif verb == b"LOGIN":
             self.sendLine(tag + b" OK [CAPABILITY " + self.caps() + b"] logged in")
         elif verb == b"AUTHENTICATE":
@@ -146,6 +156,15 @@ class ScriptedIMAP(LineReceiver):
             self.answer(tag, verb)
         else:
             self.misbehave(tag, verb)
+
+    def reject_later(self, tag: bytes) -> None:
+        from twisted.internet import reactor
+
+        def reject() -> None:
+            if self in self.factory.open:
+                self.sendLine(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.")
+
+        reactor.callLater(self.factory.reject_delay, reject)
 
     def answer(self, tag: bytes, verb: bytes) -> None:
         if verb == b"LIST":
@@ -204,6 +223,7 @@ class ScriptedIMAPFactory(Factory):
         self.open: set[ScriptedIMAP] = set()
         self.streamed = 0
         self.tls_svc: Path | None = None  # the certificate STARTTLS uses ("starttls-ok")
+        self.reject_delay = 0.5  # seconds before "reject-slow" answers a login
 
     @property
     def saw_credentials(self) -> bool:

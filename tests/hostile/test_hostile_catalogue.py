@@ -1,5 +1,5 @@
 """
-The attack catalogue (security.md §3.3, §3.4) end to end: hostile
+The attack catalogue (docs/threat-model.rst, MCP and TL) end to end: hostile
 ``/mcp`` bodies and hostile tool arguments sent to a real ``twistd mailmcp``
 with a real token of a real Dovecot user, grouped by surface.
 
@@ -97,6 +97,14 @@ TOOL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
      "attachment"),
     ("TL-A5 100 URLs", "send_mail_message",
      {"to": "{rcpt}", "attachment_urls": [f"https://example.test/{i}" for i in range(100)]}, "attachment"),
+    ("TL-U1 range uid reply", "reply_mail_message", {"folder": "INBOX", "uid": "1:*", "text_body": "x"}, "uid"),
+    ("TL-T1 CRLF cc reply", "reply_mail_message",
+     {"folder": "INBOX", "uid": 1, "text_body": "x", "cc": "a@x.test\r\nRCPT TO:<x@evil.test>"}, "cc"),
+    ("TL-T1 CRLF forward", "forward_mail_message",
+     {"folder": "INBOX", "uid": 1, "to": "a@x.test\r\nRCPT TO:<x@evil.test>"}, "to"),
+    # Refused after the original was read (BODY.PEEK: the snapshot shows no \Seen appearing).
+    ("TL-A1 file URL reply", "reply_mail_message",
+     {"folder": "INBOX", "uid": 1, "text_body": "x", "attachment_urls": ["file:///etc/passwd"]}, "attachment"),
     ("TL-U1 thread uid set", "get_mail_thread", {"folder": "INBOX", "uid": "1:*"}, "uid"),
     ("TL-F1 CRLF new folder", "create_mailbox", {"name": "x\r\nA1 DELETE INBOX"}, "control characters"),
     ("TL-F1 delimiter in leaf", "create_mailbox", {"name": "a/b"}, "separator"),

@@ -1,5 +1,5 @@
 """
-The authorization side of the attack catalogue (security.md §3.1-§3.3)
+The authorization side of the attack catalogue (docs/threat-model.rst, OA, OT, TK, MCP)
 against a real ``twistd mailmcp`` on loopback, with a client from
 ``twistd mailmcp-generate``, a real Dovecot user and a real OAuth login.
 
@@ -701,7 +701,8 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
     search_mail_messages, get_mail_thread and get_mailbox_changes are
     readOnlyHint true and not destructive; delete_mail_message and
     delete_mailbox are destructiveHint true and not read-only; every tool
-    that writes (send, draft, move, flags, delete, folders) is not read-only.
+    that writes (send, draft, move, flags, delete, reply, forward, folders)
+    is not read-only.
     """
     tools = annotations(env)
     for name in ("list_mailboxes", "list_mail_messages", "search_mail_messages",
@@ -717,6 +718,8 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
         "move_mail_message",
         "update_mail_message_flags",
         "delete_mail_message",
+        "reply_mail_message",
+        "forward_mail_message",
         "create_mailbox",
         "rename_mailbox",
         "delete_mailbox",

@@ -1,5 +1,5 @@
 """
-Catalogue cases (security.md §3.4, §3.5, §3.8) that need a tool called
+Catalogue cases (docs/threat-model.rst, TL, MM, S3) that need a tool called
 through MCP on a real ``twistd mailmcp``: huge folders on a scripted IMAP
 server that logs every command line (TL-L2, TL-S4), UIDs after an expunge
 on the real Dovecot (TL-S3), bodies and sender identity delivered through

@@ -7,8 +7,8 @@ parser, the MIME helpers and the IMAP FETCH parser.
 Properties: no exception other than the component's own error type, never
 an HTTP 500, every request answered synchronously (no hang), and whatever
 the search compiler accepts goes to the wire with no CR, LF or NUL and with
-balanced parentheses.  Every property is bounded by ``max_examples`` and a
-per-example deadline, so the file runs in well under a minute.
+balanced parentheses.  Every property is bounded by ``max_examples``, and
+the examples are the same on every run (the "ci" profile in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
@@ -37,8 +38,11 @@ from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, mak
 
 BASE = "https://mail.example.test"
 TOKEN = "fuzz-token"
-FAST = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=120, deadline=10000, suppress_health_check=[HealthCheck.too_slow])
+# Example counts scale up under the "fuzz" profile (see tests/conftest.py).
+FAST = settings(max_examples=max(300, settings.default.max_examples),
+                suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=max(120, settings.default.max_examples // 2),
+                suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
@@ -154,7 +158,8 @@ def _safe(criteria: list[bytes | Literal]) -> None:
         assert isinstance(data, bytes)
         assert b"\r" not in data and b"\n" not in data and b"\0" not in data, criteria
         if isinstance(token, bytes):
-            assert b"{" not in token, criteria  # no literal syntax outside a Literal
+            # Literal syntax ("{n}") is unsafe outside quotes; inside a quoted
+            # string a brace is an ordinary character (FROM "{" is fine).
             in_quote = False
             escaped = False
             for byte in token:
@@ -167,6 +172,8 @@ def _safe(criteria: list[bytes | Literal]) -> None:
                         in_quote = False
                 elif byte == 0x22:
                     in_quote = True
+                elif byte == 0x7B:
+                    raise AssertionError(f"literal syntax outside quotes: {criteria!r}")
                 elif byte == 0x28:
                     depth += 1
                 elif byte == 0x29:
@@ -174,6 +181,17 @@ def _safe(criteria: list[bytes | Literal]) -> None:
                     assert depth >= 0, criteria
             assert not in_quote, criteria
     assert depth == 0, criteria
+
+
+def test_safety_property_allows_braces_inside_quotes_only() -> None:
+    """The property itself: a quoted brace is ordinary text, a bare one is literal syntax."""
+    criteria = compile_search("", Filters(from_="{"))
+    _safe(criteria)
+    assert any(b'"{"' in token for token in criteria if isinstance(token, bytes))
+    with pytest.raises(AssertionError, match="literal syntax"):
+        _safe([b"FROM", b"{5}"])
+    with pytest.raises(AssertionError):
+        _safe([b"FROM", b'"{5}'])  # unbalanced quote
 
 
 @FAST

@@ -1,5 +1,5 @@
 """
-IMAP server misbehaviour (security.md §3.6) with scripted servers written as
+IMAP server misbehaviour (docs/threat-model.rst, IM) with scripted servers written as
 real Twisted protocols on 127.0.0.1 (`tests.hostile.scripted_imap`), driven
 through the real `IMAPPool` in-process and, for a stalling server, through
 a real ``twistd mailmcp`` daemon and MCP ``tools/call`` while another user
@@ -375,7 +375,7 @@ async def test_sigterm_with_a_call_stuck_on_a_stalling_server(
     services: Services, daemon_factory: Any, servers: Any
 ) -> None:
     """
-    Graceful shutdown (security.md §4) with a call that cannot finish: the
+    Graceful shutdown (docs/threat-model.rst, Reliability goals) with a call that cannot finish: the
     daemon (``--shutdown-timeout 2``, ``--imap-timeout 30``) stops within
     a few seconds of SIGTERM, exits 0, and the stuck call ends (an answer
     or a closed connection) instead of holding the shutdown for the IMAP

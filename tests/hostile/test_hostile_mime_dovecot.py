@@ -1,5 +1,5 @@
 """
-Hostile messages (security.md §3.5) stored in the real Dovecot and read
+Hostile messages (docs/threat-model.rst, MM) stored in the real Dovecot and read
 through the real IMAP pool and the reading tools, for the cases the other
 suites do not drive through a real server: encoded-word bombs (MM-03),
 unknown charsets and UTF-16 without a BOM (MM-04), garbage base64 (MM-05),

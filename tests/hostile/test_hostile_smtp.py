@@ -1,5 +1,5 @@
 """
-SMTP failures at each stage (security.md §3.7) through the real
+SMTP failures at each stage (docs/threat-model.rst, SM) through the real
 ``send_mail_message`` tool handler: a scripted ESMTP server (a real Twisted
 protocol on 127.0.0.1, ``plain`` security) that fails at one stage, the
 real IMAP pool against Dovecot for the Drafts copy.

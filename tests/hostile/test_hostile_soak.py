@@ -1,5 +1,5 @@
 """
-Fault soak (security.md §4 "Fault isolation"): 1,000 injected IMAP failures
+Fault soak (docs/threat-model.rst, Reliability goals, "Fault isolation"): 1,000 injected IMAP failures
 in a row through the real `IMAPPool`, in-process, against loopback: a port
 with nothing listening, a scripted server that hangs up right after its
 greeting, and one that logs in and then announces a giant literal.

@@ -44,8 +44,10 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
     out["registered_dynamically"] = storage.registered
     out["got_refresh_token"] = bool(storage.tokens and storage.tokens.refresh_token)
 
-    # Rotation against the running daemon: the new pair works, the old
-    # refresh token is dead, and presenting it again revokes the family.
+    # Rotation against the running daemon: the new pair works; the old
+    # refresh token replayed at once (a lost response) gets the same
+    # successor; once that successor has rotated too, presenting the old one
+    # again revokes the family.
     assert storage.tokens is not None
     old_refresh = storage.tokens.refresh_token
     auth_fields = {"client_id": cfg["client_id"]}
@@ -63,11 +65,18 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
         r = await raw.post(url, json=list_call,
                            headers={**mcp_headers, "authorization": "Bearer " + fresh["access_token"]})
         out["fresh_access_status"] = r.status_code
+        grace = await raw.post(base + "/oauth/token", data={
+            "grant_type": "refresh_token", "refresh_token": old_refresh, **auth_fields})
+        out["grace_status"] = grace.status_code
+        out["grace_same_successor"] = grace.json().get("refresh_token") == fresh["refresh_token"]
+        second = await raw.post(base + "/oauth/token", data={
+            "grant_type": "refresh_token", "refresh_token": fresh["refresh_token"], **auth_fields})
+        out["second_refresh_status"] = second.status_code
         again = await raw.post(base + "/oauth/token", data={
             "grant_type": "refresh_token", "refresh_token": old_refresh, **auth_fields})
         out["reuse_status"], out["reuse_error"] = again.status_code, again.json().get("error")
         r = await raw.post(url, json=list_call,
-                           headers={**mcp_headers, "authorization": "Bearer " + fresh["access_token"]})
+                           headers={**mcp_headers, "authorization": "Bearer " + second.json()["access_token"]})
         out["after_reuse_access_status"] = r.status_code
         out["after_reuse_www_authenticate"] = r.headers.get("www-authenticate")
     return out

@@ -50,6 +50,7 @@ ALL_TOOLS = {
     "send_mail_message", "create_draft_mail_message", "delete_mail_message", "move_mail_message",
     "update_mail_message_flags", "get_mail_attachment_link", "get_mail_thread",
     "get_mailbox_changes", "create_mailbox", "rename_mailbox", "delete_mailbox",
+    "reply_mail_message", "forward_mail_message",
 }
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
 #: A small binary attachment: every byte value, CR/LF and NUL included.
@@ -793,8 +794,9 @@ def test_scale_out_two_processes_share_redis(services: Services, tmp_path: Path,
     """
     Two daemon processes behind one base URL, sharing the key ring and a
     Redis store: a login at one is honoured by the other, a refresh at one
-    rotates for both, and replaying the old refresh token at the other
-    revokes the family everywhere.
+    rotates for both, the just-rotated refresh token replayed at the other
+    within the grace gets the same successor, and replaying a token two
+    generations old revokes the family everywhere.
     """
     state = tmp_path / "shared-state"
     one = daemon_factory(services, "--store", services.redis_url, state_dir=state)
@@ -824,7 +826,13 @@ def test_scale_out_two_processes_share_redis(services: Services, tmp_path: Path,
     status, answer = post_json(one.base_url + "/mcp", call,
                                {**headers, "authorization": "Bearer " + fresh["access_token"]})
     assert status == 200 and answer["result"]["isError"] is False
-    status, reuse = post_form(one.base_url + "/oauth/token", {
+    status, again = post_form(one.base_url + "/oauth/token", {
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], **auth})
+    assert status == 200 and again["refresh_token"] == fresh["refresh_token"], again
+    status, newer = post_form(one.base_url + "/oauth/token", {
+        "grant_type": "refresh_token", "refresh_token": fresh["refresh_token"], **auth})
+    assert status == 200, newer
+    status, reuse = post_form(two.base_url + "/oauth/token", {
         "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], **auth})
     assert (status, reuse["error"]) == (400, "invalid_grant")
     for daemon in (one, two):

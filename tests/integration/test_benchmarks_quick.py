@@ -108,5 +108,5 @@ def test_peer_measured_or_explained(report: dict[str, Any]) -> None:
 
 
 def test_targets_listed(report: dict[str, Any]) -> None:
-    """Every DESIGN §6 target is listed with its verdict."""
+    """Every target of docs/architecture.rst (Targets) is listed with its verdict."""
     assert len(report["targets"]) == 8

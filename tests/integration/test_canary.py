@@ -1,5 +1,5 @@
 """
-Canary test (security.md LG-01): run the OAuth flows -- failed and
+Canary test (docs/threat-model.rst, LG-01): run the OAuth flows -- failed and
 successful logins (IMAP and SMTP failures), code redemption and replay,
 refresh rotation and reuse, bad client secrets, secrets in query strings,
 tool calls that log in to IMAP and SMTP, revocation -- with recognisable
@@ -160,3 +160,55 @@ def test_no_secret_in_logs_or_pages(services, daemon_factory) -> None:
     for value in issued:
         assert value not in log, "a secret, code or token leaked into the log"
     assert "Authorization" not in log and "authorization: Bearer" not in log.lower()
+
+
+def old_pool_label(services, password: str) -> str:
+    """The label the pool logged before: 48 bits of an unsalted SHA-256 over the credentials."""
+    material = "\0".join(["localhost", str(services.imaps_port), "tls", USER, password])
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def run_once(services, daemon_factory, state_dir) -> str:
+    """One daemon run: a login and two tool calls (IMAP pool and SMTP); returns its log."""
+    daemon = daemon_factory(services, "--log-level", "debug", state_dir=state_dir)
+    client = generate_client(daemon.state_dir, services)
+    rec = Recorder(daemon.base_url)
+    response = login(rec, client["client_id"], PASSWORD)
+    assert response.status_code == 303, response.text
+    code = parse_qs(urlsplit(response.headers["location"]).query)["code"][0]
+    tokens = rec("POST", "/oauth/token", data={
+        "grant_type": "authorization_code", "code": code, "code_verifier": response.verifier,
+        "redirect_uri": REDIRECT, "client_id": client["client_id"],
+        "client_secret": client["client_secret"]}).json()
+    bearer = {"authorization": "Bearer " + tokens["access_token"],
+              "accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+    for name in ("list_mailboxes", "list_mail_messages"):
+        call = rec("POST", "/mcp", headers=bearer, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {}}})
+        assert call.status_code == 200 and call.json()["result"].get("isError") is not True, call.text
+    time.sleep(0.5)  # let the log file catch up
+    return daemon.log_text()
+
+
+def test_no_password_fingerprint_in_logs(services, daemon_factory, tmp_path) -> None:
+    """
+    The IMAP pool's connection label is no password fingerprint: the old
+    unsalted hash of host, port, security, user and password (which a
+    dictionary attack could test offline from the log alone) appears nowhere,
+    not even in part, and the same account gets different labels in two
+    daemon runs; more generally no hex string of 12+ digits (any stable hash)
+    appears in the logs of both runs.
+    """
+    add_canary_user(services)
+    logs = [run_once(services, daemon_factory, tmp_path / f"run{i}" / "state") for i in range(2)]
+    labels = []
+    for log in logs:
+        found = set(re.findall(r"IMAP ([0-9a-f]{12})#\d+: logged in to", log))
+        assert found, "no pooled IMAP login was logged"
+        labels.append(found)
+        old = old_pool_label(services, PASSWORD)
+        for i in range(len(old) - 11):
+            assert old[i:i + 12] not in log, "part of the unsalted credential hash is in the log"
+    assert not labels[0] & labels[1], "one account has the same label in two runs"
+    stable = set(re.findall(r"[0-9a-f]{12,}", logs[0])) & set(re.findall(r"[0-9a-f]{12,}", logs[1]))
+    assert not stable, f"a stable hash appears in both runs: {sorted(stable)[:3]}"

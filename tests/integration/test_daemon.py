@@ -308,10 +308,13 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "store": f"sqlite:{tmp_path / 'custom-store.sqlite3'}",
         "attachments": "local",
         "mail-ca-file": str(ca),
+        "store-ca-file": str(ca),
         "key-file": str(key_file),
         "max-request-body": "2000",
         "allowed-origins": "https://a.example https://b.example",
         "log-level": "debug",
+        "trusted-proxies": "127.0.0.1/32, 10.0.0.0/8",
+        "metrics-listen": f"tcp:{free_port()}:interface=127.0.0.1",
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
@@ -320,10 +323,19 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
     return values
 
 
-def check_configured(proc: Proc, port: int, tmp_path: Path) -> None:
-    """What can be seen from outside: base URL, key file used, state dir, body cap."""
+def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, str]) -> None:
+    """
+    What can be seen from outside: base URL, key file used, state dir, body
+    cap, /metrics on the metrics listener only.
+    """
     health = proc.wait_for_health(f"http://127.0.0.1:{port}")
     assert health["base_url"] == "https://mail-mcp.example.com"
+    metrics_port = values["metrics-listen"].split(":")[1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        assert b"mailmcp_reactor_lag_seconds_bucket" in response.read()
+    with pytest.raises(urllib.error.HTTPError) as hidden:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert hidden.value.code == 404
     assert (tmp_path / "custom-state").is_dir()
     assert not (tmp_path / "custom-state" / "keys.json").exists()  # --key-file was used
     request = urllib.request.Request(f"http://127.0.0.1:{port}/health", data=b"x" * 3000)
@@ -338,21 +350,24 @@ def test_every_option_on_the_command_line(tmp_path: Path, procs: list[Proc]) -> 
     """All options of the contract are accepted on the command line and take effect."""
     port = free_port()
     argv = ["-n", "--pidfile=", "mailmcp", "--listen", f"tcp:{port}:interface=127.0.0.1"]
-    for name, value in option_values(tmp_path, port).items():
+    values = option_values(tmp_path, port)
+    for name, value in values.items():
         argv += [f"--{name}", value]
     argv += [f"--{name}" for name, _ in FLAGS]
-    check_configured(start(procs, argv, tmp_path), port, tmp_path)
+    check_configured(start(procs, argv, tmp_path), port, tmp_path, values)
 
 
 def test_every_option_from_the_environment(tmp_path: Path, procs: list[Proc]) -> None:
     """Each option's MAILMCP_* variable is honoured when the option is not given."""
     port = free_port()
     env = clean_env(MAILMCP_LISTEN=f"tcp:{port}:interface=127.0.0.1")
-    for name, value in option_values(tmp_path, port).items():
+    values = option_values(tmp_path, port)
+    for name, value in values.items():
         env[env_name(name)] = value
     for name, _ in FLAGS:
         env[env_name(name)] = "1"
-    check_configured(start(procs, ["-n", "--pidfile=", "mailmcp"], tmp_path, env), port, tmp_path)
+    check_configured(start(procs, ["-n", "--pidfile=", "mailmcp"], tmp_path, env), port, tmp_path,
+                     values)
 
 
 def test_keys_from_environment(tmp_path: Path, procs: list[Proc]) -> None:
@@ -581,8 +596,9 @@ def test_corrupt_key_file(tmp_path: Path, procs: list[Proc]) -> None:
 def test_corrupt_keys_json_in_state_dir(tmp_path: Path, procs: list[Proc]) -> None:
     """A truncated keys.json in the state dir is refused, never silently replaced."""
     state = tmp_path / "mailmcp-state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     (state / "keys.json").write_text('{"version": 1, "keys": [')
+    (state / "keys.json").chmod(0o600)
     proc = start(procs, ["-n", "--pidfile=", "mailmcp"], tmp_path)
     assert_one_line_error(proc, "corrupt key ring", "keys.json")
     assert (state / "keys.json").read_text() == '{"version": 1, "keys": ['
@@ -659,14 +675,19 @@ def test_daemonized_start_and_stop(tmp_path: Path, procs: list[Proc]) -> None:
     ("args", "env", "expected"),
     [
         (["--listen", "nonsense:1"], {}, "--listen"),
+        (["--metrics-listen", "nonsense:1"], {}, "bad --metrics-listen endpoint"),
         (["--listen", "systemd:domain=INET:index=0"], {}, "no such socket was passed in by systemd"),
         (["--listen", "8080"], {}, "--listen needs an endpoint string"),
         (["--pool-size", "many"], {}, "--pool-size must be a number"),
         ([], {"MAILMCP_IMAP_TIMEOUT": "soon"}, "--imap-timeout must be a number"),
         (["--base-url", "ftp://x"], {}, "--base-url"),
+        (["--base-url", "http://mail.example.com"], {}, "plain http on a host that is not loopback"),
+        ([], {"MAILMCP_BASE_URL": "http://192.0.2.7"}, "or pass --allow-insecure-base-url"),
+        (["--listen", "tcp:8080:interface=192.0.2.7"], {}, "http://192.0.2.7:8080 is plain http"),
         (["--store", "mysql://db"], {}, "--store"),
         (["--attachments", "ftp://bucket"], {}, "--attachments"),
         (["--mail-ca-file", "/nonexistent.pem"], {}, "--mail-ca-file"),
+        ([], {"MAILMCP_STORE_CA_FILE": "/nonexistent.pem"}, "--store-ca-file /nonexistent.pem"),
         ([], {"MAILMCP_KEYS": "not json"}, "corrupt key ring in MAILMCP_KEYS"),
     ],
 )
@@ -675,3 +696,28 @@ def test_bad_values(tmp_path: Path, procs: list[Proc], args: list[str], env: dic
     """Each bad value, by option or environment: one stderr line, non-zero exit, no traceback."""
     proc = start(procs, ["-n", "--pidfile=", "mailmcp", *args], tmp_path, clean_env(**env))
     assert_one_line_error(proc, expected)
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_insecure_base_url_only_when_allowed(tmp_path: Path, procs: list[Proc], how: str) -> None:
+    """
+    An http:// base URL on a public host starts only with
+    --allow-insecure-base-url (or MAILMCP_ALLOW_INSECURE_BASE_URL), for a
+    TLS-terminating proxy in front; the daemon then advertises it as given.
+    """
+    port = free_port()
+    args = ["-n", "--pidfile=", "mailmcp", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--base-url", "http://mail.example.com"]
+    env = clean_env()
+    if how == "option":
+        args.append("--allow-insecure-base-url")
+    else:
+        env["MAILMCP_ALLOW_INSECURE_BASE_URL"] = "1"
+    proc = start(procs, args, tmp_path, env)
+    assert proc.wait_for_health(f"http://127.0.0.1:{port}")["base_url"] == "http://mail.example.com"
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server", timeout=10
+    ) as response:
+        assert json.load(response)["issuer"] == "http://mail.example.com"
+    proc.terminate()
+    proc.assert_clean_exit()

@@ -203,8 +203,9 @@ def test_bad_input(tmp_path: Path, args: list[str], expected: str) -> None:
 def test_corrupt_key_ring(tmp_path: Path) -> None:
     """A corrupt keys.json: one stderr line naming it, exit 1, the file untouched."""
     state = tmp_path / "mailmcp-state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     (state / "keys.json").write_text("{broken")
+    (state / "keys.json").chmod(0o600)
     result = generate(tmp_path, *SERVERS)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [result.stderr.strip()]
@@ -273,3 +274,43 @@ def test_daemon_accepts_client_ids_across_rotation(tmp_path: Path, daemon_factor
     assert authorize_status(daemon, before["client_id"]) == 200
     assert authorize_status(daemon, after["client_id"]) == 200
     assert authorize_status(daemon, foreign["client_id"]) == 400
+
+
+def test_staged_rotation_add_inactive_then_activate(tmp_path: Path) -> None:
+    """
+    --add-key --inactive adds a key that does not seal (new client ids keep
+    the old kid); --activate-key KID makes it the sealing key.  Both say what
+    to do next.
+    """
+    first = generate_json(tmp_path, *SERVERS)
+    old_kid = json.loads(base64.urlsafe_b64decode(first["client_id"].split(".")[0] + "=="))["kid"]
+    human = generate(tmp_path, "--add-key", "--inactive")
+    assert human.returncode == 0 and human.stderr == "", human.stderr
+    ring = read_keyring_file(tmp_path / "mailmcp-state" / "keys.json")
+    new_kid = ring.inactive_kids[0]
+    assert ring.current_kid == old_kid and f"--activate-key {new_kid}" in human.stdout
+    during = generate_json(tmp_path, *SERVERS)
+    assert json.loads(base64.urlsafe_b64decode(during["client_id"].split(".")[0] + "=="))["kid"] == old_kid
+    activated = generate_json(tmp_path, "--activate-key", new_kid)
+    assert activated == {"current_kid": new_kid, "kids": [old_kid, new_kid], "inactive_kids": []}
+    after = generate_json(tmp_path, *SERVERS)
+    assert json.loads(base64.urlsafe_b64decode(after["client_id"].split(".")[0] + "=="))["kid"] == new_kid
+    for client in (first, during, after):
+        assert open_with_state(tmp_path / "mailmcp-state", client["client_id"]).check_secret(client["client_secret"])
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--inactive"], "--inactive only goes with --add-key"),
+    (["--add-key", "--activate-key", "x"], "--add-key and --activate-key are separate steps"),
+    (["--activate-key", "no-such-kid"], "no key 'no-such-kid'"),
+])
+def test_rotation_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:
+    """Rotation misuse: one stderr line, exit 1, the key ring untouched."""
+    generate_json(tmp_path, *SERVERS)
+    keys = tmp_path / "mailmcp-state" / "keys.json"
+    before = keys.read_text()
+    result = generate(tmp_path, *args)
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert keys.read_text() == before

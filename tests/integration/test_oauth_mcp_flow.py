@@ -33,7 +33,7 @@ def run_client(config: dict) -> dict:
 
 @pytest.mark.parametrize("kind", ["confidential", "public", "confidential-redis"])
 def test_mcp_client_completes_oauth_flow(services, daemon_factory, tmp_path, kind) -> None:
-    """The mcp client logs in through the login page, gets tokens, lists tools, reads the mailbox; rotation and reuse detection hold (SQLite and Redis stores)."""
+    """The mcp client logs in through the login page, gets tokens, lists tools, reads the mailbox; rotation, the refresh grace and reuse detection hold (SQLite and Redis stores)."""
     store = ("--store", services.redis_url) if kind.endswith("redis") else ()
     daemon = daemon_factory(services, *store)
     extra = ("--public",) if kind == "public" else ()
@@ -71,6 +71,8 @@ def test_mcp_client_completes_oauth_flow(services, daemon_factory, tmp_path, kin
     assert out["refresh_status"] == 200
     assert out["refresh_cache_control"] == "no-store"
     assert out["fresh_access_status"] == 200
+    assert (out["grace_status"], out["grace_same_successor"]) == (200, True)
+    assert out["second_refresh_status"] == 200
     assert (out["reuse_status"], out["reuse_error"]) == (400, "invalid_grant")
     assert out["after_reuse_access_status"] == 401
     assert out["after_reuse_www_authenticate"].startswith(

@@ -68,9 +68,9 @@ def test_throttled_attempts_fast_and_offline(services, daemon_factory) -> None:
             assert "location" not in response.headers
         time.sleep(0.5)
         assert dovecot_logins(services) == before
-    # The speed itself is the benchmark's business (DESIGN §6); this bound
-    # only proves no attempt waited on a mail server (the login check's
-    # timeout is many seconds).
+    # The speed itself is the benchmark's business (docs/architecture.rst,
+    # Targets); this bound only proves no attempt waited on a mail server
+    # (the login check's timeout is many seconds).
     assert statistics.median(timings) < 0.5, timings
 
 

@@ -202,7 +202,7 @@ async def test_unknown_folder(wire: Wire) -> None:
 
 def test_injection_refused_before_any_command(services: Services) -> None:
     """
-    security.md TL-S1/TL-U1/TL-F1: hostile queries, UIDs and folder names are
+    docs/threat-model.rst TL-S1/TL-U1/TL-F1: hostile queries, UIDs and folder names are
     refused by input validation, so the pool never even connects.
     """
     wire = Wire(services)
@@ -354,7 +354,7 @@ def nested(depth: int) -> bytes:
 @pytest_twisted.ensureDeferred
 async def test_hostile_mime_is_bounded(wire: Wire) -> None:
     """
-    security.md MM-01/MM-02 through Dovecot's own BODYSTRUCTURE: a message
+    docs/threat-model.rst MM-01/MM-02 through Dovecot's own BODYSTRUCTURE: a message
     nested 3,000 deep and one with 1,000 parts are listed and read without
     error or stall, and the next call works.
     """
@@ -387,7 +387,7 @@ async def test_hostile_mime_is_bounded(wire: Wire) -> None:
 @pytest_twisted.ensureDeferred
 async def test_non_ascii_and_wildcard_folder_names(wire: Wire) -> None:
     """
-    security.md TL-F1: a folder named ``Entwürfe`` (modified UTF-7 on disk
+    docs/threat-model.rst TL-F1: a folder named ``Entwürfe`` (modified UTF-7 on disk
     and on the wire) is listed decoded and opens by that name; ``*`` and
     ``%`` are literal names, not patterns.
     """

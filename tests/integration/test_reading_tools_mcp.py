@@ -77,7 +77,7 @@ async def test_read_through_mcp(endpoint: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_arguments_are_errors_without_imap(endpoint: Any) -> None:
-    """security.md TL-S1/TL-U1/TL-F1 over MCP: isError results, and zero IMAP commands."""
+    """docs/threat-model.rst TL-S1/TL-U1/TL-F1 over MCP: isError results, and zero IMAP commands."""
     attempts = [
         ("search_mail_messages", {"query": "ALL\r\nX1 DELETE INBOX"}),
         ("search_mail_messages", {"query": "{5}\r\nhello"}),

@@ -3,8 +3,10 @@ Send limits through a real ``twistd mailmcp`` daemon, the real OAuth login
 and MCP ``tools/call`` over HTTP, with Postfix delivering to Dovecot:
 
 - SM-12: ``--send-burst 3 --sends-per-hour 1`` lets exactly three of five
-  sends out; the other two are ``isError`` results naming the rate limit,
-  and reach neither Postfix nor Sent.
+  one-recipient sends out; the other two are ``isError`` results naming the
+  rate limit, and reach neither Postfix nor Sent.
+- SM-12, recipients and shared: the budget counts recipients (to + cc +
+  bcc), and two daemons on one Redis store share it.
 - SM-09: a client provisioned with ``--smtp-files-sent`` sends once and adds
   no copy to Sent (the provider would file its own); the result says so.
   A client without the flag, on the same daemon, does file a copy.
@@ -98,6 +100,50 @@ async def test_send_burst_lets_exactly_three_of_five_out(
     assert draft.get("isError") is not True and draft["structuredContent"]["status"] == "saved", (
         draft
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_daemons_on_one_redis_share_one_recipient_budget(
+    services: Services, daemon_factory: Any, tmp_path: Any
+) -> None:
+    """
+    Two daemons on one Redis store, ``--send-burst 3 --sends-per-hour 1``,
+    the same mailbox logged in at each.  Through A, one message to bob (to)
+    and carol (bcc) uses 2 of 3; through B, a message to both is refused
+    (2 recipients, 1 left: "rate limit", "2 recipients", nothing sent or
+    filed), and one to bob alone is sent; then A refuses even one.  Bob
+    receives exactly 2 messages, carol 1, and Sent holds 2 copies.
+    """
+    (me, pw), (bob, bob_pw), (carol, carol_pw) = fresh_users(services, 3)
+    args = ("--store", services.redis_url, "--send-burst", "3", "--sends-per-hour", "1")
+    first = daemon_factory(services, *args, state_dir=tmp_path / "a")
+    second = daemon_factory(services, *args, state_dir=tmp_path / "b")
+    token_a = await login(first, generate_client(first.state_dir, services), me, pw)
+    token_b = await login(second, generate_client(second.state_dir, services), me, pw)
+
+    both = await send(first, token_a, {"to": bob, "bcc": carol, "subject": "two", "text_body": "1"})
+    assert both.get("isError") is not True and both["structuredContent"]["status"] == "sent", both
+    refused = await send(second, token_b, {"to": bob, "cc": carol, "subject": "no", "text_body": "x"})
+    assert refused["isError"] is True, refused
+    text = mcp_http.text_of(refused)
+    assert "rate limit" in text and "this message has 2 recipients" in text, text
+    assert "Nothing was sent" in text and "Try again in" in text, text
+    one = await send(second, token_b, {"to": bob, "subject": "one", "text_body": "2"})
+    assert one.get("isError") is not True and one["structuredContent"]["status"] == "sent", one
+    empty = await send(first, token_a, {"to": carol, "subject": "none", "text_body": "y"})
+    assert empty["isError"] is True and "rate limit" in mcp_http.text_of(empty), empty
+
+    bob_mail = await wait_for_mail(services, bob, bob_pw, count=2)
+    carol_mail = await wait_for_mail(services, carol, carol_pw, count=1)
+    subjects = sorted(
+        str(email.message_from_bytes(m, policy=policy.default)["Subject"]) for m in bob_mail
+    )
+    assert subjects == ["one", "two"]
+    assert [
+        str(email.message_from_bytes(m, policy=policy.default)["Subject"]) for m in carol_mail
+    ] == ["two"]
+    assert await count(services, me, pw, "Sent") == 2
+    assert await count(services, me, pw, "Drafts") == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -1,5 +1,5 @@
 """
-Graceful shutdown with calls that do not finish (security.md §4): a real
+Graceful shutdown with calls that do not finish (docs/threat-model.rst, Reliability goals): a real
 ``twistd mailmcp`` daemon with a short ``--shutdown-timeout`` gets SIGTERM
 while a ``tools/call`` is stuck on a scripted IMAP server that never answers
 its mailbox command, and while another request's body is still arriving.

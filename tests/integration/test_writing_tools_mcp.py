@@ -66,6 +66,7 @@ async def test_tools_list_annotates_writing_tools_honestly(endpoint: Any) -> Non
     hints = {name: tools[name]["annotations"] for name in WRITING}
     assert hints["send_mail_message"]["openWorldHint"] is True
     assert hints["send_mail_message"]["idempotentHint"] is False
+    assert hints["send_mail_message"]["destructiveHint"] is True
     assert hints["delete_mail_message"]["destructiveHint"] is True
     assert hints["move_mail_message"]["destructiveHint"] is True
     assert hints["update_mail_message_flags"]["idempotentHint"] is True
@@ -93,7 +94,7 @@ async def test_send_and_move_through_mcp(services: Services, endpoint: Any) -> N
 @pytest_twisted.ensureDeferred
 async def test_hostile_arguments_are_errors_without_imap_or_smtp(endpoint: Any) -> None:
     """
-    security.md TL-T1/T2/A1/U1/G1/F1 over MCP: every attempt is an error,
+    docs/threat-model.rst TL-T1/T2/A1/U1/G1/F1 over MCP: every attempt is an error,
     and neither the IMAP server nor the SMTP server hears a thing.
     """
     attempts = [

@@ -197,19 +197,24 @@ def make_config(tmp_path: Path, **kw: Any) -> Config:
 
 
 def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrency: int = 4,
+                store_factory: Any = MemoryGrantStore, server_class: type[Server] = Server,
                 **config_kw: Any) -> Server:
+    """
+    The app on a `StubTreq`, with a `Clock`; C{store_factory(clock)} makes
+    the grant store (memory by default), C{server_class} may pump real I/O.
+    """
     clock = Clock()
     clock.advance(1_800_000_000)
     config = make_config(tmp_path, **config_kw)
     codec = TokenCodec(config.keyring, clock)
-    store = MemoryGrantStore(clock)
+    store = store_factory(clock)
     grants = GrantService(store, codec, config.mcp_url, config.code_lifetime,
                           config.access_token_lifetime, config.refresh_token_lifetime)
     imap = FakeLoginChecker("IMAP", USERS)
     smtp = FakeLoginChecker("SMTP", USERS)
     throttle = LoginThrottle(store, concurrency, policy)
     app = OAuthApp(config, codec, grants, imap, smtp, throttle)
-    server = Server(clock=clock, config=config, codec=codec, store=store, grants=grants,
+    server = server_class(clock=clock, config=config, codec=codec, store=store, grants=grants,
                     imap=imap, smtp=smtp, throttle=throttle, app=app,
                     treq=StubTreq(app.app.resource()), verifier=GrantTokenVerifier(grants))
     uris = (*DEFAULT_REDIRECT_URIS, REDIRECT)

@@ -1,5 +1,5 @@
 """
-Attack-catalogue cases (security.md §3.2, §3.9) checked below the daemon,
+Attack-catalogue cases (docs/threat-model.rst, OT, TK, LG) checked below the daemon,
 where a `Clock`, a hand-made token or a route that raises is needed:
 
 - OT-07: a code issued without a PKCE challenge cannot be redeemed with a

@@ -7,6 +7,7 @@ command line winning over the environment, and every bad value refused as a
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 
 import attrs
@@ -22,6 +23,7 @@ from mailmcp._config import (
     base_url_from_listen,
     env_name,
     normalise_base_url,
+    prepare_state_dir,
 )
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
 from mailmcp.tap import Options
@@ -36,6 +38,25 @@ def parse(argv: list[str], environ: dict[str, str] | None = None) -> Options:
 def without_keyring(config: Config) -> Config:
     """Config compares by value; the key ring (random) is compared separately."""
     return attrs.evolve(config, keyring=None)  # type: ignore[arg-type]
+
+
+def write_pem_ca(path: Path) -> None:
+    """A throw-away self-signed CA certificate in PEM (--store-ca-file checks for one)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "store test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def defaults(state_dir: Path) -> Config:
@@ -116,6 +137,8 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--shutdown-timeout", "2.5",
         "--allowed-origins", "https://a.example https://b.example",
         "--trust-forwarded",
+        "--trusted-proxies", "127.0.0.1/32 ::1,10.1.2.3/8",
+        "--metrics-listen", "tcp:9101:interface=127.0.0.1",
     ])
     assert without_keyring(options.config) == Config(
         listen=("tcp:9000:interface=127.0.0.1", "unix:/tmp/x.sock"),
@@ -139,6 +162,8 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         shutdown_timeout=2.5,
         allowed_origins=("https://a.example", "https://b.example"),
         trust_forwarded=True,
+        trusted_proxies=(ip_network("127.0.0.1/32"), ip_network("::1/128"), ip_network("10.0.0.0/8")),
+        metrics_listen="tcp:9101:interface=127.0.0.1",
     )
 
 
@@ -147,6 +172,8 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("x\n")
     state = tmp_path / "envstate"
+    store_ca = tmp_path / "store-ca.pem"
+    write_pem_ca(store_ca)
     environ = {
         "MAILMCP_LISTEN": "tcp:9001:interface=127.0.0.1 unix:/tmp/y.sock",
         "MAILMCP_BASE_URL": "https://env.example",
@@ -154,6 +181,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_STORE": "sqlite:/tmp/other.sqlite3",
         "MAILMCP_ATTACHMENTS": "s3://b/p",
         "MAILMCP_MAIL_CA_FILE": str(ca),
+        "MAILMCP_STORE_CA_FILE": str(store_ca),
         "MAILMCP_POOL_SIZE": "7",
         "MAILMCP_POOL_WAIT_TIMEOUT": "8",
         "MAILMCP_POOL_IDLE_TIMEOUT": "9",
@@ -169,7 +197,9 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_LOG_LEVEL": "Debug",
         "MAILMCP_TRUST_FORWARDED": "true",
+        "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
+        "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -192,6 +222,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         store="sqlite:/tmp/other.sqlite3",
         attachments="s3://b/p",
         mail_ca_file=ca,
+        store_ca_file=store_ca,
         keyring=None,  # type: ignore[arg-type]
         pool_size=7,
         pool_wait_timeout=8.0,
@@ -208,7 +239,9 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         allowed_origins=("https://c.example",),
         log_level="debug",
         trust_forwarded=True,
+        trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
+        metrics_listen="tcp:9102:interface=127.0.0.1",
     ), **extra)
 
 
@@ -290,8 +323,36 @@ def test_base_url_normalised(raw: str, canonical: str) -> None:
     assert normalise_base_url(raw) == canonical
 
 
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        ([], {}),
+        (["--base-url", "http://localhost:8080"], {}),
+        (["--base-url", "http://app.localhost"], {}),
+        (["--base-url", "http://127.0.0.2:9000/mcp-prefix"], {}),
+        (["--base-url", "http://[::1]:8080"], {}),
+        (["--listen", r"tcp6:9999:interface=\:\:1"], {}),
+        (["--base-url", "https://mail.example.com"], {}),
+        (["--base-url", "http://mail.example.com", "--allow-insecure-base-url"], {}),
+        (["--base-url", "http://mail.example.com"], {"MAILMCP_ALLOW_INSECURE_BASE_URL": "yes"}),
+    ],
+)
+def test_base_url_transport_allowed(tmp_path: Path, argv: list[str], environ: dict[str, str]) -> None:
+    """
+    Plain http is fine on loopback (the default) and https anywhere; an
+    http URL for other hosts needs --allow-insecure-base-url (a TLS proxy
+    in front), by option or environment.
+    """
+    config = parse(["--state-dir", str(tmp_path), *argv], environ).config
+    assert config.allow_insecure_base_url is ("--allow-insecure-base-url" in argv or bool(environ))
+
+
 BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--pool-size", "many"], {}, "--pool-size must be a number"),
+    (["--trusted-proxies", "10.0.0.0/8 proxy.example"], {},
+     "--trusted-proxies: 'proxy.example' is not an IP address or CIDR network"),
+    ([], {"MAILMCP_TRUSTED_PROXIES": "10.0.0.0/33"}, "--trusted-proxies: '10.0.0.0/33'"),
+    (["--login-failures-global", "0"], {}, "--login-failures-global must be greater than zero"),
     (["--pool-size", "0"], {}, "--pool-size must be greater than zero"),
     (["--pool-size", "1.5"], {}, "--pool-size must be a number"),
     (["--imap-timeout", "-1"], {}, "--imap-timeout must be greater than zero"),
@@ -312,6 +373,10 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--base-url", "https://example.com/#frag"], {}, "--base-url must not carry"),
     (["--base-url", "https://user:pw@example.com"], {}, "--base-url must not carry"),
     ([], {"MAILMCP_BASE_URL": "nonsense"}, "--base-url must be an http(s) URL"),
+    (["--base-url", "http://mail.example.com"], {}, "is plain http on a host that is not loopback"),
+    ([], {"MAILMCP_BASE_URL": "http://192.0.2.7:8080"}, "--allow-insecure-base-url"),
+    (["--listen", "tcp:9999:interface=192.0.2.7"], {}, "http://192.0.2.7:9999 is plain http"),
+    (["--base-url", "http://127.0.0.1.example.com"], {}, "use an https:// --base-url"),
     (["--store", "mysql://db"], {}, "--store must be sqlite:PATH or redis://"),
     (["--store", "sqlite:"], {}, "--store must be"),
     (["--attachments", "ftp://bucket"], {}, "--attachments must be local or s3://"),
@@ -320,7 +385,11 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     (["--listen", "8080"], {}, "--listen needs an endpoint string"),
     (["--listen", ""], {}, "--listen needs an endpoint string"),
     ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
+    (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
+    ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
+    (["--store-ca-file", "/nonexistent/ca.pem"], {}, "--store-ca-file /nonexistent/ca.pem is not a readable file"),
+    ([], {"MAILMCP_STORE_CA_FILE": "/dev/null"}, "--store-ca-file /dev/null holds no PEM certificate"),
     (["--key-file", "/nonexistent/keys.json"], {}, "cannot read key ring /nonexistent/keys.json"),
     ([], {"MAILMCP_KEYS": "{not json"}, "corrupt key ring in MAILMCP_KEYS"),
     (["--unknown-option"], {}, "option --unknown-option not recognized"),
@@ -426,3 +495,40 @@ def test_readme_configuration_table_is_generated() -> None:
 
 if __name__ == "__main__":
     print(config_table_rst(), end="")
+
+
+def test_state_dir_open_to_others_is_made_private_with_a_warning(tmp_path: Path) -> None:
+    """An existing state dir (0755) and keys.json (0644) are tightened to 0700/0600, one warning each."""
+    state = tmp_path / "open"
+    state.mkdir()
+    state.chmod(0o755)
+    parse(["--state-dir", str(state)])
+    (state / "keys.json").chmod(0o644)
+    state.chmod(0o750)
+    warnings: list[str] = []
+    prepare_state_dir(state, warnings.append)
+    assert (state.stat().st_mode & 0o777, (state / "keys.json").stat().st_mode & 0o777) == (0o700, 0o600)
+    assert len(warnings) == 2
+    assert "state directory" in warnings[0] and "(mode 0750); changed to 0700" in warnings[0]
+    assert "key ring" in warnings[1] and "(mode 0644); changed to 0600" in warnings[1]
+    assert "rotate" in warnings[1]
+    warnings.clear()
+    prepare_state_dir(state, warnings.append)
+    assert warnings == []
+
+
+def test_state_dir_that_cannot_be_made_private_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When chmod fails (another user's directory), startup stops with one line saying what to do."""
+    state = tmp_path / "theirs"
+    state.mkdir()
+    state.chmod(0o755)
+
+    def refuse(path: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("mailmcp._config.os.chmod", refuse)
+    with pytest.raises(usage.UsageError) as raised:
+        prepare_state_dir(state)
+    text = str(raised.value)
+    assert "\n" not in text
+    assert "state directory" in text and "mode 0755" in text and f"chmod 700 {state}" in text

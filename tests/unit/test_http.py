@@ -251,7 +251,7 @@ def test_health_is_json_and_shows_base_url(site: MailMCPSite) -> None:
     """
     /health answers 200 JSON with the status and the (public) base URL, and
     nothing an attacker could use: no version, key or mail-server detail
-    (security.md LG-05).
+    (docs/threat-model.rst, LG-05).
     """
     conn = Connection(site)
     conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

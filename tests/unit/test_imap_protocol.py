@@ -1,7 +1,7 @@
 """
 `IMAPClientProtocol` and `Session` against a scripted server: no sockets,
 a ``StringTransport`` for the wire and a ``Clock`` for every deadline.
-Covers the misbehaving-server catalogue of security.md §3.6 (IM-01…IM-14)
+Covers the misbehaving-server catalogue of docs/threat-model.rst (IM-01…IM-14)
 and the P-05…P-08 traps.
 """
 

@@ -18,6 +18,7 @@ from mailmcp._keyring import (
     KeyRing,
     KeyRingError,
     MasterKey,
+    activate_key,
     add_key,
     load_or_create_keyring,
     new_master_key,
@@ -219,3 +220,60 @@ def test_key_ids_are_unique_and_sortable() -> None:
     assert early.kid.startswith("20010909T")
     assert early.kid < late.kid
     assert new_master_key(5).kid != new_master_key(5).kid
+
+
+# -- staged rotation: inactive keys ------------------------------------------------------------
+
+
+def test_inactive_key_decrypts_but_does_not_encrypt() -> None:
+    """A key added inactive is in the ring (its subkeys derive) but the previous key stays current."""
+    ring = KeyRing([new_master_key(1)])
+    staged = ring.with_new_key(new_master_key(2), active=False)
+    assert staged.current_kid == ring.current_kid
+    assert staged.inactive_kids == [staged.kids[-1]]
+    assert staged.has(staged.kids[-1])
+    assert len(staged.subkey(staged.kids[-1], "token/access")) == 32
+
+
+def test_activate_makes_the_key_current_and_survives_json() -> None:
+    """Activation makes the key current (moved last); the inactive flag round-trips through JSON."""
+    staged = KeyRing([new_master_key(1)]).with_new_key(new_master_key(2), active=False)
+    reread = KeyRing.from_json(staged.to_json(), "test")
+    assert reread.current_kid == staged.current_kid and reread.inactive_kids == staged.inactive_kids
+    assert json.loads(staged.to_json())["keys"][-1]["inactive"] is True
+    new_kid = staged.kids[-1]
+    active = reread.with_active(new_kid)
+    assert active.current_kid == new_kid and active.inactive_kids == []
+    assert "inactive" not in json.loads(active.to_json())["keys"][-1]
+    assert sorted(active.kids) == sorted(staged.kids)
+
+
+def test_activate_unknown_kid_refused() -> None:
+    """Activating a kid the ring does not hold names the kids it does hold."""
+    ring = KeyRing([new_master_key(1)])
+    with pytest.raises(KeyRingError, match="no key 'nope'"):
+        ring.with_active("nope")
+
+
+def test_ring_without_active_key_refused() -> None:
+    """A ring whose keys are all inactive has nothing to seal with: refused."""
+    key = new_master_key(1)
+    document = json.dumps({"version": 1, "keys": [{"kid": key.kid, "secret": "A" * 43,
+                                                   "created": 1, "inactive": True}]})
+    with pytest.raises(KeyRingError, match="no active key"):
+        KeyRing.from_json(document, "test")
+    bad_flag = document.replace("true", '"yes"')
+    with pytest.raises(KeyRingError, match="inactive flag"):
+        KeyRing.from_json(bad_flag, "test")
+
+
+def test_add_inactive_then_activate_file(tmp_path: Path) -> None:
+    """add_key(active=False) then activate_key on the state dir's keys.json (kept 0600)."""
+    first = load_or_create_keyring(tmp_path, environ={})
+    staged = add_key(tmp_path, active=False)
+    assert staged.current_kid == first.current_kid and len(staged.kids) == 2
+    done = activate_key(tmp_path, staged.kids[-1])
+    assert read_keyring_file(tmp_path / KEYRING_FILENAME).current_kid == done.current_kid == staged.kids[-1]
+    assert (tmp_path / KEYRING_FILENAME).stat().st_mode & 0o777 == 0o600
+    with pytest.raises(KeyRingError, match="no key ring"):
+        add_key(tmp_path / "empty", active=False)

@@ -126,3 +126,29 @@ def test_gc_pauses_are_recorded_per_generation() -> None:
     collections = probe.gc_pauses.count[2]
     gc.collect()
     assert probe.gc_pauses.count[2] == collections  # uninstalled on stop
+
+
+def test_lag_samples_are_kept_only_with_a_metrics_listener(tmp_path: object) -> None:
+    """
+    The raw lag samples exist for the metrics JSON: without
+    --metrics-listen the probe keeps none (admission needs only the
+    stream), with it the recent ones.  Nothing listens or starts here.
+    """
+    from pathlib import Path
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailmcp._service import build_service
+    from mailmcp.tap import Options
+
+    def probe_of(*argv: str) -> ReactorLagProbe:
+        options = Options(environ={})
+        options.parseOptions(["--state-dir", str(Path(str(tmp_path)) / "state"), *argv])
+        top = build_service(options.config, MemoryReactorClock())
+        parts = top.getServiceNamed("parts")  # type: ignore[attr-defined]
+        probe: ReactorLagProbe = parts.getServiceNamed("reactor-lag")
+        return probe
+
+    assert probe_of().samples.maxlen == 0
+    with_listener = probe_of("--metrics-listen", "tcp:0:interface=127.0.0.1")
+    assert with_listener.samples.maxlen == 20000

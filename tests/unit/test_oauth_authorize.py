@@ -1,7 +1,7 @@
 """
 Discovery documents and ``/oauth/authorize`` (GET and POST), without
 sockets: `OAuthApp` on a StubTreq with fake IMAP/SMTP login checkers.
-Case ids (OA-xx) refer to security.md §3.1.
+Case ids (OA-xx) refer to docs/threat-model.rst.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """
 ``/oauth/token``, ``/oauth/revoke`` and the access-token verifier, without
-sockets.  Case ids (OT-xx, TK-xx) refer to security.md §3.2.
+sockets.  Case ids (OT-xx, TK-xx) refer to docs/threat-model.rst.
 """
 
 from __future__ import annotations
@@ -223,7 +223,10 @@ def test_expired_code(server) -> None:
 
 
 def test_refresh_rotation_and_reuse_revokes_family(server) -> None:
-    """OT-12: each refresh token works once; reusing one revokes the whole family."""
+    """
+    OT-12: each refresh token rotates once; reusing an older one (here two
+    generations back, past the previous token's grace) revokes the whole family.
+    """
     first = server.tokens()
     response, second = server.refresh(first["refresh_token"])
     assert response.code == 200
@@ -469,7 +472,7 @@ def test_store_failure_is_503_not_a_traceback(server) -> None:
 
     tokens = server.tokens()
     server.store.create_grant = lambda record: fail(RuntimeError("store down"))
-    server.store.rotate_refresh = lambda gid, gen: fail(RuntimeError("store down"))
+    server.store.rotate_refresh = lambda *args: fail(RuntimeError("store down"))
     response, body = server.login()
     assert response.code == 503
     assert b"temporarily unavailable" in body and b"Traceback" not in body and b"store down" not in body

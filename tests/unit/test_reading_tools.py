@@ -253,7 +253,7 @@ def test_get_message_missing_uid(server: FakeIMAPServer) -> None:
 
 @pytest.mark.parametrize("uid", ["5", "1:*", "1,2", -1, 0, 4294967296, 1.5, True, None, [1]])
 def test_bad_uid_refused_before_imap(server: FakeIMAPServer, uid: object) -> None:
-    """security.md TL-U1: every malformed uid fails validation; the server sees nothing."""
+    """docs/threat-model.rst TL-U1: every malformed uid fails validation; the server sees nothing."""
     with pytest.raises(ValidationError):
         GetMessageInput.model_validate({"uid": uid})
     assert server.commands == []
@@ -261,7 +261,7 @@ def test_bad_uid_refused_before_imap(server: FakeIMAPServer, uid: object) -> Non
 
 @pytest.mark.parametrize("folder", ["", "INBOX\r\nX DELETE Trash", "a\x00b", "x" * 2000])
 def test_bad_folder_refused(folder: str) -> None:
-    """security.md TL-F1: control characters and over-long names fail validation."""
+    """docs/threat-model.rst TL-F1: control characters and over-long names fail validation."""
     with pytest.raises(ValidationError):
         ListMessagesInput.model_validate({"folder": folder})
 
@@ -271,7 +271,7 @@ def test_bad_folder_refused(folder: str) -> None:
     {"per_page": 10**6}, {"per_page": "20"}, {"per_page": 101}, {"bogus": 1},
 ])
 def test_bad_paging_refused(arguments: dict[str, Any]) -> None:
-    """security.md TL-L1: out-of-range or mistyped paging fails validation."""
+    """docs/threat-model.rst TL-L1: out-of-range or mistyped paging fails validation."""
     with pytest.raises(ValidationError):
         ListMessagesInput.model_validate(arguments)
 
@@ -280,7 +280,7 @@ def test_bad_paging_refused(arguments: dict[str, Any]) -> None:
     "ALL\r\nX1 DELETE INBOX", "ALL\nX1 DELETE INBOX", "{5}\r\nhello", "~{5+}", "SUBJECT a\x00",
 ])
 def test_search_injection_refused_before_imap(server: FakeIMAPServer, query: str) -> None:
-    """security.md TL-S1: injection attempts are validation errors; no command is sent."""
+    """docs/threat-model.rst TL-S1: injection attempts are validation errors; no command is sent."""
     with pytest.raises(ValidationError) as caught:
         SearchInput.model_validate({"query": query})
     assert "not allowed" in str(caught.value)
@@ -394,7 +394,7 @@ def test_big_html_is_converted_off_the_reactor(server: FakeIMAPServer) -> None:
 
 
 def test_stale_uidvalidity_refused(server: FakeIMAPServer) -> None:
-    """security.md TL-U2: a UID from an older uidvalidity is refused, not guessed at."""
+    """docs/threat-model.rst TL-U2: a UID from an older uidvalidity is refused, not guessed at."""
     server.mailboxes["INBOX"].add(plain("a"))
     ok = run(get_mail_message(context(server), GetMessageInput(uid=1, uidvalidity=1000)))
     assert ok.subject == "a"

@@ -36,7 +36,7 @@ from mailmcp._search import (
     ],
 )
 def test_injection_refused(query: str) -> None:
-    """Control characters and literal syntax (security.md TL-S1) never compile."""
+    """Control characters and literal syntax (docs/threat-model.rst, TL-S1) never compile."""
     with pytest.raises(SearchQueryError):
         compile_search(query)
 

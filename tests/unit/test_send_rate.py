@@ -1,17 +1,22 @@
 """
 The per-account send rate limit (SM-12) and the "server files sent mail
 itself" setting (SM-09), on a `Clock` and the writing-tool fakes: the bucket
-refills with time, the handler takes its token before SMTP is contacted,
-and a refused send touches neither SMTP nor IMAP.
+counts recipients (to + cc + bcc) and refills with time, the handler takes
+its tokens before SMTP is contacted, and a refused send touches neither SMTP
+nor IMAP.
 """
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import pytest
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
 
-from mailmcp._sendrate import SendRateLimiter, send_key
+from mailmcp._sendrate import SendRateLimiter, SharedSendRateLimiter, send_key
 from mailmcp._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools._writing import (
@@ -20,6 +25,7 @@ from mailmcp._tools._writing import (
     DraftInput,
     SendInput,
 )
+from mailmcp.interfaces import ISendBudget
 from mailmcp.testing import FakeIMAPPool, make_account
 from tests.helpers import run
 from tests.unit.test_writing_tools import FakeSender, WritableServer, commands
@@ -52,6 +58,49 @@ def test_refill_stops_at_the_burst() -> None:
     clock.advance(24 * HOUR)
     assert limiter.available("a") == 2
     assert [limiter.acquire("a") for _ in range(3)][2] > 0
+
+
+def test_a_message_costs_one_token_per_recipient() -> None:
+    """
+    Burst 5 at 1 per hour: 3 recipients, then 3 more is refused (only 2
+    left, the third is an hour away), 2 goes through; more than the burst
+    can never be taken (inf), whatever is left.
+    """
+    clock = Clock()
+    limiter = SendRateLimiter(clock, burst=5, per_hour=1)
+    assert verifyObject(ISendBudget, limiter)
+    assert limiter.acquire("a", 3) == 0.0
+    assert limiter.acquire("a", 3) == pytest.approx(HOUR)
+    assert limiter.available("a") == 2
+    assert limiter.acquire("a", 2) == 0.0
+    assert limiter.acquire("a", 1) == pytest.approx(HOUR)
+    assert limiter.acquire("b", 6) == math.inf
+    assert limiter.available("b") == 5
+    clock.advance(3 * HOUR)
+    assert limiter.acquire("a", 3) == 0.0
+
+
+def test_shared_limiter_asks_the_store_and_refuses_oversize_itself() -> None:
+    """The shared budget is the store's; a count over the burst never reaches it."""
+    calls: list[tuple[str, int, int, float]] = []
+
+    class Store:
+        def take_send_tokens(self, key: str, count: int, burst: int, per_hour: float) -> object:
+            calls.append((key, count, burst, per_hour))
+            return succeed(0.0)
+
+    limiter = SharedSendRateLimiter(Store(), burst=4, per_hour=30)
+    assert verifyObject(ISendBudget, limiter)
+    assert successResultOf(limiter.take("k", 3)) == 0.0
+    assert successResultOf(limiter.take("k", 5)) == math.inf
+    assert calls == [("k", 3, 4, 30)]
+
+
+def successResultOf(d: Deferred[float]) -> float:
+    out: list[float] = []
+    d.addCallback(out.append)
+    assert out, "the Deferred has not fired"
+    return out[0]
 
 
 def test_accounts_have_separate_buckets() -> None:
@@ -141,6 +190,59 @@ def test_refused_send_contacts_nothing_and_says_when_to_retry() -> None:
     clock.advance(HOUR)
     run(SEND_MAIL_MESSAGE.handler(ctx, SendInput(to="bob@example.test", subject="m3")))
     assert len(sender.sent) == 3
+
+
+def test_recipients_not_messages_are_counted() -> None:
+    """
+    Burst 5: one message to a (to), b (cc) and c (bcc) takes 3; the next to
+    3 people is refused naming its 3 recipients and the wait, with nothing
+    sent or filed; one to 2 people (a duplicate address counts once) goes.
+    """
+    ctx, server, sender, _ = make_ctx(burst=5)
+    three = SendInput(to="a@example.test", cc="b@example.test", bcc="c@example.test", subject="3")
+    assert run(SEND_MAIL_MESSAGE.handler(ctx, three)).status == "sent"
+    with pytest.raises(ToolError) as caught:
+        run(SEND_MAIL_MESSAGE.handler(ctx, three.model_copy(update={"subject": "again"})))
+    text = caught.value.message
+    assert "rate limit" in text and "this message has 3 recipients" in text, text
+    assert "5 recipients at once" in text and "to, cc and bcc all count" in text, text
+    assert "Try again in 3600 seconds" in text and "Nothing was sent" in text, text
+    assert len(sender.sent) == 1 and len(commands(server, "APPEND")) == 1
+    two = SendInput(to=["d@example.test", "D@example.test"], cc="e@example.test", subject="2")
+    assert run(SEND_MAIL_MESSAGE.handler(ctx, two)).status == "sent"
+    assert [len(recipients) for _, recipients, _ in sender.sent] == [3, 2]
+    assert ctx.services.send_limiter.available(send_key(ctx.account)) == 0
+
+
+def test_message_over_the_burst_is_refused_at_once() -> None:
+    """Burst 2 and 3 recipients: refused, saying to send to fewer at a time; nothing taken."""
+    ctx, server, sender, _ = make_ctx(burst=2)
+    args = SendInput(to=["a@example.test", "b@example.test"], bcc="c@example.test")
+    with pytest.raises(ToolError) as caught:
+        run(SEND_MAIL_MESSAGE.handler(ctx, args))
+    text = caught.value.message
+    assert "this message has 3 recipients, more than" in text and "fewer recipients" in text, text
+    assert "Nothing was sent" in text
+    assert sender.sent == [] and commands(server, "APPEND") == []
+    assert ctx.services.send_limiter.available(send_key(ctx.account)) == 2
+
+
+def test_unavailable_shared_store_refuses_the_send() -> None:
+    """A store that cannot answer: the send is refused (fail closed), nothing sent."""
+
+    class DownStore:
+        def take_send_tokens(self, key: str, count: int, burst: int, per_hour: float) -> object:
+            return fail(ConnectionRefusedError("redis down"))
+
+    ctx, server, sender, _ = make_ctx()
+    services = attrs.evolve(ctx.services, send_limiter=SharedSendRateLimiter(DownStore(), 5, 10))
+    ctx = attrs.evolve(ctx, services=services)
+    with pytest.raises(ToolError) as caught:
+        run(SEND_MAIL_MESSAGE.handler(ctx, SendInput(to="bob@example.test")))
+    assert "could not be checked" in caught.value.message
+    assert "Nothing was sent" in caught.value.message
+    assert "redis" not in caught.value.message.lower()
+    assert sender.sent == [] and commands(server, "APPEND") == []
 
 
 def test_drafts_are_not_limited() -> None:

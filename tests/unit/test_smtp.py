@@ -184,7 +184,7 @@ def test_dot_line_at_chunk_boundary_is_stuffed(offset: int) -> None:
     A body line "." starting at any offset around the 16 KiB FileSender chunk
     boundaries (including exactly at 16384 and 32768) is stuffed: the server
     sees one message, byte-identical after un-stuffing, and nothing after the
-    terminator (security.md P-10, SM-10).
+    terminator (docs/threat-model.rst, P-10, SM-10).
     """
     head = b"Subject: dots\r\n\r\n"
     filler_len = offset - len(head) - 2

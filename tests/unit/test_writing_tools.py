@@ -583,10 +583,16 @@ def test_bad_folders_are_invalid_params(folder: str) -> None:
 
 
 def test_annotations_are_honest() -> None:
-    """delete/move are destructive; flags idempotent; send is open-world and not idempotent."""
+    """
+    send/delete/move are destructive (a sent message cannot be called back);
+    flags idempotent and not destructive; drafts only add; send is
+    open-world and not idempotent.
+    """
     by_name = {t.name: t.annotations() for t in TOOLS}
     assert by_name["send_mail_message"]["openWorldHint"] is True
     assert by_name["send_mail_message"]["idempotentHint"] is False
+    assert by_name["send_mail_message"]["destructiveHint"] is True
+    assert by_name["create_draft_mail_message"]["destructiveHint"] is False
     assert by_name["delete_mail_message"]["destructiveHint"] is True
     assert by_name["move_mail_message"]["destructiveHint"] is True
     assert by_name["update_mail_message_flags"]["idempotentHint"] is True
@@ -595,7 +601,7 @@ def test_annotations_are_honest() -> None:
 
 
 def test_tool_names_and_params_match_the_contract() -> None:
-    """The seed's names and parameters (DESIGN §4) are all there."""
+    """The seed's names and parameters (README.rst, Tools) are all there."""
     params = {t.name: set(t.input_model.model_fields) for t in TOOLS}
     compose_params = {"to", "subject", "text_body", "cc", "bcc", "html_body", "attachment_urls", "attachments",
                       "folder"}
