@@ -303,7 +303,7 @@ def test_folder_tools_on_the_fake() -> None:
 
 def test_tool_registry_lists_the_new_tools_once() -> None:
     names = [t.name for t in all_tools()]
-    assert len(names) == len(set(names)) == 15
+    assert len(names) == len(set(names)) == 17
     for name in ("get_mail_thread", "get_mailbox_changes", "create_mailbox", "rename_mailbox",
                  "delete_mailbox"):
         assert name in names
