@@ -200,7 +200,7 @@ def authorize(
 def test_bad_metadata_documents_are_refused_without_fetching_anything_else(
     services, daemon_factory, documents
 ) -> None:
-    """A lying client_id, a foreign redirect URI, a redirect, a 6 KiB document, a private address: error page each, and only the named document was ever requested."""
+    """OA-41, OA-42, OA-43: a lying client_id, a foreign redirect URI, a redirect, a 6 KiB document, a private address: error page each, and only the named document was ever requested."""
     allowed = documents.base + "/allowed/"
     liar = documents.serve("/allowed/liar.json", metadata_document("https://claude.ai/x", "Liar"))
     other = allowed + "other.json"

@@ -207,7 +207,7 @@ def test_registration_needs_json(tmp_path: Path) -> None:
 
 
 def test_registration_is_rate_limited_per_address(tmp_path: Path) -> None:
-    """OA-19: past --registrations-per-address in an hour the next answers 429 with Retry-After; an hour later it works again."""
+    """OA-44: past --registrations-per-address in an hour the next answers 429 with Retry-After; an hour later it works again."""
     server, _ = open_server(tmp_path)
     server.config = server.app._config = server.app._registration._config = __import__(
         "attrs"
