@@ -57,6 +57,7 @@ FETCH_TIMEOUT = 5.0
 MIN_CACHE = 300
 MAX_CACHE = 24 * 3600
 MAX_ENTRIES = 1024
+FAILURE_CACHE = 30
 MAX_URL = 2048
 PINNED_DIR = Path(__file__).resolve().parent / "client_metadata"
 
@@ -185,8 +186,16 @@ class _CheckedEndpoint:
     """Resolve, check every address, connect to the checked one (TLS by host name)."""
 
     def __init__(
-        self, reactor: Any, resolve: Resolve, scheme: bytes, host: str, port: int, checked: bool
+        self,
+        reactor: Any,
+        resolve: Resolve,
+        scheme: bytes,
+        host: str,
+        port: int,
+        checked: bool,
+        trust_root: Any = None,
     ) -> None:
+        self._trust_root = trust_root
         self._reactor = reactor
         self._resolve = resolve
         self._scheme = scheme
@@ -215,13 +224,17 @@ class _CheckedEndpoint:
         else:
             endpoint = TCP4ClientEndpoint(self._reactor, address, self._port, timeout=FETCH_TIMEOUT)
         if self._scheme == b"https":
-            endpoint = wrapClientTLS(optionsForClientTLS(self._host), endpoint)
+            options = optionsForClientTLS(self._host, trustRoot=self._trust_root)
+            endpoint = wrapClientTLS(options, endpoint)
         return await endpoint.connect(factory)
 
 
 @implementer(IAgentEndpointFactory)
 class _CheckedEndpoints:
-    def __init__(self, reactor: Any, resolve: Resolve, checked: bool) -> None:
+    def __init__(
+        self, reactor: Any, resolve: Resolve, checked: bool, trust_root: Any = None
+    ) -> None:
+        self._trust_root = trust_root
         self._reactor = reactor
         self._resolve = resolve
         self._checked = checked
@@ -229,7 +242,13 @@ class _CheckedEndpoints:
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("idna").strip("[]")
         return _CheckedEndpoint(
-            self._reactor, self._resolve, uri.scheme, host, uri.port, self._checked
+            self._reactor,
+            self._resolve,
+            uri.scheme,
+            host,
+            uri.port,
+            self._checked,
+            self._trust_root,
         )
 
 
@@ -238,9 +257,17 @@ class _TooLarge(Exception):
 
 
 class MetadataFetcher:
-    """One bounded GET of a metadata document (see the module docstring)."""
+    """
+    One bounded GET of a metadata document (see the module docstring).
 
-    def __init__(self, reactor: Any, resolve: Resolve | None = None) -> None:
+    :param resolve: host name to addresses (default: getaddrinfo off the reactor).
+    :param trust_root: CAs for https (default: the platform's; tests pass theirs).
+    """
+
+    def __init__(
+        self, reactor: Any, resolve: Resolve | None = None, trust_root: Any = None
+    ) -> None:
+        self._trust_root = trust_root
         self._reactor = reactor
         self._resolve = resolve or system_resolver(reactor)
 
@@ -252,7 +279,8 @@ class MetadataFetcher:
 
     async def _fetch(self, url: str, checked: bool) -> tuple[Any, int]:
         agent = Agent.usingEndpointFactory(
-            self._reactor, _CheckedEndpoints(self._reactor, self._resolve, checked)
+            self._reactor,
+            _CheckedEndpoints(self._reactor, self._resolve, checked, self._trust_root),
         )
         http = HTTPClient(agent)
         response = await http.get(
@@ -329,6 +357,9 @@ class ClientMetadataResolver:
         self._pinned = pinned
         self._allow = tuple(allow)
         self._cache: OrderedDict[str, tuple[float, ClientMetadata]] = OrderedDict()
+        #: Recent failures, so a page reloaded (or a URL sent on purpose again
+        #: and again) does not make us fetch it again for a while.
+        self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def is_metadata_url(self, client_id: str) -> bool:
         """Whether C{client_id} names a document (rather than a client we issued)."""
@@ -351,6 +382,22 @@ class ClientMetadataResolver:
         if cached is not None and cached[0] > now:
             self._cache.move_to_end(url)
             return cached[1]
+        failed = self._failed.get(url)
+        if failed is not None and failed[0] > now:
+            raise ClientMetadataError(failed[1])
+        try:
+            metadata = await self._fetch(url)
+        except ClientMetadataError as e:
+            self._failed[url] = (now + FAILURE_CACHE, str(e))
+            self._failed.move_to_end(url)
+            while len(self._failed) > MAX_ENTRIES:
+                self._failed.popitem(last=False)
+            raise
+        self._failed.pop(url, None)
+        return metadata
+
+    async def _fetch(self, url: str) -> ClientMetadata:
+        now = self._clock.seconds()
         allowed = self._allowed(url)
         parts = urlsplit(url)
         if len(url) > MAX_URL or parts.fragment or parts.username or parts.password:

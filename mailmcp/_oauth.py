@@ -473,6 +473,10 @@ class OAuthApp:
             ) from None
         except ClientMetadataError as e:
             raise BadRequest("Unknown application", str(e)) from None
+        except Exception:
+            # The store is down or similar: say so, keep details in the log.
+            log.failure("client {client} could not be looked up", client=client_id[:100])
+            raise UNAVAILABLE from None
         redirect_uri = _single(args, "redirect_uri")
         if not redirect_uri or not client.allows_redirect(redirect_uri):
             raise BadRequest(

@@ -456,3 +456,36 @@ def test_document_rules() -> None:
 def test_public_address_rule(address: str, public: bool) -> None:
     """Only globally routable unicast addresses may be fetched from (IPv4-mapped IPv6 unwrapped)."""
     assert is_public_address(address) is public
+
+
+def test_failed_fetches_are_remembered_briefly(tmp_path: Path) -> None:
+    """A URL that failed is not fetched again for FAILURE_CACHE seconds (a reloaded page, a URL sent again and again), then it is."""
+    from mailmcp._cimd import FAILURE_CACHE
+
+    server, fetcher = open_server(tmp_path)
+    for _ in range(3):
+        response, body = server.request(
+            "GET", "/oauth/authorize", params=server.authorize_params(client_id=DOC_URL)
+        )
+        assert response.code == 400 and b"HTTP 404" in body
+    assert len(fetcher.fetched) == 1
+    server.clock.advance(FAILURE_CACHE + 1)
+    fetcher.documents[DOC_URL] = (doc(), 3600)
+    response, _ = server.request(
+        "GET", "/oauth/authorize", params=server.authorize_params(client_id=DOC_URL)
+    )
+    assert response.code == 200 and len(fetcher.fetched) == 2
+
+
+def test_store_outage_during_lookup_is_a_503_page(tmp_path: Path) -> None:
+    """If the store cannot be read while looking up a short id, the page says "temporarily unavailable" (503), no traceback."""
+    server, _ = open_server(tmp_path)
+
+    def broken(client_id: str) -> Deferred[str | None]:
+        return fail(ConnectionError("store down"))
+
+    server.store.get_client = broken  # type: ignore[method-assign]
+    response, body = server.request(
+        "GET", "/oauth/authorize", params=server.authorize_params(client_id="mc_" + "B" * 22)
+    )
+    assert response.code == 503 and b"temporarily unavailable" in body and b"Traceback" not in body
