@@ -489,3 +489,90 @@ def test_store_outage_during_lookup_is_a_503_page(tmp_path: Path) -> None:
         "GET", "/oauth/authorize", params=server.authorize_params(client_id="mc_" + "B" * 22)
     )
     assert response.code == 503 and b"temporarily unavailable" in body and b"Traceback" not in body
+
+
+# -- daemon options --------------------------------------------------------
+
+
+def parse_daemon(tmp_path: Path, *argv: str, environ: dict[str, str] | None = None) -> Any:
+    from mailmcp.tap import Options
+
+    options = Options(environ=environ or {})
+    options.parseOptions(["--state-dir", str(tmp_path / "state"), *argv])
+    return options.config
+
+
+def test_default_profile_options(tmp_path: Path) -> None:
+    """--imap-host/--smtp-host make the default profile with mailmcp-generate's port defaults; none given, none made."""
+    config = parse_daemon(
+        tmp_path,
+        "--imap-host",
+        "IMAP.Example.com",
+        "--smtp-host",
+        "smtp.example.com",
+        "--smtp-security",
+        "starttls",
+    )
+    assert config.default_imap == IMAP.__class__("imap.example.com", 993, "tls")
+    assert config.default_smtp == IMAP.__class__("smtp.example.com", 587, "starttls")
+    config = parse_daemon(tmp_path)
+    assert config.default_imap is None and config.default_smtp is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--imap-host", "imap.example.com"], "--smtp-host is required"),
+        (["--smtp-host", "smtp.example.com"], "--imap-host is required"),
+        (
+            [
+                "--imap-host",
+                "imap.example.com",
+                "--smtp-host",
+                "s.example.com",
+                "--imap-security",
+                "plain",
+            ],
+            "plain would send passwords in clear text",
+        ),
+        (
+            [
+                "--imap-host",
+                "i.example.com",
+                "--smtp-host",
+                "s.example.com",
+                "--smtp-port",
+                "99999",
+            ],
+            "between 1 and 65535",
+        ),
+        (["--imap-port", "993"], "needs --imap-host and --smtp-host"),
+        (["--client-metadata-allow", "ftp://x/"], "http(s) URL prefix"),
+        (["--client-metadata-dir", "/nonexistent/dir"], "is not a directory"),
+    ],
+)
+def test_bad_profile_options_are_one_line_errors(
+    tmp_path: Path, argv: list[str], says: str
+) -> None:
+    """Each bad setting is a UsageError naming the option."""
+    from twisted.python import usage
+
+    with pytest.raises(usage.UsageError, match=__import__("re").escape(says)):
+        parse_daemon(tmp_path, *argv)
+
+
+def test_client_metadata_allow_is_repeatable(tmp_path: Path) -> None:
+    """--client-metadata-allow repeats on the command line and is space separated in the variable."""
+    config = parse_daemon(
+        tmp_path,
+        "--client-metadata-allow",
+        "http://127.0.0.1:1/a/",
+        "--client-metadata-allow",
+        "https://intra.example/b/",
+    )
+    assert config.client_metadata_allow == ("http://127.0.0.1:1/a/", "https://intra.example/b/")
+    config = parse_daemon(
+        tmp_path,
+        environ={"MAILMCP_CLIENT_METADATA_ALLOW": "http://h.example/x/ http://h.example/y/"},
+    )
+    assert config.client_metadata_allow == ("http://h.example/x/", "http://h.example/y/")
