@@ -22,9 +22,10 @@ import pytest
 
 from benchmarks._clients import oauth_login
 from benchmarks._http import Connection
+from mailmcp._keyring import read_keyring_file
 from tests.harness import Daemon, Services, free_port, generate_client
 from tests.hostile import mcp_http
-from tests.integration.test_generate import generate_json
+from tests.integration.test_generate import generate_json, sealed_kid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -56,6 +57,12 @@ class Cluster:
     def stop(self) -> None:
         for daemon in self.daemons.values():
             daemon.stop()
+
+    def client_kid(self, client_id: str) -> str:
+        """The key a compact client id is sealed under, among both daemons' keys."""
+        kids = {k for state in self.states.values() if (state / "keys.json").exists()
+                for k in read_keyring_file(state / "keys.json").kids}
+        return sealed_kid(client_id, sorted(kids))
 
     def copy_ring(self, source: str, target: str) -> None:
         shutil.copy2(self.states[source] / "keys.json", self.states[target] / "keys.json")
@@ -98,7 +105,7 @@ class Cluster:
             assert kid_of(tokens["access_token"]) == expect_kid[minter]
             assert kid_of(tokens["refresh_token"]) == expect_kid[minter]
             own_client = generate_client(self.states[minter], self.services)
-            assert kid_of(own_client["client_id"]) == expect_kid[minter]
+            assert self.client_kid(own_client["client_id"]) == expect_kid[minter]
             for other in "AB":
                 assert self.accepts_access(other, tokens["access_token"]), (minter, other)
                 assert self.authorize_page(other, own_client) == 200, (minter, other)
@@ -122,7 +129,7 @@ def test_staged_rotation_keeps_every_token_valid_at_every_step(services: Service
         cluster.copy_ring("A", "B")
         cluster.start("B")
         client = generate_client(cluster.states["A"], services)
-        k0 = kid_of(client["client_id"])
+        k0 = cluster.client_kid(client["client_id"])
         cluster.assert_interchangeable(client, {"A": k0, "B": k0})
 
         staged = generate_json(tmp_path, "--add-key", "--inactive", "--state-dir", str(cluster.states["B"]))
