@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -296,6 +297,19 @@ def test_second_start_keeps_the_key_ring(tmp_path: Path, procs: list[Proc]) -> N
 # -- every option, on the command line and from the environment ---------------
 
 
+IN_HOUSE = "https://intra.example/clients/agent.json"
+
+
+def write_metadata_dir(tmp_path: Path) -> Path:
+    """A --client-metadata-dir holding one in-house client's document."""
+    directory = tmp_path / "client-metadata"
+    directory.mkdir(exist_ok=True)
+    (directory / "agent.json").write_text(json.dumps({
+        "client_id": IN_HOUSE, "client_name": "In-house agent",
+        "redirect_uris": ["https://intra.example/cb"], "token_endpoint_auth_method": "none"}))
+    return directory
+
+
 def option_values(tmp_path: Path, port: int) -> dict[str, str]:
     """A valid value for every single-valued option of the daemon."""
     ca = tmp_path / "ca.pem"
@@ -315,6 +329,14 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "log-level": "debug",
         "trusted-proxies": "127.0.0.1/32, 10.0.0.0/8",
         "metrics-listen": f"tcp:{free_port()}:interface=127.0.0.1",
+        "imap-host": "imap.example.com",
+        "imap-port": "1993",
+        "imap-security": "tls",
+        "smtp-host": "smtp.example.com",
+        "smtp-port": "2465",
+        "smtp-security": "tls",
+        "client-metadata-dir": str(write_metadata_dir(tmp_path)),
+        "client-metadata-allow": "https://intra.example/clients/",
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
@@ -342,6 +364,19 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 413
+    # The default mail profile turns CIMD and registration on; the pinned
+    # document from --client-metadata-dir opens the login page on the profile.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server",
+                                timeout=10) as response:
+        metadata = json.loads(response.read())
+    assert metadata["client_id_metadata_document_supported"] is True
+    assert metadata["registration_endpoint"] == "https://mail-mcp.example.com/oauth/register"
+    query = urllib.parse.urlencode({
+        "client_id": IN_HOUSE, "redirect_uri": "https://intra.example/cb", "response_type": "code",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256"})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/oauth/authorize?{query}", timeout=10) as response:
+        page = response.read().decode()
+    assert "In-house agent" in page and "imap.example.com:1993" in page
     proc.terminate()
     proc.assert_clean_exit()
 
