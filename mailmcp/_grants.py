@@ -39,7 +39,7 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._clients import Client, MailServer
 from ._tokens import InvalidToken, TokenCodec
-from .interfaces import IGrantStore
+from .interfaces import IGrantStore, ISendIntentStore
 
 log = Logger()
 
@@ -208,7 +208,7 @@ def pkce_s256(verifier: str) -> str:
     return _b64e(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
-@implementer(IGrantStore)
+@implementer(IGrantStore, ISendIntentStore)
 class MemoryGrantStore:
     """
     An in-process `IGrantStore` for unit tests (and a model of the contract
@@ -221,6 +221,8 @@ class MemoryGrantStore:
         self.codes: dict[str, int] = {}
         self.counters: dict[str, tuple[int, float]] = {}
         self.rotations: dict[str, _Rotation] = {}
+        # key -> (state, owner, lease until, kept until)
+        self.intents: dict[str, tuple[str, str, float, float]] = {}
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -304,6 +306,27 @@ class MemoryGrantStore:
             count, until = self.counters.get(key, (0, 0.0))
             if until > now and count > 0:
                 self.counters[key] = (count - 1, until)
+        return succeed(None)
+
+    # -- ISendIntentStore (SM-13, SM-14) ----------------------------------------
+
+    def begin_send(
+        self, key: str, account: str, owner: str, lease: float, keep: int
+    ) -> Deferred[str]:
+        now = self._now()
+        record = self.intents.get(key)
+        if record is not None and record[0] != "failed" and record[3] > now:
+            state, _, until, _ = record
+            if state == "sending" and until <= now:
+                state = "unknown"
+            return succeed(state)
+        self.intents[key] = ("sending", owner, now + lease, now + keep)
+        return succeed("claimed")
+
+    def end_send(self, key: str, owner: str, state: str, keep: int) -> Deferred[None]:
+        record = self.intents.get(key)
+        if record is not None and record[1] == owner:
+            self.intents[key] = (state, owner, record[2], self._now() + keep)
         return succeed(None)
 
 

@@ -30,7 +30,7 @@ install() {
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       dovecot-core dovecot-imapd dovecot-lmtpd postfix redis-server openssl \
-      chromium chromium-driver ca-certificates >/dev/null
+      chromium chromium-driver ca-certificates haproxy >/dev/null
 }
 
 write_certs() {
