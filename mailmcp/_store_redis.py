@@ -133,26 +133,29 @@ return '0'
 """
 
 #: Send intent (SM-13): KEYS[1] the intent; ARGV account, owner, now, lease
-#: until, keep seconds.  Claims it (like SET NX EX, but also over a
+#: until, keep seconds, kept until (the daemon's clock decides; the TTL only
+#: collects garbage).  Claims it (like SET NX EX, but also over a
 #: ``failed`` record) or says who holds it; one script, so racing daemons
 #: see one winner.
 _BEGIN_SEND = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'lease')
-if f[1] and f[1] ~= 'failed' then
-  if f[1] == 'sending' and tonumber(f[2]) <= tonumber(ARGV[3]) then return 'unknown' end
+local f = redis.call('HMGET', KEYS[1], 'state', 'lease', 'expires')
+local now = tonumber(ARGV[3])
+if f[1] and f[1] ~= 'failed' and tonumber(f[3]) > now then
+  if f[1] == 'sending' and tonumber(f[2]) <= now then return 'unknown' end
   return f[1]
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'sending', 'account', ARGV[1], 'owner', ARGV[2],
-           'lease', ARGV[4])
+           'lease', ARGV[4], 'expires', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 'claimed'
 """
 
-#: KEYS[1] the intent; ARGV owner, state, keep seconds.  Only the owner ends it.
+#: KEYS[1] the intent; ARGV owner, state, keep seconds, expires.  Only the
+#: owner ends it.
 _END_SEND = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'expires', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -504,7 +507,7 @@ class RedisGrantStore(Service):
         result = await self._redis.eval(
             _BEGIN_SEND,
             [f"{self._prefix}intent:{key}"],
-            [account, owner, repr(now), repr(now + lease), str(keep)],
+            [account, owner, repr(now), repr(now + lease), str(keep), repr(now + keep)],
         )
         return result.decode("ascii") if isinstance(result, bytes) else str(result)
 
@@ -516,7 +519,9 @@ class RedisGrantStore(Service):
 
     async def _end_send(self, key: str, owner: str, state: str, keep: int) -> None:
         await self._redis.eval(
-            _END_SEND, [f"{self._prefix}intent:{key}"], [owner, state, str(keep)]
+            _END_SEND,
+            [f"{self._prefix}intent:{key}"],
+            [owner, state, str(keep), repr(self._now() + keep)],
         )
 
     def end_send(self, key: str, owner: str, state: str, keep: int) -> Deferred[None]:
