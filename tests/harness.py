@@ -409,9 +409,10 @@ class HAProxy:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, workdir: Path, backends: Sequence[int], timeout: float = 20.0) -> HAProxy:
+    def start(cls, workdir: Path, backends: Sequence[int], port: int | None = None,
+              timeout: float = 20.0) -> HAProxy:
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        port = free_port()
+        port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / f"haproxy-{port}.cfg"
         config.write_text(haproxy_config(port, backends))

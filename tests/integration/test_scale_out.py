@@ -152,3 +152,90 @@ async def test_a_daemon_killed_after_data_leaves_the_retry_unknown_on_another(
     assert "Nothing was sent this time" in final
     assert smtp.transactions == 1 and smtp.commands.count(b"DATA") == 1, smtp.commands
     assert await count(services, me, pw, "Sent") == 0
+
+
+IMAP_LOGIN = re.compile(r"IMAP (\w+)(?:#\d+)?: logged in to")
+
+
+def imap_logins(daemon: Any) -> list[str]:
+    """The pool labels of the accounts this daemon logged in to IMAP for, one per connection."""
+    return IMAP_LOGIN.findall(daemon.log_text())
+
+
+def _guarded_call(base_url: str, token: str) -> str:
+    """One list_mailboxes call; "ok" or what went wrong (so a failure names itself)."""
+    try:
+        status, body = mcp_http.rpc(base_url, token, "tools/call",
+                                    {"name": "list_mailboxes", "arguments": {}}, 30.0)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    if status != 200 or body is None or "result" not in body or body["result"].get("isError"):
+        return f"{status}: {body}"
+    return "ok"
+
+
+@pytest.fixture
+def balanced(services: Services, daemon_factory: Any, tmp_path: Path) -> Iterator[tuple[Any, Any, HAProxy]]:
+    """Two daemons on one Redis and one key ring behind a real HAProxy (its URL is the base URL)."""
+    proxy_port = free_port()
+    base = ("--store", services.redis_url, "--base-url", f"http://127.0.0.1:{proxy_port}")
+    first = daemon_factory(services, *base, state_dir=tmp_path / "a")
+    second = daemon_factory(services, *base, "--key-file", str(first.state_dir / "keys.json"),
+                            state_dir=tmp_path / "b")
+    proxy = HAProxy.start(tmp_path, [first.port, second.port], port=proxy_port)
+    yield first, second, proxy
+    proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_haproxy_an_account_stays_on_one_process_and_survives_a_stop(
+    services: Services, balanced: tuple[Any, Any, HAProxy]
+) -> None:
+    """
+    Two daemons behind HAProxy (contrib/haproxy: hash of Authorization,
+    consistent):
+
+    - login through the balancer (its form GET and POST may reach either
+      process) gives a token both processes accept when called directly;
+    - ten calls of one account through the balancer: one process logged in
+      to IMAP for it, once (its pool reused), the other not at all;
+    - 24 calls of two accounts in flight, six at a time, and the process
+      holding the first account gets SIGTERM after the first answers: every
+      call answers successfully (the stopping one finishes its calls, HAProxy
+      sends the rest to the other), the stopped one exits 0, and the other
+      then serves the first account.
+    """
+    first, second, proxy = balanced
+    (me, pw), (other, other_pw) = fresh_users(services, 2)
+    client = generate_client(first.state_dir, services)
+    token = (await threads.deferToThread(mcp_http.login, proxy.base_url, client, me, pw))["access_token"]
+    token2 = (await threads.deferToThread(mcp_http.login, proxy.base_url, client, other, other_pw))[
+        "access_token"
+    ]
+
+    for _ in range(10):
+        assert await threads.deferToThread(_guarded_call, proxy.base_url, token) == "ok"
+    logins = {d.port: imap_logins(d) for d in (first, second)}
+    holder, spare = (first, second) if logins[first.port] else (second, first)
+    assert len(logins[holder.port]) == 1 and logins[spare.port] == [], logins
+
+    # Honoured at both processes, called directly (the spare logs in for it once).
+    for daemon in (holder, spare):
+        assert await threads.deferToThread(_guarded_call, daemon.base_url, token) == "ok"
+    assert len(imap_logins(holder)) == 1 and len(imap_logins(spare)) == 1
+
+    def run_all() -> list[str]:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [
+                pool.submit(_guarded_call, proxy.base_url, token if n % 2 == 0 else token2)
+                for n in range(24)
+            ]
+            futures[0].result()
+            holder.process.terminate()  # SIGTERM with calls in flight
+            return [f.result() for f in futures]
+
+    outcomes = await threads.deferToThread(run_all)
+    assert outcomes == ["ok"] * 24, outcomes
+    assert holder.process.wait(20) == 0
+    for _ in range(5):
+        assert await threads.deferToThread(_guarded_call, proxy.base_url, token) == "ok"
