@@ -500,9 +500,7 @@ class RedisGrantStore(Service):
 
     # -- send intents (SM-13, SM-14): at most once for every daemon on this Redis --
 
-    async def _begin_send(
-        self, key: str, account: str, owner: str, lease: float, keep: int
-    ) -> str:
+    async def _begin_send(self, key: str, account: str, owner: str, lease: float, keep: int) -> str:
         now = self._now()
         result = await self._redis.eval(
             _BEGIN_SEND,
