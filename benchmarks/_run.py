@@ -595,7 +595,7 @@ class Bench:
                     for i in range(THROUGHPUT_ACCOUNTS)]
         ceiling = await _imap.ceiling("127.0.0.1", services.imaps_port, self.ctx, accounts, "INBOX",
                                       self.sizes.ceiling_seconds)
-        concurrency = max(self.sizes.throughput_levels[-1], 2 * THROUGHPUT_ACCOUNTS)
+        concurrency = 2 * THROUGHPUT_ACCOUNTS if self.quick else 4 * THROUGHPUT_ACCOUNTS
         out: dict[str, Any] = {
             "what": f"warm {LIST_TOOL} calls/s through HAProxy to N processes (Redis store, shared key "
                     f"ring), closed loop, {concurrency} clients over {THROUGHPUT_ACCOUNTS} accounts; "
