@@ -642,6 +642,7 @@ class Bench:
                     "p50_ms": ms(pct(lat, 0.5)),
                     "p99_ms": ms(pct(lat, 0.99)),
                     "failures": len(r["failures"]),
+                    "first_failure": r["failures"][0] if r["failures"] else None,
                     "daemon_cpu_shares": [
                         round((b - a) / r["seconds"], 2) if a is not None and b is not None else None
                         for a, b in zip(cpu0, cpu1, strict=True)
