@@ -731,17 +731,23 @@ class Bench:
             raise
         group: dict[str, Any] = {"daemons": daemons, "proxy": proxy, "clients": [], "latencies": [],
                                  "failures": [], "seconds": 0.0, "cpu": [0.0] * n}
-        client = generate_client(workdir, workdir / "state-0", services.imaps_port, services.smtps_port)
-        tokens, stats = await login_many(proxy.base_url, client, accounts, concurrency=8)
-        if len(tokens) != len(accounts):
-            group["proxy"].stop()
+        try:
+            client = generate_client(workdir, workdir / "state-0", services.imaps_port, services.smtps_port)
+            tokens, stats = await login_many(proxy.base_url, client, accounts, concurrency=8)
+            if len(tokens) != len(accounts):
+                raise RuntimeError(f"logins through HAProxy failed: {stats['errors'][:2]}")
+            token_list = [tokens[u] for u, _ in accounts]
+            group["clients"] = [McpClient(proxy.base_url, token_list[i % len(token_list)])
+                                for i in range(concurrency)]
+            # Untimed: every account's pool connection is made and its folder open.
+            await closed_loop(group["clients"], lambda cl: listing(cl, "INBOX"), 0.5)
+        except BaseException:
+            for cl in group["clients"]:
+                cl.close()
+            proxy.stop()
             for d in daemons:
                 d.stop()
-            raise RuntimeError(f"logins through HAProxy failed: {stats['errors'][:2]}")
-        token_list = [tokens[u] for u, _ in accounts]
-        group["clients"] = [McpClient(proxy.base_url, token_list[i % len(token_list)]) for i in range(concurrency)]
-        # Untimed: every account's pool connection is made and its folder open.
-        await closed_loop(group["clients"], lambda cl: listing(cl, "INBOX"), 0.5)
+            raise
         return group
 
     async def start_profiler(self, name: str) -> tuple[Any, Path] | None:

@@ -16,6 +16,7 @@ Scale-out with real processes (README.rst, "Scaling out"):
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,15 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import LineReceiver
 
-from tests.harness import HAProxy, Services, free_port, generate_client
+from tests.harness import (
+    HAPROXY_CFG,
+    ROOT,
+    HAProxy,
+    Services,
+    free_port,
+    generate_client,
+    haproxy_config,
+)
 from tests.hostile import mcp_http
 from tests.integration.test_send_limits import count
 from tests.integration.test_smtp_live import fresh_users
@@ -239,3 +248,45 @@ async def test_behind_haproxy_an_account_stays_on_one_process_and_survives_a_sto
     assert holder.process.wait(20) == 0
     for _ in range(5):
         assert await threads.deferToThread(_guarded_call, proxy.base_url, token) == "ok"
+
+
+def _unit(path: Path) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_shipped_haproxy_config_is_valid_and_hashes_the_authorization_header(tmp_path: Path) -> None:
+    """
+    ``haproxy -c`` accepts contrib/haproxy/haproxy.cfg as shipped and as the
+    tests and benchmark rewrite it; it hashes Authorization consistently,
+    checks /health and forwards the client address.
+    """
+    shipped = HAPROXY_CFG.read_text()
+    for needle in ("balance hdr(Authorization)", "hash-type consistent",
+                   "http-check send meth GET uri /health", "option forwardfor"):
+        assert needle in shipped, needle
+    generated = tmp_path / "generated.cfg"
+    generated.write_text(haproxy_config(free_port(), [free_port(), free_port()]))
+    for config in (HAPROXY_CFG, generated):
+        checked = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True,
+                                 timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_systemd_template_runs_one_process_per_port() -> None:
+    """
+    mailmcp@.service: the instance name is the loopback port; each instance
+    has its own state directory and shares the settings file (store, key
+    ring); SIGTERM stops it gracefully.
+    """
+    unit = _unit(ROOT / "contrib" / "systemd" / "mailmcp@.service")
+    assert unit["ExecStart"][0].split()[1:] == ["--nodaemon", "--pidfile=", "mailmcp"]
+    assert "MAILMCP_LISTEN=tcp:%i:interface=127.0.0.1" in unit["Environment"]
+    assert "MAILMCP_STATE_DIR=/var/lib/mailmcp/%i" in unit["Environment"]
+    assert unit["StateDirectory"] == ["mailmcp/%i"]
+    assert "/etc/mailmcp/mailmcp.env" in unit["EnvironmentFile"]
+    assert unit["KillSignal"] == ["SIGTERM"] and unit["User"] == ["mailmcp"]
