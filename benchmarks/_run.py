@@ -674,10 +674,13 @@ class Bench:
             for _ in range(blocks):
                 for n in (1, 2):
                     g = groups[n]
-                    cpu0 = [cpu_seconds(d.pid) for d in g["daemons"]]
+                    pids = [d.pid for d in g["daemons"]] + [g["proxy"].process.pid]
+                    cpu0 = [cpu_seconds(pid) for pid in pids]
+                    own0 = time.process_time()
                     r = await closed_loop(g["clients"], lambda cl: listing(cl, "INBOX"), block_seconds,
                                           warmup=False)
-                    cpu1 = [cpu_seconds(d.pid) for d in g["daemons"]]
+                    cpu1 = [cpu_seconds(pid) for pid in pids]
+                    g["client_cpu"] += time.process_time() - own0
                     g["latencies"] += r["latencies"]
                     g["failures"] += r["failures"]
                     g["seconds"] += r["seconds"]
@@ -693,7 +696,9 @@ class Bench:
                     "p99_ms": ms(pct(lat, 0.99)),
                     "failures": len(g["failures"]),
                     "first_failure": g["failures"][0] if g["failures"] else None,
-                    "daemon_cpu_shares": [round(c / g["seconds"], 2) for c in g["cpu"]],
+                    "daemon_cpu_shares": [round(c / g["seconds"], 2) for c in g["cpu"][:-1]],
+                    "haproxy_cpu_share": round(g["cpu"][-1] / g["seconds"], 2),
+                    "bench_client_cpu_share": round(g["client_cpu"] / g["seconds"], 2),
                 }
                 log(f"scale_out n={n}: {calls_per_s} calls/s")
         finally:
@@ -730,7 +735,7 @@ class Bench:
                 d.stop()
             raise
         group: dict[str, Any] = {"daemons": daemons, "proxy": proxy, "clients": [], "latencies": [],
-                                 "failures": [], "seconds": 0.0, "cpu": [0.0] * n}
+                                 "failures": [], "seconds": 0.0, "cpu": [0.0] * (n + 1), "client_cpu": 0.0}
         try:
             client = generate_client(workdir, workdir / "state-0", services.imaps_port, services.smtps_port)
             tokens, stats = await login_many(proxy.base_url, client, accounts, concurrency=8)
