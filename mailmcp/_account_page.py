@@ -151,7 +151,9 @@ class _AccountPage(Element):
                         tags.dt("Last used"),
                         tags.dd(_when(record.last_used), class_="app-last-used"),
                     ),
-                    self._form("revoke", "Disconnect", f"revoke-{record.grant_id}", record.grant_id),
+                    self._form(
+                        "revoke", "Disconnect", f"revoke-{record.grant_id}", record.grant_id
+                    ),
                     class_="app",
                     id=f"app-{record.grant_id}",
                 )
@@ -276,7 +278,9 @@ class AccountApp:
                 client,
                 429,
                 values=values,
-                errors=["Too many sign-in attempts. Please wait a few minutes before trying again."],
+                errors=[
+                    "Too many sign-in attempts. Please wait a few minutes before trying again."
+                ],
             )
         failed: str | None = None
         try:
@@ -290,7 +294,9 @@ class AccountApp:
                 client,
                 503,
                 values=values,
-                errors=["The service is busy checking other sign-ins. Please try again in a moment."],
+                errors=[
+                    "The service is busy checking other sign-ins. Please try again in a moment."
+                ],
             )
         except LoginRejected:
             log.info("account page: IMAP login rejected by {host}", host=client.imap.host)
@@ -313,7 +319,12 @@ class AccountApp:
         return await self._show_apps(request, client, session, username)
 
     async def _show_apps(
-        self, request: IRequest, client: Client, session: str, username: str, notice: str | None = None
+        self,
+        request: IRequest,
+        client: Client,
+        session: str,
+        username: str,
+        notice: str | None = None,
     ) -> bytes:
         apps = await self._accounts.grants(client.imap, username)
         return await self._render(request, client, session=session, apps=apps, notice=notice)

@@ -372,7 +372,9 @@ class MemoryGrantStore:
     def deny_client(self, client_ref: str) -> Deferred[int]:
         self.denied_clients.add(client_ref)
         now = self._now()
-        doomed = [g for g, r in self.grants.items() if r.client_ref == client_ref and r.expires > now]
+        doomed = [
+            g for g, r in self.grants.items() if r.client_ref == client_ref and r.expires > now
+        ]
         for gid in doomed:
             self.revoke_grant(gid)
         return succeed(len(doomed))
@@ -720,8 +722,11 @@ class GrantService:
             await self.store.touch_grant(record.grant_id, now)
         except Exception as e:
             # The call goes on: the time shown on the account page is a hint.
-            log.warn("last-used time of grant {grant} not saved: {kind}",
-                     grant=record.grant_id, kind=type(e).__name__)
+            log.warn(
+                "last-used time of grant {grant} not saved: {kind}",
+                grant=record.grant_id,
+                kind=type(e).__name__,
+            )
 
     async def _open_account(
         self, access_token: str

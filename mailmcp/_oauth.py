@@ -529,7 +529,10 @@ class OAuthApp:
     async def _refuse_denied(self, client: Client) -> None:
         """:raises BadRequest: when the operator revoked C{client} (issue 15)."""
         if await self._grants.store.client_denied(client_ref(client.client_id)):
-            log.info("authorization refused: client {client} revoked", client=client_ref(client.client_id))
+            log.info(
+                "authorization refused: client {client} revoked",
+                client=client_ref(client.client_id),
+            )
             raise BadRequest(
                 "Application revoked",
                 "The operator of this server has revoked this application's access.",

@@ -431,7 +431,9 @@ class RedisGrantStore(Service):
     ) -> Deferred[bool]:
         return self._deadline(self._activated(grant_id, code_id, code_expires, expires))
 
-    async def _activated(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> bool:
+    async def _activated(
+        self, grant_id: str, code_id: str, code_expires: int, expires: int
+    ) -> bool:
         first = await self._activate(grant_id, code_id, code_expires, expires)
         if first:
             await self._extend_index(grant_id, self._ttl(expires))
@@ -572,9 +574,7 @@ class RedisGrantStore(Service):
 
     async def _revoke_set(self, key: str, mark: str | None = None) -> int:
         keys = [key] if mark is None else [key, mark]
-        result = await self._redis.eval(
-            _REVOKE_SET, keys, [self._grant_key(""), str(self._now())]
-        )
+        result = await self._redis.eval(_REVOKE_SET, keys, [self._grant_key(""), str(self._now())])
         return int(result)
 
     def revoke_account(self, account: str) -> Deferred[int]:
@@ -593,7 +593,9 @@ class RedisGrantStore(Service):
         )
 
     async def _denied(self, client_ref: str) -> bool:
-        return bool(await self._redis.execute_command("EXISTS", f"{self._prefix}denied:{client_ref}"))
+        return bool(
+            await self._redis.execute_command("EXISTS", f"{self._prefix}denied:{client_ref}")
+        )
 
     def client_denied(self, client_ref: str) -> Deferred[bool]:
         return self._deadline(self._denied(client_ref))

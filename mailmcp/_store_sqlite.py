@@ -82,7 +82,9 @@ CREATE INDEX IF NOT EXISTS grants_account ON grants (account);
 CREATE INDEX IF NOT EXISTS grants_client ON grants (client_ref);
 """
 
-_COLUMNS = "grant_id, client_ref, sealed, created, expires, generation, account, client_name, last_used"
+_COLUMNS = (
+    "grant_id, client_ref, sealed, created, expires, generation, account, client_name, last_used"
+)
 
 
 def _record(row: Any) -> GrantRecord:
@@ -212,7 +214,7 @@ class SQLiteGrantStore(Service):
     def create_grant(self, record: GrantRecord) -> Deferred[None]:
         def call() -> None:
             self._db.execute(
-                f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.grant_id,
                     record.client_ref,

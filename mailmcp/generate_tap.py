@@ -342,10 +342,7 @@ async def revoke(
             client_id = options["revoke-client"].strip()
             ended = await accounts.deny_client(client_id)
             document = {"revoked_client": client_ref(client_id), "grants_ended": ended}
-            text = (
-                f"Client {client_ref(client_id)} is revoked for good; "
-                f"ended {ended} grant(s).\n"
-            )
+            text = f"Client {client_ref(client_id)} is revoked for good; ended {ended} grant(s).\n"
     except Exception as e:
         raise RevocationError(f"the grant store failed: {type(e).__name__}") from None
     finally:

@@ -25,11 +25,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from benchmarks._clients import oauth_login
 from benchmarks._http import Connection
-from tests.harness import Daemon, Services, generate_client
+from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
+from tests.integration import test_login_browser
 from tests.integration.test_generate import generate_json
 from tests.integration.test_key_rotation import Cluster
-from tests.integration.test_login_browser import browser  # noqa: F401
+
+#: Headless Chromium, as the login page's browser tests use it.
+browser = test_login_browser.browser
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -41,8 +44,9 @@ def new_user(services: Services) -> tuple[str, str]:
     return user, password
 
 
-def login(daemon_url: str, client: dict[str, Any], user: str, password: str,
-          base: str | None = None) -> dict[str, Any]:
+def login(
+    daemon_url: str, client: dict[str, Any], user: str, password: str, base: str | None = None
+) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         conn = Connection(daemon_url, timeout=60)
         try:
@@ -116,11 +120,17 @@ class AccountSession:
         return self.http.post(self.url, data=form)
 
     def submit(self, form: dict[str, str]) -> httpx2.Response:
-        return self.http.post(self.url, data={k: v for k, v in form.items() if not k.startswith("_")})
+        return self.http.post(
+            self.url, data={k: v for k, v in form.items() if not k.startswith("_")}
+        )
 
 
-def test_account_page_in_browser_lists_and_revokes(browser, services: Services,  # noqa: F811
-                                                   daemon_factory, artifacts) -> None:
+def test_account_page_in_browser_lists_and_revokes(
+    browser,
+    services: Services,
+    daemon_factory,
+    artifacts,
+) -> None:
     """
     Sign in on /account in Chromium: both connected apps are listed (name,
     access, connected, last used); Disconnect on one makes its next /mcp call
@@ -135,7 +145,9 @@ def test_account_page_in_browser_lists_and_revokes(browser, services: Services, 
     assert mcp_status(daemon.base_url, t_writer) == 200
     assert mcp_status(daemon.base_url, t_reader) == 200
 
-    browser.get(daemon.base_url + "/account?" + urllib.parse.urlencode({"client_id": reader["client_id"]}))
+    browser.get(
+        daemon.base_url + "/account?" + urllib.parse.urlencode({"client_id": reader["client_id"]})
+    )
     browser.find_element(By.ID, "email").send_keys(user)
     browser.find_element(By.ID, "imap_username").send_keys(user)
     browser.find_element(By.ID, "imap_password").send_keys(password)
@@ -169,8 +181,9 @@ def test_account_page_in_browser_lists_and_revokes(browser, services: Services, 
     assert mcp_status(daemon.base_url, t_reader) == 401
 
 
-def test_account_page_revocation_reaches_a_second_daemon_on_redis(services: Services,
-                                                                  tmp_path: Path) -> None:
+def test_account_page_revocation_reaches_a_second_daemon_on_redis(
+    services: Services, tmp_path: Path
+) -> None:
     """Revoking on daemon A's account page makes the token's next call on daemon B (same Redis) 401."""
     cluster = Cluster(services, tmp_path)
     try:
@@ -203,7 +216,8 @@ def test_account_page_revocation_reaches_a_second_daemon_on_redis(services: Serv
 
 
 def test_account_page_wrong_password_is_throttled_like_the_login_page(
-        services: Services, daemon_factory) -> None:
+    services: Services, daemon_factory
+) -> None:
     """
     A wrong password on /account shows the IMAP error; the failures spend
     the login page's per-username budget, so the next attempt (there or on
@@ -221,7 +235,9 @@ def test_account_page_wrong_password_is_throttled_like_the_login_page(
     for _ in range(2):
         wrong = page.sign_in(user, "not-the-password")
         assert wrong.status_code == 400
-        assert parse(wrong.text).errors == ["IMAP: the mail server rejected this username or password."]
+        assert parse(wrong.text).errors == [
+            "IMAP: the mail server rejected this username or password."
+        ]
         assert "not-the-password" not in wrong.text
     throttled = page.sign_in(user, password)
     assert throttled.status_code == 429
@@ -232,7 +248,9 @@ def test_account_page_wrong_password_is_throttled_like_the_login_page(
     assert password not in daemon.log_text()
 
 
-def test_operator_revoke_account_on_sqlite(services: Services, daemon_factory, tmp_path: Path) -> None:
+def test_operator_revoke_account_on_sqlite(
+    services: Services, daemon_factory, tmp_path: Path
+) -> None:
     """
     ``mailmcp-generate --revoke-account`` on the running daemon's SQLite
     file ends every grant of that mailbox (count printed): the tokens' next
@@ -244,21 +262,41 @@ def test_operator_revoke_account_on_sqlite(services: Services, daemon_factory, t
     client = generate_client(daemon.state_dir, services, "--name", "Ops")
     mine = [login(daemon.base_url, client, user, password) for _ in range(2)]
     other = login(daemon.base_url, client, "bob@example.test", "bobpw")
-    result = generate_json(tmp_path, "--state-dir", str(daemon.state_dir),
-                           "--revoke-account", user.upper(),
-                           "--imap-host", "localhost", "--imap-port", str(services.imaps_port))
-    assert result == {"revoked_account": user.upper(), "imap": f"localhost:{services.imaps_port}",
-                      "grants_ended": 2}
+    result = generate_json(
+        tmp_path,
+        "--state-dir",
+        str(daemon.state_dir),
+        "--revoke-account",
+        user.upper(),
+        "--imap-host",
+        "localhost",
+        "--imap-port",
+        str(services.imaps_port),
+    )
+    assert result == {
+        "revoked_account": user.upper(),
+        "imap": f"localhost:{services.imaps_port}",
+        "grants_ended": 2,
+    }
     for tokens in mine:
         assert mcp_status(daemon.base_url, tokens["access_token"]) == 401
-    refreshed = httpx2.post(daemon.base_url + "/oauth/token", timeout=30, data={
-        "grant_type": "refresh_token", "refresh_token": mine[0]["refresh_token"],
-        "client_id": client["client_id"], "client_secret": client["client_secret"]})
+    refreshed = httpx2.post(
+        daemon.base_url + "/oauth/token",
+        timeout=30,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": mine[0]["refresh_token"],
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+    )
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
     assert mcp_status(daemon.base_url, other["access_token"]) == 200
 
 
-def test_operator_revoke_client_on_redis(services: Services, daemon_factory, tmp_path: Path) -> None:
+def test_operator_revoke_client_on_redis(
+    services: Services, daemon_factory, tmp_path: Path
+) -> None:
     """
     ``mailmcp-generate --revoke-client`` on the daemon's Redis store: that
     client's grants end (/mcp 401), its refresh is invalid_client and its
@@ -271,14 +309,28 @@ def test_operator_revoke_client_on_redis(services: Services, daemon_factory, tmp
     good = generate_client(daemon.state_dir, services, "--name", "Good")
     t_bad = login(daemon.base_url, bad, user, password)
     t_good = login(daemon.base_url, good, user, password)
-    result = generate_json(tmp_path, "--state-dir", str(daemon.state_dir), "--store", prefix_db,
-                           "--revoke-client", bad["client_id"])
+    result = generate_json(
+        tmp_path,
+        "--state-dir",
+        str(daemon.state_dir),
+        "--store",
+        prefix_db,
+        "--revoke-client",
+        bad["client_id"],
+    )
     assert result["grants_ended"] == 1
     assert mcp_status(daemon.base_url, t_bad["access_token"]) == 401
     assert mcp_status(daemon.base_url, t_good["access_token"]) == 200
-    refreshed = httpx2.post(daemon.base_url + "/oauth/token", timeout=30, data={
-        "grant_type": "refresh_token", "refresh_token": t_bad["refresh_token"],
-        "client_id": bad["client_id"], "client_secret": bad["client_secret"]})
+    refreshed = httpx2.post(
+        daemon.base_url + "/oauth/token",
+        timeout=30,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": t_bad["refresh_token"],
+            "client_id": bad["client_id"],
+            "client_secret": bad["client_secret"],
+        },
+    )
     assert refreshed.status_code == 401 and refreshed.json()["error"] == "invalid_client"
     with pytest.raises(Exception, match="403"):
         login(daemon.base_url, bad, user, password)
@@ -289,8 +341,15 @@ def test_operator_revoke_needs_the_daemons_state(tmp_path: Path) -> None:
     """Without a key ring or store in --state-dir, --revoke-account says so in one line and exits 1."""
     from tests.integration.test_generate import generate
 
-    result = generate(tmp_path, "--state-dir", str(tmp_path / "empty"), "--revoke-account",
-                      "x@example.test", "--imap-host", "localhost")
+    result = generate(
+        tmp_path,
+        "--state-dir",
+        str(tmp_path / "empty"),
+        "--revoke-account",
+        "x@example.test",
+        "--imap-host",
+        "localhost",
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("mailmcp-generate: no key ring in")
     assert "Traceback" not in result.stderr

@@ -12,19 +12,23 @@ import secrets
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet.task import Clock
 
 from mailmcp._clients import MailServer
 from mailmcp._grants import GrantRecord, account_index, account_indexes
 from mailmcp._keyring import KeyRing, new_master_key
-from tests.integration.test_oauth_store import NOW, record, store_and_clock  # noqa: F401
+from tests.integration import test_oauth_store as contract
+from tests.integration.test_oauth_store import NOW, record
+
+#: The store contract suite's fixture: memory, SQLite and the real Redis.
+store_and_clock = contract.store_and_clock
 
 pytestmark = pytest.mark.integration
 
 
 def of(account: str, client: str = "c1", expires: int = NOW + 60) -> GrantRecord:
-    return attrs.evolve(record(expires=expires, client=client), account=account,
-                        client_name=f"App {client}")
+    return attrs.evolve(
+        record(expires=expires, client=client), account=account, client_name=f"App {client}"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -108,10 +112,24 @@ def test_account_index_normalises_and_is_keyed() -> None:
     base = account_index(ring, ring.current_kid, server, "alice@example.test")
     assert account_index(ring, ring.current_kid, server, " ALICE@Example.test ") == base
     assert account_index(ring, ring.current_kid, server, "\uff41lice@example.test") == base
-    assert account_index(ring, ring.current_kid, MailServer("IMAP.example.test", 993, "tls"),
-                         "alice@example.test") == base
-    assert account_index(ring, ring.current_kid, MailServer("imap.example.test", 143, "starttls"),
-                         "alice@example.test") != base
+    assert (
+        account_index(
+            ring,
+            ring.current_kid,
+            MailServer("IMAP.example.test", 993, "tls"),
+            "alice@example.test",
+        )
+        == base
+    )
+    assert (
+        account_index(
+            ring,
+            ring.current_kid,
+            MailServer("imap.example.test", 143, "starttls"),
+            "alice@example.test",
+        )
+        != base
+    )
     assert account_index(ring, ring.current_kid, server, "bob@example.test") != base
     other = KeyRing([new_master_key(NOW)])
     assert account_index(other, other.current_kid, server, "alice@example.test") != base
