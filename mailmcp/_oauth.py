@@ -528,7 +528,12 @@ class OAuthApp:
 
     async def _refuse_denied(self, client: Client) -> None:
         """:raises BadRequest: when the operator revoked C{client} (issue 15)."""
-        if await self._grants.store.client_denied(client_ref(client.client_id)):
+        try:
+            denied = await self._grants.store.client_denied(client_ref(client.client_id))
+        except Exception as e:
+            log.error("deny-list check failed: {kind}", kind=type(e).__name__)
+            raise UNAVAILABLE from None
+        if denied:
             log.info(
                 "authorization refused: client {client} revoked",
                 client=client_ref(client.client_id),
