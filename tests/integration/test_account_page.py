@@ -5,7 +5,8 @@ a real headless Chromium (sign in, see two apps, disconnect one: its next
 ``/mcp`` call is 401, the other's still works), the same page revoking for a
 second daemon sharing Redis, wrong passwords throttled with the login page's
 budgets, and ``twistd mailmcp-generate --revoke-account`` /
-``--revoke-client`` against a running daemon's SQLite file and Redis.
+``--revoke-client`` against a running daemon's SQLite file and Redis
+(S-08: a user-facing disconnect page and revocation).
 """
 
 from __future__ import annotations
