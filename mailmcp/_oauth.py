@@ -506,7 +506,9 @@ class OAuthApp:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
             areq = self._validate_authorize(args)
-            await self._refuse_denied(areq.client)
+            # Showing the form does not depend on the store (a store that is
+            # down answers the submission); creating a grant does.
+            await self._refuse_denied(areq.client, fail_open=request.method != b"POST")
             return areq, None
         except BadRequest as e:
             return None, await self._error_page(request, e)
@@ -526,12 +528,17 @@ class OAuthApp:
             return answer
         return await self._login_page(request, areq)
 
-    async def _refuse_denied(self, client: Client) -> None:
-        """:raises BadRequest: when the operator revoked C{client} (issue 15)."""
+    async def _refuse_denied(self, client: Client, fail_open: bool = False) -> None:
+        """
+        :raises BadRequest: when the operator revoked C{client} (issue 15),
+            or (unless C{fail_open}) when the deny-list cannot be read.
+        """
         try:
             denied = await self._grants.store.client_denied(client_ref(client.client_id))
         except Exception as e:
             log.error("deny-list check failed: {kind}", kind=type(e).__name__)
+            if fail_open:
+                return
             raise UNAVAILABLE from None
         if denied:
             log.info(

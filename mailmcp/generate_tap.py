@@ -296,7 +296,11 @@ def _open_store(options: Options, reactor: Any) -> Any:
         if not path.exists():
             raise RevocationError(f"no grant store at {path} (is --store or --state-dir right?)")
         return SQLiteGrantStore(path, reactor)
-    redis = RedisGrantStore(store, reactor, ca_file=options["store-ca-file"], reactor=reactor)
+    # One connection: a pool's spare connections, still selecting their
+    # database when the command is done, would die noisily at disconnect.
+    redis = RedisGrantStore(
+        store, reactor, poolsize=1, ca_file=options["store-ca-file"], reactor=reactor
+    )
     redis.connect()
     return redis
 

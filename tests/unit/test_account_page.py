@@ -178,3 +178,15 @@ def test_wrong_method(server: AccountServer) -> None:
     response, _ = server.account_request("PUT")
     assert response.code == 405
     assert response.headers.getRawHeaders(b"allow") == [b"GET, HEAD, POST"]
+
+
+def test_unreadable_deny_list_fails_closed_where_grants_are_made(server: AccountServer) -> None:
+    """Store down: the login form still shows (GET), but submitting it (POST) answers 503 and makes no grant."""
+    from twisted.internet.defer import fail
+
+    server.store.client_denied = lambda ref: fail(RuntimeError("store down"))  # type: ignore[method-assign]
+    response, _ = server.request("GET", "/oauth/authorize", params=server.authorize_params())
+    assert response.code == 200
+    response, body = server.login()
+    assert response.code == 503 and b"temporarily unavailable" in body
+    assert server.store.grants == {}
