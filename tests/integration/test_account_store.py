@@ -12,6 +12,7 @@ import secrets
 import attrs
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 
 from mailmcp._clients import MailServer
 from mailmcp._grants import GrantRecord, account_index, account_indexes
@@ -136,3 +137,31 @@ def test_account_index_normalises_and_is_keyed() -> None:
     assert "alice" not in base
     rotated = ring.with_new_key(new_master_key(NOW + 1))
     assert account_indexes(rotated, server, "alice@example.test")[1] == base
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_file_from_before_account_index_opens(tmp_path) -> None:
+    """A grants table without the new columns gains them; its grants open with no account and stay revocable by client."""
+    import sqlite3
+
+    from mailmcp._store_sqlite import SQLiteGrantStore
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE grants (grant_id TEXT PRIMARY KEY, client_ref TEXT NOT NULL, sealed BLOB NOT NULL,"
+        " created INTEGER NOT NULL, expires INTEGER NOT NULL, generation INTEGER NOT NULL DEFAULT 0);"
+    )
+    db.execute("INSERT INTO grants VALUES ('old', 'c9', x'00', ?, ?, 0)", (NOW, NOW + 60))
+    db.commit()
+    db.close()
+    clock = Clock()
+    clock.advance(NOW)
+    store = SQLiteGrantStore(path, clock)
+    try:
+        old = await store.get_grant("old")
+        assert (old.account, old.client_name, old.last_used) == ("", "", 0)
+        assert await store.deny_client("c9") == 1
+        assert await store.get_grant("old") is None
+    finally:
+        store.close()
