@@ -29,7 +29,7 @@ from benchmarks._http import Connection
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
 from tests.integration import test_login_browser
-from tests.integration.test_generate import generate_json
+from tests.integration.test_generate import generate, generate_json
 from tests.integration.test_key_rotation import Cluster
 
 #: Headless Chromium, as the login page's browser tests use it.
@@ -336,12 +336,15 @@ def test_operator_revoke_client_on_redis(
     with pytest.raises(Exception, match="403"):
         login(daemon.base_url, bad, user, password)
     assert login(daemon.base_url, good, user, password)["access_token"]
+    # Again, in text: idempotent, nothing left to end.
+    again = generate(tmp_path, "--state-dir", str(daemon.state_dir), "--store", prefix_db,
+                     "--revoke-client", bad["client_id"])
+    assert again.returncode == 0 and again.stderr == ""
+    assert again.stdout.endswith("is revoked for good; ended 0 grant(s).\n")
 
 
 def test_operator_revoke_needs_the_daemons_state(tmp_path: Path) -> None:
     """Without a key ring or store in --state-dir, --revoke-account says so in one line and exits 1."""
-    from tests.integration.test_generate import generate
-
     result = generate(
         tmp_path,
         "--state-dir",
