@@ -261,7 +261,7 @@ class MemoryGrantStore:
         self.codes: dict[str, int] = {}
         self.counters: dict[str, tuple[int, float]] = {}
         self.rotations: dict[str, _Rotation] = {}
-        self.denied_clients = set()
+        self.denied_clients: set[str] = set()
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -348,8 +348,6 @@ class MemoryGrantStore:
         return succeed(None)
 
     # -- account page and operator revocation (issue 15) -------------------
-
-    denied_clients: set[str]
 
     def list_account_grants(self, account: str) -> Deferred[list[GrantRecord]]:
         now = self._now()
@@ -786,7 +784,7 @@ class AccountGrants:
     async def revoke_one(self, server: MailServer, username: str, grant_id: str) -> bool:
         """Revoke C{grant_id} if it is one of this mailbox's; say whether it was."""
         for record in await self.grants(server, username):
-            if hmac.compare_digest(record.grant_id, grant_id):
+            if hmac.compare_digest(record.grant_id.encode(), grant_id.encode("utf-8", "replace")):
                 await self._store.revoke_grant(record.grant_id)
                 log.info("grant {grant} revoked on the account page", grant=record.grant_id)
                 return True

@@ -167,6 +167,9 @@ def test_session_is_bound_to_the_mailbox_and_expires(server: AccountServer) -> N
                                           "grant": alice_grant})
     assert response.code == 200 and b"already disconnected" in body
     assert alice_grant in server.store.grants
+    response, body = server.account_post({"action": "revoke", "session": session_of(bob_page),
+                                          "grant": "\u00e9" * 32})
+    assert response.code == 200 and b"already disconnected" in body
     _, alice_page = sign_in(server)
     server.clock.advance(SESSION_LIFETIME + 1)
     response, body = server.account_post({"action": "revoke_all", "session": session_of(alice_page)})
