@@ -73,19 +73,6 @@ class Options(OneLineErrorOptions):
             None,
             f"Key ring file, if not <state-dir>/keys.json [env {env_name('key-file')}]",
         ],
-        [
-            "store",
-            None,
-            None,
-            f"Grant store the daemon uses, where the new client id is filed: sqlite:PATH "
-            f"(default <state-dir>/mailmcp.sqlite3) or redis://host:port/db [env {env_name('store')}]",
-        ],
-        [
-            "store-ca-file",
-            None,
-            None,
-            f"PEM CA bundle for a rediss:// --store [env {env_name('store-ca-file')}]",
-        ],
         ["imap-host", None, None, "IMAP server host name."],
         ["imap-port", None, None, "IMAP port (default 993 for tls, 143 for starttls)."],
         ["imap-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
@@ -110,7 +97,8 @@ class Options(OneLineErrorOptions):
             "store",
             None,
             None,
-            f"With --revoke-*: the daemon's grant store, sqlite:PATH or redis://host:port/db "
+            f"The daemon's grant store, sqlite:PATH or redis://host:port/db: --revoke-* "
+            f"work there, and a client too big for a compact id is filed there "
             f"[env {env_name('store')}; default <state-dir>/mailmcp.sqlite3]",
         ],
         [
