@@ -300,3 +300,24 @@ def test_generated_id_too_big_for_compact_form_is_filed_in_the_store(
     assert status == 200 and "Filed" in page
     status, page = authorize(daemon, "mc_" + "A" * 22, "http://127.0.0.1:9/callback")
     assert status == 400 and "not issued by this server" in page
+
+
+def test_revoke_client_works_for_registered_and_metadata_ids(services, daemon_factory, documents) -> None:
+    """--revoke-client takes a registered short id or a metadata URL as it is: its login page is refused afterwards."""
+    from tests.integration.test_generate import generate_json
+
+    url = documents.serve("/allowed/revoked.json",
+                          metadata_document(documents.base + "/allowed/revoked.json", "Soon Revoked"))
+    daemon = daemon_factory(services, *profile(services), "--client-metadata-allow", documents.base + "/allowed/")
+    request = urllib.request.Request(daemon.base_url + "/oauth/register", method="POST",
+                                     data=json.dumps({"redirect_uris": ["http://127.0.0.1/callback"],
+                                                      "token_endpoint_auth_method": "none"}).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        registered = json.loads(response.read())["client_id"]
+    for client_id in (registered, url):
+        assert authorize(daemon, client_id, "http://127.0.0.1:9/callback")[0] == 200
+        generate_json(daemon.state_dir.parent, "--state-dir", str(daemon.state_dir), "--revoke-client", client_id)
+        status, page = authorize(daemon, client_id, "http://127.0.0.1:9/callback")
+        assert status == 403 and "revoked" in page
