@@ -251,6 +251,10 @@ _SECURITY_LETTER = {"tls": "t", "starttls": "s", "plain": "p"}
 _LETTER_SECURITY: dict[str, Security] = {"t": "tls", "s": "starttls", "p": "plain"}
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 def _kid_tag(kid: str) -> bytes:
     return hashlib.sha256(kid.encode("utf-8")).digest()[:4]
 
@@ -270,7 +274,7 @@ def seal_compact(keyring: KeyRing, claims: dict[str, Any]) -> str | None:
         f"{imap['host']} {imap['port']} {_SECURITY_LETTER[imap['security']]}",
         f"{smtp['host']} {smtp['port']} {_SECURITY_LETTER[smtp['security']]}"
         + ("f" if smtp.get("files_sent") else ""),
-        "-" if secret_hash is None else secret_hash[:32],
+        "-" if secret_hash is None else _b64(bytes.fromhex(secret_hash[:32])),
         name,
         *([] if list(uris) == list(DEFAULT_REDIRECT_URIS) else uris),
     ]
@@ -322,7 +326,11 @@ def _compact_claims(text: str) -> dict[str, Any]:
                     **({"files_sent": True} if security[1:] == "f" else {}),
                 }
             )
-        secret_hash = None if lines[2] == "-" else lines[2]
+        secret_hash = None
+        if lines[2] != "-":
+            secret_hash = base64.urlsafe_b64decode(lines[2] + "==").hex()
+            if len(secret_hash) != 32:
+                raise ValueError("bad secret hash")
         return {
             "imap": servers[0],
             "smtp": servers[1],
@@ -330,7 +338,7 @@ def _compact_claims(text: str) -> dict[str, Any]:
             "name": lines[3] or None,
             "redirect_uris": lines[4:] or list(DEFAULT_REDIRECT_URIS),
         }
-    except (IndexError, KeyError, ValueError):
+    except (IndexError, KeyError, ValueError, binascii.Error):
         raise InvalidToken() from None
 
 
