@@ -43,6 +43,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
@@ -360,6 +361,7 @@ class ClientMetadataResolver:
         #: Recent failures, so a page reloaded (or a URL sent on purpose again
         #: and again) does not make us fetch it again for a while.
         self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._inflight: dict[str, list[Deferred[ClientMetadata]]] = {}
 
     def is_metadata_url(self, client_id: str) -> bool:
         """Whether C{client_id} names a document (rather than a client we issued)."""
@@ -386,7 +388,7 @@ class ClientMetadataResolver:
         if failed is not None and failed[0] > now:
             raise ClientMetadataError(failed[1])
         try:
-            metadata = await self._fetch(url)
+            metadata = await self._shared_fetch(url)
         except ClientMetadataError as e:
             self._failed[url] = (now + FAILURE_CACHE, str(e))
             self._failed.move_to_end(url)
@@ -394,6 +396,27 @@ class ClientMetadataResolver:
                 self._failed.popitem(last=False)
             raise
         self._failed.pop(url, None)
+        return metadata
+
+    async def _shared_fetch(self, url: str) -> ClientMetadata:
+        """One fetch per URL at a time: concurrent requests for it wait for that one."""
+        waiters = self._inflight.get(url)
+        if waiters is not None:
+            waiter: Deferred[ClientMetadata] = Deferred()
+            waiters.append(waiter)
+            return await waiter
+        self._inflight[url] = waiters = []
+        try:
+            metadata = await self._fetch(url)
+        except BaseException:
+            failure = Failure()
+            del self._inflight[url]
+            for waiter in waiters:
+                waiter.errback(failure)
+            raise
+        del self._inflight[url]
+        for waiter in waiters:
+            waiter.callback(metadata)
         return metadata
 
     async def _fetch(self, url: str) -> ClientMetadata:

@@ -576,3 +576,17 @@ def test_client_metadata_allow_is_repeatable(tmp_path: Path) -> None:
         environ={"MAILMCP_CLIENT_METADATA_ALLOW": "http://h.example/x/ http://h.example/y/"},
     )
     assert config.client_metadata_allow == ("http://h.example/x/", "http://h.example/y/")
+
+
+def test_concurrent_requests_share_one_fetch(tmp_path: Path) -> None:
+    """Three authorization requests for one uncached URL while it is being fetched: one fetch, all three answered."""
+    server, fetcher = open_server(tmp_path)
+    pending: Deferred[tuple[Any, int]] = Deferred()
+    fetcher.fetch = lambda url, checked: (fetcher.fetched.append((url, checked)), pending)[1]  # type: ignore[method-assign]
+    resolver = server.app._clients._metadata
+    results: list[Any] = []
+    for _ in range(3):
+        Deferred.fromCoroutine(resolver.resolve(DOC_URL)).addBoth(results.append)
+    assert results == [] and len(fetcher.fetched) == 1
+    pending.callback((doc(), 3600))
+    assert [r.client_name for r in results] == ["Tool Example"] * 3
