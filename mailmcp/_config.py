@@ -20,6 +20,7 @@ import attrs
 from twisted.python import usage
 
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
+from ._scopes import FULL, parse_scope_list
 from ._throttle import IPNetwork, parse_networks
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -119,6 +120,12 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ),
     ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
     ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
+    (
+        "max-scope",
+        "",
+        "The most any grant may allow: scopes separated by commas (mail.read, "
+        "mail.organize, mail.draft, mail.send, mail.delete; default: all).",
+    ),
     ("log-level", "info", "Lowest level of log events written: debug, info, warn or error."),
     (
         "imap-connect-concurrency",
@@ -260,6 +267,8 @@ class Config:
     send_burst: int = 20
     sends_per_hour: float = 120.0
     trust_forwarded: bool = False
+    #: ``--max-scope``: every grant is narrowed to this.
+    max_scope: frozenset[str] = FULL
     allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
 
@@ -526,8 +535,16 @@ def build_config(
     except ValueError as e:
         raise usage.UsageError(f"--trusted-proxies: {e}") from None
 
+    max_scope = FULL
+    if str(resolved["max-scope"] or "").strip():
+        try:
+            max_scope = parse_scope_list(str(resolved["max-scope"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-scope: {e}") from None
+
     return Config(
         listen=tuple(listen),
+        max_scope=max_scope,
         base_url=base_url,
         state_dir=state_dir,
         store=store,

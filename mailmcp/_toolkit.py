@@ -4,7 +4,10 @@ Tools as small declarative units.
 A `Tool` is a name, a title, a description, a pydantic input model (its JSON
 schema is the tool's ``inputSchema``), an output model (``outputSchema``),
 honest annotations, and one ``async`` handler taking a `ToolContext` and the
-validated input.  A handler reports a failure the user can act on by raising
+validated input.  It also names the OAuth scope(s) a token needs to see and
+call it (`mailmcp._scopes`); a tool whose need depends on its arguments
+(reply and forward: draft or send) adds C{scopes_for}, asked after the
+arguments are validated.  A handler reports a failure the user can act on by raising
 `ToolError`; the MCP layer turns it into an ``isError`` result.
 """
 
@@ -17,6 +20,7 @@ import attrs
 from pydantic import BaseModel
 
 from ._account import MailAccount
+from ._scopes import FULL
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -53,6 +57,26 @@ class Tool(Generic[In, Out]):
     destructive: bool
     idempotent: bool
     open_world: bool = False
+    #: The scopes a token needs to list and call this tool (all of them).
+    #: Empty means the tool was declared without one: only a full grant
+    #: (all five scopes) may use it.  With C{scopes_for}: each scope here is
+    #: one mode of the tool, and a token with any of them sees it listed.
+    scopes: frozenset[str] = frozenset()
+    #: For a tool whose need depends on its arguments: the scopes this call
+    #: needs, given its validated input (instead of C{scopes}).
+    scopes_for: Callable[[In], frozenset[str]] | None = None
+
+    def visible_to(self, granted: frozenset[str]) -> bool:
+        """Whether ``tools/list`` shows this tool to a token with C{granted}."""
+        if self.scopes_for is not None and self.scopes:
+            return bool(self.scopes & granted)
+        return (self.scopes or FULL) <= granted
+
+    def needs(self, arguments: In) -> frozenset[str]:
+        """The scopes this call, with these validated C{arguments}, needs."""
+        if self.scopes_for is not None:
+            return self.scopes_for(arguments)
+        return self.scopes or FULL
 
     def annotations(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._attachments._helpers import INLINE_TEXT_MAX, PART_PATTERN, PartLink, link_part
 from .._mailbox_api import IMAPError, IMAPSession
+from .._scopes import READ
 from .._toolkit import Tool, ToolContext, ToolError
 
 
@@ -125,6 +126,7 @@ GET_MAIL_ATTACHMENT_LINK: Tool[AttachmentLinkInput, AttachmentLinkOutput] = Tool
     input_model=AttachmentLinkInput,
     output_model=AttachmentLinkOutput,
     handler=get_mail_attachment_link,
+    scopes=frozenset({READ}),
     # It publishes the attachment behind a bearer link, so not "read-only"
     # even though the mailbox is untouched (docs/threat-model.rst, S-15).
     read_only=False,

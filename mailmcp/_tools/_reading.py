@@ -36,6 +36,7 @@ from .._mailbox_api import (
     IMAPSession,
 )
 from .._mailbox_api import Literal as IMAPLiteral
+from .._scopes import READ
 from .._search import Filters, SearchQueryError, compile_search, render
 from .._toolkit import Tool, ToolContext, ToolError
 
@@ -798,6 +799,7 @@ TOOLS: list[Tool] = [
         input_model=ListMailboxesInput,
         output_model=ListMailboxesOutput,
         handler=list_mailboxes,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,
@@ -814,6 +816,7 @@ TOOLS: list[Tool] = [
         input_model=ListMessagesInput,
         output_model=ListMessagesOutput,
         handler=list_mail_messages,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,
@@ -831,6 +834,7 @@ TOOLS: list[Tool] = [
         input_model=GetMessageInput,
         output_model=GetMessageOutput,
         handler=get_mail_message,
+        scopes=frozenset({READ}),
         # Not read-only (docs/threat-model.rst, MCP-14): reading stores the message's
         # attachments in the attachment store and mints links to them.
         read_only=False,
@@ -850,6 +854,7 @@ TOOLS: list[Tool] = [
         input_model=SearchInput,
         output_model=SearchOutput,
         handler=search_mail_messages,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,

@@ -49,6 +49,7 @@ from .._compose import (
     parse_message_ids,
 )
 from .._mailbox_api import IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInfo, MailboxState
+from .._scopes import DELETE, DRAFT, ORGANIZE, SEND
 from .._search import search_string
 from .._sendrate import send_key
 from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
@@ -839,6 +840,7 @@ SEND_MAIL_MESSAGE: Tool[SendInput, SendOutput] = Tool(
     input_model=SendInput,
     output_model=SendOutput,
     handler=send_mail_message,
+    scopes=frozenset({SEND}),
     read_only=False,
     # A sent message cannot be called back: hosts should ask before each send.
     destructive=True,
@@ -900,6 +902,7 @@ CREATE_DRAFT_MAIL_MESSAGE: Tool[DraftInput, DraftOutput] = Tool(
     input_model=DraftInput,
     output_model=DraftOutput,
     handler=create_draft_mail_message,
+    scopes=frozenset({DRAFT}),
     read_only=False,
     # Only adds a message to Drafts.
     destructive=False,
@@ -958,6 +961,7 @@ DELETE_MAIL_MESSAGE: Tool[DeleteInput, DeleteOutput] = Tool(
     input_model=DeleteInput,
     output_model=DeleteOutput,
     handler=delete_mail_message,
+    scopes=frozenset({DELETE}),
     read_only=False,
     destructive=True,
     # Repeating the call finds the message gone and changes nothing more.
@@ -1008,6 +1012,7 @@ MOVE_MAIL_MESSAGE: Tool[MoveInput, MoveOutput] = Tool(
     input_model=MoveInput,
     output_model=MoveOutput,
     handler=move_mail_message,
+    scopes=frozenset({ORGANIZE}),
     read_only=False,
     destructive=True,
     # Repeating the call finds the message gone from the source and changes nothing more.
@@ -1046,6 +1051,7 @@ UPDATE_MAIL_MESSAGE_FLAGS: Tool[FlagsInput, FlagsOutput] = Tool(
     input_model=FlagsInput,
     output_model=FlagsOutput,
     handler=update_mail_message_flags,
+    scopes=frozenset({ORGANIZE}),
     read_only=False,
     # Every change can be undone with the same tool, and \Deleted (the one
     # flag that loses mail) is refused.
