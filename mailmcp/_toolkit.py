@@ -66,17 +66,22 @@ class Tool(Generic[In, Out]):
     #: needs, given its validated input (instead of C{scopes}).
     scopes_for: Callable[[In], frozenset[str]] | None = None
 
+    @property
+    def declared_scopes(self) -> frozenset[str]:
+        """C{scopes}, or all five for a tool declared without any."""
+        return self.scopes or FULL
+
     def visible_to(self, granted: frozenset[str]) -> bool:
         """Whether ``tools/list`` shows this tool to a token with C{granted}."""
         if self.scopes_for is not None and self.scopes:
             return bool(self.scopes & granted)
-        return (self.scopes or FULL) <= granted
+        return self.declared_scopes <= granted
 
     def needs(self, arguments: In) -> frozenset[str]:
         """The scopes this call, with these validated C{arguments}, needs."""
         if self.scopes_for is not None:
             return self.scopes_for(arguments)
-        return self.scopes or FULL
+        return self.declared_scopes
 
     def annotations(self) -> dict[str, Any]:
         return {

@@ -200,6 +200,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
         "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
+        "MAILMCP_MAX_SCOPE": "mail.read, mail.draft",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -242,6 +243,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
         metrics_listen="tcp:9102:interface=127.0.0.1",
+        max_scope=frozenset({"mail.read", "mail.draft"}),
     ), **extra)
 
 
@@ -387,6 +389,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
     (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
     ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
+    (["--max-scope", "mail.read,mail.everything"], {}, "--max-scope: unknown scope 'mail.everything'"),
+    ([], {"MAILMCP_MAX_SCOPE": " , "}, "--max-scope: name at least one scope"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
     (["--store-ca-file", "/nonexistent/ca.pem"], {}, "--store-ca-file /nonexistent/ca.pem is not a readable file"),
     ([], {"MAILMCP_STORE_CA_FILE": "/dev/null"}, "--store-ca-file /dev/null holds no PEM certificate"),
