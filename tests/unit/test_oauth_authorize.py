@@ -197,7 +197,7 @@ def test_resource_tolerated_forms(server, resource) -> None:
 
 @pytest.mark.parametrize("scope", ["claudeai offline_access mail", "mail.read mail.everything", "MAIL.READ"])
 def test_unknown_scope_is_invalid_scope(server, scope) -> None:
-    """OA-30: an unknown scope value is refused with invalid_scope, sent to the (valid) redirect URI."""
+    """SC-01: an unknown scope value is refused with invalid_scope, sent to the (valid) redirect URI."""
     response, body, _, _ = server.get_form(server.authorize_params(scope=scope))
     assert response.code == 303
     q = query(response)
