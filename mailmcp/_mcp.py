@@ -870,7 +870,8 @@ class MCPApp:
                     if tool.visible_to(scopes)
                 ],
                 "ttlMs": self._ttl_ms,
-                "cacheScope": "public",
+                # The list depends on the token's scopes: no shared caches.
+                "cacheScope": "private",
                 "resultType": "complete",
             }
             cached = mcp_methods.serialize_server_result("tools/list", version, data)

@@ -151,7 +151,10 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
                 out["send_is_error"] = result.is_error
                 out["send_text"] = "".join(getattr(c, "text", "") for c in result.content)[:1000]
                 out["scope_after"] = storage.tokens.scope if storage.tokens else None
-                out["tools_after"] = sorted(t.name for t in (await client.list_tools()).tools)
+                # The list is per grant (cacheScope private), and the client's
+                # cache does not know the grant changed: ask again.
+                listing = await client.list_tools(cache_mode="refresh")
+                out["tools_after"] = sorted(t.name for t in listing.tools)
     finally:
         driver.quit()
         callback.shutdown()

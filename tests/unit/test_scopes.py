@@ -390,3 +390,13 @@ def test_provision_records_no_cap_for_all_five(server: Server) -> None:
     assert "scope" not in server.codec.open("client", full)
     capped, _ = provision_client(server.codec, IMAP, SMTP, [REDIRECT], scopes=frozenset({"mail.send"}))
     assert server.codec.open("client", capped)["scope"] == "mail.send"
+
+
+def test_tools_list_is_not_for_shared_caches() -> None:
+    """The 2026 tools/list result depends on the token, so it is cacheScope private."""
+    from tests.unit.test_mcp import modern, modern_headers
+
+    client, _ = scoped_client("mail.read")
+    code, body = client.rpc(modern("tools/list"), modern_headers("tools/list"))
+    assert code == 200, body
+    assert body["result"]["cacheScope"] == "private"
