@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar, cast
 from pydantic import Field
 
 from .._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInfo
+from .._scopes import ORGANIZE
 from .._toolkit import Tool, ToolContext, ToolError
 from ._reading import Folder, _In, _Out
 
@@ -307,6 +308,8 @@ def _tool(name: str, title: str, description: str, handler: Any, inp: Any, out: 
         # A repeat finds the work done and changes nothing (it answers an error).
         idempotent=True,
         open_world=True,
+        # Managing folders is organising (even deleting one: it must be empty).
+        scopes=frozenset({ORGANIZE}),
     )
 
 

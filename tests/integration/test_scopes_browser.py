@@ -31,6 +31,7 @@ from selenium.webdriver.common.by import By
 
 from mailmcp._keyring import load_or_create_keyring
 from mailmcp._tokens import TokenCodec
+from mailmcp._tools import all_tools
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
 from tests.integration.test_login_browser import browser, callback_server  # noqa: F401 (fixtures)
@@ -41,8 +42,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("scopes_mcp_client.py")
 ALL = "mail.read mail.organize mail.draft mail.send mail.delete"
-READ_TOOLS = ["get_mail_attachment_link", "get_mail_message", "list_mail_messages", "list_mailboxes",
-              "search_mail_messages"]
+READ_TOOLS = ["get_mail_attachment_link", "get_mail_message", "get_mail_thread", "get_mailbox_changes",
+              "list_mail_messages", "list_mailboxes", "search_mail_messages"]
 
 
 def _subjects(services: Services, email: str, password: str, folder: str = "INBOX") -> list[str]:
@@ -188,7 +189,7 @@ def test_legacy_requests_and_tokens_keep_everything(services, daemon_factory, br
     assert offered == dict.fromkeys(ALL.split(), True)
     assert tokens["scope"] == ALL
     everything = listed(daemon, tokens["access_token"])
-    assert len(everything) == 12
+    assert everything == sorted(t.name for t in all_tools())
     codec = TokenCodec(load_or_create_keyring(daemon.state_dir, None, {}), _WallClock())
     claims = codec.open("access", tokens["access_token"])
     claims["sc"] = "mail"
