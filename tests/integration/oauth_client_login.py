@@ -67,7 +67,7 @@ async def log_in(cfg: dict[str, Any], authorization_url: str, full_name: str,
                   re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
         fields.update(email=cfg["user"], full_name=full_name, imap_username=cfg["user"],
                       imap_password=cfg["password"], use_same_credentials="1")
-        form = [*fields.items(), *(("scope", value) for value in ticked_scopes(page.text))]
+        form: dict[str, Any] = {**fields, "scope": ticked_scopes(page.text)}
         answer = await browser.post(base + "/oauth/authorize", data=form, headers={"origin": base})
         seen["login_status"] = answer.status_code
         location = answer.headers.get("location", "")
