@@ -348,6 +348,9 @@ class GrantService:
     :param store: the `IGrantStore`.
     :param codec: seals and opens tokens.
     :param resource: the canonical MCP URL, the audience of every access token.
+    :param max_scope: the daemon's ``--max-scope``: also narrows tokens issued
+        before it was set (at use and at refresh), so lowering it takes
+        effect at once.
     """
 
     def __init__(
@@ -359,7 +362,9 @@ class GrantService:
         access_lifetime: int,
         refresh_lifetime: int,
         cache_size: int = 4096,
+        max_scope: frozenset[str] = FULL,
     ) -> None:
+        self._max_scope = max_scope
         self.store = store
         self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount]] = (
             OrderedDict()
@@ -527,7 +532,7 @@ class GrantService:
             await self.store.revoke_grant(gid)
             log.warn("authorization code replayed: grant {grant} revoked", grant=gid)
             raise OAuthError("invalid_grant", "the authorization code was already used")
-        scopes = scopes_of_claim(claims.get("sc"))
+        scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
         if not scopes:
             raise OAuthError("invalid_grant", "the authorization code is invalid")
         return self._issue(gid, key, cref, auth_time, 0, scopes)
@@ -572,9 +577,11 @@ class GrantService:
             raise OAuthError("invalid_grant", "the refresh token is invalid")
         # A refresh keeps what the login granted; tokens from before scopes
         # (no claim, or "mail") keep all five.
-        scopes = scopes_of_claim(claims.get("sc"))
+        scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
         if not scopes:
-            raise OAuthError("invalid_grant", "the refresh token is invalid")
+            raise OAuthError(
+                "invalid_grant", "the refresh token allows nothing here; sign in again"
+            )
         successor = self._issue(gid, key, cref, auth_time, gen + 1, scopes)
         current = await self.store.rotate_refresh(
             gid,
@@ -670,7 +677,7 @@ class GrantService:
             smtp=creds.smtp,
             smtp_username=creds.smtp_username,
             smtp_password=creds.smtp_password,
-            scopes=scopes_of_claim(claims.get("sc")),
+            scopes=scopes_of_claim(claims.get("sc")) & self._max_scope,
         )
         return account, (
             float(claims.get("exp", 0)),

@@ -1000,6 +1000,7 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
         code_lifetime=config.code_lifetime,
         access_lifetime=config.access_token_lifetime,
         refresh_lifetime=config.refresh_token_lifetime,
+        max_scope=config.max_scope,
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"

@@ -217,7 +217,8 @@ def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrenc
     codec = TokenCodec(config.keyring, clock)
     store = store_factory(clock)
     grants = GrantService(store, codec, config.mcp_url, config.code_lifetime,
-                          config.access_token_lifetime, config.refresh_token_lifetime)
+                          config.access_token_lifetime, config.refresh_token_lifetime,
+                          max_scope=config.max_scope)
     imap = FakeLoginChecker("IMAP", USERS)
     smtp = FakeLoginChecker("SMTP", USERS)
     throttle = LoginThrottle(store, concurrency, policy)

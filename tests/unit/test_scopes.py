@@ -16,9 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred
 
 from mailmcp._clients import open_client, provision_client
-from mailmcp._grants import client_ref
+from mailmcp._grants import GrantService, client_ref
 from mailmcp._mcp import MCPApp
 from mailmcp._scopes import (
     ALL_SCOPES,
@@ -30,6 +31,7 @@ from mailmcp._scopes import (
     scopes_of_claim,
 )
 from mailmcp._tools import all_tools
+from mailmcp._verifier import GrantTokenVerifier
 from mailmcp.testing import FakeTokenVerifier, make_account
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
 from tests.unit.test_mcp import Client, call
@@ -400,3 +402,14 @@ def test_tools_list_is_not_for_shared_caches() -> None:
     code, body = client.rpc(modern("tools/list"), modern_headers("tools/list"))
     assert code == 200, body
     assert body["result"]["cacheScope"] == "private"
+
+
+def test_lowered_max_scope_narrows_existing_tokens(server: Server) -> None:
+    """SC-05: tokens issued with all five, then --max-scope mail.read: at use and at refresh they allow reading only."""
+    tokens = server.tokens()
+    capped = GrantService(server.store, server.codec, BASE + "/mcp", 60, 3600, 86400,
+                          max_scope=frozenset({"mail.read"}))
+    assert server.run(GrantTokenVerifier(capped).verify(tokens["access_token"])).scopes == {"mail.read"}
+    client = open_client(server.codec, server.client_id)
+    fresh = server.run(Deferred.fromCoroutine(capped.refresh(client, tokens["refresh_token"], None)))
+    assert fresh.scope == "mail.read"
