@@ -38,7 +38,15 @@ from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer,
 
 from ._clients import Client, open_client
 from ._config import Config
-from ._grants import CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
+from ._grants import (
+    AccountGrants,
+    CodeRequest,
+    Credentials,
+    GrantService,
+    OAuthError,
+    canonical_resource,
+    client_ref,
+)
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._scopes import ALL_SCOPES, LABELS, UnknownScope, format_scope, parse_scope
@@ -420,12 +428,13 @@ class OAuthApp:
         self._page_headers(request)
         return await _flatten(_ErrorPage(error.title, error.message))
 
-    def _csrf_for(self, cookie: str, scope: str) -> str:
+    def _csrf_for(self, cookie: str, scope: str | None = None) -> str:
         """
-        The form's CSRF token: bound to the browser's cookie and to the
-        scopes the form offers, so the offer cannot be edited in the page.
+        A form's CSRF token: bound to the browser's cookie and, for the
+        login form, to the scopes it offers, so the offer cannot be edited in
+        the page.  (The account page's forms offer none.)
         """
-        material = (cookie + "\0" + scope).encode("ascii")
+        material = (cookie if scope is None else cookie + "\0" + scope).encode("ascii")
         mac = hmac.new(self._csrf_key, material, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
@@ -550,7 +559,11 @@ class OAuthApp:
     ) -> tuple[AuthorizeRequest | None, bytes | None]:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
-            return self._validate_authorize(args, form), None
+            areq = self._validate_authorize(args, form)
+            # Showing the form does not depend on the store (a store that is
+            # down answers the submission); creating a grant does.
+            await self._refuse_denied(areq.client, fail_open=request.method != b"POST")
+            return areq, None
         except BadRequest as e:
             return None, await self._error_page(request, e)
         except RedirectError as e:
@@ -569,6 +582,29 @@ class OAuthApp:
             return answer
         return await self._login_page(request, areq)
 
+    async def _refuse_denied(self, client: Client, fail_open: bool = False) -> None:
+        """
+        :raises BadRequest: when the operator revoked C{client} (issue 15),
+            or (unless C{fail_open}) when the deny-list cannot be read.
+        """
+        try:
+            denied = await self._grants.store.client_denied(client_ref(client.client_id))
+        except Exception as e:
+            log.error("deny-list check failed: {kind}", kind=type(e).__name__)
+            if fail_open:
+                return
+            raise UNAVAILABLE from None
+        if denied:
+            log.info(
+                "authorization refused: client {client} revoked",
+                client=client_ref(client.client_id),
+            )
+            raise BadRequest(
+                "Application revoked",
+                "The operator of this server has revoked this application's access.",
+                403,
+            )
+
     def _client_address(self, request: IRequest) -> str:
         """The address throttling charges: see `client_address` for X-Forwarded-For."""
         peer = str(getattr(request.getClientAddress(), "host", "unknown"))
@@ -577,7 +613,7 @@ class OAuthApp:
             peer, forwarded, self._config.trusted_proxies, self._config.trust_forwarded
         )
 
-    def _check_csrf(self, request: IRequest, token: str | None, scope: str) -> bool:
+    def _check_csrf(self, request: IRequest, token: str | None, scope: str | None = None) -> bool:
         origin = request.getHeader(b"origin")
         # Under Referrer-Policy: no-referrer browsers send "Origin: null" on
         # the form POST; only a real foreign origin is refused outright.
@@ -884,6 +920,8 @@ class OAuthApp:
         try:
             form = self._form(request)
             client, _ = self._authenticate_client(request, form)
+            if await self._grants.store.client_denied(client_ref(client.client_id)):
+                raise OAuthError("invalid_client", "this client has been revoked", 401)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "grant_type is required")
@@ -980,10 +1018,13 @@ def open_store(config: Config, reactor: Any) -> Any:
     return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
-def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tuple[Any, Any]:
+def build_authorization_server(
+    config: Config, reactor: Any, parent: Any, extra: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     """
     Build the grant store (added to C{parent} as a service), the OAuth app and
-    the access-token verifier.  Returns ``(oauth_resource, verifier)``.
+    the access-token verifier.  Returns ``(oauth_resource, verifier)``; with
+    C{extra}, puts the ``/account`` resource there under ``"account"``.
     """
     from ._mailcheck import IMAPLoginChecker, SMTPLoginChecker
     from ._tls import MailTLS
@@ -1021,4 +1062,8 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
             ),
         ),
     )
+    if extra is not None:
+        from ._account_page import AccountApp
+
+        extra["account"] = AccountApp(oauth, AccountGrants(store, config.keyring)).app.resource()
     return oauth.app.resource(), GrantTokenVerifier(grants)
