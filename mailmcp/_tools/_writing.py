@@ -52,7 +52,7 @@ from .._mailbox_api import IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInf
 from .._search import search_string
 from .._sendrate import send_key
 from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
-from .._toolkit import Tool, ToolContext, ToolError
+from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
 
 T = TypeVar("T")
 log = Logger()
@@ -394,10 +394,8 @@ async def _imap(ctx: ToolContext, operation: Callable[[IMAPSession], Awaitable[T
     try:
         result: T = await ctx.services.imap.run(ctx.account, operation, read_only=False)
         return result
-    except IMAPNoSuchMailbox as e:
-        raise ToolError(f"folder not found (use list_mailboxes): {e.message}") from None
     except IMAPError as e:
-        raise ToolError(e.message) from None
+        raise imap_tool_error(e) from None
 
 
 def find_special(boxes: Sequence[MailboxInfo], special: str, names: Sequence[str]) -> str | None:
