@@ -673,13 +673,4 @@ def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = Tru
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
-def log_failure_safely(message: str) -> Callable[[Failure], None]:
-    """An errback that logs C{message} with the failure's type only."""
-
-    def errback(failure: Failure) -> None:
-        log.error(message + " ({kind})", kind=failure.type.__name__ if failure.type else "?")
-
-    return errback
-
-
 __all__ = ["ILargeBodyGate", "InFlight", "MailMCPSite", "Refusal", "json_body", "http"]

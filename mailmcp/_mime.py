@@ -637,10 +637,6 @@ def analyse(bodystructure: Any) -> Structure:
     return Structure(tuple(body), tuple(attachments), len(leaves), tuple(warnings))
 
 
-def _parent_is(chain: tuple[str, ...], subtype: str) -> bool:
-    return bool(chain) and chain[-1] == subtype
-
-
 def _alternative_container(part_id: str, chain: tuple[str, ...]) -> str | None:
     """The part id of the innermost multipart/alternative enclosing this part."""
     if "alternative" not in chain:
