@@ -38,8 +38,9 @@ SHUTTING_DOWN = -32000
 SHUTDOWN_MESSAGE = (
     "The server is shutting down (a restart or deploy) and this call did not finish in time, so "
     "it was stopped. Its outcome is unknown: what it was doing may or may not have taken effect "
-    "(for send_mail_message: the message may or may not have gone out; look in Sent, or retry "
-    "with the same idempotency_key). Try again in a moment."
+    "(for send_mail_message, reply_mail_message and forward_mail_message: the message may or "
+    "may not have gone out; look in Sent, or retry with the same idempotency_key). Try again "
+    "in a moment."
 )
 
 
