@@ -69,7 +69,7 @@ class Logger(_TwistedLogger):
 
 def json_line(event: LogEvent) -> str | None:
     """One event as one line of JSON; the text is what the text format shows, traceback included."""
-    level = event.get("log_level")
+    level: Any = event.get("log_level")
     when = event.get("log_time")
     record = {
         "time": (
@@ -77,7 +77,7 @@ def json_line(event: LogEvent) -> str | None:
             if isinstance(when, (int, float))
             else None
         ),
-        "level": level.name if isinstance(level, LogLevel) else "info",
+        "level": level.name if level is not None and level in _ORDER else "info",
         "namespace": event.get("log_namespace", "-"),
         "system": event.get("log_system", "-"),
         "text": eventAsText(event, includeTimestamp=False, includeSystem=False).rstrip("\n"),
@@ -112,9 +112,8 @@ def twistd_observer(
     if twistd_options.get("syslog"):
         from twisted.python import syslog
 
-        observer: ILogObserver = LegacyLogObserverWrapper(
-            syslog.SyslogObserver(twistd_options.get("prefix") or "twisted").emit
-        )
+        legacy: Any = syslog.SyslogObserver(twistd_options.get("prefix") or "twisted").emit
+        observer: ILogObserver = LegacyLogObserverWrapper(legacy)
         return filtered(observer, level)
     name = twistd_options.get("logfile") or ""
     nodaemon = bool(twistd_options.get("nodaemon"))
@@ -128,7 +127,7 @@ def twistd_observer(
     else:
         log_file = logfile.LogFile.fromFullPath(name or "twistd.log")
         _rotate_on_sigusr1(log_file)
-        out = log_file  # type: ignore[assignment]
+        out = log_file
     return filtered(file_observer(out, log_format), level)
 
 

@@ -43,7 +43,9 @@ def imap_tool_error(error: IMAPError, folder: str | None = None) -> ToolError:
     if isinstance(error, IMAPNoSuchMailbox) or (
         folder is not None and _looks_missing(error.message)
     ):
-        named = f"There is no folder {folder!r}" if folder is not None else "A folder does not exist"
+        named = (
+            f"There is no folder {folder!r}" if folder is not None else "A folder does not exist"
+        )
         return ToolError(
             f"{named} (or it cannot be opened). Call list_mailboxes to see the exact folder "
             "names; they are case-sensitive and use the server's separator."

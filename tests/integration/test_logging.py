@@ -76,6 +76,7 @@ def test_json_format_is_one_object_per_line_with_level_and_text(
     texts = [r["text"] for r in records]
     assert all(r["time"] and r["time"].endswith("+00:00") for r in records)
     assert any('"POST /mcp' in t for t in texts), texts  # the access log
+    assert {r["level"] for r in records} <= {"info", "warn", "error", "critical"}  # --log-level info
     assert any(r["namespace"].startswith("mailmcp.") and r["level"] == "info" for r in records)
     assert PASSWORD not in daemon.log_text()
 
