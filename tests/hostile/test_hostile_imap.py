@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 
 from mailmcp._account import MailAccount
 from mailmcp._clients import MailServer
@@ -27,6 +27,7 @@ from mailmcp._imap import IMAPPool
 from mailmcp._mailbox_api import IMAPError, IMAPSession
 from mailmcp._tls import MailTLS
 from tests.harness import Services, generate_client
+from tests.helpers import until
 from tests.hostile import mcp_http
 from tests.hostile.scripted_imap import MESSAGE, ScriptedIMAPFactory, listen
 
@@ -308,12 +309,16 @@ async def test_twenty_calls_on_a_stalling_server_stay_bounded(servers: Any, pool
 async def test_giant_greeting_literal_is_refused_at_once(servers: Any, pool: IMAPPool) -> None:
     """IM-08 at the greeting: the pool's client hangs up at the announcement, long before the data adds up."""
     factory, port = await servers("giant-greeting")
-    started = time.monotonic()
-    with pytest.raises(IMAPError) as info:
-        await pool.run(scripted_account(port), read_message, read_only=False)
-    assert "99999999999-byte literal" in info.value.message
-    assert time.monotonic() - started < 2
-    await settle(factory, pool)
+    clock = Clock()  # never advanced: no deadline can be what ends the read
+    clocked = IMAPPool(reactor, MailTLS(None), clock=clock, command_timeout=TIMEOUT, wait_timeout=5)
+    try:
+        with pytest.raises(IMAPError) as info:
+            await clocked.run(scripted_account(port), read_message, read_only=False)
+        assert "99999999999-byte literal" in info.value.message
+        assert clock.seconds() == 0
+        await settle(factory, clocked)
+    finally:
+        await clocked.stopService()
     assert factory.streamed < 64 << 20 and not factory.saw_credentials
 
 
@@ -337,9 +342,8 @@ async def test_login_check_refuses_a_giant_literal_at_once(
     with pytest.raises(LoginFailed):
         await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                     "alicepw", "127.3.2.1")
-    elapsed = time.monotonic() - started
-    await deferLater(reactor, 0.5, lambda: None)
-    assert not factory.open, "the daemon still reads the stream"
+    elapsed = time.monotonic() - started  # a real daemon: its 20 s deadline is wall-clock
+    await until(lambda: not factory.open, "the daemon to stop reading the stream")
     assert factory.streamed < 64 << 20, factory.streamed
     assert elapsed < 5, elapsed
     assert not factory.saw_credentials
@@ -364,9 +368,9 @@ async def test_login_check_cuts_off_endless_untagged_lines(
     with pytest.raises(LoginFailed):
         await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                     "alicepw", "127.3.3.1")
-    assert time.monotonic() - started < 5
-    await deferLater(reactor, 0.5, lambda: None)
-    assert not factory.open and factory.streamed < 64 << 20, factory.streamed
+    assert time.monotonic() - started < 5  # a real daemon: its 20 s deadline is wall-clock
+    await until(lambda: not factory.open, "the daemon to stop reading the stream")
+    assert factory.streamed < 64 << 20, factory.streamed
     assert len(daemon.log_text()) < 1 << 20
 
 
