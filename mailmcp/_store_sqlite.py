@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ._grants import USED_CODE_MARGIN, GrantRecord
-from .interfaces import IGrantStore
+from .interfaces import IGrantStore, ISendIntentStore
 
 log = Logger()
 
@@ -54,9 +54,20 @@ CREATE TABLE IF NOT EXISTS used_codes (
     expires INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS used_codes_expires ON used_codes (expires);
+CREATE TABLE IF NOT EXISTS denied_clients (
+    client_ref TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     count INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS send_intents (
+    key TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    lease REAL NOT NULL,
     expires REAL NOT NULL
 );
 """
@@ -64,7 +75,38 @@ CREATE TABLE IF NOT EXISTS counters (
 
 #: Columns added after the first release, with their declarations: a file
 #: written by an older version gains them when opened.
-_ADDED_COLUMNS = {"successor": "BLOB", "rotated": "REAL"}
+_ADDED_COLUMNS = {
+    "successor": "BLOB",
+    "rotated": "REAL",
+    # The account page (issue 15).
+    "account": "TEXT NOT NULL DEFAULT ''",
+    "client_name": "TEXT NOT NULL DEFAULT ''",
+    "last_used": "INTEGER NOT NULL DEFAULT 0",
+}
+
+#: Made after the added columns exist.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS grants_account ON grants (account);
+CREATE INDEX IF NOT EXISTS grants_client ON grants (client_ref);
+"""
+
+_COLUMNS = (
+    "grant_id, client_ref, sealed, created, expires, generation, account, client_name, last_used"
+)
+
+
+def _record(row: Any) -> GrantRecord:
+    return GrantRecord(
+        grant_id=row[0],
+        client_ref=row[1],
+        sealed=bytes(row[2]),
+        created=row[3],
+        expires=row[4],
+        generation=row[5],
+        account=row[6],
+        client_name=row[7],
+        last_used=row[8],
+    )
 
 
 def _create_private(path: str) -> None:
@@ -89,7 +131,7 @@ def _run(call: Callable[[], Any]) -> Deferred[Any]:
         return fail(Failure())
 
 
-@implementer(IGrantStore)
+@implementer(IGrantStore, ISendIntentStore)
 class SQLiteGrantStore(Service):
     """
     `IGrantStore` on a SQLite file.  As a service it sweeps expired rows and
@@ -114,6 +156,7 @@ class SQLiteGrantStore(Service):
         for column, declaration in _ADDED_COLUMNS.items():
             if column not in have:
                 self._db.execute(f"ALTER TABLE grants ADD COLUMN {column} {declaration}")
+        self._db.executescript(_INDEXES)
         self._pool: ThreadPool | None = None
         self._loop: LoopingCall | None = None
 
@@ -167,7 +210,7 @@ class SQLiteGrantStore(Service):
     def sweep(self) -> int:
         now = self._now()
         removed = 0
-        for table in ("grants", "used_codes", "counters"):
+        for table in ("grants", "used_codes", "counters", "send_intents"):
             removed += self._db.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,)).rowcount  # noqa: S608
         return removed
 
@@ -179,8 +222,7 @@ class SQLiteGrantStore(Service):
     def create_grant(self, record: GrantRecord) -> Deferred[None]:
         def call() -> None:
             self._db.execute(
-                "INSERT INTO grants (grant_id, client_ref, sealed, created, expires, generation)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.grant_id,
                     record.client_ref,
@@ -188,6 +230,9 @@ class SQLiteGrantStore(Service):
                     record.created,
                     record.expires,
                     record.generation,
+                    record.account,
+                    record.client_name,
+                    record.last_used,
                 ),
             )
 
@@ -196,20 +241,10 @@ class SQLiteGrantStore(Service):
     def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
         def call() -> GrantRecord | None:
             row = self._db.execute(
-                "SELECT grant_id, client_ref, sealed, created, expires, generation FROM grants"
-                " WHERE grant_id = ? AND expires > ?",
+                f"SELECT {_COLUMNS} FROM grants WHERE grant_id = ? AND expires > ?",  # noqa: S608
                 (grant_id, self._now()),
             ).fetchone()
-            if row is None:
-                return None
-            return GrantRecord(
-                grant_id=row[0],
-                client_ref=row[1],
-                sealed=bytes(row[2]),
-                created=row[3],
-                expires=row[4],
-                generation=row[5],
-            )
+            return None if row is None else _record(row)
 
         return _run(call)
 
@@ -335,6 +370,120 @@ class SQLiteGrantStore(Service):
             self._db.executemany(
                 "UPDATE counters SET count = count - 1 WHERE key = ? AND expires > ? AND count > 0",
                 [(key, now) for key in keys],
+            )
+
+        return _run(call)
+
+    # -- account page and operator revocation (issue 15) -------------------
+
+    def list_account_grants(self, account: str) -> Deferred[list[GrantRecord]]:
+        def call() -> list[GrantRecord]:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM grants WHERE account = ? AND expires > ?"  # noqa: S608
+                " ORDER BY created, grant_id",
+                (account, self._now()),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return _run(call)
+
+    def revoke_account(self, account: str) -> Deferred[int]:
+        def call() -> int:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                live = self._db.execute(
+                    "SELECT count(*) FROM grants WHERE account = ? AND expires > ?",
+                    (account, self._now()),
+                ).fetchone()[0]
+                self._db.execute("DELETE FROM grants WHERE account = ?", (account,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return int(live)
+
+        return _run(call)
+
+    def touch_grant(self, grant_id: str, when: int) -> Deferred[None]:
+        def call() -> None:
+            self._db.execute(
+                "UPDATE grants SET last_used = ? WHERE grant_id = ? AND last_used < ?",
+                (when, grant_id, when),
+            )
+
+        return _run(call)
+
+    def deny_client(self, client_ref: str) -> Deferred[int]:
+        def call() -> int:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO denied_clients (client_ref) VALUES (?)", (client_ref,)
+                )
+                live = self._db.execute(
+                    "SELECT count(*) FROM grants WHERE client_ref = ? AND expires > ?",
+                    (client_ref, self._now()),
+                ).fetchone()[0]
+                self._db.execute("DELETE FROM grants WHERE client_ref = ?", (client_ref,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return int(live)
+
+        return _run(call)
+
+    def client_denied(self, client_ref: str) -> Deferred[bool]:
+        def call() -> bool:
+            row = self._db.execute(
+                "SELECT 1 FROM denied_clients WHERE client_ref = ?", (client_ref,)
+            ).fetchone()
+            return row is not None
+
+        return _run(call)
+
+    # -- ISendIntentStore (SM-13, SM-14) ----------------------------------------
+
+    def begin_send(
+        self, key: str, account: str, owner: str, lease: float, keep: int
+    ) -> Deferred[str]:
+        def call() -> str:
+            now = self._now()
+            # The write lock first, so a second writer on this file cannot
+            # read the same absence in between (no check-then-act).
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "DELETE FROM send_intents WHERE key = ? AND (state = 'failed' OR expires <= ?)",
+                    (key, now),
+                )
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO send_intents (key, account, state, owner, lease, expires)"
+                    " VALUES (?, ?, 'sending', ?, ?, ?)",
+                    (key, account, owner, now + lease, now + keep),
+                ).rowcount
+                state = "claimed"
+                if not inserted:
+                    row = self._db.execute(
+                        "SELECT state, lease FROM send_intents WHERE key = ?", (key,)
+                    ).fetchone()
+                    state = str(row[0])
+                    if state == "sending" and float(row[1]) <= now:
+                        state = "unknown"
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return state
+
+        return _run(call)
+
+    def end_send(self, key: str, owner: str, state: str, keep: int) -> Deferred[None]:
+        def call() -> None:
+            self._db.execute(
+                "UPDATE send_intents SET state = ?, expires = ? WHERE key = ? AND owner = ?",
+                (state, self._now() + keep, key, owner),
             )
 
         return _run(call)

@@ -100,6 +100,30 @@ class IGrantStore(Interface):
         never going below zero; an expired counter stays expired.
         """
 
+    # -- account page and operator revocation (issue 15) -------------------
+
+    def list_account_grants(account: str) -> Any:
+        """
+        Fire with the live `GrantRecord`s whose C{account} (the mailbox's
+        `mailmcp._grants.account_index`) is C{account}, oldest first.
+        """
+
+    def revoke_account(account: str) -> Any:
+        """Delete every grant of mailbox C{account}; fire with how many were live."""
+
+    def touch_grant(grant_id: str, when: int) -> Any:
+        """Set the grant's C{last_used} to C{when} (never backwards); a missing grant is ignored."""
+
+    def deny_client(client_ref: str) -> Any:
+        """
+        Put client C{client_ref} (`mailmcp._grants.client_ref`) on the
+        deny-list for good and delete every grant it holds; fire with how many
+        grants were live.
+        """
+
+    def client_denied(client_ref: str) -> Any:
+        """Fire with True when C{client_ref} is on the deny-list."""
+
 
 class ILoginChecker(Interface):
     """Checks mail credentials live against the user's IMAP or SMTP server."""
@@ -188,4 +212,38 @@ class ISendTokenStore(Interface):
         C{burst}, refilled at C{per_hour} per hour on the store's clock).
 
         :return: a Deferred firing as `ISendBudget.take` does.
+        """
+
+
+# -- send intents: at most once across processes (SM-13, SM-14) ---------------
+
+
+class ISendIntentStore(Interface):
+    """
+    A store that records, before ``DATA``, that a message is being sent, so
+    every daemon sharing it sends a Message-ID at most once
+    (`mailmcp._sendintent`).  Every method returns a Deferred.
+    """
+
+    def begin_send(key: str, account: str, owner: str, lease: float, keep: int) -> Any:
+        """
+        Atomically claim intent C{key} for process C{owner}, unless another
+        call holds it.  Fire with:
+
+          - ``"claimed"``: there was no record, or only a ``failed`` one;
+            now it is ``sending``, owned by C{owner} for C{lease} seconds
+            and kept for C{keep} seconds;
+          - ``"sending"``: a ``sending`` record whose lease has not run out;
+          - ``"unknown"``: a ``sending`` record past its lease (its owner
+            died mid-send), or one ended as ``unknown``;
+          - ``"sent"``: one ended as ``sent``.
+
+        C{account} (a hash, `mailmcp._sendrate.send_key`) is kept with it.
+        """
+
+    def end_send(key: str, owner: str, state: str, keep: int) -> Any:
+        """
+        Record the outcome (``"sent"``, ``"failed"`` or ``"unknown"``) of
+        C{owner}'s send of C{key}; a record C{owner} does not hold is left
+        alone.
         """
