@@ -42,6 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._keyring import KeyRing
+from ._scopes import FULL, format_scope, parse_scope
 from ._tokens import InvalidToken, TokenCodec
 from .interfaces import IClientStore
 
@@ -158,6 +159,9 @@ class Client:
     name: str | None = None
     #: ``provisioned`` (mailmcp-generate), ``registered`` (DCR) or ``metadata`` (CIMD).
     kind: str = "provisioned"
+    #: The most this client may be granted (``--scope`` of
+    #: ``twistd mailmcp-generate``); client ids from before allow all five.
+    scopes: frozenset[str] = FULL
 
     @property
     def is_public(self) -> bool:
@@ -227,6 +231,7 @@ def client_claims(
     secret: str | None,
     name: str | None = None,
     kind: str = "provisioned",
+    scopes: frozenset[str] = FULL,
 ) -> dict[str, Any]:
     """The sealed description of a client; no servers means the default mail profile."""
     claims: dict[str, Any] = {
@@ -241,6 +246,9 @@ def client_claims(
         claims["name"] = name
     if kind != "provisioned":
         claims["kind"] = kind
+    if scopes != FULL:
+        # Sealed in the id: the cap cannot be lifted by whoever holds it.
+        claims["scope"] = format_scope(scopes)
     return claims
 
 
@@ -275,6 +283,7 @@ def seal_compact(keyring: KeyRing, claims: dict[str, Any]) -> str | None:
         f"{smtp['host']} {smtp['port']} {_SECURITY_LETTER[smtp['security']]}"
         + ("f" if smtp.get("files_sent") else ""),
         "-" if secret_hash is None else _b64(bytes.fromhex(secret_hash[:32])),
+        claims.get("scope", ""),
         name,
         *([] if list(uris) == list(DEFAULT_REDIRECT_URIS) else uris),
     ]
@@ -335,8 +344,9 @@ def _compact_claims(text: str) -> dict[str, Any]:
             "imap": servers[0],
             "smtp": servers[1],
             "secret_hash": secret_hash,
-            "name": lines[3] or None,
-            "redirect_uris": lines[4:] or list(DEFAULT_REDIRECT_URIS),
+            **({"scope": lines[3]} if lines[3] else {}),
+            "name": lines[4] or None,
+            "redirect_uris": lines[5:] or list(DEFAULT_REDIRECT_URIS),
         }
     except (IndexError, KeyError, ValueError, binascii.Error):
         raise InvalidToken() from None
@@ -349,6 +359,7 @@ def provision_client(
     redirect_uris: Iterable[str],
     public: bool = False,
     name: str | None = None,
+    scopes: frozenset[str] = FULL,
 ) -> tuple[str, str | None]:
     """
     Seal a client description and return ``(sealed, client_secret)``; the
@@ -357,7 +368,7 @@ def provision_client(
     short ids; `register_client` files it under a short id.
     """
     secret = None if public else secrets.token_urlsafe(32)
-    claims = client_claims(imap, smtp, redirect_uris, secret, name)
+    claims = client_claims(imap, smtp, redirect_uris, secret, name, scopes=scopes)
     return codec.seal("client", claims, None), secret
 
 
@@ -368,6 +379,7 @@ def provision_short_client(
     redirect_uris: Iterable[str],
     public: bool = False,
     name: str | None = None,
+    scopes: frozenset[str] = FULL,
 ) -> tuple[str | None, str, str | None]:
     """
     A new provisioned client: ``(compact id or None, sealed, secret)``.
@@ -375,7 +387,7 @@ def provision_short_client(
     `new_client_id` in the store.
     """
     secret = None if public else secrets.token_urlsafe(32)
-    claims = client_claims(imap, smtp, redirect_uris, secret, name)
+    claims = client_claims(imap, smtp, redirect_uris, secret, name, scopes=scopes)
     return seal_compact(codec.keyring, claims), codec.seal("client", claims, None), secret
 
 
@@ -424,6 +436,10 @@ def open_client(
             imap, smtp = default_imap, default_smtp
         else:
             raise ValueError("no mail servers")
+        scope = claims.get("scope")
+        if scope is not None and not isinstance(scope, str):
+            raise ValueError("bad scope")
+        scopes = parse_scope(scope) if scope is not None else FULL
         return Client(
             client_id=client_id,
             imap=imap,
@@ -432,6 +448,7 @@ def open_client(
             secret_hash=secret_hash,
             name=name if isinstance(name, str) else None,
             kind=kind if isinstance(kind, str) else "provisioned",
+            scopes=scopes,
         )
     except (KeyError, ValueError, AssertionError):
         raise InvalidToken() from None

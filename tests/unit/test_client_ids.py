@@ -590,3 +590,18 @@ def test_concurrent_requests_share_one_fetch(tmp_path: Path) -> None:
     assert results == [] and len(fetcher.fetched) == 1
     pending.callback((doc(), 3600))
     assert [r.client_name for r in results] == ["Tool Example"] * 3
+
+
+def test_compact_id_carries_the_scope_cap() -> None:
+    """A --scope cap sealed in a compact id comes back as the client's scopes; no cap means all five."""
+    from twisted.internet.task import Clock
+
+    from mailmcp._scopes import FULL
+
+    codec = TokenCodec(KeyRing([new_master_key()]), Clock())
+    capped = frozenset({"mail.read", "mail.draft"})
+    compact, _, _ = provision_short_client(codec, IMAP, SMTP, DEFAULT_REDIRECT_URIS, scopes=capped)
+    assert compact is not None and len(compact) < 200
+    assert open_client(codec, compact).scopes == capped
+    plain, _, _ = provision_short_client(codec, IMAP, SMTP, DEFAULT_REDIRECT_URIS)
+    assert plain is not None and open_client(codec, plain).scopes == FULL

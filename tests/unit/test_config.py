@@ -197,6 +197,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SHUTDOWN_TIMEOUT": "18",
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_LOG_LEVEL": "Debug",
+        "MAILMCP_LOG_FORMAT": "JSON",
         "MAILMCP_TRUST_FORWARDED": "true",
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
@@ -209,6 +210,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SMTP_SECURITY": "starttls",
         "MAILMCP_CLIENT_METADATA_DIR": str(tmp_path),
         "MAILMCP_CLIENT_METADATA_ALLOW": "http://127.0.0.1:9/docs/ https://intra.example/c/",
+        "MAILMCP_MAX_SCOPE": "mail.read, mail.draft",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -247,6 +249,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         shutdown_timeout=18.0,
         allowed_origins=("https://c.example",),
         log_level="debug",
+        log_format="json",
         trust_forwarded=True,
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
@@ -255,6 +258,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         default_smtp=MailServer("smtp.example", 587, "starttls"),
         client_metadata_dir=tmp_path,
         client_metadata_allow=("http://127.0.0.1:9/docs/", "https://intra.example/c/"),
+        max_scope=frozenset({"mail.read", "mail.draft"}),
     ), **extra)
 
 
@@ -262,6 +266,12 @@ def test_log_level_refuses_unknown_levels(tmp_path: Path) -> None:
     """An unknown --log-level is one clear usage error naming the choices."""
     with pytest.raises(usage.UsageError, match="debug, info, warn, error"):
         parse(["--log-level", "chatty"], {"MAILMCP_STATE_DIR": str(tmp_path)})
+
+
+def test_log_format_refuses_unknown_formats(tmp_path: Path) -> None:
+    """An unknown --log-format is one clear usage error naming the choices."""
+    with pytest.raises(usage.UsageError, match="text, json"):
+        parse(["--log-format", "xml"], {"MAILMCP_STATE_DIR": str(tmp_path)})
 
 
 def test_key_file_from_environment(tmp_path: Path) -> None:
@@ -400,6 +410,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
     (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
     ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
+    (["--max-scope", "mail.read,mail.everything"], {}, "--max-scope: unknown scope 'mail.everything'"),
+    ([], {"MAILMCP_MAX_SCOPE": " , "}, "--max-scope: name at least one scope"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
     (["--store-ca-file", "/nonexistent/ca.pem"], {}, "--store-ca-file /nonexistent/ca.pem is not a readable file"),
     ([], {"MAILMCP_STORE_CA_FILE": "/dev/null"}, "--store-ca-file /dev/null holds no PEM certificate"),
