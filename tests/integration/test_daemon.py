@@ -328,6 +328,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "allowed-origins": "https://a.example https://b.example",
         "log-level": "debug",
         "log-format": "json",
+        "max-scope": "mail.read, mail.draft",
         "trusted-proxies": "127.0.0.1/32, 10.0.0.0/8",
         "metrics-listen": f"tcp:{free_port()}:interface=127.0.0.1",
         "imap-host": "imap.example.com",
