@@ -128,6 +128,11 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ),
     ("log-level", "info", "Lowest level of log events written: debug, info, warn or error."),
     (
+        "log-format",
+        "text",
+        "Log line format: text (twistd's lines) or json (one JSON object per line).",
+    ),
+    (
         "imap-connect-concurrency",
         "16",
         "Most new IMAP connections (connect, TLS, LOGIN) in progress at once; "
@@ -199,6 +204,7 @@ _NUMERIC = {
 }
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def env_name(option: str) -> str:
@@ -262,6 +268,7 @@ class Config:
     shutdown_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
+    log_format: str = "text"
     imap_connect_concurrency: int = 16
     metrics_listen: str | None = None
     send_burst: int = 20
@@ -529,6 +536,11 @@ def build_config(
         raise usage.UsageError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
         )
+    log_format = str(resolved["log-format"]).strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise usage.UsageError(
+            f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
+        )
 
     try:
         trusted_proxies = parse_networks(str(resolved["trusted-proxies"] or ""))
@@ -555,6 +567,7 @@ def build_config(
         allowed_origins=origins,
         metrics_listen=metrics_listen,
         log_level=log_level,
+        log_format=log_format,
         trust_forwarded=bool(resolved["trust-forwarded"]),
         trusted_proxies=trusted_proxies,
         allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),

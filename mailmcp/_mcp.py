@@ -47,7 +47,7 @@ from klein import Klein
 from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
@@ -79,7 +79,6 @@ from ._scopes import FULL as FULL_SCOPES
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
 from ._toolkit import Tool, ToolContext, ToolError
 from ._version import __version__
-from .interfaces import IAccessTokenVerifier
 
 log = Logger()
 
@@ -173,18 +172,6 @@ def _object_schema(model: type[BaseModel], mode: str, what: str, tool: str) -> d
     if not isinstance(schema, dict) or schema.get("type") != "object":
         raise ValueError(f"tool {tool!r}: the {what} model must give a JSON Schema of type object")
     return schema
-
-
-@implementer(IAccessTokenVerifier)
-class RefuseAllTokens:
-    """
-    A verifier that accepts no token: the safe stand-in until the daemon's
-    grant store is wired in, so ``/mcp`` answers ``401`` instead of serving
-    anyone.
-    """
-
-    def verify(self, token: str) -> Deferred[MailAccount]:
-        return fail(InvalidToken())
 
 
 class InsufficientScope(Exception):

@@ -20,6 +20,7 @@ import attrs
 from pydantic import BaseModel
 
 from ._account import MailAccount
+from ._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox
 from ._scopes import FULL
 
 In = TypeVar("In", bound=BaseModel)
@@ -35,6 +36,34 @@ class ToolError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def imap_tool_error(error: IMAPError, folder: str | None = None) -> ToolError:
+    """
+    The one translation of an IMAP failure into a message the model can act
+    on: a missing folder points at ``list_mailboxes``, a refused stored login
+    at reconnecting, anything else quotes the server's (secret-free) reason.
+    """
+    if isinstance(error, IMAPNoSuchMailbox) or (
+        folder is not None and _looks_missing(error.message)
+    ):
+        named = (
+            f"There is no folder {folder!r}" if folder is not None else "A folder does not exist"
+        )
+        return ToolError(
+            f"{named} (or it cannot be opened). Call list_mailboxes to see the exact folder "
+            "names; they are case-sensitive and use the server's separator."
+        )
+    if isinstance(error, IMAPAuthError):
+        return ToolError(
+            f"The mail server refused the stored login ({error.message}). Reconnect the mail account."
+        )
+    return ToolError(f"The mail server reported an error: {error.message}")
+
+
+def _looks_missing(message: str) -> bool:
+    lowered = message.lower()
+    return "nonexistent" in lowered or "doesn't exist" in lowered or "does not exist" in lowered
 
 
 @attrs.frozen

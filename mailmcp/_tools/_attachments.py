@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._attachments._helpers import INLINE_TEXT_MAX, PART_PATTERN, PartLink, link_part
 from .._mailbox_api import IMAPError, IMAPSession
 from .._scopes import READ
-from .._toolkit import Tool, ToolContext, ToolError
+from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
 
 
 class AttachmentLinkInput(BaseModel):
@@ -93,7 +93,7 @@ async def get_mail_attachment_link(
     try:
         uidvalidity, linked = await ctx.services.imap.run(ctx.account, operation, read_only=True)
     except IMAPError as e:
-        raise ToolError(e.message) from None
+        raise imap_tool_error(e, args.folder) from None
     text, truncated = _inline(linked) if args.inline_text else (None, False)
     if linked.url is None and text is None:
         raise ToolError(linked.error or "attachment storage is unavailable")

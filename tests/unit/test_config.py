@@ -196,6 +196,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SHUTDOWN_TIMEOUT": "18",
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_LOG_LEVEL": "Debug",
+        "MAILMCP_LOG_FORMAT": "JSON",
         "MAILMCP_TRUST_FORWARDED": "true",
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
@@ -239,6 +240,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         shutdown_timeout=18.0,
         allowed_origins=("https://c.example",),
         log_level="debug",
+        log_format="json",
         trust_forwarded=True,
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
@@ -251,6 +253,12 @@ def test_log_level_refuses_unknown_levels(tmp_path: Path) -> None:
     """An unknown --log-level is one clear usage error naming the choices."""
     with pytest.raises(usage.UsageError, match="debug, info, warn, error"):
         parse(["--log-level", "chatty"], {"MAILMCP_STATE_DIR": str(tmp_path)})
+
+
+def test_log_format_refuses_unknown_formats(tmp_path: Path) -> None:
+    """An unknown --log-format is one clear usage error naming the choices."""
+    with pytest.raises(usage.UsageError, match="text, json"):
+        parse(["--log-format", "xml"], {"MAILMCP_STATE_DIR": str(tmp_path)})
 
 
 def test_key_file_from_environment(tmp_path: Path) -> None:
