@@ -30,6 +30,8 @@ class MailAccount:
     smtp: MailServer
     smtp_username: str
     smtp_password: str = attrs.field(repr=False)
+    #: The client's reference (a hash of its id) for the audit trail.
+    client_ref: str = ""
 
     def __repr__(self) -> str:
         return (

@@ -643,6 +643,7 @@ class GrantService:
             smtp=creds.smtp,
             smtp_username=creds.smtp_username,
             smtp_password=creds.smtp_password,
+            client_ref=record.client_ref,
         )
         return account, (
             float(claims.get("exp", 0)),

@@ -36,6 +36,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
+from ._audit import Audit
 from ._clients import Client, open_client
 from ._config import Config
 from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
@@ -271,6 +272,8 @@ class OAuthApp:
     """
 
     app = Klein()
+    #: The audit trail (LG-06), set by `build_authorization_server`; None: none.
+    audit: Audit | None = None
 
     def __init__(
         self,
@@ -619,6 +622,7 @@ class OAuthApp:
         # failure budgets; the rest is handed back.  (Should the check itself
         # raise, nothing is handed back.)
         await self._throttle.settle(reservation, problem[0] if problem else None)
+        self._record("login", areq.client, "error" if problem else "ok", values["email"].strip())
         if problem is not None:
             return await self._login_page(
                 request, areq, 400, kept, same, [problem[1]], GENERIC_FAILURE
@@ -702,6 +706,18 @@ class OAuthApp:
                     f"{label}: the mail server could not be reached securely. Please try again later.",
                 )
         return None
+
+    def _record(
+        self,
+        event: str,
+        client: Client | None,
+        outcome: str,
+        account: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One audit entry (LG-06), when there is an audit trail."""
+        if self.audit is not None:
+            self.audit.oauth(event, client, outcome, account, error)
 
     # -- token endpoint ---------------------------------------------------
 
@@ -790,6 +806,7 @@ class OAuthApp:
     @app.route("/oauth/token", methods=["POST"])
     async def token(self, request: IRequest) -> bytes:
         basic = request.getHeader(b"authorization") is not None
+        client, grant_type = None, None
         try:
             form = self._form(request)
             client, _ = self._authenticate_client(request, form)
@@ -814,12 +831,14 @@ class OAuthApp:
                 )
         except OAuthError as e:
             log.info("token request refused: {error}", error=e.error)
+            self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "error", error=e.error)
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("token request failed")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
+        self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "ok")
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
@@ -853,17 +872,20 @@ class OAuthApp:
     @app.route("/oauth/revoke", methods=["POST"])
     async def revoke(self, request: IRequest) -> bytes:
         basic = request.getHeader(b"authorization") is not None
+        client = None
         try:
             form = self._form(request)
             client, _ = self._authenticate_client(request, form)
             await self._grants.revoke(client, form.get("token"))
         except OAuthError as e:
+            self._record("revoke", client, "error", error=e.error)
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("revocation failed")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
+        self._record("revoke", client, "ok")
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {})
@@ -889,7 +911,13 @@ def open_store(config: Config, reactor: Any) -> Any:
     return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
-def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tuple[Any, Any]:
+#: The audit event of each token grant type.
+_TOKEN_EVENTS = {"authorization_code": "token", "refresh_token": "refresh"}
+
+
+def build_authorization_server(
+    config: Config, reactor: Any, parent: Any, audit: Audit | None = None
+) -> tuple[Any, Any]:
     """
     Build the grant store (added to C{parent} as a service), the OAuth app and
     the access-token verifier.  Returns ``(oauth_resource, verifier)``.
@@ -929,4 +957,5 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
             ),
         ),
     )
+    oauth.audit = audit
     return oauth.app.resource(), GrantTokenVerifier(grants)

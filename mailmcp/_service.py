@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from ._admission import Admission
+from ._audit import build_audit
 from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
 from ._config import Config
@@ -285,11 +286,12 @@ def build_routes(
         )
         metrics_listener.setName("metrics-listen")
         metrics_listener.setServiceParent(parent)
-    oauth_resource, verifier = build_authorization_server(config, reactor, parent)
+    audit = build_audit(config.audit_log, reactor, parent)
+    oauth_resource, verifier = build_authorization_server(config, reactor, parent, audit)
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
     # tool_services.imap / .smtp / .attachments before this point.
-    tool_services = ToolServices(reactor=reactor, config=config)
+    tool_services = ToolServices(reactor=reactor, config=config, audit=audit)
     # Logged-in IMAP connections per account; as a child service it logs
     # them all out when the daemon stops.
     imap_pool = IMAPPool.from_config(config, reactor)

@@ -82,3 +82,4 @@ class ToolServices:
     attachments: Any = None
     attachment_index: Any = None
     send_limiter: Any = None
+    audit: Any = None  # mailmcp._audit.Audit, or None: no audit trail
