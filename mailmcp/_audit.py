@@ -214,7 +214,7 @@ def _client(client: Any) -> dict[str, Any]:
     return {"id": client_ref(client.client_id)[:12], "name": name[:100] if name else None}
 
 
-def targets(arguments: Mapping[str, Any], output: Any = None) -> dict[str, Any]:
+def targets(arguments: Any, output: Any = None) -> dict[str, Any]:
     """
     What a call aimed at: folder, UID, destination as given (short scalars
     only), and the recipients as a count and their domains, from the SMTP

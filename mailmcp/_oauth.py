@@ -831,7 +831,9 @@ class OAuthApp:
                 )
         except OAuthError as e:
             log.info("token request refused: {error}", error=e.error)
-            self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "error", error=e.error)
+            self._record(
+                _TOKEN_EVENTS.get(grant_type or "", "token"), client, "error", error=e.error
+            )
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("token request failed")

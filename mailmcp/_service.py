@@ -24,9 +24,9 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from ._admission import Admission
-from ._audit import build_audit
 from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
+from ._audit import build_audit
 from ._config import Config
 from ._http import ILargeBodyGate, InFlight, MailMCPSite
 from ._imap import IMAPPool

@@ -735,7 +735,9 @@ def _check_send_policy(ctx: ToolContext, message: ComposedMessage) -> None:
     allowed = getattr(ctx.services.config, "send_allow_domains", ())
     refused = refused_recipients(message.recipients, allowed)
     if refused:
-        shown = ", ".join(refused[:20]) + (f" and {len(refused) - 20} more" if len(refused) > 20 else "")
+        shown = ", ".join(refused[:20]) + (
+            f" and {len(refused) - 20} more" if len(refused) > 20 else ""
+        )
         raise ToolError(
             f"Not sent: this server only sends to {', '.join(allowed)} (the operator's "
             f"--send-allow-domains); refused recipient(s): {shown}. Remove them and try again. "
