@@ -37,6 +37,7 @@ log = Logger()
 
 #: Where the caller's arguments may name a target, and nothing else is read.
 _TARGET_FIELDS = ("folder", "uid", "uidvalidity", "destination", "part_id")
+_TEXT_TARGETS = ("folder", "destination", "part_id")
 _RECIPIENT_FIELDS = ("to", "cc", "bcc")
 MAX_DOMAINS = 20
 
@@ -230,7 +231,7 @@ def targets(arguments: Any, output: Any = None) -> dict[str, Any]:
             continue
         if isinstance(value, int):
             found[name] = value
-        elif isinstance(value, str):
+        elif isinstance(value, str) and name in _TEXT_TARGETS:
             found[name] = value[:200]
     addresses = _sent_addresses(output)
     if addresses is None:
@@ -240,8 +241,8 @@ def targets(arguments: Any, output: Any = None) -> dict[str, Any]:
             items = [value] if isinstance(value, str) else value
             if isinstance(items, list):
                 addresses += [a for a in items if isinstance(a, str)]
-    if addresses:
-        emails = [addr for _, addr in getaddresses(addresses) if "@" in addr]
+    emails = [addr for _, addr in getaddresses(addresses) if "@" in addr]
+    if emails:
         domains = sorted({e.rpartition("@")[2].lower().rstrip(".") for e in emails})
         found["recipients"] = len(emails)
         found["recipient_domains"] = domains[:MAX_DOMAINS]
