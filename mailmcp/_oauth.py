@@ -593,6 +593,7 @@ class OAuthApp:
                 address, [values["imap_username"], values["smtp_username"]]
             )
         except Throttled as e:
+            self._record("login", areq.client, "error", values["email"].strip(), "throttled")
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
             return await self._login_page(
                 request,
@@ -607,6 +608,7 @@ class OAuthApp:
             with self._throttle.slot():
                 problem = await self._check_mail(areq.client, values)
         except Busy:
+            self._record("login", areq.client, "error", values["email"].strip(), "busy")
             await self._throttle.settle(reservation, None)
             request.setHeader(b"retry-after", b"5")
             return await self._login_page(
