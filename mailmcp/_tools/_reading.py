@@ -779,6 +779,11 @@ def _unlinked_warnings(links: dict[str, Any]) -> list[str]:
     ]
 
 
+def _threading_section(message: FetchedMessage) -> bytes:
+    """The Message-ID/In-Reply-To/References fetch of C{message}."""
+    return _header_section(message, "MESSAGE-ID")
+
+
 def _header_section(message: FetchedMessage, field: str) -> bytes:
     """The HEADER.FIELDS section fetched for C{field} (upper case), or nothing."""
     for key, value in message.sections.items():

@@ -145,6 +145,14 @@ async def test_injected_body_comes_back_delimited_and_marked(services: Services,
                                      "note": f"from the topmost Authentication-Results header of {TRUSTED}"}
     again = await call(guarded, "get_mail_message", {"folder": "INBOX", "uid": uid})
     assert again["structuredContent"]["notice"] != out["notice"]  # a fresh id per call
+    # get_mail_thread's snippets are the sender's text too: marked the same way.
+    thread = (await call(guarded, "get_mail_thread", {"folder": "INBOX", "uid": uid}))["structuredContent"]
+    assert list(thread).index("notice") < list(thread).index("messages")
+    (thread_id,) = set(re.findall(r"id=([0-9a-f]{16})", thread["notice"]))
+    (entry,) = thread["messages"]
+    assert entry["snippet"].startswith(f"<<<BEGIN UNTRUSTED EMAIL BODY id={thread_id}>>>\n")
+    assert entry["snippet"].endswith(f"\n<<<END UNTRUSTED EMAIL BODY id={thread_id}>>>")
+    assert "Ignore previous instructions" in unmark_body(entry["snippet"])
 
 
 @pytest_twisted.ensureDeferred
