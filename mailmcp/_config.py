@@ -571,6 +571,8 @@ def build_config(
         )
     audit_log = str(resolved["audit-log"] or "").strip() or None
     if audit_log is not None and audit_log != "-":
+        # Absolute: a daemonizing twistd changes directory before SIGHUP reopens it.
+        audit_log = os.path.abspath(audit_log)
         _check_audit_file(Path(audit_log))
 
     return Config(

@@ -839,6 +839,7 @@ class OAuthApp:
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("token request failed")
+            self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "error")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
@@ -886,6 +887,7 @@ class OAuthApp:
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("revocation failed")
+            self._record("revoke", client, "error")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
