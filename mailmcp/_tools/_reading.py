@@ -184,7 +184,7 @@ class Authentication(_Out):
     authserv_id: str | None = Field(
         description="The receiving server whose Authentication-Results header was believed."
     )
-    note: str = Field(description="Where the results come from, or why they are unknown (null).")
+    note: str = Field(description="Where the results come from, or why they are unknown.")
 
 
 class GetMessageOutput(_Out):
