@@ -39,7 +39,16 @@ from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer,
 from ._audit import Audit
 from ._clients import Client, open_client
 from ._config import Config
-from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
+from ._grants import (
+    SCOPE,
+    AccountGrants,
+    CodeRequest,
+    Credentials,
+    GrantService,
+    OAuthError,
+    canonical_resource,
+    client_ref,
+)
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._templates import template_path
@@ -499,7 +508,11 @@ class OAuthApp:
     ) -> tuple[AuthorizeRequest | None, bytes | None]:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
-            return self._validate_authorize(args), None
+            areq = self._validate_authorize(args)
+            # Showing the form does not depend on the store (a store that is
+            # down answers the submission); creating a grant does.
+            await self._refuse_denied(areq.client, fail_open=request.method != b"POST")
+            return areq, None
         except BadRequest as e:
             return None, await self._error_page(request, e)
         except RedirectError as e:
@@ -517,6 +530,29 @@ class OAuthApp:
             assert answer is not None
             return answer
         return await self._login_page(request, areq)
+
+    async def _refuse_denied(self, client: Client, fail_open: bool = False) -> None:
+        """
+        :raises BadRequest: when the operator revoked C{client} (issue 15),
+            or (unless C{fail_open}) when the deny-list cannot be read.
+        """
+        try:
+            denied = await self._grants.store.client_denied(client_ref(client.client_id))
+        except Exception as e:
+            log.error("deny-list check failed: {kind}", kind=type(e).__name__)
+            if fail_open:
+                return
+            raise UNAVAILABLE from None
+        if denied:
+            log.info(
+                "authorization refused: client {client} revoked",
+                client=client_ref(client.client_id),
+            )
+            raise BadRequest(
+                "Application revoked",
+                "The operator of this server has revoked this application's access.",
+                403,
+            )
 
     def _client_address(self, request: IRequest) -> str:
         """The address throttling charges: see `client_address` for X-Forwarded-For."""
@@ -812,6 +848,8 @@ class OAuthApp:
         try:
             form = self._form(request)
             client, _ = self._authenticate_client(request, form)
+            if await self._grants.store.client_denied(client_ref(client.client_id)):
+                raise OAuthError("invalid_client", "this client has been revoked", 401)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "grant_type is required")
@@ -922,11 +960,16 @@ _TOKEN_EVENTS = {"authorization_code": "token", "refresh_token": "refresh"}
 
 
 def build_authorization_server(
-    config: Config, reactor: Any, parent: Any, audit: Audit | None = None
+    config: Config,
+    reactor: Any,
+    parent: Any,
+    extra: dict[str, Any] | None = None,
+    audit: Audit | None = None,
 ) -> tuple[Any, Any]:
     """
     Build the grant store (added to C{parent} as a service), the OAuth app and
-    the access-token verifier.  Returns ``(oauth_resource, verifier)``.
+    the access-token verifier.  Returns ``(oauth_resource, verifier)``; with
+    C{extra}, puts the ``/account`` resource there under ``"account"``.
     """
     from ._mailcheck import IMAPLoginChecker, SMTPLoginChecker
     from ._tls import MailTLS
@@ -964,4 +1007,8 @@ def build_authorization_server(
         ),
     )
     oauth.audit = audit
+    if extra is not None:
+        from ._account_page import AccountApp
+
+        extra["account"] = AccountApp(oauth, AccountGrants(store, config.keyring)).app.resource()
     return oauth.app.resource(), GrantTokenVerifier(grants)
