@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel
+from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -19,9 +20,11 @@ from zope.interface.verify import verifyObject
 from mailmcp._audit import Audit, FileAuditLog, IAuditLog, LogAuditLog, MemoryAuditLog, targets
 from mailmcp._clients import Client as OAuthClient
 from mailmcp._clients import MailServer
+from mailmcp._grants import client_ref
 from mailmcp._mcp import MCPApp
 from mailmcp._toolkit import Tool, ToolContext, ToolError
 from mailmcp.testing import FakeTokenVerifier, make_account
+from tests.unit.oauth_helpers import make_server
 from tests.unit.test_mcp import TOKEN, Client, call, make_config
 
 CANARY_SUBJECT = "Canary-Subject-7f3a"
@@ -150,3 +153,37 @@ def test_dash_writes_into_the_main_log() -> None:
         globalLogPublisher.removeObserver(events.append)
     (event,) = [e for e in events if "audit_line" in e]
     assert json.loads(event["audit_line"]) == {"event": "tool", "outcome": "ok"}
+
+
+def test_oauth_and_account_page_events_through_http(tmp_path: Path) -> None:
+    """
+    Through the OAuth endpoints (StubTreq): a failed and a good login, the
+    code redeemed, a refresh, a bad refresh, and the account page's
+    "disconnect all" each leave one entry naming the same client; no
+    password or token is in any entry.
+    """
+    from mailmcp._account_page import AccountApp
+    from mailmcp._grants import AccountGrants
+    from tests.unit.test_account_page import AccountServer, session_of, sign_in
+
+    server = make_server(tmp_path, server_class=AccountServer)
+    assert isinstance(server, AccountServer)
+    sink = MemoryAuditLog()
+    server.app.audit = Audit(sink, server.clock)
+    server.page = StubTreq(AccountApp(server.app, AccountGrants(server.store, server.config.keyring)).app.resource())
+    assert server.login("alice@example.test", "wrong-pw-canary")[0].code == 400
+    tokens = server.tokens()
+    assert server.refresh(tokens["refresh_token"])[0].code == 200
+    assert server.refresh("not-a-token")[0].code == 400
+    _, page = sign_in(server)
+    response, _ = server.account_post({"action": "revoke_all", "session": session_of(page)})
+    assert response.code == 200
+    assert [(e["event"], e["outcome"], e.get("error")) for e in sink.entries] == [
+        ("login", "error", None), ("login", "ok", None), ("token", "ok", None),
+        ("refresh", "ok", None), ("refresh", "error", "invalid_grant"), ("revoke", "ok", None)]
+    assert {e["client"]["id"] for e in sink.entries} == {client_ref(server.client_id)[:12]}
+    assert sink.entries[0]["account"] == "alice@example.test"
+    text = json.dumps(sink.entries)
+    for secret in ("wrong-pw-canary", "alice-pw", tokens["access_token"], tokens["refresh_token"],
+                   server.client_secret):
+        assert secret not in text
