@@ -135,13 +135,14 @@ def authentication(raw_headers: bytes, trusted_id: str | None) -> tuple[dict[str
     trusted_seen = 0
     unreadable = False
     for value in _field_values(raw_headers, "authentication-results"):
-        authserv_id, results = _authserv_id(value)
-        if authserv_id != trusted_id:
+        # authres takes about 0.5 ms a header: only the one believed is parsed.
+        match = _LEADING_ID.match(value)
+        if match is None or match.group(1).strip('"').lower() != trusted_id:
             continue
         trusted_seen += 1
         if trusted_seen == 1:
-            chosen = results
-            unreadable = results is None
+            authserv_id, chosen = _authserv_id(value)
+            unreadable = chosen is None or authserv_id != trusted_id
     if trusted_seen > 1:
         warnings.append(
             f"{trusted_seen - 1} lower Authentication-Results header(s) claim to be from "
