@@ -3,7 +3,7 @@ The operator's send policy: which recipient domains mail may go to
 (``--send-allow-domains``).
 
 An email the assistant reads may tell it to forward the inbox somewhere
-(docs/threat-model.rst, SM-13); the allow-list is the operator's answer that
+(docs/threat-model.rst, SM-15); the allow-list is the operator's answer that
 no text can argue with.  It is checked in `mailmcp._tools._writing.deliver`,
 the one path every sending tool shares, before the SMTP server is contacted
 and before anything is filed.

@@ -1,6 +1,6 @@
 """
 The audit trail and the send allow-list through a real ``twistd mailmcp``
-(docs/threat-model.rst LG-06, LG-07, SM-13): an OAuth login (one failed
+(docs/threat-model.rst LG-06, LG-07, SM-15): an OAuth login (one failed
 first), token refresh and revocation, tool calls over ``/mcp``, Postfix
 delivering and Dovecot holding the mail; the audit file is read as an
 operator would, then rotated with a rename and SIGHUP.

@@ -1,5 +1,5 @@
 """
-The user's protections through ``/mcp`` (docs/threat-model.rst SM-13,
+The user's protections through ``/mcp`` (docs/threat-model.rst SM-15,
 MM-17, MM-18, MM-19): `MCPApp` with the real tool set over real HTTP, the
 real IMAP pool and Dovecot (messages APPENDed with imaplib), and a scripted
 SMTP server on loopback that counts connections, so "nothing was sent" is

@@ -1,5 +1,5 @@
 """
---send-allow-domains (docs/threat-model.rst SM-13): the parser, the match,
+--send-allow-domains (docs/threat-model.rst SM-15): the parser, the match,
 and the check in deliver() that every sending tool shares, decided before
 Sent is searched or SMTP is contacted.
 """
