@@ -20,6 +20,7 @@ import attrs
 from twisted.python import usage
 
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
+from ._scopes import FULL, parse_scope_list
 from ._sendpolicy import parse_allow_domains
 from ._throttle import IPNetwork, parse_networks
 
@@ -120,7 +121,18 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
     ),
     ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
     ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
+    (
+        "max-scope",
+        "",
+        "The most any grant may allow: scopes separated by commas (mail.read, "
+        "mail.organize, mail.draft, mail.send, mail.delete; default: all).",
+    ),
     ("log-level", "info", "Lowest level of log events written: debug, info, warn or error."),
+    (
+        "log-format",
+        "text",
+        "Log line format: text (twistd's lines) or json (one JSON object per line).",
+    ),
     (
         "imap-connect-concurrency",
         "16",
@@ -213,6 +225,7 @@ _NUMERIC = {
 }
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
 #: An authserv-id as RFC 8601 writes it: one token (a host name, usually).
 _AUTHSERV_ID = re.compile(r"[a-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,253}")
 
@@ -278,6 +291,7 @@ class Config:
     shutdown_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
+    log_format: str = "text"
     imap_connect_concurrency: int = 16
     metrics_listen: str | None = None
     send_burst: int = 20
@@ -286,6 +300,8 @@ class Config:
     trusted_authserv_id: str | None = None
     audit_log: str | None = None
     trust_forwarded: bool = False
+    #: ``--max-scope``: every grant is narrowed to this.
+    max_scope: frozenset[str] = FULL
     allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
 
@@ -554,6 +570,11 @@ def build_config(
         raise usage.UsageError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
         )
+    log_format = str(resolved["log-format"]).strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise usage.UsageError(
+            f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
+        )
 
     try:
         trusted_proxies = parse_networks(str(resolved["trusted-proxies"] or ""))
@@ -574,9 +595,16 @@ def build_config(
         # Absolute: a daemonizing twistd changes directory before SIGHUP reopens it.
         audit_log = os.path.abspath(audit_log)
         _check_audit_file(Path(audit_log))
+    max_scope = FULL
+    if str(resolved["max-scope"] or "").strip():
+        try:
+            max_scope = parse_scope_list(str(resolved["max-scope"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-scope: {e}") from None
 
     return Config(
         listen=tuple(listen),
+        max_scope=max_scope,
         base_url=base_url,
         state_dir=state_dir,
         store=store,
@@ -587,6 +615,7 @@ def build_config(
         allowed_origins=origins,
         metrics_listen=metrics_listen,
         log_level=log_level,
+        log_format=log_format,
         trust_forwarded=bool(resolved["trust-forwarded"]),
         trusted_proxies=trusted_proxies,
         allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),

@@ -17,7 +17,10 @@ Every request is self-contained.  The order of checks is fixed and matters:
    ``server/discover`` and requests carrying the envelope are the stateless
    2026-07-28 era, with its header rules;
 5. dispatch: ``initialize``, ``ping``, ``server/discover``, ``tools/list``,
-   ``tools/call``.
+   ``tools/call``.  ``tools/list`` shows only the tools the token's scopes
+   allow; a call the scopes do not cover (for reply and forward, decided
+   once the arguments are validated) is a ``403`` ``insufficient_scope``
+   challenge naming what would allow it, before any IMAP or SMTP contact.
 
 Nothing here touches IMAP except a tool handler run by ``tools/call``.
 
@@ -44,7 +47,7 @@ from klein import Klein
 from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
@@ -71,10 +74,11 @@ from ._jsonrpc import (
     result_message,
 )
 from ._logging import Logger
+from ._scopes import ALL_SCOPES, format_scope
+from ._scopes import FULL as FULL_SCOPES
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
 from ._toolkit import Tool, ToolContext, ToolError
 from ._version import __version__
-from .interfaces import IAccessTokenVerifier
 
 log = Logger()
 
@@ -170,16 +174,13 @@ def _object_schema(model: type[BaseModel], mode: str, what: str, tool: str) -> d
     return schema
 
 
-@implementer(IAccessTokenVerifier)
-class RefuseAllTokens:
-    """
-    A verifier that accepts no token: the safe stand-in until the daemon's
-    grant store is wired in, so ``/mcp`` answers ``401`` instead of serving
-    anyone.
-    """
+class InsufficientScope(Exception):
+    """A call needs scopes its token lacks (answered 403, MCP step-up)."""
 
-    def verify(self, token: str) -> Deferred[MailAccount]:
-        return fail(InvalidToken())
+    def __init__(self, tool: str, needed: frozenset[str]) -> None:
+        super().__init__(tool)
+        self.tool = tool
+        self.needed = needed
 
 
 class _Reply(Exception):
@@ -285,6 +286,7 @@ class MCPApp:
             )
         self._described_tools = described
         self._static_results: dict[tuple[str, str], dict[str, Any]] = {}
+        self._list_results: dict[tuple[str, str, frozenset[str]], dict[str, Any]] = {}
         self._lenient_clients_logged: set[tuple[str, str]] = set()
         # Serialise the static results once now: a tool whose schema the
         # wire model refuses fails at startup, not on the first tools/list.
@@ -460,6 +462,8 @@ class MCPApp:
             else:
                 version = self._legacy_version(header_version)
                 result = await self._dispatch(account, method, version, params, large)
+        except InsufficientScope as e:
+            raise self._insufficient_scope(request, account, e) from None
         except RPCError as e:
             status = e.status
             if status is None:
@@ -486,10 +490,41 @@ class MCPApp:
 
     # -- the gate ------------------------------------------------------------
 
+    def _insufficient_scope(
+        self, request: IRequest, account: MailAccount, refusal: InsufficientScope
+    ) -> _Reply:
+        """
+        The MCP step-up challenge: 403 ``insufficient_scope`` whose
+        ``scope`` is what the call needs plus what the token already has,
+        so that authorizing again widens the grant instead of swapping it.
+        """
+        wanted = format_scope(refusal.needed | account.scopes)
+        missing = format_scope(refusal.needed - account.scopes)
+        log.info(
+            "tool {tool} for {owner} refused: the token lacks {missing}",
+            tool=refusal.tool,
+            owner=account.owner,
+            missing=missing,
+        )
+        description = f"{refusal.tool} needs {missing}; authorize again to allow it"
+        request.setHeader(
+            b"www-authenticate",
+            (
+                f'Bearer error="insufficient_scope", scope="{wanted}", '
+                f'resource_metadata="{self._resource_metadata}", '
+                f'error_description="{description}"'
+            ).encode("ascii"),
+        )
+        body = {"error": "insufficient_scope", "error_description": description}
+        return _Reply(self._json(request, 403, body), 403)
+
     def _challenge(
         self, request: IRequest, status: int, error: str | None, description: str | None
     ) -> _Reply:
         challenge = f'Bearer resource_metadata="{self._resource_metadata}"'
+        if status == 401:
+            # Which scopes to ask for (MCP scope selection): all of them.
+            challenge += f', scope="{" ".join(ALL_SCOPES)}"'
         body: dict[str, str] = {"error": error or "unauthorized"}
         if error is not None:
             challenge += f', error="{error}"'
@@ -770,7 +805,7 @@ class MCPApp:
         if isinstance(request, mcp_types.ListToolsRequest):
             if request.params is not None and request.params.cursor is not None:
                 raise RPCError(INVALID_PARAMS, "Invalid cursor: tools/list has a single page")
-            return dict(self._tools_list_result(version))
+            return dict(self._tools_list_result(version, account.scopes))
         if isinstance(request, mcp_types.CallToolRequest):
             name = request.params.name
             tool = self._tools.get(name)
@@ -806,17 +841,29 @@ class MCPApp:
             )
         return keys
 
-    def _tools_list_result(self, version: str) -> dict[str, Any]:
-        cached = self._static_results.get(("tools/list", version))
+    def _tools_list_result(
+        self, version: str, scopes: frozenset[str] = FULL_SCOPES
+    ) -> dict[str, Any]:
+        """The ``tools/list`` result for a token with C{scopes}: only what it may call."""
+        key = ("tools/list", version, scopes)
+        cached = self._list_results.get(key)
         if cached is None:
             data = {
-                "tools": self._described_tools,
+                "tools": [
+                    described
+                    for tool, described in zip(
+                        self._tools.values(), self._described_tools, strict=True
+                    )
+                    if tool.visible_to(scopes)
+                ],
                 "ttlMs": self._ttl_ms,
-                "cacheScope": "public",
+                # The list depends on the token's scopes: no shared caches.
+                "cacheScope": "private",
                 "resultType": "complete",
             }
             cached = mcp_methods.serialize_server_result("tools/list", version, data)
-            self._static_results[("tools/list", version)] = cached
+            # At most versions x subsets of five scopes (32) entries.
+            self._list_results[key] = cached
         return cached
 
     def _discover_result(self) -> dict[str, Any]:
@@ -853,6 +900,9 @@ class MCPApp:
             result = await self._run_tool(account, tool, arguments, large, seen)
             outcome = seen.outcome
             return result
+        except InsufficientScope:
+            outcome = "error"  # refused (403) before the tool ran
+            raise
         finally:
             audit.tool_call(account, tool.name, arguments, seen.output, outcome)
 
@@ -866,16 +916,25 @@ class MCPApp:
     ) -> dict[str, Any] | _ToolText:
         """
         Run one tool.  Whatever goes wrong inside becomes an ``isError``
-        result the model can read; only cancellation escapes.  C{seen}, if
-        given, is told the outcome and the output model.
+        result the model can read; only cancellation and a missing scope
+        escape.  C{seen}, if given, is told the outcome and the output model.
         """
         seen = seen if seen is not None else ToolOutcome()
+        scopes = account.scopes
+        if tool.scopes_for is None and not tool.visible_to(scopes):
+            raise InsufficientScope(tool.name, tool.declared_scopes)
         try:
             validated = await self._off_reactor(
                 large, lambda: tool.input_model.model_validate(arguments)
             )
         except ValidationError as e:
+            if not tool.visible_to(scopes):
+                raise InsufficientScope(tool.name, tool.declared_scopes) from None
             return _error_result(describe_validation_error(tool.name, e))
+        needed = tool.needs(validated)
+        if not needed <= scopes:
+            # Reply and forward: whether it sends is known only now.
+            raise InsufficientScope(tool.name, needed)
         started = time.monotonic()
         try:
             awaitable = tool.handler(

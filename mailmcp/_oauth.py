@@ -40,7 +40,6 @@ from ._audit import Audit
 from ._clients import Client, open_client
 from ._config import Config
 from ._grants import (
-    SCOPE,
     AccountGrants,
     CodeRequest,
     Credentials,
@@ -51,6 +50,7 @@ from ._grants import (
 )
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
+from ._scopes import ALL_SCOPES, LABELS, UnknownScope, format_scope, parse_scope
 from ._templates import template_path
 from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy, client_address
 from ._tokens import InvalidToken, TokenCodec
@@ -85,6 +85,9 @@ FORM_FIELDS = (
     "smtp_password",
     "csrf_token",
 )
+#: The login form carries the scopes offered (what the client asked for,
+#: after the caps) under this name; ``scope`` is the user's checkboxes.
+OFFERED_SCOPE = "requested_scope"
 
 UNAVAILABLE_TEXT = "Sign-in is temporarily unavailable. Please try again in a minute."
 GENERIC_FAILURE = "Sign-in failed. Nothing was saved; please check the details below and try again."
@@ -121,7 +124,13 @@ class AuthorizeRequest:
     state: str | None
     code_challenge: str
     resource: str
-    scope: str
+    #: What the login page offers: the requested scopes after the client's
+    #: and the daemon's caps.  The user may only narrow it.
+    scopes: frozenset[str]
+
+    @property
+    def scope(self) -> str:
+        return format_scope(self.scopes)
 
     def hidden_fields(self) -> list[tuple[str, str]]:
         fields = [
@@ -130,7 +139,7 @@ class AuthorizeRequest:
             ("response_type", "code"),
             ("code_challenge", self.code_challenge),
             ("code_challenge_method", "S256"),
-            ("scope", self.scope),
+            (OFFERED_SCOPE, self.scope),
             ("resource", self.resource),
         ]
         if self.state is not None:
@@ -181,8 +190,10 @@ class _Page(Element):
         same: bool,
         errors: list[str],
         message: str | None,
+        chosen: frozenset[str] | None = None,
     ) -> None:
         super().__init__()
+        self._chosen = request.scopes if chosen is None else chosen
         self._request = request
         self._csrf = csrf
         self._values = values
@@ -205,6 +216,27 @@ class _Page(Element):
         if self._errors:
             box(tags.ul([tags.li(e, class_="error-line") for e in self._errors]))
         return box
+
+    @renderer
+    def scopes(self, request: IRequest, tag: Tag) -> list[Tag]:
+        """One checkbox per offered scope, in plain words, checked unless unticked."""
+        boxes = []
+        for scope in ALL_SCOPES:
+            if scope not in self._request.scopes:
+                continue
+            box = tags.input(
+                type="checkbox", name="scope", value=scope, id="scope-" + scope.replace(".", "-")
+            )
+            if scope in self._chosen:
+                box(checked="checked")
+            boxes.append(
+                tags.li(
+                    box,
+                    tags.label(LABELS[scope], for_="scope-" + scope.replace(".", "-")),
+                    class_="scope",
+                )
+            )
+        return boxes
 
     @renderer
     def same_checkbox(self, request: IRequest, tag: Tag) -> Tag:
@@ -311,7 +343,7 @@ class OAuthApp:
         return {
             "resource": self._config.mcp_url,
             "authorization_servers": [self._issuer],
-            "scopes_supported": [SCOPE],
+            "scopes_supported": list(ALL_SCOPES),
             "bearer_methods_supported": ["header"],
             "resource_name": "Mail MCP",
         }
@@ -337,7 +369,7 @@ class OAuthApp:
                 "client_secret_basic",
                 "none",
             ],
-            "scopes_supported": [SCOPE],
+            "scopes_supported": list(ALL_SCOPES),
             "authorization_response_iss_parameter_supported": True,
         }
 
@@ -399,8 +431,14 @@ class OAuthApp:
         self._page_headers(request)
         return await _flatten(_ErrorPage(error.title, error.message))
 
-    def _csrf_for(self, cookie: str) -> str:
-        mac = hmac.new(self._csrf_key, cookie.encode("ascii"), hashlib.sha256).digest()
+    def _csrf_for(self, cookie: str, scope: str | None = None) -> str:
+        """
+        A form's CSRF token: bound to the browser's cookie and, for the
+        login form, to the scopes it offers, so the offer cannot be edited in
+        the page.  (The account page's forms offer none.)
+        """
+        material = (cookie if scope is None else cookie + "\0" + scope).encode("ascii")
+        mac = hmac.new(self._csrf_key, material, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
     def _csrf_cookie_value(self, request: IRequest) -> str:
@@ -428,11 +466,12 @@ class OAuthApp:
         same: bool = True,
         errors: list[str] | None = None,
         message: str | None = None,
+        chosen: frozenset[str] | None = None,
     ) -> bytes:
-        csrf = self._csrf_for(self._csrf_cookie_value(request))
+        csrf = self._csrf_for(self._csrf_cookie_value(request), areq.scope)
         request.setResponseCode(status)
         self._page_headers(request, areq.redirect_uri)
-        return await _flatten(_Page(areq, csrf, values or {}, same, errors or [], message))
+        return await _flatten(_Page(areq, csrf, values or {}, same, errors or [], message, chosen))
 
     def _redirect(self, request: IRequest, uri: str) -> bytes:
         # 303: the browser must not re-POST the credentials (RFC 9700 §4.12).
@@ -471,15 +510,22 @@ class OAuthApp:
         state = _single(args, "state", MAX_STATE)
         return client, redirect_uri, state
 
-    def _validate_authorize(self, args: Mapping[bytes, list[bytes]]) -> AuthorizeRequest:
+    def _validate_authorize(
+        self, args: Mapping[bytes, list[bytes]], form: bool = False
+    ) -> AuthorizeRequest:
         """
+        :param form: C{args} come from the login form, where the requested
+            scopes travel as `OFFERED_SCOPE` and ``scope`` is the user's choice.
         :raises BadRequest: for a bad client or redirect URI (error page).
         :raises RedirectError: for anything else (sent to the redirect URI).
         """
         client, redirect_uri, state = self._validate_client(args)
+        scope_param = OFFERED_SCOPE if form else "scope"
         try:
             for name in OAUTH_PARAMS:
-                _single(args, name)
+                if name != "scope":
+                    _single(args, name)
+            requested_scope = _single(args, scope_param)
         except BadRequest as e:
             raise RedirectError("invalid_request", e.message) from None
         response_type = _single(args, "response_type")
@@ -493,22 +539,30 @@ class OAuthApp:
         resource = canonical_resource(_single(args, "resource"), self._config.mcp_url)
         if resource is None:
             raise RedirectError("invalid_target", "unknown resource")
-        # Unknown scopes are ignored rather than refused (Claude sends some).
+        try:
+            requested = parse_scope(requested_scope)
+        except UnknownScope:
+            raise RedirectError("invalid_scope", "unknown scope requested") from None
+        # The caps narrow a request rather than refuse it; only a request
+        # left with nothing at all is refused.
+        offered = requested & client.scopes & self._config.max_scope
+        if not offered:
+            raise RedirectError("invalid_scope", "none of the requested scopes can be granted")
         return AuthorizeRequest(
             client=client,
             redirect_uri=redirect_uri,
             state=state,
             code_challenge=challenge,
             resource=resource,
-            scope=SCOPE,
+            scopes=offered,
         )
 
     async def _authorize_common(
-        self, request: IRequest
+        self, request: IRequest, form: bool = False
     ) -> tuple[AuthorizeRequest | None, bytes | None]:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
-            areq = self._validate_authorize(args)
+            areq = self._validate_authorize(args, form)
             # Showing the form does not depend on the store (a store that is
             # down answers the submission); creating a grant does.
             await self._refuse_denied(areq.client, fail_open=request.method != b"POST")
@@ -562,7 +616,7 @@ class OAuthApp:
             peer, forwarded, self._config.trusted_proxies, self._config.trust_forwarded
         )
 
-    def _check_csrf(self, request: IRequest, token: str | None) -> bool:
+    def _check_csrf(self, request: IRequest, token: str | None, scope: str | None = None) -> bool:
         origin = request.getHeader(b"origin")
         # Under Referrer-Policy: no-referrer browsers send "Origin: null" on
         # the form POST; only a real foreign origin is refused outright.
@@ -574,7 +628,7 @@ class OAuthApp:
         if not cookie or not token:
             return False
         try:
-            expected = self._csrf_for(cookie.decode("ascii"))
+            expected = self._csrf_for(cookie.decode("ascii"), scope)
         except UnicodeDecodeError:
             return False
         return hmac.compare_digest(expected.encode("ascii"), token.encode("utf-8", "replace"))
@@ -593,7 +647,7 @@ class OAuthApp:
     async def _authorize_submit(self, request: IRequest) -> bytes:
         if _body_size(request) > MAX_FORM_BODY:
             raise BadRequest("Request too large", "The form was too large.", 413)
-        areq, answer = await self._authorize_common(request)
+        areq, answer = await self._authorize_common(request, form=True)
         if areq is None:
             assert answer is not None
             return answer
@@ -601,7 +655,7 @@ class OAuthApp:
         values: dict[str, str] = {}
         for name in FORM_FIELDS:
             values[name] = _single(args, name, 4096) or ""
-        if not self._check_csrf(request, values["csrf_token"]):
+        if not self._check_csrf(request, values["csrf_token"], areq.scope):
             log.info("login form refused: missing or wrong CSRF token")
             raise BadRequest(
                 "Session expired",
@@ -609,6 +663,7 @@ class OAuthApp:
                 "Go back to your assistant and start again.",
                 403,
             )
+        chosen = self._chosen_scopes(args, areq)
         same = values["use_same_credentials"] == "1"
         if same:
             values["smtp_username"] = values["imap_username"]
@@ -618,8 +673,12 @@ class OAuthApp:
             kept["smtp_username"] = ""
 
         errors = self._field_errors(values, same)
+        if not chosen:
+            errors.append("Access: choose at least one thing the assistant may do.")
         if errors:
-            return await self._login_page(request, areq, 400, kept, same, errors, GENERIC_FAILURE)
+            return await self._login_page(
+                request, areq, 400, kept, same, errors, GENERIC_FAILURE, chosen
+            )
 
         address = self._client_address(request)
         try:
@@ -639,6 +698,7 @@ class OAuthApp:
                 same,
                 ["Too many sign-in attempts. Please wait a few minutes before trying again."],
                 GENERIC_FAILURE,
+                chosen,
             )
         try:
             with self._throttle.slot():
@@ -655,6 +715,7 @@ class OAuthApp:
                 same,
                 ["The service is busy checking other sign-ins. Please try again in a moment."],
                 GENERIC_FAILURE,
+                chosen,
             )
         # The username whose check failed keeps its charge, and so do the
         # failure budgets; the rest is handed back.  (Should the check itself
@@ -663,7 +724,7 @@ class OAuthApp:
         self._record("login", areq.client, "error" if problem else "ok", values["email"].strip())
         if problem is not None:
             return await self._login_page(
-                request, areq, 400, kept, same, [problem[1]], GENERIC_FAILURE
+                request, areq, 400, kept, same, [problem[1]], GENERIC_FAILURE, chosen
             )
 
         credentials = Credentials(
@@ -682,6 +743,7 @@ class OAuthApp:
                 redirect_uri=areq.redirect_uri,
                 code_challenge=areq.code_challenge,
                 resource=areq.resource,
+                scopes=chosen,
             ),
             credentials,
         )
@@ -690,6 +752,35 @@ class OAuthApp:
             params.append(("state", areq.state))
         params.append(("iss", self._issuer))
         return self._redirect(request, _add_query(areq.redirect_uri, params))
+
+    def _chosen_scopes(
+        self, args: Mapping[bytes, list[bytes]], areq: AuthorizeRequest
+    ) -> frozenset[str]:
+        """
+        The scopes the user left ticked (empty: none).  A submission may only
+        narrow what the page offered: an unknown or unoffered value (an
+        edited form) is the error page, and nothing is issued.  A form that
+        carries neither the offer nor a choice predates the choice (a page
+        rendered before it existed, or a scripted login) and takes the
+        whole offer; its CSRF token is bound to that offer.
+        """
+        values = args.get(b"scope", [])
+        if not values and OFFERED_SCOPE.encode("ascii") not in args:
+            return areq.scopes
+        chosen: set[str] = set()
+        for raw in values:
+            try:
+                chosen.update(parse_scope(raw.decode("utf-8")) if raw.strip() else ())
+            except (UnicodeDecodeError, UnknownScope):
+                chosen.add("?")
+        if not chosen <= areq.scopes:
+            log.info("login form refused: a scope that was not offered")
+            raise BadRequest(
+                "Invalid request",
+                "The form asked for access that was not offered, so nothing was granted. "
+                "Go back to your assistant and start again.",
+            )
+        return frozenset(chosen)
 
     def _field_errors(self, values: Mapping[str, str], same: bool) -> list[str]:
         errors: list[str] = []
@@ -986,6 +1077,7 @@ def build_authorization_server(
         code_lifetime=config.code_lifetime,
         access_lifetime=config.access_token_lifetime,
         refresh_lifetime=config.refresh_token_lifetime,
+        max_scope=config.max_scope,
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"

@@ -36,8 +36,9 @@ from .._mailbox_api import (
     IMAPSession,
 )
 from .._mailbox_api import Literal as IMAPLiteral
+from .._scopes import READ
 from .._search import Filters, SearchQueryError, compile_search, render
-from .._toolkit import Tool, ToolContext, ToolError
+from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
 from ._state import current_state
 
 log = Logger()
@@ -391,28 +392,8 @@ async def _run(
     """Run C{operation} on a pooled connection, turning IMAP failures into `ToolError`."""
     try:
         return await ctx.services.imap.run(ctx.account, operation, read_only=True)
-    except IMAPNoSuchMailbox:
-        raise ToolError(_no_folder(folder)) from None
-    except IMAPAuthError as e:
-        raise ToolError(
-            f"The mail server refused the stored login ({e.message}). Reconnect the mail account."
-        ) from None
     except IMAPError as e:
-        if folder is not None and _looks_missing(e.message):
-            raise ToolError(_no_folder(folder)) from None
-        raise ToolError(f"The mail server reported an error: {e.message}") from None
-
-
-def _looks_missing(message: str) -> bool:
-    lowered = message.lower()
-    return "nonexistent" in lowered or "doesn't exist" in lowered or "does not exist" in lowered
-
-
-def _no_folder(folder: str | None) -> str:
-    return (
-        f"There is no folder {folder!r} (or it cannot be opened). Call list_mailboxes to see the "
-        "exact folder names; they are case-sensitive and use the server's separator."
-    )
+        raise imap_tool_error(e, folder) from None
 
 
 def _addresses(values: Sequence[Address]) -> list[EmailAddress]:
@@ -845,6 +826,7 @@ TOOLS: list[Tool] = [
         input_model=ListMailboxesInput,
         output_model=ListMailboxesOutput,
         handler=list_mailboxes,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,
@@ -861,6 +843,7 @@ TOOLS: list[Tool] = [
         input_model=ListMessagesInput,
         output_model=ListMessagesOutput,
         handler=list_mail_messages,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,
@@ -878,6 +861,7 @@ TOOLS: list[Tool] = [
         input_model=GetMessageInput,
         output_model=GetMessageOutput,
         handler=get_mail_message,
+        scopes=frozenset({READ}),
         # Not read-only (docs/threat-model.rst, MCP-14): reading stores the message's
         # attachments in the attachment store and mints links to them.
         read_only=False,
@@ -897,6 +881,7 @@ TOOLS: list[Tool] = [
         input_model=SearchInput,
         output_model=SearchOutput,
         handler=search_mail_messages,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,

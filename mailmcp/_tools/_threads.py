@@ -28,6 +28,7 @@ from pydantic import Field
 
 from .. import _mime, _untrusted
 from .._mailbox_api import FetchedMessage, IMAPError, IMAPSession, MailboxInfo
+from .._scopes import READ
 from .._toolkit import Tool, ToolContext, ToolError
 from ._reading import (
     UID,
@@ -442,6 +443,7 @@ TOOLS: list[Tool] = [
         input_model=ThreadInput,
         output_model=ThreadOutput,
         handler=get_mail_thread,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,

@@ -313,6 +313,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "max-request-body": "2000",
         "allowed-origins": "https://a.example https://b.example",
         "log-level": "debug",
+        "log-format": "json",
         "trusted-proxies": "127.0.0.1/32, 10.0.0.0/8",
         "metrics-listen": f"tcp:{free_port()}:interface=127.0.0.1",
         "send-allow-domains": "example.com .example.com",
@@ -348,6 +349,9 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
     assert refused.value.code == 413
     proc.terminate()
     proc.assert_clean_exit()
+    # --log-format json: twistd's stdout log is one JSON object per line.
+    lines = proc.stdout.splitlines()
+    assert lines and all(json.loads(line)["level"] for line in lines), proc.stdout[-2000:]
 
 
 def test_every_option_on_the_command_line(tmp_path: Path, procs: list[Proc]) -> None:

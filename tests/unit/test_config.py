@@ -196,6 +196,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SHUTDOWN_TIMEOUT": "18",
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_LOG_LEVEL": "Debug",
+        "MAILMCP_LOG_FORMAT": "JSON",
         "MAILMCP_TRUST_FORWARDED": "true",
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
@@ -203,6 +204,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SEND_ALLOW_DOMAINS": "Example.COM, .bücher.example",
         "MAILMCP_TRUSTED_AUTHSERV_ID": "MX.Example.com",
         "MAILMCP_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+        "MAILMCP_MAX_SCOPE": "mail.read, mail.draft",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -241,6 +243,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         shutdown_timeout=18.0,
         allowed_origins=("https://c.example",),
         log_level="debug",
+        log_format="json",
         trust_forwarded=True,
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
@@ -248,6 +251,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         send_allow_domains=("example.com", ".xn--bcher-kva.example"),
         trusted_authserv_id="mx.example.com",
         audit_log=str(tmp_path / "audit.jsonl"),
+        max_scope=frozenset({"mail.read", "mail.draft"}),
     ), **extra)
 
 
@@ -255,6 +259,12 @@ def test_log_level_refuses_unknown_levels(tmp_path: Path) -> None:
     """An unknown --log-level is one clear usage error naming the choices."""
     with pytest.raises(usage.UsageError, match="debug, info, warn, error"):
         parse(["--log-level", "chatty"], {"MAILMCP_STATE_DIR": str(tmp_path)})
+
+
+def test_log_format_refuses_unknown_formats(tmp_path: Path) -> None:
+    """An unknown --log-format is one clear usage error naming the choices."""
+    with pytest.raises(usage.UsageError, match="text, json"):
+        parse(["--log-format", "xml"], {"MAILMCP_STATE_DIR": str(tmp_path)})
 
 
 def test_key_file_from_environment(tmp_path: Path) -> None:
@@ -393,6 +403,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
     (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
     ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
+    (["--max-scope", "mail.read,mail.everything"], {}, "--max-scope: unknown scope 'mail.everything'"),
+    ([], {"MAILMCP_MAX_SCOPE": " , "}, "--max-scope: name at least one scope"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
     (["--store-ca-file", "/nonexistent/ca.pem"], {}, "--store-ca-file /nonexistent/ca.pem is not a readable file"),
     ([], {"MAILMCP_STORE_CA_FILE": "/dev/null"}, "--store-ca-file /dev/null holds no PEM certificate"),
