@@ -319,6 +319,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "send-allow-domains": "example.com .example.com",
         "trusted-authserv-id": "mx.example.com",
         "audit-log": str(tmp_path / "audit.jsonl"),
+        "max-scope": "mail.read, mail.draft",
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
