@@ -187,3 +187,17 @@ def test_oauth_and_account_page_events_through_http(tmp_path: Path) -> None:
     for secret in ("wrong-pw-canary", "alice-pw", tokens["access_token"], tokens["refresh_token"],
                    server.client_secret):
         assert secret not in text
+
+
+def test_a_call_refused_for_a_missing_scope_is_an_error_line() -> None:
+    """A read-only token calling a sending tool: 403 (step-up), and one 'error' entry for it."""
+    import attrs
+
+    sink = MemoryAuditLog()
+    account = attrs.evolve(make_account(), scopes=frozenset({"mail.read"}))
+    verifier = FakeTokenVerifier({TOKEN: account})
+    send = attrs.evolve(SEND, scopes=frozenset({"mail.send"}))
+    app = MCPApp(make_config(), verifier, SimpleNamespace(audit=Audit(sink, Clock())), [send])
+    code, _ = Client(app).rpc(call("send", {"to": ["bob@example.test"]}))
+    assert code == 403
+    assert [(e["tool"], e["outcome"]) for e in sink.entries] == [("send", "error")]
