@@ -824,6 +824,7 @@ class GrantService:
             smtp=creds.smtp,
             smtp_username=creds.smtp_username,
             smtp_password=creds.smtp_password,
+            client_ref=record.client_ref,
             scopes=scopes_of_claim(claims.get("sc")) & self._max_scope,
         )
         return account, (

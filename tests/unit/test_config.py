@@ -201,6 +201,9 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
         "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
+        "MAILMCP_SEND_ALLOW_DOMAINS": "Example.COM, .bücher.example",
+        "MAILMCP_TRUSTED_AUTHSERV_ID": "MX.Example.com",
+        "MAILMCP_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
         "MAILMCP_MAX_SCOPE": "mail.read, mail.draft",
     }
     # Every option of the contract has its variable in this test: numeric
@@ -245,6 +248,9 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
         metrics_listen="tcp:9102:interface=127.0.0.1",
+        send_allow_domains=("example.com", ".xn--bcher-kva.example"),
+        trusted_authserv_id="mx.example.com",
+        audit_log=str(tmp_path / "audit.jsonl"),
         max_scope=frozenset({"mail.read", "mail.draft"}),
     ), **extra)
 
@@ -544,3 +550,25 @@ def test_state_dir_that_cannot_be_made_private_is_refused(tmp_path: Path, monkey
     text = str(raised.value)
     assert "\n" not in text
     assert "state directory" in text and "mode 0755" in text and f"chmod 700 {state}" in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--send-allow-domains", "example.com, bad_domain!", "not a valid domain"),
+        ("--send-allow-domains", "exa mple..com", "not a valid domain"),
+        ("--trusted-authserv-id", "mx.example.com; spf=pass", "one token"),
+        ("--audit-log", "/nonexistent-dir/audit.jsonl", "cannot be written"),
+    ],
+)
+def test_policy_options_refuse_bad_values(tmp_path: Path, option: str, value: str, message: str) -> None:
+    """A bad allow-list entry, authserv-id or audit path is one usage error, before anything starts."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse([option, value], {"MAILMCP_STATE_DIR": str(tmp_path)})
+
+
+def test_audit_log_file_is_created_private(tmp_path: Path) -> None:
+    """--audit-log creates its file 0600: it names accounts and clients."""
+    path = tmp_path / "audit.jsonl"
+    parse(["--audit-log", str(path)], {"MAILMCP_STATE_DIR": str(tmp_path / "s")})
+    assert path.exists() and path.stat().st_mode & 0o777 == 0o600
