@@ -32,6 +32,8 @@ class MailAccount:
     smtp: MailServer
     smtp_username: str
     smtp_password: str = attrs.field(repr=False)
+    #: The client's reference (a hash of its id) for the audit trail.
+    client_ref: str = ""
     #: What the access token allows (`mailmcp._scopes`); all five unless
     #: the user or a cap narrowed the grant.
     scopes: frozenset[str] = FULL

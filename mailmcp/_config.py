@@ -22,6 +22,7 @@ from twisted.python import usage
 from ._clients import MailServer, parse_mail_server
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
 from ._scopes import FULL, parse_scope_list
+from ._sendpolicy import parse_allow_domains
 from ._throttle import IPNetwork, parse_networks
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -196,6 +197,26 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "20",
         "Dynamic client registrations (/oauth/register) allowed per client address per hour.",
     ),
+    (
+        "send-allow-domains",
+        "",
+        "Recipient domains mail may be sent to (comma/space separated; example.com exactly, "
+        ".example.com its subdomains); a send to any other recipient is refused. Empty: no "
+        "restriction.",
+    ),
+    (
+        "trusted-authserv-id",
+        None,
+        "authserv-id of your own mail server's Authentication-Results header (e.g. "
+        "mx.example.com); only the topmost such header is believed. Unset: SPF/DKIM/DMARC "
+        "are reported unknown.",
+    ),
+    (
+        "audit-log",
+        None,
+        "Append one JSON line per login, token issue, refresh, revocation and tool call to "
+        "this file (reopened on SIGHUP), or - for the main log; off when not given.",
+    ),
 ]
 
 FLAGS: list[tuple[str, str]] = [
@@ -245,6 +266,8 @@ _NUMERIC = {
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
+#: An authserv-id as RFC 8601 writes it: one token (a host name, usually).
+_AUTHSERV_ID = re.compile(r"[a-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,253}")
 
 
 def env_name(option: str) -> str:
@@ -313,6 +336,9 @@ class Config:
     metrics_listen: str | None = None
     send_burst: int = 20
     sends_per_hour: float = 120.0
+    send_allow_domains: tuple[str, ...] = ()
+    trusted_authserv_id: str | None = None
+    audit_log: str | None = None
     trust_forwarded: bool = False
     #: ``--max-scope``: every grant is narrowed to this.
     max_scope: frozenset[str] = FULL
@@ -492,6 +518,14 @@ def _check_ca_bundle(path: Path, option: str) -> None:
         raise usage.UsageError(f"{option} {path} holds no PEM certificate")
 
 
+def _check_audit_file(path: Path) -> None:
+    """The --audit-log file can be appended to (created 0600 if new), or one line saying why not."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as e:
+        raise usage.UsageError(f"--audit-log {path} cannot be written: {e.strerror}") from None
+
+
 def _check_attachments(value: str) -> None:
     if value == "local":
         return
@@ -635,6 +669,20 @@ def build_config(
     except ValueError as e:
         raise usage.UsageError(f"--trusted-proxies: {e}") from None
 
+    try:
+        send_allow_domains = parse_allow_domains(str(resolved["send-allow-domains"] or ""))
+    except ValueError as e:
+        raise usage.UsageError(f"--send-allow-domains: {e}") from None
+    authserv_id = str(resolved["trusted-authserv-id"] or "").strip().lower() or None
+    if authserv_id is not None and not _AUTHSERV_ID.fullmatch(authserv_id):
+        raise usage.UsageError(
+            f"--trusted-authserv-id must be one token like mx.example.com, not {authserv_id!r}"
+        )
+    audit_log = str(resolved["audit-log"] or "").strip() or None
+    if audit_log is not None and audit_log != "-":
+        # Absolute: a daemonizing twistd changes directory before SIGHUP reopens it.
+        audit_log = os.path.abspath(audit_log)
+        _check_audit_file(Path(audit_log))
     max_scope = FULL
     if str(resolved["max-scope"] or "").strip():
         try:
@@ -664,5 +712,8 @@ def build_config(
         default_smtp=default_smtp,
         client_metadata_dir=metadata_dir,
         client_metadata_allow=allow,
+        send_allow_domains=send_allow_domains,
+        trusted_authserv_id=authserv_id,
+        audit_log=audit_log,
         **numbers,  # type: ignore[arg-type]
     )

@@ -889,9 +889,37 @@ class MCPApp:
         self, account: MailAccount, tool: Tool, arguments: dict[str, Any], large: bool = False
     ) -> dict[str, Any] | _ToolText:
         """
-        Run one tool.  Whatever goes wrong inside becomes an ``isError``
-        result the model can read; only cancellation escapes.
+        Run one tool, and record it in the audit trail when there is one
+        (LG-06): whatever the outcome, one entry per call.
         """
+        audit = getattr(self._services, "audit", None)
+        if audit is None:
+            return await self._run_tool(account, tool, arguments, large)
+        outcome, seen = "unknown", ToolOutcome()
+        try:
+            result = await self._run_tool(account, tool, arguments, large, seen)
+            outcome = seen.outcome
+            return result
+        except InsufficientScope:
+            outcome = "error"  # refused (403) before the tool ran
+            raise
+        finally:
+            audit.tool_call(account, tool.name, arguments, seen.output, outcome)
+
+    async def _run_tool(
+        self,
+        account: MailAccount,
+        tool: Tool,
+        arguments: dict[str, Any],
+        large: bool = False,
+        seen: ToolOutcome | None = None,
+    ) -> dict[str, Any] | _ToolText:
+        """
+        Run one tool.  Whatever goes wrong inside becomes an ``isError``
+        result the model can read; only cancellation and a missing scope
+        escape.  C{seen}, if given, is told the outcome and the output model.
+        """
+        seen = seen if seen is not None else ToolOutcome()
         scopes = account.scopes
         if tool.scopes_for is None and not tool.visible_to(scopes):
             raise InsufficientScope(tool.name, tool.declared_scopes)
@@ -921,7 +949,10 @@ class MCPApp:
                     f"tool returned {type(output).__name__}, not {tool.output_model.__name__}"
                 )
             structured = output.model_dump(mode="json", by_alias=True)
+            seen.output, seen.outcome = output, "ok"
         except ToolError as e:
+            if e.message.startswith("Delivery status unknown"):
+                seen.outcome = "unknown"
             log.info(
                 "tool {tool} for {owner} failed: {message}",
                 tool=tool.name,
@@ -942,6 +973,16 @@ class MCPApp:
             elapsed=time.monotonic() - started,
         )
         return _ToolText(json.dumps(structured, ensure_ascii=False))
+
+
+class ToolOutcome:
+    """What the audit trail learns of one tool call: ok, error or unknown, and the output."""
+
+    __slots__ = ("outcome", "output")
+
+    def __init__(self) -> None:
+        self.outcome = "error"
+        self.output: Any = None
 
 
 class _ToolText:

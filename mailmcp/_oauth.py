@@ -35,6 +35,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
+from ._audit import Audit
 from ._cimd import PINNED_DIR as _PINNED_DIR
 from ._cimd import ClientMetadataError, ClientMetadataResolver, MetadataFetcher, load_pinned
 from ._clients import Client
@@ -314,6 +315,8 @@ class OAuthApp:
     """
 
     app = Klein()
+    #: The audit trail (LG-06), set by `build_authorization_server`; None: none.
+    audit: Audit | None = None
 
     def __init__(
         self,
@@ -722,6 +725,7 @@ class OAuthApp:
                 address, [values["imap_username"], values["smtp_username"]]
             )
         except Throttled as e:
+            self._record("login", areq.client, "error", values["email"].strip(), "throttled")
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
             return await self._login_page(
                 request,
@@ -737,6 +741,7 @@ class OAuthApp:
             with self._throttle.slot():
                 problem = await self._check_mail(areq.client, values)
         except Busy:
+            self._record("login", areq.client, "error", values["email"].strip(), "busy")
             await self._throttle.settle(reservation, None)
             request.setHeader(b"retry-after", b"5")
             return await self._login_page(
@@ -753,6 +758,7 @@ class OAuthApp:
         # failure budgets; the rest is handed back.  (Should the check itself
         # raise, nothing is handed back.)
         await self._throttle.settle(reservation, problem[0] if problem else None)
+        self._record("login", areq.client, "error" if problem else "ok", values["email"].strip())
         if problem is not None:
             return await self._login_page(
                 request, areq, 400, kept, same, [problem[1]], GENERIC_FAILURE, chosen
@@ -867,6 +873,18 @@ class OAuthApp:
                 )
         return None
 
+    def _record(
+        self,
+        event: str,
+        client: Client | None,
+        outcome: str,
+        account: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One audit entry (LG-06), when there is an audit trail."""
+        if self.audit is not None:
+            self.audit.oauth(event, client, outcome, account, error)
+
     # -- token endpoint ---------------------------------------------------
 
     def _token_error(self, request: IRequest, error: OAuthError, basic: bool = False) -> bytes:
@@ -955,6 +973,7 @@ class OAuthApp:
     @app.route("/oauth/token", methods=["POST"])
     async def token(self, request: IRequest) -> bytes:
         basic = request.getHeader(b"authorization") is not None
+        client, grant_type = None, None
         try:
             form = self._form(request)
             client, _ = await self._authenticate_client(request, form)
@@ -981,12 +1000,17 @@ class OAuthApp:
                 )
         except OAuthError as e:
             log.info("token request refused: {error}", error=e.error)
+            self._record(
+                _TOKEN_EVENTS.get(grant_type or "", "token"), client, "error", error=e.error
+            )
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("token request failed")
+            self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "error")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
+        self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "ok")
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
@@ -1029,17 +1053,21 @@ class OAuthApp:
     @app.route("/oauth/revoke", methods=["POST"])
     async def revoke(self, request: IRequest) -> bytes:
         basic = request.getHeader(b"authorization") is not None
+        client = None
         try:
             form = self._form(request)
             client, _ = await self._authenticate_client(request, form)
             await self._grants.revoke(client, form.get("token"))
         except OAuthError as e:
+            self._record("revoke", client, "error", error=e.error)
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("revocation failed")
+            self._record("revoke", client, "error")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
+        self._record("revoke", client, "ok")
         request.setHeader(b"pragma", b"no-cache")
         request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {})
@@ -1065,8 +1093,16 @@ def open_store(config: Config, reactor: Any) -> Any:
     return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
+#: The audit event of each token grant type.
+_TOKEN_EVENTS = {"authorization_code": "token", "refresh_token": "refresh"}
+
+
 def build_authorization_server(
-    config: Config, reactor: Any, parent: Any, extra: dict[str, Any] | None = None
+    config: Config,
+    reactor: Any,
+    parent: Any,
+    extra: dict[str, Any] | None = None,
+    audit: Audit | None = None,
 ) -> tuple[Any, Any]:
     """
     Build the grant store (added to C{parent} as a service), the OAuth app and
@@ -1122,6 +1158,7 @@ def build_authorization_server(
         ),
         ClientDirectory(config, codec, store, metadata),
     )
+    oauth.audit = audit
     if extra is not None:
         from ._account_page import AccountApp
 

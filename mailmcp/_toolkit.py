@@ -140,6 +140,7 @@ class ToolServices:
     attachments: Any = None
     attachment_index: Any = None
     send_limiter: Any = None
+    audit: Any = None  # mailmcp._audit.Audit, or None: no audit trail
     #: `mailmcp._sendintent.SendIntents` (SM-13): the store-backed claim of
     #: a keyed send; None: the SMTP sender's in-process claim.
     send_intents: Any = None

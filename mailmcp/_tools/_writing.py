@@ -52,6 +52,7 @@ from .._mailbox_api import IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInf
 from .._scopes import DELETE, DRAFT, ORGANIZE, SEND
 from .._search import search_string
 from .._sendintent import EndState, SendIntents
+from .._sendpolicy import refused_recipients
 from .._sendrate import send_key
 from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
@@ -596,6 +597,7 @@ async def deliver(
     sender = ctx.services.smtp
     if sender is None:
         raise ToolError("sending mail is not configured on this server")
+    _check_send_policy(ctx, message)
 
     if idempotency_key is not None:
 
@@ -718,6 +720,25 @@ async def deliver(
         sent_copy_filed_by_server=server_files,
         warnings=warnings,
     )
+
+
+def _check_send_policy(ctx: ToolContext, message: ComposedMessage) -> None:
+    """
+    The operator's recipient allow-list (--send-allow-domains, SM-15): decided
+    before Sent is searched or SMTP is contacted, so a refused send leaves no
+    trace but the error.
+    """
+    allowed = getattr(ctx.services.config, "send_allow_domains", ())
+    refused = refused_recipients(message.recipients, allowed)
+    if refused:
+        shown = ", ".join(refused[:20]) + (
+            f" and {len(refused) - 20} more" if len(refused) > 20 else ""
+        )
+        raise ToolError(
+            f"Not sent: this server only sends to {', '.join(allowed)} (the operator's "
+            f"--send-allow-domains); refused recipient(s): {shown}. Remove them and try again. "
+            "Nothing was sent or saved."
+        )
 
 
 async def _begin_intent(

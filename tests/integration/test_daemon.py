@@ -339,6 +339,9 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "smtp-security": "tls",
         "client-metadata-dir": str(write_metadata_dir(tmp_path)),
         "client-metadata-allow": "https://intra.example/clients/",
+        "send-allow-domains": "example.com .example.com",
+        "trusted-authserv-id": "mx.example.com",
+        "audit-log": str(tmp_path / "audit.jsonl"),
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
@@ -362,6 +365,7 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
     assert hidden.value.code == 404
     assert (tmp_path / "custom-state").is_dir()
     assert not (tmp_path / "custom-state" / "keys.json").exists()  # --key-file was used
+    assert (tmp_path / "audit.jsonl").stat().st_mode & 0o777 == 0o600  # --audit-log opened
     request = urllib.request.Request(f"http://127.0.0.1:{port}/health", data=b"x" * 3000)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)

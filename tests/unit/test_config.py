@@ -210,6 +210,9 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SMTP_SECURITY": "starttls",
         "MAILMCP_CLIENT_METADATA_DIR": str(tmp_path),
         "MAILMCP_CLIENT_METADATA_ALLOW": "http://127.0.0.1:9/docs/ https://intra.example/c/",
+        "MAILMCP_SEND_ALLOW_DOMAINS": "Example.COM, .bücher.example",
+        "MAILMCP_TRUSTED_AUTHSERV_ID": "MX.Example.com",
+        "MAILMCP_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
         "MAILMCP_MAX_SCOPE": "mail.read, mail.draft",
     }
     # Every option of the contract has its variable in this test: numeric
@@ -258,6 +261,9 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         default_smtp=MailServer("smtp.example", 587, "starttls"),
         client_metadata_dir=tmp_path,
         client_metadata_allow=("http://127.0.0.1:9/docs/", "https://intra.example/c/"),
+        send_allow_domains=("example.com", ".xn--bcher-kva.example"),
+        trusted_authserv_id="mx.example.com",
+        audit_log=str(tmp_path / "audit.jsonl"),
         max_scope=frozenset({"mail.read", "mail.draft"}),
     ), **extra)
 
@@ -557,3 +563,25 @@ def test_state_dir_that_cannot_be_made_private_is_refused(tmp_path: Path, monkey
     text = str(raised.value)
     assert "\n" not in text
     assert "state directory" in text and "mode 0755" in text and f"chmod 700 {state}" in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--send-allow-domains", "example.com, bad_domain!", "not a valid domain"),
+        ("--send-allow-domains", "exa mple..com", "not a valid domain"),
+        ("--trusted-authserv-id", "mx.example.com; spf=pass", "one token"),
+        ("--audit-log", "/nonexistent-dir/audit.jsonl", "cannot be written"),
+    ],
+)
+def test_policy_options_refuse_bad_values(tmp_path: Path, option: str, value: str, message: str) -> None:
+    """A bad allow-list entry, authserv-id or audit path is one usage error, before anything starts."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse([option, value], {"MAILMCP_STATE_DIR": str(tmp_path)})
+
+
+def test_audit_log_file_is_created_private(tmp_path: Path) -> None:
+    """--audit-log creates its file 0600: it names accounts and clients."""
+    path = tmp_path / "audit.jsonl"
+    parse(["--audit-log", str(path)], {"MAILMCP_STATE_DIR": str(tmp_path / "s")})
+    assert path.exists() and path.stat().st_mode & 0o777 == 0o600
