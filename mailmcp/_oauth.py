@@ -41,6 +41,7 @@ from ._config import Config
 from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
+from ._paths import base_path, metadata_paths
 from ._templates import template_path
 from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy, client_address
 from ._tokens import InvalidToken, TokenCodec
@@ -171,8 +172,10 @@ class _Page(Element):
         same: bool,
         errors: list[str],
         message: str | None,
+        base_path: str = "",
     ) -> None:
         super().__init__()
+        self._base_path = base_path
         self._request = request
         self._csrf = csrf
         self._values = values
@@ -212,6 +215,8 @@ class _Page(Element):
     def slots(self) -> dict[str, str]:
         client = self._request.client
         return {
+            "form_action": self._base_path + "/oauth/authorize",
+            "stylesheet": self._base_path + "/oauth/static/login.css",
             "client_name": client.name or "Your AI assistant",
             "redirect_host": _host_of(self._request.redirect_uri),
             "imap_host": f"{client.imap.host}:{client.imap.port}",
@@ -228,14 +233,19 @@ class _ErrorPage(Element):
 
     loader = XMLFile(FilePath(str(template_path("error.xhtml"))))
 
-    def __init__(self, title: str, message: str) -> None:
+    def __init__(self, title: str, message: str, base_path: str = "") -> None:
         super().__init__()
         self._title = title
         self._message = message
+        self._base_path = base_path
 
     @renderer
     def page(self, request: IRequest, tag: Tag) -> Tag:
-        return tag.fillSlots(title=self._title, message=self._message)
+        return tag.fillSlots(
+            title=self._title,
+            message=self._message,
+            stylesheet=self._base_path + "/oauth/static/login.css",
+        )
 
 
 def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = True) -> bytes:
@@ -292,6 +302,10 @@ class OAuthApp:
         self._csrf_cookie = b"__Host-mailmcp-csrf" if self._secure_cookie else b"mailmcp-csrf"
         self._csrf_key = config.keyring.subkey(config.keyring.current_kid, "csrf")
         self._css: bytes = template_path("login.css").read_bytes()
+        self._base_path = base_path(config.base_url)
+        self._metadata_paths = {
+            path.encode("ascii"): kind for path, kind in metadata_paths(config.base_url).items()
+        }
 
     # -- discovery --------------------------------------------------------
 
@@ -330,7 +344,7 @@ class OAuthApp:
         }
 
     def _metadata(self, request: IRequest, document: dict[str, Any]) -> bytes:
-        request.setHeader(b"access-control-allow-origin", b"*")
+        # CORS (for browser clients) is added by the router: mailmcp._cors.
         request.setHeader(b"cache-control", b"public, max-age=3600")
         return json_body(request, 200, document, no_store=False)
 
@@ -348,6 +362,13 @@ class OAuthApp:
 
     @app.route("/.well-known/", branch=True)
     def well_known_other(self, request: IRequest) -> bytes:
+        """The path-inserted metadata locations of a base URL with a path (`mailmcp._paths`)."""
+        if request.method in (b"GET", b"HEAD"):
+            kind = self._metadata_paths.get(request.path or b"")
+            if kind == "resource":
+                return self._metadata(request, self.resource_metadata())
+            if kind == "server":
+                return self._metadata(request, self.server_metadata())
         return json_body(request, 404, {"error": "not_found"})
 
     @app.route("/oauth/static/login.css", methods=["GET", "HEAD"])
@@ -385,7 +406,7 @@ class OAuthApp:
     async def _error_page(self, request: IRequest, error: BadRequest) -> bytes:
         request.setResponseCode(error.status)
         self._page_headers(request)
-        return await _flatten(_ErrorPage(error.title, error.message))
+        return await _flatten(_ErrorPage(error.title, error.message, self._base_path))
 
     def _csrf_for(self, cookie: str) -> str:
         mac = hmac.new(self._csrf_key, cookie.encode("ascii"), hashlib.sha256).digest()
@@ -420,7 +441,9 @@ class OAuthApp:
         csrf = self._csrf_for(self._csrf_cookie_value(request))
         request.setResponseCode(status)
         self._page_headers(request, areq.redirect_uri)
-        return await _flatten(_Page(areq, csrf, values or {}, same, errors or [], message))
+        return await _flatten(
+            _Page(areq, csrf, values or {}, same, errors or [], message, self._base_path)
+        )
 
     def _redirect(self, request: IRequest, uri: str) -> bytes:
         # 303: the browser must not re-POST the credentials (RFC 9700 §4.12).
@@ -706,7 +729,6 @@ class OAuthApp:
     # -- token endpoint ---------------------------------------------------
 
     def _token_error(self, request: IRequest, error: OAuthError, basic: bool = False) -> bytes:
-        request.setHeader(b"access-control-allow-origin", b"*")
         if error.status == 401 and basic:
             request.setHeader(b"www-authenticate", b'Basic realm="mailmcp"')
         request.setHeader(b"pragma", b"no-cache")
@@ -821,31 +843,13 @@ class OAuthApp:
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
         request.setHeader(b"pragma", b"no-cache")
-        request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
 
-    @app.route("/oauth/token", methods=["OPTIONS"])
-    def token_preflight(self, request: IRequest) -> bytes:
-        return self._preflight(request)
+    # CORS preflights of the token, revocation and registration endpoints
+    # (browser clients such as the Inspector) are answered by the router,
+    # for the origins the operator allowed: see mailmcp._cors.
 
-    @app.route("/oauth/revoke", methods=["OPTIONS"])
-    def revoke_preflight(self, request: IRequest) -> bytes:
-        return self._preflight(request)
-
-    def _preflight(self, request: IRequest) -> bytes:
-        """
-        CORS for browser-based MCP clients (the Inspector): the token and
-        revocation endpoints take no cookies, so any origin may call them.
-        The login page itself never answers CORS.
-        """
-        request.setResponseCode(204)
-        request.setHeader(b"access-control-allow-origin", b"*")
-        request.setHeader(b"access-control-allow-methods", b"POST")
-        request.setHeader(b"access-control-allow-headers", b"authorization, content-type")
-        request.setHeader(b"access-control-max-age", b"600")
-        return b""
-
-    @app.route("/oauth/token", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
+    @app.route("/oauth/token", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
     def token_wrong_method(self, request: IRequest) -> bytes:
         request.setHeader(b"allow", b"POST")
         return self._token_error(request, OAuthError("invalid_request", "use POST", 405))
@@ -865,10 +869,9 @@ class OAuthApp:
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
         request.setHeader(b"pragma", b"no-cache")
-        request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {})
 
-    @app.route("/oauth/revoke", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
+    @app.route("/oauth/revoke", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
     def revoke_wrong_method(self, request: IRequest) -> bytes:
         request.setHeader(b"allow", b"POST")
         return self._token_error(request, OAuthError("invalid_request", "use POST", 405))

@@ -15,6 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 from treq.testing import StubTreq
+
+from mailmcp._cors import CORSPolicy
+from mailmcp._web import Router
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -145,10 +148,11 @@ class Server:
         return query["code"][0], verifier
 
     def token(self, form: dict[str, str], *, auth: tuple[str, str] | None = None,
-              path: str = "/oauth/token", **kw: Any) -> tuple[Any, dict[str, Any]]:
+              path: str = "/oauth/token", headers: dict[str, str] | None = None,
+              **kw: Any) -> tuple[Any, dict[str, Any]]:
         import json
 
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
         if auth is not None:
             headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         response, body = self.request("POST", path, data=form, headers=headers, **kw)
@@ -196,6 +200,13 @@ def make_config(tmp_path: Path, **kw: Any) -> Config:
     )
 
 
+def routed(app: OAuthApp, config: Config) -> Router:
+    """The app behind the daemon's router: its root aliases and CORS policy apply."""
+    resource = app.app.resource()
+    return Router([("/.well-known/", resource), ("/oauth/", resource)],
+                  cors=CORSPolicy.from_config(config))
+
+
 def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrency: int = 4,
                 store_factory: Any = MemoryGrantStore, server_class: type[Server] = Server,
                 **config_kw: Any) -> Server:
@@ -216,7 +227,7 @@ def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrenc
     app = OAuthApp(config, codec, grants, imap, smtp, throttle)
     server = server_class(clock=clock, config=config, codec=codec, store=store, grants=grants,
                     imap=imap, smtp=smtp, throttle=throttle, app=app,
-                    treq=StubTreq(app.app.resource()), verifier=GrantTokenVerifier(grants))
+                    treq=StubTreq(routed(app, config)), verifier=GrantTokenVerifier(grants))
     uris = (*DEFAULT_REDIRECT_URIS, REDIRECT)
     server.client_id, secret = provision_client(codec, IMAP, SMTP, uris, name="Test client")
     assert secret is not None
