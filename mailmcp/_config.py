@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
 from ._throttle import IPNetwork, parse_networks
+from ._user_servers import AllowRule, parse_allow
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "mailmcp-state"
@@ -145,6 +146,13 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Recipients one account may send to per hour after its burst; shared by all "
         "daemons on one Redis --store, per process with SQLite.",
     ),
+    (
+        "user-servers-allow",
+        "",
+        "With --allow-user-servers: networks (and ports) user-named mail servers may be in "
+        "besides public addresses on ports 993/143/465/587, e.g. '10.1.0.0/16 127.0.0.1:1993 "
+        "[fd00::]/8:*' (space or comma separated; no port: the usual ones; * any).",
+    ),
 ]
 
 FLAGS: list[tuple[str, str]] = [
@@ -157,6 +165,12 @@ FLAGS: list[tuple[str, str]] = [
         "allow-insecure-base-url",
         "Accept an http:// --base-url on a host that is not loopback (only behind a "
         "proxy that adds TLS; MCP clients require https).",
+    ),
+    (
+        "allow-user-servers",
+        "Let users name their IMAP/SMTP servers on the login page (prefilled from the email "
+        "domain's RFC 6186 SRV records) when their client brings none; only public addresses "
+        "on the usual ports unless --user-servers-allow says otherwise.",
     ),
     (
         "imap-connect-per-call",
@@ -262,6 +276,8 @@ class Config:
     trust_forwarded: bool = False
     allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
+    allow_user_servers: bool = False
+    user_servers_allow: tuple[AllowRule, ...] = ()
 
     @property
     def mcp_url(self) -> str:
@@ -526,6 +542,11 @@ def build_config(
     except ValueError as e:
         raise usage.UsageError(f"--trusted-proxies: {e}") from None
 
+    try:
+        user_servers_allow = parse_allow(str(resolved["user-servers-allow"] or ""))
+    except ValueError as e:
+        raise usage.UsageError(f"--user-servers-allow: {e}") from None
+
     return Config(
         listen=tuple(listen),
         base_url=base_url,
@@ -542,5 +563,7 @@ def build_config(
         trusted_proxies=trusted_proxies,
         allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
+        allow_user_servers=bool(resolved["allow-user-servers"]),
+        user_servers_allow=user_servers_allow,
         **numbers,  # type: ignore[arg-type]
     )

@@ -26,6 +26,7 @@ from mailmcp._config import (
     prepare_state_dir,
 )
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
+from mailmcp._user_servers import USUAL_PORTS, AllowRule
 from mailmcp.tap import Options
 
 
@@ -200,6 +201,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
         "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
+        "MAILMCP_USER_SERVERS_ALLOW": "127.0.0.0/8:* 10.1.0.0/16, [fd00::]/8:1993",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -242,7 +244,20 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
         metrics_listen="tcp:9102:interface=127.0.0.1",
+        user_servers_allow=(
+            AllowRule(ip_network("127.0.0.0/8"), None),
+            AllowRule(ip_network("10.1.0.0/16"), USUAL_PORTS),
+            AllowRule(ip_network("fd00::/8"), frozenset({1993})),
+        ),
     ), **extra)
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "10.0.0.1:0", "10.0.0.1:http", "mail.example.com",
+                                   "[fd00::/8:1"])
+def test_user_servers_allow_refuses_bad_entries(tmp_path: Path, value: str) -> None:
+    """A bad --user-servers-allow entry is one clear usage error naming it."""
+    with pytest.raises(usage.UsageError, match="--user-servers-allow"):
+        parse(["--state-dir", str(tmp_path / "s"), "--user-servers-allow", value])
 
 
 def test_log_level_refuses_unknown_levels(tmp_path: Path) -> None:
