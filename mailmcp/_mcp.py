@@ -54,7 +54,6 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._admission import Admission, Refused
 from ._cors import CORSPolicy, origin_of
-from ._paths import resource_metadata_url
 from ._http import SMALL_BODY, ILargeBodyGate, Refusal
 from ._jsonrpc import (
     ERROR_CODE_HTTP_STATUS,
@@ -74,6 +73,7 @@ from ._jsonrpc import (
     result_message,
 )
 from ._logging import Logger
+from ._paths import resource_metadata_url
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
 from ._toolkit import Tool, ToolContext, ToolError
 from ._version import __version__

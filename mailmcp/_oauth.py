@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import sqlite3
@@ -36,7 +37,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
-from ._clients import Client, open_client
+from ._clients import Client, MailServer, open_client
 from ._config import Config
 from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
 from ._http import json_body as _json_body
@@ -45,6 +46,14 @@ from ._paths import base_path, metadata_paths
 from ._templates import template_path
 from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy, client_address
 from ._tokens import InvalidToken, TokenCodec
+from ._user_servers import (
+    USER_SECURITY,
+    ServerPolicy,
+    ServerRefused,
+    Suggestion,
+    brings_servers,
+    discover,
+)
 from .interfaces import ILoginChecker
 
 log = Logger()
@@ -66,6 +75,18 @@ OAUTH_PARAMS = (
     "scope",
     "resource",
 )
+#: The login page's server fields, asked when the user names the servers.
+SERVER_FIELDS = (
+    "imap_host",
+    "imap_port",
+    "imap_security",
+    "smtp_host",
+    "smtp_port",
+    "smtp_security",
+)
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)+"
+)
 FORM_FIELDS = (
     "email",
     "full_name",
@@ -75,6 +96,8 @@ FORM_FIELDS = (
     "smtp_username",
     "smtp_password",
     "csrf_token",
+    "action",
+    *SERVER_FIELDS,
 )
 
 UNAVAILABLE_TEXT = "Sign-in is temporarily unavailable. Please try again in a minute."
@@ -155,6 +178,14 @@ def _origin_of(uri: str) -> str:
     return f"{parts.scheme}://{_host_of(uri)}"
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _add_query(uri: str, params: list[tuple[str, str]]) -> str:
     return uri + ("&" if urlsplit(uri).query else "?") + urlencode(params)
 
@@ -173,9 +204,11 @@ class _Page(Element):
         errors: list[str],
         message: str | None,
         base_path: str = "",
+        servers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self._base_path = base_path
+        self._servers = servers
         self._request = request
         self._csrf = csrf
         self._values = values
@@ -211,6 +244,69 @@ class _Page(Element):
     @renderer
     def page(self, request: IRequest, tag: Tag) -> Tag:
         return tag.fillSlots(**self.slots())
+
+    @renderer
+    def fixed_servers(self, request: IRequest, tag: Tag) -> Tag | str:
+        """The client's own servers, named; nothing when the user names them."""
+        return tag if self._servers is None else ""
+
+    @renderer
+    def server_fields(self, request: IRequest, tag: Tag) -> Tag | str:
+        """The user's servers (host, port, security each), prefilled (`mailmcp._user_servers`)."""
+        if self._servers is None:
+            return ""
+        values = self._servers
+        box = tags.fieldset(class_="user-servers")(
+            tags.legend("Your mail servers"),
+            tags.p(
+                "Filled in from your email address where its domain publishes them; "
+                "check them with your mail provider's settings.",
+                class_="hint",
+            ),
+        )
+        for kind, label in (
+            ("imap", "IMAP server (reading mail)"),
+            ("smtp", "SMTP server (sending mail)"),
+        ):
+            security = tags.select(id=f"{kind}_security", name=f"{kind}_security")
+            for value, text in (("tls", "SSL/TLS"), ("starttls", "STARTTLS")):
+                option = tags.option(text, value=value)
+                if values.get(f"{kind}_security", "tls") == value:
+                    option(selected="selected")
+                security(option)
+            box(
+                tags.label(label, for_=f"{kind}_host"),
+                tags.input(
+                    id=f"{kind}_host",
+                    name=f"{kind}_host",
+                    type="text",
+                    maxlength="253",
+                    autocomplete="off",
+                    value=values.get(f"{kind}_host", ""),
+                ),
+                tags.label("Port", for_=f"{kind}_port"),
+                tags.input(
+                    id=f"{kind}_port",
+                    name=f"{kind}_port",
+                    type="number",
+                    min="1",
+                    max="65535",
+                    value=values.get(f"{kind}_port", ""),
+                ),
+                tags.label("Security", for_=f"{kind}_security"),
+                security,
+            )
+        box(
+            tags.button(
+                "Find my servers",
+                type="submit",
+                id="discover",
+                name="action",
+                value="discover",
+                formnovalidate="formnovalidate",
+            )
+        )
+        return box
 
     def slots(self) -> dict[str, str]:
         client = self._request.client
@@ -290,8 +386,17 @@ class OAuthApp:
         imap_checker: ILoginChecker,
         smtp_checker: ILoginChecker,
         throttle: LoginThrottle,
+        resolver: Any = None,
     ) -> None:
         self._config = config
+        #: With --allow-user-servers: DNS (`twisted.names`) for the SRV
+        #: prefill and the address check of user-named servers.
+        self._resolver = resolver
+        self._server_policy = (
+            ServerPolicy(config.user_servers_allow, resolver)
+            if config.allow_user_servers and resolver is not None
+            else None
+        )
         self._codec = codec
         self._grants = grants
         self._imap = imap_checker
@@ -437,13 +542,75 @@ class OAuthApp:
         same: bool = True,
         errors: list[str] | None = None,
         message: str | None = None,
+        servers: Mapping[str, str] | None = None,
     ) -> bytes:
         csrf = self._csrf_for(self._csrf_cookie_value(request))
         request.setResponseCode(status)
         self._page_headers(request, areq.redirect_uri)
+        if servers is None and self._asks_servers(areq.client):
+            servers = self._server_values(values or {}, Suggestion())
         return await _flatten(
-            _Page(areq, csrf, values or {}, same, errors or [], message, self._base_path)
+            _Page(areq, csrf, values or {}, same, errors or [], message, self._base_path, servers)
         )
+
+    # -- user-named servers (--allow-user-servers) -------------------------
+
+    def _asks_servers(self, client: Client) -> bool:
+        """Whether the user names the mail servers: allowed, and the client brings none."""
+        return self._server_policy is not None and not brings_servers(client)
+
+    def _server_values(self, values: Mapping[str, str], found: Suggestion) -> dict[str, str]:
+        """
+        The server fields to show: what the user typed, else what the email
+        domain's SRV records say, else the default mail profile, else the
+        usual ports over TLS.
+        """
+        shown: dict[str, str] = {}
+        for kind, suggested, default in (
+            ("imap", found.imap, getattr(self._config, "default_imap", None)),
+            ("smtp", found.smtp, getattr(self._config, "default_smtp", None)),
+        ):
+            server = suggested or default
+            typed = values.get(f"{kind}_host", "")
+            if typed:
+                for field in ("host", "port", "security"):
+                    shown[f"{kind}_{field}"] = values.get(f"{kind}_{field}", "")
+            elif server is not None:
+                shown[f"{kind}_host"] = server.host
+                shown[f"{kind}_port"] = str(server.port)
+                shown[f"{kind}_security"] = server.security
+            else:
+                shown[f"{kind}_host"] = ""
+                shown[f"{kind}_port"] = "993" if kind == "imap" else "465"
+                shown[f"{kind}_security"] = "tls"
+        return shown
+
+    async def _discovered(self, email: str) -> Suggestion:
+        email = email.strip()
+        if not _EMAIL.fullmatch(email) or len(email) > 254 or self._resolver is None:
+            return Suggestion()
+        return await discover(self._resolver, email)
+
+    def _parse_servers(self, values: Mapping[str, str]) -> tuple[list[str], list[MailServer]]:
+        """The user's two servers from the form, or the lines saying what is wrong."""
+        errors: list[str] = []
+        servers: list[MailServer] = []
+        for kind, label in (("imap", "IMAP"), ("smtp", "SMTP")):
+            host = values[f"{kind}_host"].strip().lower().rstrip(".")
+            port_text = values[f"{kind}_port"].strip()
+            security = values[f"{kind}_security"] or "tls"
+            if not host:
+                errors.append(f"{label} server: please enter the server's name.")
+            elif not (_HOSTNAME.fullmatch(host) or _is_ip(host)):
+                errors.append(f"{label} server: this does not look like a server name.")
+            port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+            if not 0 < port < 65536:
+                errors.append(f"{label} port: a number from 1 to 65535.")
+            if security not in USER_SECURITY:
+                errors.append(f"{label} security: choose SSL/TLS or STARTTLS.")
+            if not errors:
+                servers.append(MailServer(host=host, port=port, security=security))  # type: ignore[arg-type]
+        return errors, servers
 
     def _redirect(self, request: IRequest, uri: str) -> bytes:
         # 303: the browser must not re-POST the credentials (RFC 9700 §4.12).
@@ -536,6 +703,14 @@ class OAuthApp:
         if areq is None:
             assert answer is not None
             return answer
+        hint = _single(request.args or {}, "login_hint", 254)
+        if hint and self._asks_servers(areq.client):
+            # Rendered with an email: prefill its domain's servers (RFC 6186).
+            values = {"email": hint.strip()}
+            found = await self._discovered(hint)
+            return await self._login_page(
+                request, areq, values=values, servers=self._server_values(values, found)
+            )
         return await self._login_page(request, areq)
 
     def _client_address(self, request: IRequest) -> str:
@@ -601,6 +776,26 @@ class OAuthApp:
         if same:
             kept["smtp_username"] = ""
 
+        imap, smtp = areq.client.imap, areq.client.smtp
+        if self._asks_servers(areq.client):
+            if values["action"] == "discover":
+                # "Find my servers": look the domain up, sign nobody in.
+                found = await self._discovered(values["email"])
+                shown = self._server_values({"email": values["email"]}, found)
+                return await self._login_page(request, areq, 200, kept, same, servers=shown)
+            server_errors, chosen = self._parse_servers(values)
+            errors = self._field_errors(values, same) + server_errors
+            if not errors:
+                try:
+                    for label, server in zip(("IMAP", "SMTP"), chosen, strict=True):
+                        await self._server_policy_check(label, server)
+                except ServerRefused as e:
+                    errors.append(str(e))
+            if errors:
+                return await self._login_page(
+                    request, areq, 400, kept, same, errors, GENERIC_FAILURE
+                )
+            imap, smtp = chosen
         errors = self._field_errors(values, same)
         if errors:
             return await self._login_page(request, areq, 400, kept, same, errors, GENERIC_FAILURE)
@@ -625,7 +820,7 @@ class OAuthApp:
             )
         try:
             with self._throttle.slot():
-                problem = await self._check_mail(areq.client, values)
+                problem = await self._check_mail(imap, smtp, values)
         except Busy:
             await self._throttle.settle(reservation, None)
             request.setHeader(b"retry-after", b"5")
@@ -650,10 +845,10 @@ class OAuthApp:
         credentials = Credentials(
             email=values["email"].strip(),
             full_name=values["full_name"].strip(),
-            imap=areq.client.imap,
+            imap=imap,
             imap_username=values["imap_username"],
             imap_password=values["imap_password"],
-            smtp=areq.client.smtp,
+            smtp=smtp,
             smtp_username=values["smtp_username"],
             smtp_password=values["smtp_password"],
         )
@@ -671,6 +866,10 @@ class OAuthApp:
             params.append(("state", areq.state))
         params.append(("iss", self._issuer))
         return self._redirect(request, _add_query(areq.redirect_uri, params))
+
+    async def _server_policy_check(self, label: str, server: MailServer) -> None:
+        assert self._server_policy is not None
+        await self._server_policy.check(label, server)
 
     def _field_errors(self, values: Mapping[str, str], same: bool) -> list[str]:
         errors: list[str] = []
@@ -695,7 +894,7 @@ class OAuthApp:
         return errors
 
     async def _check_mail(
-        self, client: Client, values: Mapping[str, str]
+        self, imap: MailServer, smtp: MailServer, values: Mapping[str, str]
     ) -> tuple[str, str] | None:
         """
         IMAP first, then SMTP (only when IMAP accepted).  Returns None, or
@@ -704,8 +903,8 @@ class OAuthApp:
         would have said about the password is unknown.
         """
         checks = [
-            ("IMAP", self._imap, client.imap, values["imap_username"], values["imap_password"]),
-            ("SMTP", self._smtp, client.smtp, values["smtp_username"], values["smtp_password"]),
+            ("IMAP", self._imap, imap, values["imap_username"], values["imap_password"]),
+            ("SMTP", self._smtp, smtp, values["smtp_username"], values["smtp_password"]),
         ]
         for label, checker, server, user, password in checks:
             try:
@@ -915,6 +1114,11 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"
+    resolver = None
+    if config.allow_user_servers:
+        from twisted.names import client as dns_client
+
+        resolver = dns_client.createResolver()
     oauth = OAuthApp(
         config,
         codec,
@@ -931,5 +1135,6 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
                 global_failures=config.login_failures_global,
             ),
         ),
+        resolver=resolver,
     )
     return oauth.app.resource(), GrantTokenVerifier(grants)

@@ -41,6 +41,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def brings_servers(client: Any) -> bool:
+    """
+    Whether C{client} names its own mail servers: provisioned clients do;
+    registered (RFC 7591) and metadata-document clients do not.
+    """
+    return getattr(client, "kind", "provisioned") == "provisioned"
+
+
 class ServerRefused(Exception):
     """A user-named server the daemon will not connect to; the message says why."""
 

@@ -99,7 +99,7 @@ class Router(Resource):
         if target is not None:
             # Klein routes on postpath: point it (and path) at the target.
             request.path = target
-            request.postpath = target.split(b"/")[1:]  # type: ignore[attr-defined]
+            request.postpath = target.split(b"/")[1:]
             path = target
         if self._cors is not None:
             answer = self._cors.handle(request, path)

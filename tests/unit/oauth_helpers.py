@@ -15,15 +15,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 from treq.testing import StubTreq
-
-from mailmcp._cors import CORSPolicy
-from mailmcp._web import Router
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from mailmcp._clients import DEFAULT_REDIRECT_URIS, MailServer, provision_client
 from mailmcp._config import Config
+from mailmcp._cors import CORSPolicy
 from mailmcp._grants import GrantService, MemoryGrantStore
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._mailcheck import FakeLoginChecker
@@ -31,6 +29,7 @@ from mailmcp._oauth import OAuthApp
 from mailmcp._throttle import LoginThrottle, ThrottlePolicy
 from mailmcp._tokens import TokenCodec
 from mailmcp._verifier import GrantTokenVerifier
+from mailmcp._web import Router
 
 BASE = "https://mail.example.test"
 REDIRECT = "https://app.example/cb"
@@ -209,7 +208,7 @@ def routed(app: OAuthApp, config: Config) -> Router:
 
 def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrency: int = 4,
                 store_factory: Any = MemoryGrantStore, server_class: type[Server] = Server,
-                **config_kw: Any) -> Server:
+                resolver: Any = None, **config_kw: Any) -> Server:
     """
     The app on a `StubTreq`, with a `Clock`; C{store_factory(clock)} makes
     the grant store (memory by default), C{server_class} may pump real I/O.
@@ -224,7 +223,7 @@ def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrenc
     imap = FakeLoginChecker("IMAP", USERS)
     smtp = FakeLoginChecker("SMTP", USERS)
     throttle = LoginThrottle(store, concurrency, policy)
-    app = OAuthApp(config, codec, grants, imap, smtp, throttle)
+    app = OAuthApp(config, codec, grants, imap, smtp, throttle, resolver=resolver)
     server = server_class(clock=clock, config=config, codec=codec, store=store, grants=grants,
                     imap=imap, smtp=smtp, throttle=throttle, app=app,
                     treq=StubTreq(routed(app, config)), verifier=GrantTokenVerifier(grants))
