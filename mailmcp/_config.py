@@ -119,7 +119,13 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Most attachment bytes linked or sent per message.",
     ),
     ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
-    ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
+    (
+        "allowed-origins",
+        "",
+        "Extra browser Origins (space separated) allowed to call /mcp, and answered with "
+        "CORS there and on the metadata, token, revocation and registration endpoints "
+        "(browser clients such as the MCP Inspector's direct mode).",
+    ),
     ("log-level", "info", "Lowest level of log events written: debug, info, warn or error."),
     (
         "imap-connect-concurrency",

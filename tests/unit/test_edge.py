@@ -144,7 +144,7 @@ def test_mcp_authenticated_call_carries_cors() -> None:
 
 
 def test_disallowed_origin_gets_no_cors_and_mcp_still_refuses_it() -> None:
-    """A foreign origin: preflight 403 without CORS headers; the call itself still 403 (Origin check)."""
+    """OA-31: a foreign origin: preflight 403 without CORS headers; the call itself still 403 (Origin check)."""
     evil = [b"https://evil.example"]
     stub = router_stub()
     response, _ = request(stub, "OPTIONS", {b"origin": evil, b"access-control-request-method": [b"POST"]})

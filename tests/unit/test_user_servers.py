@@ -115,7 +115,7 @@ def check(policy: ServerPolicy, host: str, port: int) -> None:
 
 
 def test_policy_public_addresses_on_usual_ports_only() -> None:
-    """Public addresses on 993/143/465/587 pass; other ports, private, loopback, mixed or unknown hosts do not."""
+    """OA-32: public addresses on 993/143/465/587 pass; other ports, private, loopback, mixed or unknown hosts do not."""
     policy = ServerPolicy((), FakeResolver(addresses=PUBLIC))
     check(policy, "imap.example.org", 993)
     check(policy, "smtp.example.org", 587)
