@@ -185,3 +185,83 @@ def ceiling_process(args: tuple[str, int, str, list[tuple[str, str]], str, float
     """`ceiling` in a child process (so that the client's own CPU is spread over cores)."""
     host, port, ca_file, accounts, folder, duration = args
     return asyncio.run(ceiling(host, port, tls_context(ca_file), accounts, folder, duration))
+
+
+_CODE = re.compile(rb"^\* OK \[(UIDNEXT|HIGHESTMODSEQ) (\d+)\]", re.I)
+
+
+def response_codes(lines: Sequence[bytes]) -> dict[str, int]:
+    """UIDNEXT / HIGHESTMODSEQ from the untagged OK lines of a SELECT/EXAMINE."""
+    out = {}
+    for line in lines:
+        m = _CODE.match(line)
+        if m:
+            out[m.group(1).decode().upper()] = int(m.group(2))
+    return out
+
+
+def changes_commands(folder: str, uidnext: int, modseq: int) -> list[str]:
+    """
+    The IMAP commands a warm ``get_mailbox_changes(folder, since=state)``
+    sends when nothing changed, on a connection with QRESYNC enabled: a
+    fresh EXAMINE, CHANGEDSINCE ... VANISHED over the old UIDs, and the
+    search for new ones.  Kept in step with ``mailmcp/_tools/_changes.py``.
+    """
+    return [
+        f"EXAMINE {quote(folder)} (CONDSTORE)",
+        f"UID FETCH 1:{uidnext - 1} (UID FLAGS) (CHANGEDSINCE {modseq} VANISHED)",
+        f"UID SEARCH RETURN (ALL) UID {uidnext}:*",
+    ]
+
+
+def thread_members(line: bytes, uid: int) -> list[int]:
+    """The other UIDs of the top-level THREAD tree that holds C{uid}."""
+    depth = 0
+    start = 0
+    body = line.split(b"THREAD", 1)[-1]
+    for i, ch in enumerate(body):
+        if ch == 40:  # (
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == 41:  # )
+            depth -= 1
+            if depth == 0:
+                numbers = [int(n) for n in re.findall(rb"\d+", body[start : i + 1])]
+                if uid in numbers:
+                    return [n for n in numbers if n != uid]
+    return []
+
+
+def thread_commands(uid: int, message_id: str, members: Sequence[int] = ()) -> list[str]:
+    """
+    The IMAP commands a warm ``get_mail_thread("INBOX", uid)`` sends for a
+    message that is a conversation of its own (folder already open): LIST,
+    the freshness NOOP, the seed's headers, THREAD, the three threading
+    headers of the other members of its THREAD tree (same-subject messages,
+    C{members}), one header search in
+    INBOX (open), Sent and Archive, and the snippet back in INBOX.  Kept in
+    step with ``mailmcp/_tools/_threads.py``.
+    """
+    q = quote(message_id)
+    search = (f"UID SEARCH RETURN (ALL) OR OR HEADER Message-ID {q} HEADER In-Reply-To {q} "
+              f"HEADER References {q}")
+    head = ("(UID FLAGS INTERNALDATE ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS "
+            "(MESSAGE-ID IN-REPLY-TO REFERENCES)]<0.16384>)")
+    return [
+        'LIST "" "*" RETURN (SPECIAL-USE CHILDREN)',
+        "NOOP",
+        f"UID FETCH {uid} {head}",
+        "UID THREAD REFERENCES UTF-8 ALL",
+        *([f"UID FETCH {','.join(map(str, sorted(members)[:499]))} (UID BODY.PEEK[HEADER.FIELDS "
+           "(MESSAGE-ID IN-REPLY-TO REFERENCES)]<0.16384>)"] if members else []),
+        "NOOP",
+        search,
+        f"EXAMINE {quote('Sent')} (CONDSTORE)",
+        search,
+        f"EXAMINE {quote('Archive')} (CONDSTORE)",
+        search,
+        f"EXAMINE {quote('INBOX')} (CONDSTORE)",
+        f"UID FETCH {uid} (UID BODY.PEEK[1]<0.2048>)",
+    ]
+

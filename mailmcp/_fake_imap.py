@@ -236,6 +236,40 @@ class FakeIMAPSession:
         box = self._box(mailbox)
         return box.uidvalidity, box.add(message, flags)
 
+    # -- folders and a fresh EXAMINE (the fallbacks of get_mailbox_changes and
+    # the folder tools; this fake has no THREAD, CONDSTORE or QRESYNC) --------
+
+    async def reopen(self, mailbox: str) -> MailboxState:
+        self._log("EXAMINE", mailbox)
+        self._selected, self._read_only = self._box(mailbox), True
+        return self._state()
+
+    async def create_mailbox(self, mailbox: str) -> None:
+        self._log("CREATE", mailbox)
+        if mailbox in self.server.mailboxes or mailbox.upper() == "INBOX":
+            raise IMAPError("Mailbox already exists")
+        self.server.mailbox(mailbox)
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        self._log("RENAME", old, new)
+        self._selected = None
+        self._box(old)
+        if new in self.server.mailboxes:
+            raise IMAPError("Mailbox already exists")
+        prefix = old + self.server.delimiter
+        for name in list(self.server.mailboxes):
+            if name == old or name.startswith(prefix):
+                box = self.server.mailboxes.pop(name)
+                box.name = new + name[len(old) :]
+                self.server.mailboxes[box.name] = box
+
+    async def delete_mailbox(self, mailbox: str) -> None:
+        self._log("DELETE", mailbox)
+        self._box(mailbox)
+        if self._selected is not None and self._selected.name == mailbox:
+            self._selected = None
+        del self.server.mailboxes[mailbox]
+
 
 def _expand(message_set: str, top: int) -> set[int]:
     out: set[int] = set()
@@ -448,6 +482,12 @@ def _eval(
         return _string(argument).lower() in haystack.lower()
     if key == b"UID":
         return message.uid in _expand(_string(argument), top)
+    if key == b"HEADER":
+        value = tokens[pos[0]]
+        pos[0] += 1
+        wanted = _string(value).lower()
+        found = " ".join(str(v) for v in parsed.get_all(_string(argument)) or [])
+        return wanted in found.lower()
     if key in (b"LARGER", b"SMALLER"):
         size = int(_string(argument))
         return len(message.raw) > size if key == b"LARGER" else len(message.raw) < size

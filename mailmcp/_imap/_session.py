@@ -3,8 +3,8 @@
 
 It speaks UIDs only, never sends a bare EXPUNGE, compiles every argument
 through `mailmcp._imap._wire`, and tracks the open mailbox so that a repeat
-call in the same folder costs a single NOOP (untagged EXISTS/EXPUNGE keep
-the count current).
+call in the same folder costs a single NOOP (untagged EXISTS/EXPUNGE, and
+VANISHED once QRESYNC is enabled, keep the count current).
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class Session:
         self._flags: tuple[str, ...] = ()
         self._permanent_flags: tuple[str, ...] = ()
         self._highest_modseq: int | None = None
+        self._qresync = False
         protocol.untagged_hook = self._untagged
 
     # -- state -------------------------------------------------------------------
@@ -134,6 +135,11 @@ class Session:
                     self._uidnext = None  # new mail: UIDNEXT no longer known
             elif kind == b"EXPUNGE":
                 self._exists = max(0, self._exists - 1)
+        elif first.upper() == b"VANISHED" and not rest[:1] == b"(":
+            # After ENABLE QRESYNC expunges arrive as VANISHED <uid-set>
+            # instead of one EXPUNGE each (RFC 7162 §3.2.10); (EARLIER) ones
+            # answer a FETCH and never change the count.
+            self._exists = max(0, self._exists - _vanished_count(rest))
         elif first.upper() == b"OK" and rest[:1] == b"[":
             code, _ = split_code(rest)
             if not code or len(code) < 2 or type(code[1]) is not int:
@@ -683,6 +689,132 @@ class Session:
             return uidvalidity, uid
         return None, None
 
+    # -- conversations, folder management, changes (issue 16) ---------------------------
+    #
+    # Kept apart from the commands above: THREAD (RFC 5256), RENAME, and the
+    # CONDSTORE/QRESYNC reads behind get_mailbox_changes (RFC 7162).
+
+    @property
+    def qresync_enabled(self) -> bool:
+        return self._qresync
+
+    async def uid_thread_references(self, criteria: Sequence[bytes]) -> list[list[int]]:
+        """
+        ``UID THREAD REFERENCES UTF-8 <criteria>`` on the open mailbox: each
+        thread's UIDs, flattened in tree order.  Only when the server
+        advertises ``THREAD=REFERENCES``.
+        """
+        self._require_open()
+        if "THREAD=REFERENCES" not in self._capabilities:
+            raise IMAPError("the mail server does not offer THREAD=REFERENCES")
+        if not criteria:
+            raise IMAPError("empty search")
+        pieces: list[bytes | Literal] = [b" REFERENCES UTF-8"]
+        for token in criteria:
+            pieces += [b" ", check_atom_token(token)]
+        response = await self.command(b"UID THREAD", *pieces)
+        threads: list[list[int]] = []
+        total = 0
+        for line in response.lines:
+            if line[0][:7].upper() not in (b"THREAD", b"THREAD "):
+                continue
+            for tree in _parse(line)[1:]:
+                uids = _thread_uids(tree)
+                total += len(uids)
+                if total > MAX_RESULT_UIDS:
+                    raise IMAPError("the THREAD answer holds too many messages")
+                threads.append(uids)
+        return threads
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        """
+        RENAME C{old} to C{new}.  The open mailbox is left first: it may be
+        C{old} or below it, and the cached selection would then name a
+        mailbox that no longer exists.
+        """
+        source, target = quote(encode_mailbox(old)), quote(encode_mailbox(new))
+        await self.unselect()
+        await self.command(b"RENAME", b" ", source, b" ", target)
+
+    async def enable_qresync(self) -> None:
+        """
+        ``ENABLE QRESYNC`` once per connection (RFC 7162).  ENABLE belongs
+        before any SELECT, so an open mailbox is left first.  From then on
+        the server reports expunges as VANISHED, which `_untagged` counts.
+        """
+        if self._qresync:
+            return
+        if "QRESYNC" not in self._capabilities:
+            raise IMAPError("the mail server does not offer QRESYNC")
+        await self.unselect()
+        response = await self.command(b"ENABLE", b" QRESYNC")
+        for line in response.lines:
+            if line[0][:8].upper() == b"ENABLED " and b"QRESYNC" in line[0].upper():
+                self._qresync = True
+        if not self._qresync:
+            raise IMAPError("the mail server did not enable QRESYNC")
+
+    async def reopen(self, mailbox: str) -> MailboxState:
+        """EXAMINE C{mailbox} afresh (not the cached NOOP): exact UIDNEXT and HIGHESTMODSEQ."""
+        return await self._open(b"EXAMINE", mailbox, encode_mailbox(mailbox))
+
+    async def uid_fetch_changed(
+        self, uid_range: tuple[int, int], modseq: int
+    ) -> tuple[dict[int, tuple[str, ...]], list[int]]:
+        """
+        ``UID FETCH low:high (UID FLAGS) (CHANGEDSINCE modseq VANISHED)``:
+        the flags of messages changed since C{modseq} and the UIDs expunged
+        since then (QRESYNC must be enabled).
+        """
+        self._require_open()
+        if not self._qresync:
+            raise IMAPError("QRESYNC is not enabled on this connection")
+        low, high = uid_range
+        if not (0 < low <= high <= MAX_UINT32) or not 0 <= modseq <= MAX_MODSEQ:
+            raise IMAPError("invalid CHANGEDSINCE range")
+        response = await self.command(
+            b"UID FETCH",
+            b" %d:%d (UID FLAGS) (CHANGEDSINCE %d VANISHED)" % (low, high, modseq),
+        )
+        changed: dict[int, tuple[str, ...]] = {}
+        vanished: set[int] = set()
+        for line in response.lines:
+            head = line[0]
+            if head[:9].upper() == b"VANISHED ":
+                values = _parse(line)
+                uids = values[-1] if len(values) >= 2 else None
+                if uids is None or isinstance(uids, list):
+                    raise IMAPError("the mail server sent a malformed VANISHED response")
+                vanished.update(u for u in _uid_set(uids) if low <= u <= high)
+                if len(vanished) > MAX_RESULT_UIDS:
+                    raise IMAPError("the VANISHED answer holds too many messages")
+                continue
+            try:
+                message = parse_fetch(line)
+            except ParseError as e:
+                raise IMAPError(
+                    f"the mail server sent a malformed FETCH response ({e.detail})"
+                ) from None
+            if message is not None and low <= message.uid <= high and message.flags is not None:
+                changed[message.uid] = message.flags
+        return changed, sorted(vanished - set(changed))
+
+    async def highest_uid(self) -> int | None:
+        """The UID of the last message of the open mailbox (``FETCH * (UID)``), None when empty."""
+        self._require_open()
+        if self._exists == 0:
+            return None
+        response = await self.command(b"FETCH", b" * (UID)")
+        best: int | None = None
+        for line in response.lines:
+            try:
+                message = parse_fetch(line)
+            except ParseError:
+                continue
+            if message is not None and (best is None or message.uid > best):
+                best = message.uid
+        return best
+
 
 def _status_items(items: Sequence[str]) -> list[str]:
     wanted = [str(i).upper() for i in items]
@@ -720,6 +852,29 @@ def _bounded(raw: bytes) -> int:
     if len(raw) > 10 or int(raw) > MAX_UINT32:
         raise IMAPError("the mail server sent an out-of-range number")
     return int(raw)
+
+
+def _vanished_count(rest: bytes) -> int:
+    """How many UIDs an unsolicited ``VANISHED <uid-set>`` names (0 when malformed)."""
+    try:
+        return sum(high - low + 1 for low, high in sequence_ranges(rest.strip()))
+    except (ParseError, ValueError):
+        return 0
+
+
+def _thread_uids(tree: Value) -> list[int]:
+    """The UIDs of one THREAD tree, ``(3 6 (4 23)(44 7 96))``, in tree order."""
+    out: list[int] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(reversed(node))
+        elif type(node) is int and 0 < node <= MAX_UINT32:
+            out.append(node)
+        else:
+            raise IMAPError("the mail server sent a malformed THREAD response")
+    return out
 
 
 def _uid_set(value: Value) -> list[int]:

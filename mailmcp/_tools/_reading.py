@@ -38,6 +38,7 @@ from .._mailbox_api import (
 from .._mailbox_api import Literal as IMAPLiteral
 from .._search import Filters, SearchQueryError, compile_search, render
 from .._toolkit import Tool, ToolContext, ToolError
+from ._state import current_state
 
 log = Logger()
 
@@ -152,6 +153,10 @@ class ListMessagesOutput(_Out):
     has_more: bool = Field(description="True when a later page holds older messages.")
     messages: list[MessageSummary] = Field(description="Newest first.")
     warnings: list[str] = Field(default_factory=list)
+    state: str = Field(
+        description="Opaque marker of the folder as it is now: pass it as `since` to "
+        "get_mailbox_changes to learn what arrived, changed or vanished after this call."
+    )
 
 
 class AttachmentInfo(_Out):
@@ -553,6 +558,8 @@ async def list_mail_messages(ctx: ToolContext, arguments: ListMessagesInput) -> 
             fetched = sorted(
                 (m for m in results if low <= m.seq <= high), key=lambda m: m.seq, reverse=True
             )
+        top = fetched[0].uid if fetched and fetched[0].seq == state.exists else None
+        marker = await current_state(session, folder, state, top_uid=top)
         return ListMessagesOutput(
             folder=folder,
             uidvalidity=state.uidvalidity,
@@ -562,6 +569,7 @@ async def list_mail_messages(ctx: ToolContext, arguments: ListMessagesInput) -> 
             has_more=window is not None and window[0] > 1,
             messages=[summarise(m) for m in fetched],
             warnings=warnings,
+            state=marker.encode(),
         )
 
     result: ListMessagesOutput = await _run(ctx, folder, operation)

@@ -13,9 +13,11 @@ its log has no error line.
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import json
 import ssl
+import zlib
 from typing import Any
 
 import httpx2
@@ -49,6 +51,9 @@ TRANSPORT_CASES = [
     ("MCP-10 duplicate keys", b'{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}', 400, -32700),
     ("MCP-10 lone surrogate", LONE_SURROGATE, 400, -32700),
 ]
+
+#: A get_mailbox_changes ``since`` that inflates to 50 MB of zeros.
+ZIP_BOMB_STATE = "ms1." + base64.urlsafe_b64encode(zlib.compress(b"0" * 50_000_000, 9)).decode().rstrip("=")
 
 #: (case id, tool, arguments, text the refusal must contain (lower case))
 TOOL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
@@ -100,6 +105,19 @@ TOOL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     # Refused after the original was read (BODY.PEEK: the snapshot shows no \Seen appearing).
     ("TL-A1 file URL reply", "reply_mail_message",
      {"folder": "INBOX", "uid": 1, "text_body": "x", "attachment_urls": ["file:///etc/passwd"]}, "attachment"),
+    ("TL-U1 thread uid set", "get_mail_thread", {"folder": "INBOX", "uid": "1:*"}, "uid"),
+    ("TL-F1 CRLF new folder", "create_mailbox", {"name": "x\r\nA1 DELETE INBOX"}, "control characters"),
+    ("TL-F1 delimiter in leaf", "create_mailbox", {"name": "a/b"}, "separator"),
+    ("TL-F1 wildcard leaf", "create_mailbox", {"name": "new%"}, "'*' or '%'"),
+    ("TL-F1 existing folder", "create_mailbox", {"name": "Sent"}, "already exists"),
+    ("TL-F1 CRLF rename", "rename_mailbox", {"name": "Trash", "new_name": "T\r\nA1 LOGOUT"}, "new_name"),
+    ("TL-F3 delete INBOX", "delete_mailbox", {"name": "INBOX"}, "inbox cannot be deleted"),
+    ("TL-F3 delete special-use", "delete_mailbox", {"name": "Sent"}, "\\sent folder"),
+    ("TL-F3 rename INBOX", "rename_mailbox", {"name": "INBOX", "new_name": "Old"}, "inbox cannot be renamed"),
+    ("TL-F3 rename special-use", "rename_mailbox", {"name": "Trash", "new_name": "Bin"}, "\\trash folder"),
+    ("TL-C1 state garbage", "get_mailbox_changes", {"since": "ms1.AAAA"}, "damaged"),
+    ("TL-C1 state zip bomb", "get_mailbox_changes", {"since": ZIP_BOMB_STATE}, "damaged"),
+    ("TL-C1 state 1 MiB", "get_mailbox_changes", {"since": "ms1." + "A" * (1 << 20)}, "since"),
 ]
 
 

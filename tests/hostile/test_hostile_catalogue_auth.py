@@ -698,17 +698,20 @@ def annotations(env: Env) -> dict[str, dict[str, Any]]:
 def test_mcp_14_annotations_are_truthful(env: Env) -> None:
     """
     MCP-14: tools/list from the daemon: list_mailboxes, list_mail_messages
-    and search_mail_messages are readOnlyHint true and not destructive;
-    delete_mail_message is destructiveHint true and not read-only; every
-    tool that writes (send, draft, move, flags, delete, reply, forward) is
-    not read-only.
+    search_mail_messages, get_mail_thread and get_mailbox_changes are
+    readOnlyHint true and not destructive; delete_mail_message and
+    delete_mailbox are destructiveHint true and not read-only; every tool
+    that writes (send, draft, move, flags, delete, reply, forward, folders)
+    is not read-only.
     """
     tools = annotations(env)
-    for name in ("list_mailboxes", "list_mail_messages", "search_mail_messages"):
+    for name in ("list_mailboxes", "list_mail_messages", "search_mail_messages",
+                 "get_mail_thread", "get_mailbox_changes"):
         assert tools[name]["readOnlyHint"] is True, name
         assert tools[name]["destructiveHint"] is False, name
-    assert tools["delete_mail_message"]["destructiveHint"] is True
-    assert tools["delete_mail_message"]["readOnlyHint"] is False
+    for name in ("delete_mail_message", "delete_mailbox"):
+        assert tools[name]["destructiveHint"] is True, name
+        assert tools[name]["readOnlyHint"] is False, name
     for name in (
         "send_mail_message",
         "create_draft_mail_message",
@@ -717,6 +720,9 @@ def test_mcp_14_annotations_are_truthful(env: Env) -> None:
         "delete_mail_message",
         "reply_mail_message",
         "forward_mail_message",
+        "create_mailbox",
+        "rename_mailbox",
+        "delete_mailbox",
     ):
         assert tools[name]["readOnlyHint"] is False, name
 

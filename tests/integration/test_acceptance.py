@@ -48,7 +48,9 @@ REDIRECT_URI = "http://127.0.0.1:9/callback"
 ALL_TOOLS = {
     "list_mailboxes", "list_mail_messages", "get_mail_message", "search_mail_messages",
     "send_mail_message", "create_draft_mail_message", "delete_mail_message", "move_mail_message",
-    "update_mail_message_flags", "get_mail_attachment_link", "reply_mail_message", "forward_mail_message",
+    "update_mail_message_flags", "get_mail_attachment_link", "get_mail_thread",
+    "get_mailbox_changes", "create_mailbox", "rename_mailbox", "delete_mailbox",
+    "reply_mail_message", "forward_mail_message",
 }
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
 #: A small binary attachment: every byte value, CR/LF and NUL included.

@@ -75,6 +75,16 @@ def test_item_has_numbers(report: dict[str, Any], item: str, keys: list[str]) ->
         assert _number(section.get(key)), (item, key, section.get(key))
 
 
+def test_conversations(report: dict[str, Any]) -> None:
+    """get_mailbox_changes and get_mail_thread: latencies, their raw IMAP floor and the ratio."""
+    section = report["conversations"]
+    assert "error" not in section, section["error"]
+    for tool in ("get_mailbox_changes", "get_mail_thread"):
+        for key in ("p50_ms", "p99_ms", "floor_p50_ms", "p50/floor_p50"):
+            assert _number(section[tool].get(key)), (tool, key, section[tool].get(key))
+        assert section[tool]["commands"]
+
+
 def test_concurrency(report: dict[str, Any]) -> None:
     """Each item carries its latencies and the ratio the issue names."""
     section = report["concurrency"]
