@@ -315,6 +315,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "log-level": "debug",
         "trusted-proxies": "127.0.0.1/32, 10.0.0.0/8",
         "metrics-listen": f"tcp:{free_port()}:interface=127.0.0.1",
+        "user-servers-allow": "10.1.0.0/16 127.0.0.1:1993",
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
@@ -342,6 +343,12 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 413
+    # --allowed-origins: a browser client there gets its CORS preflight answered.
+    preflight = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="OPTIONS", headers={
+        "origin": "https://b.example", "access-control-request-method": "POST"})
+    with urllib.request.urlopen(preflight, timeout=10) as response:
+        assert response.status == 204
+        assert response.headers["access-control-allow-origin"] == "https://b.example"
     proc.terminate()
     proc.assert_clean_exit()
 
