@@ -164,12 +164,9 @@ LOCAL_SRV = {
 @pytest.fixture
 def serverless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """An OAuth server with --allow-user-servers (loopback allowed) whose client brings no servers."""
-    opened = _oauth.open_client
-
-    def open_serverless(*args: Any, **kwargs: Any) -> Client:
-        return ServerlessClient(**attrs.asdict(opened(*args, **kwargs), recurse=False))
-
-    monkeypatch.setattr(_oauth, "open_client", open_serverless)
+    # Which clients bring servers is brings_servers' business (tested
+    # above); here every client is one that brings none.
+    monkeypatch.setattr(_oauth, "brings_servers", lambda client: False)
     resolver = FakeResolver(LOCAL_SRV, PUBLIC)
     return make_server(tmp_path, resolver=resolver, allow_user_servers=True,
                        user_servers_allow=parse_allow("127.0.0.0/8:*"))
