@@ -238,7 +238,8 @@ class MCPApp:
         self._max_body = max_body if max_body is not None else int(config.max_request_body)
         self._resource_metadata = resource_metadata_url(config.base_url)
         # The same origins the CORS headers name (see mailmcp._cors).
-        self._origins = CORSPolicy.from_config(config).origins
+        self._cors = CORSPolicy.from_config(config)
+        self._origins = self._cors.origins
         self._tools: dict[str, Tool] = {}
         described: list[dict[str, Any]] = []
         for tool in tools:
@@ -300,6 +301,9 @@ class MCPApp:
             try:
                 account = await self._authenticate(request)
             except _Reply as reply:
+                # Written before the router sees the request: add the CORS
+                # headers it would (a browser client must read the 401).
+                self._cors.annotate(request)
                 headers = tuple(
                     (name, value)
                     for name, values in request.responseHeaders.getAllRawHeaders()

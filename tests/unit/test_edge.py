@@ -207,3 +207,19 @@ def test_mcp_challenge_names_path_inserted_metadata() -> None:
     assert code == 401
     assert headers.getRawHeaders(b"www-authenticate")[0] == (
         b'Bearer resource_metadata="https://host.example/.well-known/oauth-protected-resource/mail/mcp"')
+
+
+def test_large_body_401_at_headers_time_carries_cors() -> None:
+    """The 401 a large body gets before it is read (the site's gate) echoes an allowed origin too."""
+    from twisted.web.test.requesthelper import DummyRequest
+
+    app, _ = make_app()
+    request = DummyRequest([b"mcp"])
+    request.method = b"POST"
+    request.requestHeaders.setRawHeaders(b"origin", [INSPECTOR.encode()])
+    refusal = _result(app.admit_large_body(request))
+    assert refusal is not None and refusal.status == 401
+    headers = dict((name.lower(), value) for name, value in refusal.headers)
+    assert headers[b"access-control-allow-origin"] == INSPECTOR.encode()
+    assert b"WWW-Authenticate" in headers[b"access-control-expose-headers"]
+    assert headers[b"www-authenticate"].startswith(b"Bearer resource_metadata=")
