@@ -777,26 +777,24 @@ class OAuthApp:
             kept["smtp_username"] = ""
 
         imap, smtp = areq.client.imap, areq.client.smtp
-        if self._asks_servers(areq.client):
-            if values["action"] == "discover":
-                # "Find my servers": look the domain up, sign nobody in.
-                found = await self._discovered(values["email"])
-                shown = self._server_values({"email": values["email"]}, found)
-                return await self._login_page(request, areq, 200, kept, same, servers=shown)
+        asks = self._asks_servers(areq.client)
+        if asks and values["action"] == "discover":
+            # "Find my servers": look the domain up, sign nobody in.
+            found = await self._discovered(values["email"])
+            shown = self._server_values({"email": values["email"]}, found)
+            return await self._login_page(request, areq, 200, kept, same, servers=shown)
+        errors = self._field_errors(values, same)
+        if asks:
             server_errors, chosen = self._parse_servers(values)
-            errors = self._field_errors(values, same) + server_errors
+            errors += server_errors
             if not errors:
+                # Before any connection: only where the policy allows (OA-32).
                 try:
                     for label, server in zip(("IMAP", "SMTP"), chosen, strict=True):
                         await self._server_policy_check(label, server)
                 except ServerRefused as e:
                     errors.append(str(e))
-            if errors:
-                return await self._login_page(
-                    request, areq, 400, kept, same, errors, GENERIC_FAILURE
-                )
-            imap, smtp = chosen
-        errors = self._field_errors(values, same)
+                imap, smtp = chosen
         if errors:
             return await self._login_page(request, areq, 400, kept, same, errors, GENERIC_FAILURE)
 
