@@ -585,10 +585,21 @@ class OAuthApp:
                 shown[f"{kind}_security"] = "tls"
         return shown
 
-    async def _discovered(self, email: str) -> Suggestion:
+    async def _discovered(self, request: IRequest, email: str) -> Suggestion:
+        """
+        The SRV suggestion for C{email}.  Each lookup spends one of the
+        client address's login attempts, so the page cannot be made to send
+        DNS queries without bound; past the budget the page just comes
+        unfilled.
+        """
         email = email.strip()
         if not _EMAIL.fullmatch(email) or len(email) > 254 or self._resolver is None:
             return Suggestion()
+        try:
+            reservation = await self._throttle.admit(self._client_address(request), [])
+        except Throttled:
+            return Suggestion()
+        await self._throttle.settle(reservation, None)
         return await discover(self._resolver, email)
 
     def _parse_servers(self, values: Mapping[str, str]) -> tuple[list[str], list[MailServer]]:
@@ -707,7 +718,7 @@ class OAuthApp:
         if hint and self._asks_servers(areq.client):
             # Rendered with an email: prefill its domain's servers (RFC 6186).
             values = {"email": hint.strip()}
-            found = await self._discovered(hint)
+            found = await self._discovered(request, hint)
             return await self._login_page(
                 request, areq, values=values, servers=self._server_values(values, found)
             )
@@ -780,7 +791,7 @@ class OAuthApp:
         asks = self._asks_servers(areq.client)
         if asks and values["action"] == "discover":
             # "Find my servers": look the domain up, sign nobody in.
-            found = await self._discovered(values["email"])
+            found = await self._discovered(request, values["email"])
             shown = self._server_values({"email": values["email"]}, found)
             return await self._login_page(request, areq, 200, kept, same, servers=shown)
         errors = self._field_errors(values, same)
@@ -788,12 +799,6 @@ class OAuthApp:
             server_errors, chosen = self._parse_servers(values)
             errors += server_errors
             if not errors:
-                # Before any connection: only where the policy allows (OA-32).
-                try:
-                    for label, server in zip(("IMAP", "SMTP"), chosen, strict=True):
-                        await self._server_policy_check(label, server)
-                except ServerRefused as e:
-                    errors.append(str(e))
                 imap, smtp = chosen
         if errors:
             return await self._login_page(request, areq, 400, kept, same, errors, GENERIC_FAILURE)
@@ -816,6 +821,17 @@ class OAuthApp:
                 ["Too many sign-in attempts. Please wait a few minutes before trying again."],
                 GENERIC_FAILURE,
             )
+        if asks:
+            # Before any connection, and throttled like one: only where the
+            # policy allows (OA-32).
+            try:
+                await self._server_policy_check("IMAP", imap)
+                await self._server_policy_check("SMTP", smtp)
+            except ServerRefused as e:
+                await self._throttle.settle(reservation, None)
+                return await self._login_page(
+                    request, areq, 400, kept, same, [str(e)], GENERIC_FAILURE
+                )
         try:
             with self._throttle.slot():
                 problem = await self._check_mail(imap, smtp, values)

@@ -259,3 +259,20 @@ def test_without_the_flag_no_server_fields(serverless: Any, tmp_path: Path) -> N
                                     params=server.authorize_params(login_hint="a@example.test"))
     assert response.code == 200
     assert b'id="imap_host"' not in body
+
+
+def test_srv_lookups_spend_the_address_login_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each lookup costs one of the address's login attempts; past them the page comes unfilled and DNS is not asked."""
+    from mailmcp._throttle import ThrottlePolicy
+
+    monkeypatch.setattr(_oauth, "brings_servers", lambda client: False)
+    resolver = FakeResolver(LOCAL_SRV, PUBLIC)
+    server = make_server(tmp_path, policy=ThrottlePolicy(ip_attempts=2), resolver=resolver,
+                         allow_user_servers=True)
+    shown = []
+    for _ in range(3):
+        _, body = server.request("GET", "/oauth/authorize",
+                                 params=server.authorize_params(login_hint="alice@example.test"))
+        shown.append(fields(body)["imap_host"])
+    assert shown == ["127.0.0.1", "127.0.0.1", ""]
+    assert len([q for q in resolver.queries if q.startswith("_imaps")]) == 2
