@@ -24,6 +24,7 @@ import hmac
 import json
 import re
 import secrets
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,8 @@ from zope.interface import implementer
 
 from ._account import MailAccount
 from ._clients import Client, MailServer
+from ._keyring import KeyRing
+from ._throttle import normalise_username
 from ._tokens import InvalidToken, TokenCodec
 from .interfaces import IGrantStore
 
@@ -129,6 +132,13 @@ class GrantRecord:
     created: int
     expires: int
     generation: int = 0
+    # -- the account page (issue 15): who may list and revoke this grant --
+    #: `account_index` of the login's mailbox ("" for grants made before it).
+    account: str = ""
+    #: The client's label when the grant was made (not a secret).
+    client_name: str = ""
+    #: When a request last used the grant (0: never), kept to the minute.
+    last_used: int = 0
 
 
 @attrs.frozen
@@ -191,6 +201,36 @@ def client_ref(client_id: str) -> str:
     return hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:32]
 
 
+# -- account index and revocation (issue 15) ---------------------------------
+
+#: Key ring purpose of the account index's HMAC key.
+ACCOUNT_INDEX_PURPOSE = "account-index"
+
+#: Seconds between two writes of a grant's last-used time.
+TOUCH_INTERVAL = 60
+
+
+def account_index(ring: KeyRing, kid: str, server: MailServer, username: str) -> str:
+    """
+    The keyed hash naming one mailbox (IMAP host, port and normalised
+    username) in the store: grants of the same mailbox share it, and the
+    store alone cannot tell whose mailbox it is nor guess it offline.
+    """
+    key = ring.subkey(kid, ACCOUNT_INDEX_PURPOSE)
+    host = unicodedata.normalize("NFKC", server.host).strip().casefold()
+    text = f"{host}\x00{int(server.port)}\x00{normalise_username(username)}"
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def account_indexes(ring: KeyRing, server: MailServer, username: str) -> list[str]:
+    """
+    The account index under every key of the ring, current first: a grant
+    made before a rotation carries the index of the key current then.
+    """
+    kids = [ring.current_kid] + [k for k in ring.kids if k != ring.current_kid]
+    return [account_index(ring, kid, server, username) for kid in kids]
+
+
 def _b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -221,6 +261,7 @@ class MemoryGrantStore:
         self.codes: dict[str, int] = {}
         self.counters: dict[str, tuple[int, float]] = {}
         self.rotations: dict[str, _Rotation] = {}
+        self.denied_clients: set[str] = set()
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -306,6 +347,39 @@ class MemoryGrantStore:
                 self.counters[key] = (count - 1, until)
         return succeed(None)
 
+    # -- account page and operator revocation (issue 15) -------------------
+
+    def list_account_grants(self, account: str) -> Deferred[list[GrantRecord]]:
+        now = self._now()
+        found = [r for r in self.grants.values() if r.account == account and r.expires > now]
+        return succeed(sorted(found, key=lambda r: (r.created, r.grant_id)))
+
+    def revoke_account(self, account: str) -> Deferred[int]:
+        now = self._now()
+        doomed = [g for g, r in self.grants.items() if r.account == account and r.expires > now]
+        for gid in doomed:
+            self.revoke_grant(gid)
+        return succeed(len(doomed))
+
+    def touch_grant(self, grant_id: str, when: int) -> Deferred[None]:
+        record = self.grants.get(grant_id)
+        if record is not None and record.last_used < when:
+            self.grants[grant_id] = attrs.evolve(record, last_used=when)
+        return succeed(None)
+
+    def deny_client(self, client_ref: str) -> Deferred[int]:
+        self.denied_clients.add(client_ref)
+        now = self._now()
+        doomed = [
+            g for g, r in self.grants.items() if r.client_ref == client_ref and r.expires > now
+        ]
+        for gid in doomed:
+            self.revoke_grant(gid)
+        return succeed(len(doomed))
+
+    def client_denied(self, client_ref: str) -> Deferred[bool]:
+        return succeed(client_ref in self.denied_clients)
+
 
 @attrs.frozen
 class TokenSet:
@@ -361,6 +435,7 @@ class GrantService:
             OrderedDict()
         )
         self._cache_size = cache_size
+        self._touched: OrderedDict[str, int] = OrderedDict()
         self._codec = codec
         self._resource = resource
         self._code_lifetime = code_lifetime
@@ -378,6 +453,7 @@ class GrantService:
         now = self._now()
         grant_id = secrets.token_hex(16)
         key = new_grant_key()
+        ring = self._codec.keyring
         record = GrantRecord(
             grant_id=grant_id,
             client_ref=client_ref(request.client.client_id),
@@ -385,6 +461,10 @@ class GrantService:
             created=now,
             # Until the code is redeemed the row only lives as long as the code.
             expires=now + self._code_lifetime + 5,
+            account=account_index(
+                ring, ring.current_kid, credentials.imap, credentials.imap_username
+            ),
+            client_name=request.client.name or "",
         )
         await self.store.create_grant(record)
         log.info(
@@ -608,6 +688,7 @@ class GrantService:
             if exp > self._codec.now():
                 record = await self.store.get_grant(gid)
                 if record is not None and record.sealed == sealed and record.client_ref == cref:
+                    await self._still_allowed(record)
                     self._accounts.move_to_end(digest)
                     return account
             self._accounts.pop(digest, None)
@@ -616,6 +697,34 @@ class GrantService:
         if len(self._accounts) > self._cache_size:
             self._accounts.popitem(last=False)
         return account
+
+    async def _still_allowed(self, record: GrantRecord) -> None:
+        """
+        Refuse a grant whose client has been deny-listed (read on every
+        request, like the grant row itself, so revocation reaches every
+        process at its next request), and note the use: the last-used time
+        is written at most once a `TOUCH_INTERVAL` per grant.
+
+        :raises InvalidToken: for a deny-listed client.
+        """
+        if await self.store.client_denied(record.client_ref):
+            raise InvalidToken()
+        now = self._now()
+        if now - max(record.last_used, self._touched.get(record.grant_id, 0)) < TOUCH_INTERVAL:
+            return
+        self._touched[record.grant_id] = now
+        self._touched.move_to_end(record.grant_id)
+        if len(self._touched) > self._cache_size:
+            self._touched.popitem(last=False)
+        try:
+            await self.store.touch_grant(record.grant_id, now)
+        except Exception as e:
+            # The call goes on: the time shown on the account page is a hint.
+            log.warn(
+                "last-used time of grant {grant} not saved: {kind}",
+                grant=record.grant_id,
+                kind=type(e).__name__,
+            )
 
     async def _open_account(
         self, access_token: str
@@ -633,6 +742,7 @@ class GrantService:
         if record is None or not hmac.compare_digest(record.client_ref, str(claims.get("cl", ""))):
             raise InvalidToken()
         creds = open_credentials(raw_key, gid, record.sealed)
+        await self._still_allowed(record)
         account = MailAccount(
             owner=gid,
             email=creds.email,
@@ -651,6 +761,48 @@ class GrantService:
             record.sealed,
             account,
         )
+
+
+class AccountGrants:
+    """
+    What the account page and the operator do with grants (issue 15): list
+    a mailbox's grants, revoke one or all of them, deny a client for good.
+    A mailbox is named by its IMAP server and username, looked up under
+    every key of the ring (`account_indexes`).
+    """
+
+    def __init__(self, store: IGrantStore, ring: KeyRing) -> None:
+        self._store = store
+        self._ring = ring
+
+    async def grants(self, server: MailServer, username: str) -> list[GrantRecord]:
+        found: list[GrantRecord] = []
+        for index in account_indexes(self._ring, server, username):
+            found += await self._store.list_account_grants(index)
+        return sorted(found, key=lambda r: (r.created, r.grant_id))
+
+    async def revoke_one(self, server: MailServer, username: str, grant_id: str) -> bool:
+        """Revoke C{grant_id} if it is one of this mailbox's; say whether it was."""
+        for record in await self.grants(server, username):
+            if hmac.compare_digest(record.grant_id.encode(), grant_id.encode("utf-8", "replace")):
+                await self._store.revoke_grant(record.grant_id)
+                log.info("grant {grant} revoked on the account page", grant=record.grant_id)
+                return True
+        return False
+
+    async def revoke_all(self, server: MailServer, username: str) -> int:
+        ended = 0
+        for index in account_indexes(self._ring, server, username):
+            ended += await self._store.revoke_account(index)
+        log.info("{count} grants of one mailbox revoked", count=ended)
+        return ended
+
+    async def deny_client(self, client_id: str) -> int:
+        """Deny-list the client id and end its grants; fire with how many."""
+        return int(await self._store.deny_client(client_ref(client_id)))
+
+    async def client_denied(self, client_id: str) -> bool:
+        return bool(await self._store.client_denied(client_ref(client_id)))
 
 
 def canonical_resource(value: str | None, mcp_url: str) -> str | None:

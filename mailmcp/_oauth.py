@@ -39,7 +39,16 @@ from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer,
 
 from ._clients import Client, MailServer, open_client
 from ._config import Config
-from ._grants import SCOPE, CodeRequest, Credentials, GrantService, OAuthError, canonical_resource
+from ._grants import (
+    SCOPE,
+    AccountGrants,
+    CodeRequest,
+    Credentials,
+    GrantService,
+    OAuthError,
+    canonical_resource,
+    client_ref,
+)
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._paths import base_path, metadata_paths
@@ -697,7 +706,11 @@ class OAuthApp:
     ) -> tuple[AuthorizeRequest | None, bytes | None]:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
-            return self._validate_authorize(args), None
+            areq = self._validate_authorize(args)
+            # Showing the form does not depend on the store (a store that is
+            # down answers the submission); creating a grant does.
+            await self._refuse_denied(areq.client, fail_open=request.method != b"POST")
+            return areq, None
         except BadRequest as e:
             return None, await self._error_page(request, e)
         except RedirectError as e:
@@ -723,6 +736,29 @@ class OAuthApp:
                 request, areq, values=values, servers=self._server_values(values, found)
             )
         return await self._login_page(request, areq)
+
+    async def _refuse_denied(self, client: Client, fail_open: bool = False) -> None:
+        """
+        :raises BadRequest: when the operator revoked C{client} (issue 15),
+            or (unless C{fail_open}) when the deny-list cannot be read.
+        """
+        try:
+            denied = await self._grants.store.client_denied(client_ref(client.client_id))
+        except Exception as e:
+            log.error("deny-list check failed: {kind}", kind=type(e).__name__)
+            if fail_open:
+                return
+            raise UNAVAILABLE from None
+        if denied:
+            log.info(
+                "authorization refused: client {client} revoked",
+                client=client_ref(client.client_id),
+            )
+            raise BadRequest(
+                "Application revoked",
+                "The operator of this server has revoked this application's access.",
+                403,
+            )
 
     def _client_address(self, request: IRequest) -> str:
         """The address throttling charges: see `client_address` for X-Forwarded-For."""
@@ -1028,6 +1064,8 @@ class OAuthApp:
         try:
             form = self._form(request)
             client, _ = self._authenticate_client(request, form)
+            if await self._grants.store.client_denied(client_ref(client.client_id)):
+                raise OAuthError("invalid_client", "this client has been revoked", 401)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "grant_type is required")
@@ -1105,10 +1143,13 @@ def open_store(config: Config, reactor: Any) -> Any:
     return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
-def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tuple[Any, Any]:
+def build_authorization_server(
+    config: Config, reactor: Any, parent: Any, extra: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     """
     Build the grant store (added to C{parent} as a service), the OAuth app and
-    the access-token verifier.  Returns ``(oauth_resource, verifier)``.
+    the access-token verifier.  Returns ``(oauth_resource, verifier)``; with
+    C{extra}, puts the ``/account`` resource there under ``"account"``.
     """
     from ._mailcheck import IMAPLoginChecker, SMTPLoginChecker
     from ._tls import MailTLS
@@ -1151,4 +1192,8 @@ def build_authorization_server(config: Config, reactor: Any, parent: Any) -> tup
         ),
         resolver=resolver,
     )
+    if extra is not None:
+        from ._account_page import AccountApp
+
+        extra["account"] = AccountApp(oauth, AccountGrants(store, config.keyring)).app.resource()
     return oauth.app.resource(), GrantTokenVerifier(grants)

@@ -287,8 +287,11 @@ def build_routes(
         )
         metrics_listener.setName("metrics-listen")
         metrics_listener.setServiceParent(parent)
-    oauth_resource, verifier = build_authorization_server(config, reactor, parent)
+    extra: dict[str, IResource] = {}
+    oauth_resource, verifier = build_authorization_server(config, reactor, parent, extra)
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
+    # The user's page: connected apps and their revocation (issue 15).
+    routes.append(("/account", extra["account"]))
     # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
     # tool_services.imap / .smtp / .attachments before this point.
     tool_services = ToolServices(reactor=reactor, config=config)

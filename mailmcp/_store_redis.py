@@ -133,6 +133,45 @@ return '0'
 """
 
 
+# -- account page and operator revocation (issue 15) --------------------------
+
+#: Delete every grant listed in the set KEYS[1] (members are grant ids;
+#: ARGV[1] the grant key prefix, ARGV[2] now), then the set; with KEYS[2],
+#: first mark that key (the deny-list entry).  Returns the count of grants
+#: that were live.  One script, so a grant added meanwhile is either deleted
+#: or added after (and then found by the deny-list or the next revocation).
+_REVOKE_SET = """
+if KEYS[2] then redis.call('SET', KEYS[2], '1') end
+local live = 0
+for _, gid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. gid
+  local expires = redis.call('HGET', key, 'expires')
+  if expires and tonumber(expires) > tonumber(ARGV[2]) then live = live + 1 end
+  redis.call('DEL', key)
+end
+redis.call('DEL', KEYS[1])
+return live
+"""
+
+#: Let the index sets KEYS live at least ARGV[1] seconds (never shorter).
+_EXTEND = """
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('TTL', key)
+  if ttl ~= -2 and ttl < tonumber(ARGV[1]) then redis.call('EXPIRE', key, ARGV[1]) end
+end
+return 0
+"""
+
+
+_TOUCH = """
+local last = redis.call('HGET', KEYS[1], 'last_used')
+if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(last or '0') < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'last_used', ARGV[1])
+end
+return 0
+"""
+
+
 class RedisUnavailable(Exception):
     """The store is not connected (not started, or stopped)."""
 
@@ -337,8 +376,15 @@ class RedisGrantStore(Service):
             str(record.expires),
             "gen",
             str(record.generation),
+            "account",
+            record.account,
+            "client_name",
+            record.client_name,
+            "last_used",
+            str(record.last_used),
         )
         await self._redis.execute_command("EXPIRE", key, self._ttl(record.expires))
+        await self._index(record)
 
     def create_grant(self, record: GrantRecord) -> Deferred[None]:
         return self._deadline(self._create(record))
@@ -359,6 +405,9 @@ class RedisGrantStore(Service):
             created=int(fields["created"]),
             expires=expires,
             generation=int(fields["gen"]),
+            account=str(fields.get("account", "")),
+            client_name=str(fields.get("client_name", "")),
+            last_used=int(fields.get("last_used", 0)),
         )
 
     def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
@@ -380,7 +429,15 @@ class RedisGrantStore(Service):
     def activate_grant(
         self, grant_id: str, code_id: str, code_expires: int, expires: int
     ) -> Deferred[bool]:
-        return self._deadline(self._activate(grant_id, code_id, code_expires, expires))
+        return self._deadline(self._activated(grant_id, code_id, code_expires, expires))
+
+    async def _activated(
+        self, grant_id: str, code_id: str, code_expires: int, expires: int
+    ) -> bool:
+        first = await self._activate(grant_id, code_id, code_expires, expires)
+        if first:
+            await self._extend_index(grant_id, self._ttl(expires))
+        return first
 
     async def _rotate(
         self, grant_id: str, generation: int, successor: bytes, grace: int
@@ -469,3 +526,76 @@ class RedisGrantStore(Service):
     ) -> Deferred[float]:
         """`ISendTokenStore.take_send_tokens`: one Lua script, so racing daemons share one bucket."""
         return self._deadline(self._take_send_tokens(key, count, burst, per_hour))
+
+    # -- account page and operator revocation (issue 15) -------------------
+    #
+    # Grants are found by mailbox and by client through two sets of grant
+    # ids, ``acct:<account index>`` and ``cgrants:<client ref>``, which live
+    # at least as long as the longest grant they list; dead members are
+    # dropped when a listing meets them.
+
+    def _account_key(self, account: str) -> str:
+        return f"{self._prefix}acct:{account}"
+
+    def _client_key(self, client_ref: str) -> str:
+        return f"{self._prefix}cgrants:{client_ref}"
+
+    async def _index(self, record: GrantRecord) -> None:
+        keys = [self._client_key(record.client_ref)]
+        if record.account:
+            keys.append(self._account_key(record.account))
+        for key in keys:
+            await self._redis.execute_command("SADD", key, record.grant_id)
+        await self._redis.eval(_EXTEND, keys, [self._ttl(record.expires)])
+
+    async def _extend_index(self, grant_id: str, ttl: int) -> None:
+        account, cref = await self._redis.execute_command(
+            "HMGET", self._grant_key(grant_id), "account", "client_ref"
+        )
+        keys = [self._client_key(str(cref))] if cref else []
+        if account:
+            keys.append(self._account_key(str(account)))
+        if keys:
+            await self._redis.eval(_EXTEND, keys, [ttl])
+
+    async def _list_account(self, account: str) -> list[GrantRecord]:
+        key = self._account_key(account)
+        found: list[GrantRecord] = []
+        for gid in await self._redis.execute_command("SMEMBERS", key) or []:
+            record = await self._get(str(gid))
+            if record is None:
+                await self._redis.execute_command("SREM", key, gid)
+            elif record.account == account:
+                found.append(record)
+        return sorted(found, key=lambda r: (r.created, r.grant_id))
+
+    def list_account_grants(self, account: str) -> Deferred[list[GrantRecord]]:
+        return self._deadline(self._list_account(account))
+
+    async def _revoke_set(self, key: str, mark: str | None = None) -> int:
+        keys = [key] if mark is None else [key, mark]
+        result = await self._redis.eval(_REVOKE_SET, keys, [self._grant_key(""), str(self._now())])
+        return int(result)
+
+    def revoke_account(self, account: str) -> Deferred[int]:
+        return self._deadline(self._revoke_set(self._account_key(account)))
+
+    async def _touch(self, grant_id: str, when: int) -> None:
+        # Only an existing grant (HSET alone would create a stub of a revoked one).
+        await self._redis.eval(_TOUCH, [self._grant_key(grant_id)], [str(when)])
+
+    def touch_grant(self, grant_id: str, when: int) -> Deferred[None]:
+        return self._deadline(self._touch(grant_id, when))
+
+    def deny_client(self, client_ref: str) -> Deferred[int]:
+        return self._deadline(
+            self._revoke_set(self._client_key(client_ref), f"{self._prefix}denied:{client_ref}")
+        )
+
+    async def _denied(self, client_ref: str) -> bool:
+        return bool(
+            await self._redis.execute_command("EXISTS", f"{self._prefix}denied:{client_ref}")
+        )
+
+    def client_denied(self, client_ref: str) -> Deferred[bool]:
+        return self._deadline(self._denied(client_ref))

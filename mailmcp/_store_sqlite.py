@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS used_codes (
     expires INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS used_codes_expires ON used_codes (expires);
+CREATE TABLE IF NOT EXISTS denied_clients (
+    client_ref TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     count INTEGER NOT NULL,
@@ -64,7 +67,38 @@ CREATE TABLE IF NOT EXISTS counters (
 
 #: Columns added after the first release, with their declarations: a file
 #: written by an older version gains them when opened.
-_ADDED_COLUMNS = {"successor": "BLOB", "rotated": "REAL"}
+_ADDED_COLUMNS = {
+    "successor": "BLOB",
+    "rotated": "REAL",
+    # The account page (issue 15).
+    "account": "TEXT NOT NULL DEFAULT ''",
+    "client_name": "TEXT NOT NULL DEFAULT ''",
+    "last_used": "INTEGER NOT NULL DEFAULT 0",
+}
+
+#: Made after the added columns exist.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS grants_account ON grants (account);
+CREATE INDEX IF NOT EXISTS grants_client ON grants (client_ref);
+"""
+
+_COLUMNS = (
+    "grant_id, client_ref, sealed, created, expires, generation, account, client_name, last_used"
+)
+
+
+def _record(row: Any) -> GrantRecord:
+    return GrantRecord(
+        grant_id=row[0],
+        client_ref=row[1],
+        sealed=bytes(row[2]),
+        created=row[3],
+        expires=row[4],
+        generation=row[5],
+        account=row[6],
+        client_name=row[7],
+        last_used=row[8],
+    )
 
 
 def _create_private(path: str) -> None:
@@ -114,6 +148,7 @@ class SQLiteGrantStore(Service):
         for column, declaration in _ADDED_COLUMNS.items():
             if column not in have:
                 self._db.execute(f"ALTER TABLE grants ADD COLUMN {column} {declaration}")
+        self._db.executescript(_INDEXES)
         self._pool: ThreadPool | None = None
         self._loop: LoopingCall | None = None
 
@@ -179,8 +214,7 @@ class SQLiteGrantStore(Service):
     def create_grant(self, record: GrantRecord) -> Deferred[None]:
         def call() -> None:
             self._db.execute(
-                "INSERT INTO grants (grant_id, client_ref, sealed, created, expires, generation)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.grant_id,
                     record.client_ref,
@@ -188,6 +222,9 @@ class SQLiteGrantStore(Service):
                     record.created,
                     record.expires,
                     record.generation,
+                    record.account,
+                    record.client_name,
+                    record.last_used,
                 ),
             )
 
@@ -196,20 +233,10 @@ class SQLiteGrantStore(Service):
     def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
         def call() -> GrantRecord | None:
             row = self._db.execute(
-                "SELECT grant_id, client_ref, sealed, created, expires, generation FROM grants"
-                " WHERE grant_id = ? AND expires > ?",
+                f"SELECT {_COLUMNS} FROM grants WHERE grant_id = ? AND expires > ?",  # noqa: S608
                 (grant_id, self._now()),
             ).fetchone()
-            if row is None:
-                return None
-            return GrantRecord(
-                grant_id=row[0],
-                client_ref=row[1],
-                sealed=bytes(row[2]),
-                created=row[3],
-                expires=row[4],
-                generation=row[5],
-            )
+            return None if row is None else _record(row)
 
         return _run(call)
 
@@ -336,5 +363,73 @@ class SQLiteGrantStore(Service):
                 "UPDATE counters SET count = count - 1 WHERE key = ? AND expires > ? AND count > 0",
                 [(key, now) for key in keys],
             )
+
+        return _run(call)
+
+    # -- account page and operator revocation (issue 15) -------------------
+
+    def list_account_grants(self, account: str) -> Deferred[list[GrantRecord]]:
+        def call() -> list[GrantRecord]:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM grants WHERE account = ? AND expires > ?"  # noqa: S608
+                " ORDER BY created, grant_id",
+                (account, self._now()),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return _run(call)
+
+    def revoke_account(self, account: str) -> Deferred[int]:
+        def call() -> int:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                live = self._db.execute(
+                    "SELECT count(*) FROM grants WHERE account = ? AND expires > ?",
+                    (account, self._now()),
+                ).fetchone()[0]
+                self._db.execute("DELETE FROM grants WHERE account = ?", (account,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return int(live)
+
+        return _run(call)
+
+    def touch_grant(self, grant_id: str, when: int) -> Deferred[None]:
+        def call() -> None:
+            self._db.execute(
+                "UPDATE grants SET last_used = ? WHERE grant_id = ? AND last_used < ?",
+                (when, grant_id, when),
+            )
+
+        return _run(call)
+
+    def deny_client(self, client_ref: str) -> Deferred[int]:
+        def call() -> int:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO denied_clients (client_ref) VALUES (?)", (client_ref,)
+                )
+                live = self._db.execute(
+                    "SELECT count(*) FROM grants WHERE client_ref = ? AND expires > ?",
+                    (client_ref, self._now()),
+                ).fetchone()[0]
+                self._db.execute("DELETE FROM grants WHERE client_ref = ?", (client_ref,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return int(live)
+
+        return _run(call)
+
+    def client_denied(self, client_ref: str) -> Deferred[bool]:
+        def call() -> bool:
+            row = self._db.execute(
+                "SELECT 1 FROM denied_clients WHERE client_ref = ?", (client_ref,)
+            ).fetchone()
+            return row is not None
 
         return _run(call)

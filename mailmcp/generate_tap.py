@@ -77,6 +77,33 @@ class Options(OneLineErrorOptions):
         ["smtp-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
         ["name", None, None, "A label for this client, shown on the login page."],
         [
+            "revoke-account",
+            None,
+            None,
+            "End every grant of the mailbox whose IMAP username is EMAIL, on the server named "
+            "by --imap-host/--imap-port, and exit.",
+        ],
+        [
+            "revoke-client",
+            None,
+            None,
+            "Make CLIENT_ID unusable for good (a deny-list in the store), end its grants and exit.",
+        ],
+        [
+            "store",
+            None,
+            None,
+            f"With --revoke-*: the daemon's grant store, sqlite:PATH or redis://host:port/db "
+            f"[env {env_name('store')}; default <state-dir>/mailmcp.sqlite3]",
+        ],
+        [
+            "store-ca-file",
+            None,
+            None,
+            f"With a rediss:// --store: the PEM CAs its certificate must chain to "
+            f"[env {env_name('store-ca-file')}]",
+        ],
+        [
             "activate-key",
             None,
             None,
@@ -134,6 +161,26 @@ class Options(OneLineErrorOptions):
             raise usage.UsageError(f"--{kind}-port must be between 1 and 65535")
         return MailServer(host=host.strip().lower(), port=port, security=security)
 
+    def _revocation(self) -> None:
+        """--revoke-account EMAIL (with the IMAP server) or --revoke-client CLIENT_ID."""
+        if self["revoke-account"] is not None and self["revoke-client"] is not None:
+            raise usage.UsageError("--revoke-account and --revoke-client are separate steps")
+        if self["revoke-account"] is not None:
+            if not self["revoke-account"].strip():
+                raise usage.UsageError("--revoke-account needs the mailbox's IMAP username")
+            self["imap"] = self._server("imap")
+        elif not self["revoke-client"].strip():
+            raise usage.UsageError("--revoke-client needs a client id")
+        store = self["store"] or self._environ.get(env_name("store"))
+        store = store or f"sqlite:{self['state-dir'] / 'mailmcp.sqlite3'}"
+        if not store.startswith(("sqlite:", "redis://", "rediss://", "unix://")):
+            raise usage.UsageError(
+                f"--store must be sqlite:PATH or redis://host:port/db, not {store!r}"
+            )
+        self["store"] = store
+        ca_file = self["store-ca-file"] or self._environ.get(env_name("store-ca-file"))
+        self["store-ca-file"] = Path(ca_file) if ca_file else None
+
     def postOptions(self) -> None:
         state = self["state-dir"] or self._environ.get(env_name("state-dir"), DEFAULT_STATE_DIR)
         self["state-dir"] = prepare_state_dir(Path(state))
@@ -144,6 +191,9 @@ class Options(OneLineErrorOptions):
         if self["add-key"] and self["activate-key"]:
             raise usage.UsageError("--add-key and --activate-key are separate steps")
         if self["add-key"] or self["activate-key"]:
+            return
+        if self["revoke-account"] is not None or self["revoke-client"] is not None:
+            self._revocation()
             return
         self["imap"] = self._server("imap")
         self["smtp"] = attrs.evolve(self._server("smtp"), files_sent=bool(self["smtp-files-sent"]))
@@ -236,7 +286,96 @@ def _rotate(options: Options, state_dir: Path, key_file: Path | None, out: TextI
         out.write(message)
 
 
+def _open_store(options: Options, reactor: Any) -> Any:
+    from ._store_redis import RedisGrantStore
+    from ._store_sqlite import SQLiteGrantStore
+
+    store: str = options["store"]
+    if store.startswith("sqlite:"):
+        path = Path(store[len("sqlite:") :])
+        if not path.exists():
+            raise RevocationError(f"no grant store at {path} (is --store or --state-dir right?)")
+        return SQLiteGrantStore(path, reactor)
+    # One connection: a pool's spare connections, still selecting their
+    # database when the command is done, would die noisily at disconnect.
+    redis = RedisGrantStore(
+        store, reactor, poolsize=1, ca_file=options["store-ca-file"], reactor=reactor
+    )
+    redis.connect()
+    return redis
+
+
+class RevocationError(Exception):
+    """A --revoke-* step could not run; the message is one line for the operator."""
+
+
+async def revoke(
+    options: Options, out: TextIO, reactor: Any, environ: Mapping[str, str] | None = None
+) -> None:
+    """
+    --revoke-account or --revoke-client against the daemon's store: every
+    process using the store refuses the ended grants at their next request.
+    """
+    from ._grants import AccountGrants, client_ref
+    from ._keyring import KEYRING_FILENAME
+
+    environ = os.environ if environ is None else environ
+    state_dir: Path = options["state-dir"]
+    key_file: Path | None = options["key-file"]
+    if (
+        "MAILMCP_KEYS" not in environ
+        and key_file is None
+        and not (state_dir / KEYRING_FILENAME).exists()
+    ):
+        raise RevocationError(f"no key ring in {state_dir} (is --state-dir the daemon's?)")
+    ring = load_or_create_keyring(state_dir, key_file, environ)
+    store = _open_store(options, reactor)
+    accounts = AccountGrants(store, ring)
+    try:
+        if options["revoke-account"] is not None:
+            imap: MailServer = options["imap"]
+            username = options["revoke-account"]
+            ended = await accounts.revoke_all(imap, username)
+            document: dict[str, Any] = {
+                "revoked_account": username,
+                "imap": f"{imap.host}:{imap.port}",
+                "grants_ended": ended,
+            }
+            text = f"Ended {ended} grant(s) of {username} on {imap.host}:{imap.port}.\n"
+        else:
+            client_id = options["revoke-client"].strip()
+            ended = await accounts.deny_client(client_id)
+            document = {"revoked_client": client_ref(client_id), "grants_ended": ended}
+            text = f"Client {client_ref(client_id)} is revoked for good; ended {ended} grant(s).\n"
+    except Exception as e:
+        raise RevocationError(f"the grant store failed: {type(e).__name__}") from None
+    finally:
+        closing = getattr(store, "disconnect", None) or store.close
+        done = closing()
+        if done is not None:
+            await done
+    out.write(json.dumps(document) + "\n" if options["json"] else text)
+
+
+def _run_revocation(options: Options) -> None:
+    """Run `revoke` on the reactor (Redis needs one), then exit."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+
+    async def main(reactor: Any) -> None:
+        try:
+            await revoke(options, sys.stdout, reactor)
+        except (RevocationError, KeyRingError) as e:
+            print(f"mailmcp-generate: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        sys.stdout.flush()
+
+    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+
+
 def makeService(options: Options) -> IService:
+    if options["revoke-account"] is not None or options["revoke-client"] is not None:
+        _run_revocation(options)
     try:
         generate(options, sys.stdout)
     except KeyRingError as e:

@@ -107,6 +107,30 @@ class IGrantStore(Interface):
         never going below zero; an expired counter stays expired.
         """
 
+    # -- account page and operator revocation (issue 15) -------------------
+
+    def list_account_grants(account: str) -> Any:
+        """
+        Fire with the live `GrantRecord`s whose C{account} (the mailbox's
+        `mailmcp._grants.account_index`) is C{account}, oldest first.
+        """
+
+    def revoke_account(account: str) -> Any:
+        """Delete every grant of mailbox C{account}; fire with how many were live."""
+
+    def touch_grant(grant_id: str, when: int) -> Any:
+        """Set the grant's C{last_used} to C{when} (never backwards); a missing grant is ignored."""
+
+    def deny_client(client_ref: str) -> Any:
+        """
+        Put client C{client_ref} (`mailmcp._grants.client_ref`) on the
+        deny-list for good and delete every grant it holds; fire with how many
+        grants were live.
+        """
+
+    def client_denied(client_ref: str) -> Any:
+        """Fire with True when C{client_ref} is on the deny-list."""
+
 
 class ILoginChecker(Interface):
     """Checks mail credentials live against the user's IMAP or SMTP server."""

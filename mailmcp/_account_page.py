@@ -1,0 +1,355 @@
+"""
+``/account``: the user's own page, to see and disconnect connected apps.
+
+Signing in uses the login page's parts unchanged: the same CSRF cookie and
+token, the same login throttle (a wrong password here spends the same
+budgets as there) and the same live IMAP check.  The mailbox's server comes
+from a client id this server issued (``?client_id=``, as in the link the
+assistant's connector uses), so the page never logs in to a server the
+operator did not provision.
+
+After a successful check, the page is stateless: the forms carry a sealed,
+short-lived account session (the IMAP server and username, never the
+password), opened again on each revocation.  Grants are found through their
+account index (`mailmcp._grants.account_index`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from twisted.web.iweb import IRequest
+from twisted.web.template import Element, Tag, XMLFile, renderer, tags
+
+from ._clients import Client, MailServer, open_client
+from ._grants import AccountGrants, GrantRecord
+from ._mailcheck import LoginRejected, MailServerUnavailable
+from ._oauth import _CONTROL, MAX_FORM_BODY, BadRequest, OAuthApp, _body_size, _flatten, _single
+from ._templates import template_path
+from ._throttle import Busy, Throttled
+from ._tokens import InvalidToken
+
+log = Logger()
+
+#: Seconds an account session (the sealed hidden field) stays usable.
+SESSION_LIFETIME = 600
+_SESSION_KIND = "account"
+FULL_ACCESS = "full access"
+
+SIGN_IN_FAILED = "Sign-in failed. Please check your username and password."
+
+
+def _when(seconds: int) -> str:
+    if not seconds:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def _scopes(record: GrantRecord) -> str:
+    """What the grant may do; grants from before scopes existed may do everything."""
+    scope = getattr(record, "scope", None)
+    if not scope or scope == "mail":
+        return FULL_ACCESS
+    return str(scope)
+
+
+class _AccountPage(Element):
+    loader = XMLFile(FilePath(str(template_path("account.xhtml"))))
+
+    def __init__(
+        self,
+        server: MailServer,
+        csrf: str,
+        client_id: str,
+        values: Mapping[str, str] | None = None,
+        errors: list[str] | None = None,
+        notice: str | None = None,
+        session: str | None = None,
+        apps: list[GrantRecord] | None = None,
+    ) -> None:
+        super().__init__()
+        self._server = server
+        self._csrf = csrf
+        self._client_id = client_id
+        self._values = values or {}
+        self._errors = errors or []
+        self._notice = notice
+        self._session = session
+        self._apps = apps or []
+
+    @renderer
+    def page(self, request: IRequest, tag: Tag) -> Tag:
+        return tag.fillSlots(
+            imap_host=f"{self._server.host}:{self._server.port}",
+            email=self._values.get("email", ""),
+            imap_username=self._values.get("imap_username", ""),
+        )
+
+    @renderer
+    def errors(self, request: IRequest, tag: Tag) -> Tag | str:
+        if not self._errors:
+            return ""
+        return tags.div(
+            tags.ul([tags.li(e, class_="error-line") for e in self._errors]),
+            class_="errors",
+            role="alert",
+        )
+
+    @renderer
+    def notice(self, request: IRequest, tag: Tag) -> Tag | str:
+        if not self._notice:
+            return ""
+        return tags.p(self._notice, class_="notice", role="status", id="notice")
+
+    @renderer
+    def signin(self, request: IRequest, tag: Tag) -> Tag | str:
+        return "" if self._session is not None else tag
+
+    @renderer
+    def signin_hidden(self, request: IRequest, tag: Tag) -> list[Tag]:
+        fields = [("action", "sign_in"), ("client_id", self._client_id), ("csrf_token", self._csrf)]
+        return [tags.input(type="hidden", name=n, value=v) for n, v in fields]
+
+    def _form(self, action: str, label: str, button_id: str, grant: str | None = None) -> Tag:
+        assert self._session is not None
+        fields = [
+            ("action", action),
+            ("client_id", self._client_id),
+            ("session", self._session),
+            ("csrf_token", self._csrf),
+        ]
+        if grant is not None:
+            fields.append(("grant", grant))
+        return tags.form(
+            [tags.input(type="hidden", name=n, value=v) for n, v in fields],
+            tags.button(label, type="submit", id=button_id, class_="revoke"),
+            method="post",
+            action="/account",
+        )
+
+    @renderer
+    def apps(self, request: IRequest, tag: Tag) -> Tag | str:
+        if self._session is None:
+            return ""
+        if not self._apps:
+            return tags.p("No app is connected to this mailbox.", class_="intro", id="no-apps")
+        rows = []
+        for record in self._apps:
+            rows.append(
+                tags.li(
+                    tags.div(record.client_name or "Unnamed app", class_="app-name"),
+                    tags.dl(
+                        tags.dt("Access"),
+                        tags.dd(_scopes(record), class_="app-scopes"),
+                        tags.dt("Connected"),
+                        tags.dd(_when(record.created), class_="app-connected"),
+                        tags.dt("Last used"),
+                        tags.dd(_when(record.last_used), class_="app-last-used"),
+                    ),
+                    self._form(
+                        "revoke", "Disconnect", f"revoke-{record.grant_id}", record.grant_id
+                    ),
+                    class_="app",
+                    id=f"app-{record.grant_id}",
+                )
+            )
+        return tags.div(
+            tags.ul(rows, class_="apps"),
+            tags.div(
+                self._form("revoke_all", "Disconnect all apps", "revoke-all"), class_="revoke-all"
+            ),
+        )
+
+
+class AccountApp:
+    """
+    The ``/account`` routes, sharing the login page's CSRF, throttle and
+    IMAP check (C{oauth}).
+    """
+
+    app = Klein()
+
+    def __init__(self, oauth: OAuthApp, accounts: AccountGrants) -> None:
+        self._oauth = oauth
+        self._accounts = accounts
+        self._codec = oauth._codec
+
+    def _client(self, args: Mapping[bytes, list[bytes]]) -> Client:
+        client_id = _single(args, "client_id")
+        if not client_id:
+            raise BadRequest(
+                "Which mailbox?",
+                "Open this page with your connector's client ID, as /account?client_id=... "
+                "(ask whoever set up the connector for the link).",
+            )
+        try:
+            return open_client(self._codec, client_id)
+        except InvalidToken:
+            raise BadRequest(
+                "Unknown application", "This client ID was not issued by this server."
+            ) from None
+
+    async def _render(
+        self, request: IRequest, client: Client, status: int = 200, **kw: Any
+    ) -> bytes:
+        oauth = self._oauth
+        csrf = oauth._csrf_for(oauth._csrf_cookie_value(request))
+        request.setResponseCode(status)
+        oauth._page_headers(request)
+        return await _flatten(_AccountPage(client.imap, csrf, client.client_id, **kw))
+
+    @app.route("/account", methods=["GET", "HEAD"])
+    async def show(self, request: IRequest) -> bytes:
+        try:
+            client = self._client(request.args or {})
+        except BadRequest as e:
+            return await self._oauth._error_page(request, e)
+        return await self._render(request, client)
+
+    @app.route("/account", methods=["POST"])
+    async def submit(self, request: IRequest) -> bytes:
+        try:
+            return await self._submit(request)
+        except BadRequest as e:
+            return await self._oauth._error_page(request, e)
+        except Exception:
+            log.failure("account page request failed")
+            return await self._oauth._error_page(
+                request,
+                BadRequest(
+                    "Temporarily unavailable",
+                    "This page is temporarily unavailable. Please try again in a minute.",
+                    503,
+                ),
+            )
+
+    @app.route("/account", methods=["PUT", "DELETE", "PATCH"])
+    async def wrong_method(self, request: IRequest) -> bytes:
+        request.setHeader(b"allow", b"GET, HEAD, POST")
+        return await self._oauth._error_page(
+            request, BadRequest("Invalid request", "Use the form on this page.", 405)
+        )
+
+    async def _submit(self, request: IRequest) -> bytes:
+        if _body_size(request) > MAX_FORM_BODY:
+            raise BadRequest("Request too large", "The form was too large.", 413)
+        args: Mapping[bytes, list[bytes]] = request.args or {}
+        client = self._client(args)
+        if not self._oauth._check_csrf(request, _single(args, "csrf_token")):
+            log.info("account form refused: missing or wrong CSRF token")
+            raise BadRequest(
+                "Session expired",
+                "This form has expired or was not sent from this site. Reload the page and "
+                "sign in again.",
+                403,
+            )
+        action = _single(args, "action")
+        if action == "sign_in":
+            return await self._sign_in(request, client, args)
+        if action in ("revoke", "revoke_all"):
+            return await self._revoke(request, client, args, action)
+        raise BadRequest("Invalid request", "Use the form on this page.")
+
+    async def _sign_in(
+        self, request: IRequest, client: Client, args: Mapping[bytes, list[bytes]]
+    ) -> bytes:
+        values = {n: _single(args, n, 4096) or "" for n in ("email", "imap_username")}
+        password = _single(args, "imap_password", 4096) or ""
+        username = values["imap_username"]
+        errors = []
+        if not username or len(username) > 256 or _CONTROL.search(username):
+            errors.append("Username: please enter your mailbox username.")
+        if not password or len(password.encode("utf-8")) > 1024 or _CONTROL.search(password):
+            errors.append("Password: please enter your mailbox password.")
+        if errors:
+            return await self._render(request, client, 400, values=values, errors=errors)
+        throttle = self._oauth._throttle
+        try:
+            reservation = await throttle.admit(self._oauth._client_address(request), [username])
+        except Throttled as e:
+            request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+            return await self._render(
+                request,
+                client,
+                429,
+                values=values,
+                errors=[
+                    "Too many sign-in attempts. Please wait a few minutes before trying again."
+                ],
+            )
+        failed: str | None = None
+        try:
+            with throttle.slot():
+                await self._oauth._imap.check(client.imap, username, password)
+        except Busy:
+            await throttle.settle(reservation, None)
+            request.setHeader(b"retry-after", b"5")
+            return await self._render(
+                request,
+                client,
+                503,
+                values=values,
+                errors=[
+                    "The service is busy checking other sign-ins. Please try again in a moment."
+                ],
+            )
+        except LoginRejected:
+            log.info("account page: IMAP login rejected by {host}", host=client.imap.host)
+            failed = "IMAP: the mail server rejected this username or password."
+        except MailServerUnavailable as e:
+            log.warn(
+                "account page: IMAP server {host} unavailable: {reason}",
+                host=client.imap.host,
+                reason=e.reason,
+            )
+            failed = "IMAP: the mail server could not be reached securely. Please try again later."
+        await throttle.settle(reservation, username if failed else None)
+        if failed is not None:
+            return await self._render(request, client, 400, values=values, errors=[failed])
+        session = self._codec.seal(
+            _SESSION_KIND,
+            {"srv": client.imap.to_claims(), "u": username},
+            SESSION_LIFETIME,
+        )
+        return await self._show_apps(request, client, session, username)
+
+    async def _show_apps(
+        self,
+        request: IRequest,
+        client: Client,
+        session: str,
+        username: str,
+        notice: str | None = None,
+    ) -> bytes:
+        apps = await self._accounts.grants(client.imap, username)
+        return await self._render(request, client, session=session, apps=apps, notice=notice)
+
+    async def _revoke(
+        self, request: IRequest, client: Client, args: Mapping[bytes, list[bytes]], action: str
+    ) -> bytes:
+        session = _single(args, "session") or ""
+        try:
+            claims = self._codec.open(_SESSION_KIND, session)
+            server = MailServer.from_claims(claims.get("srv"))
+            username = claims["u"]
+            if not isinstance(username, str) or server != client.imap:
+                raise InvalidToken()
+        except (InvalidToken, ValueError, KeyError, TypeError):
+            return await self._render(
+                request,
+                client,
+                403,
+                errors=["Your session on this page has expired. Please sign in again."],
+            )
+        if action == "revoke_all":
+            count = await self._accounts.revoke_all(server, username)
+            notice = f"Disconnected {count} app{'s' if count != 1 else ''}."
+        else:
+            done = await self._accounts.revoke_one(server, username, _single(args, "grant") or "")
+            notice = "The app was disconnected." if done else "That app was already disconnected."
+        return await self._show_apps(request, client, session, username, notice)

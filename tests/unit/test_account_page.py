@@ -1,0 +1,195 @@
+"""
+Socket-free tests of issue 15's parts (`StubTreq`, `Clock`, the memory
+store): the verifier's deny-list and last-used writes, and the account
+page's refusals (no client, CSRF, stale or foreign sessions, wrong method).
+The real-daemon proofs are in tests/integration/test_account_page.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+
+from mailmcp._account_page import SESSION_LIFETIME, AccountApp
+from mailmcp._grants import TOUCH_INTERVAL, AccountGrants, client_ref
+from mailmcp._tokens import InvalidToken
+from tests.unit.oauth_helpers import BASE, IMAP, Server, make_server
+
+
+class AccountServer(Server):
+    """The OAuth server plus /account on its own StubTreq."""
+
+    page: Any = None
+
+    def account_request(self, method: str, **kw: Any) -> tuple[Any, bytes]:
+        kw.setdefault("allow_redirects", False)
+        response = self.run(self.page.request(method, BASE + "/account", **kw))
+        return response, self.run(response.content())
+
+    def account_form(self) -> tuple[str, str]:
+        response, body = self.account_request("GET", params={"client_id": self.client_id})
+        assert response.code == 200, body
+        cookie = self.cookie
+        for header in response.headers.getRawHeaders(b"set-cookie", []):
+            cookie = self.cookie = header.split(b";")[0].decode()
+        m = re.search(rb'name="csrf_token" value="([^"]+)"', body)
+        assert m is not None
+        return cookie, m.group(1).decode()
+
+    def account_post(self, form: dict[str, str], cookie: str | None = None) -> tuple[Any, bytes]:
+        got_cookie, csrf = self.account_form()
+        data = {"client_id": self.client_id, "csrf_token": csrf, **form}
+        headers = {"Cookie": got_cookie if cookie is None else cookie,
+                   "Content-Type": "application/x-www-form-urlencoded"}
+        return self.account_request("POST", data=data, headers=headers)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> AccountServer:
+    s = make_server(tmp_path, server_class=AccountServer)
+    assert isinstance(s, AccountServer)
+    s.page = StubTreq(AccountApp(s.app, AccountGrants(s.store, s.config.keyring)).app.resource())
+    return s
+
+
+def sign_in(server: AccountServer, user: str = "alice@example.test", pw: str = "alice-pw") -> tuple[Any, bytes]:
+    return server.account_post({"action": "sign_in", "email": user, "imap_username": user,
+                                "imap_password": pw})
+
+
+def session_of(body: bytes) -> str:
+    m = re.search(rb'name="session" value="([^"]+)"', body)
+    assert m is not None, body
+    return m.group(1).decode()
+
+
+def test_last_used_written_at_most_once_a_minute(server: AccountServer) -> None:
+    """Every verified request reads the grant; its last-used time is written once per TOUCH_INTERVAL."""
+    tokens = server.tokens()
+    writes: list[tuple[str, int]] = []
+    original = server.store.touch_grant
+
+    def counting(grant_id: str, when: int) -> Any:
+        writes.append((grant_id, when))
+        return original(grant_id, when)
+
+    server.store.touch_grant = counting  # type: ignore[method-assign]
+    for _ in range(5):
+        server.account(tokens["access_token"])
+    assert len(writes) == 1
+    gid, first = writes[0]
+    assert server.store.grants[gid].last_used == first == int(server.clock.seconds())
+    server.clock.advance(TOUCH_INTERVAL - 1)
+    server.account(tokens["access_token"])
+    assert len(writes) == 1
+    server.clock.advance(1)
+    server.account(tokens["access_token"])
+    assert len(writes) == 2 and server.store.grants[gid].last_used == first + TOUCH_INTERVAL
+
+
+def test_deny_listed_client_is_refused_everywhere(server: AccountServer) -> None:
+    """After deny_client: the cached token is refused by the verifier, /oauth/token says invalid_client, /oauth/authorize 403."""
+    tokens = server.tokens()
+    server.account(tokens["access_token"])  # now in the verifier's cache
+    ended = server.run(server.store.deny_client(client_ref(server.client_id)))
+    assert ended == 1
+    with pytest.raises(InvalidToken):
+        server.account(tokens["access_token"])
+    response, body = server.refresh(tokens["refresh_token"])
+    assert response.code == 401 and body["error"] == "invalid_client"
+    response, page = server.request("GET", "/oauth/authorize", params=server.authorize_params())
+    assert response.code == 403 and b"revoked" in page
+    # The public client of the same servers is another client: unaffected.
+    response, _ = server.request("GET", "/oauth/authorize",
+                                 params=server.authorize_params(client_id=server.public_id))
+    assert response.code == 200
+
+
+def test_verifier_refuses_a_grant_revoked_meanwhile(server: AccountServer) -> None:
+    """The verifier's cache never outlives the grant row: revoke_all ends a cached token at once."""
+    tokens = server.tokens()
+    server.account(tokens["access_token"])
+    accounts = AccountGrants(server.store, server.config.keyring)
+    assert server.run(Deferred.fromCoroutine(accounts.revoke_all(IMAP, " Alice@Example.test"))) == 1
+    with pytest.raises(InvalidToken):
+        server.account(tokens["access_token"])
+
+
+def test_page_needs_a_known_client(server: AccountServer) -> None:
+    """Without a client id (or with a foreign one) the page explains, with no form and no redirect."""
+    response, body = server.account_request("GET")
+    assert response.code == 400 and b"client_id" in body and b"<form" not in body
+    response, body = server.account_request("GET", params={"client_id": "nonsense"})
+    assert response.code == 400 and b"not issued by this server" in body
+
+
+def test_sign_in_lists_and_never_echoes_the_password(server: AccountServer) -> None:
+    """A correct sign-in shows the app (name, full access) and a sealed session, never the password."""
+    server.tokens()
+    response, body = sign_in(server)
+    assert response.code == 200, body
+    assert b"Test client" in body and b"full access" in body
+    assert b"alice-pw" not in body and b"alice@example.test" not in session_of(body).encode()
+    assert response.headers.getRawHeaders(b"cache-control") == [b"no-store"]
+
+
+def test_wrong_password_is_refused_and_charged(server: AccountServer) -> None:
+    """A wrong password: 400 with the IMAP line; the username's failure budget is charged."""
+    response, body = sign_in(server, pw="wrong")
+    assert response.code == 400
+    assert b"IMAP: the mail server rejected this username or password." in body
+    assert b'value="wrong"' not in body
+    assert any(v[0] == 1 for k, v in server.store.counters.items() if k.startswith("user:"))
+
+
+def test_csrf_and_action_are_required(server: AccountServer) -> None:
+    """No CSRF cookie → 403 and nothing checked; an unknown action → 400."""
+    response, body = server.account_post({"action": "sign_in", "imap_username": "alice@example.test",
+                                          "imap_password": "alice-pw"}, cookie="")
+    assert response.code == 403
+    assert server.imap.calls == []
+    response, _ = server.account_post({"action": "explode"})
+    assert response.code == 400
+
+
+def test_session_is_bound_to_the_mailbox_and_expires(server: AccountServer) -> None:
+    """Bob's session cannot revoke Alice's grant; a session older than SESSION_LIFETIME is refused (403)."""
+    server.tokens()
+    alice_grant = next(iter(server.store.grants))
+    assert server.login("bob@example.test", "bob-pw")[0].code == 303
+    _, bob_page = sign_in(server, "bob@example.test", "bob-pw")
+    response, body = server.account_post({"action": "revoke", "session": session_of(bob_page),
+                                          "grant": alice_grant})
+    assert response.code == 200 and b"already disconnected" in body
+    assert alice_grant in server.store.grants
+    response, body = server.account_post({"action": "revoke", "session": session_of(bob_page),
+                                          "grant": "\u00e9" * 32})
+    assert response.code == 200 and b"already disconnected" in body
+    _, alice_page = sign_in(server)
+    server.clock.advance(SESSION_LIFETIME + 1)
+    response, body = server.account_post({"action": "revoke_all", "session": session_of(alice_page)})
+    assert response.code == 403 and b"expired" in body
+    assert alice_grant in server.store.grants
+
+
+def test_wrong_method(server: AccountServer) -> None:
+    response, _ = server.account_request("PUT")
+    assert response.code == 405
+    assert response.headers.getRawHeaders(b"allow") == [b"GET, HEAD, POST"]
+
+
+def test_unreadable_deny_list_fails_closed_where_grants_are_made(server: AccountServer) -> None:
+    """Store down: the login form still shows (GET), but submitting it (POST) answers 503 and makes no grant."""
+    from twisted.internet.defer import fail
+
+    server.store.client_denied = lambda ref: fail(RuntimeError("store down"))  # type: ignore[method-assign]
+    response, _ = server.request("GET", "/oauth/authorize", params=server.authorize_params())
+    assert response.code == 200
+    response, body = server.login()
+    assert response.code == 503 and b"temporarily unavailable" in body
+    assert server.store.grants == {}
