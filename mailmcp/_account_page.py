@@ -71,8 +71,11 @@ class _AccountPage(Element):
         notice: str | None = None,
         session: str | None = None,
         apps: list[GrantRecord] | None = None,
+        base_path: str = "",
     ) -> None:
         super().__init__()
+        #: The --base-url's path: the page's own URLs live under it.
+        self._base_path = base_path
         self._server = server
         self._csrf = csrf
         self._client_id = client_id
@@ -85,6 +88,8 @@ class _AccountPage(Element):
     @renderer
     def page(self, request: IRequest, tag: Tag) -> Tag:
         return tag.fillSlots(
+            stylesheet=self._base_path + "/oauth/static/login.css",
+            form_action=self._base_path + "/account",
             imap_host=f"{self._server.host}:{self._server.port}",
             email=self._values.get("email", ""),
             imap_username=self._values.get("imap_username", ""),
@@ -129,7 +134,7 @@ class _AccountPage(Element):
             [tags.input(type="hidden", name=n, value=v) for n, v in fields],
             tags.button(label, type="submit", id=button_id, class_="revoke"),
             method="post",
-            action="/account",
+            action=self._base_path + "/account",
         )
 
     @renderer
@@ -201,7 +206,9 @@ class AccountApp:
         csrf = oauth._csrf_for(oauth._csrf_cookie_value(request))
         request.setResponseCode(status)
         oauth._page_headers(request)
-        return await _flatten(_AccountPage(client.imap, csrf, client.client_id, **kw))
+        return await _flatten(
+            _AccountPage(client.imap, csrf, client.client_id, base_path=oauth._base_path, **kw)
+        )
 
     @app.route("/account", methods=["GET", "HEAD"])
     async def show(self, request: IRequest) -> bytes:

@@ -124,6 +124,10 @@ def test_base_url_with_path_mcp_client_logs_in_and_calls_a_tool(services, daemon
         assert 'action="/mail/oauth/authorize"' in page.text
         assert 'href="/mail/oauth/static/login.css"' in page.text
         assert http.get(base + "/oauth/static/login.css").status_code == 200
+        account = http.get(base + "/account", params={"client_id": client["client_id"]})
+        assert account.status_code == 200
+        assert 'action="/mail/account"' in account.text
+        assert 'href="/mail/oauth/static/login.css"' in account.text
     out = run_client({
         "base": base,
         "client_id": client["client_id"],
