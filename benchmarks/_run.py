@@ -640,6 +640,121 @@ class Bench:
         out["calls_per_s"] = best["calls_per_s"]
         out["ceiling_ratio"] = ratio(best["calls_per_s"], ceiling["calls_per_s"])
 
+    async def scale_out(self) -> None:
+        """
+        1 and 2 processes behind HAProxy (contrib/haproxy: the Authorization
+        header hashed, consistent), all on the run's Redis store, each group
+        with its own key ring and base URL.  Warm listings of the 8 throughput accounts, closed loop,
+        the two groups measured in alternating blocks (so the machine's
+        drift hits both alike), against the raw IMAP ceiling measured in the
+        same item (README.rst, "Scaling out").
+        """
+        services = self.services
+        accounts = [(self.tp_user(i), BENCH_PASSWORD if i == 0 else f"tp{i}-pw")
+                    for i in range(THROUGHPUT_ACCOUNTS)]
+        ceiling = await _imap.ceiling("127.0.0.1", services.imaps_port, self.ctx, accounts, "INBOX",
+                                      self.sizes.ceiling_seconds)
+        concurrency = 2 * THROUGHPUT_ACCOUNTS if self.quick else 4 * THROUGHPUT_ACCOUNTS
+        blocks = 4
+        block_seconds = self.sizes.throughput_seconds / 2
+        out: dict[str, Any] = {
+            "what": f"warm {LIST_TOOL} calls/s through HAProxy to N processes (Redis store, shared key "
+                    f"ring), closed loop, {concurrency} clients over {THROUGHPUT_ACCOUNTS} accounts, "
+                    f"1 and 2 processes in {blocks} alternating blocks of {block_seconds:g} s; ceiling: "
+                    "bare clients on 8 logged-in connections, same item",
+            "cores": os.cpu_count(),
+            "ceiling_calls_per_s": round(ceiling["calls_per_s"], 1),
+            "processes": {},
+        }
+        self.report["scale_out"] = out
+        groups: dict[int, dict[str, Any]] = {}
+        try:
+            for n in (1, 2):
+                groups[n] = await self._scale_group(n, accounts, concurrency)
+            for _ in range(blocks):
+                for n in (1, 2):
+                    g = groups[n]
+                    pids = [d.pid for d in g["daemons"]] + [g["proxy"].process.pid]
+                    cpu0 = [cpu_seconds(pid) for pid in pids]
+                    own0 = time.process_time()
+                    r = await closed_loop(g["clients"], lambda cl: listing(cl, "INBOX"), block_seconds,
+                                          warmup=False)
+                    cpu1 = [cpu_seconds(pid) for pid in pids]
+                    g["client_cpu"] += time.process_time() - own0
+                    g["latencies"] += r["latencies"]
+                    g["failures"] += r["failures"]
+                    g["seconds"] += r["seconds"]
+                    g["cpu"] = [c + (b - a if a is not None and b is not None else 0.0)
+                                for c, a, b in zip(g["cpu"], cpu0, cpu1, strict=True)]
+            for n, g in groups.items():
+                lat = g["latencies"]
+                calls_per_s = round(len(lat) / g["seconds"], 1)
+                out["processes"][str(n)] = {
+                    "calls_per_s": calls_per_s,
+                    "ceiling_ratio": ratio(calls_per_s, ceiling["calls_per_s"]),
+                    "p50_ms": ms(pct(lat, 0.5)),
+                    "p99_ms": ms(pct(lat, 0.99)),
+                    "failures": len(g["failures"]),
+                    "first_failure": g["failures"][0] if g["failures"] else None,
+                    "daemon_cpu_shares": [round(c / g["seconds"], 2) for c in g["cpu"][:-1]],
+                    "haproxy_cpu_share": round(g["cpu"][-1] / g["seconds"], 2),
+                    "bench_client_cpu_share": round(g["client_cpu"] / g["seconds"], 2),
+                }
+                log(f"scale_out n={n}: {calls_per_s} calls/s")
+        finally:
+            for g in groups.values():
+                for cl in g["clients"]:
+                    cl.close()
+                g["proxy"].stop()
+                for d in g["daemons"]:
+                    d.stop()
+        one, two = (out["processes"].get(k, {}).get("calls_per_s") for k in ("1", "2"))
+        out["ceiling_ratio"] = out["processes"].get("2", {}).get("ceiling_ratio")
+        out["2_processes/1_process"] = ratio(two, one)
+
+    async def _scale_group(self, n: int, accounts: Sequence[tuple[str, str]], concurrency: int) -> dict[str, Any]:
+        """N daemons behind one HAProxy, every account logged in through it, pools warm."""
+        from tests.harness import HAProxy, free_port
+
+        services = self.services
+        workdir = self.workdir / f"scale-{n}"
+        workdir.mkdir()
+        proxy_port = free_port()
+        extra = ("--store", services.redis_url, "--base-url", f"http://127.0.0.1:{proxy_port}",
+                 "--trusted-proxies", "127.0.0.1")
+        daemons: list[Daemon] = []
+        try:
+            for i in range(n):
+                keys = ("--key-file", str(workdir / "state-0" / "keys.json")) if i else ()
+                daemons.append(Daemon(workdir, free_port(), workdir / f"state-{i}", services.ca_file,
+                                      (*extra, *keys), name=f"mailmcp-{i}"))
+            # The shipped 2 s health checks: a loaded machine's slow /health must not trip them.
+            proxy = await asyncio.to_thread(HAProxy.start, workdir, [d.port for d in daemons], proxy_port, None)
+        except BaseException:
+            for d in daemons:
+                d.stop()
+            raise
+        group: dict[str, Any] = {"daemons": daemons, "proxy": proxy, "clients": [], "latencies": [],
+                                 "failures": [], "seconds": 0.0, "cpu": [0.0] * (n + 1), "client_cpu": 0.0}
+        try:
+            client = generate_client(workdir, workdir / "state-0", services.imaps_port, services.smtps_port)
+            tokens, stats = await login_many(proxy.base_url, client, accounts, concurrency=8)
+            if len(tokens) != len(accounts):
+                raise RuntimeError(f"logins through HAProxy failed: {stats['errors'][:2]}")
+            token_list = [tokens[u] for u, _ in accounts]
+            group["clients"] = [McpClient(proxy.base_url, token_list[i % len(token_list)])
+                                for i in range(concurrency)]
+            # Untimed: every account's pool connection is made and its folder open.
+            await closed_loop(group["clients"], lambda cl: listing(cl, "INBOX"), 0.5)
+        except BaseException:
+            for cl in group["clients"]:
+                cl.close()
+            proxy.stop()
+            for d in daemons:
+                d.stop()
+            raise
+        return group
+
     async def start_profiler(self, name: str) -> tuple[Any, Path] | None:
         """Start py-spy on the daemon (until `finish_profiler`); None when py-spy is missing."""
         assert self.daemon is not None
@@ -822,7 +937,7 @@ def summarise_profile(collapsed: str, top: int = 25) -> dict[str, Any]:
 
 
 ITEMS = ("floor", "warm", "cold", "large_folder", "conversations", "concurrency", "throughput",
-         "peer")
+         "scale_out", "peer")
 
 
 def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
@@ -852,6 +967,8 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
                                                                                  lambda v: v < 100),
         f"concurrency n={top.get('accounts')}: peak RSS < 1 GiB": check(top.get("peak_rss_mib"), lambda v: v < 1024),
         "throughput.ceiling_ratio >= 0.5": check(get("throughput", "ceiling_ratio"), lambda v: v >= 0.5),
+        "scale_out (2 processes).ceiling_ratio >= 0.5": check(get("scale_out", "ceiling_ratio"),
+                                                              lambda v: v >= 0.5),
         "mailmcp_throughput/peer_throughput >= 100": check(get("peer", "mailmcp_throughput/peer_throughput"),
                                                            lambda v: v >= 100),
     }
@@ -893,6 +1010,7 @@ async def run(quick: bool, keep: bool = False, profile: Path | None = None) -> d
             ("cold", bench.cold),
             ("throughput", bench.throughput),
             ("concurrency", bench.concurrency),
+            ("scale_out", bench.scale_out),
             *((("profile", lambda: bench.profile(sizes.throughput_seconds * 2)),) if profile else ()),
             ("peer", bench.peer),
         ):

@@ -42,7 +42,7 @@ from ._clients import Client, MailServer
 from ._keyring import KeyRing
 from ._throttle import normalise_username
 from ._tokens import InvalidToken, TokenCodec
-from .interfaces import IGrantStore
+from .interfaces import IGrantStore, ISendIntentStore
 
 log = Logger()
 
@@ -248,7 +248,7 @@ def pkce_s256(verifier: str) -> str:
     return _b64e(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
-@implementer(IGrantStore)
+@implementer(IGrantStore, ISendIntentStore)
 class MemoryGrantStore:
     """
     An in-process `IGrantStore` for unit tests (and a model of the contract
@@ -262,6 +262,8 @@ class MemoryGrantStore:
         self.counters: dict[str, tuple[int, float]] = {}
         self.rotations: dict[str, _Rotation] = {}
         self.denied_clients: set[str] = set()
+        # key -> (state, owner, lease until, kept until)
+        self.intents: dict[str, tuple[str, str, float, float]] = {}
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -379,6 +381,27 @@ class MemoryGrantStore:
 
     def client_denied(self, client_ref: str) -> Deferred[bool]:
         return succeed(client_ref in self.denied_clients)
+
+    # -- ISendIntentStore (SM-13, SM-14) ----------------------------------------
+
+    def begin_send(
+        self, key: str, account: str, owner: str, lease: float, keep: int
+    ) -> Deferred[str]:
+        now = self._now()
+        record = self.intents.get(key)
+        if record is not None and record[0] != "failed" and record[3] > now:
+            state, _, until, _ = record
+            if state == "sending" and until <= now:
+                state = "unknown"
+            return succeed(state)
+        self.intents[key] = ("sending", owner, now + lease, now + keep)
+        return succeed("claimed")
+
+    def end_send(self, key: str, owner: str, state: str, keep: int) -> Deferred[None]:
+        record = self.intents.get(key)
+        if record is not None and record[1] == owner:
+            self.intents[key] = (state, owner, record[2], self._now() + keep)
+        return succeed(None)
 
 
 @attrs.frozen

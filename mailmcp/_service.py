@@ -34,13 +34,14 @@ from ._mcp import MCPApp
 from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
 from ._oauth import build_authorization_server
 from ._paths import base_path
+from ._sendintent import LEASE_MARGIN, SendIntents
 from ._sendrate import SendRateLimiter, SharedSendRateLimiter
 from ._smtp import SMTPSender
 from ._tls import MailTLS
 from ._toolkit import ToolServices
 from ._tools import all_tools
 from ._web import HealthApp, Router
-from .interfaces import ISendBudget, ISendTokenStore
+from .interfaces import ISendBudget, ISendIntentStore, ISendTokenStore
 
 log = Logger()
 
@@ -251,6 +252,17 @@ def build_send_limiter(config: Config, reactor: Any, parent: MultiService) -> IS
     return SendRateLimiter(reactor, config.send_burst, config.sends_per_hour)
 
 
+def build_send_intents(config: Config, parent: MultiService) -> SendIntents | None:
+    """
+    Keyed sends record their intent in the grant store before ``DATA``
+    (SM-13, SM-14), so every daemon sharing it sends a key at most once.
+    """
+    store = parent.getServiceNamed("grant-store") if "grant-store" in parent.namedServices else None
+    if not ISendIntentStore.providedBy(store):
+        return None
+    return SendIntents(store, lease=config.smtp_timeout + LEASE_MARGIN)
+
+
 def build_routes(
     config: Config,
     reactor: Any,
@@ -311,6 +323,7 @@ def build_routes(
         reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
     )
     tool_services.send_limiter = build_send_limiter(config, reactor, parent)
+    tool_services.send_intents = build_send_intents(config, parent)
     # Large /mcp bodies are decoded here, off the reactor thread; two
     # threads, so at most two such bodies are being decoded (and held as
     # Python objects) at once.

@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from ._grants import USED_CODE_MARGIN, GrantRecord
 from ._tls import load_pem_certificates
-from .interfaces import IGrantStore, ISendTokenStore
+from .interfaces import IGrantStore, ISendIntentStore, ISendTokenStore
 
 log = Logger()
 
@@ -130,6 +130,34 @@ if tokens < want then return tostring((want - tokens) / rate) end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - want), 'stamp', tostring(stamp))
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return '0'
+"""
+
+#: Send intent (SM-13): KEYS[1] the intent; ARGV account, owner, now, lease
+#: until, keep seconds, kept until (the daemon's clock decides; the TTL only
+#: collects garbage).  Claims it (like SET NX EX, but also over a
+#: ``failed`` record) or says who holds it; one script, so racing daemons
+#: see one winner.
+_BEGIN_SEND = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'lease', 'expires')
+local now = tonumber(ARGV[3])
+if f[1] and f[1] ~= 'failed' and tonumber(f[3]) > now then
+  if f[1] == 'sending' and tonumber(f[2]) <= now then return 'unknown' end
+  return f[1]
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'state', 'sending', 'account', ARGV[1], 'owner', ARGV[2],
+           'lease', ARGV[4], 'expires', ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 'claimed'
+"""
+
+#: KEYS[1] the intent; ARGV owner, state, keep seconds, expires.  Only the
+#: owner ends it.
+_END_SEND = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'expires', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 
@@ -235,7 +263,7 @@ def _tls_reason(reason: Failure) -> str:
     return text[:200]
 
 
-@implementer(IGrantStore, ISendTokenStore)
+@implementer(IGrantStore, ISendTokenStore, ISendIntentStore)
 class RedisGrantStore(Service):
     """
     `IGrantStore` on Redis.  The connection pool is opened in
@@ -599,3 +627,31 @@ class RedisGrantStore(Service):
 
     def client_denied(self, client_ref: str) -> Deferred[bool]:
         return self._deadline(self._denied(client_ref))
+
+    # -- send intents (SM-13, SM-14): at most once for every daemon on this Redis --
+
+    async def _begin_send(self, key: str, account: str, owner: str, lease: float, keep: int) -> str:
+        now = self._now()
+        result = await self._redis.eval(
+            _BEGIN_SEND,
+            [f"{self._prefix}intent:{key}"],
+            [account, owner, repr(now), repr(now + lease), str(keep), repr(now + keep)],
+        )
+        return result.decode("ascii") if isinstance(result, bytes) else str(result)
+
+    def begin_send(
+        self, key: str, account: str, owner: str, lease: float, keep: int
+    ) -> Deferred[str]:
+        """`ISendIntentStore.begin_send`: one Lua script."""
+        return self._deadline(self._begin_send(key, account, owner, lease, keep))
+
+    async def _end_send(self, key: str, owner: str, state: str, keep: int) -> None:
+        await self._redis.eval(
+            _END_SEND,
+            [f"{self._prefix}intent:{key}"],
+            [owner, state, str(keep), repr(self._now() + keep)],
+        )
+
+    def end_send(self, key: str, owner: str, state: str, keep: int) -> Deferred[None]:
+        """`ISendIntentStore.end_send`."""
+        return self._deadline(self._end_send(key, owner, state, keep))

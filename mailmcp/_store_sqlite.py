@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ._grants import USED_CODE_MARGIN, GrantRecord
-from .interfaces import IGrantStore
+from .interfaces import IGrantStore, ISendIntentStore
 
 log = Logger()
 
@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS denied_clients (
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     count INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS send_intents (
+    key TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    lease REAL NOT NULL,
     expires REAL NOT NULL
 );
 """
@@ -123,7 +131,7 @@ def _run(call: Callable[[], Any]) -> Deferred[Any]:
         return fail(Failure())
 
 
-@implementer(IGrantStore)
+@implementer(IGrantStore, ISendIntentStore)
 class SQLiteGrantStore(Service):
     """
     `IGrantStore` on a SQLite file.  As a service it sweeps expired rows and
@@ -202,7 +210,7 @@ class SQLiteGrantStore(Service):
     def sweep(self) -> int:
         now = self._now()
         removed = 0
-        for table in ("grants", "used_codes", "counters"):
+        for table in ("grants", "used_codes", "counters", "send_intents"):
             removed += self._db.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,)).rowcount  # noqa: S608
         return removed
 
@@ -431,5 +439,51 @@ class SQLiteGrantStore(Service):
                 "SELECT 1 FROM denied_clients WHERE client_ref = ?", (client_ref,)
             ).fetchone()
             return row is not None
+
+        return _run(call)
+
+    # -- ISendIntentStore (SM-13, SM-14) ----------------------------------------
+
+    def begin_send(
+        self, key: str, account: str, owner: str, lease: float, keep: int
+    ) -> Deferred[str]:
+        def call() -> str:
+            now = self._now()
+            # The write lock first, so a second writer on this file cannot
+            # read the same absence in between (no check-then-act).
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "DELETE FROM send_intents WHERE key = ? AND (state = 'failed' OR expires <= ?)",
+                    (key, now),
+                )
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO send_intents (key, account, state, owner, lease, expires)"
+                    " VALUES (?, ?, 'sending', ?, ?, ?)",
+                    (key, account, owner, now + lease, now + keep),
+                ).rowcount
+                state = "claimed"
+                if not inserted:
+                    row = self._db.execute(
+                        "SELECT state, lease FROM send_intents WHERE key = ?", (key,)
+                    ).fetchone()
+                    state = str(row[0])
+                    if state == "sending" and float(row[1]) <= now:
+                        state = "unknown"
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return state
+
+        return _run(call)
+
+    def end_send(self, key: str, owner: str, state: str, keep: int) -> Deferred[None]:
+        def call() -> None:
+            self._db.execute(
+                "UPDATE send_intents SET state = ?, expires = ? WHERE key = ? AND owner = ?",
+                (state, self._now() + keep, key, owner),
+            )
 
         return _run(call)

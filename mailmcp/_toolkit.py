@@ -82,3 +82,6 @@ class ToolServices:
     attachments: Any = None
     attachment_index: Any = None
     send_limiter: Any = None
+    #: `mailmcp._sendintent.SendIntents` (SM-13): the store-backed claim of
+    #: a keyed send; None: the SMTP sender's in-process claim.
+    send_intents: Any = None

@@ -220,3 +220,37 @@ class ISendTokenStore(Interface):
 
         :return: a Deferred firing as `ISendBudget.take` does.
         """
+
+
+# -- send intents: at most once across processes (SM-13, SM-14) ---------------
+
+
+class ISendIntentStore(Interface):
+    """
+    A store that records, before ``DATA``, that a message is being sent, so
+    every daemon sharing it sends a Message-ID at most once
+    (`mailmcp._sendintent`).  Every method returns a Deferred.
+    """
+
+    def begin_send(key: str, account: str, owner: str, lease: float, keep: int) -> Any:
+        """
+        Atomically claim intent C{key} for process C{owner}, unless another
+        call holds it.  Fire with:
+
+          - ``"claimed"``: there was no record, or only a ``failed`` one;
+            now it is ``sending``, owned by C{owner} for C{lease} seconds
+            and kept for C{keep} seconds;
+          - ``"sending"``: a ``sending`` record whose lease has not run out;
+          - ``"unknown"``: a ``sending`` record past its lease (its owner
+            died mid-send), or one ended as ``unknown``;
+          - ``"sent"``: one ended as ``sent``.
+
+        C{account} (a hash, `mailmcp._sendrate.send_key`) is kept with it.
+        """
+
+    def end_send(key: str, owner: str, state: str, keep: int) -> Any:
+        """
+        Record the outcome (``"sent"``, ``"failed"`` or ``"unknown"``) of
+        C{owner}'s send of C{key}; a record C{owner} does not hold is left
+        alone.
+        """

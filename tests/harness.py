@@ -370,3 +370,82 @@ def iter_log_lines(paths: Sequence[Path]) -> Iterator[str]:
             yield from path.read_text(errors="replace").splitlines()
         except OSError:
             continue
+
+
+#: The shipped configuration the test and benchmark balancers are made from.
+HAPROXY_CFG = ROOT / "contrib" / "haproxy" / "haproxy.cfg"
+
+
+def haproxy_config(port: int, backends: Sequence[int], check_interval_ms: int | None = 200) -> str:
+    """
+    ``contrib/haproxy/haproxy.cfg`` with its listen port, its servers
+    (loopback C{backends}) and a short health-check interval, so a stopped
+    process leaves the rotation within a fraction of a second (None: the
+    shipped interval, which a busy machine's slow /health does not trip).
+    """
+    lines = []
+    for line in HAPROXY_CFG.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("server "):
+            continue
+        if stripped.startswith("bind "):
+            line = f"    bind 127.0.0.1:{port}"
+        elif stripped.startswith("default-server ") and check_interval_ms is not None:
+            line = f"    default-server inter {check_interval_ms}ms fall 1 rise 1"
+        lines.append(line)
+    lines += [f"    server mailmcp-{p} 127.0.0.1:{p} check" for p in backends]
+    return "\n".join(lines) + "\n"
+
+
+@attrs.define
+class HAProxy:
+    """A real ``haproxy`` in the foreground on a free loopback port, from `haproxy_config`."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, workdir: Path, backends: Sequence[int], port: int | None = None,
+              check_interval_ms: int | None = 200, timeout: float = 20.0) -> HAProxy:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        port = port or free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / f"haproxy-{port}.cfg"
+        config.write_text(haproxy_config(port, backends, check_interval_ms))
+        log_path = workdir / f"haproxy-{port}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log,
+                                       stderr=subprocess.STDOUT)
+        proxy = cls(process=process, port=port, log_path=log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"haproxy exited {process.returncode}: {proxy.log_text()}")
+            try:
+                with urllib.request.urlopen(proxy.base_url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return proxy
+            except OSError:
+                time.sleep(0.1)
+        proxy.stop()
+        raise RuntimeError("haproxy did not answer /health in time")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -3,7 +3,8 @@
 # SASL), Postfix (submission STARTTLS+AUTH, SMTPS, plain AUTH, delivery over LMTP
 # to Dovecot, no outbound), Redis (plain, and TLS with the test CA's
 # localhost certificate, and TLS with a certificate for another name), and
-# SeaweedFS S3 (signatures checked).
+# SeaweedFS S3 (signatures checked).  ``install`` also installs HAProxy, which
+# the scale-out tests and benchmark start themselves (tests/harness.py, HAProxy).
 #
 # Usage: services.sh install | start | start-s3 | stop      (root, Debian 12)
 # Every port comes from the environment so that several test runs can share a
@@ -30,7 +31,7 @@ install() {
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       dovecot-core dovecot-imapd dovecot-lmtpd postfix redis-server openssl \
-      chromium chromium-driver ca-certificates >/dev/null
+      chromium chromium-driver ca-certificates haproxy >/dev/null
 }
 
 write_certs() {

@@ -50,6 +50,7 @@ from .._compose import (
 )
 from .._mailbox_api import IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInfo, MailboxState
 from .._search import search_string
+from .._sendintent import EndState, SendIntents
 from .._sendrate import send_key
 from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from .._toolkit import Tool, ToolContext, ToolError
@@ -670,19 +671,39 @@ async def deliver(
                 warnings=warnings,
             )
 
-    claim = getattr(sender, "claim", None)
-    release = claim(message.message_id) if claim is not None else None
-    if release is False:
-        raise ToolError("a send with this idempotency_key is already in progress; nothing was sent")
+    # A keyed send is claimed in the store every daemon shares (SM-13, SM-14);
+    # without a store, in this process only.
+    intents = ctx.services.send_intents if idempotency_key is not None else None
+    release: Any = None
+    if intents is not None:
+        replay = await _begin_intent(ctx, intents, message, sent_folder)
+        if replay is not None:
+            return replay
+    else:
+        claim = getattr(sender, "claim", None)
+        release = claim(message.message_id) if claim is not None else None
+        if release is False:
+            raise ToolError(
+                "a send with this idempotency_key is already in progress; nothing was sent"
+            )
     # The server files its own copy (Gmail, Office 365): a second one from
     # us would be a duplicate in Sent.
     server_files = ctx.account.smtp.files_sent
+    # The intent's outcome: None once the message may have gone out and
+    # until we know (a crash leaves it "sending").
+    outcome: EndState | None = "failed"
     try:
         await _take_send_tokens(ctx, len(message.recipients))
+        outcome = None
         result = await sender.send(
             ctx.account, message.envelope_from, message.recipients, message.wire_bytes
         )
+        outcome = "sent"
     except SMTPOutcomeUnknown as e:
+        outcome = "unknown"
+        if intents is not None:
+            await _end_intent(intents, message, outcome)
+            outcome = None
         if server_files:
             raise ToolError(
                 f"Delivery status unknown: {e.message} Message-ID: {message.message_id}. "
@@ -701,10 +722,13 @@ async def deliver(
             )
         ) from None
     except SMTPSendFailed as e:
+        outcome = "failed"
         raise ToolError(await _not_sent(ctx, e, message)) from None
     finally:
         if callable(release):
             release()
+        if intents is not None and outcome is not None:
+            await _end_intent(intents, message, outcome)
 
     filed_in: str | None = None
     uidvalidity: int | None = None
@@ -722,6 +746,68 @@ async def deliver(
         sent_copy_filed_by_server=server_files,
         warnings=warnings,
     )
+
+
+async def _begin_intent(
+    ctx: ToolContext, intents: SendIntents, message: ComposedMessage, sent_folder: str
+) -> SendOutput | None:
+    """
+    Claim a keyed send in the shared store before ``DATA`` (SM-13, SM-14).
+    Returns None when this call may send; an ``already_sent`` answer when an
+    earlier call did; raises when another call is sending it or an earlier
+    one may have (its daemon died mid-send).
+    """
+    try:
+        state = await intents.begin(ctx.account, message.message_id)
+    except CancelledError:
+        raise
+    except Exception as e:
+        log.warn("send intent could not be recorded: {error}", error=type(e).__name__)
+        raise ToolError(
+            "Not sent: this send could not be recorded in the server's store (unavailable), "
+            "so it could not be kept from going out twice; try again in a minute. Nothing "
+            "was sent; the message was not saved."
+        ) from None
+    if state == "claimed":
+        return None
+    if state == "sending":
+        raise ToolError(
+            "Not sent: a send with this idempotency_key is already in progress "
+            f"(Message-ID: {message.message_id}); nothing was sent this time. Call again "
+            "with the same idempotency_key in a minute to learn how it ended."
+        )
+    if state == "sent":
+        return SendOutput(
+            status="already_sent",
+            message_id=message.message_id,
+            recipients=[],
+            sent_folder=None,
+            sent_uid=None,
+            sent_uidvalidity=None,
+            warnings=[
+                "an earlier call with this idempotency_key sent this message (its copy is "
+                f"not in {sent_folder!r}); nothing was sent this time"
+            ],
+        )
+    raise ToolError(
+        "Delivery status unknown: an earlier send with this idempotency_key (Message-ID: "
+        f"{message.message_id}) was interrupted after the message may have gone out, and no "
+        f"copy is in {sent_folder!r}. Nothing was sent this time. Check the Sent folder, or "
+        "ask the recipient, whether it arrived; to send it anyway, call again with a new "
+        "idempotency_key."
+    )
+
+
+async def _end_intent(intents: SendIntents, message: ComposedMessage, outcome: EndState) -> None:
+    """Record how a claimed send ended; a store failure only costs a later retry's certainty."""
+    try:
+        await intents.end(message.message_id, outcome)
+    except Exception as e:
+        log.warn(
+            "send outcome {outcome} could not be recorded: {error}",
+            outcome=outcome,
+            error=type(e).__name__,
+        )
 
 
 async def _take_send_tokens(ctx: ToolContext, recipients: int) -> None:

@@ -65,6 +65,7 @@ def test_no_errors(report: dict[str, Any]) -> None:
         ("cold", ["p50_ms", "p99_ms", "cold_p50/warm_p50"]),
         ("large_folder", ["small_p50_ms", "large_p50_ms", "large_p50/small_p50"]),
         ("throughput", ["calls_per_s", "ceiling_calls_per_s", "ceiling_ratio"]),
+        ("scale_out", ["ceiling_calls_per_s", "ceiling_ratio", "2_processes/1_process"]),
     ],
 )
 def test_item_has_numbers(report: dict[str, Any], item: str, keys: list[str]) -> None:
@@ -109,4 +110,5 @@ def test_peer_measured_or_explained(report: dict[str, Any]) -> None:
 
 def test_targets_listed(report: dict[str, Any]) -> None:
     """Every target of docs/architecture.rst (Targets) is listed with its verdict."""
-    assert len(report["targets"]) == 8
+    assert len(report["targets"]) == 9
+    assert "scale_out (2 processes).ceiling_ratio >= 0.5" in report["targets"]
