@@ -38,6 +38,7 @@ setup(
         "boto3>=1.34",
         "html2text>=2024.2.26",
         "prometheus-client>=0.20",
+        "authres>=1.2",
     ],
     extras_require={
         "test": [

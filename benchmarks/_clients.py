@@ -37,8 +37,12 @@ def _hidden_fields(page: str) -> dict[str, str]:
     for tag in _INPUT.findall(page):
         attrs = {m.group(1).lower(): html.unescape(m.group(3) or m.group(4) or m.group(5) or "")
                  for m in _ATTR.finditer(tag)}
-        if attrs.get("type", "").lower() == "hidden" and "name" in attrs:
+        kind = attrs.get("type", "").lower()
+        if kind == "hidden" and "name" in attrs:
             fields[attrs["name"]] = attrs.get("value", "")
+        elif kind == "checkbox" and attrs.get("name") == "scope" and "checked" in attrs:
+            # The ticked scope checkboxes, as one space-separated value.
+            fields["scope"] = (fields.get("scope", "") + " " + attrs.get("value", "")).strip()
     return fields
 
 

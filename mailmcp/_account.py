@@ -9,6 +9,7 @@ import hashlib
 import attrs
 
 from ._clients import MailServer
+from ._scopes import FULL
 
 
 @attrs.frozen(repr=False)
@@ -17,7 +18,8 @@ class MailAccount:
     One user's mail account: servers, usernames and passwords.
 
     ``owner`` is the stable id of the grant (login) that the request belongs
-    to; attachments and other per-user objects are bound to it.  The repr
+    to; attachments and other per-user objects are bound to it.  ``scopes``
+    is what the request's token allows.  The repr
     never shows the passwords.
     """
 
@@ -30,6 +32,11 @@ class MailAccount:
     smtp: MailServer
     smtp_username: str
     smtp_password: str = attrs.field(repr=False)
+    #: The client's reference (a hash of its id) for the audit trail.
+    client_ref: str = ""
+    #: What the access token allows (`mailmcp._scopes`); all five unless
+    #: the user or a cap narrowed the grant.
+    scopes: frozenset[str] = FULL
 
     def __repr__(self) -> str:
         return (

@@ -359,4 +359,5 @@ class AccountApp:
         else:
             done = await self._accounts.revoke_one(server, username, _single(args, "grant") or "")
             notice = "The app was disconnected." if done else "That app was already disconnected."
+        self._oauth._record("revoke", client, "ok", username)  # the audit trail (LG-06)
         return await self._show_apps(request, client, session, username, notice)

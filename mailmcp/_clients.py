@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._scopes import FULL, format_scope, parse_scope
 from ._tokens import InvalidToken, TokenCodec
 
 Security = Literal["tls", "starttls", "plain"]
@@ -91,6 +92,9 @@ class Client:
     redirect_uris: tuple[str, ...]
     secret_hash: str | None
     name: str | None = None
+    #: The most this client may be granted (``--scope`` of
+    #: ``twistd mailmcp-generate``); client ids from before allow all five.
+    scopes: frozenset[str] = FULL
 
     @property
     def is_public(self) -> bool:
@@ -160,6 +164,7 @@ def provision_client(
     redirect_uris: Iterable[str],
     public: bool = False,
     name: str | None = None,
+    scopes: frozenset[str] = FULL,
 ) -> tuple[str, str | None]:
     """
     Seal a new client id.  Returns ``(client_id, client_secret)``; the secret
@@ -175,6 +180,9 @@ def provision_client(
     }
     if name:
         claims["name"] = name
+    if scopes != FULL:
+        # Sealed in the id: the cap cannot be lifted by whoever holds it.
+        claims["scope"] = format_scope(scopes)
     return codec.seal("client", claims, None), secret
 
 
@@ -194,6 +202,10 @@ def open_client(codec: TokenCodec, client_id: str | None) -> Client:
         if secret_hash is not None and not isinstance(secret_hash, str):
             raise ValueError("bad secret hash")
         name = claims.get("name")
+        scope = claims.get("scope")
+        if scope is not None and not isinstance(scope, str):
+            raise ValueError("bad scope")
+        scopes = parse_scope(scope) if scope is not None else FULL
         return Client(
             client_id=client_id,
             imap=MailServer.from_claims(claims["imap"]),
@@ -201,6 +213,7 @@ def open_client(codec: TokenCodec, client_id: str | None) -> Client:
             redirect_uris=tuple(uris),
             secret_hash=secret_hash,
             name=name if isinstance(name, str) else None,
+            scopes=scopes,
         )
     except (KeyError, ValueError, AssertionError):
         raise InvalidToken() from None

@@ -20,6 +20,8 @@ import attrs
 from twisted.python import usage
 
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
+from ._scopes import FULL, parse_scope_list
+from ._sendpolicy import parse_allow_domains
 from ._throttle import IPNetwork, parse_networks
 from ._user_servers import AllowRule, parse_allow
 
@@ -126,7 +128,18 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "CORS there and on the metadata, token, revocation and registration endpoints "
         "(browser clients such as the MCP Inspector's direct mode).",
     ),
+    (
+        "max-scope",
+        "",
+        "The most any grant may allow: scopes separated by commas (mail.read, "
+        "mail.organize, mail.draft, mail.send, mail.delete; default: all).",
+    ),
     ("log-level", "info", "Lowest level of log events written: debug, info, warn or error."),
+    (
+        "log-format",
+        "text",
+        "Log line format: text (twistd's lines) or json (one JSON object per line).",
+    ),
     (
         "imap-connect-concurrency",
         "16",
@@ -158,6 +171,26 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "With --allow-user-servers: networks (and ports) user-named mail servers may be in "
         "besides public addresses on ports 993/143/465/587, e.g. '10.1.0.0/16 127.0.0.1:1993 "
         "[fd00::]/8:*' (space or comma separated; no port: the usual ones; * any).",
+    ),
+    (
+        "send-allow-domains",
+        "",
+        "Recipient domains mail may be sent to (comma/space separated; example.com exactly, "
+        ".example.com its subdomains); a send to any other recipient is refused. Empty: no "
+        "restriction.",
+    ),
+    (
+        "trusted-authserv-id",
+        None,
+        "authserv-id of your own mail server's Authentication-Results header (e.g. "
+        "mx.example.com); only the topmost such header is believed. Unset: SPF/DKIM/DMARC "
+        "are reported unknown.",
+    ),
+    (
+        "audit-log",
+        None,
+        "Append one JSON line per login, token issue, refresh, revocation and tool call to "
+        "this file (reopened on SIGHUP), or - for the main log; off when not given.",
     ),
 ]
 
@@ -212,6 +245,9 @@ _NUMERIC = {
 }
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
+#: An authserv-id as RFC 8601 writes it: one token (a host name, usually).
+_AUTHSERV_ID = re.compile(r"[a-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,253}")
 
 
 def env_name(option: str) -> str:
@@ -275,11 +311,17 @@ class Config:
     shutdown_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
+    log_format: str = "text"
     imap_connect_concurrency: int = 16
     metrics_listen: str | None = None
     send_burst: int = 20
     sends_per_hour: float = 120.0
+    send_allow_domains: tuple[str, ...] = ()
+    trusted_authserv_id: str | None = None
+    audit_log: str | None = None
     trust_forwarded: bool = False
+    #: ``--max-scope``: every grant is narrowed to this.
+    max_scope: frozenset[str] = FULL
     allow_insecure_base_url: bool = False
     imap_connect_per_call: bool = False
     allow_user_servers: bool = False
@@ -451,6 +493,14 @@ def _check_ca_bundle(path: Path, option: str) -> None:
         raise usage.UsageError(f"{option} {path} holds no PEM certificate")
 
 
+def _check_audit_file(path: Path) -> None:
+    """The --audit-log file can be appended to (created 0600 if new), or one line saying why not."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as e:
+        raise usage.UsageError(f"--audit-log {path} cannot be written: {e.strerror}") from None
+
+
 def _check_attachments(value: str) -> None:
     if value == "local":
         return
@@ -542,6 +592,11 @@ def build_config(
         raise usage.UsageError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
         )
+    log_format = str(resolved["log-format"]).strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise usage.UsageError(
+            f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
+        )
 
     try:
         trusted_proxies = parse_networks(str(resolved["trusted-proxies"] or ""))
@@ -552,9 +607,30 @@ def build_config(
         user_servers_allow = parse_allow(str(resolved["user-servers-allow"] or ""))
     except ValueError as e:
         raise usage.UsageError(f"--user-servers-allow: {e}") from None
+    try:
+        send_allow_domains = parse_allow_domains(str(resolved["send-allow-domains"] or ""))
+    except ValueError as e:
+        raise usage.UsageError(f"--send-allow-domains: {e}") from None
+    authserv_id = str(resolved["trusted-authserv-id"] or "").strip().lower() or None
+    if authserv_id is not None and not _AUTHSERV_ID.fullmatch(authserv_id):
+        raise usage.UsageError(
+            f"--trusted-authserv-id must be one token like mx.example.com, not {authserv_id!r}"
+        )
+    audit_log = str(resolved["audit-log"] or "").strip() or None
+    if audit_log is not None and audit_log != "-":
+        # Absolute: a daemonizing twistd changes directory before SIGHUP reopens it.
+        audit_log = os.path.abspath(audit_log)
+        _check_audit_file(Path(audit_log))
+    max_scope = FULL
+    if str(resolved["max-scope"] or "").strip():
+        try:
+            max_scope = parse_scope_list(str(resolved["max-scope"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-scope: {e}") from None
 
     return Config(
         listen=tuple(listen),
+        max_scope=max_scope,
         base_url=base_url,
         state_dir=state_dir,
         store=store,
@@ -565,11 +641,15 @@ def build_config(
         allowed_origins=origins,
         metrics_listen=metrics_listen,
         log_level=log_level,
+        log_format=log_format,
         trust_forwarded=bool(resolved["trust-forwarded"]),
         trusted_proxies=trusted_proxies,
         allow_insecure_base_url=bool(resolved["allow-insecure-base-url"]),
         imap_connect_per_call=bool(resolved["imap-connect-per-call"]),
         allow_user_servers=bool(resolved["allow-user-servers"]),
         user_servers_allow=user_servers_allow,
+        send_allow_domains=send_allow_domains,
+        trusted_authserv_id=authserv_id,
+        audit_log=audit_log,
         **numbers,  # type: ignore[arg-type]
     )

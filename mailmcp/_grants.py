@@ -40,13 +40,15 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._clients import Client, MailServer
 from ._keyring import KeyRing
+from ._scopes import FULL, LEGACY_SCOPE, format_scope, scopes_of_claim
 from ._throttle import normalise_username
 from ._tokens import InvalidToken, TokenCodec
 from .interfaces import IGrantStore, ISendIntentStore
 
 log = Logger()
 
-SCOPE = "mail"
+#: The legacy single scope: tokens carrying it (or none) allow all five.
+SCOPE = LEGACY_SCOPE
 
 #: Seconds the immediately previous refresh token stays usable after a
 #: rotation, answering with the same successor: a client whose token
@@ -409,7 +411,8 @@ class TokenSet:
     access_token: str
     refresh_token: str
     expires_in: int
-    scope: str = SCOPE
+    #: The granted scopes, always returned (RFC 6749 §5.1).
+    scope: str = format_scope(FULL)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -429,7 +432,8 @@ class CodeRequest:
     redirect_uri: str
     code_challenge: str
     resource: str
-    scope: str = SCOPE
+    #: The granted scopes (after the login page and the caps).
+    scopes: frozenset[str] = FULL
 
 
 class GrantService:
@@ -441,6 +445,9 @@ class GrantService:
     :param store: the `IGrantStore`.
     :param codec: seals and opens tokens.
     :param resource: the canonical MCP URL, the audience of every access token.
+    :param max_scope: the daemon's ``--max-scope``: also narrows tokens issued
+        before it was set (at use and at refresh), so lowering it takes
+        effect at once.
     """
 
     def __init__(
@@ -452,7 +459,9 @@ class GrantService:
         access_lifetime: int,
         refresh_lifetime: int,
         cache_size: int = 4096,
+        max_scope: frozenset[str] = FULL,
     ) -> None:
+        self._max_scope = max_scope
         self.store = store
         self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount]] = (
             OrderedDict()
@@ -500,15 +509,28 @@ class GrantService:
             "ru": request.redirect_uri,
             "cc": request.code_challenge,
             "aud": request.resource,
-            "sc": request.scope,
+            "sc": format_scope(request.scopes),
             "at": now,
             "jti": secrets.token_hex(12),
         }
         code: str = self._codec.seal("code", claims, self._code_lifetime)
         return code
 
-    def _issue(self, gid: str, key: str, cref: str, auth_time: int, generation: int) -> TokenSet:
+    def _issue(
+        self,
+        gid: str,
+        key: str,
+        cref: str,
+        auth_time: int,
+        generation: int,
+        scopes: frozenset[str],
+    ) -> TokenSet:
+        """
+        An access and a refresh token for the grant, both carrying C{scopes}
+        (so the whole refresh family keeps what the login granted).
+        """
         now = self._now()
+        scope = format_scope(scopes)
         hard_stop = auth_time + self._refresh_lifetime
         access_life = max(1, min(self._access_lifetime, hard_stop - now))
         access = self._codec.seal(
@@ -518,7 +540,7 @@ class GrantService:
                 "k": key,
                 "cl": cref,
                 "aud": self._resource,
-                "sc": SCOPE,
+                "sc": scope,
                 "jti": secrets.token_hex(8),
             },
             access_life,
@@ -530,13 +552,15 @@ class GrantService:
                 "k": key,
                 "cl": cref,
                 "aud": self._resource,
-                "sc": SCOPE,
+                "sc": scope,
                 "gen": generation,
                 "at": auth_time,
             },
             max(1, hard_stop - now),
         )
-        return TokenSet(access_token=access, refresh_token=refresh, expires_in=access_life)
+        return TokenSet(
+            access_token=access, refresh_token=refresh, expires_in=access_life, scope=scope
+        )
 
     def _open_for(
         self, client: Client, kind: str, token: str, name: str, short: str
@@ -611,7 +635,10 @@ class GrantService:
             await self.store.revoke_grant(gid)
             log.warn("authorization code replayed: grant {grant} revoked", grant=gid)
             raise OAuthError("invalid_grant", "the authorization code was already used")
-        return self._issue(gid, key, cref, auth_time, 0)
+        scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
+        if not scopes:
+            raise OAuthError("invalid_grant", "the authorization code is invalid")
+        return self._issue(gid, key, cref, auth_time, 0, scopes)
 
     async def refresh(
         self, client: Client, refresh_token: str | None, resource: str | None
@@ -651,7 +678,14 @@ class GrantService:
             raw_key = b""
         if len(raw_key) != 32:
             raise OAuthError("invalid_grant", "the refresh token is invalid")
-        successor = self._issue(gid, key, cref, auth_time, gen + 1)
+        # A refresh keeps what the login granted; tokens from before scopes
+        # (no claim, or "mail") keep all five.
+        scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
+        if not scopes:
+            raise OAuthError(
+                "invalid_grant", "the refresh token allows nothing here; sign in again"
+            )
+        successor = self._issue(gid, key, cref, auth_time, gen + 1, scopes)
         current = await self.store.rotate_refresh(
             gid,
             gen,
@@ -776,6 +810,8 @@ class GrantService:
             smtp=creds.smtp,
             smtp_username=creds.smtp_username,
             smtp_password=creds.smtp_password,
+            client_ref=record.client_ref,
+            scopes=scopes_of_claim(claims.get("sc")) & self._max_scope,
         )
         return account, (
             float(claims.get("exp", 0)),

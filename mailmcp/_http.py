@@ -39,8 +39,9 @@ SHUTTING_DOWN = -32000
 SHUTDOWN_MESSAGE = (
     "The server is shutting down (a restart or deploy) and this call did not finish in time, so "
     "it was stopped. Its outcome is unknown: what it was doing may or may not have taken effect "
-    "(for send_mail_message: the message may or may not have gone out; look in Sent, or retry "
-    "with the same idempotency_key). Try again in a moment."
+    "(for send_mail_message, reply_mail_message and forward_mail_message: the message may or "
+    "may not have gone out; look in Sent, or retry with the same idempotency_key). Try again "
+    "in a moment."
 )
 
 
@@ -685,15 +686,6 @@ def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = Tru
     if no_store:
         request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
-
-
-def log_failure_safely(message: str) -> Callable[[Failure], None]:
-    """An errback that logs C{message} with the failure's type only."""
-
-    def errback(failure: Failure) -> None:
-        log.error(message + " ({kind})", kind=failure.type.__name__ if failure.type else "?")
-
-    return errback
 
 
 __all__ = ["ILargeBodyGate", "InFlight", "MailMCPSite", "Refusal", "json_body", "http"]

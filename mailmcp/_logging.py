@@ -1,19 +1,41 @@
 """
-The daemon's ``--log-level``: a `Logger` that drops events below it before
-they are built.
+The daemon's ``--log-level`` and ``--log-format``.
 
-twistd writes every event it is given, and formatting and writing a line is
-a large share of a warm tool call's CPU; the per-command IMAP trace and the
-per-call timings are only worth that when someone asked for them.  The level
-is process-wide, like the log file.
+The level applies twice.  twistd's log observer is wrapped in a
+`FilteringLogObserver`, so every event below the level is dropped whoever
+emitted it (``twisted.*``, the access log, every mailmcp module).  And the
+`Logger` here drops events below the level before they are even built: the
+per-command IMAP trace and the per-call timings are debug events on the hot
+path, and building an event that is then filtered out is most of its cost.
+
+The format is twistd's text lines, or JSON lines (one object per line with
+``time``, ``level``, ``namespace``, ``system`` and ``text``) for log
+shippers.  Both carry the same text: events are formatted the same way, so
+what the code keeps out of a message (passwords, tokens) stays out of both.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import signal
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
 
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsText,
+    textFileLogObserver,
+)
 from twisted.logger import Logger as _TwistedLogger
-from twisted.logger import LogLevel
+from twisted.python import logfile
 
 _ORDER = {
     LogLevel.debug: 0,
@@ -37,9 +59,86 @@ def debug_enabled() -> bool:
 
 
 class Logger(_TwistedLogger):
-    """A `twisted.logger.Logger` that honours `set_log_level`."""
+    """A `twisted.logger.Logger` that drops events below `set_log_level` before building them."""
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
         if _ORDER.get(level, 4) < _threshold:
             return
         super().emit(level, format, **kwargs)
+
+
+def json_line(event: LogEvent) -> str | None:
+    """One event as one line of JSON; the text is what the text format shows, traceback included."""
+    level: Any = event.get("log_level")
+    when = event.get("log_time")
+    record = {
+        "time": (
+            datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+            if isinstance(when, (int, float))
+            else None
+        ),
+        "level": level.name if level is not None and level in _ORDER else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "system": event.get("log_system", "-"),
+        "text": eventAsText(event, includeTimestamp=False, includeSystem=False).rstrip("\n"),
+    }
+    return json.dumps(record, default=str) + "\n"
+
+
+def file_observer(out: IO[str], log_format: str) -> ILogObserver:
+    """twistd's text lines, or `json_line`s, written to C{out}."""
+    if log_format == "json":
+        return FileLogObserver(out, json_line)
+    return textFileLogObserver(out)
+
+
+def filtered(observer: ILogObserver, level: str) -> ILogObserver:
+    """C{observer} seeing only events at C{level} and above, from any logger."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    return FilteringLogObserver(observer, [predicate])
+
+
+def twistd_observer(
+    twistd_options: Mapping[str, Any], level: str, log_format: str
+) -> ILogObserver | None:
+    """
+    The observer twistd would build from its own options (``--logfile``,
+    ``--nodaemon``, ``--syslog``), in C{log_format} and filtered at
+    C{level}; None where twistd must decide alone (a ``--logger`` of its
+    own, or ``--logfile -`` without ``--nodaemon``, which twistd refuses).
+    """
+    if twistd_options.get("logger"):
+        return None
+    if twistd_options.get("syslog"):
+        from twisted.python import syslog
+
+        legacy: Any = syslog.SyslogObserver(twistd_options.get("prefix") or "twisted").emit
+        observer: ILogObserver = LegacyLogObserverWrapper(legacy)
+        return filtered(observer, level)
+    name = twistd_options.get("logfile") or ""
+    nodaemon = bool(twistd_options.get("nodaemon"))
+    out: IO[str]
+    if name == "-":
+        if not nodaemon:
+            return None
+        out = sys.stdout
+    elif nodaemon and not name:
+        out = sys.stdout
+    else:
+        log_file = logfile.LogFile.fromFullPath(name or "twistd.log")
+        _rotate_on_sigusr1(log_file)
+        out = log_file
+    return filtered(file_observer(out, log_format), level)
+
+
+def _rotate_on_sigusr1(log_file: logfile.LogFile) -> None:
+    """What twistd does for its own log file: SIGUSR1 rotates it, unless someone else handles it."""
+    if signal.getsignal(signal.SIGUSR1):
+        return
+
+    def rotate(signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, rotate)

@@ -22,9 +22,9 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.mail import imap4, smtp
 from twisted.protocols import policies
@@ -67,6 +67,27 @@ def _endpoint(
     if server.security == "tls":
         return wrapClientTLS(tls.options_for(server.host), tcp)
     return tcp
+
+
+class _QuietOneShot(Factory):
+    """
+    `connectProtocol`'s one-shot factory without its "Starting factory" /
+    "Stopping factory" log lines: two per check were noise at every login.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self._protocol
+
+
+def _connect(endpoint: IStreamClientEndpoint, protocol: Protocol) -> Deferred[Any]:
+    """Connect C{protocol} through C{endpoint}, quietly."""
+    d: Deferred[Any] = endpoint.connect(_QuietOneShot(protocol))
+    return d
 
 
 def _has_control(*values: bytes) -> bool:
@@ -132,6 +153,14 @@ class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
             return
         super()._setupForLiteral(rest, octets)
 
+    def _extraInfo(self, lines: list[Any]) -> None:
+        # Twisted's Command.finish hands the BYE that always precedes LOGOUT's
+        # OK (RFC 3501 6.1.3) to _extraInfo, which logs it as an "Unhandled
+        # unsolicited response" at every login check: it is expected here.
+        rest = [line for line in lines if not (line and line[0] == b"BYE")]
+        if rest:
+            super()._extraInfo(rest)
+
     def serverGreeting(self, caps: Any) -> None:
         if not self.greeting.called:
             self.greeting.callback(caps)
@@ -192,7 +221,7 @@ class IMAPLoginChecker:
         proto = _CheckingIMAP4Client(options, self._reactor)
         proto.timeout = int(self._timeout)
         holder.append(proto)
-        await connectProtocol(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
+        await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
         await proto.greeting
         if server.security == "starttls":
             caps = await proto.getCapabilities()
@@ -360,7 +389,7 @@ class SMTPLoginChecker:
             clock=self._reactor,
         )
         holder.append(proto)
-        await connectProtocol(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
+        await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
         await outcome
 
 

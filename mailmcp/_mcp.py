@@ -19,7 +19,10 @@ Every request is self-contained.  The order of checks is fixed and matters:
    ``server/discover`` and requests carrying the envelope are the stateless
    2026-07-28 era, with its header rules;
 5. dispatch: ``initialize``, ``ping``, ``server/discover``, ``tools/list``,
-   ``tools/call``.
+   ``tools/call``.  ``tools/list`` shows only the tools the token's scopes
+   allow; a call the scopes do not cover (for reply and forward, decided
+   once the arguments are validated) is a ``403`` ``insufficient_scope``
+   challenge naming what would allow it, before any IMAP or SMTP contact.
 
 Nothing here touches IMAP except a tool handler run by ``tools/call``.
 
@@ -45,7 +48,7 @@ from klein import Klein
 from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
@@ -74,10 +77,11 @@ from ._jsonrpc import (
 )
 from ._logging import Logger
 from ._paths import resource_metadata_url
+from ._scopes import ALL_SCOPES, format_scope
+from ._scopes import FULL as FULL_SCOPES
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
 from ._toolkit import Tool, ToolContext, ToolError
 from ._version import __version__
-from .interfaces import IAccessTokenVerifier
 
 log = Logger()
 
@@ -152,16 +156,13 @@ def _object_schema(model: type[BaseModel], mode: str, what: str, tool: str) -> d
     return schema
 
 
-@implementer(IAccessTokenVerifier)
-class RefuseAllTokens:
-    """
-    A verifier that accepts no token: the safe stand-in until the daemon's
-    grant store is wired in, so ``/mcp`` answers ``401`` instead of serving
-    anyone.
-    """
+class InsufficientScope(Exception):
+    """A call needs scopes its token lacks (answered 403, MCP step-up)."""
 
-    def verify(self, token: str) -> Deferred[MailAccount]:
-        return fail(InvalidToken())
+    def __init__(self, tool: str, needed: frozenset[str]) -> None:
+        super().__init__(tool)
+        self.tool = tool
+        self.needed = needed
 
 
 class _Reply(Exception):
@@ -264,6 +265,7 @@ class MCPApp:
             )
         self._described_tools = described
         self._static_results: dict[tuple[str, str], dict[str, Any]] = {}
+        self._list_results: dict[tuple[str, str, frozenset[str]], dict[str, Any]] = {}
         self._lenient_clients_logged: set[tuple[str, str]] = set()
         # Serialise the static results once now: a tool whose schema the
         # wire model refuses fails at startup, not on the first tools/list.
@@ -448,6 +450,8 @@ class MCPApp:
             else:
                 version = self._legacy_version(header_version)
                 result = await self._dispatch(account, method, version, params, large)
+        except InsufficientScope as e:
+            raise self._insufficient_scope(request, account, e) from None
         except RPCError as e:
             status = e.status
             if status is None:
@@ -474,10 +478,41 @@ class MCPApp:
 
     # -- the gate ------------------------------------------------------------
 
+    def _insufficient_scope(
+        self, request: IRequest, account: MailAccount, refusal: InsufficientScope
+    ) -> _Reply:
+        """
+        The MCP step-up challenge: 403 ``insufficient_scope`` whose
+        ``scope`` is what the call needs plus what the token already has,
+        so that authorizing again widens the grant instead of swapping it.
+        """
+        wanted = format_scope(refusal.needed | account.scopes)
+        missing = format_scope(refusal.needed - account.scopes)
+        log.info(
+            "tool {tool} for {owner} refused: the token lacks {missing}",
+            tool=refusal.tool,
+            owner=account.owner,
+            missing=missing,
+        )
+        description = f"{refusal.tool} needs {missing}; authorize again to allow it"
+        request.setHeader(
+            b"www-authenticate",
+            (
+                f'Bearer error="insufficient_scope", scope="{wanted}", '
+                f'resource_metadata="{self._resource_metadata}", '
+                f'error_description="{description}"'
+            ).encode("ascii"),
+        )
+        body = {"error": "insufficient_scope", "error_description": description}
+        return _Reply(self._json(request, 403, body), 403)
+
     def _challenge(
         self, request: IRequest, status: int, error: str | None, description: str | None
     ) -> _Reply:
         challenge = f'Bearer resource_metadata="{self._resource_metadata}"'
+        if status == 401:
+            # Which scopes to ask for (MCP scope selection): all of them.
+            challenge += f', scope="{" ".join(ALL_SCOPES)}"'
         body: dict[str, str] = {"error": error or "unauthorized"}
         if error is not None:
             challenge += f', error="{error}"'
@@ -771,7 +806,7 @@ class MCPApp:
         if isinstance(request, mcp_types.ListToolsRequest):
             if request.params is not None and request.params.cursor is not None:
                 raise RPCError(INVALID_PARAMS, "Invalid cursor: tools/list has a single page")
-            return dict(self._tools_list_result(version))
+            return dict(self._tools_list_result(version, account.scopes))
         if isinstance(request, mcp_types.CallToolRequest):
             name = request.params.name
             tool = self._tools.get(name)
@@ -807,17 +842,29 @@ class MCPApp:
             )
         return keys
 
-    def _tools_list_result(self, version: str) -> dict[str, Any]:
-        cached = self._static_results.get(("tools/list", version))
+    def _tools_list_result(
+        self, version: str, scopes: frozenset[str] = FULL_SCOPES
+    ) -> dict[str, Any]:
+        """The ``tools/list`` result for a token with C{scopes}: only what it may call."""
+        key = ("tools/list", version, scopes)
+        cached = self._list_results.get(key)
         if cached is None:
             data = {
-                "tools": self._described_tools,
+                "tools": [
+                    described
+                    for tool, described in zip(
+                        self._tools.values(), self._described_tools, strict=True
+                    )
+                    if tool.visible_to(scopes)
+                ],
                 "ttlMs": self._ttl_ms,
-                "cacheScope": "public",
+                # The list depends on the token's scopes: no shared caches.
+                "cacheScope": "private",
                 "resultType": "complete",
             }
             cached = mcp_methods.serialize_server_result("tools/list", version, data)
-            self._static_results[("tools/list", version)] = cached
+            # At most versions x subsets of five scopes (32) entries.
+            self._list_results[key] = cached
         return cached
 
     def _discover_result(self) -> dict[str, Any]:
@@ -843,15 +890,52 @@ class MCPApp:
         self, account: MailAccount, tool: Tool, arguments: dict[str, Any], large: bool = False
     ) -> dict[str, Any] | _ToolText:
         """
-        Run one tool.  Whatever goes wrong inside becomes an ``isError``
-        result the model can read; only cancellation escapes.
+        Run one tool, and record it in the audit trail when there is one
+        (LG-06): whatever the outcome, one entry per call.
         """
+        audit = getattr(self._services, "audit", None)
+        if audit is None:
+            return await self._run_tool(account, tool, arguments, large)
+        outcome, seen = "unknown", ToolOutcome()
+        try:
+            result = await self._run_tool(account, tool, arguments, large, seen)
+            outcome = seen.outcome
+            return result
+        except InsufficientScope:
+            outcome = "error"  # refused (403) before the tool ran
+            raise
+        finally:
+            audit.tool_call(account, tool.name, arguments, seen.output, outcome)
+
+    async def _run_tool(
+        self,
+        account: MailAccount,
+        tool: Tool,
+        arguments: dict[str, Any],
+        large: bool = False,
+        seen: ToolOutcome | None = None,
+    ) -> dict[str, Any] | _ToolText:
+        """
+        Run one tool.  Whatever goes wrong inside becomes an ``isError``
+        result the model can read; only cancellation and a missing scope
+        escape.  C{seen}, if given, is told the outcome and the output model.
+        """
+        seen = seen if seen is not None else ToolOutcome()
+        scopes = account.scopes
+        if tool.scopes_for is None and not tool.visible_to(scopes):
+            raise InsufficientScope(tool.name, tool.declared_scopes)
         try:
             validated = await self._off_reactor(
                 large, lambda: tool.input_model.model_validate(arguments)
             )
         except ValidationError as e:
+            if not tool.visible_to(scopes):
+                raise InsufficientScope(tool.name, tool.declared_scopes) from None
             return _error_result(describe_validation_error(tool.name, e))
+        needed = tool.needs(validated)
+        if not needed <= scopes:
+            # Reply and forward: whether it sends is known only now.
+            raise InsufficientScope(tool.name, needed)
         started = time.monotonic()
         try:
             awaitable = tool.handler(
@@ -866,7 +950,10 @@ class MCPApp:
                     f"tool returned {type(output).__name__}, not {tool.output_model.__name__}"
                 )
             structured = output.model_dump(mode="json", by_alias=True)
+            seen.output, seen.outcome = output, "ok"
         except ToolError as e:
+            if e.message.startswith("Delivery status unknown"):
+                seen.outcome = "unknown"
             log.info(
                 "tool {tool} for {owner} failed: {message}",
                 tool=tool.name,
@@ -887,6 +974,16 @@ class MCPApp:
             elapsed=time.monotonic() - started,
         )
         return _ToolText(json.dumps(structured, ensure_ascii=False))
+
+
+class ToolOutcome:
+    """What the audit trail learns of one tool call: ok, error or unknown, and the output."""
+
+    __slots__ = ("outcome", "output")
+
+    def __init__(self) -> None:
+        self.outcome = "error"
+        self.output: Any = None
 
 
 class _ToolText:

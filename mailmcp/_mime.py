@@ -27,7 +27,6 @@ import datetime
 import email.utils
 import quopri
 import re
-import unicodedata
 from collections.abc import Iterator, Sequence
 from email.header import decode_header
 from email.parser import BytesHeaderParser
@@ -38,9 +37,10 @@ from typing import Any
 import attrs
 import html2text
 
+from ._filenames import sanitise_filename
+
 MAX_PARTS = 200
 MAX_DEPTH = 20
-MAX_FILENAME_CHARS = 200
 MAX_HEADER_CHARS = 2000
 MAX_REFERENCES = 50
 
@@ -495,35 +495,15 @@ def _percent_decode(value: str) -> bytes:
     return bytes(out)
 
 
-_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
-_UNSAFE_FILENAME = re.compile(r'[/\\:*?"<>|]')
-
-
-def sanitize_filename(name: str | None) -> str | None:
+def decode_filename(name: str | None) -> str | None:
     """
-    A display-safe filename: RFC 2047 decoded, no path (``../../etc/passwd``
-    → ``etc_passwd``), no control/bidi/invisible characters (the
-    ``invoice\\u202efdp.exe`` trick), no Windows device names, at most
-    200 characters with the extension kept (MM-07).
+    An attachment's filename as sent (RFC 2047 encoded-words, raw 8-bit,
+    folded), decoded and unfolded, then cleaned by the one sanitiser the
+    attachment stores use too; C{None} when nothing safe is left.
     """
     if not name:
         return None
-    text = decode_words(name)
-    text = unicodedata.normalize("NFC", clean_line(text, 10_000) or "")
-    text = _UNSAFE_FILENAME.sub("_", text)
-    text = re.sub(r"_*\.\.+_*", "_", text) if ".._" in text or "_.." in text else text
-    text = text.strip(" ._") or ""
-    if not text:
-        return None
-    if _WINDOWS_RESERVED.match(text):
-        text = "_" + text
-    if len(text) > MAX_FILENAME_CHARS:
-        stem, dot, extension = text.rpartition(".")
-        if dot and 0 < len(extension) <= 16:
-            text = stem[: MAX_FILENAME_CHARS - len(extension) - 2] + "…." + extension
-        else:
-            text = text[: MAX_FILENAME_CHARS - 1] + "…"
-    return text
+    return sanitise_filename(clean_line(decode_words(name), 10_000), default="") or None
 
 
 def _disposition(value: Any) -> tuple[str | None, dict[str, str]]:
@@ -561,7 +541,7 @@ def _leaf(node: Sequence[Any], part_id: str, in_related: bool) -> Part:
         encoding=(_str(node[5]) or "7bit").lower() if len(node) > 5 else "7bit",
         size=_int(node[6]) if len(node) > 6 else 0,
         disposition=disposition,
-        filename=sanitize_filename(filename),
+        filename=decode_filename(filename),
         in_related=in_related,
     )
 
@@ -655,10 +635,6 @@ def analyse(bodystructure: Any) -> Structure:
         plain = [p for p in choices if p.content_type == "text/plain"]
         body.extend(plain[:1] or [p for p in choices if p.content_type == "text/html"][:1])
     return Structure(tuple(body), tuple(attachments), len(leaves), tuple(warnings))
-
-
-def _parent_is(chain: tuple[str, ...], subtype: str) -> bool:
-    return bool(chain) and chain[-1] == subtype
 
 
 def _alternative_container(part_id: str, chain: tuple[str, ...]) -> str | None:

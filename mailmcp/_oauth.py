@@ -37,10 +37,10 @@ from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
+from ._audit import Audit
 from ._clients import Client, MailServer, open_client
 from ._config import Config
 from ._grants import (
-    SCOPE,
     AccountGrants,
     CodeRequest,
     Credentials,
@@ -52,6 +52,7 @@ from ._grants import (
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._paths import base_path, metadata_paths
+from ._scopes import ALL_SCOPES, LABELS, UnknownScope, format_scope, parse_scope
 from ._templates import template_path
 from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy, client_address
 from ._tokens import InvalidToken, TokenCodec
@@ -108,6 +109,9 @@ FORM_FIELDS = (
     "action",
     *SERVER_FIELDS,
 )
+#: The login form carries the scopes offered (what the client asked for,
+#: after the caps) under this name; ``scope`` is the user's checkboxes.
+OFFERED_SCOPE = "requested_scope"
 
 UNAVAILABLE_TEXT = "Sign-in is temporarily unavailable. Please try again in a minute."
 GENERIC_FAILURE = "Sign-in failed. Nothing was saved; please check the details below and try again."
@@ -144,7 +148,13 @@ class AuthorizeRequest:
     state: str | None
     code_challenge: str
     resource: str
-    scope: str
+    #: What the login page offers: the requested scopes after the client's
+    #: and the daemon's caps.  The user may only narrow it.
+    scopes: frozenset[str]
+
+    @property
+    def scope(self) -> str:
+        return format_scope(self.scopes)
 
     def hidden_fields(self) -> list[tuple[str, str]]:
         fields = [
@@ -153,7 +163,7 @@ class AuthorizeRequest:
             ("response_type", "code"),
             ("code_challenge", self.code_challenge),
             ("code_challenge_method", "S256"),
-            ("scope", self.scope),
+            (OFFERED_SCOPE, self.scope),
             ("resource", self.resource),
         ]
         if self.state is not None:
@@ -212,10 +222,12 @@ class _Page(Element):
         same: bool,
         errors: list[str],
         message: str | None,
+        chosen: frozenset[str] | None = None,
         base_path: str = "",
         servers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
+        self._chosen = request.scopes if chosen is None else chosen
         self._base_path = base_path
         self._servers = servers
         self._request = request
@@ -240,6 +252,27 @@ class _Page(Element):
         if self._errors:
             box(tags.ul([tags.li(e, class_="error-line") for e in self._errors]))
         return box
+
+    @renderer
+    def scopes(self, request: IRequest, tag: Tag) -> list[Tag]:
+        """One checkbox per offered scope, in plain words, checked unless unticked."""
+        boxes = []
+        for scope in ALL_SCOPES:
+            if scope not in self._request.scopes:
+                continue
+            box = tags.input(
+                type="checkbox", name="scope", value=scope, id="scope-" + scope.replace(".", "-")
+            )
+            if scope in self._chosen:
+                box(checked="checked")
+            boxes.append(
+                tags.li(
+                    box,
+                    tags.label(LABELS[scope], for_="scope-" + scope.replace(".", "-")),
+                    class_="scope",
+                )
+            )
+        return boxes
 
     @renderer
     def same_checkbox(self, request: IRequest, tag: Tag) -> Tag:
@@ -386,6 +419,8 @@ class OAuthApp:
     """
 
     app = Klein()
+    #: The audit trail (LG-06), set by `build_authorization_server`; None: none.
+    audit: Audit | None = None
 
     def __init__(
         self,
@@ -427,7 +462,7 @@ class OAuthApp:
         return {
             "resource": self._config.mcp_url,
             "authorization_servers": [self._issuer],
-            "scopes_supported": [SCOPE],
+            "scopes_supported": list(ALL_SCOPES),
             "bearer_methods_supported": ["header"],
             "resource_name": "Mail MCP",
         }
@@ -453,7 +488,7 @@ class OAuthApp:
                 "client_secret_basic",
                 "none",
             ],
-            "scopes_supported": [SCOPE],
+            "scopes_supported": list(ALL_SCOPES),
             "authorization_response_iss_parameter_supported": True,
         }
 
@@ -522,8 +557,14 @@ class OAuthApp:
         self._page_headers(request)
         return await _flatten(_ErrorPage(error.title, error.message, self._base_path))
 
-    def _csrf_for(self, cookie: str) -> str:
-        mac = hmac.new(self._csrf_key, cookie.encode("ascii"), hashlib.sha256).digest()
+    def _csrf_for(self, cookie: str, scope: str | None = None) -> str:
+        """
+        A form's CSRF token: bound to the browser's cookie and, for the
+        login form, to the scopes it offers, so the offer cannot be edited in
+        the page.  (The account page's forms offer none.)
+        """
+        material = (cookie if scope is None else cookie + "\0" + scope).encode("ascii")
+        mac = hmac.new(self._csrf_key, material, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
     def _csrf_cookie_value(self, request: IRequest) -> str:
@@ -551,15 +592,26 @@ class OAuthApp:
         same: bool = True,
         errors: list[str] | None = None,
         message: str | None = None,
+        chosen: frozenset[str] | None = None,
         servers: Mapping[str, str] | None = None,
     ) -> bytes:
-        csrf = self._csrf_for(self._csrf_cookie_value(request))
+        csrf = self._csrf_for(self._csrf_cookie_value(request), areq.scope)
         request.setResponseCode(status)
         self._page_headers(request, areq.redirect_uri)
         if servers is None and self._asks_servers(areq.client):
             servers = self._server_values(values or {}, Suggestion())
         return await _flatten(
-            _Page(areq, csrf, values or {}, same, errors or [], message, self._base_path, servers)
+            _Page(
+                areq,
+                csrf,
+                values or {},
+                same,
+                errors or [],
+                message,
+                chosen,
+                base_path=self._base_path,
+                servers=servers,
+            )
         )
 
     # -- user-named servers (--allow-user-servers) -------------------------
@@ -669,15 +721,22 @@ class OAuthApp:
         state = _single(args, "state", MAX_STATE)
         return client, redirect_uri, state
 
-    def _validate_authorize(self, args: Mapping[bytes, list[bytes]]) -> AuthorizeRequest:
+    def _validate_authorize(
+        self, args: Mapping[bytes, list[bytes]], form: bool = False
+    ) -> AuthorizeRequest:
         """
+        :param form: C{args} come from the login form, where the requested
+            scopes travel as `OFFERED_SCOPE` and ``scope`` is the user's choice.
         :raises BadRequest: for a bad client or redirect URI (error page).
         :raises RedirectError: for anything else (sent to the redirect URI).
         """
         client, redirect_uri, state = self._validate_client(args)
+        scope_param = OFFERED_SCOPE if form else "scope"
         try:
             for name in OAUTH_PARAMS:
-                _single(args, name)
+                if name != "scope":
+                    _single(args, name)
+            requested_scope = _single(args, scope_param)
         except BadRequest as e:
             raise RedirectError("invalid_request", e.message) from None
         response_type = _single(args, "response_type")
@@ -691,22 +750,30 @@ class OAuthApp:
         resource = canonical_resource(_single(args, "resource"), self._config.mcp_url)
         if resource is None:
             raise RedirectError("invalid_target", "unknown resource")
-        # Unknown scopes are ignored rather than refused (Claude sends some).
+        try:
+            requested = parse_scope(requested_scope)
+        except UnknownScope:
+            raise RedirectError("invalid_scope", "unknown scope requested") from None
+        # The caps narrow a request rather than refuse it; only a request
+        # left with nothing at all is refused.
+        offered = requested & client.scopes & self._config.max_scope
+        if not offered:
+            raise RedirectError("invalid_scope", "none of the requested scopes can be granted")
         return AuthorizeRequest(
             client=client,
             redirect_uri=redirect_uri,
             state=state,
             code_challenge=challenge,
             resource=resource,
-            scope=SCOPE,
+            scopes=offered,
         )
 
     async def _authorize_common(
-        self, request: IRequest
+        self, request: IRequest, form: bool = False
     ) -> tuple[AuthorizeRequest | None, bytes | None]:
         args: Mapping[bytes, list[bytes]] = request.args or {}
         try:
-            areq = self._validate_authorize(args)
+            areq = self._validate_authorize(args, form)
             # Showing the form does not depend on the store (a store that is
             # down answers the submission); creating a grant does.
             await self._refuse_denied(areq.client, fail_open=request.method != b"POST")
@@ -768,7 +835,7 @@ class OAuthApp:
             peer, forwarded, self._config.trusted_proxies, self._config.trust_forwarded
         )
 
-    def _check_csrf(self, request: IRequest, token: str | None) -> bool:
+    def _check_csrf(self, request: IRequest, token: str | None, scope: str | None = None) -> bool:
         origin = request.getHeader(b"origin")
         # Under Referrer-Policy: no-referrer browsers send "Origin: null" on
         # the form POST; only a real foreign origin is refused outright.
@@ -780,7 +847,7 @@ class OAuthApp:
         if not cookie or not token:
             return False
         try:
-            expected = self._csrf_for(cookie.decode("ascii"))
+            expected = self._csrf_for(cookie.decode("ascii"), scope)
         except UnicodeDecodeError:
             return False
         return hmac.compare_digest(expected.encode("ascii"), token.encode("utf-8", "replace"))
@@ -799,7 +866,7 @@ class OAuthApp:
     async def _authorize_submit(self, request: IRequest) -> bytes:
         if _body_size(request) > MAX_FORM_BODY:
             raise BadRequest("Request too large", "The form was too large.", 413)
-        areq, answer = await self._authorize_common(request)
+        areq, answer = await self._authorize_common(request, form=True)
         if areq is None:
             assert answer is not None
             return answer
@@ -807,7 +874,7 @@ class OAuthApp:
         values: dict[str, str] = {}
         for name in FORM_FIELDS:
             values[name] = _single(args, name, 4096) or ""
-        if not self._check_csrf(request, values["csrf_token"]):
+        if not self._check_csrf(request, values["csrf_token"], areq.scope):
             log.info("login form refused: missing or wrong CSRF token")
             raise BadRequest(
                 "Session expired",
@@ -815,6 +882,7 @@ class OAuthApp:
                 "Go back to your assistant and start again.",
                 403,
             )
+        chosen = self._chosen_scopes(args, areq)
         same = values["use_same_credentials"] == "1"
         if same:
             values["smtp_username"] = values["imap_username"]
@@ -829,15 +897,21 @@ class OAuthApp:
             # "Find my servers": look the domain up, sign nobody in.
             found = await self._discovered(request, values["email"])
             shown = self._server_values({"email": values["email"]}, found)
-            return await self._login_page(request, areq, 200, kept, same, servers=shown)
+            return await self._login_page(
+                request, areq, 200, kept, same, chosen=chosen, servers=shown
+            )
         errors = self._field_errors(values, same)
         if asks:
-            server_errors, chosen = self._parse_servers(values)
+            server_errors, named = self._parse_servers(values)
             errors += server_errors
             if not errors:
-                imap, smtp = chosen
+                imap, smtp = named
+        if not chosen:
+            errors.append("Access: choose at least one thing the assistant may do.")
         if errors:
-            return await self._login_page(request, areq, 400, kept, same, errors, GENERIC_FAILURE)
+            return await self._login_page(
+                request, areq, 400, kept, same, errors, GENERIC_FAILURE, chosen
+            )
 
         address = self._client_address(request)
         try:
@@ -847,6 +921,7 @@ class OAuthApp:
                 address, [values["imap_username"], values["smtp_username"]]
             )
         except Throttled as e:
+            self._record("login", areq.client, "error", values["email"].strip(), "throttled")
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
             return await self._login_page(
                 request,
@@ -856,6 +931,7 @@ class OAuthApp:
                 same,
                 ["Too many sign-in attempts. Please wait a few minutes before trying again."],
                 GENERIC_FAILURE,
+                chosen,
             )
         if asks:
             # Before any connection, and throttled like one: only where the
@@ -864,14 +940,18 @@ class OAuthApp:
                 await self._server_policy_check("IMAP", imap)
                 await self._server_policy_check("SMTP", smtp)
             except ServerRefused as e:
+                self._record(
+                    "login", areq.client, "error", values["email"].strip(), "server not allowed"
+                )
                 await self._throttle.settle(reservation, None)
                 return await self._login_page(
-                    request, areq, 400, kept, same, [str(e)], GENERIC_FAILURE
+                    request, areq, 400, kept, same, [str(e)], GENERIC_FAILURE, chosen
                 )
         try:
             with self._throttle.slot():
                 problem = await self._check_mail(imap, smtp, values)
         except Busy:
+            self._record("login", areq.client, "error", values["email"].strip(), "busy")
             await self._throttle.settle(reservation, None)
             request.setHeader(b"retry-after", b"5")
             return await self._login_page(
@@ -882,14 +962,16 @@ class OAuthApp:
                 same,
                 ["The service is busy checking other sign-ins. Please try again in a moment."],
                 GENERIC_FAILURE,
+                chosen,
             )
         # The username whose check failed keeps its charge, and so do the
         # failure budgets; the rest is handed back.  (Should the check itself
         # raise, nothing is handed back.)
         await self._throttle.settle(reservation, problem[0] if problem else None)
+        self._record("login", areq.client, "error" if problem else "ok", values["email"].strip())
         if problem is not None:
             return await self._login_page(
-                request, areq, 400, kept, same, [problem[1]], GENERIC_FAILURE
+                request, areq, 400, kept, same, [problem[1]], GENERIC_FAILURE, chosen
             )
 
         credentials = Credentials(
@@ -908,6 +990,7 @@ class OAuthApp:
                 redirect_uri=areq.redirect_uri,
                 code_challenge=areq.code_challenge,
                 resource=areq.resource,
+                scopes=chosen,
             ),
             credentials,
         )
@@ -920,6 +1003,35 @@ class OAuthApp:
     async def _server_policy_check(self, label: str, server: MailServer) -> None:
         assert self._server_policy is not None
         await self._server_policy.check(label, server)
+
+    def _chosen_scopes(
+        self, args: Mapping[bytes, list[bytes]], areq: AuthorizeRequest
+    ) -> frozenset[str]:
+        """
+        The scopes the user left ticked (empty: none).  A submission may only
+        narrow what the page offered: an unknown or unoffered value (an
+        edited form) is the error page, and nothing is issued.  A form that
+        carries neither the offer nor a choice predates the choice (a page
+        rendered before it existed, or a scripted login) and takes the
+        whole offer; its CSRF token is bound to that offer.
+        """
+        values = args.get(b"scope", [])
+        if not values and OFFERED_SCOPE.encode("ascii") not in args:
+            return areq.scopes
+        chosen: set[str] = set()
+        for raw in values:
+            try:
+                chosen.update(parse_scope(raw.decode("utf-8")) if raw.strip() else ())
+            except (UnicodeDecodeError, UnknownScope):
+                chosen.add("?")
+        if not chosen <= areq.scopes:
+            log.info("login form refused: a scope that was not offered")
+            raise BadRequest(
+                "Invalid request",
+                "The form asked for access that was not offered, so nothing was granted. "
+                "Go back to your assistant and start again.",
+            )
+        return frozenset(chosen)
 
     def _field_errors(self, values: Mapping[str, str], same: bool) -> list[str]:
         errors: list[str] = []
@@ -974,6 +1086,18 @@ class OAuthApp:
                     f"{label}: the mail server could not be reached securely. Please try again later.",
                 )
         return None
+
+    def _record(
+        self,
+        event: str,
+        client: Client | None,
+        outcome: str,
+        account: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One audit entry (LG-06), when there is an audit trail."""
+        if self.audit is not None:
+            self.audit.oauth(event, client, outcome, account, error)
 
     # -- token endpoint ---------------------------------------------------
 
@@ -1061,6 +1185,7 @@ class OAuthApp:
     @app.route("/oauth/token", methods=["POST"])
     async def token(self, request: IRequest) -> bytes:
         basic = request.getHeader(b"authorization") is not None
+        client, grant_type = None, None
         try:
             form = self._form(request)
             client, _ = self._authenticate_client(request, form)
@@ -1087,12 +1212,17 @@ class OAuthApp:
                 )
         except OAuthError as e:
             log.info("token request refused: {error}", error=e.error)
+            self._record(
+                _TOKEN_EVENTS.get(grant_type or "", "token"), client, "error", error=e.error
+            )
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("token request failed")
+            self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "error")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
+        self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "ok")
         request.setHeader(b"pragma", b"no-cache")
         return json_body(request, 200, tokens.to_json())
 
@@ -1108,17 +1238,21 @@ class OAuthApp:
     @app.route("/oauth/revoke", methods=["POST"])
     async def revoke(self, request: IRequest) -> bytes:
         basic = request.getHeader(b"authorization") is not None
+        client = None
         try:
             form = self._form(request)
             client, _ = self._authenticate_client(request, form)
             await self._grants.revoke(client, form.get("token"))
         except OAuthError as e:
+            self._record("revoke", client, "error", error=e.error)
             return self._token_error(request, e, basic)
         except Exception:
             log.failure("revocation failed")
+            self._record("revoke", client, "error")
             return self._token_error(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
+        self._record("revoke", client, "ok")
         request.setHeader(b"pragma", b"no-cache")
         return json_body(request, 200, {})
 
@@ -1143,8 +1277,16 @@ def open_store(config: Config, reactor: Any) -> Any:
     return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
+#: The audit event of each token grant type.
+_TOKEN_EVENTS = {"authorization_code": "token", "refresh_token": "refresh"}
+
+
 def build_authorization_server(
-    config: Config, reactor: Any, parent: Any, extra: dict[str, Any] | None = None
+    config: Config,
+    reactor: Any,
+    parent: Any,
+    extra: dict[str, Any] | None = None,
+    audit: Audit | None = None,
 ) -> tuple[Any, Any]:
     """
     Build the grant store (added to C{parent} as a service), the OAuth app and
@@ -1166,6 +1308,7 @@ def build_authorization_server(
         code_lifetime=config.code_lifetime,
         access_lifetime=config.access_token_lifetime,
         refresh_lifetime=config.refresh_token_lifetime,
+        max_scope=config.max_scope,
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"
@@ -1192,6 +1335,7 @@ def build_authorization_server(
         ),
         resolver=resolver,
     )
+    oauth.audit = audit
     if extra is not None:
         from ._account_page import AccountApp
 

@@ -26,6 +26,7 @@ from twisted.web.resource import IResource
 from ._admission import Admission
 from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
+from ._audit import build_audit
 from ._config import Config
 from ._cors import CORSPolicy
 from ._http import ILargeBodyGate, InFlight, MailMCPSite
@@ -299,14 +300,15 @@ def build_routes(
         )
         metrics_listener.setName("metrics-listen")
         metrics_listener.setServiceParent(parent)
+    audit = build_audit(config.audit_log, reactor, parent)
     extra: dict[str, IResource] = {}
-    oauth_resource, verifier = build_authorization_server(config, reactor, parent, extra)
+    oauth_resource, verifier = build_authorization_server(config, reactor, parent, extra, audit)
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # The user's page: connected apps and their revocation (issue 15).
     routes.append(("/account", extra["account"]))
     # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
     # tool_services.imap / .smtp / .attachments before this point.
-    tool_services = ToolServices(reactor=reactor, config=config)
+    tool_services = ToolServices(reactor=reactor, config=config, audit=audit)
     # Logged-in IMAP connections per account; as a child service it logs
     # them all out when the daemon stops.
     imap_pool = IMAPPool.from_config(config, reactor)

@@ -4,7 +4,10 @@ Tools as small declarative units.
 A `Tool` is a name, a title, a description, a pydantic input model (its JSON
 schema is the tool's ``inputSchema``), an output model (``outputSchema``),
 honest annotations, and one ``async`` handler taking a `ToolContext` and the
-validated input.  A handler reports a failure the user can act on by raising
+validated input.  It also names the OAuth scope(s) a token needs to see and
+call it (`mailmcp._scopes`); a tool whose need depends on its arguments
+(reply and forward: draft or send) adds C{scopes_for}, asked after the
+arguments are validated.  A handler reports a failure the user can act on by raising
 `ToolError`; the MCP layer turns it into an ``isError`` result.
 """
 
@@ -17,6 +20,8 @@ import attrs
 from pydantic import BaseModel
 
 from ._account import MailAccount
+from ._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox
+from ._scopes import FULL
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -31,6 +36,34 @@ class ToolError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def imap_tool_error(error: IMAPError, folder: str | None = None) -> ToolError:
+    """
+    The one translation of an IMAP failure into a message the model can act
+    on: a missing folder points at ``list_mailboxes``, a refused stored login
+    at reconnecting, anything else quotes the server's (secret-free) reason.
+    """
+    if isinstance(error, IMAPNoSuchMailbox) or (
+        folder is not None and _looks_missing(error.message)
+    ):
+        named = (
+            f"There is no folder {folder!r}" if folder is not None else "A folder does not exist"
+        )
+        return ToolError(
+            f"{named} (or it cannot be opened). Call list_mailboxes to see the exact folder "
+            "names; they are case-sensitive and use the server's separator."
+        )
+    if isinstance(error, IMAPAuthError):
+        return ToolError(
+            f"The mail server refused the stored login ({error.message}). Reconnect the mail account."
+        )
+    return ToolError(f"The mail server reported an error: {error.message}")
+
+
+def _looks_missing(message: str) -> bool:
+    lowered = message.lower()
+    return "nonexistent" in lowered or "doesn't exist" in lowered or "does not exist" in lowered
 
 
 @attrs.frozen
@@ -53,6 +86,31 @@ class Tool(Generic[In, Out]):
     destructive: bool
     idempotent: bool
     open_world: bool = False
+    #: The scopes a token needs to list and call this tool (all of them).
+    #: Empty means the tool was declared without one: only a full grant
+    #: (all five scopes) may use it.  With C{scopes_for}: each scope here is
+    #: one mode of the tool, and a token with any of them sees it listed.
+    scopes: frozenset[str] = frozenset()
+    #: For a tool whose need depends on its arguments: the scopes this call
+    #: needs, given its validated input (instead of C{scopes}).
+    scopes_for: Callable[[In], frozenset[str]] | None = None
+
+    @property
+    def declared_scopes(self) -> frozenset[str]:
+        """C{scopes}, or all five for a tool declared without any."""
+        return self.scopes or FULL
+
+    def visible_to(self, granted: frozenset[str]) -> bool:
+        """Whether ``tools/list`` shows this tool to a token with C{granted}."""
+        if self.scopes_for is not None and self.scopes:
+            return bool(self.scopes & granted)
+        return self.declared_scopes <= granted
+
+    def needs(self, arguments: In) -> frozenset[str]:
+        """The scopes this call, with these validated C{arguments}, needs."""
+        if self.scopes_for is not None:
+            return self.scopes_for(arguments)
+        return self.declared_scopes
 
     def annotations(self) -> dict[str, Any]:
         return {
@@ -82,6 +140,7 @@ class ToolServices:
     attachments: Any = None
     attachment_index: Any = None
     send_limiter: Any = None
+    audit: Any = None  # mailmcp._audit.Audit, or None: no audit trail
     #: `mailmcp._sendintent.SendIntents` (SM-13): the store-backed claim of
     #: a keyed send; None: the SMTP sender's in-process claim.
     send_intents: Any = None

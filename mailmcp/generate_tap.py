@@ -31,6 +31,7 @@ from ._clients import (
 )
 from ._config import DEFAULT_STATE_DIR, OneLineErrorOptions, env_name, prepare_state_dir
 from ._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
+from ._scopes import ALL_SCOPES, FULL, format_scope, parse_scope_list
 from ._tokens import TokenCodec
 
 _DEFAULT_PORTS = {
@@ -76,6 +77,15 @@ class Options(OneLineErrorOptions):
         ["smtp-port", None, None, "SMTP port (default 465 for tls, 587 for starttls)."],
         ["smtp-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
         ["name", None, None, "A label for this client, shown on the login page."],
+        [
+            "scope",
+            None,
+            None,
+            "The most this client may be granted, e.g. mail.read for a read-only "
+            "connector: scopes separated by commas (default: all of "
+            + ", ".join(ALL_SCOPES)
+            + ").",
+        ],
         [
             "revoke-account",
             None,
@@ -197,6 +207,10 @@ class Options(OneLineErrorOptions):
             return
         self["imap"] = self._server("imap")
         self["smtp"] = attrs.evolve(self._server("smtp"), files_sent=bool(self["smtp-files-sent"]))
+        try:
+            self["scopes"] = FULL if self["scope"] is None else parse_scope_list(self["scope"])
+        except ValueError as e:
+            raise usage.UsageError(f"--scope: {e}") from None
         uris = self["redirect-uri"] or list(DEFAULT_REDIRECT_URIS)
         try:
             self["redirect-uri"] = [validate_redirect_uri(u) for u in uris]
@@ -220,6 +234,7 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
         options["redirect-uri"],
         public=bool(options["public"]),
         name=options["name"],
+        scopes=options["scopes"],
     )
     imap, smtp = options["imap"], options["smtp"]
     if options["json"]:
@@ -230,6 +245,7 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
             "imap": imap.to_claims(),
             "smtp": smtp.to_claims(),
             "redirect_uris": options["redirect-uri"],
+            "scope": format_scope(options["scopes"]),
         }
         out.write(json.dumps(document, indent=2) + "\n")
         return
@@ -238,6 +254,7 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
     out.write(f"  SMTP:   {smtp.host}:{smtp.port} ({smtp.security})\n")
     if smtp.files_sent:
         out.write("          files sent mail itself: no copy is added to Sent\n")
+    out.write(f"  Scopes: {format_scope(options['scopes'])}\n")
     out.write("  Redirect URIs:\n")
     for uri in options["redirect-uri"]:
         out.write(f"    {uri}\n")

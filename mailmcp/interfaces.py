@@ -23,13 +23,6 @@ class IAccessTokenVerifier(Interface):
         """
 
 
-class IClock(Interface):
-    """Where "now" comes from: `twisted.internet.interfaces.IReactorTime`."""
-
-    def seconds() -> float:
-        """Seconds since the epoch."""
-
-
 class IToolServices(Interface):
     """
     What tool handlers may use besides the account: the IMAP pool, the SMTP

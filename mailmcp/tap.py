@@ -8,8 +8,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import ILogObserver
+from twisted.python.components import Componentized
 
 from ._config import FLAGS, PARAMETERS, Config, OneLineErrorOptions, build_config, env_name
 
@@ -62,9 +64,36 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = _reactor
     assert IReactorCore.providedBy(reactor)
-    from ._logging import set_log_level
+    from ._logging import set_log_level, twistd_observer
     from ._service import build_service
 
-    set_log_level(options.config.log_level)
-    service: IService = build_service(options.config, reactor)
+    config = options.config
+    set_log_level(config.log_level)
+    service: IService = build_service(config, reactor)
+    twistd_options = getattr(options, "parent", None)
+    if twistd_options is not None:
+        observer = twistd_observer(twistd_options, config.log_level, config.log_format)
+        if observer is not None:
+            return _WithLogObserver(service, observer)
     return service
+
+
+class _WithLogObserver(MultiService):
+    """
+    The daemon's service tree, carrying the log observer for twistd.
+
+    twistd builds the application after calling `makeService` and then uses
+    the application's `ILogObserver` component, if any, instead of its own
+    (see ``twisted.application.app.AppLogger.start``); this is where a
+    plugin's service meets the application, so the observer is set there.
+    """
+
+    def __init__(self, tree: IService, observer: ILogObserver) -> None:
+        super().__init__()
+        self._observer = observer
+        tree.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, self._observer)
+        super().setServiceParent(parent)

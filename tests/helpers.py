@@ -52,3 +52,51 @@ def live_account(services: Services, email: str, password: str, *, full_name: st
         smtp_username=email,
         smtp_password=smtp_password if smtp_password is not None else password,
     )
+
+
+class ClockedReactor:
+    """
+    The real reactor's network with a `Clock`'s time: for tests of real
+    sockets where the code under test takes one reactor for both, so that a
+    deadline is reached by ``clock.advance`` instead of by waiting for it.
+    Everything but ``callLater``, ``seconds`` and ``getDelayedCalls`` is the
+    real reactor's.
+    """
+
+    def __init__(self, network: Any, clock: Any) -> None:
+        self._network = network
+        self.clock = clock
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kw)
+
+    def seconds(self) -> float:
+        return float(self.clock.seconds())
+
+    def getDelayedCalls(self) -> Any:
+        return self.clock.getDelayedCalls()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._network, name)
+
+
+def _provide_reactor_interfaces() -> None:
+    from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
+    from zope.interface import classImplements
+
+    classImplements(ClockedReactor, IReactorTCP, IReactorTime, IReactorCore)
+
+
+_provide_reactor_interfaces()
+
+
+async def until(condition: Any, what: str, *, tries: int = 400, step: float = 0.025) -> None:
+    """Poll C{condition} on the real reactor, a bounded number of times (not evidence by sleeping)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(tries):
+        if condition():
+            return
+        await deferLater(reactor, step, lambda: None)
+    raise AssertionError(f"gave up waiting for {what}")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import unicodedata
 from typing import NamedTuple
 from urllib.parse import quote
 
 import attrs
 
+from .._filenames import sanitise_filename
 from .._keyring import KeyRing
 
 #: Purpose names for the key ring's HKDF subkeys.
@@ -30,7 +30,6 @@ LINK_PURPOSE = "attachments/link"
 DEFAULT_MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_ATTACHMENT_BYTES = 35 * 1024 * 1024
 DEFAULT_MAX_ATTACHMENTS = 20
-MAX_FILENAME_CHARS = 180
 #: Longest URL ``resolve`` even looks at; our own links are far shorter.
 MAX_URL_LENGTH = 4096
 
@@ -103,38 +102,6 @@ def owner_tag(keyring: KeyRing, owner: str) -> str:
     """
     key = keyring.subkey(keyring.kids[0], OWNER_PURPOSE)
     return hmac.new(key, owner.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_UNSAFE_CHARS = re.compile(r'[/\\:*?"<>|]')
-
-
-def sanitise_filename(name: str | None, default: str = "attachment") -> str:
-    """
-    A display filename that is safe everywhere it may end up: no directory
-    part, no control or bidi characters, no path separators or shell-special
-    characters, no leading dots, at most `MAX_FILENAME_CHARS` characters
-    (keeping the extension).
-    """
-    if not name:
-        return default
-    name = unicodedata.normalize("NFC", str(name))
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(
-        ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp")
-    )
-    name = _CONTROL.sub("", name)
-    name = _UNSAFE_CHARS.sub("_", name)
-    name = " ".join(name.split()).strip(" .")
-    if not name:
-        return default
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, ext = name.rpartition(".")
-        if dot and 0 < len(ext) <= 16:
-            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1] + "." + ext
-        else:
-            name = name[:MAX_FILENAME_CHARS]
-    return name
 
 
 def content_disposition(filename: str) -> str:

@@ -302,6 +302,12 @@ def _limits(ctx: ToolContext) -> Limits:
     return limits if isinstance(limits, Limits) else Limits()
 
 
+_ONLY_OURS = (
+    "attachment_urls must be links issued by this server (get_mail_attachment_link gives "
+    "one per attachment); other URLs are never fetched"
+)
+
+
 async def resolve_attachment_urls(
     ctx: ToolContext, urls: Sequence[Any]
 ) -> list[ResolvedAttachment]:
@@ -317,7 +323,7 @@ async def resolve_attachment_urls(
         return []
     store = ctx.services.attachments
     if store is None:
-        raise ToolError("attachment_urls are not supported: no attachment store is configured")
+        raise ToolError(f"{_ONLY_OURS}, and attachments are not enabled on this server")
     limits = _limits(ctx)
     if len(urls) > limits.max_count:
         raise ToolError(f"at most {limits.max_count} attachments per message")
@@ -330,7 +336,7 @@ async def resolve_attachment_urls(
             try:
                 verify(owner, url)
             except AttachmentError as e:
-                raise ToolError(f"attachment_urls[{index}]: {e.message}") from None
+                raise ToolError(f"attachment_urls[{index}]: {e.message}. {_ONLY_OURS}") from None
     resolved: list[ResolvedAttachment] = []
     total = 0
     for index, url in enumerate(urls):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from .._mailbox_api import Address, Envelope, FetchedMessage, IMAPError
@@ -72,11 +72,6 @@ _TOKEN = re.compile(
 )
 _UNQUOTE = re.compile(rb"\\(.)", re.DOTALL)
 _OPEN, _CLOSE, _BOPEN, _BCLOSE, _QUOTE, _BRACE = 40, 41, 91, 93, 34, 123
-
-
-def tokenize_segment(text: bytes) -> list[bytes]:
-    """The regex tokens of one text segment (exposed for the benchmark)."""
-    return _TOKEN.findall(text)
 
 
 def parse_values(response: RawResponse, start: int = 0) -> list[Value]:
@@ -628,15 +623,3 @@ def split_code(text: bytes) -> tuple[list[Value] | None, bytes]:
         else b""
     )
     return code, match.group(2)
-
-
-def iter_untagged(lines: Sequence[RawResponse]) -> Iterator[tuple[bytes, RawResponse]]:
-    """(upper-case response name, response) for untagged lines (``*`` stripped)."""
-    for response in lines:
-        head = response[0]
-        first, _, rest = head.partition(b" ")
-        if first.isdigit():
-            name = rest.split(b" ", 1)[0].upper()
-        else:
-            name = first.upper()
-        yield name, response

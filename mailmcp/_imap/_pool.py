@@ -235,16 +235,6 @@ class IMAPPool(Service):
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def deferred_run(
-        self,
-        account: Any,
-        operation: Callable[[IMAPSession], Awaitable[T]],
-        *,
-        read_only: bool,
-    ) -> Deferred[T]:
-        """`run` as a Deferred, for callers at a Deferred seam."""
-        return Deferred.fromCoroutine(self.run(account, operation, read_only=read_only))
-
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self._closing = True

@@ -84,11 +84,6 @@ def encode_mailbox(name: str) -> bytes:
     return name.encode("imap4-utf-7")
 
 
-def mailbox_arg(name: str) -> bytes:
-    """A mailbox name ready for the wire: modified UTF-7, quoted."""
-    return quote(encode_mailbox(name))
-
-
 def decode_mailbox(raw: bytes) -> str:
     """
     A mailbox name from the server.  Invalid modified UTF-7 (IM-12) comes

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._attachments._helpers import INLINE_TEXT_MAX, PART_PATTERN, PartLink, link_part
 from .._mailbox_api import IMAPError, IMAPSession
-from .._toolkit import Tool, ToolContext, ToolError
+from .._scopes import READ
+from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
 
 
 class AttachmentLinkInput(BaseModel):
@@ -92,7 +93,7 @@ async def get_mail_attachment_link(
     try:
         uidvalidity, linked = await ctx.services.imap.run(ctx.account, operation, read_only=True)
     except IMAPError as e:
-        raise ToolError(e.message) from None
+        raise imap_tool_error(e, args.folder) from None
     text, truncated = _inline(linked) if args.inline_text else (None, False)
     if linked.url is None and text is None:
         raise ToolError(linked.error or "attachment storage is unavailable")
@@ -125,6 +126,7 @@ GET_MAIL_ATTACHMENT_LINK: Tool[AttachmentLinkInput, AttachmentLinkOutput] = Tool
     input_model=AttachmentLinkInput,
     output_model=AttachmentLinkOutput,
     handler=get_mail_attachment_link,
+    scopes=frozenset({READ}),
     # It publishes the attachment behind a bearer link, so not "read-only"
     # even though the mailbox is untouched (docs/threat-model.rst, S-15).
     read_only=False,

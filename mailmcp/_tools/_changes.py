@@ -35,6 +35,7 @@ from typing import Annotated, Literal, Protocol, cast
 from pydantic import Field
 
 from .._mailbox_api import IMAPSession, MailboxState
+from .._scopes import READ
 from .._toolkit import Tool, ToolContext, ToolError
 from ._reading import Folder, MessageSummary, _In, _Out, _run, fetch_summaries, summarise, uid_set
 from ._state import (
@@ -250,6 +251,7 @@ TOOLS: list[Tool] = [
         input_model=MailboxChangesInput,
         output_model=MailboxChangesOutput,
         handler=get_mailbox_changes,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,

@@ -61,6 +61,7 @@ from .._compose import (
 )
 from .._mailbox_api import Address as EnvelopeAddress
 from .._mailbox_api import Envelope, FetchedMessage, IMAPError, IMAPSession
+from .._scopes import DRAFT, SEND
 from .._toolkit import Tool, ToolContext, ToolError
 from ._reading import THREADING_FIELDS, _convert_html, _run
 from ._writing import (
@@ -708,6 +709,11 @@ async def reply_mail_message(ctx: ToolContext, args: ReplyInput) -> ReplyOutput:
     )
 
 
+def _scopes_for(args: _ConversationInput) -> frozenset[str]:
+    """A reply or forward that only saves a draft needs mail.draft; one that sends, mail.send."""
+    return frozenset({DRAFT}) if args.draft else frozenset({SEND})
+
+
 REPLY_MAIL_MESSAGE: Tool[ReplyInput, ReplyOutput] = Tool(
     name="reply_mail_message",
     title="Reply to email",
@@ -723,6 +729,8 @@ REPLY_MAIL_MESSAGE: Tool[ReplyInput, ReplyOutput] = Tool(
     input_model=ReplyInput,
     output_model=ReplyOutput,
     handler=reply_mail_message,
+    scopes=frozenset({DRAFT, SEND}),
+    scopes_for=_scopes_for,
     read_only=False,
     destructive=False,
     idempotent=False,
@@ -852,6 +860,8 @@ FORWARD_MAIL_MESSAGE: Tool[ForwardInput, ForwardOutput] = Tool(
     input_model=ForwardInput,
     output_model=ForwardOutput,
     handler=forward_mail_message,
+    scopes=frozenset({DRAFT, SEND}),
+    scopes_for=_scopes_for,
     read_only=False,
     destructive=False,
     idempotent=False,

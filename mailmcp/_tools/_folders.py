@@ -23,7 +23,8 @@ from typing import Any, Protocol, TypeVar, cast
 from pydantic import Field
 
 from .._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInfo
-from .._toolkit import Tool, ToolContext, ToolError
+from .._scopes import ORGANIZE
+from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
 from ._reading import Folder, _In, _Out
 
 T = TypeVar("T")
@@ -101,12 +102,8 @@ class DeleteMailboxOutput(_Out):
 async def _run_write(ctx: ToolContext, operation: Callable[[IMAPSession], Awaitable[T]]) -> T:
     try:
         result: T = await ctx.services.imap.run(ctx.account, operation, read_only=False)
-    except IMAPAuthError as e:
-        raise ToolError(
-            f"The mail server refused the stored login ({e.message}). Reconnect the mail account."
-        ) from None
     except IMAPError as e:
-        raise ToolError(f"The mail server reported an error: {e.message}") from None
+        raise imap_tool_error(e) from None
     return result
 
 
@@ -307,6 +304,8 @@ def _tool(name: str, title: str, description: str, handler: Any, inp: Any, out: 
         # A repeat finds the work done and changes nothing (it answers an error).
         idempotent=True,
         open_world=True,
+        # Managing folders is organising (even deleting one: it must be empty).
+        scopes=frozenset({ORGANIZE}),
     )
 
 

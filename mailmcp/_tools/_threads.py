@@ -26,12 +26,12 @@ from typing import Any, Protocol, cast
 import attrs
 from pydantic import Field
 
-from .. import _mime
+from .. import _mime, _untrusted
 from .._mailbox_api import FetchedMessage, IMAPError, IMAPSession, MailboxInfo
+from .._scopes import READ
 from .._toolkit import Tool, ToolContext, ToolError
 from ._reading import (
     UID,
-    UNTRUSTED_NOTICE,
     EmailAddress,
     Folder,
     _addresses,
@@ -103,13 +103,20 @@ class ThreadEntry(_Out):
     seen: bool
     message_id: str | None
     in_reply_to: str | None
-    snippet: str = Field(description=f"The first ~{SNIPPET_CHARS} characters of its text.")
+    snippet: str = Field(
+        description=f"The first ~{SNIPPET_CHARS} characters of its text, between the untrusted "
+        "begin/end markers the notice names."
+    )
 
 
 class ThreadOutput(_Out):
     folder: str
     uid: int
     uidvalidity: int
+    notice: str = Field(
+        description="Which parts of this answer the senders wrote (untrusted), and the "
+        "snippets' begin/end markers."
+    )
     messages: list[ThreadEntry] = Field(description="The conversation, oldest first.")
     total: int = Field(description="How many messages of the conversation were found.")
     truncated: bool = Field(description="True when only the newest `limit` are listed.")
@@ -119,7 +126,6 @@ class ThreadOutput(_Out):
         "(Message-ID/References search only)."
     )
     warnings: list[str] = Field(default_factory=list)
-    notice: str = UNTRUSTED_NOTICE
 
 
 @attrs.define
@@ -379,11 +385,16 @@ async def get_mail_thread(ctx: ToolContext, arguments: ThreadInput) -> ThreadOut
             await session.examine(folder)
             for uid, text in (await _snippets(session, here)).items():
                 snippets[(folder, uid)] = text
-        entries = [_entry(e, snippets.get((e.folder, e.message.uid), "")) for e in chosen]
+        marker_id = _untrusted.new_marker_id()
+        entries = [
+            _entry(e, _untrusted.mark_body(snippets.get((e.folder, e.message.uid), ""), marker_id))
+            for e in chosen
+        ]
         return ThreadOutput(
             folder=seed_folder,
             uid=seed_uid,
             uidvalidity=seed_state.uidvalidity,
+            notice=_untrusted.snippet_notice(marker_id),
             messages=entries,
             total=len(ordered),
             truncated=len(ordered) > len(chosen),
@@ -432,6 +443,7 @@ TOOLS: list[Tool] = [
         input_model=ThreadInput,
         output_model=ThreadOutput,
         handler=get_mail_thread,
+        scopes=frozenset({READ}),
         read_only=True,
         destructive=False,
         idempotent=True,

@@ -49,11 +49,13 @@ from .._compose import (
     parse_message_ids,
 )
 from .._mailbox_api import IMAPError, IMAPNoSuchMailbox, IMAPSession, MailboxInfo, MailboxState
+from .._scopes import DELETE, DRAFT, ORGANIZE, SEND
 from .._search import search_string
 from .._sendintent import EndState, SendIntents
+from .._sendpolicy import refused_recipients
 from .._sendrate import send_key
 from .._smtp import SMTPOutcomeUnknown, SMTPSendFailed
-from .._toolkit import Tool, ToolContext, ToolError
+from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
 
 T = TypeVar("T")
 log = Logger()
@@ -395,10 +397,8 @@ async def _imap(ctx: ToolContext, operation: Callable[[IMAPSession], Awaitable[T
     try:
         result: T = await ctx.services.imap.run(ctx.account, operation, read_only=False)
         return result
-    except IMAPNoSuchMailbox as e:
-        raise ToolError(f"folder not found (use list_mailboxes): {e.message}") from None
     except IMAPError as e:
-        raise ToolError(e.message) from None
+        raise imap_tool_error(e) from None
 
 
 def find_special(boxes: Sequence[MailboxInfo], special: str, names: Sequence[str]) -> str | None:
@@ -450,39 +450,6 @@ def _same_folder(a: str, b: str) -> bool:
     if a.upper() == "INBOX" and b.upper() == "INBOX":
         return True
     return a == b
-
-
-async def _attachments(ctx: ToolContext, urls: Sequence[str]) -> list[OutgoingAttachment]:
-    """
-    Resolve C{urls} through the attachment store: only live links this
-    server issued to this user; every URL is checked before any is read, and
-    none is ever fetched over the network.
-    """
-    if not urls:
-        return []
-    store = ctx.services.attachments
-    refusal = (
-        "attachment_urls must be links issued by this server (get_mail_attachment_link gives "
-        "one per attachment); other URLs are never fetched"
-    )
-    if store is None:
-        raise ToolError(refusal + ", and attachments are not enabled on this server")
-    from .._attachments._common import AttachmentError
-
-    owner = ctx.account.owner
-    try:
-        for url in urls:
-            store.check(owner, url)
-        resolved = [await store.resolve(owner, url) for url in urls]
-    except AttachmentError as e:
-        raise ToolError(f"{refusal}: {e.message}") from None
-    limits = getattr(store, "limits", None)
-    total = sum(len(r.data) for r in resolved)
-    if limits is not None and total > limits.max_message_bytes:
-        raise ToolError(
-            f"attachments too large together (at most {limits.max_message_bytes} bytes)"
-        )
-    return [OutgoingAttachment(r.data, r.filename, r.content_type) for r in resolved]
 
 
 def _attachment_limits(ctx: ToolContext) -> tuple[int, int, int]:
@@ -546,7 +513,13 @@ async def user_attachments(
     _, per_message, max_count = _attachment_limits(ctx)
     if len(inline) + len(urls) + len(more) > max_count:
         raise ToolError(f"too many attachments (at most {max_count} per message)")
-    attachments = await _attachments(ctx, urls) + decoded + list(more)
+    from .._attachments._helpers import resolve_attachment_urls
+
+    linked = [
+        OutgoingAttachment(r.data, r.filename, r.content_type)
+        for r in await resolve_attachment_urls(ctx, urls)
+    ]
+    attachments = linked + decoded + list(more)
     if sum(len(a.data) for a in attachments) > per_message:
         raise ToolError(f"attachments too large together (at most {per_message} bytes)")
     return attachments
@@ -624,6 +597,7 @@ async def deliver(
     sender = ctx.services.smtp
     if sender is None:
         raise ToolError("sending mail is not configured on this server")
+    _check_send_policy(ctx, message)
 
     if idempotency_key is not None:
 
@@ -746,6 +720,25 @@ async def deliver(
         sent_copy_filed_by_server=server_files,
         warnings=warnings,
     )
+
+
+def _check_send_policy(ctx: ToolContext, message: ComposedMessage) -> None:
+    """
+    The operator's recipient allow-list (--send-allow-domains, SM-15): decided
+    before Sent is searched or SMTP is contacted, so a refused send leaves no
+    trace but the error.
+    """
+    allowed = getattr(ctx.services.config, "send_allow_domains", ())
+    refused = refused_recipients(message.recipients, allowed)
+    if refused:
+        shown = ", ".join(refused[:20]) + (
+            f" and {len(refused) - 20} more" if len(refused) > 20 else ""
+        )
+        raise ToolError(
+            f"Not sent: this server only sends to {', '.join(allowed)} (the operator's "
+            f"--send-allow-domains); refused recipient(s): {shown}. Remove them and try again. "
+            "Nothing was sent or saved."
+        )
 
 
 async def _begin_intent(
@@ -925,6 +918,7 @@ SEND_MAIL_MESSAGE: Tool[SendInput, SendOutput] = Tool(
     input_model=SendInput,
     output_model=SendOutput,
     handler=send_mail_message,
+    scopes=frozenset({SEND}),
     read_only=False,
     # A sent message cannot be called back: hosts should ask before each send.
     destructive=True,
@@ -986,6 +980,7 @@ CREATE_DRAFT_MAIL_MESSAGE: Tool[DraftInput, DraftOutput] = Tool(
     input_model=DraftInput,
     output_model=DraftOutput,
     handler=create_draft_mail_message,
+    scopes=frozenset({DRAFT}),
     read_only=False,
     # Only adds a message to Drafts.
     destructive=False,
@@ -1044,6 +1039,7 @@ DELETE_MAIL_MESSAGE: Tool[DeleteInput, DeleteOutput] = Tool(
     input_model=DeleteInput,
     output_model=DeleteOutput,
     handler=delete_mail_message,
+    scopes=frozenset({DELETE}),
     read_only=False,
     destructive=True,
     # Repeating the call finds the message gone and changes nothing more.
@@ -1094,6 +1090,7 @@ MOVE_MAIL_MESSAGE: Tool[MoveInput, MoveOutput] = Tool(
     input_model=MoveInput,
     output_model=MoveOutput,
     handler=move_mail_message,
+    scopes=frozenset({ORGANIZE}),
     read_only=False,
     destructive=True,
     # Repeating the call finds the message gone from the source and changes nothing more.
@@ -1132,6 +1129,7 @@ UPDATE_MAIL_MESSAGE_FLAGS: Tool[FlagsInput, FlagsOutput] = Tool(
     input_model=FlagsInput,
     output_model=FlagsOutput,
     handler=update_mail_message_flags,
+    scopes=frozenset({ORGANIZE}),
     read_only=False,
     # Every change can be undone with the same tool, and \Deleted (the one
     # flag that loses mail) is refused.

@@ -501,7 +501,7 @@ def test_mcp_01_no_authorization_is_401_with_resource_metadata(env: Env) -> None
     """
     MCP-01: POST ``initialize``, ``tools/list`` and a ``tools/call`` that
     would delete a message, without Authorization: 401 with exactly
-    ``WWW-Authenticate: Bearer resource_metadata="<base>/.well-known/oauth-protected-resource/mcp"``,
+    ``WWW-Authenticate: Bearer resource_metadata="<base>/.well-known/oauth-protected-resource/mcp", scope="<all five>"``,
     which names this server's resource; nothing is served and the mailbox
     is unchanged.
     """
@@ -511,7 +511,7 @@ def test_mcp_01_no_authorization_is_401_with_resource_metadata(env: Env) -> None
         assert response.status_code == 401
         assert (
             response.headers["www-authenticate"]
-            == f'Bearer resource_metadata="{env.base}{PRM_PATH}"'
+            == f'Bearer resource_metadata="{env.base}{PRM_PATH}", scope="mail.read mail.organize mail.draft mail.send mail.delete"'
         )
         assert "protocolVersion" not in response.text and '"tools"' not in response.text
         assert "result" not in response.json()

@@ -36,6 +36,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
+from mailmcp._untrusted import unmark_body
 from tests.harness import Services, generate_client, scripted_imap_client
 from tests.hostile import mcp_http
 from tests.hostile.scripted_imap import ScriptedIMAP, ScriptedIMAPFactory
@@ -350,7 +351,7 @@ def test_search_after_expunge_returns_uids_not_sequence_numbers(
         daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 5}
     )
     assert message["structuredContent"]["subject"] == "seq case 5"
-    assert "body of 5" in message["structuredContent"]["body"]
+    assert "body of 5" in unmark_body(message["structuredContent"]["body"])
     gone = mcp_http.call(daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 2})
     assert gone["isError"] is True and "uid 2" in mcp_http.text_of(gone).lower()
     assert_healthy(daemon)
@@ -467,8 +468,8 @@ def test_html_body_with_script_is_sent_as_given_never_rendered(
     )
     out = read["structuredContent"]
     assert out["body_format"] == "text/html"
-    assert "Hello" in out["body"] and "there" in out["body"]
-    assert "<script" not in out["body"] and "alert(" not in out["body"]
+    assert "Hello" in unmark_body(out["body"]) and "there" in unmark_body(out["body"])
+    assert "<script" not in unmark_body(out["body"]) and "alert(" not in unmark_body(out["body"])
     assert_healthy(daemon)
 
 
@@ -765,7 +766,7 @@ def test_active_attachments_stored_inert_once_with_signed_disposition(
     token = _user_token(daemon, services, user, password, "127.7.3.1")
     read = mcp_http.call(daemon.base_url, token, "get_mail_message", {"folder": "INBOX", "uid": 1})
     out = read["structuredContent"]
-    assert "The body text survives." in out["body"]
+    assert "The body text survives." in unmark_body(out["body"])
     by_name = {a["filename"]: a for a in out["attachments"]}
     assert set(by_name) == {"page.html", "logo.svg"}
     payloads = {"page.html": HTML_PAYLOAD, "logo.svg": SVG_PAYLOAD}
@@ -860,7 +861,7 @@ def test_attachment_caps_keep_the_body(s3: Services, daemon_factory: Any) -> Non
     )
     assert huge.get("isError") is not True, huge
     out = huge["structuredContent"]
-    assert out["body"].strip() == "The body text survives." and out["truncated"] is False
+    assert unmark_body(out["body"]).strip() == "The body text survives." and out["truncated"] is False
     [big] = out["attachments"]
     assert big["filename"] == "big.bin" and big["size"] > 60 * 1000 * 1000 and big["url"] is None
     assert s3_keys(s3, prefix) == []
@@ -869,7 +870,7 @@ def test_attachment_caps_keep_the_body(s3: Services, daemon_factory: Any) -> Non
     )
     assert many.get("isError") is not True, many
     out = many["structuredContent"]
-    assert out["body"].strip() == "The body text survives."
+    assert unmark_body(out["body"]).strip() == "The body text survives."
     assert 20 <= len(out["attachments"]) < 1000
     assert any("parts" in w for w in out["warnings"]), out["warnings"]
     linked = [a for a in out["attachments"] if a["url"]]
@@ -1188,7 +1189,7 @@ async def test_expired_credentials_give_a_clear_error_and_no_dead_link(
         assert linked.url is None and "unavailable" in (linked.error or "")
         for uid in (1, 2):
             after = await get_mail_message(ctx, GetMessageInput(folder="INBOX", uid=uid))
-            assert "The body text survives." in after.body
+            assert "The body text survives." in unmark_body(after.body)
             assert [a.url for a in after.attachments] == [None]
             assert "unavailable" in (after.attachments[0].link_error or ""), after.attachments
         assert sts.refreshes >= 1

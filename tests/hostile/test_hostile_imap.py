@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 
 from mailmcp._account import MailAccount
 from mailmcp._clients import MailServer
@@ -27,6 +28,7 @@ from mailmcp._imap import IMAPPool
 from mailmcp._mailbox_api import IMAPError, IMAPSession
 from mailmcp._tls import MailTLS
 from tests.harness import Services, generate_client
+from tests.helpers import until
 from tests.hostile import mcp_http
 from tests.hostile.scripted_imap import MESSAGE, ScriptedIMAPFactory, listen
 
@@ -118,7 +120,7 @@ CASES = [
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest_twisted.ensureDeferred
 async def test_misbehaving_server_is_a_clean_bounded_error(
-    services: Services, servers: Any, pool: IMAPPool, behaviour: str, expected: str,
+    services: Services, servers: Any, behaviour: str, expected: str,
     max_connections: int, tls: bool,
 ) -> None:
     """
@@ -132,18 +134,46 @@ async def test_misbehaving_server_is_a_clean_bounded_error(
     """
     factory, port = await servers(behaviour, services.svc if tls else None)
     account = scripted_account(port, "tls" if tls else "plain", "localhost" if tls else "127.0.0.1")
-    started = time.monotonic()
-    with pytest.raises(IMAPError) as info:
-        await pool.run(account, read_message, read_only=True)
-    elapsed = time.monotonic() - started
-    assert expected in info.value.message, info.value.message
-    assert "scripted-pw" not in info.value.message
-    assert elapsed < 2 * TIMEOUT + 2.0, elapsed
-    assert 1 <= factory.connections <= max_connections
-    await settle(factory, pool)
-    assert pool.open_connections == 0 and not factory.open
-    body = await pool.run(dovecot_account(services), lambda s: s.examine("INBOX"), read_only=True)
-    assert body.uidvalidity > 0
+    clock = Clock()
+    # The slot hold differs from TIMEOUT so that the only timer due at
+    # now + TIMEOUT is the greeting's or the command's deadline.
+    pool = IMAPPool(reactor, MailTLS(services.ca_file), clock=clock, command_timeout=TIMEOUT,
+                    wait_timeout=5, connect_slot_hold=TIMEOUT / 4)
+    try:
+        reading = Deferred.fromCoroutine(pool.run(account, read_message, read_only=True))
+        # Where the server stalls, time passes only when it is stuck: one
+        # stuck point per attempt (a connection never greeted, an EXAMINE
+        # never answered), and then exactly one deadline.
+        stuck = {"no-greeting": lambda: factory.connections,
+                 "stall": lambda: factory.verbs.count(b"EXAMINE")}.get(behaviour)
+        attempts = 0
+        while stuck is not None and not reading.called and attempts < 2:
+            await until(lambda: reading.called or (stuck() > attempts and deadline_due(clock)),
+                        f"attempt {attempts + 1} to get stuck")
+            if not reading.called:
+                attempts += 1
+                clock.advance(TIMEOUT)
+        with pytest.raises(IMAPError) as info:
+            await reading
+        assert expected in info.value.message, info.value.message
+        assert "scripted-pw" not in info.value.message
+        # Within the timeout, retried once: at most twice the timeout of
+        # clock time; a failure the data causes takes none.
+        assert clock.seconds() <= 2 * TIMEOUT if stuck else clock.seconds() == 0
+        assert 1 <= factory.connections <= max_connections
+        await settle(factory, pool)
+        assert pool.open_connections == 0 and not factory.open
+        body = await pool.run(dovecot_account(services), lambda s: s.examine("INBOX"), read_only=True)
+        assert body.uidvalidity > 0
+    finally:
+        stopping = pool.stopService()
+        clock.advance(pool.logout_timeout)
+        await stopping
+
+
+def deadline_due(clock: Clock) -> bool:
+    """A greeting or command deadline is pending on C{clock} (due exactly TIMEOUT from now)."""
+    return any(abs(call.getTime() - (clock.seconds() + TIMEOUT)) < 1e-9 for call in clock.getDelayedCalls())
 
 
 @pytest_twisted.ensureDeferred
@@ -308,12 +338,16 @@ async def test_twenty_calls_on_a_stalling_server_stay_bounded(servers: Any, pool
 async def test_giant_greeting_literal_is_refused_at_once(servers: Any, pool: IMAPPool) -> None:
     """IM-08 at the greeting: the pool's client hangs up at the announcement, long before the data adds up."""
     factory, port = await servers("giant-greeting")
-    started = time.monotonic()
-    with pytest.raises(IMAPError) as info:
-        await pool.run(scripted_account(port), read_message, read_only=False)
-    assert "99999999999-byte literal" in info.value.message
-    assert time.monotonic() - started < 2
-    await settle(factory, pool)
+    clock = Clock()  # never advanced: no deadline can be what ends the read
+    clocked = IMAPPool(reactor, MailTLS(None), clock=clock, command_timeout=TIMEOUT, wait_timeout=5)
+    try:
+        with pytest.raises(IMAPError) as info:
+            await clocked.run(scripted_account(port), read_message, read_only=False)
+        assert "99999999999-byte literal" in info.value.message
+        assert clock.seconds() == 0
+        await settle(factory, clocked)
+    finally:
+        await clocked.stopService()
     assert factory.streamed < 64 << 20 and not factory.saw_credentials
 
 
@@ -337,9 +371,8 @@ async def test_login_check_refuses_a_giant_literal_at_once(
     with pytest.raises(LoginFailed):
         await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                     "alicepw", "127.3.2.1")
-    elapsed = time.monotonic() - started
-    await deferLater(reactor, 0.5, lambda: None)
-    assert not factory.open, "the daemon still reads the stream"
+    elapsed = time.monotonic() - started  # a real daemon: its 20 s deadline is wall-clock
+    await until(lambda: not factory.open, "the daemon to stop reading the stream")
     assert factory.streamed < 64 << 20, factory.streamed
     assert elapsed < 5, elapsed
     assert not factory.saw_credentials
@@ -364,9 +397,9 @@ async def test_login_check_cuts_off_endless_untagged_lines(
     with pytest.raises(LoginFailed):
         await threads.deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test",
                                     "alicepw", "127.3.3.1")
-    assert time.monotonic() - started < 5
-    await deferLater(reactor, 0.5, lambda: None)
-    assert not factory.open and factory.streamed < 64 << 20, factory.streamed
+    assert time.monotonic() - started < 5  # a real daemon: its 20 s deadline is wall-clock
+    await until(lambda: not factory.open, "the daemon to stop reading the stream")
+    assert factory.streamed < 64 << 20, factory.streamed
     assert len(daemon.log_text()) < 1 << 20
 
 

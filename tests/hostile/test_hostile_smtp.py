@@ -28,12 +28,13 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock
 from twisted.protocols.basic import LineReceiver
 
 from mailmcp._toolkit import ToolError
 from mailmcp._tools._writing import SEND_MAIL_MESSAGE, SendInput
 from tests.harness import Services, free_port
+from tests.helpers import ClockedReactor, until
 from tests.integration.test_smtp_live import fresh_users
 from tests.integration.test_writing_tools_live import account, folder, tools  # noqa: F401 (tools: fixture)
 
@@ -73,6 +74,7 @@ class StageSMTP(LineReceiver):
         self.transport.write(ENDLESS)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.factory.closed += 1
         streamer = getattr(self, "streamer", None)
         if streamer is not None and streamer.running:
             streamer.stop()
@@ -134,6 +136,7 @@ class StageFactory(Factory):
     def __init__(self, stage: str) -> None:
         self.stage = stage
         self.connections = 0
+        self.closed = 0
         self.commands: list[bytes] = []
         self.transactions: list[bytes] = []
         self.streamed = 0
@@ -194,13 +197,13 @@ async def test_failed_stage_is_clear_kept_in_drafts_never_retried(
     expected, transactions = STAGES[stage]
     me, pw = a_user(services)
     factory, port = await stage_server(stage)
-    ctx = tools(account(services, me, pw, "plain", smtp_port=port), smtp_timeout=5.0)
+    clock = Clock()  # never advanced: each stage fails on the server's answer, not on a deadline
+    ctx = tools(account(services, me, pw, "plain", smtp_port=port), smtp_timeout=5.0, smtp_clock=clock)
     subject = f"stage {stage}"
-    started = time.monotonic()
     with pytest.raises(ToolError) as info:
         await SEND_MAIL_MESSAGE.handler(ctx, SendInput(
             to=["a@example.test", "b@example.test", "c@example.test"], subject=subject, text_body="hello"))
-    assert time.monotonic() - started < 5.0 + 3.0
+    assert clock.seconds() == 0
     text = info.value.message
     assert text.startswith("Not sent:") and expected in text, text
     assert "'Drafts'" in text, text
@@ -208,7 +211,7 @@ async def test_failed_stage_is_clear_kept_in_drafts_never_retried(
     if stage == "rcpt-partial":
         assert "b@example.test (550)" in text and "a@example.test (" not in text.split("Refused")[1]
     if factory is not None:
-        await deferLater(reactor, 0.3, lambda: None)
+        await until(lambda: factory.closed == factory.connections, "the server side to close")
         assert factory.connections == 1, factory.commands
         assert len(factory.transactions) == transactions
         assert factory.commands.count(b"AUTH") <= 1 and factory.commands.count(b"MAIL") <= 1
@@ -231,13 +234,13 @@ async def test_endless_multiline_reply_is_cut_off(stage_server: Any) -> None:
     from tests.integration.test_smtp_live import smtp_account_plain
 
     factory, port = await stage_server("endless-reply")
-    started = time.monotonic()
+    clock = Clock()  # never advanced: the send's 10 s deadline cannot be what ends it
     with pytest.raises(SMTPSendFailed) as info:
-        await SMTPSender(reactor, MailTLS(None), timeout=10).send(
+        await SMTPSender(ClockedReactor(reactor, clock), MailTLS(None), timeout=10).send(
             smtp_account_plain(port), "alice@example.test", ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
-    assert time.monotonic() - started < 3
+    assert clock.seconds() == 0
     assert "nothing was sent" in info.value.message
-    await deferLater(reactor, 0.3, lambda: None)
+    await until(lambda: factory.closed == factory.connections, "the server side to close")
     assert factory.streamed < 64 << 20, factory.streamed
     assert b"AUTH" not in factory.commands
 
@@ -267,7 +270,7 @@ async def test_login_check_cuts_off_an_endless_smtp_reply(
     started = time.monotonic()
     with pytest.raises(LoginFailed):
         await deferToThread(mcp_http.login, daemon.base_url, client, "alice@example.test", "alicepw", "127.6.0.1")
-    assert time.monotonic() - started < 5
-    await deferLater(reactor, 0.3, lambda: None)
+    assert time.monotonic() - started < 5  # a real daemon: its 20 s deadline is wall-clock
+    await until(lambda: factory.closed == factory.connections, "the server side to close")
     assert factory.streamed < 64 << 20, factory.streamed
     assert b"AUTH" not in factory.commands

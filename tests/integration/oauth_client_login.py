@@ -46,12 +46,18 @@ class Storage:
         self.info = client_info
 
 
+def ticked_scopes(page: str) -> list[str]:
+    """The scope checkboxes the login page shows ticked."""
+    return re.findall(r'<input type="checkbox" name="scope" value="([^"]+)"[^>]* checked="checked"', page)
+
+
 async def log_in(cfg: dict[str, Any], authorization_url: str, full_name: str,
                  seen: dict[str, Any], got: dict[str, Any]) -> None:
     """
-    Play the browser at C{authorization_url} with C{cfg}'s user and password:
-    record ``form_status``, ``login_status`` and ``redirect_prefix`` in
-    C{seen}, and the redirect's ``code``, ``state`` and ``iss`` in C{got}.
+    Play the browser at C{authorization_url} with C{cfg}'s user and password,
+    leaving the scope checkboxes as the page ticks them: record
+    ``form_status``, ``login_status`` and ``redirect_prefix`` in C{seen}, and
+    the redirect's ``code``, ``state`` and ``iss`` in C{got}.
     """
     base = cfg["base"]
     async with httpx2.AsyncClient(follow_redirects=False) as browser:
@@ -61,9 +67,10 @@ async def log_in(cfg: dict[str, Any], authorization_url: str, full_name: str,
                   re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
         fields.update(email=cfg["user"], full_name=full_name, imap_username=cfg["user"],
                       imap_password=cfg["password"], use_same_credentials="1")
+        form: dict[str, Any] = {**fields, "scope": ticked_scopes(page.text)}
         # A browser's Origin is scheme://host:port, never the base URL's path.
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
-        answer = await browser.post(base + "/oauth/authorize", data=fields, headers={"origin": origin})
+        answer = await browser.post(base + "/oauth/authorize", data=form, headers={"origin": origin})
         seen["login_status"] = answer.status_code
         location = answer.headers.get("location", "")
         seen["redirect_prefix"] = location.split("?")[0]

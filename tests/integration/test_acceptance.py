@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from mailmcp._untrusted import unmark_body
 from tests import harness
 from tests.harness import ROOT, Daemon, Services, generate_client
 
@@ -384,14 +385,14 @@ def test_every_tool_against_the_real_mailbox(services: Services, deployment: Sim
     out = assistant.call("get_mail_message", {"folder": "INBOX", "uid": 5})
     assert (out["uid"], out["uidvalidity"], out["subject"], out["message_id"]) == (
         5, inbox["uidvalidity"], subject[5], inbox["message_ids"][5])
-    assert f"the echo line of {tag}" in out["body"]
+    assert f"the echo line of {tag}" in unmark_body(out["body"])
     assert out["body_format"] == "text/plain" and out["seen"] is False and out["attachments"] == []
     with Mailbox(services, user, password) as box:
         assert "\\Seen" not in box.flags("INBOX", 5)
 
     # Attachments: listed by get_mail_message, linked, downloaded byte-exact.
     out = assistant.call("get_mail_message", {"folder": "INBOX", "uid": 7})
-    assert f"the golf line of {tag}" in out["body"]
+    assert f"the golf line of {tag}" in unmark_body(out["body"])
     (attachment,) = out["attachments"]
     assert (attachment["filename"], attachment["content_type"], attachment["part_id"]) == (
         "blob.bin", "application/octet-stream", "2")
@@ -601,7 +602,7 @@ def test_non_ascii_folders_subjects_and_bodies(services: Services, deployment: S
     assert assistant.call("search_mail_messages", {"subject": "Köln ✓"})["uids"] == [1]
     assert assistant.call("search_mail_messages", {"text": "日本語"})["uids"] == [1]
     out = assistant.call("get_mail_message", {"folder": "INBOX", "uid": 1})
-    assert f"Schöne Grüße, {tag}: 日本語のテキスト." in out["body"]
+    assert f"Schöne Grüße, {tag}: 日本語のテキスト." in unmark_body(out["body"])
     (attachment,) = out["attachments"]
     assert attachment["filename"] == "Bericht Übersicht.bin"
     link = assistant.call("get_mail_attachment_link", {"folder": "INBOX", "uid": 1, "part": "2"})

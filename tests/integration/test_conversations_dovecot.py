@@ -41,6 +41,7 @@ from mailmcp._tools._reading import (
     search_mail_messages,
 )
 from mailmcp._tools._threads import ThreadInput, get_mail_thread
+from mailmcp._untrusted import unmark_body
 from tests.harness import Services
 from tests.integration.test_reading_tools_dovecot import Wire, plain
 
@@ -163,7 +164,7 @@ async def test_thread_of_five_across_inbox_and_sent(wire: Wire, other: imaplib.I
 
     thread = await get_mail_thread(wire.ctx, ThreadInput(folder="INBOX", uid=4))
 
-    assert [e.snippet for e in thread.messages] == [
+    assert [unmark_body(e.snippet) for e in thread.messages] == [
         "one: shall we plan?", "two: yes", "three: when?", "four: monday", "five: fine"]
     assert [(e.folder, e.uid) for e in thread.messages] == [
         ("INBOX", 2), ("Sent", 3), ("INBOX", 4), ("Sent", 2), ("INBOX", 5)]

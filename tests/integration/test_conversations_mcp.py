@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from mailmcp._untrusted import unmark_body
 from tests.harness import Services
 from tests.integration.mcp_loopback import call, rpc, serve_mcp
 from tests.integration.test_reading_tools_dovecot import Wire, plain
@@ -72,7 +73,7 @@ async def test_thread_folders_and_changes_through_mcp(endpoint: Any) -> None:
     assert [m["uid"] for m in changed["new"]] == [2] and changed["new"][0]["subject"] == "second"
     assert changed["uidvalidity"] == listing["uidvalidity"] and changed["vanished"] == []
     thread = (await call(endpoint, "get_mail_thread", {"folder": "INBOX", "uid": 2}))["structuredContent"]
-    assert [(m["folder"], m["uid"], m["snippet"]) for m in thread["messages"]] == [("INBOX", 2, "Hello.")]
+    assert [(m["folder"], m["uid"], unmark_body(m["snippet"])) for m in thread["messages"]] == [("INBOX", 2, "Hello.")]
     assert thread["messages"][0]["from"] == [{"name": "Ann", "email": "ann@example.test"}]
 
     made = (await call(endpoint, "create_mailbox", {"name": "Заметки"}))["structuredContent"]

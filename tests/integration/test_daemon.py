@@ -313,9 +313,14 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "max-request-body": "2000",
         "allowed-origins": "https://a.example https://b.example",
         "log-level": "debug",
+        "log-format": "json",
         "trusted-proxies": "127.0.0.1/32, 10.0.0.0/8",
         "metrics-listen": f"tcp:{free_port()}:interface=127.0.0.1",
         "user-servers-allow": "10.1.0.0/16 127.0.0.1:1993",
+        "send-allow-domains": "example.com .example.com",
+        "trusted-authserv-id": "mx.example.com",
+        "audit-log": str(tmp_path / "audit.jsonl"),
+        "max-scope": "mail.read, mail.draft",
     }
     for name in _NUMERIC:
         values.setdefault(name, "7")
@@ -339,6 +344,7 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
     assert hidden.value.code == 404
     assert (tmp_path / "custom-state").is_dir()
     assert not (tmp_path / "custom-state" / "keys.json").exists()  # --key-file was used
+    assert (tmp_path / "audit.jsonl").stat().st_mode & 0o777 == 0o600  # --audit-log opened
     request = urllib.request.Request(f"http://127.0.0.1:{port}/health", data=b"x" * 3000)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
@@ -351,6 +357,9 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
         assert response.headers["access-control-allow-origin"] == "https://b.example"
     proc.terminate()
     proc.assert_clean_exit()
+    # --log-format json: twistd's stdout log is one JSON object per line.
+    lines = proc.stdout.splitlines()
+    assert lines and all(json.loads(line)["level"] for line in lines), proc.stdout[-2000:]
 
 
 def test_every_option_on_the_command_line(tmp_path: Path, procs: list[Proc]) -> None:

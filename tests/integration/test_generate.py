@@ -314,3 +314,25 @@ def test_rotation_usage_errors(tmp_path: Path, args: list[str], expected: str) -
     assert len(result.stderr.splitlines()) == 1 and expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert keys.read_text() == before
+
+
+def test_scope_caps_the_client(tmp_path: Path) -> None:
+    """SC-05: --scope seals the cap in the client id (commas or spaces, ``mail`` = all five); the text output names it."""
+    document = generate_json(tmp_path, *SERVERS, "--scope", "mail.read, mail.draft")
+    assert document["scope"] == "mail.read mail.draft"
+    client = open_with_state(tmp_path / "mailmcp-state", document["client_id"])
+    assert client.scopes == {"mail.read", "mail.draft"}
+    everything = generate_json(tmp_path, *SERVERS)
+    assert everything["scope"] == "mail.read mail.organize mail.draft mail.send mail.delete"
+    human = generate(tmp_path, *SERVERS, "--scope", "mail.read")
+    assert "Scopes: mail.read\n" in human.stdout
+
+
+@pytest.mark.parametrize("value", ["mail.everything", " , "])
+def test_unknown_scope_is_one_usage_line(tmp_path: Path, value: str) -> None:
+    """An unknown or empty --scope is refused in one stderr line naming the known scopes; nothing is printed."""
+    result = generate(tmp_path, *SERVERS, "--scope", value)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "--scope:" in result.stderr and "mail.read" in result.stderr
+    assert "Traceback" not in result.stderr

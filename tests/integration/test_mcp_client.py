@@ -155,7 +155,8 @@ async def run_client(tmp_path: Path, url: str, mode: str) -> dict[str, Any]:
 def check_common(out: dict[str, Any], base: str) -> None:
     assert out["unauthenticated"] == [
         401,
-        f'Bearer resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"',
+        f'Bearer resource_metadata="{base}/.well-known/oauth-protected-resource/mcp", '
+        f'scope="mail.read mail.organize mail.draft mail.send mail.delete"',
     ]
     assert out["get"] == [405, "POST"]
     [tool] = out["tools"]
@@ -233,7 +234,7 @@ def test_daemon_mcp_gate(daemon_factory: Any) -> None:
     assert status == 401
     challenge = headers["www-authenticate"]
     prm_url = f"{daemon.base_url}/.well-known/oauth-protected-resource/mcp"
-    assert challenge == f'Bearer resource_metadata="{prm_url}"'
+    assert challenge == f'Bearer resource_metadata="{prm_url}", scope="mail.read mail.organize mail.draft mail.send mail.delete"'
     with urllib.request.urlopen(prm_url, timeout=10) as response:
         metadata = json.loads(response.read())
     assert metadata["resource"] == url

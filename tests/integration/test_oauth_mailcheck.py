@@ -12,9 +12,10 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 
 from mailmcp._clients import MailServer
 from mailmcp._mailcheck import (
@@ -24,6 +25,7 @@ from mailmcp._mailcheck import (
     SMTPLoginChecker,
 )
 from mailmcp._tls import MailTLS
+from tests.helpers import ClockedReactor, until
 
 pytestmark = pytest.mark.integration
 
@@ -119,14 +121,26 @@ async def test_imap_starttls_missing_refuses_cleartext(tls) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_imap_stalled_server_times_out(tls) -> None:
-    """A server that accepts and never greets is unavailable after the deadline."""
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Protocol))
+    """A server that accepts and never greets is unavailable at the deadline, not before."""
+    accepted: list[Protocol] = []
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Silent))
     try:
-        checker = IMAPLoginChecker(reactor, tls, timeout=1)
-        started = time.monotonic()
-        result = await outcome(checker.check(MailServer("127.0.0.1", port.getHost().port, "tls"), "a", "b"))
-        assert isinstance(result, MailServerUnavailable)
-        assert time.monotonic() - started < 3
+        clock = Clock()
+        checker = IMAPLoginChecker(ClockedReactor(reactor, clock), tls, timeout=1)
+        checking = Deferred.fromCoroutine(
+            outcome(checker.check(MailServer("127.0.0.1", port.getHost().port, "tls"), "a", "b"))
+        )
+        await until(lambda: accepted, "the checker to connect")
+        clock.advance(0.9)
+        assert not checking.called
+        clock.advance(0.1)
+        result = await checking
+        assert isinstance(result, MailServerUnavailable) and result.reason == "timeout"
     finally:
         await port.stopListening()
 

@@ -40,6 +40,7 @@ from mailmcp._tools._reading import (
     list_mailboxes,
     search_mail_messages,
 )
+from mailmcp._untrusted import unmark_body
 from tests.harness import Services
 from tests.helpers import live_account
 
@@ -169,7 +170,7 @@ async def test_seq_differs_from_uid(wire: Wire) -> None:
     for uid in (5, 9, 12):
         message = await get_mail_message(wire.ctx, GetMessageInput(uid=uid))
         assert message.subject == f"message {uid}"
-        assert message.body.strip() == f"body of message {uid}"
+        assert unmark_body(message.body).strip() == f"body of message {uid}"
         assert not message.seen
         assert "\\Seen" not in await flags_of(wire, uid)
     fetches = [c for c in wire.commands if "FETCH" in c]
@@ -252,7 +253,7 @@ async def test_mime_message_through_real_bodystructure(wire: Wire) -> None:
                            filename="données – résumé.pdf")
     wire.deliver(message.as_bytes())
     out = await get_mail_message(wire.ctx, GetMessageInput(uid=1))
-    assert out.body == "Plain text wins.\n" and out.body_format == "text/plain"
+    assert unmark_body(out.body) == "Plain text wins.\n" and out.body_format == "text/plain"
     assert (out.message_id, out.in_reply_to, out.references) == (
         "<q3@example.test>", "<q2@example.test>", ["<q1@example.test>", "<q2@example.test>"])
     (attachment,) = out.attachments
@@ -280,7 +281,7 @@ async def test_html_only_and_paging_through_body(wire: Wire) -> None:
     while True:
         out = await get_mail_message(wire.ctx, GetMessageInput(uid=1, max_body_chars=10_000, body_offset=offset))
         assert out.body_format == "text/html"
-        pieces.append(out.body)
+        pieces.append(unmark_body(out.body))
         if out.next_offset is None:
             break
         offset = out.next_offset
@@ -375,7 +376,7 @@ async def test_hostile_mime_is_bounded(wire: Wire) -> None:
     assert listing.messages[1].has_attachments is None
     assert any("UID 1" in w for w in listing.warnings)
     many = await get_mail_message(wire.ctx, GetMessageInput(uid=2))
-    assert many.body.strip() == "top text"
+    assert unmark_body(many.body).strip() == "top text"
     assert 0 < len(many.attachments) <= 200
     deep = await get_mail_message(wire.ctx, GetMessageInput(uid=1))
     assert deep.subject == "nested" and deep.warnings

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from mailmcp._untrusted import unmark_body
 from tests.harness import Services
 from tests.integration.mcp_loopback import call, rpc, serve_mcp
 from tests.integration.test_reading_tools_dovecot import Wire, expunge, plain
@@ -69,7 +70,7 @@ async def test_read_through_mcp(endpoint: Any) -> None:
     assert found["uids"] == [4]
     message = (await call(endpoint, "get_mail_message", {"folder": "INBOX", "uid": 4,
                                                         "uidvalidity": listing["uidvalidity"]}))
-    assert message["structuredContent"]["body"] == "text 4\n"
+    assert unmark_body(message["structuredContent"]["body"]) == "text 4\n"
     assert message["structuredContent"]["seen"] is False
     missing = await call(endpoint, "get_mail_message", {"folder": "INBOX", "uid": 3})
     assert missing["isError"] and "no message with UID 3" in missing["content"][0]["text"]

@@ -114,6 +114,9 @@ async def test_stalled_calls_get_a_clean_answer_and_exit_is_0(
     assert result["isError"] is True
     text = mcp_http.text_of(result)
     assert "shutting down" in text and "outcome is unknown" in text, text
+    # Every sending tool has the same unknown-outcome semantics, and the text says so.
+    for tool in ("send_mail_message", "reply_mail_message", "forward_mail_message"):
+        assert tool in text, text
 
     head, _, payload = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 "), raw[:300]

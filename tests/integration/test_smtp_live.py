@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 
@@ -31,7 +32,7 @@ from mailmcp._compose import compose, make_message_id, parse_addresses
 from mailmcp._smtp import SMTPAuthFailed, SMTPOutcomeUnknown, SMTPSender, SMTPSendFailed
 from mailmcp._tls import MailTLS
 from tests.harness import Services
-from tests.helpers import live_account
+from tests.helpers import ClockedReactor, live_account, until
 
 pytestmark = pytest.mark.integration
 
@@ -340,12 +341,15 @@ async def test_connection_dropped_after_data_is_unknown_and_not_resent(scripted:
     """
     factory, port = await scripted("drop")
     account = smtp_account_plain(port)
-    sender = SMTPSender(reactor, MailTLS(None), timeout=10)
+    clock = Clock()
+    sender = SMTPSender(ClockedReactor(reactor, clock), MailTLS(None), timeout=10)
     with pytest.raises(SMTPOutcomeUnknown) as info:
         await sender.send(account, "alice@example.test", ["bob@example.test"],
                           b"Subject: once\r\n\r\nonly once\r\n")
     assert "unknown" in info.value.message
-    await deferLater(reactor, 1.0, lambda: None)
+    # Nothing is left scheduled that could try again, however long one waits.
+    clock.advance(3600)
+    assert clock.getDelayedCalls() == []
     assert factory.connections == 1
     assert factory.transactions == [b"Subject: once\r\n\r\nonly once"]
 
@@ -354,12 +358,19 @@ async def test_connection_dropped_after_data_is_unknown_and_not_resent(scripted:
 async def test_silent_server_after_data_hits_the_deadline_as_unknown(scripted: Any) -> None:
     """A server that never answers the final "." ends in an unknown outcome at the deadline (SM-07)."""
     factory, port = await scripted("silent")
-    sender = SMTPSender(reactor, MailTLS(None), timeout=1.5)
-    started = time.monotonic()
+    clock = Clock()
+    sender = SMTPSender(ClockedReactor(reactor, clock), MailTLS(None), timeout=1.5)
+    sending = Deferred.fromCoroutine(
+        sender.send(smtp_account_plain(port), "alice@example.test", ["bob@example.test"],
+                    b"Subject: s\r\n\r\nx\r\n")
+    )
+    await until(lambda: factory.transactions, "the server to receive the message")
+    clock.advance(1.4)
+    assert not sending.called
+    clock.advance(0.1)
     with pytest.raises(SMTPOutcomeUnknown):
-        await sender.send(smtp_account_plain(port), "alice@example.test", ["bob@example.test"],
-                          b"Subject: s\r\n\r\nx\r\n")
-    assert time.monotonic() - started < 5
+        await sending
+    clock.advance(60)  # the QUIT grace: the connection is cut, nothing is resent
     assert len(factory.transactions) == 1 and factory.connections == 1
 
 

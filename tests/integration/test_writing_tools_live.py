@@ -42,7 +42,7 @@ from mailmcp._tools._writing import (
     SendInput,
 )
 from tests.harness import Services
-from tests.helpers import live_account
+from tests.helpers import ClockedReactor, live_account
 from tests.integration.test_smtp_live import fresh_users, scripted, wait_for_mail  # noqa: F401 (scripted: fixture)
 
 pytestmark = pytest.mark.integration
@@ -60,10 +60,12 @@ def tools(services: Services) -> Iterator[Any]:
     """Build ToolContexts over a real pool and sender; the pool is stopped afterwards."""
     pools: list[IMAPPool] = []
 
-    def make(acct: MailAccount, smtp_timeout: float = 20.0) -> ToolContext:
+    def make(acct: MailAccount, smtp_timeout: float = 20.0, smtp_clock: Any = None) -> ToolContext:
+        """C{smtp_clock}: the sender's deadlines run on this Clock (real sockets still)."""
         pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=10.0)
         pools.append(pool)
-        sender = SMTPSender(reactor, MailTLS(services.ca_file), timeout=smtp_timeout)
+        smtp_reactor = reactor if smtp_clock is None else ClockedReactor(reactor, smtp_clock)
+        sender = SMTPSender(smtp_reactor, MailTLS(services.ca_file), timeout=smtp_timeout)
         return ToolContext(account=acct, services=ToolServices(reactor=reactor, config=None, imap=pool,
                                                                smtp=sender))
 

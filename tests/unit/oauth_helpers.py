@@ -119,8 +119,16 @@ class Server:
         cookie: str | None = None,
     ) -> tuple[Any, bytes]:
         params = params or self.authorize_params()
-        _, _, got_cookie, got_csrf = self.get_form(params)
+        _, page, got_cookie, got_csrf = self.get_form(params)
         form = dict(params)
+        # What a browser posts: the offer (hidden) and the ticked checkboxes,
+        # not the request's own scope parameter.
+        form.pop("scope", None)
+        offered = re.search(rb'name="requested_scope" value="([^"]*)"', page)
+        if offered is not None:
+            form["requested_scope"] = offered.group(1).decode()
+        form["scope"] = " ".join(
+            v.decode() for v in re.findall(rb'name="scope" value="([^"]+)"[^>]* checked="checked"', page))
         form.update(
             email=username if "@" in username else username + "@example.test",
             full_name="Alice Example",
@@ -219,7 +227,8 @@ def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrenc
     codec = TokenCodec(config.keyring, clock)
     store = store_factory(clock)
     grants = GrantService(store, codec, config.mcp_url, config.code_lifetime,
-                          config.access_token_lifetime, config.refresh_token_lifetime)
+                          config.access_token_lifetime, config.refresh_token_lifetime,
+                          max_scope=config.max_scope)
     imap = FakeLoginChecker("IMAP", USERS)
     smtp = FakeLoginChecker("SMTP", USERS)
     throttle = LoginThrottle(store, concurrency, policy)

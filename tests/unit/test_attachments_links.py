@@ -20,8 +20,9 @@ from mailmcp._attachments import (
     safe_content_type,
     sanitise_filename,
 )
-from mailmcp._attachments._common import MAX_FILENAME_CHARS, owner_tag
+from mailmcp._attachments._common import owner_tag
 from mailmcp._attachments._links import EXPIRED, LinkClaims, LinkCodec
+from mailmcp._filenames import MAX_FILENAME_CHARS
 from mailmcp._keyring import KeyRing, new_master_key
 
 BASE = "https://mail-mcp.example.com"
@@ -146,6 +147,8 @@ def test_owner_tags_differ_and_hide_the_owner() -> None:
         ('x"; filename=y', "x_; filename=y"),
         (".hidden", "hidden"),
         ("résumé.pdf", "résumé.pdf"),
+        ("nul.txt", "_nul.txt"),
+        ("com1", "_com1"),
     ],
 )
 def test_sanitise_filename(raw: str | None, expected: str) -> None:

@@ -197,11 +197,16 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SHUTDOWN_TIMEOUT": "18",
         "MAILMCP_ALLOWED_ORIGINS": "https://c.example",
         "MAILMCP_LOG_LEVEL": "Debug",
+        "MAILMCP_LOG_FORMAT": "JSON",
         "MAILMCP_TRUST_FORWARDED": "true",
         "MAILMCP_TRUSTED_PROXIES": "192.0.2.0/24, 2001:db8::/32",
         "MAILMCP_IMAP_CONNECT_PER_CALL": "yes",
         "MAILMCP_METRICS_LISTEN": "tcp:9102:interface=127.0.0.1",
         "MAILMCP_USER_SERVERS_ALLOW": "127.0.0.0/8:* 10.1.0.0/16, [fd00::]/8:1993",
+        "MAILMCP_SEND_ALLOW_DOMAINS": "Example.COM, .bücher.example",
+        "MAILMCP_TRUSTED_AUTHSERV_ID": "MX.Example.com",
+        "MAILMCP_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+        "MAILMCP_MAX_SCOPE": "mail.read, mail.draft",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -240,6 +245,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         shutdown_timeout=18.0,
         allowed_origins=("https://c.example",),
         log_level="debug",
+        log_format="json",
         trust_forwarded=True,
         trusted_proxies=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
         imap_connect_per_call=True,
@@ -249,6 +255,10 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
             AllowRule(ip_network("10.1.0.0/16"), USUAL_PORTS),
             AllowRule(ip_network("fd00::/8"), frozenset({1993})),
         ),
+        send_allow_domains=("example.com", ".xn--bcher-kva.example"),
+        trusted_authserv_id="mx.example.com",
+        audit_log=str(tmp_path / "audit.jsonl"),
+        max_scope=frozenset({"mail.read", "mail.draft"}),
     ), **extra)
 
 
@@ -264,6 +274,12 @@ def test_log_level_refuses_unknown_levels(tmp_path: Path) -> None:
     """An unknown --log-level is one clear usage error naming the choices."""
     with pytest.raises(usage.UsageError, match="debug, info, warn, error"):
         parse(["--log-level", "chatty"], {"MAILMCP_STATE_DIR": str(tmp_path)})
+
+
+def test_log_format_refuses_unknown_formats(tmp_path: Path) -> None:
+    """An unknown --log-format is one clear usage error naming the choices."""
+    with pytest.raises(usage.UsageError, match="text, json"):
+        parse(["--log-format", "xml"], {"MAILMCP_STATE_DIR": str(tmp_path)})
 
 
 def test_key_file_from_environment(tmp_path: Path) -> None:
@@ -402,6 +418,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
     ([], {"MAILMCP_LISTEN": "nocolon"}, "--listen needs an endpoint string"),
     (["--metrics-listen", "9100"], {}, "--metrics-listen needs an endpoint string"),
     ([], {"MAILMCP_METRICS_LISTEN": "nocolon"}, "--metrics-listen needs an endpoint string"),
+    (["--max-scope", "mail.read,mail.everything"], {}, "--max-scope: unknown scope 'mail.everything'"),
+    ([], {"MAILMCP_MAX_SCOPE": " , "}, "--max-scope: name at least one scope"),
     (["--mail-ca-file", "/nonexistent/ca.pem"], {}, "--mail-ca-file /nonexistent/ca.pem is not a readable file"),
     (["--store-ca-file", "/nonexistent/ca.pem"], {}, "--store-ca-file /nonexistent/ca.pem is not a readable file"),
     ([], {"MAILMCP_STORE_CA_FILE": "/dev/null"}, "--store-ca-file /dev/null holds no PEM certificate"),
@@ -547,3 +565,25 @@ def test_state_dir_that_cannot_be_made_private_is_refused(tmp_path: Path, monkey
     text = str(raised.value)
     assert "\n" not in text
     assert "state directory" in text and "mode 0755" in text and f"chmod 700 {state}" in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--send-allow-domains", "example.com, bad_domain!", "not a valid domain"),
+        ("--send-allow-domains", "exa mple..com", "not a valid domain"),
+        ("--trusted-authserv-id", "mx.example.com; spf=pass", "one token"),
+        ("--audit-log", "/nonexistent-dir/audit.jsonl", "cannot be written"),
+    ],
+)
+def test_policy_options_refuse_bad_values(tmp_path: Path, option: str, value: str, message: str) -> None:
+    """A bad allow-list entry, authserv-id or audit path is one usage error, before anything starts."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse([option, value], {"MAILMCP_STATE_DIR": str(tmp_path)})
+
+
+def test_audit_log_file_is_created_private(tmp_path: Path) -> None:
+    """--audit-log creates its file 0600: it names accounts and clients."""
+    path = tmp_path / "audit.jsonl"
+    parse(["--audit-log", str(path)], {"MAILMCP_STATE_DIR": str(tmp_path / "s")})
+    assert path.exists() and path.stat().st_mode & 0o777 == 0o600

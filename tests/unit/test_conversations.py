@@ -30,6 +30,7 @@ from mailmcp._tools._folders import (
 )
 from mailmcp._tools._reading import ListMessagesInput, list_mail_messages
 from mailmcp._tools._threads import ThreadInput, get_mail_thread, header_criteria
+from mailmcp._untrusted import unmark_body
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer
 from tests.helpers import run
 from tests.unit.test_imap_protocol import CAPS, logged_in, opened, result_of
@@ -225,7 +226,7 @@ def test_thread_by_headers_on_a_server_without_thread() -> None:
                           "<1@x> <2@x>"))
     inbox.add(mail("Re: Plan", "<4@x>", "Thu, 04 Sep 2025 10:00:00 -0700", "four\n", "<3@x>"))
     out = run(get_mail_thread(ctx, ThreadInput(uid=seed)))
-    assert [(e.folder, e.snippet) for e in out.messages] == [
+    assert [(e.folder, unmark_body(e.snippet)) for e in out.messages] == [
         ("Archive", "one"), ("Sent", "two"), ("INBOX", "three"), ("INBOX", "four")]
     assert out.threaded_by == "headers" and out.total == 4
     assert not any(c[0] in ("UID STORE", "SELECT") for c in server.commands)

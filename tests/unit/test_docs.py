@@ -36,7 +36,7 @@ SCANNED = (
 #: ``S3-05``, ``MCP-14``), or a tool-family letter and number (``TL-U1``).
 #: Three-digit numbers are not IDs (the ``P-256`` curve).
 CATALOGUE_ID = re.compile(
-    r"(?<![\w-])(?:(?:OA|OT|TK|MCP|MM|IM|SM|S3|ST|LG|P|S)-\d{1,2}|TL-[A-Z]\d{1,2})(?![\w-])"
+    r"(?<![\w-])(?:(?:OA|OT|TK|MCP|MM|IM|SM|S3|ST|SC|LG|P|S)-\d{1,2}|TL-[A-Z]\d{1,2})(?![\w-])"
 )
 
 #: A definition in docs/: the ID alone on a line, as a definition-list term.

@@ -47,9 +47,9 @@ def test_quoted_string_and_search_token_refuse_a_trailing_newline(suffix: bytes)
 
 @pytest.mark.parametrize("suffix", TRAILING)
 def test_mailbox_name_with_a_trailing_newline_is_refused(suffix: str) -> None:
-    assert _wire.mailbox_arg("Archive") == b'"Archive"'
+    assert _wire.quote(_wire.encode_mailbox("Archive")) == b'"Archive"'
     with pytest.raises(IMAPError, match="control characters"):
-        _wire.mailbox_arg("Archive" + suffix)
+        _wire.encode_mailbox("Archive" + suffix)
 
 
 def test_sequence_sets_and_fetch_items_refuse_a_trailing_newline() -> None:

@@ -188,7 +188,7 @@ def test_no_token_is_401_with_resource_metadata(method: str) -> None:
     code, headers, content = c.request(method, body, token=None)
     assert code == 401
     challenge = headers.getRawHeaders(b"www-authenticate")[0].decode()
-    assert challenge == f"Bearer {PRM}"
+    assert challenge == f'Bearer {PRM}, scope="mail.read mail.organize mail.draft mail.send mail.delete"'
     assert b"error" in content
 
 

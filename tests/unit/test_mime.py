@@ -7,16 +7,18 @@ from __future__ import annotations
 import base64
 import time
 
+import pytest
+
 from mailmcp import _mime
 from mailmcp._mime import (
     analyse,
     clean_line,
     clean_text,
     decode_bytes,
+    decode_filename,
     decode_transfer,
     html_to_text,
     parse_date,
-    sanitize_filename,
     threading_headers,
 )
 
@@ -98,20 +100,36 @@ def test_rfc2231_filename() -> None:
 
 def test_rfc2047_filename_and_8bit() -> None:
     """Encoded-word filenames (common, non-standard) and raw UTF-8 ones are decoded."""
-    assert sanitize_filename("=?UTF-8?B?w6RiYy5wZGY=?=") == "äbc.pdf"
-    assert sanitize_filename("Grüße.txt".encode().decode("latin-1")) == "Grüße.txt"
+    assert decode_filename("=?UTF-8?B?w6RiYy5wZGY=?=") == "äbc.pdf"
+    assert decode_filename("Grüße.txt".encode().decode("latin-1")) == "Grüße.txt"
 
 
 def test_filename_sanitising() -> None:
     """Paths, bidi tricks, device names and over-long names are neutralised (MM-07)."""
-    assert "/" not in (sanitize_filename("../../etc/passwd") or "")
-    assert ".." not in (sanitize_filename("../../etc/passwd") or "")
-    assert sanitize_filename("invoice\u202efdp.exe") == "invoicefdp.exe"
-    assert sanitize_filename("CON") == "_CON"
-    long = sanitize_filename("a" * 2000 + ".pdf")
+    assert "/" not in (decode_filename("../../etc/passwd") or "")
+    assert ".." not in (decode_filename("../../etc/passwd") or "")
+    assert decode_filename("invoice\u202efdp.exe") == "invoicefdp.exe"
+    assert decode_filename("CON") == "_CON"
+    long = decode_filename("a" * 2000 + ".pdf")
     assert long is not None and len(long) <= 200 and long.endswith(".pdf")
-    assert sanitize_filename("") is None
-    assert sanitize_filename("\r\n") is None
+    assert decode_filename("") is None
+    assert decode_filename("\r\n") is None
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("../../etc/passwd", "passwd"),
+        ("=?UTF-8?B?Li4vQ09OLnR4dA==?=", "_CON.txt"),
+        ("invoice\u202efdp.exe", "invoicefdp.exe"),
+        ("..", None),
+    ],
+)
+def test_bodystructure_filename_uses_the_attachment_rules(raw: str, expected: str | None) -> None:
+    """A filename read from a message gets the same rules as a stored attachment's (MM-07)."""
+    disposition = ["ATTACHMENT", ["FILENAME", raw]]
+    structure = analyse([text(), leaf("APPLICATION", "PDF", disposition=disposition), "MIXED"])
+    assert structure.attachments[0].filename == expected
 
 
 def test_depth_cap() -> None:

@@ -195,10 +195,14 @@ def test_resource_tolerated_forms(server, resource) -> None:
     assert f'name="resource" value="{BASE}/mcp"'.encode() in body
 
 
-def test_unknown_scopes_ignored(server) -> None:
-    """Unknown scopes (claudeai, offline_access) do not fail the request."""
-    response, _, _, _ = server.get_form(server.authorize_params(scope="claudeai offline_access mail"))
-    assert response.code == 200
+@pytest.mark.parametrize("scope", ["claudeai offline_access mail", "mail.read mail.everything", "MAIL.READ"])
+def test_unknown_scope_is_invalid_scope(server, scope) -> None:
+    """SC-01: an unknown scope value is refused with invalid_scope, sent to the (valid) redirect URI."""
+    response, body, _, _ = server.get_form(server.authorize_params(scope=scope))
+    assert response.code == 303
+    q = query(response)
+    assert q["error"] == ["invalid_scope"] and q["state"] == ["st-123"] and q["iss"] == [BASE]
+    assert 'name="csrf_token"' not in body.decode()
 
 
 def test_oversized_state_refused(server) -> None:

@@ -36,7 +36,7 @@ def test_code_flow_client_secret_post(server) -> None:
     response, body = server.redeem(code, verifier)
     assert response.code == 200
     assert body["token_type"] == "Bearer"
-    assert body["scope"] == "mail"
+    assert body["scope"] == "mail.read mail.organize mail.draft mail.send mail.delete"
     assert body["expires_in"] == server.config.access_token_lifetime
     assert response.headers.getRawHeaders(b"cache-control") == [b"no-store"]
     assert response.headers.getRawHeaders(b"pragma") == [b"no-cache"]

@@ -30,6 +30,7 @@ from mailmcp._tools._reading import (
     search_mail_messages,
     uid_set,
 )
+from mailmcp._untrusted import unmark_body
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
 from tests.helpers import run
 
@@ -170,7 +171,7 @@ def test_get_message_plain(server: FakeIMAPServer) -> None:
         plain("hi", "line one\nline two\n", In_Reply_To="<p@x>", References="<r@x> <p@x>")
     )
     out = run(get_mail_message(context(server), GetMessageInput(uid=uid)))
-    assert out.body == "line one\nline two\n"
+    assert unmark_body(out.body) == "line one\nline two\n"
     assert out.body_format == "text/plain" and not out.truncated and out.next_offset is None
     assert (out.in_reply_to, out.references) == ("<p@x>", ["<r@x>", "<p@x>"])
     assert out.message_id and out.message_id.startswith("<")
@@ -193,7 +194,7 @@ def test_get_message_html_alternative_and_attachments(server: FakeIMAPServer) ->
                            filename="../../etc/passwd")
     uid = server.mailboxes["INBOX"].add(message.as_bytes())
     out = run(get_mail_message(context(server), GetMessageInput(uid=uid)))
-    assert out.body.strip() == "plain version"
+    assert unmark_body(out.body).strip() == "plain version"
     (attachment,) = out.attachments
     assert attachment.part_id == "2" and attachment.url is None
     assert attachment.filename is not None and "/" not in attachment.filename
@@ -210,7 +211,7 @@ def test_get_message_html_only_hidden_text(server: FakeIMAPServer) -> None:
     uid = server.mailboxes["INBOX"].add(message.as_bytes())
     out = run(get_mail_message(context(server), GetMessageInput(uid=uid)))
     assert out.body_format == "text/html"
-    assert "Hello **you**" in out.body and "SYSTEM" not in out.body
+    assert "Hello **you**" in unmark_body(out.body) and "SYSTEM" not in unmark_body(out.body)
     assert "untrusted" in out.notice
 
 
@@ -222,11 +223,11 @@ def test_get_message_paging_through_body(server: FakeIMAPServer) -> None:
     while True:
         out = run(get_mail_message(context(server), GetMessageInput(uid=uid, max_body_chars=10_000,
                                                                       body_offset=offset)))
-        pieces.append(out.body)
+        pieces.append(unmark_body(out.body))
         if out.next_offset is None:
             assert not out.truncated
             break
-        assert out.truncated and out.next_offset == offset + len(out.body)
+        assert out.truncated and out.next_offset == offset + len(unmark_body(out.body))
         offset = out.next_offset
     assert "".join(pieces) == body
     assert len(pieces) == 4
@@ -239,7 +240,7 @@ def test_get_message_base64_charset(server: FakeIMAPServer) -> None:
            + base64.encodebytes("Grüße\n".encode()) + b"\r\n")
     uid = server.mailboxes["INBOX"].add(raw)
     out = run(get_mail_message(context(server), GetMessageInput(uid=uid)))
-    assert out.body == "Grüße\n"
+    assert unmark_body(out.body) == "Grüße\n"
     assert any("x-evil" in w for w in out.warnings)
 
 
@@ -388,9 +389,9 @@ def test_big_html_is_converted_off_the_reactor(server: FakeIMAPServer) -> None:
         message.set_content("".join(f"<p>para {i}</p>" for i in range(size)), subtype="html")
         server.mailboxes["INBOX"].add(message.as_bytes())
     small = run(get_mail_message(ctx, GetMessageInput(uid=1)))
-    assert reactor.pool.jobs == 0 and "para 9" in small.body
+    assert reactor.pool.jobs == 0 and "para 9" in unmark_body(small.body)
     big = run(get_mail_message(ctx, GetMessageInput(uid=2)))
-    assert reactor.pool.jobs == 1 and big.body.startswith("para 0")
+    assert reactor.pool.jobs == 1 and unmark_body(big.body).startswith("para 0")
 
 
 def test_stale_uidvalidity_refused(server: FakeIMAPServer) -> None:
@@ -421,7 +422,7 @@ def test_several_text_parts_read_in_order(server: FakeIMAPServer) -> None:
     while True:
         out = run(get_mail_message(context(server), GetMessageInput(uid=uid, max_body_chars=7000,
                                                                       body_offset=offset)))
-        pieces.append(out.body)
+        pieces.append(unmark_body(out.body))
         if out.next_offset is None:
             break
         offset = out.next_offset
@@ -459,7 +460,7 @@ def test_one_unparseable_structure_does_not_hide_the_page(server: FakeIMAPServer
         "the MIME structure of UID 2 is too deep or malformed to read; its body and attachments are not shown"
     ]
     single = run(get_mail_message(ctx, GetMessageInput(uid=2)))
-    assert single.subject == "m1" and single.body == "" and single.warnings
+    assert single.subject == "m1" and unmark_body(single.body) == "" and single.warnings
 
 
 def test_many_folders_skip_counts(server: FakeIMAPServer) -> None:

@@ -331,7 +331,8 @@ def test_attachment_urls_resolved_through_the_store(ctx: ToolContext, sender: Fa
     [attachment] = list(parsed.iter_attachments())
     assert attachment.get_filename() == "report.pdf"
     assert attachment.get_content() == b"%PDF-1.4 fake"
-    with pytest.raises(ToolError):
+    # send resolves through the same, tested resolver as every tool: it names the bad URL.
+    with pytest.raises(ToolError, match=r"attachment_urls\[1\]: not a link issued"):
         run(SEND_MAIL_MESSAGE.handler(ctx2, SendInput(to="bob@example.test",
                                                       attachment_urls=["https://mcp.example/attachments/ok1",
                                                                        "http://127.0.0.1/"])))

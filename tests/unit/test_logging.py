@@ -1,0 +1,85 @@
+"""
+`mailmcp._logging`: the observer the daemon hands twistd (level filter for
+every logger, text or JSON lines) and the early-drop `Logger`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from twisted.logger import Logger as TwistedLogger
+from twisted.logger import LogLevel, LogPublisher
+
+from mailmcp._logging import file_observer, filtered, twistd_observer
+
+
+def emit_all(observer: object) -> None:
+    publisher = LogPublisher(observer)  # type: ignore[arg-type]
+    log = TwistedLogger(namespace="some.module", observer=publisher)
+    log.debug("debug {n}", n=1)
+    log.info("info {n}", n=2)
+    log.warn("warn {n}", n=3)
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        log.failure("error {n}", n=4)
+
+
+def test_json_lines_carry_time_level_namespace_and_the_text_format_text() -> None:
+    """One JSON object per line; the text is what the text format writes, traceback included."""
+    out = io.StringIO()
+    emit_all(file_observer(out, "json"))
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["level"], r["namespace"]) for r in records] == [
+        ("debug", "some.module"), ("info", "some.module"), ("warn", "some.module"),
+        ("critical", "some.module"),
+    ]
+    assert [r["text"].splitlines()[0] for r in records] == ["debug 1", "info 2", "warn 3", "error 4"]
+    assert "ZeroDivisionError" in records[3]["text"]
+    assert all(r["time"].endswith("+00:00") for r in records)
+
+
+@pytest.mark.parametrize("level, kept", [("debug", 4), ("info", 3), ("warn", 2), ("error", 1)])
+def test_level_filter_applies_to_any_logger(level: str, kept: int) -> None:
+    """A plain twisted Logger (not ours) is filtered too: the level is applied by the observer."""
+    out = io.StringIO()
+    emit_all(filtered(file_observer(out, "json"), level))
+    assert len(out.getvalue().splitlines()) == kept
+
+
+def test_twistd_choices(tmp_path: Path) -> None:
+    """twistd's own rules pick the file; where twistd must decide alone, no observer is offered."""
+    assert twistd_observer({"logger": "x.y"}, "info", "json") is None
+    assert twistd_observer({"logfile": "-", "nodaemon": False}, "info", "json") is None
+    assert twistd_observer({"logfile": "-", "nodaemon": True}, "info", "text") is not None
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        path = tmp_path / "d.log"
+        observer = twistd_observer({"logfile": str(path), "nodaemon": True}, "warn", "json")
+        assert observer is not None
+        emit_all(observer)
+        levels = [json.loads(line)["level"] for line in path.read_text().splitlines()]
+        assert levels == ["warn", "critical"]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_our_logger_drops_below_the_level_before_building() -> None:
+    """The early drop still applies to mailmcp's Logger (the hot-path debug events)."""
+    from mailmcp._logging import Logger, debug_enabled, set_log_level
+
+    seen: list[object] = []
+    log = Logger(namespace="hot", observer=seen.append)
+    set_log_level("info")
+    try:
+        log.debug("dropped")
+        log.info("kept")
+        assert not debug_enabled()
+        assert [e["log_format"] for e in seen] == ["kept"]  # type: ignore[index]
+    finally:
+        set_log_level("info")
+    assert LogLevel.levelWithName("warn") is LogLevel.warn
