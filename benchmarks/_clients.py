@@ -51,10 +51,12 @@ def _cookie_header(set_cookie: str) -> str:
 
 
 async def oauth_login(base_url: str, client: dict[str, Any], email: str, password: str,
-                      conn: Connection | None = None) -> dict[str, Any]:
+                      conn: Connection | None = None, scope: str | None = None) -> dict[str, Any]:
     """
     Log C{email} in through the real authorization-code flow with PKCE and
     return the token response (``access_token``, ``refresh_token``, ...).
+    C{scope}, if given, is what the user leaves ticked on the login page
+    (space-separated) instead of everything it offers.
     """
     conn = conn or Connection(base_url)
     verifier = secrets.token_urlsafe(48)
@@ -82,6 +84,8 @@ async def oauth_login(base_url: str, client: dict[str, Any], email: str, passwor
         "smtp_username": "",
         "smtp_password": "",
     })
+    if scope is not None:
+        form["scope"] = scope
     post_headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": base_url}
     if "set-cookie" in headers:
         post_headers["Cookie"] = _cookie_header(headers["set-cookie"])

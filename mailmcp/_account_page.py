@@ -30,6 +30,7 @@ from ._clients import Client, MailServer, open_client
 from ._grants import AccountGrants, GrantRecord
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._oauth import _CONTROL, MAX_FORM_BODY, BadRequest, OAuthApp, _body_size, _flatten, _single
+from ._scopes import ALL_SCOPES, FULL, LABELS
 from ._templates import template_path
 from ._throttle import Busy, Throttled
 from ._tokens import InvalidToken
@@ -40,6 +41,7 @@ log = Logger()
 SESSION_LIFETIME = 600
 _SESSION_KIND = "account"
 FULL_ACCESS = "full access"
+NO_ACCESS = "no access (sign in again from your assistant)"
 
 SIGN_IN_FAILED = "Sign-in failed. Please check your username and password."
 
@@ -50,12 +52,21 @@ def _when(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
 
 
-def _scopes(record: GrantRecord) -> str:
-    """What the grant may do; grants from before scopes existed may do everything."""
-    scope = getattr(record, "scope", None)
-    if not scope or scope == "mail":
+def _scopes(record: GrantRecord, max_scope: frozenset[str]) -> Tag | str:
+    """
+    What the grant may do now, in the login page's words: what it was
+    granted (grants from before scopes: everything), within ``--max-scope``
+    (which also narrows grants made before it was lowered).
+    """
+    allowed = record.scopes & max_scope
+    if allowed == FULL:
         return FULL_ACCESS
-    return str(scope)
+    if not allowed:
+        return NO_ACCESS
+    return tags.ul(
+        [tags.li(LABELS[s], class_="app-scope") for s in ALL_SCOPES if s in allowed],
+        class_="app-scope-list",
+    )
 
 
 class _AccountPage(Element):
@@ -71,6 +82,7 @@ class _AccountPage(Element):
         notice: str | None = None,
         session: str | None = None,
         apps: list[GrantRecord] | None = None,
+        max_scope: frozenset[str] = FULL,
         base_path: str = "",
     ) -> None:
         super().__init__()
@@ -84,6 +96,7 @@ class _AccountPage(Element):
         self._notice = notice
         self._session = session
         self._apps = apps or []
+        self._max_scope = max_scope
 
     @renderer
     def page(self, request: IRequest, tag: Tag) -> Tag:
@@ -150,7 +163,7 @@ class _AccountPage(Element):
                     tags.div(record.client_name or "Unnamed app", class_="app-name"),
                     tags.dl(
                         tags.dt("Access"),
-                        tags.dd(_scopes(record), class_="app-scopes"),
+                        tags.dd(_scopes(record, self._max_scope), class_="app-scopes"),
                         tags.dt("Connected"),
                         tags.dd(_when(record.created), class_="app-connected"),
                         tags.dt("Last used"),
@@ -207,7 +220,14 @@ class AccountApp:
         request.setResponseCode(status)
         oauth._page_headers(request)
         return await _flatten(
-            _AccountPage(client.imap, csrf, client.client_id, base_path=oauth._base_path, **kw)
+            _AccountPage(
+                client.imap,
+                csrf,
+                client.client_id,
+                max_scope=oauth._config.max_scope,
+                base_path=oauth._base_path,
+                **kw,
+            )
         )
 
     @app.route("/account", methods=["GET", "HEAD"])

@@ -141,6 +141,14 @@ class GrantRecord:
     client_name: str = ""
     #: When a request last used the grant (0: never), kept to the minute.
     last_used: int = 0
+    #: The granted scopes as a ``scope`` string (after the login page's
+    #: choice and the caps); "" for grants made before scopes: all five.
+    scope: str = ""
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """What the grant allows; a damaged value allows nothing."""
+        return scopes_of_claim(self.scope or None)
 
 
 @attrs.frozen
@@ -481,7 +489,12 @@ class GrantService:
         """
         Store a new grant for C{credentials} and return the authorization
         code (carrying the grant key) for C{request}.
+
+        :raises ValueError: when C{request} grants no scope (the stored ""
+            would read back as a grant from before scopes: all five).
         """
+        if not request.scopes:
+            raise ValueError("a grant needs at least one scope")
         now = self._now()
         grant_id = secrets.token_hex(16)
         key = new_grant_key()
@@ -497,6 +510,7 @@ class GrantService:
                 ring, ring.current_kid, credentials.imap, credentials.imap_username
             ),
             client_name=request.client.name or "",
+            scope=format_scope(request.scopes),
         )
         await self.store.create_grant(record)
         log.info(
@@ -509,7 +523,7 @@ class GrantService:
             "ru": request.redirect_uri,
             "cc": request.code_challenge,
             "aud": request.resource,
-            "sc": format_scope(request.scopes),
+            "sc": record.scope,
             "at": now,
             "jti": secrets.token_hex(12),
         }

@@ -410,6 +410,8 @@ class RedisGrantStore(Service):
             record.client_name,
             "last_used",
             str(record.last_used),
+            "scope",
+            record.scope,
         )
         await self._redis.execute_command("EXPIRE", key, self._ttl(record.expires))
         await self._index(record)
@@ -436,6 +438,7 @@ class RedisGrantStore(Service):
             account=str(fields.get("account", "")),
             client_name=str(fields.get("client_name", "")),
             last_used=int(fields.get("last_used", 0)),
+            scope=str(fields.get("scope", "")),
         )
 
     def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:

@@ -82,6 +82,8 @@ _ADDED_COLUMNS = {
     "account": "TEXT NOT NULL DEFAULT ''",
     "client_name": "TEXT NOT NULL DEFAULT ''",
     "last_used": "INTEGER NOT NULL DEFAULT 0",
+    # The granted scopes, for the account page ("": from before scopes).
+    "scope": "TEXT NOT NULL DEFAULT ''",
 }
 
 #: Made after the added columns exist.
@@ -91,7 +93,8 @@ CREATE INDEX IF NOT EXISTS grants_client ON grants (client_ref);
 """
 
 _COLUMNS = (
-    "grant_id, client_ref, sealed, created, expires, generation, account, client_name, last_used"
+    "grant_id, client_ref, sealed, created, expires, generation, account, client_name, last_used,"
+    " scope"
 )
 
 
@@ -106,6 +109,7 @@ def _record(row: Any) -> GrantRecord:
         account=row[6],
         client_name=row[7],
         last_used=row[8],
+        scope=row[9],
     )
 
 
@@ -222,7 +226,7 @@ class SQLiteGrantStore(Service):
     def create_grant(self, record: GrantRecord) -> Deferred[None]:
         def call() -> None:
             self._db.execute(
-                f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.grant_id,
                     record.client_ref,
@@ -233,6 +237,7 @@ class SQLiteGrantStore(Service):
                     record.account,
                     record.client_name,
                     record.last_used,
+                    record.scope,
                 ),
             )
 

@@ -26,6 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from benchmarks._clients import oauth_login
 from benchmarks._http import Connection
+from mailmcp._scopes import ALL_SCOPES, LABELS, READ
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
 from tests.integration import test_login_browser
@@ -46,12 +47,19 @@ def new_user(services: Services) -> tuple[str, str]:
 
 
 def login(
-    daemon_url: str, client: dict[str, Any], user: str, password: str, base: str | None = None
+    daemon_url: str,
+    client: dict[str, Any],
+    user: str,
+    password: str,
+    base: str | None = None,
+    scope: str | None = None,
 ) -> dict[str, Any]:
+    """The token response of a login on the page; C{scope}: the boxes left ticked (default: all)."""
+
     async def run() -> dict[str, Any]:
         conn = Connection(daemon_url, timeout=60)
         try:
-            return await oauth_login(base or daemon_url, client, user, password, conn)
+            return await oauth_login(base or daemon_url, client, user, password, conn, scope)
         finally:
             conn.close()
 
@@ -63,12 +71,17 @@ def mcp_status(daemon_url: str, token: str) -> int:
 
 
 class _Forms(HTMLParser):
-    """The page's forms, each as its hidden fields (and the id of its button)."""
+    """
+    The page's forms, each as its hidden fields (and the id of its button),
+    and each app's access (its capabilities joined by "; ").
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.forms: list[dict[str, str]] = []
         self.errors: list[str] = []
+        self.access: dict[str, str] = {}
+        self._in_access = False
         self._in_error = False
         self._in_name = False
         self._name = ""
@@ -85,8 +98,18 @@ class _Forms(HTMLParser):
             self._in_error = True
         elif tag == "div" and a.get("class") == "app-name":
             self._in_name = True
+        elif tag == "dd" and a.get("class") == "app-scopes":
+            self._in_access = True
+            self.access[self._name] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "dd":
+            self._in_access = False
 
     def handle_data(self, data: str) -> None:
+        if self._in_access and data.strip():
+            joined = self.access[self._name]
+            self.access[self._name] = f"{joined}; {data}" if joined else data
         if self._in_name:
             self._name = data
             self._in_name = False
@@ -134,15 +157,19 @@ def test_account_page_in_browser_lists_and_revokes(
 ) -> None:
     """
     Sign in on /account in Chromium: both connected apps are listed (name,
-    access, connected, last used); Disconnect on one makes its next /mcp call
-    401 while the other app's token still works.
+    access, connected, last used), the one narrowed to reading on the login
+    page with only the read capability in the login page's words, the other
+    with full access; Disconnect on one makes its next /mcp call 401 while
+    the other app's token still works.
     """
     user, password = new_user(services)
     daemon = daemon_factory(services)
     writer = generate_client(daemon.state_dir, services, "--name", "Writer App")
     reader = generate_client(daemon.state_dir, services, "--name", "Reader App")
-    t_writer = login(daemon.base_url, writer, user, password)["access_token"]
-    t_reader = login(daemon.base_url, reader, user, password)["access_token"]
+    full = login(daemon.base_url, writer, user, password)
+    narrowed = login(daemon.base_url, reader, user, password, scope=READ)
+    assert full["scope"] == " ".join(ALL_SCOPES) and narrowed["scope"] == READ
+    t_writer, t_reader = full["access_token"], narrowed["access_token"]
     assert mcp_status(daemon.base_url, t_writer) == 200
     assert mcp_status(daemon.base_url, t_reader) == 200
 
@@ -158,8 +185,14 @@ def test_account_page_in_browser_lists_and_revokes(
     apps = browser.find_elements(By.CLASS_NAME, "app")
     names = [a.find_element(By.CLASS_NAME, "app-name").text for a in apps]
     assert sorted(names) == ["Reader App", "Writer App"]
+    access = {
+        name: [li.text for li in app.find_elements(By.CLASS_NAME, "app-scope")]
+        for name, app in zip(names, apps, strict=True)
+    }
+    assert access == {"Writer App": [], "Reader App": [LABELS[READ]]}
+    writer_access = apps[names.index("Writer App")].find_element(By.CLASS_NAME, "app-scopes")
+    assert writer_access.text == "full access"
     for app in apps:
-        assert app.find_element(By.CLASS_NAME, "app-scopes").text == "full access"
         assert app.find_element(By.CLASS_NAME, "app-connected").text.endswith("UTC")
         # The /mcp calls above count as use.
         assert app.find_element(By.CLASS_NAME, "app-last-used").text != "never"
@@ -195,14 +228,18 @@ def test_account_page_revocation_reaches_a_second_daemon_on_redis(
         one = generate_client(cluster.states["A"], services, "--name", "One")
         two = generate_client(cluster.states["A"], services, "--name", "Two")
         t_one = cluster.login("A", one)["access_token"]
-        t_two = cluster.login("B", two)["access_token"]
         b_url = cluster.daemons["B"].base_url
+        # Narrowed on B's login page: A's page reads the scope back from Redis.
+        t_two = login(b_url, two, "alice@example.test", "alicepw", cluster.base, READ)[
+            "access_token"
+        ]
         assert mcp_status(b_url, t_one) == 200 and mcp_status(b_url, t_two) == 200
 
         page = AccountSession(cluster.daemons["A"].base_url, one)
         signed_in = page.sign_in("alice@example.test", "alicepw")
         assert signed_in.status_code == 200, signed_in.text
         assert "alicepw" not in signed_in.text
+        assert parse(signed_in.text).access == {"One": "full access", "Two": LABELS[READ]}
         forms = {f["_app"]: f for f in parse(signed_in.text).forms if f.get("action") == "revoke"}
         assert set(forms) == {"One", "Two"}
         assert page.submit(forms["One"]).status_code == 200

@@ -2,7 +2,7 @@
 The account-page and operator-revocation part of the `IGrantStore`
 contract (issue 15), for the memory model, SQLite and the real Redis:
 listing a mailbox's grants by account index, revoking one mailbox, the
-last-used time, and the client deny-list.
+last-used time, the granted scopes, and the client deny-list.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from mailmcp._clients import MailServer
 from mailmcp._grants import GrantRecord, account_index, account_indexes
 from mailmcp._keyring import KeyRing, new_master_key
+from mailmcp._scopes import FULL
 from tests.integration import test_oauth_store as contract
 from tests.integration.test_oauth_store import NOW, record
 
@@ -90,6 +91,28 @@ async def test_touch_grant(store_and_clock) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_scope_is_stored_and_kept(store_and_clock) -> None:
+    """The granted scopes read back (listing too) and survive activation, rotation and last-used writes; "" reads as all five."""
+    store, clock = store_and_clock
+    narrow = attrs.evolve(of("acct", expires=NOW + 65), scope="mail.read mail.draft")
+    legacy = of("acct")
+    for r in (narrow, legacy):
+        await store.create_grant(r)
+    assert await store.get_grant(narrow.grant_id) == narrow
+    got = await store.get_grant(legacy.grant_id)
+    assert got.scope == "" and got.scopes == FULL
+    assert await store.activate_grant(narrow.grant_id, secrets.token_hex(8), NOW + 60, NOW + 5000)
+    assert await store.rotate_refresh(narrow.grant_id, 0, b"succ-1", 60) == b"succ-1"
+    await store.touch_grant(narrow.grant_id, NOW + 5)
+    clock.advance(100)
+    listed = {r.grant_id: r for r in await store.list_account_grants("acct")}
+    kept = listed[narrow.grant_id]
+    assert (kept.generation, kept.last_used) == (1, NOW + 5)
+    assert kept.scope == "mail.read mail.draft"
+    assert kept.scopes == {"mail.read", "mail.draft"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_deny_client(store_and_clock) -> None:
     """deny_client ends that client's grants (count returned), and the deny-list outlives them."""
     store, clock = store_and_clock
@@ -160,8 +183,51 @@ async def test_sqlite_file_from_before_account_index_opens(tmp_path) -> None:
     store = SQLiteGrantStore(path, clock)
     try:
         old = await store.get_grant("old")
-        assert (old.account, old.client_name, old.last_used) == ("", "", 0)
+        assert (old.account, old.client_name, old.last_used, old.scope) == ("", "", 0, "")
+        assert old.scopes == FULL
         assert await store.deny_client("c9") == 1
         assert await store.get_grant("old") is None
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_file_from_before_scopes_gains_the_column(tmp_path) -> None:
+    """A file of the account-page release (no scope column) gains it; its grants read as all five, new ones keep theirs."""
+    import sqlite3
+
+    from mailmcp._store_sqlite import SQLiteGrantStore
+
+    path = tmp_path / "before-scopes.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE grants (grant_id TEXT PRIMARY KEY, client_ref TEXT NOT NULL, sealed BLOB NOT NULL,"
+        " created INTEGER NOT NULL, expires INTEGER NOT NULL, generation INTEGER NOT NULL DEFAULT 0,"
+        " successor BLOB, rotated REAL, account TEXT NOT NULL DEFAULT '',"
+        " client_name TEXT NOT NULL DEFAULT '', last_used INTEGER NOT NULL DEFAULT 0);"
+    )
+    db.execute(
+        "INSERT INTO grants (grant_id, client_ref, sealed, created, expires, account, client_name)"
+        " VALUES ('old', 'c9', x'00', ?, ?, 'acct', 'Old App')",
+        (NOW, NOW + 60),
+    )
+    db.commit()
+    db.close()
+    clock = Clock()
+    clock.advance(NOW)
+    store = SQLiteGrantStore(path, clock)
+    try:
+        new = attrs.evolve(of("acct"), scope="mail.read")
+        await store.create_grant(new)
+        listed = {r.grant_id: r for r in await store.list_account_grants("acct")}
+        assert (listed["old"].client_name, listed["old"].scope) == ("Old App", "")
+        assert listed["old"].scopes == FULL
+        assert listed[new.grant_id] == new
+    finally:
+        store.close()
+    # Opening the migrated file again changes nothing.
+    store = SQLiteGrantStore(path, clock)
+    try:
+        assert (await store.get_grant(new.grant_id)).scope == "mail.read"
     finally:
         store.close()

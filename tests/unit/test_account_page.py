@@ -1,24 +1,37 @@
 """
 Socket-free tests of issue 15's parts (`StubTreq`, `Clock`, the memory
-store): the verifier's deny-list and last-used writes, and the account
-page's refusals (no client, CSRF, stale or foreign sessions, wrong method).
+store): the verifier's deny-list and last-used writes, the granted scopes
+each app shows, and the account page's refusals (no client, CSRF, stale or
+foreign sessions, wrong method).
 The real-daemon proofs are in tests/integration/test_account_page.py.
 """
 
 from __future__ import annotations
 
 import re
+from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 
-from mailmcp._account_page import SESSION_LIFETIME, AccountApp
-from mailmcp._grants import TOUCH_INTERVAL, AccountGrants, client_ref
+from mailmcp._account_page import FULL_ACCESS, NO_ACCESS, SESSION_LIFETIME, AccountApp
+from mailmcp._clients import open_client
+from mailmcp._grants import (
+    TOUCH_INTERVAL,
+    AccountGrants,
+    CodeRequest,
+    Credentials,
+    GrantRecord,
+    account_index,
+    client_ref,
+)
+from mailmcp._scopes import ALL_SCOPES, DRAFT, LABELS, READ, SEND
 from mailmcp._tokens import InvalidToken
-from tests.unit.oauth_helpers import BASE, IMAP, Server, make_server
+from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
 
 
 class AccountServer(Server):
@@ -51,10 +64,23 @@ class AccountServer(Server):
 
 @pytest.fixture
 def server(tmp_path: Path) -> AccountServer:
-    s = make_server(tmp_path, server_class=AccountServer)
+    return account_server(tmp_path)
+
+
+def account_server(tmp_path: Path, **config_kw: Any) -> AccountServer:
+    s = make_server(tmp_path, server_class=AccountServer, **config_kw)
     assert isinstance(s, AccountServer)
     s.page = StubTreq(AccountApp(s.app, AccountGrants(s.store, s.config.keyring)).app.resource())
     return s
+
+
+def labels_shown(body: bytes) -> list[list[str]]:
+    """Each listed app's capabilities, as shown (FULL_ACCESS / NO_ACCESS when so)."""
+    shown = []
+    for dd in re.findall(rb'<dd class="app-scopes">(.*?)</dd>', body, re.S):
+        items = re.findall(rb'<li class="app-scope">([^<]*)</li>', dd)
+        shown.append([i.decode() for i in items] or [dd.decode()])
+    return shown
 
 
 def sign_in(server: AccountServer, user: str = "alice@example.test", pw: str = "alice-pw") -> tuple[Any, bytes]:
@@ -136,6 +162,55 @@ def test_sign_in_lists_and_never_echoes_the_password(server: AccountServer) -> N
     assert b"Test client" in body and b"full access" in body
     assert b"alice-pw" not in body and b"alice@example.test" not in session_of(body).encode()
     assert response.headers.getRawHeaders(b"cache-control") == [b"no-store"]
+
+
+def test_narrowed_grant_shows_its_scopes_and_refresh_keeps_them(server: AccountServer) -> None:
+    """Narrowed to reading on the login page: stored so, shown in the page's words, unchanged by a refresh."""
+    server.tokens()  # a full grant beside it
+    verifier, challenge = pkce()
+    response, body = server.login(params=server.authorize_params(code_challenge=challenge),
+                                  extra={"scope": READ})
+    assert response.code == 303, body
+    code = parse_qs(urlsplit(response.headers.getRawHeaders(b"location")[0].decode()).query)["code"][0]
+    response, tokens = server.redeem(code, verifier)
+    assert response.code == 200 and tokens["scope"] == READ
+    narrowed = [r for r in server.store.grants.values() if r.scope == READ]
+    assert len(narrowed) == 1 and narrowed[0].scopes == {READ}
+    (full,) = [r for r in server.store.grants.values() if r.scope != READ]
+    assert full.scope == " ".join(ALL_SCOPES)
+    response, again = server.refresh(tokens["refresh_token"])
+    assert response.code == 200 and again["scope"] == READ
+    kept = server.store.grants[narrowed[0].grant_id]
+    assert kept.generation == 1 and kept.scope == READ
+    _, page = sign_in(server)
+    assert sorted(labels_shown(page)) == sorted([[FULL_ACCESS], [LABELS[READ]]])
+    assert escape(LABELS[SEND]).encode() not in page
+
+
+def test_max_scope_narrows_what_the_page_shows(tmp_path: Path) -> None:
+    """Under --max-scope the page shows what each grant can still do: legacy grants too, and nothing left says so."""
+    server = account_server(tmp_path, max_scope=frozenset({READ, SEND}))
+    ring = server.config.keyring
+    account = account_index(ring, ring.current_kid, IMAP, "alice@example.test")
+    now = int(server.clock.seconds())
+    for age, scope in enumerate(("", DRAFT, f"{READ} {DRAFT}")):
+        gid = f"grant-{age}"
+        server.store.grants[gid] = GrantRecord(grant_id=gid, client_ref="c", sealed=b"x",
+                                               created=now - 10 + age, expires=now + 600,
+                                               account=account, scope=scope)
+    _, page = sign_in(server)
+    assert labels_shown(page) == [[LABELS[READ], LABELS[SEND]], [NO_ACCESS], [LABELS[READ]]]
+
+
+def test_a_grant_without_scopes_is_never_stored(server: AccountServer) -> None:
+    """An empty scope set would read back as a grant from before scopes (all five): login refuses it."""
+    request = CodeRequest(client=open_client(server.codec, server.client_id), redirect_uri=REDIRECT,
+                          code_challenge="c", resource=BASE + "/mcp", scopes=frozenset())
+    credentials = Credentials(email="a@example.test", full_name="", imap=IMAP, imap_username="a",
+                              imap_password="p", smtp=SMTP, smtp_username="a", smtp_password="p")
+    with pytest.raises(ValueError, match="at least one scope"):
+        server.run(Deferred.fromCoroutine(server.grants.login(request, credentials)))
+    assert server.store.grants == {}
 
 
 def test_wrong_password_is_refused_and_charged(server: AccountServer) -> None:
