@@ -84,8 +84,11 @@ class _AccountPage(Element):
         session: str | None = None,
         apps: list[GrantRecord] | None = None,
         max_scope: frozenset[str] = FULL,
+        base_path: str = "",
     ) -> None:
         super().__init__()
+        #: The --base-url's path: the page's own URLs live under it.
+        self._base_path = base_path
         self._server = server
         self._csrf = csrf
         self._client_id = client_id
@@ -99,6 +102,8 @@ class _AccountPage(Element):
     @renderer
     def page(self, request: IRequest, tag: Tag) -> Tag:
         return tag.fillSlots(
+            stylesheet=self._base_path + "/oauth/static/login.css",
+            form_action=self._base_path + "/account",
             imap_host=f"{self._server.host}:{self._server.port}",
             email=self._values.get("email", ""),
             imap_username=self._values.get("imap_username", ""),
@@ -143,7 +148,7 @@ class _AccountPage(Element):
             [tags.input(type="hidden", name=n, value=v) for n, v in fields],
             tags.button(label, type="submit", id=button_id, class_="revoke"),
             method="post",
-            action="/account",
+            action=self._base_path + "/account",
         )
 
     @renderer
@@ -220,7 +225,12 @@ class AccountApp:
         oauth._page_headers(request)
         return await _flatten(
             _AccountPage(
-                client.imap, csrf, client.client_id, max_scope=oauth._config.max_scope, **kw
+                client.imap,
+                csrf,
+                client.client_id,
+                max_scope=oauth._config.max_scope,
+                base_path=oauth._base_path,
+                **kw,
             )
         )
 

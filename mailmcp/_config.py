@@ -24,6 +24,7 @@ from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_ke
 from ._scopes import FULL, parse_scope_list
 from ._sendpolicy import parse_allow_domains
 from ._throttle import IPNetwork, parse_networks
+from ._user_servers import AllowRule, parse_allow
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "mailmcp-state"
@@ -121,7 +122,13 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Most attachment bytes linked or sent per message.",
     ),
     ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
-    ("allowed-origins", "", "Extra browser Origins allowed to call /mcp (space separated)."),
+    (
+        "allowed-origins",
+        "",
+        "Extra browser Origins (space separated) allowed to call /mcp, and answered with "
+        "CORS there and on the metadata, token, revocation and registration endpoints "
+        "(browser clients such as the MCP Inspector's direct mode).",
+    ),
     (
         "max-scope",
         "",
@@ -198,6 +205,13 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Dynamic client registrations (/oauth/register) allowed per client address per hour.",
     ),
     (
+        "user-servers-allow",
+        "",
+        "With --allow-user-servers: networks (and ports) user-named mail servers may be in "
+        "besides public addresses on ports 993/143/465/587, e.g. '10.1.0.0/16 127.0.0.1:1993 "
+        "[fd00::]/8:*' (space or comma separated; no port: the usual ones; * any).",
+    ),
+    (
         "send-allow-domains",
         "",
         "Recipient domains mail may be sent to (comma/space separated; example.com exactly, "
@@ -229,6 +243,12 @@ FLAGS: list[tuple[str, str]] = [
         "allow-insecure-base-url",
         "Accept an http:// --base-url on a host that is not loopback (only behind a "
         "proxy that adds TLS; MCP clients require https).",
+    ),
+    (
+        "allow-user-servers",
+        "Let users name their IMAP/SMTP servers on the login page (prefilled from the email "
+        "domain's RFC 6186 SRV records) when their client brings none; only public addresses "
+        "on the usual ports unless --user-servers-allow says otherwise.",
     ),
     (
         "imap-connect-per-call",
@@ -351,6 +371,8 @@ class Config:
     client_metadata_dir: Path | None = None
     client_metadata_allow: tuple[str, ...] = ()
     registrations_per_address: int = 20
+    allow_user_servers: bool = False
+    user_servers_allow: tuple[AllowRule, ...] = ()
 
     @property
     def mcp_url(self) -> str:
@@ -670,6 +692,10 @@ def build_config(
         raise usage.UsageError(f"--trusted-proxies: {e}") from None
 
     try:
+        user_servers_allow = parse_allow(str(resolved["user-servers-allow"] or ""))
+    except ValueError as e:
+        raise usage.UsageError(f"--user-servers-allow: {e}") from None
+    try:
         send_allow_domains = parse_allow_domains(str(resolved["send-allow-domains"] or ""))
     except ValueError as e:
         raise usage.UsageError(f"--send-allow-domains: {e}") from None
@@ -712,6 +738,8 @@ def build_config(
         default_smtp=default_smtp,
         client_metadata_dir=metadata_dir,
         client_metadata_allow=allow,
+        allow_user_servers=bool(resolved["allow-user-servers"]),
+        user_servers_allow=user_servers_allow,
         send_allow_domains=send_allow_domains,
         trusted_authserv_id=authserv_id,
         audit_log=audit_log,

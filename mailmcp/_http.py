@@ -29,6 +29,7 @@ from twisted.web.resource import IResource
 from zope.interface import Interface
 
 from ._jsonrpc import INVALID_REQUEST, encode, error_message, result_message, valid_id
+from ._paths import strip_base_path
 
 log = Logger()
 
@@ -295,6 +296,8 @@ class MailMCPRequest(server.Request):
     _paused = False
     _hold_continue = False
     _complete: tuple[bytes, bytes, bytes] | None = None
+    #: The path as the client sent it, before the base path was taken off.
+    full_path: bytes | None = None
     _drained = 0
     _drain_timer: IDelayedCall | None = None
 
@@ -308,7 +311,9 @@ class MailMCPRequest(server.Request):
         # The request line is in, but Request.requestReceived sets method
         # and path only once the body is complete: read them off the channel.
         method = getattr(self.channel, "_command", b"") or b""
-        path = (getattr(self.channel, "_path", b"") or b"").split(b"?", 1)[0]
+        path = strip_base_path(
+            getattr(self.channel, "_path", b"") or b"", getattr(site, "base_path", b"")
+        ).split(b"?", 1)[0]
         self._path_seen = path
         gates: dict[bytes, ILargeBodyGate] = getattr(site, "large_body_gates", {})
         gate = gates.get(path) if path in gates and method.upper() == b"POST" else None
@@ -480,6 +485,10 @@ class MailMCPRequest(server.Request):
             # Complete before the gate decided: process once it has.
             self._complete = (command, path, version)
             return
+        # Under a --base-url with a path, everything below routes on the
+        # path without it (see mailmcp._paths); the log keeps the original.
+        self.full_path = path.split(b"?", 1)[0]
+        path = strip_base_path(path, getattr(self._site(), "base_path", b""))
         # Forms are parsed only where a form is expected.
         self._parsePOSTFormSubmission = path.split(b"?", 1)[0] in FORM_PATHS
         super().requestReceived(command, path, version)
@@ -593,7 +602,9 @@ def _safe_log_formatter(timestamp: str, request: server.Request) -> str:
     query string (OAuth parameters, or a token someone put there by mistake)
     and no referrer.
     """
-    path = (request.path or b"").decode("ascii", "replace")[:200]
+    path = (getattr(request, "full_path", None) or request.path or b"").decode("ascii", "replace")[
+        :200
+    ]
     agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace")[:120]
     return '{ip} - - {ts} "{method} {path} {proto}" {code} {length} "{agent}"'.format(
         ip=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
@@ -623,6 +634,7 @@ class MailMCPSite(server.Site):
         drain_bytes: int = DRAIN_BYTES,
         drain_seconds: float = DRAIN_SECONDS,
         drain_rate: int = DRAIN_RATE,
+        base_path: bytes = b"",
     ) -> None:
         super().__init__(resource, logFormatter=_safe_log_formatter, reactor=reactor)
         self.max_body = max_body
@@ -633,6 +645,8 @@ class MailMCPSite(server.Site):
         #: Gates of the paths in `LARGE_BODY_PATHS`, by path (see `gate`).
         self.large_body_gates: dict[bytes, ILargeBodyGate] = {}
         self.in_flight = InFlight()
+        #: The --base-url's path (``b"/mail"``), taken off request paths.
+        self.base_path = base_path
 
     def gate(self, path: bytes, gate: ILargeBodyGate) -> None:
         """Let C{path} take bodies up to ``max_body`` from requests C{gate} admits."""

@@ -13,7 +13,9 @@ Every request is self-contained.  The order of checks is fixed and matters:
    the JSON-RPC envelope (one object, never a batch), decoded off the
    reactor when large;
 4. the era: ``initialize`` and requests without the 2026 ``_meta`` envelope
-   are the handshake era (2025-03-26 / 2025-06-18 / 2025-11-25);
+   are the handshake era (2025-03-26 / 2025-06-18 / 2025-11-25), except an
+   ``initialize`` that declares 2026-07-28 (header or ``_meta``): that era
+   removed it, so it gets ``404`` and ``-32601`` like any removed method;
    ``server/discover`` and requests carrying the envelope are the stateless
    2026-07-28 era, with its header rules;
 5. dispatch: ``initialize``, ``ping``, ``server/discover``, ``tools/list``,
@@ -40,7 +42,6 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import mcp_types
 from klein import Klein
@@ -55,6 +56,7 @@ from zope.interface import implementer
 
 from ._account import MailAccount
 from ._admission import Admission, Refused
+from ._cors import CORSPolicy, origin_of
 from ._http import SMALL_BODY, ILargeBodyGate, Refusal
 from ._jsonrpc import (
     ERROR_CODE_HTTP_STATUS,
@@ -74,6 +76,7 @@ from ._jsonrpc import (
     result_message,
 )
 from ._logging import Logger
+from ._paths import resource_metadata_url
 from ._scopes import ALL_SCOPES, format_scope
 from ._scopes import FULL as FULL_SCOPES
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
@@ -125,27 +128,6 @@ _INTERNAL_TOOL_FAILURE = (
     "The tool failed because of an internal error in the mail server connector. "
     "The failure was logged; trying again later may help."
 )
-
-
-def origin_of(url: str) -> str | None:
-    """
-    The serialised origin (RFC 6454) of C{url}: lower-case scheme and host,
-    port only when it is not the scheme's default; L{None} if it has none.
-    """
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        return None
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    if port is not None and port != {"http": 80, "https": 443}[scheme]:
-        host += f":{port}"
-    return f"{scheme}://{host}"
 
 
 def _media_types(value: str) -> list[str]:
@@ -255,13 +237,10 @@ class MCPApp:
         self._lenient = lenient_version_header
         self._ttl_ms = list_ttl_ms
         self._max_body = max_body if max_body is not None else int(config.max_request_body)
-        self._resource_metadata = f"{config.base_url}/.well-known/oauth-protected-resource/mcp"
-        origins: set[str] = set()
-        for candidate in (config.base_url, *tuple(config.allowed_origins)):
-            origin = origin_of(candidate)
-            if origin is not None:
-                origins.add(origin)
-        self._origins = frozenset(origins)
+        self._resource_metadata = resource_metadata_url(config.base_url)
+        # The same origins the CORS headers name (see mailmcp._cors).
+        self._cors = CORSPolicy.from_config(config)
+        self._origins = self._cors.origins
         self._tools: dict[str, Tool] = {}
         described: list[dict[str, Any]] = []
         for tool in tools:
@@ -324,6 +303,9 @@ class MCPApp:
             try:
                 account = await self._authenticate(request)
             except _Reply as reply:
+                # Written before the router sees the request: add the CORS
+                # headers it would (a browser client must read the 401).
+                self._cors.annotate(request)
                 headers = tuple(
                     (name, value)
                     for name, values in request.responseHeaders.getAllRawHeaders()
@@ -448,6 +430,12 @@ class MCPApp:
             if request_id is None:
                 return self._notification(request, method, header_version)
             result: dict[str, Any] | _ToolText
+            if method == "initialize" and self._declares_modern(params, header_version):
+                # The 2026-07-28 era removed the handshake: a client that
+                # says it speaks that era gets the era's answer for a removed
+                # method, whatever else its envelope holds.
+                era = "modern"
+                raise RPCError(METHOD_NOT_FOUND, "Method not found: initialize")
             if method == "initialize":
                 result = self._initialize(params)
             elif self._is_modern(method, params, header_version):
@@ -665,6 +653,19 @@ class MCPApp:
             return True
         meta = params.get("_meta") if params else None
         return isinstance(meta, dict) and mcp_types.PROTOCOL_VERSION_META_KEY in meta
+
+    def _declares_modern(self, params: dict[str, Any] | None, header_version: str | None) -> bool:
+        """
+        Whether the request says it speaks a stateless-era version, in the
+        ``MCP-Protocol-Version`` header or in ``params._meta``.
+        """
+        if header_version in MODERN_VERSIONS:
+            return True
+        meta = params.get("_meta") if params else None
+        return (
+            isinstance(meta, dict)
+            and meta.get(mcp_types.PROTOCOL_VERSION_META_KEY) in MODERN_VERSIONS
+        )
 
     def _legacy_version(self, header_version: str | None) -> str:
         if header_version is None:

@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import sqlite3
@@ -38,7 +39,7 @@ from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer,
 from ._audit import Audit
 from ._cimd import PINNED_DIR as _PINNED_DIR
 from ._cimd import ClientMetadataError, ClientMetadataResolver, MetadataFetcher, load_pinned
-from ._clients import Client
+from ._clients import Client, MailServer
 from ._config import Config
 from ._grants import (
     AccountGrants,
@@ -51,11 +52,20 @@ from ._grants import (
 )
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
+from ._paths import base_path, metadata_paths
 from ._registration import ClientDirectory, Registration, open_registration
 from ._scopes import ALL_SCOPES, LABELS, UnknownScope, format_scope, parse_scope
 from ._templates import template_path
 from ._throttle import Busy, LoginThrottle, Throttled, ThrottlePolicy, client_address
 from ._tokens import InvalidToken, TokenCodec
+from ._user_servers import (
+    USER_SECURITY,
+    ServerPolicy,
+    ServerRefused,
+    Suggestion,
+    brings_servers,
+    discover,
+)
 from .interfaces import ILoginChecker
 
 log = Logger()
@@ -77,6 +87,18 @@ OAUTH_PARAMS = (
     "scope",
     "resource",
 )
+#: The login page's server fields, asked when the user names the servers.
+SERVER_FIELDS = (
+    "imap_host",
+    "imap_port",
+    "imap_security",
+    "smtp_host",
+    "smtp_port",
+    "smtp_security",
+)
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)+"
+)
 FORM_FIELDS = (
     "email",
     "full_name",
@@ -86,6 +108,8 @@ FORM_FIELDS = (
     "smtp_username",
     "smtp_password",
     "csrf_token",
+    "action",
+    *SERVER_FIELDS,
 )
 #: The login form carries the scopes offered (what the client asked for,
 #: after the caps) under this name; ``scope`` is the user's checkboxes.
@@ -175,6 +199,14 @@ def _origin_of(uri: str) -> str:
     return f"{parts.scheme}://{_host_of(uri)}"
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _add_query(uri: str, params: list[tuple[str, str]]) -> str:
     return uri + ("&" if urlsplit(uri).query else "?") + urlencode(params)
 
@@ -193,9 +225,13 @@ class _Page(Element):
         errors: list[str],
         message: str | None,
         chosen: frozenset[str] | None = None,
+        base_path: str = "",
+        servers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self._chosen = request.scopes if chosen is None else chosen
+        self._base_path = base_path
+        self._servers = servers
         self._request = request
         self._csrf = csrf
         self._values = values
@@ -253,9 +289,74 @@ class _Page(Element):
     def page(self, request: IRequest, tag: Tag) -> Tag:
         return tag.fillSlots(**self.slots())
 
+    @renderer
+    def fixed_servers(self, request: IRequest, tag: Tag) -> Tag | str:
+        """The client's own servers, named; nothing when the user names them."""
+        return tag if self._servers is None else ""
+
+    @renderer
+    def server_fields(self, request: IRequest, tag: Tag) -> Tag | str:
+        """The user's servers (host, port, security each), prefilled (`mailmcp._user_servers`)."""
+        if self._servers is None:
+            return ""
+        values = self._servers
+        box = tags.fieldset(class_="user-servers")(
+            tags.legend("Your mail servers"),
+            tags.p(
+                "Filled in from your email address where its domain publishes them; "
+                "check them with your mail provider's settings.",
+                class_="hint",
+            ),
+        )
+        for kind, label in (
+            ("imap", "IMAP server (reading mail)"),
+            ("smtp", "SMTP server (sending mail)"),
+        ):
+            security = tags.select(id=f"{kind}_security", name=f"{kind}_security")
+            for value, text in (("tls", "SSL/TLS"), ("starttls", "STARTTLS")):
+                option = tags.option(text, value=value)
+                if values.get(f"{kind}_security", "tls") == value:
+                    option(selected="selected")
+                security(option)
+            box(
+                tags.label(label, for_=f"{kind}_host"),
+                tags.input(
+                    id=f"{kind}_host",
+                    name=f"{kind}_host",
+                    type="text",
+                    maxlength="253",
+                    autocomplete="off",
+                    value=values.get(f"{kind}_host", ""),
+                ),
+                tags.label("Port", for_=f"{kind}_port"),
+                tags.input(
+                    id=f"{kind}_port",
+                    name=f"{kind}_port",
+                    type="number",
+                    min="1",
+                    max="65535",
+                    value=values.get(f"{kind}_port", ""),
+                ),
+                tags.label("Security", for_=f"{kind}_security"),
+                security,
+            )
+        box(
+            tags.button(
+                "Find my servers",
+                type="submit",
+                id="discover",
+                name="action",
+                value="discover",
+                formnovalidate="formnovalidate",
+            )
+        )
+        return box
+
     def slots(self) -> dict[str, str]:
         client = self._request.client
         return {
+            "form_action": self._base_path + "/oauth/authorize",
+            "stylesheet": self._base_path + "/oauth/static/login.css",
             "client_name": client.name or "Your AI assistant",
             "redirect_host": _host_of(self._request.redirect_uri),
             "imap_host": f"{client.imap.host}:{client.imap.port}",
@@ -272,14 +373,19 @@ class _ErrorPage(Element):
 
     loader = XMLFile(FilePath(str(template_path("error.xhtml"))))
 
-    def __init__(self, title: str, message: str) -> None:
+    def __init__(self, title: str, message: str, base_path: str = "") -> None:
         super().__init__()
         self._title = title
         self._message = message
+        self._base_path = base_path
 
     @renderer
     def page(self, request: IRequest, tag: Tag) -> Tag:
-        return tag.fillSlots(title=self._title, message=self._message)
+        return tag.fillSlots(
+            title=self._title,
+            message=self._message,
+            stylesheet=self._base_path + "/oauth/static/login.css",
+        )
 
 
 def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = True) -> bytes:
@@ -327,10 +433,19 @@ class OAuthApp:
         smtp_checker: ILoginChecker,
         throttle: LoginThrottle,
         clients: ClientDirectory | None = None,
+        resolver: Any = None,
     ) -> None:
         self._config = config
         self._clients = clients or ClientDirectory(config, codec, grants.store, None)
         self._registration = Registration(config, codec, grants.store, self._client_address)
+        #: With --allow-user-servers: DNS (`twisted.names`) for the SRV
+        #: prefill and the address check of user-named servers.
+        self._resolver = resolver
+        self._server_policy = (
+            ServerPolicy(config.user_servers_allow, resolver)
+            if config.allow_user_servers and resolver is not None
+            else None
+        )
         self._codec = codec
         self._grants = grants
         self._imap = imap_checker
@@ -341,6 +456,10 @@ class OAuthApp:
         self._csrf_cookie = b"__Host-mailmcp-csrf" if self._secure_cookie else b"mailmcp-csrf"
         self._csrf_key = config.keyring.subkey(config.keyring.current_kid, "csrf")
         self._css: bytes = template_path("login.css").read_bytes()
+        self._base_path = base_path(config.base_url)
+        self._metadata_paths = {
+            path.encode("ascii"): kind for path, kind in metadata_paths(config.base_url).items()
+        }
 
     # -- discovery --------------------------------------------------------
 
@@ -389,7 +508,7 @@ class OAuthApp:
         }
 
     def _metadata(self, request: IRequest, document: dict[str, Any]) -> bytes:
-        request.setHeader(b"access-control-allow-origin", b"*")
+        # CORS (for browser clients) is added by the router: mailmcp._cors.
         request.setHeader(b"cache-control", b"public, max-age=3600")
         return json_body(request, 200, document, no_store=False)
 
@@ -407,6 +526,13 @@ class OAuthApp:
 
     @app.route("/.well-known/", branch=True)
     def well_known_other(self, request: IRequest) -> bytes:
+        """The path-inserted metadata locations of a base URL with a path (`mailmcp._paths`)."""
+        if request.method in (b"GET", b"HEAD"):
+            kind = self._metadata_paths.get(request.path or b"")
+            if kind == "resource":
+                return self._metadata(request, self.resource_metadata())
+            if kind == "server":
+                return self._metadata(request, self.server_metadata())
         return json_body(request, 404, {"error": "not_found"})
 
     @app.route("/oauth/static/login.css", methods=["GET", "HEAD"])
@@ -444,7 +570,7 @@ class OAuthApp:
     async def _error_page(self, request: IRequest, error: BadRequest) -> bytes:
         request.setResponseCode(error.status)
         self._page_headers(request)
-        return await _flatten(_ErrorPage(error.title, error.message))
+        return await _flatten(_ErrorPage(error.title, error.message, self._base_path))
 
     def _csrf_for(self, cookie: str, scope: str | None = None) -> str:
         """
@@ -482,11 +608,96 @@ class OAuthApp:
         errors: list[str] | None = None,
         message: str | None = None,
         chosen: frozenset[str] | None = None,
+        servers: Mapping[str, str] | None = None,
     ) -> bytes:
         csrf = self._csrf_for(self._csrf_cookie_value(request), areq.scope)
         request.setResponseCode(status)
         self._page_headers(request, areq.redirect_uri)
-        return await _flatten(_Page(areq, csrf, values or {}, same, errors or [], message, chosen))
+        if servers is None and self._asks_servers(areq.client):
+            servers = self._server_values(values or {}, Suggestion())
+        return await _flatten(
+            _Page(
+                areq,
+                csrf,
+                values or {},
+                same,
+                errors or [],
+                message,
+                chosen,
+                base_path=self._base_path,
+                servers=servers,
+            )
+        )
+
+    # -- user-named servers (--allow-user-servers) -------------------------
+
+    def _asks_servers(self, client: Client) -> bool:
+        """Whether the user names the mail servers: allowed, and the client brings none."""
+        return self._server_policy is not None and not brings_servers(client)
+
+    def _server_values(self, values: Mapping[str, str], found: Suggestion) -> dict[str, str]:
+        """
+        The server fields to show: what the user typed, else what the email
+        domain's SRV records say, else the default mail profile, else the
+        usual ports over TLS.
+        """
+        shown: dict[str, str] = {}
+        for kind, suggested, default in (
+            ("imap", found.imap, getattr(self._config, "default_imap", None)),
+            ("smtp", found.smtp, getattr(self._config, "default_smtp", None)),
+        ):
+            server = suggested or default
+            typed = values.get(f"{kind}_host", "")
+            if typed:
+                for field in ("host", "port", "security"):
+                    shown[f"{kind}_{field}"] = values.get(f"{kind}_{field}", "")
+            elif server is not None:
+                shown[f"{kind}_host"] = server.host
+                shown[f"{kind}_port"] = str(server.port)
+                shown[f"{kind}_security"] = server.security
+            else:
+                shown[f"{kind}_host"] = ""
+                shown[f"{kind}_port"] = "993" if kind == "imap" else "465"
+                shown[f"{kind}_security"] = "tls"
+        return shown
+
+    async def _discovered(self, request: IRequest, email: str) -> Suggestion:
+        """
+        The SRV suggestion for C{email}.  Each lookup spends one of the
+        client address's login attempts, so the page cannot be made to send
+        DNS queries without bound; past the budget the page just comes
+        unfilled.
+        """
+        email = email.strip()
+        if not _EMAIL.fullmatch(email) or len(email) > 254 or self._resolver is None:
+            return Suggestion()
+        try:
+            reservation = await self._throttle.admit(self._client_address(request), [])
+        except Throttled:
+            return Suggestion()
+        await self._throttle.settle(reservation, None)
+        return await discover(self._resolver, email)
+
+    def _parse_servers(self, values: Mapping[str, str]) -> tuple[list[str], list[MailServer]]:
+        """The user's two servers from the form, or the lines saying what is wrong."""
+        errors: list[str] = []
+        servers: list[MailServer] = []
+        for kind, label in (("imap", "IMAP"), ("smtp", "SMTP")):
+            host = values[f"{kind}_host"].strip().lower().rstrip(".")
+            port_text = values[f"{kind}_port"].strip()
+            security = values[f"{kind}_security"] or "tls"
+            if not host:
+                errors.append(f"{label} server: please enter the server's name.")
+            elif not (_HOSTNAME.fullmatch(host) or _is_ip(host)):
+                errors.append(f"{label} server: this does not look like a server name.")
+            port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+            if not 0 < port < 65536:
+                errors.append(f"{label} port: a number from 1 to 65535.")
+            if security not in USER_SECURITY:
+                errors.append(f"{label} security: choose SSL/TLS or STARTTLS.")
+            if not errors:
+                servers.append(MailServer(host=host, port=port, security=security))  # type: ignore[arg-type]
+        return errors, servers
 
     def _redirect(self, request: IRequest, uri: str) -> bytes:
         # 303: the browser must not re-POST the credentials (RFC 9700 §4.12).
@@ -620,6 +831,14 @@ class OAuthApp:
         if areq is None:
             assert answer is not None
             return answer
+        hint = _single(request.args or {}, "login_hint", 254)
+        if hint and self._asks_servers(areq.client):
+            # Rendered with an email: prefill its domain's servers (RFC 6186).
+            values = {"email": hint.strip()}
+            found = await self._discovered(request, hint)
+            return await self._login_page(
+                request, areq, values=values, servers=self._server_values(values, found)
+            )
         return await self._login_page(request, areq)
 
     async def _refuse_denied(self, client: Client, fail_open: bool = False) -> None:
@@ -709,7 +928,21 @@ class OAuthApp:
         if same:
             kept["smtp_username"] = ""
 
+        imap, smtp = areq.client.imap, areq.client.smtp
+        asks = self._asks_servers(areq.client)
+        if asks and values["action"] == "discover":
+            # "Find my servers": look the domain up, sign nobody in.
+            found = await self._discovered(request, values["email"])
+            shown = self._server_values({"email": values["email"]}, found)
+            return await self._login_page(
+                request, areq, 200, kept, same, chosen=chosen, servers=shown
+            )
         errors = self._field_errors(values, same)
+        if asks:
+            server_errors, named = self._parse_servers(values)
+            errors += server_errors
+            if not errors:
+                imap, smtp = named
         if not chosen:
             errors.append("Access: choose at least one thing the assistant may do.")
         if errors:
@@ -737,9 +970,23 @@ class OAuthApp:
                 GENERIC_FAILURE,
                 chosen,
             )
+        if asks:
+            # Before any connection, and throttled like one: only where the
+            # policy allows (OA-32).
+            try:
+                await self._server_policy_check("IMAP", imap)
+                await self._server_policy_check("SMTP", smtp)
+            except ServerRefused as e:
+                self._record(
+                    "login", areq.client, "error", values["email"].strip(), "server not allowed"
+                )
+                await self._throttle.settle(reservation, None)
+                return await self._login_page(
+                    request, areq, 400, kept, same, [str(e)], GENERIC_FAILURE, chosen
+                )
         try:
             with self._throttle.slot():
-                problem = await self._check_mail(areq.client, values)
+                problem = await self._check_mail(imap, smtp, values)
         except Busy:
             self._record("login", areq.client, "error", values["email"].strip(), "busy")
             await self._throttle.settle(reservation, None)
@@ -767,10 +1014,10 @@ class OAuthApp:
         credentials = Credentials(
             email=values["email"].strip(),
             full_name=values["full_name"].strip(),
-            imap=areq.client.imap,
+            imap=imap,
             imap_username=values["imap_username"],
             imap_password=values["imap_password"],
-            smtp=areq.client.smtp,
+            smtp=smtp,
             smtp_username=values["smtp_username"],
             smtp_password=values["smtp_password"],
         )
@@ -789,6 +1036,10 @@ class OAuthApp:
             params.append(("state", areq.state))
         params.append(("iss", self._issuer))
         return self._redirect(request, _add_query(areq.redirect_uri, params))
+
+    async def _server_policy_check(self, label: str, server: MailServer) -> None:
+        assert self._server_policy is not None
+        await self._server_policy.check(label, server)
 
     def _chosen_scopes(
         self, args: Mapping[bytes, list[bytes]], areq: AuthorizeRequest
@@ -842,7 +1093,7 @@ class OAuthApp:
         return errors
 
     async def _check_mail(
-        self, client: Client, values: Mapping[str, str]
+        self, imap: MailServer, smtp: MailServer, values: Mapping[str, str]
     ) -> tuple[str, str] | None:
         """
         IMAP first, then SMTP (only when IMAP accepted).  Returns None, or
@@ -851,8 +1102,8 @@ class OAuthApp:
         would have said about the password is unknown.
         """
         checks = [
-            ("IMAP", self._imap, client.imap, values["imap_username"], values["imap_password"]),
-            ("SMTP", self._smtp, client.smtp, values["smtp_username"], values["smtp_password"]),
+            ("IMAP", self._imap, imap, values["imap_username"], values["imap_password"]),
+            ("SMTP", self._smtp, smtp, values["smtp_username"], values["smtp_password"]),
         ]
         for label, checker, server, user, password in checks:
             try:
@@ -888,7 +1139,6 @@ class OAuthApp:
     # -- token endpoint ---------------------------------------------------
 
     def _token_error(self, request: IRequest, error: OAuthError, basic: bool = False) -> bytes:
-        request.setHeader(b"access-control-allow-origin", b"*")
         if error.status == 401 and basic:
             request.setHeader(b"www-authenticate", b'Basic realm="mailmcp"')
         request.setHeader(b"pragma", b"no-cache")
@@ -1012,7 +1262,6 @@ class OAuthApp:
             )
         self._record(_TOKEN_EVENTS.get(grant_type or "", "token"), client, "ok")
         request.setHeader(b"pragma", b"no-cache")
-        request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, tokens.to_json())
 
     @app.route("/oauth/register", methods=["POST"])
@@ -1020,32 +1269,11 @@ class OAuthApp:
         """RFC 7591 dynamic client registration (see `Registration`)."""
         return await self._registration.handle(request)
 
-    @app.route("/oauth/register", methods=["OPTIONS"])
-    def register_preflight(self, request: IRequest) -> bytes:
-        return self._preflight(request)
+    # CORS preflights of the token, revocation and registration endpoints
+    # (browser clients such as the Inspector) are answered by the router,
+    # for the origins the operator allowed: see mailmcp._cors.
 
-    @app.route("/oauth/token", methods=["OPTIONS"])
-    def token_preflight(self, request: IRequest) -> bytes:
-        return self._preflight(request)
-
-    @app.route("/oauth/revoke", methods=["OPTIONS"])
-    def revoke_preflight(self, request: IRequest) -> bytes:
-        return self._preflight(request)
-
-    def _preflight(self, request: IRequest) -> bytes:
-        """
-        CORS for browser-based MCP clients (the Inspector): the token and
-        revocation endpoints take no cookies, so any origin may call them.
-        The login page itself never answers CORS.
-        """
-        request.setResponseCode(204)
-        request.setHeader(b"access-control-allow-origin", b"*")
-        request.setHeader(b"access-control-allow-methods", b"POST")
-        request.setHeader(b"access-control-allow-headers", b"authorization, content-type")
-        request.setHeader(b"access-control-max-age", b"600")
-        return b""
-
-    @app.route("/oauth/token", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
+    @app.route("/oauth/token", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
     def token_wrong_method(self, request: IRequest) -> bytes:
         request.setHeader(b"allow", b"POST")
         return self._token_error(request, OAuthError("invalid_request", "use POST", 405))
@@ -1069,10 +1297,9 @@ class OAuthApp:
             )
         self._record("revoke", client, "ok")
         request.setHeader(b"pragma", b"no-cache")
-        request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {})
 
-    @app.route("/oauth/revoke", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
+    @app.route("/oauth/revoke", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
     def revoke_wrong_method(self, request: IRequest) -> bytes:
         request.setHeader(b"allow", b"POST")
         return self._token_error(request, OAuthError("invalid_request", "use POST", 405))
@@ -1140,6 +1367,11 @@ def build_authorization_server(
         metadata = ClientMetadataResolver(
             reactor, MetadataFetcher(reactor), pinned, config.client_metadata_allow
         )
+    resolver = None
+    if config.allow_user_servers:
+        from twisted.names import client as dns_client
+
+        resolver = dns_client.createResolver()
     oauth = OAuthApp(
         config,
         codec,
@@ -1156,7 +1388,8 @@ def build_authorization_server(
                 global_failures=config.login_failures_global,
             ),
         ),
-        ClientDirectory(config, codec, store, metadata),
+        clients=ClientDirectory(config, codec, store, metadata),
+        resolver=resolver,
     )
     oauth.audit = audit
     if extra is not None:

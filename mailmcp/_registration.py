@@ -22,13 +22,25 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ._cimd import ClientMetadataError, ClientMetadataResolver
-from ._clients import SHORT_ID, Client, client_claims, open_client, register_client
+from ._clients import (
+    SHORT_ID,
+    Client,
+    MailServer,
+    client_claims,
+    open_client,
+    register_client,
+)
 from ._config import Config
 from ._http import json_body
 from ._tokens import InvalidToken, TokenCodec
 from .interfaces import IClientStore
 
 log = Logger()
+
+#: The servers of a client that brings none when the daemon has no default
+#: profile but --allow-user-servers: never connected to (``.invalid``), as
+#: the login page always asks such a client's user for theirs.
+NAMED_ON_LOGIN = MailServer("user-named.invalid", 993, "tls")
 
 MAX_REGISTRATION_BODY = 16 * 1024
 MAX_REDIRECT_URIS = 10
@@ -66,6 +78,9 @@ class ClientDirectory:
         :raises ClientMetadataError: a metadata document that cannot be used.
         """
         imap, smtp = self._config.default_imap, self._config.default_smtp
+        if (imap is None or smtp is None) and self._config.allow_user_servers:
+            # The user names the servers on the login page instead.
+            imap = smtp = NAMED_ON_LOGIN
         if SHORT_ID.fullmatch(client_id):
             sealed = await self._store.get_client(client_id)
             if sealed is None:

@@ -28,11 +28,13 @@ from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
 from ._audit import build_audit
 from ._config import Config
+from ._cors import CORSPolicy
 from ._http import ILargeBodyGate, InFlight, MailMCPSite
 from ._imap import IMAPPool
 from ._mcp import MCPApp
 from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
 from ._oauth import build_authorization_server
+from ._paths import base_path
 from ._sendintent import LEASE_MARGIN, SendIntents
 from ._sendrate import SendRateLimiter, SharedSendRateLimiter
 from ._smtp import SMTPSender
@@ -357,7 +359,12 @@ def build_service(config: Config, reactor: Any) -> IService:
     gc_tuning = GCTuning()
     gc_tuning.setName("gc-tuning")
     gc_tuning.setServiceParent(parts)
-    site = MailMCPSite(Router(routes), max_body=config.max_request_body, reactor=reactor)
+    site = MailMCPSite(
+        Router(routes, cors=CORSPolicy.from_config(config)),
+        max_body=config.max_request_body,
+        reactor=reactor,
+        base_path=base_path(config.base_url).encode("ascii"),
+    )
     for path, gate in gates.items():
         site.gate(path, gate)
     drain = DrainService(reactor, site.in_flight, config.shutdown_timeout)

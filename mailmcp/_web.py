@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ._cors import CORSPolicy
 from ._http import json_body
 
 
@@ -48,21 +49,40 @@ class NotFoundApp:
         return body
 
 
+#: Root paths some clients fall back to (claude.ai builds that ignore the
+#: metadata), served by the handler of the path they stand for.
+ALIASES: dict[bytes, bytes] = {
+    b"/authorize": b"/oauth/authorize",
+    b"/token": b"/oauth/token",
+    b"/register": b"/oauth/register",
+    b"/revoke": b"/oauth/revoke",
+}
+
+
 class Router(Resource):
     """
     Dispatch by path prefix to the parts' Klein resources, which see the
     whole path.  Longest prefix wins; a prefix ending in ``/`` matches that
     folder, any other matches that exact path or ``prefix/...``.
+
+    Paths in `ALIASES` are first rewritten to the path they stand for, so an
+    alias answers exactly what its target does, whichever part serves it.
+    With a C{cors} policy, CORS preflights of the CORS paths are answered
+    here and the other answers there get their CORS headers
+    (`mailmcp._cors`).
     """
 
     isLeaf = True
 
-    def __init__(self, routes: Sequence[tuple[str, IResource]]) -> None:
+    def __init__(
+        self, routes: Sequence[tuple[str, IResource]], cors: CORSPolicy | None = None
+    ) -> None:
         super().__init__()
         self._routes = sorted(
             ((p.encode("ascii"), r) for p, r in routes), key=lambda pr: len(pr[0]), reverse=True
         )
         self._fallback = NotFoundApp().app.resource()
+        self._cors = cors
 
     def _pick(self, path: bytes) -> IResource:
         for prefix, resource in self._routes:
@@ -74,6 +94,17 @@ class Router(Resource):
         return self._fallback
 
     def render(self, request: IRequest) -> bytes | int:
-        resource = self._pick(request.path or b"/")
+        path = request.path or b"/"
+        target = ALIASES.get(path)
+        if target is not None:
+            # Klein routes on postpath: point it (and path) at the target.
+            request.path = target
+            request.postpath = target.split(b"/")[1:]
+            path = target
+        if self._cors is not None:
+            answer = self._cors.handle(request, path)
+            if answer is not None:
+                return answer
+        resource = self._pick(path)
         result: bytes | int = resource.render(request)
         return result if result is not None else NOT_DONE_YET

@@ -68,7 +68,9 @@ async def log_in(cfg: dict[str, Any], authorization_url: str, full_name: str,
         fields.update(email=cfg["user"], full_name=full_name, imap_username=cfg["user"],
                       imap_password=cfg["password"], use_same_credentials="1")
         form: dict[str, Any] = {**fields, "scope": ticked_scopes(page.text)}
-        answer = await browser.post(base + "/oauth/authorize", data=form, headers={"origin": base})
+        # A browser's Origin is scheme://host:port, never the base URL's path.
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
+        answer = await browser.post(base + "/oauth/authorize", data=form, headers={"origin": origin})
         seen["login_status"] = answer.status_code
         location = answer.headers.get("location", "")
         seen["redirect_prefix"] = location.split("?")[0]

@@ -339,6 +339,7 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "smtp-security": "tls",
         "client-metadata-dir": str(write_metadata_dir(tmp_path)),
         "client-metadata-allow": "https://intra.example/clients/",
+        "user-servers-allow": "10.1.0.0/16 127.0.0.1:1993",
         "send-allow-domains": "example.com .example.com",
         "trusted-authserv-id": "mx.example.com",
         "audit-log": str(tmp_path / "audit.jsonl"),
@@ -382,7 +383,15 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
         "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256"})
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/oauth/authorize?{query}", timeout=10) as response:
         page = response.read().decode()
-    assert "In-house agent" in page and "imap.example.com:1993" in page
+    # (--allow-user-servers is on too: the page asks for the servers,
+    # prefilled from the default profile.)
+    assert "In-house agent" in page and "imap.example.com" in page
+    # --allowed-origins: a browser client there gets its CORS preflight answered.
+    preflight = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="OPTIONS", headers={
+        "origin": "https://b.example", "access-control-request-method": "POST"})
+    with urllib.request.urlopen(preflight, timeout=10) as response:
+        assert response.status == 204
+        assert response.headers["access-control-allow-origin"] == "https://b.example"
     proc.terminate()
     proc.assert_clean_exit()
     # --log-format json: twistd's stdout log is one JSON object per line.

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from mailmcp._clients import DEFAULT_REDIRECT_URIS, MailServer, provision_client
 from mailmcp._config import Config
+from mailmcp._cors import CORSPolicy
 from mailmcp._grants import GrantService, MemoryGrantStore
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._mailcheck import FakeLoginChecker
@@ -28,6 +29,7 @@ from mailmcp._oauth import OAuthApp
 from mailmcp._throttle import LoginThrottle, ThrottlePolicy
 from mailmcp._tokens import TokenCodec
 from mailmcp._verifier import GrantTokenVerifier
+from mailmcp._web import Router
 
 BASE = "https://mail.example.test"
 REDIRECT = "https://app.example/cb"
@@ -153,10 +155,11 @@ class Server:
         return query["code"][0], verifier
 
     def token(self, form: dict[str, str], *, auth: tuple[str, str] | None = None,
-              path: str = "/oauth/token", **kw: Any) -> tuple[Any, dict[str, Any]]:
+              path: str = "/oauth/token", headers: dict[str, str] | None = None,
+              **kw: Any) -> tuple[Any, dict[str, Any]]:
         import json
 
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
         if auth is not None:
             headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         response, body = self.request("POST", path, data=form, headers=headers, **kw)
@@ -204,9 +207,16 @@ def make_config(tmp_path: Path, **kw: Any) -> Config:
     )
 
 
+def routed(app: OAuthApp, config: Config) -> Router:
+    """The app behind the daemon's router: its root aliases and CORS policy apply."""
+    resource = app.app.resource()
+    return Router([("/.well-known/", resource), ("/oauth/", resource)],
+                  cors=CORSPolicy.from_config(config))
+
+
 def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrency: int = 4,
                 store_factory: Any = MemoryGrantStore, server_class: type[Server] = Server,
-                **config_kw: Any) -> Server:
+                resolver: Any = None, **config_kw: Any) -> Server:
     """
     The app on a `StubTreq`, with a `Clock`; C{store_factory(clock)} makes
     the grant store (memory by default), C{server_class} may pump real I/O.
@@ -222,10 +232,10 @@ def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrenc
     imap = FakeLoginChecker("IMAP", USERS)
     smtp = FakeLoginChecker("SMTP", USERS)
     throttle = LoginThrottle(store, concurrency, policy)
-    app = OAuthApp(config, codec, grants, imap, smtp, throttle)
+    app = OAuthApp(config, codec, grants, imap, smtp, throttle, resolver=resolver)
     server = server_class(clock=clock, config=config, codec=codec, store=store, grants=grants,
                     imap=imap, smtp=smtp, throttle=throttle, app=app,
-                    treq=StubTreq(app.app.resource()), verifier=GrantTokenVerifier(grants))
+                    treq=StubTreq(routed(app, config)), verifier=GrantTokenVerifier(grants))
     uris = (*DEFAULT_REDIRECT_URIS, REDIRECT)
     server.client_id, secret = provision_client(codec, IMAP, SMTP, uris, name="Test client")
     assert secret is not None

@@ -27,6 +27,7 @@ from mailmcp._config import (
     prepare_state_dir,
 )
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
+from mailmcp._user_servers import USUAL_PORTS, AllowRule
 from mailmcp.tap import Options
 
 
@@ -210,6 +211,7 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_SMTP_SECURITY": "starttls",
         "MAILMCP_CLIENT_METADATA_DIR": str(tmp_path),
         "MAILMCP_CLIENT_METADATA_ALLOW": "http://127.0.0.1:9/docs/ https://intra.example/c/",
+        "MAILMCP_USER_SERVERS_ALLOW": "127.0.0.0/8:* 10.1.0.0/16, [fd00::]/8:1993",
         "MAILMCP_SEND_ALLOW_DOMAINS": "Example.COM, .bücher.example",
         "MAILMCP_TRUSTED_AUTHSERV_ID": "MX.Example.com",
         "MAILMCP_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
@@ -261,11 +263,24 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         default_smtp=MailServer("smtp.example", 587, "starttls"),
         client_metadata_dir=tmp_path,
         client_metadata_allow=("http://127.0.0.1:9/docs/", "https://intra.example/c/"),
+        user_servers_allow=(
+            AllowRule(ip_network("127.0.0.0/8"), None),
+            AllowRule(ip_network("10.1.0.0/16"), USUAL_PORTS),
+            AllowRule(ip_network("fd00::/8"), frozenset({1993})),
+        ),
         send_allow_domains=("example.com", ".xn--bcher-kva.example"),
         trusted_authserv_id="mx.example.com",
         audit_log=str(tmp_path / "audit.jsonl"),
         max_scope=frozenset({"mail.read", "mail.draft"}),
     ), **extra)
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "10.0.0.1:0", "10.0.0.1:http", "mail.example.com",
+                                   "[fd00::/8:1"])
+def test_user_servers_allow_refuses_bad_entries(tmp_path: Path, value: str) -> None:
+    """A bad --user-servers-allow entry is one clear usage error naming it."""
+    with pytest.raises(usage.UsageError, match="--user-servers-allow"):
+        parse(["--state-dir", str(tmp_path / "s"), "--user-servers-allow", value])
 
 
 def test_log_level_refuses_unknown_levels(tmp_path: Path) -> None:

@@ -353,3 +353,33 @@ def test_drains_share_a_rate_budget(reactor: MemoryReactorClock, parts: Parts) -
     for _ in range(10):  # the bucket fills up again, then its timer stops
         reactor.advance(0.1)
     assert not [c for c in reactor.getDelayedCalls() if c.active() and c.func.__name__ == "_refill"]
+
+
+# -- a base URL with a path -------------------------------------------------------------------
+
+
+@pytest.fixture
+def mail_site(reactor: MemoryReactorClock, parts: Parts, gate: Gate) -> MailMCPSite:
+    """The site of --base-url https://host/mail."""
+    site = MailMCPSite(Router([("/", parts.app.resource())]), max_body=LARGE, reactor=reactor,
+                       small_body=SMALL, base_path=b"/mail")
+    site.gate(b"/mcp", gate)
+    return site
+
+
+def test_base_path_is_taken_off_before_routing_forms_and_gates(mail_site: MailMCPSite, gate: Gate,
+                                                               parts: Parts) -> None:
+    """
+    Under /mail the parts see /oauth/token (its form parsed) and /mcp (its
+    gate asked for a large body); paths outside /mail are left alone.
+    """
+    conn = Connection(mail_site)
+    conn.send(post(b"/mail/oauth/token?x=1", b"a=1", b"application/x-www-form-urlencoded"))
+    assert conn.json()["args"] == {"a": ["1"], "x": ["1"]}
+    conn = Connection(mail_site)
+    conn.send(post(b"/mail/mcp", b"b" * 600))
+    assert len(gate.asked) == 1
+    conn = Connection(mail_site)
+    conn.send(post(b"/mailbox/oauth/token", b"a=1", b"application/x-www-form-urlencoded"))
+    assert conn.json()["args"] == {}
+    assert [p for p, _, _ in parts.seen] == [b"/oauth/token", b"/mailbox/oauth/token"]

@@ -14,7 +14,7 @@ import pytest
 
 from mailmcp import _grants
 from mailmcp._tokens import InvalidToken
-from tests.unit.oauth_helpers import BASE, LOOPBACK, make_server, pkce
+from tests.unit.oauth_helpers import BASE, LOOPBACK, REDIRECT, make_server, pkce
 
 
 @pytest.fixture
@@ -391,15 +391,40 @@ def test_issuer_in_metadata_equals_iss(server) -> None:
     assert location.endswith("&iss=" + BASE.replace(":", "%3A").replace("/", "%2F"))
 
 
-def test_token_endpoint_cors_preflight(server) -> None:
-    """Browser-based clients may call the token endpoint (no cookies involved); responses carry ACAO."""
-    response, _ = server.request("OPTIONS", "/oauth/token", headers={"Origin": "http://localhost:6274"})
-    assert response.code == 204
-    assert response.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
-    assert b"authorization" in response.headers.getRawHeaders(b"access-control-allow-headers")[0]
+def test_token_endpoint_cors_preflight(tmp_path: Path) -> None:
+    """
+    Browser-based clients (the Inspector) from an --allowed-origins origin may
+    call the token endpoint: the preflight is answered and the answer carries
+    that origin, echoed (never *), with Vary: Origin; other origins get no
+    CORS header.
+    """
+    inspector = "http://localhost:6274"
+    server = make_server(tmp_path, allowed_origins=(inspector,))
+    for path in ("/oauth/token", "/token", "/oauth/revoke"):
+        response, _ = server.request("OPTIONS", path, headers={
+            "Origin": inspector, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert response.code == 204, path
+        assert response.headers.getRawHeaders(b"access-control-allow-origin") == [inspector.encode()]
+        assert b"authorization" in response.headers.getRawHeaders(b"access-control-allow-headers")[0]
+        assert b"POST" in response.headers.getRawHeaders(b"access-control-allow-methods")[0]
+        assert response.headers.getRawHeaders(b"vary") == [b"Origin"]
     code, verifier = server.code_for()
-    response, _ = server.redeem(code, verifier)
-    assert response.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
+    response, _ = server.token({
+        "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+        "redirect_uri": REDIRECT, "client_id": server.client_id,
+        "client_secret": server.client_secret}, path="/token", headers={"Origin": inspector})
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"access-control-allow-origin") == [inspector.encode()]
+    assert response.headers.getRawHeaders(b"vary") == [b"Origin"]
+    response, _ = server.request("OPTIONS", "/oauth/token", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert response.code == 403
+    assert not response.headers.hasHeader(b"access-control-allow-origin")
+    response, _ = server.request("POST", "/oauth/token", data={"grant_type": "x"},
+                                 headers={"Origin": "https://evil.example"})
+    assert response.code == 401
+    assert not response.headers.hasHeader(b"access-control-allow-origin")
 
 
 def test_foreign_algorithm_token_rejected_cheaply(server, monkeypatch) -> None:
