@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,25 @@ def _run(call: Callable[[], Any]) -> Deferred[Any]:
         return succeed(call())
     except sqlite3.Error:
         return fail(Failure())
+
+
+@contextmanager
+def _write_lock(db: sqlite3.Connection) -> Iterator[None]:
+    """
+    One write transaction that holds the file's write lock from its first
+    read (BEGIN IMMEDIATE), so another process cannot read the same state in
+    between (no check-then-act); committed at the end unless the body already
+    ended it, rolled back on any error.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    if db.in_transaction:
+        db.execute("COMMIT")
 
 
 @implementer(IGrantStore, ISendIntentStore, IClientStore)
@@ -263,8 +283,7 @@ class SQLiteGrantStore(Service):
         self, grant_id: str, code_id: str, code_expires: int, expires: int
     ) -> Deferred[bool]:
         def call() -> bool:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_lock(self._db):
                 fresh = self._db.execute(
                     "INSERT OR IGNORE INTO used_codes (code_id, expires) VALUES (?, ?)",
                     (code_id, max(code_expires, int(self._now())) + USED_CODE_MARGIN),
@@ -275,10 +294,6 @@ class SQLiteGrantStore(Service):
                         "UPDATE grants SET expires = ? WHERE grant_id = ? AND expires > ?",
                         (expires, grant_id, self._now()),
                     ).rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             return bool(fresh and updated)
 
         return _run(call)
@@ -290,8 +305,7 @@ class SQLiteGrantStore(Service):
             now = self._now()
             # One transaction: rotate if at `generation`, then read back the
             # successor now current (ours, or the winner's within the grace).
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_lock(self._db):
                 rotated = self._db.execute(
                     "UPDATE grants SET generation = generation + 1, successor = ?, rotated = ?"
                     " WHERE grant_id = ? AND generation = ? AND expires > ?",
@@ -304,10 +318,6 @@ class SQLiteGrantStore(Service):
                         " AND expires > ? AND rotated IS NOT NULL AND rotated + ? > ?",
                         (grant_id, generation + 1, now, grace, now),
                     ).fetchone()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             if rotated:
                 return successor
             return None if row is None or row[0] is None else bytes(row[0])
@@ -349,8 +359,7 @@ class SQLiteGrantStore(Service):
             now = self._now()
             # BEGIN IMMEDIATE takes the write lock before reading, so another
             # process cannot read the same counts in between (no check-then-act).
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_lock(self._db):
                 for key, limit, _ in budgets:
                     row = self._db.execute(
                         "SELECT count FROM counters WHERE key = ? AND expires > ?", (key, now)
@@ -366,11 +375,6 @@ class SQLiteGrantStore(Service):
                         "  expires = CASE WHEN expires <= ? THEN ? ELSE expires END",
                         (key, now + window, now, now, now + window),
                     )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
             return None
 
         return _run(call)
@@ -400,17 +404,12 @@ class SQLiteGrantStore(Service):
 
     def revoke_account(self, account: str) -> Deferred[int]:
         def call() -> int:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_lock(self._db):
                 live = self._db.execute(
                     "SELECT count(*) FROM grants WHERE account = ? AND expires > ?",
                     (account, self._now()),
                 ).fetchone()[0]
                 self._db.execute("DELETE FROM grants WHERE account = ?", (account,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             return int(live)
 
         return _run(call)
@@ -426,8 +425,7 @@ class SQLiteGrantStore(Service):
 
     def deny_client(self, client_ref: str) -> Deferred[int]:
         def call() -> int:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_lock(self._db):
                 self._db.execute(
                     "INSERT OR IGNORE INTO denied_clients (client_ref) VALUES (?)", (client_ref,)
                 )
@@ -436,10 +434,6 @@ class SQLiteGrantStore(Service):
                     (client_ref, self._now()),
                 ).fetchone()[0]
                 self._db.execute("DELETE FROM grants WHERE client_ref = ?", (client_ref,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             return int(live)
 
         return _run(call)
@@ -462,8 +456,7 @@ class SQLiteGrantStore(Service):
             now = self._now()
             # The write lock first, so a second writer on this file cannot
             # read the same absence in between (no check-then-act).
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_lock(self._db):
                 self._db.execute(
                     "DELETE FROM send_intents WHERE key = ? AND (state = 'failed' OR expires <= ?)",
                     (key, now),
@@ -481,11 +474,6 @@ class SQLiteGrantStore(Service):
                     state = str(row[0])
                     if state == "sending" and float(row[1]) <= now:
                         state = "unknown"
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
             return state
 
         return _run(call)
