@@ -99,8 +99,11 @@ def parse_mail_server(
 
 
 def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
-    host = host.strip("[]").lower()
+    """
+    True for ``localhost`` (also as an absolute name, ``localhost.``) and
+    loopback IP literals (127.0.0.0/8, ``::1``, bracketed or not).
+    """
+    host = host.strip("[]").lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

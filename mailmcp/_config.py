@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.python import usage
 
-from ._clients import MailServer, parse_mail_server
+from ._clients import MailServer, is_loopback_host, parse_mail_server
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
 from ._scopes import FULL, parse_scope_list
 from ._sendpolicy import parse_allow_domains
@@ -397,17 +397,6 @@ def normalise_base_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether C{host} (a URL's hostname) names this machine only."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_base_url_transport(base_url: str, allow_insecure: bool) -> None:

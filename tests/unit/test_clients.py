@@ -37,6 +37,7 @@ def codec() -> TokenCodec:
     [
         ("localhost", True), ("LOCALHOST", True), ("app.localhost", True),
         ("127.0.0.1", True), ("127.9.8.7", True), ("::1", True), ("[::1]", True),
+        ("localhost.", True), ("app.localhost.", True),
         ("example.com", False), ("10.0.0.1", False), ("localhost.example.com", False),
         ("0.0.0.0", False), ("::", False), ("127.0.0.1.nip.io", False),
     ],
