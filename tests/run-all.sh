@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=0
-for cmd in dovecot postfix redis-server chromium chromedriver openssl; do
+for cmd in dovecot postfix redis-server chromium chromedriver openssl haproxy; do
   command -v "$cmd" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
