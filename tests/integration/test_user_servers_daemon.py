@@ -111,6 +111,16 @@ def test_user_named_servers_log_in_and_list_mailboxes(
     assert browser.find_element(By.ID, "smtp_host").get_attribute("value") == ""
     assert browser.find_element(By.ID, "imap_port").get_attribute("value") == "993"
 
+    # "Find my servers" finds no SRV records (no DNS here): the page comes
+    # back with the email kept and the server fields still empty to type in.
+    type_into(browser, "email", "alice@example.test")
+    before = browser.find_element(By.ID, "email")
+    browser.find_element(By.ID, "discover").click()
+    WebDriverWait(browser, 30).until(ec.staleness_of(before))
+    assert browser.find_element(By.ID, "email").get_attribute("value") == "alice@example.test"
+    assert browser.find_element(By.ID, "imap_host").get_attribute("value") == ""
+    assert not browser.find_elements(By.CLASS_NAME, "error-line")
+
     fill_login(browser, "alice@example.test", "alicepw",
                ("127.0.0.1", services.imaps_port), ("127.0.0.1", services.smtps_port))
     browser.save_screenshot(str(artifacts / "login-user-servers.png"))
@@ -164,4 +174,28 @@ def test_refused_server_shows_error_and_connects_nowhere(
     # The page has answered, so any connection would already be queued.
     readable, _, _ = select.select([listener], [], [], 0.5)
     assert readable == []
-    assert "server not allowed" in daemon.log_text() or "refused user-named IMAP" in daemon.log_text()
+    assert f"refused user-named IMAP server {imap[0]}:{imap[1]}" in daemon.log_text()
+
+
+def test_widened_port_is_connected_to(
+    browser, services, daemon_factory, callback_server, listener  # noqa: F811
+) -> None:
+    """The control for the test above: once --user-servers-allow names the listener's port, the same login does reach it (so the listener would have seen a refused connection), and the failed TLS handshake is a clear error line."""
+    port = listener.getsockname()[1]
+    daemon = daemon_factory(services, "--allow-user-servers", "--user-servers-allow",
+                            f"127.0.0.1:{port},127.0.0.1:{services.smtps_port}")
+    client_id = register(daemon, callback_server)
+    browser.get(authorize_url(daemon, client_id, callback_server, secrets.token_urlsafe(48)))
+    fill_login(browser, "alice@example.test", "alicepw", ("127.0.0.1", port),
+               ("127.0.0.1", services.smtps_port))
+    # Submit without waiting for the answer (a WebDriver click waits for the
+    # page load, which waits for the handshake this test is about to end).
+    browser.execute_script("setTimeout(() => document.getElementById('submit').click(), 0)")
+    readable, _, _ = select.select([listener], [], [], 20)
+    assert readable == [listener]
+    connection, _ = listener.accept()
+    connection.close()  # no TLS: the daemon's handshake fails at once
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CLASS_NAME, "error-line")))
+    lines = [e.text for e in browser.find_elements(By.CLASS_NAME, "error-line")]
+    assert lines == ["IMAP: the mail server could not be reached securely. Please try again later."]
+    assert urllib.parse.urlsplit(browser.current_url).netloc != urllib.parse.urlsplit(callback_server).netloc
