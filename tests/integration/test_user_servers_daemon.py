@@ -18,6 +18,7 @@ import json
 import secrets
 import select
 import socket
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -86,22 +87,42 @@ def type_into(browser, field: str, value: str) -> None:  # noqa: F811
 
 
 def fill_login(browser, user: str, password: str, imap: tuple[str, int],  # noqa: F811
-               smtp: tuple[str, int]) -> None:
-    """Type the account and both servers (SSL/TLS) as a user would."""
+               smtp: tuple[str, int], security: str = "tls") -> None:
+    """Type the account and both servers as a user would."""
     for field, value in (("email", user), ("full_name", "Own Servers"),
                          ("imap_username", user), ("imap_password", password)):
         type_into(browser, field, value)
     for kind, (host, port) in (("imap", imap), ("smtp", smtp)):
         type_into(browser, f"{kind}_host", host)
         type_into(browser, f"{kind}_port", str(port))
-        Select(browser.find_element(By.ID, f"{kind}_security")).select_by_value("tls")
+        Select(browser.find_element(By.ID, f"{kind}_security")).select_by_value(security)
 
 
+def token_request(daemon: Any, form: dict[str, str]) -> dict[str, Any]:
+    request = urllib.request.Request(daemon.base_url + "/oauth/token",
+                                     data=urllib.parse.urlencode(form).encode(),
+                                     headers={"content-type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        tokens: dict[str, Any] = json.loads(response.read())
+    return tokens
+
+
+def mailbox_names(daemon: Any, access_token: str) -> str:
+    result = mcp_http.call(daemon.base_url, access_token, "list_mailboxes")
+    text = "".join(c.get("text", "") for c in result["content"])
+    assert result.get("isError") is not True, text
+    return text
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
 def test_user_named_servers_log_in_and_list_mailboxes(
-    browser, services, user_servers_daemon, callback_server, artifacts  # noqa: F811
+    browser, services, daemon_factory, callback_server, artifacts, security  # noqa: F811
 ) -> None:
-    """OA-32: a registered client, no default profile: the page asks for the servers (empty, no SRV), the user types the loopback Dovecot/Postfix, the code redeems and list_mailboxes answers from Dovecot."""
-    daemon = user_servers_daemon
+    """OA-32: a registered client, no default profile: the page asks for the servers (empty, no SRV), the user types the loopback Dovecot/Postfix (implicit TLS or STARTTLS), the code redeems and list_mailboxes answers from Dovecot, also after a refresh."""
+    imap_port, smtp_port = ((services.imaps_port, services.smtps_port) if security == "tls"
+                            else (services.imap_port, services.submission_port))
+    daemon = daemon_factory(services, "--allow-user-servers", "--user-servers-allow",
+                            f"127.0.0.1:{imap_port},127.0.0.1:{smtp_port}")
     client_id = register(daemon, callback_server)
     verifier = secrets.token_urlsafe(48)
     browser.get(authorize_url(daemon, client_id, callback_server, verifier))
@@ -122,8 +143,8 @@ def test_user_named_servers_log_in_and_list_mailboxes(
     assert not browser.find_elements(By.CLASS_NAME, "error-line")
 
     fill_login(browser, "alice@example.test", "alicepw",
-               ("127.0.0.1", services.imaps_port), ("127.0.0.1", services.smtps_port))
-    browser.save_screenshot(str(artifacts / "login-user-servers.png"))
+               ("127.0.0.1", imap_port), ("127.0.0.1", smtp_port), security)
+    browser.save_screenshot(str(artifacts / f"login-user-servers-{security}.png"))
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "done")))
     final = urllib.parse.urlsplit(browser.current_url)
@@ -131,20 +152,17 @@ def test_user_named_servers_log_in_and_list_mailboxes(
     query = urllib.parse.parse_qs(final.query)
     assert query["state"] == ["own-servers"] and query["iss"] == [daemon.base_url]
 
-    form = urllib.parse.urlencode({
+    tokens = token_request(daemon, {
         "grant_type": "authorization_code", "code": query["code"][0], "code_verifier": verifier,
         "redirect_uri": callback_server, "client_id": client_id,
-    }).encode()
-    request = urllib.request.Request(daemon.base_url + "/oauth/token", data=form,
-                                     headers={"content-type": "application/x-www-form-urlencoded"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        tokens = json.loads(response.read())
+    })
     assert tokens["token_type"] == "Bearer"
-
-    result = mcp_http.call(daemon.base_url, tokens["access_token"], "list_mailboxes")
-    text = "".join(c.get("text", "") for c in result["content"])
-    assert result.get("isError") is not True, text
-    assert "INBOX" in text
+    assert "INBOX" in mailbox_names(daemon, tokens["access_token"])
+    # The grant keeps the user's servers: a refreshed token reaches them too.
+    refreshed = token_request(daemon, {
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": client_id,
+    })
+    assert "INBOX" in mailbox_names(daemon, refreshed["access_token"])
     assert "alicepw" not in daemon.log_text()
 
 
@@ -188,13 +206,22 @@ def test_widened_port_is_connected_to(
     browser.get(authorize_url(daemon, client_id, callback_server, secrets.token_urlsafe(48)))
     fill_login(browser, "alice@example.test", "alicepw", ("127.0.0.1", port),
                ("127.0.0.1", services.smtps_port))
-    # Submit without waiting for the answer (a WebDriver click waits for the
-    # page load, which waits for the handshake this test is about to end).
-    browser.execute_script("setTimeout(() => document.getElementById('submit').click(), 0)")
-    readable, _, _ = select.select([listener], [], [], 20)
-    assert readable == [listener]
-    connection, _ = listener.accept()
-    connection.close()  # no TLS: the daemon's handshake fails at once
+    # A WebDriver click waits for the answer, which waits for the daemon's
+    # handshake: a thread takes the connection and hangs up on it (no TLS).
+    taken: list[tuple[str, int]] = []
+
+    def hang_up() -> None:
+        readable, _, _ = select.select([listener], [], [], 20)
+        if readable:
+            connection, peer = listener.accept()
+            taken.append(peer)
+            connection.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    browser.find_element(By.ID, "submit").click()
+    thread.join(25)
+    assert len(taken) == 1 and taken[0][0] == "127.0.0.1"
     WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CLASS_NAME, "error-line")))
     lines = [e.text for e in browser.find_elements(By.CLASS_NAME, "error-line")]
     assert lines == ["IMAP: the mail server could not be reached securely. Please try again later."]
