@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import httpx2
 import mcp.client.auth.oauth2 as oauth2
+from browser_login import chromium, serve_callback
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
@@ -34,21 +33,9 @@ from mcp.shared.auth import (
     OAuthClientMetadata,
     OAuthToken,
 )
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
-
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--window-size=900,1200",
-]
 
 
 class Storage:
@@ -73,27 +60,9 @@ class Storage:
         self.info = client_info
 
 
-class _Callback(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        body = b"<!DOCTYPE html><title>callback</title><p id=done>Connected.</p>"
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def browser_login(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> dict[str, str]:
     """Chromium opens the login page, types the credentials, submits, lands on the callback."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
+    driver = chromium()
     try:
         driver.get(url)
         out["page_names_client"] = cfg["client_name"] in driver.page_source
@@ -114,9 +83,7 @@ def browser_login(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> dict[st
 
 
 async def main(cfg: dict[str, Any]) -> dict[str, Any]:
-    callback = HTTPServer(("127.0.0.1", 0), _Callback)
-    threading.Thread(target=callback.serve_forever, daemon=True).start()
-    redirect_uri = f"http://127.0.0.1:{callback.server_address[1]}/callback"
+    callback, redirect_uri = serve_callback()
     out: dict[str, Any] = {}
     got: dict[str, str] = {}
 

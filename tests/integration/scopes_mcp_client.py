@@ -22,45 +22,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
+from browser_login import chromium, serve_callback
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from oauth_client_login import provider_for
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--window-size=900,1400"]
-
-
-class _Callback(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        body = b"<!DOCTYPE html><title>callback</title><p id=done>Connected.</p>"
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def browser() -> webdriver.Chrome:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
 
 
 def sign_in(driver: webdriver.Chrome, cfg: dict[str, Any], url: str, keep: set[str] | None,
@@ -103,10 +75,8 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
     url = cfg["base"] + "/mcp"
     out: dict[str, Any] = {"logins": [], "mcp_answers": []}
     got: dict[str, Any] = {}
-    driver = browser()
-    callback = HTTPServer(("127.0.0.1", 0), _Callback)
-    threading.Thread(target=callback.serve_forever, daemon=True).start()
-    cfg["redirect_uri"] = f"http://127.0.0.1:{callback.server_address[1]}/callback"
+    driver = chromium(height=1400)
+    callback, cfg["redirect_uri"] = serve_callback()
 
     async def redirect_handler(authorization_url: str) -> None:
         first = not out["logins"]
