@@ -26,21 +26,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 from twisted.web.template import Element, Tag, XMLFile, renderer, tags
+from werkzeug.exceptions import HTTPException
 
 from ._cimd import ClientMetadataError
 from ._clients import Client, MailServer
 from ._grants import AccountGrants, GrantRecord
 from ._mailcheck import LoginRejected, MailServerUnavailable
-from .oauth import OAuthApp
-from .oauth._errors import BadRequest
-from .oauth._forms import CONTROL, MAX_FORM_BODY, body_size, single
-from .oauth._pages import error_page, flatten, page_headers
 from ._scopes import ALL_SCOPES, FULL, LABELS
 from ._templates import template_path
 from ._throttle import Busy, Throttled
 from ._tokens import InvalidToken
+from .oauth import OAuthApp
+from .oauth._errors import BadRequest
+from .oauth._forms import CONTROL, MAX_FORM_BODY, body_size, single
+from .oauth._pages import error_page, flatten, page_headers
 
 log = Logger()
 
@@ -212,9 +212,9 @@ class AccountApp:
         return Deferred.fromCoroutine(error_page(request, error, self._parts.base_path))
 
     @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> Deferred[bytes] | Failure:
+    def _unexpected(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
         if failure.check(HTTPException):
-            return failure  # no route here: Klein's own 404 or 405
+            failure.raiseException()  # no route here: Klein's own 404 or 405
         log.failure("account page request failed", failure)
         unavailable = BadRequest(
             "Temporarily unavailable",

@@ -97,9 +97,9 @@ class LoginRoom:
         return redirect(request, add_query(error.redirect_uri, params))
 
     @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> Deferred[bytes] | Failure:
+    def _unexpected(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
         if failure.check(HTTPException):
-            return failure  # no route here: Klein's own 404 or 405
+            failure.raiseException()  # no route here: Klein's own 404 or 405
         # The store is down or similar: say so, keep details in the log.
         log.failure("login could not be completed", failure)
         return Deferred.fromCoroutine(error_page(request, UNAVAILABLE, self._parts.base_path))
@@ -405,4 +405,3 @@ class LoginRoom:
                     f"{label}: the mail server could not be reached securely. Please try again later.",
                 )
         return None
-

@@ -19,7 +19,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from mailmcp.oauth import _login
 from mailmcp._clients import Client, MailServer
 from mailmcp._user_servers import (
     ServerPolicy,
@@ -29,6 +28,7 @@ from mailmcp._user_servers import (
     discover,
     parse_allow,
 )
+from mailmcp.oauth import _login
 from tests.unit.oauth_helpers import make_server, pkce
 
 
