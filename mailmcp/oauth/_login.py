@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -54,6 +55,15 @@ log = Logger()
 GENERIC_FAILURE = "Sign-in failed. Nothing was saved; please check the details below and try again."
 THROTTLED_TEXT = "Too many sign-in attempts. Please wait a few minutes before trying again."
 BUSY_TEXT = "The service is busy checking other sign-ins. Please try again in a moment."
+
+
+@attrs.frozen
+class _Refusal:
+    """Why a sign-in was refused: the status, the line to show, and when to retry."""
+
+    status: int
+    line: str
+    retry_after: int | None = None
 
 
 class LoginRoom:
@@ -300,41 +310,11 @@ class LoginRoom:
             return await again(400, errors)
 
         email = values["email"].strip()
-        throttle = self._parts.throttle
-        try:
-            # Every username tried spends from its budget: guessing the SMTP
-            # password behind a valid IMAP login is throttled like IMAP.
-            reservation = await throttle.admit(
-                self._parts.client_address(request),
-                [values["imap_username"], values["smtp_username"]],
-            )
-        except Throttled as e:
-            self._parts.record("login", areq.client, "error", email, "throttled")
-            request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-            return await again(429, [THROTTLED_TEXT])
-        if asks:
-            # Before any connection, and throttled like one: only where the
-            # policy allows (OA-32).
-            refusal = await self._servers_refused(imap, smtp)
-            if refusal is not None:
-                self._parts.record("login", areq.client, "error", email, "server not allowed")
-                await throttle.settle(reservation, None)
-                return await again(400, [refusal])
-        try:
-            with throttle.slot():
-                problem = await self._check_mail(imap, smtp, values)
-        except Busy:
-            self._parts.record("login", areq.client, "error", email, "busy")
-            await throttle.settle(reservation, None)
-            request.setHeader(b"retry-after", b"5")
-            return await again(503, [BUSY_TEXT])
-        # The username whose check failed keeps its charge, and so do the
-        # failure budgets; the rest is handed back.  (Should the check itself
-        # raise, nothing is handed back.)
-        await throttle.settle(reservation, problem[0] if problem else None)
-        self._parts.record("login", areq.client, "error" if problem else "ok", email)
-        if problem is not None:
-            return await again(400, [problem[1]])
+        refusal = await self._sign_in_check(request, areq.client, email, values, imap, smtp, asks)
+        if refusal is not None:
+            if refusal.retry_after is not None:
+                request.setHeader(b"retry-after", str(refusal.retry_after).encode("ascii"))
+            return await again(refusal.status, [refusal.line])
 
         credentials = Credentials(
             email=email,
@@ -363,6 +343,53 @@ class LoginRoom:
         return redirect(request, add_query(areq.redirect_uri, params))
 
     # -- the live checks ----------------------------------------------------
+
+    async def _sign_in_check(
+        self,
+        request: IRequest,
+        client: Client,
+        email: str,
+        values: Mapping[str, str],
+        imap: MailServer,
+        smtp: MailServer,
+        asks: bool,
+    ) -> _Refusal | None:
+        """
+        The throttle, the server policy (user-named servers) and the live
+        IMAP and SMTP checks, in that order, each audited.  None: signed in.
+        """
+        throttle = self._parts.throttle
+        try:
+            # Every username tried spends from its budget: guessing the SMTP
+            # password behind a valid IMAP login is throttled like IMAP.
+            reservation = await throttle.admit(
+                self._parts.client_address(request),
+                [values["imap_username"], values["smtp_username"]],
+            )
+        except Throttled as e:
+            self._parts.record("login", client, "error", email, "throttled")
+            return _Refusal(429, THROTTLED_TEXT, e.retry_after)
+        if asks:
+            # Before any connection, and throttled like one: only where the
+            # policy allows (OA-32).
+            refused = await self._servers_refused(imap, smtp)
+            if refused is not None:
+                self._parts.record("login", client, "error", email, "server not allowed")
+                await throttle.settle(reservation, None)
+                return _Refusal(400, refused)
+        try:
+            with throttle.slot():
+                problem = await self._check_mail(imap, smtp, values)
+        except Busy:
+            self._parts.record("login", client, "error", email, "busy")
+            await throttle.settle(reservation, None)
+            return _Refusal(503, BUSY_TEXT, 5)
+        # The username whose check failed keeps its charge, and so do the
+        # failure budgets; the rest is handed back.  (Should the check itself
+        # raise, nothing is handed back.)
+        await throttle.settle(reservation, problem[0] if problem else None)
+        self._parts.record("login", client, "error" if problem else "ok", email)
+        return None if problem is None else _Refusal(400, problem[1])
 
     async def _servers_refused(self, imap: MailServer, smtp: MailServer) -> str | None:
         """Why the policy refuses the user's servers (`ServerRefused`), or None."""
