@@ -3,6 +3,10 @@ The composing app: builds the shared parts and the rooms, and mounts each
 room's Klein resource at the paths (and methods) it serves; everything
 else under ``/.well-known/`` and ``/oauth/`` is the discovery room's
 (metadata at the path-inserted locations, else a JSON 404).
+
+A new room is a class with its own ``Klein()`` whose routes name the full
+path, built in `OAuthApp.__init__` over the same `OAuthParts`, and listed
+in the mount with the methods it serves.
 """
 
 from __future__ import annotations
