@@ -144,7 +144,7 @@ class OAuthError(Exception):
 
 
 @attrs.define(slots=False)  # Klein binds its app onto the instance
-class TestProvider:
+class ProviderApp:
     """
     The provider's state and HTTP routes.
 
@@ -202,7 +202,7 @@ class TestProvider:
             "iat": int(now),
             "exp": int(now) + ID_TOKEN_LIFETIME,
         }
-        token = jwt.JWT(header={"alg": "RS256", "kid": self.key.key_id}, claims=claims)
+        token = jwt.JWT(header={"alg": "RS256", "kid": self.key.get("kid")}, claims=claims)
         token.make_signed_token(self.key)
         return {
             "access_token": access,
@@ -615,7 +615,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     args.state_dir.mkdir(parents=True, exist_ok=True)
     logfile = open(args.state_dir / "provider.log", "a")  # noqa: SIM115  (lives as long as the process)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
-    provider = TestProvider(
+    provider = ProviderApp(
         clock=reactor,  # type: ignore[arg-type]
         issuer=f"http://127.0.0.1:{args.port}",
         client_secret=client_secret(args.state_dir),
