@@ -205,6 +205,15 @@ def test_xoauth2_at_imap_starttls_and_delivery_to_an_oauth_user(
         client.logout()
 
 
+def test_a_provider_user_has_no_password(
+    services: Services, provider: OAuthProviderHandle, user: str, tls: ssl.SSLContext
+) -> None:
+    """PLAIN with the provider user's access token as the password is refused."""
+    token = provider.issue_tokens(user)["access_token"]
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        imap_login(services, tls, "PLAIN", f"\0{user}\0{token}".encode())
+
+
 def test_a_token_for_another_user_is_refused(
     services: Services, provider: OAuthProviderHandle, user: str, tls: ssl.SSLContext
 ) -> None:
@@ -324,6 +333,21 @@ def test_smtp_submission_with_a_provider_token(
             break
         time.sleep(0.05)
     assert subjects == [f"Subject: sent with {mechanism}"]
+    maillog = (services.svc / "postfix" / "maillog").read_text(errors="replace")
+    assert f"sasl_method={mechanism}, sasl_username={user}" in maillog
+    assert token not in maillog
+
+
+def test_smtp_refuses_a_revoked_token_with_oauthbearer(
+    services: Services, provider: OAuthProviderHandle, user: str, tls: ssl.SSLContext
+) -> None:
+    """After revoke_consent Postfix answers 535 to OAUTHBEARER (after the error challenge)."""
+    token = provider.issue_tokens(user)["access_token"]
+    provider.revoke_consent(user)
+    smtp, code, reply = smtp_auth(services, tls, "OAUTHBEARER",
+                                  oauthbearer(user, token, services.submission_port))
+    smtp.close()
+    assert code == 535, reply
 
 
 # -- the provider's OAuth endpoints ---------------------------------------------------
