@@ -613,6 +613,8 @@ def main(argv: Iterable[str] | None = None) -> None:
     from twisted.web.server import Site
 
     args.state_dir.mkdir(parents=True, exist_ok=True)
+    # For services.sh stop, should the harness that started us be gone.
+    (args.state_dir / "provider.pid").write_text(f"{os.getpid()}\n")
     logfile = open(args.state_dir / "provider.log", "a")  # noqa: SIM115  (lives as long as the process)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
     provider = ProviderApp(
