@@ -354,7 +354,7 @@ class ProviderApp:
 
     @app.route("/authorize", methods=["GET"])
     def authorize_page(self, request: IRequest) -> bytes:
-        params = {k.decode(): v[-1].decode("utf-8", "replace")
+        params = {k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace")
                   for k, v in request.args.items()}  # type: ignore[attr-defined]
         problem = self._check_client_and_redirect(params)
         if problem is not None:
