@@ -41,6 +41,13 @@ class IMAPTokenRejected(IMAPAuthError):
     """
 
 
+class IMAPGrantEnded(IMAPAuthError):
+    """
+    The mail provider ended mailmcp's access (consent revoked): the grant
+    is revoked, and ``message`` asks the user to sign in again.
+    """
+
+
 class IMAPNoSuchMailbox(IMAPError):
     """The named mailbox does not exist (or cannot be selected)."""
 

@@ -95,6 +95,10 @@ def _hidden(value: object) -> str:
     return "***" if value else "''"
 
 
+def _copied(params: Mapping[str, str]) -> dict[str, str]:
+    return dict(params)
+
+
 @attrs.frozen
 class ProviderProfile:
     """
@@ -111,9 +115,7 @@ class ProviderProfile:
     client_id: str
     client_secret: str = attrs.field(repr=_hidden)
     imap_auth: str = "xoauth2"
-    extra_authorize_params: Mapping[str, str] = attrs.field(
-        factory=dict, converter=lambda m: dict(m)
-    )
+    extra_authorize_params: Mapping[str, str] = attrs.field(factory=dict, converter=_copied)
 
     def __attrs_post_init__(self) -> None:
         if self.imap_auth not in TOKEN_MECHANISMS:
@@ -423,8 +425,7 @@ class ProviderClient:
         ):
             raise ProviderUnavailable(
                 f"{self.profile.label} sent a token response without a usable access and "
-                "refresh token"
-                + ("" if previous_refresh else " (is offline access granted?)")
+                "refresh token" + ("" if previous_refresh else " (is offline access granted?)")
             )
         return ProviderTokens(
             access_token=access,

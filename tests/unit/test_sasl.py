@@ -49,7 +49,9 @@ def b64(data: bytes) -> bytes:
 
 
 def test_xoauth2_initial_response() -> None:
-    sasl = TokenSASL("xoauth2", "someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg")
+    sasl = TokenSASL(
+        "xoauth2", "someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"
+    )
     assert sasl.name == b"XOAUTH2"
     assert sasl.initial_response() == (
         b"user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\x01\x01"
@@ -213,7 +215,9 @@ def test_imap_check_xoauth2_success_and_error_dance() -> None:
 def test_imap_check_without_the_mechanism_is_unavailable() -> None:
     reactor = MemoryReactorClock()
     checker = IMAPLoginChecker(reactor, MailTLS(None), timeout=5)
-    d = checker.check(MailServer("imap.test", 143, "plain"), "a@x.test", TOKEN, mechanism="oauthbearer")
+    d = checker.check(
+        MailServer("imap.test", 143, "plain"), "a@x.test", TOKEN, mechanism="oauthbearer"
+    )
     wire = CheckWire(reactor)
     wire.feed(b"* OK ready", b"* CAPABILITY IMAP4rev1 AUTH=PLAIN", b"0001 OK done")
     assert TOKEN.encode() not in wire.sent()
@@ -293,7 +297,12 @@ def start_send() -> tuple[Any, StringTransport, list[Any]]:
     sender = SMTPSender(reactor, MailTLS(), timeout=60)
     out: list[Any] = []
     d = Deferred.fromCoroutine(
-        sender.send(sender_account(), "alice@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nhi\r\n")
+        sender.send(
+            sender_account(),
+            "alice@example.test",
+            ["bob@example.test"],
+            b"Subject: x\r\n\r\nhi\r\n",
+        )
     )
     d.addBoth(out.append)
     factory = reactor.sslClients[0][2]
@@ -311,7 +320,9 @@ def test_sender_authenticates_with_xoauth2() -> None:
     assert transport.value().endswith(b"AUTH XOAUTH2\r\n")
     transport.clear()
     proto.dataReceived(b"334 \r\n")
-    assert base64.b64decode(transport.value().strip()).endswith(b"Bearer " + TOKEN.encode() + b"\x01\x01")
+    assert base64.b64decode(transport.value().strip()).endswith(
+        b"Bearer " + TOKEN.encode() + b"\x01\x01"
+    )
     transport.clear()
     proto.dataReceived(b"235 2.7.0 ok\r\n")
     assert transport.value() == b"MAIL FROM:<alice@example.test>\r\n"
