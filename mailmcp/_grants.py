@@ -514,7 +514,8 @@ class GrantService:
         refresh_lifetime: int,
         cache_size: int = 4096,
         max_scope: frozenset[str] = FULL,
-        provider_for: Callable[[str], ProviderClient | None] | None = None,
+        provider_for: Callable[[str], ProviderClient | None | Awaitable[ProviderClient | None]]
+        | None = None,
     ) -> None:
         self._max_scope = max_scope
         self.store = store

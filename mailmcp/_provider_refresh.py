@@ -22,7 +22,8 @@ compare-and-swap:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -76,14 +77,15 @@ class ProviderTokenKeeper:
     :param store: the `IGrantStore` holding the grants.
     :param provider_for: the `ProviderClient` for a credentials' C{provider}
         key ("" the daemon's default profile, else a provisioned client's
-        id), or None when it is no longer configured.
+        id), or None when it is no longer configured; may answer with an
+        awaitable (a client looked up in the client store).
     :param clock: for "expires within the margin" and the refusal re-check.
     """
 
     def __init__(
         self,
         store: IGrantStore,
-        provider_for: Callable[[str], ProviderClient | None],
+        provider_for: Callable[[str], ProviderClient | None | Awaitable[ProviderClient | None]],
         clock: IReactorTime,
         margin: int = REFRESH_MARGIN,
     ) -> None:
@@ -161,7 +163,8 @@ class ProviderTokenKeeper:
             return creds
         if not self.needs_refresh(tokens) and (not force or tokens != seen):
             return creds
-        client = self._provider_for(creds.provider)
+        found = self._provider_for(creds.provider)
+        client = await found if inspect.isawaitable(found) else found
         if client is None:
             log.warn("grant {grant}: its sign-in provider is no longer configured", grant=grant_id)
             raise ProviderUnavailable(

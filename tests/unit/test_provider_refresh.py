@@ -430,3 +430,40 @@ def test_sender_renews_once_when_the_server_refuses_the_token(world: World) -> N
     with pytest.raises(SMTPAuthFailed):
         result(d)
     assert len(reactor.sslClients) == 2  # only one retry
+
+
+def test_async_provider_lookup_and_an_unconfigured_provider(world: World) -> None:
+    """provider_for may answer later (a client read from the store); none configured keeps the token."""
+    pc = ProviderClient(profile(), world.provider, world.clock)
+    lookups: list[str] = []
+
+    def later(key: str) -> Deferred[Any]:
+        lookups.append(key)
+        return succeed(pc if key == "" else None)
+
+    grants = GrantService(world.store, world.codec, MCP, code_lifetime=60, access_lifetime=86400,
+                          refresh_lifetime=10 * 86400, provider_for=later)  # fmt: skip
+    token = world.grant(grants)
+    world.clock.advance(3600)
+    world.provider.auto = True
+    assert result(run(grants.account_for(token))).oauth.access_token == "CANARY-at-1"
+    assert lookups == [""]
+    bare = GrantService(world.store, world.codec, MCP, code_lifetime=60, access_lifetime=86400,
+                        refresh_lifetime=10 * 86400)  # fmt: skip
+    world.clock.advance(3600)
+    account = result(run(bare.account_for(token)))
+    assert account.oauth.access_token == "CANARY-at-1" and not account.ended
+    assert world.provider.serial == 1
+
+
+def test_ended_account_answers_every_tool_call_with_the_reconnect_message() -> None:
+    """MCP: a tool call of an ended grant is an isError result (HTTP 200), not a 401 or a tool run."""
+    from tests.unit.test_mcp import TOKEN, Client, call, make_account, make_app
+
+    app, verifier = make_app()
+    message = "Example no longer allows mailmcp to use this mailbox. Sign in again with Example."
+    verifier.add(TOKEN, attrs.evolve(make_account(), ended=message))
+    code, body = Client(app).rpc(call("echo", {"text": "x", "times": 1}))
+    assert code == 200
+    assert body["result"]["isError"] is True
+    assert body["result"]["content"][0]["text"] == message
