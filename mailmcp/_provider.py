@@ -242,8 +242,9 @@ class ProviderClient:
     """
     The token-endpoint side of provider sign-in for one `ProviderProfile`.
 
-    :param http: a treq-like client (the ``treq`` module, an
-        ``HTTPClient``, or ``treq.testing.StubTreq``).
+    :param http: a treq-like client (the ``treq`` module, a
+        ``treq.client.HTTPClient``, or ``treq.testing.StubTreq``): its
+        ``request`` answers a response with a ``content()`` method.
     :param clock: for the timeout and for turning ``expires_in`` into an
         absolute time.
     :param timeout: seconds one call to the provider may take.
@@ -357,7 +358,7 @@ class ProviderClient:
             d: Deferred[Any] = self._http.request(method, url, headers=headers, **kw)
             d.addTimeout(self._timeout, self._clock)
             response = await d
-            body_d: Deferred[bytes] = self._http.content(response)
+            body_d: Deferred[bytes] = response.content()
             body_d.addTimeout(self._timeout, self._clock)
             body = await body_d
         except (CancelledError, DeferredTimeoutError):

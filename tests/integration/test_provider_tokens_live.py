@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-import treq
+from treq.client import HTTPClient
 from twisted.internet import reactor, threads
 from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -109,7 +109,7 @@ def world(services: Services) -> Iterator[Any]:
         scope=provider.scope, userinfo_url=provider.userinfo_url, client_id=provider.client_id,
         client_secret=provider.client_secret,
     )  # fmt: skip
-    http = treq.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
     provider_client = ProviderClient(profile, http, reactor)
     grants = GrantService(store, codec, "http://127.0.0.1:1/mcp", code_lifetime=60, access_lifetime=3600,
                           refresh_lifetime=86400, provider_for={"": provider_client}.get)  # fmt: skip

@@ -52,6 +52,11 @@ SMTP = MailServer("smtp.example.test", 465, "tls")
 REDIRECT = "https://app.example/cb"
 
 
+def reply(code: int, body: bytes) -> Any:
+    """A response as treq gives it: a code and a content() Deferred."""
+    return SimpleNamespace(code=code, content=lambda: succeed(body))
+
+
 class Provider:
     """
     A treq-like client whose token endpoint answers only when the test says
@@ -73,22 +78,19 @@ class Provider:
             self.answer()
         return d
 
-    def content(self, response: Any) -> Deferred[bytes]:
-        return succeed(response.body)
-
     def answer(self, index: int = 0) -> None:
         form, d = self.pending.pop(index)
         presented = form.get("refresh_token")
         if self.revoked or presented not in self.live_refresh:
             body = {"error": "invalid_grant", "error_description": "CANARY-description"}
-            d.callback(SimpleNamespace(code=400, body=json.dumps(body).encode()))
+            d.callback(reply(400, json.dumps(body).encode()))
             return
         self.live_refresh.discard(presented)
         self.serial += 1
         self.live_refresh.add(f"CANARY-rt-{self.serial}")
         body = {"access_token": f"CANARY-at-{self.serial}", "refresh_token": f"CANARY-rt-{self.serial}",
                 "expires_in": 3600, "token_type": "Bearer"}  # fmt: skip
-        d.callback(SimpleNamespace(code=200, body=json.dumps(body).encode()))
+        d.callback(reply(200, json.dumps(body).encode()))
 
 
 def run(coro: Any) -> Deferred[Any]:
@@ -205,7 +207,7 @@ def test_cas_loser_uses_the_winners_tokens(world: World) -> None:
     da, db = run(a.account_for(token)), run(b.account_for(token))
     assert len(world.provider.pending) == 2
     form, d = world.provider.pending.pop(1)
-    d.callback(SimpleNamespace(code=200, body=json.dumps({"access_token": "CANARY-at-B", "expires_in": 3600,
+    d.callback(reply(200, json.dumps({"access_token": "CANARY-at-B", "expires_in": 3600,
                                                           "refresh_token": "CANARY-rt-B"}).encode()))  # fmt: skip
     assert result(db).oauth.access_token == "CANARY-at-B"
     world.provider.answer()  # A's call succeeds too, but B stored first
@@ -251,7 +253,7 @@ def test_provider_down_keeps_the_old_token(world: World) -> None:
     world.clock.advance(3600 - 100)
     d = run(grants.account_for(token))
     form, pending = world.provider.pending.pop()
-    pending.callback(SimpleNamespace(code=503, body=b"CANARY down"))
+    pending.callback(reply(503, b"CANARY down"))
     account = result(d)
     assert account.oauth.access_token == "CANARY-at-0" and not account.ended
     assert world.stored(token).oauth.access_token == "CANARY-at-0"
