@@ -342,8 +342,13 @@ class _Sender(smtp.ESMTPSender):
         code = code if isinstance(code, int) and code > 0 else None
         results = self._recipient_results()
         if isinstance(exc, smtp.AUTHDeclinedError | smtp.AuthenticationError):
+            token = getattr(self.factory, "sasl", None) is not None
             return SMTPAuthFailed(
-                "the SMTP server rejected the login (wrong username or password?)"
+                (
+                    "the SMTP server refused the sign-in token"
+                    if token
+                    else "the SMTP server rejected the login (wrong username or password?)"
+                )
                 + (f" [{code}]" if code else ""),
                 stage=self.phase,
                 code=code,
@@ -354,8 +359,10 @@ class _Sender(smtp.ESMTPSender):
                 stage=self.phase,
             )
         if isinstance(exc, smtp.AUTHRequiredError | smtp.EHLORequiredError):
+            sasl = getattr(self.factory, "sasl", None)
             return SMTPSendFailed(
-                "the SMTP server offers no supported authentication (PLAIN or LOGIN)",
+                "the SMTP server offers no supported authentication "
+                + (f"({sasl.name.decode()})" if sasl is not None else "(PLAIN or LOGIN)"),
                 stage=self.phase,
             )
         if isinstance(exc, smtp.TLSError):

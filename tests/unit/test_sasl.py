@@ -339,6 +339,17 @@ def test_sender_token_refused_is_an_auth_failure_before_mail_from() -> None:
     assert transport.value() == b"\r\n"
     proto.dataReceived(b"535 5.7.8 Username and Password not accepted\r\n")
     assert out and isinstance(out[0].value, SMTPAuthFailed)
+    assert "refused the sign-in token" in out[0].value.message
     assert b"MAIL FROM" not in transport.value()
     assert TOKEN not in str(out[0].value)
     assert not isinstance(out[0], SendResult)
+
+
+def test_sender_without_the_token_mechanism_never_falls_back_to_a_password() -> None:
+    """No XOAUTH2 offered: not sent, no AUTH PLAIN with a placeholder, and the message names the mechanism."""
+    proto, transport, out = start_send()
+    for line in (b"220 hi", b"250-hi", b"250 AUTH PLAIN LOGIN"):
+        proto.dataReceived(line + b"\r\n")
+    assert b"AUTH" not in transport.value()
+    assert out and "offers no supported authentication (XOAUTH2)" in out[0].value.message
+    assert not isinstance(out[0].value, SMTPAuthFailed)
