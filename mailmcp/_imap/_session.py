@@ -23,6 +23,7 @@ from .._mailbox_api import (
     FetchedMessage,
     IMAPAuthError,
     IMAPError,
+    IMAPLoginRefused,
     IMAPNoSuchMailbox,
     IMAPTokenRejected,
     Literal,
@@ -310,7 +311,7 @@ class Session:
                 raise IMAPError(
                     f"the mail server cannot log in right now: {e.text}", transient=True
                 ) from None
-            raise IMAPAuthError(
+            raise IMAPLoginRefused(
                 f"the mail server rejected the login ({e.text}); sign in again with the right password"
             ) from None
         self.protocol.logged_in = True

@@ -185,7 +185,7 @@ def outcome(d: Deferred[Any]) -> Any:
 def test_imap_check_xoauth2_success_and_error_dance() -> None:
     reactor = MemoryReactorClock()
     checker = IMAPLoginChecker(reactor, MailTLS(None), timeout=5)
-    server = MailServer("imap.test", 143, "plain")
+    server = MailServer("127.0.0.1", 143, "plain")
     d = checker.check(server, "alice@x.test", TOKEN, mechanism="xoauth2")
     wire = CheckWire(reactor)
     wire.feed(b"* OK ready")
@@ -193,7 +193,7 @@ def test_imap_check_xoauth2_success_and_error_dance() -> None:
     wire.feed(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2", b"0001 OK done")
     expected = b64(b"user=alice@x.test\x01auth=Bearer " + TOKEN.encode() + b"\x01\x01")
     assert wire.sent() == b"0002 AUTHENTICATE XOAUTH2 " + expected + b"\r\n"
-    wire.feed(b"0002 OK in")
+    wire.feed(b"0002 OK [CAPABILITY IMAP4rev1] in")
     assert wire.sent() == b"0003 LOGOUT\r\n"
     wire.feed(b"* BYE bye", b"0003 OK bye")
     assert outcome(d) is None
@@ -216,7 +216,7 @@ def test_imap_check_without_the_mechanism_is_unavailable() -> None:
     reactor = MemoryReactorClock()
     checker = IMAPLoginChecker(reactor, MailTLS(None), timeout=5)
     d = checker.check(
-        MailServer("imap.test", 143, "plain"), "a@x.test", TOKEN, mechanism="oauthbearer"
+        MailServer("127.0.0.1", 143, "plain"), "a@x.test", TOKEN, mechanism="oauthbearer"
     )
     wire = CheckWire(reactor)
     wire.feed(b"* OK ready", b"* CAPABILITY IMAP4rev1 AUTH=PLAIN", b"0001 OK done")
