@@ -32,6 +32,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import capturedLogs
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -41,6 +42,7 @@ from mailmcp._grants import CodeRequest, Credentials, GrantService, MemoryGrantS
 from mailmcp._http import MailMCPSite
 from mailmcp._imap import IMAPPool
 from mailmcp._keyring import KeyRing, new_master_key
+from mailmcp._mailcheck import IMAPLoginChecker, LoginRejected, SMTPLoginChecker, credentials_check
 from mailmcp._mcp import MCPApp
 from mailmcp._provider import ProviderClient, ProviderProfile, ProviderTokens
 from mailmcp._smtp import SMTPSender
@@ -90,12 +92,14 @@ def maillog(services: Services) -> str:
     return (services.svc / "postfix" / "maillog").read_text(errors="replace")
 
 
-@pytest.fixture
-def world(services: Services) -> Iterator[Any]:
+@pytest.fixture(params=["xoauth2"])
+def world(request: pytest.FixtureRequest, services: Services) -> Iterator[Any]:
     """
     A fresh provider user, a grant for it made through `GrantService.login`
-    with tokens from the provider, and ``/mcp`` on loopback in front of it.
+    with tokens from the provider (SASL mechanism: the fixture's param), and
+    ``/mcp`` on loopback in front of it.
     """
+    mechanism = request.param
     provider = services.oauth_provider
     provider.set_access_token_lifetime(3600)
     email = f"tok{secrets.token_hex(4)}@example.test"
@@ -119,7 +123,7 @@ def world(services: Services) -> Iterator[Any]:
     client = open_client(codec, cid)
     tokens = ProviderTokens(issued["access_token"], issued["refresh_token"],
                             int(reactor.seconds()) + int(issued["expires_in"]), issued.get("id_token"))  # fmt: skip
-    creds = Credentials(email, "Token User", imap, email, "", smtp, email, "", imap_auth="xoauth2", oauth=tokens)
+    creds = Credentials(email, "Token User", imap, email, "", smtp, email, "", imap_auth=mechanism, oauth=tokens)
 
     async def grant() -> str:
         verifier = secrets.token_urlsafe(40)
@@ -147,7 +151,8 @@ def world(services: Services) -> Iterator[Any]:
     app = MCPApp(config, GrantTokenVerifier(grants), tool_services, all_tools())
     site.resource = Router([("/mcp", app.app.resource())])
     yield SimpleNamespace(provider=provider, email=email, token=token, url=f"{base}/mcp", grants=grants,
-                          store=store, tools=tool_services, new_pool=new_pool, services=services)  # fmt: skip
+                          store=store, tools=tool_services, new_pool=new_pool, services=services,
+                          creds=creds)  # fmt: skip
     pytest_twisted.blockon(port.stopListening())
     for pool in pools:
         pytest_twisted.blockon(pool.stopService())
@@ -223,3 +228,36 @@ async def test_xoauth2_read_send_refresh_once_and_reconnect_after_revocation(wor
     log_text = dovecot_log(world.services) + maillog(world.services)
     for secret in (provider.client_secret,):
         assert secret not in text and secret not in log_text
+
+
+@pytest.mark.parametrize("world", ["oauthbearer"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_oauthbearer_reads_and_sends(world: Any) -> None:
+    """The same grant with OAUTHBEARER (RFC 7628): Dovecot and Postfix log that mechanism."""
+    listed = await tool(world, "list_mailboxes", {})
+    assert not listed.get("isError"), listed
+    escaped = re.escape(world.email)
+    assert re.search(rf"imap-login: .*Login: user=<{escaped}>, method=OAUTHBEARER", dovecot_log(world.services))
+    sent = await tool(world, "send_mail_message", send_args(world, "bearer"))
+    assert not sent.get("isError"), sent
+    assert re.search(rf"sasl_method=OAUTHBEARER, sasl_username={escaped}", maillog(world.services))
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_checks_take_a_grants_token_credentials(world: Any) -> None:
+    """
+    The login page's live checks with provider-token Credentials: IMAP and
+    SMTP accept the token; after the provider revokes consent both say
+    LoginRejected (never "unavailable"), and nothing logged holds the token.
+    """
+    creds = world.creds
+    imap = IMAPLoginChecker(FreshSourceReactor(reactor), MailTLS(world.services.ca_file), timeout=10)
+    smtp = SMTPLoginChecker(FreshSourceReactor(reactor), MailTLS(world.services.ca_file), timeout=10)
+    with capturedLogs() as events:
+        await imap.check(*credentials_check(creds, "IMAP"))
+        await smtp.check(*credentials_check(creds, "SMTP"))
+        await threads.deferToThread(world.provider.revoke_consent, world.email)
+        for checker, protocol in ((imap, "IMAP"), (smtp, "SMTP")):
+            with pytest.raises(LoginRejected):
+                await checker.check(*credentials_check(creds, protocol))
+    assert creds.oauth.access_token not in repr(events)
