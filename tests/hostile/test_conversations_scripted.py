@@ -23,8 +23,8 @@ from mailmcp._tools._changes import MailboxChangesInput, get_mailbox_changes
 from mailmcp._tools._reading import ListMessagesInput, list_mail_messages
 from mailmcp._tools._threads import ThreadInput, get_mail_thread
 from tests.harness import Services
+from tests.hostile.imap_accounts import scripted_account
 from tests.hostile.scripted_imap import listen
-from tests.hostile.test_hostile_imap import scripted_account
 
 pytestmark = pytest.mark.integration
 

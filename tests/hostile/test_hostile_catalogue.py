@@ -14,9 +14,7 @@ its log has no error line.
 from __future__ import annotations
 
 import base64
-import imaplib
 import json
-import ssl
 import zlib
 from typing import Any
 
@@ -25,8 +23,9 @@ import pytest
 
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
-from tests.hostile.test_hostile_load import error_lines, seed
-from tests.integration.test_smtp_live import _inbox
+from tests.hostile.catalogue import snapshot
+from tests.hostile.daemon_clients import error_lines, seed
+from tests.integration.mail_live import _inbox
 
 pytestmark = pytest.mark.integration
 
@@ -119,23 +118,6 @@ TOOL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("TL-C1 state zip bomb", "get_mailbox_changes", {"since": ZIP_BOMB_STATE}, "damaged"),
     ("TL-C1 state 1 MiB", "get_mailbox_changes", {"since": "ms1." + "A" * (1 << 20)}, "since"),
 ]
-
-
-def snapshot(services: Services, user: str, password: str) -> dict[str, list[bytes]]:
-    """Every folder's UIDs with their flags (stdlib client)."""
-    context = ssl.create_default_context(cafile=str(services.ca_file))
-    out: dict[str, list[bytes]] = {}
-    with imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context) as client:
-        client.login(user, password)
-        _, boxes = client.list()
-        for line in boxes:
-            name = line.decode().rsplit(' "/" ', 1)[-1].strip('"')
-            client.select(f'"{name}"', readonly=True)
-            _, data = client.uid("FETCH", "1:*", "(UID FLAGS)")
-            # \Recent belongs to whichever session saw the message first: not content.
-            out[name] = sorted((item or b"").replace(b"\\Recent", b"").replace(b"( ", b"(").strip()
-                               for item in data if item)
-    return out
 
 
 def post(base: str, token: str, body: bytes) -> tuple[int, dict[str, Any] | None]:

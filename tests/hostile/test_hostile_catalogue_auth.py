@@ -37,9 +37,9 @@ from mailmcp._keyring import KeyRing, read_keyring_file, write_keyring
 from mailmcp._tokens import TokenCodec
 from tests.harness import Daemon, Services, free_port, generate_client
 from tests.hostile import mcp_http
-from tests.hostile.test_hostile_catalogue import snapshot
-from tests.hostile.test_hostile_load import error_lines, refresh, seed
-from tests.unit.test_catalogue_auth_unit import forge
+from tests.hostile.catalogue import snapshot
+from tests.hostile.daemon_clients import error_lines, refresh, seed
+from tests.unit.forge import forge
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -823,7 +823,7 @@ def test_lg_04_daemon_refuses_to_start_with_a_bad_key(
     non-zero with one line on stderr naming the problem (never the secret,
     never a traceback), listens on nothing and writes no key ring.
     """
-    from tests.integration.test_daemon import Proc, assert_one_line_error, clean_env
+    from tests.integration.daemon_proc import Proc, assert_one_line_error, clean_env
 
     port = free_port()
     proc = Proc(

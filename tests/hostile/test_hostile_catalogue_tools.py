@@ -39,10 +39,10 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from mailmcp._untrusted import unmark_body
 from tests.harness import Services, generate_client, scripted_imap_client
 from tests.hostile import mcp_http
+from tests.hostile.catalogue import snapshot
+from tests.hostile.daemon_clients import error_lines
 from tests.hostile.scripted_imap import ScriptedIMAP, ScriptedIMAPFactory
-from tests.hostile.test_hostile_catalogue import snapshot
-from tests.hostile.test_hostile_load import error_lines, fresh_users
-from tests.integration.test_smtp_live import _inbox
+from tests.integration.mail_live import _inbox, fresh_users
 
 pytestmark = pytest.mark.integration
 

@@ -35,6 +35,7 @@ from mailmcp._tokens import InvalidToken, TokenCodec
 from mailmcp._toolkit import ToolServices
 from mailmcp._tools import all_tools
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, make_account
+from tests.hostile.strategies import queries
 
 BASE = "https://mail.example.test"
 TOKEN = "fuzz-token"
@@ -143,12 +144,6 @@ def test_random_tool_arguments_are_results_or_invalid_params(name: str, argument
 
 
 # -- search ------------------------------------------------------------------------------
-
-atoms = st.sampled_from(["ALL", "SEEN", "UNSEEN", "FLAGGED", "OR", "NOT", "FROM", "TO", "SUBJECT", "TEXT",
-                         "SINCE", "BEFORE", "ON", "LARGER", "SMALLER", "UID", "HEADER", "KEYWORD", "BODY",
-                         "1-Jan-2025", "2025-01-01", "1:*", "5", "(", ")", '"', "\\", "{5}", "~{5+}", "*",
-                         "\r\n", "\0", "Müller", "\"a b\"", "X1 DELETE INBOX"])
-queries = st.lists(atoms | st.text(max_size=8), max_size=12).map(" ".join) | st.text(max_size=80)
 
 
 def _safe(criteria: list[bytes | Literal]) -> None:

@@ -22,56 +22,23 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
-from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
 from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import IMAPError, IMAPSession
+from mailmcp._mailbox_api import IMAPError
 from mailmcp._tls import MailTLS
 from tests.harness import Services, generate_client
 from tests.helpers import until
 from tests.hostile import mcp_http
+from tests.hostile.imap_accounts import (
+    dovecot_account,
+    read_message,
+    scripted_account,
+    scripted_imap_client,
+)
 from tests.hostile.scripted_imap import MESSAGE, ScriptedIMAPFactory, listen
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 1.0
-
-
-def scripted_account(port: int, security: str = "plain", host: str = "127.0.0.1",
-                     user: str = "alice@example.test") -> MailAccount:
-    return MailAccount(
-        owner="grant-scripted-" + user, email=user, full_name="Scripted",
-        imap=MailServer(host=host, port=port, security=security),  # type: ignore[arg-type]
-        imap_username=user, imap_password="scripted-pw",
-        smtp=MailServer(host="127.0.0.1", port=1, security="plain"),
-        smtp_username=user, smtp_password="scripted-pw",
-    )
-
-
-def dovecot_account(services: Services, user: str = "alice@example.test", password: str = "alicepw") -> MailAccount:
-    return MailAccount(
-        owner="grant-" + user, email=user, full_name="Alice",
-        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
-        imap_username=user, imap_password=password,
-        smtp=MailServer(host="localhost", port=services.smtps_port, security="tls"),
-        smtp_username=user, smtp_password=password,
-    )
-
-
-async def read_message(session: IMAPSession) -> bytes:
-    """EXAMINE INBOX and fetch message 1 whole: what get_mail_message does, minus the MIME work."""
-    await session.examine("INBOX")
-    [fetched] = await session.fetch("1", "(UID BODY.PEEK[])")
-    return fetched.sections[""]
-
-
-def scripted_imap_client(daemon: Any, services: Services, port: int, security: str = "plain",
-                         host: str = "127.0.0.1") -> Any:
-    """A client of C{daemon} provisioned for the scripted IMAP server on C{port} (SMTP: the real one)."""
-    return generate_client(
-        daemon.state_dir, None, "--imap-host", host, "--imap-port", str(port),
-        "--imap-security", security, "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
-        "--smtp-security", "tls")
 
 
 @pytest.fixture
@@ -536,7 +503,7 @@ async def test_send_while_imap_stalls_is_reported_and_never_duplicated(
     key the pre-send check in Sent fails, the call says nothing was sent,
     and indeed nothing arrives.  Both within the IMAP timeout.
     """
-    from tests.integration.test_smtp_live import _inbox, fresh_users
+    from tests.integration.mail_live import _inbox, fresh_users
 
     (rcpt, rcpt_pw), = fresh_users(services, 1)
     factory, port = await servers("stall")

@@ -35,9 +35,10 @@ import pytest
 
 from benchmarks._clients import McpClient, ToolCallFailed, login_many
 from benchmarks._http import HTTPError
-from tests.harness import Daemon, Services, free_port, generate_client
+from tests.harness import Services, free_port, generate_client
 from tests.hostile import mcp_http
-from tests.integration.test_smtp_live import _inbox, fresh_users
+from tests.hostile.daemon_clients import error_lines, refresh, seed
+from tests.integration.mail_live import _inbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -55,28 +56,12 @@ def vm(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-def error_lines(daemon: Daemon) -> list[str]:
-    """Error-level log lines, each with the 12 lines that follow it (a traceback's body)."""
-    lines = daemon.log_text().splitlines()
-    return ["\n".join(lines[i:i + 12]) for i, line in enumerate(lines)
-            if "#error]" in line or "#critical]" in line or "Traceback" in line]
-
-
 def metrics(base_url: str) -> dict[str, Any]:
     import urllib.request
 
     with urllib.request.urlopen(base_url + "/metrics?format=json", timeout=10) as r:
         document: dict[str, Any] = json.load(r)
         return document
-
-
-def seed(services: Services, count: int, messages: int = 3) -> list[tuple[str, str]]:
-    users = fresh_users(services, count)
-    for email, _ in users:
-        for i in range(messages):
-            services.deliver(email, (f"From: Load <load@example.test>\r\nTo: {email}\r\nSubject: load {i}\r\n"
-                                     f"Message-ID: <{uuid.uuid4().hex}@example.test>\r\n\r\nbody {i}\r\n").encode())
-    return users
 
 
 async def generate(base_url: str, tokens: list[str], in_flight: int, duration: float) -> dict[str, Any]:
@@ -209,15 +194,6 @@ def test_tokens_survive_a_restart(services: Services, daemon_factory: Any, tmp_p
     assert newer.status_code == 200, newer.text
     reuse = refresh(base, client, tokens["refresh_token"])
     assert (reuse.status_code, reuse.json()["error"]) == (400, "invalid_grant")
-
-
-def refresh(base: str, client: dict[str, Any], refresh_token: str) -> Any:
-    import httpx2
-
-    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client["client_id"]}
-    if client.get("client_secret"):
-        form["client_secret"] = client["client_secret"]
-    return httpx2.post(base + "/oauth/token", data=form, timeout=30)
 
 
 # -- SIGTERM during load ------------------------------------------------------------------------

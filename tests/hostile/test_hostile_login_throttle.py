@@ -37,7 +37,6 @@ from twisted.internet import reactor, threads
 
 from tests.harness import Daemon, Services, generate_client, scripted_imap_client
 from tests.hostile.scripted_imap import listen
-from tests.integration.test_login_browser import browser  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

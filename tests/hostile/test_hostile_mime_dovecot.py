@@ -29,7 +29,7 @@ from mailmcp._tools._reading import (
 )
 from mailmcp._untrusted import unmark_body
 from tests.harness import Services
-from tests.integration.test_reading_tools_dovecot import Wire
+from tests.integration.dovecot_wire import Wire
 
 pytestmark = pytest.mark.integration
 

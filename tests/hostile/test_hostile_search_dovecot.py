@@ -23,8 +23,8 @@ from mailmcp._imap import CommandFailed, IMAPPool
 from mailmcp._search import SearchQueryError, compile_search
 from mailmcp._tls import MailTLS
 from tests.harness import Services
-from tests.hostile.test_hostile_fuzz import queries
-from tests.integration.test_reading_tools_dovecot import account_for, fresh_user
+from tests.hostile.strategies import queries
+from tests.integration.dovecot_wire import account_for, fresh_user
 
 pytestmark = pytest.mark.integration
 

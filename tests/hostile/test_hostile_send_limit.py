@@ -17,8 +17,8 @@ import pytest_twisted
 
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
-from tests.integration.test_send_limits import count, login, send
-from tests.integration.test_smtp_live import fresh_users, wait_for_mail
+from tests.integration.mail_live import fresh_users, wait_for_mail
+from tests.integration.send_limit_client import count, login, send
 
 pytestmark = pytest.mark.integration
 

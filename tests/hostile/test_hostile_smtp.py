@@ -35,8 +35,7 @@ from mailmcp._toolkit import ToolError
 from mailmcp._tools._writing import SEND_MAIL_MESSAGE, SendInput
 from tests.harness import Services, free_port
 from tests.helpers import ClockedReactor, until
-from tests.integration.test_smtp_live import fresh_users
-from tests.integration.test_writing_tools_live import account, folder, tools  # noqa: F401 (tools: fixture)
+from tests.integration.mail_live import account, folder, fresh_users
 
 pytestmark = pytest.mark.integration
 
@@ -231,7 +230,7 @@ async def test_endless_multiline_reply_is_cut_off(stage_server: Any) -> None:
     """
     from mailmcp._smtp import SMTPSender, SMTPSendFailed
     from mailmcp._tls import MailTLS
-    from tests.integration.test_smtp_live import smtp_account_plain
+    from tests.integration.mail_live import smtp_account_plain
 
     factory, port = await stage_server("endless-reply")
     clock = Clock()  # never advanced: the send's 10 s deadline cannot be what ends it

@@ -29,8 +29,8 @@ from mailmcp._imap import IMAPPool
 from mailmcp._mailbox_api import IMAPError
 from mailmcp._tls import MailTLS
 from tests.harness import Services, free_port
+from tests.hostile.imap_accounts import dovecot_account, read_message, scripted_account
 from tests.hostile.scripted_imap import listen
-from tests.hostile.test_hostile_imap import dovecot_account, read_message, scripted_account
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ import pytest
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
 from tests.harness import ROOT, TWISTD, Daemon, Services, free_port, generate_client
 from tests.hostile import mcp_http
-from tests.hostile.test_hostile_load import error_lines
+from tests.hostile.daemon_clients import error_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -21,8 +21,8 @@ from twisted.internet import reactor, threads
 
 from tests.harness import Services
 from tests.hostile import mcp_http
+from tests.hostile.imap_accounts import scripted_imap_client
 from tests.hostile.scripted_imap import SESSION_VERBS, ScriptedIMAPFactory, listen
-from tests.hostile.test_hostile_imap import scripted_imap_client
 
 pytestmark = pytest.mark.integration
 

@@ -29,12 +29,8 @@ from benchmarks._http import Connection
 from mailmcp._scopes import ALL_SCOPES, LABELS, READ
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
-from tests.integration import test_login_browser
-from tests.integration.test_generate import generate, generate_json
-from tests.integration.test_key_rotation import Cluster
-
-#: Headless Chromium, as the login page's browser tests use it.
-browser = test_login_browser.browser
+from tests.integration.cluster import Cluster
+from tests.integration.generate_cli import generate, generate_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -18,11 +18,7 @@ from mailmcp._clients import MailServer
 from mailmcp._grants import GrantRecord, account_index, account_indexes
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._scopes import FULL
-from tests.integration import test_oauth_store as contract
-from tests.integration.test_oauth_store import NOW, record
-
-#: The store contract suite's fixture: memory, SQLite and the real Redis.
-store_and_clock = contract.store_and_clock
+from tests.integration.grant_records import NOW, record
 
 pytestmark = pytest.mark.integration
 

@@ -30,15 +30,7 @@ from mailmcp._mcp import MCPApp
 from mailmcp._tools import all_tools
 from mailmcp._web import Router
 from mailmcp.testing import FakeTokenVerifier
-from tests.integration.test_attachments_store import (  # noqa: F401 (fixtures)
-    SinkSite,
-    World,
-    download,
-    fresh_account,
-    multipart,
-    sink,
-    world,
-)
+from tests.integration.attachments_world import SinkSite, World, download, fresh_account, multipart
 
 pytestmark = pytest.mark.integration
 

@@ -13,231 +13,51 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
-from collections.abc import Iterator
-from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
-from twisted.web import resource, server
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from mailmcp._account import MailAccount
 from mailmcp._attachments import (
-    AttachmentDownloads,
     AttachmentRefused,
-    LocalAttachmentStore,
     S3AttachmentStore,
     S3Settings,
     make_s3_client,
 )
 from mailmcp._attachments._helpers import resolve_attachment_urls
-from mailmcp._clients import MailServer
-from mailmcp._http import MailMCPSite
 from mailmcp._imap import IMAPPool
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._mailbox_api import IMAPSession
-from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
 from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools._attachments import AttachmentLinkInput, get_mail_attachment_link
 from mailmcp._tools._writing import SendInput, send_mail_message
-from mailmcp._web import Router
 from tests.harness import Services, free_port
+from tests.integration.attachments_world import (
+    S3_ENV,
+    SinkSite,
+    World,
+    download,
+    fresh_account,
+    multipart,
+)
 
 pytestmark = pytest.mark.integration
-
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testkey", "AWS_SECRET_ACCESS_KEY": "testsecret", "AWS_REGION": "us-east-1"}
-
-
-class ShiftedReactor:
-    """The real reactor, with a clock that a test can move forward (expiry)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def seconds(self) -> float:
-        return float(reactor.seconds()) + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(reactor, name)
-
-
-class _SinkResource(resource.Resource):
-    isLeaf = True
-
-    def render(self, request: Any) -> bytes:
-        if request.path.startswith(b"/redirect"):
-            request.setResponseCode(302)
-            request.setHeader(b"location", b"http://169.254.169.254/latest/meta-data/")
-            return b""
-        return b"SINK"
-
-
-class SinkSite(server.Site):
-    """An HTTP server that counts every TCP connection made to it."""
-
-    connections = 0
-
-    def buildProtocol(self, addr: Any) -> Any:
-        self.connections += 1
-        return super().buildProtocol(addr)
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[SinkSite, int]]:
-    site = SinkSite(_SinkResource())
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    yield site, port.getHost().port
-    pytest_twisted.blockon(port.stopListening())
-
-
-_SPARE: list[MailAccount] = []
-
-
-def fresh_account(services: Services) -> MailAccount:
-    """
-    A brand-new Dovecot user with IMAPS and SMTPS on the harness servers.
-    Dovecot re-reads its passwd-file at most once a second, so users are
-    made a batch at a time, a second before they are needed.
-    """
-    if not _SPARE:
-        for _ in range(24):
-            _SPARE.append(_new_account(services))
-        time.sleep(1.2)
-    return _SPARE.pop()
-
-
-def _new_account(services: Services) -> MailAccount:
-    email = f"a{uuid.uuid4().hex[:10]}@example.test"
-    password = "pw-" + uuid.uuid4().hex[:8]
-    services.add_user(email, password)
-    return MailAccount(
-        owner="grant-" + uuid.uuid4().hex,
-        email=email,
-        full_name="Attachment Tester",
-        imap=MailServer(host="localhost", port=services.imaps_port, security="tls"),
-        imap_username=email,
-        imap_password=password,
-        smtp=MailServer(host="localhost", port=services.smtps_port, security="tls"),
-        smtp_username=email,
-        smtp_password=password,
-    )
-
-
-@attrs.define
-class World:
-    """One store of the given kind, with everything a test needs around it."""
-
-    kind: str
-    store: Any
-    shifted: ShiftedReactor
-    services: ToolServices
-    harness: Services
-    s3_client: Any = None
-    s3_calls: list[str] = attrs.Factory(list)
-    s3_threads: list[str] = attrs.Factory(list)
-    write_threads: list[str] = attrs.Factory(list)
-
-    def ctx(self, account: MailAccount) -> ToolContext:
-        return ToolContext(account=account, services=self.services)
-
-    async def count_objects(self) -> int:
-        if self.kind == "local":
-            return sum(1 for p in self.store.root.rglob("*") if p.is_file())
-        response = await threads.deferToThread(
-            self.s3_client.list_objects_v2, Bucket=self.store.bucket, Prefix=self.store.prefix
-        )
-        return int(response.get("KeyCount", 0))
-
-
-@pytest.fixture(params=["local", "s3"])
-def world(request: pytest.FixtureRequest, services: Services, tmp_path: Path) -> Iterator[World]:
-    pool = ThreadPool(minthreads=0, maxthreads=4, name="att-int")
-    pool.start()
-    shifted = ShiftedReactor()
-    keyring = KeyRing([new_master_key()])
-    listening = None
-    s3_client = None
-    if request.param == "local":
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        store: Any = LocalAttachmentStore(tmp_path / "attachments", keyring, shifted, pool, base_url,
-                                          link_lifetime=600)
-        site = MailMCPSite(Router([("/attachments/", AttachmentDownloads(store).app.resource())]),
-                           max_body=1 << 20, reactor=reactor)
-        listening = reactor.listenTCP(port, site, interface="127.0.0.1")
-    else:
-        harness = request.getfixturevalue("s3")
-        env = dict(S3_ENV, MAILMCP_S3_ENDPOINT=harness.s3_endpoint)
-        s3_client, credentials = make_s3_client(env)
-        store = S3AttachmentStore(s3_client, credentials, S3Settings(f"s3://attachments/t-{uuid.uuid4().hex[:8]}"),
-                                  keyring, shifted, pool, link_lifetime=600)
-    imap = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=15.0)
-    tool_services = ToolServices(reactor=shifted, config=None, imap=imap,
-                                 smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=30.0),
-                                 attachments=store)
-    w = World(request.param, store, shifted, tool_services, services, s3_client)
-    if s3_client is not None:
-        s3_client.meta.events.register("before-call.s3", lambda model, **kw: w.s3_calls.append(model.name))
-        s3_client.meta.events.register(
-            "before-call.s3.PutObject", lambda **kw: w.s3_threads.append(threading.current_thread().name)
-        )
-    else:
-        original = store._write
-
-        def spy(*args: Any) -> Any:
-            w.write_threads.append(threading.current_thread().name)
-            return original(*args)
-
-        store._write = spy
-    yield w
-    if imap.running or imap.open_connections:
-        pytest_twisted.blockon(imap.stopService())
-    if listening is not None:
-        pytest_twisted.blockon(listening.stopListening())
-    pool.stop()
-
-
-def multipart(payload: bytes, filename: str, subtype: str = "octet-stream", to: str = "x@example.test") -> bytes:
-    message = MIMEMultipart()
-    message["From"] = "Sender <sender@example.test>"
-    message["To"] = to
-    message["Subject"] = "with attachment"
-    message["Message-ID"] = f"<{uuid.uuid4().hex}@example.test>"
-    message.attach(MIMEText("See the attachment.\n"))
-    part = MIMEApplication(payload, _subtype=subtype)
-    part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", filename))
-    message.attach(part)
-    return message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 async def link_for(world: World, account: MailAccount, part: str = "2", **kw: Any) -> Any:
     return await get_mail_attachment_link(
         world.ctx(account), AttachmentLinkInput(folder="INBOX", uid=kw.pop("uid", 1), part=part, **kw)
     )
-
-
-async def download(url: str) -> tuple[int, Any, bytes]:
-    """GET with a bare Agent: no redirects followed, no content decoding, no connection reuse."""
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    response = await agent.request(b"GET", url.encode("ascii"))
-    body = await readBody(response)
-    # Twisted's client moves Content-Length out of the headers into .length.
-    headers = response.headers.copy()
-    if isinstance(response.length, int):
-        headers.setRawHeaders("content-length", [str(response.length)])
-    return response.code, headers, body
 
 
 @pytest_twisted.ensureDeferred

@@ -304,7 +304,7 @@ def test_generated_id_too_big_for_compact_form_is_filed_in_the_store(
 
 def test_revoke_client_works_for_registered_and_metadata_ids(services, daemon_factory, documents) -> None:
     """--revoke-client takes a registered short id or a metadata URL as it is: its login page is refused afterwards."""
-    from tests.integration.test_generate import generate_json
+    from tests.integration.generate_cli import generate_json
 
     url = documents.serve("/allowed/revoked.json",
                           metadata_document(documents.base + "/allowed/revoked.json", "Soon Revoked"))

@@ -16,15 +16,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Services
-from tests.integration.test_acceptance import (  # noqa: F401 (deployment, assistants: fixtures)
-    BLOB,
-    Mailbox,
-    assert_clean_log,
-    assistants,
-    check_login,
-    deployment,
-    fresh_users,
-)
+from tests.integration.acceptance import BLOB, Mailbox, assert_clean_log, check_login, fresh_users
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,7 @@ original in the user's mailbox.
 from __future__ import annotations
 
 import email
-import os
-import uuid
 from email import policy
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -26,38 +23,18 @@ from mailmcp._tools._conversation import (
     ReplyInput,
 )
 from tests.harness import Services
-from tests.integration.test_smtp_live import fresh_users, wait_for_mail
-from tests.integration.test_writing_tools_live import (  # noqa: F401 (tools: fixture)
+from tests.integration.mail_live import (
+    BLOB,
     _client,
     account,
     append,
     folder,
-    tools,
+    fresh_users,
+    original,
+    wait_for_mail,
 )
 
 pytestmark = pytest.mark.integration
-
-BLOB = os.urandom(30_000) + b"\r\n.\r\n\x00" + bytes(range(256))
-
-
-def original(sender: str, to: list[str], cc: list[str] = (), *, attachment: bool = False,  # type: ignore[assignment]
-             subject: str = "RE: AW: Quarterly plan") -> tuple[bytes, str]:
-    """An original message as another mail client would have written it, and its Message-ID."""
-    message_id = f"<{uuid.uuid4().hex}@anna.example.test>"
-    message = EmailMessage(policy=policy.SMTP)
-    message["From"] = f"Anna Berg <{sender}>"
-    message["To"] = ", ".join(to)
-    if cc:
-        message["Cc"] = ", ".join(cc)
-    message["Subject"] = subject
-    message["Date"] = "Thu, 03 Dec 2026 10:05:00 +0100"
-    message["Message-ID"] = message_id
-    message["In-Reply-To"] = "<second@example.test>"
-    message["References"] = "<root@example.test> <second@example.test>"
-    message.set_content("Here is the plan.\nComments welcome.\n")
-    if attachment:
-        message.add_attachment(BLOB, maintype="application", subtype="octet-stream", filename="plan.bin")
-    return message.as_bytes(), message_id
 
 
 def parsed(raw: bytes) -> Any:

@@ -15,10 +15,8 @@ import pytest
 import pytest_twisted
 
 from tests.harness import Services
+from tests.integration.mail_live import append, folder, original
 from tests.integration.mcp_loopback import call, rpc
-from tests.integration.test_conversation_tools_live import original
-from tests.integration.test_writing_tools_live import append, folder
-from tests.integration.test_writing_tools_mcp import endpoint  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 

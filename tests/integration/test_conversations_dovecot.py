@@ -43,7 +43,7 @@ from mailmcp._tools._reading import (
 from mailmcp._tools._threads import ThreadInput, get_mail_thread
 from mailmcp._untrusted import unmark_body
 from tests.harness import Services
-from tests.integration.test_reading_tools_dovecot import Wire, plain
+from tests.integration.dovecot_wire import Wire, plain
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ import pytest_twisted
 
 from mailmcp._untrusted import unmark_body
 from tests.harness import Services
+from tests.integration.dovecot_wire import Wire, plain
 from tests.integration.mcp_loopback import call, rpc, serve_mcp
-from tests.integration.test_reading_tools_dovecot import Wire, plain
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import free_port, generate_client
-from tests.integration.test_login_browser import browser, callback_server, fill  # noqa: F401
+from tests.integration.chromium import fill
 
 pytestmark = pytest.mark.integration
 

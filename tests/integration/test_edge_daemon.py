@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from tests.harness import free_port, generate_client
-from tests.integration.test_oauth_mcp_flow import run_client
+from tests.integration.oauth_mcp_run import run_client
 
 pytestmark = pytest.mark.integration
 

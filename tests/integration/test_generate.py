@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import os
 import re
 import sqlite3
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,26 +25,10 @@ from twisted.internet.task import Clock
 from mailmcp._clients import DEFAULT_REDIRECT_URIS, Client, open_client
 from mailmcp._keyring import KeyRing, load_or_create_keyring, read_keyring_file
 from mailmcp._tokens import InvalidToken, TokenCodec
-from tests.harness import ROOT, TWISTD, Daemon
+from tests.harness import Daemon
+from tests.integration.generate_cli import generate, generate_json, sealed_kid
 
 SERVERS = ["--imap-host", "imap.example.com", "--smtp-host", "smtp.example.com"]
-
-
-def generate(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``twistd mailmcp-generate`` in C{cwd} with a clean environment."""
-    process_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILMCP_")}
-    process_env["PYTHONPATH"] = str(ROOT) + os.pathsep + process_env.get("PYTHONPATH", "")
-    process_env.update(env or {})
-    return subprocess.run([*TWISTD, "mailmcp-generate", *args], cwd=str(cwd), env=process_env,
-                          capture_output=True, text=True, timeout=60)
-
-
-def generate_json(cwd: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = generate(cwd, "--json", *args, env=env)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
 
 
 def open_with_state(state_dir: Path, client_id: str) -> Client:
@@ -59,14 +40,6 @@ def open_with_state(state_dir: Path, client_id: str) -> Client:
         with sqlite3.connect(state_dir / "mailmcp.sqlite3") as db:
             sealed = db.execute("SELECT sealed FROM clients WHERE client_id = ?", (client_id,)).fetchone()[0]
     return open_client(TokenCodec(ring, Clock()), client_id, sealed)
-
-
-def sealed_kid(client_id: str, kids: list[str]) -> str:
-    """The key a compact client id is sealed under: its first 4 bytes are SHA-256(kid)[:4]."""
-    token = client_id.split(".", 1)[1]
-    tag = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))[:4]
-    (kid,) = [k for k in kids if hashlib.sha256(k.encode()).digest()[:4] == tag]
-    return kid
 
 
 def test_json_output(tmp_path: Path) -> None:

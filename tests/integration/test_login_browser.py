@@ -12,69 +12,18 @@ import base64
 import hashlib
 import json
 import secrets
-import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import generate_client
+from tests.integration.chromium import fill
 
 pytestmark = pytest.mark.integration
-
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--window-size=900,1200"]
-
-
-class _Callback(BaseHTTPRequestHandler):
-    hits: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802
-        _Callback.hits.append(self.path)
-        body = b"<!DOCTYPE html><title>callback</title><p id=done>Connected. You can close this tab.</p>"
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def callback_server() -> Iterator[str]:
-    """A tiny loopback HTTP listener playing the OAuth client's redirect target."""
-    server = HTTPServer(("127.0.0.1", 0), _Callback)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Callback.hits = []
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/callback"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
@@ -92,13 +41,6 @@ def flow(services, daemon_factory, callback_server):
     url = daemon.base_url + "/oauth/authorize?" + urllib.parse.urlencode(params)
     return {"daemon": daemon, "client": client, "verifier": verifier, "state": state, "url": url,
             "redirect_uri": callback_server}
-
-
-def fill(browser, username: str, password: str) -> None:
-    browser.find_element(By.ID, "email").send_keys(username)
-    browser.find_element(By.ID, "full_name").send_keys("Browser Tester")
-    browser.find_element(By.ID, "imap_username").send_keys(username)
-    browser.find_element(By.ID, "imap_password").send_keys(password)
 
 
 def test_same_credentials_checkbox_hides_smtp_fields(browser, flow, artifacts) -> None:

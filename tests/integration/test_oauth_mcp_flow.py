@@ -8,27 +8,15 @@ and calling tools, then rotating and reusing a refresh token.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, generate_client
+from tests.harness import generate_client
+from tests.integration.oauth_mcp_run import run_client
 
 pytestmark = pytest.mark.integration
-
-SCRIPT = Path(__file__).with_name("oauth_mcp_client.py")
-
-
-def run_client(config: dict) -> dict:
-    result = subprocess.run([sys.executable, str(SCRIPT), json.dumps(config)], capture_output=True,
-                            text=True, timeout=120, cwd=str(ROOT))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("kind", ["confidential", "public", "confidential-redis"])

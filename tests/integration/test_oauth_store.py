@@ -22,39 +22,15 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from mailmcp._grants import REFRESH_GRACE, USED_CODE_MARGIN, GrantRecord, MemoryGrantStore
+from mailmcp._grants import REFRESH_GRACE, USED_CODE_MARGIN
 from mailmcp._store_redis import RedisGrantStore, parse_redis_url
 from mailmcp._store_sqlite import SQLiteGrantStore
 from mailmcp._tokens import InvalidToken
 from mailmcp.interfaces import IGrantStore
+from tests.integration.grant_records import NOW, record
 from tests.unit.oauth_helpers import BASE, REDIRECT, Server, make_server, pkce
 
 pytestmark = pytest.mark.integration
-
-NOW = 1_800_000_000
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_and_clock(request, tmp_path: Path):
-    clock = Clock()
-    clock.advance(NOW)
-    if request.param == "memory":
-        yield MemoryGrantStore(clock), clock
-    elif request.param == "sqlite":
-        store = SQLiteGrantStore(tmp_path / "grants.sqlite3", clock)
-        yield store, clock
-        store.close()
-    else:
-        services = request.getfixturevalue("services")
-        store = RedisGrantStore(services.redis_url, clock, prefix=f"test-{secrets.token_hex(4)}:")
-        store.connect()
-        yield store, clock
-        pytest_twisted.blockon(store.disconnect())
-
-
-def record(grant_id: str | None = None, expires: int = NOW + 60, client: str = "c1") -> GrantRecord:
-    return GrantRecord(grant_id=grant_id or secrets.token_hex(16), client_ref=client,
-                       sealed=b"\x00\xffsealed" + secrets.token_bytes(20), created=NOW, expires=expires)
 
 
 def test_provides_interface(store_and_clock) -> None:

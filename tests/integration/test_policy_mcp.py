@@ -28,10 +28,15 @@ from mailmcp._tls import MailTLS
 from mailmcp._toolkit import ToolServices
 from mailmcp._untrusted import unmark_body
 from tests.harness import Services
+from tests.integration.mail_live import (
+    ScriptedFactory,
+    account,
+    append,
+    folder,
+    fresh_users,
+    original,
+)
 from tests.integration.mcp_loopback import call, serve_mcp
-from tests.integration.test_conversation_tools_live import original
-from tests.integration.test_smtp_live import ScriptedFactory, fresh_users
-from tests.integration.test_writing_tools_live import account, append, folder
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ import pytest_twisted
 
 from mailmcp._untrusted import unmark_body
 from tests.harness import Services
+from tests.integration.dovecot_wire import Wire, expunge, plain
 from tests.integration.mcp_loopback import call, rpc, serve_mcp
-from tests.integration.test_reading_tools_dovecot import Wire, expunge, plain
 
 pytestmark = pytest.mark.integration
 

@@ -43,8 +43,8 @@ from tests.harness import (
 )
 from tests.helpers import until
 from tests.hostile import mcp_http
-from tests.integration.test_send_limits import count
-from tests.integration.test_smtp_live import fresh_users
+from tests.integration.mail_live import fresh_users
+from tests.integration.send_limit_client import count
 
 pytestmark = pytest.mark.integration
 

@@ -34,8 +34,7 @@ from mailmcp._tokens import TokenCodec
 from mailmcp._tools import all_tools
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
-from tests.integration.test_login_browser import browser, callback_server  # noqa: F401 (fixtures)
-from tests.integration.test_smtp_live import fresh_users
+from tests.integration.mail_live import fresh_users
 
 pytestmark = pytest.mark.integration
 

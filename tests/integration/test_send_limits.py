@@ -15,8 +15,6 @@ and MCP ``tools/call`` over HTTP, with Postfix delivering to Dovecot:
 from __future__ import annotations
 
 import email
-import imaplib
-import ssl
 from email import policy
 from typing import Any
 
@@ -26,37 +24,10 @@ from twisted.internet import threads
 
 from tests.harness import Services, generate_client
 from tests.hostile import mcp_http
-from tests.integration.test_smtp_live import fresh_users, wait_for_mail
+from tests.integration.mail_live import fresh_users, wait_for_mail
+from tests.integration.send_limit_client import count, login, send
 
 pytestmark = pytest.mark.integration
-
-
-def _count(services: Services, user: str, password: str, folder: str) -> int:
-    """Messages in C{folder} (STATUS), over the stdlib IMAP client."""
-    context = ssl.create_default_context(cafile=str(services.ca_file))
-    with imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context) as client:
-        client.login(user, password)
-        typ, data = client.status(f'"{folder}"', "(MESSAGES)")
-        assert typ == "OK", data
-        raw = data[0].decode() if isinstance(data[0], bytes) else str(data[0])
-        return int(raw.rsplit("MESSAGES", 1)[1].strip(" )"))
-
-
-async def count(services: Services, user: str, password: str, folder: str) -> int:
-    return await threads.deferToThread(_count, services, user, password, folder)
-
-
-async def login(daemon: Any, client: dict[str, Any], user: str, password: str) -> str:
-    tokens = await threads.deferToThread(mcp_http.login, daemon.base_url, client, user, password)
-    token: str = tokens["access_token"]
-    return token
-
-
-async def send(daemon: Any, token: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = await threads.deferToThread(
-        mcp_http.call, daemon.base_url, token, "send_mail_message", arguments
-    )
-    return result
 
 
 @pytest_twisted.ensureDeferred

@@ -9,8 +9,6 @@ Delivered mail is read back over IMAPS with the stdlib client in a thread.
 from __future__ import annotations
 
 import base64
-import imaplib
-import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,43 +16,20 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
-from twisted.protocols.basic import LineReceiver
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
 from mailmcp._compose import compose, make_message_id, parse_addresses
 from mailmcp._smtp import SMTPAuthFailed, SMTPOutcomeUnknown, SMTPSender, SMTPSendFailed
 from mailmcp._tls import MailTLS
 from tests.harness import Services
 from tests.helpers import ClockedReactor, live_account, until
+from tests.integration.mail_live import fresh_users, smtp_account_plain, wait_for_mail
 
 pytestmark = pytest.mark.integration
-
-
-def fresh_users(services: Services, count: int) -> list[tuple[str, str]]:
-    """
-    C{count} brand-new Dovecot users (empty mailboxes of their own); SMTP
-    AUTH and LMTP delivery use the same passwd-file.
-
-    Dovecot re-reads the passwd-file at most once per wall-clock second, so
-    a user added in the second of the last re-read stays unknown until the
-    next second: wait for it (once for all the users).
-    """
-    made = []
-    with open(services.svc / "users", "a", encoding="utf-8") as f:
-        for _ in range(count):
-            email = f"w{uuid.uuid4().hex[:10]}@example.test"
-            password = "pw-" + uuid.uuid4().hex[:8]
-            f.write(f"{email}:{{PLAIN}}{password}::::::\n")
-            made.append((email, password))
-    time.sleep(1.05 - time.time() % 1)
-    return made
 
 
 def fresh_user(services: Services) -> tuple[str, str]:
@@ -66,30 +41,6 @@ def smtp_account(services: Services, email: str, password: str, security: str = 
                  host: str = "localhost", port: int | None = None) -> MailAccount:
     return live_account(services, email, password, full_name="Writer", smtp_security=security,
                         smtp_host=host, smtp_port=port)
-
-
-def _inbox(services: Services, email: str, password: str) -> list[bytes]:
-    context = ssl.create_default_context(cafile=str(services.ca_file))
-    with imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context) as client:
-        client.login(email, password)
-        client.select("INBOX", readonly=True)
-        _, data = client.uid("SEARCH", "ALL")
-        out = []
-        for uid in data[0].split():
-            _, parts = client.uid("FETCH", uid, "(BODY.PEEK[])")
-            out.append(parts[0][1])
-        return out
-
-
-async def wait_for_mail(services: Services, email: str, password: str, count: int = 1,
-                        timeout: float = 15.0) -> list[bytes]:
-    """The messages in C{email}'s INBOX once there are at least C{count} (Postfix delivers async)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        messages = await threads.deferToThread(_inbox, services, email, password)
-        if len(messages) >= count or time.monotonic() > deadline:
-            return messages
-        await deferLater(reactor, 0.2, lambda: None)
 
 
 def sender_for(services: Services, timeout: float = 20.0) -> SMTPSender:
@@ -262,76 +213,6 @@ async def test_bcc_recipient_receives_and_is_never_revealed(services: Services) 
 # -- scripted misbehaving servers ----------------------------------------------
 
 
-class ScriptedSMTP(LineReceiver):
-    """
-    A minimal ESMTP server (AUTH PLAIN, no TLS) that records each complete
-    DATA transaction and then behaves as its factory's C{after_data} says:
-    ``drop`` closes the connection without a reply, ``silent`` never replies.
-    """
-
-    factory: ScriptedFactory
-
-    def connectionMade(self) -> None:
-        self.factory.connections += 1
-        self.in_data = False
-        self.lines: list[bytes] = []
-        self.sendLine(b"220 scripted.example ESMTP")
-
-    def lineReceived(self, line: bytes) -> None:
-        if self.in_data:
-            if line == b".":
-                self.in_data = False
-                self.factory.transactions.append(b"\r\n".join(self.lines))
-                if self.factory.after_data == "drop":
-                    self.transport.abortConnection()  # type: ignore[attr-defined]
-                elif self.factory.after_data == "ok":
-                    self.sendLine(b"250 2.0.0 queued")
-                return
-            self.lines.append(line)
-            return
-        verb = line.split(b" ", 1)[0].upper()
-        if verb == b"EHLO":
-            self.sendLine(b"250-scripted.example")
-            self.sendLine(b"250 AUTH PLAIN LOGIN")
-        elif verb == b"AUTH":
-            self.sendLine(b"235 2.7.0 ok")
-        elif verb in (b"MAIL", b"RCPT", b"RSET"):
-            self.sendLine(b"250 ok")
-        elif verb == b"DATA":
-            self.in_data = True
-            self.lines = []
-            self.sendLine(b"354 go ahead")
-        elif verb == b"QUIT":
-            self.sendLine(b"221 bye")
-            self.transport.loseConnection()
-        else:
-            self.sendLine(b"502 unknown")
-
-
-class ScriptedFactory(Factory):
-    protocol = ScriptedSMTP
-
-    def __init__(self, after_data: str) -> None:
-        self.after_data = after_data
-        self.connections = 0
-        self.transactions: list[bytes] = []
-
-
-@pytest.fixture
-def scripted() -> Iterator[Any]:
-    ports: list[Any] = []
-
-    async def start(after_data: str) -> tuple[ScriptedFactory, int]:
-        factory = ScriptedFactory(after_data)
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        ports.append(port)
-        return factory, port.getHost().port
-
-    yield start
-    for port in ports:
-        pytest_twisted.blockon(port.stopListening())
-
-
 @pytest_twisted.ensureDeferred
 async def test_connection_dropped_after_data_is_unknown_and_not_resent(scripted: Any) -> None:
     """
@@ -374,11 +255,3 @@ async def test_silent_server_after_data_hits_the_deadline_as_unknown(scripted: A
     assert len(factory.transactions) == 1 and factory.connections == 1
 
 
-def smtp_account_plain(port: int) -> MailAccount:
-    return MailAccount(
-        owner="grant-scripted", email="alice@example.test", full_name="Alice",
-        imap=MailServer(host="127.0.0.1", port=1, security="plain"),
-        imap_username="alice@example.test", imap_password="x",
-        smtp=MailServer(host="127.0.0.1", port=port, security="plain"),
-        smtp_username="alice@example.test", smtp_password="x",
-    )

@@ -30,7 +30,6 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.hostile import mcp_http
-from tests.integration.test_login_browser import browser, callback_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 

@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import base64
 import email
-import imaplib
 import os
-import ssl
 import uuid
-from collections.abc import Iterator
 from email import policy
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 
-from mailmcp._account import MailAccount
-from mailmcp._imap import IMAPPool
-from mailmcp._smtp import SMTPSender
-from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolError
 from mailmcp._tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     DELETE_MAIL_MESSAGE,
@@ -42,80 +35,12 @@ from mailmcp._tools._writing import (
     SendInput,
 )
 from tests.harness import Services
-from tests.helpers import ClockedReactor, live_account
-from tests.integration.test_smtp_live import fresh_users, scripted, wait_for_mail  # noqa: F401 (scripted: fixture)
+from tests.integration.mail_live import account, append, folder, fresh_users, sample, wait_for_mail
 
 pytestmark = pytest.mark.integration
 
 
-def account(services: Services, email_: str, password: str, smtp_security: str = "tls", *,
-            smtp_password: str | None = None, smtp_port: int | None = None) -> MailAccount:
-    return live_account(services, email_, password, full_name="Writer Wörld", smtp_security=smtp_security,
-                        smtp_host="127.0.0.1" if smtp_security == "plain" else "localhost",
-                        smtp_port=smtp_port, smtp_password=smtp_password)
-
-
-@pytest.fixture
-def tools(services: Services) -> Iterator[Any]:
-    """Build ToolContexts over a real pool and sender; the pool is stopped afterwards."""
-    pools: list[IMAPPool] = []
-
-    def make(acct: MailAccount, smtp_timeout: float = 20.0, smtp_clock: Any = None) -> ToolContext:
-        """C{smtp_clock}: the sender's deadlines run on this Clock (real sockets still)."""
-        pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=10.0)
-        pools.append(pool)
-        smtp_reactor = reactor if smtp_clock is None else ClockedReactor(reactor, smtp_clock)
-        sender = SMTPSender(smtp_reactor, MailTLS(services.ca_file), timeout=smtp_timeout)
-        return ToolContext(account=acct, services=ToolServices(reactor=reactor, config=None, imap=pool,
-                                                               smtp=sender))
-
-    yield make
-    for pool in pools:
-        if pool.running or pool.open_connections:
-            pytest_twisted.blockon(pool.stopService())
-
-
 # -- another client, over stdlib imaplib in a thread ---------------------------
-
-
-def _client(services: Services, user: str, password: str) -> imaplib.IMAP4_SSL:
-    context = ssl.create_default_context(cafile=str(services.ca_file))
-    client = imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context)
-    client.login(user, password)
-    return client
-
-
-def _folder(services: Services, user: str, password: str, folder: str) -> dict[int, tuple[bytes, bytes]]:
-    """UID -> (FLAGS response, raw message) of every message in C{folder}."""
-    with _client(services, user, password) as client:
-        client.select(f'"{folder}"', readonly=True)
-        _, data = client.uid("SEARCH", "ALL")
-        out = {}
-        for uid in data[0].split():
-            _, parts = client.uid("FETCH", uid, "(FLAGS BODY.PEEK[])")
-            out[int(uid)] = (parts[0][0], parts[0][1])
-        return out
-
-
-async def folder(services: Services, user: str, password: str, name: str) -> dict[int, tuple[bytes, bytes]]:
-    return await threads.deferToThread(_folder, services, user, password, name)
-
-
-def _append(services: Services, user: str, password: str, name: str, raw: bytes, flags: str = "") -> int:
-    with _client(services, user, password) as client:
-        typ, data = client.append(f'"{name}"', flags or None, None, raw)
-        assert typ == "OK", data
-        # [APPENDUID <uidvalidity> <uid>]
-        return int(data[0].split(b"]")[0].split()[-1])
-
-
-async def append(services: Services, user: str, password: str, name: str, raw: bytes, flags: str = "") -> int:
-    return await threads.deferToThread(_append, services, user, password, name, raw, flags)
-
-
-def sample(subject: str) -> bytes:
-    return (f"From: other@example.test\r\nTo: x@example.test\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{uuid.uuid4().hex}@example.test>\r\n\r\nbody {subject}\r\n").encode()
 
 
 # -- send ---------------------------------------------------------------------------

@@ -11,48 +11,19 @@ server hears anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from mailmcp._imap import IMAPPool
-from mailmcp._smtp import SMTPSender
-from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolServices
 from tests.harness import Services
-from tests.integration.mcp_loopback import call, rpc, serve_mcp
-from tests.integration.test_smtp_live import ScriptedFactory, fresh_users
-from tests.integration.test_writing_tools_live import account, append, folder, sample
+from tests.integration.mail_live import append, folder, sample
+from tests.integration.mcp_loopback import call, rpc
 
 pytestmark = pytest.mark.integration
 
 WRITING = ("send_mail_message", "create_draft_mail_message", "delete_mail_message", "move_mail_message",
            "update_mail_message_flags")
-
-
-@pytest.fixture
-def endpoint(services: Services) -> Iterator[Any]:
-    """An MCPApp on loopback for a fresh account whose SMTP server is a scripted one."""
-    ((user, password),) = fresh_users(services, 1)
-    smtp = ScriptedFactory("ok")
-    smtp_port = pytest_twisted.blockon(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(smtp))
-    acct = account(services, user, password, "plain", smtp_port=smtp_port.getHost().port)
-    pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=10.0)
-    imap_commands: list[Any] = []
-    pool.command_observers.append(lambda *event: imap_commands.append(event))
-    services_ = ToolServices(reactor=reactor, config=None, imap=pool,
-                             smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=10.0))
-    url, token, port = serve_mcp(acct, services_)
-    yield SimpleNamespace(url=url, token=token, smtp=smtp, pool=pool, imap=imap_commands,
-                          user=user, password=password)
-    pytest_twisted.blockon(port.stopListening())
-    pytest_twisted.blockon(smtp_port.stopListening())
-    pytest_twisted.blockon(pool.stopService())
 
 
 @pytest_twisted.ensureDeferred

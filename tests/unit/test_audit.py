@@ -24,8 +24,8 @@ from mailmcp._grants import client_ref
 from mailmcp._mcp import MCPApp
 from mailmcp._toolkit import Tool, ToolContext, ToolError
 from mailmcp.testing import FakeTokenVerifier, make_account
+from tests.unit.mcp_client import TOKEN, Client, call, make_config
 from tests.unit.oauth_helpers import make_server
-from tests.unit.test_mcp import TOKEN, Client, call, make_config
 
 CANARY_SUBJECT = "Canary-Subject-7f3a"
 CANARY_BODY = "Canary-Body-91bc"
@@ -164,7 +164,7 @@ def test_oauth_and_account_page_events_through_http(tmp_path: Path) -> None:
     """
     from mailmcp._account_page import AccountApp
     from mailmcp._grants import AccountGrants
-    from tests.unit.test_account_page import AccountServer, session_of, sign_in
+    from tests.unit.account_server import AccountServer, session_of, sign_in
 
     server = make_server(tmp_path, server_class=AccountServer)
     assert isinstance(server, AccountServer)

@@ -23,14 +23,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto import jwe, jwk
 from klein import Klein
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -49,37 +47,16 @@ from mailmcp._mcp import MCPApp
 from mailmcp._tokens import InvalidToken, TokenCodec
 from mailmcp._web import HealthApp, Router
 from mailmcp.testing import echo_tool
+from tests.unit.forge import b64, forge
+from tests.unit.mcp_client import Client
 from tests.unit.oauth_helpers import BASE, REDIRECT, Server, make_server, pkce
-from tests.unit.test_mcp import Client
 
 PRM = f'resource_metadata="{BASE}/.well-known/oauth-protected-resource/mcp"'
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Server:
     return make_server(tmp_path)
-
-
-def forge(
-    key: bytes, header: dict[str, Any], claims: dict[str, Any], *, deflate: bool = False
-) -> str:
-    """
-    A compact ``dir``/A256GCM JWE built by hand (jwcrypto would refuse some
-    of these headers on the way out): AES-GCM under C{key} with the encoded
-    protected header as AAD, exactly as RFC 7516 §5.1 prescribes.
-    """
-    protected = b64(json.dumps(header, separators=(",", ":")).encode())
-    plaintext = json.dumps(claims, separators=(",", ":")).encode()
-    if deflate:
-        squeeze = zlib.compressobj(wbits=-15)
-        plaintext = squeeze.compress(plaintext) + squeeze.flush()
-    iv = secrets.token_bytes(12)
-    sealed = AESGCM(key).encrypt(iv, plaintext, protected.encode("ascii"))
-    return ".".join([protected, "", b64(iv), b64(sealed[:-16]), b64(sealed[-16:])])
 
 
 def live_claims(server: Server) -> tuple[dict[str, Any], dict[str, Any]]:

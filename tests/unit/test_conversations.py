@@ -33,8 +33,8 @@ from mailmcp._tools._threads import ThreadInput, get_mail_thread, header_criteri
 from mailmcp._untrusted import unmark_body
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer
 from tests.helpers import run
-from tests.unit.test_imap_protocol import CAPS, logged_in, opened, result_of
-from tests.unit.test_imap_protocol import run as start
+from tests.unit.imap_wire import CAPS, logged_in, opened, result_of
+from tests.unit.imap_wire import run as start
 
 QRESYNC_CAPS = CAPS + b" CONDSTORE QRESYNC ENABLE UNSELECT THREAD=REFERENCES"
 

@@ -20,7 +20,7 @@ from mailmcp._paths import (
     strip_base_path,
 )
 from mailmcp._web import Router
-from tests.unit.test_mcp import (
+from tests.unit.mcp_client import (
     BASE,
     INITIALIZE,
     MODERN,
@@ -198,7 +198,10 @@ def test_strip_base_path(path: bytes, expected: bytes) -> None:
 
 def test_mcp_challenge_names_path_inserted_metadata() -> None:
     """Under a base URL with a path, the 401 challenge points at the path-inserted PRM URL."""
-    from tests.unit.test_mcp import FakeTokenVerifier, MCPApp, SimpleNamespace, echo_tool
+    from types import SimpleNamespace
+
+    from mailmcp._mcp import MCPApp
+    from mailmcp.testing import FakeTokenVerifier, echo_tool
 
     config = make_config(base_url="https://host.example/mail")
     app = MCPApp(config, FakeTokenVerifier({}), SimpleNamespace(), [echo_tool()])

@@ -10,7 +10,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_mcp import BASE, INITIALIZE, PRM, TOKEN, Client, make_app
+from tests.unit.mcp_client import BASE, INITIALIZE, PRM, TOKEN, Client, make_app
 
 header_bytes = st.binary(max_size=300).filter(lambda b: not any(c in b for c in b"\r\n\x00"))
 credentials = st.one_of(

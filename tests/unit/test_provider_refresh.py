@@ -42,8 +42,8 @@ from mailmcp._smtp import SMTPAuthFailed, SMTPSender
 from mailmcp._tls import MailTLS
 from mailmcp._tokens import InvalidToken, TokenCodec
 from mailmcp._toolkit import imap_tool_error
+from tests.unit.imap_script import ScriptedEndpoint, ScriptedServer, ServerTransport
 from tests.unit.provider_fake import profile
-from tests.unit.test_imap_pool_unit import ScriptedEndpoint, ScriptedServer, ServerTransport
 
 MCP = "https://mail.example.test/mcp"
 NOW = 1_800_000_000
@@ -460,7 +460,8 @@ def test_async_provider_lookup_and_an_unconfigured_provider(world: World) -> Non
 
 def test_ended_account_answers_every_tool_call_with_the_reconnect_message() -> None:
     """MCP: a tool call of an ended grant is an isError result (HTTP 200), not a 401 or a tool run."""
-    from tests.unit.test_mcp import TOKEN, Client, call, make_account, make_app
+    from mailmcp.testing import make_account
+    from tests.unit.mcp_client import TOKEN, Client, call, make_app
 
     app, verifier = make_app()
     message = "Example no longer allows mailmcp to use this mailbox. Sign in again with Example."

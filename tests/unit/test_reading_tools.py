@@ -33,19 +33,7 @@ from mailmcp._tools._reading import (
 from mailmcp._untrusted import unmark_body
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
 from tests.helpers import run
-
-
-def plain(subject: str, body: str = "hello", sender: str = "Ann <ann@example.test>", **headers: str) -> bytes:
-    message = EmailMessage(policy=SMTP)
-    message["From"] = sender
-    message["To"] = "alice@example.test"
-    message["Subject"] = subject
-    message["Date"] = "Tue, 07 Jan 2025 10:00:00 +0000"
-    message["Message-ID"] = f"<{abs(hash(subject))}@example.test>"
-    for name, value in headers.items():
-        message[name.replace("_", "-")] = value
-    message.set_content(body)
-    return message.as_bytes()
+from tests.unit.messages import plain
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from mailmcp._provider import ProviderTokens
 from mailmcp._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
 from mailmcp._smtp import SendResult, SMTPAuthFailed, SMTPSender
 from mailmcp._tls import MailTLS
-from tests.unit.test_imap_protocol import Wire, result_of, run
+from tests.unit.imap_wire import Wire, result_of, run
 
 TOKEN = "CANARY-access-token-91c2"
 ERROR_JSON = b'{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}'

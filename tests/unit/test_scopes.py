@@ -33,8 +33,8 @@ from mailmcp._scopes import (
 from mailmcp._tools import all_tools
 from mailmcp._verifier import GrantTokenVerifier
 from mailmcp.testing import FakeTokenVerifier, make_account
+from tests.unit.mcp_client import Client, call
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
-from tests.unit.test_mcp import Client, call
 
 ALL = "mail.read mail.organize mail.draft mail.send mail.delete"
 PRM_URL = f"{BASE}/.well-known/oauth-protected-resource/mcp"
@@ -396,7 +396,7 @@ def test_provision_records_no_cap_for_all_five(server: Server) -> None:
 
 def test_tools_list_is_not_for_shared_caches() -> None:
     """The 2026 tools/list result depends on the token, so it is cacheScope private."""
-    from tests.unit.test_mcp import modern, modern_headers
+    from tests.unit.mcp_client import modern, modern_headers
 
     client, _ = scoped_client("mail.read")
     code, body = client.rpc(modern("tools/list"), modern_headers("tools/list"))

@@ -19,7 +19,7 @@ from mailmcp._tools._reading import GetMessageInput, GetMessageOutput, get_mail_
 from mailmcp._untrusted import authentication, mark_body, spoof_warnings, unmark_body
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
 from tests.helpers import run
-from tests.unit.test_reading_tools import plain
+from tests.unit.messages import plain
 
 TRUSTED = "mx.example.test"
 
