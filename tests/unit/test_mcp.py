@@ -680,7 +680,7 @@ def test_client_disconnect_cancels_the_running_tool(logged: list[dict[str, Any]]
     from twisted.internet.error import ConnectionLost
     from twisted.python.failure import Failure
     from twisted.web.server import Request
-    from twisted.web.test.test_web import DummyChannel
+    from twisted.web.test.requesthelper import DummyChannel
 
     cancelled: list[bool] = []
 
