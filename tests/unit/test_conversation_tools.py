@@ -2,7 +2,7 @@
 Unit tests of reply_mail_message and forward_mail_message: the pure rules
 (subject prefixes, References, recipients, quoting) table-driven, and the
 handlers against the in-memory IMAP fake and the recording SMTP sender of
-``test_writing_tools``, asserting exactly what was sent, saved and flagged.
+``tests.unit.writable_imap``, asserting exactly what was sent, saved and flagged.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from mailmcp._tools._conversation import (
 )
 from mailmcp.testing import FakeIMAPPool, make_account
 from tests.helpers import run
-from tests.unit.test_writing_tools import FakeSender, WritableServer, WritableSession
+from tests.unit.writable_imap import FakeSender, WritableServer, WritableSession
 
 ME = "alice@example.test"
 

@@ -18,7 +18,7 @@ from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools._writing import SEND_MAIL_MESSAGE, SendInput
 from mailmcp.testing import FakeIMAPPool, make_account
 from tests.helpers import run
-from tests.unit.test_writing_tools import FakeSender, WritableServer
+from tests.unit.writable_imap import FakeSender, WritableServer
 
 LEASE = 60.0 + LEASE_MARGIN
 ARGS = SendInput(to="bob@example.test", subject="x", idempotency_key="order-7")

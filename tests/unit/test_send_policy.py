@@ -16,7 +16,7 @@ from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools._writing import SendInput, send_mail_message
 from mailmcp.testing import FakeIMAPPool, make_account
 from tests.helpers import run
-from tests.unit.test_writing_tools import FakeSender, WritableServer
+from tests.unit.writable_imap import FakeSender, WritableServer
 
 
 def test_parse_normalises_and_keeps_the_subdomain_dot() -> None:

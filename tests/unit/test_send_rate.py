@@ -28,7 +28,7 @@ from mailmcp._tools._writing import (
 from mailmcp.interfaces import ISendBudget
 from mailmcp.testing import FakeIMAPPool, make_account
 from tests.helpers import run
-from tests.unit.test_writing_tools import FakeSender, WritableServer, commands
+from tests.unit.writable_imap import FakeSender, WritableServer, commands
 
 HOUR = 3600.0
 
