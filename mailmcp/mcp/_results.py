@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import attrs
+import orjson
 from pydantic import ValidationError
 
 from .._jsonrpc import RequestId
@@ -104,6 +105,19 @@ class ToolText:
             ]
         parts.append("}}")
         return "".join(parts)
+
+
+def plain_json(data: dict[str, Any]) -> str:
+    """
+    The JSON text of a tool's plain output, encoded once by orjson: compact,
+    non-ASCII kept as UTF-8 (as ``ensure_ascii=False``).  What orjson
+    refuses (a lone surrogate from a broken header, an integer past 64
+    bits) goes through the standard library, and `ToolText` escapes it.
+    """
+    try:
+        return orjson.dumps(data).decode("utf-8")
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(data, ensure_ascii=False)
 
 
 #: What running a tool gives: its output as text, an ``isError`` result, or a refusal.

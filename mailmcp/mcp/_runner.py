@@ -31,6 +31,7 @@ from ._results import (
     ToolText,
     describe_validation_error,
     error_result,
+    plain_json,
 )
 
 log = Logger()
@@ -124,11 +125,18 @@ class ToolRunner:
                 output = await Deferred.fromCoroutine(awaitable)
             else:
                 output = await awaitable
-            if not isinstance(output, tool.output_model):
+            if isinstance(output, dict):
+                # Plain JSON-ready data in the output model's shape (a hot
+                # path): serialised once, never validated here; tests check
+                # it against the tool's outputSchema.
+                text = plain_json(output)
+            elif isinstance(output, tool.output_model):
+                structured = output.model_dump(mode="json", by_alias=True)
+                text = json.dumps(structured, ensure_ascii=False)
+            else:
                 raise TypeError(
                     f"tool returned {type(output).__name__}, not {tool.output_model.__name__}"
                 )
-            structured = output.model_dump(mode="json", by_alias=True)
             seen.output, seen.outcome = output, "ok"
         except ToolError as e:
             if e.message.startswith("Delivery status unknown"):
@@ -152,4 +160,4 @@ class ToolRunner:
             owner=account.owner,
             elapsed=time.monotonic() - started,
         )
-        return ToolText(json.dumps(structured, ensure_ascii=False))
+        return ToolText(text)
