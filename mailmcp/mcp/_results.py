@@ -76,20 +76,41 @@ class ToolText:
 
     def message(self, request_id: RequestId) -> bytes:
         """The whole JSON-RPC response, as `mailmcp._jsonrpc.encode` would write it."""
-        text = self.text
         try:
-            return self._assemble(request_id, text, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            # A lone surrogate from a broken header: escape, as `encode` does.
-            text = json.dumps(json.loads(text), ensure_ascii=True)
-            return self._assemble(request_id, text, ensure_ascii=True).encode("ascii")
+            body = self.text.encode("utf-8")
+            escaped = orjson.dumps(self.text)
+            ident = orjson.dumps(request_id)
+            meta = orjson.dumps(self.meta) if self.meta is not None else None
+        except (UnicodeEncodeError, TypeError):
+            # A lone surrogate from a broken header (or what else orjson
+            # refuses): escape, as `encode` does.
+            text = json.dumps(json.loads(self.text), ensure_ascii=True)
+            return self._assemble(request_id, text).encode("ascii")
+        parts = [
+            b'{"jsonrpc":"2.0","id":',
+            ident,
+            b',"result":{"content":[{"type":"text","text":',
+            escaped,
+            b"}]",
+        ]
+        if "structuredContent" in self.keys:
+            parts += [b',"structuredContent":', body]
+        if "isError" in self.keys:
+            parts.append(b',"isError":false')
+        if "resultType" in self.keys:
+            parts.append(b',"resultType":"complete"')
+        if meta is not None:
+            parts += [b',"_meta":', meta]
+        parts.append(b"}}")
+        return b"".join(parts)
 
-    def _assemble(self, request_id: RequestId, text: str, *, ensure_ascii: bool) -> str:
+    def _assemble(self, request_id: RequestId, text: str) -> str:
+        """The response as ASCII-only text (everything else \\u-escaped)."""
         parts = [
             '{"jsonrpc":"2.0","id":',
             json.dumps(request_id),
             ',"result":{"content":[{"type":"text","text":',
-            json.dumps(text, ensure_ascii=ensure_ascii),
+            json.dumps(text),
             "}]",
         ]
         if "structuredContent" in self.keys:
@@ -99,12 +120,13 @@ class ToolText:
         if "resultType" in self.keys:
             parts.append(',"resultType":"complete"')
         if self.meta is not None:
-            parts += [
-                ',"_meta":',
-                json.dumps(self.meta, ensure_ascii=ensure_ascii, separators=(",", ":")),
-            ]
+            parts += [',"_meta":', json.dumps(self.meta, separators=(",", ":"))]
         parts.append("}}")
         return "".join(parts)
+
+
+#: What running a tool gives: its output as text, an ``isError`` result, or a refusal.
+ToolResult = ToolText | dict[str, Any] | InsufficientScope
 
 
 def plain_json(data: dict[str, Any]) -> str:
@@ -118,10 +140,6 @@ def plain_json(data: dict[str, Any]) -> str:
         return orjson.dumps(data).decode("utf-8")
     except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
         return json.dumps(data, ensure_ascii=False)
-
-
-#: What running a tool gives: its output as text, an ``isError`` result, or a refusal.
-ToolResult = ToolText | dict[str, Any] | InsufficientScope
 
 
 def error_result(message: str) -> dict[str, Any]:

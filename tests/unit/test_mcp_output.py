@@ -21,6 +21,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from mailmcp._audit import targets
+from mailmcp._jsonrpc import encode
 from mailmcp._toolkit import ToolContext, ToolServices
 from mailmcp._tools import all_tools
 from mailmcp._tools._reading import (
@@ -173,3 +174,31 @@ def test_the_audit_trail_reads_plain_output_like_the_model() -> None:
     assert targets({"folder": "INBOX"}, output) == {
         "folder": "INBOX", "recipients": 2, "recipient_domains": ["one.test", "two.test"]}
     assert targets({"folder": "INBOX"}, {"messages": []}) == {"folder": "INBOX"}
+
+
+@pytest.mark.parametrize("request_id", [7, "req-é", 2**70])
+def test_tool_text_message_is_what_encode_would_write(request_id: Any) -> None:
+    """
+    The response ToolText assembles (bytes, orjson) parses to the same
+    message `encode` writes for the shaped result, with _meta and every
+    key, and the text content is exactly the structuredContent's JSON.
+    """
+    structured = {"s": "Zoë ✓ \"quoted\" \\ \n\t\x01", "n": [1, None], "u": "\u2028"}
+    tool_text = ToolText(plain_json(structured))
+    tool_text.keys = frozenset({"structuredContent", "isError", "resultType"})
+    tool_text.meta = {"io.modelcontextprotocol/serverInfo": {"name": "mailmcp"}}
+    raw = tool_text.message(request_id)
+    expected = encode({"jsonrpc": "2.0", "id": request_id, "result": {
+        "content": [{"type": "text", "text": tool_text.text}],
+        "structuredContent": structured, "isError": False, "resultType": "complete",
+        "_meta": tool_text.meta}})
+    got, want = json.loads(raw), json.loads(expected)
+    assert json.loads(got["result"]["content"][0]["text"]) == structured
+    if request_id == 2**70:
+        # orjson refuses it: the ASCII path (as for a lone surrogate) writes
+        # the same JSON \u-escaped, the text re-encoded by the standard library.
+        raw.decode("ascii")
+        got["result"]["content"] = want["result"]["content"]
+    else:
+        assert "Zoë ✓".encode() in raw
+    assert got == want
