@@ -125,18 +125,16 @@ class ToolRunner:
                 output = await Deferred.fromCoroutine(awaitable)
             else:
                 output = await awaitable
-            if isinstance(output, dict):
-                # Plain JSON-ready data in the output model's shape (a hot
-                # path): serialised once, never validated here; tests check
-                # it against the tool's outputSchema.
-                text = plain_json(output)
-            elif isinstance(output, tool.output_model):
-                structured = output.model_dump(mode="json", by_alias=True)
-                text = json.dumps(structured, ensure_ascii=False)
-            else:
-                raise TypeError(
-                    f"tool returned {type(output).__name__}, not {tool.output_model.__name__}"
+            text = _output_text(tool, output)
+            if text is None:
+                log.error(
+                    "tool {tool} for {owner} returned {kind}, not {model}",
+                    tool=tool.name,
+                    owner=account.owner,
+                    kind=type(output).__name__,
+                    model=tool.output_model.__name__,
                 )
+                return error_result(INTERNAL_TOOL_FAILURE)
             seen.output, seen.outcome = output, "ok"
         except ToolError as e:
             if e.message.startswith("Delivery status unknown"):
@@ -161,3 +159,17 @@ class ToolRunner:
             elapsed=time.monotonic() - started,
         )
         return ToolText(text)
+
+
+def _output_text(tool: Tool[Any, Any], output: Any) -> str | None:
+    """
+    The JSON text of a handler's output, or None if it is neither plain
+    data nor the tool's output model.  Plain JSON-ready data in the model's
+    shape (a hot path) is serialised once and never validated here; tests
+    check it against the tool's outputSchema.
+    """
+    if isinstance(output, dict):
+        return plain_json(output)
+    if isinstance(output, tool.output_model):
+        return json.dumps(output.model_dump(mode="json", by_alias=True), ensure_ascii=False)
+    return None
