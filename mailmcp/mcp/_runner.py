@@ -102,6 +102,10 @@ class ToolRunner:
         only cancellation escapes.  C{seen} is told the outcome and the output.
         """
         scopes = account.scopes
+        if account.ended:
+            # The mail provider ended this grant (provider sign-in): say so
+            # in the tool result; the next request gets the HTTP 401.
+            return error_result(account.ended)
         if tool.scopes_for is None and not tool.visible_to(scopes):
             return InsufficientScope(tool.name, tool.declared_scopes)
         try:
