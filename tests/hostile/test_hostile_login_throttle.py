@@ -229,7 +229,7 @@ def test_smtp_guessing_behind_a_valid_imap_login_is_throttled(
 
 
 def test_smtp_username_throttle_in_the_browser(
-    services: Services, daemon_factory: Any, pair: tuple[str, str], browser: Any, artifacts: Any  # noqa: F811
+    services: Services, daemon_factory: Any, pair: tuple[str, str], browser: Any, artifacts: Any
 ) -> None:
     """
     In the real Chromium: untick "use the same credentials", enter one's own

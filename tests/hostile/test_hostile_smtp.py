@@ -184,7 +184,7 @@ STAGES = {
 @pytest.mark.parametrize("stage", sorted(STAGES))
 @pytest_twisted.ensureDeferred
 async def test_failed_stage_is_clear_kept_in_drafts_never_retried(
-    services: Services, tools: Any, stage_server: Any, stage: str  # noqa: F811
+    services: Services, tools: Any, stage_server: Any, stage: str
 ) -> None:
     """
     SM-01/03/04/06 and the connect/EHLO/MAIL/DATA stages: the send fails

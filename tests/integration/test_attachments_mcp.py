@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def mcp(world: World) -> Iterator[Any]:  # noqa: F811
+def mcp(world: World) -> Iterator[Any]:
     verifier = FakeTokenVerifier()
     site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -69,7 +69,7 @@ async def call_tool(mcp: Any, token: str, name: str, arguments: dict[str, Any]) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_link_tool_over_mcp(world: World, mcp: Any) -> None:  # noqa: F811
+async def test_link_tool_over_mcp(world: World, mcp: Any) -> None:
     """get_mail_attachment_link over MCP returns a link (structured and as text) that downloads the bytes."""
     account = fresh_account(world.harness)
     token = "tok-" + uuid.uuid4().hex
@@ -87,7 +87,7 @@ async def test_link_tool_over_mcp(world: World, mcp: Any) -> None:  # noqa: F811
 
 
 @pytest_twisted.ensureDeferred
-async def test_send_with_foreign_urls_is_error_and_silent(world: World, mcp: Any, sink: tuple[SinkSite, int]) -> None:  # noqa: F811
+async def test_send_with_foreign_urls_is_error_and_silent(world: World, mcp: Any, sink: tuple[SinkSite, int]) -> None:
     """send/draft with URLs that are not our links are isError results, and nothing is contacted."""
     site, port = sink
     alice, bob = fresh_account(world.harness), fresh_account(world.harness)
@@ -109,7 +109,7 @@ async def test_send_with_foreign_urls_is_error_and_silent(world: World, mcp: Any
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_mail_message_lists_attachments_with_links(world: World, mcp: Any) -> None:  # noqa: F811
+async def test_get_mail_message_lists_attachments_with_links(world: World, mcp: Any) -> None:
     """get_mail_message gives each attachment a working link; reading the message again stores nothing new."""
     account = fresh_account(world.harness)
     token = "tok-" + uuid.uuid4().hex

@@ -35,7 +35,7 @@ def original(sender: str, recipient: str, tag: str) -> tuple[bytes, str]:
 
 
 def test_reply_forward_and_draft_through_the_daemon(
-    services: Services, deployment: SimpleNamespace, assistants: Any  # noqa: F811 (fixtures)
+    services: Services, deployment: SimpleNamespace, assistants: Any
 ) -> None:
     """
     Through the daemon and the real mcp client: a reply reaches Anna in the

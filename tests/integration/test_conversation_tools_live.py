@@ -54,7 +54,7 @@ def _fetch_section(services: Services, user: str, password: str, box: str, secti
 
 
 @pytest_twisted.ensureDeferred
-async def test_reply_is_in_the_thread_and_the_original_is_answered(services: Services, tools: Any) -> None:  # noqa: F811 (fixture)
+async def test_reply_is_in_the_thread_and_the_original_is_answered(services: Services, tools: Any) -> None:
     """
     Through Postfix: Anna's INBOX gets the reply with In-Reply-To = the
     original's Message-ID, References = its References + Message-ID, one
@@ -81,7 +81,7 @@ async def test_reply_is_in_the_thread_and_the_original_is_answered(services: Ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_reply_all_reaches_everyone_but_the_user(services: Services, tools: Any) -> None:  # noqa: F811 (fixture)
+async def test_reply_all_reaches_everyone_but_the_user(services: Services, tools: Any) -> None:
     """
     Reply-all to a mail that names the user in To (upper-cased) and Cc:
     Anna, Bob and Carol get it, To and Cc name exactly them (no Bcc), and
@@ -104,7 +104,7 @@ async def test_reply_all_reaches_everyone_but_the_user(services: Services, tools
 
 @pytest_twisted.ensureDeferred
 async def test_forward_carries_the_attachments_byte_exact_and_sets_forwarded(
-    services: Services, tools: Any  # noqa: F811 (fixture)
+    services: Services, tools: Any
 ) -> None:
     """
     An inline forward: Bob gets the note, the header block and the original
@@ -131,7 +131,7 @@ async def test_forward_carries_the_attachments_byte_exact_and_sets_forwarded(
 
 
 @pytest_twisted.ensureDeferred
-async def test_forward_as_attachment_is_the_original_byte_for_byte(services: Services, tools: Any) -> None:  # noqa: F811 (fixture)
+async def test_forward_as_attachment_is_the_original_byte_for_byte(services: Services, tools: Any) -> None:
     """as_attachment: Dovecot serves part 2 of Bob's copy (message/rfc822) as exactly the original's bytes."""
     (me, pw), (anna, _), (bob, bob_pw) = fresh_users(services, 3)
     raw, _ = original(anna, [me], attachment=True)
@@ -151,7 +151,7 @@ async def test_forward_as_attachment_is_the_original_byte_for_byte(services: Ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_inline_forward_keeps_an_attached_message_byte_exact(services: Services, tools: Any) -> None:  # noqa: F811 (fixture)
+async def test_inline_forward_keeps_an_attached_message_byte_exact(services: Services, tools: Any) -> None:
     """An original carrying a message/rfc822 attachment: the inline forward carries that message unchanged."""
     (me, pw), (bob, bob_pw) = fresh_users(services, 2)
     inner = b"From: z@example.test\r\nSubject: inner\r\nMessage-ID: <inner@example.test>\r\n\r\ninner body\r\n"
@@ -172,7 +172,7 @@ async def test_inline_forward_keeps_an_attached_message_byte_exact(services: Ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_uid_or_folder_sends_nothing(services: Services, tools: Any) -> None:  # noqa: F811 (fixture)
+async def test_bad_uid_or_folder_sends_nothing(services: Services, tools: Any) -> None:
     """A UID that is not there, a folder that does not exist, a stale uidvalidity: errors, nothing delivered."""
     (me, pw), (anna, anna_pw) = fresh_users(services, 2)
     raw, _ = original(anna, [me])

@@ -24,7 +24,7 @@ CONVERSATION = ("reply_mail_message", "forward_mail_message")
 
 
 @pytest_twisted.ensureDeferred
-async def test_tools_list_describes_reply_and_forward(endpoint: Any) -> None:  # noqa: F811 (fixture)
+async def test_tools_list_describes_reply_and_forward(endpoint: Any) -> None:
     """tools/list: both tools with a title, honest hints (they send mail: open world, not idempotent), schemas."""
     tools = {t["name"]: t for t in (await rpc(endpoint, "tools/list", {}))["result"]["tools"]}
     for name in CONVERSATION:
@@ -45,7 +45,7 @@ async def test_tools_list_describes_reply_and_forward(endpoint: Any) -> None:  #
 
 
 @pytest_twisted.ensureDeferred
-async def test_draft_reply_sends_nothing_and_lands_in_drafts(services: Services, endpoint: Any) -> None:  # noqa: F811 (fixture)
+async def test_draft_reply_sends_nothing_and_lands_in_drafts(services: Services, endpoint: Any) -> None:
     """
     draft=true: the SMTP server is never contacted; Drafts holds the reply
     with the thread headers, the recipient and one 'Re:'; the original is
@@ -70,7 +70,7 @@ async def test_draft_reply_sends_nothing_and_lands_in_drafts(services: Services,
 
 
 @pytest_twisted.ensureDeferred
-async def test_reply_and_forward_send_once_each(services: Services, endpoint: Any) -> None:  # noqa: F811 (fixture)
+async def test_reply_and_forward_send_once_each(services: Services, endpoint: Any) -> None:
     """One SMTP transaction per call, with the thread headers; the original ends \\Answered and $Forwarded."""
     raw, message_id = original("anna@example.test", [endpoint.user], attachment=True)
     uid = await append(services, endpoint.user, endpoint.password, "INBOX", raw)
@@ -87,7 +87,7 @@ async def test_reply_and_forward_send_once_each(services: Services, endpoint: An
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_original_is_an_error_result_and_nothing_is_sent(services: Services, endpoint: Any) -> None:  # noqa: F811 (fixture)
+async def test_bad_original_is_an_error_result_and_nothing_is_sent(services: Services, endpoint: Any) -> None:
     """A missing UID, a missing folder, a stale uidvalidity: isError with a clear message; no SMTP, no copies."""
     raw, _ = original("anna@example.test", [endpoint.user])
     uid = await append(services, endpoint.user, endpoint.password, "INBOX", raw)
@@ -108,7 +108,7 @@ async def test_bad_original_is_an_error_result_and_nothing_is_sent(services: Ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_hostile_arguments_are_errors_before_any_imap_or_smtp(endpoint: Any) -> None:  # noqa: F811 (fixture)
+async def test_hostile_arguments_are_errors_before_any_imap_or_smtp(endpoint: Any) -> None:
     """Header injection, UID sets, unknown fields, wrong types: refused before the mailbox is touched."""
     attempts = [
         ("reply_mail_message", {"folder": "INBOX", "uid": 1, "text_body": "x", "cc": "a@x.test\r\nRCPT TO:<e@x>"}),

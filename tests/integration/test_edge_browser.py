@@ -24,7 +24,7 @@ from tests.integration.chromium import fill
 pytestmark = pytest.mark.integration
 
 
-def test_login_under_base_path_in_chromium(browser, callback_server, services, daemon_factory) -> None:  # noqa: F811
+def test_login_under_base_path_in_chromium(browser, callback_server, services, daemon_factory) -> None:
     """--base-url .../mail: Chromium loads /mail/oauth/authorize styled, posts to /mail, lands on the redirect."""
     port = free_port()
     base = f"http://127.0.0.1:{port}/mail"

@@ -175,8 +175,8 @@ def user(services) -> Iterator[tuple[str, str]]:
     yield fresh_users(services, 1)[0]
 
 
-def test_legacy_requests_and_tokens_keep_everything(services, daemon_factory, browser,  # noqa: F811
-                                                    callback_server, user) -> None:  # noqa: F811
+def test_legacy_requests_and_tokens_keep_everything(services, daemon_factory, browser,
+                                                    callback_server, user) -> None:
     """
     SC-06: scope=mail (the old single scope) pre-ticks all five in Chromium
     and grants all five; an access token sealed as before (sc="mail") lists
@@ -202,7 +202,7 @@ class _WallClock:
         return time.time()
 
 
-def test_unknown_scope_is_invalid_scope(services, daemon_factory, browser, callback_server) -> None:  # noqa: F811
+def test_unknown_scope_is_invalid_scope(services, daemon_factory, browser, callback_server) -> None:
     """SC-01: an unknown scope lands the browser on the redirect URI with error=invalid_scope, no form shown."""
     daemon = daemon_factory(services)
     client = generate_client(daemon.state_dir, services)
@@ -217,7 +217,7 @@ def test_unknown_scope_is_invalid_scope(services, daemon_factory, browser, callb
     assert query["error"] == ["invalid_scope"] and query["state"] == ["st"]
 
 
-def test_generate_scope_caps_a_client(services, daemon_factory, browser, callback_server,  # noqa: F811
+def test_generate_scope_caps_a_client(services, daemon_factory, browser, callback_server,
                                       user, artifacts) -> None:
     """SC-05: a client made with mailmcp-generate --scope mail.read is offered only reading, whatever it asks; its grant lists read tools only."""
     daemon = daemon_factory(services)
@@ -235,7 +235,7 @@ def test_generate_scope_caps_a_client(services, daemon_factory, browser, callbac
         "error_description": "delete_mail_message needs mail.delete; authorize again to allow it"}
 
 
-def test_max_scope_caps_every_grant(services, daemon_factory, browser, callback_server,  # noqa: F811
+def test_max_scope_caps_every_grant(services, daemon_factory, browser, callback_server,
                                     user) -> None:
     """SC-05: under --max-scope mail.read,mail.draft a request for everything is narrowed (not refused): the page shows two scopes, the grant has two."""
     daemon = daemon_factory(services, "--max-scope", "mail.read,mail.draft")

@@ -79,13 +79,13 @@ def authorize_url(daemon: Any, client_id: str, redirect_uri: str, verifier: str)
     return daemon.base_url + "/oauth/authorize?" + urllib.parse.urlencode(params)
 
 
-def type_into(browser, field: str, value: str) -> None:  # noqa: F811
+def type_into(browser, field: str, value: str) -> None:
     element = browser.find_element(By.ID, field)
     element.clear()
     element.send_keys(value)
 
 
-def fill_login(browser, user: str, password: str, imap: tuple[str, int],  # noqa: F811
+def fill_login(browser, user: str, password: str, imap: tuple[str, int],
                smtp: tuple[str, int], security: str = "tls") -> None:
     """Type the account and both servers as a user would."""
     for field, value in (("email", user), ("full_name", "Own Servers"),
@@ -115,7 +115,7 @@ def mailbox_names(daemon: Any, access_token: str) -> str:
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])
 def test_user_named_servers_log_in_and_list_mailboxes(
-    browser, services, daemon_factory, callback_server, artifacts, security  # noqa: F811
+    browser, services, daemon_factory, callback_server, artifacts, security
 ) -> None:
     """OA-32: a registered client, no default profile: the page asks for the servers (empty, no SRV), the user types the loopback Dovecot/Postfix (implicit TLS or STARTTLS), the code redeems and list_mailboxes answers from Dovecot, also after a refresh."""
     imap_port, smtp_port = ((services.imaps_port, services.smtps_port) if security == "tls"
@@ -167,7 +167,7 @@ def test_user_named_servers_log_in_and_list_mailboxes(
 
 @pytest.mark.parametrize("target", ["unlisted-loopback-port", "private-10-net"])
 def test_refused_server_shows_error_and_connects_nowhere(
-    browser, services, user_servers_daemon, callback_server, listener, artifacts, target  # noqa: F811
+    browser, services, user_servers_daemon, callback_server, listener, artifacts, target
 ) -> None:
     """OA-32: a loopback port not in --user-servers-allow, or 10.0.0.1 on 993, answers a clear error line, keeps the user on the page, and the daemon opens no connection."""
     daemon = user_servers_daemon
@@ -195,7 +195,7 @@ def test_refused_server_shows_error_and_connects_nowhere(
 
 
 def test_widened_port_is_connected_to(
-    browser, services, daemon_factory, callback_server, listener  # noqa: F811
+    browser, services, daemon_factory, callback_server, listener
 ) -> None:
     """The control for the test above: once --user-servers-allow names the listener's port, the same login does reach it (so the listener would have seen a refused connection), and the failed TLS handshake is a clear error line."""
     port = listener.getsockname()[1]

@@ -169,7 +169,7 @@ async def test_refused_recipient_sends_nothing_and_keeps_a_draft(services: Servi
 
 @pytest_twisted.ensureDeferred
 async def test_connection_dropped_after_data_reports_unknown_once(
-    services: Services, tools: Any, scripted: Any  # noqa: F811 (the fixture imported above)
+    services: Services, tools: Any, scripted: Any
 ) -> None:
     """
     An SMTP server that drops the connection after the final "." gets one
