@@ -28,7 +28,7 @@ from mailmcp._attachments._helpers import (
     link_parts,
     resolve_attachment_urls,
 )
-from mailmcp._fake_imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession
+from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools._attachments import TOOLS, AttachmentLinkInput, get_mail_attachment_link

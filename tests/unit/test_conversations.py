@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mailmcp import _fake_imap
+from mailmcp.testing import _imap as _fake_imap
 from mailmcp._mailbox_api import IMAPError
 from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools import _state, all_tools

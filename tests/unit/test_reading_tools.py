@@ -436,7 +436,7 @@ def test_one_unparseable_structure_does_not_hide_the_page(server: FakeIMAPServer
     is hostile, the page is fetched again without it and only that message
     lacks has_attachments.
     """
-    from mailmcp._fake_imap import FakeIMAPSession
+    from mailmcp.testing import FakeIMAPSession
     from mailmcp._mailbox_api import IMAPError
 
     class Picky(FakeIMAPSession):

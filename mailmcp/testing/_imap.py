@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._mailbox_api import (
+from .._mailbox_api import (
     Address,
     Envelope,
     FetchedMessage,

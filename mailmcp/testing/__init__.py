@@ -12,14 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from ._account import MailAccount
-from ._clients import MailServer
-from ._fake_imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage
-from ._grants import MemoryGrantStore
-from ._mailcheck import FakeLoginChecker
-from ._tokens import InvalidToken
-from ._toolkit import Tool, ToolContext, ToolError
-from .interfaces import IAccessTokenVerifier
+from .._account import MailAccount
+from .._clients import MailServer
+from ._imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage
+from .._grants import MemoryGrantStore
+from .._mailcheck import FakeLoginChecker
+from .._tokens import InvalidToken
+from .._toolkit import Tool, ToolContext, ToolError
+from ..interfaces import IAccessTokenVerifier
 
 
 def make_account(
