@@ -391,32 +391,3 @@ class SMTPLoginChecker:
         holder.append(proto)
         await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
         await outcome
-
-
-@implementer(ILoginChecker)
-class FakeLoginChecker:
-    """
-    A test `ILoginChecker`: accepts exactly the C{accounts} given as
-    ``{username: password}``, records every call (without the password) in
-    C{calls}, and can be told the server is down or to never answer.
-    """
-
-    def __init__(self, protocol: str, accounts: dict[str, str], down: bool = False) -> None:
-        self.protocol = protocol
-        self.accounts = dict(accounts)
-        self.down = down
-        self.stall = False
-        self.calls: list[tuple[str, int, str]] = []
-        self.pending: list[Deferred[None]] = []
-
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
-        self.calls.append((server.host, server.port, username))
-        if self.stall:
-            d: Deferred[None] = Deferred()
-            self.pending.append(d)
-            return d
-        if self.down:
-            return defer.fail(MailServerUnavailable(self.protocol))
-        if self.accounts.get(username) != password:
-            return defer.fail(LoginRejected(self.protocol))
-        return defer.succeed(None)

@@ -15,8 +15,8 @@ from zope.interface import implementer
 from .._account import MailAccount
 from .._clients import MailServer
 from ._imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage
-from .._grants import MemoryGrantStore
-from .._mailcheck import FakeLoginChecker
+from ._grants import MemoryGrantStore
+from ._mailcheck import FakeLoginChecker
 from .._tokens import InvalidToken
 from .._toolkit import Tool, ToolContext, ToolError
 from ..interfaces import IAccessTokenVerifier
