@@ -56,6 +56,7 @@ from zope.interface import implementer
 
 from ._account import MailAccount
 from ._admission import Admission, Refused
+from ._config import Config
 from ._cors import CORSPolicy, origin_of
 from ._http import SMALL_BODY, ILargeBodyGate, Refusal
 from ._jsonrpc import (
@@ -80,8 +81,9 @@ from ._paths import resource_metadata_url
 from ._scopes import ALL_SCOPES, format_scope
 from ._scopes import FULL as FULL_SCOPES
 from ._tokens import MAX_TOKEN_LENGTH, InvalidToken
-from ._toolkit import Tool, ToolContext, ToolError
+from ._toolkit import Tool, ToolContext, ToolError, ToolServices
 from ._version import __version__
+from .interfaces import IAccessTokenVerifier
 
 log = Logger()
 
@@ -206,9 +208,9 @@ class MCPApp:
 
     def __init__(
         self,
-        config: Any,
-        verifier: Any,
-        tool_services: Any,
+        config: Config,
+        verifier: IAccessTokenVerifier,
+        tool_services: ToolServices,
         tools: Sequence[Tool],
         *,
         instructions: str | None = DEFAULT_INSTRUCTIONS,
@@ -893,7 +895,7 @@ class MCPApp:
         Run one tool, and record it in the audit trail when there is one
         (LG-06): whatever the outcome, one entry per call.
         """
-        audit = getattr(self._services, "audit", None)
+        audit = self._services.audit
         if audit is None:
             return await self._run_tool(account, tool, arguments, large)
         outcome, seen = "unknown", ToolOutcome()

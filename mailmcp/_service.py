@@ -306,26 +306,30 @@ def build_routes(
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # The user's page: connected apps and their revocation (issue 15).
     routes.append(("/account", extra["account"]))
-    # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
-    # tool_services.imap / .smtp / .attachments before this point.
-    tool_services = ToolServices(reactor=reactor, config=config, audit=audit)
     # Logged-in IMAP connections per account; as a child service it logs
     # them all out when the daemon stops.
     imap_pool = IMAPPool.from_config(config, reactor)
     imap_pool.setName("imap-pool")
     imap_pool.setServiceParent(parent)
-    tool_services.imap = imap_pool
     attachments = build_attachments(config, reactor)
     attachments.service.setServiceParent(parent)
     routes += attachments.routes
-    tool_services.attachments = attachments.store
-    tool_services.attachment_index = StoredPartIndex()
-    # One connection per message; TLS verified with the operator's extra CA.
-    tool_services.smtp = SMTPSender(
-        reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
+    # MCP part: /mcp, gated by the OAuth part's verifier; its tools get every
+    # part here, complete.
+    tool_services = ToolServices(
+        reactor=reactor,
+        imap=imap_pool,
+        # One connection per message; TLS verified with the operator's extra CA.
+        smtp=SMTPSender(reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout),
+        attachments=attachments.store,
+        limits=attachments.store.limits,
+        attachment_index=StoredPartIndex(),
+        send_limiter=build_send_limiter(config, reactor, parent),
+        send_intents=build_send_intents(config, parent),
+        audit=audit,
+        send_allow_domains=config.send_allow_domains,
+        trusted_authserv_id=config.trusted_authserv_id,
     )
-    tool_services.send_limiter = build_send_limiter(config, reactor, parent)
-    tool_services.send_intents = build_send_intents(config, parent)
     # Large /mcp bodies are decoded here, off the reactor thread; two
     # threads, so at most two such bodies are being decoded (and held as
     # Python objects) at once.

@@ -23,16 +23,6 @@ class IAccessTokenVerifier(Interface):
         """
 
 
-class IToolServices(Interface):
-    """
-    What tool handlers may use besides the account: the IMAP pool, the SMTP
-    sender, the attachment store and the clock.
-    """
-
-    reactor = Attribute("the reactor (IReactorTime and friends)")
-    config = Attribute("the daemon's Config")
-
-
 class IGrantStore(Interface):
     """
     Server-side OAuth state: grants (one per login, holding the mail

@@ -50,6 +50,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from .._config import Config
 from .._logging import Logger
 from .._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
 from .._tls import MailTLS
@@ -166,7 +167,7 @@ class IMAPPool(Service):
         self._label_secret = secrets.token_bytes(32)
 
     @classmethod
-    def from_config(cls, config: Any, reactor: Any, **overrides: Any) -> IMAPPool:
+    def from_config(cls, config: Config, reactor: Any, **overrides: Any) -> IMAPPool:
         """A pool configured from the daemon's `Config`."""
         settings: dict[str, Any] = {
             "max_connections": default_max_connections(),
@@ -174,8 +175,8 @@ class IMAPPool(Service):
             "wait_timeout": config.pool_wait_timeout,
             "idle_timeout": config.pool_idle_timeout,
             "command_timeout": config.imap_timeout,
-            "connect_per_call": bool(getattr(config, "imap_connect_per_call", False)),
-            "connect_concurrency": getattr(config, "imap_connect_concurrency", 16),
+            "connect_per_call": config.imap_connect_per_call,
+            "connect_concurrency": config.imap_connect_concurrency,
         }
         settings.update(overrides)
         return cls(reactor, MailTLS(config.mail_ca_file), **settings)

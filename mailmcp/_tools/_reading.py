@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import heapq
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import attrs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -64,6 +64,9 @@ MESSAGE_ITEMS = f"(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE BOD
 AUTH_RESULTS_ITEM = (
     f"BODY.PEEK[HEADER.FIELDS (AUTHENTICATION-RESULTS)]<0.{_untrusted.MAX_AUTH_RESULTS_BYTES}>"
 )
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorFromThreads
 
 Folder = Annotated[
     str,
@@ -590,12 +593,14 @@ async def _convert_html(ctx: ToolContext, html: str) -> str:
     if len(html) <= INLINE_HTML_CHARS:
         return _mime.html_to_text(html)
     reactor = ctx.services.reactor
-    pool = getattr(ctx.services, "cpu_pool", None)
+    pool = ctx.services.cpu_pool
     if pool is None and hasattr(reactor, "getThreadPool"):
         pool = reactor.getThreadPool()
     if pool is None:
         return _mime.html_to_text(html)
-    text: str = await deferToThreadPool(reactor, pool, _mime.html_to_text, html)
+    # A reactor with a thread pool runs work from threads too.
+    threads = cast("IReactorFromThreads", reactor)
+    text: str = await deferToThreadPool(threads, pool, _mime.html_to_text, html)
     return text
 
 
@@ -603,7 +608,7 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
     folder, uid = arguments.folder, arguments.uid
     offset, max_chars = arguments.body_offset, arguments.max_body_chars
     chars_needed = offset + max_chars
-    trusted_id = getattr(ctx.services.config, "trusted_authserv_id", None)
+    trusted_id = ctx.services.trusted_authserv_id
     # The sender's forged Authentication-Results matter only against a trusted id.
     head_items = (
         MESSAGE_ITEMS if trusted_id is None else MESSAGE_ITEMS[:-1] + f" {AUTH_RESULTS_ITEM})"

@@ -1,7 +1,18 @@
 """
 In-memory stand-ins for mailmcp's replaceable parts, for tests of code that
 uses them (and for anyone embedding mailmcp who wants to test their own
-tools).  Each fake implements the same interface as the real part.
+tools), as `twisted.internet.testing` is for Twisted.  Each fake implements
+the same interface as the real part, and a contract suite in the test tree
+runs the same cases against the fake and the real one:
+
+  - `FakeIMAPServer`, `FakeIMAPPool`, `FakeIMAPSession`: an in-memory
+    mailbox behind the IMAP session contract (`mailmcp._mailbox_api`);
+  - `MemoryGrantStore`: the grant, client and send-intent store;
+  - `FakeLoginChecker`: an `ILoginChecker` over a dict of passwords;
+  - `FakeTokenVerifier`: an `IAccessTokenVerifier` over a dict of tokens;
+  - `tool_services`: a complete `ToolServices` for tool handlers, with
+    fakes for every part a test does not give;
+  - `make_account`, `echo_tool`: a plausible account and a demo tool.
 """
 
 from __future__ import annotations
@@ -10,16 +21,24 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .._account import MailAccount
+from .._attachments._common import Limits
+from .._attachments._helpers import StoredPartIndex
+from .._audit import Audit
 from .._clients import MailServer
-from ._imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage
-from ._grants import MemoryGrantStore
-from ._mailcheck import FakeLoginChecker
+from .._mailbox_api import IMAPPoolAPI
+from .._sendintent import SendIntents
 from .._tokens import InvalidToken
-from .._toolkit import Tool, ToolContext, ToolError
-from ..interfaces import IAccessTokenVerifier
+from .._toolkit import MailSender, Tool, ToolContext, ToolError, ToolServices
+from ..interfaces import IAccessTokenVerifier, IAttachmentStore, ISendBudget
+from ._grants import MemoryGrantStore
+from ._imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage
+from ._mailcheck import FakeLoginChecker
 
 
 def make_account(
@@ -46,6 +65,46 @@ def make_account(
         smtp=MailServer(host=smtp_host, port=smtp_port, security="tls"),
         smtp_username=user,
         smtp_password=password,
+    )
+
+
+def tool_services(
+    *,
+    reactor: IReactorTime | None = None,
+    imap: IMAPPoolAPI | None = None,
+    smtp: MailSender | None = None,
+    attachments: IAttachmentStore | None = None,
+    limits: Limits | None = None,
+    attachment_index: StoredPartIndex | None = None,
+    send_limiter: ISendBudget | None = None,
+    send_intents: SendIntents | None = None,
+    audit: Audit | None = None,
+    send_allow_domains: tuple[str, ...] = (),
+    trusted_authserv_id: str | None = None,
+    cpu_pool: ThreadPool | None = None,
+) -> ToolServices:
+    """
+    A complete `ToolServices` for tests: the parts given, and for the rest a
+    `Clock`, an empty `FakeIMAPServer`, and no sender, store, budget,
+    intents, audit or part index (as a daemon with those off).  The
+    attachment caps are the store's when a store is given, else C{limits},
+    else the defaults.
+    """
+    if limits is None:
+        limits = attachments.limits if attachments is not None else Limits()
+    return ToolServices(
+        reactor=reactor if reactor is not None else Clock(),
+        imap=imap if imap is not None else FakeIMAPPool(FakeIMAPServer()),
+        smtp=smtp,
+        attachments=attachments,
+        limits=limits,
+        attachment_index=attachment_index,
+        send_limiter=send_limiter,
+        send_intents=send_intents,
+        audit=audit,
+        send_allow_domains=send_allow_domains,
+        trusted_authserv_id=trusted_authserv_id,
+        cpu_pool=cpu_pool,
     )
 
 
@@ -133,6 +192,7 @@ __all__ = [
     "EchoOutput",
     "FakeTokenVerifier",
     "echo_tool",
+    "tool_services",
     "make_account",
     "MemoryGrantStore",
     "FakeLoginChecker",

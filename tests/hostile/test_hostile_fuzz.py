@@ -32,9 +32,14 @@ from mailmcp._mailbox_api import IMAPError, Literal
 from mailmcp._mcp import MCPApp
 from mailmcp._search import Filters, SearchQueryError, compile_search
 from mailmcp._tokens import InvalidToken, TokenCodec
-from mailmcp._toolkit import ToolServices
 from mailmcp._tools import all_tools
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, make_account
+from mailmcp.testing import (
+    FakeIMAPPool,
+    FakeIMAPServer,
+    FakeTokenVerifier,
+    make_account,
+    tool_services,
+)
 
 BASE = "https://mail.example.test"
 TOKEN = "fuzz-token"
@@ -59,7 +64,7 @@ def _mcp() -> StubTreq:
     server.mailbox("Sent", "\\Sent")
     server.mailbox("Drafts", "\\Drafts")
     config = SimpleNamespace(base_url=BASE, allowed_origins=(), max_request_body=1 << 20)
-    services = ToolServices(reactor=MemoryReactorClock(), config=None, imap=FakeIMAPPool(server))
+    services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server))
     app = MCPApp(config, FakeTokenVerifier({TOKEN: make_account()}), services, all_tools())
     return StubTreq(app.app.resource())
 

@@ -30,7 +30,7 @@ from twisted.web.resource import IResource, Resource
 from mailmcp._http import MailMCPSite
 from mailmcp._mcp import MCPApp
 from mailmcp._web import Router
-from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account
+from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account, tool_services
 
 TOKEN = "integration-token-0123456789"
 
@@ -134,7 +134,7 @@ def served() -> Any:
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"http://127.0.0.1:{port.getHost().port}"
     config.base_url = base
-    app = MCPApp(config, verifier, SimpleNamespace(reactor=reactor, config=config), [echo_tool()])
+    app = MCPApp(config, verifier, tool_services(reactor=reactor), [echo_tool()])
     site.resource = Router([("/mcp", Recorder(app.app.resource(), seen))])
     port_holder.update(port=port, base=base, seen=seen)
     yield SimpleNamespace(url=f"{base}/mcp", base=base, seen=seen)

@@ -29,7 +29,7 @@ from mailmcp._account import MailAccount
 from mailmcp._imap import IMAPPool
 from mailmcp._mailbox_api import IMAPSession
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._reading import (
     GetMessageInput,
     ListMailboxesInput,
@@ -41,6 +41,7 @@ from mailmcp._tools._reading import (
     search_mail_messages,
 )
 from mailmcp._untrusted import unmark_body
+from mailmcp.testing import tool_services
 from tests.harness import Services
 from tests.helpers import live_account
 
@@ -91,7 +92,7 @@ class Wire:
         self.account = account_for(services, self.email, password)
         self.ctx = ToolContext(
             account=self.account,
-            services=ToolServices(reactor=reactor, config=None, imap=self.pool),
+            services=tool_services(reactor=reactor, imap=self.pool),
         )
 
     @property

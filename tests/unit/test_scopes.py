@@ -32,7 +32,7 @@ from mailmcp._scopes import (
 )
 from mailmcp._tools import all_tools
 from mailmcp._verifier import GrantTokenVerifier
-from mailmcp.testing import FakeTokenVerifier, make_account
+from mailmcp.testing import FakeTokenVerifier, make_account, tool_services
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
 from tests.unit.test_mcp import Client, call
 
@@ -308,11 +308,9 @@ class Tripwire:
         raise RuntimeError(f"mail service used: {name}")
 
 
-def scoped_client(*scopes: str) -> tuple[Client, SimpleNamespace]:
+def scoped_client(*scopes: str) -> tuple[Client, Any]:
     account = attrs.evolve(make_account(), scopes=frozenset(scopes))
-    services = SimpleNamespace(
-        imap=Tripwire(), smtp=Tripwire(), reactor=None, config=None, attachments=None,
-        attachment_index=None, send_limiter=None)
+    services = tool_services(imap=Tripwire(), smtp=Tripwire())
     config = SimpleNamespace(base_url=BASE, allowed_origins=(), max_request_body=1 << 20)
     app = MCPApp(config, FakeTokenVerifier({"good-token": account}), services, all_tools())
     return Client(app), services
