@@ -211,7 +211,7 @@ class MCPApp:
         config: Config,
         verifier: IAccessTokenVerifier,
         tool_services: ToolServices,
-        tools: Sequence[Tool],
+        tools: Sequence[Tool[Any, Any]],
         *,
         instructions: str | None = DEFAULT_INSTRUCTIONS,
         lenient_version_header: bool = True,
@@ -243,7 +243,7 @@ class MCPApp:
         # The same origins the CORS headers name (see mailmcp._cors).
         self._cors = CORSPolicy.from_config(config)
         self._origins = self._cors.origins
-        self._tools: dict[str, Tool] = {}
+        self._tools: dict[str, Tool[Any, Any]] = {}
         described: list[dict[str, Any]] = []
         for tool in tools:
             if not _TOOL_NAME.fullmatch(tool.name):
@@ -551,7 +551,8 @@ class MCPApp:
             raise self._challenge(request, 401, "invalid_token", None)
         try:
             outcome = self._verifier.verify(token.decode("ascii"))
-            account = await outcome if inspect.isawaitable(outcome) else outcome
+            # Checked below: a verifier is a replaceable part.
+            account: object = await outcome if inspect.isawaitable(outcome) else outcome
         except InvalidToken:
             raise self._challenge(request, 401, "invalid_token", None) from None
         except (CancelledError, asyncio.CancelledError):
@@ -889,7 +890,11 @@ class MCPApp:
         return cached
 
     async def _call_tool(
-        self, account: MailAccount, tool: Tool, arguments: dict[str, Any], large: bool = False
+        self,
+        account: MailAccount,
+        tool: Tool[Any, Any],
+        arguments: dict[str, Any],
+        large: bool = False,
     ) -> dict[str, Any] | _ToolText:
         """
         Run one tool, and record it in the audit trail when there is one
@@ -912,7 +917,7 @@ class MCPApp:
     async def _run_tool(
         self,
         account: MailAccount,
-        tool: Tool,
+        tool: Tool[Any, Any],
         arguments: dict[str, Any],
         large: bool = False,
         seen: ToolOutcome | None = None,
