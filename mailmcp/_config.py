@@ -306,7 +306,7 @@ class OneLineErrorOptions(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         try:
-            super().parseOptions(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
             if self.parent is None:
                 raise

@@ -115,7 +115,7 @@ class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
     """An IMAP4Client whose greeting is a Deferred that also fails on connection loss."""
 
     def __init__(self, context: Any, clock: IReactorTime) -> None:
-        super().__init__(context)
+        super().__init__(context)  # type: ignore[no-untyped-call]
         self.greeting: Deferred[Any] = Deferred()
         self.lost = False
         self._clock = clock
@@ -140,7 +140,7 @@ class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 self.lost = True
             return
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def _setupForLiteral(self, rest: bytes, octets: int) -> None:
         if octets > self.max_literal:
@@ -151,7 +151,7 @@ class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        super()._setupForLiteral(rest, octets)
+        super()._setupForLiteral(rest, octets)  # type: ignore[no-untyped-call]
 
     def _extraInfo(self, lines: list[Any]) -> None:
         # Twisted's Command.finish hands the BYE that always precedes LOGOUT's
@@ -159,7 +159,7 @@ class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
         # unsolicited response" at every login check: it is expected here.
         rest = [line for line in lines if not (line and line[0] == b"BYE")]
         if rest:
-            super()._extraInfo(rest)
+            super()._extraInfo(rest)  # type: ignore[no-untyped-call]
 
     def serverGreeting(self, caps: Any) -> None:
         if not self.greeting.called:
@@ -167,7 +167,7 @@ class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
         if not self.greeting.called:
             self.greeting.errback(reason)
 
@@ -285,7 +285,7 @@ class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
         timeout: float,
         clock: IReactorTime,
     ) -> None:
-        super().__init__(secret, context, identity)
+        super().__init__(secret, context, identity)  # type: ignore[no-untyped-call]
         self._clock = clock
         self.requireTransportSecurity = require_tls
         self.timeout = int(timeout)  # type: ignore[assignment]
@@ -302,7 +302,7 @@ class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return None
-        return super().lineReceived(line)
+        return super().lineReceived(line)  # type: ignore[no-untyped-call]
 
     def smtpState_from(self, code: int, resp: bytes) -> None:
         if not self.done.called:
@@ -312,10 +312,10 @@ class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
     def sendError(self, exc: Exception) -> None:
         if not self.done.called:
             self.done.errback(Failure(exc))
-        super().sendError(exc)
+        super().sendError(exc)  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
         if not self.done.called:
             self.done.errback(reason)
 

@@ -87,11 +87,11 @@ class ListeningService(Service):
         # before dropping privileges): binding here means a port in use ends
         # the process before any part has started a thread pool or
         # connection that would keep the interpreter from exiting.
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
         self._listen()
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._listen()
 
     def _listen(self) -> None:
@@ -136,7 +136,7 @@ class ListeningService(Service):
         raise ListenFailed(message)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.port is None:
             return None
         port, self.port = self.port, None
@@ -167,7 +167,7 @@ class DrainService(Service):
         self._close_grace = close_grace
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         # SIGTERM is how service managers ask for an orderly stop, and this
         # is one: report success.  (twistd would otherwise re-raise the
         # signal once the reactor stopped, so the exit status would be
@@ -219,7 +219,7 @@ class SequentialMultiService(MultiService):
     """
 
     def __init__(self, clock: Any = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._clock = clock
 
     def stopService(self) -> Deferred[None]:

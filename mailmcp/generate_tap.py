@@ -144,7 +144,7 @@ class Options(OneLineErrorOptions):
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._environ = os.environ if environ is None else environ
         self["redirect-uri"] = []
 

@@ -38,7 +38,7 @@ class Options(OneLineErrorOptions):
     config: Config
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._environ = os.environ if environ is None else environ
         self["listen"] = []
         self["client-metadata-allow"] = None
@@ -99,11 +99,11 @@ class _WithLogObserver(MultiService):
     """
 
     def __init__(self, tree: IService, observer: ILogObserver) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._observer = observer
         tree.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
             parent.setComponent(ILogObserver, self._observer)
-        super().setServiceParent(parent)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]

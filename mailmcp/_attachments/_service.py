@@ -44,11 +44,11 @@ class ThreadPoolService(Service):
         self.pool = pool
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.pool.start()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.pool.stop()
 
 

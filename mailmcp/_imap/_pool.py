@@ -237,7 +237,7 @@ class IMAPPool(Service):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def stopService(self) -> Deferred[Any]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._closing = True
         error = IMAPError("the server is shutting down")
         for slots in self._slots.values():

@@ -819,7 +819,7 @@ async def search_mail_messages(ctx: ToolContext, arguments: SearchInput) -> Sear
 
 # -- the tools ---------------------------------------------------------------
 
-TOOLS: list[Tool] = [
+TOOLS: list[Tool[Any, Any]] = [
     Tool(
         name="list_mailboxes",
         title="List mail folders",

@@ -429,7 +429,7 @@ def _entry(found: _Found, snippet: str) -> ThreadEntry:
     )
 
 
-TOOLS: list[Tool] = [
+TOOLS: list[Tool[Any, Any]] = [
     Tool(
         name="get_mail_thread",
         title="Read a conversation",
