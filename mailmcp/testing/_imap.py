@@ -211,23 +211,60 @@ class FakeIMAPSession:
                 matched.append(message.uid)
         return matched
 
+    def _open(self) -> FakeMailbox:
+        if self._selected is None:
+            raise IMAPError("no mailbox is open; examine or select one first")
+        return self._selected
+
+    def _writable(self) -> FakeMailbox:
+        """As the real session: a write after EXAMINE opens the mailbox read-write first."""
+        box = self._open()
+        if self._read_only:
+            self._log("SELECT", box.name)
+            self._read_only = False
+        return box
+
     async def uid_store(
         self, uids: Sequence[int], mode: str, flags: Sequence[str], *, silent: bool = True
     ) -> dict[int, tuple[str, ...]]:
         self._log("UID STORE", tuple(uids), mode, tuple(flags))
-        raise IMAPError("the fake session is read-only")
+        if mode not in ("+FLAGS", "-FLAGS", "FLAGS"):
+            raise IMAPError(f"invalid STORE mode {mode!r:.20}")
+        box = self._writable()
+        changed: dict[int, tuple[str, ...]] = {}
+        for message in box.messages:
+            if message.uid in uids:
+                if mode == "+FLAGS":
+                    message.flags |= set(flags)
+                elif mode == "-FLAGS":
+                    message.flags -= set(flags)
+                else:
+                    message.flags = set(flags)
+                changed[message.uid] = tuple(sorted(message.flags))
+        return {} if silent else changed
 
     async def uid_copy(self, uids: Sequence[int], mailbox: str) -> dict[int, int]:
         self._log("UID COPY", tuple(uids), mailbox)
-        raise IMAPError("the fake session is read-only")
+        box = self._open()
+        target = self._box(mailbox)
+        return {m.uid: target.add(m.raw, m.flags) for m in list(box.messages) if m.uid in uids}
 
     async def uid_move(self, uids: Sequence[int], mailbox: str) -> dict[int, int]:
         self._log("UID MOVE", tuple(uids), mailbox)
-        raise IMAPError("the fake session is read-only")
+        box = self._writable()
+        target = self._box(mailbox)
+        mapping = {m.uid: target.add(m.raw, m.flags) for m in list(box.messages) if m.uid in uids}
+        for uid in mapping:
+            box.expunge(uid)
+        return mapping
 
     async def uid_expunge(self, uids: Sequence[int]) -> None:
+        """Only the named messages that are also flagged \\Deleted go (RFC 4315)."""
         self._log("UID EXPUNGE", tuple(uids))
-        raise IMAPError("the fake session is read-only")
+        box = self._writable()
+        for message in list(box.messages):
+            if message.uid in uids and "\\Deleted" in message.flags:
+                box.expunge(message.uid)
 
     async def append(
         self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None
