@@ -92,6 +92,17 @@ class MailboxState:
 
 
 @attrs.frozen
+class Appended:
+    """
+    Where APPEND stored a message, from the server's APPENDUID (RFC 4315);
+    None where the server did not say.
+    """
+
+    uidvalidity: int | None
+    uid: int | None
+
+
+@attrs.frozen
 class Address:
     name: str | None  # decoded (RFC 2047) display name
     email: str  # mailbox@host, or "" for group syntax
@@ -198,8 +209,8 @@ class IMAPSession(Protocol):
 
     async def append(
         self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None
-    ) -> tuple[int | None, int | None]:
-        """APPEND; returns (uidvalidity, uid) from APPENDUID when given."""
+    ) -> Appended:
+        """APPEND; where the message went, from APPENDUID when the server gives it."""
 
     async def noop(self) -> None: ...
 

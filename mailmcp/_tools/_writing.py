@@ -841,15 +841,15 @@ async def _file_copy(
         if target is None:
             return None, None, None
         try:
-            uidvalidity, uid = await session.append(target, message.copy_bytes, flags)
+            stored = await session.append(target, message.copy_bytes, flags)
         except IMAPNoSuchMailbox:
             raise
         except IMAPError:
             if tuple(flags) == ("\\Seen",):
                 raise
             # A server that refuses our marker keyword still gets the copy.
-            uidvalidity, uid = await session.append(target, message.copy_bytes, ("\\Seen",))
-        return target, uidvalidity, uid
+            stored = await session.append(target, message.copy_bytes, ("\\Seen",))
+        return target, stored.uidvalidity, stored.uid
 
     try:
         target, uidvalidity, uid = await ctx.services.imap.run(ctx.account, append, read_only=False)
@@ -872,8 +872,8 @@ async def _not_sent(ctx: ToolContext, error: SMTPSendFailed, message: ComposedMe
         drafts = await _folder_or_special(session, None, "\\Drafts", DRAFTS_NAMES)
         if drafts is None:
             return None, None
-        _, uid = await session.append(drafts, message.copy_bytes, ("\\Draft", "\\Seen"))
-        return drafts, uid
+        stored = await session.append(drafts, message.copy_bytes, ("\\Draft", "\\Seen"))
+        return drafts, stored.uid
 
     text = f"Not sent: {error.message}."
     if error.recipients:
@@ -944,12 +944,12 @@ async def save_draft(
                     uidvalidity=earlier[0],
                     message_id=message.message_id,
                 )
-        uidvalidity, uid = await session.append(target, message.copy_bytes, ("\\Draft", "\\Seen"))
+        stored = await session.append(target, message.copy_bytes, ("\\Draft", "\\Seen"))
         return DraftOutput(
             status="saved",
             folder=target,
-            uid=uid,
-            uidvalidity=uidvalidity,
+            uid=stored.uid,
+            uidvalidity=stored.uidvalidity,
             message_id=message.message_id,
         )
 

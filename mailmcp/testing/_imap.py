@@ -24,6 +24,7 @@ import attrs
 
 from .._mailbox_api import (
     Address,
+    Appended,
     Envelope,
     FetchedMessage,
     IMAPError,
@@ -268,10 +269,10 @@ class FakeIMAPSession:
 
     async def append(
         self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None
-    ) -> tuple[int | None, int | None]:
+    ) -> Appended:
         self._log("APPEND", mailbox)
         box = self._box(mailbox)
-        return box.uidvalidity, box.add(message, flags)
+        return Appended(box.uidvalidity, box.add(message, flags))
 
     # -- folders and a fresh EXAMINE (the fallbacks of get_mailbox_changes and
     # the folder tools; this fake has no THREAD, CONDSTORE or QRESYNC) --------

@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import IMAPError, IMAPNoSuchMailbox, IMAPSession
+from mailmcp._mailbox_api import Appended, IMAPError, IMAPNoSuchMailbox, IMAPSession
 from mailmcp._tls import MailTLS
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
 from tests.helpers import fresh_user, live_account
@@ -49,8 +49,8 @@ class Mailbox:
         return result
 
     async def append(self, *messages: bytes, folder: str = "INBOX",
-                     flags: tuple[str, ...] = ()) -> list[tuple[int | None, int | None]]:
-        async def put(session: IMAPSession) -> list[tuple[int | None, int | None]]:
+                     flags: tuple[str, ...] = ()) -> list[Appended]:
+        async def put(session: IMAPSession) -> list[Appended]:
             return [await session.append(folder, m, flags) for m in messages]
         return await self.run(put)
 
@@ -152,7 +152,7 @@ async def test_append_answers_appenduid_and_keeps_flags_and_bytes(mailbox: Mailb
         state = await session.examine("Drafts")
         return state, await session.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[])")
     state, fetched = await mailbox.run(read)
-    assert answers == [(state.uidvalidity, 1), (state.uidvalidity, 2)]
+    assert answers == [Appended(state.uidvalidity, 1), Appended(state.uidvalidity, 2)]
     assert [m.uid for m in fetched] == [1, 2]
     assert [m.sections[""] for m in fetched] == [first, second]
     assert [m.size for m in fetched] == [len(first), len(second)]

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from twisted.internet.task import Clock
 
 from mailmcp._attachments._common import Limits
-from mailmcp._mailbox_api import IMAPError, Literal, MailboxState
+from mailmcp._mailbox_api import Appended, IMAPError, Literal, MailboxState
 from mailmcp._smtp import RecipientResult, SendResult, SMTPOutcomeUnknown, SMTPSendFailed
 from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._writing import (
@@ -106,7 +106,7 @@ class WritableSession(FakeIMAPSession):
         return await super().uid_search(criteria)
 
     async def append(self, mailbox: str, message: bytes, flags: Sequence[str] = (),
-                     date: str | None = None) -> tuple[int | None, int | None]:
+                     date: str | None = None) -> Appended:
         if mailbox in self.server.refuse_append:
             self._log("APPEND", mailbox)
             raise IMAPError("NO [OVERQUOTA] Quota exceeded")
