@@ -400,8 +400,8 @@ async def _read_original(
         complete = (part.size > 0 and budgets[part.part_id] >= part.size) or len(data) < budgets[
             part.part_id
         ]
-        decoded, _defect = _mime.decode_transfer(data, part.encoding, complete=complete)
-        text, _codec = _mime.decode_bytes(decoded, part.charset, final=complete)
+        decoded = _mime.decode_transfer(data, part.encoding, complete=complete).data
+        text = _mime.decode_bytes(decoded, part.charset, final=complete).text
         if len(text) > MAX_QUOTED_CHARS or not complete:
             text = text[:MAX_QUOTED_CHARS]
             warnings.append(

@@ -675,10 +675,12 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
         budget = budgets[part.part_id]
         # Asked for at least its whole declared size, or got less than asked.
         part_complete = (part.size > 0 and budget >= part.size) or len(raw) < budget
-        data, defect = _mime.decode_transfer(raw, part.encoding, complete=part_complete)
+        transferred = _mime.decode_transfer(raw, part.encoding, complete=part_complete)
+        data, defect = transferred.data, transferred.defect
         if defect:
             warnings.append(f"part {part.part_id} has a damaged {part.encoding} encoding")
-        text, codec = _mime.decode_bytes(data, part.charset, final=part_complete)
+        decoded = _mime.decode_bytes(data, part.charset, final=part_complete)
+        text, codec = decoded.text, decoded.codec
         if part.charset and not _mime.known_charset(part.charset):
             warnings.append(
                 f"part {part.part_id} declares unknown charset {part.charset[:40]!r}; read as {codec}"

@@ -282,8 +282,9 @@ def test_bodystructure_analysis_never_crashes(structure: Any) -> None:
        st.sampled_from([None, "base64", "quoted-printable", "7bit", "x-uuencode", "BASE64", ""]))
 def test_decoders_never_crash(data: bytes, charset: str | None, encoding: str | None) -> None:
     """Transfer and charset decoding of any bytes with any declared charset/encoding returns text."""
-    raw, _ = _mime.decode_transfer(data, encoding)
-    text, used = _mime.decode_bytes(raw, charset)
+    raw = _mime.decode_transfer(data, encoding).data
+    decoded = _mime.decode_bytes(raw, charset)
+    text, used = decoded.text, decoded.codec
     assert isinstance(text, str) and isinstance(used, str)
     _mime.decode_bytes(data, charset, final=False)
 
