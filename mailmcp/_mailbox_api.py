@@ -10,9 +10,12 @@ modified UTF-7 by the IMAP layer); message content is ``bytes``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
+
+if TYPE_CHECKING:
+    from ._account import MailAccount
 
 T = TypeVar("T")
 
@@ -218,7 +221,7 @@ class IMAPSession(Protocol):
 class IMAPPoolAPI(Protocol):
     async def run(
         self,
-        account: Any,
+        account: MailAccount,
         operation: Callable[[IMAPSession], Awaitable[T]],
         *,
         read_only: bool,

@@ -50,6 +50,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from .._account import MailAccount
 from .._config import Config
 from .._logging import Logger
 from .._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
@@ -194,7 +195,7 @@ class IMAPPool(Service):
 
     async def run(
         self,
-        account: Any,
+        account: MailAccount,
         operation: Callable[[IMAPSession], Awaitable[T]],
         *,
         read_only: bool,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .._account import MailAccount
 from .._mailbox_api import (
     Address,
     Appended,
@@ -29,6 +30,7 @@ from .._mailbox_api import (
     FetchedMessage,
     IMAPError,
     IMAPNoSuchMailbox,
+    IMAPSession,
     Literal,
     MailboxInfo,
     MailboxState,
@@ -94,7 +96,11 @@ class FakeIMAPPool:
     leases: int = 0
 
     async def run(
-        self, account: Any, operation: Callable[[Any], Awaitable[T]], *, read_only: bool
+        self,
+        account: MailAccount,
+        operation: Callable[[IMAPSession], Awaitable[T]],
+        *,
+        read_only: bool,
     ) -> T:
         self.leases += 1
         return await operation(self.server.session())
