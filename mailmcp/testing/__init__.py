@@ -12,12 +12,16 @@ runs the same cases against the fake and the real one:
   - `FakeTokenVerifier`: an `IAccessTokenVerifier` over a dict of tokens;
   - `tool_services`: a complete `ToolServices` for tool handlers, with
     fakes for every part a test does not give;
-  - `make_account`, `echo_tool`: a plausible account and a demo tool.
+  - `make_account`, `make_config`, `echo_tool`: a plausible account, a
+    valid configuration and a demo tool.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from twisted.internet.defer import Deferred, fail, succeed
@@ -31,6 +35,8 @@ from .._attachments._common import Limits
 from .._attachments._helpers import StoredPartIndex
 from .._audit import Audit
 from .._clients import MailServer
+from .._config import Config
+from .._keyring import KeyRing, new_master_key
 from .._mailbox_api import IMAPPoolAPI
 from .._sendintent import SendIntents
 from .._tokens import InvalidToken
@@ -66,6 +72,27 @@ def make_account(
         smtp_username=user,
         smtp_password=password,
     )
+
+
+def make_config(**overrides: Any) -> Config:
+    """
+    A `Config` for tests of the parts that take one (`MCPApp`, the OAuth
+    app, the attachment builder): loopback listener, a fixed HTTPS base URL,
+    a state directory under the system's temporary directory (not created
+    here), a fresh key ring; C{overrides} replace any field.
+    """
+    state_dir = Path(tempfile.gettempdir()) / "mailmcp-testing"
+    values: dict[str, Any] = {
+        "listen": ("tcp:0:interface=127.0.0.1",),
+        "base_url": "https://mail.example.test",
+        "state_dir": state_dir,
+        "store": f"sqlite:{state_dir / 'grants.sqlite3'}",
+        "attachments": "local",
+        "mail_ca_file": None,
+        "keyring": KeyRing([new_master_key()]),
+    }
+    values.update(overrides)
+    return Config(**values)
 
 
 def tool_services(
@@ -192,6 +219,7 @@ __all__ = [
     "EchoOutput",
     "FakeTokenVerifier",
     "echo_tool",
+    "make_config",
     "tool_services",
     "make_account",
     "MemoryGrantStore",

@@ -38,6 +38,7 @@ from mailmcp.testing import (
     FakeIMAPServer,
     FakeTokenVerifier,
     make_account,
+    make_config,
     tool_services,
 )
 
@@ -63,7 +64,7 @@ def _mcp() -> StubTreq:
     inbox.add(b"From: a@example.test\r\nSubject: hi\r\n\r\nbody\r\n")
     server.mailbox("Sent", "\\Sent")
     server.mailbox("Drafts", "\\Drafts")
-    config = SimpleNamespace(base_url=BASE, allowed_origins=(), max_request_body=1 << 20)
+    config = make_config(base_url=BASE, max_request_body=1 << 20)
     services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server))
     app = MCPApp(config, FakeTokenVerifier({TOKEN: make_account()}), services, all_tools())
     return StubTreq(app.app.resource())

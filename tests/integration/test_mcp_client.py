@@ -30,7 +30,7 @@ from twisted.web.resource import IResource, Resource
 from mailmcp._http import MailMCPSite
 from mailmcp._mcp import MCPApp
 from mailmcp._web import Router
-from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account, tool_services
+from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account, make_config, tool_services
 
 TOKEN = "integration-token-0123456789"
 
@@ -127,7 +127,7 @@ def served() -> Any:
     seen: list[dict[str, Any]] = []
     port_holder: dict[str, Any] = {}
     verifier = FakeTokenVerifier({TOKEN: make_account(owner="grant-int", email="alice@example.test")})
-    config = SimpleNamespace(base_url="http://127.0.0.1:0", allowed_origins=(), max_request_body=1 << 20)
+    config = make_config(base_url="http://127.0.0.1:0", max_request_body=1 << 20)
     # The base URL needs the real port; bind first, then build the app.
     placeholder = Resource()
     site = MailMCPSite(placeholder, max_body=1 << 20, reactor=reactor)

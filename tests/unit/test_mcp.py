@@ -6,7 +6,6 @@ The ``/mcp`` endpoint without sockets: `MCPApp` driven through
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +14,8 @@ from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
+from mailmcp import testing
+from mailmcp._config import Config
 from mailmcp._mcp import MCPApp, describe_validation_error, origin_of
 from mailmcp._toolkit import Tool, ToolContext, ToolError
 from mailmcp.testing import EchoInput, FakeTokenVerifier, echo_tool, make_account, tool_services
@@ -62,14 +63,14 @@ def _tool(name: str, handler: Any, output: type[BaseModel] = Boom) -> Tool:
     )
 
 
-def make_config(**overrides: Any) -> Any:
+def make_config(**overrides: Any) -> Config:
     values: dict[str, Any] = {
         "base_url": BASE,
         "allowed_origins": ("https://inspector.example.test",),
         "max_request_body": 1 << 20,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return testing.make_config(**values)
 
 
 def make_app(tools: list[Tool] | None = None, **kwargs: Any) -> tuple[MCPApp, FakeTokenVerifier]:
