@@ -127,13 +127,12 @@ def served() -> Any:
     seen: list[dict[str, Any]] = []
     port_holder: dict[str, Any] = {}
     verifier = FakeTokenVerifier({TOKEN: make_account(owner="grant-int", email="alice@example.test")})
-    config = make_config(base_url="http://127.0.0.1:0", max_request_body=1 << 20)
     # The base URL needs the real port; bind first, then build the app.
     placeholder = Resource()
     site = MailMCPSite(placeholder, max_body=1 << 20, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"http://127.0.0.1:{port.getHost().port}"
-    config.base_url = base
+    config = make_config(base_url=base, max_request_body=1 << 20)
     app = MCPApp(config, verifier, tool_services(reactor=reactor), [echo_tool()])
     site.resource = Router([("/mcp", Recorder(app.app.resource(), seen))])
     port_holder.update(port=port, base=base, seen=seen)
