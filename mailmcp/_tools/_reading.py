@@ -741,13 +741,20 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
                 disposition=p.disposition,
                 inline=p.inline,
                 content_id=p.content_id,
-                url=getattr(links.get(p.part_id), "url", None),
+                url=_link_url(links.get(p.part_id)),
                 link_error=_link_error(links.get(p.part_id)),
             )
             for p in structure.attachments
         ],
         warnings=spoofs + auth_warnings + warnings + _unlinked_warnings(links),
     )
+
+
+def _link_url(link: object) -> str | None:
+    """The download URL of a `PartLink` (None when storing failed); None for a reason string."""
+    from .._attachments._helpers import PartLink
+
+    return link.url if isinstance(link, PartLink) else None
 
 
 def _link_error(link: object) -> str | None:
