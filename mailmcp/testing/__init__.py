@@ -8,6 +8,8 @@ runs the same cases against the fake and the real one:
   - `FakeIMAPServer`, `FakeIMAPPool`, `FakeIMAPSession`: an in-memory
     mailbox behind the IMAP session contract (`mailmcp._mailbox_api`);
   - `MemoryGrantStore`: the grant, client and send-intent store;
+  - `MemoryAttachmentStore`: the attachment store, with the local store's
+    links, checks and errors;
   - `FakeLoginChecker`: an `ILoginChecker` over a dict of passwords;
   - `FakeTokenVerifier`: an `IAccessTokenVerifier` over a dict of tokens;
   - `tool_services`: a complete `ToolServices` for tool handlers, with
@@ -42,6 +44,7 @@ from .._sendintent import SendIntents
 from .._tokens import InvalidToken
 from .._toolkit import MailSender, Tool, ToolContext, ToolError, ToolServices
 from ..interfaces import IAccessTokenVerifier, IAttachmentStore, ISendBudget
+from ._attachments import MemoryAttachmentStore
 from ._grants import MemoryGrantStore
 from ._imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage
 from ._mailcheck import FakeLoginChecker
@@ -222,6 +225,7 @@ __all__ = [
     "make_config",
     "tool_services",
     "make_account",
+    "MemoryAttachmentStore",
     "MemoryGrantStore",
     "FakeLoginChecker",
 ]

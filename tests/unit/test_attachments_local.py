@@ -286,7 +286,7 @@ def test_real_pool_put_runs_off_the_calling_thread(tmp_path: Path) -> None:
 
 @pytest.fixture(params=["local", "memory"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    from mailmcp._attachments import MemoryAttachmentStore
+    from mailmcp.testing import MemoryAttachmentStore
 
     reactor = ClockReactor()
     reactor.advance(START)
