@@ -2,8 +2,9 @@
 In-memory stand-ins for mailmcp's replaceable parts, for tests of code that
 uses them (and for anyone embedding mailmcp who wants to test their own
 tools), as `twisted.internet.testing` is for Twisted.  Each fake implements
-the same interface as the real part, and a contract suite in the test tree
-runs the same cases against the fake and the real one:
+the same interface as the real part; contract suites in the test tree run
+the same cases against the IMAP fake and Dovecot, and against the memory
+grant store, SQLite and Redis:
 
   - `FakeIMAPServer`, `FakeIMAPPool`, `FakeIMAPSession`: an in-memory
     mailbox behind the IMAP session contract (`mailmcp._mailbox_api`);
