@@ -78,6 +78,16 @@ class IGrantStore(Interface):
     def revoke_grant(grant_id: str) -> Deferred[None]:
         """Delete the grant; every token of its family dies with it."""
 
+    def replace_sealed(grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
+        """
+        Compare-and-swap the grant's sealed credentials: when the live grant
+        still holds exactly C{old}, store C{new} and fire with True; else
+        (someone else replaced it first, or the grant is gone) change
+        nothing and fire with False.  Provider sign-in stores a rotated
+        provider refresh token this way, so of two processes refreshing at
+        once exactly one wins and the other re-reads the winner's tokens.
+        """
+
     def hit(key: str, window: int) -> Deferred[int]:
         """Add one to counter C{key} (a window of C{window} seconds from its first hit); fire with the new count."""
 
@@ -130,12 +140,16 @@ class IGrantStore(Interface):
 class ILoginChecker(Interface):
     """Checks mail credentials live against the user's IMAP or SMTP server."""
 
-    def check(server: MailServer, username: str, password: str) -> Deferred[None]:
+    def check(
+        server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
         """
         Fire with None when the server accepts the login; fail with
         `mailmcp._mailcheck.LoginRejected` (wrong credentials) or
         `mailmcp._mailcheck.MailServerUnavailable` (unreachable, TLS failure,
-        timeout, protocol error).
+        timeout, protocol error).  With C{mechanism} ``xoauth2`` or
+        ``oauthbearer``, C{password} is a provider access token
+        (`mailmcp._mailcheck.credentials_check` picks them from `Credentials`).
         """
 
 

@@ -100,6 +100,13 @@ class MemoryGrantStore:
             return succeed(last.successor)
         return succeed(None)
 
+    def replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.expires <= self._now() or record.sealed != old:
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, sealed=new)
+        return succeed(True)
+
     def revoke_grant(self, grant_id: str) -> Deferred[None]:
         self.grants.pop(grant_id, None)
         self.rotations.pop(grant_id, None)

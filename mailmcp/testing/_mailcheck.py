@@ -30,7 +30,10 @@ class FakeLoginChecker:
         self.calls: list[tuple[str, int, str]] = []
         self.pending: list[Deferred[None]] = []
 
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+    def check(
+        self, server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
+        """C{password} is the access token when C{mechanism} is a token one."""
         self.calls.append((server.host, server.port, username))
         if self.stall:
             d: Deferred[None] = Deferred()
