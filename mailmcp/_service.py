@@ -26,7 +26,7 @@ from twisted.web.resource import IResource
 from ._admission import Admission
 from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
-from ._audit import build_audit
+from ._audit import Audit, build_audit
 from ._config import Config
 from ._cors import CORSPolicy
 from ._http import ILargeBodyGate, InFlight, MailMCPSite
@@ -264,6 +264,39 @@ def build_send_intents(config: Config, parent: MultiService) -> SendIntents | No
     return SendIntents(store, lease=config.smtp_timeout + LEASE_MARGIN)
 
 
+def build_tool_services(
+    config: Config, reactor: Any, parent: MultiService, audit: Audit | None
+) -> tuple[ToolServices, list[tuple[str, IResource]]]:
+    """
+    Every part the tools use, built complete in this one place, and the
+    routes of the attachment store (``/attachments/`` for a local one).
+    Parts that own long-lived resources (the IMAP pool, the attachment
+    thread pool) are added to C{parent} as services.
+    """
+    # Logged-in IMAP connections per account; as a child service it logs
+    # them all out when the daemon stops.
+    imap_pool = IMAPPool.from_config(config, reactor)
+    imap_pool.setName("imap-pool")
+    imap_pool.setServiceParent(parent)
+    attachments = build_attachments(config, reactor)
+    attachments.service.setServiceParent(parent)
+    services = ToolServices(
+        reactor=reactor,
+        imap=imap_pool,
+        # One connection per message; TLS verified with the operator's extra CA.
+        smtp=SMTPSender(reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout),
+        attachments=attachments.store,
+        limits=attachments.store.limits,
+        attachment_index=StoredPartIndex(),
+        send_limiter=build_send_limiter(config, reactor, parent),
+        send_intents=build_send_intents(config, parent),
+        audit=audit,
+        send_allow_domains=config.send_allow_domains,
+        trusted_authserv_id=config.trusted_authserv_id,
+    )
+    return services, attachments.routes
+
+
 def build_routes(
     config: Config,
     reactor: Any,
@@ -306,30 +339,9 @@ def build_routes(
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # The user's page: connected apps and their revocation (issue 15).
     routes.append(("/account", extra["account"]))
-    # Logged-in IMAP connections per account; as a child service it logs
-    # them all out when the daemon stops.
-    imap_pool = IMAPPool.from_config(config, reactor)
-    imap_pool.setName("imap-pool")
-    imap_pool.setServiceParent(parent)
-    attachments = build_attachments(config, reactor)
-    attachments.service.setServiceParent(parent)
-    routes += attachments.routes
-    # MCP part: /mcp, gated by the OAuth part's verifier; its tools get every
-    # part here, complete.
-    tool_services = ToolServices(
-        reactor=reactor,
-        imap=imap_pool,
-        # One connection per message; TLS verified with the operator's extra CA.
-        smtp=SMTPSender(reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout),
-        attachments=attachments.store,
-        limits=attachments.store.limits,
-        attachment_index=StoredPartIndex(),
-        send_limiter=build_send_limiter(config, reactor, parent),
-        send_intents=build_send_intents(config, parent),
-        audit=audit,
-        send_allow_domains=config.send_allow_domains,
-        trusted_authserv_id=config.trusted_authserv_id,
-    )
+    # MCP part: /mcp, gated by the OAuth part's verifier.
+    tool_services, attachment_routes = build_tool_services(config, reactor, parent, audit)
+    routes += attachment_routes
     # Large /mcp bodies are decoded here, off the reactor thread; two
     # threads, so at most two such bodies are being decoded (and held as
     # Python objects) at once.

@@ -17,12 +17,12 @@ from twisted.internet.testing import MemoryReactorClock
 from mailmcp._attachments import LocalAttachmentStore
 from mailmcp._attachments._common import Limits
 from mailmcp._attachments._helpers import StoredPartIndex
-from mailmcp._audit import Audit
-from mailmcp._http import ILargeBodyGate
+from mailmcp._audit import Audit, build_audit
 from mailmcp._imap import IMAPPool
 from mailmcp._sendintent import SendIntents
-from mailmcp._service import build_routes
+from mailmcp._service import build_tool_services
 from mailmcp._smtp import SMTPSender
+from mailmcp._store_sqlite import SQLiteGrantStore
 from mailmcp._toolkit import ToolServices
 from mailmcp.interfaces import ISendBudget
 from mailmcp.tap import Options
@@ -30,14 +30,20 @@ from mailmcp.testing import FakeIMAPPool, MemoryAttachmentStore, tool_services
 
 
 def daemon_services(tmp_path: Path, *argv: str) -> tuple[ToolServices, MultiService]:
-    """The ToolServices the daemon's /mcp gets for these options (nothing listens or starts)."""
+    """
+    The ToolServices the daemon builds for these options, beside the grant
+    store its OAuth part adds first (nothing listens or starts).
+    """
     options = Options(environ={})
     options.parseOptions(["--state-dir", str(tmp_path / "state"), *argv])
+    config, reactor = options.config, MemoryReactorClock()
     parent = MultiService()
-    gates: dict[bytes, ILargeBodyGate] = {}
-    build_routes(options.config, MemoryReactorClock(), parent, gates)
-    services = gates[b"/mcp"]._services  # type: ignore[attr-defined]
-    assert isinstance(services, ToolServices)
+    store = SQLiteGrantStore(tmp_path / "grants.sqlite3", reactor)
+    store.setName("grant-store")
+    store.setServiceParent(parent)
+    audit = build_audit(config.audit_log, reactor, parent)
+    services, routes = build_tool_services(config, reactor, parent, audit)
+    assert [prefix for prefix, _ in routes] == ["/attachments/"]
     return services, parent
 
 
@@ -59,7 +65,7 @@ def test_the_daemon_builds_every_part_from_its_options(tmp_path: Path) -> None:
     assert (services.limits.max_attachment_bytes, services.limits.max_message_bytes) == (1000, 5000)
     assert isinstance(services.attachment_index, StoredPartIndex)
     assert ISendBudget.providedBy(services.send_limiter)
-    # The default SQLite grant store records send intents for every daemon sharing it.
+    # A grant store that records intents (SQLite) claims keyed sends for every daemon sharing it.
     assert isinstance(services.send_intents, SendIntents)
     assert isinstance(services.audit, Audit)
     assert services.send_allow_domains == ("example.test", ".partner.test")
