@@ -422,6 +422,13 @@ class MemoryGrantStore:
             self.grants[grant_id] = attrs.evolve(record, last_used=when)
         return succeed(None)
 
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.account or record.expires <= self._now():
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, account=account)
+        return succeed(True)
+
     def deny_client(self, client_ref: str) -> Deferred[int]:
         self.denied_clients.add(client_ref)
         now = self._now()
@@ -810,6 +817,7 @@ class GrantService:
                 record = await self.store.get_grant(gid)
                 if record is not None and record.sealed == sealed and record.client_ref == cref:
                     await self._still_allowed(record)
+                    await self._fill_account(record, account.imap, account.imap_username)
                     self._accounts.move_to_end(digest)
                     return await self._with_fresh_token(account, key)
             self._accounts.pop(digest, None)
@@ -883,6 +891,27 @@ class GrantService:
                 kind=type(e).__name__,
             )
 
+    async def _fill_account(self, record: GrantRecord, server: MailServer, username: str) -> None:
+        """
+        Give a grant made before account indexes its index, now that a
+        request has opened its credentials (one store write, once), so the
+        account page lists it from now on.
+        """
+        if record.account:
+            return
+        ring = self._codec.keyring
+        index = account_index(ring, ring.current_kid, server, username)
+        try:
+            if await self.store.set_grant_account(record.grant_id, index):
+                log.info("grant {grant}: account index added", grant=record.grant_id)
+        except Exception as e:
+            # The call goes on: the next request tries again.
+            log.warn(
+                "account index of grant {grant} not saved: {kind}",
+                grant=record.grant_id,
+                kind=type(e).__name__,
+            )
+
     async def _open_account(
         self, access_token: str
     ) -> tuple[MailAccount, tuple[float, str, str, bytes, MailAccount, bytes]]:
@@ -900,6 +929,7 @@ class GrantService:
             raise InvalidToken()
         creds = open_credentials(raw_key, gid, record.sealed)
         await self._still_allowed(record)
+        await self._fill_account(record, creds.imap, creds.imap_username)
         account = MailAccount(
             owner=gid,
             email=creds.email,

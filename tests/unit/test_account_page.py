@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
@@ -268,3 +269,31 @@ def test_unreadable_deny_list_fails_closed_where_grants_are_made(server: Account
     response, body = server.login()
     assert response.code == 503 and b"temporarily unavailable" in body
     assert server.store.grants == {}
+
+
+def test_a_grant_from_before_account_indexes_is_listed_after_its_next_use(
+    server: AccountServer,
+) -> None:
+    """
+    A grant stored without an account index (made before issue 15) is not on
+    the page; the first request with its token fills the index in (one store
+    write, not one per request), and the page lists it from then on.
+    """
+    tokens = server.tokens()
+    (gid, record), = server.store.grants.items()
+    server.store.grants[gid] = attrs.evolve(record, account="")
+    assert b'id="no-apps"' in sign_in(server)[1]
+    writes: list[tuple[str, str]] = []
+    original = server.store.set_grant_account
+
+    def counting(grant_id: str, account: str) -> Any:
+        writes.append((grant_id, account))
+        return original(grant_id, account)
+
+    server.store.set_grant_account = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        assert server.account(tokens["access_token"]).owner == gid
+    assert writes == [(gid, record.account)]
+    assert server.store.grants[gid] == attrs.evolve(record, last_used=int(server.clock.seconds()))
+    response, body = sign_in(server)
+    assert response.code == 200 and f'id="app-{gid}"'.encode() in body
