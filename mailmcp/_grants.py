@@ -471,6 +471,9 @@ class TokenSet:
     expires_in: int
     #: The granted scopes, always returned (RFC 6749 §5.1).
     scope: str = format_scope(FULL)
+    #: The grant's mailbox (its email, as the login and tool audit lines
+    #: show it), for the token's audit line; never sent to the client.
+    account: str | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -709,7 +712,8 @@ class GrantService:
         scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
         if not scopes:
             raise OAuthError("invalid_grant", "the authorization code is invalid")
-        return self._issue(gid, key, cref, auth_time, 0, scopes)
+        tokens = self._issue(gid, key, cref, auth_time, 0, scopes)
+        return await self._with_account(tokens, gid, key)
 
     async def refresh(
         self, client: Client, refresh_token: str | None, resource: str | None
@@ -771,12 +775,33 @@ class GrantService:
             refresh_token = open_successor(raw_key, gid, gen + 1, current)
         except InvalidToken:
             raise OAuthError("invalid_grant", "the refresh token is no longer valid") from None
-        if refresh_token == successor.refresh_token:
-            return successor
-        # Within the grace: the successor another request already got, and
-        # a fresh access token for the same grant.
-        log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
-        return attrs.evolve(successor, refresh_token=refresh_token)
+        if refresh_token != successor.refresh_token:
+            # Within the grace: the successor another request already got,
+            # and a fresh access token for the same grant.
+            log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
+            successor = attrs.evolve(successor, refresh_token=refresh_token)
+        return await self._with_account(successor, gid, raw_key)
+
+    async def _with_account(self, tokens: TokenSet, gid: str, key: bytes | str) -> TokenSet:
+        """
+        C{tokens} with the grant's mailbox, for the audit line (one read of
+        the grant row); without it when the row cannot be read or opened:
+        the tokens are issued either way.
+        """
+        try:
+            record = await self.store.get_grant(gid)
+            if record is None:
+                return tokens
+            raw_key = _b64d(key) if isinstance(key, str) else key
+            email = open_credentials(raw_key, gid, record.sealed).email
+        except Exception as e:
+            log.warn(
+                "grant {grant}: account not known for the audit: {kind}",
+                grant=gid,
+                kind=type(e).__name__,
+            )
+            return tokens
+        return attrs.evolve(tokens, account=email)
 
     async def revoke(self, client: Client, token: str | None) -> None:
         """
