@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
@@ -439,3 +440,30 @@ def test_account_page_without_client_id_uses_the_default_profile(
     assert missing.status_code == 400
     assert "client_id" in missing.text and "<form" not in missing.text
     assert "Traceback" not in missing.text and "Traceback" not in bare.log_text()
+
+
+def test_a_grant_from_before_account_indexes_is_listed_after_its_next_use(
+    services: Services, daemon_factory
+) -> None:
+    """
+    A grant whose row has no account index (as grants made before the
+    account page were stored) is not on the page; its next /mcp call fills
+    the index in, and the page lists it from then on (real daemon, SQLite).
+    """
+    user, password = new_user(services)
+    daemon = daemon_factory(services)
+    client = generate_client(daemon.state_dir, services, "--name", "Old App")
+    token = login(daemon.base_url, client, user, password)["access_token"]
+    db = sqlite3.connect(daemon.state_dir / "mailmcp.sqlite3", timeout=30)
+    try:
+        with db:
+            assert db.execute("UPDATE grants SET account = ''").rowcount == 1
+    finally:
+        db.close()
+    page = AccountSession(daemon.base_url, client)
+    before = page.sign_in(user, password)
+    assert before.status_code == 200 and 'id="no-apps"' in before.text
+    assert mcp_status(daemon.base_url, token) == 200
+    after = page.sign_in(user, password)
+    assert after.status_code == 200
+    assert parse(after.text).access == {"Old App": "full access"}
