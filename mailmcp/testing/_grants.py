@@ -166,6 +166,13 @@ class MemoryGrantStore:
             self.grants[grant_id] = attrs.evolve(record, last_used=when)
         return succeed(None)
 
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.account or record.expires <= self._now():
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, account=account)
+        return succeed(True)
+
     def deny_client(self, client_ref: str) -> Deferred[int]:
         self.denied_clients.add(client_ref)
         now = self._now()
