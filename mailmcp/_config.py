@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
@@ -21,10 +22,14 @@ from twisted.python import usage
 
 from ._clients import MailServer, is_loopback_host, parse_mail_server
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
+from ._provider_options import PROVIDER_PARAMETERS, parse_provider
 from ._scopes import FULL, parse_scope_list
 from ._sendpolicy import parse_allow_domains
 from ._throttle import IPNetwork, parse_networks
 from ._user_servers import AllowRule, parse_allow
+
+if TYPE_CHECKING:
+    from ._provider import ProviderProfile
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "mailmcp-state"
@@ -231,6 +236,8 @@ PARAMETERS: list[tuple[str, str | None, str]] = [
         "Append one JSON line per login, token issue, refresh, revocation and tool call to "
         "this file (reopened on SIGHUP), or - for the main log; off when not given.",
     ),
+    # Provider sign-in (XOAUTH2) for the default mail profile: mailmcp._provider_options.
+    *PROVIDER_PARAMETERS,
 ]
 
 FLAGS: list[tuple[str, str]] = [
@@ -373,6 +380,9 @@ class Config:
     registrations_per_address: int = 20
     allow_user_servers: bool = False
     user_servers_allow: tuple[AllowRule, ...] = ()
+    #: ``--imap-auth xoauth2|oauthbearer``: the provider that signs users of
+    #: the default mail profile in (`mailmcp._provider_options`).
+    provider: ProviderProfile | None = attrs.field(default=None, repr=False)
 
     @property
     def mcp_url(self) -> str:
@@ -609,6 +619,12 @@ def build_config(
         _check_listen([metrics_listen], "--metrics-listen")
 
     default_imap, default_smtp = _mail_profile(resolved)
+    provider = parse_provider(resolved, _warn_stderr)
+    if provider is not None and default_imap is None:
+        raise usage.UsageError(
+            f"--imap-auth {provider.imap_auth} is for the default mail profile: "
+            "it needs --imap-host and --smtp-host"
+        )
     metadata_dir = None
     if resolved["client-metadata-dir"]:
         metadata_dir = Path(str(resolved["client-metadata-dir"]))
@@ -732,5 +748,6 @@ def build_config(
         send_allow_domains=send_allow_domains,
         trusted_authserv_id=authserv_id,
         audit_log=audit_log,
+        provider=provider,
         **numbers,  # type: ignore[arg-type]
     )
