@@ -40,6 +40,7 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._clients import Client, MailServer
 from ._keyring import KeyRing
+from ._provider import ProviderTokens
 from ._scopes import FULL, LEGACY_SCOPE, format_scope, scopes_of_claim
 from ._throttle import normalise_username
 from ._tokens import InvalidToken, TokenCodec
@@ -87,9 +88,18 @@ class Credentials:
     smtp: MailServer
     smtp_username: str
     smtp_password: str
+    #: How the mail servers are logged in to: ``password`` (the two
+    #: passwords above), or ``xoauth2``/``oauthbearer`` with C{oauth}'s
+    #: access token (provider sign-in; the passwords are then empty).
+    imap_auth: str = "password"
+    #: Which provider profile issued C{oauth}: "" the daemon's default
+    #: profile, else the provisioned client's id (a refresh finds its
+    #: `ProviderClient` by it).
+    provider: str = ""
+    oauth: ProviderTokens | None = None
 
     def __repr__(self) -> str:
-        return f"<Credentials {self.imap_username!r} password=***>"
+        return f"<Credentials {self.imap_username!r} auth={self.imap_auth} password=***>"
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -102,6 +112,15 @@ class Credentials:
                 "smtp": self.smtp.to_claims(),
                 "smtp_username": self.smtp_username,
                 "smtp_password": self.smtp_password,
+                **(
+                    {}
+                    if self.oauth is None and self.imap_auth == "password"
+                    else {
+                        "auth": self.imap_auth,
+                        "provider": self.provider,
+                        "oauth": None if self.oauth is None else self.oauth.to_claims(),
+                    }
+                ),
             },
             separators=(",", ":"),
         ).encode("utf-8")
@@ -118,6 +137,10 @@ class Credentials:
             smtp=MailServer.from_claims(d["smtp"]),
             smtp_username=d["smtp_username"],
             smtp_password=d["smtp_password"],
+            # Rows sealed before provider sign-in have none of these.
+            imap_auth=d.get("auth", "password"),
+            provider=d.get("provider", ""),
+            oauth=None if d.get("oauth") is None else ProviderTokens.from_claims(d["oauth"]),
         )
 
 
@@ -838,6 +861,9 @@ class GrantService:
             smtp_password=creds.smtp_password,
             client_ref=record.client_ref,
             scopes=scopes_of_claim(claims.get("sc")) & self._max_scope,
+            imap_auth=creds.imap_auth,
+            provider=creds.provider,
+            oauth=creds.oauth,
         )
         return account, (
             float(claims.get("exp", 0)),

@@ -34,6 +34,13 @@ class IMAPAuthError(IMAPError):
     """LOGIN/AUTHENTICATE was refused: the stored credentials no longer work."""
 
 
+class IMAPTokenRejected(IMAPAuthError):
+    """
+    AUTHENTICATE XOAUTH2/OAUTHBEARER was refused: the provider access token
+    may have expired early, so one refresh and one more login are worth it.
+    """
+
+
 class IMAPNoSuchMailbox(IMAPError):
     """The named mailbox does not exist (or cannot be selected)."""
 

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._clients import MailServer
+from ._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
 from ._tls import MailTLS
 from .interfaces import ILoginChecker
 
@@ -111,6 +112,52 @@ def _credentials(protocol: str, username: str, password: str) -> tuple[bytes, by
     return user, secret
 
 
+def _token_sasl(
+    protocol: str, server: MailServer, username: str, token: str, mechanism: str
+) -> TokenSASL | None:
+    """The token login for C{mechanism}, None for ``password``."""
+    if mechanism == "password":
+        return None
+    try:
+        return TokenSASL(mechanism, username, token, host=server.host, port=server.port)
+    except SASLInputError:
+        raise LoginRejected(protocol) from None
+
+
+def _token_command(sasl: TokenSASL, initial_in_command: bool, proto: Any) -> imap4.Command:
+    """
+    AUTHENTICATE XOAUTH2/OAUTHBEARER for Twisted's client: the initial
+    response in the command (SASL-IR) or after the empty challenge, and the
+    closing response to an error challenge (the server then answers NO).
+    """
+    initial = base64.b64encode(sasl.initial_response())
+
+    def respond(rest: bytes) -> None:
+        try:
+            challenge = base64.b64decode(rest.strip(), validate=True)
+        except ValueError:
+            challenge = b"?"
+        proto.sendLine(base64.b64encode(sasl.respond(challenge)))
+
+    args = sasl.name + b" " + initial if initial_in_command else sasl.name
+    return imap4.Command(b"AUTHENTICATE", args, (), respond)
+
+
+def credentials_check(credentials: Any, protocol: str) -> tuple[MailServer, str, str, str]:
+    """
+    What to pass to the C{protocol} ("IMAP"/"SMTP") `ILoginChecker.check`
+    for a grant's `Credentials`: server, username, password or access
+    token, and the mechanism.
+    """
+    imap = protocol == "IMAP"
+    server = credentials.imap if imap else credentials.smtp
+    username = credentials.imap_username if imap else credentials.smtp_username
+    if credentials.imap_auth != "password" and credentials.oauth is not None:
+        return server, username, credentials.oauth.access_token, credentials.imap_auth
+    password = credentials.imap_password if imap else credentials.smtp_password
+    return server, username, password, "password"
+
+
 class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
     """An IMAP4Client whose greeting is a Deferred that also fails on connection loss."""
 
@@ -186,9 +233,11 @@ class IMAPLoginChecker:
         self._tls = tls
         self._timeout = timeout
 
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+    def check(
+        self, server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
         holder: list[_CheckingIMAP4Client] = []
-        d = Deferred.fromCoroutine(self._check(server, username, password, holder))
+        d = Deferred.fromCoroutine(self._check(server, username, password, holder, mechanism))
         d.addTimeout(self._timeout, self._reactor)
 
         def done(result: Any) -> Any:
@@ -214,9 +263,15 @@ class IMAPLoginChecker:
         return d
 
     async def _check(
-        self, server: MailServer, username: str, password: str, holder: list[_CheckingIMAP4Client]
+        self,
+        server: MailServer,
+        username: str,
+        password: str,
+        holder: list[_CheckingIMAP4Client],
+        mechanism: str = "password",
     ) -> None:
         user, secret = _credentials("IMAP", username, password)
+        sasl = _token_sasl("IMAP", server, username, password, mechanism)
         options = self._tls.options_for(server.host) if server.security != "plain" else None
         proto = _CheckingIMAP4Client(options, self._reactor)
         proto.timeout = int(self._timeout)
@@ -236,8 +291,13 @@ class IMAPLoginChecker:
             if not proto.startedTLS:
                 raise MailServerUnavailable("IMAP", "no-starttls")
         caps = await proto.getCapabilities()
+        offered = [m.upper() for m in (caps.get(b"AUTH") or [])]
         try:
-            if b"PLAIN" in [m.upper() for m in (caps.get(b"AUTH") or [])]:
+            if sasl is not None:
+                if sasl.name not in offered:
+                    raise MailServerUnavailable("IMAP", "no-token-login")
+                await proto.sendCommand(_token_command(sasl, b"SASL-IR" in caps, proto))
+            elif b"PLAIN" in offered:
                 # SASL PLAIN carries UTF-8 credentials exactly; quoted LOGIN cannot.
                 response = base64.b64encode(b"\0" + user + b"\0" + secret)
                 await proto.sendCommand(
@@ -336,9 +396,11 @@ class SMTPLoginChecker:
         self._timeout = timeout
         self._identity = identity.encode("idna")
 
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+    def check(
+        self, server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
         holder: list[_AuthOnlyESMTPClient] = []
-        d = Deferred.fromCoroutine(self._check(server, username, password, holder))
+        d = Deferred.fromCoroutine(self._check(server, username, password, holder, mechanism))
         d.addTimeout(self._timeout, self._reactor)
 
         def done(result: Any) -> Any:
@@ -373,9 +435,15 @@ class SMTPLoginChecker:
         return d
 
     async def _check(
-        self, server: MailServer, username: str, password: str, holder: list[_AuthOnlyESMTPClient]
+        self,
+        server: MailServer,
+        username: str,
+        password: str,
+        holder: list[_AuthOnlyESMTPClient],
+        mechanism: str = "password",
     ) -> None:
         user, secret = _credentials("SMTP", username, password)
+        sasl = _token_sasl("SMTP", server, username, password, mechanism)
         context = self._tls.options_for(server.host) if server.security == "starttls" else None
         outcome: Deferred[None] = Deferred()
         proto = _AuthOnlyESMTPClient(
@@ -388,6 +456,8 @@ class SMTPLoginChecker:
             timeout=self._timeout,
             clock=self._reactor,
         )
+        if sasl is not None:
+            proto.authenticators = [SMTPTokenAuthenticator(sasl)]
         holder.append(proto)
         await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
         await outcome
@@ -409,7 +479,10 @@ class FakeLoginChecker:
         self.calls: list[tuple[str, int, str]] = []
         self.pending: list[Deferred[None]] = []
 
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+    def check(
+        self, server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
+        """C{password} is the access token when C{mechanism} is a token one."""
         self.calls.append((server.host, server.port, username))
         if self.stall:
             d: Deferred[None] = Deferred()

@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from ._account import MailAccount
 from ._clients import is_loopback_host
 from ._compose import is_canonical_crlf
+from ._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
 from ._tls import MailTLS
 
 log = Logger()
@@ -456,9 +457,14 @@ class _SenderFactory(smtp.ESMTPSenderFactory):
         self.done: Deferred[SendResult] = Deferred()
         self.sender: _Sender | None = None
 
+    #: A token login (provider sign-in): the only mechanism offered.
+    sasl: TokenSASL | None = None
+
     def buildProtocol(self, addr: IAddress | None) -> _Sender:  # type: ignore[override]
         p = super().buildProtocol(addr)
         assert isinstance(p, _Sender)
+        if self.sasl is not None:
+            p.authenticators = [SMTPTokenAuthenticator(self.sasl)]
         self.sender = p
         return p
 
@@ -554,10 +560,27 @@ class SMTPSender:
             )
         secure = server.security != "plain"
         options = self._tls.options_for(server.host) if secure else None
+        sasl: TokenSASL | None = None
+        secret = account.smtp_password
+        if account.uses_token:
+            assert account.oauth is not None
+            try:
+                sasl = TokenSASL(
+                    account.imap_auth,
+                    account.smtp_username,
+                    account.oauth.access_token,
+                    host=server.host,
+                    port=server.port,
+                )
+            except SASLInputError:
+                raise SMTPAuthFailed(
+                    "the stored sign-in token cannot be used", stage=_Phase.CONNECT
+                ) from None
+            secret = "token"  # Twisted authenticates only with a non-empty secret
         factory = _SenderFactory(
             self._reactor,
             account.smtp_username.encode("utf-8"),
-            account.smtp_password.encode("utf-8"),
+            secret.encode("utf-8"),
             envelope_from,
             list(recipients),
             BytesIO(message),
@@ -570,6 +593,7 @@ class SMTPSender:
             requireTransportSecurity=secure,
         )
         factory.domain = self._helo_name.encode("ascii")
+        factory.sasl = sasl
         if server.security == "tls":
             connector = self._reactor.connectSSL(
                 server.host, server.port, factory, options, timeout=self._connect_timeout

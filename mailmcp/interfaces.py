@@ -128,12 +128,14 @@ class IGrantStore(Interface):
 class ILoginChecker(Interface):
     """Checks mail credentials live against the user's IMAP or SMTP server."""
 
-    def check(server: Any, username: str, password: str) -> Any:
+    def check(server: Any, username: str, password: str, mechanism: str = "password") -> Any:
         """
         Fire with None when the server accepts the login; fail with
         `mailmcp._mailcheck.LoginRejected` (wrong credentials) or
         `mailmcp._mailcheck.MailServerUnavailable` (unreachable, TLS failure,
-        timeout, protocol error).
+        timeout, protocol error).  With C{mechanism} ``xoauth2`` or
+        ``oauthbearer``, C{password} is a provider access token
+        (`mailmcp._mailcheck.credentials_check` picks them from `Credentials`).
         """
 
 
