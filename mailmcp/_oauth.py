@@ -53,6 +53,7 @@ from ._grants import (
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._paths import base_path, metadata_paths
+from ._provider_login import CallbackRefused, Finished, ProviderLogin, provider_button
 from ._registration import ClientDirectory, Registration, open_registration
 from ._scopes import ALL_SCOPES, LABELS, UnknownScope, format_scope, parse_scope
 from ._templates import template_path
@@ -227,8 +228,11 @@ class _Page(Element):
         chosen: frozenset[str] | None = None,
         base_path: str = "",
         servers: Mapping[str, str] | None = None,
+        provider_label: str | None = None,
     ) -> None:
         super().__init__()
+        #: With provider sign-in: "Continue with <label>", no password fields.
+        self._provider_label = provider_label
         self._chosen = request.scopes if chosen is None else chosen
         self._base_path = base_path
         self._servers = servers
@@ -292,7 +296,19 @@ class _Page(Element):
     @renderer
     def fixed_servers(self, request: IRequest, tag: Tag) -> Tag | str:
         """The client's own servers, named; nothing when the user names them."""
-        return tag if self._servers is None else ""
+        return tag if self._servers is None and self._provider_label is None else ""
+
+    @renderer
+    def password_fields(self, request: IRequest, tag: Tag) -> Tag | str:
+        """Email, usernames and passwords: not with provider sign-in."""
+        return tag if self._provider_label is None else ""
+
+    @renderer
+    def provider_button(self, request: IRequest, tag: Tag) -> Tag | str:
+        """ "Continue with <provider>" (`mailmcp._provider_login`)."""
+        if self._provider_label is None:
+            return ""
+        return provider_button(self._provider_label)
 
     @renderer
     def server_fields(self, request: IRequest, tag: Tag) -> Tag | str:
@@ -423,6 +439,9 @@ class OAuthApp:
     app = Klein()
     #: The audit trail (LG-06), set by `build_authorization_server`; None: none.
     audit: Audit | None = None
+    #: Provider sign-in ("Continue with …", issue 18), set by
+    #: `build_authorization_server`; None: passwords only.
+    provider_login: ProviderLogin | None = None
 
     def __init__(
         self,
@@ -548,11 +567,16 @@ class OAuthApp:
 
     # -- pages ------------------------------------------------------------
 
-    def _page_headers(self, request: IRequest, redirect_uri: str | None = None) -> None:
+    def _page_headers(
+        self, request: IRequest, redirect_uri: str | None = None, provider_url: str | None = None
+    ) -> None:
         form_action = "'self'"
         if redirect_uri is not None:
             # Browsers apply form-action to the redirect that follows the POST.
             form_action += " " + _origin_of(redirect_uri)
+        if provider_url is not None:
+            # ... and "Continue with …" redirects to the provider.
+            form_action += " " + _origin_of(provider_url)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(
             b"content-security-policy",
@@ -612,7 +636,10 @@ class OAuthApp:
     ) -> bytes:
         csrf = self._csrf_for(self._csrf_cookie_value(request), areq.scope)
         request.setResponseCode(status)
-        self._page_headers(request, areq.redirect_uri)
+        provider = self._provider_for(areq.client)
+        self._page_headers(
+            request, areq.redirect_uri, provider.authorize_url if provider is not None else None
+        )
         if servers is None and self._asks_servers(areq.client):
             servers = self._server_values(values or {}, Suggestion())
         return await _flatten(
@@ -626,14 +653,26 @@ class OAuthApp:
                 chosen,
                 base_path=self._base_path,
                 servers=servers,
+                provider_label=provider.label if provider is not None else None,
             )
         )
+
+    def _provider_for(self, client: Client) -> Any:
+        """The `ProviderProfile` that signs C{client}'s users in, or None (passwords)."""
+        if self.provider_login is None:
+            return None
+        found = self.provider_login.profile_for(client)
+        return found[1] if found is not None else None
 
     # -- user-named servers (--allow-user-servers) -------------------------
 
     def _asks_servers(self, client: Client) -> bool:
         """Whether the user names the mail servers: allowed, and the client brings none."""
-        return self._server_policy is not None and not brings_servers(client)
+        return (
+            self._server_policy is not None
+            and not brings_servers(client)
+            and self._provider_for(client) is None
+        )
 
     def _server_values(self, values: Mapping[str, str], found: Suggestion) -> dict[str, str]:
         """
@@ -920,6 +959,8 @@ class OAuthApp:
                 403,
             )
         chosen = self._chosen_scopes(args, areq)
+        if self._provider_for(areq.client) is not None:
+            return await self._provider_submit(request, areq, values, chosen)
         same = values["use_same_credentials"] == "1"
         if same:
             values["smtp_username"] = values["imap_username"]
@@ -1036,6 +1077,75 @@ class OAuthApp:
             params.append(("state", areq.state))
         params.append(("iss", self._issuer))
         return self._redirect(request, _add_query(areq.redirect_uri, params))
+
+    async def _provider_submit(
+        self,
+        request: IRequest,
+        areq: AuthorizeRequest,
+        values: Mapping[str, str],
+        chosen: frozenset[str],
+    ) -> bytes:
+        """ "Continue with <provider>": the name and scopes checked, off to the provider."""
+        assert self.provider_login is not None
+        kept = {"full_name": values["full_name"]}
+        errors = []
+        if len(values["full_name"]) > 128 or _CONTROL.search(values["full_name"]):
+            errors.append("Your name: at most 128 characters, no control characters.")
+        if not chosen:
+            errors.append("Access: choose at least one thing the assistant may do.")
+        if errors:
+            return await self._login_page(
+                request, areq, 400, kept, errors=errors, message=GENERIC_FAILURE, chosen=chosen
+            )
+        try:
+            location = self.provider_login.begin(
+                request,
+                areq.client,
+                redirect_uri=areq.redirect_uri,
+                state=areq.state,
+                code_challenge=areq.code_challenge,
+                resource=areq.resource,
+                offered=areq.scopes,
+                chosen=chosen,
+                full_name=values["full_name"].strip(),
+            )
+        except CallbackRefused as e:
+            raise BadRequest(e.title, e.message, e.status) from None
+        return self._redirect(request, location)
+
+    @app.route("/oauth/provider/callback", methods=["GET", "HEAD"])
+    async def provider_callback(self, request: IRequest) -> bytes:
+        """The provider sends the browser back here (`mailmcp._provider_login`)."""
+        if self.provider_login is None:
+            return json_body(request, 404, {"error": "not_found"})
+        try:
+            outcome = await self.provider_login.finish(request, self._find_client)
+        except CallbackRefused as e:
+            return await self._error_page(request, BadRequest(e.title, e.message, e.status))
+        except Exception:
+            log.failure("provider sign-in could not be completed")
+            return await self._error_page(request, UNAVAILABLE)
+        if isinstance(outcome, Finished):
+            return self._redirect(request, outcome.location)
+        pending = outcome.pending
+        areq = AuthorizeRequest(
+            client=outcome.client,
+            redirect_uri=pending.redirect_uri,
+            state=pending.state,
+            code_challenge=pending.code_challenge,
+            resource=pending.resource,
+            scopes=pending.offered,
+        )
+        if outcome.retry_after is not None:
+            request.setHeader(b"retry-after", str(outcome.retry_after).encode("ascii"))
+        return await self._login_page(
+            request,
+            areq,
+            outcome.status,
+            {"full_name": pending.full_name},
+            message=outcome.message,
+            chosen=pending.chosen,
+        )
 
     async def _server_policy_check(self, label: str, server: MailServer) -> None:
         assert self._server_policy is not None
@@ -1324,6 +1434,29 @@ def open_store(config: Config, reactor: Any) -> Any:
 _TOKEN_EVENTS = {"authorization_code": "token", "refresh_token": "refresh"}
 
 
+def _provider_login(
+    config: Config, reactor: Any, oauth: OAuthApp, codec: TokenCodec, grants: GrantService
+) -> ProviderLogin | None:
+    """Provider sign-in when the default profile or any provisioned client may use it."""
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor)
+    return ProviderLogin(
+        codec=codec,
+        base_url=config.base_url,
+        default_profile=config.provider,
+        grants=grants,
+        imap_checker=oauth._imap,
+        smtp_checker=oauth._smtp,
+        throttle=oauth._throttle,
+        http=treq.client.HTTPClient(Agent(reactor, pool=pool)),
+        clock=reactor,
+        record=oauth._record,
+        address_of=oauth._client_address,
+    )
+
+
 def build_authorization_server(
     config: Config,
     reactor: Any,
@@ -1392,6 +1525,7 @@ def build_authorization_server(
         resolver=resolver,
     )
     oauth.audit = audit
+    oauth.provider_login = _provider_login(config, reactor, oauth, codec, grants)
     if extra is not None:
         from ._account_page import AccountApp
 

@@ -41,8 +41,17 @@ def test_password_is_the_default(tmp_path: Path) -> None:
 
 def test_microsoft_builtin_profile(tmp_path: Path) -> None:
     """--oauth-provider microsoft carries Entra's endpoints and IMAP/SMTP/offline scopes."""
-    argv = [*SERVERS, "--imap-auth", "xoauth2", "--oauth-provider", "microsoft",
-            "--oauth-client-id", "app-1", "--oauth-client-secret-file", str(secret_file(tmp_path))]
+    argv = [
+        *SERVERS,
+        "--imap-auth",
+        "xoauth2",
+        "--oauth-provider",
+        "microsoft",
+        "--oauth-client-id",
+        "app-1",
+        "--oauth-client-secret-file",
+        str(secret_file(tmp_path)),
+    ]
     profile = parse(tmp_path, argv).config.provider
     assert profile is not None
     assert (profile.name, profile.label, profile.imap_auth) == ("microsoft", "Microsoft", "xoauth2")
@@ -57,8 +66,17 @@ def test_microsoft_builtin_profile(tmp_path: Path) -> None:
 
 def test_google_builtin_profile(tmp_path: Path) -> None:
     """--oauth-provider google asks for https://mail.google.com/ and offline access."""
-    argv = [*SERVERS, "--imap-auth", "oauthbearer", "--oauth-provider", "google",
-            "--oauth-client-id", "g-1", "--oauth-client-secret-file", str(secret_file(tmp_path))]
+    argv = [
+        *SERVERS,
+        "--imap-auth",
+        "oauthbearer",
+        "--oauth-provider",
+        "google",
+        "--oauth-client-id",
+        "g-1",
+        "--oauth-client-secret-file",
+        str(secret_file(tmp_path)),
+    ]
     profile = parse(tmp_path, argv).config.provider
     assert profile is not None
     assert (profile.name, profile.label, profile.imap_auth) == ("google", "Google", "oauthbearer")
@@ -68,10 +86,23 @@ def test_google_builtin_profile(tmp_path: Path) -> None:
 
 def test_custom_profile_on_loopback(tmp_path: Path) -> None:
     """A custom provider takes its URLs (http allowed on loopback only, for tests) and scope."""
-    argv = [*SERVERS, "--imap-auth", "xoauth2", "--oauth-provider", "custom",
-            "--oauth-client-id", "c", "--oauth-client-secret-file", str(secret_file(tmp_path)),
-            "--oauth-authorize-url", "http://127.0.0.1:9/authorize",
-            "--oauth-token-url", "http://127.0.0.1:9/token", "--oauth-scope", "openid email mail"]
+    argv = [
+        *SERVERS,
+        "--imap-auth",
+        "xoauth2",
+        "--oauth-provider",
+        "custom",
+        "--oauth-client-id",
+        "c",
+        "--oauth-client-secret-file",
+        str(secret_file(tmp_path)),
+        "--oauth-authorize-url",
+        "http://127.0.0.1:9/authorize",
+        "--oauth-token-url",
+        "http://127.0.0.1:9/token",
+        "--oauth-scope",
+        "openid email mail",
+    ]
     profile = parse(tmp_path, argv).config.provider
     assert profile is not None
     assert (profile.name, profile.label) == ("custom", "127.0.0.1")
@@ -83,29 +114,92 @@ def test_custom_profile_on_loopback(tmp_path: Path) -> None:
     [
         (["--imap-auth", "kerberos"], "--imap-auth must be one of password, xoauth2, oauthbearer"),
         (["--imap-auth", "xoauth2"], "--imap-auth xoauth2 needs --oauth-provider"),
-        (["--oauth-provider", "google"], "--oauth-provider needs --imap-auth xoauth2 or oauthbearer"),
-        (["--imap-auth", "xoauth2", "--oauth-provider", "yahoo"], "--oauth-provider must be one of"),
+        (
+            ["--oauth-provider", "google"],
+            "--oauth-provider needs --imap-auth xoauth2 or oauthbearer",
+        ),
+        (
+            ["--imap-auth", "xoauth2", "--oauth-provider", "yahoo"],
+            "--oauth-provider must be one of",
+        ),
         (["--imap-auth", "xoauth2", "--oauth-provider", "google"], "needs --oauth-client-id"),
-        (["--imap-auth", "xoauth2", "--oauth-provider", "google", "--oauth-client-id", "x"],
-         "needs --oauth-client-secret-file"),
-        (["--imap-auth", "xoauth2", "--oauth-provider", "google", "--oauth-client-id", "x",
-          "--oauth-client-secret-file", "SECRET", "--oauth-token-url", "https://t.example/"],
-         "--oauth-token-url only goes with --oauth-provider custom"),
-        (["--imap-auth", "xoauth2", "--oauth-provider", "custom", "--oauth-client-id", "x",
-          "--oauth-client-secret-file", "SECRET"],
-         "--oauth-provider custom needs --oauth-authorize-url, --oauth-token-url, --oauth-scope"),
-        (["--imap-auth", "xoauth2", "--oauth-provider", "custom", "--oauth-client-id", "x",
-          "--oauth-client-secret-file", "SECRET", "--oauth-authorize-url", "http://id.example/a",
-          "--oauth-token-url", "https://id.example/t", "--oauth-scope", "s"],
-         "--oauth-authorize-url must use https"),
-        (["--imap-auth", "xoauth2", "--oauth-provider", "custom", "--oauth-client-id", "x",
-          "--oauth-client-secret-file", "SECRET", "--oauth-authorize-url", "https://id.example/a",
-          "--oauth-token-url", "https://id.example/t", "--oauth-scope", "s",
-          "--oauth-userinfo-url", "ftp://id.example/u"],
-         "--oauth-userinfo-url must use https"),
+        (
+            ["--imap-auth", "xoauth2", "--oauth-provider", "google", "--oauth-client-id", "x"],
+            "needs --oauth-client-secret-file",
+        ),
+        (
+            [
+                "--imap-auth",
+                "xoauth2",
+                "--oauth-provider",
+                "google",
+                "--oauth-client-id",
+                "x",
+                "--oauth-client-secret-file",
+                "SECRET",
+                "--oauth-token-url",
+                "https://t.example/",
+            ],
+            "--oauth-token-url only goes with --oauth-provider custom",
+        ),
+        (
+            [
+                "--imap-auth",
+                "xoauth2",
+                "--oauth-provider",
+                "custom",
+                "--oauth-client-id",
+                "x",
+                "--oauth-client-secret-file",
+                "SECRET",
+            ],
+            "--oauth-provider custom needs --oauth-authorize-url, --oauth-token-url, --oauth-scope",
+        ),
+        (
+            [
+                "--imap-auth",
+                "xoauth2",
+                "--oauth-provider",
+                "custom",
+                "--oauth-client-id",
+                "x",
+                "--oauth-client-secret-file",
+                "SECRET",
+                "--oauth-authorize-url",
+                "http://id.example/a",
+                "--oauth-token-url",
+                "https://id.example/t",
+                "--oauth-scope",
+                "s",
+            ],
+            "--oauth-authorize-url must use https",
+        ),
+        (
+            [
+                "--imap-auth",
+                "xoauth2",
+                "--oauth-provider",
+                "custom",
+                "--oauth-client-id",
+                "x",
+                "--oauth-client-secret-file",
+                "SECRET",
+                "--oauth-authorize-url",
+                "https://id.example/a",
+                "--oauth-token-url",
+                "https://id.example/t",
+                "--oauth-scope",
+                "s",
+                "--oauth-userinfo-url",
+                "ftp://id.example/u",
+            ],
+            "--oauth-userinfo-url must use https",
+        ),
     ],
 )
-def test_incomplete_or_contradictory_combinations(tmp_path: Path, argv: list[str], message: str) -> None:
+def test_incomplete_or_contradictory_combinations(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
     """Each bad combination is a UsageError naming the option; the secret never appears in it."""
     path = str(secret_file(tmp_path))
     argv = [path if a == "SECRET" else a for a in argv]
@@ -117,17 +211,28 @@ def test_incomplete_or_contradictory_combinations(tmp_path: Path, argv: list[str
 
 def test_provider_needs_the_default_mail_profile(tmp_path: Path) -> None:
     """Provider sign-in names the default profile's login method: without its servers, an error."""
-    argv = ["--imap-auth", "xoauth2", "--oauth-provider", "google", "--oauth-client-id", "x",
-            "--oauth-client-secret-file", str(secret_file(tmp_path))]
+    argv = [
+        "--imap-auth",
+        "xoauth2",
+        "--oauth-provider",
+        "google",
+        "--oauth-client-id",
+        "x",
+        "--oauth-client-secret-file",
+        str(secret_file(tmp_path)),
+    ]
     with pytest.raises(usage.UsageError, match="needs --imap-host and --smtp-host"):
         parse(tmp_path, argv)
 
 
 def test_options_from_the_environment(tmp_path: Path) -> None:
     """Every provider option has its MAILMCP_<NAME> variable."""
-    environ = {"MAILMCP_IMAP_AUTH": "xoauth2", "MAILMCP_OAUTH_PROVIDER": "microsoft",
-               "MAILMCP_OAUTH_CLIENT_ID": "env-app",
-               "MAILMCP_OAUTH_CLIENT_SECRET_FILE": str(secret_file(tmp_path))}
+    environ = {
+        "MAILMCP_IMAP_AUTH": "xoauth2",
+        "MAILMCP_OAUTH_PROVIDER": "microsoft",
+        "MAILMCP_OAUTH_CLIENT_ID": "env-app",
+        "MAILMCP_OAUTH_CLIENT_SECRET_FILE": str(secret_file(tmp_path)),
+    }
     profile = parse(tmp_path, SERVERS, environ).config.provider
     assert profile is not None and profile.client_id == "env-app" and profile.name == "microsoft"
 
@@ -144,8 +249,9 @@ def test_secret_file_open_to_others_warns_without_showing_it(tmp_path: Path) -> 
     assert warnings == []
 
 
-@pytest.mark.parametrize(("text", "message"), [("", "on one line"), ("a\nb\n", "on one line"),
-                                               ("x" * 5000, "too large")])
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "on one line"), ("a\nb\n", "on one line"), ("x" * 5000, "too large")]
+)
 def test_bad_secret_files(tmp_path: Path, text: str, message: str) -> None:
     """Empty, multi-line or oversized secret files are refused, their content not shown."""
     with pytest.raises(usage.UsageError, match=message):
@@ -162,9 +268,21 @@ def test_password_with_no_provider_options_is_none() -> None:
 def test_startup_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     """``twistd mailmcp --imap-auth xoauth2`` without a provider: one stderr line, exit 1."""
     result = subprocess.run(
-        [sys.executable, "-m", "twisted", "mailmcp", "--state-dir", str(tmp_path / "s"),
-         *SERVERS, "--imap-auth", "xoauth2"],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+        [
+            sys.executable,
+            "-m",
+            "twisted",
+            "mailmcp",
+            "--state-dir",
+            str(tmp_path / "s"),
+            *SERVERS,
+            "--imap-auth",
+            "xoauth2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
