@@ -24,9 +24,10 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 
-from mailmcp._clients import DEFAULT_REDIRECT_URIS, client_claims, register_client
+from mailmcp._clients import DEFAULT_REDIRECT_URIS, client_claims, provision_short_client, register_client
 from mailmcp._mailcheck import FakeLoginChecker
 from mailmcp._provider_login import PENDING_LIFETIME, ProviderLogin
+from mailmcp._provider_options import profile_claims
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
 from tests.unit.provider_fake import CLIENT_SECRET, FakeProvider, profile
 
@@ -278,3 +279,19 @@ def test_no_provider_secret_in_pages_or_urls(flow: Flow) -> None:
     seen = b"\n".join(flow.pages) + "\n".join(flow.locations).encode() + str(flow.cookies).encode()
     for secret in (b"CANARY-access-1", b"CANARY-refresh-1", CLIENT_SECRET.encode()):
         assert secret not in seen
+
+
+def test_provisioned_client_with_its_own_provider(flow: Flow) -> None:
+    """A client from ``mailmcp-generate --oauth-provider google``: its page offers Google, the grant names the client."""
+    own = profile("google")
+    _, sealed, _ = provision_short_client(flow.server.codec, IMAP, SMTP, [REDIRECT], public=True,
+                                          provider=profile_claims(own))
+    flow.client_id = "mc_" + "G" * 22
+    flow.server.run(ensureDeferred(flow.server.store.put_client(flow.client_id, sealed)))
+    _, body = flow.page()
+    assert b"Continue with Google" in body and b'type="password"' not in body
+    response, _ = flow.submit()
+    location = response.headers.getRawHeaders(b"location")[0].decode()
+    assert location.startswith("https://accounts.google.com/o/oauth2/v2/auth?")
+    assert flow.server.app.provider_login.profile_for(flow.server.run(ensureDeferred(
+        flow.server.app._find_client(flow.client_id)))) == (flow.client_id, own)

@@ -7,14 +7,22 @@ secret comes from a file, never from the command line, and is never shown.
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.python import usage
 
-from mailmcp._provider_options import parse_provider, read_client_secret
+from mailmcp._clients import open_client, provision_short_client
+from mailmcp._keyring import load_or_create_keyring
+from mailmcp._provider_options import parse_provider, profile_claims, read_client_secret
+from mailmcp._tokens import TokenCodec
+from mailmcp.generate_tap import Options as GenerateOptions
+from mailmcp.generate_tap import generate
 from mailmcp.tap import Options
 
 SERVERS = ["--imap-host", "imap.example", "--smtp-host", "smtp.example"]
@@ -288,3 +296,53 @@ def test_startup_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "--imap-auth xoauth2 needs --oauth-provider" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def generate_options(tmp_path: Path, *extra: str) -> GenerateOptions:
+    options = GenerateOptions(environ={})
+    options.parseOptions(["--state-dir", str(tmp_path / "gen"), *SERVERS, *extra])
+    return options
+
+
+def test_generate_provisions_a_client_with_its_own_provider(tmp_path: Path) -> None:
+    """
+    ``mailmcp-generate`` takes the same options; the client's description
+    carries the profile sealed (stored form: it never fits a compact id) and
+    the login page of that client offers its provider.
+    """
+    options = generate_options(
+        tmp_path, "--imap-auth", "xoauth2", "--oauth-provider", "google",
+        "--oauth-client-id", "gen-app", "--oauth-client-secret-file", str(secret_file(tmp_path)))
+    out = io.StringIO()
+    generate(options, out, environ={})
+    document = json.loads(out.getvalue()) if out.getvalue().startswith("{") else None
+    assert document is None and "Sign-in: Continue with Google (xoauth2)" in out.getvalue()
+    assert SECRET not in out.getvalue()
+    ring = load_or_create_keyring(options["state-dir"], None, {})
+    codec = TokenCodec(ring, Clock())
+    compact, sealed, _ = provision_short_client(
+        codec, options["imap"], options["smtp"], options["redirect-uri"],
+        provider=profile_claims(options["provider"]))
+    assert compact is None
+    client = open_client(codec, "mc_" + "A" * 22, sealed)
+    assert client.provider == options["provider"] and client.provider.client_secret == SECRET
+    assert SECRET not in repr(client) and SECRET not in sealed
+
+
+def test_generate_json_names_the_provider(tmp_path: Path) -> None:
+    """--json says imap_auth and oauth_provider; the client id is a stored (short) one."""
+    options = generate_options(
+        tmp_path, "--json", "--imap-auth", "oauthbearer", "--oauth-provider", "microsoft",
+        "--oauth-client-id", "gen-app", "--oauth-client-secret-file", str(secret_file(tmp_path)))
+    out = io.StringIO()
+    generate(options, out, environ={})
+    document = json.loads(out.getvalue())
+    assert (document["imap_auth"], document["oauth_provider"]) == ("oauthbearer", "microsoft")
+    assert document["client_id"].startswith("mc_") and SECRET not in out.getvalue()
+
+
+def test_generate_refuses_contradictions_too(tmp_path: Path) -> None:
+    """The same one-line errors as the daemon's."""
+    with pytest.raises(usage.UsageError, match="--oauth-provider needs --imap-auth xoauth2"):
+        generate_options(tmp_path, "--oauth-provider", "google")
+    assert generate_options(tmp_path)["provider"] is None
