@@ -405,7 +405,9 @@ def provision_short_client(
     `new_client_id` in the store.
     """
     secret = None if public else secrets.token_urlsafe(32)
-    claims = client_claims(imap, smtp, redirect_uris, secret, name, scopes=scopes, provider=provider)
+    claims = client_claims(
+        imap, smtp, redirect_uris, secret, name, scopes=scopes, provider=provider
+    )
     return seal_compact(codec.keyring, claims), codec.seal("client", claims, None), secret
 
 
