@@ -1,0 +1,123 @@
+"""
+Provider sign-in (issue 18) through the public surface: a real daemon whose
+default mail profile is ``--imap-auth xoauth2 --oauth-provider custom``,
+pointing at the harness's test OAuth provider; the real Dovecot (``oauth2``
+passdb) and Postfix; a real headless Chromium on the login page and the
+provider's consent page; and the unmodified ``mcp`` client, which registers
+itself (RFC 7591).
+
+The user connects with "Continue with …" (no password field anywhere),
+reads and sends mail with XOAUTH2 on the wire (Dovecot's log), keeps working
+after the provider expires its access tokens, and gets a tool error telling
+them to reconnect after the provider revokes consent.  No provider token or
+client secret appears in the daemon's log, the pages or the URLs (LG-01,
+OA-50, OA-51).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Services
+from tests.integration.test_scopes_browser import wait_for_subject
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("provider_mcp_client.py")
+RECIPIENT, RECIPIENT_PASSWORD = "bob@example.test", "bobpw"
+#: The test provider's token shapes (tests/oauth_provider.py) and any JWT.
+TOKEN_SHAPES = re.compile(r"(?<![\w-])(?:at|rt|code)-[A-Za-z0-9_-]{32}|eyJ[\w-]+\.eyJ[\w-]+\.")
+
+
+def provider_args(services: Services) -> list[str]:
+    """The daemon's default profile: the test servers, signed in at the test provider."""
+    op = services.oauth_provider
+    return [
+        "--imap-host", "localhost", "--imap-port", str(services.imaps_port),
+        "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+        "--imap-auth", "xoauth2", "--oauth-provider", "custom",
+        "--oauth-client-id", op.client_id,
+        "--oauth-client-secret-file", str(op.client_secret_file),
+        "--oauth-authorize-url", op.authorize_url, "--oauth-token-url", op.token_url,
+        "--oauth-scope", op.scope, "--oauth-userinfo-url", op.userinfo_url,
+    ]
+
+
+def run_script(cfg: dict[str, Any]) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, str(SCRIPT), json.dumps(cfg)], capture_output=True,
+                            text=True, timeout=300, cwd=str(ROOT))
+    assert result.returncode == 0, result.stderr[-4000:]
+    out: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def dovecot_log(services: Services) -> str:
+    return (services.svc / "dovecot" / "dovecot.log").read_text(errors="replace")
+
+
+def test_continue_with_provider_read_send_expire_revoke(services, daemon_factory, artifacts) -> None:
+    """
+    One user, start to end: "Continue with …" in Chromium, read and send
+    with XOAUTH2, survive access-token expiry, "reconnect" after revocation;
+    nothing secret in logs, pages or URLs.
+    """
+    op = services.oauth_provider
+    user = f"p18-{secrets.token_hex(4)}@example.test"
+    op.add_user(user)
+    daemon = daemon_factory(services, *provider_args(services), "--log-level", "debug")
+    subjects = [f"xoauth2-{i}-{secrets.token_hex(3)}" for i in range(3)]
+    out = run_script({"base": daemon.base_url, "provider": op.issuer, "user": user,
+                      "recipient": RECIPIENT, "subjects": subjects, "artifacts": str(artifacts)})
+
+    # 1. One sign-in, through "Continue with …", never a password field.
+    assert len(out["logins"]) == 1 and out["registered"]
+    login = out["logins"][0]
+    assert login["button"] == "Continue with 127.0.0.1"
+    assert login["password_inputs"] == 0 and login["email_inputs"] == 0 and login["scope_boxes"] == 5
+    sent = login["provider_query"]
+    assert sent["redirect_uri"] == daemon.base_url + "/oauth/provider/callback"
+    assert sent["code_challenge_method"] == "S256" and sent["client_id"] == op.client_id
+    assert login["got"]["iss"] == daemon.base_url and login["got"]["code"]
+
+    # 2. Read and send, with XOAUTH2 on the wire.
+    calls = out["calls"]
+    assert "send_mail_message" in out["tools"]
+    for name in ("list_mailboxes", "read", "send"):
+        assert calls[name]["is_error"] is False, calls[name]
+    assert subjects[0] in wait_for_subject(services, RECIPIENT, RECIPIENT_PASSWORD, subjects[0])
+    log = dovecot_log(services)
+    assert re.search(rf"imap-login: Login: user=<{re.escape(user)}>, method=XOAUTH2", log)
+
+    # 3. Across the provider's access-token expiry: refreshed, still working.
+    assert calls["send_after_expiry"]["is_error"] is False, calls["send_after_expiry"]
+    assert calls["read_after_expiry"]["is_error"] is False, calls["read_after_expiry"]
+    assert subjects[1] in wait_for_subject(services, RECIPIENT, RECIPIENT_PASSWORD, subjects[1])
+    stats = op.stats()[user]
+    assert stats["code_exchanges"] == 1 and stats["refreshes"] >= 1
+
+    # 4. After revocation: a tool error saying to reconnect, not a new sign-in.
+    revoked = calls["send_after_revocation"]
+    assert revoked["is_error"] is True, revoked
+    assert re.search(r"reconnect|sign in again", revoked["text"], re.IGNORECASE), revoked
+    assert out["logins_before_end"] == 1
+    assert subjects[2] not in wait_for_subject(services, RECIPIENT, RECIPIENT_PASSWORD, subjects[2],
+                                               timeout=2)
+
+    # Canary: no provider token nor the client secret in the daemon's log,
+    # the pages the browser saw, or the URLs it went through.
+    issued = [*stats.get("refresh_tokens_issued", []), op.client_secret]
+    seen = daemon.log_text() + login["login_page"] + login["provider_url"] + login["final_url"]
+    for secret in issued:
+        assert secret not in seen
+    assert TOKEN_SHAPES.findall(daemon.log_text()) == []
+    assert TOKEN_SHAPES.findall(login["login_page"] + login["final_url"]) == []
+    assert "Traceback" not in daemon.log_text()
