@@ -7,7 +7,8 @@ checkers that accept one mailbox's access token, and a `Clock`.
 The page for a provider profile has "Continue with <label>" and no
 email/password/server fields; its submission (CSRF-checked) sends the
 browser to the provider with PKCE S256 and a fresh ``state``; the callback
-is bound to the browser's sealed cookie and single use (OA-40, OA-41), and
+is bound to the browser's sealed cookie and single use (OA-50; nothing
+secret in pages or URLs: OA-51), and
 finishes the MCP client's authorization exactly as a password login does.
 """
 
