@@ -230,8 +230,16 @@ def profile_from_claims(claims: Any) -> ProviderProfile:
     """
     if not isinstance(claims, dict):
         raise ValueError("not a provider profile")
-    fields = ("name", "label", "authorize_url", "token_url", "scope", "client_id")
-    fields += ("client_secret", "imap_auth")
+    fields = (
+        "name",
+        "label",
+        "authorize_url",
+        "token_url",
+        "scope",
+        "client_id",
+        "client_secret",
+        "imap_auth",
+    )
     if not all(isinstance(claims.get(f), str) for f in fields):
         raise ValueError("bad provider profile")
     userinfo = claims.get("userinfo_url")

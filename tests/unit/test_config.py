@@ -14,7 +14,6 @@ import attrs
 import pytest
 from twisted.python import usage
 
-from mailmcp._provider import ProviderProfile
 from mailmcp._clients import MailServer
 from mailmcp._config import (
     _NUMERIC,
@@ -28,6 +27,7 @@ from mailmcp._config import (
     prepare_state_dir,
 )
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
+from mailmcp._provider import ProviderProfile
 from mailmcp._user_servers import USUAL_PORTS, AllowRule
 from mailmcp.tap import Options
 

@@ -25,7 +25,12 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 
-from mailmcp._clients import DEFAULT_REDIRECT_URIS, client_claims, provision_short_client, register_client
+from mailmcp._clients import (
+    DEFAULT_REDIRECT_URIS,
+    client_claims,
+    provision_short_client,
+    register_client,
+)
 from mailmcp._mailcheck import FakeLoginChecker
 from mailmcp._provider_login import PENDING_LIFETIME, ProviderLogin
 from mailmcp._provider_options import profile_claims
