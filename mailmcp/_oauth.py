@@ -1113,13 +1113,24 @@ class OAuthApp:
             raise BadRequest(e.title, e.message, e.status) from None
         return self._redirect(request, location)
 
-    @app.route("/oauth/provider/callback", methods=["GET", "HEAD"])
+    @app.route("/oauth/provider/callback", methods=["GET"])
     async def provider_callback(self, request: IRequest) -> bytes:
         """The provider sends the browser back here (`mailmcp._provider_login`)."""
         if self.provider_login is None:
             return json_body(request, 404, {"error": "not_found"})
+        if request.method != b"GET":
+            # Klein answers HEAD with GET's route; a prefetch must not use the sign-in up.
+            request.setHeader(b"allow", b"GET")
+            return json_body(request, 405, {"error": "method_not_allowed"})
+
+        async def find(client_id: str) -> Client:
+            # A client the operator revoked meanwhile finishes nothing.
+            client = await self._find_client(client_id)
+            await self._refuse_denied(client)
+            return client
+
         try:
-            outcome = await self.provider_login.finish(request, self._find_client)
+            outcome = await self.provider_login.finish(request, find)
         except CallbackRefused as e:
             return await self._error_page(request, BadRequest(e.title, e.message, e.status))
         except Exception:

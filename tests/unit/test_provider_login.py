@@ -301,3 +301,23 @@ def test_provisioned_client_with_its_own_provider(flow: Flow) -> None:
     assert location.startswith("https://accounts.google.com/o/oauth2/v2/auth?")
     assert flow.server.app.provider_login.profile_for(flow.server.run(ensureDeferred(
         flow.server.app._find_client(flow.client_id)))) == (flow.client_id, own)
+
+
+def test_client_revoked_meanwhile_finishes_nothing(flow: Flow) -> None:
+    """The operator revokes the client between 'Continue' and the callback: the 400 page, no exchange."""
+    from mailmcp._grants import client_ref
+
+    q = provider_query(flow.submit()[0])
+    flow.server.run(ensureDeferred(flow.server.store.deny_client(client_ref(flow.client_id))))
+    response, _ = flow.callback(code="c1", state=q["state"])
+    assert response.code == 400 and flow.provider.requests == []
+
+
+def test_callback_is_get_only(flow: Flow) -> None:
+    """HEAD (a link prefetch) does not consume the sign-in."""
+    q = provider_query(flow.submit()[0])
+    response, _ = flow.server.request("HEAD", "/oauth/provider/callback",
+                                      params={"code": "c1", "state": q["state"]},
+                                      headers={"Cookie": flow.cookie_header()})
+    assert response.code == 405
+    assert flow.callback(code="c1", state=q["state"])[0].code == 303
