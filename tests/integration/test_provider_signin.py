@@ -121,3 +121,53 @@ def test_continue_with_provider_read_send_expire_revoke(services, daemon_factory
     assert TOKEN_SHAPES.findall(daemon.log_text()) == []
     assert TOKEN_SHAPES.findall(login["login_page"] + login["final_url"]) == []
     assert "Traceback" not in daemon.log_text()
+
+
+def test_provisioned_client_with_its_own_provider(services, daemon_factory) -> None:
+    """
+    ``mailmcp-generate`` with the provider options: a daemon without any
+    default profile offers that client's provider, and the sign-in ends with
+    a code that redeems for tokens whose tool calls read the mailbox.
+    """
+    import base64
+    import hashlib
+
+    import httpx2
+
+    from tests.harness import generate_client
+    from tests.hostile import mcp_http
+
+    op = services.oauth_provider
+    user = f"p18-gen-{secrets.token_hex(4)}@example.test"
+    op.add_user(user)
+    daemon = daemon_factory(services)
+    provider_options = provider_args(services)[8:]  # everything after the servers
+    client = generate_client(daemon.state_dir, services, "--public", *provider_options)
+    assert client["client_id"].startswith("mc_") and client["imap_auth"] == "xoauth2"
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    redirect = "http://127.0.0.1:9/callback"
+    params = {"client_id": client["client_id"], "redirect_uri": redirect, "response_type": "code",
+              "state": "gen-state", "code_challenge": challenge, "code_challenge_method": "S256"}
+    with httpx2.Client(base_url=daemon.base_url, follow_redirects=False, timeout=30) as browser:
+        page = browser.get("/oauth/authorize", params=params)
+        assert "Continue with 127.0.0.1" in page.text and 'type="password"' not in page.text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        offered = re.search(r'name="requested_scope" value="([^"]*)"', page.text).group(1)
+        started = browser.post("/oauth/authorize", data=dict(
+            params, csrf_token=csrf, requested_scope=offered, scope=offered.split(),
+            full_name="Gen User", action="provider"))
+        assert started.status_code == 303 and started.headers["location"].startswith(op.authorize_url)
+        back = op.approve(started.headers["location"], user)
+        assert back.startswith(daemon.base_url + "/oauth/provider/callback?")
+        done = browser.get(back.split(daemon.base_url, 1)[1])
+        assert done.status_code == 303, done.text
+        location = done.headers["location"]
+        assert location.startswith(redirect + "?") and "state=gen-state" in location
+        code = re.search(r"[?&]code=([^&]+)", location).group(1)
+        tokens = browser.post("/oauth/token", data={
+            "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+            "redirect_uri": redirect, "client_id": client["client_id"]}).json()
+    result = mcp_http.call(daemon.base_url, tokens["access_token"], "list_mailboxes")
+    assert result.get("isError") is not True, result
+    assert re.search(rf"Login: user=<{re.escape(user)}>, method=XOAUTH2", dovecot_log(services))
