@@ -5,6 +5,7 @@ The mailbox account a request acts for, as recovered from its access token.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import attrs
 
@@ -44,6 +45,15 @@ class MailAccount:
     #: The provider profile that issued C{oauth} ("" the daemon's default).
     provider: str = ""
     oauth: ProviderTokens | None = attrs.field(default=None, repr=False)
+    #: Fetches a fresh access token after a mail server refused this
+    #: one, and answers the account with it (`GrantService` sets it for
+    #: token accounts; the IMAP pool and the SMTP sender call it once).
+    renew: Callable[[], Awaitable[MailAccount]] | None = attrs.field(
+        default=None, repr=False, eq=False
+    )
+    #: Not "": the provider ended this grant (now revoked); the message
+    #: tells the user to sign in again, and every tool call answers it.
+    ended: str = ""
 
     @property
     def uses_token(self) -> bool:

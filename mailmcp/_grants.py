@@ -26,7 +26,7 @@ import re
 import secrets
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -40,7 +40,8 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._clients import Client, MailServer
 from ._keyring import KeyRing
-from ._provider import ProviderTokens
+from ._provider import ProviderClient, ProviderTokens, ProviderUnavailable
+from ._provider_refresh import GrantEnded, ProviderTokenKeeper
 from ._scopes import FULL, LEGACY_SCOPE, format_scope, scopes_of_claim
 from ._throttle import normalise_username
 from ._tokens import InvalidToken, TokenCodec
@@ -355,6 +356,13 @@ class MemoryGrantStore:
             return succeed(last.successor)
         return succeed(None)
 
+    def replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.expires <= self._now() or record.sealed != old:
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, sealed=new)
+        return succeed(True)
+
     def revoke_grant(self, grant_id: str) -> Deferred[None]:
         self.grants.pop(grant_id, None)
         self.rotations.pop(grant_id, None)
@@ -491,6 +499,9 @@ class GrantService:
     :param max_scope: the daemon's ``--max-scope``: also narrows tokens issued
         before it was set (at use and at refresh), so lowering it takes
         effect at once.
+    :param provider_for: the `ProviderClient` of a provider sign-in grant's
+        profile key ("" the default profile, else a provisioned client's id);
+        without it such grants cannot refresh their provider token.
     """
 
     def __init__(
@@ -503,12 +514,16 @@ class GrantService:
         refresh_lifetime: int,
         cache_size: int = 4096,
         max_scope: frozenset[str] = FULL,
+        provider_for: Callable[[str], ProviderClient | None | Awaitable[ProviderClient | None]]
+        | None = None,
     ) -> None:
         self._max_scope = max_scope
         self.store = store
-        self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount]] = (
+        self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount, bytes]] = (
             OrderedDict()
         )
+        #: Refreshes provider access tokens of provider sign-in grants.
+        self.tokens = ProviderTokenKeeper(store, provider_for or (lambda _key: None), codec.clock)
         self._cache_size = cache_size
         self._touched: OrderedDict[str, int] = OrderedDict()
         self._codec = codec
@@ -790,19 +805,55 @@ class GrantService:
         digest = hashlib.sha256(access_token.encode("utf-8", "replace")).digest()
         hit = self._accounts.get(digest)
         if hit is not None:
-            exp, gid, cref, sealed, account = hit
+            exp, gid, cref, sealed, account, key = hit
             if exp > self._codec.now():
                 record = await self.store.get_grant(gid)
                 if record is not None and record.sealed == sealed and record.client_ref == cref:
                     await self._still_allowed(record)
                     self._accounts.move_to_end(digest)
-                    return account
+                    return await self._with_fresh_token(account, key)
             self._accounts.pop(digest, None)
         account, entry = await self._open_account(access_token)
         self._accounts[digest] = entry
         if len(self._accounts) > self._cache_size:
             self._accounts.popitem(last=False)
-        return account
+        return await self._with_fresh_token(account, entry[5])
+
+    async def _with_fresh_token(self, account: MailAccount, key: bytes) -> MailAccount:
+        """
+        A provider sign-in account with an access token good for a while
+        (refreshed when it expires within the margin) and its C{renew}.  A
+        provider that refuses ends the grant: the account comes back
+        C{ended}, so this call's tool answers "sign in again" (the next
+        request finds the grant gone: HTTP 401).
+        """
+        tokens = account.oauth
+        if tokens is None:
+            return account
+        if self.tokens.needs_refresh(tokens):
+            try:
+                creds = await self.tokens.current(account.owner, key, tokens, force=False)
+            except GrantEnded as e:
+                return attrs.evolve(account, ended=e.message)
+            except ProviderUnavailable as e:
+                # The token we have may still work; a refusal tries again.
+                log.info(
+                    "grant {grant}: provider token not refreshed: {why}",
+                    grant=account.owner,
+                    why=e.message,
+                )
+            else:
+                account = attrs.evolve(account, oauth=creds.oauth)
+        return attrs.evolve(account, renew=self._renewer(account, key))
+
+    def _renewer(self, account: MailAccount, key: bytes) -> Callable[[], Awaitable[MailAccount]]:
+        async def renew() -> MailAccount:
+            """:raises GrantEnded, ProviderUnavailable, InvalidToken: see `ProviderTokenKeeper`."""
+            creds = await self.tokens.current(account.owner, key, account.oauth, force=True)
+            fresh = attrs.evolve(account, oauth=creds.oauth)
+            return attrs.evolve(fresh, renew=self._renewer(fresh, key))
+
+        return renew
 
     async def _still_allowed(self, record: GrantRecord) -> None:
         """
@@ -834,7 +885,7 @@ class GrantService:
 
     async def _open_account(
         self, access_token: str
-    ) -> tuple[MailAccount, tuple[float, str, str, bytes, MailAccount]]:
+    ) -> tuple[MailAccount, tuple[float, str, str, bytes, MailAccount, bytes]]:
         claims = self._codec.open("access", access_token)
         if claims.get("aud") != self._resource:
             raise InvalidToken()
@@ -871,6 +922,7 @@ class GrantService:
             record.client_ref,
             record.sealed,
             account,
+            raw_key,
         )
 
 

@@ -34,10 +34,21 @@ class IMAPAuthError(IMAPError):
     """LOGIN/AUTHENTICATE was refused: the stored credentials no longer work."""
 
 
-class IMAPTokenRejected(IMAPAuthError):
+class IMAPLoginRefused(IMAPAuthError):
+    """The server answered the login with NO: wrong credentials (not a missing method)."""
+
+
+class IMAPTokenRejected(IMAPLoginRefused):
     """
     AUTHENTICATE XOAUTH2/OAUTHBEARER was refused: the provider access token
     may have expired early, so one refresh and one more login are worth it.
+    """
+
+
+class IMAPGrantEnded(IMAPAuthError):
+    """
+    The mail provider ended mailmcp's access (consent revoked): the grant
+    is revoked, and ``message`` asks the user to sign in again.
     """
 
 

@@ -1,13 +1,15 @@
 """
 Live login checks for the login page: does the user's IMAP (and then SMTP)
-server accept these credentials?
+server accept these credentials (a password, or a provider access token
+with XOAUTH2/OAUTHBEARER)?
 
-Both use Twisted's own protocol clients, hardened the way the stack audit
-says: certificates always verified (`MailTLS`), STARTTLS mandatory when the
-client id says ``starttls`` (no cleartext fallback), ``plain`` only when the
-client id says so (the generator allows it for loopback hosts only), one
-deadline over connect + TLS + greeting + login, and the greeting errbacked
-from ``connectionLost`` so a failed handshake cannot hang the check.
+IMAP uses the IMAP pool's own protocol class and session, so the check
+makes exactly the login the pool will make; SMTP uses Twisted's ESMTP
+client.  Both are hardened the way the stack audit says: certificates
+always verified (`MailTLS`), STARTTLS mandatory when the client id says
+``starttls`` (no cleartext fallback), ``plain`` only to a loopback server,
+one deadline over connect + TLS + greeting + login, and a lost connection
+fails the check instead of hanging it.
 
 Secrets never reach a log line: SMTP client exceptions carry the base64
 transcript of the AUTH exchange in their ``str()``, so only the exception
@@ -17,21 +19,23 @@ safe messages.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.mail import imap4, smtp
+from twisted.mail import smtp
 from twisted.protocols import policies
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._clients import MailServer
+from ._imap import IMAPClientProtocol, Session
+from ._mailbox_api import IMAPAuthError, IMAPError, IMAPLoginRefused
 from ._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
 from ._tls import MailTLS
 from .interfaces import ILoginChecker
@@ -124,25 +128,6 @@ def _token_sasl(
         raise LoginRejected(protocol) from None
 
 
-def _token_command(sasl: TokenSASL, initial_in_command: bool, proto: Any) -> imap4.Command:
-    """
-    AUTHENTICATE XOAUTH2/OAUTHBEARER for Twisted's client: the initial
-    response in the command (SASL-IR) or after the empty challenge, and the
-    closing response to an error challenge (the server then answers NO).
-    """
-    initial = base64.b64encode(sasl.initial_response())
-
-    def respond(rest: bytes) -> None:
-        try:
-            challenge = base64.b64decode(rest.strip(), validate=True)
-        except ValueError:
-            challenge = b"?"
-        proto.sendLine(base64.b64encode(sasl.respond(challenge)))
-
-    args = sasl.name + b" " + initial if initial_in_command else sasl.name
-    return imap4.Command(b"AUTHENTICATE", args, (), respond)
-
-
 def credentials_check(credentials: Any, protocol: str) -> tuple[MailServer, str, str, str]:
     """
     What to pass to the C{protocol} ("IMAP"/"SMTP") `ILoginChecker.check`
@@ -158,75 +143,45 @@ def credentials_check(credentials: Any, protocol: str) -> tuple[MailServer, str,
     return server, username, password, "password"
 
 
-class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
-    """An IMAP4Client whose greeting is a Deferred that also fails on connection loss."""
+@attrs.frozen(repr=False)
+class _CheckedAccount:
+    """What `Session.open` reads of an account, for one login check."""
 
-    def __init__(self, context: Any, clock: IReactorTime) -> None:
-        super().__init__(context)
-        self.greeting: Deferred[Any] = Deferred()
-        self.lost = False
-        self._clock = clock
+    imap: MailServer
+    imap_username: str
+    imap_password: str
+    imap_auth: str
 
-    #: A login check reads a greeting, CAPABILITY and a few short replies;
-    #: the stock client would spool any announced literal, however large,
-    #: to a temporary file (IM-08).  Anything bigger ends the check.
-    max_literal = 64 * 1024
-    #: A whole check receives a few kilobytes; a server that keeps talking
-    #: (endless untagged lines) is cut off instead of read until the deadline.
-    max_received = 1024 * 1024
-    received = 0
+    @property
+    def uses_token(self) -> bool:
+        return self.imap_auth != "password"
 
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.received > self.max_received:
-            if self.transport is not None and not self.lost:
-                log.warn(
-                    "IMAP server sent over {limit} bytes during the login check; hanging up",
-                    limit=self.max_received,
-                )
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-                self.lost = True
-            return
-        super().dataReceived(data)
+    @property
+    def oauth(self) -> Any:
+        return _Token(self.imap_password)
 
-    def _setupForLiteral(self, rest: bytes, octets: int) -> None:
-        if octets > self.max_literal:
-            log.warn(
-                "IMAP server announced a {size}-byte literal during the login check; hanging up",
-                size=octets,
-            )
-            if self.transport is not None:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-            return
-        super()._setupForLiteral(rest, octets)
 
-    def _extraInfo(self, lines: list[Any]) -> None:
-        # Twisted's Command.finish hands the BYE that always precedes LOGOUT's
-        # OK (RFC 3501 6.1.3) to _extraInfo, which logs it as an "Unhandled
-        # unsolicited response" at every login check: it is expected here.
-        rest = [line for line in lines if not (line and line[0] == b"BYE")]
-        if rest:
-            super()._extraInfo(rest)
-
-    def serverGreeting(self, caps: Any) -> None:
-        if not self.greeting.called:
-            self.greeting.callback(caps)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = True
-        super().connectionLost(reason)
-        if not self.greeting.called:
-            self.greeting.errback(reason)
+@attrs.frozen(repr=False)
+class _Token:
+    access_token: str
 
 
 @implementer(ILoginChecker)
 class IMAPLoginChecker:
     """
-    LOGIN over verified TLS (implicit, or mandatory STARTTLS), then LOGOUT.
+    The login the IMAP pool makes, with the pool's own protocol class and
+    session (`mailmcp._imap`): verified TLS (implicit, or mandatory
+    STARTTLS), LOGIN or AUTHENTICATE PLAIN, or XOAUTH2/OAUTHBEARER with a
+    provider token; then LOGOUT.  A check that passes is a login the pool
+    will be able to make.
 
     :param reactor: provides `IReactorTCP` and `IReactorTime`.
     :param timeout: seconds for the whole check.
     """
+
+    #: A check reads a greeting, CAPABILITY and a few short replies; a
+    #: larger literal ends it (IM-08).
+    max_literal = 64 * 1024
 
     def __init__(self, reactor: Any, tls: MailTLS, timeout: float = 20.0) -> None:
         self._reactor = reactor
@@ -236,13 +191,13 @@ class IMAPLoginChecker:
     def check(
         self, server: MailServer, username: str, password: str, mechanism: str = "password"
     ) -> Deferred[None]:
-        holder: list[_CheckingIMAP4Client] = []
+        holder: list[IMAPClientProtocol] = []
         d = Deferred.fromCoroutine(self._check(server, username, password, holder, mechanism))
         d.addTimeout(self._timeout, self._reactor)
 
         def done(result: Any) -> Any:
             for proto in holder:
-                if not proto.lost and proto.transport is not None:
+                if not proto.closed and proto.transport is not None:
                     proto.transport.abortConnection()  # type: ignore[attr-defined]
             if isinstance(result, Failure):
                 if result.check(LoginRejected, MailServerUnavailable):
@@ -267,58 +222,54 @@ class IMAPLoginChecker:
         server: MailServer,
         username: str,
         password: str,
-        holder: list[_CheckingIMAP4Client],
+        holder: list[IMAPClientProtocol],
         mechanism: str = "password",
     ) -> None:
-        user, secret = _credentials("IMAP", username, password)
-        sasl = _token_sasl("IMAP", server, username, password, mechanism)
+        _credentials("IMAP", username, password)
+        _token_sasl("IMAP", server, username, password, mechanism)
         options = self._tls.options_for(server.host) if server.security != "plain" else None
-        proto = _CheckingIMAP4Client(options, self._reactor)
-        proto.timeout = int(self._timeout)
+        # The check's own deadline (in `check`) is what ends a slow server.
+        proto = IMAPClientProtocol(
+            self._reactor,
+            timeout=self._timeout + 1,
+            max_literal=self.max_literal,
+            label="login check",
+        )
         holder.append(proto)
         await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
-        await proto.greeting
-        if server.security == "starttls":
-            caps = await proto.getCapabilities()
-            if b"STARTTLS" not in caps:
+        session = Session(proto)
+        try:
+            await session.open(_CheckedAccount(server, username, password, mechanism), options)
+        except IMAPLoginRefused:
+            raise LoginRejected("IMAP") from None
+        except IMAPAuthError as e:
+            log.info(
+                "IMAP server {host}:{port} cannot be logged in to: {why}",
+                host=server.host,
+                port=server.port,
+                why=e.message,
+            )
+            reason = "no-token-login" if mechanism != "password" else "login-disabled"
+            raise MailServerUnavailable("IMAP", reason) from None
+        except IMAPError as e:
+            if "STARTTLS" in e.message:
                 log.warn(
-                    "IMAP server {host}:{port} offers no STARTTLS; refusing to log in",
+                    "IMAP server {host}:{port}: {why}",
                     host=server.host,
                     port=server.port,
+                    why=e.message,
                 )
-                raise MailServerUnavailable("IMAP", "no-starttls")
-            await proto.startTLS(options)
-            if not proto.startedTLS:
-                raise MailServerUnavailable("IMAP", "no-starttls")
-        caps = await proto.getCapabilities()
-        offered = [m.upper() for m in (caps.get(b"AUTH") or [])]
+                raise MailServerUnavailable("IMAP", "no-starttls") from None
+            log.info(
+                "IMAP check of {host}:{port} failed: {why}",
+                host=server.host,
+                port=server.port,
+                why=e.message,
+            )
+            raise MailServerUnavailable("IMAP", "temporary" if e.transient else "error") from None
+        logout = Deferred.fromCoroutine(session.logout())
+        logout.addTimeout(2, self._reactor)
         try:
-            if sasl is not None:
-                if sasl.name not in offered:
-                    raise MailServerUnavailable("IMAP", "no-token-login")
-                await proto.sendCommand(_token_command(sasl, b"SASL-IR" in caps, proto))
-            elif b"PLAIN" in offered:
-                # SASL PLAIN carries UTF-8 credentials exactly; quoted LOGIN cannot.
-                response = base64.b64encode(b"\0" + user + b"\0" + secret)
-                await proto.sendCommand(
-                    imap4.Command(
-                        b"AUTHENTICATE", b"PLAIN", (), lambda rest: proto.sendLine(response)
-                    )
-                )
-            elif b"LOGINDISABLED" in caps:
-                raise MailServerUnavailable("IMAP", "login-disabled")
-            else:
-                await proto.sendCommand(
-                    imap4.Command(b"LOGIN", imap4._quote(user) + b" " + imap4._quote(secret))
-                )
-        except imap4.IMAP4Exception as e:
-            text = str(e.args[0] if e.args else b"").upper()
-            if "UNAVAILABLE" in text or "SERVERBUG" in text:
-                raise MailServerUnavailable("IMAP", "temporary") from None
-            raise LoginRejected("IMAP") from None
-        try:
-            logout = proto.logout()
-            logout.addTimeout(2, self._reactor)
             await logout
         except Exception:  # noqa: S110 - the login already succeeded; LOGOUT is a courtesy
             pass

@@ -922,6 +922,10 @@ class MCPApp:
         """
         seen = seen if seen is not None else ToolOutcome()
         scopes = account.scopes
+        if account.ended:
+            # The mail provider ended this grant (provider sign-in): say so
+            # in the tool result; the next request gets the HTTP 401.
+            return _error_result(account.ended)
         if tool.scopes_for is None and not tool.visible_to(scopes):
             raise InsufficientScope(tool.name, tool.declared_scopes)
         try:

@@ -95,6 +95,10 @@ def _hidden(value: object) -> str:
     return "***" if value else "''"
 
 
+def _copied(params: Mapping[str, str]) -> dict[str, str]:
+    return dict(params)
+
+
 @attrs.frozen
 class ProviderProfile:
     """
@@ -111,9 +115,7 @@ class ProviderProfile:
     client_id: str
     client_secret: str = attrs.field(repr=_hidden)
     imap_auth: str = "xoauth2"
-    extra_authorize_params: Mapping[str, str] = attrs.field(
-        factory=dict, converter=lambda m: dict(m)
-    )
+    extra_authorize_params: Mapping[str, str] = attrs.field(factory=dict, converter=_copied)
 
     def __attrs_post_init__(self) -> None:
         if self.imap_auth not in TOKEN_MECHANISMS:
@@ -240,8 +242,9 @@ class ProviderClient:
     """
     The token-endpoint side of provider sign-in for one `ProviderProfile`.
 
-    :param http: a treq-like client (the ``treq`` module, an
-        ``HTTPClient``, or ``treq.testing.StubTreq``).
+    :param http: a treq-like client (the ``treq`` module, a
+        ``treq.client.HTTPClient``, or ``treq.testing.StubTreq``): its
+        ``request`` answers a response with a ``content()`` method.
     :param clock: for the timeout and for turning ``expires_in`` into an
         absolute time.
     :param timeout: seconds one call to the provider may take.
@@ -355,7 +358,7 @@ class ProviderClient:
             d: Deferred[Any] = self._http.request(method, url, headers=headers, **kw)
             d.addTimeout(self._timeout, self._clock)
             response = await d
-            body_d: Deferred[bytes] = self._http.content(response)
+            body_d: Deferred[bytes] = response.content()
             body_d.addTimeout(self._timeout, self._clock)
             body = await body_d
         except (CancelledError, DeferredTimeoutError):
@@ -423,8 +426,7 @@ class ProviderClient:
         ):
             raise ProviderUnavailable(
                 f"{self.profile.label} sent a token response without a usable access and "
-                "refresh token"
-                + ("" if previous_refresh else " (is offline access granted?)")
+                "refresh token" + ("" if previous_refresh else " (is offline access granted?)")
             )
         return ProviderTokens(
             access_token=access,

@@ -67,6 +67,16 @@ end
 return false
 """
 
+#: Compare-and-swap of a grant's sealed credentials: KEYS[1] the grant;
+#: ARGV the old and new sealed value (base64) and now.
+_REPLACE_SEALED = """
+local f = redis.call('HMGET', KEYS[1], 'sealed', 'expires')
+if not f[1] or not f[2] or tonumber(f[2]) <= tonumber(ARGV[3]) then return 0 end
+if f[1] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'sealed', ARGV[2])
+return 1
+"""
+
 _HIT = """
 local now = tonumber(ARGV[1])
 local untl = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
@@ -491,6 +501,21 @@ class RedisGrantStore(Service):
         self, grant_id: str, generation: int, successor: bytes, grace: int
     ) -> Deferred[bytes | None]:
         return self._deadline(self._rotate(grant_id, generation, successor, grace))
+
+    async def _replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> bool:
+        result = await self._redis.eval(
+            _REPLACE_SEALED,
+            [self._grant_key(grant_id)],
+            [
+                base64.b64encode(old).decode("ascii"),
+                base64.b64encode(new).decode("ascii"),
+                repr(self._now()),
+            ],
+        )
+        return int(result) == 1
+
+    def replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
+        return self._deadline(self._replace_sealed(grant_id, old, new))
 
     async def _revoke(self, grant_id: str) -> None:
         await self._redis.execute_command("DEL", self._grant_key(grant_id))

@@ -20,7 +20,7 @@ import attrs
 from pydantic import BaseModel
 
 from ._account import MailAccount
-from ._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox
+from ._mailbox_api import IMAPAuthError, IMAPError, IMAPGrantEnded, IMAPNoSuchMailbox
 from ._scopes import FULL
 
 In = TypeVar("In", bound=BaseModel)
@@ -54,6 +54,8 @@ def imap_tool_error(error: IMAPError, folder: str | None = None) -> ToolError:
             f"{named} (or it cannot be opened). Call list_mailboxes to see the exact folder "
             "names; they are case-sensitive and use the server's separator."
         )
+    if isinstance(error, IMAPGrantEnded):
+        return ToolError(error.message)
     if isinstance(error, IMAPAuthError):
         return ToolError(
             f"The mail server refused the stored login ({error.message}). Reconnect the mail account."

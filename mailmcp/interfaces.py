@@ -76,6 +76,16 @@ class IGrantStore(Interface):
     def revoke_grant(grant_id: str) -> Any:
         """Delete the grant; every token of its family dies with it."""
 
+    def replace_sealed(grant_id: str, old: bytes, new: bytes) -> Any:
+        """
+        Compare-and-swap the grant's sealed credentials: when the live grant
+        still holds exactly C{old}, store C{new} and fire with True; else
+        (someone else replaced it first, or the grant is gone) change
+        nothing and fire with False.  Provider sign-in stores a rotated
+        provider refresh token this way, so of two processes refreshing at
+        once exactly one wins and the other re-reads the winner's tokens.
+        """
+
     def hit(key: str, window: int) -> Any:
         """Add one to counter C{key} (a window of C{window} seconds from its first hit); fire with the new count."""
 

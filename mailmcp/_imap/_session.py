@@ -19,17 +19,18 @@ from twisted.internet.interfaces import ITLSTransport
 
 from .._clients import is_loopback_host
 from .._logging import Logger
-from .._sasl import TokenSASL
 from .._mailbox_api import (
     FetchedMessage,
     IMAPAuthError,
     IMAPError,
+    IMAPLoginRefused,
     IMAPNoSuchMailbox,
     IMAPTokenRejected,
     Literal,
     MailboxInfo,
     MailboxState,
 )
+from .._sasl import TokenSASL
 from ._client import CommandFailed, IMAPClientProtocol, RawCommand, Response, capabilities_from
 from ._parser import (
     MAX_MODSEQ,
@@ -271,7 +272,9 @@ class Session:
                 raise IMAPError(
                     f"the mail server cannot log in right now: {e.text}", transient=True
                 ) from None
-            raise IMAPTokenRejected(f"the mail server refused the sign-in token ({e.text})") from None
+            raise IMAPTokenRejected(
+                f"the mail server refused the sign-in token ({e.text})"
+            ) from None
         self.protocol.logged_in = True
         if response.code and response.code[0] == b"CAPABILITY":
             return capabilities_from(response.code[1:])
@@ -308,7 +311,7 @@ class Session:
                 raise IMAPError(
                     f"the mail server cannot log in right now: {e.text}", transient=True
                 ) from None
-            raise IMAPAuthError(
+            raise IMAPLoginRefused(
                 f"the mail server rejected the login ({e.text}); sign in again with the right password"
             ) from None
         self.protocol.logged_in = True

@@ -21,7 +21,14 @@ from mailmcp._provider import (
     ProviderUnavailable,
 )
 from tests.helpers import run
-from tests.unit.provider_fake import CLIENT_ID, CLIENT_SECRET, FakeProvider, client, id_token, profile
+from tests.unit.provider_fake import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FakeProvider,
+    client,
+    id_token,
+    profile,
+)
 
 VERIFIER = "v" * 43
 REDIRECT = "https://mail.example.test/oauth/provider/callback"
@@ -76,7 +83,10 @@ def test_authorization_url_has_pkce_state_and_google_extras() -> None:
         redirect_uri=REDIRECT, state="st-1", code_challenge="ch-1", login_hint="a@b.test"
     )
     parts = urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://accounts.google.com/o/oauth2/v2/auth"
+    assert (
+        f"{parts.scheme}://{parts.netloc}{parts.path}"
+        == "https://accounts.google.com/o/oauth2/v2/auth"
+    )
     q = {k: v[0] for k, v in parse_qs(parts.query).items()}
     assert q == {
         "response_type": "code", "client_id": CLIENT_ID, "redirect_uri": REDIRECT,
@@ -177,7 +187,9 @@ def test_microsoft_falls_back_to_the_sign_in_name() -> None:
     """Microsoft work accounts may have no ``email`` claim: the UPN is the mailbox."""
     fake, clock = setup()
     c = client(fake, clock, profile("microsoft"))
-    tokens = ProviderTokens("a", "r", 1, id_token({"aud": CLIENT_ID, "preferred_username": "u@c.test"}))
+    tokens = ProviderTokens(
+        "a", "r", 1, id_token({"aud": CLIENT_ID, "preferred_username": "u@c.test"})
+    )
     assert run(c.mailbox_address(tokens)) == "u@c.test"
 
 

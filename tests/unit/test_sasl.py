@@ -49,7 +49,9 @@ def b64(data: bytes) -> bytes:
 
 
 def test_xoauth2_initial_response() -> None:
-    sasl = TokenSASL("xoauth2", "someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg")
+    sasl = TokenSASL(
+        "xoauth2", "someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"
+    )
     assert sasl.name == b"XOAUTH2"
     assert sasl.initial_response() == (
         b"user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\x01\x01"
@@ -183,7 +185,7 @@ def outcome(d: Deferred[Any]) -> Any:
 def test_imap_check_xoauth2_success_and_error_dance() -> None:
     reactor = MemoryReactorClock()
     checker = IMAPLoginChecker(reactor, MailTLS(None), timeout=5)
-    server = MailServer("imap.test", 143, "plain")
+    server = MailServer("127.0.0.1", 143, "plain")
     d = checker.check(server, "alice@x.test", TOKEN, mechanism="xoauth2")
     wire = CheckWire(reactor)
     wire.feed(b"* OK ready")
@@ -191,7 +193,7 @@ def test_imap_check_xoauth2_success_and_error_dance() -> None:
     wire.feed(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2", b"0001 OK done")
     expected = b64(b"user=alice@x.test\x01auth=Bearer " + TOKEN.encode() + b"\x01\x01")
     assert wire.sent() == b"0002 AUTHENTICATE XOAUTH2 " + expected + b"\r\n"
-    wire.feed(b"0002 OK in")
+    wire.feed(b"0002 OK [CAPABILITY IMAP4rev1] in")
     assert wire.sent() == b"0003 LOGOUT\r\n"
     wire.feed(b"* BYE bye", b"0003 OK bye")
     assert outcome(d) is None
@@ -213,7 +215,9 @@ def test_imap_check_xoauth2_success_and_error_dance() -> None:
 def test_imap_check_without_the_mechanism_is_unavailable() -> None:
     reactor = MemoryReactorClock()
     checker = IMAPLoginChecker(reactor, MailTLS(None), timeout=5)
-    d = checker.check(MailServer("imap.test", 143, "plain"), "a@x.test", TOKEN, mechanism="oauthbearer")
+    d = checker.check(
+        MailServer("127.0.0.1", 143, "plain"), "a@x.test", TOKEN, mechanism="oauthbearer"
+    )
     wire = CheckWire(reactor)
     wire.feed(b"* OK ready", b"* CAPABILITY IMAP4rev1 AUTH=PLAIN", b"0001 OK done")
     assert TOKEN.encode() not in wire.sent()
@@ -293,7 +297,12 @@ def start_send() -> tuple[Any, StringTransport, list[Any]]:
     sender = SMTPSender(reactor, MailTLS(), timeout=60)
     out: list[Any] = []
     d = Deferred.fromCoroutine(
-        sender.send(sender_account(), "alice@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nhi\r\n")
+        sender.send(
+            sender_account(),
+            "alice@example.test",
+            ["bob@example.test"],
+            b"Subject: x\r\n\r\nhi\r\n",
+        )
     )
     d.addBoth(out.append)
     factory = reactor.sslClients[0][2]
@@ -311,7 +320,9 @@ def test_sender_authenticates_with_xoauth2() -> None:
     assert transport.value().endswith(b"AUTH XOAUTH2\r\n")
     transport.clear()
     proto.dataReceived(b"334 \r\n")
-    assert base64.b64decode(transport.value().strip()).endswith(b"Bearer " + TOKEN.encode() + b"\x01\x01")
+    assert base64.b64decode(transport.value().strip()).endswith(
+        b"Bearer " + TOKEN.encode() + b"\x01\x01"
+    )
     transport.clear()
     proto.dataReceived(b"235 2.7.0 ok\r\n")
     assert transport.value() == b"MAIL FROM:<alice@example.test>\r\n"
@@ -328,6 +339,17 @@ def test_sender_token_refused_is_an_auth_failure_before_mail_from() -> None:
     assert transport.value() == b"\r\n"
     proto.dataReceived(b"535 5.7.8 Username and Password not accepted\r\n")
     assert out and isinstance(out[0].value, SMTPAuthFailed)
+    assert "refused the sign-in token" in out[0].value.message
     assert b"MAIL FROM" not in transport.value()
     assert TOKEN not in str(out[0].value)
     assert not isinstance(out[0], SendResult)
+
+
+def test_sender_without_the_token_mechanism_never_falls_back_to_a_password() -> None:
+    """No XOAUTH2 offered: not sent, no AUTH PLAIN with a placeholder, and the message names the mechanism."""
+    proto, transport, out = start_send()
+    for line in (b"220 hi", b"250-hi", b"250 AUTH PLAIN LOGIN"):
+        proto.dataReceived(line + b"\r\n")
+    assert b"AUTH" not in transport.value()
+    assert out and "offers no supported authentication (XOAUTH2)" in out[0].value.message
+    assert not isinstance(out[0].value, SMTPAuthFailed)
