@@ -53,7 +53,14 @@ from ._grants import (
 from ._http import json_body as _json_body
 from ._mailcheck import LoginRejected, MailServerUnavailable
 from ._paths import base_path, metadata_paths
-from ._provider_login import CallbackRefused, Finished, ProviderLogin, provider_button
+from ._provider_login import (
+    CallbackRefused,
+    Finished,
+    ProviderDirectory,
+    ProviderLogin,
+    http_client,
+    provider_button,
+)
 from ._registration import ClientDirectory, Registration, open_registration
 from ._scopes import ALL_SCOPES, LABELS, UnknownScope, format_scope, parse_scope
 from ._templates import template_path
@@ -1446,13 +1453,13 @@ _TOKEN_EVENTS = {"authorization_code": "token", "refresh_token": "refresh"}
 
 
 def _provider_login(
-    config: Config, reactor: Any, oauth: OAuthApp, codec: TokenCodec, grants: GrantService
-) -> ProviderLogin | None:
-    """Provider sign-in when the default profile or any provisioned client may use it."""
-    import treq
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    pool = HTTPConnectionPool(reactor)
+    config: Config,
+    providers: ProviderDirectory,
+    oauth: OAuthApp,
+    codec: TokenCodec,
+    grants: GrantService,
+) -> ProviderLogin:
+    """Provider sign-in ("Continue with …") for the default profile and provisioned clients."""
     return ProviderLogin(
         codec=codec,
         base_url=config.base_url,
@@ -1461,8 +1468,8 @@ def _provider_login(
         imap_checker=oauth._imap,
         smtp_checker=oauth._smtp,
         throttle=oauth._throttle,
-        http=treq.client.HTTPClient(Agent(reactor, pool=pool)),
-        clock=reactor,
+        http=providers.http,
+        clock=providers.clock,
         record=oauth._record,
         address_of=oauth._client_address,
     )
@@ -1488,6 +1495,7 @@ def build_authorization_server(
     store.setName("grant-store")
     store.setServiceParent(parent)
     codec = TokenCodec(config.keyring, reactor)
+    providers = ProviderDirectory(config.provider, http_client(reactor), reactor)
     grants = GrantService(
         store,
         codec,
@@ -1496,6 +1504,7 @@ def build_authorization_server(
         access_lifetime=config.access_token_lifetime,
         refresh_lifetime=config.refresh_token_lifetime,
         max_scope=config.max_scope,
+        provider_for=providers.client_for,
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"
@@ -1536,7 +1545,8 @@ def build_authorization_server(
         resolver=resolver,
     )
     oauth.audit = audit
-    oauth.provider_login = _provider_login(config, reactor, oauth, codec, grants)
+    providers.clients = oauth._clients
+    oauth.provider_login = _provider_login(config, providers, oauth, codec, grants)
     if extra is not None:
         from ._account_page import AccountApp
 

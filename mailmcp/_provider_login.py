@@ -199,6 +199,49 @@ def _single(request: IRequest, name: str, limit: int = 4096) -> str | None:
         return None
 
 
+class ProviderDirectory:
+    """
+    The `ProviderClient` of a grant's profile key, for refreshing its
+    provider token (`mailmcp._grants.GrantService`'s C{provider_for}): ""
+    is the daemon's default profile, anything else the id of a provisioned
+    client carrying its own (read again from its id or the client store).
+    """
+
+    def __init__(
+        self, default_profile: ProviderProfile | None, http: Any, clock: IReactorTime
+    ) -> None:
+        self.default_profile = default_profile
+        self.http = http
+        self.clock = clock
+        #: The client directory (`mailmcp._registration.ClientDirectory`),
+        #: set once it exists.
+        self.clients: Any = None
+
+    def client(self, profile: ProviderProfile) -> ProviderClient:
+        return ProviderClient(profile, self.http, self.clock)
+
+    async def client_for(self, key: str) -> ProviderClient | None:
+        if key == "":
+            return None if self.default_profile is None else self.client(self.default_profile)
+        if self.clients is None:
+            return None
+        try:
+            found = await self.clients.find(key)
+        except Exception:
+            log.info("provider profile of client {client} not found", client=key[:40])
+            return None
+        own = getattr(found, "provider", None)
+        return self.client(own) if isinstance(own, ProviderProfile) else None
+
+
+def http_client(reactor: Any) -> Any:
+    """treq on its own connection pool, for the provider's token and userinfo endpoints."""
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    return treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
+
+
 class ProviderLogin:
     """
     The two legs of provider sign-in; `mailmcp._oauth.OAuthApp` renders what
