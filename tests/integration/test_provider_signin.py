@@ -95,7 +95,7 @@ def test_continue_with_provider_read_send_expire_revoke(services, daemon_factory
         assert calls[name]["is_error"] is False, calls[name]
     assert subjects[0] in wait_for_subject(services, RECIPIENT, RECIPIENT_PASSWORD, subjects[0])
     log = dovecot_log(services)
-    assert re.search(rf"imap-login: Login: user=<{re.escape(user)}>, method=XOAUTH2", log)
+    assert re.search(rf"imap-login: (?:Info: )?Login: user=<{re.escape(user)}>, method=XOAUTH2", log)
 
     # 3. Across the provider's access-token expiry: refreshed, still working.
     assert calls["send_after_expiry"]["is_error"] is False, calls["send_after_expiry"]
