@@ -9,6 +9,11 @@ OAUTHBEARER instead.  These options say which provider signs the user in and
 with which registration; they become one `ProviderProfile`, checked here so
 that every incomplete or contradictory combination is one line at startup.
 
+The daemon also reads each option from its ``MAILMCP_<NAME>`` variable;
+``mailmcp-generate`` does not (like its ``--imap-host``): those variables
+describe the daemon's default profile, and taking them silently into every
+provisioned client would give it a provider it was not meant to have.
+
 The client secret is read from a file (``--oauth-client-secret-file``), never
 taken from the command line or the environment's value itself, and never
 logged; a file that group or others may read earns a warning.
