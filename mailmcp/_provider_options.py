@@ -38,50 +38,14 @@ CUSTOM_ONLY = ("oauth-authorize-url", "oauth-token-url", "oauth-scope", "oauth-u
 #: A secret file larger than this is not a client secret.
 MAX_SECRET_BYTES = 4096
 
-#: (option name, default, help): the same rows for both commands.
-PROVIDER_PARAMETERS: list[tuple[str, str | None, str]] = [
-    (
-        "imap-auth",
-        "password",
-        "How users sign in to the mail servers: password (the login page asks for it), or "
-        "xoauth2 / oauthbearer (the login page offers 'Continue with <provider>' and IMAP "
-        "and SMTP get the provider's access token); needs --oauth-provider.",
-    ),
-    (
-        "oauth-provider",
-        None,
-        "With --imap-auth xoauth2/oauthbearer: microsoft (Entra ID: Microsoft 365, "
-        "Outlook.com), google (Gmail) or custom (then --oauth-authorize-url, "
-        "--oauth-token-url and --oauth-scope).",
-    ),
-    ("oauth-client-id", None, "The client (application) id mailmcp is registered under."),
-    (
-        "oauth-client-secret-file",
-        None,
-        "File holding the OAuth client secret (read at start; keep it mode 0600). The "
-        "secret itself is never taken on the command line.",
-    ),
-    (
-        "oauth-authorize-url",
-        None,
-        "--oauth-provider custom: the provider's authorization endpoint (https).",
-    ),
-    ("oauth-token-url", None, "--oauth-provider custom: the provider's token endpoint (https)."),
-    (
-        "oauth-scope",
-        None,
-        "--oauth-provider custom: the scopes to ask for (space separated: IMAP and SMTP "
-        "access, offline access for refresh tokens, and openid email for the address).",
-    ),
-    (
-        "oauth-userinfo-url",
-        None,
-        "--oauth-provider custom: the userinfo endpoint (https) that names the mailbox "
-        "address; without it the ID token's email claim does.",
-    ),
-]
-
-PROVIDER_OPTIONS = tuple(name for name, _, _ in PROVIDER_PARAMETERS)
+#: The options (declared in `mailmcp._options`), in the order checked.
+PROVIDER_OPTIONS = (
+    "imap-auth",
+    "oauth-provider",
+    "oauth-client-id",
+    "oauth-client-secret-file",
+    *CUSTOM_ONLY,
+)
 
 
 def _text(values: Mapping[str, object], name: str) -> str:
