@@ -171,3 +171,46 @@ def test_provisioned_client_with_its_own_provider(services, daemon_factory) -> N
     result = mcp_http.call(daemon.base_url, tokens["access_token"], "list_mailboxes")
     assert result.get("isError") is not True, result
     assert re.search(rf"Login: user=<{re.escape(user)}>, method=XOAUTH2", dovecot_log(services))
+
+
+def test_any_process_finishes_the_sign_in_once(services, daemon_factory, tmp_path) -> None:
+    """
+    Two daemons behind one base URL, sharing the key ring and a Redis store:
+    "Continue" at one, the provider's callback at the other (as a balancer
+    may route it) finishes the sign-in; the same callback replayed at the
+    first is refused (single use across processes, OA-50).
+    """
+    import httpx2
+
+    op = services.oauth_provider
+    user = f"p18-two-{secrets.token_hex(4)}@example.test"
+    op.add_user(user)
+    state = tmp_path / "shared-state"
+    one = daemon_factory(services, *provider_args(services), "--store", services.redis_url,
+                         state_dir=state)
+    two = daemon_factory(services, *provider_args(services), "--store", services.redis_url,
+                         "--base-url", one.base_url, state_dir=state)
+    redirect = "http://127.0.0.1:9/callback"
+    params = {"client_id": "", "redirect_uri": redirect, "response_type": "code", "state": "two-state",
+              "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+              "code_challenge_method": "S256"}
+    with httpx2.Client(follow_redirects=False, timeout=30) as browser:
+        params["client_id"] = browser.post(one.base_url + "/oauth/register", json={
+            "redirect_uris": [redirect], "token_endpoint_auth_method": "none"}).json()["client_id"]
+        page = browser.get(one.base_url + "/oauth/authorize", params=params)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        offered = re.search(r'name="requested_scope" value="([^"]*)"', page.text).group(1)
+        started = browser.post(one.base_url + "/oauth/authorize", data=dict(
+            params, csrf_token=csrf, requested_scope=offered, scope=offered.split(),
+            full_name="Two Processes", action="provider"))
+        assert started.status_code == 303, started.text
+        back = op.approve(started.headers["location"], user)
+        path = back.split(one.base_url, 1)[1]
+        assert path.startswith("/oauth/provider/callback?")
+        done = browser.get(two.base_url + path)  # the other process
+        assert done.status_code == 303, done.text
+        assert done.headers["location"].startswith(redirect + "?code=")
+        # The cookie is cleared by then; a replay with it kept is refused too.
+        replay = httpx2.get(one.base_url + path, cookies=dict(started.cookies), timeout=30)
+        assert replay.status_code == 400 and "already used" in replay.text
+    assert op.stats()[user]["code_exchanges"] == 1
