@@ -321,3 +321,23 @@ def test_callback_is_get_only(flow: Flow) -> None:
                                       headers={"Cookie": flow.cookie_header()})
     assert response.code == 405
     assert flow.callback(code="c1", state=q["state"])[0].code == 303
+
+
+def test_provider_directory_finds_the_profile_of_a_grant(flow: Flow) -> None:
+    """The refresh side's lookup: "" the default profile, a client id its own, anything else none."""
+    from mailmcp._provider_login import ProviderDirectory
+
+    default = profile()
+    directory = ProviderDirectory(default, StubTreq(flow.provider), flow.server.clock)
+    run = flow.server.run
+    assert run(ensureDeferred(directory.client_for(""))).profile == default
+    assert run(ensureDeferred(directory.client_for(flow.client_id))) is None  # no directory yet
+    directory.clients = flow.server.app._clients
+    own = profile("google")
+    _, sealed, _ = provision_short_client(flow.server.codec, IMAP, SMTP, [REDIRECT], public=True,
+                                          provider=profile_claims(own))
+    run(ensureDeferred(flow.server.store.put_client("mc_" + "D" * 22, sealed)))
+    assert run(ensureDeferred(directory.client_for("mc_" + "D" * 22))).profile == own
+    assert run(ensureDeferred(directory.client_for(flow.client_id))) is None  # default-profile client
+    assert run(ensureDeferred(directory.client_for("mc_" + "X" * 22))) is None  # unknown
+    assert run(ensureDeferred(ProviderDirectory(None, None, flow.server.clock).client_for(""))) is None
