@@ -341,3 +341,31 @@ def test_provider_directory_finds_the_profile_of_a_grant(flow: Flow) -> None:
     assert run(ensureDeferred(directory.client_for(flow.client_id))) is None  # default-profile client
     assert run(ensureDeferred(directory.client_for("mc_" + "X" * 22))) is None  # unknown
     assert run(ensureDeferred(ProviderDirectory(None, None, flow.server.clock).client_for(""))) is None
+
+
+def test_callback_is_audited_like_a_password_login(flow: Flow) -> None:
+    """A refused and a completed provider sign-in each leave one login audit entry, the address on success."""
+    seen: list[tuple[Any, ...]] = []
+    flow.server.app.provider_login._record = lambda *entry: seen.append(entry)  # type: ignore[union-attr]
+    q = provider_query(flow.submit()[0])
+    flow.callback(error="access_denied", state=q["state"])
+    q = provider_query(flow.submit()[0])
+    flow.callback(code="c1", state=q["state"])
+    assert [(e[0], e[2], e[3]) for e in seen] == [("login", "error", None), ("login", "ok", EMAIL)]
+    assert seen[0][4] == "provider access_denied"
+
+
+@pytest.mark.parametrize("query", [
+    {"code": "c1"},
+    {"code": "c1", "state": ["a", "b"]},
+    {"code": "c1", "state": "x" * 5000},
+    {"state": "\udcff"},
+])
+def test_junk_callbacks_get_the_error_page(flow: Flow, query: dict[str, Any]) -> None:
+    """No, repeated, oversized or undecodable state: the 400 page, nothing exchanged, no traceback."""
+    provider_query(flow.submit()[0])
+    params = {k: (v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v)
+              for k, v in query.items()}
+    response, body = flow.callback(**params)
+    assert response.code == 400 and b"Sign-in cannot continue" in body
+    assert b"Traceback" not in body and flow.provider.requests == []
