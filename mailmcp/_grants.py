@@ -422,6 +422,13 @@ class MemoryGrantStore:
             self.grants[grant_id] = attrs.evolve(record, last_used=when)
         return succeed(None)
 
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.account or record.expires <= self._now():
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, account=account)
+        return succeed(True)
+
     def deny_client(self, client_ref: str) -> Deferred[int]:
         self.denied_clients.add(client_ref)
         now = self._now()
@@ -464,6 +471,9 @@ class TokenSet:
     expires_in: int
     #: The granted scopes, always returned (RFC 6749 §5.1).
     scope: str = format_scope(FULL)
+    #: The grant's mailbox (its email, as the login and tool audit lines
+    #: show it), for the token's audit line; never sent to the client.
+    account: str | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -702,7 +712,8 @@ class GrantService:
         scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
         if not scopes:
             raise OAuthError("invalid_grant", "the authorization code is invalid")
-        return self._issue(gid, key, cref, auth_time, 0, scopes)
+        tokens = self._issue(gid, key, cref, auth_time, 0, scopes)
+        return await self._with_account(tokens, gid, key)
 
     async def refresh(
         self, client: Client, refresh_token: str | None, resource: str | None
@@ -764,12 +775,33 @@ class GrantService:
             refresh_token = open_successor(raw_key, gid, gen + 1, current)
         except InvalidToken:
             raise OAuthError("invalid_grant", "the refresh token is no longer valid") from None
-        if refresh_token == successor.refresh_token:
-            return successor
-        # Within the grace: the successor another request already got, and
-        # a fresh access token for the same grant.
-        log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
-        return attrs.evolve(successor, refresh_token=refresh_token)
+        if refresh_token != successor.refresh_token:
+            # Within the grace: the successor another request already got,
+            # and a fresh access token for the same grant.
+            log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
+            successor = attrs.evolve(successor, refresh_token=refresh_token)
+        return await self._with_account(successor, gid, raw_key)
+
+    async def _with_account(self, tokens: TokenSet, gid: str, key: bytes | str) -> TokenSet:
+        """
+        C{tokens} with the grant's mailbox, for the audit line (one read of
+        the grant row); without it when the row cannot be read or opened:
+        the tokens are issued either way.
+        """
+        try:
+            record = await self.store.get_grant(gid)
+            if record is None:
+                return tokens
+            raw_key = _b64d(key) if isinstance(key, str) else key
+            email = open_credentials(raw_key, gid, record.sealed).email
+        except Exception as e:
+            log.warn(
+                "grant {grant}: account not known for the audit: {kind}",
+                grant=gid,
+                kind=type(e).__name__,
+            )
+            return tokens
+        return attrs.evolve(tokens, account=email)
 
     async def revoke(self, client: Client, token: str | None) -> None:
         """
@@ -810,6 +842,7 @@ class GrantService:
                 record = await self.store.get_grant(gid)
                 if record is not None and record.sealed == sealed and record.client_ref == cref:
                     await self._still_allowed(record)
+                    await self._fill_account(record, account.imap, account.imap_username)
                     self._accounts.move_to_end(digest)
                     return await self._with_fresh_token(account, key)
             self._accounts.pop(digest, None)
@@ -883,6 +916,27 @@ class GrantService:
                 kind=type(e).__name__,
             )
 
+    async def _fill_account(self, record: GrantRecord, server: MailServer, username: str) -> None:
+        """
+        Give a grant made before account indexes its index, now that a
+        request has opened its credentials (one store write, once), so the
+        account page lists it from now on.
+        """
+        if record.account:
+            return
+        ring = self._codec.keyring
+        index = account_index(ring, ring.current_kid, server, username)
+        try:
+            if await self.store.set_grant_account(record.grant_id, index):
+                log.info("grant {grant}: account index added", grant=record.grant_id)
+        except Exception as e:
+            # The call goes on: the next request tries again.
+            log.warn(
+                "account index of grant {grant} not saved: {kind}",
+                grant=record.grant_id,
+                kind=type(e).__name__,
+            )
+
     async def _open_account(
         self, access_token: str
     ) -> tuple[MailAccount, tuple[float, str, str, bytes, MailAccount, bytes]]:
@@ -900,6 +954,7 @@ class GrantService:
             raise InvalidToken()
         creds = open_credentials(raw_key, gid, record.sealed)
         await self._still_allowed(record)
+        await self._fill_account(record, creds.imap, creds.imap_username)
         account = MailAccount(
             owner=gid,
             email=creds.email,

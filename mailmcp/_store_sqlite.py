@@ -435,6 +435,16 @@ class SQLiteGrantStore(Service):
 
         return _run(call)
 
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        def call() -> bool:
+            cursor = self._db.execute(
+                "UPDATE grants SET account = ? WHERE grant_id = ? AND account = '' AND expires > ?",
+                (account, grant_id, self._now()),
+            )
+            return bool(cursor.rowcount)
+
+        return _run(call)
+
     def deny_client(self, client_ref: str) -> Deferred[int]:
         def call() -> int:
             with _write_lock(self._db):

@@ -124,6 +124,13 @@ class IGrantStore(Interface):
     def touch_grant(grant_id: str, when: int) -> Any:
         """Set the grant's C{last_used} to C{when} (never backwards); a missing grant is ignored."""
 
+    def set_grant_account(grant_id: str, account: str) -> Any:
+        """
+        Give a grant made before account indexes (C{account} "") its index,
+        so the account page lists it from now on; fire with True when it was
+        set.  A grant that has one keeps it; a missing grant is ignored.
+        """
+
     def deny_client(client_ref: str) -> Any:
         """
         Put client C{client_ref} (`mailmcp._grants.client_ref`) on the

@@ -197,6 +197,33 @@ def open_store(config: Config, reactor: Any) -> Any:
     return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
+def user_server_resolver(
+    config: Config,
+    reactor: Any,
+    resolv_conf: bytes = b"/etc/resolv.conf",
+    hosts_file: bytes = b"/etc/hosts",
+) -> Any:
+    """
+    The DNS resolver that looks up user-typed mail domains
+    (``--allow-user-servers``), or None when users may not type a server.
+
+    The chain Twisted's C{createResolver} builds (hosts file, cache, the
+    servers of resolv.conf), but on the daemon's C{reactor}: C{createResolver}
+    takes none and its parts would reach for the global one.
+    """
+    if not config.allow_user_servers:
+        return None
+    from twisted.names import cache, client, hosts, resolve
+
+    return resolve.ResolverChain(
+        [
+            hosts.Resolver(hosts_file),
+            cache.CacheResolver(reactor=reactor),
+            client.Resolver(resolv_conf, reactor=reactor),
+        ]
+    )
+
+
 def build_authorization_server(
     config: Config,
     reactor: Any,
@@ -243,11 +270,7 @@ def build_authorization_server(
         metadata = ClientMetadataResolver(
             reactor, MetadataFetcher(reactor), pinned, config.client_metadata_allow
         )
-    resolver = None
-    if config.allow_user_servers:
-        from twisted.names import client as dns_client
-
-        resolver = dns_client.createResolver()
+    resolver = user_server_resolver(config, reactor)
     oauth = OAuthApp(
         config,
         codec,
@@ -263,6 +286,7 @@ def build_authorization_server(
                 ip_failures=config.login_failures_per_address,
                 global_failures=config.login_failures_global,
             ),
+            clock=reactor,
         ),
         clients=ClientDirectory(config, codec, store, metadata),
         resolver=resolver,
