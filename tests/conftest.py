@@ -29,7 +29,8 @@ from mailmcp._account import MailAccount
 from mailmcp._imap import IMAPPool
 from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolContext, ToolServices
+from mailmcp._toolkit import ToolContext
+from mailmcp.testing import tool_services
 from tests.harness import ARTIFACTS, Daemon, Services
 from tests.helpers import ClockedReactor
 from tests.integration.chromium import CHROME_FLAGS, CallbackPage
@@ -112,7 +113,7 @@ def tools(services: Services) -> Iterator[Any]:
         pools.append(pool)
         smtp_reactor = reactor if smtp_clock is None else ClockedReactor(reactor, smtp_clock)
         sender = SMTPSender(smtp_reactor, MailTLS(services.ca_file), timeout=smtp_timeout)
-        return ToolContext(account=acct, services=ToolServices(reactor=reactor, config=None, imap=pool,
+        return ToolContext(account=acct, services=tool_services(reactor=reactor, imap=pool,
                                                                smtp=sender))
 
     yield make

@@ -23,8 +23,9 @@ from mailmcp._imap import CommandFailed, IMAPPool
 from mailmcp._search import SearchQueryError, compile_search
 from mailmcp._tls import MailTLS
 from tests.harness import Services
+from tests.helpers import fresh_user
 from tests.hostile.strategies import queries
-from tests.integration.dovecot_wire import account_for, fresh_user
+from tests.integration.dovecot_wire import account_for
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,6 @@ from mailmcp._attachments import (
     S3Settings,
     make_s3_client,
 )
-from mailmcp._grants import MemoryGrantStore
 from mailmcp._http import MailMCPSite
 from mailmcp._imap import IMAPPool
 from mailmcp._keyring import KeyRing, new_master_key
@@ -32,8 +31,8 @@ from mailmcp._smtp import SMTPSender
 from mailmcp._store_redis import RedisGrantStore
 from mailmcp._store_sqlite import SQLiteGrantStore
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolServices
 from mailmcp._web import Router
+from mailmcp.testing import MemoryGrantStore, tool_services
 from tests.harness import Daemon, Services, free_port, generate_client
 from tests.integration.acceptance import (
     REDIRECT_URI,
@@ -124,10 +123,10 @@ def world(request: pytest.FixtureRequest, services: Services, tmp_path: Path) ->
         store = S3AttachmentStore(s3_client, credentials, S3Settings(f"s3://attachments/t-{uuid.uuid4().hex[:8]}"),
                                   keyring, shifted, pool, link_lifetime=600)
     imap = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=15.0)
-    tool_services = ToolServices(reactor=shifted, config=None, imap=imap,
+    services_ = tool_services(reactor=shifted, imap=imap,
                                  smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=30.0),
                                  attachments=store)
-    w = World(request.param, store, shifted, tool_services, services, s3_client)
+    w = World(request.param, store, shifted, services_, services, s3_client)
     if s3_client is not None:
         s3_client.meta.events.register("before-call.s3", lambda model, **kw: w.s3_calls.append(model.name))
         s3_client.meta.events.register(
@@ -177,7 +176,7 @@ def endpoint(services: Services) -> Iterator[Any]:
     pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=10.0)
     imap_commands: list[Any] = []
     pool.command_observers.append(lambda *event: imap_commands.append(event))
-    services_ = ToolServices(reactor=reactor, config=None, imap=pool,
+    services_ = tool_services(reactor=reactor, imap=pool,
                              smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=10.0))
     url, token, port = serve_mcp(acct, services_)
     yield SimpleNamespace(url=url, token=token, smtp=smtp, pool=pool, imap=imap_commands,

@@ -198,3 +198,29 @@ def original(sender: str, to: list[str], cc: list[str] = (), *, attachment: bool
     if attachment:
         message.add_attachment(BLOB, maintype="application", subtype="octet-stream", filename="plan.bin")
     return message.as_bytes(), message_id
+
+
+def _subjects(services: Services, email: str, password: str, folder: str = "INBOX") -> list[str]:
+    context = ssl.create_default_context(cafile=str(services.ca_file))
+    with imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context) as client:
+        client.login(email, password)
+        typ, _ = client.select(f'"{folder}"', readonly=True)
+        if typ != "OK":
+            return []
+        _, data = client.uid("SEARCH", "ALL")
+        subjects = []
+        for uid in data[0].split():
+            _, parts = client.uid("FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            subjects.append(parts[0][1].decode().split(":", 1)[1].strip())
+        return subjects
+
+
+def wait_for_subject(services: Services, email: str, password: str, subject: str,
+                     timeout: float = 20.0) -> list[str]:
+    """C{email}'s INBOX subjects once C{subject} is among them (Postfix delivers async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        subjects = _subjects(services, email, password)
+        if subject in subjects or time.monotonic() > deadline:
+            return subjects
+        time.sleep(0.2)

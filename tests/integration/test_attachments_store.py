@@ -38,9 +38,10 @@ from mailmcp._imap import IMAPPool
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._mailbox_api import IMAPSession
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._attachments import AttachmentLinkInput, get_mail_attachment_link
 from mailmcp._tools._writing import SendInput, send_mail_message
+from mailmcp.testing import tool_services
 from tests.harness import Services, free_port
 from tests.integration.attachments_world import (
     S3_ENV,
@@ -292,7 +293,7 @@ async def test_s3_down_is_a_clear_error_not_a_crash(services: Services, tmp_path
         text_message.attach(notes)
         services.deliver(account.email, text_message.as_bytes().replace(b"\n", b"\r\n"))
         imap = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=15.0)
-        ctx = ToolContext(account=account, services=ToolServices(reactor=reactor, config=None, imap=imap,
+        ctx = ToolContext(account=account, services=tool_services(reactor=reactor, imap=imap,
                                                                   attachments=store))
         with pytest.raises(ToolError, match="unavailable"):
             await get_mail_attachment_link(ctx, AttachmentLinkInput(folder="INBOX", uid=1, part="2"))

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import imaplib
 import json
 import secrets
-import ssl
 import subprocess
 import sys
 import time
@@ -32,9 +30,9 @@ from selenium.webdriver.common.by import By
 from mailmcp._keyring import load_or_create_keyring
 from mailmcp._tokens import TokenCodec
 from mailmcp._tools import all_tools
-from tests.harness import Services, generate_client
+from tests.harness import generate_client
 from tests.hostile import mcp_http
-from tests.integration.mail_live import fresh_users
+from tests.integration.mail_live import _subjects, fresh_users, wait_for_subject
 
 pytestmark = pytest.mark.integration
 
@@ -43,32 +41,6 @@ SCRIPT = Path(__file__).with_name("scopes_mcp_client.py")
 ALL = "mail.read mail.organize mail.draft mail.send mail.delete"
 READ_TOOLS = ["get_mail_attachment_link", "get_mail_message", "get_mail_thread", "get_mailbox_changes",
               "list_mail_messages", "list_mailboxes", "search_mail_messages"]
-
-
-def _subjects(services: Services, email: str, password: str, folder: str = "INBOX") -> list[str]:
-    context = ssl.create_default_context(cafile=str(services.ca_file))
-    with imaplib.IMAP4_SSL("localhost", services.imaps_port, ssl_context=context) as client:
-        client.login(email, password)
-        typ, _ = client.select(f'"{folder}"', readonly=True)
-        if typ != "OK":
-            return []
-        _, data = client.uid("SEARCH", "ALL")
-        subjects = []
-        for uid in data[0].split():
-            _, parts = client.uid("FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            subjects.append(parts[0][1].decode().split(":", 1)[1].strip())
-        return subjects
-
-
-def wait_for_subject(services: Services, email: str, password: str, subject: str,
-                     timeout: float = 20.0) -> list[str]:
-    """C{email}'s INBOX subjects once C{subject} is among them (Postfix delivers async)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        subjects = _subjects(services, email, password)
-        if subject in subjects or time.monotonic() > deadline:
-            return subjects
-        time.sleep(0.2)
 
 
 def run_script(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 
+from mailmcp import testing
+from mailmcp._config import Config
 from mailmcp._mcp import MCPApp
 from mailmcp._toolkit import Tool, ToolContext, ToolError
-from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account
+from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account, tool_services
 
 BASE = "https://mail.example.test"
 
@@ -69,14 +70,14 @@ def _tool(name: str, handler: Any, output: type[BaseModel] = Boom) -> Tool:
     )
 
 
-def make_config(**overrides: Any) -> Any:
+def make_config(**overrides: Any) -> Config:
     values: dict[str, Any] = {
         "base_url": BASE,
         "allowed_origins": ("https://inspector.example.test",),
         "max_request_body": 1 << 20,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return testing.make_config(**values)
 
 
 def make_app(tools: list[Tool] | None = None, **kwargs: Any) -> tuple[MCPApp, FakeTokenVerifier]:
@@ -88,7 +89,7 @@ def make_app(tools: list[Tool] | None = None, **kwargs: Any) -> tuple[MCPApp, Fa
             _tool("refuse", _refuse),
             _tool("wrong_type", _wrong_type),
         ]
-    app = MCPApp(make_config(), verifier, SimpleNamespace(), tools, **kwargs)
+    app = MCPApp(make_config(), verifier, tool_services(), tools, **kwargs)
     return app, verifier
 
 

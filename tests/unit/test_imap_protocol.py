@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailmcp._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox, Literal
+from mailmcp._mailbox_api import Appended, IMAPAuthError, IMAPError, IMAPNoSuchMailbox, Literal
 from tests.unit.imap_wire import Wire, account, logged_in, opened, result_of, run
 
 
@@ -558,7 +558,7 @@ def test_append_waits_for_continuation_and_returns_appenduid() -> None:
     wire.server(b"+ Ready\r\n")
     assert wire.sent() == b"Subject: x\r\n\r\nbody\r\n\r\n"
     wire.ok(b"[APPENDUID 1700000000 17] Append completed.")
-    assert result_of(d) == (1700000000, 17)
+    assert result_of(d) == Appended(1700000000, 17)
 
 
 def test_append_to_missing_mailbox() -> None:

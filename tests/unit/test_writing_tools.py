@@ -17,9 +17,10 @@ import pytest
 from pydantic import ValidationError
 from twisted.internet.task import Clock
 
+from mailmcp._attachments._common import Limits
 from mailmcp._mailbox_api import MailboxState
 from mailmcp._smtp import RecipientResult, SMTPOutcomeUnknown, SMTPSendFailed
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     DELETE_MAIL_MESSAGE,
@@ -34,7 +35,11 @@ from mailmcp._tools._writing import (
     MoveInput,
     SendInput,
 )
-from mailmcp.testing import FakeIMAPPool, make_account
+from mailmcp.testing import (
+    FakeIMAPPool,
+    make_account,
+    tool_services,
+)
 from tests.helpers import run
 from tests.unit.writable_imap import FakeSender, WritableServer, commands
 
@@ -61,7 +66,7 @@ def sender() -> FakeSender:
 def ctx(server: WritableServer, sender: FakeSender) -> ToolContext:
     clock = Clock()
     clock.advance(1_700_000_000)
-    services = ToolServices(reactor=clock, config=None, imap=FakeIMAPPool(server), smtp=sender)
+    services = tool_services(reactor=clock, imap=FakeIMAPPool(server), smtp=sender)
     return ToolContext(account=make_account(full_name="Alice Example"), services=services)
 
 
@@ -256,8 +261,8 @@ def test_inline_attachments_checked_before_anything_is_sent(
     ctx: ToolContext, server: WritableServer, sender: FakeSender, inline: dict[str, str], reason: str | None
 ) -> None:
     """Bad base64 or an attachment over the cap is a clear ToolError and nothing is sent or saved."""
-    config = type("Config", (), {"attachment_max_bytes": 2048, "attachments_max_message_bytes": 4096})()
-    ctx2 = ToolContext(account=ctx.account, services=attrs.evolve(ctx.services, config=config))
+    limits = Limits(max_attachment_bytes=2048, max_message_bytes=4096)
+    ctx2 = ToolContext(account=ctx.account, services=attrs.evolve(ctx.services, limits=limits))
     if reason is None:
         run(SEND_MAIL_MESSAGE.handler(ctx2, SendInput(to="bob@example.test", attachments=[inline])))
         assert len(sender.sent) == 1

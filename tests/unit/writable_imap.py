@@ -7,9 +7,12 @@ from typing import Any
 
 import attrs
 
-from mailmcp._mailbox_api import IMAPError, Literal
+from mailmcp._mailbox_api import Appended, IMAPError, Literal
 from mailmcp._smtp import RecipientResult, SendResult
-from mailmcp.testing import FakeIMAPServer, FakeIMAPSession
+from mailmcp.testing import (
+    FakeIMAPServer,
+    FakeIMAPSession,
+)
 
 
 class WritableSession(FakeIMAPSession):
@@ -70,7 +73,7 @@ class WritableSession(FakeIMAPSession):
         return await super().uid_search(criteria)
 
     async def append(self, mailbox: str, message: bytes, flags: Sequence[str] = (),
-                     date: str | None = None) -> tuple[int | None, int | None]:
+                     date: str | None = None) -> Appended:
         if mailbox in self.server.refuse_append:
             self._log("APPEND", mailbox)
             raise IMAPError("NO [OVERQUOTA] Quota exceeded")
