@@ -34,7 +34,6 @@ from mailmcp.testing import tool_services
 from tests.harness import ARTIFACTS, Daemon, Services
 from tests.helpers import ClockedReactor
 from tests.integration.chromium import CHROME_FLAGS, CallbackPage
-from tests.integration.mail_live import ScriptedFactory
 
 # Property tests explore the same examples on every run ("ci", the default),
 # so that a submission cannot pass or fail by luck; no per-example deadline,
@@ -86,6 +85,8 @@ def artifacts() -> Path:
 def scripted() -> Iterator[Any]:
     """Start scripted ESMTP servers on loopback (see `ScriptedFactory`); stopped afterwards."""
     from twisted.internet import reactor
+
+    from tests.integration.mail_live import ScriptedFactory
 
     ports: list[Any] = []
 
