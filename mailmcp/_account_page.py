@@ -18,7 +18,9 @@ For a provider profile (``--imap-auth xoauth2|oauthbearer``) the page asks
 for no password: "Continue with <provider>" runs provider sign-in
 (`mailmcp._provider_login.ProviderLogin.begin_account`), and the provider
 callback hands the mailbox address back here (`provider_outcome`), which
-opens the same session as a password sign-in.
+opens the same session as a password sign-in and hands it to ``GET
+/account`` in a one-use cookie (a 303, so the browser does not stay at the
+callback URL with the provider's code in it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -57,6 +60,9 @@ SESSION_LIFETIME = 600
 _SESSION_KIND = "account"
 FULL_ACCESS = "full access"
 NO_ACCESS = "no access (sign in again from your assistant)"
+
+#: The one-use cookie carrying a provider sign-in's session to GET /account.
+HANDOFF_COOKIE = b"mailmcp-account"
 
 SIGN_IN_FAILED = "Sign-in failed. Please check your username and password."
 
@@ -329,6 +335,10 @@ class AccountApp:
     @app.route("/account", methods=["GET", "HEAD"])
     async def show(self, request: IRequest) -> bytes:
         client = await self._client(request.args or {})
+        # Only a GET uses the handoff up: a HEAD (prefetch) must not.
+        handed = self._handed_off(request, client) if request.method == b"GET" else None
+        if handed is not None:
+            return await self._show_apps(request, client, *handed)
         return await self._render(request, client)
 
     @app.route("/account", methods=["PUT", "DELETE", "PATCH"])
@@ -396,7 +406,44 @@ class AccountApp:
             {"srv": client.imap.to_claims(), "u": outcome.email},
             SESSION_LIFETIME,
         )
-        return await self._show_apps(request, client, session, outcome.email)
+        # Hand the session to GET /account in a one-use cookie, so the page
+        # (and the browser's history) does not stay at the callback URL with
+        # the provider's code in it.
+        self._handoff_cookie(request, session.encode("ascii"), SESSION_LIFETIME)
+        where = self._parts.base_path + "/account"
+        if client.client_id:
+            where += "?" + urlencode({"client_id": client.client_id})
+        return redirect(request, where)
+
+    def _handoff_cookie(self, request: IRequest, value: bytes, max_age: int) -> None:
+        secure = self._parts.issuer.startswith("https://")
+        request.addCookie(  # type: ignore[call-arg]
+            HANDOFF_COOKIE,
+            value,
+            path=(self._parts.base_path + "/account").encode("utf-8"),
+            max_age=str(max_age).encode("ascii"),
+            httpOnly=True,
+            secure=secure,
+            # Lax: sent on the 303 that follows the provider's top-level redirect.
+            sameSite="lax",
+        )
+
+    def _handed_off(self, request: IRequest, client: Client) -> tuple[str, str] | None:
+        """The session a provider sign-in handed over, used up; None: none (or not this mailbox)."""
+        cookie = request.getCookie(HANDOFF_COOKIE)
+        if not cookie:
+            return None
+        self._handoff_cookie(request, b"", 0)
+        try:
+            session = cookie.decode("ascii")
+            claims = self._codec.open(_SESSION_KIND, session)
+            server = MailServer.from_claims(claims.get("srv"))
+            username = claims["u"]
+            if not isinstance(username, str) or server != client.imap:
+                return None
+        except (InvalidToken, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+        return session, username
 
     async def _sign_in(
         self, request: IRequest, client: Client, args: Mapping[bytes, list[bytes]]

@@ -75,7 +75,10 @@ class AccountFlow:
         return self.account("GET")
 
     def post(self, form: dict[str, str], csrf: str | None = None) -> tuple[Any, bytes]:
+        handoff = self.cookies.pop("mailmcp-account", None)  # the form, not a signed-in page
         _, page = self.show()
+        if handoff is not None:
+            self.cookies["mailmcp-account"] = handoff
         found = re.search(rb'name="csrf_token" value="([^"]+)"', page)
         assert found is not None
         data = {"csrf_token": found.group(1).decode() if csrf is None else csrf, **form}
@@ -133,6 +136,18 @@ def connect_app(acc: AccountFlow) -> dict[str, Any]:
     return tokens
 
 
+def signed_in(acc: AccountFlow, state: str, code: str = "provider-code-2") -> tuple[Any, bytes]:
+    """The callback's 303 to /account (no page at the callback URL), then that page."""
+    response, body = acc.callback(code=code, state=state)
+    assert response.code == 303, body
+    assert response.headers.getRawHeaders(b"location") == [b"/account"]
+    handoff = [h for h in response.headers.getRawHeaders(b"set-cookie")
+               if h.startswith(b"mailmcp-account=")]
+    assert len(handoff) == 1 and b"httponly" in handoff[0].lower()
+    assert b"path=/account" in handoff[0].lower() and b"CANARY" not in handoff[0]
+    return acc.show()
+
+
 def start(acc: AccountFlow) -> dict[str, str]:
     response, _ = acc.post({"action": "provider"})
     assert response.code == 303, response.code
@@ -159,7 +174,7 @@ def test_sign_in_lists_the_mailbox_apps_and_disconnects(acc: AccountFlow) -> Non
     q = start(acc)
     assert q["code_challenge_method"] == "S256" and q["redirect_uri"] == CALLBACK
     assert len(q["state"]) >= 43
-    response, body = acc.callback(code="provider-code-2", state=q["state"])
+    response, body = signed_in(acc, q["state"])
     assert response.code == 200, body
     # Signed in exactly as after a password sign-in: the app and its Disconnect form.
     assert b"Test client" not in body  # (the registered client has no name)
@@ -173,8 +188,8 @@ def test_sign_in_lists_the_mailbox_apps_and_disconnects(acc: AccountFlow) -> Non
     # Nothing stored: no new grant, and no provider token on the page.
     assert dict(acc.server.store.grants).keys() == grants_before.keys()
     assert b"CANARY" not in body and q["state"].encode() not in body
-    # The pending cookie is gone.
-    assert not any(k.endswith("mailmcp-provider") for k in acc.cookies)
+    # The pending cookie and the handoff are gone: a reload shows the sign-in again.
+    assert not any(k.endswith("mailmcp-provider") or k == "mailmcp-account" for k in acc.cookies)
     # Disconnect, from the page's own form.
     grant = re.search(rb'name="grant" value="([^"]+)"', body).group(1).decode()
     session = re.search(rb'name="session" value="([^"]+)"', body).group(1).decode()
@@ -194,8 +209,8 @@ def test_replayed_or_forged_callbacks_get_the_400_page(acc: AccountFlow) -> None
     assert response.code == 400 and b'name="session"' not in body
     response, body = acc.callback(cookie="", code="provider-code-2", state=q["state"])
     assert response.code == 400 and b'name="session"' not in body
-    response, _ = acc.callback(code="provider-code-2", state=q["state"])
-    assert response.code == 200
+    response, body = signed_in(acc, q["state"])
+    assert response.code == 200 and b'name="session"' in body
     acc.cookies = kept
     response, body = acc.callback(code="provider-code-2", state=q["state"])
     assert response.code == 400 and b'name="session"' not in body
@@ -251,3 +266,20 @@ def test_a_login_pending_request_never_opens_the_account_page(acc: AccountFlow) 
     q = provider_query(acc.flow.submit()[0])
     response, body = acc.flow.callback(code="provider-code-1", state=q["state"])
     assert response.code == 303 and b'name="session"' not in body
+
+
+def test_the_handoff_is_one_use_and_cannot_be_forged(acc: AccountFlow) -> None:
+    """A HEAD leaves it; the first GET uses it up (a reload is the sign-in page); forged ones show nothing."""
+    connect_app(acc)
+    q = start(acc)
+    acc.callback(code="provider-code-2", state=q["state"])
+    handoff = acc.cookies["mailmcp-account"]
+    assert acc.account("HEAD")[0].code == 200 and acc.cookies["mailmcp-account"] == handoff
+    assert b'name="session"' in acc.show()[1]
+    assert "mailmcp-account" not in acc.cookies
+    _, body = acc.show()
+    assert b'name="session"' not in body and b"Continue with Example" in body
+    for forged in (handoff[:-4] + ("AAAA" if not handoff.endswith("AAAA") else "BBBB"), "junk"):
+        acc.cookies["mailmcp-account"] = forged
+        response, body = acc.show()
+        assert response.code == 200 and b'name="session"' not in body
