@@ -162,7 +162,11 @@ class _AccountPage(Element):
         label = self._provider_label
         if label is None:
             return ""
-        fields = [("action", "provider"), ("client_id", self._client_id), ("csrf_token", self._csrf)]
+        fields = [
+            ("action", "provider"),
+            ("client_id", self._client_id),
+            ("csrf_token", self._csrf),
+        ]
         return tag(
             tags.p(
                 f"Sign in at {label} to see which assistants can use your mail, and to "

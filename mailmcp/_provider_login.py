@@ -713,7 +713,9 @@ class ProviderLogin:
                 mechanism=mechanism,
                 host=server.host,
             )
-            problem = f"IMAP: the mail server did not accept the sign-in from {label} for this mailbox."
+            problem = (
+                f"IMAP: the mail server did not accept the sign-in from {label} for this mailbox."
+            )
         except MailServerUnavailable as e:
             log.warn(
                 "account page: IMAP server {host} unavailable: {reason}",

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import re
 import secrets
-
 from typing import Any
 
 import attrs

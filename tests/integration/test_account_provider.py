@@ -60,23 +60,53 @@ def test_provider_user_sees_and_disconnects_an_app_on_the_account_page(
     callback_server, redirect = serve_callback()
     try:
         # 1. An app (RFC 7591) connects: "Continue with …" at the provider.
-        client_id = httpx2.post(base + "/oauth/register", timeout=30, json={
-            "redirect_uris": [redirect], "token_endpoint_auth_method": "none",
-            "client_name": "Provider App"}).json()["client_id"]
+        client_id = httpx2.post(
+            base + "/oauth/register",
+            timeout=30,
+            json={
+                "redirect_uris": [redirect],
+                "token_endpoint_auth_method": "none",
+                "client_name": "Provider App",
+            },
+        ).json()["client_id"]
         verifier = secrets.token_urlsafe(48)
-        challenge = base64.urlsafe_b64encode(
-            hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        browser.get(base + "/oauth/authorize?" + urllib.parse.urlencode({
-            "client_id": client_id, "redirect_uri": redirect, "response_type": "code",
-            "state": "app-state", "code_challenge": challenge, "code_challenge_method": "S256"}))
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
+        browser.get(
+            base
+            + "/oauth/authorize?"
+            + urllib.parse.urlencode(
+                {
+                    "client_id": client_id,
+                    "redirect_uri": redirect,
+                    "response_type": "code",
+                    "state": "app-state",
+                    "code_challenge": challenge,
+                    "code_challenge_method": "S256",
+                }
+            )
+        )
         browser.find_element(By.ID, "full_name").send_keys("Provider User")
         browser.find_element(By.ID, "provider").click()
         consent(browser, op.issuer, user)
         WebDriverWait(browser, 60).until(lambda d: d.current_url.startswith(redirect + "?"))
-        code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(browser.current_url).query))["code"]
-        tokens = httpx2.post(base + "/oauth/token", timeout=30, data={
-            "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-            "redirect_uri": redirect, "client_id": client_id}).json()
+        code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(browser.current_url).query))[
+            "code"
+        ]
+        tokens = httpx2.post(
+            base + "/oauth/token",
+            timeout=30,
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "code_verifier": verifier,
+                "redirect_uri": redirect,
+                "client_id": client_id,
+            },
+        ).json()
         access = tokens["access_token"]
         assert mcp_status(base, access) == 200
 
@@ -94,7 +124,8 @@ def test_provider_user_sees_and_disconnects_an_app_on_the_account_page(
 
         # 3. Back on the account page, signed in: the app is listed.
         WebDriverWait(browser, 60).until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, "li.app")))
+            ec.presence_of_element_located((By.CSS_SELECTOR, "li.app"))
+        )
         apps = browser.find_elements(By.CSS_SELECTOR, "li.app")
         assert len(apps) == 1
         assert apps[0].find_element(By.CLASS_NAME, "app-name").text == "Provider App"

@@ -82,36 +82,52 @@ class AccountFlow:
         found = re.search(rb'name="csrf_token" value="([^"]+)"', page)
         assert found is not None
         data = {"csrf_token": found.group(1).decode() if csrf is None else csrf, **form}
-        return self.account("POST", data=data,
-                            headers={"Content-Type": "application/x-www-form-urlencoded",
-                                     "Cookie": self._cookie()})
+        return self.account(
+            "POST",
+            data=data,
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": self._cookie()},
+        )
 
     def callback(self, cookie: str | None = None, **query: str) -> tuple[Any, bytes]:
         response, body = self.server.request(
-            "GET", "/oauth/provider/callback", params=query,
-            headers={"Cookie": self._cookie() if cookie is None else cookie})
+            "GET",
+            "/oauth/provider/callback",
+            params=query,
+            headers={"Cookie": self._cookie() if cookie is None else cookie},
+        )
         self._keep(response)
         return response, body
 
 
 def account_flow(tmp_path: Path, policy: ThrottlePolicy | None = None) -> AccountFlow:
     prof = profile()
-    server = make_server(tmp_path, policy=policy, default_imap=IMAP, default_smtp=SMTP,
-                         provider=prof)
+    server = make_server(
+        tmp_path, policy=policy, default_imap=IMAP, default_smtp=SMTP, provider=prof
+    )
     fake = FakeProvider()
     fake.userinfo = (200, {"email": EMAIL, "email_verified": True})
     server.imap = server.app.parts.imap = FakeLoginChecker("IMAP", {EMAIL: "CANARY-access-1"})
     server.smtp = server.app.parts.smtp = FakeLoginChecker("SMTP", {EMAIL: "CANARY-access-1"})
     server.app.provider_login = ProviderLogin(
-        codec=server.codec, base_url=BASE, default_profile=prof, grants=server.grants,
-        imap_checker=server.imap, smtp_checker=server.smtp, throttle=server.throttle,
-        http=StubTreq(fake), clock=server.clock, record=server.app.parts.record,
-        address_of=server.app.parts.client_address)
-    claims = client_claims(None, None, [*DEFAULT_REDIRECT_URIS, "https://app.example/cb"], None,
-                           kind="registered")
+        codec=server.codec,
+        base_url=BASE,
+        default_profile=prof,
+        grants=server.grants,
+        imap_checker=server.imap,
+        smtp_checker=server.smtp,
+        throttle=server.throttle,
+        http=StubTreq(fake),
+        clock=server.clock,
+        record=server.app.parts.record,
+        address_of=server.app.parts.client_address,
+    )
+    claims = client_claims(
+        None, None, [*DEFAULT_REDIRECT_URIS, "https://app.example/cb"], None, kind="registered"
+    )
     client_id = server.run(ensureDeferred(register_client(server.store, server.codec, claims)))
-    page = StubTreq(AccountApp(server.app, AccountGrants(server.store, server.config.keyring))
-                    .app.resource())
+    page = StubTreq(
+        AccountApp(server.app, AccountGrants(server.store, server.config.keyring)).app.resource()
+    )
     return AccountFlow(Flow(server, fake, client_id), page)
 
 
@@ -128,8 +144,9 @@ def connect_app(acc: AccountFlow) -> dict[str, Any]:
     assert response.code == 303
     location = response.headers.getRawHeaders(b"location")[0].decode()
     code = parse_qs(urlsplit(location).query)["code"][0]
-    response, tokens = flow.server.redeem(code, flow.verifier, client_id=flow.client_id,
-                                          client_secret=None)
+    response, tokens = flow.server.redeem(
+        code, flow.verifier, client_id=flow.client_id, client_secret=None
+    )
     assert response.code == 200, tokens
     # The account page's sign-in gets the provider's next access token.
     flow.server.imap.accounts[EMAIL] = "CANARY-access-2"
@@ -141,8 +158,11 @@ def signed_in(acc: AccountFlow, state: str, code: str = "provider-code-2") -> tu
     response, body = acc.callback(code=code, state=state)
     assert response.code == 303, body
     assert response.headers.getRawHeaders(b"location") == [b"/account"]
-    handoff = [h for h in response.headers.getRawHeaders(b"set-cookie")
-               if h.startswith(b"mailmcp-account=")]
+    handoff = [
+        h
+        for h in response.headers.getRawHeaders(b"set-cookie")
+        if h.startswith(b"mailmcp-account=")
+    ]
     assert len(handoff) == 1 and b"httponly" in handoff[0].lower()
     assert b"path=/account" in handoff[0].lower() and b"CANARY" not in handoff[0]
     return acc.show()
@@ -226,8 +246,9 @@ def test_csrf_is_required_to_start(acc: AccountFlow) -> None:
 
 def test_password_sign_in_is_refused_for_a_provider_mailbox(acc: AccountFlow) -> None:
     """A hand-made password form: one clear line, nothing checked at IMAP."""
-    response, body = acc.post({"action": "sign_in", "email": EMAIL, "imap_username": EMAIL,
-                               "imap_password": "guess"})
+    response, body = acc.post(
+        {"action": "sign_in", "email": EMAIL, "imap_username": EMAIL, "imap_password": "guess"}
+    )
     assert response.code == 400
     assert b"This mailbox signs in with Example: use the button below." in body
     assert acc.server.imap.calls == [] and b"guess" not in body
