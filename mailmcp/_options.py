@@ -694,7 +694,7 @@ class OneLineErrorOptions(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         try:
-            super().parseOptions(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
             if self.parent is None:
                 raise
@@ -744,7 +744,7 @@ class TableOptions(OneLineErrorOptions):
                 setattr(cls, method, _appender(o.name, o.usage_help(cls.command)))
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._environ = os.environ if environ is None else environ
         for o in options_of(self.command):
             if o.repeatable:

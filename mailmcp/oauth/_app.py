@@ -53,7 +53,7 @@ class _Mount(Resource):
         rooms: Sequence[tuple[str, Sequence[str], IResource]],
         fallback: IResource,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._rooms = {
             path: (frozenset(m.encode("ascii") for m in methods), room)
             for path, methods, room in rooms

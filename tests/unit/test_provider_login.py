@@ -31,9 +31,9 @@ from mailmcp._clients import (
     provision_short_client,
     register_client,
 )
-from mailmcp._mailcheck import FakeLoginChecker
 from mailmcp._provider_login import PENDING_LIFETIME, ProviderLogin
 from mailmcp._provider_options import profile_claims
+from mailmcp.testing import FakeLoginChecker
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
 from tests.unit.provider_fake import CLIENT_SECRET, FakeProvider, profile
 
