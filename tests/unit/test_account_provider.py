@@ -26,10 +26,10 @@ from twisted.internet.defer import ensureDeferred
 from mailmcp._account_page import AccountApp
 from mailmcp._clients import DEFAULT_REDIRECT_URIS, client_claims, register_client
 from mailmcp._grants import AccountGrants
-from mailmcp._mailcheck import FakeLoginChecker
 from mailmcp._provider_login import ProviderLogin
 from mailmcp._throttle import ThrottlePolicy
 from mailmcp._tokens import InvalidToken
+from mailmcp.testing import FakeLoginChecker
 from tests.unit.oauth_helpers import BASE, IMAP, SMTP, Server, make_server
 from tests.unit.provider_fake import FakeProvider, profile
 from tests.unit.test_provider_login import Flow, provider_query
