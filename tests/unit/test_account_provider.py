@@ -24,9 +24,15 @@ from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 
 from mailmcp._account_page import AccountApp
-from mailmcp._clients import DEFAULT_REDIRECT_URIS, client_claims, register_client
+from mailmcp._clients import (
+    DEFAULT_REDIRECT_URIS,
+    client_claims,
+    provision_short_client,
+    register_client,
+)
 from mailmcp._grants import AccountGrants
 from mailmcp._provider_login import ProviderLogin
+from mailmcp._provider_options import profile_claims
 from mailmcp._throttle import ThrottlePolicy
 from mailmcp._tokens import InvalidToken
 from mailmcp.testing import FakeLoginChecker
@@ -304,3 +310,35 @@ def test_the_handoff_is_one_use_and_cannot_be_forged(acc: AccountFlow) -> None:
         acc.cookies["mailmcp-account"] = forged
         response, body = acc.show()
         assert response.code == 200 and b'name="session"' not in body
+
+
+def test_provisioned_client_with_its_own_provider(acc: AccountFlow) -> None:
+    """/account?client_id= of a client with its own provider: that provider, and back to that page."""
+    own = profile("google")
+    _, sealed, _ = provision_short_client(
+        acc.server.codec,
+        IMAP,
+        SMTP,
+        ["https://app.example/cb"],
+        public=True,
+        provider=profile_claims(own),
+    )
+    client_id = "mc_" + "G" * 22
+    acc.server.run(ensureDeferred(acc.server.store.put_client(client_id, sealed)))
+    response, body = acc.account("GET", params={"client_id": client_id})
+    assert b"Continue with Google" in body and b'type="password"' not in body
+    assert f'name="client_id" value="{client_id}"'.encode() in body
+    response, _ = acc.post({"action": "provider", "client_id": client_id})
+    assert response.code == 303
+    location = response.headers.getRawHeaders(b"location")[0].decode()
+    assert location.startswith("https://accounts.google.com/o/oauth2/v2/auth?")
+    state = parse_qs(urlsplit(location).query)["state"][0]
+    acc.server.imap.accounts[EMAIL] = "CANARY-access-1"
+    response, body = acc.callback(code="google-code", state=state)
+    assert response.code == 303, body
+    assert response.headers.getRawHeaders(b"location") == [
+        f"/account?client_id={client_id}".encode()
+    ]
+    _, body = acc.account("GET", params={"client_id": client_id})
+    # Signed in for this mailbox (no app connected yet), not the sign-in page.
+    assert b'id="no-apps"' in body and b"Continue with" not in body
