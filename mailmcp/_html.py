@@ -81,6 +81,7 @@ _SCOPE = frozenset(
 )
 _TABLE_SCOPE = frozenset({"html", "table", "template"})
 _TABLE_PARTS = frozenset("table tbody thead tfoot tr td th caption".split())
+_TABLE_ONLY = frozenset("caption col colgroup tbody td tfoot th thead tr".split())
 _FORMATTING = frozenset("a b big code em font i nobr s small strike strong tt u".split())
 _HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 _HEAD_CONTENT = frozenset(
@@ -254,6 +255,8 @@ class _Converter:
         if hidden_at is not None and hidden_at == len(self.stack) - 1:
             if self.stack[hidden_at] == "head" and name not in _HEAD_CONTENT:
                 self.pop_to(hidden_at)  # browsers end <head> at the first body tag
+        if name in _TABLE_ONLY and not self.where.get("table"):
+            return  # browsers ignore a cell or row outside a table
         if self.hiding:
             if name not in _VOID:
                 self.push(name, 0)
@@ -448,10 +451,6 @@ class _Converter:
             href = ((attrs or {}).get("href") or "").strip(_WS)
             if self.link_depth == 1 and href and not href.startswith("#"):
                 if _UNSAFE_HREF.match(href) is None:
-                    self.flush()
-                    if self.space and not self.line_start:
-                        self.out.append(" ")
-                        self.space = False
                     self.link = (len(self.out), _SPACES.sub("%20", href))
         elif action == _LIST:
             self.block(1 if self.lists else 2)
@@ -490,10 +489,13 @@ class _Converter:
             if self.link_depth == 0 and self.link is not None:
                 start, href = self.link
                 self.link = None
-                label = "".join(self.out[start:]).strip()
+                inside = "".join(self.out[start:])
+                label = inside.lstrip(" \n> ")
+                lead = inside[: len(inside) - len(label)]
+                label = label.rstrip()
                 if label:
                     del self.out[start:]
-                    self.out.append(f"[{label}]({href})")
+                    self.out.append(f"{lead}[{label}]({href})")
         elif action == _LIST:
             self.lists.pop()
             self.block(2 if not self.lists else 1)
