@@ -40,6 +40,7 @@ __all__ = ["html_to_markdown"]
 
 _WS = "\t\n\f\r "
 _SPACES = re.compile(r"[\t\n\f\r ]+")
+_LEAD = re.compile(r"[\n >]*+")
 
 # Attributes as the HTML5 tokenizer reads them: a name runs to whitespace,
 # "/", ">" or "="; a quoted value may hold ">"; an unclosed quote runs to the
@@ -100,12 +101,24 @@ _UNSAFE_HREF = re.compile(r"(?:javascript|vbscript|data)\s*:", re.IGNORECASE)
 # Rendering actions, stored beside each open element.
 _BLOCK, _PARA, _BOLD, _EM, _LINK, _LIST, _ITEM, _QUOTE, _PRE, _HEADING = range(1, 11)
 _ACTIONS = {
-    **{n: _BLOCK for n in "div section article header footer nav aside main address center "
-       "form fieldset figure figcaption details summary dl dt dd tr caption".split()},
+    **{
+        n: _BLOCK
+        for n in "div section article header footer nav aside main address center "
+        "form fieldset figure figcaption details summary dl dt dd tr caption".split()
+    },
     **{n: _PARA for n in "p table".split()},
     **{n: _HEADING for n in _HEADINGS},
-    "b": _BOLD, "strong": _BOLD, "i": _EM, "em": _EM, "a": _LINK,
-    "ul": _LIST, "ol": _LIST, "li": _ITEM, "blockquote": _QUOTE, "pre": _PRE, "listing": _PRE,
+    "b": _BOLD,
+    "strong": _BOLD,
+    "i": _EM,
+    "em": _EM,
+    "a": _LINK,
+    "ul": _LIST,
+    "ol": _LIST,
+    "li": _ITEM,
+    "blockquote": _QUOTE,
+    "pre": _PRE,
+    "listing": _PRE,
 }
 
 
@@ -158,10 +171,10 @@ def _script_end(html: str, pos: int) -> int:
     """
     escaped = double = False
     for m in _SCRIPT_EVENTS.finditer(html, pos):
-        token = m.group(0)
-        if token == "<!--":
+        event = m.group(0)
+        if event == "<!--":
             escaped = True
-        elif token == "-->":
+        elif event == "-->":
             escaped = double = False
         elif m.group(1):  # </script
             if double:
@@ -216,8 +229,8 @@ class _Converter:
             name = m.group("name")
             if name is None:  # comment, doctype, processing instruction, bogus
                 if m.group("bogus") and self.foreign and html.startswith("<![CDATA[", lt):
-                    end = _CDATA_END.search(html, lt + 9)
-                    pos = n if end is None else end.end()
+                    cdata = _CDATA_END.search(html, lt + 9)
+                    pos = n if cdata is None else cdata.end()
                 continue
             if m.group("gt") is None:
                 return  # end of input inside a tag: browsers drop it
@@ -344,11 +357,7 @@ class _Converter:
         ):
             return
         hidden_at = self.hidden_at
-        if (
-            hidden_at is not None
-            and hidden_at > open_at
-            and self.stack[hidden_at] in _FORMATTING
-        ):
+        if hidden_at is not None and hidden_at > open_at and self.stack[hidden_at] in _FORMATTING:
             # Closed implicitly; browsers reopen it (with its attributes)
             # for the text that follows, until its own end tag.
             self.ghost = self.stack[hidden_at]
@@ -490,9 +499,8 @@ class _Converter:
                 start, href = self.link
                 self.link = None
                 inside = "".join(self.out[start:])
-                label = inside.lstrip(" \n> ")
-                lead = inside[: len(inside) - len(label)]
-                label = label.rstrip()
+                lead = _LEAD.match(inside).group()  # type: ignore[union-attr]
+                label = inside[len(lead) :].rstrip()
                 if label:
                     del self.out[start:]
                     self.out.append(f"{lead}[{label}]({href})")
