@@ -337,6 +337,11 @@ class _Converter:
             if not self.hiding:
                 self.void("br")
             return
+        stack = self.stack
+        if stack and stack[-1] == name:
+            # The usual case: the current element; nothing can be out of scope.
+            self.pop_to(len(stack) - 1)
+            return
         if name in _HEADINGS:
             open_at = max((self.where[h][-1] for h in _HEADINGS if self.where.get(h)), default=-1)
         else:
@@ -407,7 +412,8 @@ class _Converter:
             self.space = False
 
     def block(self, lines: int) -> None:
-        self.breaks = max(self.breaks, lines)
+        if lines > self.breaks:
+            self.breaks = lines
         self.space = False
 
     def paragraph(self) -> None:
