@@ -391,10 +391,17 @@ class Bench:
             raise
         floor: list[float] = []
         warm: list[float] = []
+        # The daemon's CPU in the warm blocks only: unlike latency, hardly
+        # moved by other load on a shared machine (10 ms clock ticks).
+        daemon_cpu = 0.0
         for _ in range(s.blocks):
             floor += await _imap.timed_warm_calls(bare, s.floor_iterations // s.blocks)
+            cpu0 = cpu_seconds(self.daemon.pid)
             for _ in range(s.warm_iterations // s.blocks):
                 warm.append(await timed(lambda: listing(client, "INBOX")))
+            cpu1 = cpu_seconds(self.daemon.pid)
+            if cpu0 is not None and cpu1 is not None:
+                daemon_cpu += cpu1 - cpu0
         commands = _imap.warm_list_commands(bare.exists)
         await bare.logout()
         self.report["floor"] = {
@@ -408,6 +415,7 @@ class Bench:
             "folder_messages": s.small,
             **latency_summary(warm),
             "warm_p50/floor_p50": ratio(pct(warm, 0.5), pct(floor, 0.5)),
+            "daemon_cpu_ms_per_call": round(daemon_cpu / len(warm) * 1000, 3) if warm else None,
         }
         self._warm_client = client
 

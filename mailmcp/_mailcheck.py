@@ -179,9 +179,12 @@ class IMAPLoginChecker:
     :param timeout: seconds for the whole check.
     """
 
-    #: A check reads a greeting, CAPABILITY and a few short replies; a
-    #: larger literal ends it (IM-08).
+    #: A check reads a greeting, CAPABILITY and a few short replies: a
+    #: larger literal (IM-08), a longer line, or a reply to one command
+    #: totalling more (a server streaming untagged lines) ends it.
     max_literal = 64 * 1024
+    max_line = 64 * 1024
+    max_response = 256 * 1024
 
     def __init__(self, reactor: Any, tls: MailTLS, timeout: float = 20.0) -> None:
         self._reactor = reactor
@@ -232,7 +235,9 @@ class IMAPLoginChecker:
         proto = IMAPClientProtocol(
             self._reactor,
             timeout=self._timeout + 1,
+            max_line=self.max_line,
             max_literal=self.max_literal,
+            max_response=self.max_response,
             label="login check",
         )
         holder.append(proto)

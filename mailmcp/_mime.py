@@ -357,7 +357,7 @@ def html_to_text(html: str) -> str:
     Readable text of an HTML body: hidden content dropped, links kept as
     Markdown, emphasis, headings and lists marked, images left out, no
     wrapping (`mailmcp._html`).  One linear pass, ~0.1 µs per byte of
-    ordinary mail and at most ~1 µs per byte of hostile markup, so callers
+    ordinary mail and up to ~2 µs per byte of hostile markup, so callers
     still cap the input and run big documents off the reactor.
     """
     return clean_text(html_to_markdown(html)).strip()

@@ -33,13 +33,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._provider import (
-    ProviderClient,
-    ProviderProfile,
-    ProviderRefused,
-    ProviderTokens,
-    ProviderUnavailable,
-)
+from ._provider import ProviderClient, ProviderRefused, ProviderTokens, ProviderUnavailable
 from ._tokens import InvalidToken
 from .interfaces import IGrantStore
 
@@ -214,50 +208,3 @@ class ProviderTokenKeeper:
         await self._store.revoke_grant(grant_id)
         log.info("grant {grant} ended: the provider refused its refresh token", grant=grant_id)
         raise GrantEnded(RECONNECT_MESSAGE.format(label=label))
-
-
-class ProviderClients:
-    """
-    The `ProviderTokenKeeper`'s ``provider_for``: the `ProviderClient` of a
-    grant's provider key -- "" the daemon's default profile, else the id of
-    the provisioned client that carries its own profile (its ``provider``
-    attribute), looked up with C{find_client} (may answer later).  Clients
-    are built once per key and profile.
-
-    :param default: the daemon's default profile, or None.
-    :param find_client: a client id to its client object, or None.
-    :param http: the treq-like client every `ProviderClient` uses.
-    """
-
-    def __init__(
-        self,
-        default: ProviderProfile | None,
-        find_client: Callable[[str], Any],
-        http: Any,
-        clock: IReactorTime,
-    ) -> None:
-        self._default = default
-        self._find_client = find_client
-        self._http = http
-        self._clock = clock
-        self._built: dict[str, ProviderClient] = {}
-
-    async def __call__(self, key: str) -> ProviderClient | None:
-        profile: ProviderProfile | None = self._default
-        if key:
-            try:
-                found = self._find_client(key)
-                client = await found if inspect.isawaitable(found) else found
-            except Exception as e:  # noqa: BLE001 - an unknown or damaged id: no provider
-                log.info("provider of client not found: {kind}", kind=type(e).__name__)
-                client = None
-            own = getattr(client, "provider", None)
-            profile = own if isinstance(own, ProviderProfile) else None
-        if profile is None:
-            return None
-        built = self._built.get(key)
-        if built is None or built.profile != profile:
-            if len(self._built) > 1000:
-                self._built.clear()
-            built = self._built[key] = ProviderClient(profile, self._http, self._clock)
-        return built

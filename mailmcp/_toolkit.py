@@ -83,7 +83,9 @@ class Tool(Generic[In, Out]):
     description: str
     input_model: type[In]
     output_model: type[Out]
-    handler: Callable[[ToolContext, In], Awaitable[Out]]
+    #: Gives an C{output_model} instance, or (on hot paths) plain JSON-ready
+    #: data in its shape, serialised as is (tests check it fits ``outputSchema``).
+    handler: Callable[[ToolContext, In], Awaitable[Out | dict[str, Any]]]
     read_only: bool
     destructive: bool
     idempotent: bool

@@ -404,8 +404,8 @@ async def test_login_check_cuts_off_endless_untagged_lines(
     """
     A server that greets and then streams ``* OK`` lines forever: the login
     page's IMAP check gives up after a bounded amount (no memory or log
-    flood until the 20 s deadline), the login fails within seconds, and no
-    credentials were sent.
+    flood until the 20 s deadline) -- even though the server answers the
+    login OK somewhere in the stream -- and the login fails within seconds.
     """
     from benchmarks._clients import LoginFailed
 

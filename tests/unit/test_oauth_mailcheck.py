@@ -289,3 +289,20 @@ def test_smtp_deadline_on_injected_clock() -> None:
     failure = result_of(d)
     assert isinstance(failure, MailServerUnavailable) and failure.reason == "timeout"
     assert reactor.getDelayedCalls() == [] or all(not c.active() for c in reactor.getDelayedCalls())
+
+
+def test_imap_untagged_flood_during_the_login_ends_the_check() -> None:
+    """A server burying its answer under untagged lines: unavailable once a reply passes the bound."""
+    reactor, d = imap_check()
+    wire = Wire(reactor)
+    wire.feed(b"* OK [CAPABILITY IMAP4rev1] ready")
+    assert wire.sent().startswith(b"0001 LOGIN ")
+    flood = b"* OK " + b"u" * 1017
+    for _ in range(300):  # ~300 KiB, over the check's 256 KiB per reply
+        wire.feed(flood)
+        if wire.transport.disconnecting:
+            break
+    wire.feed(b"0001 OK logged in")
+    failure = result_of(d)
+    assert isinstance(failure, MailServerUnavailable)
+    assert wire.transport.disconnecting

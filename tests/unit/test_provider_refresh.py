@@ -470,23 +470,3 @@ def test_ended_account_answers_every_tool_call_with_the_reconnect_message() -> N
     assert body["result"]["isError"] is True
     assert body["result"]["content"][0]["text"] == message
 
-
-def test_provider_clients_finds_the_default_and_a_clients_own_profile() -> None:
-    """"" is the daemon's default profile; a client id its client's own; unknown ids none."""
-    from mailmcp._provider_refresh import ProviderClients
-
-    default, own = profile(), attrs.evolve(profile(), label="Own", client_id="own-id")
-    clients = {"c1": SimpleNamespace(provider=own), "c2": SimpleNamespace(provider=None)}
-
-    def find(key: str) -> Deferred[Any]:
-        if key == "broken":
-            raise ValueError("damaged id")
-        return succeed(clients.get(key))
-
-    lookup = ProviderClients(default, find, object(), Clock())
-    first = result(run(lookup("")))
-    assert first.profile is default and result(run(lookup(""))) is first
-    assert result(run(lookup("c1"))).profile == own
-    for key in ("c2", "unknown", "broken"):
-        assert result(run(lookup(key))) is None
-    assert result(run(ProviderClients(None, find, object(), Clock())(""))) is None

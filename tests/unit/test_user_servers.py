@@ -19,7 +19,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from mailmcp import _oauth
 from mailmcp._clients import Client, MailServer
 from mailmcp._user_servers import (
     ServerPolicy,
@@ -29,6 +28,7 @@ from mailmcp._user_servers import (
     discover,
     parse_allow,
 )
+from mailmcp.oauth import _login
 from tests.unit.oauth_helpers import make_server, pkce
 
 
@@ -167,7 +167,7 @@ def serverless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """An OAuth server with --allow-user-servers (loopback allowed) whose client brings no servers."""
     # Which clients bring servers is brings_servers' business (tested
     # above); here every client is one that brings none.
-    monkeypatch.setattr(_oauth, "brings_servers", lambda client: False)
+    monkeypatch.setattr(_login, "brings_servers", lambda client: False)
     resolver = FakeResolver(LOCAL_SRV, PUBLIC)
     return make_server(tmp_path, resolver=resolver, allow_user_servers=True,
                        user_servers_allow=parse_allow("127.0.0.0/8:*"))
@@ -266,7 +266,7 @@ def test_srv_lookups_spend_the_address_login_budget(tmp_path: Path, monkeypatch:
     """Each lookup costs one of the address's login attempts; past them the page comes unfilled and DNS is not asked."""
     from mailmcp._throttle import ThrottlePolicy
 
-    monkeypatch.setattr(_oauth, "brings_servers", lambda client: False)
+    monkeypatch.setattr(_login, "brings_servers", lambda client: False)
     resolver = FakeResolver(LOCAL_SRV, PUBLIC)
     server = make_server(tmp_path, policy=ThrottlePolicy(ip_attempts=2), resolver=resolver,
                          allow_user_servers=True)
