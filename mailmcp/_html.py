@@ -90,6 +90,7 @@ _HEAD_CONTENT = frozenset(
     "base basefont bgsound link meta title style script noscript template".split()
 )
 _FOREIGN = frozenset({"svg", "math"})
+_SPECIAL = _SCOPE | _TABLE_SCOPE | _FOREIGN
 
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?:[a-z%]*)?\s*(?:;|$|!)"
@@ -227,19 +228,19 @@ class _Converter:
                 pos = lt + 1
                 continue
             pos = m.end()
-            name = m.group("name")
+            end_mark, name, attrs_text, gt = m.group("end", "name", "attrs", "gt")
             if name is None:  # comment, doctype, processing instruction, bogus
                 if m.group("bogus") and self.foreign and html.startswith("<![CDATA[", lt):
                     cdata = _CDATA_END.search(html, lt + 9)
                     pos = n if cdata is None else cdata.end()
                 continue
-            if m.group("gt") is None:
+            if gt is None:
                 return  # end of input inside a tag: browsers drop it
             name = name.lower().replace("\0", "\ufffd")
-            if m.group("end"):
+            if end_mark:
                 self.end_tag(name)
                 continue
-            self.start_tag(name, m.group("attrs"))
+            self.start_tag(name, attrs_text)
             if name in _RAW:
                 if name == "script":
                     end = _script_end(html, pos)
@@ -271,7 +272,7 @@ class _Converter:
                 self.pop_to(hidden_at)  # browsers end <head> at the first body tag
         if name in _TABLE_ONLY and not self.where.get("table"):
             return  # browsers ignore a cell or row outside a table
-        if self.hiding:
+        if self.hidden_at is not None or self.ghost is not None:
             if name not in _VOID:
                 self.push(name, 0)
             return
@@ -301,13 +302,18 @@ class _Converter:
         index = len(self.stack)
         self.stack.append(name)
         self.actions.append(action)
-        self.where.setdefault(name, []).append(index)
-        if name in _SCOPE:
-            self.scope.append(index)
-        if name in _TABLE_SCOPE:
-            self.table_scope.append(index)
-        if name in _FOREIGN:
-            self.foreign += 1
+        positions = self.where.get(name)
+        if positions is None:
+            self.where[name] = [index]
+        else:
+            positions.append(index)
+        if name in _SPECIAL:
+            if name in _SCOPE:
+                self.scope.append(index)
+            if name in _TABLE_SCOPE:
+                self.table_scope.append(index)
+            if name in _FOREIGN:
+                self.foreign += 1
 
     def pop_to(self, index: int) -> None:
         """Close every open element from the top down to C{index}, inclusive."""
@@ -317,12 +323,13 @@ class _Converter:
             name = stack.pop()
             action = actions.pop()
             self.where[name].pop()
-            if name in _SCOPE:
-                self.scope.pop()
-            if name in _TABLE_SCOPE:
-                self.table_scope.pop()
-            if name in _FOREIGN:
-                self.foreign -= 1
+            if name in _SPECIAL:
+                if name in _SCOPE:
+                    self.scope.pop()
+                if name in _TABLE_SCOPE:
+                    self.table_scope.pop()
+                if name in _FOREIGN:
+                    self.foreign -= 1
             if self.hidden_at == top:
                 self.hidden_at = None
             if action:
