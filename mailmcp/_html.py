@@ -27,9 +27,15 @@ entities), the text after it kept.
 Tree building follows the HTML5 rules only as far as hiding needs: an end
 tag closes the nearest open element of its name only when that element is in
 scope (``</div>`` inside a table cell does not close a ``div`` outside it);
-a hidden formatting element closed implicitly keeps hiding until its own end
-tag (browsers reconstruct it); ``<head>`` ends where browsers end it.  Where
-the approximation differs from a browser it errs toward hiding.
+hidden formatting elements closed implicitly keep hiding until their own end
+tag (browsers reopen them); most HTML tags end SVG/MathML content; ``<head>``
+ends where browsers end it; a ``<select>`` ignores other end tags.  Implied
+end tags (``<li>``, ``<p>``, ``<dd>`` closing an open one) are not followed,
+so a hidden element usually stays hidden longer than in a browser.
+``tests/integration/test_html_browser.py`` compares the output with headless
+Chromium's ``innerText`` on generated tag soup; on 3,000 soups 8 still showed
+a word Chromium hides, all of them chains of those implied end tags inside
+hidden content.
 """
 
 from __future__ import annotations
@@ -91,6 +97,12 @@ _HEAD_CONTENT = frozenset(
 )
 _FOREIGN = frozenset({"svg", "math"})
 _SPECIAL = _SCOPE | _TABLE_SCOPE | _FOREIGN
+# HTML start tags that end SVG/MathML content.
+_BREAKOUT = frozenset(
+    "b big blockquote body br center code dd div dl dt em embed h1 h2 h3 h4 h5 h6 head hr i img "
+    "li listing menu meta nobr ol p pre ruby s small span strong strike sub sup table tt u ul "
+    "var".split()
+)
 
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?:[a-z%]*)?\s*(?:;|$|!)"
@@ -102,6 +114,7 @@ _UNSAFE_HREF = re.compile(r"(?:javascript|vbscript|data)\s*:", re.IGNORECASE)
 
 # Rendering actions, stored beside each open element.
 _BLOCK, _PARA, _BOLD, _EM, _LINK, _LIST, _ITEM, _QUOTE, _PRE, _HEADING = range(1, 11)
+_HIDDEN_FORMATTING = 99  # a hidden formatting element: no rendering, but browsers reopen it
 _ACTIONS = {
     **{
         n: _BLOCK
@@ -199,8 +212,11 @@ class _Converter:
         self.scope: list[int] = []  # indexes of scope boundaries
         self.table_scope: list[int] = []
         self.hidden_at: int | None = None  # index of the hidden subtree's root
-        self.ghost: str | None = None  # a hidden formatting element browsers would reopen
+        # Hidden formatting elements closed implicitly, which browsers reopen
+        # (with their attributes) for what follows, until their own end tag.
+        self.ghosts: dict[str, int] = {}
         self.foreign = 0
+        self.all_hidden = False
         # rendering
         self.breaks = 0
         self.line_start = True
@@ -261,7 +277,7 @@ class _Converter:
 
     @property
     def hiding(self) -> bool:
-        return self.hidden_at is not None or self.ghost is not None
+        return self.hidden_at is not None or bool(self.ghosts)
 
     def start_tag(self, name: str, attrs_text: str) -> None:
         if name == "image":
@@ -270,11 +286,19 @@ class _Converter:
         if hidden_at is not None and hidden_at == len(self.stack) - 1:
             if self.stack[hidden_at] == "head" and name not in _HEAD_CONTENT:
                 self.pop_to(hidden_at)  # browsers end <head> at the first body tag
+        if name in ("body", "html") and attrs_text.strip(_WS + "/"):
+            if _hidden(_attributes(attrs_text)):
+                # Browsers add a later <body>'s attributes to the one body.
+                self.all_hidden = True
         if name in _TABLE_ONLY and not self.where.get("table"):
             return  # browsers ignore a cell or row outside a table
-        if self.hidden_at is not None or self.ghost is not None:
+        if self.where.get("svg") or self.where.get("math"):
+            self.break_out(name)
+        if self.hidden_at is not None or self.ghosts:
             if name not in _VOID:
-                self.push(name, 0)
+                self.push(
+                    name, _HIDDEN_FORMATTING if self.hidden_formatting(name, attrs_text) else 0
+                )
             return
         hidden = name in _DROP
         attrs: dict[str, str] | None = None
@@ -289,7 +313,7 @@ class _Converter:
             return
         if hidden:
             self.hidden_at = len(self.stack)
-            self.push(name, 0)
+            self.push(name, _HIDDEN_FORMATTING if name in _FORMATTING else 0)
             return
         action = _ACTIONS.get(name, 0)
         if name in ("td", "th"):
@@ -297,6 +321,33 @@ class _Converter:
         self.push(name, action)
         if action:
             self.begin(action, name, attrs)
+
+    def hidden_formatting(self, name: str, attrs_text: str) -> bool:
+        """Whether a formatting element opened inside hidden content hides by itself."""
+        if name not in _FORMATTING or not attrs_text.strip(_WS + "/"):
+            return False
+        return _hidden(_attributes(attrs_text))
+
+    def break_out(self, name: str) -> None:
+        """
+        Most HTML start tags inside SVG or MathML close the foreign elements
+        (unless inside an integration point such as ``foreignObject``).
+        """
+        if name not in _BREAKOUT:
+            return
+        root = max(self.where.get("svg", [-1])[-1:] + self.where.get("math", [-1])[-1:] or [-1])
+        if root < 0 or (self.scope and self.scope[-1] > root):
+            return
+        self.close_implicitly(root)
+
+    def close_implicitly(self, index: int) -> None:
+        """Pop down to C{index}, remembering hidden formatting elements browsers reopen."""
+        actions, stack = self.actions, self.stack
+        for position in range(index + 1, len(stack)):
+            if actions[position] == _HIDDEN_FORMATTING:
+                name = stack[position]
+                self.ghosts[name] = self.ghosts.get(name, 0) + 1
+        self.pop_to(index)
 
     def push(self, name: str, action: int) -> None:
         index = len(self.stack)
@@ -336,11 +387,17 @@ class _Converter:
                 self.finish(action)
 
     def end_tag(self, name: str) -> None:
-        if name == self.ghost:
-            self.ghost = None
+        ghosts = self.ghosts.get(name)
+        if ghosts:
+            if ghosts == 1:
+                del self.ghosts[name]
+            else:
+                self.ghosts[name] = ghosts - 1
             return
         if name in ("body", "html"):
             return
+        if self.where.get("select") and name not in ("select", "option", "optgroup"):
+            return  # inside a <select> browsers ignore every other end tag
         if name == "br":
             if not self.hiding:
                 self.void("br")
@@ -369,12 +426,7 @@ class _Converter:
             self.where.get(lst) and self.where[lst][-1] > open_at for lst in ("ul", "ol")
         ):
             return
-        hidden_at = self.hidden_at
-        if hidden_at is not None and hidden_at > open_at and self.stack[hidden_at] in _FORMATTING:
-            # Closed implicitly; browsers reopen it (with its attributes)
-            # for the text that follows, until its own end tag.
-            self.ghost = self.stack[hidden_at]
-        self.pop_to(open_at)
+        self.close_implicitly(open_at)
 
     # -- rendering ----------------------------------------------------------
 
@@ -529,6 +581,8 @@ class _Converter:
             self.paragraph()
 
     def result(self) -> str:
+        if self.all_hidden:
+            return ""
         lines: list[str] = []
         blank = False
         for line in "".join(self.out).split("\n"):
