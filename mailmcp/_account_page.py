@@ -5,7 +5,8 @@ Signing in uses the login page's parts unchanged: the same CSRF cookie and
 token, the same login throttle (a wrong password here spends the same
 budgets as there) and the same live IMAP check.  The mailbox's server comes
 from a client id this server issued (``?client_id=``, as in the link the
-assistant's connector uses), so the page never logs in to a server the
+assistant's connector uses) or, without one, from the daemon's default mail
+profile (``--imap-host`` ...), so the page never logs in to a server the
 operator did not provision.
 
 After a successful check, the page is stateless: the forms carry a sealed,
@@ -138,7 +139,7 @@ class _AccountPage(Element):
     @renderer
     def signin_hidden(self, request: IRequest, tag: Tag) -> list[Tag]:
         fields = [("action", "sign_in"), ("client_id", self._client_id), ("csrf_token", self._csrf)]
-        return [tags.input(type="hidden", name=n, value=v) for n, v in fields]
+        return [tags.input(type="hidden", name=n, value=v) for n, v in fields if v]
 
     def _form(self, action: str, label: str, button_id: str, grant: str | None = None) -> Tag:
         assert self._session is not None
@@ -151,7 +152,7 @@ class _AccountPage(Element):
         if grant is not None:
             fields.append(("grant", grant))
         return tags.form(
-            [tags.input(type="hidden", name=n, value=v) for n, v in fields],
+            [tags.input(type="hidden", name=n, value=v) for n, v in fields if v],
             tags.button(label, type="submit", id=button_id, class_="revoke"),
             method="post",
             action=self._base_path + "/account",
@@ -224,11 +225,27 @@ class AccountApp:
         return Deferred.fromCoroutine(error_page(request, unavailable, self._parts.base_path))
 
     async def _client(self, args: Mapping[bytes, list[bytes]]) -> Client:
+        """
+        The client whose mail server the page signs in against: the one
+        ``client_id`` names or, without one, the default mail profile (as a
+        client with no id).
+        """
         client_id = single(args, "client_id")
         if not client_id:
+            config = self._parts.config
+            if config.default_imap is not None and config.default_smtp is not None:
+                return Client(
+                    client_id="",
+                    imap=config.default_imap,
+                    smtp=config.default_smtp,
+                    redirect_uris=(),
+                    secret_hash=None,
+                    kind="default",
+                )
             raise BadRequest(
                 "Which mailbox?",
-                "Open this page with your connector's client ID, as /account?client_id=... "
+                "This server has no default mail server, so this page needs the client_id "
+                "parameter: open it as /account?client_id=... with your connector's client ID "
                 "(ask whoever set up the connector for the link).",
             )
         try:
@@ -387,5 +404,6 @@ class AccountApp:
         else:
             done = await self._accounts.revoke_one(server, username, single(args, "grant") or "")
             notice = "The app was disconnected." if done else "That app was already disconnected."
-        self._parts.record("revoke", client, "ok", username)  # the audit trail (LG-06)
+        # The audit trail (LG-06); the default profile is no client.
+        self._parts.record("revoke", client if client.client_id else None, "ok", username)
         return await self._show_apps(request, client, session, username, notice)

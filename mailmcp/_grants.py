@@ -26,16 +26,13 @@ import re
 import secrets
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from ._account import MailAccount
 from ._clients import Client, MailServer
@@ -45,7 +42,7 @@ from ._provider_refresh import GrantEnded, ProviderTokenKeeper
 from ._scopes import FULL, LEGACY_SCOPE, format_scope, scopes_of_claim
 from ._throttle import normalise_username
 from ._tokens import InvalidToken, TokenCodec
-from .interfaces import IClientStore, IGrantStore, ISendIntentStore
+from .interfaces import IGrantStore
 
 log = Logger()
 
@@ -175,15 +172,6 @@ class GrantRecord:
         return scopes_of_claim(self.scope or None)
 
 
-@attrs.frozen
-class _Rotation:
-    """What the memory store remembers of a grant's last refresh rotation."""
-
-    generation: int
-    successor: bytes
-    at: float
-
-
 def new_grant_key() -> bytes:
     return secrets.token_bytes(32)
 
@@ -282,181 +270,6 @@ def pkce_s256(verifier: str) -> str:
     return _b64e(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
-@implementer(IGrantStore, ISendIntentStore, IClientStore)
-class MemoryGrantStore:
-    """
-    An in-process `IGrantStore` for unit tests (and a model of the contract
-    the SQLite and Redis stores implement).
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self.grants: dict[str, GrantRecord] = {}
-        self.codes: dict[str, int] = {}
-        self.counters: dict[str, tuple[int, float]] = {}
-        self.rotations: dict[str, _Rotation] = {}
-        self.clients: dict[str, str] = {}
-        self.denied_clients: set[str] = set()
-        # key -> (state, owner, lease until, kept until)
-        self.intents: dict[str, tuple[str, str, float, float]] = {}
-
-    def put_client(self, client_id: str, sealed: str) -> Deferred[None]:
-        """`IClientStore.put_client`."""
-        if client_id in self.clients:
-            raise KeyError("client id already taken")
-        self.clients[client_id] = sealed
-        return succeed(None)
-
-    def get_client(self, client_id: str) -> Deferred[str | None]:
-        """`IClientStore.get_client`."""
-        return succeed(self.clients.get(client_id))
-
-    def _now(self) -> float:
-        return self._clock.seconds()
-
-    def create_grant(self, record: GrantRecord) -> Deferred[None]:
-        self.grants[record.grant_id] = record
-        return succeed(None)
-
-    def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
-        record = self.grants.get(grant_id)
-        if record is not None and record.expires <= self._now():
-            record = None
-        return succeed(record)
-
-    def activate_grant(
-        self, grant_id: str, code_id: str, code_expires: int, expires: int
-    ) -> Deferred[bool]:
-        if code_id in self.codes:
-            return succeed(False)
-        self.codes[code_id] = code_expires
-        record = self.grants.get(grant_id)
-        if record is None or record.expires <= self._now():
-            return succeed(False)
-        self.grants[grant_id] = attrs.evolve(record, expires=expires)
-        return succeed(True)
-
-    def rotate_refresh(
-        self, grant_id: str, generation: int, successor: bytes, grace: int
-    ) -> Deferred[bytes | None]:
-        now = self._now()
-        record = self.grants.get(grant_id)
-        if record is None or record.expires <= now:
-            return succeed(None)
-        if record.generation == generation:
-            self.grants[grant_id] = attrs.evolve(record, generation=generation + 1)
-            self.rotations[grant_id] = _Rotation(generation + 1, successor, now)
-            return succeed(successor)
-        last = self.rotations.get(grant_id)
-        if (
-            last is not None
-            and record.generation == generation + 1 == last.generation
-            and now < last.at + grace
-        ):
-            return succeed(last.successor)
-        return succeed(None)
-
-    def replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
-        record = self.grants.get(grant_id)
-        if record is None or record.expires <= self._now() or record.sealed != old:
-            return succeed(False)
-        self.grants[grant_id] = attrs.evolve(record, sealed=new)
-        return succeed(True)
-
-    def revoke_grant(self, grant_id: str) -> Deferred[None]:
-        self.grants.pop(grant_id, None)
-        self.rotations.pop(grant_id, None)
-        return succeed(None)
-
-    def hit(self, key: str, window: int) -> Deferred[int]:
-        now = self._now()
-        count, until = self.counters.get(key, (0, 0.0))
-        if until <= now:
-            count, until = 0, now + window
-        self.counters[key] = (count + 1, until)
-        return succeed(count + 1)
-
-    def count(self, key: str) -> Deferred[int]:
-        count, until = self.counters.get(key, (0, 0.0))
-        return succeed(count if until > self._now() else 0)
-
-    def reserve(self, budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
-        now = self._now()
-        current: dict[str, tuple[int, float]] = {}
-        for key, limit, window in budgets:
-            count, until = self.counters.get(key, (0, 0.0))
-            if until <= now:
-                count, until = 0, now + window
-            if count >= limit:
-                return succeed(key)
-            current[key] = (count, until)
-        for key, (count, until) in current.items():
-            self.counters[key] = (count + 1, until)
-        return succeed(None)
-
-    def release(self, keys: Sequence[str]) -> Deferred[None]:
-        now = self._now()
-        for key in keys:
-            count, until = self.counters.get(key, (0, 0.0))
-            if until > now and count > 0:
-                self.counters[key] = (count - 1, until)
-        return succeed(None)
-
-    # -- account page and operator revocation (issue 15) -------------------
-
-    def list_account_grants(self, account: str) -> Deferred[list[GrantRecord]]:
-        now = self._now()
-        found = [r for r in self.grants.values() if r.account == account and r.expires > now]
-        return succeed(sorted(found, key=lambda r: (r.created, r.grant_id)))
-
-    def revoke_account(self, account: str) -> Deferred[int]:
-        now = self._now()
-        doomed = [g for g, r in self.grants.items() if r.account == account and r.expires > now]
-        for gid in doomed:
-            self.revoke_grant(gid)
-        return succeed(len(doomed))
-
-    def touch_grant(self, grant_id: str, when: int) -> Deferred[None]:
-        record = self.grants.get(grant_id)
-        if record is not None and record.last_used < when:
-            self.grants[grant_id] = attrs.evolve(record, last_used=when)
-        return succeed(None)
-
-    def deny_client(self, client_ref: str) -> Deferred[int]:
-        self.denied_clients.add(client_ref)
-        now = self._now()
-        doomed = [
-            g for g, r in self.grants.items() if r.client_ref == client_ref and r.expires > now
-        ]
-        for gid in doomed:
-            self.revoke_grant(gid)
-        return succeed(len(doomed))
-
-    def client_denied(self, client_ref: str) -> Deferred[bool]:
-        return succeed(client_ref in self.denied_clients)
-
-    # -- ISendIntentStore (SM-13, SM-14) ----------------------------------------
-
-    def begin_send(
-        self, key: str, account: str, owner: str, lease: float, keep: int
-    ) -> Deferred[str]:
-        now = self._now()
-        record = self.intents.get(key)
-        if record is not None and record[0] != "failed" and record[3] > now:
-            state, _, until, _ = record
-            if state == "sending" and until <= now:
-                state = "unknown"
-            return succeed(state)
-        self.intents[key] = ("sending", owner, now + lease, now + keep)
-        return succeed("claimed")
-
-    def end_send(self, key: str, owner: str, state: str, keep: int) -> Deferred[None]:
-        record = self.intents.get(key)
-        if record is not None and record[1] == owner:
-            self.intents[key] = (state, owner, record[2], self._now() + keep)
-        return succeed(None)
-
-
 @attrs.frozen
 class TokenSet:
     access_token: str
@@ -464,6 +277,9 @@ class TokenSet:
     expires_in: int
     #: The granted scopes, always returned (RFC 6749 §5.1).
     scope: str = format_scope(FULL)
+    #: The grant's mailbox (its email, as the login and tool audit lines
+    #: show it), for the token's audit line; never sent to the client.
+    account: str | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -702,7 +518,8 @@ class GrantService:
         scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
         if not scopes:
             raise OAuthError("invalid_grant", "the authorization code is invalid")
-        return self._issue(gid, key, cref, auth_time, 0, scopes)
+        tokens = self._issue(gid, key, cref, auth_time, 0, scopes)
+        return await self._with_account(tokens, gid, key)
 
     async def refresh(
         self, client: Client, refresh_token: str | None, resource: str | None
@@ -764,12 +581,33 @@ class GrantService:
             refresh_token = open_successor(raw_key, gid, gen + 1, current)
         except InvalidToken:
             raise OAuthError("invalid_grant", "the refresh token is no longer valid") from None
-        if refresh_token == successor.refresh_token:
-            return successor
-        # Within the grace: the successor another request already got, and
-        # a fresh access token for the same grant.
-        log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
-        return attrs.evolve(successor, refresh_token=refresh_token)
+        if refresh_token != successor.refresh_token:
+            # Within the grace: the successor another request already got,
+            # and a fresh access token for the same grant.
+            log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
+            successor = attrs.evolve(successor, refresh_token=refresh_token)
+        return await self._with_account(successor, gid, raw_key)
+
+    async def _with_account(self, tokens: TokenSet, gid: str, key: bytes | str) -> TokenSet:
+        """
+        C{tokens} with the grant's mailbox, for the audit line (one read of
+        the grant row); without it when the row cannot be read or opened:
+        the tokens are issued either way.
+        """
+        try:
+            record = await self.store.get_grant(gid)
+            if record is None:
+                return tokens
+            raw_key = _b64d(key) if isinstance(key, str) else key
+            email = open_credentials(raw_key, gid, record.sealed).email
+        except Exception as e:
+            log.warn(
+                "grant {grant}: account not known for the audit: {kind}",
+                grant=gid,
+                kind=type(e).__name__,
+            )
+            return tokens
+        return attrs.evolve(tokens, account=email)
 
     async def revoke(self, client: Client, token: str | None) -> None:
         """
@@ -810,6 +648,7 @@ class GrantService:
                 record = await self.store.get_grant(gid)
                 if record is not None and record.sealed == sealed and record.client_ref == cref:
                     await self._still_allowed(record)
+                    await self._fill_account(record, account.imap, account.imap_username)
                     self._accounts.move_to_end(digest)
                     return await self._with_fresh_token(account, key)
             self._accounts.pop(digest, None)
@@ -883,6 +722,27 @@ class GrantService:
                 kind=type(e).__name__,
             )
 
+    async def _fill_account(self, record: GrantRecord, server: MailServer, username: str) -> None:
+        """
+        Give a grant made before account indexes its index, now that a
+        request has opened its credentials (one store write, once), so the
+        account page lists it from now on.
+        """
+        if record.account:
+            return
+        ring = self._codec.keyring
+        index = account_index(ring, ring.current_kid, server, username)
+        try:
+            if await self.store.set_grant_account(record.grant_id, index):
+                log.info("grant {grant}: account index added", grant=record.grant_id)
+        except Exception as e:
+            # The call goes on: the next request tries again.
+            log.warn(
+                "account index of grant {grant} not saved: {kind}",
+                grant=record.grant_id,
+                kind=type(e).__name__,
+            )
+
     async def _open_account(
         self, access_token: str
     ) -> tuple[MailAccount, tuple[float, str, str, bytes, MailAccount, bytes]]:
@@ -900,6 +760,7 @@ class GrantService:
             raise InvalidToken()
         creds = open_credentials(raw_key, gid, record.sealed)
         await self._still_allowed(record)
+        await self._fill_account(record, creds.imap, creds.imap_username)
         account = MailAccount(
             owner=gid,
             email=creds.email,

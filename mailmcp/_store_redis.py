@@ -210,6 +210,20 @@ return 0
 """
 
 
+#: Set a grant's empty account index and list it under that index, whose set
+#: lives at least as long as the grant (ARGV[3]); an existing index is kept.
+_SET_ACCOUNT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], 'account')
+if current and current ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'account', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+local ttl = redis.call('TTL', KEYS[2])
+if ttl ~= -1 and ttl < tonumber(ARGV[3]) then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return 1
+"""
+
+
 class RedisUnavailable(Exception):
     """The store is not connected (not started, or stopped)."""
 
@@ -303,7 +317,7 @@ class RedisGrantStore(Service):
         self._redis: Any = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.connect()
         if self._reactor is not None and parse_redis_url(self._url).get("tls"):
             self.check_tls()
@@ -368,7 +382,7 @@ class RedisGrantStore(Service):
             )
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return self.disconnect()
 
     def disconnect(self) -> Deferred[None] | None:
@@ -661,6 +675,20 @@ class RedisGrantStore(Service):
 
     def touch_grant(self, grant_id: str, when: int) -> Deferred[None]:
         return self._deadline(self._touch(grant_id, when))
+
+    async def _set_account(self, grant_id: str, account: str) -> bool:
+        record = await self._get(grant_id)
+        if record is None or record.account:
+            return False
+        done = await self._redis.eval(
+            _SET_ACCOUNT,
+            [self._grant_key(grant_id), self._account_key(account)],
+            [account, grant_id, str(self._ttl(record.expires))],
+        )
+        return bool(done)
+
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        return self._deadline(self._set_account(grant_id, account))
 
     def deny_client(self, client_ref: str) -> Deferred[int]:
         return self._deadline(

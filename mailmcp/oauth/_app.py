@@ -24,6 +24,7 @@ from .._audit import Audit
 from .._cimd import PINNED_DIR, ClientMetadataResolver, MetadataFetcher, load_pinned
 from .._config import Config
 from .._grants import AccountGrants, GrantService
+from .._provider_login import ProviderDirectory, ProviderLogin, http_client
 from .._registration import ClientDirectory, Registration, open_registration
 from .._throttle import LoginThrottle, ThrottlePolicy
 from .._tokens import TokenCodec
@@ -52,7 +53,7 @@ class _Mount(Resource):
         rooms: Sequence[tuple[str, Sequence[str], IResource]],
         fallback: IResource,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._rooms = {
             path: (frozenset(m.encode("ascii") for m in methods), room)
             for path, methods, room in rooms
@@ -126,6 +127,9 @@ class OAuthApp:
             _Mount(
                 [
                     ("/oauth/authorize", ["GET", "HEAD", "POST"], self.login.app.resource()),
+                    # Provider sign-in's return (issue 18): GET only, a HEAD
+                    # (prefetch) must not use the sign-in up.
+                    ("/oauth/provider/callback", ["GET"], self.login.app.resource()),
                     ("/oauth/token", ["POST", *not_post], token),
                     ("/oauth/revoke", ["POST", *not_post], token),
                     ("/oauth/register", ["POST"], self._registration.app.resource()),
@@ -145,6 +149,15 @@ class OAuthApp:
     @audit.setter
     def audit(self, audit: Audit | None) -> None:
         self.parts.audit = audit
+
+    @property
+    def provider_login(self) -> ProviderLogin | None:
+        """Provider sign-in ("Continue with …"); None: passwords only."""
+        return self.parts.provider_login
+
+    @provider_login.setter
+    def provider_login(self, provider_login: ProviderLogin | None) -> None:
+        self.parts.provider_login = provider_login
 
     @property
     def _config(self) -> Config:
@@ -184,6 +197,33 @@ def open_store(config: Config, reactor: Any) -> Any:
     return RedisGrantStore(config.store, reactor, ca_file=config.store_ca_file, reactor=reactor)
 
 
+def user_server_resolver(
+    config: Config,
+    reactor: Any,
+    resolv_conf: bytes = b"/etc/resolv.conf",
+    hosts_file: bytes = b"/etc/hosts",
+) -> Any:
+    """
+    The DNS resolver that looks up user-typed mail domains
+    (``--allow-user-servers``), or None when users may not type a server.
+
+    The chain Twisted's C{createResolver} builds (hosts file, cache, the
+    servers of resolv.conf), but on the daemon's C{reactor}: C{createResolver}
+    takes none and its parts would reach for the global one.
+    """
+    if not config.allow_user_servers:
+        return None
+    from twisted.names import cache, client, hosts, resolve
+
+    return resolve.ResolverChain(
+        [
+            hosts.Resolver(hosts_file),
+            cache.CacheResolver(reactor=reactor),
+            client.Resolver(resolv_conf, reactor=reactor),
+        ]
+    )
+
+
 def build_authorization_server(
     config: Config,
     reactor: Any,
@@ -204,6 +244,8 @@ def build_authorization_server(
     store.setName("grant-store")
     store.setServiceParent(parent)
     codec = TokenCodec(config.keyring, reactor)
+    # Provider sign-in: the ProviderClient of a grant's profile, for refreshes.
+    providers = ProviderDirectory(config.provider, http_client(reactor), reactor)
     grants = GrantService(
         store,
         codec,
@@ -212,6 +254,7 @@ def build_authorization_server(
         access_lifetime=config.access_token_lifetime,
         refresh_lifetime=config.refresh_token_lifetime,
         max_scope=config.max_scope,
+        provider_for=providers.client_for,
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"
@@ -227,11 +270,7 @@ def build_authorization_server(
         metadata = ClientMetadataResolver(
             reactor, MetadataFetcher(reactor), pinned, config.client_metadata_allow
         )
-    resolver = None
-    if config.allow_user_servers:
-        from twisted.names import client as dns_client
-
-        resolver = dns_client.createResolver()
+    resolver = user_server_resolver(config, reactor)
     oauth = OAuthApp(
         config,
         codec,
@@ -247,11 +286,27 @@ def build_authorization_server(
                 ip_failures=config.login_failures_per_address,
                 global_failures=config.login_failures_global,
             ),
+            clock=reactor,
         ),
         clients=ClientDirectory(config, codec, store, metadata),
         resolver=resolver,
     )
     oauth.audit = audit
+    providers.clients = oauth.parts.clients
+    parts = oauth.parts
+    oauth.provider_login = ProviderLogin(
+        codec=codec,
+        base_url=config.base_url,
+        default_profile=config.provider,
+        grants=grants,
+        imap_checker=parts.imap,
+        smtp_checker=parts.smtp,
+        throttle=parts.throttle,
+        http=providers.http,
+        clock=reactor,
+        record=parts.record,
+        address_of=parts.client_address,
+    )
     if extra is not None:
         from .._account_page import AccountApp
 

@@ -41,6 +41,8 @@ class _Exchange:
 
     event: str
     client: Client | None = None
+    #: The grant's mailbox, once known (`TokenSet.account`).
+    account: str | None = None
 
 
 def error_json(request: IRequest, error: OAuthError, basic: bool = False) -> bytes:
@@ -118,7 +120,7 @@ class TokenRoom:
             return error_json(
                 request, OAuthError("temporarily_unavailable", "try again later", 503)
             )
-        self._parts.record(exchange.event, exchange.client, "ok")
+        self._parts.record(exchange.event, exchange.client, "ok", exchange.account)
         request.setHeader(b"pragma", b"no-cache")
         encoded: bytes = json_body(request, 200, body)
         return encoded
@@ -190,6 +192,7 @@ class TokenRoom:
                 raise OAuthError(
                     "unsupported_grant_type", "use authorization_code or refresh_token"
                 )
+            exchange.account = tokens.account
             answer: dict[str, Any] = tokens.to_json()
             return answer
 
