@@ -16,7 +16,7 @@ replacement characters, never an exception), invisible characters used to
 hide instructions (Unicode tags, zero-width and bidi controls) are removed,
 and HTML is reduced to its visible text: ``<head>``, ``<script>``,
 ``<style>``, elements hidden with ``display:none``/``visibility:hidden``/
-``hidden``, and tracking pixels are dropped before html2text renders it.
+``hidden``, and tracking pixels are dropped (`mailmcp._html`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from html.parser import HTMLParser
 from typing import Any
 
 import attrs
-import html2text
 
 from ._filenames import sanitise_filename
+from ._html import html_to_markdown
 
 MAX_PARTS = 200
 MAX_DEPTH = 20
@@ -368,19 +368,13 @@ def visible_html(html: str) -> str:
 
 def html_to_text(html: str) -> str:
     """
-    Readable text of an HTML body: hidden content dropped, then html2text
-    (links kept as Markdown, images reduced to their alt text, no wrapping).
-    Costs about 1 µs per input byte, so callers cap the input and run big
-    documents off the reactor.
+    Readable text of an HTML body: hidden content dropped, links kept as
+    Markdown, emphasis, headings and lists marked, images left out, no
+    wrapping (`mailmcp._html`).  One linear pass, ~0.1 µs per byte of
+    ordinary mail and up to ~2 µs per byte of hostile markup, so callers
+    still cap the input and run big documents off the reactor.
     """
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_images = True
-    converter.ignore_emphasis = False
-    converter.unicode_snob = True
-    converter.single_line_break = False
-    text = converter.handle(visible_html(html))
-    return clean_text(re.sub(r"\n{3,}", "\n\n", text)).strip()
+    return clean_text(html_to_markdown(html)).strip()
 
 
 # -- BODYSTRUCTURE -----------------------------------------------------------
