@@ -1,6 +1,8 @@
-"""The daemon options that sign users in at the harness OAuth provider (its default profile)."""
+"""The daemon options that sign users in at the harness OAuth provider (its default profile), and the shapes of its tokens."""
 
 from __future__ import annotations
+
+import re
 
 from tests.harness import Services
 
@@ -17,3 +19,7 @@ def provider_args(services: Services) -> list[str]:
         "--oauth-authorize-url", op.authorize_url, "--oauth-token-url", op.token_url,
         "--oauth-scope", op.scope, "--oauth-userinfo-url", op.userinfo_url,
     ]
+
+
+#: The test provider's token shapes (tests/oauth_provider.py) and any JWT.
+TOKEN_SHAPES = re.compile(r"(?<![\w-])(?:at|rt|code)-[A-Za-z0-9_-]{32}|eyJ[\w-]+\.eyJ[\w-]+\.")

@@ -29,9 +29,9 @@ from benchmarks._clients import oauth_login
 from benchmarks._http import Connection
 from mailmcp._scopes import ALL_SCOPES, LABELS, READ
 from tests.harness import Services, generate_client
-from tests.hostile import mcp_http
 from tests.integration.cluster import Cluster
 from tests.integration.generate_cli import generate, generate_json
+from tests.integration.mcp_probe import mcp_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -61,10 +61,6 @@ def login(
             conn.close()
 
     return asyncio.run(run())
-
-
-def mcp_status(daemon_url: str, token: str) -> int:
-    return mcp_http.rpc(daemon_url, token, "tools/list")[0]
 
 
 class _Forms(HTMLParser):

@@ -26,13 +26,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.integration import test_login_browser
 from tests.integration.browser_login import serve_callback
-from tests.integration.test_account_page import mcp_status
-from tests.integration.test_provider_signin import TOKEN_SHAPES, provider_args
-
-#: Headless Chromium, as the login page's browser tests use it.
-browser = test_login_browser.browser
+from tests.integration.mcp_probe import mcp_status
+from tests.integration.provider_profile import TOKEN_SHAPES, provider_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -28,15 +28,13 @@ import pytest
 
 from tests.harness import Services
 from tests.integration.mail_live import wait_for_subject
-from tests.integration.provider_profile import provider_args
+from tests.integration.provider_profile import TOKEN_SHAPES, provider_args
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("provider_mcp_client.py")
 RECIPIENT, RECIPIENT_PASSWORD = "bob@example.test", "bobpw"
-#: The test provider's token shapes (tests/oauth_provider.py) and any JWT.
-TOKEN_SHAPES = re.compile(r"(?<![\w-])(?:at|rt|code)-[A-Za-z0-9_-]{32}|eyJ[\w-]+\.eyJ[\w-]+\.")
 
 
 def run_script(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from mailmcp._tokens import InvalidToken
 from mailmcp.testing import FakeLoginChecker
 from tests.unit.oauth_helpers import BASE, IMAP, SMTP, Server, make_server
 from tests.unit.provider_fake import FakeProvider, profile
-from tests.unit.test_provider_login import Flow, provider_query
+from tests.unit.provider_flow import Flow, provider_query
 
 EMAIL = "user@example.test"
 CALLBACK = BASE + "/oauth/provider/callback"
