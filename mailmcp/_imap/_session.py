@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import bisect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 
 from .._clients import is_loopback_host
@@ -165,6 +166,17 @@ class Session:
         Send one command made of already validated pieces and wait for its
         tagged OK (`CommandFailed` on NO/BAD, `IMAPError` on anything else).
         """
+        return await self._send(name, *pieces, log_args=log_args, continuation=continuation)
+
+    def _send(
+        self,
+        name: bytes,
+        *pieces: bytes | Literal,
+        log_args: str | None = None,
+        continuation: Any = None,
+        pipeline: bool = False,
+    ) -> Deferred[Response]:
+        """`command` without waiting: the command is written (or queued) now."""
         literal_plus = "LITERAL+" in self._capabilities or (
             "LITERAL-" in self._capabilities
             and all(len(p.data) <= 4096 for p in pieces if isinstance(p, Literal))
@@ -172,7 +184,7 @@ class Session:
         cmd = RawCommand(
             name, pieces, log_args=log_args, continuation=continuation, literal_plus=literal_plus
         )
-        return await self.protocol.send(cmd)
+        return self.protocol.send(cmd, pipeline=pipeline)
 
     async def capability(self) -> frozenset[str]:
         response = await self.command(b"CAPABILITY")
@@ -442,6 +454,45 @@ class Session:
             return state
         return await self._open(b"EXAMINE", mailbox, encoded)
 
+    async def examine_fetch(
+        self, mailbox: str, message_set: Callable[[int], str | None], items: str
+    ) -> tuple[MailboxState, list[FetchedMessage] | IMAPError | None]:
+        """
+        `examine` C{mailbox} and, when it is already open here, ``FETCH``
+        C{message_set(exists)} (sequence numbers) in the same round trip:
+        the freshness ``NOOP`` and the ``FETCH`` are written together.
+
+        Returns the state after the NOOP and the FETCH's outcome: its
+        messages, or the `IMAPError` it failed with (the caller decides
+        whether to retry), or None when nothing was fetched (the mailbox
+        was not open, C{message_set} gave None, or the NOOP changed the
+        message count so the numbers asked for are stale): then the caller
+        fetches for the returned state as usual.
+        """
+        encoded = encode_mailbox(mailbox)
+        before = self._exists
+        wanted = message_set(before) if self._encoded == encoded else None
+        if wanted is None:
+            return await self.examine(mailbox), None
+        spec = self._fetch_spec(wanted, items)
+        noop = self._send(b"NOOP")
+        fetch = self._send(b"FETCH", b" ", wanted.encode("ascii"), b" ", spec, pipeline=True)
+        try:
+            await noop
+        except BaseException:
+            fetch.addErrback(lambda _: None)  # the NOOP's error is the one to report
+            raise
+        state = self.selected
+        assert state is not None
+        outcome: list[FetchedMessage] | IMAPError
+        try:
+            outcome = self._fetched(await fetch, wanted, uid=False)
+        except IMAPError as e:
+            outcome = e
+        if state.exists != before:
+            return state, None
+        return state, outcome
+
     async def select(self, mailbox: str) -> MailboxState:
         encoded = encode_mailbox(mailbox)
         if self._encoded == encoded and not self._read_only:
@@ -529,13 +580,21 @@ class Session:
     async def fetch(
         self, message_set: str, items: str, *, uid: bool = True
     ) -> list[FetchedMessage]:
-        self._require_open()
-        if not isinstance(message_set, str) or not is_sequence_set(message_set):
-            raise IMAPError(f"invalid message set {message_set!r:.40}")
-        spec = _fetch_items(items)
+        spec = self._fetch_spec(message_set, items)
         response = await self.command(
             b"UID FETCH" if uid else b"FETCH", b" ", message_set.encode("ascii"), b" ", spec
         )
+        return self._fetched(response, message_set, uid=uid)
+
+    def _fetch_spec(self, message_set: str, items: str) -> bytes:
+        """The validated, side-effect free FETCH items for C{message_set}."""
+        self._require_open()
+        if not isinstance(message_set, str) or not is_sequence_set(message_set):
+            raise IMAPError(f"invalid message set {message_set!r:.40}")
+        return _fetch_items(items)
+
+    def _fetched(self, response: Response, message_set: str, *, uid: bool) -> list[FetchedMessage]:
+        """The messages of a FETCH C{response}, only those C{message_set} asked for."""
         ranges = _merge_ranges(sequence_ranges(message_set))
         starts = [r[0] for r in ranges]
         merged: dict[int, FetchedMessage] = {}
