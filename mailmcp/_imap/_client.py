@@ -471,6 +471,11 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         """Whether a command is in flight or queued."""
         return self._waiting is not None or bool(self._queue)
 
+    @property
+    def in_flight(self) -> int:
+        """Commands written and not answered yet (more than one when pipelined)."""
+        return len(self._commands)
+
     def _finish(self, cmd: RawCommand, status: bytes, text: bytes) -> None:
         if cmd.timer is not None and cmd.timer.active():
             cmd.timer.cancel()

@@ -93,6 +93,8 @@ class Session:
         self._permanent_flags: tuple[str, ...] = ()
         self._highest_modseq: int | None = None
         self._qresync = False
+        #: Counts the untagged news about the open mailbox (EXISTS, EXPUNGE...).
+        self._changes = 0
         protocol.untagged_hook = self._untagged
 
     # -- state -------------------------------------------------------------------
@@ -131,15 +133,18 @@ class Session:
         if first.isdigit():
             kind = rest[:7].upper()
             if kind == b"EXISTS" and len(first) <= 10:
+                self._changes += 1
                 self._exists = int(first)
                 if self._uidnext is not None and self._exists > 0:
                     self._uidnext = None  # new mail: UIDNEXT no longer known
             elif kind == b"EXPUNGE":
+                self._changes += 1
                 self._exists = max(0, self._exists - 1)
         elif first.upper() == b"VANISHED" and not rest[:1] == b"(":
             # After ENABLE QRESYNC expunges arrive as VANISHED <uid-set>
             # instead of one EXPUNGE each (RFC 7162 §3.2.10); (EARLIER) ones
             # answer a FETCH and never change the count.
+            self._changes += 1
             self._exists = max(0, self._exists - _vanished_count(rest))
         elif first.upper() == b"OK" and rest[:1] == b"[":
             code, _ = split_code(rest)
@@ -148,6 +153,7 @@ class Session:
             if code[0] == b"HIGHESTMODSEQ" and code[1] <= MAX_MODSEQ:
                 self._highest_modseq = code[1]
             elif code[0] == b"UIDVALIDITY" and code[1] <= MAX_UINT32:
+                self._changes += 1
                 # The folder was renumbered while open (RFC 3501 §2.3.1.1):
                 # callers comparing UIDVALIDITY must see the new value.
                 self._uidvalidity = code[1]
@@ -462,36 +468,52 @@ class Session:
         C{message_set(exists)} (sequence numbers) in the same round trip:
         the freshness ``NOOP`` and the ``FETCH`` are written together.
 
-        Returns the state after the NOOP and the FETCH's outcome: its
-        messages, or the `IMAPError` it failed with (the caller decides
-        whether to retry), or None when nothing was fetched (the mailbox
-        was not open, C{message_set} gave None, or the NOOP changed the
-        message count so the numbers asked for are stale): then the caller
-        fetches for the returned state as usual.
+        A server may run the two in either order, or at once (Dovecot runs
+        the FETCH first and reports new mail after it), so the FETCH counts
+        only when the NOOP brought no news: no EXISTS, EXPUNGE, VANISHED or
+        UIDVALIDITY, and no FETCH line but the ones asked for.  Otherwise
+        the numbers asked for may be stale and nothing is returned.
+
+        Returns the state after both and the FETCH's outcome: its messages,
+        or the `IMAPError` it failed with (the caller decides whether to
+        retry), or None when nothing usable was fetched (the mailbox was
+        not open, C{message_set} gave None, the NOOP brought news, or the
+        answer did not parse): then the caller fetches for the returned
+        state as usual, and a malformed answer fails there as it always did.
         """
         encoded = encode_mailbox(mailbox)
-        before = self._exists
-        wanted = message_set(before) if self._encoded == encoded else None
+        before = self._changes
+        wanted = message_set(self._exists) if self._encoded == encoded else None
         if wanted is None:
             return await self.examine(mailbox), None
         spec = self._fetch_spec(wanted, items)
         noop = self._send(b"NOOP")
         fetch = self._send(b"FETCH", b" ", wanted.encode("ascii"), b" ", spec, pipeline=True)
         try:
-            await noop
+            noop_response = await noop
         except BaseException:
             fetch.addErrback(lambda _: None)  # the NOOP's error is the one to report
             raise
+        try:
+            fetch_response = await fetch
+        except IMAPError as e:
+            state = self.selected
+            assert state is not None
+            return state, (e if self._changes == before else None)
         state = self.selected
         assert state is not None
-        outcome: list[FetchedMessage] | IMAPError
-        try:
-            outcome = self._fetched(await fetch, wanted, uid=False)
-        except IMAPError as e:
-            outcome = e
-        if state.exists != before:
+        if self._changes != before:
             return state, None
-        return state, outcome
+        # Untagged lines are kept by the oldest command in flight: the
+        # FETCH's own lines may sit in the NOOP's response.
+        lines = noop_response.lines + fetch_response.lines
+        try:
+            messages = self._fetched(Response(lines, b""), wanted, uid=False)
+        except IMAPError:
+            return state, None
+        if sum(1 for line in lines if _is_fetch(line[0])) != len(messages):
+            return state, None  # an unsolicited FETCH (flags changed elsewhere)
+        return state, messages
 
     async def select(self, mailbox: str) -> MailboxState:
         encoded = encode_mailbox(mailbox)
@@ -905,6 +927,12 @@ def _parse(line: RawResponse) -> list[Value]:
         return parse_values(line)
     except ParseError as e:
         raise IMAPError(e.message) from None
+
+
+def _is_fetch(head: bytes) -> bool:
+    """Whether an untagged line is ``<n> FETCH ...``."""
+    first, _, rest = head.partition(b" ")
+    return first.isdigit() and rest[:6].upper() == b"FETCH "
 
 
 def _bounded(raw: bytes) -> int:

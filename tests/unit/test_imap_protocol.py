@@ -932,3 +932,36 @@ def test_pipelined_commands_may_finish_out_of_order() -> None:
     assert second.called and not first.called and wire.protocol.busy
     wire.server(b"0003 OK noop\r\n")
     assert first.called and not wire.protocol.busy
+
+
+def test_examine_fetch_when_the_server_runs_the_fetch_first() -> None:
+    """Dovecot's order: FETCH lines and its OK before the NOOP's OK; the page still counts."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    wire.sent()
+    wire.server(
+        b"* 2 FETCH (UID 8 FLAGS ())\r\n* 3 FETCH (UID 9 FLAGS ())\r\n"
+        b"0004 OK Fetch completed\r\n0003 OK NOOP completed\r\n"
+    )
+    state, fetched = result_of(d)
+    assert state.exists == 3 and [m.uid for m in fetched] == [8, 9]
+
+
+@pytest.mark.parametrize(
+    "news",
+    [
+        b"* 4 EXISTS\r\n",  # new mail reported after the FETCH ran on the old view
+        b"* 1 EXPUNGE\r\n* 3 EXISTS\r\n",  # same count, different messages
+        b"* 3 FETCH (FLAGS (\\Flagged))\r\n",  # flags changed by another client
+        b"* OK [UIDVALIDITY 9] renumbered\r\n",
+    ],
+)
+def test_examine_fetch_drops_the_page_when_the_noop_brings_news(news: bytes) -> None:
+    """Any news from the NOOP makes the pipelined page stale: nothing returned, the caller refetches."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    wire.sent()
+    wire.server(b"* 2 FETCH (UID 8 FLAGS ())\r\n* 3 FETCH (UID 9 FLAGS ())\r\n0004 OK Fetch completed\r\n")
+    wire.server(news + b"0003 OK NOOP completed\r\n")
+    state, fetched = result_of(d)
+    assert fetched is None and state.name == "INBOX"
