@@ -315,3 +315,64 @@ def thread_commands(uid: int, message_id: str, members: Sequence[int] = ()) -> l
         f"UID FETCH {uid} (UID BODY.PEEK[1]<0.2048>)",
     ]
 
+
+
+# -- the raw floors of get_mail_message, search_mail_messages and the Sent copy
+# (kept in step with mailmcp/_tools/_reading.py and mailmcp/_attachments/_helpers.py)
+
+MESSAGE_ITEMS = ("(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE "
+                 "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID IN-REPLY-TO REFERENCES)]<0.32768>)")
+SUMMARY_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)"
+#: What get_mail_message asks for of one text part at its default 20,000 characters.
+_TEXT_BUDGET = {"text/plain": 20_000 * 3 // 2 + 4096, "text/html": 20_000 * 12 + 4096}
+
+
+def search_uids(lines: Sequence[bytes]) -> list[int]:
+    """The UIDs of a ``* SEARCH`` answer."""
+    out: list[int] = []
+    for line in lines:
+        if line.upper().startswith(b"* SEARCH"):
+            out += [int(t) for t in line.split()[2:] if t.isdigit()]
+    return sorted(out)
+
+
+def message_commands(uid: int, parts: Sequence[tuple[str, str]], attachments: Sequence[str] = ()) -> list[str]:
+    """
+    The commands of a warm ``get_mail_message``: the pool's NOOP, the head
+    (envelope, structure, threading headers), the text parts within their
+    budget, and, on a first read, each attachment part with its MIME header.
+    """
+    commands = ["NOOP", f"UID FETCH {uid} {MESSAGE_ITEMS}"]
+    if parts:
+        items = " ".join(f"BODY.PEEK[{p}]<0.{_TEXT_BUDGET[kind]}>" for p, kind in parts)
+        commands.append(f"UID FETCH {uid} (UID {items})")
+    if attachments:
+        items = " ".join(f"BODY.PEEK[{p}.MIME] BODY.PEEK[{p}]" for p in attachments)
+        commands.append(f"UID FETCH {uid} (UID {items})")
+    return commands
+
+
+def search_commands(subject: str) -> list[str]:
+    """A warm ``search_mail_messages(subject=…)``: NOOP, then the UID SEARCH (ESEARCH form)."""
+    return ["NOOP", f"UID SEARCH RETURN (ALL) CHARSET UTF-8 SUBJECT {quote(subject)}"]
+
+
+def summary_fetch(uids: Sequence[int]) -> list[str]:
+    """The summaries' FETCH of a search result (compact UID set), or nothing."""
+    if not uids:
+        return []
+    ordered = sorted(set(uids))
+    pieces: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        pieces.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
+        i = j + 1
+    return [f"UID FETCH {','.join(pieces)} {SUMMARY_ITEMS}"]
+
+
+def append_command(folder: str, message: bytes) -> str:
+    """APPEND with a non-synchronising literal (LITERAL+), so one write sends it all."""
+    return f"APPEND {quote(folder)} (\\Seen) {{{len(message)}+}}\r\n" + message.decode("utf-8")

@@ -35,6 +35,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     out.append(("large_folder", f"{_fmt(lf.get('large_folder_messages'))} msgs p50 {_fmt(lf.get('large_p50_ms'))} ms"
                                 f" vs {_fmt(lf.get('small_folder_messages'))} msgs {_fmt(lf.get('small_p50_ms'))} ms",
                 f"large_p50/small_p50 = {_fmt(lf.get('large_p50/small_p50'))}" if "error" not in lf else lf["error"]))
+    out += _tool_rows(report)
     for key, item in (report.get("concurrency") or {}).items():
         if key == "error":
             out.append(("concurrency", "", str(item)))
@@ -55,6 +56,58 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                             f"large folder: {'served' if big.get('served') else 'refused/failed'}",
                     f"peer_p50/mailmcp_p50 = {_fmt(p.get('peer_p50/mailmcp_p50'))}, "
                     f"mailmcp/peer throughput = {_fmt(p.get('mailmcp_throughput/peer_throughput'))}"))
+    return out
+
+
+def _vs_floor(name: str, item: dict[str, Any], floor_key: str = "floor_p50_ms",
+              ratio_key: str = "p50/floor_p50") -> tuple[str, str, str]:
+    return (name, f"p50 {_fmt(item.get('p50_ms'))} ms, floor {_fmt(item.get(floor_key))} ms",
+            f"{ratio_key} = {_fmt(item.get(ratio_key))}")
+
+
+def _tool_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """One row per tool measured against its own raw floor (conversations, reading, search, send, scale-out)."""
+    out: list[tuple[str, str, str]] = []
+    sections = (
+        ("conversations", ("get_mailbox_changes", "get_mail_thread")),
+        ("get_message", ("newsletter_html", "attachment_2mb_linked", "attachment_2mb_first_read")),
+        ("search", ("small_folder", "large_folder")),
+    )
+    for section, keys in sections:
+        data = report.get(section) or {}
+        if "error" in data:
+            out.append((section, "", str(data["error"])[:200]))
+            continue
+        for key in keys:
+            if isinstance(data.get(key), dict):
+                label = f"{section} {key}" if section != "conversations" else key
+                item = data[key]
+                if section == "search":
+                    label += f" ({_fmt(item.get('folder_messages'))} msgs)"
+                    out.append((label, f"p50 {_fmt(item.get('p50_ms'))} ms, UID SEARCH "
+                                       f"{_fmt(item.get('uid_search_p50_ms'))} ms, + FETCH "
+                                       f"{_fmt(item.get('search_and_fetch_p50_ms'))} ms",
+                                f"p50/floor_p50 = {_fmt(item.get('p50/floor_p50'))} (vs UID SEARCH "
+                                f"{_fmt(item.get('p50/uid_search_p50'))})"))
+                else:
+                    out.append(_vs_floor(label, item))
+    send = report.get("send") or {}
+    if "error" in send:
+        out.append(("send", "", str(send["error"])[:200]))
+    elif send:
+        out.append(("send", f"p50 {_fmt(send.get('p50_ms'))} ms, smtplib {_fmt(send.get('smtplib_p50_ms'))} ms, "
+                            f"+ APPEND {_fmt(send.get('smtplib_and_append_p50_ms'))} ms",
+                    f"p50/floor_p50 = {_fmt(send.get('p50/floor_p50'))} (vs smtplib "
+                    f"{_fmt(send.get('p50/smtplib_p50'))})"))
+    scale = report.get("scale_out") or {}
+    if "error" in scale:
+        out.append(("scale_out", "", str(scale["error"])[:200]))
+    elif scale:
+        procs = scale.get("processes") or {}
+        out.append(("scale_out", "calls/s behind HAProxy: 1 process "
+                                 f"{_fmt((procs.get('1') or {}).get('calls_per_s'))}, 2 processes "
+                                 f"{_fmt((procs.get('2') or {}).get('calls_per_s'))}",
+                    f"ceiling_ratio (2 processes) = {_fmt(scale.get('ceiling_ratio'))}"))
     return out
 
 

@@ -34,6 +34,9 @@ sys.path.insert(0, str(ROOT))
 BENCH_USER = "bench@example.test"
 BENCH_PASSWORD = "bench-pw"
 LARGE_FOLDER = "Large"
+READING_FOLDER = "Reading"
+SINK_USER = "sink@example.test"
+SEARCH_SUBJECT = "Weekly digest"
 LIST_TOOL = "list_mail_messages"
 PEER_TOOL = "list_emails_metadata"
 THROUGHPUT_ACCOUNTS = 8
@@ -79,6 +82,10 @@ class Sizes:
     peer_seconds: float
     seed_compare_sample: int
     blocks: int = 10
+    reading_iterations: int = 200
+    attachment_copies: int = 20
+    search_iterations: int = 100
+    send_iterations: int = 50
 
 
 FULL = Sizes(
@@ -86,12 +93,14 @@ FULL = Sizes(
     floor_iterations=1000, warm_iterations=1000, cold_iterations=200, large_iterations=500,
     concurrency_seconds=15.0, throughput_levels=(1, 2, 4, 8, 16, 32, 64), throughput_seconds=5.0,
     ceiling_seconds=5.0, peer_calls=10, peer_seconds=20.0, seed_compare_sample=300,
+    reading_iterations=200, attachment_copies=20, search_iterations=100, send_iterations=50,
 )
 QUICK = Sizes(
     small=2_000, large=10_000, concurrency=(20, 100), per_account_messages=30,
     floor_iterations=200, warm_iterations=200, cold_iterations=30, large_iterations=100,
     concurrency_seconds=2.0, throughput_levels=(1, 4, 16), throughput_seconds=1.5,
     ceiling_seconds=1.5, peer_calls=3, peer_seconds=3.0, seed_compare_sample=60,
+    reading_iterations=30, attachment_copies=4, search_iterations=10, send_iterations=8,
 )
 
 
@@ -170,6 +179,33 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
     return time.perf_counter() - t0
 
 
+def _smtp_message(sender: str, recipient: str, subject: str, text: str) -> Callable[[int], bytes]:
+    """The message the send floor submits: the shape and size of what send_mail_message composes."""
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
+    def build(n: int) -> bytes:
+        m = EmailMessage()
+        m["From"], m["To"], m["Subject"] = sender, recipient, subject
+        m["Date"] = formatdate(usegmt=True)
+        m["Message-ID"] = make_msgid(f"floor{n}", "bench.example.test")
+        m.set_content(text)
+        return m.as_bytes(policy=m.policy.clone(linesep="\r\n"))
+
+    return build
+
+
+def _smtp_submit(port: int, ca_file: str, user: str, password: str, recipient: str, data: bytes) -> None:
+    """One bare submission over SMTPS, connection per message (as mailmcp does)."""
+    import smtplib
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca_file)
+    with smtplib.SMTP_SSL("localhost", port, context=context, timeout=30) as smtp:
+        smtp.login(user, password)
+        smtp.sendmail(user, [recipient], data)
+
+
 async def listing(client: McpClient, folder: str, expect: int | None = 20) -> None:
     result = await client.call(LIST_TOOL, {"folder": folder, "page": 1, "per_page": 20})
     if expect is not None:
@@ -246,6 +282,7 @@ class Bench:
         users.update({self.tp_user(i): f"tp{i}-pw" for i in range(1, THROUGHPUT_ACCOUNTS)})
         users.update({self.c_user(i): f"c{i}-pw" for i in range(max(s.concurrency))})
         users.update(_seed.COMPARE_USERS)
+        users[SINK_USER] = "sink-pw"
         _seed.add_users(svc / "users", users)
 
         t0 = time.perf_counter()
@@ -265,6 +302,13 @@ class Bench:
         for i in range(max(s.concurrency)):
             _seed.link_maildir(inbox, few, _seed.make_maildir(mail_root, self.c_user(i)))
         setup["link_accounts_s"] = round(time.perf_counter() - t0, 2)
+        reading = _seed.make_maildir(mail_root, BENCH_USER, READING_FOLDER)
+        _seed.write_messages(
+            reading,
+            [_seed.newsletter(0, BENCH_USER)]
+            + [_seed.with_attachment(i, BENCH_USER) for i in range(s.attachment_copies)],
+            start=time.time() - 86400,
+        )
         setup["accounts"] = len(users)
         setup["method"] = "Maildir files written directly (cur/, :2,<flags>, S=/W= sizes), " \
                           "hard links for the extra accounts; Dovecot indexes on first access"
@@ -297,7 +341,9 @@ class Bench:
 
         self.state_dir = self.workdir / "state"
         t0 = time.perf_counter()
-        self.daemon = Daemon(self.workdir, free_port(), self.state_dir, self.services.ca_file)
+        # The send item sends a few hundred messages: lift the per-account budget.
+        self.daemon = Daemon(self.workdir, free_port(), self.state_dir, self.services.ca_file,
+                             extra=("--send-burst", "100000", "--sends-per-hour", "100000"))
         self.client = generate_client(self.workdir, self.state_dir, self.services.imaps_port,
                                       self.services.smtps_port)
         self.report["setup"]["daemon_start_s"] = round(time.perf_counter() - t0, 2)
@@ -473,6 +519,207 @@ class Bench:
             }
         await bare.logout()
         self.report["conversations"] = out
+
+    # -- reading, searching and sending, each against its own raw floor --------
+
+    async def _alternate(
+        self, blocks: int, per_block: int, tool: Callable[[], Awaitable[Any]],
+        floors: dict[str, Callable[[], Awaitable[Any]]],
+    ) -> tuple[list[float], dict[str, list[float]]]:
+        """Tool and floors timed in alternating blocks, so drift hits all alike."""
+        tool_times: list[float] = []
+        floor_times: dict[str, list[float]] = {name: [] for name in floors}
+        for _ in range(blocks):
+            for name, floor in floors.items():
+                for _ in range(per_block):
+                    floor_times[name].append(await timed(floor))
+            for _ in range(per_block):
+                tool_times.append(await timed(tool))
+        return tool_times, floor_times
+
+    async def _bare(self, folder: str) -> _imap.BareIMAP:
+        return await _imap.open_session("127.0.0.1", self.services.imaps_port, self.ctx, BENCH_USER,
+                                        BENCH_PASSWORD, folder)
+
+    async def get_message(self) -> None:
+        """
+        get_mail_message over MCP, warm, on a 60 KB HTML newsletter (MIME and
+        HTML-to-text are the work) and on a message with a 2 MB attachment
+        (stored and linked on first read, linked from the index after), against
+        a bare client sending the same UID FETCHes of the same parts.
+        """
+        assert self.daemon is not None
+        s = self.sizes
+        client = McpClient(self.daemon.base_url, self.tokens.get(BENCH_USER, ""))
+        bare = await self._bare(READING_FOLDER)
+        news = _imap.search_uids(await bare.command("UID SEARCH HEADER X-Bench-Item newsletter"))
+        copies = _imap.search_uids(await bare.command("UID SEARCH HEADER X-Bench-Item attachment"))
+        if not news or len(copies) < 2:
+            raise RuntimeError(f"seeded reading folder not found (newsletter {news}, attachments {copies})")
+        news_uid, warm_uid, first_reads = news[0], copies[0], copies[1:]
+
+        async def read(uid: int) -> dict[str, Any]:
+            return await client.call("get_mail_message", {"folder": READING_FOLDER, "uid": uid})
+
+        def floor(commands: list[str]) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                for text in commands:
+                    await bare.command(text)
+            return run
+
+        first = (await read(news_uid))["structuredContent"]
+        attached = (await read(warm_uid))["structuredContent"]
+        news_cmds = _imap.message_commands(news_uid, [("1", "text/html")])
+        warm_cmds = _imap.message_commands(warm_uid, [("1", "text/plain")])
+        iterations = max(s.blocks, s.reading_iterations)
+        per_block = iterations // s.blocks
+        for _ in range(5):
+            await read(news_uid)
+            await floor(news_cmds)()
+        news_times, news_floor = await self._alternate(
+            s.blocks, per_block, functools.partial(read, news_uid), {"floor": floor(news_cmds)})
+        warm_times, warm_floor = await self._alternate(
+            s.blocks, per_block, functools.partial(read, warm_uid), {"floor": floor(warm_cmds)})
+        # First reads: each copy once (the attachment is fetched, stored and
+        # linked), its floor the same FETCHes plus the attachment part.
+        first_times: list[float] = []
+        first_floor: list[float] = []
+        for uid in first_reads:
+            first_floor.append(await timed(floor(_imap.message_commands(uid, [("1", "text/plain")],
+                                                                        attachments=["2"]))))
+            first_times.append(await timed(functools.partial(read, uid)))
+        await bare.logout()
+        client.close()
+        self.report["get_message"] = {
+            "what": "get_mail_message over MCP/HTTP, pool warm, vs a bare client's UID FETCHes of the "
+                    "same parts on a logged-in connection with the folder open",
+            "newsletter_html": {
+                "message_bytes": len(_seed.newsletter(0, BENCH_USER)),
+                "body_chars": len(first.get("body", "") or ""),
+                "commands": news_cmds,
+                "p50_ms": ms(pct(news_times, 0.5)), "p99_ms": ms(pct(news_times, 0.99)),
+                "floor_p50_ms": ms(pct(news_floor["floor"], 0.5)),
+                "p50/floor_p50": ratio(pct(news_times, 0.5), pct(news_floor["floor"], 0.5)),
+            },
+            "attachment_2mb_linked": {
+                "what": "the attachment already stored: its link comes from the index, no part FETCH",
+                "attachments": len(attached.get("attachments", []) or []),
+                "commands": warm_cmds,
+                "p50_ms": ms(pct(warm_times, 0.5)), "p99_ms": ms(pct(warm_times, 0.99)),
+                "floor_p50_ms": ms(pct(warm_floor["floor"], 0.5)),
+                "p50/floor_p50": ratio(pct(warm_times, 0.5), pct(warm_floor["floor"], 0.5)),
+            },
+            "attachment_2mb_first_read": {
+                "what": "first read of each copy: the 2 MB part is fetched, decoded, stored and linked; "
+                        "floor: the same FETCHes plus BODY.PEEK[2.MIME] BODY.PEEK[2]",
+                "copies": len(first_reads),
+                "p50_ms": ms(pct(first_times, 0.5)),
+                "floor_p50_ms": ms(pct(first_floor, 0.5)),
+                "p50/floor_p50": ratio(pct(first_times, 0.5), pct(first_floor, 0.5)),
+            },
+        }
+
+    async def search(self) -> None:
+        """
+        search_mail_messages over MCP, warm, on the small and the large folder
+        (a Subject search matching a tenth of the messages, the newest `limit`
+        summarised), against a bare ``UID SEARCH`` alone and against the same
+        ``UID SEARCH`` plus the ``UID FETCH`` of the returned summaries.
+        """
+        assert self.daemon is not None
+        s = self.sizes
+        client = McpClient(self.daemon.base_url, self.tokens.get(BENCH_USER, ""))
+        out: dict[str, Any] = {
+            "what": f"search_mail_messages(subject={SEARCH_SUBJECT!r}) over MCP/HTTP, warm, vs bare "
+                    "UID SEARCH (and UID SEARCH + UID FETCH of the summaries) on a logged-in connection",
+        }
+        for label, folder, size in (("small_folder", "INBOX", s.small), ("large_folder", LARGE_FOLDER, s.large)):
+            arguments = {"folder": folder, "subject": SEARCH_SUBJECT}
+
+            async def tool(arguments: dict[str, Any] = arguments) -> None:
+                await client.call("search_mail_messages", arguments)
+
+            result = (await client.call("search_mail_messages", arguments))["structuredContent"]
+            bare = await self._bare(folder)
+            search_cmds = _imap.search_commands(SEARCH_SUBJECT)
+            full_cmds = search_cmds + _imap.summary_fetch(result["uids"])
+
+            def floor(commands: list[str], bare: _imap.BareIMAP = bare) -> Callable[[], Awaitable[None]]:
+                async def run() -> None:
+                    for text in commands:
+                        await bare.command(text)
+                return run
+
+            for _ in range(3):
+                await tool()
+                await floor(full_cmds)()
+            iterations = max(s.blocks, s.search_iterations)
+            tool_times, floors = await self._alternate(
+                s.blocks, iterations // s.blocks, tool,
+                {"uid_search": floor(search_cmds), "search_and_fetch": floor(full_cmds)})
+            await bare.logout()
+            out[label] = {
+                "folder_messages": size,
+                "matches": result["total"],
+                "returned": result["returned"],
+                "commands": full_cmds[:2] + ([full_cmds[2][:60] + "…"] if len(full_cmds) > 2 else []),
+                "p50_ms": ms(pct(tool_times, 0.5)), "p99_ms": ms(pct(tool_times, 0.99)),
+                "uid_search_p50_ms": ms(pct(floors["uid_search"], 0.5)),
+                "search_and_fetch_p50_ms": ms(pct(floors["search_and_fetch"], 0.5)),
+                "p50/uid_search_p50": ratio(pct(tool_times, 0.5), pct(floors["uid_search"], 0.5)),
+                "p50/floor_p50": ratio(pct(tool_times, 0.5), pct(floors["search_and_fetch"], 0.5)),
+            }
+        client.close()
+        self.report["search"] = out
+
+    async def send(self) -> None:
+        """
+        send_mail_message over MCP (a verified-TLS SMTP submission, then the
+        Sent copy by IMAP APPEND) against a bare smtplib submission of the
+        same message (connect, TLS, AUTH, MAIL/RCPT/DATA, QUIT), and against
+        that submission plus a bare IMAP APPEND of the copy.
+        """
+        assert self.daemon is not None
+        s = self.sizes
+        client = McpClient(self.daemon.base_url, self.tokens.get(BENCH_USER, ""))
+        bare = await self._bare("INBOX")
+        subject, text = "Benchmark send", "Hello,\n\nthis is a benchmark message.\n\nRegards\n"
+        counter = iter(range(10**9))
+
+        async def tool() -> None:
+            await client.call("send_mail_message", {"to": [SINK_USER], "subject": subject, "text_body": text})
+
+        message = _smtp_message(BENCH_USER, SINK_USER, subject, text)
+
+        async def submit() -> None:
+            await asyncio.to_thread(_smtp_submit, self.services.smtps_port, str(self.services.ca_file),
+                                    BENCH_USER, BENCH_PASSWORD, SINK_USER, message(next(counter)))
+
+        async def submit_and_file() -> None:
+            data = message(next(counter))
+            await asyncio.to_thread(_smtp_submit, self.services.smtps_port, str(self.services.ca_file),
+                                    BENCH_USER, BENCH_PASSWORD, SINK_USER, data)
+            await bare.command(_imap.append_command("Sent", data))
+
+        for _ in range(2):
+            await tool()
+            await submit_and_file()
+        iterations = max(s.blocks, s.send_iterations)
+        tool_times, floors = await self._alternate(
+            s.blocks, max(1, iterations // s.blocks), tool,
+            {"smtplib": submit, "smtplib_and_append": submit_and_file})
+        await bare.logout()
+        client.close()
+        self.report["send"] = {
+            "what": "send_mail_message over MCP/HTTP (SMTPS submission + Sent copy) vs bare smtplib "
+                    "over SMTPS (connect, AUTH, send, QUIT) and smtplib + IMAP APPEND of the copy",
+            "sends": len(tool_times),
+            "p50_ms": ms(pct(tool_times, 0.5)), "p99_ms": ms(pct(tool_times, 0.99)),
+            "smtplib_p50_ms": ms(pct(floors["smtplib"], 0.5)),
+            "smtplib_and_append_p50_ms": ms(pct(floors["smtplib_and_append"], 0.5)),
+            "p50/smtplib_p50": ratio(pct(tool_times, 0.5), pct(floors["smtplib"], 0.5)),
+            "p50/floor_p50": ratio(pct(tool_times, 0.5), pct(floors["smtplib_and_append"], 0.5)),
+        }
 
     async def cold(self) -> None:
         from tests.harness import free_port
@@ -944,8 +1191,8 @@ def summarise_profile(collapsed: str, top: int = 25) -> dict[str, Any]:
     }
 
 
-ITEMS = ("floor", "warm", "cold", "large_folder", "conversations", "concurrency", "throughput",
-         "scale_out", "peer")
+ITEMS = ("floor", "warm", "cold", "large_folder", "conversations", "get_message", "search", "send",
+         "concurrency", "throughput", "scale_out", "peer")
 
 
 def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
@@ -977,6 +1224,15 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
         "throughput.ceiling_ratio >= 0.5": check(get("throughput", "ceiling_ratio"), lambda v: v >= 0.5),
         "scale_out (2 processes).ceiling_ratio >= 0.5": check(get("scale_out", "ceiling_ratio"),
                                                               lambda v: v >= 0.5),
+        "get_message newsletter_html p50/floor_p50 <= 10": check(
+            get("get_message", "newsletter_html", "p50/floor_p50"), lambda v: v <= 10),
+        "get_message attachment_2mb_linked p50/floor_p50 <= 2": check(
+            get("get_message", "attachment_2mb_linked", "p50/floor_p50"), lambda v: v <= 2),
+        "get_message attachment_2mb_first_read p50/floor_p50 <= 3": check(
+            get("get_message", "attachment_2mb_first_read", "p50/floor_p50"), lambda v: v <= 3),
+        "search large_folder p50/floor_p50 <= 1.5": check(
+            get("search", "large_folder", "p50/floor_p50"), lambda v: v <= 1.5),
+        "send p50/floor_p50 <= 1.5": check(get("send", "p50/floor_p50"), lambda v: v <= 1.5),
         "mailmcp_throughput/peer_throughput >= 100": check(get("peer", "mailmcp_throughput/peer_throughput"),
                                                            lambda v: v >= 100),
     }
@@ -1015,6 +1271,9 @@ async def run(quick: bool, keep: bool = False, profile: Path | None = None) -> d
             ("warm", bench.floor_and_warm),
             ("large_folder", bench.large_folder),
             ("conversations", bench.conversations),
+            ("get_message", bench.get_message),
+            ("search", bench.search),
+            ("send", bench.send),
             ("cold", bench.cold),
             ("throughput", bench.throughput),
             ("concurrency", bench.concurrency),

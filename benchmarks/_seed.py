@@ -23,6 +23,7 @@ import smtplib
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 MAIL_UID = 8  # Debian's 'mail' user, as the test Dovecot config requires
@@ -191,3 +192,76 @@ def compare_methods(svc: Path, lmtp_port: int, sample: int = 300, add: bool = Fa
         lmtp.quit()
     result["lmtp_msgs_per_s"] = round(sample / (time.perf_counter() - t0))
     return result
+
+
+def newsletter(n: int, to: str, size: int = 60_000) -> bytes:
+    """
+    A single-part HTML newsletter of about C{size} bytes: nested tables,
+    inline styles, links and entities, the kind of markup that makes
+    HTML-to-text conversion (not IMAP) the cost of reading it.
+    """
+    rng = random.Random(1000 + n)
+    rows: list[str] = []
+    while sum(len(r) for r in rows) < size - 2000:
+        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(20, 40)))
+        rows.append(
+            '<tr><td style="padding:12px;font-family:Arial,sans-serif;color:#333">'
+            f'<h2 style="margin:0">{rng.choice(_SUBJECTS).format(n=n)} &amp; more</h2>'
+            f'<p>{words} &mdash; <a href="https://news.example.org/a/{len(rows)}?utm_source=x">'
+            f"read&nbsp;more</a></p></td></tr>\r\n"
+        )
+    html = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><style>td{font-size:14px}</style></head>'
+        '<body><table role="presentation" width="100%"><tr><td><table width="600">\r\n'
+        + "".join(rows)
+        + "</table></td></tr></table></body></html>\r\n"
+    )
+    return (
+        f"Message-ID: <newsletter.{n}@bench.example.org>\r\n"
+        "Date: Mon, 30 Nov 2026 08:00:00 +0000\r\n"
+        "From: Weekly News <news@example.org>\r\n"
+        f"To: {to}\r\n"
+        f"Subject: Newsletter {n}\r\n"
+        "X-Bench-Item: newsletter\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n\r\n" + html
+    ).encode("utf-8")
+
+
+def with_attachment(n: int, to: str, size: int = 2 * 1024 * 1024) -> bytes:
+    """A short text message with one C{size}-byte (decoded) PDF-typed attachment, base64 encoded."""
+    import base64
+
+    payload = random.Random(2000 + n).randbytes(size)
+    encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    boundary = f"att{n:06d}"
+    head = (
+        f"Message-ID: <attachment.{n}@bench.example.org>\r\n"
+        "Date: Mon, 30 Nov 2026 09:00:00 +0000\r\n"
+        "From: Reports <reports@example.org>\r\n"
+        f"To: {to}\r\n"
+        f"Subject: Report {n} attached\r\n"
+        "X-Bench-Item: attachment\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Please find the report attached.\r\n"
+        f"--{boundary}\r\nContent-Type: application/pdf; name=\"report-{n}.pdf\"\r\n"
+        f'Content-Disposition: attachment; filename="report-{n}.pdf"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode("ascii")
+    return head + encoded + f"--{boundary}--\r\n".encode("ascii")
+
+
+def write_messages(path: Path, messages: Sequence[bytes], start: float) -> None:
+    """Write C{messages} into the Maildir C{path}/cur (seen), one minute apart from C{start}."""
+    for n, data in enumerate(messages):
+        when = start + n * 60
+        name = f"{int(when)}.R{n}P{os.getpid()}.{HOST},S={len(data)},W={len(data)}:2,S"
+        fd = os.open(path / "cur" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fchown(fd, MAIL_UID, MAIL_GID)
+            os.utime(fd, (when, when))
+        finally:
+            os.close(fd)

@@ -1,18 +1,22 @@
 """
-The real-server test harness: starts Dovecot, Postfix and Redis (plain; TLS
-with the throw-away CA's localhost certificate; and TLS with a certificate
-from that CA for another name) and, when a test asks for it, SeaweedFS S3 on
-free loopback ports, once per test run, and runs the daemon under test as a
-real ``twistd`` process.
+The real-server test harness: starts the test OAuth provider
+(`tests.oauth_provider`), Dovecot (passwords, and XOAUTH2/OAUTHBEARER tokens
+checked against that provider), Postfix and Redis (plain; TLS with the
+throw-away CA's localhost certificate; and TLS with a certificate from that CA
+for another name) and, when a test asks for it, SeaweedFS S3 on free loopback
+ports, once per test run, and runs the daemon under test as a real ``twistd``
+process.
 
 Everything listens on 127.0.0.1 only; Postfix refuses all outbound mail.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
+import secrets
 import shutil
 import smtplib
 import socket
@@ -20,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -27,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from tests.oauth_provider import CLIENT_ID as OAUTH_CLIENT_ID
+from tests.oauth_provider import SCOPE as OAUTH_SCOPE
+from tests.oauth_provider import s256
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SH = ROOT / "tests" / "services.sh"
@@ -90,6 +100,192 @@ def weed_binary() -> str:
     return found
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_no_redirect_opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), _NoRedirect()
+)
+
+
+@attrs.frozen
+class OAuthProviderHandle:
+    """
+    The test OAuth provider of a `Services` (``services.oauth_provider``).
+
+    The URLs are what a mailmcp ``custom`` provider profile points at; the
+    methods steer the provider through its loopback-only ``/admin`` routes
+    (synchronous urllib: fine in tests, never in the daemon).
+    """
+
+    port: int
+    svc: Path
+    client_id: str = OAUTH_CLIENT_ID
+    scope: str = OAUTH_SCOPE
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def authorize_url(self) -> str:
+        return self.issuer + "/authorize"
+
+    @property
+    def token_url(self) -> str:
+        return self.issuer + "/token"
+
+    @property
+    def userinfo_url(self) -> str:
+        return self.issuer + "/userinfo"
+
+    @property
+    def revoke_url(self) -> str:
+        return self.issuer + "/revoke"
+
+    @property
+    def introspect_url(self) -> str:
+        return self.issuer + "/introspect"
+
+    @property
+    def client_secret_file(self) -> Path:
+        return self.svc / "oauth-provider" / "client-secret"
+
+    @property
+    def client_secret(self) -> str:
+        return self.client_secret_file.read_text().strip()
+
+    @property
+    def log_path(self) -> Path:
+        return self.svc / "oauth-provider" / "provider.log"
+
+    # -- plumbing ------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, json_body: object = None,
+                form: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+                ) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request to the provider: (status, headers, body); redirects are not followed."""
+        data = None
+        all_headers = dict(headers or {})
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            all_headers["Content-Type"] = "application/json"
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded"
+        url = path if path.startswith("http") else self.issuer + path
+        req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+        try:
+            with _no_redirect_opener.open(req, timeout=10) as response:
+                return response.status, dict(response.headers.items()), response.read()
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            return e.code, dict(e.headers.items()), body
+
+    def _admin(self, path: str, body: object = None) -> Any:
+        status, _, raw = self.request("POST" if body is not None else "GET", path,
+                                      json_body=body)
+        if status != 200:
+            raise RuntimeError(f"test provider {path}: {status} {raw!r}")
+        return json.loads(raw)
+
+    def basic_auth(self) -> dict[str, str]:
+        """The registered client's HTTP Basic ``Authorization`` header."""
+        raw = f"{self.client_id}:{self.client_secret}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+    # -- test control --------------------------------------------------------
+
+    def add_user(self, email: str) -> None:
+        """
+        Create a provider account for C{email} and a Dovecot mailbox for it
+        (no password: it can log in with XOAUTH2/OAUTHBEARER only).  Usable at
+        once: Dovecot reads a new per-user file on the next lookup.
+        """
+        if "/" in email or "@" not in email:
+            raise ValueError(f"not a usable test address: {email!r}")
+        path = self.svc / "oauth-users" / email
+        if not path.exists():
+            path.write_text(f"{email}::::::\n", encoding="utf-8")
+            path.chmod(0o644)
+        self._admin("/admin/users", {"email": email})
+
+    def set_access_token_lifetime(self, seconds: int) -> None:
+        """Access tokens issued from now on live C{seconds} (default 3600)."""
+        self._admin("/admin/lifetime", {"seconds": seconds})
+
+    def expire_access_tokens(self, email: str) -> None:
+        """C{email}'s current access tokens are expired now (refresh tokens still work)."""
+        self._admin("/admin/expire", {"email": email})
+
+    def revoke_consent(self, email: str) -> None:
+        """The user withdraws consent: all their access and refresh tokens die."""
+        self._admin("/admin/revoke", {"email": email})
+
+    def stats(self) -> dict[str, Any]:
+        """
+        Per email: ``code_exchanges``, ``refreshes``, ``refresh_failures``,
+        ``introspections`` (and ``introspections_active``), ``userinfo``, and
+        the lists ``refresh_tokens_seen`` (presented to /token, in order)
+        and ``refresh_tokens_issued``.
+        """
+        stats: dict[str, Any] = self._admin("/admin/stats")
+        return stats
+
+    def approve(self, authorize_url: str, email: str, decision: str = "approve") -> str:
+        """
+        Open C{authorize_url} (what mailmcp sent the browser to), submit its
+        consent form as C{email} and return the redirect's Location.
+        """
+        status, _, page = self.request("GET", authorize_url)
+        if status != 200:
+            raise RuntimeError(f"the provider refused the sign-in request: {status} {page!r}")
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(authorize_url).query))
+        query.pop("login_hint", None)
+        query.update(email=email, decision=decision)
+        status, headers, page = self.request("POST", self.authorize_url, form=query)
+        if status != 302:
+            raise RuntimeError(f"the provider did not redirect: {status} {page!r}")
+        return headers["Location"]
+
+    def issue_tokens(self, email: str,
+                     redirect_uri: str = "http://127.0.0.1:9/oauth/provider/callback",
+                     ) -> dict[str, Any]:
+        """
+        A fresh token set for C{email} (a user from `add_user`), through the
+        real authorization-code flow with PKCE: ``access_token``,
+        ``refresh_token``, ``expires_in``, ``id_token``, ``scope``,
+        ``token_type``.
+        """
+        verifier = secrets.token_urlsafe(48)
+        state = secrets.token_urlsafe(16)
+        url = self.authorize_url + "?" + urllib.parse.urlencode({
+            "response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri,
+            "scope": self.scope, "state": state, "code_challenge": s256(verifier),
+            "code_challenge_method": "S256",
+        })
+        location = self.approve(url, email)
+        answer = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+        if answer.get("state") != state or "code" not in answer:
+            raise RuntimeError(f"unexpected authorization answer: {answer}")
+        return self.token({"grant_type": "authorization_code", "code": answer["code"],
+                           "redirect_uri": redirect_uri, "code_verifier": verifier})
+
+    def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """The refresh grant; raises L{RuntimeError} with the RFC error on a refusal."""
+        return self.token({"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    def token(self, form: dict[str, str]) -> dict[str, Any]:
+        status, _, raw = self.request("POST", self.token_url, form=form,
+                                      headers=self.basic_auth())
+        document: dict[str, Any] = json.loads(raw)
+        if status != 200:
+            raise RuntimeError(f"token endpoint {status}: {document.get('error')}")
+        return document
+
+
 @attrs.define
 class Services:
     """Ports and files of one running set of test servers."""
@@ -107,7 +303,14 @@ class Services:
     redis_tls_other_port: int
     s3_port: int
     s3_port_base: int
+    oauth_provider_port: int = 0
     s3_started: bool = False
+    oauth_process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def oauth_provider(self) -> OAuthProviderHandle:
+        """The test OAuth provider (started with the other services)."""
+        return OAuthProviderHandle(port=self.oauth_provider_port, svc=self.svc)
 
     @property
     def ca_file(self) -> Path:
@@ -129,6 +332,7 @@ class Services:
             REDIS_TLS_OTHER_PORT=str(self.redis_tls_other_port),
             S3_PORT=str(self.s3_port),
             S3_PORT_BASE=str(self.s3_port_base),
+            OAUTH_PROVIDER_PORT=str(self.oauth_provider_port),
         )
         try:
             env["S3BIN"] = weed_binary()
@@ -175,11 +379,62 @@ class Services:
             redis_tls_other_port=free_port(),
             s3_port=free_port(),
             s3_port_base=free_port_block(10),
+            oauth_provider_port=free_port(),
         )
-        services._run("start")
-        for port in (services.imaps_port, services.smtps_port, services.lmtp_port):
-            wait_for_port(port)
+        # The provider starts first and in parallel with services.sh (it
+        # takes ~0.5 s to import, Dovecot asks it only when a token arrives).
+        services._start_oauth_provider()
+        try:
+            services._run("start")
+            for port in (services.imaps_port, services.smtps_port, services.lmtp_port):
+                wait_for_port(port)
+            services._wait_oauth_provider()
+        except BaseException:
+            services._stop_oauth_provider()
+            raise
         return services
+
+    def _start_oauth_provider(self) -> None:
+        state = self.svc / "oauth-provider"
+        state.mkdir(mode=0o700, exist_ok=True)
+        secret = state / "client-secret"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(state / "provider.out", "wb") as out:
+            self.oauth_process = subprocess.Popen(
+                [sys.executable, "-m", "tests.oauth_provider",
+                 "--port", str(self.oauth_provider_port), "--state-dir", str(state)],
+                cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def _wait_oauth_provider(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        process = self.oauth_process
+        assert process is not None
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                out = (self.svc / "oauth-provider" / "provider.out").read_text(errors="replace")
+                raise RuntimeError(f"the test OAuth provider exited {process.returncode}: {out}")
+            with closing(socket.socket()) as s:
+                s.settimeout(0.2)
+                if s.connect_ex(("127.0.0.1", self.oauth_provider_port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("the test OAuth provider did not listen in time")
+
+    def _stop_oauth_provider(self) -> None:
+        process, self.oauth_process = self.oauth_process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def start_s3(self) -> None:
         if not self.s3_started:
@@ -190,6 +445,7 @@ class Services:
         try:
             self._run("stop")
         finally:
+            self._stop_oauth_provider()
             shutil.rmtree(self.svc, ignore_errors=True)
 
     # -- helpers for tests -------------------------------------------------

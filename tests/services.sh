@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Loopback-only test services for mailmcp: Dovecot (IMAP+STARTTLS, IMAPS, LMTP,
-# SASL), Postfix (submission STARTTLS+AUTH, SMTPS, plain AUTH, delivery over LMTP
+# SASL; passwords, and XOAUTH2/OAUTHBEARER tokens checked against the test
+# OAuth provider's introspection endpoint), Postfix (submission STARTTLS+AUTH, SMTPS, plain AUTH, delivery over LMTP
 # to Dovecot, no outbound), Redis (plain, and TLS with the test CA's
 # localhost certificate, and TLS with a certificate for another name), and
 # SeaweedFS S3 (signatures checked).  ``install`` also installs HAProxy, which
@@ -22,6 +23,7 @@ SMTP_PLAIN_PORT=${SMTP_PLAIN_PORT:-10025}
 REDIS_PORT=${REDIS_PORT:-16379}
 REDIS_TLS_PORT=${REDIS_TLS_PORT:-16380}
 REDIS_TLS_OTHER_PORT=${REDIS_TLS_OTHER_PORT:-16381}
+OAUTH_PROVIDER_PORT=${OAUTH_PROVIDER_PORT:-10080}
 S3_PORT=${S3_PORT:-8333}
 S3_PORT_BASE=${S3_PORT_BASE:-19300}
 WEED=${S3BIN:-$(command -v weed || true)}
@@ -66,7 +68,9 @@ write_extra_certs() {
 
 write_configs() {
   mkdir -p "$SVC"/{dovecot/run,dovecot/state,mail,postfix/etc,postfix/spool,postfix/data,s3/data,s3/logs,redis}
-  chmod 755 "$SVC"
+  mkdir -p "$SVC/oauth-users" "$SVC/oauth-provider"
+  chmod 755 "$SVC" "$SVC/oauth-users"
+  chmod 700 "$SVC/oauth-provider"
   chown mail:mail "$SVC/mail"; chown postfix:postfix "$SVC/postfix/data"
   write_certs
   write_extra_certs
@@ -91,17 +95,34 @@ ssl = yes
 ssl_cert = <$SVC/cert.pem
 ssl_key = <$SVC/key.pem
 ssl_dh = </usr/share/dovecot/dh.pem
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 disable_plaintext_auth = no
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 2000
+# Password users: PLAIN and LOGIN only, so that a password is never taken
+# for a bearer token.
 passdb {
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u $SVC/users
+}
+# Provider (OAuth) users: the token is checked by the test provider's RFC 7662
+# introspection endpoint (tests/oauth_provider.py).
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $SVC/dovecot/dovecot-oauth2.conf.ext
 }
 userdb {
   driver = passwd-file
   args = username_format=%u $SVC/users
+  default_fields = uid=mail gid=mail home=$SVC/mail/%u
+}
+# Provider users have no password: one file per user (tests/harness.py
+# OAuthProviderHandle.add_user), seen at once without a reload.
+userdb {
+  driver = passwd-file
+  args = username_format=%u $SVC/oauth-users/%u
   default_fields = uid=mail gid=mail home=$SVC/mail/%u
 }
 namespace inbox {
@@ -168,6 +189,19 @@ service auth {
 protocol lmtp {
   postmaster_address = postmaster@example.test
 }
+EOF
+  # The test provider's client secret: written by tests/harness.py before it
+  # starts the provider (python -m tests.oauth_provider), or made here.
+  [ -s "$SVC/oauth-provider/client-secret" ] || \
+      (umask 077 && openssl rand -hex 24 > "$SVC/oauth-provider/client-secret")
+  OAUTH_SECRET=$(cat "$SVC/oauth-provider/client-secret")
+  cat > "$SVC/dovecot/dovecot-oauth2.conf.ext" <<EOF
+introspection_mode = post
+introspection_url = http://mailmcp-test:$OAUTH_SECRET@127.0.0.1:$OAUTH_PROVIDER_PORT/introspect
+force_introspection = yes
+username_attribute = email
+active_attribute = active
+active_value = true
 EOF
   cat > "$SVC/postfix/etc/main.cf" <<EOF
 compatibility_level = 3.6
