@@ -27,7 +27,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     t = report.get("throughput", {})
     p = report.get("peer", {})
     out.append(("floor", f"p50 {_fmt(f.get('p50_ms'))} ms, p99 {_fmt(f.get('p99_ms'))} ms", f.get("error", "")))
-    out.append(("warm", f"p50 {_fmt(w.get('p50_ms'))} ms, p99 {_fmt(w.get('p99_ms'))} ms",
+    out.append(("warm", f"p50 {_fmt(w.get('p50_ms'))} ms, p99 {_fmt(w.get('p99_ms'))} ms, "
+                        f"daemon CPU {_fmt(w.get('daemon_cpu_ms_per_call'))} ms/call",
                 f"warm_p50/floor_p50 = {_fmt(w.get('warm_p50/floor_p50'))}" if "error" not in w else w["error"]))
     out.append(("cold", f"p50 {_fmt(c.get('p50_ms'))} ms (bare connect-per-call "
                         f"{_fmt(c.get('bare_connect_per_call_p50_ms'))} ms)",

@@ -5,10 +5,12 @@ The mailbox account a request acts for, as recovered from its access token.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import attrs
 
 from ._clients import MailServer
+from ._provider import ProviderTokens
 from ._scopes import FULL
 
 
@@ -37,6 +39,26 @@ class MailAccount:
     #: What the access token allows (`mailmcp._scopes`); all five unless
     #: the user or a cap narrowed the grant.
     scopes: frozenset[str] = FULL
+    #: ``password``, or the SASL mechanism (``xoauth2``/``oauthbearer``)
+    #: that logs in with C{oauth}'s access token (provider sign-in).
+    imap_auth: str = "password"
+    #: The provider profile that issued C{oauth} ("" the daemon's default).
+    provider: str = ""
+    oauth: ProviderTokens | None = attrs.field(default=None, repr=False)
+    #: Fetches a fresh access token after a mail server refused this
+    #: one, and answers the account with it (`GrantService` sets it for
+    #: token accounts; the IMAP pool and the SMTP sender call it once).
+    renew: Callable[[], Awaitable[MailAccount]] | None = attrs.field(
+        default=None, repr=False, eq=False
+    )
+    #: Not "": the provider ended this grant (now revoked); the message
+    #: tells the user to sign in again, and every tool call answers it.
+    ended: str = ""
+
+    @property
+    def uses_token(self) -> bool:
+        """Whether IMAP and SMTP log in with a provider access token."""
+        return self.imap_auth != "password" and self.oauth is not None
 
     def __repr__(self) -> str:
         return (
@@ -51,13 +73,11 @@ class MailAccount:
         security, user and password, so a changed password never reuses a
         connection logged in with the old one, and no secret sits in a dict key.
         """
+        # A token account is keyed by its grant, not by the access token:
+        # a refresh must not orphan the connections (they are re-logged-in
+        # when their token ages out, see `IMAPPool`).
+        secret = f"token\0{self.owner}" if self.uses_token else self.imap_password
         material = "\0".join(
-            [
-                self.imap.host,
-                str(self.imap.port),
-                self.imap.security,
-                self.imap_username,
-                self.imap_password,
-            ]
+            [self.imap.host, str(self.imap.port), self.imap.security, self.imap_username, secret]
         )
         return hashlib.sha256(material.encode("utf-8")).hexdigest()

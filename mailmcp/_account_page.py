@@ -5,7 +5,8 @@ Signing in uses the login page's parts unchanged: the same CSRF cookie and
 token, the same login throttle (a wrong password here spends the same
 budgets as there) and the same live IMAP check.  The mailbox's server comes
 from a client id this server issued (``?client_id=``, as in the link the
-assistant's connector uses), so the page never logs in to a server the
+assistant's connector uses) or, without one, from the daemon's default mail
+profile (``--imap-host`` ...), so the page never logs in to a server the
 operator did not provision.
 
 After a successful check, the page is stateless: the forms carry a sealed,
@@ -21,20 +22,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, renderer, tags
+from werkzeug.exceptions import HTTPException
 
 from ._cimd import ClientMetadataError
 from ._clients import Client, MailServer
 from ._grants import AccountGrants, GrantRecord
 from ._mailcheck import LoginRejected, MailServerUnavailable
-from ._oauth import _CONTROL, MAX_FORM_BODY, BadRequest, OAuthApp, _body_size, _flatten, _single
 from ._scopes import ALL_SCOPES, FULL, LABELS
 from ._templates import template_path
 from ._throttle import Busy, Throttled
 from ._tokens import InvalidToken
+from .oauth import OAuthApp
+from .oauth._errors import BadRequest
+from .oauth._forms import CONTROL, MAX_FORM_BODY, body_size, single
+from .oauth._pages import error_page, flatten, page_headers
 
 log = Logger()
 
@@ -132,7 +139,7 @@ class _AccountPage(Element):
     @renderer
     def signin_hidden(self, request: IRequest, tag: Tag) -> list[Tag]:
         fields = [("action", "sign_in"), ("client_id", self._client_id), ("csrf_token", self._csrf)]
-        return [tags.input(type="hidden", name=n, value=v) for n, v in fields]
+        return [tags.input(type="hidden", name=n, value=v) for n, v in fields if v]
 
     def _form(self, action: str, label: str, button_id: str, grant: str | None = None) -> Tag:
         assert self._session is not None
@@ -145,7 +152,7 @@ class _AccountPage(Element):
         if grant is not None:
             fields.append(("grant", grant))
         return tags.form(
-            [tags.input(type="hidden", name=n, value=v) for n, v in fields],
+            [tags.input(type="hidden", name=n, value=v) for n, v in fields if v],
             tags.button(label, type="submit", id=button_id, class_="revoke"),
             method="post",
             action=self._base_path + "/account",
@@ -188,27 +195,62 @@ class _AccountPage(Element):
 class AccountApp:
     """
     The ``/account`` routes, sharing the login page's CSRF, throttle and
-    IMAP check (C{oauth}).
+    IMAP check (C{oauth}'s `mailmcp.oauth.OAuthParts`).  Page errors
+    (`BadRequest`) are mapped to the error page in one place.
     """
 
     app = Klein()
 
     def __init__(self, oauth: OAuthApp, accounts: AccountGrants) -> None:
-        self._oauth = oauth
+        self._parts = oauth.parts
         self._accounts = accounts
-        self._codec = oauth._codec
+        self._codec = oauth.parts.codec
+
+    @app.handle_errors(BadRequest)
+    def _bad_request(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
+        error = failure.value
+        assert isinstance(error, BadRequest)
+        return Deferred.fromCoroutine(error_page(request, error, self._parts.base_path))
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
+        if failure.check(HTTPException):
+            failure.raiseException()  # no route here: Klein's own 404 or 405
+        log.failure("account page request failed", failure)
+        unavailable = BadRequest(
+            "Temporarily unavailable",
+            "This page is temporarily unavailable. Please try again in a minute.",
+            503,
+        )
+        return Deferred.fromCoroutine(error_page(request, unavailable, self._parts.base_path))
 
     async def _client(self, args: Mapping[bytes, list[bytes]]) -> Client:
-        client_id = _single(args, "client_id")
+        """
+        The client whose mail server the page signs in against: the one
+        ``client_id`` names or, without one, the default mail profile (as a
+        client with no id).
+        """
+        client_id = single(args, "client_id")
         if not client_id:
+            config = self._parts.config
+            if config.default_imap is not None and config.default_smtp is not None:
+                return Client(
+                    client_id="",
+                    imap=config.default_imap,
+                    smtp=config.default_smtp,
+                    redirect_uris=(),
+                    secret_hash=None,
+                    kind="default",
+                )
             raise BadRequest(
                 "Which mailbox?",
-                "Open this page with your connector's client ID, as /account?client_id=... "
+                "This server has no default mail server, so this page needs the client_id "
+                "parameter: open it as /account?client_id=... with your connector's client ID "
                 "(ask whoever set up the connector for the link).",
             )
         try:
             # Any kind of client id: compact, stored (mc_...), metadata URL, long.
-            return await self._oauth._find_client(client_id)
+            return await self._parts.find_client(client_id)
         except InvalidToken:
             raise BadRequest(
                 "Unknown application", "This client ID was not issued by this server."
@@ -219,59 +261,38 @@ class AccountApp:
     async def _render(
         self, request: IRequest, client: Client, status: int = 200, **kw: Any
     ) -> bytes:
-        oauth = self._oauth
-        csrf = oauth._csrf_for(oauth._csrf_cookie_value(request))
+        parts = self._parts
+        csrf = parts.csrf.form_token(request)
         request.setResponseCode(status)
-        oauth._page_headers(request)
-        return await _flatten(
+        page_headers(request)
+        return await flatten(
             _AccountPage(
                 client.imap,
                 csrf,
                 client.client_id,
-                max_scope=oauth._config.max_scope,
-                base_path=oauth._base_path,
+                max_scope=parts.config.max_scope,
+                base_path=parts.base_path,
                 **kw,
             )
         )
 
     @app.route("/account", methods=["GET", "HEAD"])
     async def show(self, request: IRequest) -> bytes:
-        try:
-            client = await self._client(request.args or {})
-        except BadRequest as e:
-            return await self._oauth._error_page(request, e)
+        client = await self._client(request.args or {})
         return await self._render(request, client)
+
+    @app.route("/account", methods=["PUT", "DELETE", "PATCH"])
+    def wrong_method(self, request: IRequest) -> bytes:
+        request.setHeader(b"allow", b"GET, HEAD, POST")
+        raise BadRequest("Invalid request", "Use the form on this page.", 405)
 
     @app.route("/account", methods=["POST"])
     async def submit(self, request: IRequest) -> bytes:
-        try:
-            return await self._submit(request)
-        except BadRequest as e:
-            return await self._oauth._error_page(request, e)
-        except Exception:
-            log.failure("account page request failed")
-            return await self._oauth._error_page(
-                request,
-                BadRequest(
-                    "Temporarily unavailable",
-                    "This page is temporarily unavailable. Please try again in a minute.",
-                    503,
-                ),
-            )
-
-    @app.route("/account", methods=["PUT", "DELETE", "PATCH"])
-    async def wrong_method(self, request: IRequest) -> bytes:
-        request.setHeader(b"allow", b"GET, HEAD, POST")
-        return await self._oauth._error_page(
-            request, BadRequest("Invalid request", "Use the form on this page.", 405)
-        )
-
-    async def _submit(self, request: IRequest) -> bytes:
-        if _body_size(request) > MAX_FORM_BODY:
+        if body_size(request) > MAX_FORM_BODY:
             raise BadRequest("Request too large", "The form was too large.", 413)
         args: Mapping[bytes, list[bytes]] = request.args or {}
         client = await self._client(args)
-        if not self._oauth._check_csrf(request, _single(args, "csrf_token")):
+        if not self._parts.csrf.check(request, single(args, "csrf_token")):
             log.info("account form refused: missing or wrong CSRF token")
             raise BadRequest(
                 "Session expired",
@@ -279,7 +300,7 @@ class AccountApp:
                 "sign in again.",
                 403,
             )
-        action = _single(args, "action")
+        action = single(args, "action")
         if action == "sign_in":
             return await self._sign_in(request, client, args)
         if action in ("revoke", "revoke_all"):
@@ -289,19 +310,19 @@ class AccountApp:
     async def _sign_in(
         self, request: IRequest, client: Client, args: Mapping[bytes, list[bytes]]
     ) -> bytes:
-        values = {n: _single(args, n, 4096) or "" for n in ("email", "imap_username")}
-        password = _single(args, "imap_password", 4096) or ""
+        values = {n: single(args, n, 4096) or "" for n in ("email", "imap_username")}
+        password = single(args, "imap_password", 4096) or ""
         username = values["imap_username"]
         errors = []
-        if not username or len(username) > 256 or _CONTROL.search(username):
+        if not username or len(username) > 256 or CONTROL.search(username):
             errors.append("Username: please enter your mailbox username.")
-        if not password or len(password.encode("utf-8")) > 1024 or _CONTROL.search(password):
+        if not password or len(password.encode("utf-8")) > 1024 or CONTROL.search(password):
             errors.append("Password: please enter your mailbox password.")
         if errors:
             return await self._render(request, client, 400, values=values, errors=errors)
-        throttle = self._oauth._throttle
+        throttle = self._parts.throttle
         try:
-            reservation = await throttle.admit(self._oauth._client_address(request), [username])
+            reservation = await throttle.admit(self._parts.client_address(request), [username])
         except Throttled as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
             return await self._render(
@@ -316,7 +337,7 @@ class AccountApp:
         failed: str | None = None
         try:
             with throttle.slot():
-                await self._oauth._imap.check(client.imap, username, password)
+                await self._parts.imap.check(client.imap, username, password)
         except Busy:
             await throttle.settle(reservation, None)
             request.setHeader(b"retry-after", b"5")
@@ -363,7 +384,7 @@ class AccountApp:
     async def _revoke(
         self, request: IRequest, client: Client, args: Mapping[bytes, list[bytes]], action: str
     ) -> bytes:
-        session = _single(args, "session") or ""
+        session = single(args, "session") or ""
         try:
             claims = self._codec.open(_SESSION_KIND, session)
             server = MailServer.from_claims(claims.get("srv"))
@@ -381,7 +402,8 @@ class AccountApp:
             count = await self._accounts.revoke_all(server, username)
             notice = f"Disconnected {count} app{'s' if count != 1 else ''}."
         else:
-            done = await self._accounts.revoke_one(server, username, _single(args, "grant") or "")
+            done = await self._accounts.revoke_one(server, username, single(args, "grant") or "")
             notice = "The app was disconnected." if done else "That app was already disconnected."
-        self._oauth._record("revoke", client, "ok", username)  # the audit trail (LG-06)
+        # The audit trail (LG-06); the default profile is no client.
+        self._parts.record("revoke", client if client.client_id else None, "ok", username)
         return await self._show_apps(request, client, session, username, notice)

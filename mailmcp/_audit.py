@@ -250,6 +250,12 @@ def targets(arguments: Any, output: Any = None) -> dict[str, Any]:
 
 
 def _sent_addresses(output: Any) -> list[str] | None:
+    # The output model, or a tool's plain JSON-ready output in its shape.
+    if isinstance(output, Mapping):
+        recipients = output.get("recipients")
+        if isinstance(recipients, list) and recipients:
+            return [str(r.get("address", "")) if isinstance(r, Mapping) else "" for r in recipients]
+        return None
     recipients = getattr(output, "recipients", None)
     if isinstance(recipients, list) and recipients:
         return [str(getattr(r, "address", "")) for r in recipients]

@@ -160,7 +160,8 @@ class Client:
     redirect_uris: tuple[str, ...]
     secret_hash: str | None
     name: str | None = None
-    #: ``provisioned`` (mailmcp-generate), ``registered`` (DCR) or ``metadata`` (CIMD).
+    #: ``provisioned`` (mailmcp-generate), ``registered`` (DCR), ``metadata`` (CIMD),
+    #: or ``default`` (the default mail profile, on the account page).
     kind: str = "provisioned"
     #: The most this client may be granted (``--scope`` of
     #: ``twistd mailmcp-generate``); client ids from before allow all five.

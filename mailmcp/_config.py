@@ -21,299 +21,21 @@ from twisted.python import usage
 
 from ._clients import MailServer, is_loopback_host, parse_mail_server
 from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
+from ._options import (
+    DAEMON,
+    default_of,
+    parse_numbers,
+    resolve,
+)
 from ._scopes import FULL, parse_scope_list
 from ._sendpolicy import parse_allow_domains
 from ._throttle import IPNetwork, parse_networks
 from ._user_servers import AllowRule, parse_allow
 
-DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
-DEFAULT_STATE_DIR = "mailmcp-state"
-
-#: (option name, default, help) for every single-valued option.  Each one is
-#: also read from MAILMCP_<NAME> (upper case, dashes as underscores).
-PARAMETERS: list[tuple[str, str | None, str]] = [
-    (
-        "base-url",
-        None,
-        "Public base URL, e.g. https://mail-mcp.example.com "
-        "(default: derived from the first tcp --listen).",
-    ),
-    (
-        "state-dir",
-        DEFAULT_STATE_DIR,
-        "Directory for the key ring, SQLite store and local attachments.",
-    ),
-    (
-        "store",
-        None,
-        "Grant store: sqlite:PATH (default <state-dir>/mailmcp.sqlite3) or redis://host:port/db.",
-    ),
-    (
-        "attachments",
-        "local",
-        "Attachment store: local (files under the state dir) or s3://bucket/prefix.",
-    ),
-    ("mail-ca-file", None, "Extra PEM CA bundle trusted for IMAP/SMTP servers with a private CA."),
-    (
-        "store-ca-file",
-        None,
-        "PEM CA bundle that a rediss:// --store server's certificate must chain to "
-        "(default: the system trust store).",
-    ),
-    ("key-file", None, "Read the key ring from this file instead of <state-dir>/keys.json."),
-    ("pool-size", "4", "Logged-in IMAP connections kept per account."),
-    ("pool-wait-timeout", "15", "Seconds a call waits for a free pooled IMAP connection."),
-    ("pool-idle-timeout", "300", "Seconds an idle pooled IMAP connection is kept."),
-    ("imap-timeout", "30", "Seconds one IMAP command (or connect/login) may take."),
-    ("smtp-timeout", "60", "Seconds one SMTP send may take."),
-    ("access-token-lifetime", "28800", "Access token lifetime in seconds."),
-    (
-        "refresh-token-lifetime",
-        "2592000",
-        "Absolute refresh token lifetime from login, in seconds.",
-    ),
-    ("code-lifetime", "60", "Authorization code lifetime in seconds."),
-    ("attachment-link-lifetime", "3600", "Lifetime of attachment download links in seconds."),
-    (
-        "max-request-body",
-        "33554432",
-        "Largest accepted /mcp request body in bytes, once its access token is verified "
-        "(before that, and on every other path, 64 KiB).",
-    ),
-    (
-        "max-requests-per-account",
-        "16",
-        "Most /mcp requests one mailbox may have in progress or waiting at once; "
-        "more are answered 503 with Retry-After.",
-    ),
-    (
-        "max-queued-requests",
-        "2048",
-        "Most /mcp requests waiting for their turn, all accounts together; "
-        "more are answered 503 with Retry-After.",
-    ),
-    ("login-concurrency", "32", "Most live IMAP/SMTP login checks in flight at once."),
-    ("login-attempts-per-address", "20", "Login attempts allowed per client address per minute."),
-    (
-        "login-failures-per-user",
-        "5",
-        "Failed logins allowed per username (IMAP and SMTP, normalised) per 5 minutes.",
-    ),
-    ("login-failures-per-address", "30", "Failed logins allowed per client address per hour."),
-    (
-        "login-failures-global",
-        "300",
-        "Failed logins allowed across all users and addresses per 5 minutes.",
-    ),
-    (
-        "trusted-proxies",
-        "",
-        "Reverse proxies (comma/space separated addresses or CIDR networks) whose "
-        "X-Forwarded-For hops are believed.",
-    ),
-    (
-        "attachment-max-bytes",
-        "26214400",
-        "Largest single attachment linked, stored or sent, in bytes.",
-    ),
-    (
-        "attachments-max-message-bytes",
-        "36700160",
-        "Most attachment bytes linked or sent per message.",
-    ),
-    ("shutdown-timeout", "10", "Seconds in-flight requests may take to finish on SIGTERM."),
-    (
-        "allowed-origins",
-        "",
-        "Extra browser Origins (space separated) allowed to call /mcp, and answered with "
-        "CORS there and on the metadata, token, revocation and registration endpoints "
-        "(browser clients such as the MCP Inspector's direct mode).",
-    ),
-    (
-        "max-scope",
-        "",
-        "The most any grant may allow: scopes separated by commas (mail.read, "
-        "mail.organize, mail.draft, mail.send, mail.delete; default: all).",
-    ),
-    ("log-level", "info", "Lowest level of log events written: debug, info, warn or error."),
-    (
-        "log-format",
-        "text",
-        "Log line format: text (twistd's lines) or json (one JSON object per line).",
-    ),
-    (
-        "imap-connect-concurrency",
-        "16",
-        "Most new IMAP connections (connect, TLS, LOGIN) in progress at once; "
-        "further calls wait their turn (bounds reactor lag in a login burst).",
-    ),
-    (
-        "metrics-listen",
-        None,
-        "Endpoint serving GET /metrics (Prometheus; ?format=json for the benchmarks), "
-        "like --listen, e.g. tcp:9100:interface=127.0.0.1; off when not given. "
-        "Keep it private: it is not on the public listener.",
-    ),
-    (
-        "send-burst",
-        "20",
-        "Recipients one account may send to at once before --sends-per-hour applies "
-        "(each message costs its to+cc+bcc count; one with more is refused).",
-    ),
-    (
-        "sends-per-hour",
-        "120",
-        "Recipients one account may send to per hour after its burst; shared by all "
-        "daemons on one Redis --store, per process with SQLite.",
-    ),
-    (
-        "imap-host",
-        None,
-        "Default mail profile: the IMAP server of clients that bring none (Claude, the MCP "
-        "Inspector: Client ID Metadata Documents and /oauth/register are on only with a "
-        "default profile).",
-    ),
-    ("imap-port", None, "Default profile's IMAP port (default 993 for tls, 143 for starttls)."),
-    (
-        "imap-security",
-        "tls",
-        "Default profile's IMAP tls, starttls or plain (plain only on loopback).",
-    ),
-    ("smtp-host", None, "Default profile's SMTP submission server (required with --imap-host)."),
-    ("smtp-port", None, "Default profile's SMTP port (default 465 for tls, 587 for starttls)."),
-    (
-        "smtp-security",
-        "tls",
-        "Default profile's SMTP tls, starttls or plain (plain only on loopback).",
-    ),
-    (
-        "client-metadata-dir",
-        None,
-        "Directory of Client ID Metadata Documents (*.json) used instead of fetching their "
-        "URLs; they replace the pinned copies of Claude's documents with the same client_id.",
-    ),
-    (
-        "client-metadata-allow",
-        "",
-        "URL prefix of Client ID Metadata Documents fetched although the address rules would "
-        "refuse them (private addresses, plain http: in-house clients); repeatable, space "
-        "separated in the variable.",
-    ),
-    (
-        "registrations-per-address",
-        "20",
-        "Dynamic client registrations (/oauth/register) allowed per client address per hour.",
-    ),
-    (
-        "user-servers-allow",
-        "",
-        "With --allow-user-servers: networks (and ports) user-named mail servers may be in "
-        "besides public addresses on ports 993/143/465/587, e.g. '10.1.0.0/16 127.0.0.1:1993 "
-        "[fd00::]/8:*' (space or comma separated; no port: the usual ones; * any).",
-    ),
-    (
-        "send-allow-domains",
-        "",
-        "Recipient domains mail may be sent to (comma/space separated; example.com exactly, "
-        ".example.com its subdomains); a send to any other recipient is refused. Empty: no "
-        "restriction.",
-    ),
-    (
-        "trusted-authserv-id",
-        None,
-        "authserv-id of your own mail server's Authentication-Results header (e.g. "
-        "mx.example.com); only the topmost such header is believed. Unset: SPF/DKIM/DMARC "
-        "are reported unknown.",
-    ),
-    (
-        "audit-log",
-        None,
-        "Append one JSON line per login, token issue, refresh, revocation and tool call to "
-        "this file (reopened on SIGHUP), or - for the main log; off when not given.",
-    ),
-]
-
-FLAGS: list[tuple[str, str]] = [
-    (
-        "trust-forwarded",
-        "Treat the direct peer as a trusted proxy whatever its address (e.g. a UNIX "
-        "socket); prefer --trusted-proxies.",
-    ),
-    (
-        "allow-insecure-base-url",
-        "Accept an http:// --base-url on a host that is not loopback (only behind a "
-        "proxy that adds TLS; MCP clients require https).",
-    ),
-    (
-        "allow-user-servers",
-        "Let users name their IMAP/SMTP servers on the login page (prefilled from the email "
-        "domain's RFC 6186 SRV records) when their client brings none; only public addresses "
-        "on the usual ports unless --user-servers-allow says otherwise.",
-    ),
-    (
-        "imap-connect-per-call",
-        "Do not pool IMAP connections: connect, log in and log out on every "
-        "call (a benchmark baseline, slow).",
-    ),
-]
-
-_NUMERIC = {
-    "pool-size": int,
-    "pool-wait-timeout": float,
-    "pool-idle-timeout": float,
-    "imap-timeout": float,
-    "smtp-timeout": float,
-    "access-token-lifetime": int,
-    "refresh-token-lifetime": int,
-    "code-lifetime": int,
-    "attachment-link-lifetime": int,
-    "max-request-body": int,
-    "max-requests-per-account": int,
-    "max-queued-requests": int,
-    "login-concurrency": int,
-    "login-attempts-per-address": int,
-    "login-failures-per-user": int,
-    "login-failures-per-address": int,
-    "login-failures-global": int,
-    "attachment-max-bytes": int,
-    "attachments-max-message-bytes": int,
-    "shutdown-timeout": float,
-    "imap-connect-concurrency": int,
-    "send-burst": int,
-    "sends-per-hour": float,
-    "registrations-per-address": int,
-}
-
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 #: An authserv-id as RFC 8601 writes it: one token (a host name, usually).
 _AUTHSERV_ID = re.compile(r"[a-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,253}")
-
-
-def env_name(option: str) -> str:
-    return "MAILMCP_" + option.upper().replace("-", "_")
-
-
-class OneLineErrorOptions(usage.Options):
-    """
-    Options that, when parsed by twistd (as a subcommand, so with a parent),
-    report a `usage.UsageError` as one line on stderr and exit 1.
-
-    twistd itself would print the whole usage text and the error to
-    *stdout*, where a service manager or a script looking at stderr never
-    sees it.  Parsed directly (tests, other callers), the error propagates.
-    """
-
-    def parseOptions(self, options: list[str] | None = None) -> None:
-        try:
-            super().parseOptions(options)
-        except usage.UsageError as e:
-            if self.parent is None:
-                raise
-            command = self.parent.subCommand or "mailmcp"
-            sys.stderr.write(f"{command}: error: {e} (see: twistd {command} --help)\n")
-            sys.stderr.flush()
-            raise SystemExit(1) from None
 
 
 @attrs.frozen
@@ -328,50 +50,50 @@ class Config:
     mail_ca_file: Path | None
     keyring: KeyRing = attrs.field(repr=False)
     store_ca_file: Path | None = None
-    pool_size: int = 4
-    pool_wait_timeout: float = 15.0
-    pool_idle_timeout: float = 300.0
-    imap_timeout: float = 30.0
-    smtp_timeout: float = 60.0
-    access_token_lifetime: int = 28800
-    refresh_token_lifetime: int = 2592000
-    code_lifetime: int = 60
-    attachment_link_lifetime: int = 3600
-    max_request_body: int = 32 * 1024 * 1024
-    max_requests_per_account: int = 16
-    max_queued_requests: int = 2048
-    login_concurrency: int = 32
-    login_attempts_per_address: int = 20
-    login_failures_per_user: int = 5
-    login_failures_per_address: int = 30
-    login_failures_global: int = 300
+    pool_size: int = default_of("pool-size")
+    pool_wait_timeout: float = default_of("pool-wait-timeout")
+    pool_idle_timeout: float = default_of("pool-idle-timeout")
+    imap_timeout: float = default_of("imap-timeout")
+    smtp_timeout: float = default_of("smtp-timeout")
+    access_token_lifetime: int = default_of("access-token-lifetime")
+    refresh_token_lifetime: int = default_of("refresh-token-lifetime")
+    code_lifetime: int = default_of("code-lifetime")
+    attachment_link_lifetime: int = default_of("attachment-link-lifetime")
+    max_request_body: int = default_of("max-request-body")
+    max_requests_per_account: int = default_of("max-requests-per-account")
+    max_queued_requests: int = default_of("max-queued-requests")
+    login_concurrency: int = default_of("login-concurrency")
+    login_attempts_per_address: int = default_of("login-attempts-per-address")
+    login_failures_per_user: int = default_of("login-failures-per-user")
+    login_failures_per_address: int = default_of("login-failures-per-address")
+    login_failures_global: int = default_of("login-failures-global")
     trusted_proxies: tuple[IPNetwork, ...] = ()
-    attachment_max_bytes: int = 25 * 1024 * 1024
-    attachments_max_message_bytes: int = 35 * 1024 * 1024
-    shutdown_timeout: float = 10.0
+    attachment_max_bytes: int = default_of("attachment-max-bytes")
+    attachments_max_message_bytes: int = default_of("attachments-max-message-bytes")
+    shutdown_timeout: float = default_of("shutdown-timeout")
     allowed_origins: tuple[str, ...] = ()
-    log_level: str = "info"
-    log_format: str = "text"
-    imap_connect_concurrency: int = 16
+    log_level: str = default_of("log-level")
+    log_format: str = default_of("log-format")
+    imap_connect_concurrency: int = default_of("imap-connect-concurrency")
     metrics_listen: str | None = None
-    send_burst: int = 20
-    sends_per_hour: float = 120.0
+    send_burst: int = default_of("send-burst")
+    sends_per_hour: float = default_of("sends-per-hour")
     send_allow_domains: tuple[str, ...] = ()
     trusted_authserv_id: str | None = None
     audit_log: str | None = None
-    trust_forwarded: bool = False
+    trust_forwarded: bool = default_of("trust-forwarded")
     #: ``--max-scope``: every grant is narrowed to this.
     max_scope: frozenset[str] = FULL
-    allow_insecure_base_url: bool = False
-    imap_connect_per_call: bool = False
+    allow_insecure_base_url: bool = default_of("allow-insecure-base-url")
+    imap_connect_per_call: bool = default_of("imap-connect-per-call")
     #: The default mail profile (both or neither): clients that bring no
     #: servers (CIMD, registered) log in to these.
     default_imap: MailServer | None = None
     default_smtp: MailServer | None = None
     client_metadata_dir: Path | None = None
     client_metadata_allow: tuple[str, ...] = ()
-    registrations_per_address: int = 20
-    allow_user_servers: bool = False
+    registrations_per_address: int = default_of("registrations-per-address")
+    allow_user_servers: bool = default_of("allow-user-servers")
     user_servers_allow: tuple[AllowRule, ...] = ()
 
     @property
@@ -588,21 +310,8 @@ def build_config(
     taking environment fallbacks and defaults, validating everything and
     loading (or creating) the key ring.
     """
-    resolved: dict[str, object] = {}
-    for name, default, _ in PARAMETERS:
-        value = values.get(name)
-        if value is None:
-            value = environ.get(env_name(name), default)
-        resolved[name] = value
-    for name, _ in FLAGS:
-        flag = bool(values.get(name))
-        if not flag:
-            flag = environ.get(env_name(name), "").lower() in ("1", "true", "yes", "on")
-        resolved[name] = flag
-
-    if not listen:
-        env_listen = environ.get(env_name("listen"), "").split()
-        listen = env_listen or [DEFAULT_LISTEN]
+    resolved = resolve({**values, "listen": listen}, DAEMON, environ)
+    listen = [str(description) for description in resolved["listen"]]  # type: ignore[attr-defined]
     _check_listen(listen)
     metrics_listen = str(resolved["metrics-listen"] or "").strip() or None
     if metrics_listen is not None:
@@ -614,10 +323,7 @@ def build_config(
         metadata_dir = Path(str(resolved["client-metadata-dir"]))
         if not metadata_dir.is_dir():
             raise usage.UsageError(f"--client-metadata-dir {metadata_dir} is not a directory")
-    raw_allow = resolved["client-metadata-allow"] or ""
-    allow: tuple[str, ...] = tuple(
-        raw_allow.split() if isinstance(raw_allow, str) else [str(p) for p in raw_allow]  # type: ignore[attr-defined]
-    )
+    allow = tuple(str(prefix) for prefix in resolved["client-metadata-allow"])  # type: ignore[attr-defined]
     for prefix in allow:
         parts = urlsplit(prefix)
         if parts.scheme not in ("http", "https") or not parts.hostname or not parts.path:
@@ -625,16 +331,7 @@ def build_config(
                 f"--client-metadata-allow needs an http(s) URL prefix with a path, not {prefix!r}"
             )
 
-    numbers: dict[str, float | int] = {}
-    for name, kind in _NUMERIC.items():
-        raw = resolved[name]
-        try:
-            number = kind(str(raw))
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number, not {raw!r}") from None
-        if number <= 0:
-            raise usage.UsageError(f"--{name} must be greater than zero")
-        numbers[name.replace("-", "_")] = number
+    numbers = parse_numbers(resolved, DAEMON)
 
     state_dir = prepare_state_dir(Path(str(resolved["state-dir"])))
     store = str(resolved["store"] or f"sqlite:{state_dir / 'mailmcp.sqlite3'}")

@@ -26,7 +26,7 @@ import re
 import secrets
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -40,6 +40,8 @@ from zope.interface import implementer
 from ._account import MailAccount
 from ._clients import Client, MailServer
 from ._keyring import KeyRing
+from ._provider import ProviderClient, ProviderTokens, ProviderUnavailable
+from ._provider_refresh import GrantEnded, ProviderTokenKeeper
 from ._scopes import FULL, LEGACY_SCOPE, format_scope, scopes_of_claim
 from ._throttle import normalise_username
 from ._tokens import InvalidToken, TokenCodec
@@ -87,9 +89,18 @@ class Credentials:
     smtp: MailServer
     smtp_username: str
     smtp_password: str
+    #: How the mail servers are logged in to: ``password`` (the two
+    #: passwords above), or ``xoauth2``/``oauthbearer`` with C{oauth}'s
+    #: access token (provider sign-in; the passwords are then empty).
+    imap_auth: str = "password"
+    #: Which provider profile issued C{oauth}: "" the daemon's default
+    #: profile, else the provisioned client's id (a refresh finds its
+    #: `ProviderClient` by it).
+    provider: str = ""
+    oauth: ProviderTokens | None = None
 
     def __repr__(self) -> str:
-        return f"<Credentials {self.imap_username!r} password=***>"
+        return f"<Credentials {self.imap_username!r} auth={self.imap_auth} password=***>"
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -102,6 +113,15 @@ class Credentials:
                 "smtp": self.smtp.to_claims(),
                 "smtp_username": self.smtp_username,
                 "smtp_password": self.smtp_password,
+                **(
+                    {}
+                    if self.oauth is None and self.imap_auth == "password"
+                    else {
+                        "auth": self.imap_auth,
+                        "provider": self.provider,
+                        "oauth": None if self.oauth is None else self.oauth.to_claims(),
+                    }
+                ),
             },
             separators=(",", ":"),
         ).encode("utf-8")
@@ -118,6 +138,10 @@ class Credentials:
             smtp=MailServer.from_claims(d["smtp"]),
             smtp_username=d["smtp_username"],
             smtp_password=d["smtp_password"],
+            # Rows sealed before provider sign-in have none of these.
+            imap_auth=d.get("auth", "password"),
+            provider=d.get("provider", ""),
+            oauth=None if d.get("oauth") is None else ProviderTokens.from_claims(d["oauth"]),
         )
 
 
@@ -332,6 +356,13 @@ class MemoryGrantStore:
             return succeed(last.successor)
         return succeed(None)
 
+    def replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.expires <= self._now() or record.sealed != old:
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, sealed=new)
+        return succeed(True)
+
     def revoke_grant(self, grant_id: str) -> Deferred[None]:
         self.grants.pop(grant_id, None)
         self.rotations.pop(grant_id, None)
@@ -391,6 +422,13 @@ class MemoryGrantStore:
             self.grants[grant_id] = attrs.evolve(record, last_used=when)
         return succeed(None)
 
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        record = self.grants.get(grant_id)
+        if record is None or record.account or record.expires <= self._now():
+            return succeed(False)
+        self.grants[grant_id] = attrs.evolve(record, account=account)
+        return succeed(True)
+
     def deny_client(self, client_ref: str) -> Deferred[int]:
         self.denied_clients.add(client_ref)
         now = self._now()
@@ -433,6 +471,9 @@ class TokenSet:
     expires_in: int
     #: The granted scopes, always returned (RFC 6749 §5.1).
     scope: str = format_scope(FULL)
+    #: The grant's mailbox (its email, as the login and tool audit lines
+    #: show it), for the token's audit line; never sent to the client.
+    account: str | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -468,6 +509,9 @@ class GrantService:
     :param max_scope: the daemon's ``--max-scope``: also narrows tokens issued
         before it was set (at use and at refresh), so lowering it takes
         effect at once.
+    :param provider_for: the `ProviderClient` of a provider sign-in grant's
+        profile key ("" the default profile, else a provisioned client's id);
+        without it such grants cannot refresh their provider token.
     """
 
     def __init__(
@@ -480,12 +524,16 @@ class GrantService:
         refresh_lifetime: int,
         cache_size: int = 4096,
         max_scope: frozenset[str] = FULL,
+        provider_for: Callable[[str], ProviderClient | None | Awaitable[ProviderClient | None]]
+        | None = None,
     ) -> None:
         self._max_scope = max_scope
         self.store = store
-        self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount]] = (
+        self._accounts: OrderedDict[bytes, tuple[float, str, str, bytes, MailAccount, bytes]] = (
             OrderedDict()
         )
+        #: Refreshes provider access tokens of provider sign-in grants.
+        self.tokens = ProviderTokenKeeper(store, provider_for or (lambda _key: None), codec.clock)
         self._cache_size = cache_size
         self._touched: OrderedDict[str, int] = OrderedDict()
         self._codec = codec
@@ -664,7 +712,8 @@ class GrantService:
         scopes = scopes_of_claim(claims.get("sc")) & self._max_scope
         if not scopes:
             raise OAuthError("invalid_grant", "the authorization code is invalid")
-        return self._issue(gid, key, cref, auth_time, 0, scopes)
+        tokens = self._issue(gid, key, cref, auth_time, 0, scopes)
+        return await self._with_account(tokens, gid, key)
 
     async def refresh(
         self, client: Client, refresh_token: str | None, resource: str | None
@@ -726,12 +775,33 @@ class GrantService:
             refresh_token = open_successor(raw_key, gid, gen + 1, current)
         except InvalidToken:
             raise OAuthError("invalid_grant", "the refresh token is no longer valid") from None
-        if refresh_token == successor.refresh_token:
-            return successor
-        # Within the grace: the successor another request already got, and
-        # a fresh access token for the same grant.
-        log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
-        return attrs.evolve(successor, refresh_token=refresh_token)
+        if refresh_token != successor.refresh_token:
+            # Within the grace: the successor another request already got,
+            # and a fresh access token for the same grant.
+            log.info("refresh token of grant {grant} reused within the grace period", grant=gid)
+            successor = attrs.evolve(successor, refresh_token=refresh_token)
+        return await self._with_account(successor, gid, raw_key)
+
+    async def _with_account(self, tokens: TokenSet, gid: str, key: bytes | str) -> TokenSet:
+        """
+        C{tokens} with the grant's mailbox, for the audit line (one read of
+        the grant row); without it when the row cannot be read or opened:
+        the tokens are issued either way.
+        """
+        try:
+            record = await self.store.get_grant(gid)
+            if record is None:
+                return tokens
+            raw_key = _b64d(key) if isinstance(key, str) else key
+            email = open_credentials(raw_key, gid, record.sealed).email
+        except Exception as e:
+            log.warn(
+                "grant {grant}: account not known for the audit: {kind}",
+                grant=gid,
+                kind=type(e).__name__,
+            )
+            return tokens
+        return attrs.evolve(tokens, account=email)
 
     async def revoke(self, client: Client, token: str | None) -> None:
         """
@@ -767,19 +837,56 @@ class GrantService:
         digest = hashlib.sha256(access_token.encode("utf-8", "replace")).digest()
         hit = self._accounts.get(digest)
         if hit is not None:
-            exp, gid, cref, sealed, account = hit
+            exp, gid, cref, sealed, account, key = hit
             if exp > self._codec.now():
                 record = await self.store.get_grant(gid)
                 if record is not None and record.sealed == sealed and record.client_ref == cref:
                     await self._still_allowed(record)
+                    await self._fill_account(record, account.imap, account.imap_username)
                     self._accounts.move_to_end(digest)
-                    return account
+                    return await self._with_fresh_token(account, key)
             self._accounts.pop(digest, None)
         account, entry = await self._open_account(access_token)
         self._accounts[digest] = entry
         if len(self._accounts) > self._cache_size:
             self._accounts.popitem(last=False)
-        return account
+        return await self._with_fresh_token(account, entry[5])
+
+    async def _with_fresh_token(self, account: MailAccount, key: bytes) -> MailAccount:
+        """
+        A provider sign-in account with an access token good for a while
+        (refreshed when it expires within the margin) and its C{renew}.  A
+        provider that refuses ends the grant: the account comes back
+        C{ended}, so this call's tool answers "sign in again" (the next
+        request finds the grant gone: HTTP 401).
+        """
+        tokens = account.oauth
+        if tokens is None:
+            return account
+        if self.tokens.needs_refresh(tokens):
+            try:
+                creds = await self.tokens.current(account.owner, key, tokens, force=False)
+            except GrantEnded as e:
+                return attrs.evolve(account, ended=e.message)
+            except ProviderUnavailable as e:
+                # The token we have may still work; a refusal tries again.
+                log.info(
+                    "grant {grant}: provider token not refreshed: {why}",
+                    grant=account.owner,
+                    why=e.message,
+                )
+            else:
+                account = attrs.evolve(account, oauth=creds.oauth)
+        return attrs.evolve(account, renew=self._renewer(account, key))
+
+    def _renewer(self, account: MailAccount, key: bytes) -> Callable[[], Awaitable[MailAccount]]:
+        async def renew() -> MailAccount:
+            """:raises GrantEnded, ProviderUnavailable, InvalidToken: see `ProviderTokenKeeper`."""
+            creds = await self.tokens.current(account.owner, key, account.oauth, force=True)
+            fresh = attrs.evolve(account, oauth=creds.oauth)
+            return attrs.evolve(fresh, renew=self._renewer(fresh, key))
+
+        return renew
 
     async def _still_allowed(self, record: GrantRecord) -> None:
         """
@@ -809,9 +916,30 @@ class GrantService:
                 kind=type(e).__name__,
             )
 
+    async def _fill_account(self, record: GrantRecord, server: MailServer, username: str) -> None:
+        """
+        Give a grant made before account indexes its index, now that a
+        request has opened its credentials (one store write, once), so the
+        account page lists it from now on.
+        """
+        if record.account:
+            return
+        ring = self._codec.keyring
+        index = account_index(ring, ring.current_kid, server, username)
+        try:
+            if await self.store.set_grant_account(record.grant_id, index):
+                log.info("grant {grant}: account index added", grant=record.grant_id)
+        except Exception as e:
+            # The call goes on: the next request tries again.
+            log.warn(
+                "account index of grant {grant} not saved: {kind}",
+                grant=record.grant_id,
+                kind=type(e).__name__,
+            )
+
     async def _open_account(
         self, access_token: str
-    ) -> tuple[MailAccount, tuple[float, str, str, bytes, MailAccount]]:
+    ) -> tuple[MailAccount, tuple[float, str, str, bytes, MailAccount, bytes]]:
         claims = self._codec.open("access", access_token)
         if claims.get("aud") != self._resource:
             raise InvalidToken()
@@ -826,6 +954,7 @@ class GrantService:
             raise InvalidToken()
         creds = open_credentials(raw_key, gid, record.sealed)
         await self._still_allowed(record)
+        await self._fill_account(record, creds.imap, creds.imap_username)
         account = MailAccount(
             owner=gid,
             email=creds.email,
@@ -838,6 +967,9 @@ class GrantService:
             smtp_password=creds.smtp_password,
             client_ref=record.client_ref,
             scopes=scopes_of_claim(claims.get("sc")) & self._max_scope,
+            imap_auth=creds.imap_auth,
+            provider=creds.provider,
+            oauth=creds.oauth,
         )
         return account, (
             float(claims.get("exp", 0)),
@@ -845,6 +977,7 @@ class GrantService:
             record.client_ref,
             record.sealed,
             account,
+            raw_key,
         )
 
 

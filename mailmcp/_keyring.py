@@ -16,10 +16,12 @@ meets a token it cannot open.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -210,25 +212,98 @@ class KeyRing:
             raise KeyRingError(f"corrupt key ring in {source}: {e}") from None
 
 
-def write_keyring(path: Path, ring: KeyRing) -> None:
+def _write_temporary(path: Path, ring: KeyRing) -> Path:
     """
-    Write C{ring} to C{path} atomically, readable by the owner only (0600).
+    Write C{ring}, complete and synced, to a new private (0600) file beside
+    C{path}, under a name no other process or thread uses; return its path.
     """
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(ring.to_json())
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_keyring(path: Path, ring: KeyRing) -> None:
+    """
+    Write C{ring} to C{path} atomically, readable by the owner only (0600).
+    """
+    tmp = _write_temporary(path, ring)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
+
+
+def create_keyring(path: Path, ring: KeyRing) -> KeyRing:
+    """
+    Make C{ring} the key ring at C{path} unless one is there already, and
+    return the ring that is there.
+
+    Two processes starting at once on a fresh state directory must end up
+    with one key ring, or each would seal what the other cannot open.  The
+    file appears complete or not at all: it is written under a temporary
+    name and hard-linked to C{path}, which fails if C{path} exists; the
+    loser reads the winner's ring.  Where hard links are not supported, an
+    exclusive create stands in, and the loser waits (up to a second) for
+    the winner to finish writing.
+    """
+    tmp = _write_temporary(path, ring)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return read_keyring_file(path)
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        return _create_exclusively(path, ring)
+    finally:
+        _unlink_quietly(tmp)
+    return ring
+
+
+#: What os.link fails with on file systems without hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
+
+
+def _create_exclusively(path: Path, ring: KeyRing, patience: float = 1.0) -> KeyRing:
+    """`create_keyring` by O_CREAT|O_EXCL on C{path} itself."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return read_keyring_file(path)
+            except KeyRingError:
+                # The winner may still be writing it; a corrupt ring stays corrupt.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(ring.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(path)
+        raise
+    return ring
 
 
 def read_keyring_file(path: Path) -> KeyRing:
@@ -266,12 +341,10 @@ def load_or_create_keyring(
     path = state_dir / KEYRING_FILENAME
     if path.exists():
         return read_keyring_file(path)
-    ring = KeyRing([new_master_key()])
     try:
-        write_keyring(path, ring)
+        return create_keyring(path, KeyRing([new_master_key()]))
     except OSError as e:
         raise KeyRingError(f"cannot create key ring {path}: {e.strerror}") from None
-    return ring
 
 
 def _save(path: Path, ring: KeyRing) -> KeyRing:

@@ -34,6 +34,24 @@ class IMAPAuthError(IMAPError):
     """LOGIN/AUTHENTICATE was refused: the stored credentials no longer work."""
 
 
+class IMAPLoginRefused(IMAPAuthError):
+    """The server answered the login with NO: wrong credentials (not a missing method)."""
+
+
+class IMAPTokenRejected(IMAPLoginRefused):
+    """
+    AUTHENTICATE XOAUTH2/OAUTHBEARER was refused: the provider access token
+    may have expired early, so one refresh and one more login are worth it.
+    """
+
+
+class IMAPGrantEnded(IMAPAuthError):
+    """
+    The mail provider ended mailmcp's access (consent revoked): the grant
+    is revoked, and ``message`` asks the user to sign in again.
+    """
+
+
 class IMAPNoSuchMailbox(IMAPError):
     """The named mailbox does not exist (or cannot be selected)."""
 

@@ -1,13 +1,15 @@
 """
 Live login checks for the login page: does the user's IMAP (and then SMTP)
-server accept these credentials?
+server accept these credentials (a password, or a provider access token
+with XOAUTH2/OAUTHBEARER)?
 
-Both use Twisted's own protocol clients, hardened the way the stack audit
-says: certificates always verified (`MailTLS`), STARTTLS mandatory when the
-client id says ``starttls`` (no cleartext fallback), ``plain`` only when the
-client id says so (the generator allows it for loopback hosts only), one
-deadline over connect + TLS + greeting + login, and the greeting errbacked
-from ``connectionLost`` so a failed handshake cannot hang the check.
+IMAP uses the IMAP pool's own protocol class and session, so the check
+makes exactly the login the pool will make; SMTP uses Twisted's ESMTP
+client.  Both are hardened the way the stack audit says: certificates
+always verified (`MailTLS`), STARTTLS mandatory when the client id says
+``starttls`` (no cleartext fallback), ``plain`` only to a loopback server,
+one deadline over connect + TLS + greeting + login, and a lost connection
+fails the check instead of hanging it.
 
 Secrets never reach a log line: SMTP client exceptions carry the base64
 transcript of the AUTH exchange in their ``str()``, so only the exception
@@ -17,21 +19,24 @@ safe messages.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.mail import imap4, smtp
+from twisted.mail import smtp
 from twisted.protocols import policies
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._clients import MailServer
+from ._imap import IMAPClientProtocol, Session
+from ._mailbox_api import IMAPAuthError, IMAPError, IMAPLoginRefused
+from ._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
 from ._tls import MailTLS
 from .interfaces import ILoginChecker
 
@@ -111,89 +116,91 @@ def _credentials(protocol: str, username: str, password: str) -> tuple[bytes, by
     return user, secret
 
 
-class _CheckingIMAP4Client(_OnClock, imap4.IMAP4Client):
-    """An IMAP4Client whose greeting is a Deferred that also fails on connection loss."""
+def _token_sasl(
+    protocol: str, server: MailServer, username: str, token: str, mechanism: str
+) -> TokenSASL | None:
+    """The token login for C{mechanism}, None for ``password``."""
+    if mechanism == "password":
+        return None
+    try:
+        return TokenSASL(mechanism, username, token, host=server.host, port=server.port)
+    except SASLInputError:
+        raise LoginRejected(protocol) from None
 
-    def __init__(self, context: Any, clock: IReactorTime) -> None:
-        super().__init__(context)
-        self.greeting: Deferred[Any] = Deferred()
-        self.lost = False
-        self._clock = clock
 
-    #: A login check reads a greeting, CAPABILITY and a few short replies;
-    #: the stock client would spool any announced literal, however large,
-    #: to a temporary file (IM-08).  Anything bigger ends the check.
-    max_literal = 64 * 1024
-    #: A whole check receives a few kilobytes; a server that keeps talking
-    #: (endless untagged lines) is cut off instead of read until the deadline.
-    max_received = 1024 * 1024
-    received = 0
+def credentials_check(credentials: Any, protocol: str) -> tuple[MailServer, str, str, str]:
+    """
+    What to pass to the C{protocol} ("IMAP"/"SMTP") `ILoginChecker.check`
+    for a grant's `Credentials`: server, username, password or access
+    token, and the mechanism.
+    """
+    imap = protocol == "IMAP"
+    server = credentials.imap if imap else credentials.smtp
+    username = credentials.imap_username if imap else credentials.smtp_username
+    if credentials.imap_auth != "password" and credentials.oauth is not None:
+        return server, username, credentials.oauth.access_token, credentials.imap_auth
+    password = credentials.imap_password if imap else credentials.smtp_password
+    return server, username, password, "password"
 
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.received > self.max_received:
-            if self.transport is not None and not self.lost:
-                log.warn(
-                    "IMAP server sent over {limit} bytes during the login check; hanging up",
-                    limit=self.max_received,
-                )
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-                self.lost = True
-            return
-        super().dataReceived(data)
 
-    def _setupForLiteral(self, rest: bytes, octets: int) -> None:
-        if octets > self.max_literal:
-            log.warn(
-                "IMAP server announced a {size}-byte literal during the login check; hanging up",
-                size=octets,
-            )
-            if self.transport is not None:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-            return
-        super()._setupForLiteral(rest, octets)
+@attrs.frozen(repr=False)
+class _CheckedAccount:
+    """What `Session.open` reads of an account, for one login check."""
 
-    def _extraInfo(self, lines: list[Any]) -> None:
-        # Twisted's Command.finish hands the BYE that always precedes LOGOUT's
-        # OK (RFC 3501 6.1.3) to _extraInfo, which logs it as an "Unhandled
-        # unsolicited response" at every login check: it is expected here.
-        rest = [line for line in lines if not (line and line[0] == b"BYE")]
-        if rest:
-            super()._extraInfo(rest)
+    imap: MailServer
+    imap_username: str
+    imap_password: str
+    imap_auth: str
 
-    def serverGreeting(self, caps: Any) -> None:
-        if not self.greeting.called:
-            self.greeting.callback(caps)
+    @property
+    def uses_token(self) -> bool:
+        return self.imap_auth != "password"
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = True
-        super().connectionLost(reason)
-        if not self.greeting.called:
-            self.greeting.errback(reason)
+    @property
+    def oauth(self) -> Any:
+        return _Token(self.imap_password)
+
+
+@attrs.frozen(repr=False)
+class _Token:
+    access_token: str
 
 
 @implementer(ILoginChecker)
 class IMAPLoginChecker:
     """
-    LOGIN over verified TLS (implicit, or mandatory STARTTLS), then LOGOUT.
+    The login the IMAP pool makes, with the pool's own protocol class and
+    session (`mailmcp._imap`): verified TLS (implicit, or mandatory
+    STARTTLS), LOGIN or AUTHENTICATE PLAIN, or XOAUTH2/OAUTHBEARER with a
+    provider token; then LOGOUT.  A check that passes is a login the pool
+    will be able to make.
 
     :param reactor: provides `IReactorTCP` and `IReactorTime`.
     :param timeout: seconds for the whole check.
     """
+
+    #: A check reads a greeting, CAPABILITY and a few short replies: a
+    #: larger literal (IM-08), a longer line, or a reply to one command
+    #: totalling more (a server streaming untagged lines) ends it.
+    max_literal = 64 * 1024
+    max_line = 64 * 1024
+    max_response = 256 * 1024
 
     def __init__(self, reactor: Any, tls: MailTLS, timeout: float = 20.0) -> None:
         self._reactor = reactor
         self._tls = tls
         self._timeout = timeout
 
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
-        holder: list[_CheckingIMAP4Client] = []
-        d = Deferred.fromCoroutine(self._check(server, username, password, holder))
+    def check(
+        self, server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
+        holder: list[IMAPClientProtocol] = []
+        d = Deferred.fromCoroutine(self._check(server, username, password, holder, mechanism))
         d.addTimeout(self._timeout, self._reactor)
 
         def done(result: Any) -> Any:
             for proto in holder:
-                if not proto.lost and proto.transport is not None:
+                if not proto.closed and proto.transport is not None:
                     proto.transport.abortConnection()  # type: ignore[attr-defined]
             if isinstance(result, Failure):
                 if result.check(LoginRejected, MailServerUnavailable):
@@ -214,51 +221,60 @@ class IMAPLoginChecker:
         return d
 
     async def _check(
-        self, server: MailServer, username: str, password: str, holder: list[_CheckingIMAP4Client]
+        self,
+        server: MailServer,
+        username: str,
+        password: str,
+        holder: list[IMAPClientProtocol],
+        mechanism: str = "password",
     ) -> None:
-        user, secret = _credentials("IMAP", username, password)
+        _credentials("IMAP", username, password)
+        _token_sasl("IMAP", server, username, password, mechanism)
         options = self._tls.options_for(server.host) if server.security != "plain" else None
-        proto = _CheckingIMAP4Client(options, self._reactor)
-        proto.timeout = int(self._timeout)
+        # The check's own deadline (in `check`) is what ends a slow server.
+        proto = IMAPClientProtocol(
+            self._reactor,
+            timeout=self._timeout + 1,
+            max_line=self.max_line,
+            max_literal=self.max_literal,
+            max_response=self.max_response,
+            label="login check",
+        )
         holder.append(proto)
         await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
-        await proto.greeting
-        if server.security == "starttls":
-            caps = await proto.getCapabilities()
-            if b"STARTTLS" not in caps:
+        session = Session(proto)
+        try:
+            await session.open(_CheckedAccount(server, username, password, mechanism), options)
+        except IMAPLoginRefused:
+            raise LoginRejected("IMAP") from None
+        except IMAPAuthError as e:
+            log.info(
+                "IMAP server {host}:{port} cannot be logged in to: {why}",
+                host=server.host,
+                port=server.port,
+                why=e.message,
+            )
+            reason = "no-token-login" if mechanism != "password" else "login-disabled"
+            raise MailServerUnavailable("IMAP", reason) from None
+        except IMAPError as e:
+            if "STARTTLS" in e.message:
                 log.warn(
-                    "IMAP server {host}:{port} offers no STARTTLS; refusing to log in",
+                    "IMAP server {host}:{port}: {why}",
                     host=server.host,
                     port=server.port,
+                    why=e.message,
                 )
-                raise MailServerUnavailable("IMAP", "no-starttls")
-            await proto.startTLS(options)
-            if not proto.startedTLS:
-                raise MailServerUnavailable("IMAP", "no-starttls")
-        caps = await proto.getCapabilities()
+                raise MailServerUnavailable("IMAP", "no-starttls") from None
+            log.info(
+                "IMAP check of {host}:{port} failed: {why}",
+                host=server.host,
+                port=server.port,
+                why=e.message,
+            )
+            raise MailServerUnavailable("IMAP", "temporary" if e.transient else "error") from None
+        logout = Deferred.fromCoroutine(session.logout())
+        logout.addTimeout(2, self._reactor)
         try:
-            if b"PLAIN" in [m.upper() for m in (caps.get(b"AUTH") or [])]:
-                # SASL PLAIN carries UTF-8 credentials exactly; quoted LOGIN cannot.
-                response = base64.b64encode(b"\0" + user + b"\0" + secret)
-                await proto.sendCommand(
-                    imap4.Command(
-                        b"AUTHENTICATE", b"PLAIN", (), lambda rest: proto.sendLine(response)
-                    )
-                )
-            elif b"LOGINDISABLED" in caps:
-                raise MailServerUnavailable("IMAP", "login-disabled")
-            else:
-                await proto.sendCommand(
-                    imap4.Command(b"LOGIN", imap4._quote(user) + b" " + imap4._quote(secret))
-                )
-        except imap4.IMAP4Exception as e:
-            text = str(e.args[0] if e.args else b"").upper()
-            if "UNAVAILABLE" in text or "SERVERBUG" in text:
-                raise MailServerUnavailable("IMAP", "temporary") from None
-            raise LoginRejected("IMAP") from None
-        try:
-            logout = proto.logout()
-            logout.addTimeout(2, self._reactor)
             await logout
         except Exception:  # noqa: S110 - the login already succeeded; LOGOUT is a courtesy
             pass
@@ -336,9 +352,11 @@ class SMTPLoginChecker:
         self._timeout = timeout
         self._identity = identity.encode("idna")
 
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+    def check(
+        self, server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
         holder: list[_AuthOnlyESMTPClient] = []
-        d = Deferred.fromCoroutine(self._check(server, username, password, holder))
+        d = Deferred.fromCoroutine(self._check(server, username, password, holder, mechanism))
         d.addTimeout(self._timeout, self._reactor)
 
         def done(result: Any) -> Any:
@@ -373,9 +391,15 @@ class SMTPLoginChecker:
         return d
 
     async def _check(
-        self, server: MailServer, username: str, password: str, holder: list[_AuthOnlyESMTPClient]
+        self,
+        server: MailServer,
+        username: str,
+        password: str,
+        holder: list[_AuthOnlyESMTPClient],
+        mechanism: str = "password",
     ) -> None:
         user, secret = _credentials("SMTP", username, password)
+        sasl = _token_sasl("SMTP", server, username, password, mechanism)
         context = self._tls.options_for(server.host) if server.security == "starttls" else None
         outcome: Deferred[None] = Deferred()
         proto = _AuthOnlyESMTPClient(
@@ -388,6 +412,8 @@ class SMTPLoginChecker:
             timeout=self._timeout,
             clock=self._reactor,
         )
+        if sasl is not None:
+            proto.authenticators = [SMTPTokenAuthenticator(sasl)]
         holder.append(proto)
         await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
         await outcome
@@ -409,7 +435,10 @@ class FakeLoginChecker:
         self.calls: list[tuple[str, int, str]] = []
         self.pending: list[Deferred[None]] = []
 
-    def check(self, server: MailServer, username: str, password: str) -> Deferred[None]:
+    def check(
+        self, server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
+        """C{password} is the access token when C{mechanism} is a token one."""
         self.calls.append((server.host, server.port, username))
         if self.stall:
             d: Deferred[None] = Deferred()

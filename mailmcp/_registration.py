@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -171,6 +172,8 @@ def _metadata_claims(document: Any) -> tuple[dict[str, Any], str, dict[str, Any]
 class Registration:
     """``POST /oauth/register``: JSON in, 201 JSON out, rate-limited per address."""
 
+    app = Klein()
+
     def __init__(
         self,
         config: Config,
@@ -188,7 +191,9 @@ class Registration:
         body = {"error": error.error, "error_description": error.description}
         return bytes(json_body(request, error.status, body))
 
+    @app.route("/oauth/register", methods=["POST"])
     async def handle(self, request: IRequest) -> bytes:
+        """RFC 7591 dynamic client registration; errors as RFC 7591 JSON, mapped here."""
         try:
             return await self._handle(request)
         except RegistrationError as e:

@@ -31,7 +31,6 @@ from ._config import Config
 from ._cors import CORSPolicy
 from ._http import ILargeBodyGate, InFlight, MailMCPSite
 from ._imap import IMAPPool
-from ._mcp import MCPApp
 from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
 from ._oauth import build_authorization_server
 from ._paths import base_path
@@ -43,6 +42,7 @@ from ._toolkit import ToolServices
 from ._tools import all_tools
 from ._web import HealthApp, Router
 from .interfaces import ISendBudget, ISendIntentStore, ISendTokenStore
+from .mcp import MCPApp
 
 log = Logger()
 

@@ -52,7 +52,11 @@ from twisted.python.failure import Failure
 from ._account import MailAccount
 from ._clients import is_loopback_host
 from ._compose import is_canonical_crlf
+from ._provider import ProviderUnavailable
+from ._provider_refresh import GrantEnded
+from ._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
 from ._tls import MailTLS
+from ._tokens import InvalidToken
 
 log = Logger()
 
@@ -338,8 +342,13 @@ class _Sender(smtp.ESMTPSender):
         code = code if isinstance(code, int) and code > 0 else None
         results = self._recipient_results()
         if isinstance(exc, smtp.AUTHDeclinedError | smtp.AuthenticationError):
+            token = getattr(self.factory, "sasl", None) is not None
             return SMTPAuthFailed(
-                "the SMTP server rejected the login (wrong username or password?)"
+                (
+                    "the SMTP server refused the sign-in token"
+                    if token
+                    else "the SMTP server rejected the login (wrong username or password?)"
+                )
                 + (f" [{code}]" if code else ""),
                 stage=self.phase,
                 code=code,
@@ -350,8 +359,10 @@ class _Sender(smtp.ESMTPSender):
                 stage=self.phase,
             )
         if isinstance(exc, smtp.AUTHRequiredError | smtp.EHLORequiredError):
+            sasl = getattr(self.factory, "sasl", None)
             return SMTPSendFailed(
-                "the SMTP server offers no supported authentication (PLAIN or LOGIN)",
+                "the SMTP server offers no supported authentication "
+                + (f"({sasl.name.decode()})" if sasl is not None else "(PLAIN or LOGIN)"),
                 stage=self.phase,
             )
         if isinstance(exc, smtp.TLSError):
@@ -456,9 +467,14 @@ class _SenderFactory(smtp.ESMTPSenderFactory):
         self.done: Deferred[SendResult] = Deferred()
         self.sender: _Sender | None = None
 
+    #: A token login (provider sign-in): the only mechanism offered.
+    sasl: TokenSASL | None = None
+
     def buildProtocol(self, addr: IAddress | None) -> _Sender:  # type: ignore[override]
         p = super().buildProtocol(addr)
         assert isinstance(p, _Sender)
+        if self.sasl is not None:
+            p.authenticators = [SMTPTokenAuthenticator(self.sasl)]
         self.sender = p
         return p
 
@@ -537,9 +553,39 @@ class SMTPSender:
         Send C{message} (CRLF line endings) from C{envelope_from} to
         C{recipients} with C{account}'s SMTP server and credentials.
 
+        A provider access token the server refuses is renewed once and the
+        send tried once more: the refusal comes before MAIL FROM, so
+        nothing was sent.
+
         :raises SMTPSendFailed: the message was definitely not sent.
         :raises SMTPOutcomeUnknown: it may have been sent.
         """
+        try:
+            return await self._send_once(account, envelope_from, recipients, message)
+        except SMTPAuthFailed as e:
+            if not account.uses_token or account.renew is None or e.stage != _Phase.CONNECT:
+                raise
+        try:
+            account = await account.renew()
+        except GrantEnded as e:
+            raise SMTPAuthFailed(e.message, stage=_Phase.CONNECT) from None
+        except ProviderUnavailable as e:
+            raise SMTPSendFailed(
+                f"the sign-in could not be renewed: {e.message}", stage=_Phase.CONNECT
+            ) from None
+        except InvalidToken:
+            raise SMTPAuthFailed(
+                "this sign-in has ended; sign in again", stage=_Phase.CONNECT
+            ) from None
+        return await self._send_once(account, envelope_from, recipients, message)
+
+    async def _send_once(
+        self,
+        account: MailAccount,
+        envelope_from: str,
+        recipients: Sequence[str],
+        message: bytes,
+    ) -> SendResult:
         for address in (envelope_from, *recipients):
             if not _ENVELOPE_ADDRESS.fullmatch(address):
                 raise ValueError("invalid envelope address")
@@ -554,10 +600,27 @@ class SMTPSender:
             )
         secure = server.security != "plain"
         options = self._tls.options_for(server.host) if secure else None
+        sasl: TokenSASL | None = None
+        secret = account.smtp_password
+        if account.uses_token:
+            assert account.oauth is not None
+            try:
+                sasl = TokenSASL(
+                    account.imap_auth,
+                    account.smtp_username,
+                    account.oauth.access_token,
+                    host=server.host,
+                    port=server.port,
+                )
+            except SASLInputError:
+                raise SMTPAuthFailed(
+                    "the stored sign-in token cannot be used", stage=_Phase.CONNECT
+                ) from None
+            secret = "token"  # noqa: S105 - a placeholder: Twisted authenticates only with a secret
         factory = _SenderFactory(
             self._reactor,
             account.smtp_username.encode("utf-8"),
-            account.smtp_password.encode("utf-8"),
+            secret.encode("utf-8"),
             envelope_from,
             list(recipients),
             BytesIO(message),
@@ -570,6 +633,7 @@ class SMTPSender:
             requireTransportSecurity=secure,
         )
         factory.domain = self._helo_name.encode("ascii")
+        factory.sasl = sasl
         if server.security == "tls":
             connector = self._reactor.connectSSL(
                 server.host, server.port, factory, options, timeout=self._connect_timeout

@@ -67,6 +67,16 @@ end
 return false
 """
 
+#: Compare-and-swap of a grant's sealed credentials: KEYS[1] the grant;
+#: ARGV the old and new sealed value (base64) and now.
+_REPLACE_SEALED = """
+local f = redis.call('HMGET', KEYS[1], 'sealed', 'expires')
+if not f[1] or not f[2] or tonumber(f[2]) <= tonumber(ARGV[3]) then return 0 end
+if f[1] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'sealed', ARGV[2])
+return 1
+"""
+
 _HIT = """
 local now = tonumber(ARGV[1])
 local untl = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
@@ -197,6 +207,20 @@ if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(last or '0') < tonumber(ARGV[
   redis.call('HSET', KEYS[1], 'last_used', ARGV[1])
 end
 return 0
+"""
+
+
+#: Set a grant's empty account index and list it under that index, whose set
+#: lives at least as long as the grant (ARGV[3]); an existing index is kept.
+_SET_ACCOUNT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], 'account')
+if current and current ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'account', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+local ttl = redis.call('TTL', KEYS[2])
+if ttl ~= -1 and ttl < tonumber(ARGV[3]) then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return 1
 """
 
 
@@ -492,6 +516,21 @@ class RedisGrantStore(Service):
     ) -> Deferred[bytes | None]:
         return self._deadline(self._rotate(grant_id, generation, successor, grace))
 
+    async def _replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> bool:
+        result = await self._redis.eval(
+            _REPLACE_SEALED,
+            [self._grant_key(grant_id)],
+            [
+                base64.b64encode(old).decode("ascii"),
+                base64.b64encode(new).decode("ascii"),
+                repr(self._now()),
+            ],
+        )
+        return int(result) == 1
+
+    def replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
+        return self._deadline(self._replace_sealed(grant_id, old, new))
+
     async def _revoke(self, grant_id: str) -> None:
         await self._redis.execute_command("DEL", self._grant_key(grant_id))
 
@@ -636,6 +675,20 @@ class RedisGrantStore(Service):
 
     def touch_grant(self, grant_id: str, when: int) -> Deferred[None]:
         return self._deadline(self._touch(grant_id, when))
+
+    async def _set_account(self, grant_id: str, account: str) -> bool:
+        record = await self._get(grant_id)
+        if record is None or record.account:
+            return False
+        done = await self._redis.eval(
+            _SET_ACCOUNT,
+            [self._grant_key(grant_id), self._account_key(account)],
+            [account, grant_id, str(self._ttl(record.expires))],
+        )
+        return bool(done)
+
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        return self._deadline(self._set_account(grant_id, account))
 
     def deny_client(self, client_ref: str) -> Deferred[int]:
         return self._deadline(

@@ -324,6 +324,18 @@ class SQLiteGrantStore(Service):
 
         return _run(call)
 
+    def replace_sealed(self, grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
+        def call() -> bool:
+            # One UPDATE is atomic: the WHERE on the old value is the compare.
+            return bool(
+                self._db.execute(
+                    "UPDATE grants SET sealed = ? WHERE grant_id = ? AND sealed = ? AND expires > ?",
+                    (new, grant_id, old, self._now()),
+                ).rowcount
+            )
+
+        return _run(call)
+
     def revoke_grant(self, grant_id: str) -> Deferred[None]:
         def call() -> None:
             self._db.execute("DELETE FROM grants WHERE grant_id = ?", (grant_id,))
@@ -420,6 +432,16 @@ class SQLiteGrantStore(Service):
                 "UPDATE grants SET last_used = ? WHERE grant_id = ? AND last_used < ?",
                 (when, grant_id, when),
             )
+
+        return _run(call)
+
+    def set_grant_account(self, grant_id: str, account: str) -> Deferred[bool]:
+        def call() -> bool:
+            cursor = self._db.execute(
+                "UPDATE grants SET account = ? WHERE grant_id = ? AND account = '' AND expires > ?",
+                (account, grant_id, self._now()),
+            )
+            return bool(cursor.rowcount)
 
         return _run(call)
 

@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .interfaces import IGrantStore
@@ -200,12 +201,18 @@ class LoginThrottle:
     """
 
     def __init__(
-        self, store: IGrantStore, concurrency: int, policy: ThrottlePolicy | None = None
+        self,
+        store: IGrantStore,
+        concurrency: int,
+        policy: ThrottlePolicy | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._store = store
         self._limit = concurrency
         self.policy = policy or ThrottlePolicy()
         self.in_flight = 0
+        #: One log line per address and budget per window, not one per refusal.
+        self._refusals = RefusalLog(clock)
 
     async def admit(self, address: str, usernames: Iterable[str]) -> Reservation:
         """
@@ -236,9 +243,7 @@ class LoginThrottle:
             scope, retry = "address failures", policy.ip_failure_window
         else:
             scope, retry = "global failures", policy.global_window
-        log.info(
-            "login throttled for {address}: {scope} budget used up", address=address, scope=scope
-        )
+        self._refusals.refused(address, scope)
         raise Throttled(retry, scope)
 
     async def settle(self, reservation: Reservation, failed_username: str | None) -> None:
@@ -263,6 +268,56 @@ class LoginThrottle:
 
     def slot(self) -> _Slot:
         return _Slot(self)
+
+
+#: Seconds during which further refusals of one address and budget are only counted.
+REFUSAL_LOG_WINDOW = 60
+#: Addresses tracked at once; beyond, refusals share one "many addresses" entry.
+REFUSAL_LOG_KEYS = 1000
+MANY_ADDRESSES = "many addresses"
+
+
+class RefusalLog:
+    """
+    The log lines of throttled logins.  A guessing flood is refused from the
+    store alone, thousands of times a minute; a line for each would flood the
+    log it is meant to show up in.  So the first refusal of an address and
+    budget is logged at once, the next ones in the same window are counted,
+    and the count is logged as one summary line when the window ends.  Without
+    a C{clock} (a bare throttle in a test), every refusal is logged.
+    """
+
+    def __init__(self, clock: IReactorTime | None, window: int = REFUSAL_LOG_WINDOW) -> None:
+        self._clock = clock
+        self._window = window
+        #: (address, scope) -> refusals after the first in the current window.
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def refused(self, address: str, scope: str) -> None:
+        key = (address, scope)
+        if key not in self._counts and len(self._counts) >= REFUSAL_LOG_KEYS:
+            key = (MANY_ADDRESSES, scope)
+        if key in self._counts:
+            self._counts[key] += 1
+            return
+        log.info(
+            "login throttled for {address}: {scope} budget used up", address=key[0], scope=scope
+        )
+        if self._clock is not None:
+            self._counts[key] = 0
+            self._clock.callLater(self._window, self._summarise, key)
+
+    def _summarise(self, key: tuple[str, str]) -> None:
+        more = self._counts.pop(key, 0)
+        if more:
+            log.info(
+                "login throttled for {address}: {scope} budget, {count} more refusals "
+                "in the last {window} seconds",
+                address=key[0],
+                scope=key[1],
+                count=more,
+                window=self._window,
+            )
 
 
 class _Slot:

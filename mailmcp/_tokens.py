@@ -66,6 +66,11 @@ class TokenCodec:
     def keyring(self) -> KeyRing:
         return self._keyring
 
+    @property
+    def clock(self) -> IReactorTime:
+        """Where "now" comes from."""
+        return self._clock
+
     def now(self) -> float:
         return self._clock.seconds()
 

@@ -20,7 +20,7 @@ import attrs
 from pydantic import BaseModel
 
 from ._account import MailAccount
-from ._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox
+from ._mailbox_api import IMAPAuthError, IMAPError, IMAPGrantEnded, IMAPNoSuchMailbox
 from ._scopes import FULL
 
 In = TypeVar("In", bound=BaseModel)
@@ -54,6 +54,8 @@ def imap_tool_error(error: IMAPError, folder: str | None = None) -> ToolError:
             f"{named} (or it cannot be opened). Call list_mailboxes to see the exact folder "
             "names; they are case-sensitive and use the server's separator."
         )
+    if isinstance(error, IMAPGrantEnded):
+        return ToolError(error.message)
     if isinstance(error, IMAPAuthError):
         return ToolError(
             f"The mail server refused the stored login ({error.message}). Reconnect the mail account."
@@ -81,7 +83,9 @@ class Tool(Generic[In, Out]):
     description: str
     input_model: type[In]
     output_model: type[Out]
-    handler: Callable[[ToolContext, In], Awaitable[Out]]
+    #: Gives an C{output_model} instance, or (on hot paths) plain JSON-ready
+    #: data in its shape, serialised as is (tests check it fits ``outputSchema``).
+    handler: Callable[[ToolContext, In], Awaitable[Out | dict[str, Any]]]
     read_only: bool
     destructive: bool
     idempotent: bool

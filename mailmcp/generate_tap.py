@@ -30,15 +30,10 @@ from ._clients import (
     provision_short_client,
     validate_redirect_uri,
 )
-from ._config import (
-    DEFAULT_STATE_DIR,
-    OneLineErrorOptions,
-    check_store,
-    env_name,
-    prepare_state_dir,
-)
+from ._config import check_store, prepare_state_dir
 from ._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
-from ._scopes import ALL_SCOPES, FULL, format_scope, parse_scope_list
+from ._options import GENERATE, TableOptions
+from ._scopes import FULL, format_scope, parse_scope_list
 from ._tokens import TokenCodec
 
 _DEFAULT_PORTS = DEFAULT_PORTS
@@ -53,7 +48,9 @@ class _WallClock(Clock):
         return time.time()
 
 
-class Options(OneLineErrorOptions):
+class Options(TableOptions):
+    """Options of ``twistd mailmcp-generate`` (declared in L{mailmcp._options})."""
+
     synopsis = "--imap-host HOST --smtp-host HOST [options]"
     longdesc = (
         "Print a client_id and client_secret to paste into Claude's custom "
@@ -61,99 +58,7 @@ class Options(OneLineErrorOptions):
         "With --add-key (optionally --inactive) or --activate-key KID, rotate the "
         "key ring instead."
     )
-    optParameters = [
-        [
-            "state-dir",
-            None,
-            None,
-            f"State directory of the daemon [env {env_name('state-dir')}; default {DEFAULT_STATE_DIR}]",
-        ],
-        [
-            "key-file",
-            None,
-            None,
-            f"Key ring file, if not <state-dir>/keys.json [env {env_name('key-file')}]",
-        ],
-        ["imap-host", None, None, "IMAP server host name."],
-        ["imap-port", None, None, "IMAP port (default 993 for tls, 143 for starttls)."],
-        ["imap-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
-        ["smtp-host", None, None, "SMTP submission server host name."],
-        ["smtp-port", None, None, "SMTP port (default 465 for tls, 587 for starttls)."],
-        ["smtp-security", None, "tls", "tls, starttls or plain (plain only on loopback)."],
-        ["name", None, None, "A label for this client, shown on the login page."],
-        [
-            "scope",
-            None,
-            None,
-            "The most this client may be granted, e.g. mail.read for a read-only "
-            "connector: scopes separated by commas (default: all of "
-            + ", ".join(ALL_SCOPES)
-            + ").",
-        ],
-        [
-            "revoke-account",
-            None,
-            None,
-            "End every grant of the mailbox whose IMAP username is EMAIL, on the server named "
-            "by --imap-host/--imap-port, and exit.",
-        ],
-        [
-            "revoke-client",
-            None,
-            None,
-            "Make CLIENT_ID unusable for good (a deny-list in the store), end its grants and exit.",
-        ],
-        [
-            "store",
-            None,
-            None,
-            f"The daemon's grant store, sqlite:PATH or redis://host:port/db: --revoke-* "
-            f"work there, and a client too big for a compact id is filed there "
-            f"[env {env_name('store')}; default <state-dir>/mailmcp.sqlite3]",
-        ],
-        [
-            "store-ca-file",
-            None,
-            None,
-            f"With a rediss:// --store: the PEM CAs its certificate must chain to "
-            f"[env {env_name('store-ca-file')}]",
-        ],
-        [
-            "activate-key",
-            None,
-            None,
-            "Make key KID (added with --add-key --inactive) the encrypting key and exit.",
-        ],
-    ]
-    optFlags = [
-        ["json", None, "Print one JSON object instead of human-readable text."],
-        ["public", None, "A public client: no secret, PKCE only (e.g. Claude Code)."],
-        ["add-key", None, "Add a new current key to the key ring (rotation) and exit."],
-        [
-            "inactive",
-            None,
-            "With --add-key: the new key only decrypts until --activate-key "
-            "(staged rotation across several processes).",
-        ],
-        [
-            "smtp-files-sent",
-            None,
-            "The SMTP server files sent mail in Sent itself (Gmail, Office 365): "
-            "send_mail_message then adds no copy of its own.",
-        ],
-    ]
-
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
-        self._environ = os.environ if environ is None else environ
-        self["redirect-uri"] = []
-
-    def opt_redirect_uri(self, uri: str) -> None:
-        """
-        Allowed redirect URI, repeatable (default: Claude's callbacks and
-        http://127.0.0.1/*, http://localhost/* on any port).
-        """
-        self["redirect-uri"].append(uri)
+    command = GENERATE
 
     def _server(self, kind: str) -> MailServer:
         try:
@@ -173,25 +78,14 @@ class Options(OneLineErrorOptions):
             self["imap"] = self._server("imap")
         elif not self["revoke-client"].strip():
             raise usage.UsageError("--revoke-client needs a client id")
-        store = self["store"] or self._environ.get(env_name("store"))
-        store = store or f"sqlite:{self['state-dir'] / 'mailmcp.sqlite3'}"
-        if not store.startswith(("sqlite:", "redis://", "rediss://", "unix://")):
-            raise usage.UsageError(
-                f"--store must be sqlite:PATH or redis://host:port/db, not {store!r}"
-            )
-        self["store"] = store
-        ca_file = self["store-ca-file"] or self._environ.get(env_name("store-ca-file"))
-        self["store-ca-file"] = Path(ca_file) if ca_file else None
 
     def postOptions(self) -> None:
-        state = self["state-dir"] or self._environ.get(env_name("state-dir"), DEFAULT_STATE_DIR)
-        self["state-dir"] = prepare_state_dir(Path(state))
-        key_file = self["key-file"] or self._environ.get(env_name("key-file"))
-        self["key-file"] = Path(key_file) if key_file else None
-        store = self["store"] or self._environ.get(env_name("store"))
-        self["store"] = store or f"sqlite:{self['state-dir'] / 'mailmcp.sqlite3'}"
+        self.update(self.resolved())
+        self["state-dir"] = prepare_state_dir(Path(self["state-dir"]))
+        self["key-file"] = Path(self["key-file"]) if self["key-file"] else None
+        self["store"] = self["store"] or f"sqlite:{self['state-dir'] / 'mailmcp.sqlite3'}"
         check_store(self["store"])
-        ca = self["store-ca-file"] or self._environ.get(env_name("store-ca-file"))
+        ca = self["store-ca-file"]
         self["store-ca-file"] = Path(ca) if ca else None
         if self["inactive"] and not self["add-key"]:
             raise usage.UsageError("--inactive only goes with --add-key")

@@ -76,6 +76,16 @@ class IGrantStore(Interface):
     def revoke_grant(grant_id: str) -> Any:
         """Delete the grant; every token of its family dies with it."""
 
+    def replace_sealed(grant_id: str, old: bytes, new: bytes) -> Any:
+        """
+        Compare-and-swap the grant's sealed credentials: when the live grant
+        still holds exactly C{old}, store C{new} and fire with True; else
+        (someone else replaced it first, or the grant is gone) change
+        nothing and fire with False.  Provider sign-in stores a rotated
+        provider refresh token this way, so of two processes refreshing at
+        once exactly one wins and the other re-reads the winner's tokens.
+        """
+
     def hit(key: str, window: int) -> Any:
         """Add one to counter C{key} (a window of C{window} seconds from its first hit); fire with the new count."""
 
@@ -114,6 +124,13 @@ class IGrantStore(Interface):
     def touch_grant(grant_id: str, when: int) -> Any:
         """Set the grant's C{last_used} to C{when} (never backwards); a missing grant is ignored."""
 
+    def set_grant_account(grant_id: str, account: str) -> Any:
+        """
+        Give a grant made before account indexes (C{account} "") its index,
+        so the account page lists it from now on; fire with True when it was
+        set.  A grant that has one keeps it; a missing grant is ignored.
+        """
+
     def deny_client(client_ref: str) -> Any:
         """
         Put client C{client_ref} (`mailmcp._grants.client_ref`) on the
@@ -128,12 +145,14 @@ class IGrantStore(Interface):
 class ILoginChecker(Interface):
     """Checks mail credentials live against the user's IMAP or SMTP server."""
 
-    def check(server: Any, username: str, password: str) -> Any:
+    def check(server: Any, username: str, password: str, mechanism: str = "password") -> Any:
         """
         Fire with None when the server accepts the login; fail with
         `mailmcp._mailcheck.LoginRejected` (wrong credentials) or
         `mailmcp._mailcheck.MailServerUnavailable` (unreachable, TLS failure,
-        timeout, protocol error).
+        timeout, protocol error).  With C{mechanism} ``xoauth2`` or
+        ``oauthbearer``, C{password} is a provider access token
+        (`mailmcp._mailcheck.credentials_check` picks them from `Credentials`).
         """
 
 

@@ -354,7 +354,7 @@ class ProviderApp:
 
     @app.route("/authorize", methods=["GET"])
     def authorize_page(self, request: IRequest) -> bytes:
-        params = {k.decode(): v[-1].decode("utf-8", "replace")
+        params = {k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace")
                   for k, v in request.args.items()}  # type: ignore[attr-defined]
         problem = self._check_client_and_redirect(params)
         if problem is not None:
@@ -613,6 +613,8 @@ def main(argv: Iterable[str] | None = None) -> None:
     from twisted.web.server import Site
 
     args.state_dir.mkdir(parents=True, exist_ok=True)
+    # For services.sh stop, should the harness that started us be gone.
+    (args.state_dir / "provider.pid").write_text(f"{os.getpid()}\n")
     logfile = open(args.state_dir / "provider.log", "a")  # noqa: SIM115  (lives as long as the process)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
     provider = ProviderApp(

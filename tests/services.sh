@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Loopback-only test services for mailmcp: Dovecot (IMAP+STARTTLS, IMAPS, LMTP,
 # SASL; passwords, and XOAUTH2/OAUTHBEARER tokens checked against the test
-# OAuth provider's introspection endpoint), Postfix (submission STARTTLS+AUTH, SMTPS, plain AUTH, delivery over LMTP
-# to Dovecot, no outbound), Redis (plain, and TLS with the test CA's
+# OAuth provider's introspection endpoint), Postfix (submission STARTTLS+AUTH,
+# SMTPS, plain AUTH, delivery over LMTP to Dovecot, no outbound), Redis (plain, and TLS with the test CA's
 # localhost certificate, and TLS with a certificate for another name), and
 # SeaweedFS S3 (signatures checked).  ``install`` also installs HAProxy, which
 # the scale-out tests and benchmark start themselves (tests/harness.py, HAProxy).
@@ -10,6 +10,9 @@
 # Usage: services.sh install | start | start-s3 | stop      (root, Debian 12)
 # Every port comes from the environment so that several test runs can share a
 # machine; tests/harness.py picks free ones.  SVC is the state directory.
+# The test OAuth provider (python -m tests.oauth_provider) is started by
+# tests/harness.py on OAUTH_PROVIDER_PORT with state in $SVC/oauth-provider;
+# this script only points Dovecot at it (and stops it).
 set -euo pipefail
 SVC=${SVC:-./.services}
 mkdir -p "$SVC" && SVC=$(cd "$SVC" && pwd)
@@ -173,6 +176,12 @@ service stats {
 }
 service anvil {
   client_limit = 10000
+  # No auth penalty: every test connects from loopback, and one test's
+  # refused login (a wrong password, an expired token) must not delay the
+  # next tests' logins by 2 to 15 s.  auth_failure_delay (2 s) still applies.
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
 }
 service lmtp {
   inet_listener lmtp {
@@ -338,6 +347,9 @@ stop() {
     if [ -f "$SVC/redis/$pid.pid" ]; then kill "$(cat "$SVC/redis/$pid.pid")" 2>/dev/null || true; fi
   done
   postfix -c "$SVC/postfix/etc" stop >/dev/null 2>&1 || true
+  if [ -f "$SVC/oauth-provider/provider.pid" ]; then
+    kill "$(cat "$SVC/oauth-provider/provider.pid")" 2>/dev/null || true; rm -f "$SVC/oauth-provider/provider.pid"
+  fi
   doveadm -c "$SVC/dovecot/dovecot.conf" stop 2>/dev/null || true
 }
 

@@ -51,13 +51,19 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from .._logging import Logger
-from .._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
+from .._mailbox_api import IMAPAuthError, IMAPError, IMAPGrantEnded, IMAPSession, IMAPTokenRejected
+from .._provider import ProviderUnavailable
+from .._provider_refresh import GrantEnded
 from .._tls import MailTLS
+from .._tokens import InvalidToken
 from ._client import DEFAULT_MAX_LINE, DEFAULT_MAX_LITERAL, IMAPClientProtocol
 from ._session import Session
 
 T = TypeVar("T")
 log = Logger()
+
+#: Seconds before its login token expires that a connection is retired.
+TOKEN_SLACK = 60
 
 #: An observer of every command sent: (connection label, command, arguments).
 CommandObserver = Callable[[str, str, str], None]
@@ -72,6 +78,9 @@ class _Connection:
     leased: bool = True
     dropped: bool = False
     expiry: IDelayedCall | None = None
+    #: When the provider access token this connection logged in with
+    #: expires (token accounts only): it is not reused after that.
+    token_expires: float | None = None
 
 
 @attrs.define(eq=False)
@@ -156,6 +165,7 @@ class IMAPPool(Service):
         self.stats: dict[str, int] = {
             "connections": 0, "leases": 0, "reused": 0, "discarded": 0, "expired": 0,
             "retries": 0, "evicted": 0, "busy": 0, "connect_waits": 0,
+            "token_aged_out": 0, "token_renewals": 0,
         }  # fmt: skip
         self._slots: dict[str, _Slots] = {}
         self._lru: dict[_Connection, None] = {}
@@ -271,6 +281,7 @@ class IMAPPool(Service):
     async def _acquire(self, account: Any) -> _Connection:
         key = account.imap_pool_key
         deadline = self.clock.seconds() + self.wait_timeout
+        renewed = False
         while True:
             if self._closing:
                 raise IMAPError("the server is shutting down")
@@ -292,7 +303,17 @@ class IMAPPool(Service):
                 return conn
             if slots.count < self.pool_size:
                 if self._total < self.max_connections or self._evict_one():
-                    return await self._open(account, key, slots)
+                    try:
+                        return await self._open(account, key, slots)
+                    except IMAPTokenRejected:
+                        if renewed or getattr(account, "renew", None) is None:
+                            raise
+                    # The server refused the access token (it may have been
+                    # revoked or expired early): one fresh token, one retry.
+                    account = await _renewed(account)
+                    renewed = True
+                    self.stats["token_renewals"] += 1
+                    continue
                 waiters = self._global_waiters
             else:
                 waiters = slots.waiters
@@ -342,10 +363,26 @@ class IMAPPool(Service):
                 conn.expiry.cancel()
             conn.expiry = None
             conn.leased = True
+            if self._token_aged_out(conn):
+                self._close(conn)
+                continue
             if conn.session.usable:
                 return conn
             self._drop(conn)
         return None
+
+    def _token_aged_out(self, conn: _Connection) -> bool:
+        """
+        Whether C{conn}'s login token has (nearly) expired: some servers end
+        such sessions, so a fresh connection logs in with the fresh token.
+        """
+        if conn.token_expires is None:
+            return False
+        if conn.token_expires - TOKEN_SLACK > self.clock.seconds():
+            return False
+        self.stats["token_aged_out"] += 1
+        log.debug("IMAP {label}: its sign-in token aged out, logging out", label=conn.label)
+        return True
 
     async def _open(self, account: Any, key: str, slots: _Slots) -> _Connection:
         slots.count += 1
@@ -361,7 +398,14 @@ class IMAPPool(Service):
             observer=self._observer(label),
         )
         session = Session(protocol)
-        conn = _Connection(session=session, key=key, label=label, last_used=self.clock.seconds())
+        tokens = getattr(account, "oauth", None) if getattr(account, "uses_token", False) else None
+        conn = _Connection(
+            session=session,
+            key=key,
+            label=label,
+            last_used=self.clock.seconds(),
+            token_expires=None if tokens is None else float(tokens.expires_at),
+        )
         try:
             await self._gated_login(account, protocol, session)
         except BaseException:
@@ -461,7 +505,12 @@ class IMAPPool(Service):
         conn.leased = False
         if conn.dropped:
             return
-        if self._closing or self.connect_per_call or not conn.session.usable:
+        if (
+            self._closing
+            or self.connect_per_call
+            or not conn.session.usable
+            or self._token_aged_out(conn)
+        ):
             if not conn.session.usable:
                 self.stats["discarded"] += 1
             self._close(conn)
@@ -547,6 +596,18 @@ class IMAPPool(Service):
         # early; its failure is already reported through the operation.
         session.protocol.greeting.addErrback(lambda _: None)
         return Deferred.fromCoroutine(_nothing())
+
+
+async def _renewed(account: Any) -> Any:
+    """C{account} with a fresh provider token, its failures as `IMAPError`s."""
+    try:
+        return await account.renew()
+    except GrantEnded as e:
+        raise IMAPGrantEnded(e.message) from None
+    except ProviderUnavailable as e:
+        raise IMAPError(f"the sign-in could not be renewed: {e.message}") from None
+    except InvalidToken:
+        raise IMAPGrantEnded("this sign-in has ended; sign in again") from None
 
 
 def default_max_connections() -> int:

@@ -24,11 +24,14 @@ from .._mailbox_api import (
     FetchedMessage,
     IMAPAuthError,
     IMAPError,
+    IMAPLoginRefused,
     IMAPNoSuchMailbox,
+    IMAPTokenRejected,
     Literal,
     MailboxInfo,
     MailboxState,
 )
+from .._sasl import TokenSASL
 from ._client import CommandFailed, IMAPClientProtocol, RawCommand, Response, capabilities_from
 from ._parser import (
     MAX_MODSEQ,
@@ -239,8 +242,61 @@ class Session:
         if caps is None:
             caps = await self.capability()
         self._capabilities = caps
-        caps = await self._login(account.imap_username, account.imap_password, caps)
+        if getattr(account, "uses_token", False):
+            sasl = TokenSASL(
+                account.imap_auth,
+                account.imap_username,
+                account.oauth.access_token,
+                host=account.imap.host,
+                port=account.imap.port,
+            )
+            caps = await self._login_token(sasl, caps)
+        else:
+            caps = await self._login(account.imap_username, account.imap_password, caps)
         self._capabilities = caps
+
+    async def _login_token(self, sasl: TokenSASL, caps: frozenset[str]) -> frozenset[str]:
+        """
+        AUTHENTICATE XOAUTH2/OAUTHBEARER with the access token: in the
+        command with SASL-IR, else after the server's empty challenge.  An
+        error challenge is answered with the closing response, and the NO
+        that follows is an `IMAPAuthError` (the caller may refresh the
+        token and try once more).
+        """
+        mechanism = sasl.name.decode("ascii")
+        if f"AUTH={mechanism}" not in caps:
+            raise IMAPAuthError(f"the mail server does not offer {mechanism} login")
+        initial = base64.b64encode(sasl.initial_response())
+
+        def respond(challenge: bytes) -> None:
+            transport = self.protocol.transport
+            assert transport is not None
+            try:
+                decoded = base64.b64decode(challenge.strip(), validate=True)
+            except ValueError:
+                decoded = b"?"
+            transport.write(base64.b64encode(sasl.respond(decoded)) + b"\r\n")
+
+        pieces = (b" " + sasl.name + b" " + initial,) if "SASL-IR" in caps else (b" " + sasl.name,)
+        try:
+            response = await self.command(
+                b"AUTHENTICATE",
+                *pieces,
+                log_args=f"{mechanism} <token redacted>",
+                continuation=respond,
+            )
+        except CommandFailed as e:
+            if e.transient:
+                raise IMAPError(
+                    f"the mail server cannot log in right now: {e.text}", transient=True
+                ) from None
+            raise IMAPTokenRejected(
+                f"the mail server refused the sign-in token ({e.text})"
+            ) from None
+        self.protocol.logged_in = True
+        if response.code and response.code[0] == b"CAPABILITY":
+            return capabilities_from(response.code[1:])
+        return await self.capability()
 
     async def _login(self, username: str, password: str, caps: frozenset[str]) -> frozenset[str]:
         if _CONTROL.search(username) or _CONTROL.search(password) or "\0" in password:
@@ -273,7 +329,7 @@ class Session:
                 raise IMAPError(
                     f"the mail server cannot log in right now: {e.text}", transient=True
                 ) from None
-            raise IMAPAuthError(
+            raise IMAPLoginRefused(
                 f"the mail server rejected the login ({e.text}); sign in again with the right password"
             ) from None
         self.protocol.logged_in = True

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 import attrs
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -103,7 +103,10 @@ class EmailAddress(_Out):
 
 class MessageSummary(_Out):
     uid: int = Field(description="IMAP UID, stable while the folder's uidvalidity is unchanged.")
-    from_: list[EmailAddress] = Field(serialization_alias="from")
+    # Read back from its wire name too: `summary_data` is the listing's plain form.
+    from_: list[EmailAddress] = Field(
+        serialization_alias="from", validation_alias=AliasChoices("from_", "from")
+    )
     to: list[EmailAddress]
     cc: list[EmailAddress]
     subject: str | None
@@ -443,6 +446,47 @@ def summarise(message: FetchedMessage) -> MessageSummary:
     )
 
 
+def _address_data(values: Sequence[Address]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": _mime.clean_line(a.name, 200) or None,
+            "email": _mime.clean_line(a.email, 320) or "",
+        }
+        for a in values[:MAX_ADDRESSES]
+    ]
+
+
+def summary_data(message: FetchedMessage) -> dict[str, Any]:
+    """
+    `summarise` as plain JSON-ready data under the wire names of
+    `MessageSummary`: the listing's hot path builds no model per message
+    (tests check the two agree and that the data fits ``outputSchema``).
+    """
+    envelope = message.envelope
+    flags = list(message.flags or ())
+    lowered = {f.lower() for f in flags}
+    return {
+        "uid": message.uid,
+        "from": _address_data(envelope.from_) if envelope else [],
+        "to": _address_data(envelope.to) if envelope else [],
+        "cc": _address_data(envelope.cc) if envelope else [],
+        "subject": _mime.clean_line(envelope.subject) if envelope else None,
+        "date": _mime.parse_date(envelope.date) if envelope else None,
+        "received": _mime.parse_internal_date(message.internal_date),
+        "flags": flags,
+        "seen": "\\seen" in lowered,
+        "flagged": "\\flagged" in lowered,
+        "answered": "\\answered" in lowered,
+        "size": message.size,
+        "has_attachments": (
+            _mime.has_attachments(message.bodystructure)
+            if message.bodystructure is not None
+            else None
+        ),
+        "message_id": _mime.clean_line(envelope.message_id, 300) if envelope else None,
+    }
+
+
 def _recoverable(error: IMAPError) -> bool:
     """A failed FETCH worth retrying in smaller pieces on the same connection."""
     return not error.transient and not isinstance(error, (IMAPAuthError, IMAPNoSuchMailbox))
@@ -557,13 +601,23 @@ def page_range(exists: int, page: int, per_page: int) -> tuple[int, int] | None:
 
 
 async def list_mail_messages(ctx: ToolContext, arguments: ListMessagesInput) -> ListMessagesOutput:
+    """`list_mail_messages_data`, as the output model (for callers other than MCP)."""
+    return ListMessagesOutput.model_validate(await list_mail_messages_data(ctx, arguments))
+
+
+async def list_mail_messages_data(ctx: ToolContext, arguments: ListMessagesInput) -> dict[str, Any]:
+    """
+    The ``list_mail_messages`` tool: a page of the folder as plain
+    JSON-ready data in the shape of `ListMessagesOutput`, serialised once
+    by the MCP layer with no model in between (the warm path is CPU).
+    """
     folder, page, per_page = arguments.folder, arguments.page, arguments.per_page
 
     def page_set(exists: int) -> str | None:
         window = page_range(exists, page, per_page)
         return None if window is None else f"{window[0]}:{window[1]}"
 
-    async def operation(session: IMAPSession) -> ListMessagesOutput:
+    async def operation(session: IMAPSession) -> dict[str, Any]:
         # A pooled connection with the folder open sends NOOP and FETCH in
         # one round trip (Session.examine_fetch); other sessions, two.
         examine_fetch = getattr(session, "examine_fetch", None)
@@ -585,19 +639,19 @@ async def list_mail_messages(ctx: ToolContext, arguments: ListMessagesInput) -> 
             )
         top = fetched[0].uid if fetched and fetched[0].seq == state.exists else None
         marker = await current_state(session, folder, state, top_uid=top)
-        return ListMessagesOutput(
-            folder=folder,
-            uidvalidity=state.uidvalidity,
-            total=state.exists,
-            page=page,
-            per_page=per_page,
-            has_more=window is not None and window[0] > 1,
-            messages=[summarise(m) for m in fetched],
-            warnings=warnings,
-            state=marker.encode(),
-        )
+        return {
+            "folder": folder,
+            "uidvalidity": state.uidvalidity,
+            "total": state.exists,
+            "page": page,
+            "per_page": per_page,
+            "has_more": window is not None and window[0] > 1,
+            "messages": [summary_data(m) for m in fetched],
+            "warnings": warnings,
+            "state": marker.encode(),
+        }
 
-    result: ListMessagesOutput = await _run(ctx, folder, operation)
+    result: dict[str, Any] = await _run(ctx, folder, operation)
     return result
 
 
@@ -865,7 +919,7 @@ TOOLS: list[Tool] = [
         ),
         input_model=ListMessagesInput,
         output_model=ListMessagesOutput,
-        handler=list_mail_messages,
+        handler=list_mail_messages_data,
         scopes=frozenset({READ}),
         read_only=True,
         destructive=False,

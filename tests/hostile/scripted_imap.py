@@ -68,6 +68,8 @@ class ScriptedIMAP(LineReceiver):
         self.factory.connections += 1
         self.factory.open.add(self)
         self.pending_auth: bytes | None = None
+        #: The "stall" behaviour left a command unanswered on this connection.
+        self.stalled = False
         self.tls_started = False
         behaviour = self.factory.behaviour
         if behaviour == "no-greeting":
@@ -187,6 +189,7 @@ class ScriptedIMAP(LineReceiver):
     def misbehave(self, tag: bytes, verb: bytes) -> None:
         behaviour = self.factory.behaviour
         if behaviour == "stall":
+            self.stalled = True
             return
         if behaviour == "reset-literal":
             if verb != b"FETCH":

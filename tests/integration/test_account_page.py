@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
@@ -394,3 +395,75 @@ def test_operator_revoke_needs_the_daemons_state(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("mailmcp-generate: no key ring in")
     assert "Traceback" not in result.stderr
+
+
+def test_account_page_without_client_id_uses_the_default_profile(
+    services: Services, daemon_factory
+) -> None:
+    """
+    A daemon with a default mail profile serves /account without
+    ``?client_id=``: the user signs in against the profile's IMAP server,
+    sees the app connected through it and disconnects it (its next /mcp
+    call is 401).  A daemon without one answers a page that names the
+    missing parameter: 400, no form, no traceback.
+    """
+    user, password = new_user(services)
+    profile = [
+        "--imap-host", "localhost", "--imap-port", str(services.imaps_port),
+        "--smtp-host", "localhost", "--smtp-port", str(services.smtps_port),
+    ]
+    daemon = daemon_factory(services, *profile)
+    client = generate_client(daemon.state_dir, services, "--name", "Profile App")
+    token = login(daemon.base_url, client, user, password)["access_token"]
+    assert mcp_status(daemon.base_url, token) == 200
+
+    page = AccountSession(daemon.base_url, {"client_id": None})
+    http = page.http
+    shown = http.get(page.url)
+    assert shown.status_code == 200, shown.text
+    form = parse(shown.text).forms[0]
+    assert "client_id" not in form and f"localhost:{services.imaps_port}" in shown.text
+    form = {k: v for k, v in form.items() if not k.startswith("_")}
+    form.update({"email": user, "imap_username": user, "imap_password": password})
+    signed_in = http.post(page.url, data=form)
+    assert signed_in.status_code == 200, signed_in.text
+    assert password not in signed_in.text
+    assert parse(signed_in.text).access == {"Profile App": "full access"}
+    revoke = next(f for f in parse(signed_in.text).forms if f.get("action") == "revoke")
+    assert "client_id" not in revoke
+    done = page.submit(revoke)
+    assert done.status_code == 200 and "The app was disconnected." in done.text
+    assert mcp_status(daemon.base_url, token) == 401
+
+    bare = daemon_factory(services)
+    missing = httpx2.get(bare.base_url + "/account", timeout=60)
+    assert missing.status_code == 400
+    assert "client_id" in missing.text and "<form" not in missing.text
+    assert "Traceback" not in missing.text and "Traceback" not in bare.log_text()
+
+
+def test_a_grant_from_before_account_indexes_is_listed_after_its_next_use(
+    services: Services, daemon_factory
+) -> None:
+    """
+    A grant whose row has no account index (as grants made before the
+    account page were stored) is not on the page; its next /mcp call fills
+    the index in, and the page lists it from then on (real daemon, SQLite).
+    """
+    user, password = new_user(services)
+    daemon = daemon_factory(services)
+    client = generate_client(daemon.state_dir, services, "--name", "Old App")
+    token = login(daemon.base_url, client, user, password)["access_token"]
+    db = sqlite3.connect(daemon.state_dir / "mailmcp.sqlite3", timeout=30)
+    try:
+        with db:
+            assert db.execute("UPDATE grants SET account = ''").rowcount == 1
+    finally:
+        db.close()
+    page = AccountSession(daemon.base_url, client)
+    before = page.sign_in(user, password)
+    assert before.status_code == 200 and 'id="no-apps"' in before.text
+    assert mcp_status(daemon.base_url, token) == 200
+    after = page.sign_in(user, password)
+    assert after.status_code == 200
+    assert parse(after.text).access == {"Old App": "full access"}

@@ -231,3 +231,45 @@ async def test_sqlite_file_from_before_scopes_gains_the_column(tmp_path) -> None
         assert (await store.get_grant(new.grant_id)).scope == "mail.read"
     finally:
         store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_grant_account_fills_only_an_empty_index(store_and_clock) -> None:
+    """
+    A grant from before account indexes ("") gets one, is listed under it
+    for its whole life (activation extends it), and keeps it: a second set,
+    a grant that has one, a revoked or expired grant are left alone.
+    """
+    store, clock = store_and_clock
+    legacy, indexed, gone = of("", expires=NOW + 10), of("acct-x"), of("")
+    for r in (legacy, indexed, gone):
+        await store.create_grant(r)
+    await store.revoke_grant(gone.grant_id)
+    assert await store.list_account_grants("acct-new") == []
+    assert await store.set_grant_account(legacy.grant_id, "acct-new") is True
+    assert await store.set_grant_account(legacy.grant_id, "acct-other") is False
+    assert await store.set_grant_account(indexed.grant_id, "acct-new") is False
+    assert await store.set_grant_account(gone.grant_id, "acct-new") is False
+    assert await store.set_grant_account("no-such-grant", "acct-new") is False
+    assert await store.get_grant(gone.grant_id) is None
+    got = await store.get_grant(legacy.grant_id)
+    assert got == attrs.evolve(legacy, account="acct-new")
+    assert (await store.get_grant(indexed.grant_id)).account == "acct-x"
+    assert [r.grant_id for r in await store.list_account_grants("acct-new")] == [legacy.grant_id]
+    assert await store.list_account_grants("acct-other") == []
+    assert await store.activate_grant(legacy.grant_id, secrets.token_hex(8), NOW + 10, NOW + 5000)
+    clock.advance(3000)
+    assert [r.grant_id for r in await store.list_account_grants("acct-new")] == [legacy.grant_id]
+    assert await store.revoke_account("acct-new") == 1
+    assert await store.get_grant(legacy.grant_id) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_grant_account_leaves_an_expired_grant(store_and_clock) -> None:
+    """An expired grant is not given an index (nor listed)."""
+    store, clock = store_and_clock
+    old = of("", expires=NOW + 10)
+    await store.create_grant(old)
+    clock.advance(20)
+    assert await store.set_grant_account(old.grant_id, "acct-late") is False
+    assert await store.list_account_grants("acct-late") == []

@@ -110,6 +110,8 @@ async def test_audit_lines_policy_and_sighup_reopen(
     logins = entries[:3]
     assert {e["client"]["id"] for e in logins} == {entries[7]["client"]["id"]}
     assert logins[0]["account"] == logins[1]["account"] == me
+    # The token issue and the refresh name the grant's mailbox as the login does.
+    assert entries[2]["account"] == entries[7]["account"] == me
     tools = entries[3:7]
     assert [e["tool"] for e in tools] == ["list_mail_messages", "get_mail_message",
                                           "send_mail_message", "send_mail_message"]

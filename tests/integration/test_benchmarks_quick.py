@@ -62,7 +62,7 @@ def test_no_errors(report: dict[str, Any]) -> None:
     "item, keys",
     [
         ("floor", ["p50_ms", "p99_ms"]),
-        ("warm", ["p50_ms", "p99_ms", "warm_p50/floor_p50"]),
+        ("warm", ["p50_ms", "p99_ms", "warm_p50/floor_p50", "daemon_cpu_ms_per_call"]),
         ("cold", ["p50_ms", "p99_ms", "cold_p50/warm_p50"]),
         ("large_folder", ["small_p50_ms", "large_p50_ms", "large_p50/small_p50"]),
         ("throughput", ["calls_per_s", "ceiling_calls_per_s", "ceiling_ratio"]),

@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailmcp._config import _NUMERIC, FLAGS, PARAMETERS, env_name
 from mailmcp._keyring import KeyRing, new_master_key, read_keyring_file, write_keyring
+from mailmcp._options import DAEMON, env_name, options_of
 from tests.harness import ROOT, TWISTD, free_port
 
 DEFAULT_PORT = 8080
@@ -344,9 +344,10 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "trusted-authserv-id": "mx.example.com",
         "audit-log": str(tmp_path / "audit.jsonl"),
     }
-    for name in _NUMERIC:
-        values.setdefault(name, "7")
-    unknown = {name for name, _, _ in PARAMETERS} - set(values)
+    for option in options_of(DAEMON):
+        if option.parse is not None:
+            values.setdefault(option.name, "7")
+    unknown = {o.name for o in options_of(DAEMON) if not o.flag} - {"listen"} - set(values)
     assert not unknown, f"give the new option(s) {unknown} a value in this test"
     return values
 
@@ -406,7 +407,7 @@ def test_every_option_on_the_command_line(tmp_path: Path, procs: list[Proc]) -> 
     values = option_values(tmp_path, port)
     for name, value in values.items():
         argv += [f"--{name}", value]
-    argv += [f"--{name}" for name, _ in FLAGS]
+    argv += [f"--{o.name}" for o in options_of(DAEMON) if o.flag]
     check_configured(start(procs, argv, tmp_path), port, tmp_path, values)
 
 
@@ -417,8 +418,9 @@ def test_every_option_from_the_environment(tmp_path: Path, procs: list[Proc]) ->
     values = option_values(tmp_path, port)
     for name, value in values.items():
         env[env_name(name)] = value
-    for name, _ in FLAGS:
-        env[env_name(name)] = "1"
+    for option in options_of(DAEMON):
+        if option.flag:
+            env[option.env] = "1"
     check_configured(start(procs, ["-n", "--pidfile=", "mailmcp"], tmp_path, env), port, tmp_path,
                      values)
 

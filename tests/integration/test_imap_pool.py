@@ -34,6 +34,7 @@ from mailmcp._mailbox_api import (
 )
 from mailmcp._tls import MailTLS
 from tests.harness import Services
+from tests.helpers import until
 
 pytestmark = pytest.mark.integration
 
@@ -221,8 +222,7 @@ async def test_wrong_password_is_auth_error_and_not_retried(services: Services, 
     assert "rejected the login" in caught.value.message
     assert recorder.commands.count("LOGIN") == 1
     assert calls == []
-    await deferLater(reactor, 0.05, lambda: None)
-    assert pool.open_connections == 0
+    await until(lambda: pool.open_connections == 0, "the refused connection to be closed")
 
 
 @pytest_twisted.ensureDeferred
@@ -365,14 +365,21 @@ async def test_examine_upgrades_to_select_for_a_write(services: Services, pools:
 
 @pytest_twisted.ensureDeferred
 async def test_per_account_cap_and_wait_timeout(services: Services, pools: Any) -> None:
-    """With one connection per account a second caller waits, then gets 'mailbox busy'."""
+    """
+    With one connection per account a second caller waits, and gets
+    'mailbox busy' when the wait timeout has passed on the pool's clock, not
+    before; a waiter is served as soon as the holder gives the connection back.
+    """
     email, password = fresh_user(services)
-    pool = pools(pool_size=1, wait_timeout=0.3)
+    clock = Clock()
+    pool = pools(pool_size=1, wait_timeout=0.3, clock=clock)
     account = account_for(services, email, password)
     hold: Deferred[None] = Deferred()
+    holding: list[bool] = []
 
     async def holder(session: IMAPSession) -> str:
         await session.noop()
+        holding.append(True)
         await hold
         return "held"
 
@@ -381,14 +388,21 @@ async def test_per_account_cap_and_wait_timeout(services: Services, pools: Any) 
         return "quick"
 
     first = Deferred.fromCoroutine(pool.run(account, holder, read_only=True))
-    await deferLater(reactor, 0.2, lambda: None)
+    await until(lambda: holding, "the first call to hold the connection")
+    waiting = Deferred.fromCoroutine(pool.run(account, quick, read_only=True))
+    clock.advance(0.29)
+    assert not waiting.called
+    clock.advance(0.01)
+    assert waiting.called  # at the clock's 0.3 s, no wall-clock wait
     with pytest.raises(IMAPError, match="mailbox busy, try again"):
-        await pool.run(account, quick, read_only=True)
+        await waiting
     # A waiter is served as soon as the holder gives the connection back.
     second = Deferred.fromCoroutine(pool.run(account, quick, read_only=True))
-    reactor.callLater(0.05, hold.callback, None)  # type: ignore[attr-defined]
+    assert not second.called
+    hold.callback(None)
     assert await first == "held"
     assert await second == "quick"
+    assert clock.seconds() == pytest.approx(0.3)
     assert pool.stats["connections"] == 1
     assert pool.open_connections == 1
 
@@ -474,8 +488,7 @@ async def test_dead_idle_connection_is_replaced(services: Services, pools: Any) 
 
     await pool.run(account, operation, read_only=False)
     sessions[0].protocol.transport.abortConnection()
-    await deferLater(reactor, 0.05, lambda: None)
-    assert pool.idle_count(account) == 0
+    await until(lambda: pool.idle_count(account) == 0, "the dead connection to be dropped")
     await pool.run(account, operation, read_only=False)
     assert sessions[1] is not sessions[0]
     assert pool.stats["connections"] == 2

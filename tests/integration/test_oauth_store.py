@@ -208,6 +208,55 @@ async def test_rotate_after_revoke_fails(store_and_clock) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_replace_sealed_is_compare_and_swap(store_and_clock) -> None:
+    """The sealed credentials change only from the value the caller read; the rest stays."""
+    store, _ = store_and_clock
+    r = record()
+    await store.create_grant(r)
+    await store.rotate_refresh(r.grant_id, 0, b"succ", 60)
+    new = b"\x00new-sealed" + secrets.token_bytes(20)
+    assert await store.replace_sealed(r.grant_id, b"not-the-current-value", new) is False
+    assert (await store.get_grant(r.grant_id)).sealed == r.sealed
+    assert await store.replace_sealed(r.grant_id, r.sealed, new) is True
+    got = await store.get_grant(r.grant_id)
+    assert got.sealed == new
+    assert (got.generation, got.expires, got.client_ref) == (1, r.expires, r.client_ref)
+    # The old value no longer matches: a second writer that read it loses.
+    assert await store.replace_sealed(r.grant_id, r.sealed, b"other") is False
+    assert (await store.get_grant(r.grant_id)).sealed == new
+
+
+@pytest_twisted.ensureDeferred
+async def test_replace_sealed_concurrent_only_one_wins(store_and_clock) -> None:
+    """Ten writers that all read the same value: exactly one replaces it."""
+    store, _ = store_and_clock
+    r = record()
+    await store.create_grant(r)
+    results = await gatherResults([store.replace_sealed(r.grant_id, r.sealed, b"w%d" % i)
+                                   for i in range(10)])
+    assert sorted(results) == [False] * 9 + [True]
+    assert (await store.get_grant(r.grant_id)).sealed == b"w%d" % results.index(True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_replace_sealed_never_revives(store_and_clock) -> None:
+    """A revoked, expired or missing grant is not (re)created by a replace."""
+    store, clock = store_and_clock
+    assert await store.replace_sealed("missing", b"a", b"b") is False
+    assert await store.get_grant("missing") is None
+    gone = record()
+    await store.create_grant(gone)
+    await store.revoke_grant(gone.grant_id)
+    assert await store.replace_sealed(gone.grant_id, gone.sealed, b"b") is False
+    assert await store.get_grant(gone.grant_id) is None
+    old = record(expires=NOW + 5)
+    await store.create_grant(old)
+    clock.advance(6)
+    assert await store.replace_sealed(old.grant_id, old.sealed, b"b") is False
+    assert await store.get_grant(old.grant_id) is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_used_code_marker_outlives_the_code(store_and_clock) -> None:
     """
     A used code stays used minutes past its own expiry (a replica whose clock

@@ -41,6 +41,7 @@ from tests.harness import (
     generate_client,
     haproxy_config,
 )
+from tests.helpers import until
 from tests.hostile import mcp_http
 from tests.integration.test_send_limits import count
 from tests.integration.test_smtp_live import fresh_users
@@ -248,6 +249,14 @@ async def test_behind_haproxy_an_account_stays_on_one_process_and_survives_a_sto
     assert holder.process.wait(20) == 0
     for _ in range(5):
         assert await threads.deferToThread(_guarded_call, proxy.base_url, token) == "ok"
+
+    # The balancer's log names the login's paths but never its query strings
+    # (state, PKCE challenge, client and redirect URI; a provider's code).
+    await until(lambda: '"POST /oauth/token HTTP/1.1"' in proxy.log_text(), "the balancer's log")
+    log = proxy.log_text()
+    assert '"GET /oauth/authorize HTTP/1.1"' in log
+    for leak in ("/oauth/authorize?", "code_challenge", "state=", "redirect_uri", "client_id="):
+        assert leak not in log, leak
 
 
 def _unit(path: Path) -> dict[str, list[str]]:

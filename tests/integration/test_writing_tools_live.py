@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 
 from mailmcp._account import MailAccount
 from mailmcp._imap import IMAPPool
@@ -254,14 +254,17 @@ async def test_connection_dropped_after_data_reports_unknown_once(
     """
     ((me, pw),) = fresh_users(services, 1)
     factory, port = await scripted("drop")
-    ctx = tools(account(services, me, pw, "plain", smtp_port=port))
+    clock = Clock()
+    ctx = tools(account(services, me, pw, "plain", smtp_port=port), smtp_clock=clock)
     args = SendInput(to="bob@example.test", subject="maybe", idempotency_key="k-drop")
     with pytest.raises(ToolError) as info:
         await SEND_MAIL_MESSAGE.handler(ctx, args)
     assert "unknown" in info.value.message and "<mailmcp.k." in info.value.message
     again = await SEND_MAIL_MESSAGE.handler(ctx, args)
     assert again.status == "already_sent"
-    await deferLater(reactor, 0.5, lambda: None)
+    # Nothing is left scheduled that could try again, however long one waits.
+    clock.advance(3600)
+    assert clock.getDelayedCalls() == []
     assert len(factory.transactions) == 1 and factory.connections == 1
     assert await folder(services, me, pw, "Drafts") == {}
     [(flags, _)] = (await folder(services, me, pw, "Sent")).values()

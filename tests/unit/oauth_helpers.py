@@ -231,7 +231,7 @@ def make_server(tmp_path: Path, policy: ThrottlePolicy | None = None, concurrenc
                           max_scope=config.max_scope)
     imap = FakeLoginChecker("IMAP", USERS)
     smtp = FakeLoginChecker("SMTP", USERS)
-    throttle = LoginThrottle(store, concurrency, policy)
+    throttle = LoginThrottle(store, concurrency, policy, clock=clock)
     app = OAuthApp(config, codec, grants, imap, smtp, throttle, resolver=resolver)
     server = server_class(clock=clock, config=config, codec=codec, store=store, grants=grants,
                     imap=imap, smtp=smtp, throttle=throttle, app=app,

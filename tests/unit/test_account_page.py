@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
@@ -268,3 +269,56 @@ def test_unreadable_deny_list_fails_closed_where_grants_are_made(server: Account
     response, body = server.login()
     assert response.code == 503 and b"temporarily unavailable" in body
     assert server.store.grants == {}
+
+
+def test_a_grant_from_before_account_indexes_is_listed_after_its_next_use(
+    server: AccountServer,
+) -> None:
+    """
+    A grant stored without an account index (made before issue 15) is not on
+    the page; the first request with its token fills the index in (one store
+    write, not one per request), and the page lists it from then on.
+    """
+    tokens = server.tokens()
+    (gid, record), = server.store.grants.items()
+    server.store.grants[gid] = attrs.evolve(record, account="")
+    assert b'id="no-apps"' in sign_in(server)[1]
+    writes: list[tuple[str, str]] = []
+    original = server.store.set_grant_account
+
+    def counting(grant_id: str, account: str) -> Any:
+        writes.append((grant_id, account))
+        return original(grant_id, account)
+
+    server.store.set_grant_account = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        assert server.account(tokens["access_token"]).owner == gid
+    assert writes == [(gid, record.account)]
+    assert server.store.grants[gid] == attrs.evolve(record, last_used=int(server.clock.seconds()))
+    response, body = sign_in(server)
+    assert response.code == 200 and f'id="app-{gid}"'.encode() in body
+
+
+def test_default_profile_serves_the_page_without_a_client_id(tmp_path: Path) -> None:
+    """
+    With a default mail profile, /account needs no client id: the form
+    carries none, sign-in checks the profile's IMAP server and lists the
+    grants made through any client of that server.
+    """
+    server = account_server(tmp_path, default_imap=IMAP, default_smtp=SMTP)
+    server.tokens()
+    response, body = server.account_request("GET")
+    assert response.code == 200, body
+    assert b'name="client_id"' not in body and f"{IMAP.host}:{IMAP.port}".encode() in body
+    cookie = response.headers.getRawHeaders(b"set-cookie")[0].split(b";")[0].decode()
+    csrf = re.search(rb'name="csrf_token" value="([^"]+)"', body)
+    assert csrf is not None
+    form = {"action": "sign_in", "csrf_token": csrf.group(1).decode(),
+            "email": "alice@example.test", "imap_username": "alice@example.test",
+            "imap_password": "alice-pw"}
+    response, body = server.account_request(
+        "POST", data=form,
+        headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.code == 200, body
+    assert b"Test client" in body and b'name="client_id"' not in body
+    assert server.imap.calls[-1] == (IMAP.host, IMAP.port, "alice@example.test")

@@ -16,17 +16,13 @@ from twisted.python import usage
 
 from mailmcp._clients import MailServer
 from mailmcp._config import (
-    _NUMERIC,
-    DEFAULT_LISTEN,
-    FLAGS,
-    PARAMETERS,
     Config,
     base_url_from_listen,
-    env_name,
     normalise_base_url,
     prepare_state_dir,
 )
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
+from mailmcp._options import DAEMON, DEFAULT_LISTEN, options_of, options_table_rst, readme_table
 from mailmcp._user_servers import USUAL_PORTS, AllowRule
 from mailmcp.tap import Options
 
@@ -106,9 +102,8 @@ def test_no_options_no_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_raw_options_dict(tmp_path: Path) -> None:
     """The Options mapping itself: every parameter present, None where not given."""
     options = parse(["--state-dir", str(tmp_path), "--pool-size", "9", "--trust-forwarded"])
-    expected: dict[str, object] = {name: None for name, _, _ in PARAMETERS}
-    expected.update({name: 0 for name, _ in FLAGS})
-    expected.update({"state-dir": str(tmp_path), "pool-size": "9", "trust-forwarded": 1, "listen": []})
+    expected: dict[str, object] = {o.name: 0 if o.flag else None for o in options_of(DAEMON)}
+    expected.update({"state-dir": str(tmp_path), "pool-size": "9", "trust-forwarded": 1})
     assert dict(options) == expected
 
 
@@ -220,15 +215,14 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
     extra: dict[str, float | int | bool] = {}
-    for name, kind in _NUMERIC.items():
-        if env_name(name) not in environ:
-            environ[env_name(name)] = "7"
-            extra[name.replace("-", "_")] = kind("7")
-    for name, _ in FLAGS:
-        if env_name(name) not in environ:
-            environ[env_name(name)] = "yes"
-            extra[name.replace("-", "_")] = True
-    names = {env_name(n) for n, _, _ in PARAMETERS} | {env_name(n) for n, _ in FLAGS}
+    for option in options_of(DAEMON):
+        if option.parse is not None and option.env not in environ:
+            environ[option.env] = "7"
+            extra[option.attribute] = option.parse(option.name, "7")  # type: ignore[assignment]
+        if option.flag and option.env not in environ:
+            environ[option.env] = "yes"
+            extra[option.attribute] = True
+    names = {option.env for option in options_of(DAEMON)}
     assert names - {"MAILMCP_KEY_FILE"} <= set(environ), "give the new option a value in this test"
     config = parse([], environ).config
     assert without_keyring(config) == attrs.evolve(Config(
@@ -498,49 +492,18 @@ def test_mcp_url() -> None:
     assert config.mcp_url == "https://m.example/p/mcp"
 
 
-def config_table_rst() -> str:
-    """
-    The README's configuration table, generated from PARAMETERS and FLAGS.
-    Print it with ``.venv/bin/python -m tests.unit.test_config``.
-    """
-    rows = [(
-        "--listen", env_name("listen"), DEFAULT_LISTEN,
-        "Endpoint to listen on; repeat the option (or separate endpoints with spaces in the "
-        "variable) to listen on several: ``tcp:PORT:interface=ADDR``, "
-        "``ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem``, ``unix:PATH``, "
-        "``systemd:domain=INET:index=N``.",
-    )]
-    rows += [(f"--{name}", env_name(name), default or None, text) for name, default, text in PARAMETERS]
-    rows += [(f"--{name}", env_name(name), "off", text + " The variable takes 1/true/yes/on.")
-             for name, text in FLAGS]
-    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 20 28 17 35", "",
-             "   * - Option", "     - Environment variable", "     - Default", "     - Meaning"]
-    for option, variable, default, text in rows:
-        lines += [f"   * - ``{option}``", f"     - ``{variable}``",
-                  f"     - ``{default}``" if default else "     - (none)", f"     - {text}"]
-    return "\n".join(lines) + "\n"
-
-
 def test_readme_configuration_table_is_generated() -> None:
     """
-    README.rst's configuration table is exactly the one generated from
-    PARAMETERS/FLAGS, so every option and MAILMCP_* variable is documented
-    with its current default.  To refresh it:
-    ``.venv/bin/python -m tests.unit.test_config`` and paste the output
-    between the CONFIG TABLE markers.
+    README.rst's configuration table is exactly the one generated from the
+    option table (mailmcp._options), so every option and MAILMCP_* variable
+    is documented with its current default.  To refresh it:
+    ``.venv/bin/python -m mailmcp._options --update-readme``.
     """
     readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text(encoding="utf-8")
-    begin, end = ".. BEGIN CONFIG TABLE (generated)\n\n", "\n.. END CONFIG TABLE\n"
-    assert begin in readme and end in readme
-    table = readme.split(begin, 1)[1].split(end, 1)[0]
-    assert table == config_table_rst(), (
+    assert readme_table(readme) == options_table_rst(), (
         "README.rst's configuration table is out of date: run "
-        "'.venv/bin/python -m tests.unit.test_config' and paste its output into README.rst"
+        "'.venv/bin/python -m mailmcp._options --update-readme'"
     )
-
-
-if __name__ == "__main__":
-    print(config_table_rst(), end="")
 
 
 def test_state_dir_open_to_others_is_made_private_with_a_warning(tmp_path: Path) -> None:

@@ -277,3 +277,67 @@ def test_add_inactive_then_activate_file(tmp_path: Path) -> None:
     assert (tmp_path / KEYRING_FILENAME).stat().st_mode & 0o777 == 0o600
     with pytest.raises(KeyRingError, match="no key ring"):
         add_key(tmp_path / "empty", active=False)
+
+
+def test_losing_the_creation_race_reads_the_winners_ring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Another process creates keys.json after this one found none: this one
+    returns that ring and leaves the file as the winner wrote it.
+    """
+    from mailmcp import _keyring
+
+    winner = KeyRing([new_master_key()])
+    write_temporary = _keyring._write_temporary
+
+    def rival_first(path: Path, ring: KeyRing) -> Path:
+        tmp = write_temporary(path, ring)
+        path.write_text(winner.to_json())  # the other process, between our check and our create
+        return tmp
+
+    monkeypatch.setattr(_keyring, "_write_temporary", rival_first)
+    ring = load_or_create_keyring(tmp_path, None, {})
+    assert ring.kids == winner.kids
+    assert ring.current_subkey("x") == winner.current_subkey("x")
+    assert read_keyring_file(tmp_path / KEYRING_FILENAME).kids == winner.kids
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEYRING_FILENAME]
+
+
+@pytest.mark.parametrize("rival", [False, True])
+def test_without_hard_links_an_exclusive_create_stands_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rival: bool
+) -> None:
+    """
+    On a file system without hard links (os.link: EPERM) the ring is created
+    with O_EXCL, 0600, no temporary file left; one already there wins.
+    """
+    import errno
+
+    from mailmcp import _keyring
+
+    winner = KeyRing([new_master_key()])
+    if rival:
+        write_keyring(tmp_path / KEYRING_FILENAME, winner)
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(_keyring.os, "link", no_links)
+    path = tmp_path / KEYRING_FILENAME
+    ring = _keyring.create_keyring(path, KeyRing([new_master_key()]))
+    assert (ring.kids == winner.kids) is rival
+    assert read_keyring_file(path).kids == ring.kids
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEYRING_FILENAME]
+
+
+def test_without_hard_links_a_ring_that_stays_unreadable_is_refused(tmp_path: Path) -> None:
+    """An empty keys.json (its writer died) is a corrupt ring, not a wait forever."""
+    from mailmcp import _keyring
+
+    path = tmp_path / KEYRING_FILENAME
+    path.write_text("")
+    with pytest.raises(KeyRingError, match="corrupt key ring"):
+        _keyring._create_exclusively(path, KeyRing([new_master_key()]), patience=0)
+    assert path.read_text() == ""

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from mailmcp._mailcheck import LoginRejected
 from mailmcp._throttle import (
     GLOBAL_FAILURES_KEY,
+    REFUSAL_LOG_KEYS,
+    REFUSAL_LOG_WINDOW,
+    RefusalLog,
     ThrottlePolicy,
     address_failure_key,
     client_address,
@@ -238,3 +244,54 @@ def test_spoofed_forwarded_header_is_ignored_without_trusted_proxies(tmp_path: P
     codes = [server.login(ALICE, "alice-pw", headers=forwarded(f"203.0.113.{i}"))[0].code
              for i in range(4)]
     assert codes == [303, 303, 303, 429]
+
+
+def _throttle_lines(events: Any) -> list[str]:
+    return [formatEvent(e) for e in events if "login throttled" in str(e.get("log_format"))]
+
+
+def test_a_guessing_flood_logs_one_line_per_window_and_a_count(tmp_path: Path) -> None:
+    """
+    OA-19: 50 refused guesses (429) within a minute log one line at the first
+    refusal and, when the window ends (Clock), one line with the count of the
+    other 49; the next window starts with a line again.  Another address
+    gets its own first line at once.
+    """
+    server = make_server(tmp_path, ThrottlePolicy(user_failures=1000, ip_attempts=3))
+    with capturedLogs() as events:
+        for _ in range(3):
+            assert server.login(ALICE, "nope")[0].code == 400
+        assert _throttle_lines(events) == []
+        for _ in range(50):
+            assert server.login(ALICE, "nope")[0].code == 429
+        assert _throttle_lines(events) == [
+            "login throttled for 127.0.0.1: address budget used up"]
+        server.clock.advance(REFUSAL_LOG_WINDOW)
+        assert _throttle_lines(events)[1:] == [
+            "login throttled for 127.0.0.1: address budget, 49 more refusals "
+            "in the last 60 seconds"]
+        # The address budget's own window (60 s) has ended too: 3 more guesses pass.
+        for _ in range(3):
+            assert server.login(ALICE, "nope")[0].code == 400
+        assert server.login(ALICE, "nope")[0].code == 429
+        assert len(_throttle_lines(events)) == 3
+        server.clock.advance(REFUSAL_LOG_WINDOW)
+        assert len(_throttle_lines(events)) == 3  # nothing more was refused: no summary
+
+
+def test_refusal_log_bounds_what_it_tracks() -> None:
+    """Past REFUSAL_LOG_KEYS addresses, refusals share one entry: one more line, then counts."""
+    clock = Clock()
+    refusals = RefusalLog(clock)
+    with capturedLogs() as events:
+        for i in range(REFUSAL_LOG_KEYS + 100):
+            refusals.refused(f"10.0.{i // 256}.{i % 256}", "address")
+        lines = _throttle_lines(events)
+        assert len(lines) == REFUSAL_LOG_KEYS + 1
+        assert lines[-1] == "login throttled for many addresses: address budget used up"
+        assert len(clock.getDelayedCalls()) == REFUSAL_LOG_KEYS + 1
+        clock.advance(REFUSAL_LOG_WINDOW)
+        assert _throttle_lines(events)[-1] == (
+            "login throttled for many addresses: address budget, 99 more refusals "
+            "in the last 60 seconds")
+        assert clock.getDelayedCalls() == []

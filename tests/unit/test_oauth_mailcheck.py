@@ -63,31 +63,57 @@ def result_of(d):
     return out[0]
 
 
-def imap_check(security: str = "plain", timeout: float = 5):
+def imap_check(security: str = "plain", timeout: float = 5, password: str = PASSWORD,
+               host: str = "127.0.0.1"):
+    """A check against a scripted server (``plain`` only to a loopback host, as in the pool)."""
     reactor = MemoryReactorClock()
     checker = IMAPLoginChecker(reactor, MailTLS(None), timeout=timeout)
-    d = checker.check(MailServer("imap.test", 143, security), "alice", PASSWORD)
+    d = checker.check(MailServer(host, 143, security), "alice", password)
     return reactor, d
 
 
-def test_imap_plain_authenticate_plain() -> None:
-    """With AUTH=PLAIN the credentials go as SASL PLAIN (exact UTF-8), then LOGOUT; success."""
+def test_imap_makes_the_pools_login_then_logs_out() -> None:
+    """
+    The check is the pool's own login (one protocol class for both): LOGIN
+    for a printable password even with AUTH=PLAIN offered, then LOGOUT; success.
+    """
     reactor, d = imap_check()
     wire = Wire(reactor)
     wire.feed(b"* OK IMAP4rev1 ready")
     assert wire.sent() == b"0001 CAPABILITY\r\n"
     wire.feed(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN", b"0001 OK done")
-    assert wire.sent() == b"0002 AUTHENTICATE PLAIN\r\n"
-    wire.feed(b"+ ")
-    assert base64.b64decode(wire.sent().strip()) == b"\0alice\0" + PASSWORD.encode()
-    wire.feed(b"0002 OK logged in")
+    assert wire.sent() == b'0002 LOGIN "alice" "' + PASSWORD.encode() + b'"\r\n'
+    wire.feed(b"0002 OK [CAPABILITY IMAP4rev1] logged in")
     assert wire.sent() == b"0003 LOGOUT\r\n"
     wire.feed(b"* BYE bye", b"0003 OK bye")
     assert result_of(d) is None
 
 
-def test_imap_login_fallback_quotes() -> None:
-    """Without AUTH=PLAIN, LOGIN with quoted strings."""
+def test_imap_non_ascii_password_goes_as_sasl_plain() -> None:
+    """A UTF-8 password that quoted LOGIN cannot carry exactly goes as AUTHENTICATE PLAIN."""
+    reactor, d = imap_check(password="pässwörd")
+    wire = Wire(reactor)
+    wire.feed(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready")
+    assert wire.sent() == b"0001 AUTHENTICATE PLAIN\r\n"
+    wire.feed(b"+ ")
+    assert base64.b64decode(wire.sent().strip()) == b"\0alice\0" + "pässwörd".encode()
+    wire.feed(b"0001 OK [CAPABILITY IMAP4rev1] logged in")
+    assert wire.sent() == b"0002 LOGOUT\r\n"
+    wire.feed(b"* BYE bye", b"0002 OK bye")
+    assert result_of(d) is None
+
+
+def test_imap_plain_refused_to_a_remote_host() -> None:
+    """``plain`` to a non-loopback host: unavailable, and no credential is ever written."""
+    reactor, d = imap_check(host="imap.example.test")
+    wire = Wire(reactor)
+    wire.feed(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready")
+    assert PASSWORD.encode() not in wire.sent()
+    assert isinstance(result_of(d), MailServerUnavailable)
+
+
+def test_imap_login_quotes() -> None:
+    """LOGIN with quoted strings; a NO is LoginRejected."""
     reactor, d = imap_check()
     wire = Wire(reactor)
     wire.feed(b"* OK ready")
@@ -111,13 +137,13 @@ def test_imap_logindisabled_refused() -> None:
 
 def test_imap_wrong_password_is_rejected() -> None:
     """A NO to AUTHENTICATE is LoginRejected, whose text carries no secret."""
-    reactor, d = imap_check()
+    reactor, d = imap_check(password="wrong-pässword")
     wire = Wire(reactor)
     wire.feed(b"* OK ready", b"* CAPABILITY IMAP4rev1 AUTH=PLAIN", b"0001 OK done", b"+ ")
     wire.feed(b"0002 NO [AUTHENTICATIONFAILED] Authentication failed.")
     failure = result_of(d)
     assert isinstance(failure, LoginRejected)
-    assert PASSWORD not in str(failure)
+    assert "wrong-pässword" not in str(failure)
 
 
 def test_imap_temporary_failure_is_unavailable() -> None:
@@ -151,7 +177,7 @@ def test_imap_starttls_upgrades_before_login() -> None:
     assert wire.transport.tls_started
     assert wire.sent() == b"0003 CAPABILITY\r\n"
     wire.feed(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN", b"0003 OK done")
-    assert wire.sent() == b"0004 AUTHENTICATE PLAIN\r\n"
+    assert wire.sent() == b'0004 LOGIN "alice" "' + PASSWORD.encode() + b'"\r\n'
 
 
 def test_imap_deadline() -> None:
@@ -263,3 +289,20 @@ def test_smtp_deadline_on_injected_clock() -> None:
     failure = result_of(d)
     assert isinstance(failure, MailServerUnavailable) and failure.reason == "timeout"
     assert reactor.getDelayedCalls() == [] or all(not c.active() for c in reactor.getDelayedCalls())
+
+
+def test_imap_untagged_flood_during_the_login_ends_the_check() -> None:
+    """A server burying its answer under untagged lines: unavailable once a reply passes the bound."""
+    reactor, d = imap_check()
+    wire = Wire(reactor)
+    wire.feed(b"* OK [CAPABILITY IMAP4rev1] ready")
+    assert wire.sent().startswith(b"0001 LOGIN ")
+    flood = b"* OK " + b"u" * 1017
+    for _ in range(300):  # ~300 KiB, over the check's 256 KiB per reply
+        wire.feed(flood)
+        if wire.transport.disconnecting:
+            break
+    wire.feed(b"0001 OK logged in")
+    failure = result_of(d)
+    assert isinstance(failure, MailServerUnavailable)
+    assert wire.transport.disconnecting

@@ -15,11 +15,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import pytest
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from mailmcp import _oauth
 from mailmcp._clients import Client, MailServer
 from mailmcp._user_servers import (
     ServerPolicy,
@@ -29,7 +30,9 @@ from mailmcp._user_servers import (
     discover,
     parse_allow,
 )
-from tests.unit.oauth_helpers import make_server, pkce
+from mailmcp.oauth import _login
+from mailmcp.oauth._app import user_server_resolver
+from tests.unit.oauth_helpers import make_config, make_server, pkce
 
 
 class FakeResolver:
@@ -167,7 +170,7 @@ def serverless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """An OAuth server with --allow-user-servers (loopback allowed) whose client brings no servers."""
     # Which clients bring servers is brings_servers' business (tested
     # above); here every client is one that brings none.
-    monkeypatch.setattr(_oauth, "brings_servers", lambda client: False)
+    monkeypatch.setattr(_login, "brings_servers", lambda client: False)
     resolver = FakeResolver(LOCAL_SRV, PUBLIC)
     return make_server(tmp_path, resolver=resolver, allow_user_servers=True,
                        user_servers_allow=parse_allow("127.0.0.0/8:*"))
@@ -266,7 +269,7 @@ def test_srv_lookups_spend_the_address_login_budget(tmp_path: Path, monkeypatch:
     """Each lookup costs one of the address's login attempts; past them the page comes unfilled and DNS is not asked."""
     from mailmcp._throttle import ThrottlePolicy
 
-    monkeypatch.setattr(_oauth, "brings_servers", lambda client: False)
+    monkeypatch.setattr(_login, "brings_servers", lambda client: False)
     resolver = FakeResolver(LOCAL_SRV, PUBLIC)
     server = make_server(tmp_path, policy=ThrottlePolicy(ip_attempts=2), resolver=resolver,
                          allow_user_servers=True)
@@ -277,3 +280,57 @@ def test_srv_lookups_spend_the_address_login_budget(tmp_path: Path, monkeypatch:
         shown.append(fields(body)["imap_host"])
     assert shown == ["127.0.0.1", "127.0.0.1", ""]
     assert len([q for q in resolver.queries if q.startswith("_imaps")]) == 2
+
+
+class _UDPReactor(MemoryReactorClock):
+    """A `MemoryReactorClock` that also takes UDP listeners (what a DNS query opens)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp: list[tuple[int, Any]] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "",
+                  maxPacketSize: int = 8192) -> Any:
+        self.udp.append((port, protocol))
+        transport = _NoSend()
+        protocol.makeConnection(transport)
+        return transport
+
+
+class _NoSend:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, address: Any = None) -> None:
+        self.sent.append((data, address))
+
+    def stopListening(self) -> None:
+        pass
+
+
+def test_user_server_resolver_runs_on_the_injected_reactor(tmp_path: Path) -> None:
+    """
+    The SRV lookup of --allow-user-servers opens its UDP socket and arms its
+    timeout and resolv.conf re-read on the reactor it is given (not the
+    global one); without the option there is no resolver.
+    """
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 127.0.0.1\n")
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("127.0.0.1 localhost\n")
+    reactor = _UDPReactor()
+    config = make_config(tmp_path, allow_user_servers=True)
+    resolver = user_server_resolver(config, reactor, bytes(resolv_conf), bytes(hosts_file))
+    assert len(reactor.getDelayedCalls()) == 1  # the resolv.conf re-read
+    pending = resolver.lookupService("_imaps._tcp.example.test")
+    assert len(reactor.udp) == 1
+    protocol = reactor.udp[0][1]
+    assert protocol.transport.sent[0][1] == ("127.0.0.1", 53)
+    assert len(reactor.getDelayedCalls()) == 2  # and the query's timeout
+    for step in (1, 3, 11, 45):  # every retry times out on this clock alone
+        reactor.advance(step)
+    assert len(reactor.udp) == 4
+    failure = []
+    pending.addErrback(failure.append)
+    assert failure and failure[0].check(defer.TimeoutError)
+    assert user_server_resolver(make_config(tmp_path), reactor) is None
