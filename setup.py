@@ -41,7 +41,6 @@ setup(
         "cryptography>=42",
         "txredisapi>=1.4.10",
         "boto3>=1.34",
-        "html2text>=2024.2.26",
         "prometheus-client>=0.20",
         "authres>=1.2",
     ],

@@ -43,7 +43,6 @@ import attrs  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock  # noqa: E402
 
-from mailmcp._toolkit import ToolServices  # noqa: E402
 from mailmcp._tools import all_tools  # noqa: E402
 from mailmcp._tools._reading import (  # noqa: E402
     ListMessagesOutput,
@@ -54,7 +53,7 @@ from mailmcp._tools._reading import (  # noqa: E402
 )
 from mailmcp._tools._state import current_state  # noqa: E402
 from mailmcp.mcp import Dispatcher, ToolRunner, _results  # noqa: E402
-from mailmcp.testing import FakeIMAPServer, make_account  # noqa: E402
+from mailmcp.testing import FakeIMAPServer, make_account, tool_services  # noqa: E402
 
 BODY = json.dumps(
     {
@@ -169,8 +168,8 @@ def dispatcher(handler: Any) -> Dispatcher:
     box = server.mailbox("INBOX")
     for i in range(200):
         box.add(_message(i), {"\\Seen"} if i % 4 else ())
-    services = ToolServices(
-        reactor=MemoryReactorClock(), config=None, imap=WarmPool(ReplaySession(server.session()))
+    services = tool_services(
+        reactor=MemoryReactorClock(), imap=WarmPool(ReplaySession(server.session()))
     )
     (tool,) = [t for t in all_tools() if t.name == "list_mail_messages"]
     tool = attrs.evolve(tool, handler=handler)

@@ -135,7 +135,7 @@ class AuditFileService(Service):
         self._previous: Any = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._log.open()
         self._previous = signal.signal(signal.SIGHUP, self._on_sighup)
 
@@ -145,7 +145,7 @@ class AuditFileService(Service):
         self._reactor.callFromThread(self._log.reopen)
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None

@@ -166,6 +166,9 @@ class Client:
     #: The most this client may be granted (``--scope`` of
     #: ``twistd mailmcp-generate``); client ids from before allow all five.
     scopes: frozenset[str] = FULL
+    #: Its own provider sign-in (``mailmcp-generate --imap-auth xoauth2 ...``):
+    #: a `mailmcp._provider.ProviderProfile`, or None (passwords).
+    provider: Any = attrs.field(default=None, repr=False)
 
     @property
     def is_public(self) -> bool:
@@ -236,8 +239,14 @@ def client_claims(
     name: str | None = None,
     kind: str = "provisioned",
     scopes: frozenset[str] = FULL,
+    provider: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The sealed description of a client; no servers means the default mail profile."""
+    """
+    The sealed description of a client; no servers means the default mail
+    profile.  C{provider} is its own provider profile
+    (`mailmcp._provider_options.profile_claims`), client secret included:
+    sealed like the rest, so only processes with the key ring read it.
+    """
     claims: dict[str, Any] = {
         "redirect_uris": [validate_redirect_uri(u) for u in redirect_uris],
         "secret_hash": None if secret is None else hash_secret(secret),
@@ -253,6 +262,8 @@ def client_claims(
     if scopes != FULL:
         # Sealed in the id: the cap cannot be lifted by whoever holds it.
         claims["scope"] = format_scope(scopes)
+    if provider is not None:
+        claims["provider"] = provider
     return claims
 
 
@@ -276,6 +287,9 @@ def seal_compact(keyring: KeyRing, claims: dict[str, Any]) -> str | None:
     The compact sealed id for C{claims} (with servers), or None when it
     would be C{MAX_CLIENT_ID} characters or longer.
     """
+    if "provider" in claims:
+        # A provider profile (endpoints, client secret) never fits.
+        return None
     imap, smtp = claims["imap"], claims["smtp"]
     name = claims.get("name") or ""
     uris = claims["redirect_uris"]
@@ -384,6 +398,7 @@ def provision_short_client(
     public: bool = False,
     name: str | None = None,
     scopes: frozenset[str] = FULL,
+    provider: dict[str, Any] | None = None,
 ) -> tuple[str | None, str, str | None]:
     """
     A new provisioned client: ``(compact id or None, sealed, secret)``.
@@ -391,7 +406,9 @@ def provision_short_client(
     `new_client_id` in the store.
     """
     secret = None if public else secrets.token_urlsafe(32)
-    claims = client_claims(imap, smtp, redirect_uris, secret, name, scopes=scopes)
+    claims = client_claims(
+        imap, smtp, redirect_uris, secret, name, scopes=scopes, provider=provider
+    )
     return seal_compact(codec.keyring, claims), codec.seal("client", claims, None), secret
 
 
@@ -444,6 +461,11 @@ def open_client(
         if scope is not None and not isinstance(scope, str):
             raise ValueError("bad scope")
         scopes = parse_scope(scope) if scope is not None else FULL
+        provider = None
+        if "provider" in claims:
+            from ._provider_options import profile_from_claims
+
+            provider = profile_from_claims(claims["provider"])
         return Client(
             client_id=client_id,
             imap=imap,
@@ -453,6 +475,7 @@ def open_client(
             name=name if isinstance(name, str) else None,
             kind=kind if isinstance(kind, str) else "provisioned",
             scopes=scopes,
+            provider=provider,
         )
     except (KeyError, ValueError, AssertionError):
         raise InvalidToken() from None

@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
@@ -27,10 +28,14 @@ from ._options import (
     parse_numbers,
     resolve,
 )
+from ._provider_options import parse_provider
 from ._scopes import FULL, parse_scope_list
 from ._sendpolicy import parse_allow_domains
 from ._throttle import IPNetwork, parse_networks
 from ._user_servers import AllowRule, parse_allow
+
+if TYPE_CHECKING:
+    from ._provider import ProviderProfile
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
@@ -95,6 +100,9 @@ class Config:
     registrations_per_address: int = default_of("registrations-per-address")
     allow_user_servers: bool = default_of("allow-user-servers")
     user_servers_allow: tuple[AllowRule, ...] = ()
+    #: ``--imap-auth xoauth2|oauthbearer``: the provider that signs users of
+    #: the default mail profile in (`mailmcp._provider_options`).
+    provider: ProviderProfile | None = attrs.field(default=None, repr=False)
 
     @property
     def mcp_url(self) -> str:
@@ -318,6 +326,12 @@ def build_config(
         _check_listen([metrics_listen], "--metrics-listen")
 
     default_imap, default_smtp = _mail_profile(resolved)
+    provider = parse_provider(resolved, _warn_stderr)
+    if provider is not None and default_imap is None:
+        raise usage.UsageError(
+            f"--imap-auth {provider.imap_auth} is for the default mail profile: "
+            "it needs --imap-host and --smtp-host"
+        )
     metadata_dir = None
     if resolved["client-metadata-dir"]:
         metadata_dir = Path(str(resolved["client-metadata-dir"]))
@@ -429,5 +443,6 @@ def build_config(
         send_allow_domains=send_allow_domains,
         trusted_authserv_id=authserv_id,
         audit_log=audit_log,
+        provider=provider,
         **numbers,  # type: ignore[arg-type]
     )

@@ -322,7 +322,7 @@ class MailMCPRequest(server.Request):
             # the plain cap, as before gates existed.
             small = max_body
         self._cap = small
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]
         limit = max_body if gate is not None else small
         if length is not None and length > limit:
             self._refuse(too_large(path, limit))
@@ -408,7 +408,7 @@ class MailMCPRequest(server.Request):
             else:
                 self._refuse(too_large(self._path_seen, self._cap))
                 return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
     def _site_max(self) -> int:
         return int(getattr(self._site(), "max_body", 1 << 20))
@@ -473,7 +473,7 @@ class MailMCPRequest(server.Request):
         if self._drain_timer is not None and self._drain_timer.active():
             self._drain_timer.cancel()
         self._drain_timer = None
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
@@ -491,7 +491,7 @@ class MailMCPRequest(server.Request):
         path = strip_base_path(path, getattr(self._site(), "base_path", b""))
         # Forms are parsed only where a form is expected.
         self._parsePOSTFormSubmission = path.split(b"?", 1)[0] in FORM_PATHS
-        super().requestReceived(command, path, version)
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
     _processing = False
     _answered_at_shutdown = False
@@ -501,7 +501,7 @@ class MailMCPRequest(server.Request):
             return
         self._track()
         self._processing = True
-        super().process()
+        super().process()  # type: ignore[no-untyped-call]
 
     def answer_shutting_down(self) -> bool:
         """
@@ -565,12 +565,12 @@ class MailMCPRequest(server.Request):
             # The handler finished anyway (something on its way swallowed the
             # cancellation): its answer comes too late and is dropped.
             return
-        super().write(data)
+        super().write(data)  # type: ignore[no-untyped-call]
 
     def finish(self) -> None:
         if self._answered_at_shutdown:
             return
-        super().finish()
+        super().finish()  # type: ignore[no-untyped-call]
 
     def _shutdown_answer(self) -> tuple[int, bytes]:
         """The status and body of a "shutting down" answer to this request."""
@@ -636,7 +636,7 @@ class MailMCPSite(server.Site):
         drain_rate: int = DRAIN_RATE,
         base_path: bytes = b"",
     ) -> None:
-        super().__init__(resource, logFormatter=_safe_log_formatter, reactor=reactor)
+        super().__init__(resource, logFormatter=_safe_log_formatter, reactor=reactor)  # type: ignore[no-untyped-call]
         self.max_body = max_body
         self.small_body = small_body
         self.drain_bytes = drain_bytes
@@ -653,7 +653,7 @@ class MailMCPSite(server.Site):
         self.large_body_gates[path] = gate
 
     def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
-        protocol: _GenericHTTPChannelProtocol | None = super().buildProtocol(addr)
+        protocol: _GenericHTTPChannelProtocol | None = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if protocol is None:
             return None
         # Know each connection's transport while it is open, so that

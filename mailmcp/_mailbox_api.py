@@ -10,9 +10,12 @@ modified UTF-7 by the IMAP layer); message content is ``bytes``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
+
+if TYPE_CHECKING:
+    from ._account import MailAccount
 
 T = TypeVar("T")
 
@@ -107,6 +110,17 @@ class MailboxState:
     flags: tuple[str, ...] = ()
     permanent_flags: tuple[str, ...] = ()
     highest_modseq: int | None = None
+
+
+@attrs.frozen
+class Appended:
+    """
+    Where APPEND stored a message, from the server's APPENDUID (RFC 4315);
+    None where the server did not say.
+    """
+
+    uidvalidity: int | None
+    uid: int | None
 
 
 @attrs.frozen
@@ -216,8 +230,8 @@ class IMAPSession(Protocol):
 
     async def append(
         self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None
-    ) -> tuple[int | None, int | None]:
-        """APPEND; returns (uidvalidity, uid) from APPENDUID when given."""
+    ) -> Appended:
+        """APPEND; where the message went, from APPENDUID when the server gives it."""
 
     async def noop(self) -> None: ...
 
@@ -225,7 +239,7 @@ class IMAPSession(Protocol):
 class IMAPPoolAPI(Protocol):
     async def run(
         self,
-        account: Any,
+        account: MailAccount,
         operation: Callable[[IMAPSession], Awaitable[T]],
         *,
         read_only: bool,

@@ -301,7 +301,7 @@ class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
         timeout: float,
         clock: IReactorTime,
     ) -> None:
-        super().__init__(secret, context, identity)
+        super().__init__(secret, context, identity)  # type: ignore[no-untyped-call]
         self._clock = clock
         self.requireTransportSecurity = require_tls
         self.timeout = int(timeout)  # type: ignore[assignment]
@@ -318,7 +318,7 @@ class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return None
-        return super().lineReceived(line)
+        return super().lineReceived(line)  # type: ignore[no-untyped-call]
 
     def smtpState_from(self, code: int, resp: bytes) -> None:
         if not self.done.called:
@@ -328,10 +328,10 @@ class _AuthOnlyESMTPClient(_OnClock, smtp.ESMTPClient):
     def sendError(self, exc: Exception) -> None:
         if not self.done.called:
             self.done.errback(Failure(exc))
-        super().sendError(exc)
+        super().sendError(exc)  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
         if not self.done.called:
             self.done.errback(reason)
 
@@ -417,35 +417,3 @@ class SMTPLoginChecker:
         holder.append(proto)
         await _connect(_endpoint(self._reactor, self._tls, server, self._timeout), proto)
         await outcome
-
-
-@implementer(ILoginChecker)
-class FakeLoginChecker:
-    """
-    A test `ILoginChecker`: accepts exactly the C{accounts} given as
-    ``{username: password}``, records every call (without the password) in
-    C{calls}, and can be told the server is down or to never answer.
-    """
-
-    def __init__(self, protocol: str, accounts: dict[str, str], down: bool = False) -> None:
-        self.protocol = protocol
-        self.accounts = dict(accounts)
-        self.down = down
-        self.stall = False
-        self.calls: list[tuple[str, int, str]] = []
-        self.pending: list[Deferred[None]] = []
-
-    def check(
-        self, server: MailServer, username: str, password: str, mechanism: str = "password"
-    ) -> Deferred[None]:
-        """C{password} is the access token when C{mechanism} is a token one."""
-        self.calls.append((server.host, server.port, username))
-        if self.stall:
-            d: Deferred[None] = Deferred()
-            self.pending.append(d)
-            return d
-        if self.down:
-            return defer.fail(MailServerUnavailable(self.protocol))
-        if self.accounts.get(username) != password:
-            return defer.fail(LoginRejected(self.protocol))
-        return defer.succeed(None)

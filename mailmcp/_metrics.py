@@ -74,12 +74,12 @@ class ReactorLagProbe(Service):
         self.gc_pauses = GCPauses()
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.gc_pauses.install()
         self._schedule()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.gc_pauses.uninstall()
         if self._call is not None and self._call.active():
             self._call.cancel()
@@ -176,14 +176,14 @@ class GCTuning(Service):
         self._previous: tuple[int, int, int] | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         gc.collect()
         gc.freeze()
         self._previous = gc.get_threshold()
         gc.set_threshold(*self.THRESHOLDS)
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._previous is not None:
             gc.set_threshold(*self._previous)
             self._previous = None

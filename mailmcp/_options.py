@@ -425,6 +425,64 @@ OPTIONS: tuple[Option, ...] = (
         env_in=DAEMON_ONLY,
         help_for={GENERATE: "tls, starttls or plain (plain only on loopback)."},
     ),
+    # Provider sign-in (XOAUTH2, issue 18) of the default profile, or of a
+    # provisioned client: checked by mailmcp._provider_options.parse_provider.
+    Option(
+        "imap-auth",
+        "How users sign in to the mail servers: password (the login page asks for it), or "
+        "xoauth2 / oauthbearer (the login page offers 'Continue with <provider>' and IMAP and "
+        "SMTP get the provider's access token); needs --oauth-provider.",
+        default="password",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
+    Option(
+        "oauth-provider",
+        "With --imap-auth xoauth2/oauthbearer: microsoft (Entra ID: Microsoft 365, "
+        "Outlook.com), google (Gmail) or custom (then --oauth-authorize-url, --oauth-token-url "
+        "and --oauth-scope).",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
+    Option(
+        "oauth-client-id",
+        "The client (application) id mailmcp is registered under at the provider.",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
+    Option(
+        "oauth-client-secret-file",
+        "File holding the OAuth client secret (read at start; keep it mode 0600). The secret "
+        "itself is never taken on the command line.",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
+    Option(
+        "oauth-authorize-url",
+        "--oauth-provider custom: the provider's authorization endpoint (https).",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
+    Option(
+        "oauth-token-url",
+        "--oauth-provider custom: the provider's token endpoint (https).",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
+    Option(
+        "oauth-scope",
+        "--oauth-provider custom: the scopes to ask for (space separated: IMAP and SMTP access, "
+        "offline access for refresh tokens, and openid email for the address).",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
+    Option(
+        "oauth-userinfo-url",
+        "--oauth-provider custom: the userinfo endpoint (https) that names the mailbox address; "
+        "without it the ID token's email claim does.",
+        commands=BOTH,
+        env_in=DAEMON_ONLY,
+    ),
     Option(
         "client-metadata-dir",
         "Directory of Client ID Metadata Documents (*.json) used instead of fetching their URLs; "
@@ -636,7 +694,7 @@ class OneLineErrorOptions(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         try:
-            super().parseOptions(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
             if self.parent is None:
                 raise
@@ -686,7 +744,7 @@ class TableOptions(OneLineErrorOptions):
                 setattr(cls, method, _appender(o.name, o.usage_help(cls.command)))
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._environ = os.environ if environ is None else environ
         for o in options_of(self.command):
             if o.repeatable:

@@ -26,7 +26,7 @@ from twisted.web.resource import IResource
 from ._admission import Admission
 from ._attachments import ThreadPoolService, build_attachments
 from ._attachments._helpers import StoredPartIndex
-from ._audit import build_audit
+from ._audit import Audit, build_audit
 from ._config import Config
 from ._cors import CORSPolicy
 from ._http import ILargeBodyGate, InFlight, MailMCPSite
@@ -87,11 +87,11 @@ class ListeningService(Service):
         # before dropping privileges): binding here means a port in use ends
         # the process before any part has started a thread pool or
         # connection that would keep the interpreter from exiting.
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
         self._listen()
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._listen()
 
     def _listen(self) -> None:
@@ -136,7 +136,7 @@ class ListeningService(Service):
         raise ListenFailed(message)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.port is None:
             return None
         port, self.port = self.port, None
@@ -167,7 +167,7 @@ class DrainService(Service):
         self._close_grace = close_grace
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         # SIGTERM is how service managers ask for an orderly stop, and this
         # is one: report success.  (twistd would otherwise re-raise the
         # signal once the reactor stopped, so the exit status would be
@@ -219,7 +219,7 @@ class SequentialMultiService(MultiService):
     """
 
     def __init__(self, clock: Any = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._clock = clock
 
     def stopService(self) -> Deferred[None]:
@@ -264,6 +264,39 @@ def build_send_intents(config: Config, parent: MultiService) -> SendIntents | No
     return SendIntents(store, lease=config.smtp_timeout + LEASE_MARGIN)
 
 
+def build_tool_services(
+    config: Config, reactor: Any, parent: MultiService, audit: Audit | None
+) -> tuple[ToolServices, list[tuple[str, IResource]]]:
+    """
+    Every part the tools use, built complete in this one place, and the
+    routes of the attachment store (``/attachments/`` for a local one).
+    Parts that own long-lived resources (the IMAP pool, the attachment
+    thread pool) are added to C{parent} as services.
+    """
+    # Logged-in IMAP connections per account; as a child service it logs
+    # them all out when the daemon stops.
+    imap_pool = IMAPPool.from_config(config, reactor)
+    imap_pool.setName("imap-pool")
+    imap_pool.setServiceParent(parent)
+    attachments = build_attachments(config, reactor)
+    attachments.service.setServiceParent(parent)
+    services = ToolServices(
+        reactor=reactor,
+        imap=imap_pool,
+        # One connection per message; TLS verified with the operator's extra CA.
+        smtp=SMTPSender(reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout),
+        attachments=attachments.store,
+        limits=attachments.store.limits,
+        attachment_index=StoredPartIndex(),
+        send_limiter=build_send_limiter(config, reactor, parent),
+        send_intents=build_send_intents(config, parent),
+        audit=audit,
+        send_allow_domains=config.send_allow_domains,
+        trusted_authserv_id=config.trusted_authserv_id,
+    )
+    return services, attachments.routes
+
+
 def build_routes(
     config: Config,
     reactor: Any,
@@ -306,26 +339,9 @@ def build_routes(
     routes += [("/.well-known/", oauth_resource), ("/oauth/", oauth_resource)]
     # The user's page: connected apps and their revocation (issue 15).
     routes.append(("/account", extra["account"]))
-    # MCP part: /mcp, gated by the OAuth part's verifier.  Other parts fill
-    # tool_services.imap / .smtp / .attachments before this point.
-    tool_services = ToolServices(reactor=reactor, config=config, audit=audit)
-    # Logged-in IMAP connections per account; as a child service it logs
-    # them all out when the daemon stops.
-    imap_pool = IMAPPool.from_config(config, reactor)
-    imap_pool.setName("imap-pool")
-    imap_pool.setServiceParent(parent)
-    tool_services.imap = imap_pool
-    attachments = build_attachments(config, reactor)
-    attachments.service.setServiceParent(parent)
-    routes += attachments.routes
-    tool_services.attachments = attachments.store
-    tool_services.attachment_index = StoredPartIndex()
-    # One connection per message; TLS verified with the operator's extra CA.
-    tool_services.smtp = SMTPSender(
-        reactor, MailTLS(config.mail_ca_file), timeout=config.smtp_timeout
-    )
-    tool_services.send_limiter = build_send_limiter(config, reactor, parent)
-    tool_services.send_intents = build_send_intents(config, parent)
+    # MCP part: /mcp, gated by the OAuth part's verifier.
+    tool_services, attachment_routes = build_tool_services(config, reactor, parent, audit)
+    routes += attachment_routes
     # Large /mcp bodies are decoded here, off the reactor thread; two
     # threads, so at most two such bodies are being decoded (and held as
     # Python objects) at once.

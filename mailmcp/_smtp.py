@@ -201,7 +201,7 @@ class _Sender(smtp.ESMTPSender):
     factory: _SenderFactory
 
     def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
+        super().__init__(*args, **kw)  # type: ignore[no-untyped-call]
         self.phase = _Phase.CONNECT
         self._stuffer = DotStuffer()
         self._grace: IDelayedCall | None = None
@@ -221,7 +221,7 @@ class _Sender(smtp.ESMTPSender):
             self.sendError(smtp.SMTPProtocolError(-1, b"reply too long"))
             self._abort()
             return None
-        return super().lineReceived(line)
+        return super().lineReceived(line)  # type: ignore[no-untyped-call]
 
     def esmtpEHLORequired(self, code: int = -1, resp: bytes | None = None) -> None:
         # EHLO refused: report the server's own reply, not Twisted's fixed
@@ -244,7 +244,7 @@ class _Sender(smtp.ESMTPSender):
     def smtpState_from(self, code: int, resp: bytes) -> None:
         if self.phase == _Phase.CONNECT:
             self.phase = _Phase.ENVELOPE
-        super().smtpState_from(code, resp)
+        super().smtpState_from(code, resp)  # type: ignore[no-untyped-call]
 
     def smtpState_toOrData(self, code: int, resp: bytes) -> None:
         if self.lastAddress is not None:
@@ -277,7 +277,7 @@ class _Sender(smtp.ESMTPSender):
 
     def smtpState_data(self, code: int, resp: bytes) -> None:
         self.phase = _Phase.BODY
-        super().smtpState_data(code, resp)
+        super().smtpState_data(code, resp)  # type: ignore[no-untyped-call]
 
     def transformChunk(self, chunk: bytes) -> bytes:
         self.resetTimeout()
@@ -398,7 +398,7 @@ class _Sender(smtp.ESMTPSender):
         self._abort()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         self._grace = None
@@ -440,7 +440,7 @@ class _Sender(smtp.ESMTPSender):
         self.factory.settle(failure)
 
     def _disconnectFromServer(self) -> None:
-        super()._disconnectFromServer()
+        super()._disconnectFromServer()  # type: ignore[no-untyped-call]
         if self._grace is None and self.transport is not None:
             self._grace = self.factory.reactor.callLater(_QUIT_GRACE, self._abort)
 
@@ -462,7 +462,7 @@ class _SenderFactory(smtp.ESMTPSenderFactory):
     protocol = _Sender
 
     def __init__(self, reactor: Any, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
+        super().__init__(*args, **kw)  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.done: Deferred[SendResult] = Deferred()
         self.sender: _Sender | None = None
@@ -471,7 +471,7 @@ class _SenderFactory(smtp.ESMTPSenderFactory):
     sasl: TokenSASL | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> _Sender:  # type: ignore[override]
-        p = super().buildProtocol(addr)
+        p = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         assert isinstance(p, _Sender)
         if self.sasl is not None:
             p.authenticators = [SMTPTokenAuthenticator(self.sasl)]

@@ -317,7 +317,7 @@ class RedisGrantStore(Service):
         self._redis: Any = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.connect()
         if self._reactor is not None and parse_redis_url(self._url).get("tls"):
             self.check_tls()
@@ -382,7 +382,7 @@ class RedisGrantStore(Service):
             )
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return self.disconnect()
 
     def disconnect(self) -> Deferred[None] | None:

@@ -193,17 +193,19 @@ class SQLiteGrantStore(Service):
     # -- service ----------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="mailmcp-sqlite")
         self._pool.start()
         self._loop = LoopingCall(self.maintain)
         self._loop.clock = self._clock
-        self._loop.start(self._interval, now=False).addErrback(
-            lambda f: log.error("sqlite maintenance stopped ({kind})", kind=f.type.__name__)
-        )
+
+        def stopped(failure: Failure) -> None:
+            log.error("sqlite maintenance stopped ({kind})", kind=type(failure.value).__name__)
+
+        self._loop.start(self._interval, now=False).addErrback(stopped)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._pool is not None:
@@ -227,7 +229,11 @@ class SQLiteGrantStore(Service):
         if self._pool is None:
             return None
         d: Deferred[None] = deferToThreadPool(self._clock, self._pool, self._checkpoint)  # type: ignore[arg-type]
-        d.addErrback(lambda f: log.error("sqlite checkpoint failed: {kind}", kind=f.type.__name__))
+
+        def failed(failure: Failure) -> None:
+            log.error("sqlite checkpoint failed: {kind}", kind=type(failure.value).__name__)
+
+        d.addErrback(failed)
         return d
 
     def _checkpoint(self) -> None:

@@ -13,15 +13,32 @@ arguments are validated.  A handler reports a failure the user can act on by rai
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import attrs
 from pydantic import BaseModel
 
 from ._account import MailAccount
-from ._mailbox_api import IMAPAuthError, IMAPError, IMAPGrantEnded, IMAPNoSuchMailbox
+from ._mailbox_api import (
+    IMAPAuthError,
+    IMAPError,
+    IMAPGrantEnded,
+    IMAPNoSuchMailbox,
+    IMAPPoolAPI,
+)
 from ._scopes import FULL
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+    from twisted.python.threadpool import ThreadPool
+
+    from ._attachments._common import Limits
+    from ._attachments._helpers import StoredPartIndex
+    from ._audit import Audit
+    from ._sendintent import SendIntents
+    from ._smtp import SendResult
+    from .interfaces import IAttachmentStore, ISendBudget
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -73,7 +90,7 @@ class ToolContext:
     """Everything a tool handler gets besides its input."""
 
     account: MailAccount
-    services: Any  # provides IToolServices
+    services: ToolServices
 
 
 @attrs.frozen
@@ -126,25 +143,64 @@ class Tool(Generic[In, Out]):
         }
 
 
-@attrs.define
-class ToolServices:
+class MailSender(Protocol):
     """
-    The shared, long-lived parts tool handlers use, built once by
-    ``mailmcp._service``: the reactor (clock), the daemon's config, the IMAP
-    pool (`mailmcp._mailbox_api.IMAPPoolAPI`), the SMTP sender, the
-    per-account send budget (`mailmcp.interfaces.ISendBudget`, in
-    `mailmcp._sendrate`; None: no limit) and the attachment store.  Tests
-    build one with their own parts.
+    What the writing tools need of the SMTP side (`mailmcp._smtp.SMTPSender`
+    in the daemon, a recording fake in tests).
     """
 
-    reactor: Any
-    config: Any
-    imap: Any = None
-    smtp: Any = None
-    attachments: Any = None
-    attachment_index: Any = None
-    send_limiter: Any = None
-    audit: Any = None  # mailmcp._audit.Audit, or None: no audit trail
-    #: `mailmcp._sendintent.SendIntents` (SM-13): the store-backed claim of
-    #: a keyed send; None: the SMTP sender's in-process claim.
-    send_intents: Any = None
+    def claim(self, message_id: str) -> Callable[[], None] | Literal[False]:
+        """
+        Claim a keyed send in this process: a release callable, or False
+        when a send of C{message_id} is already in progress.
+        """
+        ...
+
+    async def send(
+        self, account: MailAccount, envelope_from: str, recipients: Sequence[str], message: bytes
+    ) -> SendResult:
+        """Send C{message} once (never again after ``DATA``)."""
+        ...
+
+
+@attrs.frozen
+class ToolServices:
+    """
+    The shared, long-lived parts tool handlers use, built complete in one
+    place (``mailmcp._service.build_routes`` in the daemon,
+    `mailmcp.testing.tool_services` in tests), so a handler never has to
+    guess at a missing part or repeat a default.
+
+    A part that an operator can leave out is C{None} on purpose and the
+    handlers say so: no SMTP sender (drafts only), no attachment store, no
+    send budget (no limit), no intent store (the sender's in-process claim
+    instead), no audit trail, no part index (nothing cached).
+    """
+
+    #: The clock: link expiry, message dates, retry hints.
+    reactor: IReactorTime
+    #: Logged-in IMAP connections per account (`mailmcp._imap._pool.IMAPPool`).
+    imap: IMAPPoolAPI
+    #: Outgoing mail; None: sending is off (drafts still work).
+    smtp: MailSender | None
+    #: Attachment blobs and their signed links; None: attachments are off.
+    attachments: IAttachmentStore | None
+    #: Size and count caps for attachments going into a message (the
+    #: store's own caps when there is a store).
+    limits: Limits
+    #: Recently stored message parts, so re-reading mints links without
+    #: fetching again; None: nothing is cached.
+    attachment_index: StoredPartIndex | None = None
+    #: The per-account recipient budget (SM-12); None: no limit.
+    send_limiter: ISendBudget | None = None
+    #: The store-backed claim of a keyed send (SM-13); None: the SMTP
+    #: sender's in-process claim.
+    send_intents: SendIntents | None = None
+    #: The audit trail; None: none is written.
+    audit: Audit | None = None
+    #: ``--send-allow-domains`` (SM-15): empty means no restriction.
+    send_allow_domains: tuple[str, ...] = ()
+    #: ``--trusted-authserv-id``: whose Authentication-Results to believe.
+    trusted_authserv_id: str | None = None
+    #: Where big HTML is converted to text; None: the reactor's own pool.
+    cpu_pool: ThreadPool | None = None

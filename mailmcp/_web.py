@@ -77,7 +77,7 @@ class Router(Resource):
     def __init__(
         self, routes: Sequence[tuple[str, IResource]], cors: CORSPolicy | None = None
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._routes = sorted(
             ((p.encode("ascii"), r) for p, r in routes), key=lambda pr: len(pr[0]), reverse=True
         )

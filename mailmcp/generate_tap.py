@@ -33,6 +33,7 @@ from ._clients import (
 from ._config import check_store, prepare_state_dir
 from ._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
 from ._options import GENERATE, TableOptions
+from ._provider_options import parse_provider, profile_claims
 from ._scopes import FULL, format_scope, parse_scope_list
 from ._tokens import TokenCodec
 
@@ -102,11 +103,17 @@ class Options(TableOptions):
             self["scopes"] = FULL if self["scope"] is None else parse_scope_list(self["scope"])
         except ValueError as e:
             raise usage.UsageError(f"--scope: {e}") from None
+        self["provider"] = parse_provider(self, _warn)
         uris = self["redirect-uri"] or list(DEFAULT_REDIRECT_URIS)
         try:
             self["redirect-uri"] = [validate_redirect_uri(u) for u in uris]
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"mailmcp-generate: warning: {message}\n")
+    sys.stderr.flush()
 
 
 def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = None) -> None:
@@ -126,6 +133,7 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
         public=bool(options["public"]),
         name=options["name"],
         scopes=options["scopes"],
+        provider=profile_claims(options["provider"]) if options.get("provider") else None,
     )
     client_id = compact
     if client_id is None:
@@ -133,6 +141,7 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
         client_id = new_client_id()
         _file_client(options["store"], options["store-ca-file"], client_id, sealed)
     imap, smtp = options["imap"], options["smtp"]
+    provider = options.get("provider")
     if options["json"]:
         document: dict[str, Any] = {
             "client_id": client_id,
@@ -143,6 +152,9 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
             "redirect_uris": options["redirect-uri"],
             "scope": format_scope(options["scopes"]),
         }
+        if provider is not None:
+            document["imap_auth"] = provider.imap_auth
+            document["oauth_provider"] = provider.name
         out.write(json.dumps(document, indent=2) + "\n")
         return
     out.write("mailmcp client provisioned\n\n")
@@ -150,6 +162,8 @@ def generate(options: Options, out: TextIO, environ: Mapping[str, str] | None = 
     out.write(f"  SMTP:   {smtp.host}:{smtp.port} ({smtp.security})\n")
     if smtp.files_sent:
         out.write("          files sent mail itself: no copy is added to Sent\n")
+    if provider is not None:
+        out.write(f"  Sign-in: Continue with {provider.label} ({provider.imap_auth})\n")
     out.write(f"  Scopes: {format_scope(options['scopes'])}\n")
     out.write("  Redirect URIs:\n")
     for uri in options["redirect-uri"]:

@@ -6,31 +6,29 @@ implementation in a private module and a test implementation in
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from ._account import MailAccount
+    from ._attachments._common import ResolvedAttachment, StoredObject
+    from ._clients import MailServer
+    from ._grants import GrantRecord
 
 
 class IAccessTokenVerifier(Interface):
     """Turns a Bearer token into the mail account it grants access to."""
 
-    def verify(token: str) -> Any:
+    def verify(token: str) -> Deferred[MailAccount]:
         """
         :return: a Deferred (or awaitable) firing with a
             `mailmcp._account.MailAccount`.
         :raises mailmcp._tokens.InvalidToken: (as a failure) for any token
             that is not a live access token for this server.
         """
-
-
-class IToolServices(Interface):
-    """
-    What tool handlers may use besides the account: the IMAP pool, the SMTP
-    sender, the attachment store and the clock.
-    """
-
-    reactor = Attribute("the reactor (IReactorTime and friends)")
-    config = Attribute("the daemon's Config")
 
 
 class IGrantStore(Interface):
@@ -41,13 +39,15 @@ class IGrantStore(Interface):
     and login-throttle counters.  Every method returns a Deferred.
     """
 
-    def create_grant(record: Any) -> Any:
+    def create_grant(record: GrantRecord) -> Deferred[None]:
         """Store a new `mailmcp._grants.GrantRecord` (generation 0)."""
 
-    def get_grant(grant_id: str) -> Any:
+    def get_grant(grant_id: str) -> Deferred[GrantRecord | None]:
         """Fire with the live `GrantRecord`, or None if revoked or expired."""
 
-    def activate_grant(grant_id: str, code_id: str, code_expires: int, expires: int) -> Any:
+    def activate_grant(
+        grant_id: str, code_id: str, code_expires: int, expires: int
+    ) -> Deferred[bool]:
         """
         Consume authorization code C{code_id} of the grant atomically and set
         the grant's absolute expiry.  Fire with True the first time only; a
@@ -57,7 +57,9 @@ class IGrantStore(Interface):
         runs behind still sees the code as used.
         """
 
-    def rotate_refresh(grant_id: str, generation: int, successor: bytes, grace: int) -> Any:
+    def rotate_refresh(
+        grant_id: str, generation: int, successor: bytes, grace: int
+    ) -> Deferred[bytes | None]:
         """
         Rotate the grant's refresh family, atomically (concurrent calls from
         several processes see one outcome):
@@ -73,10 +75,10 @@ class IGrantStore(Interface):
             grant): fire with None.
         """
 
-    def revoke_grant(grant_id: str) -> Any:
+    def revoke_grant(grant_id: str) -> Deferred[None]:
         """Delete the grant; every token of its family dies with it."""
 
-    def replace_sealed(grant_id: str, old: bytes, new: bytes) -> Any:
+    def replace_sealed(grant_id: str, old: bytes, new: bytes) -> Deferred[bool]:
         """
         Compare-and-swap the grant's sealed credentials: when the live grant
         still holds exactly C{old}, store C{new} and fire with True; else
@@ -86,13 +88,13 @@ class IGrantStore(Interface):
         once exactly one wins and the other re-reads the winner's tokens.
         """
 
-    def hit(key: str, window: int) -> Any:
+    def hit(key: str, window: int) -> Deferred[int]:
         """Add one to counter C{key} (a window of C{window} seconds from its first hit); fire with the new count."""
 
-    def count(key: str) -> Any:
+    def count(key: str) -> Deferred[int]:
         """Fire with the current count of C{key} (0 when absent or expired)."""
 
-    def reserve(budgets: Any) -> Any:
+    def reserve(budgets: Sequence[tuple[str, int, int]]) -> Deferred[str | None]:
         """
         Take one unit from every budget, atomically and all or nothing.
 
@@ -104,7 +106,7 @@ class IGrantStore(Interface):
         more than its limit between them (no check-then-act).
         """
 
-    def release(keys: Any) -> Any:
+    def release(keys: Sequence[str]) -> Deferred[None]:
         """
         Hand back one unit of each counter in C{keys} (taken by `reserve`),
         never going below zero; an expired counter stays expired.
@@ -112,40 +114,42 @@ class IGrantStore(Interface):
 
     # -- account page and operator revocation (issue 15) -------------------
 
-    def list_account_grants(account: str) -> Any:
+    def list_account_grants(account: str) -> Deferred[list[GrantRecord]]:
         """
         Fire with the live `GrantRecord`s whose C{account} (the mailbox's
         `mailmcp._grants.account_index`) is C{account}, oldest first.
         """
 
-    def revoke_account(account: str) -> Any:
+    def revoke_account(account: str) -> Deferred[int]:
         """Delete every grant of mailbox C{account}; fire with how many were live."""
 
-    def touch_grant(grant_id: str, when: int) -> Any:
+    def touch_grant(grant_id: str, when: int) -> Deferred[None]:
         """Set the grant's C{last_used} to C{when} (never backwards); a missing grant is ignored."""
 
-    def set_grant_account(grant_id: str, account: str) -> Any:
+    def set_grant_account(grant_id: str, account: str) -> Deferred[bool]:
         """
         Give a grant made before account indexes (C{account} "") its index,
         so the account page lists it from now on; fire with True when it was
         set.  A grant that has one keeps it; a missing grant is ignored.
         """
 
-    def deny_client(client_ref: str) -> Any:
+    def deny_client(client_ref: str) -> Deferred[int]:
         """
         Put client C{client_ref} (`mailmcp._grants.client_ref`) on the
         deny-list for good and delete every grant it holds; fire with how many
         grants were live.
         """
 
-    def client_denied(client_ref: str) -> Any:
+    def client_denied(client_ref: str) -> Deferred[bool]:
         """Fire with True when C{client_ref} is on the deny-list."""
 
 
 class ILoginChecker(Interface):
     """Checks mail credentials live against the user's IMAP or SMTP server."""
 
-    def check(server: Any, username: str, password: str, mechanism: str = "password") -> Any:
+    def check(
+        server: MailServer, username: str, password: str, mechanism: str = "password"
+    ) -> Deferred[None]:
         """
         Fire with None when the server accepts the login; fail with
         `mailmcp._mailcheck.LoginRejected` (wrong credentials) or
@@ -165,7 +169,7 @@ class IAttachmentStore(Interface):
     limits = Attribute("the size caps (`mailmcp._attachments.Limits`)")
     link_lifetime = Attribute("default and longest link lifetime, in seconds")
 
-    def put(owner: str, data: bytes, content_type: str) -> Any:
+    def put(owner: str, data: bytes, content_type: str) -> Awaitable[StoredObject]:
         """
         Store C{data} for C{owner}, off the reactor thread.  Idempotent:
         storing the same bytes again writes nothing.
@@ -174,7 +178,11 @@ class IAttachmentStore(Interface):
         """
 
     def link(
-        owner: str, obj: Any, filename: str, content_type: str, lifetime: float | None = None
+        owner: str,
+        obj: StoredObject,
+        filename: str,
+        content_type: str,
+        lifetime: float | None = None,
     ) -> str:
         """
         A download URL for C{obj}, valid for C{lifetime} seconds (capped by
@@ -182,7 +190,7 @@ class IAttachmentStore(Interface):
         locally, with no network request.
         """
 
-    def check(owner: str, url: str) -> Any:
+    def check(owner: str, url: str) -> object:
         """
         Pure check (no I/O) that C{url} is a live link this server issued to
         C{owner}.
@@ -190,7 +198,7 @@ class IAttachmentStore(Interface):
         :raises AttachmentRefused: otherwise.
         """
 
-    def resolve(owner: str, url: str) -> Any:
+    def resolve(owner: str, url: str) -> Awaitable[ResolvedAttachment]:
         """
         The stored content behind C{url}, which must be a live link this
         server issued to C{owner}.  The URL itself is never fetched.
@@ -212,7 +220,7 @@ class ISendBudget(Interface):
     burst = Attribute("recipients one account may send to at once")
     per_hour = Attribute("recipients the bucket refills by per hour")
 
-    def take(key: str, count: int) -> Any:
+    def take(key: str, count: int) -> Deferred[float]:
         """
         Take C{count} tokens (one per recipient) from bucket C{key}.
 
@@ -225,7 +233,7 @@ class ISendBudget(Interface):
 class ISendTokenStore(Interface):
     """A store that can hold the send buckets for every daemon sharing it."""
 
-    def take_send_tokens(key: str, count: int, burst: int, per_hour: float) -> Any:
+    def take_send_tokens(key: str, count: int, burst: int, per_hour: float) -> Deferred[float]:
         """
         Atomically take C{count} tokens from the bucket C{key} (capacity
         C{burst}, refilled at C{per_hour} per hour on the store's clock).
@@ -241,10 +249,10 @@ class IClientStore(Interface):
     mail server in the clear).  Shared by every process on the same store.
     """
 
-    def put_client(client_id: str, sealed: str) -> Any:
+    def put_client(client_id: str, sealed: str) -> Deferred[None]:
         """Record C{sealed} under C{client_id} (a new, random id); fire with None."""
 
-    def get_client(client_id: str) -> Any:
+    def get_client(client_id: str) -> Deferred[str | None]:
         """Fire with the sealed description of C{client_id}, or None when unknown."""
 
 
@@ -258,7 +266,7 @@ class ISendIntentStore(Interface):
     (`mailmcp._sendintent`).  Every method returns a Deferred.
     """
 
-    def begin_send(key: str, account: str, owner: str, lease: float, keep: int) -> Any:
+    def begin_send(key: str, account: str, owner: str, lease: float, keep: int) -> Deferred[str]:
         """
         Atomically claim intent C{key} for process C{owner}, unless another
         call holds it.  Fire with:
@@ -274,7 +282,7 @@ class ISendIntentStore(Interface):
         C{account} (a hash, `mailmcp._sendrate.send_key`) is kept with it.
         """
 
-    def end_send(key: str, owner: str, state: str, keep: int) -> Any:
+    def end_send(key: str, owner: str, state: str, keep: int) -> Deferred[None]:
         """
         Record the outcome (``"sent"``, ``"failed"`` or ``"unknown"``) of
         C{owner}'s send of C{key}; a record C{owner} does not hold is left

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import smtplib
+import time
+import uuid
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -100,3 +103,29 @@ async def until(condition: Any, what: str, *, tries: int = 400, step: float = 0.
             return
         await deferLater(reactor, step, lambda: None)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+def fresh_user(services: Services) -> tuple[str, str]:
+    """
+    A brand-new Dovecot user with an empty mailbox.  Dovecot notices the
+    changed passwd-file only on a later lookup, so wait until LMTP knows the
+    user (otherwise a delivery or a LOGIN right away may be refused).
+    """
+    email = f"r{uuid.uuid4().hex[:10]}@example.test"
+    password = "pw-" + uuid.uuid4().hex[:8]
+    services.add_user(email, password)
+    deadline = time.monotonic() + 15
+    while True:
+        lmtp = smtplib.LMTP("127.0.0.1", services.lmtp_port)
+        try:
+            lmtp.ehlo_or_helo_if_needed()
+            lmtp.mail("probe@example.test")
+            code, _ = lmtp.rcpt(email)
+            lmtp.rset()
+        finally:
+            lmtp.quit()
+        if code == 250:
+            return email, password
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Dovecot does not know the new user {email}")
+        time.sleep(0.2)

@@ -18,7 +18,6 @@ from ._common import (
     sanitise_filename,
 )
 from ._local import AttachmentDownloads, LocalAttachmentStore
-from ._memory import MemoryAttachmentStore
 from ._s3 import S3AttachmentStore, S3Settings, make_s3_client
 from ._service import Attachments, Sweeper, ThreadPoolService, build_attachments
 
@@ -31,7 +30,6 @@ __all__ = [
     "Attachments",
     "Limits",
     "LocalAttachmentStore",
-    "MemoryAttachmentStore",
     "ResolvedAttachment",
     "S3AttachmentStore",
     "S3Settings",

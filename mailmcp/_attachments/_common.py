@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import attrs
 
-from .._filenames import sanitise_filename
+from .._filenames import sanitise_filename as sanitise_filename
 from .._keyring import KeyRing
 
 #: Purpose names for the key ring's HKDF subkeys.

@@ -242,7 +242,7 @@ async def link_parts(
             wanted.append(part)
     for part, _ in parts[limits.max_count :]:
         results[part] = "too many attachments; use get_mail_attachment_link"
-    index: StoredPartIndex | None = getattr(ctx.services, "attachment_index", None)
+    index = ctx.services.attachment_index
     selected = session.selected
     now = ctx.services.reactor.seconds()
 
@@ -251,14 +251,14 @@ async def link_parts(
             return None
         return (ctx.account.owner, selected.name, selected.uidvalidity, int(uid), part)
 
-    if index is not None:
+    store = ctx.services.attachments
+    if index is not None and store is not None:
         for part in list(wanted):
             key = index_key(part)
             known = index.get(key, now) if key is not None else None
             if known is None:
                 continue
             obj, decoded = known
-            store = ctx.services.attachments
             limit = _link_lifetime(store, lifetime)
             wanted.remove(part)
             try:
@@ -297,9 +297,7 @@ async def link_parts(
 
 
 def _limits(ctx: ToolContext) -> Limits:
-    store = ctx.services.attachments
-    limits = getattr(store, "limits", None)
-    return limits if isinstance(limits, Limits) else Limits()
+    return ctx.services.limits
 
 
 _ONLY_OURS = (
@@ -328,15 +326,13 @@ async def resolve_attachment_urls(
     if len(urls) > limits.max_count:
         raise ToolError(f"at most {limits.max_count} attachments per message")
     owner = ctx.account.owner
-    verify = getattr(store, "check", None)
     for index, url in enumerate(urls):
         if not isinstance(url, str):
             raise ToolError(f"attachment_urls[{index}]: not a string")
-        if verify is not None:
-            try:
-                verify(owner, url)
-            except AttachmentError as e:
-                raise ToolError(f"attachment_urls[{index}]: {e.message}. {_ONLY_OURS}") from None
+        try:
+            store.check(owner, url)
+        except AttachmentError as e:
+            raise ToolError(f"attachment_urls[{index}]: {e.message}. {_ONLY_OURS}") from None
     resolved: list[ResolvedAttachment] = []
     total = 0
     for index, url in enumerate(urls):

@@ -20,9 +20,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
+from .._config import Config
+from ..interfaces import IAttachmentStore
 from ._common import (
-    DEFAULT_MAX_ATTACHMENT_BYTES,
-    DEFAULT_MAX_MESSAGE_ATTACHMENT_BYTES,
     AttachmentError,
     Limits,
 )
@@ -44,11 +44,11 @@ class ThreadPoolService(Service):
         self.pool = pool
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.pool.start()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.pool.stop()
 
 
@@ -97,13 +97,13 @@ def sweeper_service(
 class Attachments:
     """What ``build_routes`` wires: the store, its service, its HTTP part."""
 
-    store: Any  # provides IAttachmentStore
+    store: IAttachmentStore
     service: MultiService
     routes: list[tuple[str, IResource]]
 
 
 def build_attachments(
-    config: Any, reactor: Any, environ: Mapping[str, str] | None = None
+    config: Config, reactor: Any, environ: Mapping[str, str] | None = None
 ) -> Attachments:
     """
     Build the store named by ``--attachments``: ``local`` (files under the
@@ -115,12 +115,8 @@ def build_attachments(
     """
     environ = os.environ if environ is None else environ
     limits = Limits(
-        max_attachment_bytes=int(
-            getattr(config, "attachment_max_bytes", DEFAULT_MAX_ATTACHMENT_BYTES)
-        ),
-        max_message_bytes=int(
-            getattr(config, "attachments_max_message_bytes", DEFAULT_MAX_MESSAGE_ATTACHMENT_BYTES)
-        ),
+        max_attachment_bytes=config.attachment_max_bytes,
+        max_message_bytes=config.attachments_max_message_bytes,
     )
     pool = ThreadPool(minthreads=0, maxthreads=4, name="mailmcp-attachments")
     service = MultiService()

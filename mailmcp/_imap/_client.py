@@ -140,7 +140,7 @@ class RawCommand(imap4.Command):
         continuation: Callable[[bytes], None] | None = None,
         literal_plus: bool = False,
     ) -> None:
-        super().__init__(name, None, (), self._continue)
+        super().__init__(name, None, (), self._continue)  # type: ignore[no-untyped-call]
         self.name = name
         self.pieces = list(pieces)
         self.log_args = log_args
@@ -209,7 +209,7 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         label: str = "",
         observer: Callable[[str, str], None] | None = None,
     ) -> None:
-        super().__init__(contextFactory=None)
+        super().__init__(contextFactory=None)  # type: ignore[no-untyped-call]
         self.clock = clock
         self.command_timeout = timeout
         self.max_line = max_line

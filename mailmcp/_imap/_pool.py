@@ -50,6 +50,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from .._account import MailAccount
+from .._config import Config
 from .._logging import Logger
 from .._mailbox_api import IMAPAuthError, IMAPError, IMAPGrantEnded, IMAPSession, IMAPTokenRejected
 from .._provider import ProviderUnavailable
@@ -176,7 +178,7 @@ class IMAPPool(Service):
         self._label_secret = secrets.token_bytes(32)
 
     @classmethod
-    def from_config(cls, config: Any, reactor: Any, **overrides: Any) -> IMAPPool:
+    def from_config(cls, config: Config, reactor: Any, **overrides: Any) -> IMAPPool:
         """A pool configured from the daemon's `Config`."""
         settings: dict[str, Any] = {
             "max_connections": default_max_connections(),
@@ -184,8 +186,8 @@ class IMAPPool(Service):
             "wait_timeout": config.pool_wait_timeout,
             "idle_timeout": config.pool_idle_timeout,
             "command_timeout": config.imap_timeout,
-            "connect_per_call": bool(getattr(config, "imap_connect_per_call", False)),
-            "connect_concurrency": getattr(config, "imap_connect_concurrency", 16),
+            "connect_per_call": config.imap_connect_per_call,
+            "connect_concurrency": config.imap_connect_concurrency,
         }
         settings.update(overrides)
         return cls(reactor, MailTLS(config.mail_ca_file), **settings)
@@ -203,7 +205,7 @@ class IMAPPool(Service):
 
     async def run(
         self,
-        account: Any,
+        account: MailAccount,
         operation: Callable[[IMAPSession], Awaitable[T]],
         *,
         read_only: bool,
@@ -246,7 +248,7 @@ class IMAPPool(Service):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def stopService(self) -> Deferred[Any]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._closing = True
         error = IMAPError("the server is shutting down")
         for slots in self._slots.values():

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import ITLSTransport
 from .._clients import is_loopback_host
 from .._logging import Logger
 from .._mailbox_api import (
+    Appended,
     FetchedMessage,
     IMAPAuthError,
     IMAPError,
@@ -802,7 +803,7 @@ class Session:
 
     async def append(
         self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None
-    ) -> tuple[int | None, int | None]:
+    ) -> Appended:
         if not isinstance(message, bytes) or not message:
             raise IMAPError("the message to store is empty")
         if len(message) > self.protocol.max_literal:
@@ -823,8 +824,8 @@ class Session:
         if code and code[0] == b"APPENDUID" and len(code) >= 3:
             uidvalidity = code[1] if type(code[1]) is int and code[1] <= MAX_UINT32 else None
             uid = code[2] if type(code[2]) is int and 0 < code[2] <= MAX_UINT32 else None
-            return uidvalidity, uid
-        return None, None
+            return Appended(uidvalidity, uid)
+        return Appended(None, None)
 
     # -- conversations, folder management, changes (issue 16) ---------------------------
     #

@@ -30,7 +30,7 @@ listing it came with), never missed.
 from __future__ import annotations
 
 import heapq
-from typing import Annotated, Literal, Protocol, cast
+from typing import Annotated, Any, Literal, Protocol, cast
 
 from pydantic import Field
 
@@ -237,7 +237,7 @@ async def _current_flags(session: IMAPSession, mailbox: MailboxState) -> dict[in
     }
 
 
-TOOLS: list[Tool] = [
+TOOLS: list[Tool[Any, Any]] = [
     Tool(
         name="get_mailbox_changes",
         title="What changed in a folder",

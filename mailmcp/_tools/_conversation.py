@@ -31,7 +31,7 @@ import html
 from collections.abc import Sequence
 from email.headerregistry import Address as HeaderAddress
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import attrs
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -87,6 +87,9 @@ FORWARD_SEPARATOR = "---------- Forwarded message ----------"
 ORIGINAL_ITEMS = (
     f"(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[{THREADING_FIELDS}]<0.32768>)"
 )
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorFromThreads
 #: HTML bigger than this is cleaned on a thread pool, not on the reactor.
 INLINE_HTML_CHARS = 16 * 1024
 
@@ -397,8 +400,8 @@ async def _read_original(
         complete = (part.size > 0 and budgets[part.part_id] >= part.size) or len(data) < budgets[
             part.part_id
         ]
-        decoded, _defect = _mime.decode_transfer(data, part.encoding, complete=complete)
-        text, _codec = _mime.decode_bytes(decoded, part.charset, final=complete)
+        decoded = _mime.decode_transfer(data, part.encoding, complete=complete).data
+        text = _mime.decode_bytes(decoded, part.charset, final=complete).text
         if len(text) > MAX_QUOTED_CHARS or not complete:
             text = text[:MAX_QUOTED_CHARS]
             warnings.append(
@@ -441,12 +444,14 @@ async def _off_reactor(ctx: ToolContext, function: Any, text: str) -> str:
     from twisted.internet.threads import deferToThreadPool
 
     reactor = ctx.services.reactor
-    pool = getattr(ctx.services, "cpu_pool", None)
+    pool = ctx.services.cpu_pool
     if pool is None and hasattr(reactor, "getThreadPool"):
         pool = reactor.getThreadPool()
     if pool is None:
         return str(function(text))
-    result: str = await deferToThreadPool(reactor, pool, function, text)
+    # A reactor with a thread pool runs work from threads too.
+    threads = cast("IReactorFromThreads", reactor)
+    result: str = await deferToThreadPool(threads, pool, function, text)
     return result
 
 

@@ -291,7 +291,7 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
 
 
 def _tool(name: str, title: str, description: str, handler: Any, inp: Any, out: Any,
-          destructive: bool) -> Tool:  # fmt: skip
+          destructive: bool) -> Tool[Any, Any]:  # fmt: skip
     return Tool(
         name=name,
         title=title,
@@ -309,7 +309,7 @@ def _tool(name: str, title: str, description: str, handler: Any, inp: Any, out: 
     )
 
 
-TOOLS: list[Tool] = [
+TOOLS: list[Tool[Any, Any]] = [
     _tool(
         "create_mailbox",
         "Create a folder",

@@ -290,8 +290,8 @@ async def _snippets(session: IMAPSession, entries: Sequence[_Found]) -> dict[int
                 continue
             part = found
             raw = message.sections.get(part_id, b"")
-            data, _ = _mime.decode_transfer(raw, part.encoding, complete=len(raw) < SNIPPET_FETCH)
-            text, _ = _mime.decode_bytes(data, part.charset, final=False)
+            data = _mime.decode_transfer(raw, part.encoding, complete=len(raw) < SNIPPET_FETCH).data
+            text = _mime.decode_bytes(data, part.charset, final=False).text
             if part.content_type == "text/html":
                 text = _mime.html_to_text(text)
             out[message.uid] = _snippet(text)
@@ -429,7 +429,7 @@ def _entry(found: _Found, snippet: str) -> ThreadEntry:
     )
 
 
-TOOLS: list[Tool] = [
+TOOLS: list[Tool[Any, Any]] = [
     Tool(
         name="get_mail_thread",
         title="Read a conversation",

@@ -453,21 +453,8 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def _attachment_limits(ctx: ToolContext) -> tuple[int, int, int]:
-    """(per attachment, per message, count) caps, from the store or the configuration."""
-    from .._attachments._common import Limits
-
-    limits = getattr(ctx.services.attachments, "limits", None)
-    if not isinstance(limits, Limits):
-        config = ctx.services.config
-        defaults = Limits()
-        limits = Limits(
-            max_attachment_bytes=getattr(
-                config, "attachment_max_bytes", defaults.max_attachment_bytes
-            ),
-            max_message_bytes=getattr(
-                config, "attachments_max_message_bytes", defaults.max_message_bytes
-            ),
-        )
+    """(per attachment, per message, count) caps."""
+    limits = ctx.services.limits
     return limits.max_attachment_bytes, limits.max_message_bytes, limits.max_count
 
 
@@ -654,8 +641,7 @@ async def deliver(
         if replay is not None:
             return replay
     else:
-        claim = getattr(sender, "claim", None)
-        release = claim(message.message_id) if claim is not None else None
+        release = sender.claim(message.message_id)
         if release is False:
             raise ToolError(
                 "a send with this idempotency_key is already in progress; nothing was sent"
@@ -728,7 +714,7 @@ def _check_send_policy(ctx: ToolContext, message: ComposedMessage) -> None:
     before Sent is searched or SMTP is contacted, so a refused send leaves no
     trace but the error.
     """
-    allowed = getattr(ctx.services.config, "send_allow_domains", ())
+    allowed = ctx.services.send_allow_domains
     refused = refused_recipients(message.recipients, allowed)
     if refused:
         shown = ", ".join(refused[:20]) + (
@@ -855,15 +841,15 @@ async def _file_copy(
         if target is None:
             return None, None, None
         try:
-            uidvalidity, uid = await session.append(target, message.copy_bytes, flags)
+            stored = await session.append(target, message.copy_bytes, flags)
         except IMAPNoSuchMailbox:
             raise
         except IMAPError:
             if tuple(flags) == ("\\Seen",):
                 raise
             # A server that refuses our marker keyword still gets the copy.
-            uidvalidity, uid = await session.append(target, message.copy_bytes, ("\\Seen",))
-        return target, uidvalidity, uid
+            stored = await session.append(target, message.copy_bytes, ("\\Seen",))
+        return target, stored.uidvalidity, stored.uid
 
     try:
         target, uidvalidity, uid = await ctx.services.imap.run(ctx.account, append, read_only=False)
@@ -886,8 +872,8 @@ async def _not_sent(ctx: ToolContext, error: SMTPSendFailed, message: ComposedMe
         drafts = await _folder_or_special(session, None, "\\Drafts", DRAFTS_NAMES)
         if drafts is None:
             return None, None
-        _, uid = await session.append(drafts, message.copy_bytes, ("\\Draft", "\\Seen"))
-        return drafts, uid
+        stored = await session.append(drafts, message.copy_bytes, ("\\Draft", "\\Seen"))
+        return drafts, stored.uid
 
     text = f"Not sent: {error.message}."
     if error.recipients:
@@ -958,12 +944,12 @@ async def save_draft(
                     uidvalidity=earlier[0],
                     message_id=message.message_id,
                 )
-        uidvalidity, uid = await session.append(target, message.copy_bytes, ("\\Draft", "\\Seen"))
+        stored = await session.append(target, message.copy_bytes, ("\\Draft", "\\Seen"))
         return DraftOutput(
             status="saved",
             folder=target,
-            uid=uid,
-            uidvalidity=uidvalidity,
+            uid=stored.uid,
+            uidvalidity=stored.uidvalidity,
             message_id=message.message_id,
         )
 

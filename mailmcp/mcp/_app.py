@@ -18,10 +18,12 @@ from zope.interface import implementer
 
 from .._account import MailAccount
 from .._admission import Admission
+from .._config import Config
 from .._http import ILargeBodyGate, Refusal
 from .._jsonrpc import INTERNAL_ERROR, error_message
 from .._logging import Logger
-from .._toolkit import Tool
+from .._toolkit import Tool, ToolServices
+from ..interfaces import IAccessTokenVerifier
 from ._dispatch import DEFAULT_INSTRUCTIONS, Dispatcher
 from ._gate import Answer, TransportGate, reply, write
 from ._offload import OffReactor
@@ -60,9 +62,9 @@ class MCPApp:
 
     def __init__(
         self,
-        config: Any,
-        verifier: Any,
-        tool_services: Any,
+        config: Config,
+        verifier: IAccessTokenVerifier,
+        tool_services: ToolServices,
         tools: Sequence[Tool[Any, Any]],
         *,
         instructions: str | None = DEFAULT_INSTRUCTIONS,

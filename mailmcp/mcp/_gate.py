@@ -31,6 +31,7 @@ from twisted.web.iweb import IRequest
 
 from .._account import MailAccount
 from .._admission import Admission, Refused
+from .._config import Config
 from .._cors import CORSPolicy, origin_of
 from .._http import SMALL_BODY, Refusal
 from .._jsonrpc import INVALID_REQUEST, encode, error_message
@@ -38,6 +39,7 @@ from .._logging import Logger
 from .._paths import resource_metadata_url
 from .._scopes import ALL_SCOPES, format_scope
 from .._tokens import MAX_TOKEN_LENGTH, InvalidToken
+from ..interfaces import IAccessTokenVerifier
 from ._dispatch import ROUTING_HEADERS, Headers
 from ._results import InsufficientScope
 
@@ -101,7 +103,9 @@ class TransportGate:
     :param max_body: the largest body ``/mcp`` accepts.
     """
 
-    def __init__(self, config: Any, verifier: Any, admission: Admission, max_body: int) -> None:
+    def __init__(
+        self, config: Config, verifier: IAccessTokenVerifier, admission: Admission, max_body: int
+    ) -> None:
         self._verifier = verifier
         self._admission = admission
         self._max_body = max_body
@@ -158,7 +162,8 @@ class TransportGate:
             return self._challenge(401, "invalid_token", None)
         try:
             outcome = self._verifier.verify(token.decode("ascii"))
-            account = await outcome if inspect.isawaitable(outcome) else outcome
+            # Checked below: a verifier is a replaceable part.
+            account: object = await outcome if inspect.isawaitable(outcome) else outcome
         except InvalidToken:
             return self._challenge(401, "invalid_token", None)
         except (CancelledError, asyncio.CancelledError):

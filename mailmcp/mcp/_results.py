@@ -137,7 +137,8 @@ def plain_json(data: dict[str, Any]) -> str:
     bits) goes through the standard library, and `ToolText` escapes it.
     """
     try:
-        return orjson.dumps(data).decode("utf-8")
+        text: str = orjson.dumps(data).decode("utf-8")
+        return text
     except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
         return json.dumps(data, ensure_ascii=False)
 

@@ -21,7 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred
 
 from .._account import MailAccount
 from .._logging import Logger
-from .._toolkit import Tool, ToolContext, ToolError
+from .._toolkit import Tool, ToolContext, ToolError, ToolServices
 from ._offload import Offload, on_reactor
 from ._results import (
     INTERNAL_TOOL_FAILURE,
@@ -61,7 +61,7 @@ class ToolRunner:
     :param offload: where argument validation of a large request runs.
     """
 
-    def __init__(self, services: Any, offload: Offload = on_reactor) -> None:
+    def __init__(self, services: ToolServices, offload: Offload = on_reactor) -> None:
         self._services = services
         self._offload = offload
 
@@ -76,7 +76,7 @@ class ToolRunner:
         Run one tool, and record it in the audit trail when there is one
         (LG-06): whatever the outcome, one entry per call.
         """
-        audit = getattr(self._services, "audit", None)
+        audit = self._services.audit
         if audit is None:
             return await self._run(account, tool, arguments, large, ToolOutcome())
         outcome, seen = "unknown", ToolOutcome()

@@ -24,6 +24,7 @@ from .._audit import Audit
 from .._cimd import PINNED_DIR, ClientMetadataResolver, MetadataFetcher, load_pinned
 from .._config import Config
 from .._grants import AccountGrants, GrantService
+from .._provider_login import ProviderDirectory, ProviderLogin, http_client
 from .._registration import ClientDirectory, Registration, open_registration
 from .._throttle import LoginThrottle, ThrottlePolicy
 from .._tokens import TokenCodec
@@ -52,7 +53,7 @@ class _Mount(Resource):
         rooms: Sequence[tuple[str, Sequence[str], IResource]],
         fallback: IResource,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._rooms = {
             path: (frozenset(m.encode("ascii") for m in methods), room)
             for path, methods, room in rooms
@@ -126,6 +127,9 @@ class OAuthApp:
             _Mount(
                 [
                     ("/oauth/authorize", ["GET", "HEAD", "POST"], self.login.app.resource()),
+                    # Provider sign-in's return (issue 18): GET only, a HEAD
+                    # (prefetch) must not use the sign-in up.
+                    ("/oauth/provider/callback", ["GET"], self.login.app.resource()),
                     ("/oauth/token", ["POST", *not_post], token),
                     ("/oauth/revoke", ["POST", *not_post], token),
                     ("/oauth/register", ["POST"], self._registration.app.resource()),
@@ -145,6 +149,15 @@ class OAuthApp:
     @audit.setter
     def audit(self, audit: Audit | None) -> None:
         self.parts.audit = audit
+
+    @property
+    def provider_login(self) -> ProviderLogin | None:
+        """Provider sign-in ("Continue with …"); None: passwords only."""
+        return self.parts.provider_login
+
+    @provider_login.setter
+    def provider_login(self, provider_login: ProviderLogin | None) -> None:
+        self.parts.provider_login = provider_login
 
     @property
     def _config(self) -> Config:
@@ -231,6 +244,8 @@ def build_authorization_server(
     store.setName("grant-store")
     store.setServiceParent(parent)
     codec = TokenCodec(config.keyring, reactor)
+    # Provider sign-in: the ProviderClient of a grant's profile, for refreshes.
+    providers = ProviderDirectory(config.provider, http_client(reactor), reactor)
     grants = GrantService(
         store,
         codec,
@@ -239,6 +254,7 @@ def build_authorization_server(
         access_lifetime=config.access_token_lifetime,
         refresh_lifetime=config.refresh_token_lifetime,
         max_scope=config.max_scope,
+        provider_for=providers.client_for,
     )
     tls = MailTLS(config.mail_ca_file)
     identity = urlsplit(config.base_url).hostname or "localhost"
@@ -276,6 +292,21 @@ def build_authorization_server(
         resolver=resolver,
     )
     oauth.audit = audit
+    providers.clients = oauth.parts.clients
+    parts = oauth.parts
+    oauth.provider_login = ProviderLogin(
+        codec=codec,
+        base_url=config.base_url,
+        default_profile=config.provider,
+        grants=grants,
+        imap_checker=parts.imap,
+        smtp_checker=parts.smtp,
+        throttle=parts.throttle,
+        http=providers.http,
+        clock=reactor,
+        record=parts.record,
+        address_of=parts.client_address,
+    )
     if extra is not None:
         from .._account_page import AccountApp
 

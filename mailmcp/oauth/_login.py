@@ -2,7 +2,10 @@
 The login room: ``GET``/``POST /oauth/authorize``.  The page asks for the
 mailbox's credentials (and, with ``--allow-user-servers``, its servers),
 checks them live against IMAP and SMTP under the login throttle, and
-redirects back to the client with a code.
+redirects back to the client with a code.  For a provider profile
+(``--imap-auth xoauth2``) it offers "Continue with <provider>" instead, and
+``GET /oauth/provider/callback`` finishes that sign-in
+(`mailmcp._provider_login`).
 
 Errors are mapped in one place (`LoginRoom`'s ``handle_errors``): a
 `BadRequest` is the error page, a `RedirectError` goes back to the
@@ -28,11 +31,13 @@ from .._cimd import ClientMetadataError
 from .._clients import Client, MailServer
 from .._grants import CodeRequest, Credentials, client_ref
 from .._mailcheck import LoginRejected, MailServerUnavailable
+from .._provider_login import CallbackRefused, Finished
 from .._throttle import Busy, Throttled
 from .._tokens import InvalidToken
 from .._user_servers import ServerPolicy, ServerRefused, Suggestion, brings_servers, discover
 from ._errors import UNAVAILABLE, BadRequest, RedirectError
 from ._forms import (
+    CONTROL,
     EMAIL,
     FORM_FIELDS,
     MAX_FORM_BODY,
@@ -198,7 +203,10 @@ class LoginRoom:
     ) -> bytes:
         csrf = self._parts.csrf.form_token(request, areq.scope)
         request.setResponseCode(status)
-        page_headers(request, areq.redirect_uri)
+        provider = self._parts.provider_for(areq.client)
+        page_headers(
+            request, areq.redirect_uri, provider.authorize_url if provider is not None else None
+        )
         if servers is None and self._asks_servers(areq.client):
             servers = server_values(values or {}, Suggestion(), self._parts.config)
         return await flatten(
@@ -212,6 +220,7 @@ class LoginRoom:
                 chosen,
                 base_path=self._parts.base_path,
                 servers=servers,
+                provider_label=provider.label if provider is not None else None,
             )
         )
 
@@ -219,7 +228,11 @@ class LoginRoom:
 
     def _asks_servers(self, client: Client) -> bool:
         """Whether the user names the mail servers: allowed, and the client brings none."""
-        return self._server_policy is not None and not brings_servers(client)
+        return (
+            self._server_policy is not None
+            and not brings_servers(client)
+            and self._parts.provider_for(client) is None
+        )
 
     async def _discovered(self, request: IRequest, email: str) -> Suggestion:
         """
@@ -275,6 +288,8 @@ class LoginRoom:
                 403,
             )
         chosen = chosen_scopes(args, areq)
+        if self._parts.provider_for(areq.client) is not None:
+            return await self._provider_submit(request, areq, values, chosen)
         same = values["use_same_credentials"] == "1"
         if same:
             values["smtp_username"] = values["imap_username"]
@@ -341,6 +356,84 @@ class LoginRoom:
             params.append(("state", areq.state))
         params.append(("iss", self._parts.issuer))
         return redirect(request, add_query(areq.redirect_uri, params))
+
+    # -- provider sign-in ("Continue with …", issue 18) ---------------------
+
+    async def _provider_submit(
+        self,
+        request: IRequest,
+        areq: AuthorizeRequest,
+        values: Mapping[str, str],
+        chosen: frozenset[str],
+    ) -> bytes:
+        """ "Continue with <provider>": the name and scopes checked, off to the provider."""
+        provider_login = self._parts.provider_login
+        assert provider_login is not None
+        kept = {"full_name": values["full_name"]}
+        errors = []
+        if len(values["full_name"]) > 128 or CONTROL.search(values["full_name"]):
+            errors.append("Your name: at most 128 characters, no control characters.")
+        if not chosen:
+            errors.append("Access: choose at least one thing the assistant may do.")
+        if errors:
+            return await self._login_page(
+                request, areq, 400, kept, errors=errors, message=GENERIC_FAILURE, chosen=chosen
+            )
+        try:
+            location = provider_login.begin(
+                request,
+                areq.client,
+                redirect_uri=areq.redirect_uri,
+                state=areq.state,
+                code_challenge=areq.code_challenge,
+                resource=areq.resource,
+                offered=areq.scopes,
+                chosen=chosen,
+                full_name=values["full_name"].strip(),
+            )
+        except CallbackRefused as e:
+            raise BadRequest(e.title, e.message, e.status) from None
+        return redirect(request, location)
+
+    @app.route("/oauth/provider/callback", methods=["GET"])
+    async def provider_callback(self, request: IRequest) -> bytes:
+        """The provider sends the browser back here (`mailmcp._provider_login`)."""
+        provider_login = self._parts.provider_login
+        if provider_login is None or request.method != b"GET":
+            # Klein answers HEAD with GET's route; a prefetch must not use the sign-in up.
+            raise BadRequest("Not found", "There is nothing here.", 404)
+
+        async def find(client_id: str) -> Client:
+            # A client the operator revoked meanwhile finishes nothing.
+            client = await self._parts.find_client(client_id)
+            await self._refuse_denied(client)
+            return client
+
+        try:
+            outcome = await provider_login.finish(request, find)
+        except CallbackRefused as e:
+            raise BadRequest(e.title, e.message, e.status) from None
+        if isinstance(outcome, Finished):
+            return redirect(request, outcome.location)
+        pending = outcome.pending
+        areq = AuthorizeRequest(
+            client=outcome.client,
+            redirect_uri=pending.redirect_uri,
+            state=pending.state,
+            code_challenge=pending.code_challenge,
+            resource=pending.resource,
+            scopes=pending.offered,
+        )
+        if outcome.retry_after is not None:
+            request.setHeader(b"retry-after", str(outcome.retry_after).encode("ascii"))
+        return await self._login_page(
+            request,
+            areq,
+            outcome.status,
+            {"full_name": pending.full_name},
+            message=outcome.message,
+            chosen=pending.chosen,
+        )
 
     # -- the live checks ----------------------------------------------------
 

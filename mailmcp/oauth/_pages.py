@@ -12,6 +12,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
+from .._provider_login import provider_button
 from .._scopes import ALL_SCOPES, LABELS
 from .._templates import template_path
 from ._errors import BadRequest
@@ -37,8 +38,11 @@ class LoginForm(Element):
         chosen: frozenset[str] | None = None,
         base_path: str = "",
         servers: Mapping[str, str] | None = None,
+        provider_label: str | None = None,
     ) -> None:
         super().__init__()
+        #: With provider sign-in: "Continue with <label>", no password fields.
+        self._provider_label = provider_label
         self._chosen = request.scopes if chosen is None else chosen
         self._base_path = base_path
         self._servers = servers
@@ -102,7 +106,19 @@ class LoginForm(Element):
     @renderer
     def fixed_servers(self, request: IRequest, tag: Tag) -> Tag | str:
         """The client's own servers, named; nothing when the user names them."""
-        return tag if self._servers is None else ""
+        return tag if self._servers is None and self._provider_label is None else ""
+
+    @renderer
+    def password_fields(self, request: IRequest, tag: Tag) -> Tag | str:
+        """Email, usernames and passwords: not with provider sign-in."""
+        return tag if self._provider_label is None else ""
+
+    @renderer
+    def provider_button(self, request: IRequest, tag: Tag) -> Tag | str:
+        """ "Continue with <provider>" (`mailmcp._provider_login`)."""
+        if self._provider_label is None:
+            return ""
+        return provider_button(self._provider_label)
 
     @renderer
     def server_fields(self, request: IRequest, tag: Tag) -> Tag | str:
@@ -204,12 +220,17 @@ async def flatten(element: Element) -> bytes:
     return b"<!DOCTYPE html>\n" + body
 
 
-def page_headers(request: IRequest, redirect_uri: str | None = None) -> None:
+def page_headers(
+    request: IRequest, redirect_uri: str | None = None, provider_url: str | None = None
+) -> None:
     """What every page carries: no caching, no framing, no scripts, no referrer."""
     form_action = "'self'"
     if redirect_uri is not None:
         # Browsers apply form-action to the redirect that follows the POST.
         form_action += " " + origin_of(redirect_uri)
+    if provider_url is not None:
+        # ... and "Continue with …" redirects to the provider.
+        form_action += " " + origin_of(provider_url)
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
     request.setHeader(
         b"content-security-policy",

@@ -21,6 +21,8 @@ from .._clients import Client
 from .._config import Config
 from .._grants import GrantService
 from .._paths import base_path
+from .._provider import ProviderProfile
+from .._provider_login import ProviderLogin
 from .._registration import ClientDirectory
 from .._throttle import LoginThrottle, client_address
 from .._tokens import TokenCodec
@@ -104,6 +106,15 @@ class OAuthParts:
     csrf: CSRF
     #: The audit trail (LG-06); None: none.
     audit: Audit | None = None
+    #: Provider sign-in ("Continue with …", issue 18); None: passwords only.
+    provider_login: ProviderLogin | None = None
+
+    def provider_for(self, client: Client) -> ProviderProfile | None:
+        """The `ProviderProfile` that signs C{client}'s users in, or None (passwords)."""
+        if self.provider_login is None:
+            return None
+        found = self.provider_login.profile_for(client)
+        return found[1] if found is not None else None
 
     @property
     def issuer(self) -> str:

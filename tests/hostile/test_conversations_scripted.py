@@ -17,11 +17,12 @@ from twisted.internet import reactor
 
 from mailmcp._imap import IMAPPool
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools import _state
 from mailmcp._tools._changes import MailboxChangesInput, get_mailbox_changes
 from mailmcp._tools._reading import ListMessagesInput, list_mail_messages
 from mailmcp._tools._threads import ThreadInput, get_mail_thread
+from mailmcp.testing import tool_services
 from tests.harness import Services
 from tests.hostile.scripted_imap import listen
 from tests.hostile.test_hostile_imap import scripted_account
@@ -38,7 +39,7 @@ def scripted(services: Services) -> Iterator[Any]:
         pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=1.0, wait_timeout=5)
         made.update(factory=factory, port=port, pool=pool)
         ctx = ToolContext(account=scripted_account(port.getHost().port),
-                          services=ToolServices(reactor=reactor, config=None, imap=pool))
+                          services=tool_services(reactor=reactor, imap=pool))
         return factory, ctx
 
     yield start

@@ -1130,8 +1130,9 @@ async def test_expired_credentials_give_a_clear_error_and_no_dead_link(
     from mailmcp._clients import MailServer
     from mailmcp._imap import IMAPPool
     from mailmcp._tls import MailTLS
-    from mailmcp._toolkit import ToolContext, ToolServices
+    from mailmcp._toolkit import ToolContext
     from mailmcp._tools._reading import GetMessageInput, get_mail_message
+    from mailmcp.testing import tool_services
 
     sts = ExpiringSTS()
     prefix = "sts-" + uuid.uuid4().hex[:8]
@@ -1161,9 +1162,8 @@ async def test_expired_credentials_give_a_clear_error_and_no_dead_link(
     imap = IMAPPool(reactor, MailTLS(s3.ca_file), command_timeout=15.0)
     ctx = ToolContext(
         account=account,
-        services=ToolServices(
+        services=tool_services(
             reactor=reactor,
-            config=None,
             imap=imap,
             attachments=store,
             attachment_index=StoredPartIndex(),

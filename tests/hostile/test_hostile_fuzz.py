@@ -32,9 +32,15 @@ from mailmcp._mailbox_api import IMAPError, Literal
 from mailmcp._mcp import MCPApp
 from mailmcp._search import Filters, SearchQueryError, compile_search
 from mailmcp._tokens import InvalidToken, TokenCodec
-from mailmcp._toolkit import ToolServices
 from mailmcp._tools import all_tools
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, make_account
+from mailmcp.testing import (
+    FakeIMAPPool,
+    FakeIMAPServer,
+    FakeTokenVerifier,
+    make_account,
+    make_config,
+    tool_services,
+)
 
 BASE = "https://mail.example.test"
 TOKEN = "fuzz-token"
@@ -58,8 +64,8 @@ def _mcp() -> StubTreq:
     inbox.add(b"From: a@example.test\r\nSubject: hi\r\n\r\nbody\r\n")
     server.mailbox("Sent", "\\Sent")
     server.mailbox("Drafts", "\\Drafts")
-    config = SimpleNamespace(base_url=BASE, allowed_origins=(), max_request_body=1 << 20)
-    services = ToolServices(reactor=MemoryReactorClock(), config=None, imap=FakeIMAPPool(server))
+    config = make_config(base_url=BASE, max_request_body=1 << 20)
+    services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server))
     app = MCPApp(config, FakeTokenVerifier({TOKEN: make_account()}), services, all_tools())
     return StubTreq(app.app.resource())
 
@@ -277,8 +283,9 @@ def test_bodystructure_analysis_never_crashes(structure: Any) -> None:
        st.sampled_from([None, "base64", "quoted-printable", "7bit", "x-uuencode", "BASE64", ""]))
 def test_decoders_never_crash(data: bytes, charset: str | None, encoding: str | None) -> None:
     """Transfer and charset decoding of any bytes with any declared charset/encoding returns text."""
-    raw, _ = _mime.decode_transfer(data, encoding)
-    text, used = _mime.decode_bytes(raw, charset)
+    raw = _mime.decode_transfer(data, encoding).data
+    decoded = _mime.decode_bytes(raw, charset)
+    text, used = decoded.text, decoded.codec
     assert isinstance(text, str) and isinstance(used, str)
     _mime.decode_bytes(data, charset, final=False)
 

@@ -513,11 +513,12 @@ async def test_fifty_thousand_mailboxes_are_listed_without_status_storm(servers:
     a few seconds with every name, without one STATUS per folder (counts
     left out, and said so).
     """
-    from mailmcp._toolkit import ToolContext, ToolServices
+    from mailmcp._toolkit import ToolContext
     from mailmcp._tools._reading import ListMailboxesInput, list_mailboxes
+    from mailmcp.testing import tool_services
 
     factory, port = await servers("many-mailboxes")
-    ctx = ToolContext(account=scripted_account(port), services=ToolServices(reactor=reactor, config=None, imap=pool))
+    ctx = ToolContext(account=scripted_account(port), services=tool_services(reactor=reactor, imap=pool))
     started = time.monotonic()
     result = await list_mailboxes(ctx, ListMailboxesInput())
     assert time.monotonic() - started < 10

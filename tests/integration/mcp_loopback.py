@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import uuid
 from io import BytesIO
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import reactor
@@ -21,7 +20,7 @@ from mailmcp._http import MailMCPSite
 from mailmcp._mcp import MCPApp
 from mailmcp._tools import all_tools
 from mailmcp._web import Router
-from mailmcp.testing import FakeTokenVerifier
+from mailmcp.testing import FakeTokenVerifier, make_config
 
 
 def serve_mcp(account: Any, services: Any) -> tuple[str, str, IListeningPort]:
@@ -36,7 +35,7 @@ def serve_mcp(account: Any, services: Any) -> tuple[str, str, IListeningPort]:
     site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"http://127.0.0.1:{port.getHost().port}"
-    config = SimpleNamespace(base_url=base, allowed_origins=(), max_request_body=1 << 20)
+    config = make_config(base_url=base, max_request_body=1 << 20)
     app = MCPApp(config, verifier, services, all_tools())
     site.resource = Router([("/mcp", app.app.resource())])
     return f"{base}/mcp", token, port

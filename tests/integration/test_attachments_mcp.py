@@ -29,7 +29,7 @@ from mailmcp._http import MailMCPSite
 from mailmcp._mcp import MCPApp
 from mailmcp._tools import all_tools
 from mailmcp._web import Router
-from mailmcp.testing import FakeTokenVerifier
+from mailmcp.testing import FakeTokenVerifier, make_config
 from tests.integration.test_attachments_store import (  # noqa: F401 (fixtures)
     SinkSite,
     World,
@@ -49,7 +49,7 @@ def mcp(world: World) -> Iterator[Any]:  # noqa: F811
     site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"http://127.0.0.1:{port.getHost().port}"
-    config = SimpleNamespace(base_url=base, allowed_origins=(), max_request_body=1 << 20)
+    config = make_config(base_url=base, max_request_body=1 << 20)
     app = MCPApp(config, verifier, world.services, all_tools())
     site.resource = Router([("/mcp", app.app.resource())])
     yield SimpleNamespace(url=f"{base}/mcp", verifier=verifier)

@@ -53,6 +53,7 @@ from mailmcp._toolkit import ToolContext, ToolError, ToolServices
 from mailmcp._tools._attachments import AttachmentLinkInput, get_mail_attachment_link
 from mailmcp._tools._writing import SendInput, send_mail_message
 from mailmcp._web import Router
+from mailmcp.testing import tool_services
 from tests.harness import Services, free_port
 
 pytestmark = pytest.mark.integration
@@ -184,10 +185,10 @@ def world(request: pytest.FixtureRequest, services: Services, tmp_path: Path) ->
         store = S3AttachmentStore(s3_client, credentials, S3Settings(f"s3://attachments/t-{uuid.uuid4().hex[:8]}"),
                                   keyring, shifted, pool, link_lifetime=600)
     imap = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=15.0)
-    tool_services = ToolServices(reactor=shifted, config=None, imap=imap,
+    services_ = tool_services(reactor=shifted, imap=imap,
                                  smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=30.0),
                                  attachments=store)
-    w = World(request.param, store, shifted, tool_services, services, s3_client)
+    w = World(request.param, store, shifted, services_, services, s3_client)
     if s3_client is not None:
         s3_client.meta.events.register("before-call.s3", lambda model, **kw: w.s3_calls.append(model.name))
         s3_client.meta.events.register(
@@ -472,7 +473,7 @@ async def test_s3_down_is_a_clear_error_not_a_crash(services: Services, tmp_path
         text_message.attach(notes)
         services.deliver(account.email, text_message.as_bytes().replace(b"\n", b"\r\n"))
         imap = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=15.0)
-        ctx = ToolContext(account=account, services=ToolServices(reactor=reactor, config=None, imap=imap,
+        ctx = ToolContext(account=account, services=tool_services(reactor=reactor, imap=imap,
                                                                   attachments=store))
         with pytest.raises(ToolError, match="unavailable"):
             await get_mail_attachment_link(ctx, AttachmentLinkInput(folder="INBOX", uid=1, part="2"))

@@ -212,3 +212,95 @@ def test_no_password_fingerprint_in_logs(services, daemon_factory, tmp_path) -> 
     assert not labels[0] & labels[1], "one account has the same label in two runs"
     stable = set(re.findall(r"[0-9a-f]{12,}", logs[0])) & set(re.findall(r"[0-9a-f]{12,}", logs[1]))
     assert not stable, f"a stable hash appears in both runs: {sorted(stable)[:3]}"
+
+
+#: The test provider's token shapes (tests/oauth_provider.py: ``at-``,
+#: ``rt-``, ``code-`` and 32 characters) and any JWT (its ID tokens).
+PROVIDER_TOKEN = re.compile(r"(?<![\w-])(?:at|rt|code)-[A-Za-z0-9_-]{32}|eyJ[\w-]+\.eyJ[\w-]+\.")
+
+
+def test_no_provider_token_or_client_secret_in_logs_pages_or_urls(services, daemon_factory) -> None:
+    """
+    Provider sign-in (issue 18, OA-51) at ``--log-level debug``: a sign-in
+    refused at the provider, a successful one, a replayed callback, tool
+    calls with XOAUTH2, an access-token expiry (refresh, rotation) and a
+    revocation.  No provider access, refresh or ID token, provider code nor
+    the client secret appears in the daemon's log, in any page or error
+    body, or in any Location or Set-Cookie header mailmcp sent.
+    """
+    from tests.integration.test_provider_signin import provider_args
+
+    op = services.oauth_provider
+    user = f"canary-{secrets.token_hex(4)}@example.test"
+    op.add_user(user)
+    daemon = daemon_factory(services, *provider_args(services), "--log-level", "debug")
+    rec = Recorder(daemon.base_url)
+    headers: list[str] = []
+    cid = rec("POST", "/oauth/register", json={"redirect_uris": [REDIRECT],
+                                               "token_endpoint_auth_method": "none"}).json()["client_id"]
+
+    def start() -> tuple[str, str]:
+        verifier, challenge = pkce()
+        params = {"client_id": cid, "redirect_uri": REDIRECT, "response_type": "code",
+                  "state": "canary-state", "code_challenge": challenge, "code_challenge_method": "S256"}
+        page = rec("GET", "/oauth/authorize", params=params)
+        assert 'type="password"' not in page.text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        offered = re.search(r'name="requested_scope" value="([^"]*)"', page.text).group(1)
+        answer = rec("POST", "/oauth/authorize", data=dict(
+            params, csrf_token=csrf, requested_scope=offered, scope=offered.split(),
+            full_name="Canary", action="provider"))
+        assert answer.status_code == 303, answer.text
+        headers.extend(answer.headers.get_list("location") + answer.headers.get_list("set-cookie"))
+        return answer.headers["location"], verifier
+
+    def back(location: str) -> httpx2.Response:
+        path = location.split(daemon.base_url, 1)[1]
+        answer = rec("GET", path)
+        headers.extend(answer.headers.get_list("location") + answer.headers.get_list("set-cookie"))
+        return answer
+
+    # Refused at the provider: the login page again.
+    authorize, _ = start()
+    denied = back(op.approve(authorize, user, decision="deny"))
+    assert denied.status_code == 400 and "cancelled" in denied.text
+
+    # Signed in; the callback replayed.
+    authorize, verifier = start()
+    callback = op.approve(authorize, user)
+    done = back(callback)
+    assert done.status_code == 303, done.text
+    assert back(callback).status_code == 400
+    code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
+    tokens = rec("POST", "/oauth/token", data={
+        "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+        "redirect_uri": REDIRECT, "client_id": cid}).json()
+    bearer = {"authorization": "Bearer " + tokens["access_token"],
+              "accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+
+    def tool(name: str, arguments: dict) -> dict:
+        answer = rec("POST", "/mcp", headers=bearer, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["result"]
+
+    send = {"to": ["bob@example.test"], "subject": "provider canary", "text_body": "hello"}
+    assert tool("list_mailboxes", {}).get("isError") is not True
+    assert tool("send_mail_message", send).get("isError") is not True
+    op.expire_access_tokens(user)
+    assert tool("send_mail_message", send).get("isError") is not True
+    op.revoke_consent(user)
+    assert tool("send_mail_message", send).get("isError") is True
+
+    time.sleep(0.5)  # let the log file catch up
+    log = daemon.log_text()
+    stats = op.stats()[user]
+    assert stats["code_exchanges"] == 1 and stats["refreshes"] >= 1
+    secrets_seen = [*stats["refresh_tokens_issued"], *stats["refresh_tokens_seen"], op.client_secret]
+    where = [("log", log), *rec.bodies, ("headers", "\n".join(headers))]
+    for name, text in where:
+        for value in secrets_seen:
+            assert value not in text, f"a provider token or the client secret leaked into {name}"
+        assert PROVIDER_TOKEN.findall(text) == [], f"a provider token or code leaked into {name}"
+    assert "Traceback" not in log

@@ -316,6 +316,9 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
     write_ca(ca)
     key_file = tmp_path / "mounted-keys.json"
     write_keyring(key_file, KeyRing([new_master_key()]))
+    secret = tmp_path / "oauth-client-secret"
+    secret.write_text("daemon-test-secret\n")
+    secret.chmod(0o600)
     values = {
         "base-url": "https://mail-mcp.example.com",
         "state-dir": str(tmp_path / "custom-state"),
@@ -343,6 +346,15 @@ def option_values(tmp_path: Path, port: int) -> dict[str, str]:
         "send-allow-domains": "example.com .example.com",
         "trusted-authserv-id": "mx.example.com",
         "audit-log": str(tmp_path / "audit.jsonl"),
+        # Provider sign-in for the default profile (issue 18).
+        "imap-auth": "xoauth2",
+        "oauth-provider": "custom",
+        "oauth-client-id": "mailmcp-app",
+        "oauth-client-secret-file": str(secret),
+        "oauth-authorize-url": "https://id.example/authorize",
+        "oauth-token-url": "https://id.example/token",
+        "oauth-scope": "openid email offline_access mail",
+        "oauth-userinfo-url": "https://id.example/userinfo",
     }
     for option in options_of(DAEMON):
         if option.parse is not None:
@@ -384,9 +396,12 @@ def check_configured(proc: Proc, port: int, tmp_path: Path, values: dict[str, st
         "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256"})
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/oauth/authorize?{query}", timeout=10) as response:
         page = response.read().decode()
-    # (--allow-user-servers is on too: the page asks for the servers,
-    # prefilled from the default profile.)
-    assert "In-house agent" in page and "imap.example.com" in page
+    # The default profile signs in at its provider (--imap-auth xoauth2):
+    # "Continue with ...", and neither password nor server fields (which
+    # --allow-user-servers would otherwise ask for).
+    assert "In-house agent" in page and "Continue with id.example" in page
+    assert 'type="password"' not in page and 'name="imap_host"' not in page
+    assert "daemon-test-secret" not in page
     # --allowed-origins: a browser client there gets its CORS preflight answered.
     preflight = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="OPTIONS", headers={
         "origin": "https://b.example", "access-control-request-method": "POST"})

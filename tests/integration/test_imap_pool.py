@@ -706,7 +706,7 @@ async def test_append_copy_move_expunge_with_uids(services: Services, pools: Any
             for i in range(3)
         ]
         uidvalidity = (await session.select("INBOX")).uidvalidity
-        uids = [uid for _, uid in appended]
+        uids = [stored.uid for stored in appended]
         copied = await session.uid_copy([uids[0]], "Archive")
         moved = await session.uid_move([uids[1]], "Trash")
         await session.uid_expunge([uids[2]])  # not \Deleted: stays
@@ -731,7 +731,7 @@ async def test_append_copy_move_expunge_with_uids(services: Services, pools: Any
         trash,
         trash_items,
     ) = await pool.run(account_for(services, email, password), operation, read_only=False)
-    assert all(v == uidvalidity for v, _ in appended) and uids == sorted(uids)
+    assert all(stored.uidvalidity == uidvalidity for stored in appended) and uids == sorted(uids)
     assert list(copied) == [uids[0]] and list(moved) == [uids[1]]
     assert kept == [uids[0], uids[2]]
     assert inbox == [uids[0]]
@@ -780,7 +780,7 @@ async def test_non_ascii_folder_names_round_trip(services: Services, pools: Any)
     async def operation(session: Any) -> Any:
         await session.create_mailbox(name)
         names = [b.name for b in await session.list_mailboxes()]
-        _, uid = await session.append(name, message("in a unicode folder"))
+        uid = (await session.append(name, message("in a unicode folder"))).uid
         state = await session.examine(name)
         items = await session.fetch(str(uid), "(ENVELOPE)")
         with_status = await session.list_mailboxes_status(["MESSAGES", "UNSEEN"])

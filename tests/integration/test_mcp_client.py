@@ -30,7 +30,7 @@ from twisted.web.resource import IResource, Resource
 from mailmcp._http import MailMCPSite
 from mailmcp._mcp import MCPApp
 from mailmcp._web import Router
-from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account
+from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account, make_config, tool_services
 
 TOKEN = "integration-token-0123456789"
 
@@ -127,14 +127,13 @@ def served() -> Any:
     seen: list[dict[str, Any]] = []
     port_holder: dict[str, Any] = {}
     verifier = FakeTokenVerifier({TOKEN: make_account(owner="grant-int", email="alice@example.test")})
-    config = SimpleNamespace(base_url="http://127.0.0.1:0", allowed_origins=(), max_request_body=1 << 20)
     # The base URL needs the real port; bind first, then build the app.
     placeholder = Resource()
     site = MailMCPSite(placeholder, max_body=1 << 20, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"http://127.0.0.1:{port.getHost().port}"
-    config.base_url = base
-    app = MCPApp(config, verifier, SimpleNamespace(reactor=reactor, config=config), [echo_tool()])
+    config = make_config(base_url=base, max_request_body=1 << 20)
+    app = MCPApp(config, verifier, tool_services(reactor=reactor), [echo_tool()])
     site.resource = Router([("/mcp", Recorder(app.app.resource(), seen))])
     port_holder.update(port=port, base=base, seen=seen)
     yield SimpleNamespace(url=f"{base}/mcp", base=base, seen=seen)

@@ -22,11 +22,12 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from mailmcp._grants import REFRESH_GRACE, USED_CODE_MARGIN, GrantRecord, MemoryGrantStore
+from mailmcp._grants import REFRESH_GRACE, USED_CODE_MARGIN, GrantRecord
 from mailmcp._store_redis import RedisGrantStore, parse_redis_url
 from mailmcp._store_sqlite import SQLiteGrantStore
 from mailmcp._tokens import InvalidToken
 from mailmcp.interfaces import IGrantStore
+from mailmcp.testing import MemoryGrantStore
 from tests.unit.oauth_helpers import BASE, REDIRECT, Server, make_server, pkce
 
 pytestmark = pytest.mark.integration

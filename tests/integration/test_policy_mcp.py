@@ -25,8 +25,8 @@ from mailmcp._imap import IMAPPool
 from mailmcp._sendpolicy import parse_allow_domains
 from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolServices
 from mailmcp._untrusted import unmark_body
+from mailmcp.testing import tool_services
 from tests.harness import Services
 from tests.integration.mcp_loopback import call, serve_mcp
 from tests.integration.test_conversation_tools_live import original
@@ -52,10 +52,10 @@ def guarded(services: Services) -> Iterator[Any]:
         TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(smtp))
     acct = account(services, user, password, "plain", smtp_port=smtp_port.getHost().port)
     pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=10.0)
-    config = SimpleNamespace(send_allow_domains=parse_allow_domains("example.test .partner.test"),
-                             trusted_authserv_id=TRUSTED)
-    tools = ToolServices(reactor=reactor, config=config, imap=pool,
-                         smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=10.0))
+    tools = tool_services(reactor=reactor, imap=pool,
+                          smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=10.0),
+                          send_allow_domains=parse_allow_domains("example.test .partner.test"),
+                          trusted_authserv_id=TRUSTED)
     url, token, port = serve_mcp(acct, tools)
     yield SimpleNamespace(url=url, token=token, smtp=smtp, user=user, password=password)
     pytest_twisted.blockon(port.stopListening())

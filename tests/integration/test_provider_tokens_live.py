@@ -26,6 +26,7 @@ from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
@@ -38,7 +39,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from mailmcp._clients import MailServer, open_client, provision_client
-from mailmcp._grants import CodeRequest, Credentials, GrantService, MemoryGrantStore, pkce_s256
+from mailmcp._grants import CodeRequest, Credentials, GrantService, pkce_s256
 from mailmcp._http import MailMCPSite
 from mailmcp._imap import IMAPPool
 from mailmcp._keyring import KeyRing, new_master_key
@@ -48,10 +49,10 @@ from mailmcp._provider import ProviderClient, ProviderProfile, ProviderTokens
 from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
 from mailmcp._tokens import TokenCodec
-from mailmcp._toolkit import ToolServices
 from mailmcp._tools import all_tools
 from mailmcp._verifier import GrantTokenVerifier
 from mailmcp._web import Router
+from mailmcp.testing import MemoryGrantStore, make_config, tool_services
 from tests.harness import Services
 
 pytestmark = pytest.mark.integration
@@ -143,16 +144,26 @@ def world(request: pytest.FixtureRequest, services: Services) -> Iterator[Any]:
         return pools[-1]
 
     sender = SMTPSender(fresh, MailTLS(services.ca_file), timeout=20)
-    tool_services = ToolServices(reactor=reactor, config=None, imap=new_pool(), smtp=sender)
+    services_ = tool_services(reactor=reactor, imap=new_pool(), smtp=sender)
     site = MailMCPSite(Resource(), max_body=1 << 20, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"http://127.0.0.1:{port.getHost().port}"
-    config = SimpleNamespace(base_url=base, allowed_origins=(), max_request_body=1 << 20)
-    app = MCPApp(config, GrantTokenVerifier(grants), tool_services, all_tools())
-    site.resource = Router([("/mcp", app.app.resource())])
-    yield SimpleNamespace(provider=provider, email=email, token=token, url=f"{base}/mcp", grants=grants,
-                          store=store, tools=tool_services, new_pool=new_pool, services=services,
-                          creds=creds)  # fmt: skip
+    config = make_config(base_url=base, max_request_body=1 << 20)
+    world = SimpleNamespace(provider=provider, email=email, token=token, url=f"{base}/mcp", grants=grants,
+                            store=store, tools=services_, new_pool=new_pool, services=services,
+                            creds=creds)  # fmt: skip
+
+    def serve(tools: Any) -> None:
+        world.tools = tools
+        site.resource = Router([("/mcp", MCPApp(config, GrantTokenVerifier(grants), tools, all_tools()).app.resource())])
+
+    def restart() -> None:
+        """As after a restart: /mcp served afresh with a new pool (no idle connection)."""
+        serve(attrs.evolve(world.tools, imap=new_pool()))
+
+    world.restart = restart
+    serve(services_)
+    yield world
     pytest_twisted.blockon(port.stopListening())
     for pool in pools:
         pytest_twisted.blockon(pool.stopService())
@@ -206,7 +217,7 @@ async def test_xoauth2_read_send_refresh_once_and_reconnect_after_revocation(wor
     # The idle connection (Dovecot keeps a session past its token) would
     # hide the expiry: as after a restart, the calls must log in afresh.
     await world.tools.imap.stopService()
-    world.tools.imap = world.new_pool()
+    world.restart()
     calls = [tool(world, "list_mail_messages", {"folder": "INBOX"}) for _ in range(6)]
     calls += [tool(world, "send_mail_message", send_args(world, f"after expiry {i}")) for i in range(4)]
     results = await gatherResults([Deferred.fromCoroutine(c) for c in calls])

@@ -11,7 +11,6 @@ reaches the server at all.
 from __future__ import annotations
 
 import os
-import smtplib
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from mailmcp._account import MailAccount
 from mailmcp._imap import IMAPPool
 from mailmcp._mailbox_api import IMAPSession
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._reading import (
     GetMessageInput,
     ListMailboxesInput,
@@ -41,38 +40,13 @@ from mailmcp._tools._reading import (
     search_mail_messages,
 )
 from mailmcp._untrusted import unmark_body
+from mailmcp.testing import tool_services
 from tests.harness import Services
-from tests.helpers import live_account
+from tests.helpers import fresh_user, live_account
 
 pytestmark = pytest.mark.integration
 
 MAIL_UID = 8  # the "mail" user Dovecot runs mailboxes as (first_valid_uid = 8)
-
-
-def fresh_user(services: Services) -> tuple[str, str]:
-    """
-    A brand-new Dovecot user with an empty mailbox.  Dovecot notices the
-    changed passwd-file only on a later lookup, so wait until LMTP knows the
-    user (otherwise a delivery or a LOGIN right away may be refused).
-    """
-    email = f"r{uuid.uuid4().hex[:10]}@example.test"
-    password = "pw-" + uuid.uuid4().hex[:8]
-    services.add_user(email, password)
-    deadline = time.monotonic() + 15
-    while True:
-        lmtp = smtplib.LMTP("127.0.0.1", services.lmtp_port)
-        try:
-            lmtp.ehlo_or_helo_if_needed()
-            lmtp.mail("probe@example.test")
-            code, _ = lmtp.rcpt(email)
-            lmtp.rset()
-        finally:
-            lmtp.quit()
-        if code == 250:
-            return email, password
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Dovecot does not know the new user {email}")
-        time.sleep(0.2)
 
 
 def account_for(services: Services, email: str, password: str) -> MailAccount:
@@ -91,7 +65,7 @@ class Wire:
         self.account = account_for(services, self.email, password)
         self.ctx = ToolContext(
             account=self.account,
-            services=ToolServices(reactor=reactor, config=None, imap=self.pool),
+            services=tool_services(reactor=reactor, imap=self.pool),
         )
 
     @property

@@ -27,7 +27,7 @@ from mailmcp._account import MailAccount
 from mailmcp._imap import IMAPPool
 from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     DELETE_MAIL_MESSAGE,
@@ -41,6 +41,7 @@ from mailmcp._tools._writing import (
     MoveInput,
     SendInput,
 )
+from mailmcp.testing import tool_services
 from tests.harness import Services
 from tests.helpers import ClockedReactor, live_account
 from tests.integration.test_smtp_live import fresh_users, scripted, wait_for_mail  # noqa: F401 (scripted: fixture)
@@ -66,7 +67,7 @@ def tools(services: Services) -> Iterator[Any]:
         pools.append(pool)
         smtp_reactor = reactor if smtp_clock is None else ClockedReactor(reactor, smtp_clock)
         sender = SMTPSender(smtp_reactor, MailTLS(services.ca_file), timeout=smtp_timeout)
-        return ToolContext(account=acct, services=ToolServices(reactor=reactor, config=None, imap=pool,
+        return ToolContext(account=acct, services=tool_services(reactor=reactor, imap=pool,
                                                                smtp=sender))
 
     yield make

@@ -23,7 +23,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from mailmcp._imap import IMAPPool
 from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
-from mailmcp._toolkit import ToolServices
+from mailmcp.testing import tool_services
 from tests.harness import Services
 from tests.integration.mcp_loopback import call, rpc, serve_mcp
 from tests.integration.test_smtp_live import ScriptedFactory, fresh_users
@@ -45,7 +45,7 @@ def endpoint(services: Services) -> Iterator[Any]:
     pool = IMAPPool(reactor, MailTLS(services.ca_file), command_timeout=10.0)
     imap_commands: list[Any] = []
     pool.command_observers.append(lambda *event: imap_commands.append(event))
-    services_ = ToolServices(reactor=reactor, config=None, imap=pool,
+    services_ = tool_services(reactor=reactor, imap=pool,
                              smtp=SMTPSender(reactor, MailTLS(services.ca_file), timeout=10.0))
     url, token, port = serve_mcp(acct, services_)
     yield SimpleNamespace(url=url, token=token, smtp=smtp, pool=pool, imap=imap_commands,

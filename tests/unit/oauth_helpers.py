@@ -22,14 +22,14 @@ from twisted.python.failure import Failure
 from mailmcp._clients import DEFAULT_REDIRECT_URIS, MailServer, provision_client
 from mailmcp._config import Config
 from mailmcp._cors import CORSPolicy
-from mailmcp._grants import GrantService, MemoryGrantStore
+from mailmcp._grants import GrantService
 from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._mailcheck import FakeLoginChecker
 from mailmcp._oauth import OAuthApp
 from mailmcp._throttle import LoginThrottle, ThrottlePolicy
 from mailmcp._tokens import TokenCodec
 from mailmcp._verifier import GrantTokenVerifier
 from mailmcp._web import Router
+from mailmcp.testing import FakeLoginChecker, MemoryGrantStore
 
 BASE = "https://mail.example.test"
 REDIRECT = "https://app.example/cb"

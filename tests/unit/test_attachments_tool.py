@@ -28,11 +28,16 @@ from mailmcp._attachments._helpers import (
     link_parts,
     resolve_attachment_urls,
 )
-from mailmcp._fake_imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession
 from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._attachments import TOOLS, AttachmentLinkInput, get_mail_attachment_link
-from mailmcp.testing import make_account
+from mailmcp.testing import (
+    FakeIMAPPool,
+    FakeIMAPServer,
+    FakeIMAPSession,
+    make_account,
+    tool_services,
+)
 
 T = TypeVar("T")
 BINARY = bytes(range(256)) * 40 + os.urandom(1000)
@@ -132,7 +137,7 @@ def world(tmp_path: Path) -> Any:
         tmp_path, KeyRing([new_master_key()]), reactor, SyncPool(), "http://127.0.0.1:8080",  # type: ignore[arg-type]
         link_lifetime=900, limits=Limits(max_attachment_bytes=64 * 1024, max_message_bytes=30 * 1024, max_count=3),
     )
-    services = ToolServices(reactor=reactor, config=None, imap=FakeIMAPPool(server), attachments=store)
+    services = tool_services(reactor=reactor, imap=FakeIMAPPool(server), attachments=store)
     ctx = ToolContext(account=make_account(owner="grant-a"), services=services)
     return ctx, server, store
 

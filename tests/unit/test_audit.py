@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel
@@ -23,7 +22,7 @@ from mailmcp._clients import MailServer
 from mailmcp._grants import client_ref
 from mailmcp._mcp import MCPApp
 from mailmcp._toolkit import Tool, ToolContext, ToolError
-from mailmcp.testing import FakeTokenVerifier, make_account
+from mailmcp.testing import FakeTokenVerifier, make_account, tool_services
 from tests.unit.oauth_helpers import make_server
 from tests.unit.test_mcp import TOKEN, Client, call, make_config
 
@@ -71,7 +70,7 @@ def app_with_audit() -> tuple[Client, MemoryAuditLog]:
     clock.advance(1_767_225_600.25)  # 2026-01-01T00:00:00.250Z
     account = make_account()
     verifier = FakeTokenVerifier({TOKEN: account})
-    app = MCPApp(make_config(), verifier, SimpleNamespace(audit=Audit(sink, clock)), [SEND])
+    app = MCPApp(make_config(), verifier, tool_services(audit=Audit(sink, clock)), [SEND])
     return Client(app), sink
 
 
@@ -197,7 +196,7 @@ def test_a_call_refused_for_a_missing_scope_is_an_error_line() -> None:
     account = attrs.evolve(make_account(), scopes=frozenset({"mail.read"}))
     verifier = FakeTokenVerifier({TOKEN: account})
     send = attrs.evolve(SEND, scopes=frozenset({"mail.send"}))
-    app = MCPApp(make_config(), verifier, SimpleNamespace(audit=Audit(sink, Clock())), [send])
+    app = MCPApp(make_config(), verifier, tool_services(audit=Audit(sink, Clock())), [send])
     code, _ = Client(app).rpc(call("send", {"to": ["bob@example.test"]}))
     assert code == 403
     assert [(e["tool"], e["outcome"]) for e in sink.entries] == [("send", "error")]

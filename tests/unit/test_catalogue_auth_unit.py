@@ -25,7 +25,6 @@ import json
 import secrets
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,7 +47,7 @@ from mailmcp._keyring import (
 from mailmcp._mcp import MCPApp
 from mailmcp._tokens import InvalidToken, TokenCodec
 from mailmcp._web import HealthApp, Router
-from mailmcp.testing import echo_tool
+from mailmcp.testing import echo_tool, tool_services
 from tests.unit.oauth_helpers import BASE, REDIRECT, Server, make_server, pkce
 from tests.unit.test_mcp import Client
 
@@ -98,7 +97,7 @@ def access_key(server: Server) -> tuple[str, bytes]:
 
 def mcp_client(server: Server) -> Client:
     """The real /mcp endpoint over the server's real verifier and grant store."""
-    return Client(MCPApp(server.config, server.verifier, SimpleNamespace(), [echo_tool()]))
+    return Client(MCPApp(server.config, server.verifier, tool_services(), [echo_tool()]))
 
 
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}

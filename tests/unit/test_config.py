@@ -23,6 +23,7 @@ from mailmcp._config import (
 )
 from mailmcp._keyring import KeyRing, new_master_key, write_keyring
 from mailmcp._options import DAEMON, DEFAULT_LISTEN, options_of, options_table_rst, readme_table
+from mailmcp._provider import ProviderProfile
 from mailmcp._user_servers import USUAL_PORTS, AllowRule
 from mailmcp.tap import Options
 
@@ -171,6 +172,9 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
     state = tmp_path / "envstate"
     store_ca = tmp_path / "store-ca.pem"
     write_pem_ca(store_ca)
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("env-secret\n")
+    secret_file.chmod(0o600)
     environ = {
         "MAILMCP_LISTEN": "tcp:9001:interface=127.0.0.1 unix:/tmp/y.sock",
         "MAILMCP_BASE_URL": "https://env.example",
@@ -211,6 +215,14 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         "MAILMCP_TRUSTED_AUTHSERV_ID": "MX.Example.com",
         "MAILMCP_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
         "MAILMCP_MAX_SCOPE": "mail.read, mail.draft",
+        "MAILMCP_IMAP_AUTH": "OAuthBearer",
+        "MAILMCP_OAUTH_PROVIDER": "custom",
+        "MAILMCP_OAUTH_CLIENT_ID": "env-client",
+        "MAILMCP_OAUTH_CLIENT_SECRET_FILE": str(secret_file),
+        "MAILMCP_OAUTH_AUTHORIZE_URL": "https://id.example/authorize",
+        "MAILMCP_OAUTH_TOKEN_URL": "https://id.example/token",
+        "MAILMCP_OAUTH_SCOPE": "openid  email mail",
+        "MAILMCP_OAUTH_USERINFO_URL": "https://id.example/userinfo",
     }
     # Every option of the contract has its variable in this test: numeric
     # options added later get a value here; anything else must be added above.
@@ -266,6 +278,11 @@ def test_every_option_from_the_environment(tmp_path: Path) -> None:
         trusted_authserv_id="mx.example.com",
         audit_log=str(tmp_path / "audit.jsonl"),
         max_scope=frozenset({"mail.read", "mail.draft"}),
+        provider=ProviderProfile.custom(
+            label="id.example", authorize_url="https://id.example/authorize",
+            token_url="https://id.example/token", scope="openid email mail",
+            userinfo_url="https://id.example/userinfo", client_id="env-client",
+            client_secret="env-secret", imap_auth="oauthbearer"),
     ), **extra)
 
 

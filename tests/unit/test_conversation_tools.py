@@ -19,6 +19,7 @@ import pytest
 from pydantic import ValidationError
 from twisted.internet.task import Clock
 
+from mailmcp._attachments._common import Limits
 from mailmcp._compose import (
     MAX_REPLY_REFERENCES,
     forward_subject,
@@ -28,7 +29,7 @@ from mailmcp._compose import (
 )
 from mailmcp._mailbox_api import Address, Envelope, MailboxState
 from mailmcp._smtp import SMTPSendFailed
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools import all_tools
 from mailmcp._tools._conversation import (
     FORWARD_MAIL_MESSAGE,
@@ -39,7 +40,7 @@ from mailmcp._tools._conversation import (
     attribution,
     reply_recipients,
 )
-from mailmcp.testing import FakeIMAPPool, make_account
+from mailmcp.testing import FakeIMAPPool, make_account, tool_services
 from tests.helpers import run
 from tests.unit.test_writing_tools import FakeSender, WritableServer, WritableSession
 
@@ -260,7 +261,7 @@ def sender() -> FakeSender:
 def ctx(server: KeywordServer, sender: FakeSender) -> ToolContext:
     clock = Clock()
     clock.advance(1_700_000_000)
-    services = ToolServices(reactor=clock, config=None, imap=FakeIMAPPool(server), smtp=sender)
+    services = tool_services(reactor=clock, imap=FakeIMAPPool(server), smtp=sender)
     return ToolContext(account=make_account(email=ME, full_name="Alice Example"), services=services)
 
 
@@ -384,7 +385,7 @@ def test_draft_reply_sends_nothing_and_marks_nothing(ctx: ToolContext, server: K
 
 def test_draft_reply_works_without_smtp(server: KeywordServer) -> None:
     """Saving a draft needs no SMTP server; sending without one is a clear error."""
-    services = ToolServices(reactor=Clock(), config=None, imap=FakeIMAPPool(server), smtp=None)
+    services = tool_services(reactor=Clock(), imap=FakeIMAPPool(server), smtp=None)
     ctx = ToolContext(account=make_account(email=ME), services=services)
     uid = put(server, original())
     assert run(REPLY_MAIL_MESSAGE.handler(ctx, ReplyInput(folder="INBOX", uid=uid, text_body="x",
@@ -501,8 +502,8 @@ def test_forward_keyword_skipped_where_the_folder_refuses_keywords(
 
 def test_forward_over_the_attachment_cap_is_refused_before_sending(server: KeywordServer,
                                                                   sender: FakeSender) -> None:
-    config = type("Config", (), {"attachment_max_bytes": 1000, "attachments_max_message_bytes": 5000})()
-    services = ToolServices(reactor=Clock(), config=config, imap=FakeIMAPPool(server), smtp=sender)
+    services = tool_services(reactor=Clock(), imap=FakeIMAPPool(server), smtp=sender,
+                             limits=Limits(max_attachment_bytes=1000, max_message_bytes=5000))
     ctx = ToolContext(account=make_account(email=ME), services=services)
     uid = put(server, original(attachment=True))
     with pytest.raises(ToolError, match="over the 1000-byte cap"):

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from mailmcp import _fake_imap
 from mailmcp._mailbox_api import IMAPError
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools import _state, all_tools
 from mailmcp._tools._changes import MailboxChangesInput, get_mailbox_changes
 from mailmcp._tools._folders import (
@@ -31,7 +30,8 @@ from mailmcp._tools._folders import (
 from mailmcp._tools._reading import ListMessagesInput, list_mail_messages
 from mailmcp._tools._threads import ThreadInput, get_mail_thread, header_criteria
 from mailmcp._untrusted import unmark_body
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer
+from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
+from mailmcp.testing import _imap as _fake_imap
 from tests.helpers import run
 from tests.unit.test_imap_protocol import CAPS, logged_in, opened, result_of
 from tests.unit.test_imap_protocol import run as start
@@ -211,8 +211,8 @@ def world() -> tuple[FakeIMAPServer, ToolContext]:
     server.mailbox("INBOX")
     server.mailbox("Sent", "\\Sent")
     server.mailbox("Archive", "\\Archive")
-    services = ToolServices(reactor=None, config=None, imap=FakeIMAPPool(server))
-    return server, ToolContext(account=None, services=services)  # type: ignore[arg-type]
+    services = tool_services(imap=FakeIMAPPool(server))
+    return server, ToolContext(account=make_account(), services=services)
 
 
 def test_thread_by_headers_on_a_server_without_thread() -> None:

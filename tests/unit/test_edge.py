@@ -20,6 +20,7 @@ from mailmcp._paths import (
     strip_base_path,
 )
 from mailmcp._web import Router
+from mailmcp.testing import tool_services
 from tests.unit.test_mcp import (
     BASE,
     INITIALIZE,
@@ -198,10 +199,10 @@ def test_strip_base_path(path: bytes, expected: bytes) -> None:
 
 def test_mcp_challenge_names_path_inserted_metadata() -> None:
     """Under a base URL with a path, the 401 challenge points at the path-inserted PRM URL."""
-    from tests.unit.test_mcp import FakeTokenVerifier, MCPApp, SimpleNamespace, echo_tool
+    from tests.unit.test_mcp import FakeTokenVerifier, MCPApp, echo_tool
 
     config = make_config(base_url="https://host.example/mail")
-    app = MCPApp(config, FakeTokenVerifier({}), SimpleNamespace(), [echo_tool()])
+    app = MCPApp(config, FakeTokenVerifier({}), tool_services(), [echo_tool()])
     stub = Client(app)
     code, headers, _ = stub.request("POST", b"{}", token=None, url="https://host.example/mcp")
     assert code == 401

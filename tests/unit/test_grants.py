@@ -15,7 +15,6 @@ from mailmcp._grants import (
     CodeRequest,
     Credentials,
     GrantService,
-    MemoryGrantStore,
     OAuthError,
     canonical_resource,
     client_ref,
@@ -27,6 +26,7 @@ from mailmcp._grants import (
 from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._throttle import address_key, username_key
 from mailmcp._tokens import InvalidToken, TokenCodec
+from mailmcp.testing import MemoryGrantStore
 
 MCP = "https://mail.example.test/mcp"
 IMAP = MailServer("imap.example.test", 993, "tls")

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailmcp._imap import IMAPClientProtocol, Session
-from mailmcp._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox, Literal
+from mailmcp._mailbox_api import Appended, IMAPAuthError, IMAPError, IMAPNoSuchMailbox, Literal
 
 CAPS = b"IMAP4rev1 LITERAL+ UIDPLUS MOVE ESEARCH AUTH=PLAIN"
 
@@ -647,7 +647,7 @@ def test_append_waits_for_continuation_and_returns_appenduid() -> None:
     wire.server(b"+ Ready\r\n")
     assert wire.sent() == b"Subject: x\r\n\r\nbody\r\n\r\n"
     wire.ok(b"[APPENDUID 1700000000 17] Append completed.")
-    assert result_of(d) == (1700000000, 17)
+    assert result_of(d) == Appended(1700000000, 17)
 
 
 def test_append_to_missing_mailbox() -> None:

@@ -6,7 +6,6 @@ The ``/mcp`` endpoint without sockets: `MCPApp` driven through
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,9 +14,11 @@ from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
+from mailmcp import testing
+from mailmcp._config import Config
 from mailmcp._mcp import MCPApp, describe_validation_error, origin_of
 from mailmcp._toolkit import Tool, ToolContext, ToolError
-from mailmcp.testing import EchoInput, FakeTokenVerifier, echo_tool, make_account
+from mailmcp.testing import EchoInput, FakeTokenVerifier, echo_tool, make_account, tool_services
 
 BASE = "https://mail.example.test"
 TOKEN = "good-token"
@@ -62,14 +63,14 @@ def _tool(name: str, handler: Any, output: type[BaseModel] = Boom) -> Tool:
     )
 
 
-def make_config(**overrides: Any) -> Any:
+def make_config(**overrides: Any) -> Config:
     values: dict[str, Any] = {
         "base_url": BASE,
         "allowed_origins": ("https://inspector.example.test",),
         "max_request_body": 1 << 20,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return testing.make_config(**values)
 
 
 def make_app(tools: list[Tool] | None = None, **kwargs: Any) -> tuple[MCPApp, FakeTokenVerifier]:
@@ -81,7 +82,7 @@ def make_app(tools: list[Tool] | None = None, **kwargs: Any) -> tuple[MCPApp, Fa
             _tool("refuse", _refuse),
             _tool("wrong_type", _wrong_type),
         ]
-    app = MCPApp(make_config(), verifier, SimpleNamespace(), tools, **kwargs)
+    app = MCPApp(make_config(), verifier, tool_services(), tools, **kwargs)
     return app, verifier
 
 
@@ -265,7 +266,7 @@ def test_verifier_crash_is_503_not_500(logged: list[dict[str, Any]]) -> None:
             d.errback(ConnectionError("store down"))
             return d
 
-    app = MCPApp(make_config(), Broken(), SimpleNamespace(), [echo_tool()])
+    app = MCPApp(make_config(), Broken(), tool_services(), [echo_tool()])
     code, headers, content = Client(app).request("POST", json.dumps(INITIALIZE).encode())
     assert code == 503
     assert b"store down" not in content
@@ -313,7 +314,7 @@ def test_accept_without_json_is_406(client: Client) -> None:
 def test_body_over_cap_is_413() -> None:
     """MCPApp enforces its own body cap too."""
     verifier = FakeTokenVerifier({TOKEN: make_account()})
-    app = MCPApp(make_config(), verifier, SimpleNamespace(), [echo_tool()], max_body=100)
+    app = MCPApp(make_config(), verifier, tool_services(), [echo_tool()], max_body=100)
     code, body = Client(app).rpc(call("echo", {"text": "x" * 200}))
     assert code == 413
 
@@ -727,7 +728,7 @@ def test_initialize_never_touches_tools_or_services() -> None:
         ran.append("ran")
         return Boom(ok=True)
 
-    c = Client(MCPApp(make_config(), FakeTokenVerifier({TOKEN: make_account()}), None, [_tool("spy", spy)]))
+    c = Client(MCPApp(make_config(), FakeTokenVerifier({TOKEN: make_account()}), tool_services(), [_tool("spy", spy)]))
     c.rpc(INITIALIZE)
     c.rpc({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
     c.rpc(modern("tools/list"), headers=modern_headers("tools/list"))
@@ -750,7 +751,7 @@ def test_cancellation_reaches_the_handler() -> None:
         await d
         return Boom(ok=True)
 
-    app = MCPApp(make_config(), FakeTokenVerifier(), None, [_tool("slow", slow)])
+    app = MCPApp(make_config(), FakeTokenVerifier(), tool_services(), [_tool("slow", slow)])
     outer = Deferred.fromCoroutine(app._call_tool(make_account(), app._tools["slow"], {}))
     assert pending
     outer.cancel()
@@ -768,11 +769,11 @@ def test_construction_refuses_bad_tools() -> None:
 
     config, verifier = make_config(), FakeTokenVerifier()
     with pytest.raises(ValueError, match="name"):
-        MCPApp(config, verifier, None, [_tool("bad name!", _explode)])
+        MCPApp(config, verifier, tool_services(), [_tool("bad name!", _explode)])
     with pytest.raises(ValueError, match="two tools"):
-        MCPApp(config, verifier, None, [echo_tool(), echo_tool()])
+        MCPApp(config, verifier, tool_services(), [echo_tool(), echo_tool()])
     with pytest.raises(ValueError, match="object"):
-        MCPApp(config, verifier, None, [_tool("listy", _explode, output=Listy)])
+        MCPApp(config, verifier, tool_services(), [_tool("listy", _explode, output=Listy)])
 
 
 def test_origin_of() -> None:
@@ -813,7 +814,7 @@ def test_client_disconnect_cancels_the_running_tool(logged: list[dict[str, Any]]
         await Deferred(lambda _: cancelled.append(True))
         return Boom(ok=True)
 
-    app = MCPApp(make_config(), FakeTokenVerifier({TOKEN: make_account()}), None, [_tool("slow", slow)])
+    app = MCPApp(make_config(), FakeTokenVerifier({TOKEN: make_account()}), tool_services(), [_tool("slow", slow)])
     request = Request(DummyChannel(), False)
     request.uri = request.path = b"/mcp"
     request.prepath, request.postpath = [], [b"mcp"]
@@ -845,7 +846,7 @@ def test_admission_bounds_the_requests_worked_on_at_once() -> None:
         return Boom(ok=True)
 
     app = MCPApp(
-        make_config(), FakeTokenVerifier({TOKEN: make_account()}), None, [_tool("held", held)],
+        make_config(), FakeTokenVerifier({TOKEN: make_account()}), tool_services(), [_tool("held", held)],
         admission=fixed(3),
     )  # fmt: skip
     client = Client(app)
@@ -943,7 +944,7 @@ def test_an_account_past_its_share_gets_503_with_retry_after() -> None:
 
     second = attrs.evolve(make_account(), owner="grant-2", imap_username="bob@example.test")
     verifier = FakeTokenVerifier({TOKEN: make_account(), "other-token": second})
-    app = MCPApp(make_config(), verifier, None, [_tool("held", held)],
+    app = MCPApp(make_config(), verifier, tool_services(), [_tool("held", held)],
                  admission=Admission(initial=16, per_account=2))
     client = Client(app)
 
@@ -1009,7 +1010,7 @@ def test_the_gate_bounds_large_bodies_in_progress_per_mailbox() -> None:
 
     other = attrs.evolve(make_account(), owner="grant-2", imap_username="bob@example.test")
     verifier = FakeTokenVerifier({TOKEN: make_account(), "other-token": other})
-    app = MCPApp(make_config(), verifier, None, [echo_tool()], admission=Admission(per_account=8))
+    app = MCPApp(make_config(), verifier, tool_services(), [echo_tool()], admission=Admission(per_account=8))
 
     def large(token: str) -> DummyRequest:
         request = DummyRequest([b"mcp"])

@@ -16,12 +16,12 @@ from pydantic import BaseModel
 from twisted.internet.defer import Deferred
 
 from mailmcp._scopes import READ, SEND
-from mailmcp._toolkit import Tool, ToolContext
+from mailmcp._toolkit import Tool, ToolContext, ToolServices
 from mailmcp.mcp import Dispatcher, ToolRunner
 from mailmcp.mcp._dispatch import Headers
 from mailmcp.mcp._results import Accepted, InsufficientScope, Outcome, Reply
 from mailmcp.mcp._runner import index_tools
-from mailmcp.testing import echo_tool, make_account
+from mailmcp.testing import echo_tool, make_account, tool_services
 
 MODERN = "2026-07-28"
 PV = "io.modelcontextprotocol/protocolVersion"
@@ -67,14 +67,9 @@ class Audit:
         self.entries.append((tool, outcome))
 
 
-@attrs.define
-class Services:
-    audit: Audit = attrs.field(factory=Audit)
-
-
-def make_dispatcher(services: Any = None) -> Dispatcher:
+def make_dispatcher(services: ToolServices | None = None) -> Dispatcher:
     tools = index_tools([echo_tool(), _send_tool()])
-    return Dispatcher(tools, ToolRunner(services))
+    return Dispatcher(tools, ToolRunner(services if services is not None else tool_services()))
 
 
 def _now(coroutine: Coroutine[Any, Any, Outcome]) -> Outcome:
@@ -173,7 +168,7 @@ def test_a_call_the_scopes_do_not_cover_is_a_refusal_value_audited_as_error() ->
     The dispatcher returns the InsufficientScope value (the transport turns
     it into the 403 challenge); the tool does not run and the audit says error.
     """
-    services = Services()
+    services = tool_services(audit=Audit())
     dispatcher = make_dispatcher(services)
     account = attrs.evolve(make_account(), scopes=frozenset({READ}))
     outcome = _now(dispatcher.handle(account, request("tools/call", {"name": "send"})))

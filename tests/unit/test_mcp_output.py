@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from mailmcp._audit import targets
 from mailmcp._jsonrpc import encode
-from mailmcp._toolkit import ToolContext, ToolServices
+from mailmcp._toolkit import ToolContext
 from mailmcp._tools import all_tools
 from mailmcp._tools._reading import (
     SUMMARY_ITEMS,
@@ -34,7 +34,13 @@ from mailmcp._tools._reading import (
 )
 from mailmcp.mcp import MCPApp
 from mailmcp.mcp._results import ToolText, plain_json
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeTokenVerifier, make_account
+from mailmcp.testing import (
+    FakeIMAPPool,
+    FakeIMAPServer,
+    FakeTokenVerifier,
+    make_account,
+    tool_services,
+)
 from tests.helpers import run
 
 BASE = "https://mail.example.test"
@@ -79,7 +85,7 @@ def server() -> FakeIMAPServer:
 
 
 def _context(server: FakeIMAPServer) -> ToolContext:
-    services = ToolServices(reactor=MemoryReactorClock(), config=None, imap=FakeIMAPPool(server))
+    services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server))
     return ToolContext(account=make_account(), services=services)
 
 
@@ -131,7 +137,7 @@ def test_tools_call_over_http_text_is_the_structured_content(server: FakeIMAPSer
     Through /mcp: structuredContent validates against the outputSchema from
     tools/list, and the text content parses to exactly it (non-ASCII as UTF-8).
     """
-    services = ToolServices(reactor=MemoryReactorClock(), config=None, imap=FakeIMAPPool(server))
+    services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server))
     config = type("Config", (), {"base_url": BASE, "allowed_origins": (),
                                  "max_request_body": 1 << 20})()
     app = MCPApp(config, FakeTokenVerifier({TOKEN: make_account()}), services, all_tools())

@@ -7,7 +7,6 @@ to return early.
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -16,15 +15,15 @@ from twisted.web.test.requesthelper import DummyRequest
 from mailmcp._account import MailAccount
 from mailmcp._admission import Admission
 from mailmcp.mcp._gate import Answer, TransportGate
-from mailmcp.testing import FakeTokenVerifier, make_account
+from mailmcp.testing import FakeTokenVerifier, make_account, make_config
 
 BASE = "https://mail.example.test"
 TOKEN = "good-token"
 
 
 def make_gate(admission: Admission | None = None) -> TransportGate:
-    config = SimpleNamespace(base_url=BASE, allowed_origins=("https://app.example.test",),
-                             max_request_body=1 << 20)
+    config = make_config(base_url=BASE, allowed_origins=("https://app.example.test",),
+                         max_request_body=1 << 20)
     return TransportGate(config, FakeTokenVerifier({TOKEN: make_account()}),
                          admission or Admission(), 100)
 

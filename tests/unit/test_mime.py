@@ -11,6 +11,8 @@ import pytest
 
 from mailmcp import _mime
 from mailmcp._mime import (
+    Decoded,
+    Transferred,
     analyse,
     clean_line,
     clean_text,
@@ -160,30 +162,30 @@ def test_malformed_structure() -> None:
 
 def test_unknown_charsets_fall_back() -> None:
     """x-evil, utf-7, broken UTF-8: decoded, never an exception (MM-04)."""
-    assert decode_bytes("héllo".encode(), "x-evil") == ("héllo", "utf-8")
-    assert decode_bytes(b"h\xe9llo", "x-evil") == ("héllo", "cp1252")
-    assert decode_bytes(b"+AOk-", "utf-7")[0] == "é"
-    assert decode_bytes(b"ok \xff\xfe bad", "utf-8")[0].startswith("ok ")
-    assert decode_bytes(b"\x80", "us-ascii") == ("€", "cp1252")
+    assert decode_bytes("héllo".encode(), "x-evil") == Decoded("héllo", "utf-8")
+    assert decode_bytes(b"h\xe9llo", "x-evil") == Decoded("héllo", "cp1252")
+    assert decode_bytes(b"+AOk-", "utf-7").text == "é"
+    assert decode_bytes(b"ok \xff\xfe bad", "utf-8").text.startswith("ok ")
+    assert decode_bytes(b"\x80", "us-ascii") == Decoded("€", "cp1252")
 
 
 def test_partial_multibyte_dropped() -> None:
     """A prefix cut inside a UTF-8 sequence loses the fragment, not the decode."""
     data = "aé".encode()[:-1]
-    assert decode_bytes(data, "utf-8", final=False)[0] == "a"
+    assert decode_bytes(data, "utf-8", final=False).text == "a"
 
 
 def test_transfer_encodings() -> None:
     """base64 (garbage skipped, partial quanta dropped) and quoted-printable (partial escapes)."""
     encoded = base64.b64encode(b"hello world")
-    assert decode_transfer(encoded, "base64") == (b"hello world", False)
-    assert decode_transfer(b"aGVs!!bG8=", "BASE64")[0] == b"hello"
-    assert decode_transfer(encoded[:7], "base64", complete=False) == (b"hel", False)
-    assert decode_transfer(b"caf=C3=A9 =C", "quoted-printable", complete=False)[0] == "café ".encode()
-    assert decode_transfer(b"caf=C3=A9=", "quoted-printable", complete=False)[0] == "café".encode()
-    assert decode_transfer(b"aGVsbG8g\r\nd29ybGQ=\r\n", "base64") == (b"hello world", False)
-    assert decode_transfer(b"aGVs!!bG8=", "base64")[1] is True
-    assert decode_transfer(b"plain", None) == (b"plain", False)
+    assert decode_transfer(encoded, "base64") == Transferred(b"hello world", False)
+    assert decode_transfer(b"aGVs!!bG8=", "BASE64").data == b"hello"
+    assert decode_transfer(encoded[:7], "base64", complete=False) == Transferred(b"hel", False)
+    assert decode_transfer(b"caf=C3=A9 =C", "quoted-printable", complete=False).data == "café ".encode()
+    assert decode_transfer(b"caf=C3=A9=", "quoted-printable", complete=False).data == "café".encode()
+    assert decode_transfer(b"aGVsbG8g\r\nd29ybGQ=\r\n", "base64") == Transferred(b"hello world", False)
+    assert decode_transfer(b"aGVs!!bG8=", "base64").defect is True
+    assert decode_transfer(b"plain", None) == Transferred(b"plain", False)
 
 
 def test_html_hidden_content_dropped() -> None:

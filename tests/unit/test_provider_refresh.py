@@ -30,7 +30,6 @@ from mailmcp._grants import (
     CodeRequest,
     Credentials,
     GrantService,
-    MemoryGrantStore,
     open_credentials,
     pkce_s256,
 )
@@ -42,6 +41,7 @@ from mailmcp._smtp import SMTPAuthFailed, SMTPSender
 from mailmcp._tls import MailTLS
 from mailmcp._tokens import InvalidToken, TokenCodec
 from mailmcp._toolkit import imap_tool_error
+from mailmcp.testing import MemoryGrantStore
 from tests.unit.provider_fake import profile
 from tests.unit.test_imap_pool_unit import ScriptedEndpoint, ScriptedServer, ServerTransport
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools import all_tools
 from mailmcp._tools._reading import (
     TOOLS,
@@ -31,7 +31,7 @@ from mailmcp._tools._reading import (
     uid_set,
 )
 from mailmcp._untrusted import unmark_body
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
+from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
 from tests.helpers import run
 
 
@@ -57,7 +57,7 @@ def server() -> FakeIMAPServer:
 
 
 def context(server: FakeIMAPServer) -> ToolContext:
-    services = ToolServices(reactor=MemoryReactorClock(), config=None, imap=FakeIMAPPool(server))
+    services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server))
     return ToolContext(account=make_account(), services=services)
 
 
@@ -381,7 +381,7 @@ def test_big_html_is_converted_off_the_reactor(server: FakeIMAPServer) -> None:
     """HTML over the inline threshold goes to the reactor's thread pool; small HTML does not."""
     reactor = _ThreadReactor()
     ctx = ToolContext(account=make_account(),
-                      services=ToolServices(reactor=reactor, config=None, imap=FakeIMAPPool(server)))
+                      services=tool_services(reactor=reactor, imap=FakeIMAPPool(server)))
     for size in (10, 5000):
         message = EmailMessage(policy=SMTP)
         message["From"] = "a@example.test"
@@ -436,8 +436,8 @@ def test_one_unparseable_structure_does_not_hide_the_page(server: FakeIMAPServer
     is hostile, the page is fetched again without it and only that message
     lacks has_attachments.
     """
-    from mailmcp._fake_imap import FakeIMAPSession
     from mailmcp._mailbox_api import IMAPError
+    from mailmcp.testing import FakeIMAPSession
 
     class Picky(FakeIMAPSession):
         async def fetch(self, message_set: str, items: str, *, uid: bool = True) -> Any:
@@ -451,7 +451,7 @@ def test_one_unparseable_structure_does_not_hide_the_page(server: FakeIMAPServer
             return await operation(Picky(self.server))
 
     ctx = ToolContext(account=make_account(),
-                      services=ToolServices(reactor=MemoryReactorClock(), config=None, imap=PickyPool(server)))
+                      services=tool_services(reactor=MemoryReactorClock(), imap=PickyPool(server)))
     for i in range(3):
         server.mailboxes["INBOX"].add(plain(f"m{i}"))
     out = run(list_mail_messages(ctx, ListMessagesInput()))

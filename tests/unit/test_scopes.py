@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,7 +31,7 @@ from mailmcp._scopes import (
 )
 from mailmcp._tools import all_tools
 from mailmcp._verifier import GrantTokenVerifier
-from mailmcp.testing import FakeTokenVerifier, make_account
+from mailmcp.testing import FakeTokenVerifier, make_account, make_config, tool_services
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
 from tests.unit.test_mcp import Client, call
 
@@ -308,12 +307,10 @@ class Tripwire:
         raise RuntimeError(f"mail service used: {name}")
 
 
-def scoped_client(*scopes: str) -> tuple[Client, SimpleNamespace]:
+def scoped_client(*scopes: str) -> tuple[Client, Any]:
     account = attrs.evolve(make_account(), scopes=frozenset(scopes))
-    services = SimpleNamespace(
-        imap=Tripwire(), smtp=Tripwire(), reactor=None, config=None, attachments=None,
-        attachment_index=None, send_limiter=None)
-    config = SimpleNamespace(base_url=BASE, allowed_origins=(), max_request_body=1 << 20)
+    services = tool_services(imap=Tripwire(), smtp=Tripwire())
+    config = make_config(base_url=BASE, max_request_body=1 << 20)
     app = MCPApp(config, FakeTokenVerifier({"good-token": account}), services, all_tools())
     return Client(app), services
 

@@ -11,12 +11,11 @@ import pytest
 from twisted.internet.task import Clock
 
 from mailmcp._compose import make_message_id
-from mailmcp._grants import MemoryGrantStore
 from mailmcp._sendintent import LEASE_MARGIN, SendIntents, intent_key
 from mailmcp._smtp import SMTPOutcomeUnknown, SMTPSendFailed
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._writing import SEND_MAIL_MESSAGE, SendInput
-from mailmcp.testing import FakeIMAPPool, make_account
+from mailmcp.testing import FakeIMAPPool, MemoryGrantStore, make_account, tool_services
 from tests.helpers import run
 from tests.unit.test_writing_tools import FakeSender, WritableServer
 
@@ -30,9 +29,8 @@ class Daemon:
     def __init__(self, name: str, store: MemoryGrantStore, server: WritableServer, clock: Clock):
         self.sender = FakeSender()
         self.intents = SendIntents(store, lease=LEASE, owner=name)
-        services = ToolServices(
+        services = tool_services(
             reactor=clock,
-            config=None,
             imap=FakeIMAPPool(server),
             smtp=self.sender,
             send_intents=self.intents,

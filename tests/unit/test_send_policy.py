@@ -6,15 +6,13 @@ Sent is searched or SMTP is contacted.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from twisted.internet.task import Clock
 
 from mailmcp._sendpolicy import domain_allowed, parse_allow_domains, refused_recipients
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._writing import SendInput, send_mail_message
-from mailmcp.testing import FakeIMAPPool, make_account
+from mailmcp.testing import FakeIMAPPool, make_account, tool_services
 from tests.helpers import run
 from tests.unit.test_writing_tools import FakeSender, WritableServer
 
@@ -50,8 +48,8 @@ def _ctx(allowed: str) -> tuple[ToolContext, WritableServer, FakeSender]:
     server.mailbox("Sent", "\\Sent")
     server.mailbox("Drafts", "\\Drafts")
     sender = FakeSender()
-    config = SimpleNamespace(send_allow_domains=parse_allow_domains(allowed))
-    services = ToolServices(reactor=Clock(), config=config, imap=FakeIMAPPool(server), smtp=sender)
+    services = tool_services(reactor=Clock(), imap=FakeIMAPPool(server), smtp=sender,
+                             send_allow_domains=parse_allow_domains(allowed))
     return ToolContext(account=make_account(), services=services), server, sender
 
 

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from mailmcp._sendrate import SendRateLimiter, SharedSendRateLimiter, send_key
 from mailmcp._smtp import SMTPOutcomeUnknown, SMTPSendFailed
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     SEND_MAIL_MESSAGE,
@@ -26,7 +26,7 @@ from mailmcp._tools._writing import (
     SendInput,
 )
 from mailmcp.interfaces import ISendBudget
-from mailmcp.testing import FakeIMAPPool, make_account
+from mailmcp.testing import FakeIMAPPool, make_account, tool_services
 from tests.helpers import run
 from tests.unit.test_writing_tools import FakeSender, WritableServer, commands
 
@@ -159,9 +159,8 @@ def make_ctx(
     sender = sender or FakeSender()
     account = make_account()
     account = attrs.evolve(account, smtp=attrs.evolve(account.smtp, files_sent=files_sent))
-    services = ToolServices(
+    services = tool_services(
         reactor=clock,
-        config=None,
         imap=FakeIMAPPool(server),
         smtp=sender,
         send_limiter=SendRateLimiter(clock, burst, per_hour),

@@ -12,11 +12,11 @@ import pytest
 from twisted.internet.task import Clock
 
 from mailmcp._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices, imap_tool_error
+from mailmcp._toolkit import ToolContext, ToolError, imap_tool_error
 from mailmcp._tools._attachments import GET_MAIL_ATTACHMENT_LINK, AttachmentLinkInput
 from mailmcp._tools._reading import GetMessageInput, get_mail_message
 from mailmcp._tools._writing import DELETE_MAIL_MESSAGE, DeleteInput
-from mailmcp.testing import make_account
+from mailmcp.testing import make_account, tool_services
 from tests.helpers import run
 
 
@@ -31,7 +31,7 @@ class FailingPool:
 
 
 def context(error: IMAPError) -> ToolContext:
-    services = ToolServices(reactor=Clock(), config=None, imap=FailingPool(error))
+    services = tool_services(reactor=Clock(), imap=FailingPool(error))
     return ToolContext(account=make_account(), services=services)
 
 

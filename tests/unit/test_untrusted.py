@@ -14,10 +14,10 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from mailmcp import _untrusted
-from mailmcp._toolkit import ToolContext, ToolServices
+from mailmcp._toolkit import ToolContext
 from mailmcp._tools._reading import GetMessageInput, GetMessageOutput, get_mail_message
 from mailmcp._untrusted import authentication, mark_body, spoof_warnings, unmark_body
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
+from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
 from tests.helpers import run
 from tests.unit.test_reading_tools import plain
 
@@ -88,8 +88,8 @@ def test_markers_cannot_be_forged_by_the_body() -> None:
 
 
 def _tool(server: FakeIMAPServer, trusted: str | None) -> ToolContext:
-    config = SimpleNamespace(trusted_authserv_id=trusted)
-    services = ToolServices(reactor=MemoryReactorClock(), config=config, imap=FakeIMAPPool(server))
+    services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server),
+                             trusted_authserv_id=trusted)
     return ToolContext(account=make_account(), services=services)
 
 

@@ -18,9 +18,10 @@ import pytest
 from pydantic import ValidationError
 from twisted.internet.task import Clock
 
-from mailmcp._mailbox_api import IMAPError, Literal, MailboxState
+from mailmcp._attachments._common import Limits
+from mailmcp._mailbox_api import Appended, IMAPError, Literal, MailboxState
 from mailmcp._smtp import RecipientResult, SendResult, SMTPOutcomeUnknown, SMTPSendFailed
-from mailmcp._toolkit import ToolContext, ToolError, ToolServices
+from mailmcp._toolkit import ToolContext, ToolError
 from mailmcp._tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     DELETE_MAIL_MESSAGE,
@@ -35,7 +36,13 @@ from mailmcp._tools._writing import (
     MoveInput,
     SendInput,
 )
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, make_account
+from mailmcp.testing import (
+    FakeIMAPPool,
+    FakeIMAPServer,
+    FakeIMAPSession,
+    make_account,
+    tool_services,
+)
 from tests.helpers import run
 
 SAMPLE = b"From: x@example.test\r\nSubject: sample\r\nMessage-ID: <s@example.test>\r\n\r\nbody\r\n"
@@ -99,7 +106,7 @@ class WritableSession(FakeIMAPSession):
         return await super().uid_search(criteria)
 
     async def append(self, mailbox: str, message: bytes, flags: Sequence[str] = (),
-                     date: str | None = None) -> tuple[int | None, int | None]:
+                     date: str | None = None) -> Appended:
         if mailbox in self.server.refuse_append:
             self._log("APPEND", mailbox)
             raise IMAPError("NO [OVERQUOTA] Quota exceeded")
@@ -161,7 +168,7 @@ def sender() -> FakeSender:
 def ctx(server: WritableServer, sender: FakeSender) -> ToolContext:
     clock = Clock()
     clock.advance(1_700_000_000)
-    services = ToolServices(reactor=clock, config=None, imap=FakeIMAPPool(server), smtp=sender)
+    services = tool_services(reactor=clock, imap=FakeIMAPPool(server), smtp=sender)
     return ToolContext(account=make_account(full_name="Alice Example"), services=services)
 
 
@@ -360,8 +367,8 @@ def test_inline_attachments_checked_before_anything_is_sent(
     ctx: ToolContext, server: WritableServer, sender: FakeSender, inline: dict[str, str], reason: str | None
 ) -> None:
     """Bad base64 or an attachment over the cap is a clear ToolError and nothing is sent or saved."""
-    config = type("Config", (), {"attachment_max_bytes": 2048, "attachments_max_message_bytes": 4096})()
-    ctx2 = ToolContext(account=ctx.account, services=attrs.evolve(ctx.services, config=config))
+    limits = Limits(max_attachment_bytes=2048, max_message_bytes=4096)
+    ctx2 = ToolContext(account=ctx.account, services=attrs.evolve(ctx.services, limits=limits))
     if reason is None:
         run(SEND_MAIL_MESSAGE.handler(ctx2, SendInput(to="bob@example.test", attachments=[inline])))
         assert len(sender.sent) == 1

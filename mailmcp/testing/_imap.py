@@ -22,12 +22,15 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._mailbox_api import (
+from .._account import MailAccount
+from .._mailbox_api import (
     Address,
+    Appended,
     Envelope,
     FetchedMessage,
     IMAPError,
     IMAPNoSuchMailbox,
+    IMAPSession,
     Literal,
     MailboxInfo,
     MailboxState,
@@ -93,7 +96,11 @@ class FakeIMAPPool:
     leases: int = 0
 
     async def run(
-        self, account: Any, operation: Callable[[Any], Awaitable[T]], *, read_only: bool
+        self,
+        account: MailAccount,
+        operation: Callable[[IMAPSession], Awaitable[T]],
+        *,
+        read_only: bool,
     ) -> T:
         self.leases += 1
         return await operation(self.server.session())
@@ -211,30 +218,67 @@ class FakeIMAPSession:
                 matched.append(message.uid)
         return matched
 
+    def _open(self) -> FakeMailbox:
+        if self._selected is None:
+            raise IMAPError("no mailbox is open; examine or select one first")
+        return self._selected
+
+    def _writable(self) -> FakeMailbox:
+        """As the real session: a write after EXAMINE opens the mailbox read-write first."""
+        box = self._open()
+        if self._read_only:
+            self._log("SELECT", box.name)
+            self._read_only = False
+        return box
+
     async def uid_store(
         self, uids: Sequence[int], mode: str, flags: Sequence[str], *, silent: bool = True
     ) -> dict[int, tuple[str, ...]]:
         self._log("UID STORE", tuple(uids), mode, tuple(flags))
-        raise IMAPError("the fake session is read-only")
+        if mode not in ("+FLAGS", "-FLAGS", "FLAGS"):
+            raise IMAPError(f"invalid STORE mode {mode!r:.20}")
+        box = self._writable()
+        changed: dict[int, tuple[str, ...]] = {}
+        for message in box.messages:
+            if message.uid in uids:
+                if mode == "+FLAGS":
+                    message.flags |= set(flags)
+                elif mode == "-FLAGS":
+                    message.flags -= set(flags)
+                else:
+                    message.flags = set(flags)
+                changed[message.uid] = tuple(sorted(message.flags))
+        return {} if silent else changed
 
     async def uid_copy(self, uids: Sequence[int], mailbox: str) -> dict[int, int]:
         self._log("UID COPY", tuple(uids), mailbox)
-        raise IMAPError("the fake session is read-only")
+        box = self._open()
+        target = self._box(mailbox)
+        return {m.uid: target.add(m.raw, m.flags) for m in list(box.messages) if m.uid in uids}
 
     async def uid_move(self, uids: Sequence[int], mailbox: str) -> dict[int, int]:
         self._log("UID MOVE", tuple(uids), mailbox)
-        raise IMAPError("the fake session is read-only")
+        box = self._writable()
+        target = self._box(mailbox)
+        mapping = {m.uid: target.add(m.raw, m.flags) for m in list(box.messages) if m.uid in uids}
+        for uid in mapping:
+            box.expunge(uid)
+        return mapping
 
     async def uid_expunge(self, uids: Sequence[int]) -> None:
+        """Only the named messages that are also flagged \\Deleted go (RFC 4315)."""
         self._log("UID EXPUNGE", tuple(uids))
-        raise IMAPError("the fake session is read-only")
+        box = self._writable()
+        for message in list(box.messages):
+            if message.uid in uids and "\\Deleted" in message.flags:
+                box.expunge(message.uid)
 
     async def append(
         self, mailbox: str, message: bytes, flags: Sequence[str] = (), date: str | None = None
-    ) -> tuple[int | None, int | None]:
+    ) -> Appended:
         self._log("APPEND", mailbox)
         box = self._box(mailbox)
-        return box.uidvalidity, box.add(message, flags)
+        return Appended(box.uidvalidity, box.add(message, flags))
 
     # -- folders and a fresh EXAMINE (the fallbacks of get_mailbox_changes and
     # the folder tools; this fake has no THREAD, CONDSTORE or QRESYNC) --------

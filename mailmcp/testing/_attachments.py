@@ -12,9 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from .._keyring import KeyRing, new_master_key
-from ..interfaces import IAttachmentStore
-from ._common import (
+from .._attachments._common import (
     AttachmentNotFound,
     AttachmentRefused,
     AttachmentTooLarge,
@@ -24,8 +22,10 @@ from ._common import (
     owner_tag,
     sanitise_filename,
 )
-from ._links import EXPIRED, OTHER_OWNER, LinkClaims, LinkCodec
-from ._local import clean_content_type
+from .._attachments._links import EXPIRED, OTHER_OWNER, LinkClaims, LinkCodec
+from .._attachments._local import clean_content_type
+from .._keyring import KeyRing, new_master_key
+from ..interfaces import IAttachmentStore
 
 
 @implementer(IAttachmentStore)
