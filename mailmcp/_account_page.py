@@ -13,6 +13,14 @@ After a successful check, the page is stateless: the forms carry a sealed,
 short-lived account session (the IMAP server and username, never the
 password), opened again on each revocation.  Grants are found through their
 account index (`mailmcp._grants.account_index`).
+
+For a provider profile (``--imap-auth xoauth2|oauthbearer``) the page asks
+for no password: "Continue with <provider>" runs provider sign-in
+(`mailmcp._provider_login.ProviderLogin.begin_account`), and the provider
+callback hands the mailbox address back here (`provider_outcome`), which
+opens the same session as a password sign-in and hands it to ``GET
+/account`` in a one-use cookie (a 303, so the browser does not stay at the
+callback URL with the provider's code in it).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -34,6 +43,7 @@ from ._cimd import ClientMetadataError
 from ._clients import Client, MailServer
 from ._grants import AccountGrants, GrantRecord
 from ._mailcheck import LoginRejected, MailServerUnavailable
+from ._provider_login import AccountSignedIn, AccountTryAgain, CallbackRefused
 from ._scopes import ALL_SCOPES, FULL, LABELS
 from ._templates import template_path
 from ._throttle import Busy, Throttled
@@ -41,7 +51,7 @@ from ._tokens import InvalidToken
 from .oauth import OAuthApp
 from .oauth._errors import BadRequest
 from .oauth._forms import CONTROL, MAX_FORM_BODY, body_size, single
-from .oauth._pages import error_page, flatten, page_headers
+from .oauth._pages import error_page, flatten, page_headers, redirect
 
 log = Logger()
 
@@ -50,6 +60,9 @@ SESSION_LIFETIME = 600
 _SESSION_KIND = "account"
 FULL_ACCESS = "full access"
 NO_ACCESS = "no access (sign in again from your assistant)"
+
+#: The one-use cookie carrying a provider sign-in's session to GET /account.
+HANDOFF_COOKIE = b"mailmcp-account"
 
 SIGN_IN_FAILED = "Sign-in failed. Please check your username and password."
 
@@ -92,8 +105,11 @@ class _AccountPage(Element):
         apps: list[GrantRecord] | None = None,
         max_scope: frozenset[str] = FULL,
         base_path: str = "",
+        provider_label: str | None = None,
     ) -> None:
         super().__init__()
+        #: "Continue with <label>" instead of the password form; None: passwords.
+        self._provider_label = provider_label
         #: The --base-url's path: the page's own URLs live under it.
         self._base_path = base_path
         self._server = server
@@ -135,6 +151,42 @@ class _AccountPage(Element):
     @renderer
     def signin(self, request: IRequest, tag: Tag) -> Tag | str:
         return "" if self._session is not None else tag
+
+    @renderer
+    def password_signin(self, request: IRequest, tag: Tag) -> Tag | str:
+        return "" if self._provider_label is not None else tag
+
+    @renderer
+    def provider_signin(self, request: IRequest, tag: Tag) -> Tag | str:
+        """A provider profile's sign-in: one button, no password field."""
+        label = self._provider_label
+        if label is None:
+            return ""
+        fields = [
+            ("action", "provider"),
+            ("client_id", self._client_id),
+            ("csrf_token", self._csrf),
+        ]
+        return tag(
+            tags.p(
+                f"Sign in at {label} to see which assistants can use your mail, and to "
+                "disconnect them. This server never sees your password, and nothing is saved "
+                "by signing in here.",
+                class_="intro",
+            ),
+            tags.form(
+                [tags.input(type="hidden", name=n, value=v) for n, v in fields if v],
+                tags.button(
+                    f"Continue with {label}",
+                    type="submit",
+                    id="provider",
+                    class_="provider-button",
+                ),
+                method="post",
+                id="signin",
+                action=self._base_path + "/account",
+            ),
+        )
 
     @renderer
     def signin_hidden(self, request: IRequest, tag: Tag) -> list[Tag]:
@@ -205,6 +257,8 @@ class AccountApp:
         self._parts = oauth.parts
         self._accounts = accounts
         self._codec = oauth.parts.codec
+        # The provider callback hands account-page sign-ins back here.
+        oauth.parts.account_page = self
 
     @app.handle_errors(BadRequest)
     def _bad_request(self, request: IRequest, failure: Failure) -> Deferred[bytes]:
@@ -230,7 +284,10 @@ class AccountApp:
         ``client_id`` names or, without one, the default mail profile (as a
         client with no id).
         """
-        client_id = single(args, "client_id")
+        return await self.find_client(single(args, "client_id") or "")
+
+    async def find_client(self, client_id: str) -> Client:
+        """The page's client for C{client_id} ("": the default mail profile)."""
         if not client_id:
             config = self._parts.config
             if config.default_imap is not None and config.default_smtp is not None:
@@ -264,7 +321,9 @@ class AccountApp:
         parts = self._parts
         csrf = parts.csrf.form_token(request)
         request.setResponseCode(status)
-        page_headers(request)
+        provider = parts.provider_for(client)
+        # form-action must let "Continue with …" redirect to the provider.
+        page_headers(request, None, provider.authorize_url if provider is not None else None)
         return await flatten(
             _AccountPage(
                 client.imap,
@@ -272,6 +331,7 @@ class AccountApp:
                 client.client_id,
                 max_scope=parts.config.max_scope,
                 base_path=parts.base_path,
+                provider_label=provider.label if provider is not None else None,
                 **kw,
             )
         )
@@ -279,6 +339,10 @@ class AccountApp:
     @app.route("/account", methods=["GET", "HEAD"])
     async def show(self, request: IRequest) -> bytes:
         client = await self._client(request.args or {})
+        # Only a GET uses the handoff up: a HEAD (prefetch) must not.
+        handed = self._handed_off(request, client) if request.method == b"GET" else None
+        if handed is not None:
+            return await self._show_apps(request, client, *handed)
         return await self._render(request, client)
 
     @app.route("/account", methods=["PUT", "DELETE", "PATCH"])
@@ -301,11 +365,89 @@ class AccountApp:
                 403,
             )
         action = single(args, "action")
+        provider = self._parts.provider_for(client)
+        if action == "provider" and provider is not None:
+            return self._provider_begin(request, client)
+        if action == "sign_in" and provider is not None:
+            # A provider mailbox has no password here: say what to use.
+            return await self._render(
+                request,
+                client,
+                400,
+                errors=[f"This mailbox signs in with {provider.label}: use the button below."],
+            )
         if action == "sign_in":
             return await self._sign_in(request, client, args)
         if action in ("revoke", "revoke_all"):
             return await self._revoke(request, client, args, action)
         raise BadRequest("Invalid request", "Use the form on this page.")
+
+    def _provider_begin(self, request: IRequest, client: Client) -> bytes:
+        """ "Continue with <provider>": off to the provider, marked as an account-page sign-in."""
+        provider_login = self._parts.provider_login
+        assert provider_login is not None
+        try:
+            location = provider_login.begin_account(request, client)
+        except CallbackRefused as e:
+            raise BadRequest(e.title, e.message, e.status) from None
+        return redirect(request, location)
+
+    async def provider_outcome(
+        self, request: IRequest, outcome: AccountSignedIn | AccountTryAgain
+    ) -> bytes:
+        """
+        The provider callback of an account-page sign-in: signed in, the
+        same session as after a password sign-in; else the page with the
+        one-line reason.
+        """
+        client = outcome.client
+        if isinstance(outcome, AccountTryAgain):
+            if outcome.retry_after is not None:
+                request.setHeader(b"retry-after", str(outcome.retry_after).encode("ascii"))
+            return await self._render(request, client, outcome.status, errors=[outcome.message])
+        session = self._codec.seal(
+            _SESSION_KIND,
+            {"srv": client.imap.to_claims(), "u": outcome.email},
+            SESSION_LIFETIME,
+        )
+        # Hand the session to GET /account in a one-use cookie, so the page
+        # (and the browser's history) does not stay at the callback URL with
+        # the provider's code in it.
+        self._handoff_cookie(request, session.encode("ascii"), SESSION_LIFETIME)
+        where = self._parts.base_path + "/account"
+        if client.client_id:
+            where += "?" + urlencode({"client_id": client.client_id})
+        return redirect(request, where)
+
+    def _handoff_cookie(self, request: IRequest, value: bytes, max_age: int) -> None:
+        secure = self._parts.issuer.startswith("https://")
+        request.addCookie(  # type: ignore[call-arg]
+            HANDOFF_COOKIE,
+            value,
+            path=(self._parts.base_path + "/account").encode("utf-8"),
+            max_age=str(max_age).encode("ascii"),
+            httpOnly=True,
+            secure=secure,
+            # Lax: sent on the 303 that follows the provider's top-level redirect.
+            sameSite="lax",
+        )
+
+    def _handed_off(self, request: IRequest, client: Client) -> tuple[str, str] | None:
+        """The session a provider sign-in handed over, used up; None: none (or not this mailbox)."""
+        cookie = request.getCookie(HANDOFF_COOKIE)
+        if not cookie:
+            return None
+        self._handoff_cookie(request, b"", 0)
+        try:
+            session = cookie.decode("ascii")
+            claims = self._codec.open(_SESSION_KIND, session)
+            server = MailServer.from_claims(claims.get("srv"))
+            username = claims["u"]
+            if not isinstance(username, str) or server != client.imap:
+                return None
+        except (InvalidToken, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+        return session, username
 
     async def _sign_in(
         self, request: IRequest, client: Client, args: Mapping[bytes, list[bytes]]

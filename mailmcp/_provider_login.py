@@ -22,6 +22,15 @@ in the cookie (a ``state`` alone, from a URL, is worth nothing without it).
 It is single use: finishing marks the ``state`` as used in the store (a
 counter shared by every process on it, expiring with the cookie), so a
 replayed callback is refused, and the cookie is cleared.
+
+**Account-page sign-in.**  ``/account`` for a provider profile runs the same
+flow (`ProviderLogin.begin_account`); its pending request is marked as an
+account-page sign-in and names only the page's client.  The callback then
+learns the mailbox address from the provider, checks it live at the IMAP
+server with the token (as the password account page checks the password),
+and answers `AccountSignedIn`: the account page opens its usual session for
+that address.  Nothing is stored and no grant is made: the provider's tokens
+are dropped once checked.
 """
 
 from __future__ import annotations
@@ -97,6 +106,8 @@ class Pending:
     #: Our ``state`` and PKCE verifier with the provider.
     provider_state: str = attrs.field(repr=False)
     verifier: str = attrs.field(repr=False)
+    #: An account-page sign-in (no MCP request, no grant), not a login.
+    account: bool = False
 
     def to_claims(self) -> dict[str, Any]:
         return {
@@ -110,6 +121,7 @@ class Pending:
             "fn": self.full_name,
             "ps": self.provider_state,
             "pv": self.verifier,
+            "acc": self.account,
         }
 
     @classmethod
@@ -130,6 +142,7 @@ class Pending:
             full_name=c["fn"],
             provider_state=c["ps"],
             verifier=c["pv"],
+            account=c.get("acc") is True,
         )
 
     def code_request(self, client: Client) -> CodeRequest:
@@ -155,6 +168,24 @@ class TryAgain:
 
     client: Client
     pending: Pending
+    message: str
+    status: int = 400
+    retry_after: int | None = None
+
+
+@attrs.frozen
+class AccountSignedIn:
+    """An account-page sign-in succeeded: show C{client}'s page for mailbox C{email}."""
+
+    client: Client
+    email: str
+
+
+@attrs.frozen
+class AccountTryAgain:
+    """An account-page sign-in failed: show C{client}'s account page with C{message}."""
+
+    client: Client
     message: str
     status: int = 400
     retry_after: int | None = None
@@ -335,16 +366,45 @@ class ProviderLogin:
             provider_state=secrets.token_urlsafe(32),
             verifier=secrets.token_urlsafe(48),
         )
+        return self._start(request, client, found[1], pending)
+
+    def begin_account(self, request: IRequest, client: Client) -> str:
+        """
+        The account page's "Continue with …": seal an account-page sign-in
+        for C{client} (the page's client, "" for the default profile) into
+        the browser's cookie and return the provider's authorization URL.
+        """
+        found = self.profile_for(client)
+        assert found is not None
+        pending = Pending(
+            client_id=client.client_id,
+            redirect_uri="",
+            state=None,
+            code_challenge="",
+            resource="",
+            offered=frozenset(),
+            chosen=frozenset(),
+            full_name="",
+            provider_state=secrets.token_urlsafe(32),
+            verifier=secrets.token_urlsafe(48),
+            account=True,
+        )
+        return self._start(request, client, found[1], pending)
+
+    def _start(
+        self, request: IRequest, client: Client, profile: ProviderProfile, pending: Pending
+    ) -> str:
         sealed = self._codec.seal(_KIND, pending.to_claims(), PENDING_LIFETIME)
         if len(sealed) > MAX_COOKIE:
             raise CallbackRefused("This sign-in request is too large to continue.", 400)
         self._set_cookie(request, sealed.encode("ascii"), PENDING_LIFETIME)
         log.info(
-            "provider sign-in started with {provider} for client {client}",
-            provider=found[1].name,
-            client=client.client_id[:40],
+            "provider sign-in started with {provider} for {what} {client}",
+            provider=profile.name,
+            what="the account page of" if pending.account else "client",
+            client=client.client_id[:40] or "(default profile)",
         )
-        return self.provider_client(found[1]).authorization_url(
+        return self.provider_client(profile).authorization_url(
             redirect_uri=self.redirect_uri,
             state=pending.provider_state,
             code_challenge=_challenge(pending.verifier),
@@ -393,14 +453,23 @@ class ProviderLogin:
         return pending
 
     async def finish(
-        self, request: IRequest, find_client: Callable[[str], Awaitable[Client]]
-    ) -> Finished | TryAgain:
+        self,
+        request: IRequest,
+        find_client: Callable[[str], Awaitable[Client]],
+        find_account_client: Callable[[str], Awaitable[Client]] | None = None,
+    ) -> Finished | TryAgain | AccountSignedIn | AccountTryAgain:
         """
-        Check and finish a provider callback.
+        Check and finish a provider callback: a login (C{find_client} finds
+        its MCP client) or an account-page sign-in (C{find_account_client}
+        finds the page's client, "" the default profile).
 
         :raises CallbackRefused: forged, replayed or expired callbacks.
         """
         pending = await self._pending(request)
+        if pending.account:
+            if find_account_client is None:
+                raise CallbackRefused()
+            return await self._finish_account(request, pending, find_account_client)
         try:
             client = await find_client(pending.client_id)
         except Exception:
@@ -538,3 +607,126 @@ class ProviderLogin:
                 )
                 return f"{protocol}: the mail server could not be reached securely. Please try again later."
         return None
+
+    async def _finish_account(
+        self,
+        request: IRequest,
+        pending: Pending,
+        find_client: Callable[[str], Awaitable[Client]],
+    ) -> AccountSignedIn | AccountTryAgain:
+        """
+        An account-page sign-in: the provider's identity, then a live IMAP
+        login with its token (the proof the password page asks for: this
+        token opens this mailbox on this server).  Throttled and audited
+        like the page's password sign-in; nothing is stored.
+        """
+        try:
+            client = await find_client(pending.client_id)
+        except Exception:
+            log.info("account sign-in refused: the client is no longer known")
+            raise CallbackRefused() from None
+        found = self.profile_for(client)
+        if found is None:
+            raise CallbackRefused()
+        key, profile = found
+        label = profile.label
+        audited = client if client.client_id else None
+        error = _single(request, "error", 256)
+        if error is not None:
+            code = error if _ERROR_CODE.fullmatch(error) else "unknown"
+            log.info(
+                "account sign-in not completed: {provider} said {error}",
+                provider=profile.name,
+                error=code,
+            )
+            self._record("login", audited, "error", None, "provider " + code)
+            if code == "access_denied":
+                return AccountTryAgain(client, f"Sign-in at {label} was cancelled.")
+            return AccountTryAgain(
+                client, f"{label} did not complete the sign-in ({code}). Please try again."
+            )
+        code_param = _single(request, "code")
+        if not code_param:
+            raise CallbackRefused()
+        try:
+            reservation = await self._throttle.admit(self._address_of(request), [])
+        except Throttled as e:
+            self._record("login", audited, "error", None, "throttled")
+            return AccountTryAgain(
+                client,
+                "Too many sign-in attempts. Please wait a few minutes before trying again.",
+                429,
+                e.retry_after,
+            )
+        provider = self.provider_client(profile)
+        try:
+            tokens = await provider.exchange_code(code_param, pending.verifier, self.redirect_uri)
+            email = await provider.mailbox_address(tokens)
+        except ProviderRefused as e:
+            await self._throttle.settle(reservation, None)
+            log.info(
+                "account sign-in refused by {provider}: {reason}",
+                provider=profile.name,
+                reason=str(e),
+            )
+            self._record("login", audited, "error", None, "provider refused")
+            return AccountTryAgain(client, f"{label} did not accept the sign-in. Please try again.")
+        except ProviderUnavailable as e:
+            await self._throttle.settle(reservation, None)
+            log.warn(
+                "provider {provider} unavailable: {reason}", provider=profile.name, reason=str(e)
+            )
+            self._record("login", audited, "error", None, "provider unavailable")
+            return AccountTryAgain(
+                client, f"{label} could not be reached. Please try again in a minute.", 503
+            )
+        credentials = Credentials(
+            email=email,
+            full_name="",
+            imap=client.imap,
+            imap_username=email,
+            imap_password="",
+            smtp=client.smtp,
+            smtp_username=email,
+            smtp_password="",
+            imap_auth=profile.imap_auth,
+            provider=key,
+            oauth=tokens,
+        )
+        server, username, secret, mechanism = credentials_check(credentials, "IMAP")
+        problem: str | None = None
+        try:
+            with self._throttle.slot():
+                await self._imap.check(server, username, secret, mechanism=mechanism)
+        except Busy:
+            await self._throttle.settle(reservation, None)
+            self._record("login", audited, "error", email, "busy")
+            return AccountTryAgain(
+                client,
+                "The service is busy checking other sign-ins. Please try again in a moment.",
+                503,
+                5,
+            )
+        except LoginRejected:
+            log.info(
+                "account page: IMAP {mechanism} login rejected by {host}",
+                mechanism=mechanism,
+                host=server.host,
+            )
+            problem = (
+                f"IMAP: the mail server did not accept the sign-in from {label} for this mailbox."
+            )
+        except MailServerUnavailable as e:
+            log.warn(
+                "account page: IMAP server {host} unavailable: {reason}",
+                host=server.host,
+                reason=e.reason,
+            )
+            problem = "IMAP: the mail server could not be reached securely. Please try again later."
+        await self._throttle.settle(reservation, None)
+        self._record("login", audited, "error" if problem else "ok", email)
+        if problem is not None:
+            return AccountTryAgain(client, problem)
+        # The tokens go out of scope here: an account-page sign-in is no grant.
+        log.info("account sign-in completed with {provider}", provider=profile.name)
+        return AccountSignedIn(client, email)

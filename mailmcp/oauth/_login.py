@@ -31,7 +31,7 @@ from .._cimd import ClientMetadataError
 from .._clients import Client, MailServer
 from .._grants import CodeRequest, Credentials, client_ref
 from .._mailcheck import LoginRejected, MailServerUnavailable
-from .._provider_login import CallbackRefused, Finished
+from .._provider_login import AccountSignedIn, AccountTryAgain, CallbackRefused, Finished
 from .._throttle import Busy, Throttled
 from .._tokens import InvalidToken
 from .._user_servers import ServerPolicy, ServerRefused, Suggestion, brings_servers, discover
@@ -409,10 +409,17 @@ class LoginRoom:
             await self._refuse_denied(client)
             return client
 
+        account_page = self._parts.account_page
         try:
-            outcome = await provider_login.finish(request, find)
+            outcome = await provider_login.finish(
+                request, find, None if account_page is None else account_page.find_client
+            )
         except CallbackRefused as e:
             raise BadRequest(e.title, e.message, e.status) from None
+        if isinstance(outcome, (AccountSignedIn, AccountTryAgain)):
+            # An account-page sign-in: that page answers, signed in or not.
+            page: bytes = await account_page.provider_outcome(request, outcome)
+            return page
         if isinstance(outcome, Finished):
             return redirect(request, outcome.location)
         pending = outcome.pending

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import Any
 
 import attrs
 from twisted.web.iweb import IRequest
@@ -108,6 +109,9 @@ class OAuthParts:
     audit: Audit | None = None
     #: Provider sign-in ("Continue with …", issue 18); None: passwords only.
     provider_login: ProviderLogin | None = None
+    #: The ``/account`` page (`mailmcp._account_page.AccountApp`), which
+    #: renders the provider callback of an account-page sign-in; None: no page.
+    account_page: Any = None
 
     def provider_for(self, client: Client) -> ProviderProfile | None:
         """The `ProviderProfile` that signs C{client}'s users in, or None (passwords)."""
