@@ -390,12 +390,15 @@ class Bench:
             await bare.logout()
             raise
         floor: list[float] = []
+        sequential: list[float] = []
         warm: list[float] = []
         # The daemon's CPU in the warm blocks only: unlike latency, hardly
         # moved by other load on a shared machine (10 ms clock ticks).
         daemon_cpu = 0.0
         for _ in range(s.blocks):
             floor += await _imap.timed_warm_calls(bare, s.floor_iterations // s.blocks)
+            sequential += await _imap.timed_warm_calls(bare, s.floor_iterations // s.blocks,
+                                                       pipelined=False)
             cpu0 = cpu_seconds(self.daemon.pid)
             for _ in range(s.warm_iterations // s.blocks):
                 warm.append(await timed(lambda: listing(client, "INBOX")))
@@ -405,16 +408,21 @@ class Bench:
         commands = _imap.warm_list_commands(bare.exists)
         await bare.logout()
         self.report["floor"] = {
-            "what": "bare asyncio IMAP client, logged in, folder open, the IMAP commands of a warm listing",
+            "what": "bare asyncio IMAP client, logged in, folder open, the IMAP commands of a warm listing"
+                    " in one write (pipelined, as mailmcp sends them)",
             "commands": commands,
             "folder_messages": s.small,
             **latency_summary(floor),
+            "sequential_p50_ms": ms(pct(sequential, 0.5)),
+            "sequential_note": "the same commands one round trip each (the floor before NOOP and FETCH"
+                               " were pipelined), measured in the same blocks",
         }
         self.report["warm"] = {
             "what": f"{LIST_TOOL}(per_page=20) over MCP/HTTP, pool warm, {s.small}-message folder",
             "folder_messages": s.small,
             **latency_summary(warm),
             "warm_p50/floor_p50": ratio(pct(warm, 0.5), pct(floor, 0.5)),
+            "warm_p50/sequential_floor_p50": ratio(pct(warm, 0.5), pct(sequential, 0.5)),
             "daemon_cpu_ms_per_call": round(daemon_cpu / len(warm) * 1000, 3) if warm else None,
         }
         self._warm_client = client

@@ -21,7 +21,12 @@ targets of docs/architecture.rst found wanting:
 - errors as `IMAPError` with messages fit for the user.
 
 One connection runs one command at a time (the session serialises them);
-the queue inherited from ``IMAP4Client`` is only a safety net.
+the queue inherited from ``IMAP4Client`` is only a safety net.  The one
+exception is `IMAPClientProtocol.send` with ``pipeline=True``: a command
+without literals or continuations is written at once behind the one in
+flight (``NOOP`` + ``FETCH``: one round trip instead of two); untagged
+responses belong to the oldest command still running, as the server
+answers pipelined commands in order (RFC 3501 §5.5).
 """
 
 from __future__ import annotations
@@ -223,6 +228,8 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         self._commands: dict[bytes, RawCommand] = {}
         self._queue: list[RawCommand] = []
         self._waiting: bytes | None = None
+        #: Tags written behind C{_waiting} without waiting for it, oldest first.
+        self._pipelined: list[bytes] = []
         self._buffer = b""
         self._segments: list[bytes] = []
         self._literal_remaining = 0
@@ -297,6 +304,7 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         self._commands = {}
         self._queue = []
         self._waiting = None
+        self._pipelined = []
         for cmd in commands:
             if cmd.timer is not None and cmd.timer.active():
                 cmd.timer.cancel()
@@ -419,7 +427,10 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         cmd = self._commands.pop(tag, None)
         if cmd is None:
             raise IMAPError("the mail server answered a command that was never sent")
-        self._waiting = None
+        if tag == self._waiting:
+            self._waiting = self._pipelined.pop(0) if self._pipelined else None
+        else:
+            self._pipelined.remove(tag)  # a pipelined command finished first
         status, _, text = rest.partition(b" ")
         self._finish(cmd, status.upper(), text)
         self._next()
@@ -460,6 +471,11 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         """Whether a command is in flight or queued."""
         return self._waiting is not None or bool(self._queue)
 
+    @property
+    def in_flight(self) -> int:
+        """Commands written and not answered yet (more than one when pipelined)."""
+        return len(self._commands)
+
     def _finish(self, cmd: RawCommand, status: bytes, text: bytes) -> None:
         if cmd.timer is not None and cmd.timer.active():
             cmd.timer.cancel()
@@ -477,8 +493,13 @@ class IMAPClientProtocol(imap4.IMAP4Client):
 
     # -- sending ----------------------------------------------------------------
 
-    def send(self, cmd: RawCommand) -> Deferred[Response]:
-        """Run C{cmd}; fires with its `Response` or fails with `IMAPError`."""
+    def send(self, cmd: RawCommand, *, pipeline: bool = False) -> Deferred[Response]:
+        """
+        Run C{cmd}; fires with its `Response` or fails with `IMAPError`.
+        With C{pipeline}, C{cmd} is written at once even while another
+        command runs, when neither needs a continuation (no literal, no
+        SASL exchange); otherwise it waits its turn as usual.
+        """
         if self.closed:
             error = self.error or IMAPError("connection to the mail server lost", transient=True)
             failed: Deferred[Response] = Deferred()
@@ -490,20 +511,34 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         cmd.timer = self.clock.callLater(
             self.command_timeout, self._timed_out, cmd.name.decode("ascii", "replace")
         )
-        if self._waiting is not None:
-            self._queue.append(cmd)
-        else:
+        if self._waiting is None:
             self._start(cmd)
+        elif pipeline and self._can_pipeline(cmd):
+            self._start(cmd, pipelined=True)
+        else:
+            self._queue.append(cmd)
         return d
+
+    def _can_pipeline(self, cmd: RawCommand) -> bool:
+        """Whether C{cmd} may follow the commands in flight without waiting."""
+        if self._queue or cmd.user_continuation is not None:
+            return False
+        if any(isinstance(piece, Literal) for piece in cmd.pieces):
+            return False
+        current = self._current()
+        return current is not None and not current.writes and current.user_continuation is None
 
     def _next(self) -> None:
         if self._queue and self._waiting is None and not self.closed:
             self._start(self._queue.pop(0))
 
-    def _start(self, cmd: RawCommand) -> None:
+    def _start(self, cmd: RawCommand, *, pipelined: bool = False) -> None:
         tag = self.makeTag()
         self._commands[tag] = cmd
-        self._waiting = tag
+        if pipelined:
+            self._pipelined.append(tag)
+        else:
+            self._waiting = tag
         writes = layout(tag, cmd.name, cmd.pieces, cmd.literal_plus)
         cmd.writes = writes[1:]
         if self.observer is not None or debug_enabled():

@@ -304,6 +304,9 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
         return None
     seq = as_number(_int_atom(head[:space]), what="sequence number")
     if len(response) == 1:
+        scanned = _scan_fetch(head, space + 7, seq)
+        if scanned is not None:
+            return scanned
         fast = _fast_envelope(head, space + 7)
         if fast is not None:
             return fast_fetch(seq, *fast)
@@ -311,6 +314,193 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
     if len(values) != 1 or not isinstance(values[0], list):
         raise ParseError("FETCH without a parenthesised list")
     return fetch_from_items(seq, values[0])
+
+
+# -- the single-pass listing scanner ------------------------------------------------
+#
+# A listing FETCH (``UID n FLAGS (...) RFC822.SIZE n INTERNALDATE "..."
+# ENVELOPE (...) BODYSTRUCTURE (...)``, MODSEQ with CONDSTORE) is read item
+# by item straight from the line into a `FetchedMessage`: one anchored
+# regular expression per item, no token tree of the whole line and no
+# second conversion pass.  It accepts only the plain forms servers send
+# (single spaces, no literals, no escapes in dates, flags that are plain
+# atoms); on anything else it returns None and the general parser below
+# decides, so hostile input gets exactly the general parser's answer.
+
+_SCAN_ITEM = re.compile(rb"(UID|FLAGS|RFC822\.SIZE|INTERNALDATE|ENVELOPE|BODYSTRUCTURE|MODSEQ) ")
+_SCAN_NUMBER = re.compile(rb"[0-9]{1,10}")
+_SCAN_FLAGS = re.compile(rb'\(((?:[^ \t()"\[\]{\r\n]+(?: [^ \t()"\[\]{\r\n]+)*)?)\)')
+_SCAN_DATE = re.compile(rb'"([^"\\\r\n]*)"')
+_SCAN_MODSEQ = re.compile(rb"\(([0-9]{1,19})\)")
+#: The end of a line whose last item is BODYSTRUCTURE, followed by MODSEQ.
+_SCAN_TAIL_MODSEQ = re.compile(rb" MODSEQ \(([0-9]{1,19})\)\)")
+
+
+def _scan_fetch(head: bytes, start: int, seq: int) -> FetchedMessage | None:
+    """
+    The `FetchedMessage` of a plain listing FETCH line (C{start}: the
+    offset of its ``(``), or None when the line is not of that plain form.
+    """
+    end = len(head) - 1
+    if end <= start or head[start] != _OPEN or head[end] != _CLOSE:
+        return None
+    uid: int | None = None
+    flags: tuple[str, ...] | None = None
+    size: int | None = None
+    internal_date: str | None = None
+    envelope: Envelope | None = None
+    bodystructure: Any = None
+    modseq: int | None = None
+    pos = start + 1
+    listing = _SCAN_LISTING.match(head, start)
+    if listing is not None:  # the items in the order a listing asks for them, in one match
+        groups = listing.groups()
+        uid = int(groups[0])
+        size = int(groups[2])
+        if not 0 < uid <= MAX_UINT32 or size > MAX_UINT32:
+            return None
+        words = groups[1].split(b" ") if groups[1] else []
+        for word in words:
+            if word == b"NIL" or word.isdigit():
+                return None
+        flags = tuple([word.decode("latin-1") for word in words])
+        internal_date = as_text(groups[3])
+        envelope = _envelope_from_groups(groups[4:])
+        pos = listing.end()
+    while True:
+        item = _SCAN_ITEM.match(head, pos)
+        if item is None:
+            return None
+        name = item.group(1)
+        pos = item.end()
+        if name == b"UID" or name == b"RFC822.SIZE":
+            number = _SCAN_NUMBER.match(head, pos)
+            if number is None:
+                return None
+            value = int(number.group())
+            if value > MAX_UINT32 or (value == 0 and name == b"UID"):
+                return None
+            if name == b"UID":
+                uid = value
+            else:
+                size = value
+            pos = number.end()
+        elif name == b"FLAGS":
+            found = _SCAN_FLAGS.match(head, pos)
+            if found is None:
+                return None
+            raw = found.group(1)
+            words = raw.split(b" ") if raw else []
+            for word in words:
+                if word == b"NIL" or word.isdigit():
+                    return None
+            flags = tuple([word.decode("latin-1") for word in words])
+            pos = found.end()
+        elif name == b"INTERNALDATE":
+            found = _SCAN_DATE.match(head, pos)
+            if found is None:
+                return None
+            internal_date = as_text(found.group(1))
+            pos = found.end()
+        elif name == b"ENVELOPE":
+            found = _ENVELOPE_VALUE.match(head, pos)
+            if found is None:
+                return None
+            envelope = _envelope_from_groups(found.groups())
+            pos = found.end()
+        elif name == b"MODSEQ":
+            found = _SCAN_MODSEQ.match(head, pos)
+            if found is None:
+                return None
+            modseq = int(found.group(1))
+            if modseq > MAX_MODSEQ:
+                return None
+            pos = found.end()
+        else:  # BODYSTRUCTURE: the last item, or followed by MODSEQ only
+            stop = end
+            tail = head.rfind(b" MODSEQ (", pos)
+            if tail != -1:
+                found = _SCAN_TAIL_MODSEQ.match(head, tail)
+                if found is not None and found.end() == len(head):
+                    stop = tail
+            bodystructure = _scan_structure(head, pos, stop)
+            if bodystructure is None:
+                return None
+            if stop != end:
+                modseq = int(head[stop + 9 : end - 1])
+                if modseq > MAX_MODSEQ:
+                    return None
+            pos = end
+        if pos == end:
+            break
+        if pos > end or head[pos] != 32:  # one space between items, else the general parser
+            return None
+        pos += 1
+    if uid is None:
+        return None
+    return FetchedMessage(
+        uid=uid,
+        seq=seq,
+        flags=flags,
+        size=size,
+        internal_date=internal_date,
+        envelope=envelope,
+        bodystructure=bodystructure,
+        modseq=modseq,
+    )
+
+
+def _scan_structure(head: bytes, pos: int, stop: int) -> list[Any] | None:
+    """
+    The BODYSTRUCTURE list filling C{head[pos:stop]} exactly, in the
+    contract's form (what `convert_bodystructure` makes of `parse_values`),
+    built in the same pass as the tokens are read; None when it is not one
+    well-formed list.
+    """
+    if head[pos] != _OPEN:
+        return None
+    top: list[Any] = []
+    current = top
+    append = top.append
+    stack: list[tuple[list[Any], int]] = []
+    closer = 0
+    for token in _TOKEN.findall(head, pos, stop):
+        if current is top and top:
+            return None  # something after the list
+        first = token[0]
+        if first == _QUOTE:
+            if len(token) < 2 or token[-1] != _QUOTE:
+                return None
+            quoted = token[1:-1]
+            if b"\\" in quoted:
+                quoted = _UNQUOTE.sub(rb"\1", quoted)
+            append(quoted.decode("latin-1"))
+        elif first == _OPEN or first == _BOPEN:
+            if len(stack) >= MAX_DEPTH - 1:  # the FETCH list is one level already
+                return None
+            child: list[Any] = []
+            append(child)
+            stack.append((current, closer))
+            closer = _CLOSE if first == _OPEN else _BCLOSE
+            current = child
+            append = child.append
+        elif first == _CLOSE or first == _BCLOSE:
+            if first != closer:
+                return None
+            current, closer = stack.pop()
+            append = current.append
+        elif token == b"NIL":
+            append(None)
+        elif token.isdigit():
+            append(int(token) if len(token) <= 20 else token.decode("latin-1"))
+        elif first == _BRACE:
+            return None
+        else:
+            append(token.decode("latin-1"))
+    if stack or len(top) != 1:
+        return None
+    structure: list[Any] = top[0]
+    return structure
 
 
 # The listing hot path: an ENVELOPE without literals is matched by one
@@ -326,6 +516,23 @@ _FAST_ENVELOPE = re.compile(
         + [rb"(" + _NSTRING + rb")"] * 2
     )
     + rb"\)"
+)
+#: The value of an ENVELOPE item alone (groups as in `_FAST_ENVELOPE`).
+_ENVELOPE_VALUE = re.compile(_FAST_ENVELOPE.pattern[len(rb"(?<=[ (])ENVELOPE ") :])
+#: A listing FETCH up to its BODYSTRUCTURE item: UID, FLAGS, RFC822.SIZE,
+#: INTERNALDATE and ENVELOPE in the order `SUMMARY_ITEMS` asks for them.
+_SCAN_LISTING = re.compile(
+    rb"\(UID ("
+    + _SCAN_NUMBER.pattern
+    + rb") FLAGS "
+    + _SCAN_FLAGS.pattern
+    + rb" RFC822\.SIZE ("
+    + _SCAN_NUMBER.pattern
+    + rb") INTERNALDATE "
+    + _SCAN_DATE.pattern
+    + rb" ENVELOPE "
+    + _ENVELOPE_VALUE.pattern
+    + rb" (?=BODYSTRUCTURE \()"
 )
 _ADDRESS_FIELDS = re.compile(rb"\(" + rb" ".join([rb"(" + _NSTRING + rb")"] * 4) + rb"\)")
 
@@ -364,8 +571,12 @@ def _fast_envelope(head: bytes, start: int) -> tuple[list[Value], Envelope] | No
             break
     else:
         return None
-    groups = match.groups()
-    envelope = Envelope(
+    return items, _envelope_from_groups(match.groups())
+
+
+def _envelope_from_groups(groups: Sequence[bytes]) -> Envelope:
+    """The `Envelope` of the ten raw fields an ENVELOPE regex matched."""
+    return Envelope(
         date=_fast_text(groups[0]),
         subject=_fast_text(groups[1]),
         from_=_fast_addresses(groups[2]),
@@ -377,7 +588,6 @@ def _fast_envelope(head: bytes, start: int) -> tuple[list[Value], Envelope] | No
         in_reply_to=_fast_text(groups[8]),
         message_id=_fast_text(groups[9]),
     )
-    return items, envelope
 
 
 #: Decoded header texts by raw bytes: senders' names repeat on every page.

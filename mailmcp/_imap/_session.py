@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import bisect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 
 from .._clients import is_loopback_host
@@ -96,6 +97,8 @@ class Session:
         self._permanent_flags: tuple[str, ...] = ()
         self._highest_modseq: int | None = None
         self._qresync = False
+        #: Counts the untagged news about the open mailbox (EXISTS, EXPUNGE...).
+        self._changes = 0
         protocol.untagged_hook = self._untagged
 
     # -- state -------------------------------------------------------------------
@@ -134,15 +137,18 @@ class Session:
         if first.isdigit():
             kind = rest[:7].upper()
             if kind == b"EXISTS" and len(first) <= 10:
+                self._changes += 1
                 self._exists = int(first)
                 if self._uidnext is not None and self._exists > 0:
                     self._uidnext = None  # new mail: UIDNEXT no longer known
             elif kind == b"EXPUNGE":
+                self._changes += 1
                 self._exists = max(0, self._exists - 1)
         elif first.upper() == b"VANISHED" and not rest[:1] == b"(":
             # After ENABLE QRESYNC expunges arrive as VANISHED <uid-set>
             # instead of one EXPUNGE each (RFC 7162 §3.2.10); (EARLIER) ones
             # answer a FETCH and never change the count.
+            self._changes += 1
             self._exists = max(0, self._exists - _vanished_count(rest))
         elif first.upper() == b"OK" and rest[:1] == b"[":
             code, _ = split_code(rest)
@@ -151,6 +157,7 @@ class Session:
             if code[0] == b"HIGHESTMODSEQ" and code[1] <= MAX_MODSEQ:
                 self._highest_modseq = code[1]
             elif code[0] == b"UIDVALIDITY" and code[1] <= MAX_UINT32:
+                self._changes += 1
                 # The folder was renumbered while open (RFC 3501 §2.3.1.1):
                 # callers comparing UIDVALIDITY must see the new value.
                 self._uidvalidity = code[1]
@@ -169,6 +176,17 @@ class Session:
         Send one command made of already validated pieces and wait for its
         tagged OK (`CommandFailed` on NO/BAD, `IMAPError` on anything else).
         """
+        return await self._send(name, *pieces, log_args=log_args, continuation=continuation)
+
+    def _send(
+        self,
+        name: bytes,
+        *pieces: bytes | Literal,
+        log_args: str | None = None,
+        continuation: Any = None,
+        pipeline: bool = False,
+    ) -> Deferred[Response]:
+        """`command` without waiting: the command is written (or queued) now."""
         literal_plus = "LITERAL+" in self._capabilities or (
             "LITERAL-" in self._capabilities
             and all(len(p.data) <= 4096 for p in pieces if isinstance(p, Literal))
@@ -176,7 +194,7 @@ class Session:
         cmd = RawCommand(
             name, pieces, log_args=log_args, continuation=continuation, literal_plus=literal_plus
         )
-        return await self.protocol.send(cmd)
+        return self.protocol.send(cmd, pipeline=pipeline)
 
     async def capability(self) -> frozenset[str]:
         response = await self.command(b"CAPABILITY")
@@ -499,6 +517,61 @@ class Session:
             return state
         return await self._open(b"EXAMINE", mailbox, encoded)
 
+    async def examine_fetch(
+        self, mailbox: str, message_set: Callable[[int], str | None], items: str
+    ) -> tuple[MailboxState, list[FetchedMessage] | IMAPError | None]:
+        """
+        `examine` C{mailbox} and, when it is already open here, ``FETCH``
+        C{message_set(exists)} (sequence numbers) in the same round trip:
+        the freshness ``NOOP`` and the ``FETCH`` are written together.
+
+        A server may run the two in either order, or at once (Dovecot runs
+        the FETCH first and reports new mail after it), so the FETCH counts
+        only when the NOOP brought no news: no EXISTS, EXPUNGE, VANISHED or
+        UIDVALIDITY, and no FETCH line but the ones asked for.  Otherwise
+        the numbers asked for may be stale and nothing is returned.
+
+        Returns the state after both and the FETCH's outcome: its messages,
+        or the `IMAPError` it failed with (the caller decides whether to
+        retry), or None when nothing usable was fetched (the mailbox was
+        not open, C{message_set} gave None, the NOOP brought news, or the
+        answer did not parse): then the caller fetches for the returned
+        state as usual, and a malformed answer fails there as it always did.
+        """
+        encoded = encode_mailbox(mailbox)
+        before = self._changes
+        wanted = message_set(self._exists) if self._encoded == encoded else None
+        if wanted is None:
+            return await self.examine(mailbox), None
+        spec = self._fetch_spec(wanted, items)
+        noop = self._send(b"NOOP")
+        fetch = self._send(b"FETCH", b" ", wanted.encode("ascii"), b" ", spec, pipeline=True)
+        try:
+            noop_response = await noop
+        except BaseException:
+            fetch.addErrback(lambda _: None)  # the NOOP's error is the one to report
+            raise
+        try:
+            fetch_response = await fetch
+        except IMAPError as e:
+            state = self.selected
+            assert state is not None
+            return state, (e if self._changes == before else None)
+        state = self.selected
+        assert state is not None
+        if self._changes != before:
+            return state, None
+        # Untagged lines are kept by the oldest command in flight: the
+        # FETCH's own lines may sit in the NOOP's response.
+        lines = noop_response.lines + fetch_response.lines
+        try:
+            messages = self._fetched(Response(lines, b""), wanted, uid=False)
+        except IMAPError:
+            return state, None
+        if sum(1 for line in lines if _is_fetch(line[0])) != len(messages):
+            return state, None  # an unsolicited FETCH (flags changed elsewhere)
+        return state, messages
+
     async def select(self, mailbox: str) -> MailboxState:
         encoded = encode_mailbox(mailbox)
         if self._encoded == encoded and not self._read_only:
@@ -586,13 +659,21 @@ class Session:
     async def fetch(
         self, message_set: str, items: str, *, uid: bool = True
     ) -> list[FetchedMessage]:
-        self._require_open()
-        if not isinstance(message_set, str) or not is_sequence_set(message_set):
-            raise IMAPError(f"invalid message set {message_set!r:.40}")
-        spec = _fetch_items(items)
+        spec = self._fetch_spec(message_set, items)
         response = await self.command(
             b"UID FETCH" if uid else b"FETCH", b" ", message_set.encode("ascii"), b" ", spec
         )
+        return self._fetched(response, message_set, uid=uid)
+
+    def _fetch_spec(self, message_set: str, items: str) -> bytes:
+        """The validated, side-effect free FETCH items for C{message_set}."""
+        self._require_open()
+        if not isinstance(message_set, str) or not is_sequence_set(message_set):
+            raise IMAPError(f"invalid message set {message_set!r:.40}")
+        return _fetch_items(items)
+
+    def _fetched(self, response: Response, message_set: str, *, uid: bool) -> list[FetchedMessage]:
+        """The messages of a FETCH C{response}, only those C{message_set} asked for."""
         ranges = _merge_ranges(sequence_ranges(message_set))
         starts = [r[0] for r in ranges]
         merged: dict[int, FetchedMessage] = {}
@@ -903,6 +984,12 @@ def _parse(line: RawResponse) -> list[Value]:
         return parse_values(line)
     except ParseError as e:
         raise IMAPError(e.message) from None
+
+
+def _is_fetch(head: bytes) -> bool:
+    """Whether an untagged line is ``<n> FETCH ...``."""
+    first, _, rest = head.partition(b" ")
+    return first.isdigit() and rest[:6].upper() == b"FETCH "
 
 
 def _bounded(raw: bytes) -> int:

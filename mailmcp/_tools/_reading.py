@@ -496,16 +496,26 @@ def _recoverable(error: IMAPError) -> bool:
 
 
 async def fetch_summaries(
-    session: IMAPSession, message_set: str, *, uid: bool
+    session: IMAPSession,
+    message_set: str,
+    *,
+    uid: bool,
+    first: list[FetchedMessage] | IMAPError | None = None,
 ) -> tuple[list[FetchedMessage], list[str]]:
     """
     FETCH the listing items for C{message_set}.  One hostile message whose
     BODYSTRUCTURE the IMAP layer refuses (nested too deep) must not hide the
     whole page: then the page is fetched without BODYSTRUCTURE and each
     message's structure asked for alone, so only the bad one goes without.
+    C{first}, when given, is the outcome of that FETCH already sent
+    (pipelined with the NOOP by `Session.examine_fetch`).
     """
     try:
-        return await session.fetch(message_set, SUMMARY_ITEMS, uid=uid), []
+        if first is None:
+            return await session.fetch(message_set, SUMMARY_ITEMS, uid=uid), []
+        if not isinstance(first, IMAPError):
+            return first, []
+        raise first
     except IMAPError as e:
         if not _recoverable(e):
             raise
@@ -606,14 +616,27 @@ async def list_mail_messages_data(ctx: ToolContext, arguments: ListMessagesInput
     """
     folder, page, per_page = arguments.folder, arguments.page, arguments.per_page
 
+    def page_set(exists: int) -> str | None:
+        window = page_range(exists, page, per_page)
+        return None if window is None else f"{window[0]}:{window[1]}"
+
     async def operation(session: IMAPSession) -> dict[str, Any]:
-        state = await session.examine(folder)
+        # A pooled connection with the folder open sends NOOP and FETCH in
+        # one round trip (Session.examine_fetch); other sessions, two.
+        examine_fetch = getattr(session, "examine_fetch", None)
+        first: list[FetchedMessage] | IMAPError | None = None
+        if examine_fetch is not None:
+            state, first = await examine_fetch(folder, page_set, SUMMARY_ITEMS)
+        else:
+            state = await session.examine(folder)
         window = page_range(state.exists, page, per_page)
         fetched: list[FetchedMessage] = []
         warnings: list[str] = []
         if window is not None:
             low, high = window
-            results, warnings = await fetch_summaries(session, f"{low}:{high}", uid=False)
+            results, warnings = await fetch_summaries(
+                session, f"{low}:{high}", uid=False, first=first
+            )
             fetched = sorted(
                 (m for m in results if low <= m.seq <= high), key=lambda m: m.seq, reverse=True
             )

@@ -99,6 +99,38 @@ async def test_seq_differs_from_uid(wire: Wire) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_warm_listing_is_one_round_trip_and_sees_new_mail(wire: Wire) -> None:
+    """
+    A repeat listing on the pooled connection writes the freshness NOOP and
+    the page FETCH together (the FETCH leaves while the NOOP is still in
+    flight).  Mail delivered in between is reported by that NOOP: the stale
+    page is dropped and the right one fetched, so the listing is exact.
+    """
+    for i in range(3):
+        wire.deliver(plain(f"m{i}"))
+    first = await list_mail_messages(wire.ctx, ListMessagesInput(per_page=2))
+    assert [m.subject for m in first.messages] == ["m2", "m1"] and first.total == 3
+
+    async def grab(session: Any) -> Any:
+        return session.protocol
+
+    protocol = await wire.session(grab)
+    written: list[tuple[str, int]] = []  # (command, commands in flight once it is written)
+    wire.pool.command_observers.append(
+        lambda _label, command, args: written.append((f"{command} {args}", protocol.in_flight))
+    )
+    warm = await list_mail_messages(wire.ctx, ListMessagesInput(per_page=2))
+    assert [m.subject for m in warm.messages] == ["m2", "m1"] and warm.total == 3
+    assert [(c.split(" (")[0], n) for c, n in written] == [("NOOP ", 1), ("FETCH 2:3", 2)]
+
+    written.clear()
+    wire.deliver(plain("m3"))
+    fresh = await list_mail_messages(wire.ctx, ListMessagesInput(per_page=2))
+    assert [m.subject for m in fresh.messages] == ["m3", "m2"] and fresh.total == 4
+    assert [c.split(" (")[0] for c, _ in written] == ["NOOP ", "FETCH 2:3", "FETCH 3:4"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_list_mailboxes_counts(wire: Wire) -> None:
     """Folders come back with special use and STATUS counts."""
     wire.deliver(plain("one"))

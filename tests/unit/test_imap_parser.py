@@ -369,3 +369,177 @@ def test_fast_envelope_ignores_envelope_text_inside_a_string() -> None:
     message = parse_fetch((line,))
     assert message is not None and message.envelope is None
     assert message.sections == {"HEADER": b"x ENVELOPE " + fake + b" y"}
+
+
+# -- the single-pass listing scanner (issue 17) ------------------------------------------------
+#
+# `_scan_fetch` must either give exactly what the general parser gives
+# (`parse_values` + `fetch_from_items`) or step aside (None), on any input.
+
+from mailmcp._imap import _parser  # noqa: E402
+
+LISTING_BODY = (
+    b'(("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 120 5 NIL NIL NIL NIL)'
+    b'("text" "html" ("charset" "utf-8") NIL NIL "quoted-printable" 340 9 NIL NIL NIL NIL) '
+    b'"alternative" ("boundary" "b1") NIL NIL NIL)'
+)
+DOVECOT_LINE = (
+    b'9981 FETCH (UID 9981 FLAGS (\\Seen $Label1) RFC822.SIZE 1234 INTERNALDATE "05-Dec-2026 10:00:00 +0000" '
+    b"ENVELOPE " + ENVELOPE + b" BODYSTRUCTURE " + LISTING_BODY + b" MODSEQ (101))"
+)
+
+
+def general_fetch(line: bytes) -> object:
+    """What the general parser makes of ``<seq> FETCH (...)``: a message or "error"."""
+    space = line.index(b" ")
+    try:
+        values = parse_values((line,), space + 7)
+        if len(values) != 1 or not isinstance(values[0], list):
+            raise ParseError("no list")
+        return _parser.fetch_from_items(int(line[:space]), values[0])
+    except ParseError:
+        return "error"
+
+
+def assert_scanner_agrees(line: bytes) -> bool:
+    """The scanner's answer, if it gives one, is the general parser's; True when it answered."""
+    space = line.index(b" ")
+    try:
+        scanned = _parser._scan_fetch(line, space + 7, int(line[:space]))
+    except ParseError:  # pragma: no cover - the scanner never raises
+        raise AssertionError(f"the scanner raised on {line!r}") from None
+    if scanned is None:
+        return False
+    assert scanned == general_fetch(line), line
+    return True
+
+
+def test_scanner_takes_the_listing_forms() -> None:
+    """Dovecot's listing line (MODSEQ last) and the other plain orders go through the scanner."""
+    assert assert_scanner_agrees(DOVECOT_LINE)
+    message = parse_fetch((DOVECOT_LINE,))
+    assert message is not None and message.modseq == 101 and message.uid == 9981
+    assert message.bodystructure[-5:] == ["alternative", ["boundary", "b1"], None, None, None]
+    for line in (
+        b"1 FETCH (UID 5)",
+        b"1 FETCH (FLAGS () UID 5)",
+        b"2 FETCH (MODSEQ (7) UID 5 FLAGS (\\Seen) BODYSTRUCTURE " + LISTING_BODY + b")",
+        b'3 FETCH (UID 6 FLAGS (\\Seen) RFC822.SIZE 10 INTERNALDATE "x" ENVELOPE ' + ENVELOPE + b")",
+        b"4 FETCH (UID 7 BODYSTRUCTURE (\"text\" \"plain\" NIL NIL NIL \"8bit\" 5 1))",
+    ):
+        assert assert_scanner_agrees(line), line
+
+
+#: (plain values, odd values) for each part of a generated listing line.
+_FLAGS = ([b"\\Seen", b"\\Flagged", b"$Label1", b"\\*", b"caf\xe9"], [b"NIL", b"123", b"007", b"a%b", b"x}y"])
+_NUMBERS = ([b"1", b"9981", b"4294967295", b"007"], [b"0", b"4294967296", b"9" * 25, b"NIL", b'"12"', b"-1"])
+_DATES = (
+    [b'"05-Dec-2026 10:00:00 +0000"', b'"caf\xc3\xa9"', b'"\xe9"', b'""'],
+    [b"NIL", b'"a\\"b"', b"12", b"x"],
+)
+_ENVELOPES = (
+    FAST_PATH_ENVELOPES,
+    [
+        b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+        b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+        b'(NIL NIL (("a" NIL "b")) NIL NIL NIL NIL NIL NIL NIL)',
+        b"NIL",
+        b'("d" 12 NIL NIL NIL NIL NIL NIL NIL NIL)',
+    ],
+)
+_ATOMS = (
+    [b'"text"', b'"plain"', b"NIL", b"12", b'"12"', b'"a\\"b"', b'"caf\xe9"', b"atom", b'"NIL"', b"9" * 25],
+    [b"\xff\xfe", b"{3}", b'"', b"[", b"]", b")"],
+)
+_MODSEQS = ([b"(0)", b"(7)", b"(9223372036854775807)"], [b"(9223372036854775808)", b"()", b"(1 2)", b"7"])
+
+
+@st.composite
+def listing_lines(draw: st.DrawFn) -> bytes:
+    """
+    ``n FETCH (...)`` lines: half of them plain (what servers send, with
+    8-bit text, escapes, NIL, 20+ digit numbers), half with odd values,
+    orders, case, separators or ends mixed in.
+    """
+    plain = draw(st.booleans())
+
+    def pick(choices: tuple[list[bytes], list[bytes]]) -> bytes:
+        good, odd = choices
+        return draw(st.sampled_from(good if plain else good + odd))
+
+    def structure(depth: int = 0) -> bytes:
+        if depth > 3 or draw(st.integers(0, 2)) == 0:
+            return pick(_ATOMS)
+        children = [structure(depth + 1) for _ in range(draw(st.integers(1, 4)))]
+        if not plain and draw(st.integers(0, 9)) == 0:
+            return b"[" + b" ".join(children) + b"]"
+        return b"(" + b" ".join(children) + b")"
+
+    flags = [pick(_FLAGS) for _ in range(draw(st.integers(0, 3)))]
+    items = [
+        b"UID " + pick(_NUMBERS),
+        b"FLAGS (" + b" ".join(flags) + b")",
+        b"RFC822.SIZE " + pick(_NUMBERS),
+        b"INTERNALDATE " + pick(_DATES),
+        b"ENVELOPE " + pick(_ENVELOPES),
+        b"BODYSTRUCTURE (" + structure(1) + b")",
+    ]
+    if draw(st.booleans()):
+        items.append(b"MODSEQ " + pick(_MODSEQS))
+    separator, tail = b" ", b")"
+    if not plain:
+        if draw(st.integers(0, 3)) == 0:
+            items = draw(st.permutations(items))
+        if draw(st.integers(0, 3)) == 0:
+            items = draw(st.lists(st.sampled_from(items), max_size=8))
+        if draw(st.integers(0, 5)) == 0:
+            items = [item.lower() for item in items]
+        separator = draw(st.sampled_from([b" "] * 6 + [b"  ", b"\t"]))
+        tail = draw(st.sampled_from([b")"] * 6 + [b" )", b"", b"))", b") x"]))
+    elif draw(st.booleans()):
+        items = draw(st.permutations(items))
+    return b"%d FETCH (" % draw(st.integers(1, 99)) + separator.join(items) + tail
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(listing_lines())
+def test_scanner_agrees_with_the_general_parser(line: bytes) -> None:
+    """Generated listing lines (odd numbers, NIL, 8-bit, escapes, any order): same answer or None."""
+    assert_scanner_agrees(line)
+
+
+def test_scanner_agrees_on_mutated_listing_lines() -> None:
+    """Thousands of byte-level mutations of a real listing line: same answer or None."""
+    alphabet = b'()[]"\\ {}0123456789NILMODSEQx\xff\t'
+    rng = random.Random(17)
+    taken = 0
+    for _ in range(4000):
+        mutated = bytearray(DOVECOT_LINE)
+        for _ in range(rng.randint(1, 3)):
+            position = rng.randrange(10, len(mutated))
+            choice = rng.random()
+            if choice < 0.4:
+                mutated[position] = rng.choice(alphabet)
+            elif choice < 0.7:
+                del mutated[position]
+            else:
+                mutated.insert(position, rng.choice(alphabet))
+        taken += assert_scanner_agrees(bytes(mutated))
+        try:
+            parse_fetch((bytes(mutated),))
+        except ParseError:
+            pass
+    assert taken > 400  # the scanner itself was exercised, not only the fallback
+
+
+@pytest.mark.parametrize("depth", [97, 98, 99, 100, 101])
+def test_scanner_nesting_limit_is_the_general_parsers(depth: int) -> None:
+    """A BODYSTRUCTURE nested right at the limit: accepted or refused exactly as before."""
+    body = b"(" * depth + b'"x"' + b")" * depth
+    line = b"1 FETCH (UID 5 BODYSTRUCTURE " + body + b")"
+    assert_scanner_agrees(line)
+    if depth >= MAX_DEPTH:
+        with pytest.raises(ParseError):
+            parse_fetch((line,))
+    else:
+        assert parse_fetch((line,)) is not None

@@ -738,3 +738,141 @@ def test_garbage_from_the_server_never_escapes_as_an_exception(garbage: bytes) -
     d.addBoth(outcomes.append)
     if outcomes and isinstance(outcomes[0], Failure):
         assert outcomes[0].check(IMAPError)
+
+
+# -- NOOP pipelined with the listing FETCH (issue 17) -------------------------------------
+
+LISTING = "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)"
+
+
+def last_two(exists: int) -> str | None:
+    return f"{exists - 1}:{exists}" if exists >= 2 else None
+
+
+def test_examine_fetch_sends_noop_and_fetch_in_one_write() -> None:
+    """On the open folder, NOOP and FETCH leave before any answer: one round trip."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    assert wire.sent() == (
+        b"0003 NOOP\r\n"
+        b"0004 FETCH 2:3 (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)\r\n"
+    )
+    assert [c for c, _ in wire.events[-2:]] == ["NOOP", "FETCH"]
+    wire.server(b"0003 OK NOOP done\r\n")
+    assert not d.called
+    wire.server(
+        b"* 2 FETCH (UID 8 FLAGS (\\Seen) RFC822.SIZE 10)\r\n"
+        b"* 3 FETCH (UID 9 FLAGS () RFC822.SIZE 20)\r\n"
+        b"0004 OK FETCH done\r\n"
+    )
+    state, fetched = result_of(d)
+    assert state.exists == 3 and state.name == "INBOX"
+    assert [(m.seq, m.uid, m.flags, m.size) for m in fetched] == [
+        (2, 8, ("\\Seen",), 10),
+        (3, 9, (), 20),
+    ]
+    assert not wire.protocol.busy
+
+
+def test_examine_fetch_untagged_lines_go_to_the_command_running() -> None:
+    """EXISTS answered to the NOOP updates the count; FETCH lines after its OK belong to the FETCH."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    wire.sent()
+    # New mail: the NOOP reports it, so the numbers 2:3 asked for are stale.
+    wire.server(b"* 4 EXISTS\r\n0003 OK NOOP done\r\n")
+    wire.server(b"* 2 FETCH (UID 8)\r\n* 3 FETCH (UID 9)\r\n0004 OK FETCH done\r\n")
+    state, fetched = result_of(d)
+    assert state.exists == 4
+    assert fetched is None  # the caller fetches again for the new count
+
+
+def test_examine_fetch_on_a_closed_folder_examines_first() -> None:
+    """Not open on this connection: a plain EXAMINE, nothing fetched ahead."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("Archive", last_two, LISTING))
+    assert wire.sent() == b'0003 EXAMINE "Archive"\r\n'
+    wire.server(b"* 7 EXISTS\r\n* OK [UIDVALIDITY 5] x\r\n")
+    wire.ok(b"[READ-ONLY] done")
+    state, fetched = result_of(d)
+    assert (state.name, state.exists, fetched) == ("Archive", 7, None)
+
+
+def test_examine_fetch_reports_a_failed_fetch_and_a_failed_noop() -> None:
+    """A refused FETCH is handed back for the caller's retry; a refused NOOP fails the call."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    wire.sent()
+    wire.server(b"0003 OK done\r\n0004 NO [SERVERBUG] cannot parse this message\r\n")
+    state, outcome = result_of(d)
+    assert state.exists == 3
+    assert isinstance(outcome, IMAPError) and "cannot parse" in outcome.message
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    assert wire.sent().count(b"\r\n") == 2
+    wire.server(b"0005 BAD [CLIENTBUG] no\r\n0006 OK done\r\n")
+    with pytest.raises(IMAPError, match="no"):
+        result_of(d)
+    assert not wire.protocol.busy and not wire.protocol.closed
+
+
+def test_pipelining_never_skips_a_literal_or_a_queue() -> None:
+    """A command with a literal waits its turn even when asked to pipeline."""
+    from mailmcp._imap._client import RawCommand
+
+    wire = opened(exists=3)
+    first = wire.protocol.send(RawCommand(b"NOOP"))
+    second = wire.protocol.send(
+        RawCommand(b"APPEND", [b' "INBOX" ', Literal(b"x")]), pipeline=True
+    )
+    assert wire.sent() == b"0003 NOOP\r\n"
+    wire.server(b"0003 OK done\r\n")
+    assert wire.sent().startswith(b"0004 APPEND ")
+    wire.server(b"0004 OK done\r\n")
+    assert result_of(first) is not None and result_of(second) is not None
+
+
+def test_pipelined_commands_may_finish_out_of_order() -> None:
+    """A tagged OK for the second command before the first's still completes both."""
+    from mailmcp._imap._client import RawCommand
+
+    wire = opened(exists=3)
+    first = wire.protocol.send(RawCommand(b"NOOP"))
+    second = wire.protocol.send(RawCommand(b"CHECK"), pipeline=True)
+    assert wire.sent() == b"0003 NOOP\r\n0004 CHECK\r\n"
+    wire.server(b"0004 OK check\r\n")
+    assert second.called and not first.called and wire.protocol.busy
+    wire.server(b"0003 OK noop\r\n")
+    assert first.called and not wire.protocol.busy
+
+
+def test_examine_fetch_when_the_server_runs_the_fetch_first() -> None:
+    """Dovecot's order: FETCH lines and its OK before the NOOP's OK; the page still counts."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    wire.sent()
+    wire.server(
+        b"* 2 FETCH (UID 8 FLAGS ())\r\n* 3 FETCH (UID 9 FLAGS ())\r\n"
+        b"0004 OK Fetch completed\r\n0003 OK NOOP completed\r\n"
+    )
+    state, fetched = result_of(d)
+    assert state.exists == 3 and [m.uid for m in fetched] == [8, 9]
+
+
+@pytest.mark.parametrize(
+    "news",
+    [
+        b"* 4 EXISTS\r\n",  # new mail reported after the FETCH ran on the old view
+        b"* 1 EXPUNGE\r\n* 3 EXISTS\r\n",  # same count, different messages
+        b"* 3 FETCH (FLAGS (\\Flagged))\r\n",  # flags changed by another client
+        b"* OK [UIDVALIDITY 9] renumbered\r\n",
+    ],
+)
+def test_examine_fetch_drops_the_page_when_the_noop_brings_news(news: bytes) -> None:
+    """Any news from the NOOP makes the pipelined page stale: nothing returned, the caller refetches."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_fetch("INBOX", last_two, LISTING))
+    wire.sent()
+    wire.server(b"* 2 FETCH (UID 8 FLAGS ())\r\n* 3 FETCH (UID 9 FLAGS ())\r\n0004 OK Fetch completed\r\n")
+    wire.server(news + b"0003 OK NOOP completed\r\n")
+    state, fetched = result_of(d)
+    assert fetched is None and state.name == "INBOX"
