@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
