@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "table":
-        from . import _report
+        from benchmarks import _report
 
         document = json.loads(args.report.read_text())
         print(_report.rst_table(document))
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_report.targets_text(document))
         return 0
 
-    from . import _report
-    from ._run import run as run_bench
+    from benchmarks import _report
+    from benchmarks._run import run as run_bench
 
     report = asyncio.run(run_bench(quick=args.quick, keep=args.keep, profile=args.profile))
     json_path = args.json or (None if args.quick else RESULTS / "report.json")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from ._http import Connection, HTTPError, sse_or_json
+from benchmarks._http import Connection, HTTPError, sse_or_json
 
 PROTOCOL_VERSION = "2025-11-25"
 REDIRECT_URI = "http://127.0.0.1:9/callback"

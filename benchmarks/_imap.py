@@ -40,7 +40,7 @@ def warm_list_commands(exists: int, per_page: int = 20, page: int = 1) -> list[s
     C{per_page} sequence numbers), asking for what the tool returns; both
     in one write (``Session.examine_fetch``).
 
-    Kept in step with ``mailmcp/_tools/_reading.py``.
+    Kept in step with ``mailmcp/tools/_reading.py``.
     """
     hi = exists - (page - 1) * per_page
     lo = max(1, hi - per_page + 1)
@@ -255,7 +255,7 @@ def changes_commands(folder: str, uidnext: int, modseq: int) -> list[str]:
     The IMAP commands a warm ``get_mailbox_changes(folder, since=state)``
     sends when nothing changed, on a connection with QRESYNC enabled: a
     fresh EXAMINE, CHANGEDSINCE ... VANISHED over the old UIDs, and the
-    search for new ones.  Kept in step with ``mailmcp/_tools/_changes.py``.
+    search for new ones.  Kept in step with ``mailmcp/tools/_changes.py``.
     """
     return [
         f"EXAMINE {quote(folder)} (CONDSTORE)",
@@ -291,7 +291,7 @@ def thread_commands(uid: int, message_id: str, members: Sequence[int] = ()) -> l
     headers of the other members of its THREAD tree (same-subject messages,
     C{members}), one header search in
     INBOX (open), Sent and Archive, and the snippet back in INBOX.  Kept in
-    step with ``mailmcp/_tools/_threads.py``.
+    step with ``mailmcp/tools/_threads.py``.
     """
     q = quote(message_id)
     search = (f"UID SEARCH RETURN (ALL) OR OR HEADER Message-ID {q} HEADER In-Reply-To {q} "
@@ -318,7 +318,7 @@ def thread_commands(uid: int, message_id: str, members: Sequence[int] = ()) -> l
 
 
 # -- the raw floors of get_mail_message, search_mail_messages and the Sent copy
-# (kept in step with mailmcp/_tools/_reading.py and mailmcp/_attachments/_helpers.py)
+# (kept in step with mailmcp/tools/_reading.py and mailmcp/attachments/_helpers.py)
 
 MESSAGE_ITEMS = ("(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE "
                  "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID IN-REPLY-TO REFERENCES)]<0.32768>)")

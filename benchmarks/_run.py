@@ -23,10 +23,10 @@ from typing import Any
 
 import attrs
 
-from . import _imap, _seed
-from ._clients import McpClient, ToolCallFailed, count_messages, login_many
-from ._http import HTTPError, client_overhead
-from ._procs import Daemon, Peer, cpu_seconds, ensure_peer, generate_client, proc_status
+from benchmarks import _imap, _seed
+from benchmarks._clients import McpClient, ToolCallFailed, count_messages, login_many
+from benchmarks._http import HTTPError, client_overhead
+from benchmarks._procs import Daemon, Peer, cpu_seconds, ensure_peer, generate_client, proc_status
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

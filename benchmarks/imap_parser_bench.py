@@ -1,5 +1,5 @@
 """
-Microbenchmark: the FETCH response path of `mailmcp._imap` against Twisted's
+Microbenchmark: the FETCH response path of `mailmcp.mail.imap` against Twisted's
 stock ``IMAP4Client`` on the listing workload (a 20-message
 ``UID FETCH (UID FLAGS RFC822.SIZE ENVELOPE)`` response).
 
@@ -41,10 +41,10 @@ from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.mail import imap4  # noqa: E402
 
-from mailmcp._imap import _parser  # noqa: E402
-from mailmcp._imap._client import IMAPClientProtocol  # noqa: E402
-from mailmcp._imap._parser import parse_fetch  # noqa: E402
-from mailmcp._imap._session import Session  # noqa: E402
+from mailmcp.mail.imap import _parser  # noqa: E402
+from mailmcp.mail.imap._client import IMAPClientProtocol  # noqa: E402
+from mailmcp.mail.imap._parser import parse_fetch  # noqa: E402
+from mailmcp.mail.imap._session import Session  # noqa: E402
 
 
 def fetch_response(count: int = 20, first_uid: int = 9981) -> list[bytes]:

@@ -34,10 +34,10 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.mail import imap4  # noqa: E402
 
 from mailmcp._account import MailAccount  # noqa: E402
-from mailmcp._clients import MailServer  # noqa: E402
-from mailmcp._imap import IMAPPool  # noqa: E402
-from mailmcp._imap._client import RawCommand  # noqa: E402
 from mailmcp._tls import MailTLS  # noqa: E402
+from mailmcp.mail.imap import IMAPPool  # noqa: E402
+from mailmcp.mail.imap._client import RawCommand  # noqa: E402
+from mailmcp.oauth._clients import MailServer  # noqa: E402
 from tests.harness import Services  # noqa: E402
 
 ITEMS = "(UID FLAGS RFC822.SIZE ENVELOPE)"

@@ -43,17 +43,19 @@ import attrs  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock  # noqa: E402
 
-from mailmcp._tools import all_tools  # noqa: E402
-from mailmcp._tools._reading import (  # noqa: E402
+from mailmcp.mcp import _results  # noqa: E402
+from mailmcp.mcp._dispatch import Dispatcher  # noqa: E402
+from mailmcp.mcp._runner import ToolRunner  # noqa: E402
+from mailmcp.testing import FakeIMAPServer, make_account, tool_services  # noqa: E402
+from mailmcp.tools import all_tools  # noqa: E402
+from mailmcp.tools._reading import (  # noqa: E402
     ListMessagesOutput,
     fetch_summaries,
     list_mail_messages_data,
     page_range,
     summarise,
 )
-from mailmcp._tools._state import current_state  # noqa: E402
-from mailmcp.mcp import Dispatcher, ToolRunner, _results  # noqa: E402
-from mailmcp.testing import FakeIMAPServer, make_account, tool_services  # noqa: E402
+from mailmcp.tools._state import current_state  # noqa: E402
 
 BODY = json.dumps(
     {

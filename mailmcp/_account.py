@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
-from ._clients import MailServer
-from ._provider import ProviderTokens
 from ._scopes import FULL
+from .oauth._clients import MailServer
+from .provider._client import ProviderTokens
 
 
 @attrs.frozen(repr=False)

@@ -31,7 +31,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from ._grants import client_ref
+from .oauth._grants import client_ref
 
 log = Logger()
 
@@ -175,7 +175,7 @@ class Audit:
     ) -> None:
         """
         A login (``login``), token issue (``token``), refresh (``refresh``)
-        or revocation (``revoke``) by C{client} (a `mailmcp._clients.Client`
+        or revocation (``revoke``) by C{client} (a `mailmcp.oauth._clients.Client`
         or None when it could not be identified).  C{error} is an OAuth
         error code, never a description.
         """

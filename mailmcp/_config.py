@@ -20,22 +20,22 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.python import usage
 
-from ._clients import MailServer, is_loopback_host, parse_mail_server
-from ._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
 from ._options import (
     DAEMON,
     default_of,
     parse_numbers,
     resolve,
 )
-from ._provider_options import parse_provider
 from ._scopes import FULL, parse_scope_list
-from ._sendpolicy import parse_allow_domains
-from ._throttle import IPNetwork, parse_networks
-from ._user_servers import AllowRule, parse_allow
+from .mail._sendpolicy import parse_allow_domains
+from .oauth._clients import MailServer, is_loopback_host, parse_mail_server
+from .oauth._keyring import KEYRING_FILENAME, KeyRing, KeyRingError, load_or_create_keyring
+from .oauth._throttle import IPNetwork, parse_networks
+from .oauth._user_servers import AllowRule, parse_allow
+from .provider._options import parse_provider
 
 if TYPE_CHECKING:
-    from ._provider import ProviderProfile
+    from .provider._client import ProviderProfile
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
@@ -101,7 +101,7 @@ class Config:
     allow_user_servers: bool = default_of("allow-user-servers")
     user_servers_allow: tuple[AllowRule, ...] = ()
     #: ``--imap-auth xoauth2|oauthbearer``: the provider that signs users of
-    #: the default mail profile in (`mailmcp._provider_options`).
+    #: the default mail profile in (`mailmcp.provider._options`).
     provider: ProviderProfile | None = attrs.field(default=None, repr=False)
 
     @property

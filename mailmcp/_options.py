@@ -426,7 +426,7 @@ OPTIONS: tuple[Option, ...] = (
         help_for={GENERATE: "tls, starttls or plain (plain only on loopback)."},
     ),
     # Provider sign-in (XOAUTH2, issue 18) of the default profile, or of a
-    # provisioned client: checked by mailmcp._provider_options.parse_provider.
+    # provisioned client: checked by mailmcp.provider._options.parse_provider.
     Option(
         "imap-auth",
         "How users sign in to the mail servers: password (the login page asks for it), or "

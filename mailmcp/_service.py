@@ -23,26 +23,26 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
-from ._admission import Admission
-from ._attachments import ThreadPoolService, build_attachments
-from ._attachments._helpers import StoredPartIndex
 from ._audit import Audit, build_audit
 from ._config import Config
-from ._cors import CORSPolicy
-from ._http import ILargeBodyGate, InFlight, MailMCPSite
-from ._imap import IMAPPool
-from ._metrics import GCTuning, MetricsApp, ReactorLagProbe
-from ._oauth import build_authorization_server
 from ._paths import base_path
-from ._sendintent import LEASE_MARGIN, SendIntents
-from ._sendrate import SendRateLimiter, SharedSendRateLimiter
-from ._smtp import SMTPSender
 from ._tls import MailTLS
 from ._toolkit import ToolServices
-from ._tools import all_tools
-from ._web import HealthApp, Router
+from .attachments import ThreadPoolService, build_attachments
+from .attachments._helpers import StoredPartIndex
 from .interfaces import ISendBudget, ISendIntentStore, ISendTokenStore
-from .mcp import MCPApp
+from .mail._sendintent import LEASE_MARGIN, SendIntents
+from .mail._sendrate import SendRateLimiter, SharedSendRateLimiter
+from .mail._smtp import SMTPSender
+from .mail.imap import IMAPPool
+from .mcp._app import MCPApp
+from .oauth._app import build_authorization_server
+from .tools import all_tools
+from .web._admission import Admission
+from .web._cors import CORSPolicy
+from .web._http import ILargeBodyGate, InFlight, MailMCPSite
+from .web._metrics import GCTuning, MetricsApp, ReactorLagProbe
+from .web._router import HealthApp, Router
 
 log = Logger()
 
@@ -307,7 +307,7 @@ def build_routes(
     Build the daemon's parts and return their path prefixes.  Parts that own
     long-lived resources (pools, stores, thread pools) are added to
     C{parent} as services.  The parts that take large bodies put their
-    gates (see `mailmcp._http.ILargeBodyGate`) into C{gates}.
+    gates (see `mailmcp.web._http.ILargeBodyGate`) into C{gates}.
     """
     routes: list[tuple[str, IResource]] = [("/health", HealthApp(config.base_url).app.resource())]
     # The raw samples (for the JSON of /metrics) are kept only when there is

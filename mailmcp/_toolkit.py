@@ -20,25 +20,25 @@ import attrs
 from pydantic import BaseModel
 
 from ._account import MailAccount
-from ._mailbox_api import (
+from ._scopes import FULL
+from .mail._mailbox_api import (
     IMAPAuthError,
     IMAPError,
     IMAPGrantEnded,
     IMAPNoSuchMailbox,
     IMAPPoolAPI,
 )
-from ._scopes import FULL
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.python.threadpool import ThreadPool
 
-    from ._attachments._common import Limits
-    from ._attachments._helpers import StoredPartIndex
     from ._audit import Audit
-    from ._sendintent import SendIntents
-    from ._smtp import SendResult
+    from .attachments._common import Limits
+    from .attachments._helpers import StoredPartIndex
     from .interfaces import IAttachmentStore, ISendBudget
+    from .mail._sendintent import SendIntents
+    from .mail._smtp import SendResult
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -145,7 +145,7 @@ class Tool(Generic[In, Out]):
 
 class MailSender(Protocol):
     """
-    What the writing tools need of the SMTP side (`mailmcp._smtp.SMTPSender`
+    What the writing tools need of the SMTP side (`mailmcp.mail._smtp.SMTPSender`
     in the daemon, a recording fake in tests).
     """
 
@@ -179,7 +179,7 @@ class ToolServices:
 
     #: The clock: link expiry, message dates, retry hints.
     reactor: IReactorTime
-    #: Logged-in IMAP connections per account (`mailmcp._imap._pool.IMAPPool`).
+    #: Logged-in IMAP connections per account (`mailmcp.mail.imap._pool.IMAPPool`).
     imap: IMAPPoolAPI
     #: Outgoing mail; None: sending is off (drafts still work).
     smtp: MailSender | None

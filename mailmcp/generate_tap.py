@@ -21,7 +21,10 @@ from twisted.application.service import IService
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from ._clients import (
+from ._config import check_store, prepare_state_dir
+from ._options import GENERATE, TableOptions
+from ._scopes import FULL, format_scope, parse_scope_list
+from .oauth._clients import (
     DEFAULT_PORTS,
     DEFAULT_REDIRECT_URIS,
     MailServer,
@@ -30,12 +33,9 @@ from ._clients import (
     provision_short_client,
     validate_redirect_uri,
 )
-from ._config import check_store, prepare_state_dir
-from ._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
-from ._options import GENERATE, TableOptions
-from ._provider_options import parse_provider, profile_claims
-from ._scopes import FULL, format_scope, parse_scope_list
-from ._tokens import TokenCodec
+from .oauth._keyring import KeyRing, KeyRingError, activate_key, add_key, load_or_create_keyring
+from .oauth._tokens import TokenCodec
+from .provider._options import parse_provider, profile_claims
 
 _DEFAULT_PORTS = DEFAULT_PORTS
 
@@ -188,7 +188,7 @@ def _file_client(store: str, ca_file: Path | None, client_id: str, sealed: str) 
         import sqlite3
         import time
 
-        from ._store_sqlite import _create_private, write_client
+        from .store._sqlite import _create_private, write_client
 
         path = store[len("sqlite:") :]
         try:
@@ -209,7 +209,7 @@ def _file_client_redis(store: str, ca_file: Path | None, client_id: str, sealed:
     from twisted.internet import reactor as _reactor
     from twisted.internet.defer import Deferred
 
-    from ._store_redis import RedisGrantStore
+    from .store._redis import RedisGrantStore
 
     reactor: Any = _reactor
     redis = RedisGrantStore(store, reactor, ca_file=ca_file)
@@ -269,8 +269,8 @@ def _rotate(options: Options, state_dir: Path, key_file: Path | None, out: TextI
 
 
 def _open_store(options: Options, reactor: Any) -> Any:
-    from ._store_redis import RedisGrantStore
-    from ._store_sqlite import SQLiteGrantStore
+    from .store._redis import RedisGrantStore
+    from .store._sqlite import SQLiteGrantStore
 
     store: str = options["store"]
     if store.startswith("sqlite:"):
@@ -298,8 +298,8 @@ async def revoke(
     --revoke-account or --revoke-client against the daemon's store: every
     process using the store refuses the ended grants at their next request.
     """
-    from ._grants import AccountGrants, client_ref
-    from ._keyring import KEYRING_FILENAME
+    from .oauth._grants import AccountGrants, client_ref
+    from .oauth._keyring import KEYRING_FILENAME
 
     environ = os.environ if environ is None else environ
     state_dir: Path = options["state-dir"]

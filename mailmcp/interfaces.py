@@ -14,9 +14,9 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from ._account import MailAccount
-    from ._attachments._common import ResolvedAttachment, StoredObject
-    from ._clients import MailServer
-    from ._grants import GrantRecord
+    from .attachments._common import ResolvedAttachment, StoredObject
+    from .oauth._clients import MailServer
+    from .oauth._grants import GrantRecord
 
 
 class IAccessTokenVerifier(Interface):
@@ -26,7 +26,7 @@ class IAccessTokenVerifier(Interface):
         """
         :return: a Deferred (or awaitable) firing with a
             `mailmcp._account.MailAccount`.
-        :raises mailmcp._tokens.InvalidToken: (as a failure) for any token
+        :raises mailmcp.oauth._tokens.InvalidToken: (as a failure) for any token
             that is not a live access token for this server.
         """
 
@@ -40,7 +40,7 @@ class IGrantStore(Interface):
     """
 
     def create_grant(record: GrantRecord) -> Deferred[None]:
-        """Store a new `mailmcp._grants.GrantRecord` (generation 0)."""
+        """Store a new `mailmcp.oauth._grants.GrantRecord` (generation 0)."""
 
     def get_grant(grant_id: str) -> Deferred[GrantRecord | None]:
         """Fire with the live `GrantRecord`, or None if revoked or expired."""
@@ -53,7 +53,7 @@ class IGrantStore(Interface):
         the grant's absolute expiry.  Fire with True the first time only; a
         second call with the same code (a replay), or for a missing grant,
         fires with False.  The used-code marker outlives C{code_expires} by
-        `mailmcp._grants.USED_CODE_MARGIN` seconds, so a replica whose clock
+        `mailmcp.oauth._grants.USED_CODE_MARGIN` seconds, so a replica whose clock
         runs behind still sees the code as used.
         """
 
@@ -117,7 +117,7 @@ class IGrantStore(Interface):
     def list_account_grants(account: str) -> Deferred[list[GrantRecord]]:
         """
         Fire with the live `GrantRecord`s whose C{account} (the mailbox's
-        `mailmcp._grants.account_index`) is C{account}, oldest first.
+        `mailmcp.oauth._grants.account_index`) is C{account}, oldest first.
         """
 
     def revoke_account(account: str) -> Deferred[int]:
@@ -135,7 +135,7 @@ class IGrantStore(Interface):
 
     def deny_client(client_ref: str) -> Deferred[int]:
         """
-        Put client C{client_ref} (`mailmcp._grants.client_ref`) on the
+        Put client C{client_ref} (`mailmcp.oauth._grants.client_ref`) on the
         deny-list for good and delete every grant it holds; fire with how many
         grants were live.
         """
@@ -152,21 +152,21 @@ class ILoginChecker(Interface):
     ) -> Deferred[None]:
         """
         Fire with None when the server accepts the login; fail with
-        `mailmcp._mailcheck.LoginRejected` (wrong credentials) or
-        `mailmcp._mailcheck.MailServerUnavailable` (unreachable, TLS failure,
+        `mailmcp.mail._mailcheck.LoginRejected` (wrong credentials) or
+        `mailmcp.mail._mailcheck.MailServerUnavailable` (unreachable, TLS failure,
         timeout, protocol error).  With C{mechanism} ``xoauth2`` or
         ``oauthbearer``, C{password} is a provider access token
-        (`mailmcp._mailcheck.credentials_check` picks them from `Credentials`).
+        (`mailmcp.mail._mailcheck.credentials_check` picks them from `Credentials`).
         """
 
 
 class IAttachmentStore(Interface):
     """
     Content-addressed, per-owner blob storage for attachments, with signed,
-    expiring, owner-bound download links (`mailmcp._attachments`).
+    expiring, owner-bound download links (`mailmcp.attachments`).
     """
 
-    limits = Attribute("the size caps (`mailmcp._attachments.Limits`)")
+    limits = Attribute("the size caps (`mailmcp.attachments.Limits`)")
     link_lifetime = Attribute("default and longest link lifetime, in seconds")
 
     def put(owner: str, data: bytes, content_type: str) -> Awaitable[StoredObject]:
@@ -214,7 +214,7 @@ class IAttachmentStore(Interface):
 class ISendBudget(Interface):
     """
     An account's send budget: a token bucket of recipients
-    (`mailmcp._sendrate`).
+    (`mailmcp.mail._sendrate`).
     """
 
     burst = Attribute("recipients one account may send to at once")
@@ -263,7 +263,7 @@ class ISendIntentStore(Interface):
     """
     A store that records, before ``DATA``, that a message is being sent, so
     every daemon sharing it sends a Message-ID at most once
-    (`mailmcp._sendintent`).  Every method returns a Deferred.
+    (`mailmcp.mail._sendintent`).  Every method returns a Deferred.
     """
 
     def begin_send(key: str, account: str, owner: str, lease: float, keep: int) -> Deferred[str]:
@@ -279,7 +279,7 @@ class ISendIntentStore(Interface):
             died mid-send), or one ended as ``unknown``;
           - ``"sent"``: one ended as ``sent``.
 
-        C{account} (a hash, `mailmcp._sendrate.send_key`) is kept with it.
+        C{account} (a hash, `mailmcp.mail._sendrate.send_key`) is kept with it.
         """
 
     def end_send(key: str, owner: str, state: str, keep: int) -> Deferred[None]:

@@ -26,10 +26,10 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
 from mailmcp._account import MailAccount
-from mailmcp._imap import IMAPPool
-from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
 from mailmcp._toolkit import ToolContext
+from mailmcp.mail._smtp import SMTPSender
+from mailmcp.mail.imap import IMAPPool
 from mailmcp.testing import tool_services
 from tests.harness import ARTIFACTS, Daemon, Services
 from tests.helpers import ClockedReactor

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
+from mailmcp.oauth._clients import MailServer
 
 if TYPE_CHECKING:
     from tests.harness import Services

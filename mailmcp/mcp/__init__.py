@@ -11,9 +11,3 @@ The ``/mcp`` endpoint, in three rooms (docs/architecture.rst):
 composed by `MCPApp` (`mailmcp.mcp._app`).  They hand each other values
 (`mailmcp.mcp._results`), not exceptions.
 """
-
-from ._app import MCPApp
-from ._dispatch import Dispatcher
-from ._runner import ToolRunner
-
-__all__ = ["Dispatcher", "MCPApp", "ToolRunner"]

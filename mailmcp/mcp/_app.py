@@ -17,15 +17,15 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from .._account import MailAccount
-from .._admission import Admission
 from .._config import Config
-from .._http import ILargeBodyGate, Refusal
-from .._jsonrpc import INTERNAL_ERROR, error_message
 from .._logging import Logger
 from .._toolkit import Tool, ToolServices
 from ..interfaces import IAccessTokenVerifier
+from ..web._admission import Admission
+from ..web._http import ILargeBodyGate, Refusal
 from ._dispatch import DEFAULT_INSTRUCTIONS, Dispatcher
 from ._gate import Answer, TransportGate, reply, write
+from ._jsonrpc import INTERNAL_ERROR, error_message
 from ._offload import OffReactor
 from ._results import Accepted, InsufficientScope, Outcome, Reply, ToolResult
 from ._runner import ToolRunner, index_tools
@@ -47,7 +47,7 @@ class MCPApp:
     :param lenient_version_header: see `mailmcp.mcp._dispatch.Dispatcher`.
     :param list_ttl_ms: see `mailmcp.mcp._dispatch.Dispatcher`.
     :param admission: how many requests are worked on at once, with each
-        account's share (`mailmcp._admission.Admission`).
+        account's share (`mailmcp.web._admission.Admission`).
     :param decode_pool: a started thread pool for decoding bodies over
         `mailmcp.mcp._gate.DECODE_ON_REACTOR_MAX`; without one every body
         decodes on the reactor.  C{reactor} is then required.

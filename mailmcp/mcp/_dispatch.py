@@ -30,7 +30,11 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 
 from .._account import MailAccount
-from .._jsonrpc import (
+from .._logging import Logger
+from .._scopes import FULL as FULL_SCOPES
+from .._toolkit import Tool
+from .._version import __version__
+from ._jsonrpc import (
     ERROR_CODE_HTTP_STATUS,
     HEADER_MISMATCH,
     INVALID_PARAMS,
@@ -46,10 +50,6 @@ from .._jsonrpc import (
     error_message,
     result_message,
 )
-from .._logging import Logger
-from .._scopes import FULL as FULL_SCOPES
-from .._toolkit import Tool
-from .._version import __version__
 from ._offload import Offload, on_reactor
 from ._results import (
     Accepted,

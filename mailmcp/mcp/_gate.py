@@ -6,13 +6,13 @@ its body is read as JSON-RPC, in a fixed order that matters:
    whatever it sends, learns where to log in from the ``401``);
 2. the ``Origin`` (DNS rebinding), the HTTP method (``405`` for the GET
    listen stream and DELETE), ``Content-Type``, ``Accept``;
-3. admission (`mailmcp._admission.Admission`): the mailbox's share and the
+3. admission (`mailmcp.web._admission.Admission`): the mailbox's share and the
    queue (``503`` with ``Retry-After`` past them), then the body size.
 
 Each check gives the account (or None: pass) or an `Answer`, the complete
 refusal; nothing is raised to return early.  The gate also answers a
 scope refusal with the MCP step-up challenge, and admits bodies over the
-unauthenticated cap (`mailmcp._http.ILargeBodyGate`) once the token is
+unauthenticated cap (`mailmcp.web._http.ILargeBodyGate`) once the token is
 verified from the headers.
 """
 
@@ -30,17 +30,17 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.iweb import IRequest
 
 from .._account import MailAccount
-from .._admission import Admission, Refused
 from .._config import Config
-from .._cors import CORSPolicy, origin_of
-from .._http import SMALL_BODY, Refusal
-from .._jsonrpc import INVALID_REQUEST, encode, error_message
 from .._logging import Logger
 from .._paths import resource_metadata_url
 from .._scopes import ALL_SCOPES, format_scope
-from .._tokens import MAX_TOKEN_LENGTH, InvalidToken
 from ..interfaces import IAccessTokenVerifier
+from ..oauth._tokens import MAX_TOKEN_LENGTH, InvalidToken
+from ..web._admission import Admission, Refused
+from ..web._cors import CORSPolicy, origin_of
+from ..web._http import SMALL_BODY, Refusal
 from ._dispatch import ROUTING_HEADERS, Headers
+from ._jsonrpc import INVALID_REQUEST, encode, error_message
 from ._results import InsufficientScope
 
 log = Logger()
@@ -110,7 +110,7 @@ class TransportGate:
         self._admission = admission
         self._max_body = max_body
         self._resource_metadata = resource_metadata_url(config.base_url)
-        # The same origins the CORS headers name (see mailmcp._cors).
+        # The same origins the CORS headers name (see mailmcp.web._cors).
         self.cors = CORSPolicy.from_config(config)
         self._origins = self.cors.origins
         #: Large bodies (admitted by `admit_large_body`) arriving or being

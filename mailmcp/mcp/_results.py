@@ -14,7 +14,7 @@ import attrs
 import orjson
 from pydantic import ValidationError
 
-from .._jsonrpc import RequestId
+from ._jsonrpc import RequestId
 
 #: The message of a tool failure that is a bug, not the user's problem.
 INTERNAL_TOOL_FAILURE = (
@@ -75,7 +75,7 @@ class ToolText:
         self.meta: dict[str, Any] | None = None
 
     def message(self, request_id: RequestId) -> bytes:
-        """The whole JSON-RPC response, as `mailmcp._jsonrpc.encode` would write it."""
+        """The whole JSON-RPC response, as `mailmcp.mcp._jsonrpc.encode` would write it."""
         try:
             body = self.text.encode("utf-8")
             escaped = orjson.dumps(self.text)

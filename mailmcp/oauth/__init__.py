@@ -6,8 +6,8 @@ The OAuth 2.1 authorization server, in rooms over shared parts
 * the login page (`_login`, with `_forms` and `_pages`): ``/oauth/authorize``,
   which checks IMAP and SMTP credentials live;
 * token and revocation (`_token`): ``/oauth/token``, ``/oauth/revoke``;
-* registration (`mailmcp._registration`) and client metadata documents
-  (`mailmcp._cimd`), where clients come from;
+* registration (`mailmcp.oauth._registration`) and client metadata documents
+  (`mailmcp.oauth._cimd`), where clients come from;
 * the stylesheet (`_static`);
 
 composed by `OAuthApp` (`_app`), which `build_authorization_server` builds.
@@ -21,17 +21,3 @@ Everything public is derived from ``config.base_url``, never from ``Host`` or
 ``X-Forwarded-*``; the issuer string is identical in both metadata documents
 and in the ``iss`` authorization-response parameter.
 """
-
-from ._app import OAuthApp, build_authorization_server, open_store
-from ._errors import BadRequest, RedirectError
-from ._parts import CSRF, OAuthParts
-
-__all__ = [
-    "CSRF",
-    "BadRequest",
-    "OAuthApp",
-    "OAuthParts",
-    "RedirectError",
-    "build_authorization_server",
-    "open_store",
-]

@@ -21,19 +21,19 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .._audit import Audit
-from .._cimd import PINNED_DIR, ClientMetadataResolver, MetadataFetcher, load_pinned
 from .._config import Config
-from .._grants import AccountGrants, GrantService
-from .._provider_login import ProviderDirectory, ProviderLogin, http_client
-from .._registration import ClientDirectory, Registration, open_registration
-from .._throttle import LoginThrottle, ThrottlePolicy
-from .._tokens import TokenCodec
 from ..interfaces import ILoginChecker
+from ..provider._login import ProviderDirectory, ProviderLogin, http_client
+from ._cimd import PINNED_DIR, ClientMetadataResolver, MetadataFetcher, load_pinned
 from ._discovery import Discovery
+from ._grants import AccountGrants, GrantService
 from ._login import LoginRoom
 from ._parts import CSRF, OAuthParts
+from ._registration import ClientDirectory, Registration, open_registration
 from ._static import Static
+from ._throttle import LoginThrottle, ThrottlePolicy
 from ._token import TokenRoom
+from ._tokens import TokenCodec
 
 _ANY = frozenset({b"*"})
 
@@ -184,8 +184,8 @@ class OAuthApp:
 
 def open_store(config: Config, reactor: Any) -> Any:
     """The `IGrantStore` named by ``--store`` (a service to start and stop)."""
-    from .._store_redis import RedisGrantStore
-    from .._store_sqlite import SQLiteGrantStore
+    from ..store._redis import RedisGrantStore
+    from ..store._sqlite import SQLiteGrantStore
 
     if config.store.startswith("sqlite:"):
         path = config.store[len("sqlite:") :]
@@ -236,9 +236,9 @@ def build_authorization_server(
     the access-token verifier.  Returns ``(oauth_resource, verifier)``; with
     C{extra}, puts the ``/account`` resource there under ``"account"``.
     """
-    from .._mailcheck import IMAPLoginChecker, SMTPLoginChecker
     from .._tls import MailTLS
-    from .._verifier import GrantTokenVerifier
+    from ..mail._mailcheck import IMAPLoginChecker, SMTPLoginChecker
+    from ._verifier import GrantTokenVerifier
 
     store = open_store(config, reactor)
     store.setName("grant-store")
@@ -308,7 +308,7 @@ def build_authorization_server(
         address_of=parts.client_address,
     )
     if extra is not None:
-        from .._account_page import AccountApp
+        from ._account_page import AccountApp
 
         extra["account"] = AccountApp(oauth, AccountGrants(store, config.keyring)).app.resource()
     return oauth.app.resource(), GrantTokenVerifier(grants)

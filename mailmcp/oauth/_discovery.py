@@ -16,15 +16,15 @@ from typing import Any
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from .._http import json_body
 from .._paths import metadata_paths
-from .._registration import open_registration
 from .._scopes import ALL_SCOPES
+from ..web._http import json_body
 from ._parts import OAuthParts
+from ._registration import open_registration
 
 
 class Discovery:
-    """The metadata documents (CORS for browser clients: `mailmcp._cors`, in the router)."""
+    """The metadata documents (CORS for browser clients: `mailmcp.web._cors`, in the router)."""
 
     app = Klein()
 

@@ -2,7 +2,7 @@
 The two ways an authorization request can fail: the error page
 (`BadRequest`, never a redirect) and an error sent back to the client's
 validated redirect URI (`RedirectError`).  Each surface maps them in one
-place: `mailmcp.oauth._login.LoginRoom` and `mailmcp._account_page`.
+place: `mailmcp.oauth._login.LoginRoom` and `mailmcp.oauth._account_page`.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ import attrs
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from .._clients import Client, MailServer
-from .._grants import canonical_resource
 from .._scopes import UnknownScope, format_scope, parse_scope
-from .._user_servers import USER_SECURITY, Suggestion
+from ._clients import Client, MailServer
 from ._errors import BadRequest, RedirectError
+from ._grants import canonical_resource
+from ._user_servers import USER_SECURITY, Suggestion
 
 log = Logger()
 

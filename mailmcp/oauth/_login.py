@@ -5,7 +5,7 @@ checks them live against IMAP and SMTP under the login throttle, and
 redirects back to the client with a code.  For a provider profile
 (``--imap-auth xoauth2``) it offers "Continue with <provider>" instead, and
 ``GET /oauth/provider/callback`` finishes that sign-in
-(`mailmcp._provider_login`).
+(`mailmcp.provider._login`).
 
 Errors are mapped in one place (`LoginRoom`'s ``handle_errors``): a
 `BadRequest` is the error page, a `RedirectError` goes back to the
@@ -27,14 +27,10 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from .._cimd import ClientMetadataError
-from .._clients import Client, MailServer
-from .._grants import CodeRequest, Credentials, client_ref
-from .._mailcheck import LoginRejected, MailServerUnavailable
-from .._provider_login import AccountSignedIn, AccountTryAgain, CallbackRefused, Finished
-from .._throttle import Busy, Throttled
-from .._tokens import InvalidToken
-from .._user_servers import ServerPolicy, ServerRefused, Suggestion, brings_servers, discover
+from ..mail._mailcheck import LoginRejected, MailServerUnavailable
+from ..provider._login import AccountSignedIn, AccountTryAgain, CallbackRefused, Finished
+from ._cimd import ClientMetadataError
+from ._clients import Client, MailServer
 from ._errors import UNAVAILABLE, BadRequest, RedirectError
 from ._forms import (
     CONTROL,
@@ -52,8 +48,12 @@ from ._forms import (
     single,
     validate_authorize,
 )
+from ._grants import CodeRequest, Credentials, client_ref
 from ._pages import LoginForm, error_page, flatten, page_headers, redirect
 from ._parts import OAuthParts
+from ._throttle import Busy, Throttled
+from ._tokens import InvalidToken
+from ._user_servers import ServerPolicy, ServerRefused, Suggestion, brings_servers, discover
 
 log = Logger()
 
@@ -397,7 +397,7 @@ class LoginRoom:
 
     @app.route("/oauth/provider/callback", methods=["GET"])
     async def provider_callback(self, request: IRequest) -> bytes:
-        """The provider sends the browser back here (`mailmcp._provider_login`)."""
+        """The provider sends the browser back here (`mailmcp.provider._login`)."""
         provider_login = self._parts.provider_login
         if provider_login is None or request.method != b"GET":
             # Klein answers HEAD with GET's route; a prefetch must not use the sign-in up.

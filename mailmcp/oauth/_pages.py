@@ -12,9 +12,9 @@ from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
-from .._provider_login import provider_button
 from .._scopes import ALL_SCOPES, LABELS
 from .._templates import template_path
+from ..provider._login import provider_button
 from ._errors import BadRequest
 from ._forms import AuthorizeRequest, host_of, origin_of
 
@@ -115,14 +115,14 @@ class LoginForm(Element):
 
     @renderer
     def provider_button(self, request: IRequest, tag: Tag) -> Tag | str:
-        """ "Continue with <provider>" (`mailmcp._provider_login`)."""
+        """ "Continue with <provider>" (`mailmcp.provider._login`)."""
         if self._provider_label is None:
             return ""
         return provider_button(self._provider_label)
 
     @renderer
     def server_fields(self, request: IRequest, tag: Tag) -> Tag | str:
-        """The user's servers (host, port, security each), prefilled (`mailmcp._user_servers`)."""
+        """The user's servers (host, port, security each), prefilled (`mailmcp.oauth._user_servers`)."""
         if self._servers is None:
             return ""
         values = self._servers

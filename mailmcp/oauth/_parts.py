@@ -18,17 +18,17 @@ import attrs
 from twisted.web.iweb import IRequest
 
 from .._audit import Audit
-from .._clients import Client
 from .._config import Config
-from .._grants import GrantService
 from .._paths import base_path
-from .._provider import ProviderProfile
-from .._provider_login import ProviderLogin
-from .._registration import ClientDirectory
-from .._throttle import LoginThrottle, client_address
-from .._tokens import TokenCodec
 from ..interfaces import ILoginChecker
+from ..provider._client import ProviderProfile
+from ..provider._login import ProviderLogin
+from ._clients import Client
 from ._forms import origin_of
+from ._grants import GrantService
+from ._registration import ClientDirectory
+from ._throttle import LoginThrottle, client_address
+from ._tokens import TokenCodec
 
 
 class CSRF:
@@ -109,7 +109,7 @@ class OAuthParts:
     audit: Audit | None = None
     #: Provider sign-in ("Continue with …", issue 18); None: passwords only.
     provider_login: ProviderLogin | None = None
-    #: The ``/account`` page (`mailmcp._account_page.AccountApp`), which
+    #: The ``/account`` page (`mailmcp.oauth._account_page.AccountApp`), which
     #: renders the provider callback of an account-page sign-in; None: no page.
     account_page: Any = None
 

@@ -20,12 +20,12 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from .._cimd import ClientMetadataError
-from .._clients import Client
-from .._grants import OAuthError, client_ref
-from .._http import json_body
-from .._tokens import InvalidToken
+from ..web._http import json_body
+from ._cimd import ClientMetadataError
+from ._clients import Client
+from ._grants import OAuthError, client_ref
 from ._parts import OAuthParts
+from ._tokens import InvalidToken
 
 log = Logger()
 
@@ -214,7 +214,7 @@ class TokenRoom:
 
     # CORS preflights of the token, revocation and registration endpoints
     # (browser clients such as the Inspector) are answered by the router,
-    # for the origins the operator allowed: see mailmcp._cors.
+    # for the origins the operator allowed: see mailmcp.web._cors.
 
     @app.route("/oauth/token", methods=_NOT_POST)
     def token_wrong_method(self, request: IRequest) -> bytes:

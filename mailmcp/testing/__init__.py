@@ -7,7 +7,7 @@ the same cases against the IMAP fake and Dovecot, and against the memory
 grant store, SQLite and Redis:
 
   - `FakeIMAPServer`, `FakeIMAPPool`, `FakeIMAPSession`: an in-memory
-    mailbox behind the IMAP session contract (`mailmcp._mailbox_api`);
+    mailbox behind the IMAP session contract (`mailmcp.mail._mailbox_api`);
   - `MemoryGrantStore`: the grant, client and send-intent store;
   - `MemoryAttachmentStore`: the attachment store, with the local store's
     links, checks and errors;
@@ -34,17 +34,17 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .._account import MailAccount
-from .._attachments._common import Limits
-from .._attachments._helpers import StoredPartIndex
 from .._audit import Audit
-from .._clients import MailServer
 from .._config import Config
-from .._keyring import KeyRing, new_master_key
-from .._mailbox_api import IMAPPoolAPI
-from .._sendintent import SendIntents
-from .._tokens import InvalidToken
 from .._toolkit import MailSender, Tool, ToolContext, ToolError, ToolServices
+from ..attachments._common import Limits
+from ..attachments._helpers import StoredPartIndex
 from ..interfaces import IAccessTokenVerifier, IAttachmentStore, ISendBudget
+from ..mail._mailbox_api import IMAPPoolAPI
+from ..mail._sendintent import SendIntents
+from ..oauth._clients import MailServer
+from ..oauth._keyring import KeyRing, new_master_key
+from ..oauth._tokens import InvalidToken
 from ._attachments import MemoryAttachmentStore
 from ._grants import MemoryGrantStore
 from ._imap import FakeIMAPPool, FakeIMAPServer, FakeIMAPSession, FakeMailbox, FakeMessage

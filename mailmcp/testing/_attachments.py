@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from .._attachments._common import (
+from ..attachments._common import (
     AttachmentNotFound,
     AttachmentRefused,
     AttachmentTooLarge,
@@ -22,10 +22,10 @@ from .._attachments._common import (
     owner_tag,
     sanitise_filename,
 )
-from .._attachments._links import EXPIRED, OTHER_OWNER, LinkClaims, LinkCodec
-from .._attachments._local import clean_content_type
-from .._keyring import KeyRing, new_master_key
+from ..attachments._links import EXPIRED, OTHER_OWNER, LinkClaims, LinkCodec
+from ..attachments._local import clean_content_type
 from ..interfaces import IAttachmentStore
+from ..oauth._keyring import KeyRing, new_master_key
 
 
 @implementer(IAttachmentStore)

@@ -13,8 +13,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from .._grants import GrantRecord
 from ..interfaces import IClientStore, IGrantStore, ISendIntentStore
+from ..oauth._grants import GrantRecord
 
 
 @attrs.frozen

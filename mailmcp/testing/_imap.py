@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .._account import MailAccount
-from .._mailbox_api import (
+from ..mail._mailbox_api import (
     Address,
     Appended,
     Envelope,

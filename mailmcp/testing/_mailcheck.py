@@ -9,9 +9,9 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from .._clients import MailServer
-from .._mailcheck import LoginRejected, MailServerUnavailable
 from ..interfaces import ILoginChecker
+from ..mail._mailcheck import LoginRejected, MailServerUnavailable
+from ..oauth._clients import MailServer
 
 
 @implementer(ILoginChecker)

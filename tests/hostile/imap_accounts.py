@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
-from mailmcp._mailbox_api import IMAPSession
+from mailmcp.mail._mailbox_api import IMAPSession
+from mailmcp.oauth._clients import MailServer
 from tests.harness import Services, generate_client
 
 

@@ -15,14 +15,14 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from mailmcp._imap import IMAPPool
 from mailmcp._tls import MailTLS
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools import _state
-from mailmcp._tools._changes import MailboxChangesInput, get_mailbox_changes
-from mailmcp._tools._reading import ListMessagesInput, list_mail_messages
-from mailmcp._tools._threads import ThreadInput, get_mail_thread
+from mailmcp.mail.imap import IMAPPool
 from mailmcp.testing import tool_services
+from mailmcp.tools import _state
+from mailmcp.tools._changes import MailboxChangesInput, get_mailbox_changes
+from mailmcp.tools._reading import ListMessagesInput, list_mail_messages
+from mailmcp.tools._threads import ThreadInput, get_mail_thread
 from tests.harness import Services
 from tests.hostile.imap_accounts import scripted_account
 from tests.hostile.scripted_imap import listen

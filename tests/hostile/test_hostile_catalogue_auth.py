@@ -33,8 +33,8 @@ from jwcrypto import jwe, jwk
 from twisted.internet.task import Clock
 
 from benchmarks._clients import REDIRECT_URI, _cookie_header, _hidden_fields
-from mailmcp._keyring import KeyRing, read_keyring_file, write_keyring
-from mailmcp._tokens import TokenCodec
+from mailmcp.oauth._keyring import KeyRing, read_keyring_file, write_keyring
+from mailmcp.oauth._tokens import TokenCodec
 from tests.harness import Daemon, Services, free_port, generate_client
 from tests.hostile import mcp_http
 from tests.hostile.catalogue import snapshot

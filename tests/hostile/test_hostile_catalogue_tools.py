@@ -36,7 +36,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from mailmcp._untrusted import unmark_body
+from mailmcp.mail._untrusted import unmark_body
 from tests.harness import Services, generate_client, scripted_imap_client
 from tests.hostile import mcp_http
 from tests.hostile.catalogue import snapshot
@@ -605,7 +605,7 @@ def test_hostile_attachment_sources_are_never_fetched(
     ``attachment_urls`` to send_mail_message and create_draft_mail_message.
     By design mailmcp makes no outbound fetch at all: ``attachment_urls``
     accepts only live links it issued itself to the caller (checked without
-    I/O, then read from its own store; mailmcp._attachments._helpers
+    I/O, then read from its own store; mailmcp.attachments._helpers
     .resolve_attachment_urls), so there is no byte cap or deadline to hit.
     Each call is refused naming the attachment, the hostile server records
     0 connections (it does count: one direct request is seen), nothing is
@@ -674,7 +674,7 @@ def s3_daemon(daemon_factory: Any, services: Services, prefix: str, *extra: str,
 
 
 def s3_keys(services: Services, prefix: str) -> list[str]:
-    from mailmcp._attachments import make_s3_client
+    from mailmcp.attachments import make_s3_client
 
     client, _ = make_s3_client(dict(S3_ENV, MAILMCP_S3_ENDPOINT=services.s3_endpoint))
     response = client.list_objects_v2(Bucket="attachments", Prefix=prefix + "/")
@@ -749,7 +749,7 @@ def test_active_attachments_stored_inert_once_with_signed_disposition(
     is part of what is signed: changing it to ``inline`` or dropping it
     makes S3 refuse the link (403).
     """
-    from mailmcp._attachments import make_s3_client
+    from mailmcp.attachments import make_s3_client
 
     services = s3
     [(user, password)] = fresh_users(services, 1)
@@ -1008,8 +1008,8 @@ async def test_s3_slowdown_is_retried_a_bounded_number_of_times(
     put fails with "storage unavailable" after exactly the same bounded
     number of attempts -- never a retry loop.
     """
-    from mailmcp._attachments import AttachmentError, S3AttachmentStore, S3Settings, make_s3_client
-    from mailmcp._keyring import KeyRing, new_master_key
+    from mailmcp.attachments import AttachmentError, S3AttachmentStore, S3Settings, make_s3_client
+    from mailmcp.oauth._keyring import KeyRing, new_master_key
 
     proxy = slowdown_proxy
     client, credentials = make_s3_client(
@@ -1083,8 +1083,8 @@ def sts_store(s3: Services, sts: ExpiringSTS, prefix: str, pool: Any) -> Any:
     import botocore.session
     from botocore.config import Config as BotoConfig
 
-    from mailmcp._attachments import S3AttachmentStore, S3Settings
-    from mailmcp._keyring import KeyRing, new_master_key
+    from mailmcp.attachments import S3AttachmentStore, S3Settings
+    from mailmcp.oauth._keyring import KeyRing, new_master_key
 
     core = botocore.session.Session()
     core.get_component("credential_provider").insert_before("env", sts)
@@ -1125,14 +1125,14 @@ async def test_expired_credentials_give_a_clear_error_and_no_dead_link(
     the body is still returned; nothing new reaches the bucket.
     """
     from mailmcp._account import MailAccount
-    from mailmcp._attachments import AttachmentError
-    from mailmcp._attachments._helpers import StoredPartIndex, store_and_link
-    from mailmcp._clients import MailServer
-    from mailmcp._imap import IMAPPool
     from mailmcp._tls import MailTLS
     from mailmcp._toolkit import ToolContext
-    from mailmcp._tools._reading import GetMessageInput, get_mail_message
+    from mailmcp.attachments import AttachmentError
+    from mailmcp.attachments._helpers import StoredPartIndex, store_and_link
+    from mailmcp.mail.imap import IMAPPool
+    from mailmcp.oauth._clients import MailServer
     from mailmcp.testing import tool_services
+    from mailmcp.tools._reading import GetMessageInput, get_mail_message
 
     sts = ExpiringSTS()
     prefix = "sts-" + uuid.uuid4().hex[:8]

@@ -25,14 +25,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from mailmcp import _mime
-from mailmcp._imap._parser import ParseError, parse_fetch, parse_values
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._mailbox_api import IMAPError, Literal
-from mailmcp._mcp import MCPApp
-from mailmcp._search import Filters, SearchQueryError, compile_search
-from mailmcp._tokens import InvalidToken, TokenCodec
-from mailmcp._tools import all_tools
+from mailmcp.mail import _mime
+from mailmcp.mail._mailbox_api import IMAPError, Literal
+from mailmcp.mail._search import Filters, SearchQueryError, compile_search
+from mailmcp.mail.imap._parser import ParseError, parse_fetch, parse_values
+from mailmcp.mcp._app import MCPApp
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._tokens import InvalidToken, TokenCodec
 from mailmcp.testing import (
     FakeIMAPPool,
     FakeIMAPServer,
@@ -41,6 +40,7 @@ from mailmcp.testing import (
     make_config,
     tool_services,
 )
+from mailmcp.tools import all_tools
 from tests.hostile.strategies import queries
 
 BASE = "https://mail.example.test"
@@ -398,8 +398,8 @@ def test_client_protocol_survives_any_server_bytes(chunks: list[bytes], cut: int
     """
     from twisted.internet.testing import StringTransport
 
-    from mailmcp._imap._client import IMAPClientProtocol
-    from mailmcp._imap._session import Session
+    from mailmcp.mail.imap._client import IMAPClientProtocol
+    from mailmcp.mail.imap._session import Session
 
     clock = Clock()
     protocol = IMAPClientProtocol(clock, timeout=5.0, max_line=4096, max_literal=1024)
@@ -442,7 +442,7 @@ def test_compose_builds_safe_wire_bytes_or_refuses(to: list[str], subject: str, 
     or wire bytes with canonical CRLF line ends, no line over 998 octets, no
     NUL, exactly the requested recipients, and no Bcc header.
     """
-    from mailmcp._compose import (
+    from mailmcp.mail._compose import (
         ComposeError,
         compose,
         is_canonical_crlf,

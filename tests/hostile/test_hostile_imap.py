@@ -22,9 +22,9 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
-from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import IMAPError
 from mailmcp._tls import MailTLS
+from mailmcp.mail._mailbox_api import IMAPError
+from mailmcp.mail.imap import IMAPPool
 from tests.harness import Services, generate_client
 from tests.helpers import until
 from tests.hostile import mcp_http
@@ -481,8 +481,8 @@ async def test_fifty_thousand_mailboxes_are_listed_without_status_storm(servers:
     left out, and said so).
     """
     from mailmcp._toolkit import ToolContext
-    from mailmcp._tools._reading import ListMailboxesInput, list_mailboxes
     from mailmcp.testing import tool_services
+    from mailmcp.tools._reading import ListMailboxesInput, list_mailboxes
 
     factory, port = await servers("many-mailboxes")
     ctx = ToolContext(account=scripted_account(port), services=tool_services(reactor=reactor, imap=pool))

@@ -21,13 +21,13 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 
-from mailmcp._tools._reading import (
+from mailmcp.mail._untrusted import unmark_body
+from mailmcp.tools._reading import (
     GetMessageInput,
     ListMessagesInput,
     get_mail_message,
     list_mail_messages,
 )
-from mailmcp._untrusted import unmark_body
 from tests.harness import Services
 from tests.integration.dovecot_wire import Wire
 

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from mailmcp._imap import CommandFailed, IMAPPool
-from mailmcp._search import SearchQueryError, compile_search
 from mailmcp._tls import MailTLS
+from mailmcp.mail._search import SearchQueryError, compile_search
+from mailmcp.mail.imap import CommandFailed, IMAPPool
 from tests.harness import Services
 from tests.helpers import fresh_user
 from tests.hostile.strategies import queries

@@ -32,7 +32,7 @@ from twisted.internet.task import Clock
 from twisted.protocols.basic import LineReceiver
 
 from mailmcp._toolkit import ToolError
-from mailmcp._tools._writing import SEND_MAIL_MESSAGE, SendInput
+from mailmcp.tools._writing import SEND_MAIL_MESSAGE, SendInput
 from tests.harness import Services, free_port
 from tests.helpers import ClockedReactor, until
 from tests.integration.mail_live import account, folder, fresh_users
@@ -228,8 +228,8 @@ async def test_endless_multiline_reply_is_cut_off(stage_server: Any) -> None:
     after a bounded number of lines -- the client never holds the stream in
     memory until its deadline -- and the send fails cleanly before AUTH.
     """
-    from mailmcp._smtp import SMTPSender, SMTPSendFailed
     from mailmcp._tls import MailTLS
+    from mailmcp.mail._smtp import SMTPSender, SMTPSendFailed
     from tests.integration.mail_live import smtp_account_plain
 
     factory, port = await stage_server("endless-reply")

@@ -25,9 +25,9 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogBeginner, globalLogPublisher
 
-from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import IMAPError
 from mailmcp._tls import MailTLS
+from mailmcp.mail._mailbox_api import IMAPError
+from mailmcp.mail.imap import IMAPPool
 from tests.harness import Services, free_port
 from tests.hostile.imap_accounts import dovecot_account, read_message, scripted_account
 from tests.hostile.scripted_imap import listen

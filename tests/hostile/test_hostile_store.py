@@ -24,7 +24,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from mailmcp._keyring import KeyRing, new_master_key, write_keyring
+from mailmcp.oauth._keyring import KeyRing, new_master_key, write_keyring
 from tests.harness import ROOT, TWISTD, Daemon, Services, free_port, generate_client
 from tests.hostile import mcp_http
 from tests.hostile.daemon_clients import error_lines

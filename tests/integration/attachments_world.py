@@ -15,8 +15,8 @@ from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
 from mailmcp._toolkit import ToolContext, ToolServices
+from mailmcp.oauth._clients import MailServer
 from tests.harness import Services
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testkey", "AWS_SECRET_ACCESS_KEY": "testsecret", "AWS_REGION": "us-east-1"}

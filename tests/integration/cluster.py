@@ -13,7 +13,7 @@ import httpx2
 
 from benchmarks._clients import oauth_login
 from benchmarks._http import Connection
-from mailmcp._keyring import read_keyring_file
+from mailmcp.oauth._keyring import read_keyring_file
 from tests.harness import Daemon, Services, free_port, generate_client
 from tests.hostile import mcp_http
 from tests.integration.generate_cli import sealed_kid

@@ -17,22 +17,22 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 
-from mailmcp._attachments import (
+from mailmcp._tls import MailTLS
+from mailmcp.attachments import (
     AttachmentDownloads,
     LocalAttachmentStore,
     S3AttachmentStore,
     S3Settings,
     make_s3_client,
 )
-from mailmcp._http import MailMCPSite
-from mailmcp._imap import IMAPPool
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._smtp import SMTPSender
-from mailmcp._store_redis import RedisGrantStore
-from mailmcp._store_sqlite import SQLiteGrantStore
-from mailmcp._tls import MailTLS
-from mailmcp._web import Router
+from mailmcp.mail._smtp import SMTPSender
+from mailmcp.mail.imap import IMAPPool
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.store._redis import RedisGrantStore
+from mailmcp.store._sqlite import SQLiteGrantStore
 from mailmcp.testing import MemoryGrantStore, tool_services
+from mailmcp.web._http import MailMCPSite
+from mailmcp.web._router import Router
 from tests.harness import Daemon, Services, free_port, generate_client
 from tests.integration.acceptance import (
     REDIRECT_URI,

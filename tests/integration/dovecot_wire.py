@@ -10,10 +10,10 @@ from typing import Any
 from twisted.internet import reactor
 
 from mailmcp._account import MailAccount
-from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import IMAPSession
 from mailmcp._tls import MailTLS
 from mailmcp._toolkit import ToolContext
+from mailmcp.mail._mailbox_api import IMAPSession
+from mailmcp.mail.imap import IMAPPool
 from mailmcp.testing import tool_services
 from tests.harness import Services
 from tests.helpers import fresh_user, live_account

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from mailmcp._grants import GrantRecord
+from mailmcp.oauth._grants import GrantRecord
 
 NOW = 1_800_000_000
 

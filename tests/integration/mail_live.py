@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols.basic import LineReceiver
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
+from mailmcp.oauth._clients import MailServer
 from tests.harness import Services
 from tests.helpers import live_account
 

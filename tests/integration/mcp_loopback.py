@@ -16,11 +16,11 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from mailmcp._http import MailMCPSite
-from mailmcp._mcp import MCPApp
-from mailmcp._tools import all_tools
-from mailmcp._web import Router
+from mailmcp.mcp._app import MCPApp
 from mailmcp.testing import FakeTokenVerifier, make_config
+from mailmcp.tools import all_tools
+from mailmcp.web._http import MailMCPSite
+from mailmcp.web._router import Router
 
 
 def serve_mcp(account: Any, services: Any) -> tuple[str, str, IListeningPort]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from mailmcp._untrusted import unmark_body
+from mailmcp.mail._untrusted import unmark_body
 from tests import harness
 from tests.harness import Daemon, Services, generate_client
 from tests.integration.acceptance import (

@@ -14,10 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from mailmcp._clients import MailServer
-from mailmcp._grants import GrantRecord, account_index, account_indexes
-from mailmcp._keyring import KeyRing, new_master_key
 from mailmcp._scopes import FULL
+from mailmcp.oauth._clients import MailServer
+from mailmcp.oauth._grants import GrantRecord, account_index, account_indexes
+from mailmcp.oauth._keyring import KeyRing, new_master_key
 from tests.integration.grant_records import NOW, record
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ async def test_sqlite_file_from_before_account_index_opens(tmp_path) -> None:
     """A grants table without the new columns gains them; its grants open with no account and stay revocable by client."""
     import sqlite3
 
-    from mailmcp._store_sqlite import SQLiteGrantStore
+    from mailmcp.store._sqlite import SQLiteGrantStore
 
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
@@ -192,7 +192,7 @@ async def test_sqlite_file_from_before_scopes_gains_the_column(tmp_path) -> None
     """A file of the account-page release (no scope column) gains it; its grants read as all five, new ones keep theirs."""
     import sqlite3
 
-    from mailmcp._store_sqlite import SQLiteGrantStore
+    from mailmcp.store._sqlite import SQLiteGrantStore
 
     path = tmp_path / "before-scopes.sqlite3"
     db = sqlite3.connect(path)

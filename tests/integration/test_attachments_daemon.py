@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._attachments import LocalAttachmentStore
-from mailmcp._keyring import read_keyring_file
+from mailmcp.attachments import LocalAttachmentStore
+from mailmcp.oauth._keyring import read_keyring_file
 from tests.harness import ROOT, TWISTD, Services
 
 pytestmark = pytest.mark.integration

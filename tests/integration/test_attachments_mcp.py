@@ -25,11 +25,11 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from mailmcp._http import MailMCPSite
-from mailmcp._mcp import MCPApp
-from mailmcp._tools import all_tools
-from mailmcp._web import Router
+from mailmcp.mcp._app import MCPApp
 from mailmcp.testing import FakeTokenVerifier, make_config
+from mailmcp.tools import all_tools
+from mailmcp.web._http import MailMCPSite
+from mailmcp.web._router import Router
 from tests.integration.attachments_world import SinkSite, World, download, fresh_account, multipart
 
 pytestmark = pytest.mark.integration

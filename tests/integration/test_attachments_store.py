@@ -27,21 +27,16 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 
 from mailmcp._account import MailAccount
-from mailmcp._attachments import (
-    AttachmentRefused,
-    S3AttachmentStore,
-    S3Settings,
-    make_s3_client,
-)
-from mailmcp._attachments._helpers import resolve_attachment_urls
-from mailmcp._imap import IMAPPool
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._mailbox_api import IMAPSession
 from mailmcp._tls import MailTLS
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools._attachments import AttachmentLinkInput, get_mail_attachment_link
-from mailmcp._tools._writing import SendInput, send_mail_message
+from mailmcp.attachments import AttachmentRefused, S3AttachmentStore, S3Settings, make_s3_client
+from mailmcp.attachments._helpers import resolve_attachment_urls
+from mailmcp.mail._mailbox_api import IMAPSession
+from mailmcp.mail.imap import IMAPPool
+from mailmcp.oauth._keyring import KeyRing, new_master_key
 from mailmcp.testing import tool_services
+from mailmcp.tools._attachments import AttachmentLinkInput, get_mail_attachment_link
+from mailmcp.tools._writing import SendInput, send_mail_message
 from tests.harness import Services, free_port
 from tests.integration.attachments_world import (
     S3_ENV,
@@ -273,7 +268,7 @@ async def test_s3_down_is_a_clear_error_not_a_crash(services: Services, tmp_path
     after botocore's bounded retries, the link tool still returns an inline
     text attachment (url null, error set), and nothing hangs.
     """
-    from mailmcp._attachments import AttachmentError
+    from mailmcp.attachments import AttachmentError
 
     pool = ThreadPool(minthreads=0, maxthreads=2, name="att-down")
     pool.start()

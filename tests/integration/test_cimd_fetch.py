@@ -21,7 +21,7 @@ from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from mailmcp._cimd import ClientMetadataError, MetadataFetcher
+from mailmcp.oauth._cimd import ClientMetadataError, MetadataFetcher
 
 pytestmark = pytest.mark.integration
 reactor: Any = _reactor

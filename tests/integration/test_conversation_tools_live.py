@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from mailmcp._tools._conversation import (
+from mailmcp.tools._conversation import (
     FORWARD_MAIL_MESSAGE,
     REPLY_MAIL_MESSAGE,
     ForwardInput,

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from mailmcp._imap._session import Session
 from mailmcp._toolkit import ToolError
-from mailmcp._tools._changes import MailboxChangesInput, get_mailbox_changes
-from mailmcp._tools._folders import (
+from mailmcp.mail._untrusted import unmark_body
+from mailmcp.mail.imap._session import Session
+from mailmcp.tools._changes import MailboxChangesInput, get_mailbox_changes
+from mailmcp.tools._folders import (
     CreateMailboxInput,
     DeleteMailboxInput,
     RenameMailboxInput,
@@ -34,14 +35,13 @@ from mailmcp._tools._folders import (
     delete_mailbox,
     rename_mailbox,
 )
-from mailmcp._tools._reading import (
+from mailmcp.tools._reading import (
     ListMessagesInput,
     SearchInput,
     list_mail_messages,
     search_mail_messages,
 )
-from mailmcp._tools._threads import ThreadInput, get_mail_thread
-from mailmcp._untrusted import unmark_body
+from mailmcp.tools._threads import ThreadInput, get_mail_thread
 from tests.harness import Services
 from tests.integration.dovecot_wire import Wire, plain
 

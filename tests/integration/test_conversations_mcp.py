@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from mailmcp._untrusted import unmark_body
+from mailmcp.mail._untrusted import unmark_body
 from tests.harness import Services
 from tests.integration.dovecot_wire import Wire, plain
 from tests.integration.mcp_loopback import call, rpc, serve_mcp

@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailmcp._keyring import KeyRing, new_master_key, read_keyring_file, write_keyring
 from mailmcp._options import DAEMON, env_name, options_of
+from mailmcp.oauth._keyring import KeyRing, new_master_key, read_keyring_file, write_keyring
 from tests.harness import TWISTD, free_port
 from tests.integration.daemon_proc import Proc, assert_one_line_error, clean_env
 

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._clients import DEFAULT_REDIRECT_URIS, Client, open_client
-from mailmcp._keyring import KeyRing, load_or_create_keyring, read_keyring_file
-from mailmcp._tokens import InvalidToken, TokenCodec
+from mailmcp.oauth._clients import DEFAULT_REDIRECT_URIS, Client, open_client
+from mailmcp.oauth._keyring import KeyRing, load_or_create_keyring, read_keyring_file
+from mailmcp.oauth._tokens import InvalidToken, TokenCodec
 from tests.harness import Daemon
 from tests.integration.generate_cli import generate, generate_json, sealed_kid
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailmcp._mime import html_to_text
+from mailmcp.mail._mime import html_to_text
 from tests.integration.browser_login import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -1,5 +1,5 @@
 """
-One contract suite for the IMAP session (`mailmcp._mailbox_api.IMAPSession`):
+One contract suite for the IMAP session (`mailmcp.mail._mailbox_api.IMAPSession`):
 the same cases run against the in-memory fake (`mailmcp.testing`) that the
 tool unit tests use, and against the real session on the harness's Dovecot
 through the real pool.  A case that passes on Dovecot and fails on the fake
@@ -21,9 +21,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import Appended, IMAPError, IMAPNoSuchMailbox, IMAPSession
 from mailmcp._tls import MailTLS
+from mailmcp.mail._mailbox_api import Appended, IMAPError, IMAPNoSuchMailbox, IMAPSession
+from mailmcp.mail.imap import IMAPPool
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account
 from tests.helpers import fresh_user, live_account
 

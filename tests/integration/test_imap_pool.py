@@ -23,16 +23,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
-from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import (
+from mailmcp._tls import MailTLS
+from mailmcp.mail._mailbox_api import (
     IMAPAuthError,
     IMAPError,
     IMAPNoSuchMailbox,
     IMAPSession,
     Literal,
 )
-from mailmcp._tls import MailTLS
+from mailmcp.mail.imap import IMAPPool
+from mailmcp.oauth._clients import MailServer
 from tests.harness import Services
 from tests.helpers import until
 

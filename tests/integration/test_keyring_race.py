@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailmcp._keyring import KEYRING_FILENAME, read_keyring_file
+from mailmcp.oauth._keyring import KEYRING_FILENAME, read_keyring_file
 from tests.harness import ROOT
 
 #: One process: for each state directory read from stdin, load (or create)
@@ -23,7 +23,7 @@ from tests.harness import ROOT
 WORKER = """
 import hashlib, json, sys
 from pathlib import Path
-from mailmcp._keyring import load_or_create_keyring
+from mailmcp.oauth._keyring import load_or_create_keyring
 print("ready", flush=True)
 for line in sys.stdin:
     ring = load_or_create_keyring(Path(line.strip()), None, {})

@@ -27,10 +27,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from mailmcp._http import MailMCPSite
-from mailmcp._mcp import MCPApp
-from mailmcp._web import Router
+from mailmcp.mcp._app import MCPApp
 from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account, make_config, tool_services
+from mailmcp.web._http import MailMCPSite
+from mailmcp.web._router import Router
 
 TOKEN = "integration-token-0123456789"
 

@@ -17,14 +17,14 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 
-from mailmcp._clients import MailServer
-from mailmcp._mailcheck import (
+from mailmcp._tls import MailTLS
+from mailmcp.mail._mailcheck import (
     IMAPLoginChecker,
     LoginRejected,
     MailServerUnavailable,
     SMTPLoginChecker,
 )
-from mailmcp._tls import MailTLS
+from mailmcp.oauth._clients import MailServer
 from tests.helpers import ClockedReactor, until
 
 pytestmark = pytest.mark.integration

@@ -22,11 +22,11 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from mailmcp._grants import REFRESH_GRACE, USED_CODE_MARGIN
-from mailmcp._store_redis import RedisGrantStore, parse_redis_url
-from mailmcp._store_sqlite import SQLiteGrantStore
-from mailmcp._tokens import InvalidToken
 from mailmcp.interfaces import IGrantStore
+from mailmcp.oauth._grants import REFRESH_GRACE, USED_CODE_MARGIN
+from mailmcp.oauth._tokens import InvalidToken
+from mailmcp.store._redis import RedisGrantStore, parse_redis_url
+from mailmcp.store._sqlite import SQLiteGrantStore
 from tests.integration.grant_records import NOW, record
 from tests.unit.oauth_helpers import BASE, REDIRECT, Server, make_server, pkce
 
@@ -329,7 +329,7 @@ async def test_concurrent_reservations_never_overshoot(store_and_clock) -> None:
 _RESERVER = """
 import sys
 from twisted.internet.task import Clock
-from mailmcp._store_sqlite import SQLiteGrantStore
+from mailmcp.store._sqlite import SQLiteGrantStore
 clock = Clock()
 clock.advance(float(sys.argv[2]))
 store = SQLiteGrantStore(sys.argv[1], clock)
@@ -645,7 +645,7 @@ async def test_redis_tls_check_says_why(services) -> None:
             events.clear()
             store = RedisGrantStore(url, reactor, ca_file=ca_file, reactor=reactor)
             assert await store.check_tls() is ok, url
-            mine = [e for e in events if e.get("log_namespace") == "mailmcp._store_redis"]
+            mine = [e for e in events if e.get("log_namespace") == "mailmcp.store._redis"]
             assert len(mine) == 1, mine
             assert mine[0]["log_level"].name == level
             assert text in formatEvent(mine[0]), formatEvent(mine[0])

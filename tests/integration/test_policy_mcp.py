@@ -21,11 +21,11 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from mailmcp._imap import IMAPPool
-from mailmcp._sendpolicy import parse_allow_domains
-from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
-from mailmcp._untrusted import unmark_body
+from mailmcp.mail._sendpolicy import parse_allow_domains
+from mailmcp.mail._smtp import SMTPSender
+from mailmcp.mail._untrusted import unmark_body
+from mailmcp.mail.imap import IMAPPool
 from mailmcp.testing import tool_services
 from tests.harness import Services
 from tests.integration.mail_live import (

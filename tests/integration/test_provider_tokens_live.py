@@ -38,21 +38,26 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from mailmcp._clients import MailServer, open_client, provision_client
-from mailmcp._grants import CodeRequest, Credentials, GrantService, pkce_s256
-from mailmcp._http import MailMCPSite
-from mailmcp._imap import IMAPPool
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._mailcheck import IMAPLoginChecker, LoginRejected, SMTPLoginChecker, credentials_check
-from mailmcp._mcp import MCPApp
-from mailmcp._provider import ProviderClient, ProviderProfile, ProviderTokens
-from mailmcp._smtp import SMTPSender
 from mailmcp._tls import MailTLS
-from mailmcp._tokens import TokenCodec
-from mailmcp._tools import all_tools
-from mailmcp._verifier import GrantTokenVerifier
-from mailmcp._web import Router
+from mailmcp.mail._mailcheck import (
+    IMAPLoginChecker,
+    LoginRejected,
+    SMTPLoginChecker,
+    credentials_check,
+)
+from mailmcp.mail._smtp import SMTPSender
+from mailmcp.mail.imap import IMAPPool
+from mailmcp.mcp._app import MCPApp
+from mailmcp.oauth._clients import MailServer, open_client, provision_client
+from mailmcp.oauth._grants import CodeRequest, Credentials, GrantService, pkce_s256
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._tokens import TokenCodec
+from mailmcp.oauth._verifier import GrantTokenVerifier
+from mailmcp.provider._client import ProviderClient, ProviderProfile, ProviderTokens
 from mailmcp.testing import MemoryGrantStore, make_config, tool_services
+from mailmcp.tools import all_tools
+from mailmcp.web._http import MailMCPSite
+from mailmcp.web._router import Router
 from tests.harness import Services
 
 pytestmark = pytest.mark.integration

@@ -22,9 +22,10 @@ import pytest
 import pytest_twisted
 from pydantic import ValidationError
 
-from mailmcp._mailbox_api import IMAPSession
 from mailmcp._toolkit import ToolError
-from mailmcp._tools._reading import (
+from mailmcp.mail._mailbox_api import IMAPSession
+from mailmcp.mail._untrusted import unmark_body
+from mailmcp.tools._reading import (
     GetMessageInput,
     ListMailboxesInput,
     ListMessagesInput,
@@ -34,7 +35,6 @@ from mailmcp._tools._reading import (
     list_mailboxes,
     search_mail_messages,
 )
-from mailmcp._untrusted import unmark_body
 from tests.harness import Services
 from tests.integration.dovecot_wire import Wire, expunge, plain
 

@@ -27,9 +27,9 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from mailmcp._keyring import load_or_create_keyring
-from mailmcp._tokens import TokenCodec
-from mailmcp._tools import all_tools
+from mailmcp.oauth._keyring import load_or_create_keyring
+from mailmcp.oauth._tokens import TokenCodec
+from mailmcp.tools import all_tools
 from tests.harness import generate_client
 from tests.hostile import mcp_http
 from tests.integration.mail_live import _subjects, fresh_users, wait_for_subject

@@ -17,9 +17,9 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from mailmcp._store_redis import RedisGrantStore
-from mailmcp._store_sqlite import SQLiteGrantStore
 from mailmcp.interfaces import ISendIntentStore
+from mailmcp.store._redis import RedisGrantStore
+from mailmcp.store._sqlite import SQLiteGrantStore
 from mailmcp.testing import MemoryGrantStore
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from mailmcp._sendrate import SharedSendRateLimiter
-from mailmcp._store_redis import RedisGrantStore
 from mailmcp.interfaces import ISendTokenStore
+from mailmcp.mail._sendrate import SharedSendRateLimiter
+from mailmcp.store._redis import RedisGrantStore
 from tests.harness import Services
 
 pytestmark = pytest.mark.integration

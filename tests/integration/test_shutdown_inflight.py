@@ -151,7 +151,7 @@ async def test_answer_unfinished_cancels_the_handler_and_answers_503() -> None:
     from twisted.internet.defer import CancelledError, Deferred
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
-    from mailmcp._http import SHUTTING_DOWN, MailMCPSite
+    from mailmcp.web._http import SHUTTING_DOWN, MailMCPSite
 
     app = Klein()
     cancelled: list[bool] = []
@@ -197,7 +197,7 @@ async def test_a_handler_that_finishes_after_the_shutdown_answer_is_dropped_quie
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.logger import globalLogPublisher
 
-    from mailmcp._http import MailMCPSite
+    from mailmcp.web._http import MailMCPSite
 
     app = Klein()
 

@@ -22,9 +22,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 
 from mailmcp._account import MailAccount
-from mailmcp._compose import compose, make_message_id, parse_addresses
-from mailmcp._smtp import SMTPAuthFailed, SMTPOutcomeUnknown, SMTPSender, SMTPSendFailed
 from mailmcp._tls import MailTLS
+from mailmcp.mail._compose import compose, make_message_id, parse_addresses
+from mailmcp.mail._smtp import SMTPAuthFailed, SMTPOutcomeUnknown, SMTPSender, SMTPSendFailed
 from tests.harness import Services
 from tests.helpers import ClockedReactor, live_account, until
 from tests.integration.mail_live import fresh_users, smtp_account_plain, wait_for_mail

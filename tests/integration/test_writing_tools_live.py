@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 
 from mailmcp._toolkit import ToolError
-from mailmcp._tools._writing import (
+from mailmcp.tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     DELETE_MAIL_MESSAGE,
     MOVE_MAIL_MESSAGE,

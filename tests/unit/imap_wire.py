@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from mailmcp._imap import IMAPClientProtocol, Session
+from mailmcp.mail.imap import IMAPClientProtocol, Session
 
 CAPS = b"IMAP4rev1 LITERAL+ UIDPLUS MOVE ESEARCH AUTH=PLAIN"
 

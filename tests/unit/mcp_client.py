@@ -11,8 +11,8 @@ from twisted.internet.defer import Deferred
 
 from mailmcp import testing
 from mailmcp._config import Config
-from mailmcp._mcp import MCPApp
 from mailmcp._toolkit import Tool, ToolContext, ToolError
+from mailmcp.mcp._app import MCPApp
 from mailmcp.testing import FakeTokenVerifier, echo_tool, make_account, tool_services
 
 BASE = "https://mail.example.test"

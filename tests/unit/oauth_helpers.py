@@ -19,17 +19,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from mailmcp._clients import DEFAULT_REDIRECT_URIS, MailServer, provision_client
 from mailmcp._config import Config
-from mailmcp._cors import CORSPolicy
-from mailmcp._grants import GrantService
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._oauth import OAuthApp
-from mailmcp._throttle import LoginThrottle, ThrottlePolicy
-from mailmcp._tokens import TokenCodec
-from mailmcp._verifier import GrantTokenVerifier
-from mailmcp._web import Router
+from mailmcp.oauth._app import OAuthApp
+from mailmcp.oauth._clients import DEFAULT_REDIRECT_URIS, MailServer, provision_client
+from mailmcp.oauth._grants import GrantService
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._throttle import LoginThrottle, ThrottlePolicy
+from mailmcp.oauth._tokens import TokenCodec
+from mailmcp.oauth._verifier import GrantTokenVerifier
 from mailmcp.testing import FakeLoginChecker, MemoryGrantStore
+from mailmcp.web._cors import CORSPolicy
+from mailmcp.web._router import Router
 
 BASE = "https://mail.example.test"
 REDIRECT = "https://app.example/cb"

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from mailmcp._provider import ProviderClient, ProviderProfile
+from mailmcp.provider._client import ProviderClient, ProviderProfile
 
 CLIENT_ID = "mailmcp-client-id"
 CLIENT_SECRET = "CANARY-client-secret-7f3e"  # noqa: S105 - a test value

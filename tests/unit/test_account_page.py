@@ -19,9 +19,10 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 
-from mailmcp._account_page import FULL_ACCESS, NO_ACCESS, SESSION_LIFETIME, AccountApp
-from mailmcp._clients import open_client
-from mailmcp._grants import (
+from mailmcp._scopes import ALL_SCOPES, DRAFT, LABELS, READ, SEND
+from mailmcp.oauth._account_page import FULL_ACCESS, NO_ACCESS, SESSION_LIFETIME, AccountApp
+from mailmcp.oauth._clients import open_client
+from mailmcp.oauth._grants import (
     TOUCH_INTERVAL,
     AccountGrants,
     CodeRequest,
@@ -30,8 +31,7 @@ from mailmcp._grants import (
     account_index,
     client_ref,
 )
-from mailmcp._scopes import ALL_SCOPES, DRAFT, LABELS, READ, SEND
-from mailmcp._tokens import InvalidToken
+from mailmcp.oauth._tokens import InvalidToken
 from tests.unit.account_server import AccountServer, session_of, sign_in
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, make_server, pkce
 

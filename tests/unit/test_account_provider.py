@@ -23,18 +23,18 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 
-from mailmcp._account_page import AccountApp
-from mailmcp._clients import (
+from mailmcp.oauth._account_page import AccountApp
+from mailmcp.oauth._clients import (
     DEFAULT_REDIRECT_URIS,
     client_claims,
     provision_short_client,
     register_client,
 )
-from mailmcp._grants import AccountGrants
-from mailmcp._provider_login import ProviderLogin
-from mailmcp._provider_options import profile_claims
-from mailmcp._throttle import ThrottlePolicy
-from mailmcp._tokens import InvalidToken
+from mailmcp.oauth._grants import AccountGrants
+from mailmcp.oauth._throttle import ThrottlePolicy
+from mailmcp.oauth._tokens import InvalidToken
+from mailmcp.provider._login import ProviderLogin
+from mailmcp.provider._options import profile_claims
 from mailmcp.testing import FakeLoginChecker
 from tests.unit.oauth_helpers import BASE, IMAP, SMTP, Server, make_server
 from tests.unit.provider_fake import FakeProvider, profile

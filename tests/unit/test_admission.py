@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
-from mailmcp._admission import Admission, Refused, fixed
+from mailmcp.web._admission import Admission, Refused, fixed
 
 
 def entered(d: Deferred[None]) -> bool:

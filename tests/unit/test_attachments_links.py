@@ -14,16 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from mailmcp._attachments import (
+from mailmcp.attachments import (
     AttachmentRefused,
     content_disposition,
     safe_content_type,
     sanitise_filename,
 )
-from mailmcp._attachments._common import owner_tag
-from mailmcp._attachments._links import EXPIRED, LinkClaims, LinkCodec
-from mailmcp._filenames import MAX_FILENAME_CHARS
-from mailmcp._keyring import KeyRing, new_master_key
+from mailmcp.attachments._common import owner_tag
+from mailmcp.attachments._links import EXPIRED, LinkClaims, LinkCodec
+from mailmcp.mail._filenames import MAX_FILENAME_CHARS
+from mailmcp.oauth._keyring import KeyRing, new_master_key
 
 BASE = "https://mail-mcp.example.com"
 

@@ -21,7 +21,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from mailmcp._attachments import (
+from mailmcp.attachments import (
     AttachmentDownloads,
     AttachmentRefused,
     AttachmentTooLarge,
@@ -29,9 +29,9 @@ from mailmcp._attachments import (
     LocalAttachmentStore,
     Sweeper,
 )
-from mailmcp._attachments._service import sweeper_service
-from mailmcp._keyring import KeyRing, new_master_key
+from mailmcp.attachments._service import sweeper_service
 from mailmcp.interfaces import IAttachmentStore
+from mailmcp.oauth._keyring import KeyRing, new_master_key
 
 T = TypeVar("T")
 BASE = "http://127.0.0.1:8080"

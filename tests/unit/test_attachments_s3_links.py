@@ -14,12 +14,12 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import pytest
 from zope.interface.verify import verifyObject
 
-from mailmcp._attachments import AttachmentRefused, S3AttachmentStore, S3Settings, StoredObject
-from mailmcp._attachments._common import owner_tag
-from mailmcp._attachments._links import EXPIRED, OTHER_OWNER
-from mailmcp._attachments._s3 import make_s3_client
-from mailmcp._keyring import KeyRing, new_master_key
+from mailmcp.attachments import AttachmentRefused, S3AttachmentStore, S3Settings, StoredObject
+from mailmcp.attachments._common import owner_tag
+from mailmcp.attachments._links import EXPIRED, OTHER_OWNER
+from mailmcp.attachments._s3 import make_s3_client
 from mailmcp.interfaces import IAttachmentStore
+from mailmcp.oauth._keyring import KeyRing, new_master_key
 
 ENV = {
     "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",

@@ -13,13 +13,13 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.threadpool import ThreadPool
 
-from mailmcp._attachments import (
+from mailmcp._config import build_config
+from mailmcp.attachments import (
     LocalAttachmentStore,
     S3AttachmentStore,
     ThreadPoolService,
     build_attachments,
 )
-from mailmcp._config import build_config
 
 
 def test_thread_pool_service_owns_the_pool() -> None:

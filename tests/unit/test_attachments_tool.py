@@ -21,16 +21,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from mailmcp._attachments import Limits, LocalAttachmentStore
-from mailmcp._attachments._helpers import (
+from mailmcp._toolkit import ToolContext, ToolError
+from mailmcp.attachments import Limits, LocalAttachmentStore
+from mailmcp.attachments._helpers import (
     StoredPartIndex,
     decode_part,
     link_parts,
     resolve_attachment_urls,
 )
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools._attachments import TOOLS, AttachmentLinkInput, get_mail_attachment_link
+from mailmcp.oauth._keyring import KeyRing, new_master_key
 from mailmcp.testing import (
     FakeIMAPPool,
     FakeIMAPServer,
@@ -38,6 +37,7 @@ from mailmcp.testing import (
     make_account,
     tool_services,
 )
+from mailmcp.tools._attachments import TOOLS, AttachmentLinkInput, get_mail_attachment_link
 
 T = TypeVar("T")
 BINARY = bytes(range(256)) * 40 + os.urandom(1000)

@@ -17,11 +17,11 @@ from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from mailmcp._audit import Audit, FileAuditLog, IAuditLog, LogAuditLog, MemoryAuditLog, targets
-from mailmcp._clients import Client as OAuthClient
-from mailmcp._clients import MailServer
-from mailmcp._grants import client_ref
-from mailmcp._mcp import MCPApp
 from mailmcp._toolkit import Tool, ToolContext, ToolError
+from mailmcp.mcp._app import MCPApp
+from mailmcp.oauth._clients import Client as OAuthClient
+from mailmcp.oauth._clients import MailServer
+from mailmcp.oauth._grants import client_ref
 from mailmcp.testing import FakeTokenVerifier, make_account, tool_services
 from tests.unit.mcp_client import TOKEN, Client, call, make_config
 from tests.unit.oauth_helpers import make_server
@@ -161,8 +161,8 @@ def test_oauth_and_account_page_events_through_http(tmp_path: Path) -> None:
     "disconnect all" each leave one entry naming the same client; no
     password or token is in any entry.
     """
-    from mailmcp._account_page import AccountApp
-    from mailmcp._grants import AccountGrants
+    from mailmcp.oauth._account_page import AccountApp
+    from mailmcp.oauth._grants import AccountGrants
     from tests.unit.account_server import AccountServer, session_of, sign_in
 
     server = make_server(tmp_path, server_class=AccountServer)

@@ -34,18 +34,18 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, eventAsText, globalLogPublisher
 from twisted.web.iweb import IRequest
 
-from mailmcp._http import MailMCPSite
-from mailmcp._keyring import (
+from mailmcp.mcp._app import MCPApp
+from mailmcp.oauth._keyring import (
     KeyRing,
     KeyRingError,
     MasterKey,
     load_or_create_keyring,
     new_master_key,
 )
-from mailmcp._mcp import MCPApp
-from mailmcp._tokens import InvalidToken, TokenCodec
-from mailmcp._web import HealthApp, Router
+from mailmcp.oauth._tokens import InvalidToken, TokenCodec
 from mailmcp.testing import echo_tool, tool_services
+from mailmcp.web._http import MailMCPSite
+from mailmcp.web._router import HealthApp, Router
 from tests.unit.forge import b64, forge
 from tests.unit.mcp_client import Client
 from tests.unit.oauth_helpers import BASE, REDIRECT, Server, make_server, pkce

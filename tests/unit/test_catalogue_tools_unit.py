@@ -10,8 +10,8 @@ import email
 from email import policy
 from email.message import EmailMessage
 
-from mailmcp._compose import compose, parse_addresses
-from mailmcp._smtp import DotStuffer
+from mailmcp.mail._compose import compose, parse_addresses
+from mailmcp.mail._smtp import DotStuffer
 
 SCRIPT_HTML = '<p>Hi</p><script>alert("x")</script>'
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
-from mailmcp._cimd import (
+from mailmcp.oauth._cimd import (
     MAX_CACHE,
     MAX_ENTRIES,
     MIN_CACHE,
@@ -27,18 +27,17 @@ from mailmcp._cimd import (
     max_age,
     parse_document,
 )
-from mailmcp._clients import (
+from mailmcp.oauth._clients import (
     COMPACT_PREFIX,
     DEFAULT_REDIRECT_URIS,
     open_client,
     provision_client,
     provision_short_client,
 )
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._registration import ClientDirectory
-from mailmcp._tokens import InvalidToken, TokenCodec
-
-from .oauth_helpers import IMAP, REDIRECT, SMTP, make_server
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._registration import ClientDirectory
+from mailmcp.oauth._tokens import InvalidToken, TokenCodec
+from tests.unit.oauth_helpers import IMAP, REDIRECT, SMTP, make_server
 
 CLAUDE = "https://claude.ai/oauth/mcp-oauth-client-metadata"
 CLAUDE_CODE = "https://claude.ai/oauth/claude-code-client-metadata"
@@ -460,7 +459,7 @@ def test_public_address_rule(address: str, public: bool) -> None:
 
 def test_failed_fetches_are_remembered_briefly(tmp_path: Path) -> None:
     """A URL that failed is not fetched again for FAILURE_CACHE seconds (a reloaded page, a URL sent again and again), then it is."""
-    from mailmcp._cimd import FAILURE_CACHE
+    from mailmcp.oauth._cimd import FAILURE_CACHE
 
     server, fetcher = open_server(tmp_path)
     for _ in range(3):

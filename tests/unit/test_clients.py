@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._clients import (
+from mailmcp.oauth._clients import (
     DEFAULT_REDIRECT_URIS,
     MailServer,
     hash_secret,
@@ -20,8 +20,8 @@ from mailmcp._clients import (
     redirect_uri_matches,
     validate_redirect_uri,
 )
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._tokens import InvalidToken, TokenCodec
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._tokens import InvalidToken, TokenCodec
 
 IMAP = MailServer(host="imap.example.com", port=993, security="tls")
 SMTP = MailServer(host="smtp.example.com", port=465, security="tls")

@@ -1,4 +1,4 @@
-"""Tests for `mailmcp._compose`: building outgoing messages safely."""
+"""Tests for `mailmcp.mail._compose`: building outgoing messages safely."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from email import policy
 
 import pytest
 
-from mailmcp._compose import (
+from mailmcp.mail._compose import (
     ComposeError,
     OutgoingAttachment,
     compose,

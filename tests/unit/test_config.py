@@ -14,17 +14,17 @@ import attrs
 import pytest
 from twisted.python import usage
 
-from mailmcp._clients import MailServer
 from mailmcp._config import (
     Config,
     base_url_from_listen,
     normalise_base_url,
     prepare_state_dir,
 )
-from mailmcp._keyring import KeyRing, new_master_key, write_keyring
 from mailmcp._options import DAEMON, DEFAULT_LISTEN, options_of, options_table_rst, readme_table
-from mailmcp._provider import ProviderProfile
-from mailmcp._user_servers import USUAL_PORTS, AllowRule
+from mailmcp.oauth._clients import MailServer
+from mailmcp.oauth._keyring import KeyRing, new_master_key, write_keyring
+from mailmcp.oauth._user_servers import USUAL_PORTS, AllowRule
+from mailmcp.provider._client import ProviderProfile
 from mailmcp.tap import Options
 
 

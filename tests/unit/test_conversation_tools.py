@@ -19,19 +19,20 @@ import pytest
 from pydantic import ValidationError
 from twisted.internet.task import Clock
 
-from mailmcp._attachments._common import Limits
-from mailmcp._compose import (
+from mailmcp._toolkit import ToolContext, ToolError
+from mailmcp.attachments._common import Limits
+from mailmcp.mail._compose import (
     MAX_REPLY_REFERENCES,
     forward_subject,
     quote_text,
     reply_references,
     reply_subject,
 )
-from mailmcp._mailbox_api import Address, Envelope, MailboxState
-from mailmcp._smtp import SMTPSendFailed
-from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools import all_tools
-from mailmcp._tools._conversation import (
+from mailmcp.mail._mailbox_api import Address, Envelope, MailboxState
+from mailmcp.mail._smtp import SMTPSendFailed
+from mailmcp.testing import FakeIMAPPool, make_account, tool_services
+from mailmcp.tools import all_tools
+from mailmcp.tools._conversation import (
     FORWARD_MAIL_MESSAGE,
     REPLY_MAIL_MESSAGE,
     TOOLS,
@@ -40,7 +41,6 @@ from mailmcp._tools._conversation import (
     attribution,
     reply_recipients,
 )
-from mailmcp.testing import FakeIMAPPool, make_account, tool_services
 from tests.helpers import run
 from tests.unit.writable_imap import FakeSender, WritableServer, WritableSession
 

@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 
-from mailmcp._mailbox_api import IMAPError
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools import _state, all_tools
-from mailmcp._tools._changes import MailboxChangesInput, get_mailbox_changes
-from mailmcp._tools._folders import (
+from mailmcp.mail._mailbox_api import IMAPError
+from mailmcp.mail._untrusted import unmark_body
+from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
+from mailmcp.testing import _imap as _fake_imap
+from mailmcp.tools import _state, all_tools
+from mailmcp.tools._changes import MailboxChangesInput, get_mailbox_changes
+from mailmcp.tools._folders import (
     CreateMailboxInput,
     DeleteMailboxInput,
     RenameMailboxInput,
@@ -27,11 +30,8 @@ from mailmcp._tools._folders import (
     delete_mailbox,
     rename_mailbox,
 )
-from mailmcp._tools._reading import ListMessagesInput, list_mail_messages
-from mailmcp._tools._threads import ThreadInput, get_mail_thread, header_criteria
-from mailmcp._untrusted import unmark_body
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
-from mailmcp.testing import _imap as _fake_imap
+from mailmcp.tools._reading import ListMessagesInput, list_mail_messages
+from mailmcp.tools._threads import ThreadInput, get_mail_thread, header_criteria
 from tests.helpers import run
 from tests.unit.imap_wire import CAPS, logged_in, opened, result_of
 from tests.unit.imap_wire import run as start
@@ -259,7 +259,7 @@ def test_changes_by_snapshot_on_the_fake() -> None:
 def test_changes_partial_for_a_big_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     """Beyond the snapshot bound: new messages and a count of vanished ones, said to be incomplete."""
     monkeypatch.setattr(_state, "SNAPSHOT_MAX", 2)
-    monkeypatch.setattr("mailmcp._tools._changes.SNAPSHOT_MAX", 2)
+    monkeypatch.setattr("mailmcp.tools._changes.SNAPSHOT_MAX", 2)
     server, ctx = world()
     inbox = server.mailboxes["INBOX"]
     for i in range(4):

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from treq.testing import StubTreq
 
-from mailmcp._cors import CORSPolicy
 from mailmcp._paths import (
     authorization_server_metadata_url,
     metadata_paths,
     resource_metadata_url,
     strip_base_path,
 )
-from mailmcp._web import Router
 from mailmcp.testing import tool_services
+from mailmcp.web._cors import CORSPolicy
+from mailmcp.web._router import Router
 from tests.unit.mcp_client import (
     BASE,
     INITIALIZE,
@@ -199,7 +199,7 @@ def test_strip_base_path(path: bytes, expected: bytes) -> None:
 
 def test_mcp_challenge_names_path_inserted_metadata() -> None:
     """Under a base URL with a path, the 401 challenge points at the path-inserted PRM URL."""
-    from mailmcp._mcp import MCPApp
+    from mailmcp.mcp._app import MCPApp
     from mailmcp.testing import FakeTokenVerifier, echo_tool
 
     config = make_config(base_url="https://host.example/mail")

@@ -10,8 +10,8 @@ import secrets
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._clients import MailServer, open_client, provision_client
-from mailmcp._grants import (
+from mailmcp.oauth._clients import MailServer, open_client, provision_client
+from mailmcp.oauth._grants import (
     CodeRequest,
     Credentials,
     GrantService,
@@ -23,9 +23,9 @@ from mailmcp._grants import (
     pkce_s256,
     seal_credentials,
 )
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._throttle import address_key, username_key
-from mailmcp._tokens import InvalidToken, TokenCodec
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._throttle import address_key, username_key
+from mailmcp.oauth._tokens import InvalidToken, TokenCodec
 from mailmcp.testing import MemoryGrantStore
 
 MCP = "https://mail.example.test/mcp"

@@ -1,5 +1,5 @@
 """
-HTML to text (`mailmcp._html`, through `mailmcp._mime.html_to_text`): what a
+HTML to text (`mailmcp.mail._html`, through `mailmcp.mail._mime.html_to_text`): what a
 reader sees is kept and readable, what a reader does not see never comes out
 (MM-13), and the cost stays linear on hostile markup (MM-14).
 """
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailmcp._mime import html_to_text
+from mailmcp.mail._mime import html_to_text
 
 TAIL = "<p>Tail visible</p><div style='display:none'>HIDDEN tail</div><span hidden>HIDDEN too</span>"
 

@@ -22,9 +22,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.web.iweb import IRequest
 
-from mailmcp._http import InFlight, MailMCPSite
 from mailmcp._service import DrainService, SequentialMultiService
-from mailmcp._web import HealthApp, Router
+from mailmcp.web._http import InFlight, MailMCPSite
+from mailmcp.web._router import HealthApp, Router
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 

@@ -19,8 +19,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from mailmcp._http import ILargeBodyGate, MailMCPSite, Refusal
-from mailmcp._web import Router
+from mailmcp.web._http import ILargeBodyGate, MailMCPSite, Refusal
+from mailmcp.web._router import Router
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 SMALL, LARGE = 100, 1000

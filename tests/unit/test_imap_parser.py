@@ -1,5 +1,5 @@
 """
-The fast IMAP response parser (`mailmcp._imap._parser`) on normal and
+The fast IMAP response parser (`mailmcp.mail.imap._parser`) on normal and
 hostile input: every malformed response raises `ParseError` (never another
 exception, never a hang), numbers are bounded, NIL is accepted wherever the
 grammar allows it, and 8-bit or broken header text still decodes.
@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.mail import imap4
 
-from mailmcp._imap._parser import (
+from mailmcp.mail._mailbox_api import Address
+from mailmcp.mail.imap._parser import (
     MAX_DEPTH,
     ParseError,
     compress_uids,
@@ -27,7 +28,6 @@ from mailmcp._imap._parser import (
     parse_values,
     split_code,
 )
-from mailmcp._mailbox_api import Address
 
 ENVELOPE = (
     b'("Tue, 01 Jul 2025 13:30:00 +0000" "=?utf-8?q?R=C3=A9union?= today" '
@@ -348,7 +348,7 @@ FAST_PATH_ENVELOPES = [
 @pytest.mark.parametrize("envelope", FAST_PATH_ENVELOPES)
 def test_fast_envelope_path_matches_general_parser(envelope: bytes) -> None:
     """The one-regex ENVELOPE path gives exactly what the general parser gives."""
-    from mailmcp._imap import _parser
+    from mailmcp.mail.imap import _parser
 
     line = b"3 FETCH (UID 8 FLAGS (\\Seen) ENVELOPE " + envelope + b" RFC822.SIZE 10)"
     assert _parser._fast_envelope(line, 8) is not None
@@ -361,7 +361,7 @@ def test_fast_envelope_path_matches_general_parser(envelope: bytes) -> None:
 
 def test_fast_envelope_ignores_envelope_text_inside_a_string() -> None:
     """'ENVELOPE (' inside a quoted value is not taken for the ENVELOPE item."""
-    from mailmcp._imap import _parser
+    from mailmcp.mail.imap import _parser
 
     fake = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
     line = b'3 FETCH (UID 8 BODY[HEADER] "x ENVELOPE ' + fake + b' y")'
@@ -376,7 +376,7 @@ def test_fast_envelope_ignores_envelope_text_inside_a_string() -> None:
 # `_scan_fetch` must either give exactly what the general parser gives
 # (`parse_values` + `fetch_from_items`) or step aside (None), on any input.
 
-from mailmcp._imap import _parser  # noqa: E402
+from mailmcp.mail.imap import _parser  # noqa: E402
 
 LISTING_BODY = (
     b'(("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 120 5 NIL NIL NIL NIL)'

@@ -14,10 +14,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
-from mailmcp._imap import IMAPPool
-from mailmcp._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
 from mailmcp._tls import MailTLS
+from mailmcp.mail._mailbox_api import IMAPAuthError, IMAPError, IMAPSession
+from mailmcp.mail.imap import IMAPPool
+from mailmcp.oauth._clients import MailServer
 from tests.unit.imap_script import ScriptedEndpoint, ScriptedServer
 
 

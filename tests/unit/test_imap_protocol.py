@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailmcp._mailbox_api import Appended, IMAPAuthError, IMAPError, IMAPNoSuchMailbox, Literal
+from mailmcp.mail._mailbox_api import Appended, IMAPAuthError, IMAPError, IMAPNoSuchMailbox, Literal
 from tests.unit.imap_wire import Wire, account, logged_in, opened, result_of, run
 
 
@@ -817,7 +817,7 @@ def test_examine_fetch_reports_a_failed_fetch_and_a_failed_noop() -> None:
 
 def test_pipelining_never_skips_a_literal_or_a_queue() -> None:
     """A command with a literal waits its turn even when asked to pipeline."""
-    from mailmcp._imap._client import RawCommand
+    from mailmcp.mail.imap._client import RawCommand
 
     wire = opened(exists=3)
     first = wire.protocol.send(RawCommand(b"NOOP"))
@@ -833,7 +833,7 @@ def test_pipelining_never_skips_a_literal_or_a_queue() -> None:
 
 def test_pipelined_commands_may_finish_out_of_order() -> None:
     """A tagged OK for the second command before the first's still completes both."""
-    from mailmcp._imap._client import RawCommand
+    from mailmcp.mail.imap._client import RawCommand
 
     wire = opened(exists=3)
     first = wire.protocol.send(RawCommand(b"NOOP"))

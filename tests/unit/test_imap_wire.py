@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from mailmcp import _mime, _search
-from mailmcp._attachments import _common
-from mailmcp._attachments._common import safe_content_type
-from mailmcp._imap import _parser, _session, _wire
-from mailmcp._mailbox_api import IMAPError
+from mailmcp.attachments import _common
+from mailmcp.attachments._common import safe_content_type
+from mailmcp.mail import _mime, _search
+from mailmcp.mail._mailbox_api import IMAPError
+from mailmcp.mail.imap import _parser, _session, _wire
 
 TRAILING = ["\n", "\r\n", "\r"]
 

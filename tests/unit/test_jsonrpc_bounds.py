@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mailmcp._jsonrpc import MAX_VALUES, PARSE_ERROR, RPCError, decode_body
+from mailmcp.mcp._jsonrpc import MAX_VALUES, PARSE_ERROR, RPCError, decode_body
 
 
 def envelope(pad: object) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmcp._keyring import (
+from mailmcp.oauth._keyring import (
     KEYRING_FILENAME,
     KeyRing,
     KeyRingError,
@@ -286,7 +286,7 @@ def test_losing_the_creation_race_reads_the_winners_ring(
     Another process creates keys.json after this one found none: this one
     returns that ring and leaves the file as the winner wrote it.
     """
-    from mailmcp import _keyring
+    from mailmcp.oauth import _keyring
 
     winner = KeyRing([new_master_key()])
     write_temporary = _keyring._write_temporary
@@ -314,7 +314,7 @@ def test_without_hard_links_an_exclusive_create_stands_in(
     """
     import errno
 
-    from mailmcp import _keyring
+    from mailmcp.oauth import _keyring
 
     winner = KeyRing([new_master_key()])
     if rival:
@@ -334,7 +334,7 @@ def test_without_hard_links_an_exclusive_create_stands_in(
 
 def test_without_hard_links_a_ring_that_stays_unreadable_is_refused(tmp_path: Path) -> None:
     """An empty keys.json (its writer died) is a corrupt ring, not a wait forever."""
-    from mailmcp import _keyring
+    from mailmcp.oauth import _keyring
 
     path = tmp_path / KEYRING_FILENAME
     path.write_text("")

@@ -17,8 +17,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
-from mailmcp._mailcheck import LoginRejected
-from mailmcp._throttle import (
+from mailmcp.mail._mailcheck import LoginRejected
+from mailmcp.oauth._throttle import (
     GLOBAL_FAILURES_KEY,
     REFUSAL_LOG_KEYS,
     REFUSAL_LOG_WINDOW,

@@ -13,9 +13,11 @@ from pydantic import RootModel
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
-from mailmcp._mcp import MCPApp, describe_validation_error, origin_of
 from mailmcp._toolkit import ToolContext
+from mailmcp.mcp._app import MCPApp
+from mailmcp.mcp._results import describe_validation_error
 from mailmcp.testing import EchoInput, FakeTokenVerifier, echo_tool, make_account, tool_services
+from mailmcp.web._cors import origin_of
 from tests.unit.mcp_client import (
     BASE,
     CAPS,
@@ -386,7 +388,7 @@ def test_tools_call_lone_surrogate_is_escaped_not_a_failure(client: Client) -> N
     code, body = client.rpc(b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":'
                             b'{"name":"echo","arguments":{"text":"a\\ud800b"}}}')
     assert code == 400 and body["error"]["code"] == -32700  # refused at the door ...
-    from mailmcp._mcp import _ToolText
+    from mailmcp.mcp._results import ToolText as _ToolText
 
     raw = _ToolText(json.dumps({"text": "a\ud800b"}, ensure_ascii=False)).message(3)
     raw.decode("utf-8")  # ... and, should a tool produce one, the response is still UTF-8
@@ -708,7 +710,7 @@ def test_admission_bounds_the_requests_worked_on_at_once() -> None:
     At most max_working requests are worked on at once; the others wait,
     already parsed, and each gets its turn when one is answered.
     """
-    from mailmcp._admission import fixed
+    from mailmcp.web._admission import fixed
 
     started: list[Deferred[None]] = []
 
@@ -778,7 +780,7 @@ def test_large_bodies_are_decoded_and_validated_on_the_pool_small_ones_on_the_re
     tool's arguments validated on the decode pool; a small one never touches
     it.  A parse error found there is the usual -32700.
     """
-    from mailmcp._mcp import DECODE_ON_REACTOR_MAX
+    from mailmcp.mcp._gate import DECODE_ON_REACTOR_MAX
 
     pool = RecordingPool()
     app, _ = make_app(decode_pool=pool, reactor=ImmediateReactor())  # type: ignore[arg-type]
@@ -803,7 +805,7 @@ def test_an_account_past_its_share_gets_503_with_retry_after() -> None:
     another mailbox is still served; once a call finishes, the first
     mailbox may call again.
     """
-    from mailmcp._admission import Admission
+    from mailmcp.web._admission import Admission
 
     gates: list[Deferred[None]] = []
 
@@ -879,7 +881,7 @@ def test_the_gate_bounds_large_bodies_in_progress_per_mailbox() -> None:
     import attrs
     from twisted.web.test.requesthelper import DummyRequest
 
-    from mailmcp._admission import Admission
+    from mailmcp.web._admission import Admission
 
     other = attrs.evolve(make_account(), owner="grant-2", imap_username="bob@example.test")
     verifier = FakeTokenVerifier({TOKEN: make_account(), "other-token": other})

@@ -17,10 +17,9 @@ from twisted.internet.defer import Deferred
 
 from mailmcp._scopes import READ, SEND
 from mailmcp._toolkit import Tool, ToolContext, ToolServices
-from mailmcp.mcp import Dispatcher, ToolRunner
-from mailmcp.mcp._dispatch import Headers
+from mailmcp.mcp._dispatch import Dispatcher, Headers
 from mailmcp.mcp._results import Accepted, InsufficientScope, Outcome, Reply
-from mailmcp.mcp._runner import index_tools
+from mailmcp.mcp._runner import ToolRunner, index_tools
 from mailmcp.testing import echo_tool, make_account, tool_services
 
 MODERN = "2026-07-28"

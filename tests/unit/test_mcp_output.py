@@ -21,18 +21,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from mailmcp._audit import targets
-from mailmcp._jsonrpc import encode
 from mailmcp._toolkit import ToolContext
-from mailmcp._tools import all_tools
-from mailmcp._tools._reading import (
-    SUMMARY_ITEMS,
-    ListMessagesInput,
-    list_mail_messages,
-    list_mail_messages_data,
-    summarise,
-    summary_data,
-)
-from mailmcp.mcp import MCPApp
+from mailmcp.mcp._app import MCPApp
+from mailmcp.mcp._jsonrpc import encode
 from mailmcp.mcp._results import ToolText, plain_json
 from mailmcp.testing import (
     FakeIMAPPool,
@@ -40,6 +31,15 @@ from mailmcp.testing import (
     FakeTokenVerifier,
     make_account,
     tool_services,
+)
+from mailmcp.tools import all_tools
+from mailmcp.tools._reading import (
+    SUMMARY_ITEMS,
+    ListMessagesInput,
+    list_mail_messages,
+    list_mail_messages_data,
+    summarise,
+    summary_data,
 )
 from tests.helpers import run
 

@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.web.test.requesthelper import DummyRequest
 
 from mailmcp._account import MailAccount
-from mailmcp._admission import Admission
 from mailmcp.mcp._gate import Answer, TransportGate
 from mailmcp.testing import FakeTokenVerifier, make_account, make_config
+from mailmcp.web._admission import Admission
 
 BASE = "https://mail.example.test"
 TOKEN = "good-token"

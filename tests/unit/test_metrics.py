@@ -9,7 +9,7 @@ import json
 
 from twisted.internet.task import Clock
 
-from mailmcp._metrics import MetricsApp, ReactorLagProbe
+from mailmcp.web._metrics import MetricsApp, ReactorLagProbe
 
 
 def _probe() -> tuple[Clock, ReactorLagProbe]:
@@ -75,7 +75,7 @@ def test_lag_samples_feed_the_admission_limit_and_show_in_metrics() -> None:
     Every lag sample reaches the probe's observers: a lagging reactor cuts
     the /mcp admission limit, an idle one raises it; /metrics shows it.
     """
-    from mailmcp._admission import Admission
+    from mailmcp.web._admission import Admission
 
     clock, probe = _probe()
     admission = Admission(initial=16, minimum=4, maximum=64)
@@ -97,7 +97,7 @@ def test_gc_tuning_freezes_startup_objects_and_restores_on_stop() -> None:
     """
     import gc
 
-    from mailmcp._metrics import GCTuning
+    from mailmcp.web._metrics import GCTuning
 
     before = gc.get_threshold()
     tuning = GCTuning()

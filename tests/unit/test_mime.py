@@ -1,5 +1,5 @@
 """
-BODYSTRUCTURE analysis, lenient decoding and HTML reduction (`mailmcp._mime`).
+BODYSTRUCTURE analysis, lenient decoding and HTML reduction (`mailmcp.mail._mime`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from mailmcp import _mime
-from mailmcp._mime import (
+from mailmcp.mail import _mime
+from mailmcp.mail._mime import (
     Decoded,
     Transferred,
     analyse,

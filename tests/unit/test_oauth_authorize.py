@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from mailmcp._clients import MailServer, provision_client
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._throttle import ThrottlePolicy
-from mailmcp._tokens import TokenCodec
+from mailmcp.oauth._clients import MailServer, provision_client
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._throttle import ThrottlePolicy
+from mailmcp.oauth._tokens import TokenCodec
 from tests.unit.oauth_helpers import BASE, LOOPBACK, REDIRECT, make_server, pkce
 
 

@@ -15,14 +15,14 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailmcp._clients import MailServer
-from mailmcp._mailcheck import (
+from mailmcp._tls import MailTLS
+from mailmcp.mail._mailcheck import (
     IMAPLoginChecker,
     LoginRejected,
     MailServerUnavailable,
     SMTPLoginChecker,
 )
-from mailmcp._tls import MailTLS
+from mailmcp.oauth._clients import MailServer
 
 PASSWORD = "pw-SECRET-42"
 

@@ -13,19 +13,12 @@ from typing import Any
 
 import pytest
 
-from mailmcp import _oauth, oauth
 from tests.unit.oauth_helpers import make_server
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
     return make_server(tmp_path)
-
-
-def test_old_module_name_is_the_package() -> None:
-    """mailmcp._oauth re-exports the composing app and the builder the service uses."""
-    assert _oauth.OAuthApp is oauth.OAuthApp
-    assert _oauth.build_authorization_server is oauth.build_authorization_server
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "TRACE"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mailmcp import _grants
-from mailmcp._tokens import InvalidToken
+from mailmcp.oauth import _grants
+from mailmcp.oauth._tokens import InvalidToken
 from tests.unit.oauth_helpers import BASE, LOOPBACK, REDIRECT, make_server, pkce
 
 
@@ -90,7 +90,7 @@ def test_wrong_secret(server, basic, monkeypatch) -> None:
         calls.append(1)
         return real(a, b)
 
-    monkeypatch.setattr("mailmcp._clients.hmac.compare_digest", spy)
+    monkeypatch.setattr("mailmcp.oauth._clients.hmac.compare_digest", spy)
     code, verifier = server.code_for()
     wrong = server.client_secret[:-1] + ("A" if server.client_secret[-1] != "A" else "B")
     if basic:
@@ -377,7 +377,7 @@ def test_wrong_grant_key_cannot_open_row(server) -> None:
 
 def test_credentials_repr_redacted() -> None:
     """LG-03: the credentials value never shows the password in its repr."""
-    from mailmcp._clients import MailServer
+    from mailmcp.oauth._clients import MailServer
 
     creds = _grants.Credentials("a@b", "A", MailServer("h", 993, "tls"), "a@b", "SECRET-PW",
                                 MailServer("h", 465, "tls"), "a@b", "SECRET-PW")
@@ -466,9 +466,9 @@ def test_implementations_provide_interfaces(server) -> None:
     from twisted.internet.testing import MemoryReactorClock
     from zope.interface.verify import verifyObject
 
-    from mailmcp._mailcheck import IMAPLoginChecker, SMTPLoginChecker
     from mailmcp._tls import MailTLS
     from mailmcp.interfaces import IAccessTokenVerifier, IGrantStore, ILoginChecker
+    from mailmcp.mail._mailcheck import IMAPLoginChecker, SMTPLoginChecker
 
     reactor = MemoryReactorClock()
     for checker in (server.imap, IMAPLoginChecker(reactor, MailTLS(None)), SMTPLoginChecker(reactor, MailTLS(None))):

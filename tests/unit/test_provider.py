@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._clients import MailServer
-from mailmcp._grants import Credentials, new_grant_key, open_credentials, seal_credentials
-from mailmcp._provider import (
+from mailmcp.oauth._clients import MailServer
+from mailmcp.oauth._grants import Credentials, new_grant_key, open_credentials, seal_credentials
+from mailmcp.provider._client import (
     ProviderProfile,
     ProviderRefused,
     ProviderTokens,
@@ -197,7 +197,7 @@ def test_provider_timeout_is_unavailable() -> None:
     """A provider that never answers: `ProviderUnavailable` after the timeout, on the clock."""
     from twisted.internet.defer import Deferred
 
-    from mailmcp._provider import ProviderClient
+    from mailmcp.provider._client import ProviderClient
 
     class Hanging:
         def request(self, *a: object, **kw: object) -> Deferred[object]:

@@ -24,14 +24,14 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 
-from mailmcp._clients import (
+from mailmcp.oauth._clients import (
     DEFAULT_REDIRECT_URIS,
     client_claims,
     provision_short_client,
     register_client,
 )
-from mailmcp._provider_login import PENDING_LIFETIME, ProviderLogin
-from mailmcp._provider_options import profile_claims
+from mailmcp.provider._login import PENDING_LIFETIME, ProviderLogin
+from mailmcp.provider._options import profile_claims
 from mailmcp.testing import FakeLoginChecker
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, make_server
 from tests.unit.provider_fake import CLIENT_SECRET, FakeProvider, profile
@@ -238,7 +238,7 @@ def test_provisioned_client_with_its_own_provider(flow: Flow) -> None:
 
 def test_client_revoked_meanwhile_finishes_nothing(flow: Flow) -> None:
     """The operator revokes the client between 'Continue' and the callback: the 400 page, no exchange."""
-    from mailmcp._grants import client_ref
+    from mailmcp.oauth._grants import client_ref
 
     q = provider_query(flow.submit()[0])
     flow.server.run(ensureDeferred(flow.server.store.deny_client(client_ref(flow.client_id))))
@@ -258,7 +258,7 @@ def test_callback_is_get_only(flow: Flow) -> None:
 
 def test_provider_directory_finds_the_profile_of_a_grant(flow: Flow) -> None:
     """The refresh side's lookup: "" the default profile, a client id its own, anything else none."""
-    from mailmcp._provider_login import ProviderDirectory
+    from mailmcp.provider._login import ProviderDirectory
 
     default = profile()
     directory = ProviderDirectory(default, StubTreq(flow.provider), flow.server.clock)

@@ -17,12 +17,12 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from mailmcp._clients import open_client, provision_short_client
-from mailmcp._keyring import load_or_create_keyring
-from mailmcp._provider_options import parse_provider, profile_claims, read_client_secret
-from mailmcp._tokens import TokenCodec
 from mailmcp.generate_tap import Options as GenerateOptions
 from mailmcp.generate_tap import generate
+from mailmcp.oauth._clients import open_client, provision_short_client
+from mailmcp.oauth._keyring import load_or_create_keyring
+from mailmcp.oauth._tokens import TokenCodec
+from mailmcp.provider._options import parse_provider, profile_claims, read_client_secret
 from mailmcp.tap import Options
 
 SERVERS = ["--imap-host", "imap.example", "--smtp-host", "smtp.example"]

@@ -25,22 +25,22 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer, open_client, provision_client
-from mailmcp._grants import (
+from mailmcp._tls import MailTLS
+from mailmcp._toolkit import imap_tool_error
+from mailmcp.mail._mailbox_api import IMAPGrantEnded, IMAPSession
+from mailmcp.mail._smtp import SMTPAuthFailed, SMTPSender
+from mailmcp.mail.imap import IMAPPool
+from mailmcp.oauth._clients import MailServer, open_client, provision_client
+from mailmcp.oauth._grants import (
     CodeRequest,
     Credentials,
     GrantService,
     open_credentials,
     pkce_s256,
 )
-from mailmcp._imap import IMAPPool
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._mailbox_api import IMAPGrantEnded, IMAPSession
-from mailmcp._provider import ProviderClient, ProviderTokens
-from mailmcp._smtp import SMTPAuthFailed, SMTPSender
-from mailmcp._tls import MailTLS
-from mailmcp._tokens import InvalidToken, TokenCodec
-from mailmcp._toolkit import imap_tool_error
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._tokens import InvalidToken, TokenCodec
+from mailmcp.provider._client import ProviderClient, ProviderTokens
 from mailmcp.testing import MemoryGrantStore
 from tests.unit.imap_script import ScriptedEndpoint, ScriptedServer, ServerTransport
 from tests.unit.provider_fake import profile

@@ -16,8 +16,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools import all_tools
-from mailmcp._tools._reading import (
+from mailmcp.mail._untrusted import unmark_body
+from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
+from mailmcp.tools import all_tools
+from mailmcp.tools._reading import (
     TOOLS,
     GetMessageInput,
     ListMailboxesInput,
@@ -30,8 +32,6 @@ from mailmcp._tools._reading import (
     search_mail_messages,
     uid_set,
 )
-from mailmcp._untrusted import unmark_body
-from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
 from tests.helpers import run
 from tests.unit.messages import plain
 
@@ -424,7 +424,7 @@ def test_one_unparseable_structure_does_not_hide_the_page(server: FakeIMAPServer
     is hostile, the page is fetched again without it and only that message
     lacks has_attachments.
     """
-    from mailmcp._mailbox_api import IMAPError
+    from mailmcp.mail._mailbox_api import IMAPError
     from mailmcp.testing import FakeIMAPSession
 
     class Picky(FakeIMAPSession):

@@ -21,19 +21,19 @@ from twisted.logger import capturedLogs
 from zope.interface import directlyProvides
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
-from mailmcp._mailbox_api import IMAPAuthError, IMAPTokenRejected
-from mailmcp._mailcheck import (
+from mailmcp._tls import MailTLS
+from mailmcp.mail._mailbox_api import IMAPAuthError, IMAPTokenRejected
+from mailmcp.mail._mailcheck import (
     IMAPLoginChecker,
     LoginRejected,
     MailServerUnavailable,
     SMTPLoginChecker,
     credentials_check,
 )
-from mailmcp._provider import ProviderTokens
-from mailmcp._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
-from mailmcp._smtp import SendResult, SMTPAuthFailed, SMTPSender
-from mailmcp._tls import MailTLS
+from mailmcp.mail._sasl import SASLInputError, SMTPTokenAuthenticator, TokenSASL
+from mailmcp.mail._smtp import SendResult, SMTPAuthFailed, SMTPSender
+from mailmcp.oauth._clients import MailServer
+from mailmcp.provider._client import ProviderTokens
 from tests.unit.imap_wire import Wire, result_of, run
 
 TOKEN = "CANARY-access-token-91c2"
@@ -267,7 +267,7 @@ def test_smtp_check_without_the_mechanism_is_unavailable() -> None:
 
 
 def test_credentials_check_picks_the_token_for_token_credentials() -> None:
-    from mailmcp._grants import Credentials
+    from mailmcp.oauth._grants import Credentials
 
     imap, smtp = MailServer("i.test", 993, "tls"), MailServer("s.test", 465, "tls")
     tokens = ProviderTokens(TOKEN, "r", 1)

@@ -17,9 +17,6 @@ import attrs
 import pytest
 from twisted.internet.defer import Deferred
 
-from mailmcp._clients import open_client, provision_client
-from mailmcp._grants import GrantService, client_ref
-from mailmcp._mcp import MCPApp
 from mailmcp._scopes import (
     ALL_SCOPES,
     FULL,
@@ -29,9 +26,12 @@ from mailmcp._scopes import (
     parse_scope_list,
     scopes_of_claim,
 )
-from mailmcp._tools import all_tools
-from mailmcp._verifier import GrantTokenVerifier
+from mailmcp.mcp._app import MCPApp
+from mailmcp.oauth._clients import open_client, provision_client
+from mailmcp.oauth._grants import GrantService, client_ref
+from mailmcp.oauth._verifier import GrantTokenVerifier
 from mailmcp.testing import FakeTokenVerifier, make_account, make_config, tool_services
+from mailmcp.tools import all_tools
 from tests.unit.mcp_client import Client, call
 from tests.unit.oauth_helpers import BASE, IMAP, REDIRECT, SMTP, Server, make_server, pkce
 

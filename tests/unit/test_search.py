@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmcp._mailbox_api import Literal
-from mailmcp._search import (
+from mailmcp.mail._mailbox_api import Literal
+from mailmcp.mail._search import (
     Filters,
     SearchQueryError,
     compile_search,

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._compose import make_message_id
-from mailmcp._sendintent import LEASE_MARGIN, SendIntents, intent_key
-from mailmcp._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools._writing import SEND_MAIL_MESSAGE, SendInput
+from mailmcp.mail._compose import make_message_id
+from mailmcp.mail._sendintent import LEASE_MARGIN, SendIntents, intent_key
+from mailmcp.mail._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from mailmcp.testing import FakeIMAPPool, MemoryGrantStore, make_account, tool_services
+from mailmcp.tools._writing import SEND_MAIL_MESSAGE, SendInput
 from tests.helpers import run
 from tests.unit.writable_imap import FakeSender, WritableServer
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._sendpolicy import domain_allowed, parse_allow_domains, refused_recipients
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools._writing import SendInput, send_mail_message
+from mailmcp.mail._sendpolicy import domain_allowed, parse_allow_domains, refused_recipients
 from mailmcp.testing import FakeIMAPPool, make_account, tool_services
+from mailmcp.tools._writing import SendInput, send_mail_message
 from tests.helpers import run
 from tests.unit.writable_imap import FakeSender, WritableServer
 

@@ -16,17 +16,17 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from mailmcp._sendrate import SendRateLimiter, SharedSendRateLimiter, send_key
-from mailmcp._smtp import SMTPOutcomeUnknown, SMTPSendFailed
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools._writing import (
+from mailmcp.interfaces import ISendBudget
+from mailmcp.mail._sendrate import SendRateLimiter, SharedSendRateLimiter, send_key
+from mailmcp.mail._smtp import SMTPOutcomeUnknown, SMTPSendFailed
+from mailmcp.testing import FakeIMAPPool, make_account, tool_services
+from mailmcp.tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     SEND_MAIL_MESSAGE,
     DraftInput,
     SendInput,
 )
-from mailmcp.interfaces import ISendBudget
-from mailmcp.testing import FakeIMAPPool, make_account, tool_services
 from tests.helpers import run
 from tests.unit.writable_imap import FakeSender, WritableServer, commands
 

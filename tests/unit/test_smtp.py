@@ -1,5 +1,5 @@
 """
-Protocol tests for `mailmcp._smtp`: the ESMTP sender driven over a
+Protocol tests for `mailmcp.mail._smtp`: the ESMTP sender driven over a
 `StringTransport` with scripted server replies, on a `MemoryReactorClock`.
 No sockets.
 """
@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides
 
 from mailmcp._account import MailAccount
-from mailmcp._clients import MailServer
-from mailmcp._smtp import (
+from mailmcp._tls import MailTLS
+from mailmcp.mail._smtp import (
     DotStuffer,
     SendResult,
     SMTPAuthFailed,
@@ -28,7 +28,7 @@ from mailmcp._smtp import (
     SMTPSender,
     SMTPSendFailed,
 )
-from mailmcp._tls import MailTLS
+from mailmcp.oauth._clients import MailServer
 
 PASSWORD = "PASSWORD-CANARY-9f3e"
 

@@ -15,8 +15,8 @@ import pytest
 from jwcrypto import jwe, jwk
 from twisted.internet.task import Clock
 
-from mailmcp._keyring import KeyRing, new_master_key
-from mailmcp._tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenCodec
+from mailmcp.oauth._keyring import KeyRing, new_master_key
+from mailmcp.oauth._tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenCodec
 
 
 def b64(data: bytes) -> str:

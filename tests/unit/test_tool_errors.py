@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from mailmcp._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox
 from mailmcp._toolkit import ToolContext, ToolError, imap_tool_error
-from mailmcp._tools._attachments import GET_MAIL_ATTACHMENT_LINK, AttachmentLinkInput
-from mailmcp._tools._reading import GetMessageInput, get_mail_message
-from mailmcp._tools._writing import DELETE_MAIL_MESSAGE, DeleteInput
+from mailmcp.mail._mailbox_api import IMAPAuthError, IMAPError, IMAPNoSuchMailbox
 from mailmcp.testing import make_account, tool_services
+from mailmcp.tools._attachments import GET_MAIL_ATTACHMENT_LINK, AttachmentLinkInput
+from mailmcp.tools._reading import GetMessageInput, get_mail_message
+from mailmcp.tools._writing import DELETE_MAIL_MESSAGE, DeleteInput
 from tests.helpers import run
 
 

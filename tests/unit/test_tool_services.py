@@ -14,17 +14,17 @@ from twisted.application.service import MultiService
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from mailmcp._attachments import LocalAttachmentStore
-from mailmcp._attachments._common import Limits
-from mailmcp._attachments._helpers import StoredPartIndex
 from mailmcp._audit import Audit, build_audit
-from mailmcp._imap import IMAPPool
-from mailmcp._sendintent import SendIntents
 from mailmcp._service import build_tool_services
-from mailmcp._smtp import SMTPSender
-from mailmcp._store_sqlite import SQLiteGrantStore
 from mailmcp._toolkit import ToolServices
+from mailmcp.attachments import LocalAttachmentStore
+from mailmcp.attachments._common import Limits
+from mailmcp.attachments._helpers import StoredPartIndex
 from mailmcp.interfaces import ISendBudget
+from mailmcp.mail._sendintent import SendIntents
+from mailmcp.mail._smtp import SMTPSender
+from mailmcp.mail.imap import IMAPPool
+from mailmcp.store._sqlite import SQLiteGrantStore
 from mailmcp.tap import Options
 from mailmcp.testing import FakeIMAPPool, MemoryAttachmentStore, tool_services
 

@@ -1,6 +1,6 @@
 """
 What get_mail_message says of the sender's content (docs/threat-model.rst
-MM-17, MM-18, MM-19): the helpers in `mailmcp._untrusted`, and the tool over
+MM-17, MM-18, MM-19): the helpers in `mailmcp.mail._untrusted`, and the tool over
 the fake IMAP server.
 """
 
@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from mailmcp import _untrusted
 from mailmcp._toolkit import ToolContext
-from mailmcp._tools._reading import GetMessageInput, GetMessageOutput, get_mail_message
-from mailmcp._untrusted import authentication, mark_body, spoof_warnings, unmark_body
+from mailmcp.mail import _untrusted
+from mailmcp.mail._untrusted import authentication, mark_body, spoof_warnings, unmark_body
 from mailmcp.testing import FakeIMAPPool, FakeIMAPServer, make_account, tool_services
+from mailmcp.tools._reading import GetMessageInput, GetMessageOutput, get_mail_message
 from tests.helpers import run
 from tests.unit.messages import plain
 

@@ -21,8 +21,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from mailmcp._clients import Client, MailServer
-from mailmcp._user_servers import (
+from mailmcp.oauth import _login
+from mailmcp.oauth._app import user_server_resolver
+from mailmcp.oauth._clients import Client, MailServer
+from mailmcp.oauth._user_servers import (
     ServerPolicy,
     ServerRefused,
     Suggestion,
@@ -30,8 +32,6 @@ from mailmcp._user_servers import (
     discover,
     parse_allow,
 )
-from mailmcp.oauth import _login
-from mailmcp.oauth._app import user_server_resolver
 from tests.unit.oauth_helpers import make_config, make_server, pkce
 
 
@@ -267,7 +267,7 @@ def test_without_the_flag_no_server_fields(serverless: Any, tmp_path: Path) -> N
 
 def test_srv_lookups_spend_the_address_login_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each lookup costs one of the address's login attempts; past them the page comes unfilled and DNS is not asked."""
-    from mailmcp._throttle import ThrottlePolicy
+    from mailmcp.oauth._throttle import ThrottlePolicy
 
     monkeypatch.setattr(_login, "brings_servers", lambda client: False)
     resolver = FakeResolver(LOCAL_SRV, PUBLIC)

@@ -17,11 +17,16 @@ import pytest
 from pydantic import ValidationError
 from twisted.internet.task import Clock
 
-from mailmcp._attachments._common import Limits
-from mailmcp._mailbox_api import MailboxState
-from mailmcp._smtp import RecipientResult, SMTPOutcomeUnknown, SMTPSendFailed
 from mailmcp._toolkit import ToolContext, ToolError
-from mailmcp._tools._writing import (
+from mailmcp.attachments._common import Limits
+from mailmcp.mail._mailbox_api import MailboxState
+from mailmcp.mail._smtp import RecipientResult, SMTPOutcomeUnknown, SMTPSendFailed
+from mailmcp.testing import (
+    FakeIMAPPool,
+    make_account,
+    tool_services,
+)
+from mailmcp.tools._writing import (
     CREATE_DRAFT_MAIL_MESSAGE,
     DELETE_MAIL_MESSAGE,
     MOVE_MAIL_MESSAGE,
@@ -34,11 +39,6 @@ from mailmcp._tools._writing import (
     FlagsInput,
     MoveInput,
     SendInput,
-)
-from mailmcp.testing import (
-    FakeIMAPPool,
-    make_account,
-    tool_services,
 )
 from tests.helpers import run
 from tests.unit.writable_imap import FakeSender, WritableServer, commands
@@ -212,7 +212,7 @@ def test_attachment_urls_refused_without_any_request(ctx: ToolContext, server: W
 
 def test_attachment_urls_resolved_through_the_store(ctx: ToolContext, sender: FakeSender) -> None:
     """Links the store accepts are attached with their filename and type; nothing is fetched."""
-    from mailmcp._attachments._common import AttachmentRefused, ResolvedAttachment
+    from mailmcp.attachments._common import AttachmentRefused, ResolvedAttachment
 
     class Store:
         limits = None

@@ -7,8 +7,8 @@ from typing import Any
 
 import attrs
 
-from mailmcp._mailbox_api import Appended, IMAPError, Literal
-from mailmcp._smtp import RecipientResult, SendResult
+from mailmcp.mail._mailbox_api import Appended, IMAPError, Literal
+from mailmcp.mail._smtp import RecipientResult, SendResult
 from mailmcp.testing import (
     FakeIMAPServer,
     FakeIMAPSession,
