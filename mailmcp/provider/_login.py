@@ -40,7 +40,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -55,10 +55,16 @@ from ..interfaces import ILoginChecker
 from ..mail._mailcheck import LoginRejected, MailServerUnavailable, credentials_check
 from ..oauth._clients import Client
 from ..oauth._grants import CodeRequest, Credentials, GrantService
-from ..oauth._throttle import Busy, LoginThrottle, Throttled
+from ..oauth._throttle import Busy, LoginThrottle, Reservation, Throttled
 from ..oauth._tokens import InvalidToken, TokenCodec
 from ..oauth._user_servers import brings_servers
-from ._client import ProviderClient, ProviderProfile, ProviderRefused, ProviderUnavailable
+from ._client import (
+    ProviderClient,
+    ProviderProfile,
+    ProviderRefused,
+    ProviderTokens,
+    ProviderUnavailable,
+)
 
 log = Logger()
 
@@ -153,6 +159,51 @@ class Pending:
             resource=self.resource,
             scopes=self.chosen,
         )
+
+
+@attrs.frozen
+class _Lines:
+    """What one kind of provider sign-in says (and logs) when the provider says no."""
+
+    #: How the log lines name it ("provider sign-in", "account sign-in").
+    what: str
+    cancelled: str
+    incomplete: str
+    refused: str
+
+
+_LOGIN_LINES = _Lines(
+    what="provider sign-in",
+    cancelled="Sign-in at {label} was cancelled or access was not allowed. Nothing was saved.",
+    incomplete="{label} did not complete the sign-in ({code}). Nothing was saved; please try again.",
+    refused="{label} did not accept the sign-in. Nothing was saved; please try again.",
+)
+_ACCOUNT_LINES = _Lines(
+    what="account sign-in",
+    cancelled="Sign-in at {label} was cancelled.",
+    incomplete="{label} did not complete the sign-in ({code}). Please try again.",
+    refused="{label} did not accept the sign-in. Please try again.",
+)
+_THROTTLED = "Too many sign-in attempts. Please wait a few minutes before trying again."
+_BUSY = "The service is busy checking other sign-ins. Please try again in a moment."
+
+
+@attrs.frozen
+class _Stop:
+    """A callback that ends before the grant (or the account page): the line to show."""
+
+    message: str
+    status: int = 400
+    retry_after: int | None = None
+
+
+@attrs.frozen
+class _Identity:
+    """Who the provider signed in: its tokens, the mailbox, the throttle reservation to settle."""
+
+    tokens: ProviderTokens = attrs.field(repr=False)
+    email: str
+    reservation: Reservation
 
 
 @attrs.frozen
@@ -480,97 +531,115 @@ class ProviderLogin:
             raise CallbackRefused()
         key, profile = found
         label = profile.label
+        signed = await self._sign_in_at_provider(request, pending, profile, client, _LOGIN_LINES)
+        if isinstance(signed, _Stop):
+            return TryAgain(client, pending, signed.message, signed.status, signed.retry_after)
+        credentials = Credentials(
+            email=signed.email,
+            full_name=pending.full_name,
+            imap=client.imap,
+            imap_username=signed.email,
+            imap_password="",
+            smtp=client.smtp,
+            smtp_username=signed.email,
+            smtp_password="",
+            imap_auth=profile.imap_auth,
+            provider=key,
+            oauth=signed.tokens,
+        )
+        refused = await self._check_and_settle(
+            credentials, label, signed.reservation, client, ("IMAP", "SMTP")
+        )
+        if refused is not None:
+            return TryAgain(client, pending, refused.message, refused.status, refused.retry_after)
+        code = await self._grants.login(pending.code_request(client), credentials)
+        log.info("provider sign-in completed with {provider}", provider=profile.name)
+        return Finished(self._location(pending, code))
 
+    async def _sign_in_at_provider(
+        self,
+        request: IRequest,
+        pending: Pending,
+        profile: ProviderProfile,
+        audited: Client | None,
+        lines: _Lines,
+    ) -> _Identity | _Stop:
+        """
+        The part of a callback that a login and an account-page sign-in
+        share: the provider's answer, the throttle, the code exchange and
+        the mailbox address.  A refusal is recorded and logged here; the
+        caller turns the `_Stop` into its own page.  On success the
+        throttle reservation is the caller's to settle.
+        """
+        label = profile.label
         error = _single(request, "error", 256)
         if error is not None:
             code = error if _ERROR_CODE.fullmatch(error) else "unknown"
             log.info(
-                "provider sign-in not completed: {provider} said {error}",
+                "{what} not completed: {provider} said {error}",
+                what=lines.what,
                 provider=profile.name,
                 error=code,
             )
-            self._record("login", client, "error", None, "provider " + code)
+            self._record("login", audited, "error", None, "provider " + code)
             if code == "access_denied":
-                message = f"Sign-in at {label} was cancelled or access was not allowed. Nothing was saved."
-            else:
-                message = f"{label} did not complete the sign-in ({code}). Nothing was saved; please try again."
-            return TryAgain(client, pending, message)
+                return _Stop(lines.cancelled.format(label=label))
+            return _Stop(lines.incomplete.format(label=label, code=code))
         code_param = _single(request, "code")
         if not code_param:
             raise CallbackRefused()
-
-        provider = self.provider_client(profile)
-        address = self._address_of(request)
         try:
-            reservation = await self._throttle.admit(address, [])
+            reservation = await self._throttle.admit(self._address_of(request), [])
         except Throttled as e:
-            self._record("login", client, "error", None, "throttled")
-            return TryAgain(
-                client,
-                pending,
-                "Too many sign-in attempts. Please wait a few minutes before trying again.",
-                429,
-                e.retry_after,
-            )
+            self._record("login", audited, "error", None, "throttled")
+            return _Stop(_THROTTLED, 429, e.retry_after)
+        provider = self.provider_client(profile)
         try:
             tokens = await provider.exchange_code(code_param, pending.verifier, self.redirect_uri)
             email = await provider.mailbox_address(tokens)
         except ProviderRefused as e:
             await self._throttle.settle(reservation, None)
             log.info(
-                "provider sign-in refused by {provider}: {reason}",
+                "{what} refused by {provider}: {reason}",
+                what=lines.what,
                 provider=profile.name,
                 reason=str(e),
             )
-            self._record("login", client, "error", None, "provider refused")
-            return TryAgain(
-                client,
-                pending,
-                f"{label} did not accept the sign-in. Nothing was saved; please try again.",
-            )
+            self._record("login", audited, "error", None, "provider refused")
+            return _Stop(lines.refused.format(label=label))
         except ProviderUnavailable as e:
             await self._throttle.settle(reservation, None)
             log.warn(
                 "provider {provider} unavailable: {reason}", provider=profile.name, reason=str(e)
             )
-            self._record("login", client, "error", None, "provider unavailable")
-            return TryAgain(
-                client, pending, f"{label} could not be reached. Please try again in a minute.", 503
-            )
+            self._record("login", audited, "error", None, "provider unavailable")
+            return _Stop(f"{label} could not be reached. Please try again in a minute.", 503)
+        return _Identity(tokens, email, reservation)
 
-        credentials = Credentials(
-            email=email,
-            full_name=pending.full_name,
-            imap=client.imap,
-            imap_username=email,
-            imap_password="",
-            smtp=client.smtp,
-            smtp_username=email,
-            smtp_password="",
-            imap_auth=profile.imap_auth,
-            provider=key,
-            oauth=tokens,
-        )
+    async def _check_and_settle(
+        self,
+        credentials: Credentials,
+        label: str,
+        reservation: Reservation,
+        audited: Client | None,
+        protocols: Sequence[str],
+        where: str = "",
+    ) -> _Stop | None:
+        """
+        The live check with the provider's token under the throttle's slot,
+        then the reservation settled and the outcome recorded: None when
+        every server accepted the token.
+        """
         try:
             with self._throttle.slot():
-                problem = await self._check_mail(credentials, label)
+                problem = await self._check_mail(credentials, label, protocols, where)
         except Busy:
             await self._throttle.settle(reservation, None)
-            self._record("login", client, "error", email, "busy")
-            return TryAgain(
-                client,
-                pending,
-                "The service is busy checking other sign-ins. Please try again in a moment.",
-                503,
-                5,
-            )
+            self._record("login", audited, "error", credentials.email, "busy")
+            return _Stop(_BUSY, 503, 5)
         await self._throttle.settle(reservation, None)
-        self._record("login", client, "error" if problem else "ok", email)
-        if problem is not None:
-            return TryAgain(client, pending, problem)
-        code = await self._grants.login(pending.code_request(client), credentials)
-        log.info("provider sign-in completed with {provider}", provider=profile.name)
-        return Finished(self._location(pending, code))
+        self._record("login", audited, "error" if problem else "ok", credentials.email)
+        return None if problem is None else _Stop(problem)
 
     def _location(self, pending: Pending, code: str) -> str:
         """The MCP client's redirect URI with the code, exactly as after a password login."""
@@ -581,15 +650,22 @@ class ProviderLogin:
         uri = pending.redirect_uri
         return uri + ("&" if urlsplit(uri).query else "?") + urlencode(params)
 
-    async def _check_mail(self, credentials: Credentials, label: str) -> str | None:
-        """IMAP, then SMTP, with the provider's token: None, or the line to show."""
-        for protocol, checker in (("IMAP", self._imap), ("SMTP", self._smtp)):
+    async def _check_mail(
+        self, credentials: Credentials, label: str, protocols: Sequence[str], where: str = ""
+    ) -> str | None:
+        """
+        C{protocols} (IMAP, then SMTP) with the provider's token: None, or the
+        line to show.  C{where} prefixes the log lines.
+        """
+        checkers = {"IMAP": self._imap, "SMTP": self._smtp}
+        for protocol in protocols:
             server, username, secret, mechanism = credentials_check(credentials, protocol)
             try:
-                await checker.check(server, username, secret, mechanism=mechanism)
+                await checkers[protocol].check(server, username, secret, mechanism=mechanism)
             except LoginRejected:
                 log.info(
-                    "{protocol} {mechanism} login rejected by {host}",
+                    "{where}{protocol} {mechanism} login rejected by {host}",
+                    where=where,
                     protocol=protocol,
                     mechanism=mechanism,
                     host=server.host,
@@ -600,7 +676,8 @@ class ProviderLogin:
                 )
             except MailServerUnavailable as e:
                 log.warn(
-                    "{protocol} server {host} unavailable: {reason}",
+                    "{where}{protocol} server {host} unavailable: {reason}",
+                    where=where,
                     protocol=protocol,
                     host=server.host,
                     reason=e.reason,
@@ -629,104 +706,28 @@ class ProviderLogin:
         if found is None:
             raise CallbackRefused()
         key, profile = found
-        label = profile.label
         audited = client if client.client_id else None
-        error = _single(request, "error", 256)
-        if error is not None:
-            code = error if _ERROR_CODE.fullmatch(error) else "unknown"
-            log.info(
-                "account sign-in not completed: {provider} said {error}",
-                provider=profile.name,
-                error=code,
-            )
-            self._record("login", audited, "error", None, "provider " + code)
-            if code == "access_denied":
-                return AccountTryAgain(client, f"Sign-in at {label} was cancelled.")
-            return AccountTryAgain(
-                client, f"{label} did not complete the sign-in ({code}). Please try again."
-            )
-        code_param = _single(request, "code")
-        if not code_param:
-            raise CallbackRefused()
-        try:
-            reservation = await self._throttle.admit(self._address_of(request), [])
-        except Throttled as e:
-            self._record("login", audited, "error", None, "throttled")
-            return AccountTryAgain(
-                client,
-                "Too many sign-in attempts. Please wait a few minutes before trying again.",
-                429,
-                e.retry_after,
-            )
-        provider = self.provider_client(profile)
-        try:
-            tokens = await provider.exchange_code(code_param, pending.verifier, self.redirect_uri)
-            email = await provider.mailbox_address(tokens)
-        except ProviderRefused as e:
-            await self._throttle.settle(reservation, None)
-            log.info(
-                "account sign-in refused by {provider}: {reason}",
-                provider=profile.name,
-                reason=str(e),
-            )
-            self._record("login", audited, "error", None, "provider refused")
-            return AccountTryAgain(client, f"{label} did not accept the sign-in. Please try again.")
-        except ProviderUnavailable as e:
-            await self._throttle.settle(reservation, None)
-            log.warn(
-                "provider {provider} unavailable: {reason}", provider=profile.name, reason=str(e)
-            )
-            self._record("login", audited, "error", None, "provider unavailable")
-            return AccountTryAgain(
-                client, f"{label} could not be reached. Please try again in a minute.", 503
-            )
+        signed = await self._sign_in_at_provider(request, pending, profile, audited, _ACCOUNT_LINES)
+        if isinstance(signed, _Stop):
+            return AccountTryAgain(client, signed.message, signed.status, signed.retry_after)
         credentials = Credentials(
-            email=email,
+            email=signed.email,
             full_name="",
             imap=client.imap,
-            imap_username=email,
+            imap_username=signed.email,
             imap_password="",
             smtp=client.smtp,
-            smtp_username=email,
+            smtp_username=signed.email,
             smtp_password="",
             imap_auth=profile.imap_auth,
             provider=key,
-            oauth=tokens,
+            oauth=signed.tokens,
         )
-        server, username, secret, mechanism = credentials_check(credentials, "IMAP")
-        problem: str | None = None
-        try:
-            with self._throttle.slot():
-                await self._imap.check(server, username, secret, mechanism=mechanism)
-        except Busy:
-            await self._throttle.settle(reservation, None)
-            self._record("login", audited, "error", email, "busy")
-            return AccountTryAgain(
-                client,
-                "The service is busy checking other sign-ins. Please try again in a moment.",
-                503,
-                5,
-            )
-        except LoginRejected:
-            log.info(
-                "account page: IMAP {mechanism} login rejected by {host}",
-                mechanism=mechanism,
-                host=server.host,
-            )
-            problem = (
-                f"IMAP: the mail server did not accept the sign-in from {label} for this mailbox."
-            )
-        except MailServerUnavailable as e:
-            log.warn(
-                "account page: IMAP server {host} unavailable: {reason}",
-                host=server.host,
-                reason=e.reason,
-            )
-            problem = "IMAP: the mail server could not be reached securely. Please try again later."
-        await self._throttle.settle(reservation, None)
-        self._record("login", audited, "error" if problem else "ok", email)
-        if problem is not None:
-            return AccountTryAgain(client, problem)
+        refused = await self._check_and_settle(
+            credentials, profile.label, signed.reservation, audited, ("IMAP",), "account page: "
+        )
+        if refused is not None:
+            return AccountTryAgain(client, refused.message, refused.status, refused.retry_after)
         # The tokens go out of scope here: an account-page sign-in is no grant.
         log.info("account sign-in completed with {provider}", provider=profile.name)
-        return AccountSignedIn(client, email)
+        return AccountSignedIn(client, signed.email)
