@@ -124,6 +124,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+def cpu_per_call(cpu: Sequence[float], calls: Sequence[float]) -> float | None:
+    """Milliseconds of daemon CPU per call, from per-block CPU seconds (None: unmeasured)."""
+    return round(sum(cpu) / len(calls) * 1000, 3) if cpu and calls else None
+
+
 def latency_summary(values: Sequence[float]) -> dict[str, Any]:
     return {
         "iterations": len(values),
@@ -532,17 +537,26 @@ class Bench:
 
     async def _alternate(
         self, blocks: int, per_block: int, tool: Callable[[], Awaitable[Any]],
-        floors: dict[str, Callable[[], Awaitable[Any]]],
+        floors: dict[str, Callable[[], Awaitable[Any]]], daemon_cpu: list[float] | None = None,
     ) -> tuple[list[float], dict[str, list[float]]]:
-        """Tool and floors timed in alternating blocks, so drift hits all alike."""
+        """
+        Tool and floors timed in alternating blocks, so drift hits all alike.
+        With C{daemon_cpu}: the daemon's CPU seconds in the tool blocks only
+        are appended to it (unlike latency, hardly moved by other load).
+        """
         tool_times: list[float] = []
         floor_times: dict[str, list[float]] = {name: [] for name in floors}
+        pid = self.daemon.pid if self.daemon is not None else None
         for _ in range(blocks):
             for name, floor in floors.items():
                 for _ in range(per_block):
                     floor_times[name].append(await timed(floor))
+            cpu0 = cpu_seconds(pid) if pid is not None and daemon_cpu is not None else None
             for _ in range(per_block):
                 tool_times.append(await timed(tool))
+            cpu1 = cpu_seconds(pid) if cpu0 is not None and pid is not None else None
+            if daemon_cpu is not None and cpu0 is not None and cpu1 is not None:
+                daemon_cpu.append(cpu1 - cpu0)
         return tool_times, floor_times
 
     async def _bare(self, folder: str) -> _imap.BareIMAP:
@@ -584,18 +598,27 @@ class Bench:
         for _ in range(5):
             await read(news_uid)
             await floor(news_cmds)()
+        news_cpu: list[float] = []
+        warm_cpu: list[float] = []
         news_times, news_floor = await self._alternate(
-            s.blocks, per_block, functools.partial(read, news_uid), {"floor": floor(news_cmds)})
+            s.blocks, per_block, functools.partial(read, news_uid), {"floor": floor(news_cmds)},
+            news_cpu)
         warm_times, warm_floor = await self._alternate(
-            s.blocks, per_block, functools.partial(read, warm_uid), {"floor": floor(warm_cmds)})
+            s.blocks, per_block, functools.partial(read, warm_uid), {"floor": floor(warm_cmds)},
+            warm_cpu)
         # First reads: each copy once (the attachment is fetched, stored and
         # linked), its floor the same FETCHes plus the attachment part.
         first_times: list[float] = []
         first_floor: list[float] = []
+        first_cpu: list[float] = []
         for uid in first_reads:
             first_floor.append(await timed(floor(_imap.message_commands(uid, [("1", "text/plain")],
                                                                         attachments=["2"]))))
+            cpu0 = cpu_seconds(self.daemon.pid)
             first_times.append(await timed(functools.partial(read, uid)))
+            cpu1 = cpu_seconds(self.daemon.pid)
+            if cpu0 is not None and cpu1 is not None:
+                first_cpu.append(cpu1 - cpu0)
         await bare.logout()
         client.close()
         self.report["get_message"] = {
@@ -608,6 +631,7 @@ class Bench:
                 "p50_ms": ms(pct(news_times, 0.5)), "p99_ms": ms(pct(news_times, 0.99)),
                 "floor_p50_ms": ms(pct(news_floor["floor"], 0.5)),
                 "p50/floor_p50": ratio(pct(news_times, 0.5), pct(news_floor["floor"], 0.5)),
+                "daemon_cpu_ms_per_call": cpu_per_call(news_cpu, news_times),
             },
             "attachment_2mb_linked": {
                 "what": "the attachment already stored: its link comes from the index, no part FETCH",
@@ -616,6 +640,7 @@ class Bench:
                 "p50_ms": ms(pct(warm_times, 0.5)), "p99_ms": ms(pct(warm_times, 0.99)),
                 "floor_p50_ms": ms(pct(warm_floor["floor"], 0.5)),
                 "p50/floor_p50": ratio(pct(warm_times, 0.5), pct(warm_floor["floor"], 0.5)),
+                "daemon_cpu_ms_per_call": cpu_per_call(warm_cpu, warm_times),
             },
             "attachment_2mb_first_read": {
                 "what": "first read of each copy: the 2 MB part is fetched, decoded, stored and linked; "
@@ -624,6 +649,7 @@ class Bench:
                 "p50_ms": ms(pct(first_times, 0.5)),
                 "floor_p50_ms": ms(pct(first_floor, 0.5)),
                 "p50/floor_p50": ratio(pct(first_times, 0.5), pct(first_floor, 0.5)),
+                "daemon_cpu_ms_per_call": cpu_per_call(first_cpu, first_times),
             },
         }
 
