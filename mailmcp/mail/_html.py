@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 from html import unescape
 
-__all__ = ["html_to_markdown"]
+__all__ = ["MarkdownReader", "html_to_markdown"]
 
 _WS = "\t\n\f\r "
 _SPACES = re.compile(r"[\t\n\f\r ]+")
@@ -225,19 +225,30 @@ class _Converter:
         self.lists: list[list[int]] = []  # [ordered, counter]
         self.link: tuple[int, str] | None = None
         self.link_depth = 0
+        # Characters of text and link targets written so far (markers and
+        # breaks not counted): what `feed` compares with its C{stop}.
+        self.size = 0
 
     # -- tokenizing ---------------------------------------------------------
 
-    def feed(self, html: str) -> None:
-        pos, n = 0, len(html)
+    def feed(self, html: str, pos: int = 0, stop: int | None = None) -> int:
+        """
+        Tokenize C{html} from C{pos}.  With C{stop}: pause at the first tag
+        after the text written reaches C{stop} characters, and return where
+        (call again from there to go on); otherwise (or at the end) return
+        ``len(html)``.
+        """
+        n = len(html)
         find, match = html.find, _MARKUP.match
         while pos < n:
             lt = find("<", pos)
             if lt < 0:
                 self.text(html[pos:])
-                return
+                return n
             if lt > pos:
                 self.text(html[pos:lt])
+                if stop is not None and self.size >= stop:
+                    return lt
             m = match(html, lt)
             if m is None:  # a "<" that opens nothing is text
                 self.text("<")
@@ -251,7 +262,7 @@ class _Converter:
                     pos = n if cdata is None else cdata.end()
                 continue
             if gt is None:
-                return  # end of input inside a tag: browsers drop it
+                return n  # end of input inside a tag: browsers drop it
             name = name.lower().replace("\0", "\ufffd")
             if end_mark:
                 self.end_tag(name)
@@ -267,11 +278,12 @@ class _Converter:
                 if name == "xmp" and not self.hiding:
                     self.text(content, raw=True)
                 if end < 0:
-                    return
+                    return n
                 pos = end
             elif name == "plaintext":
                 self.text(html[pos:], raw=True)
-                return
+                return n
+        return n
 
     # -- tree ---------------------------------------------------------------
 
@@ -443,6 +455,7 @@ class _Converter:
             if data:
                 self.flush()
                 self.out.append(data)
+                self.size += len(data)
                 self.line_start = data.endswith("\n")
             return
         data = _SPACES.sub(" ", data)
@@ -460,6 +473,7 @@ class _Converter:
         else:
             self.space = False
         self.out.append(data.replace("\xa0", " "))
+        self.size += len(data)
         self.line_start = False
 
     def flush(self) -> None:
@@ -570,6 +584,7 @@ class _Converter:
                 if label:
                     del self.out[start:]
                     self.out.append(f"{lead}[{label}]({href})")
+                    self.size += len(href) + 4
         elif action == _LIST:
             self.lists.pop()
             self.block(2 if not self.lists else 1)
@@ -583,18 +598,81 @@ class _Converter:
     def result(self) -> str:
         if self.all_hidden:
             return ""
-        lines: list[str] = []
+        return _lines("".join(self.out))
+
+    def settled(self) -> str:
+        """
+        The part of what `result` will give that nothing later in the
+        document can change, as `result` renders it: the complete lines
+        before an open link (rewritten as ``[text](url)`` when it closes).
+        The only other rewrite, taking back an empty ``**``/``_`` pair,
+        removes markers from the end, after the last line break.  Only a
+        later hidden ``<body>``/``<html>`` can undo it (`MarkdownReader`).
+        """
+        out = self.out
+        end = len(out) if self.link is None else self.link[0]
+        written = "".join(out[:end])
+        return _lines(written[: max(written.rfind("\n"), 0)])
+
+
+def _lines(written: str) -> str:
+    """Lines right-trimmed, runs of blank (or quote-only) lines made one, no blank ends."""
+    lines: list[str] = []
+    blank = False
+    for line in written.split("\n"):
+        line = line.rstrip()
+        if not line.strip(" >"):
+            if lines and not blank:
+                lines.append("")
+            blank = True
+            continue
         blank = False
-        for line in "".join(self.out).split("\n"):
-            line = line.rstrip()
-            if not line.strip(" >"):
-                if lines and not blank:
-                    lines.append("")
-                blank = True
-                continue
-            blank = False
-            lines.append(line)
-        return "\n".join(lines).strip("\n")
+        lines.append(line)
+    return "\n".join(lines).strip("\n")
+
+
+# A <body> or <html> start tag with attributes, which may hide the whole
+# document wherever it comes (a superset: also inside comments and scripts).
+_DOCUMENT_TAG = re.compile(r"<(?:body|html)[\t\n\f\r /]", re.IGNORECASE)
+
+
+class MarkdownReader:
+    """
+    `html_to_markdown` read only as far as a caller needs: a tool showing
+    the first 20,000 characters of a long newsletter need not render the
+    rest.  `more` converts on until at least C{chars} more characters of
+    text are written; `settled` is then a prefix of the complete rendering.
+    """
+
+    def __init__(self, html: str) -> None:
+        self._html = html
+        self._pos = 0
+        self._converter = _Converter()
+        self._final = False
+
+    @property
+    def done(self) -> bool:
+        """Whether all of the document is read (then `settled` is the whole result)."""
+        return self._pos >= len(self._html)
+
+    def more(self, chars: int) -> None:
+        """Read on until C{chars} more characters of text are written, or to the end."""
+        converter = self._converter
+        if not self._final and _DOCUMENT_TAG.search(self._html, self._pos) is not None:
+            self._final = True  # what follows may hide everything: read it all
+        stop = None if self._final else converter.size + chars
+        self._pos = converter.feed(self._html, self._pos, stop)
+
+    def settled(self) -> str:
+        """
+        A prefix of ``html_to_markdown(html)``: all of it once `done`, else
+        the lines that nothing later can change.
+        """
+        if self.done:
+            return self._converter.result()
+        if self._converter.all_hidden:
+            return ""
+        return self._converter.settled()
 
 
 def html_to_markdown(html: str) -> str:

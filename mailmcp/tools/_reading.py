@@ -17,6 +17,7 @@ input validation, so a hostile query is refused before any IMAP command.
 from __future__ import annotations
 
 import datetime
+import functools
 import heapq
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
@@ -661,24 +662,29 @@ async def list_mail_messages_data(ctx: ToolContext, arguments: ListMessagesInput
 # -- get_mail_message --------------------------------------------------------
 
 
-async def _convert_html(ctx: ToolContext, html: str) -> str:
+async def _convert_html(ctx: ToolContext, html: str, chars: int | None = None) -> str:
     """
     HTML to text costs up to ~2 µs per byte of hostile markup (~0.1 µs for
     an ordinary newsletter): small documents are converted in
     place, bigger ones on a thread pool so the reactor keeps serving (the
     services' ``cpu_pool`` when there is one, else the reactor's own pool).
+    With C{chars}: the text may stop early, somewhere after C{chars}
+    characters (`mailmcp.mail._mime.html_text_prefix`).
     """
+    convert: Callable[[str], str] = (
+        _mime.html_to_text if chars is None else functools.partial(_mime.html_text_prefix, chars=chars)
+    )
     if len(html) <= INLINE_HTML_CHARS:
-        return _mime.html_to_text(html)
+        return convert(html)
     reactor = ctx.services.reactor
     pool = ctx.services.cpu_pool
     if pool is None and hasattr(reactor, "getThreadPool"):
         pool = reactor.getThreadPool()
     if pool is None:
-        return _mime.html_to_text(html)
+        return convert(html)
     # A reactor with a thread pool runs work from threads too.
     threads = cast("IReactorFromThreads", reactor)
-    text: str = await deferToThreadPool(threads, pool, _mime.html_to_text, html)
+    text: str = await deferToThreadPool(threads, pool, convert, html)
     return text
 
 
@@ -746,6 +752,9 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
     if len(structure.body_parts) > MAX_BODY_PARTS:
         warnings.append(f"only the first {MAX_BODY_PARTS} text parts are shown")
     texts: list[str] = []
+    # Length of "\n\n".join(texts) so far: once it is past what the window
+    # needs, later text only decides `truncated`, which it already is.
+    written = -2
     complete = True
     formats: set[str] = set()
     for part in parts:
@@ -763,12 +772,17 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
             warnings.append(
                 f"part {part.part_id} declares unknown charset {part.charset[:40]!r}; read as {codec}"
             )
-        if part.content_type == "text/html":
-            text = await _convert_html(ctx, text)
-        else:
+        if part.content_type != "text/html":
             text = _mime.clean_text(text)
+        elif written > chars_needed:
+            text = ""  # beyond the window, and the body is truncated anyway
+        else:
+            # The text needed (past the window, so `truncated` holds), not all.
+            text = await _convert_html(ctx, text, chars_needed)
         formats.add(part.content_type)
         texts.append(text)
+        if text:
+            written += len(text) + 2
         if not part_complete:
             # Later parts would shift as this one is read further; they
             # follow once it is complete, so offsets stay stable.
