@@ -672,7 +672,9 @@ async def _convert_html(ctx: ToolContext, html: str, chars: int | None = None) -
     characters (`mailmcp.mail._mime.html_text_prefix`).
     """
     convert: Callable[[str], str] = (
-        _mime.html_to_text if chars is None else functools.partial(_mime.html_text_prefix, chars=chars)
+        _mime.html_to_text
+        if chars is None
+        else functools.partial(_mime.html_text_prefix, chars=chars)
     )
     if len(html) <= INLINE_HTML_CHARS:
         return convert(html)
