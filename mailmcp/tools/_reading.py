@@ -20,6 +20,7 @@ import datetime
 import functools
 import heapq
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import attrs
@@ -210,7 +211,10 @@ class GetMessageOutput(_Out):
     message_id: str | None
     in_reply_to: str | None
     references: list[str]
-    from_: list[EmailAddress] = Field(serialization_alias="from")
+    # Read back from its wire name too: `get_mail_message_data` is the tool's plain form.
+    from_: list[EmailAddress] = Field(
+        serialization_alias="from", validation_alias=AliasChoices("from_", "from")
+    )
     sender: list[EmailAddress]
     reply_to: list[EmailAddress]
     to: list[EmailAddress]
@@ -691,6 +695,16 @@ async def _convert_html(ctx: ToolContext, html: str, chars: int | None = None) -
 
 
 async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetMessageOutput:
+    """`get_mail_message_data`, as the output model (for callers other than MCP)."""
+    return GetMessageOutput.model_validate(await get_mail_message_data(ctx, arguments))
+
+
+async def get_mail_message_data(ctx: ToolContext, arguments: GetMessageInput) -> dict[str, Any]:
+    """
+    One message as plain JSON-ready data under the wire names of
+    `GetMessageOutput`, encoded once by the MCP layer with no model in
+    between (tests check it is what the model gives and fits ``outputSchema``).
+    """
     folder, uid = arguments.folder, arguments.uid
     offset, max_chars = arguments.body_offset, arguments.max_body_chars
     chars_needed = offset + max_chars
@@ -804,44 +818,62 @@ async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetM
     authentication, auth_warnings = _untrusted.authentication(
         _header_section(message, "AUTHENTICATION-RESULTS"), trusted_id
     )
-    common = _common_fields(message)
-    spoofs = _untrusted.spoof_warnings("From", common["from_"])
+    from_ = _address_data(envelope.from_) if envelope else []
+    spoofs = _untrusted.spoof_warnings("From", [SimpleNamespace(**a) for a in from_])
     marker_id = _untrusted.new_marker_id()
-    return GetMessageOutput(
-        folder=folder,
-        uidvalidity=state.uidvalidity,
-        uid=uid,
-        notice=_untrusted.body_notice(marker_id),
-        authentication=Authentication(**authentication),
-        message_id=threading["message_id"] or (envelope.message_id if envelope else None),
-        in_reply_to=threading["in_reply_to"] or (envelope.in_reply_to if envelope else None),
-        references=threading["references"],
-        **common,
-        sender=_addresses(envelope.sender) if envelope else [],
-        reply_to=_addresses(envelope.reply_to) if envelope else [],
-        bcc=_addresses(envelope.bcc) if envelope else [],
-        date_raw=_mime.clean_line(envelope.date, 200) if envelope else None,
-        body=_untrusted.mark_body(window, marker_id),
-        body_format=body_format,
-        body_offset=offset,
-        truncated=truncated,
-        next_offset=next_offset,
-        attachments=[
-            AttachmentInfo(
-                part_id=p.part_id,
-                filename=p.filename,
-                content_type=p.content_type,
-                size=p.size,
-                disposition=p.disposition,
-                inline=p.inline,
-                content_id=p.content_id,
-                url=_link_url(links.get(p.part_id)),
-                link_error=_link_error(links.get(p.part_id)),
-            )
+    flags = list(message.flags or ())
+    lowered = {f.lower() for f in flags}
+    return {
+        "folder": folder,
+        "uidvalidity": state.uidvalidity,
+        "uid": uid,
+        "notice": _untrusted.body_notice(marker_id),
+        "authentication": {
+            "spf": authentication["spf"],
+            "dkim": authentication["dkim"],
+            "dmarc": authentication["dmarc"],
+            "authserv_id": authentication["authserv_id"],
+            "note": authentication["note"],
+        },
+        "message_id": threading["message_id"] or (envelope.message_id if envelope else None),
+        "in_reply_to": threading["in_reply_to"] or (envelope.in_reply_to if envelope else None),
+        "references": threading["references"],
+        "from": from_,
+        "sender": _address_data(envelope.sender) if envelope else [],
+        "reply_to": _address_data(envelope.reply_to) if envelope else [],
+        "to": _address_data(envelope.to) if envelope else [],
+        "cc": _address_data(envelope.cc) if envelope else [],
+        "bcc": _address_data(envelope.bcc) if envelope else [],
+        "subject": _mime.clean_line(envelope.subject) if envelope else None,
+        "date": _mime.parse_date(envelope.date) if envelope else None,
+        "date_raw": _mime.clean_line(envelope.date, 200) if envelope else None,
+        "received": _mime.parse_internal_date(message.internal_date),
+        "flags": flags,
+        "seen": "\\seen" in lowered,
+        "flagged": "\\flagged" in lowered,
+        "answered": "\\answered" in lowered,
+        "size": message.size,
+        "body": _untrusted.mark_body(window, marker_id),
+        "body_format": body_format,
+        "body_offset": offset,
+        "truncated": truncated,
+        "next_offset": next_offset,
+        "attachments": [
+            {
+                "part_id": p.part_id,
+                "filename": p.filename,
+                "content_type": p.content_type,
+                "size": p.size,
+                "disposition": p.disposition,
+                "inline": p.inline,
+                "content_id": p.content_id,
+                "url": _link_url(links.get(p.part_id)),
+                "link_error": _link_error(links.get(p.part_id)),
+            }
             for p in structure.attachments
         ],
-        warnings=spoofs + auth_warnings + warnings + _unlinked_warnings(links),
-    )
+        "warnings": spoofs + auth_warnings + warnings + _unlinked_warnings(links),
+    }
 
 
 def _link_url(link: object) -> str | None:
@@ -968,7 +1000,7 @@ TOOLS: list[Tool[Any, Any]] = [
         ),
         input_model=GetMessageInput,
         output_model=GetMessageOutput,
-        handler=get_mail_message,
+        handler=get_mail_message_data,
         scopes=frozenset({READ}),
         # Not read-only (docs/threat-model.rst, MCP-14): reading stores the message's
         # attachments in the attachment store and mints links to them.
