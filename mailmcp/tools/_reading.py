@@ -715,7 +715,14 @@ async def get_mail_message_data(ctx: ToolContext, arguments: GetMessageInput) ->
     )
 
     async def operation(session: IMAPSession) -> tuple[Any, ...]:
-        state = await session.examine(folder)
+        # On a connection with the folder open, the freshness NOOP and the
+        # head's UID FETCH go in one round trip (Session.examine_uid_fetch).
+        examine_uid_fetch = getattr(session, "examine_uid_fetch", None)
+        first: list[FetchedMessage] | IMAPError | None = None
+        if examine_uid_fetch is not None:
+            state, first = await examine_uid_fetch(folder, str(uid), head_items)
+        else:
+            state = await session.examine(folder)
         if arguments.uidvalidity is not None and arguments.uidvalidity != state.uidvalidity:
             raise ToolError(
                 f"UID {uid} is stale: folder {folder!r} was rebuilt (its uidvalidity is now "
@@ -723,7 +730,12 @@ async def get_mail_message_data(ctx: ToolContext, arguments: GetMessageInput) ->
             )
         unreadable = False
         try:
-            head = [m for m in await session.fetch(str(uid), head_items, uid=True) if m.uid == uid]
+            if isinstance(first, IMAPError):
+                raise first
+            fetched = (
+                first if first is not None else await session.fetch(str(uid), head_items, uid=True)
+            )
+            head = [m for m in fetched if m.uid == uid]
         except IMAPError as e:
             if not _recoverable(e):
                 raise

@@ -572,6 +572,52 @@ class Session:
             return state, None  # an unsolicited FETCH (flags changed elsewhere)
         return state, messages
 
+    async def examine_uid_fetch(
+        self, mailbox: str, uids: str, items: str
+    ) -> tuple[MailboxState, list[FetchedMessage] | IMAPError | None]:
+        """
+        `examine` C{mailbox} and, when it is already open here, ``UID FETCH``
+        C{uids} in the same round trip (``get_mail_message``'s head): the
+        freshness ``NOOP`` and the ``UID FETCH`` are written together.
+
+        As for `examine_fetch`, the FETCH counts only when the NOOP brought
+        no news at all (a UID stays valid when mail comes and goes, but the
+        message may just have been expunged, or its flags changed): then
+        None, and the caller fetches again for the returned state.  An
+        `IMAPError` of the FETCH alone is handed back for the caller's retry.
+        """
+        encoded = encode_mailbox(mailbox)
+        if self._encoded != encoded:
+            return await self.examine(mailbox), None
+        before = self._changes
+        spec = self._fetch_spec(uids, items)
+        noop = self._send(b"NOOP")
+        fetch = self._send(b"UID FETCH", b" ", uids.encode("ascii"), b" ", spec, pipeline=True)
+        try:
+            noop_response = await noop
+        except BaseException:
+            fetch.addErrback(lambda _: None)  # the NOOP's error is the one to report
+            raise
+        try:
+            fetch_response = await fetch
+        except IMAPError as e:
+            state = self.selected
+            assert state is not None
+            return state, (e if self._changes == before else None)
+        state = self.selected
+        assert state is not None
+        if self._changes != before:
+            return state, None
+        # Untagged lines are kept by the oldest command in flight.
+        lines = noop_response.lines + fetch_response.lines
+        try:
+            messages = self._fetched(Response(lines, b""), uids, uid=True)
+        except IMAPError:
+            return state, None
+        if sum(1 for line in lines if _is_fetch(line[0])) != len(messages):
+            return state, None  # an unsolicited FETCH (flags changed elsewhere)
+        return state, messages
+
     async def select(self, mailbox: str) -> MailboxState:
         encoded = encode_mailbox(mailbox)
         if self._encoded == encoded and not self._read_only:
