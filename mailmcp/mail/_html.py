@@ -47,6 +47,9 @@ __all__ = ["MarkdownReader", "html_to_markdown"]
 
 _WS = "\t\n\f\r "
 _SPACES = re.compile(r"[\t\n\f\r ]+")
+# The runs of white space that collapsing changes: all but a lone " " (most
+# of them in running text), so ordinary words cost no replacement.
+_SPACE_RUNS = re.compile(r"[\t\n\f\r][\t\n\f\r ]*+| [\t\n\f\r ]++")
 _LEAD = re.compile(r"[\n >]*+")
 
 # Attributes as the HTML5 tokenizer reads them: a name runs to whitespace,
@@ -160,7 +163,15 @@ def _hidden(attrs: dict[str, str]) -> bool:
     if "hidden" in attrs or attrs.get("aria-hidden", "").strip().lower() == "true":
         return True
     style = attrs.get("style")
-    return style is not None and _HIDDEN_STYLE.search(style) is not None
+    if style is None:
+        return False
+    # Every match holds "none", "dden" or "0", whose letters have no
+    # case-insensitive twins outside ASCII (unlike the "i" of "hidden"):
+    # most styles are cleared without the five-way search.
+    lowered = style.lower()
+    if "0" not in lowered and "none" not in lowered and "dden" not in lowered:
+        return False
+    return _HIDDEN_STYLE.search(style) is not None
 
 
 def _tracking_pixel(attrs: dict[str, str]) -> bool:
@@ -458,7 +469,7 @@ class _Converter:
                 self.size += len(data)
                 self.line_start = data.endswith("\n")
             return
-        data = _SPACES.sub(" ", data)
+        data = _SPACE_RUNS.sub(" ", data)
         if data[:1] == " ":
             self.space = True
             data = data[1:]
