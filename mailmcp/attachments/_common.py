@@ -12,7 +12,6 @@ browser could execute (HTML, SVG, XML, scripts) is served as
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from typing import NamedTuple
@@ -101,7 +100,7 @@ def owner_tag(keyring: KeyRing, owner: str) -> str:
     another user, and stay stable when a new key is added to the ring.
     """
     key = keyring.subkey(keyring.kids[0], OWNER_PURPOSE)
-    return hmac.new(key, owner.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(key, owner.encode("utf-8"), "sha256").hex()[:32]
 
 
 def content_disposition(filename: str) -> str:
