@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime
 import functools
 import heapq
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
@@ -694,6 +696,46 @@ async def _convert_html(ctx: ToolContext, html: str, chars: int | None = None) -
     return text
 
 
+class _KnownStructures:
+    """
+    The analysed structure of the last few messages read on one pooled
+    connection (kept as long as the connection), so that reading one again,
+    typically the next page of a long body, sends its body ``UID FETCH``
+    together with the head.  A guess only: it is used when the head fetched
+    in the same round trip has exactly this structure, under the same
+    UIDVALIDITY (a UID never names another message then).
+    """
+
+    MAX = 8
+    _by_session: weakref.WeakKeyDictionary[Any, _KnownStructures] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self._recent: OrderedDict[tuple[str, int, int], _mime.Structure] = OrderedDict()
+
+    @classmethod
+    def of(cls, session: object) -> _KnownStructures | None:
+        """Those of C{session}, or None for a session that cannot be weakly referenced."""
+        try:
+            known = cls._by_session.get(session)
+            if known is None:
+                known = cls._by_session[session] = cls()
+        except TypeError:
+            return None
+        return known
+
+    def get(self, folder: str, selected: Any, uid: int) -> _mime.Structure | None:
+        if selected is None or selected.name != folder:
+            return None
+        return self._recent.get((folder, selected.uidvalidity, uid))
+
+    def put(self, folder: str, state: Any, uid: int, structure: _mime.Structure) -> None:
+        key = (folder, state.uidvalidity, uid)
+        self._recent[key] = structure
+        self._recent.move_to_end(key)
+        while len(self._recent) > self.MAX:
+            self._recent.popitem(last=False)
+
+
 async def get_mail_message(ctx: ToolContext, arguments: GetMessageInput) -> GetMessageOutput:
     """`get_mail_message_data`, as the output model (for callers other than MCP)."""
     return GetMessageOutput.model_validate(await get_mail_message_data(ctx, arguments))
@@ -714,13 +756,27 @@ async def get_mail_message_data(ctx: ToolContext, arguments: GetMessageInput) ->
         MESSAGE_ITEMS if trusted_id is None else MESSAGE_ITEMS[:-1] + f" {AUTH_RESULTS_ITEM})"
     )
 
+    def body_items(structure: _mime.Structure) -> tuple[Any, dict[str, int], str | None]:
+        """The text parts to show, their fetch budgets, and the FETCH items for them."""
+        parts = structure.body_parts[:MAX_BODY_PARTS]
+        budgets = {p.part_id: _mime.fetch_budget(p, chars_needed) for p in parts}
+        if not parts:
+            return parts, budgets, None
+        items = " ".join(f"BODY.PEEK[{p.part_id}]<0.{budgets[p.part_id]}>" for p in parts)
+        return parts, budgets, f"(UID {items})"
+
     async def operation(session: IMAPSession) -> tuple[Any, ...]:
         # On a connection with the folder open, the freshness NOOP and the
-        # head's UID FETCH go in one round trip (Session.examine_uid_fetch).
+        # head's UID FETCH go in one round trip (Session.examine_uid_fetch),
+        # and the body's too when this connection read the message lately.
         examine_uid_fetch = getattr(session, "examine_uid_fetch", None)
         first: list[FetchedMessage] | IMAPError | None = None
+        known = _KnownStructures.of(session)
+        guess: _mime.Structure | None = None
         if examine_uid_fetch is not None:
-            state, first = await examine_uid_fetch(folder, str(uid), head_items)
+            guess = known.get(folder, session.selected, uid) if known is not None else None
+            then = body_items(guess)[2] if guess is not None else None
+            state, first = await examine_uid_fetch(folder, str(uid), head_items, then)
         else:
             state = await session.examine(folder)
         if arguments.uidvalidity is not None and arguments.uidvalidity != state.uidvalidity:
@@ -756,12 +812,15 @@ async def get_mail_message_data(ctx: ToolContext, arguments: GetMessageInput) ->
         structure = _mime.analyse(message.bodystructure)
         if unreadable:
             structure = attrs.evolve(structure, warnings=(UNREADABLE_STRUCTURE.format(uid=uid),))
-        parts = structure.body_parts[:MAX_BODY_PARTS]
-        budgets = {p.part_id: _mime.fetch_budget(p, chars_needed) for p in parts}
+        elif known is not None:
+            known.put(folder, state, uid, structure)
+        parts, budgets, items = body_items(structure)
         sections: dict[str, bytes] = {}
-        if parts:
-            items = " ".join(f"BODY.PEEK[{p.part_id}]<0.{budgets[p.part_id]}>" for p in parts)
-            for got in await session.fetch(str(uid), f"(UID {items})", uid=True):
+        if first is not None and guess is not None and not unreadable and guess == structure:
+            # The body came with the head, for exactly these parts and budgets.
+            sections = message.sections
+        elif items is not None:
+            for got in await session.fetch(str(uid), items, uid=True):
                 if got.uid == uid:
                     sections.update(got.sections)
         # Attachments: each part is fetched on its own (BODY.PEEK[part]),

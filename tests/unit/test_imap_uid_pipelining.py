@@ -105,3 +105,56 @@ def test_an_invalid_uid_set_is_refused_before_anything_is_sent() -> None:
     with pytest.raises(IMAPError, match="invalid message set"):
         result_of(run(wire.session.examine_uid_fetch("INBOX", "9 FLAGS", HEAD)))
     assert wire.sent() == b""
+
+
+# -- with the body's FETCH too (a message read lately on this connection) ---------------
+
+
+BODY = "(UID BODY.PEEK[1]<0.100>)"
+
+
+def test_head_and_body_fetches_leave_with_the_noop_and_merge() -> None:
+    """NOOP, head and body in one write; the message comes back with the items of both."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_uid_fetch("INBOX", "9", HEAD, BODY))
+    assert wire.sent() == (
+        b"0003 NOOP\r\n0004 UID FETCH 9 (UID FLAGS RFC822.SIZE ENVELOPE)\r\n"
+        b"0005 UID FETCH 9 (UID BODY.PEEK[1]<0.100>)\r\n"
+    )
+    wire.server(
+        b"* 3 FETCH (UID 9 FLAGS (\\Seen) RFC822.SIZE 20)\r\n0004 OK done\r\n"
+        b"* 3 FETCH (UID 9 BODY[1]<0> {5}\r\nhello)\r\n0005 OK done\r\n0003 OK done\r\n"
+    )
+    state, fetched = result_of(d)
+    (message,) = fetched
+    assert (message.uid, message.flags, message.size) == (9, ("\\Seen",), 20)
+    assert message.sections["1"] == b"hello"
+    assert not wire.protocol.busy
+
+
+def test_a_failed_body_fetch_drops_the_answer_and_a_failed_head_is_handed_back() -> None:
+    """Only the body refused: None (the caller fetches both again); the head refused: its error."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_uid_fetch("INBOX", "9", HEAD, BODY))
+    wire.sent()
+    wire.server(b"0003 OK done\r\n* 3 FETCH (UID 9 FLAGS ())\r\n0004 OK done\r\n0005 NO no body\r\n")
+    assert result_of(d)[1] is None
+    d = run(wire.session.examine_uid_fetch("INBOX", "9", HEAD, BODY))
+    wire.sent()
+    wire.server(b"0006 OK done\r\n0007 NO [SERVERBUG] head\r\n0008 NO body\r\n")
+    _, outcome = result_of(d)
+    assert isinstance(outcome, IMAPError) and "head" in outcome.message
+    assert not wire.protocol.busy
+
+
+def test_with_the_body_an_unsolicited_fetch_still_drops_the_answer() -> None:
+    """Three FETCH lines for two commands (flags changed elsewhere): not used."""
+    wire = opened(exists=3)
+    d = run(wire.session.examine_uid_fetch("INBOX", "9", HEAD, BODY))
+    wire.sent()
+    wire.server(
+        b"* 3 FETCH (FLAGS (\\Flagged))\r\n0003 OK done\r\n"
+        b"* 3 FETCH (UID 9 FLAGS ())\r\n0004 OK done\r\n"
+        b"* 3 FETCH (UID 9 BODY[1]<0> {2}\r\nhi)\r\n0005 OK done\r\n"
+    )
+    assert result_of(d)[1] is None

@@ -573,48 +573,65 @@ class Session:
         return state, messages
 
     async def examine_uid_fetch(
-        self, mailbox: str, uids: str, items: str
+        self, mailbox: str, uids: str, items: str, then: str | None = None
     ) -> tuple[MailboxState, list[FetchedMessage] | IMAPError | None]:
         """
         `examine` C{mailbox} and, when it is already open here, ``UID FETCH``
-        C{uids} in the same round trip (``get_mail_message``'s head): the
-        freshness ``NOOP`` and the ``UID FETCH`` are written together.
+        C{uids} C{items} in the same round trip (``get_mail_message``'s
+        head), and with C{then} a second ``UID FETCH`` of the same UIDs (its
+        body parts, when the caller knows them already): the freshness
+        ``NOOP`` and the FETCHes are written together.  The messages come
+        back with the items of both FETCHes.
 
-        As for `examine_fetch`, the FETCH counts only when the NOOP brought
+        As for `examine_fetch`, the answer counts only when the NOOP brought
         no news at all (a UID stays valid when mail comes and goes, but the
         message may just have been expunged, or its flags changed): then
         None, and the caller fetches again for the returned state.  An
-        `IMAPError` of the FETCH alone is handed back for the caller's retry.
+        `IMAPError` of the first FETCH is handed back for the caller's
+        retry; if only C{then} failed, None.
         """
         encoded = encode_mailbox(mailbox)
         if self._encoded != encoded:
             return await self.examine(mailbox), None
         before = self._changes
-        spec = self._fetch_spec(uids, items)
+        specs = [self._fetch_spec(uids, items)]
+        if then is not None:
+            specs.append(self._fetch_spec(uids, then))
+        uid_set = uids.encode("ascii")
         noop = self._send(b"NOOP")
-        fetch = self._send(b"UID FETCH", b" ", uids.encode("ascii"), b" ", spec, pipeline=True)
+        fetches = [
+            self._send(b"UID FETCH", b" ", uid_set, b" ", spec, pipeline=True) for spec in specs
+        ]
         try:
             noop_response = await noop
         except BaseException:
-            fetch.addErrback(lambda _: None)  # the NOOP's error is the one to report
+            for fetch in fetches:
+                fetch.addErrback(lambda _: None)  # the NOOP's error is the one to report
             raise
-        try:
-            fetch_response = await fetch
-        except IMAPError as e:
-            state = self.selected
-            assert state is not None
-            return state, (e if self._changes == before else None)
+        lines = list(noop_response.lines)
+        head_error: IMAPError | None = None
+        then_failed = False
+        for index, fetch in enumerate(fetches):
+            try:
+                lines += (await fetch).lines
+            except IMAPError as e:
+                if index == 0:
+                    head_error = e
+                else:
+                    then_failed = True
         state = self.selected
         assert state is not None
         if self._changes != before:
             return state, None
-        # Untagged lines are kept by the oldest command in flight.
-        lines = noop_response.lines + fetch_response.lines
+        if head_error is not None:
+            return state, head_error
+        if then_failed:
+            return state, None
         try:
             messages = self._fetched(Response(lines, b""), uids, uid=True)
         except IMAPError:
             return state, None
-        if sum(1 for line in lines if _is_fetch(line[0])) != len(messages):
+        if sum(1 for line in lines if _is_fetch(line[0])) != len(specs) * len(messages):
             return state, None  # an unsolicited FETCH (flags changed elsewhere)
         return state, messages
 
