@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import zlib
@@ -100,6 +101,7 @@ class FolderState:
         return text
 
 
+@functools.lru_cache(maxsize=1024)
 def folder_digest(folder: str) -> str:
     return hashlib.sha256(("mailmcp-state\0" + folder).encode("utf-8")).hexdigest()[:16]
 
