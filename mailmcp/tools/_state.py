@@ -73,6 +73,26 @@ class FolderState:
     flags: Mapping[int, frozenset[str]] | None = None
 
     def encode(self) -> str:
+        if self.flags is not None:
+            return self._encode()
+        # Without a snapshot a state is five numbers, the same on every call
+        # until the folder changes: encoded once (JSON, zlib, base64).
+        key = (
+            self.folder_digest,
+            self.uidvalidity,
+            self.uidnext,
+            self.count,
+            self.highest_modseq,
+        )
+        text = _ENCODED.get(key)
+        if text is None:
+            text = self._encode()
+            if len(_ENCODED) >= ENCODED_MAX:
+                _ENCODED.clear()
+            _ENCODED[key] = text
+        return text
+
+    def _encode(self) -> str:
         data: dict[str, object] = {
             "v": 1,
             "f": self.folder_digest,
@@ -99,6 +119,11 @@ class FolderState:
             # be accepted back.  Without it the next answer is "partial".
             return attrs.evolve(self, flags=None).encode()
         return text
+
+
+#: Encoded states without a snapshot, by their numbers (see `FolderState.encode`).
+_ENCODED: dict[tuple[str, int, int, int, int | None], str] = {}
+ENCODED_MAX = 4096
 
 
 @functools.lru_cache(maxsize=1024)
