@@ -30,6 +30,10 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     out.append(("warm", f"p50 {_fmt(w.get('p50_ms'))} ms, p99 {_fmt(w.get('p99_ms'))} ms, "
                         f"daemon CPU {_fmt(w.get('daemon_cpu_ms_per_call'))} ms/call",
                 f"warm_p50/floor_p50 = {_fmt(w.get('warm_p50/floor_p50'))}" if "error" not in w else w["error"]))
+    fs = w.get("first_sight") or {}
+    out.append(("warm first sight", f"p50 {_fmt(fs.get('p50_ms'))} ms, p99 {_fmt(fs.get('p99_ms'))} ms, "
+                                    f"daemon CPU {_fmt(fs.get('daemon_cpu_ms_per_call'))} ms/call",
+                f"p50/floor_p50 = {_fmt(fs.get('p50/floor_p50'))}" if "error" not in w else ""))
     out.append(("cold", f"p50 {_fmt(c.get('p50_ms'))} ms (bare connect-per-call "
                         f"{_fmt(c.get('bare_connect_per_call_p50_ms'))} ms)",
                 f"cold_p50/warm_p50 = {_fmt(c.get('cold_p50/warm_p50'))}" if "error" not in c else c["error"]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import functools
 import heapq
+import itertools
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -466,12 +467,34 @@ def _address_data(values: Sequence[Address]) -> list[dict[str, Any]]:
     ]
 
 
+#: Summaries already built, by the identity of their (frozen) message, the
+#: message kept alive beside it so its id is not reused: the IMAP layer hands
+#: out the same `FetchedMessage` for a listing line it has read before, so a
+#: page listed again is not summarised again.  Bounded like that memo.
+_SUMMARIES: dict[int, tuple[FetchedMessage, dict[str, Any]]] = {}
+SUMMARIES_MAX = 4096
+
+
 def summary_data(message: FetchedMessage) -> dict[str, Any]:
     """
     `summarise` as plain JSON-ready data under the wire names of
     `MessageSummary`: the listing's hot path builds no model per message
     (tests check the two agree and that the data fits ``outputSchema``).
+    The result is shared between calls for the same message object: read
+    it, never change it.
     """
+    known = _SUMMARIES.get(id(message))
+    if known is not None and known[0] is message:
+        return known[1]
+    data = _summary_data(message)
+    if len(_SUMMARIES) >= SUMMARIES_MAX:
+        for old in list(itertools.islice(_SUMMARIES, SUMMARIES_MAX // 4)):
+            del _SUMMARIES[old]
+    _SUMMARIES[id(message)] = (message, data)
+    return data
+
+
+def _summary_data(message: FetchedMessage) -> dict[str, Any]:
     envelope = message.envelope
     flags = list(message.flags or ())
     lowered = {f.lower() for f in flags}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import zlib
@@ -72,6 +73,26 @@ class FolderState:
     flags: Mapping[int, frozenset[str]] | None = None
 
     def encode(self) -> str:
+        if self.flags is not None:
+            return self._encode()
+        # Without a snapshot a state is five numbers, the same on every call
+        # until the folder changes: encoded once (JSON, zlib, base64).
+        key = (
+            self.folder_digest,
+            self.uidvalidity,
+            self.uidnext,
+            self.count,
+            self.highest_modseq,
+        )
+        text = _ENCODED.get(key)
+        if text is None:
+            text = self._encode()
+            if len(_ENCODED) >= ENCODED_MAX:
+                _ENCODED.clear()
+            _ENCODED[key] = text
+        return text
+
+    def _encode(self) -> str:
         data: dict[str, object] = {
             "v": 1,
             "f": self.folder_digest,
@@ -100,6 +121,12 @@ class FolderState:
         return text
 
 
+#: Encoded states without a snapshot, by their numbers (see `FolderState.encode`).
+_ENCODED: dict[tuple[str, int, int, int, int | None], str] = {}
+ENCODED_MAX = 4096
+
+
+@functools.lru_cache(maxsize=1024)
 def folder_digest(folder: str) -> str:
     return hashlib.sha256(("mailmcp-state\0" + folder).encode("utf-8")).hexdigest()[:16]
 

@@ -166,6 +166,30 @@ def test_state_round_trips_with_a_snapshot() -> None:
     assert _state.decode(bare.encode(), "Заметки") == bare
 
 
+def test_a_state_without_snapshot_is_encoded_once_per_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Equal states without a snapshot share one encoding (the listing encodes
+    the same numbers on every call); any changed number is encoded afresh
+    and decodes to itself; the memo is bounded.
+    """
+    monkeypatch.setattr(_state, "ENCODED_MAX", 3)
+    _state._ENCODED.clear()
+    digest = _state.folder_digest("INBOX")
+    first = _state.FolderState(digest, 7, 100, 99, 500).encode()
+    assert _state.FolderState(digest, 7, 100, 99, 500).encode() is first
+    for changed in (
+        _state.FolderState(digest, 7, 101, 99, 500),
+        _state.FolderState(digest, 7, 100, 98, 500),
+        _state.FolderState(digest, 8, 100, 99, 500),
+        _state.FolderState(digest, 7, 100, 99, 501),
+        _state.FolderState(_state.folder_digest("Sent"), 7, 100, 99, 500),
+    ):
+        encoded = changed.encode()
+        assert encoded != first
+        assert _state.decode(encoded, "Sent" if changed.folder_digest != digest else "INBOX") == changed
+        assert len(_state._ENCODED) <= 3
+
+
 def _packed(data: Any) -> str:
     raw = json.dumps(data).encode() if not isinstance(data, bytes) else data
     return "ms1." + base64.urlsafe_b64encode(zlib.compress(raw)).decode().rstrip("=")

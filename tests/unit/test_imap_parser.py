@@ -430,6 +430,41 @@ def test_scanner_takes_the_listing_forms() -> None:
         assert assert_scanner_agrees(line), line
 
 
+def test_a_listing_line_read_before_is_not_read_again() -> None:
+    """
+    The same line bytes give the same (frozen) message object back; a line
+    that differs in anything (a flag, the sequence number) is read afresh.
+    """
+    _parser._SCANNED.clear()
+    first = parse_fetch((DOVECOT_LINE,))
+    assert first is not None and _parser._SCANNED[DOVECOT_LINE] is first
+    assert parse_fetch((bytes(DOVECOT_LINE),)) is first
+    flagged = DOVECOT_LINE.replace(b"(\\Seen $Label1)", b"(\\Seen \\Flagged $Label1)")
+    assert flagged != DOVECOT_LINE
+    other = parse_fetch((flagged,))
+    assert other is not None and other is not first
+    assert other.flags == ("\\Seen", "\\Flagged", "$Label1") and first.flags == ("\\Seen", "$Label1")
+    moved = parse_fetch((b"9980" + DOVECOT_LINE[4:],))
+    assert moved is not None and moved.seq == 9980 and first.seq == 9981
+
+
+def test_the_memo_of_read_lines_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full, it drops its oldest quarter; a line too long to keep is read but not kept."""
+    monkeypatch.setattr(_parser, "SCANNED_MAX", 8)
+    _parser._SCANNED.clear()
+    lines = [b"%d FETCH (UID %d FLAGS (\\Seen))" % (n, n) for n in range(1, 10)]
+    for line in lines:
+        assert parse_fetch((line,)) is not None
+    assert len(_parser._SCANNED) == 7  # 8 kept, the oldest 2 dropped, the 9th added
+    assert lines[0] not in _parser._SCANNED and lines[1] not in _parser._SCANNED
+    assert lines[8] in _parser._SCANNED
+    long_line = b"1 FETCH (UID 1 FLAGS (" + b" ".join([b"$k%d" % i for i in range(2000)]) + b"))"
+    assert len(long_line) > _parser.SCANNED_LINE_MAX
+    message = parse_fetch((long_line,))
+    assert message is not None and len(message.flags or ()) == 2000
+    assert long_line not in _parser._SCANNED
+
+
 #: (plain values, odd values) for each part of a generated listing line.
 _FLAGS = ([b"\\Seen", b"\\Flagged", b"$Label1", b"\\*", b"caf\xe9"], [b"NIL", b"123", b"007", b"a%b", b"x}y"])
 _NUMBERS = ([b"1", b"9981", b"4294967295", b"007"], [b"0", b"4294967296", b"9" * 25, b"NIL", b'"12"', b"-1"])

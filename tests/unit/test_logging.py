@@ -83,3 +83,40 @@ def test_our_logger_drops_below_the_level_before_building() -> None:
     finally:
         set_log_level("info")
     assert LogLevel.levelWithName("warn") is LogLevel.warn
+
+
+def test_text_lines_are_twistds_own_with_the_timestamp_formatted_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    The text format writes exactly what twistd's `textFileLogObserver` writes
+    (same timestamp, system, text, traceback layout) for events across second
+    boundaries, without one, and at the epoch; the timestamp is worked out
+    once per second, not once per line.
+    """
+    from twisted.logger import textFileLogObserver
+
+    from mailmcp import _logging
+
+    calls: list[float | None] = []
+    real = _logging.formatTime
+
+    def counting(when: float | None) -> str:
+        calls.append(when)
+        return real(when)
+
+    monkeypatch.setattr(_logging, "formatTime", counting)
+    ours, theirs = io.StringIO(), io.StringIO()
+    observer, reference = file_observer(ours, "text"), textFileLogObserver(theirs)
+    base = 1_800_000_000.25
+    times = [base, base + 0.5, base + 0.74, base + 0.75, base + 3600.9, None, 0.0, -0.5]
+    for i, when in enumerate(times):
+        event = {"log_format": "line {n}\nsecond line", "n": i, "log_namespace": "ns", "log_level": LogLevel.warn}
+        if when is not None:
+            event["log_time"] = when
+        observer(event)
+        reference(event)
+    assert ours.getvalue() == theirs.getvalue()
+    assert len(ours.getvalue().splitlines()) == 2 * len(times)
+    # base, base + 0.5 and + 0.74 share a second: one formatting for the three.
+    assert [c for c in calls if c is not None] == [1_800_000_000, 1_800_000_001, 1_800_003_601, 0, -1]

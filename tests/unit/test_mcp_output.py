@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
+import attrs
 import jsonschema
 import pytest
 from treq.testing import StubTreq
@@ -103,6 +104,37 @@ def test_summary_data_is_what_the_model_path_serialises(server: FakeIMAPServer) 
     for message in fetched:
         model = summarise(message).model_dump(mode="json", by_alias=True)
         assert summary_data(message) == model
+
+
+def test_a_message_is_summarised_once(server: FakeIMAPServer) -> None:
+    """
+    The same message object gives the same summary back (the IMAP layer
+    hands out one object per listing line it has read); another object with
+    equal fields gets its own, equal summary.
+    """
+    session = server.session()
+    run(session.examine("INBOX"))
+    message = run(session.fetch("1", SUMMARY_ITEMS, uid=False))[0]
+    first = summary_data(message)
+    assert summary_data(message) is first
+    twin = attrs.evolve(message)
+    assert twin == message and twin is not message
+    assert summary_data(twin) is not first and summary_data(twin) == first
+
+
+def test_the_summary_memo_is_bounded(server: FakeIMAPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full, the memo of summaries drops its oldest quarter (and the messages it kept alive)."""
+    from mailmcp.tools import _reading
+
+    monkeypatch.setattr(_reading, "SUMMARIES_MAX", 4)
+    _reading._SUMMARIES.clear()
+    session = server.session()
+    run(session.examine("INBOX"))
+    fetched = run(session.fetch("1:*", SUMMARY_ITEMS, uid=False))
+    for message in fetched[:5]:
+        summary_data(message)
+    assert len(_reading._SUMMARIES) == 4
+    assert id(fetched[0]) not in _reading._SUMMARIES and id(fetched[4]) in _reading._SUMMARIES
 
 
 def test_the_plain_listing_fits_the_declared_output_schema(server: FakeIMAPServer) -> None:

@@ -25,6 +25,7 @@ Every malformed input raises `ParseError`; nothing here trusts the server.
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any, TypeAlias
@@ -302,10 +303,15 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
     space = head.find(b" ")
     if space <= 0 or head[space + 1 : space + 7].upper() != b"FETCH ":
         return None
+    if len(response) == 1:
+        known = _SCANNED.get(head)
+        if known is not None:
+            return known
     seq = as_number(_int_atom(head[:space]), what="sequence number")
     if len(response) == 1:
         scanned = _scan_fetch(head, space + 7, seq)
         if scanned is not None:
+            _remember(head, scanned)
             return scanned
         fast = _fast_envelope(head, space + 7)
         if fast is not None:
@@ -314,6 +320,32 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
     if len(values) != 1 or not isinstance(values[0], list):
         raise ParseError("FETCH without a parenthesised list")
     return fetch_from_items(seq, values[0])
+
+
+# -- lines already read ------------------------------------------------------------
+#
+# An assistant lists the same first page again and again, and a pooled
+# connection gets the same bytes back for it each time: a listing line is
+# read once and its `FetchedMessage` (frozen, never changed by its users)
+# handed out again for the same bytes.  Keyed by the whole line, sequence
+# number and flags included, so any change on the server is a new key.
+# Bounded: the oldest quarter goes when it is full.
+
+#: Listing lines the scanner read, by their exact bytes.
+_SCANNED: dict[bytes, FetchedMessage] = {}
+#: At most this many lines (~3 KB each with their message: ~12 MB).
+SCANNED_MAX = 4096
+#: Lines longer than this are not kept (a listing line is ~0.5-2 KB).
+SCANNED_LINE_MAX = 8192
+
+
+def _remember(head: bytes, message: FetchedMessage) -> None:
+    if len(head) > SCANNED_LINE_MAX:
+        return
+    if len(_SCANNED) >= SCANNED_MAX:
+        for old in list(itertools.islice(_SCANNED, SCANNED_MAX // 4)):
+            del _SCANNED[old]
+    _SCANNED[head] = message
 
 
 # -- the single-pass listing scanner ------------------------------------------------
