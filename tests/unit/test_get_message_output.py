@@ -10,6 +10,7 @@ text content is the structuredContent.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any
 import jsonschema
 import pytest
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from mailmcp._toolkit import ToolContext
 from mailmcp.attachments import Limits, LocalAttachmentStore
@@ -39,10 +43,37 @@ from mailmcp.tools._reading import (
     get_mail_message_data,
 )
 from tests.helpers import run
-from tests.unit.test_attachments_local import ClockReactor, SyncPool
-from tests.unit.test_mcp_output import _fired
 
 BASE = "https://mail.example.test"
+
+
+class SyncPool:
+    """Runs 'thread pool' work at once, on the calling thread."""
+
+    def callInThreadWithCallback(
+        self, on_result: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class ClockReactor(Clock):
+    """A Clock whose callFromThread runs at once (what deferToThreadPool needs)."""
+
+    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+
+def _fired(stub: StubTreq, d: Deferred[Any]) -> Any:
+    stub.flush()
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results and not isinstance(results[0], Failure), results
+    return results[0]
 TOKEN = "good-token"
 TRUSTED = "mx.example.test"
 
