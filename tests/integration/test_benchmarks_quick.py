@@ -102,6 +102,11 @@ def test_reading_searching_sending(report: dict[str, Any]) -> None:
                 assert _number(section[key].get(field)), (item, key, field, section[key])
     assert report["get_message"]["newsletter_html"]["body_chars"] > 10_000
     assert report["get_message"]["attachment_2mb_linked"]["attachments"] == 1
+    for key in ("newsletter_html", "attachment_2mb_linked", "attachment_2mb_first_read"):
+        assert _number(report["get_message"][key].get("daemon_cpu_ms_per_call")), key
+    for key in ("newsletter_html", "attachment_2mb_linked"):
+        for field in ("pipelined_floor_p50_ms", "p50/pipelined_floor_p50"):
+            assert _number(report["get_message"][key].get(field)), (key, field)
     assert report["search"]["large_folder"]["matches"] > 0
     assert _number(report["search"]["large_folder"]["p50/uid_search_p50"])
     send = report["send"]
