@@ -112,3 +112,16 @@ def test_a_two_megabyte_base64_part_is_decoded_quickly() -> None:
     assert part.data == payload and part.filename == "report.pdf"
     assert part.content_type == "application/pdf"
     assert best < 0.02, best
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from([b"QUJD", b"QQ", b"Q", b"=", b"==", b"\r\n", b"\n", b"\r", b" ", b"!",
+                                 b"\xff", b"A", b"+/", b"QUI=", b"-_"]), max_size=30))
+def test_base64_is_decode_b_of_the_joined_lines(pieces: list[bytes]) -> None:
+    """Valid, unpadded, over-padded, mid-padded, junk: the fast base64 path is decode_b's result."""
+    from email._encoded_words import decode_b
+
+    from mailmcp.attachments._helpers import _decoded_payload
+
+    body = b"".join(pieces)
+    assert _decoded_payload("base64", body) == decode_b(b"".join(body.splitlines()))[0]
