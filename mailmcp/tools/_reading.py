@@ -733,7 +733,8 @@ class _KnownStructures:
     _by_session: weakref.WeakKeyDictionary[Any, _KnownStructures] = weakref.WeakKeyDictionary()
 
     def __init__(self) -> None:
-        self._recent: OrderedDict[tuple[str, int, int], _mime.Structure] = OrderedDict()
+        # (folder, uidvalidity, uid) -> (BODYSTRUCTURE as fetched, its analysis)
+        self._recent: OrderedDict[tuple[str, int, int], tuple[Any, _mime.Structure]] = OrderedDict()
 
     @classmethod
     def of(cls, session: object) -> _KnownStructures | None:
@@ -746,14 +747,14 @@ class _KnownStructures:
             return None
         return known
 
-    def get(self, folder: str, selected: Any, uid: int) -> _mime.Structure | None:
+    def get(self, folder: str, selected: Any, uid: int) -> tuple[Any, _mime.Structure] | None:
         if selected is None or selected.name != folder:
             return None
         return self._recent.get((folder, selected.uidvalidity, uid))
 
-    def put(self, folder: str, state: Any, uid: int, structure: _mime.Structure) -> None:
+    def put(self, folder: str, state: Any, uid: int, raw: Any, structure: _mime.Structure) -> None:
         key = (folder, state.uidvalidity, uid)
-        self._recent[key] = structure
+        self._recent[key] = (raw, structure)
         self._recent.move_to_end(key)
         while len(self._recent) > self.MAX:
             self._recent.popitem(last=False)
@@ -795,9 +796,11 @@ async def get_mail_message_data(ctx: ToolContext, arguments: GetMessageInput) ->
         examine_uid_fetch = getattr(session, "examine_uid_fetch", None)
         first: list[FetchedMessage] | IMAPError | None = None
         known = _KnownStructures.of(session)
+        remembered = None
         guess: _mime.Structure | None = None
         if examine_uid_fetch is not None:
-            guess = known.get(folder, session.selected, uid) if known is not None else None
+            remembered = known.get(folder, session.selected, uid) if known is not None else None
+            guess = remembered[1] if remembered is not None else None
             then = body_items(guess)[2] if guess is not None else None
             state, first = await examine_uid_fetch(folder, str(uid), head_items, then)
         else:
@@ -832,11 +835,14 @@ async def get_mail_message_data(ctx: ToolContext, arguments: GetMessageInput) ->
                 "deleted). List or search the folder again for current UIDs."
             )
         message = head[0]
-        structure = _mime.analyse(message.bodystructure)
+        if not unreadable and remembered is not None and message.bodystructure == remembered[0]:
+            structure = remembered[1]  # analyse() is a function of the BODYSTRUCTURE alone
+        else:
+            structure = _mime.analyse(message.bodystructure)
         if unreadable:
             structure = attrs.evolve(structure, warnings=(UNREADABLE_STRUCTURE.format(uid=uid),))
         elif known is not None:
-            known.put(folder, state, uid, structure)
+            known.put(folder, state, uid, message.bodystructure, structure)
         parts, budgets, items = body_items(structure)
         sections: dict[str, bytes] = {}
         if first is not None and guess is not None and not unreadable and guess == structure:

@@ -143,10 +143,12 @@ async def test_rereading_sends_the_body_with_the_head(wire: Wire) -> None:
         known = _KnownStructures.of(session)
         assert known is not None
         state = session.selected
-        right = known.get("INBOX", state, 1)
-        assert right is not None
+        remembered = known.get("INBOX", state, 1)
+        assert remembered is not None
+        raw, right = remembered
         (text,) = right.body_parts
-        known.put("INBOX", state, 1, attrs.evolve(right, body_parts=(attrs.evolve(text, size=900),)))
+        wrong = attrs.evolve(right, body_parts=(attrs.evolve(text, size=900),))
+        known.put("INBOX", state, 1, [*raw[:-1], "other"], wrong)
 
     await wire.pool.run(wire.account, poison, read_only=True)
     written.clear()
