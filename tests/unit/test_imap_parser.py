@@ -567,6 +567,47 @@ def test_scanner_agrees_on_mutated_listing_lines() -> None:
     assert taken > 400  # the scanner itself was exercised, not only the fallback
 
 
+@st.composite
+def structures(draw: st.DrawFn) -> bytes:
+    """BODYSTRUCTURE-like lists: plain atoms, strings with spaces, NIL or 8-bit in them, odd spacing."""
+    strings = [b'"text"', b'"plain"', b'"utf-8"', b'"NIL"', b'"xNILy"', b'"a b"', b'"(x)"', b'""',
+               b'"caf\xe9"', b'"a\\"b"', b'"\x01"', b'"12"', b'"<id@x>"']
+    atoms = [b"NIL", b"0", b"12", b"007", b"9" * 18, b"9" * 19, b"9" * 25, b"atom", b"NIL5", b"NILNIL"]
+
+    def node(depth: int) -> bytes:
+        if depth > 4 or draw(st.integers(0, 2)) == 0:
+            return draw(st.sampled_from(strings + atoms))
+        children = [node(depth + 1) for _ in range(draw(st.integers(0, 4)))]
+        glue = draw(st.sampled_from([b" "] * 8 + [b"", b"  ", b"\t"]))
+        return b"(" + glue.join(children) + b")"
+
+    return b"(" + b" ".join(node(1) for _ in range(draw(st.integers(1, 4)))) + b")"
+
+
+@settings(max_examples=800, deadline=None, derandomize=True)
+@given(structures())
+def test_bodystructure_json_path_agrees_with_the_token_loop(raw: bytes) -> None:
+    """Whenever the JSON path reads a BODYSTRUCTURE, it reads what the token loop reads."""
+    via_json = _parser._structure_as_json(raw)
+    if via_json is not None:
+        assert via_json == _parser._scan_structure_tokens(raw, 0, len(raw)), raw
+
+
+def test_bodystructure_json_path_takes_what_servers_send() -> None:
+    """Dovecot's plain structures go through the JSON path; odd ones fall back to the token loop."""
+    plain = [
+        LISTING_BODY,
+        b'("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 120 5 NIL NIL NIL NIL)',
+        b'(("text" "plain" NIL NIL NIL "7bit" 1 1 NIL NIL NIL NIL)("application" "pdf" ("name" "r.pdf")'
+        b' NIL NIL "base64" 2048 NIL ("attachment" ("filename" "r.pdf")) NIL NIL) "mixed" NIL NIL NIL NIL)',
+    ]
+    for raw in plain:
+        taken = _parser._structure_as_json(raw)
+        assert taken is not None and taken == _parser._scan_structure_tokens(raw, 0, len(raw))
+    for odd in (b'("a b" 1)', b'("caf\xe9")', b'("a\\"b")', b'( "a")', b'("a"NIL)', b'("x" 007)', b'(' * 99 + b')' * 99):
+        assert _parser._structure_as_json(odd) is None, odd
+
+
 @pytest.mark.parametrize("depth", [97, 98, 99, 100, 101])
 def test_scanner_nesting_limit_is_the_general_parsers(depth: int) -> None:
     """A BODYSTRUCTURE nested right at the limit: accepted or refused exactly as before."""

@@ -544,13 +544,14 @@ class IMAPClientProtocol(imap4.IMAP4Client):
         if self.observer is not None or debug_enabled():
             arguments = cmd.log_args if cmd.log_args is not None else describe(cmd.pieces)
             command = cmd.name.decode("ascii", "replace")
-            log.debug(
-                "IMAP {label} C: {tag} {imap_command} {imap_arguments}",
-                label=self.label,
-                tag=tag.decode("ascii"),
-                imap_command=command,
-                imap_arguments=arguments,
-            )
+            if debug_enabled():
+                log.debug(
+                    "IMAP {label} C: {tag} {imap_command} {imap_arguments}",
+                    label=self.label,
+                    tag=tag.decode("ascii"),
+                    imap_command=command,
+                    imap_arguments=arguments,
+                )
             if self.observer is not None:
                 self.observer(command, arguments)
         assert self.transport is not None

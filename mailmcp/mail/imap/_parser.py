@@ -30,6 +30,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
+import orjson
+
 from .._mailbox_api import Address, Envelope, FetchedMessage, IMAPError
 
 #: One response as assembled by the protocol: text segments with the
@@ -491,6 +493,14 @@ def _scan_structure(head: bytes, pos: int, stop: int) -> list[Any] | None:
     """
     if head[pos] != _OPEN:
         return None
+    as_json = _structure_as_json(head[pos:stop])
+    if as_json is not None:
+        return as_json
+    return _scan_structure_tokens(head, pos, stop)
+
+
+def _scan_structure_tokens(head: bytes, pos: int, stop: int) -> list[Any] | None:
+    """`_scan_structure` token by token: any form the general tokenizer reads."""
     top: list[Any] = []
     current = top
     append = top.append
@@ -533,6 +543,42 @@ def _scan_structure(head: bytes, pos: int, stop: int) -> list[Any] | None:
         return None
     structure: list[Any] = top[0]
     return structure
+
+
+#: A BODYSTRUCTURE `_structure_as_json` takes: parentheses, single spaces,
+#: NIL, numbers of up to 18 digits, and quoted strings with no escape,
+#: control character, space or parenthesis in them.
+_JSON_STRUCTURE = re.compile(rb'(?:[() ]|NIL|[0-9]{1,18}(?![0-9])|"[^"\\\x00-\x1f ()]*")*')
+#: Parentheses and spaces in their JSON spelling.
+_TO_JSON = bytes.maketrans(b"( )", b"[,]")
+
+
+def _structure_as_json(raw: bytes) -> list[Any] | None:
+    """
+    The plain BODYSTRUCTURE servers send, read by the JSON parser (in C)
+    instead of token by token: its quoted strings are JSON strings already,
+    and what lies between them (parentheses, spaces, NIL, numbers) has a
+    one-to-one JSON spelling, made by substitutions that cannot touch the
+    strings (they hold no space, parenthesis or NIL).  None for anything else (8-bit text, escapes, a filename with a
+    space, deep nesting, odd spacing), which the token loop then reads: a
+    result here is always the one the token loop gives (a property test
+    holds them equal).
+    """
+    if (
+        not raw.isascii()
+        or raw.count(b"(") >= MAX_DEPTH - 1
+        or _JSON_STRUCTURE.fullmatch(raw) is None
+        # Every NIL a token of its own: one inside a string (which holds no
+        # space or parenthesis) is never preceded by either.
+        or raw.count(b"NIL") != raw.count(b" NIL") + raw.count(b"(NIL")
+    ):
+        return None
+    text = raw.replace(b"NIL", b"null").replace(b")(", b"),(").translate(_TO_JSON)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, list) else None
 
 
 # The listing hot path: an ENVELOPE without literals is matched by one
