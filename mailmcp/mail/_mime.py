@@ -72,8 +72,12 @@ def clean_line(text: str | None, limit: int = MAX_HEADER_CHARS) -> str | None:
     """
     if text is None:
         return None
-    if len(text) <= limit and text.isascii() and text.isprintable():
-        return text.strip()  # the common case, without four regex passes
+    if len(text) <= limit and text.isprintable():
+        # The common case, without the regex passes: nothing they remove is
+        # printable (line breaks, controls and the invisible characters are
+        # all in Unicode's Other or Separator categories; a test checks each
+        # code point).
+        return text.strip()
     text = _LINE_BREAKS.sub(" ", text)
     text = _CONTROL.sub("", _INVISIBLE.sub("", text)).strip()
     if len(text) > limit:
@@ -554,6 +558,14 @@ def _disposition(value: Any) -> tuple[str | None, dict[str, str]]:
     return None, {}
 
 
+def _disposition_kind(value: Any) -> str | None:
+    """`_disposition`'s kind alone (``"attachment"``), without reading its parameters."""
+    if isinstance(value, (list, tuple)) and value:
+        kind = _str(value[0])
+        return kind.lower() if kind else None
+    return None
+
+
 def _leaf(node: Sequence[Any], part_id: str, in_related: bool) -> Part:
     main = (_str(node[0]) or "application").lower()
     sub = (_str(node[1]) or "octet-stream").lower() if len(node) > 1 else "octet-stream"
@@ -841,7 +853,7 @@ def has_attachments(bodystructure: Any) -> bool:
         ext = (
             8 if main == "text" else 10 if main == "message" and sub in ("rfc822", "global") else 7
         )
-        disposition, _ = _disposition(node[ext + 1]) if len(node) > ext + 1 else (None, {})
+        disposition = _disposition_kind(node[ext + 1]) if len(node) > ext + 1 else None
         if disposition == "attachment":
             return True
         if main == "text" and sub in ("plain", "html"):

@@ -32,6 +32,8 @@ class Wire:
         self.events: list[tuple[str, str, str]] = []
         self.pool.command_observers.append(lambda *event: self.events.append(event))
         self.email, password = fresh_user(services)
+        #: For a second, independent IMAP client (another device of the user).
+        self.password = password
         self.account = account_for(services, self.email, password)
         self.ctx = ToolContext(
             account=self.account,

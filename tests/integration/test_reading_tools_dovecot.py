@@ -10,7 +10,9 @@ reaches the server at all.
 
 from __future__ import annotations
 
+import imaplib
 import os
+import ssl
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from pydantic import ValidationError
+from twisted.internet import threads
 
 from mailmcp._toolkit import ToolError
 from mailmcp.mail._mailbox_api import IMAPSession
@@ -129,6 +132,40 @@ async def test_warm_listing_is_one_round_trip_and_sees_new_mail(wire: Wire) -> N
     fresh = await list_mail_messages(wire.ctx, ListMessagesInput(per_page=2))
     assert [m.subject for m in fresh.messages] == ["m3", "m2"] and fresh.total == 4
     assert [c.split(" (")[0] for c, _ in written] == ["NOOP ", "FETCH 2:3", "FETCH 3:4"]
+
+
+def _flag_elsewhere(wire: Wire, subject: str, change: str) -> None:
+    """What another device of the user does: its own IMAP connection stores a flag."""
+    context = ssl.create_default_context(cafile=str(wire.services.ca_file))
+    with imaplib.IMAP4_SSL("localhost", wire.services.imaps_port, ssl_context=context) as client:
+        client.login(wire.email, wire.password)
+        client.select("INBOX")
+        _, found = client.uid("SEARCH", "SUBJECT", subject)
+        (uid,) = found[0].split()
+        client.uid("STORE", uid, change, "(\\Flagged)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_listing_shows_flags_changed_by_another_client(wire: Wire) -> None:
+    """
+    A page listed again is answered from the lines already read only when
+    the server sends the same bytes: a flag set or cleared by another client
+    in between shows in the very next listing, and again after it.
+    """
+    wire.deliver(plain("keep"))
+    wire.deliver(plain("mark"))
+
+    async def flagged() -> dict[str | None, bool]:
+        page = await list_mail_messages(wire.ctx, ListMessagesInput(per_page=5))
+        return {m.subject: m.flagged for m in page.messages}
+
+    assert await flagged() == {"mark": False, "keep": False}
+    assert await flagged() == {"mark": False, "keep": False}
+    await threads.deferToThread(_flag_elsewhere, wire, "mark", "+FLAGS")
+    assert await flagged() == {"mark": True, "keep": False}
+    assert await flagged() == {"mark": True, "keep": False}
+    await threads.deferToThread(_flag_elsewhere, wire, "mark", "-FLAGS")
+    assert await flagged() == {"mark": False, "keep": False}
 
 
 @pytest_twisted.ensureDeferred

@@ -220,6 +220,26 @@ def test_invisible_characters_stripped() -> None:
     assert clean_line("hi\r\nBcc: evil@x\x00") == "hi Bcc: evil@x"
 
 
+def test_clean_line_shortcut_removes_nothing_the_full_cleaning_would() -> None:
+    """
+    `clean_line` skips its regular expressions for printable text; no code
+    point they remove is printable, so the shortcut never keeps one, and
+    non-ASCII names go through it unchanged.
+    """
+    import sys
+
+    removed = (_mime._INVISIBLE, _mime._CONTROL, _mime._LINE_BREAKS)
+    kept = [
+        hex(c)
+        for c in range(sys.maxunicode + 1)
+        if chr(c).isprintable() and any(p.match(chr(c)) for p in removed)
+    ]
+    assert kept == []
+    assert clean_line(" Jürgen Müller ") == "Jürgen Müller"
+    assert clean_line("Chloé\u200b\u202e") == "Chloé"
+    assert clean_line("Zoë\u2028Bcc: x") == "Zoë Bcc: x"
+
+
 def test_clean_line_caps() -> None:
     """Header values are capped."""
     value = clean_line("x" * 10_000)
