@@ -1,0 +1,116 @@
+"""
+Before/after on one machine: the same warm call against two daemons, one
+running this tree's mailmcp and one running another checkout's (e.g. a
+``git worktree`` of the commit before a change), in alternating blocks
+(ABBA, so drift and the order of the two hit both alike), with the
+daemons' CPU per call.
+
+Why: on a shared 2-core machine latency moves 2x within an hour, and two
+full benchmark runs minutes apart cannot tell a 10 % change from the
+weather.  Measured side by side in one run, the CPU per call can.  Both
+daemons share the services, the state directory and the tokens (the
+second gets the first one's ``--base-url``, as the ``cold`` item does).
+
+    git worktree add --detach /tmp/before HEAD~3
+    .venv/bin/python -m benchmarks.compare_trees /tmp/before
+    .venv/bin/python -m benchmarks.compare_trees /tmp/before --folder Large --fresh
+
+``--fresh`` lists pages 2, 3, ... (each daemon its own, never one listed
+before: every line is read for the first time) instead of page 1 again and
+again.  Quick sizes (a 2,000-message INBOX, a 10,000-message ``Large``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import _procs, _run
+from benchmarks._clients import McpClient
+from benchmarks._procs import cpu_seconds
+from benchmarks._run import QUICK, Bench, listing, log, timed
+
+
+async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls: int) -> None:
+    from tests.harness import free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="mailmcp-compare-"))
+    workdir.chmod(0o755)
+    bench = Bench(QUICK, True, workdir)
+    bench.report["errors"] = {}
+    other = None
+    try:
+        bench.start_services()
+        await asyncio.to_thread(bench.seed)
+        await bench.first_access()
+        bench.start_daemon()
+        await bench.login_all()
+        assert bench.daemon is not None and bench.state_dir is not None
+        own_env = _procs._env_with_root
+
+        def other_env() -> dict[str, str]:
+            env = own_env()
+            env["PYTHONPATH"] = str(other_tree) + os.pathsep + env["PYTHONPATH"]
+            return env
+
+        _procs._env_with_root = other_env
+        try:
+            other = _procs.Daemon(workdir, free_port(), bench.state_dir, bench.services.ca_file,
+                                  extra=("--base-url", bench.daemon.base_url), name="other")
+        finally:
+            _procs._env_with_root = own_env
+        token = bench.tokens[_run.BENCH_USER]
+        sides = [("this tree", McpClient(bench.daemon.base_url, token), bench.daemon.pid, iter(range(2, 10**6, 2))),
+                 (str(other_tree), McpClient(other.base_url, token), other.pid, iter(range(3, 10**6, 2)))]
+        for _name, client, _pid, _pages in sides:
+            for _ in range(200):
+                await listing(client, folder)
+        results: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name, *_ in sides}
+        for block in range(blocks):
+            for name, client, pid, pages in (sides if block % 2 == 0 else sides[::-1]):
+                latencies, used = results[name]
+                before = cpu_seconds(pid) or 0.0
+                for _ in range(calls):
+                    page = next(pages) if fresh else 1
+                    latencies.append(await timed(lambda c=client, p=page: listing(c, folder, page=p)))
+                results[name] = (latencies, used + (cpu_seconds(pid) or 0.0) - before)
+        what = f"pages 2, 3, ... of {folder}" if fresh else f"page 1 of {folder} again and again"
+        print(f"list_mail_messages(per_page=20), {what}, {blocks} blocks of {calls} calls each (ABBA):")
+        for name, (latencies, used) in results.items():
+            print(f"  {name:30s} p50 {statistics.median(latencies) * 1000:6.3f} ms   "
+                  f"daemon CPU {used / len(latencies) * 1000:6.3f} ms/call")
+    finally:
+        if other is not None:
+            other.stop()
+        bench.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_trees", description=__doc__.split("\n\n")[0])
+    parser.add_argument("other_tree", type=Path, help="a checkout of mailmcp (its top folder) to compare with")
+    parser.add_argument("--folder", default="INBOX", help="INBOX (2,000 messages) or Large (10,000)")
+    parser.add_argument("--fresh", action="store_true", help="pages never listed before instead of page 1")
+    parser.add_argument("--blocks", type=int, default=0, help="blocks per side (default 8; 4 with --fresh)")
+    parser.add_argument("--calls", type=int, default=0, help="calls per block (default 250; 60 with --fresh)")
+    args = parser.parse_args(argv)
+    if not (args.other_tree / "mailmcp" / "__init__.py").is_file():
+        parser.error(f"{args.other_tree} is not a mailmcp checkout")
+    calls = args.calls or (60 if args.fresh else 250)
+    blocks = args.blocks or (4 if args.fresh else 8)
+    pages = (10_000 if args.folder == "Large" else 2_000) // 20
+    if args.fresh and blocks * calls > pages // 2 - 1:
+        parser.error(f"--fresh needs blocks x calls <= {pages // 2 - 1} on {args.folder}")
+    log(f"comparing this tree with {args.other_tree}")
+    asyncio.run(compare(args.other_tree.resolve(), args.folder, args.fresh, blocks, calls))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
