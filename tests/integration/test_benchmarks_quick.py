@@ -143,3 +143,26 @@ def test_targets_listed(report: dict[str, Any]) -> None:
     for name in ("get_message newsletter_html p50/floor_p50 <= 10", "search large_folder p50/floor_p50 <= 1.5",
                  "send p50/floor_p50 <= 1.5"):
         assert name in report["targets"]
+
+
+def test_compare_trees_measures_both_daemons() -> None:
+    """
+    ``python -m benchmarks.compare_trees`` (before/after side by side) runs
+    end to end against a second checkout, here the same tree: one line per
+    daemon with a latency and a CPU per call.  A folder that is not a
+    checkout is refused before anything starts.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT), "--blocks", "2", "--calls", "5"],
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if "daemon CPU" in line]
+    assert len(lines) == 2 and "this tree" in lines[0] and str(ROOT) in lines[1], result.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT / "docs")],
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 2 and "not a mailmcp checkout" in refused.stderr
