@@ -559,10 +559,10 @@ def _structure_as_json(raw: bytes) -> list[Any] | None:
     instead of token by token: its quoted strings are JSON strings already,
     and what lies between them (parentheses, spaces, NIL, numbers) has a
     one-to-one JSON spelling, made by substitutions that cannot touch the
-    strings (they hold no space, parenthesis or NIL).  None for anything else (8-bit text, escapes, a filename with a
-    space, deep nesting, odd spacing), which the token loop then reads: a
-    result here is always the one the token loop gives (a property test
-    holds them equal).
+    strings (they hold no space, parenthesis or NIL).  None for anything
+    else (8-bit text, escapes, a filename with a space, deep nesting, odd
+    spacing), which the token loop then reads: a result here is always the
+    one the token loop gives (a property test holds them equal).
     """
     if (
         not raw.isascii()
