@@ -178,6 +178,7 @@ class DrainService(Service):
 
     async def _drain(self) -> None:
         deadline = self._reactor.seconds() + self._timeout
+        self._in_flight.start_draining()
         if self._in_flight.count:
             log.info("waiting for {count} in-flight requests", count=self._in_flight.count)
         if not await self._within(self._in_flight.when_idle(), deadline):

@@ -206,6 +206,14 @@ class InFlight:
         self.requests: set[MailMCPRequest] = set()
         self.connections: set[ITransport] = set()
         self._all_closed: list[Deferred[None]] = []
+        #: Set when shutdown begins: answers from then on close their connection.
+        self.draining = False
+
+    def start_draining(self) -> None:
+        """From now on, and for the requests already in progress, no keep-alive."""
+        self.draining = True
+        for request in list(self.requests):
+            request.close_after_response()
 
     def connection_opened(self, transport: ITransport) -> None:
         self.connections.add(transport)
@@ -380,6 +388,20 @@ class MailMCPRequest(server.Request):
         self._tracker = tracker
         tracker.started(self)
         self.notifyFinish().addBoth(lambda _: self._untrack())
+        if tracker.draining:
+            self.close_after_response()
+
+    def close_after_response(self) -> None:
+        """
+        No keep-alive after this answer (``Connection: close``): the server
+        is stopping.  A balancer then sends its next request on a new
+        connection, which goes to another process, instead of on this one,
+        where it could cross the close at the end of the drain and be lost.
+        """
+        if self.channel is not None:
+            self.channel.persistent = False
+        if not self.startedWriting:
+            self.setHeader(b"connection", b"close")
 
     def _untrack(self) -> None:
         if self._tracker is None or self._untracked:

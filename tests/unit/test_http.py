@@ -361,6 +361,33 @@ def test_drain_closes_connections_after_responses(
     assert not reactor.getDelayedCalls()
 
 
+def test_answers_during_the_drain_close_their_connection(
+    site: MailMCPSite, parts: Parts, reactor: MemoryReactorClock
+) -> None:
+    """
+    Once shutdown begins, a request already in progress and one that comes
+    on an open keep-alive connection are answered with ``Connection: close``
+    and their connection closed after the answer, so a balancer sends its
+    next request on a new connection (to another process) instead of on one
+    the drain is about to close.  Before shutdown, keep-alive as usual.
+    """
+    before = Connection(site)
+    before.send(post(b"/echo", b"x"))
+    assert b"\r\nConnection: close" not in before.response() and not before.transport.disconnecting
+    busy = Connection(site)
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    drain = DrainService(reactor, site.in_flight, timeout=10)
+    drain.startService()
+    drain.stopService()
+    before.transport.clear()
+    before.send(post(b"/echo", b"yy"))  # the next request on the kept-alive connection
+    assert before.response().startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close\r\n" in before.response() and before.transport.disconnecting
+    parts.pending[0].callback(b"slow answer")
+    assert busy.response().startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close\r\n" in busy.response() and busy.transport.disconnecting
+
+
 def test_drain_connection_close_is_bounded(site: MailMCPSite, reactor: MemoryReactorClock) -> None:
     """A client that never lets its connection close holds shutdown only until the timeout."""
     conn = Connection(site)
