@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -77,6 +78,29 @@ def authorize_url(daemon: Any, client_id: str, redirect_uri: str, verifier: str)
         "resource": daemon.base_url + "/mcp", "scope": "mail",
     }
     return daemon.base_url + "/oauth/authorize?" + urllib.parse.urlencode(params)
+
+
+def replaced(element: Any) -> Any:
+    """
+    A wait condition: the page holding C{element} has been replaced.  As
+    Selenium's ``staleness_of``, but also when Chrome, asked about the old
+    element while the new page loads, answers "Node with given id does not
+    belong to the document" instead of a stale-element error (it did once
+    in CI).
+    """
+
+    def check(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+        return False
+
+    return check
 
 
 def type_into(browser, field: str, value: str) -> None:
@@ -136,7 +160,7 @@ def test_user_named_servers_log_in_and_list_mailboxes(
     type_into(browser, "email", "alice@example.test")
     before = browser.find_element(By.ID, "email")
     browser.find_element(By.ID, "discover").click()
-    WebDriverWait(browser, 30).until(ec.staleness_of(before))
+    WebDriverWait(browser, 30).until(replaced(before))
     assert browser.find_element(By.ID, "email").get_attribute("value") == "alice@example.test"
     assert browser.find_element(By.ID, "imap_host").get_attribute("value") == ""
     assert not browser.find_elements(By.CLASS_NAME, "error-line")
