@@ -32,11 +32,11 @@ import pytest
 import pytest_twisted
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 from twisted.internet import reactor, threads
 
 from tests.harness import Daemon, Services, generate_client, scripted_imap_client
 from tests.hostile.scripted_imap import listen
+from tests.integration.chromium import PatientWait as WebDriverWait
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -23,12 +23,12 @@ import httpx2
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 
 from benchmarks._clients import oauth_login
 from benchmarks._http import Connection
 from mailmcp._scopes import ALL_SCOPES, LABELS, READ
 from tests.harness import Services, generate_client
+from tests.integration.chromium import PatientWait as WebDriverWait
 from tests.integration.cluster import Cluster
 from tests.integration.generate_cli import generate, generate_json
 from tests.integration.mcp_probe import mcp_status

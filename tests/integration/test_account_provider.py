@@ -24,9 +24,9 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.browser_login import serve_callback
+from tests.integration.chromium import PatientWait as WebDriverWait
 from tests.integration.mcp_probe import mcp_status
 from tests.integration.provider_profile import TOKEN_SHAPES, provider_args
 

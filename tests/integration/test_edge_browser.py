@@ -16,9 +16,9 @@ import urllib.request
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import free_port, generate_client
+from tests.integration.chromium import PatientWait as WebDriverWait
 from tests.integration.chromium import fill
 
 pytestmark = pytest.mark.integration

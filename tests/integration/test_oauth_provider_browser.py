@@ -14,10 +14,10 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import OAuthProviderHandle, Services
 from tests.integration.browser_login import chromium, serve_callback
+from tests.integration.chromium import PatientWait as WebDriverWait
 from tests.oauth_provider import s256
 
 pytestmark = pytest.mark.integration

@@ -28,9 +28,10 @@ import pytest
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from tests.hostile import mcp_http
+from tests.integration.chromium import PatientWait as WebDriverWait
 
 pytestmark = pytest.mark.integration
 
