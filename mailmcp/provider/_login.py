@@ -534,19 +534,7 @@ class ProviderLogin:
         signed = await self._sign_in_at_provider(request, pending, profile, client, _LOGIN_LINES)
         if isinstance(signed, _Stop):
             return TryAgain(client, pending, signed.message, signed.status, signed.retry_after)
-        credentials = Credentials(
-            email=signed.email,
-            full_name=pending.full_name,
-            imap=client.imap,
-            imap_username=signed.email,
-            imap_password="",
-            smtp=client.smtp,
-            smtp_username=signed.email,
-            smtp_password="",
-            imap_auth=profile.imap_auth,
-            provider=key,
-            oauth=signed.tokens,
-        )
+        credentials = _provider_credentials(signed, client, profile, key, pending.full_name)
         refused = await self._check_and_settle(
             credentials, label, signed.reservation, client, ("IMAP", "SMTP")
         )
@@ -710,19 +698,7 @@ class ProviderLogin:
         signed = await self._sign_in_at_provider(request, pending, profile, audited, _ACCOUNT_LINES)
         if isinstance(signed, _Stop):
             return AccountTryAgain(client, signed.message, signed.status, signed.retry_after)
-        credentials = Credentials(
-            email=signed.email,
-            full_name="",
-            imap=client.imap,
-            imap_username=signed.email,
-            imap_password="",
-            smtp=client.smtp,
-            smtp_username=signed.email,
-            smtp_password="",
-            imap_auth=profile.imap_auth,
-            provider=key,
-            oauth=signed.tokens,
-        )
+        credentials = _provider_credentials(signed, client, profile, key, "")
         refused = await self._check_and_settle(
             credentials, profile.label, signed.reservation, audited, ("IMAP",), "account page: "
         )
@@ -731,3 +707,22 @@ class ProviderLogin:
         # The tokens go out of scope here: an account-page sign-in is no grant.
         log.info("account sign-in completed with {provider}", provider=profile.name)
         return AccountSignedIn(client, signed.email)
+
+
+def _provider_credentials(
+    signed: Any, client: Any, profile: Any, key: str, full_name: str
+) -> Credentials:
+    """The mail credentials of a provider sign-in: the token stands for both passwords."""
+    return Credentials(
+        email=signed.email,
+        full_name=full_name,
+        imap=client.imap,
+        imap_username=signed.email,
+        imap_password="",
+        smtp=client.smtp,
+        smtp_username=signed.email,
+        smtp_password="",
+        imap_auth=profile.imap_auth,
+        provider=key,
+        oauth=signed.tokens,
+    )
