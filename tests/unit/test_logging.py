@@ -116,7 +116,21 @@ def test_text_lines_are_twistds_own_with_the_timestamp_formatted_once_a_second(
             event["log_time"] = when
         observer(event)
         reference(event)
+    # Lines written to a redirected file (the access log): their own shortcut.
+    written: list[dict[str, object]] = [
+        {"log_format": "{log_io}", "log_io": '127.0.0.1 - - [x] "POST /mcp HTTP/1.1" 200 5 "{a}"'},
+        {"log_format": "{log_io}", "log_io": "two\nlines {0}", "log_system": "sys"},
+        {"log_format": "{log_io}", "log_io": "", "log_namespace": "ns"},
+        {"log_format": "{log_io}", "log_io": b"bytes", "log_level": LogLevel.info},
+        {"log_format": "{log_io}", "log_io": "odd system", "log_system": 7},
+        {"log_format": "{log_io}"},
+    ]
+    for event in written:
+        event.update(log_namespace=event.get("log_namespace", "twisted.python.log"), log_time=base)
+        observer(event)
+        reference(event)
     assert ours.getvalue() == theirs.getvalue()
-    assert len(ours.getvalue().splitlines()) == 2 * len(times)
+    assert len(ours.getvalue().splitlines()) == 2 * len(times) + 6
     # base, base + 0.5 and + 0.74 share a second: one formatting for the three.
-    assert [c for c in calls if c is not None] == [1_800_000_000, 1_800_000_001, 1_800_003_601, 0, -1]
+    # (then the redirected-file lines, back at base's second: one more.)
+    assert [c for c in calls if c is not None] == [1_800_000_000, 1_800_000_001, 1_800_003_601, 0, -1, 1_800_000_000]
