@@ -358,7 +358,7 @@ def build_routes(
         decode_pool=decode.pool,
         reactor=reactor,
     )
-    routes.append(("/mcp", mcp.app.resource()))
+    routes.append(("/mcp", mcp.resource()))
     if gates is not None:
         # /mcp takes --max-request-body only once its token is verified.
         gates[b"/mcp"] = mcp

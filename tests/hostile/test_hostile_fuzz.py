@@ -68,7 +68,7 @@ def _mcp() -> StubTreq:
     config = make_config(base_url=BASE, max_request_body=1 << 20)
     services = tool_services(reactor=MemoryReactorClock(), imap=FakeIMAPPool(server))
     app = MCPApp(config, FakeTokenVerifier({TOKEN: make_account()}), services, all_tools())
-    return StubTreq(app.app.resource())
+    return StubTreq(app.resource())
 
 
 STUB = _mcp()

@@ -37,7 +37,7 @@ def serve_mcp(account: Any, services: Any) -> tuple[str, str, IListeningPort]:
     base = f"http://127.0.0.1:{port.getHost().port}"
     config = make_config(base_url=base, max_request_body=1 << 20)
     app = MCPApp(config, verifier, services, all_tools())
-    site.resource = Router([("/mcp", app.app.resource())])
+    site.resource = Router([("/mcp", app.resource())])
     return f"{base}/mcp", token, port
 
 

@@ -43,7 +43,7 @@ def mcp(world: World) -> Iterator[Any]:
     base = f"http://127.0.0.1:{port.getHost().port}"
     config = make_config(base_url=base, max_request_body=1 << 20)
     app = MCPApp(config, verifier, world.services, all_tools())
-    site.resource = Router([("/mcp", app.app.resource())])
+    site.resource = Router([("/mcp", app.resource())])
     yield SimpleNamespace(url=f"{base}/mcp", verifier=verifier)
     pytest_twisted.blockon(port.stopListening())
 

@@ -134,7 +134,7 @@ def served() -> Any:
     base = f"http://127.0.0.1:{port.getHost().port}"
     config = make_config(base_url=base, max_request_body=1 << 20)
     app = MCPApp(config, verifier, tool_services(reactor=reactor), [echo_tool()])
-    site.resource = Router([("/mcp", Recorder(app.app.resource(), seen))])
+    site.resource = Router([("/mcp", Recorder(app.resource(), seen))])
     port_holder.update(port=port, base=base, seen=seen)
     yield SimpleNamespace(url=f"{base}/mcp", base=base, seen=seen)
     port.stopListening()

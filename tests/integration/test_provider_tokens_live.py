@@ -160,7 +160,7 @@ def world(request: pytest.FixtureRequest, services: Services) -> Iterator[Any]:
 
     def serve(tools: Any) -> None:
         world.tools = tools
-        site.resource = Router([("/mcp", MCPApp(config, GrantTokenVerifier(grants), tools, all_tools()).app.resource())])
+        site.resource = Router([("/mcp", MCPApp(config, GrantTokenVerifier(grants), tools, all_tools()).resource())])
 
     def restart() -> None:
         """As after a restart: /mcp served afresh with a new pool (no idle connection)."""

@@ -97,7 +97,7 @@ class Client:
     """A StubTreq over one MCPApp, with JSON-RPC helpers."""
 
     def __init__(self, app: MCPApp) -> None:
-        self.stub = StubTreq(app.app.resource())
+        self.stub = StubTreq(app.resource())
 
     def request(
         self,

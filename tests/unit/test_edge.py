@@ -93,7 +93,7 @@ def test_initialize_without_2026_declaration_stays_handshake(
 def router_stub(**config: Any) -> StubTreq:
     app, _ = make_app()
     policy = CORSPolicy.from_config(make_config(**config))
-    return StubTreq(Router([("/mcp", app.app.resource())], cors=policy))
+    return StubTreq(Router([("/mcp", app.resource())], cors=policy))
 
 
 def request(stub: StubTreq, method: str, headers: dict[bytes, list[bytes]], body: bytes | None = None) -> Any:

@@ -176,7 +176,7 @@ def test_over_http_the_text_is_the_structured_content(server: FakeIMAPServer) ->
     config = type("Config", (), {"base_url": BASE, "allowed_origins": (),
                                  "max_request_body": 1 << 20})()
     app = MCPApp(config, FakeTokenVerifier({TOKEN: make_account()}), services, all_tools())
-    stub = StubTreq(app.app.resource())
+    stub = StubTreq(app.resource())
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
                "MCP-Protocol-Version": "2025-11-25"}
 

@@ -698,7 +698,7 @@ def test_client_disconnect_cancels_the_running_tool(logged: list[dict[str, Any]]
     request.content = BytesIO(json.dumps(call("slow", {})).encode())
     request.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {TOKEN}".encode()])
     request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
-    app.app.resource().render(request)
+    app.resource().render(request)
     assert cancelled == [] and not request.finished
     request.connectionLost(Failure(ConnectionLost()))
     assert cancelled == [True]

@@ -45,8 +45,9 @@ def test_bad_credentials_never_pass(method: str, values: list[bytes]) -> None:
 @settings(max_examples=50, deadline=None)
 @given(path=st.text(alphabet="abcxyz/._-%", max_size=30))
 def test_paths_below_mcp_are_json_404(path: str) -> None:
-    """Nothing is served below /mcp: a 404 (or Klein's 400 for undecodable paths), never a 5xx."""
+    """Nothing is served below /mcp: a JSON 404 (undecodable paths too), never a 5xx."""
     client = Client(make_app()[0])
     code, headers, content = client.request("POST", b"{}", url=f"{BASE}/mcp/{path}")
-    assert code in (400, 404)
+    assert code == 404
+    assert json.loads(content) == {"error": "not_found"}
     assert b"jsonrpc" not in content
