@@ -12,12 +12,15 @@ from collections.abc import Coroutine
 from typing import Any
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mcp_types import methods as mcp_methods
 from pydantic import BaseModel
 from twisted.internet.defer import Deferred
 
 from mailmcp._scopes import READ, SEND
 from mailmcp._toolkit import Tool, ToolContext, ToolServices
-from mailmcp.mcp._dispatch import Dispatcher, Headers
+from mailmcp.mcp._dispatch import ALL_VERSIONS, Dispatcher, Headers, plain_call
 from mailmcp.mcp._results import Accepted, InsufficientScope, Outcome, Reply
 from mailmcp.mcp._runner import ToolRunner, index_tools
 from mailmcp.testing import echo_tool, make_account, tool_services
@@ -243,3 +246,61 @@ def test_handle_body_decodes_and_maps_a_parse_error() -> None:
     assert isinstance(outcome, Reply)
     body = json.loads(outcome.body)
     assert body["error"]["code"] == -32700 and body["id"] is None
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+_params = st.one_of(
+    _json_values,
+    st.fixed_dictionaries(
+        {"name": st.one_of(st.text(max_size=8), _json_values)},
+        optional={
+            "arguments": st.one_of(st.none(), st.dictionaries(st.text(max_size=5), _json_values), _json_values),
+            "_meta": _json_values,
+            "extra": _json_values,
+        },
+    ),
+)
+
+
+@settings(max_examples=400)
+@given(params=_params, version=st.sampled_from(ALL_VERSIONS))
+def test_the_plain_call_shortcut_only_takes_what_the_wire_models_accept_alike(
+    params: Any, version: str
+) -> None:
+    """
+    A tools/call taken without the wire models' validation is one they would
+    accept, with the same tool name and arguments; the stateless era (which
+    requires _meta) never takes the shortcut.
+    """
+    plain = plain_call(version, params)
+    if plain is None:
+        return
+    assert version != MODERN
+    request = mcp_methods.parse_client_request("tools/call", version, params)
+    assert (request.params.name, request.params.arguments) == plain
+
+
+def test_a_plain_call_runs_the_tool_without_the_envelope_models(monkeypatch: Any) -> None:
+    """The shortcut is taken for a bare {name, arguments} call and answers what the checked path does."""
+    seen: list[str] = []
+    real = mcp_methods.parse_client_request
+
+    def counting(method: str, version: str, params: Any) -> Any:
+        seen.append(method)
+        return real(method, version, params)
+
+    monkeypatch.setattr(mcp_methods, "parse_client_request", counting)
+    headers: Headers = {"mcp-protocol-version": ["2025-06-18"]}
+    _, plain = answer(request("tools/call", {"name": "echo", "arguments": {"text": "hi"}}), headers)
+    assert seen == []
+    params = {"name": "echo", "arguments": {"text": "hi"}, "_meta": {"progressToken": 1}}
+    _, checked = answer(request("tools/call", params), headers)
+    assert seen == ["tools/call"]
+    assert plain == checked
+    assert plain["result"]["structuredContent"]["text"] == "hi"
+    _, unknown = answer(request("tools/call", {"name": "nope", "arguments": {}}), headers)
+    assert unknown["error"]["code"] == -32602 and seen == ["tools/call"]
