@@ -31,7 +31,7 @@ from ._results import (
     ToolText,
     describe_validation_error,
     error_result,
-    plain_json,
+    plain_json_bytes,
 )
 
 log = Logger()
@@ -165,7 +165,7 @@ class ToolRunner:
         return ToolText(text)
 
 
-def _output_text(tool: Tool[Any, Any], output: Any) -> str | None:
+def _output_text(tool: Tool[Any, Any], output: Any) -> bytes | str | None:
     """
     The JSON text of a handler's output, or None if it is neither plain
     data nor the tool's output model.  Plain JSON-ready data in the model's
@@ -173,7 +173,7 @@ def _output_text(tool: Tool[Any, Any], output: Any) -> str | None:
     check it against the tool's outputSchema.
     """
     if isinstance(output, dict):
-        return plain_json(output)
+        return plain_json_bytes(output)
     if isinstance(output, tool.output_model):
         return json.dumps(output.model_dump(mode="json", by_alias=True), ensure_ascii=False)
     return None

@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
@@ -25,7 +27,7 @@ from mailmcp._audit import targets
 from mailmcp._toolkit import ToolContext
 from mailmcp.mcp._app import MCPApp
 from mailmcp.mcp._jsonrpc import encode
-from mailmcp.mcp._results import ToolText, plain_json
+from mailmcp.mcp._results import ToolText, plain_json, plain_json_bytes
 from mailmcp.testing import (
     FakeIMAPPool,
     FakeIMAPServer,
@@ -240,3 +242,28 @@ def test_tool_text_message_is_what_encode_would_write(request_id: Any) -> None:
     else:
         assert "Zoë ✓".encode() in raw
     assert got == want
+
+
+_json_ready = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(data=st.dictionaries(st.text(max_size=6), _json_ready, max_size=5))
+def test_tool_text_from_orjson_bytes_writes_what_the_text_path_writes(data: dict[str, Any]) -> None:
+    """
+    Kept as orjson's bytes (never decoded), a result is written byte for
+    byte as from its text: quotes, backslashes, control characters, U+2028
+    and non-ASCII alike.
+    """
+    body = plain_json_bytes(data)
+    assert isinstance(body, bytes)
+    from_bytes, from_text = ToolText(body), ToolText(body.decode("utf-8"))
+    for tool_text in (from_bytes, from_text):
+        tool_text.keys = frozenset({"structuredContent", "isError"})
+    assert from_bytes.message(5) == from_text.message(5)
+    assert from_bytes.text == plain_json(data)
