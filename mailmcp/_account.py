@@ -4,6 +4,7 @@ The mailbox account a request acts for, as recovered from its access token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable
 
@@ -66,7 +67,7 @@ class MailAccount:
             f"imap={self.imap.host}:{self.imap.port} smtp={self.smtp.host}:{self.smtp.port}>"
         )
 
-    @property
+    @functools.cached_property
     def imap_pool_key(self) -> str:
         """
         The key of this account's IMAP connection pool: a hash of host, port,
