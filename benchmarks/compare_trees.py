@@ -3,13 +3,16 @@ Before/after on one machine: the same warm call against two daemons, one
 running this tree's mailmcp and one running another checkout's (e.g. a
 ``git worktree`` of the commit before a change), in alternating blocks
 (ABBA, so drift and the order of the two hit both alike), with the
-daemons' CPU per call.
+daemons' CPU per call, and the median of the blocks' ratios with their
+range (which says how far one block can be off: run 40 blocks for a 5 %
+effect).
 
 Why: on a shared 2-core machine latency moves 2x within an hour, and two
 full benchmark runs minutes apart cannot tell a 10 % change from the
 weather.  Measured side by side in one run, the CPU per call can.  Both
 daemons share the services, the state directory and the tokens (the
-second gets the first one's ``--base-url``, as the ``cold`` item does).
+daemons get the ``--base-url`` of a third that served the logins, as the
+``cold`` item does, so neither holds more state than the other).
 
     git worktree add --detach /tmp/before HEAD~3
     .venv/bin/python -m benchmarks.compare_trees /tmp/before
@@ -44,7 +47,7 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
     workdir.chmod(0o755)
     bench = Bench(QUICK, True, workdir)
     bench.report["errors"] = {}
-    other = None
+    daemons: list[_procs.Daemon] = []
     try:
         bench.start_services()
         await asyncio.to_thread(bench.seed)
@@ -52,26 +55,36 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
         bench.start_daemon()
         await bench.login_all()
         assert bench.daemon is not None and bench.state_dir is not None
+        # Neither daemon is the one that served the logins: that one holds
+        # every account's token and pool, so its garbage collector has more
+        # to walk (~5 % more CPU per call in a run of a tree against itself).
+        login_daemon = bench.daemon
         own_env = _procs._env_with_root
+        base = ("--base-url", login_daemon.base_url)
 
         def other_env() -> dict[str, str]:
             env = own_env()
             env["PYTHONPATH"] = str(other_tree) + os.pathsep + env["PYTHONPATH"]
             return env
 
+        ours = _procs.Daemon(workdir, free_port(), bench.state_dir, bench.services.ca_file,
+                             extra=base, name="ours")
+        daemons.append(ours)
         _procs._env_with_root = other_env
         try:
             other = _procs.Daemon(workdir, free_port(), bench.state_dir, bench.services.ca_file,
-                                  extra=("--base-url", bench.daemon.base_url), name="other")
+                                  extra=base, name="other")
+            daemons.append(other)
         finally:
             _procs._env_with_root = own_env
         token = bench.tokens[_run.BENCH_USER]
-        sides = [("this tree", McpClient(bench.daemon.base_url, token), bench.daemon.pid, iter(range(2, 10**6, 2))),
+        sides = [("this tree", McpClient(ours.base_url, token), ours.pid, iter(range(2, 10**6, 2))),
                  (str(other_tree), McpClient(other.base_url, token), other.pid, iter(range(3, 10**6, 2)))]
         for _name, client, _pid, _pages in sides:
             for _ in range(200):
                 await listing(client, folder)
         results: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name, *_ in sides}
+        per_block: dict[str, list[float]] = {name: [] for name, *_ in sides}
         for block in range(blocks):
             for name, client, pid, pages in (sides if block % 2 == 0 else sides[::-1]):
                 latencies, used = results[name]
@@ -79,15 +92,22 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
                 for _ in range(calls):
                     page = next(pages) if fresh else 1
                     latencies.append(await timed(lambda c=client, p=page: listing(c, folder, page=p)))
-                results[name] = (latencies, used + (cpu_seconds(pid) or 0.0) - before)
+                spent = (cpu_seconds(pid) or 0.0) - before
+                results[name] = (latencies, used + spent)
+                per_block[name].append(spent / calls)
         what = f"pages 2, 3, ... of {folder}" if fresh else f"page 1 of {folder} again and again"
         print(f"list_mail_messages(per_page=20), {what}, {blocks} blocks of {calls} calls each (ABBA):")
         for name, (latencies, used) in results.items():
             print(f"  {name:30s} p50 {statistics.median(latencies) * 1000:6.3f} ms   "
                   f"daemon CPU {used / len(latencies) * 1000:6.3f} ms/call")
+        mine, theirs = per_block.values()
+        ratios = sorted(a / b for a, b in zip(mine, theirs, strict=True) if b > 0)
+        if ratios:
+            print(f"  CPU per call, this tree / other, block by block: median {statistics.median(ratios):.3f}"
+                  f" (lowest {ratios[0]:.3f}, highest {ratios[-1]:.3f})")
     finally:
-        if other is not None:
-            other.stop()
+        for daemon in daemons:
+            daemon.stop()
         bench.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -149,7 +149,7 @@ def test_compare_trees_measures_both_daemons() -> None:
     """
     ``python -m benchmarks.compare_trees`` (before/after side by side) runs
     end to end against a second checkout, here the same tree: one line per
-    daemon with a latency and a CPU per call.  A folder that is not a
+    daemon with a latency and a CPU per call, and the blocks' ratios.  A folder that is not a
     checkout is refused before anything starts.
     """
     env = dict(os.environ)
@@ -161,6 +161,7 @@ def test_compare_trees_measures_both_daemons() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if "daemon CPU" in line]
     assert len(lines) == 2 and "this tree" in lines[0] and str(ROOT) in lines[1], result.stdout
+    assert "block by block: median" in result.stdout
     refused = subprocess.run(
         [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT / "docs")],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60,
