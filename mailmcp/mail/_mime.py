@@ -25,6 +25,7 @@ import binascii
 import codecs
 import datetime
 import email.utils
+import functools
 import quopri
 import re
 from collections.abc import Iterator, Sequence
@@ -752,12 +753,22 @@ _MSG_ID = re.compile(r"<[^<>\s]{1,250}>")
 def threading_headers(raw: bytes) -> dict[str, Any]:
     """
     Message-ID, In-Reply-To and References from a ``HEADER.FIELDS`` fetch,
-    as ``<id>`` strings (References capped at the last 50 ids).
+    as ``<id>`` strings (References capped at the last 50 ids).  The
+    header parser's answer for a small section is remembered by its bytes
+    (a message read again has the same ones).
     """
+    message_id, in_reply_to, references = (
+        _threading_ids(raw) if len(raw) <= 4096 else _threading_ids.__wrapped__(raw)
+    )
+    return {"message_id": message_id, "in_reply_to": in_reply_to, "references": list(references)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _threading_ids(raw: bytes) -> tuple[str | None, str | None, tuple[str, ...]]:
     try:
         headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:65536])
     except Exception:  # noqa: BLE001 - hostile input
-        return {"message_id": None, "in_reply_to": None, "references": []}
+        return None, None, ()
 
     def ids(name: str) -> list[str]:
         values = headers.get_all(name) or []
@@ -769,11 +780,11 @@ def threading_headers(raw: bytes) -> dict[str, Any]:
     message_id = ids("message-id")
     in_reply_to = ids("in-reply-to")
     references = ids("references")[-MAX_REFERENCES:]
-    return {
-        "message_id": message_id[0] if message_id else None,
-        "in_reply_to": in_reply_to[0] if in_reply_to else None,
-        "references": references,
-    }
+    return (
+        message_id[0] if message_id else None,
+        in_reply_to[0] if in_reply_to else None,
+        tuple(references),
+    )
 
 
 def parse_date(raw: str | None) -> str | None:

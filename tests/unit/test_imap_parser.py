@@ -465,6 +465,26 @@ def test_the_memo_of_read_lines_is_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     assert long_line not in _parser._SCANNED
 
 
+def test_a_head_with_literals_read_before_is_not_read_again() -> None:
+    """
+    A message's head (a FETCH with a header-fields literal) read again gives
+    the same message back; other literal bytes are read afresh; one too
+    large to keep is read every time.
+    """
+    _parser._SCANNED.clear()
+    prefix = b"3 FETCH (UID 7 FLAGS (\\Seen) BODY[HEADER.FIELDS (MESSAGE-ID)] "
+    literal = b"Message-ID: <a@b>\r\n\r\n"
+    head = (prefix, literal, b")")
+    first = parse_fetch(head)
+    assert first is not None and first.sections == {"HEADER.FIELDS (MESSAGE-ID)": literal}
+    assert parse_fetch((prefix, bytes(literal), b")")) is first
+    other = parse_fetch((prefix, literal.replace(b"a@b", b"c@d"), b")"))
+    assert other is not None and other is not first and b"c@d" in other.sections["HEADER.FIELDS (MESSAGE-ID)"]
+    large = (prefix, b"X-Big: " + b"x" * _parser.SCANNED_LINE_MAX + b"\r\n\r\n", b")")
+    once, again = parse_fetch(large), parse_fetch(large)
+    assert once is not None and again is not None and once is not again and once == again
+
+
 #: (plain values, odd values) for each part of a generated listing line.
 _FLAGS = ([b"\\Seen", b"\\Flagged", b"$Label1", b"\\*", b"caf\xe9"], [b"NIL", b"123", b"007", b"a%b", b"x}y"])
 _NUMBERS = ([b"1", b"9981", b"4294967295", b"007"], [b"0", b"4294967296", b"9" * 25, b"NIL", b'"12"', b"-1"])

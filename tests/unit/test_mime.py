@@ -254,6 +254,27 @@ def test_threading_headers() -> None:
     assert threading_headers(b"") == {"message_id": None, "in_reply_to": None, "references": []}
 
 
+def test_threading_headers_are_remembered_by_their_bytes_and_handed_out_fresh() -> None:
+    """
+    A small section is parsed once; each answer is a new dict and list (a
+    caller changing one changes no later answer); a large one is parsed
+    every time, and answers the same.
+    """
+    raw = b"Message-ID: <m@x>\r\nReferences: <r1@x> <r2@x>\r\n\r\n"
+    _mime._threading_ids.cache_clear()
+    first = threading_headers(raw)
+    first["references"].append("<changed@x>")
+    first["message_id"] = "<changed@x>"
+    again = threading_headers(raw)
+    assert again == {"message_id": "<m@x>", "in_reply_to": None, "references": ["<r1@x>", "<r2@x>"]}
+    assert _mime._threading_ids.cache_info().hits == 1
+    large = b"References: " + b" ".join(b"<%d@x>" % i for i in range(1000)) + b"\r\n\r\n"
+    assert len(large) > 4096
+    assert threading_headers(large) == threading_headers(large)
+    assert threading_headers(large)["references"][-1] == "<999@x>"
+    assert _mime._threading_ids.cache_info().currsize == 1
+
+
 def test_dates() -> None:
     """Dates parse to ISO; absent, junk and absurd years give None (MM-15)."""
     assert parse_date("Tue, 7 Jan 2025 10:00:00 +0100") == "2025-01-07T10:00:00+01:00"

@@ -305,15 +305,17 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
     space = head.find(b" ")
     if space <= 0 or head[space + 1 : space + 7].upper() != b"FETCH ":
         return None
-    if len(response) == 1:
-        known = _SCANNED.get(head)
-        if known is not None:
-            return known
+    # A line alone is its own key; with literals (a message's head and
+    # header fields) the tuple of its pieces is.
+    key: bytes | RawResponse = head if len(response) == 1 else response
+    known = _SCANNED.get(key)
+    if known is not None:
+        return known
     seq = as_number(_int_atom(head[:space]), what="sequence number")
     if len(response) == 1:
         scanned = _scan_fetch(head, space + 7, seq)
         if scanned is not None:
-            _remember(head, scanned)
+            _remember(key, scanned)
             return scanned
         fast = _fast_envelope(head, space + 7)
         if fast is not None:
@@ -321,7 +323,10 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
     values = parse_values(response, space + 7)
     if len(values) != 1 or not isinstance(values[0], list):
         raise ParseError("FETCH without a parenthesised list")
-    return fetch_from_items(seq, values[0])
+    message = fetch_from_items(seq, values[0])
+    if len(response) > 1:
+        _remember(key, message)
+    return message
 
 
 # -- lines already read ------------------------------------------------------------
@@ -333,21 +338,26 @@ def parse_fetch(response: RawResponse) -> FetchedMessage | None:
 # number and flags included, so any change on the server is a new key.
 # Bounded: the oldest quarter goes when it is full.
 
-#: Listing lines the scanner read, by their exact bytes.
-_SCANNED: dict[bytes, FetchedMessage] = {}
-#: At most this many lines (~3 KB each with their message: ~12 MB).
+# A message's head (its FETCH of flags, envelope, structure and a few header
+# fields, with literals) is kept the same way, by the tuple of its pieces:
+# reading a message again does not parse its head again.
+
+#: Listing lines the scanner read, and heads read, by their exact bytes.
+_SCANNED: dict[bytes | RawResponse, FetchedMessage] = {}
+#: At most this many (~3 KB each with their message: ~12 MB).
 SCANNED_MAX = 4096
-#: Lines longer than this are not kept (a listing line is ~0.5-2 KB).
+#: Responses longer than this are not kept (a listing line is ~0.5-2 KB).
 SCANNED_LINE_MAX = 8192
 
 
-def _remember(head: bytes, message: FetchedMessage) -> None:
-    if len(head) > SCANNED_LINE_MAX:
+def _remember(key: bytes | RawResponse, message: FetchedMessage) -> None:
+    size = len(key) if isinstance(key, bytes) else sum(map(len, key))
+    if size > SCANNED_LINE_MAX:
         return
     if len(_SCANNED) >= SCANNED_MAX:
         for old in list(itertools.islice(_SCANNED, SCANNED_MAX // 4)):
             del _SCANNED[old]
-    _SCANNED[head] = message
+    _SCANNED[key] = message
 
 
 # -- the single-pass listing scanner ------------------------------------------------
