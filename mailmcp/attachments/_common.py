@@ -12,6 +12,7 @@ browser could execute (HTML, SVG, XML, scripts) is served as
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from typing import NamedTuple
@@ -99,7 +100,12 @@ def owner_tag(keyring: KeyRing, owner: str) -> str:
     oldest master key, so keys reveal no grant id, cannot be guessed for
     another user, and stay stable when a new key is added to the ring.
     """
-    key = keyring.subkey(keyring.kids[0], OWNER_PURPOSE)
+    return _tag(keyring.subkey(keyring.kids[0], OWNER_PURPOSE), owner)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag(key: bytes, owner: str) -> str:
+    """`owner_tag` remembered: it is asked for on every link and download."""
     return hmac.digest(key, owner.encode("utf-8"), "sha256").hex()[:32]
 
 

@@ -9,6 +9,8 @@ line early (P-01).
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailmcp.attachments import _common
 from mailmcp.attachments._common import safe_content_type
@@ -90,3 +92,12 @@ def test_content_type_tokens_match_the_whole_value() -> None:
     assert safe_content_type("text/plain") == "text/plain"
     assert _common._TOKEN.fullmatch("plain") is not None
     assert _common._TOKEN.fullmatch("plain\n") is None
+
+
+@settings(max_examples=500)
+@given(name=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from("&é€ü"), min_size=1, max_size=30))
+def test_mailbox_names_encode_as_modified_utf7(name: str) -> None:
+    """The shortcut for plain ASCII names writes exactly what the modified UTF-7 codec writes."""
+    expected = b"INBOX" if name.upper() == "INBOX" else name.encode("imap4-utf-7")
+    assert _wire.encode_mailbox(name) == expected
+    assert _wire.decode_mailbox(expected) == ("INBOX" if name.upper() == "INBOX" else name)

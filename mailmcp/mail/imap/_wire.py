@@ -81,6 +81,11 @@ def encode_mailbox(name: str) -> bytes:
         raise IMAPError("invalid mailbox name: control characters or too long")
     if name.upper() == "INBOX":
         return b"INBOX"
+    if name.isascii() and "&" not in name:
+        # Printable ASCII but "&" stands for itself in modified UTF-7
+        # (RFC 3501 5.1.3); the codec machinery cost more than the rest of
+        # writing the command.
+        return name.encode("ascii")
     return name.encode("imap4-utf-7")
 
 
