@@ -17,6 +17,7 @@ folder is refused too: other mail programs find them by those names.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
@@ -276,17 +277,36 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
             raise ToolError(
                 f"Folder {name!r} cannot be opened, so its emptiness cannot be checked."
             )
-        status = await session.status(box.name, ("MESSAGES",))
-        count = {k.upper(): v for k, v in status.items()}.get("MESSAGES")
-        if count is None:
-            raise ToolError(f"The mail server did not say whether {name!r} is empty; not deleting.")
-        if count:
-            raise ToolError(
-                f"Folder {name!r} still holds {count} message(s); move or delete them first. "
-                "Nothing was changed."
-            )
+        _refuse_unless_empty(name, await _message_count(session, box.name))
+        folders = cast(FolderSession, session)
+        # Mail filed into the folder between that check and DELETE (a Sieve
+        # rule, another client) would be deleted with it.  So the folder is
+        # first set aside under a name nobody files into, checked again there,
+        # and only then deleted; mail that reached it in between goes back
+        # with it under its own name.
+        aside = _aside_name(boxes, box)
         try:
-            await cast(FolderSession, session).delete_mailbox(box.name)
+            await folders.rename_mailbox(box.name, aside)
+        except IMAPError as e:
+            if e.transient or isinstance(e, IMAPAuthError):
+                raise
+            raise _refused("delete", name, e) from None
+        try:
+            count = await _message_count(session, aside)
+        except IMAPError:
+            count = None
+        if count != 0:
+            try:
+                await folders.rename_mailbox(aside, box.name)
+            except IMAPError:
+                raise ToolError(
+                    f"Folder {name!r} received mail while it was being deleted and could not "
+                    f"get its name back; it is now named {aside!r}, its messages untouched. "
+                    "Nothing was deleted."
+                ) from None
+            _refuse_unless_empty(name, count)
+        try:
+            await folders.delete_mailbox(aside)
         except IMAPError as e:
             if e.transient or isinstance(e, IMAPAuthError):
                 raise
@@ -294,6 +314,34 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
         return DeleteMailboxOutput(name=box.name, deleted=True)
 
     return await _run_write(ctx, operation)
+
+
+async def _message_count(session: IMAPSession, mailbox: str) -> int | None:
+    status = await session.status(mailbox, ("MESSAGES",))
+    return {k.upper(): v for k, v in status.items()}.get("MESSAGES")
+
+
+def _refuse_unless_empty(name: str, count: int | None) -> None:
+    if count is None:
+        raise ToolError(f"The mail server did not say whether {name!r} is empty; not deleting.")
+    if count:
+        raise ToolError(
+            f"Folder {name!r} still holds {count} message(s); move or delete them first. "
+            "Nothing was changed."
+        )
+
+
+def _aside_name(boxes: Sequence[MailboxInfo], box: MailboxInfo) -> str:
+    """A sibling name for C{box} that no folder has (random, so nobody files into it)."""
+    delimiter = box.delimiter or ""
+    parent = (
+        box.name.rsplit(delimiter, 1)[0] + delimiter if delimiter and delimiter in box.name else ""
+    )
+    taken = {b.name for b in boxes}
+    while True:
+        candidate = f"{parent}mailmcp-deleting-{secrets.token_hex(6)}"
+        if candidate not in taken:
+            return candidate
 
 
 def _tool(name: str, title: str, description: str, handler: Any, inp: Any, out: Any,

@@ -265,6 +265,44 @@ async def test_folder_create_rename_delete(wire: Wire, other: imaplib.IMAP4_SSL)
     assert "Belege/Заметки 2025" not in folder_names(other)
 
 
+@pytest_twisted.ensureDeferred
+async def test_mail_filed_while_a_folder_is_deleted_is_kept(
+    wire: Wire, other: imaplib.IMAP4_SSL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Against Dovecot: another client files a message into the folder right
+    after delete_mailbox found it empty; the folder (set aside, checked again)
+    gets its name back with the message instead of being deleted with it.
+    """
+    from mailmcp.mail.imap._session import Session
+
+    await create_mailbox(wire.ctx, CreateMailboxInput(name="Quittungen"))
+    real_status = Session.status
+    checked: list[str] = []
+
+    async def status_then_delivery(self: Session, mailbox: str, items: Any) -> dict[str, int]:
+        answer = await real_status(self, mailbox, items)
+        checked.append(mailbox)
+        if mailbox == "Quittungen" and len(checked) == 1:
+            append(other, "Quittungen", plain("filed just now"))
+        return answer
+
+    monkeypatch.setattr(Session, "status", status_then_delivery)
+    with pytest.raises(ToolError, match="still holds 1 message"):
+        await delete_mailbox(wire.ctx, DeleteMailboxInput(name="Quittungen"))
+    assert len(checked) == 2 and checked[1].startswith("mailmcp-deleting-")
+    names = folder_names(other)
+    assert "Quittungen" in names and not [n for n in names if "mailmcp-deleting" in n]
+    other.select("Quittungen", readonly=True)
+    typ, data = other.uid("SEARCH", "ALL")
+    assert typ == "OK" and len(data[0].split()) == 1  # nothing lost
+    other.unselect()
+    monkeypatch.undo()
+    with pytest.raises(ToolError, match="still holds 1 message"):
+        await delete_mailbox(wire.ctx, DeleteMailboxInput(name="Quittungen"))
+    assert not [c for c in wire.commands if c.startswith("DELETE")]
+
+
 # -- get_mailbox_changes -------------------------------------------------------------
 
 

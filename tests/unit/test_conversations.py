@@ -326,6 +326,38 @@ def test_folder_tools_on_the_fake() -> None:
     assert "Office/2025" not in server.mailboxes
 
 
+def test_mail_filed_into_a_folder_while_it_is_deleted_is_not_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A message filed into the folder right after its emptiness was checked
+    (a Sieve rule, another client) is not deleted with it: the folder is set
+    aside, found holding mail, and given its name back with the message.
+    When nothing comes in between, the folder is deleted and no set-aside
+    folder is left behind.
+    """
+    server, ctx = world()
+    run(create_mailbox(ctx, CreateMailboxInput(name="Receipts")))
+    real_status = _fake_imap.FakeIMAPSession.status
+    checked: list[str] = []
+
+    async def status_then_delivery(self: Any, mailbox: str, items: Any) -> dict[str, int]:
+        answer = await real_status(self, mailbox, items)
+        checked.append(mailbox)
+        if mailbox == "Receipts" and len(checked) == 1:
+            server.mailboxes["Receipts"].add(mail("late", "<late@x>", "Mon, 01 Sep 2025 10:00:00 +0000"))
+        return answer
+
+    monkeypatch.setattr(_fake_imap.FakeIMAPSession, "status", status_then_delivery)
+    with pytest.raises(ToolError, match="still holds 1 message"):
+        run(delete_mailbox(ctx, DeleteMailboxInput(name="Receipts")))
+    assert [b"Subject: late" in m.raw for m in server.mailboxes["Receipts"].messages] == [True]
+    assert len(checked) == 2 and checked[1].startswith("mailmcp-deleting-")
+    assert not [n for n in server.mailboxes if "mailmcp-deleting" in n]
+    server.mailboxes["Receipts"].expunge(1)
+    assert run(delete_mailbox(ctx, DeleteMailboxInput(name="Receipts"))).deleted
+    assert "Receipts" not in server.mailboxes
+    assert not [n for n in server.mailboxes if "mailmcp-deleting" in n]
+
+
 def test_tool_registry_lists_the_new_tools_once() -> None:
     names = [t.name for t in all_tools()]
     assert len(names) == len(set(names)) == 17
