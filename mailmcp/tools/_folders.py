@@ -277,7 +277,9 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
             raise ToolError(
                 f"Folder {name!r} cannot be opened, so its emptiness cannot be checked."
             )
-        _refuse_unless_empty(name, await _message_count(session, box.name))
+        not_empty = _not_empty(name, await _message_count(session, box.name))
+        if not_empty is not None:
+            raise not_empty
         folders = cast(FolderSession, session)
         # Mail filed into the folder between that check and DELETE (a Sieve
         # rule, another client) would be deleted with it.  So the folder is
@@ -295,23 +297,19 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
             count = await _message_count(session, aside)
         except IMAPError:
             count = None
-        if count != 0:
+        refusal: IMAPError | None = None
+        if count == 0:
             try:
-                await folders.rename_mailbox(aside, box.name)
-            except IMAPError:
-                raise ToolError(
-                    f"Folder {name!r} received mail while it was being deleted and could not "
-                    f"get its name back; it is now named {aside!r}, its messages untouched. "
-                    "Nothing was deleted."
-                ) from None
-            _refuse_unless_empty(name, count)
-        try:
-            await folders.delete_mailbox(aside)
-        except IMAPError as e:
-            if e.transient or isinstance(e, IMAPAuthError):
-                raise
-            raise _refused("delete", name, e) from None
-        return DeleteMailboxOutput(name=box.name, deleted=True)
+                await folders.delete_mailbox(aside)
+                return DeleteMailboxOutput(name=box.name, deleted=True)
+            except IMAPError as e:
+                refusal = e
+        await _put_back(folders, aside, box.name, name)
+        if refusal is None:
+            raise _not_empty(name, count) or ToolError(f"Folder {name!r} was not deleted.")
+        if refusal.transient or isinstance(refusal, IMAPAuthError):
+            raise refusal
+        raise _refused("delete", name, refusal)
 
     return await _run_write(ctx, operation)
 
@@ -321,14 +319,27 @@ async def _message_count(session: IMAPSession, mailbox: str) -> int | None:
     return {k.upper(): v for k, v in status.items()}.get("MESSAGES")
 
 
-def _refuse_unless_empty(name: str, count: int | None) -> None:
-    if count is None:
-        raise ToolError(f"The mail server did not say whether {name!r} is empty; not deleting.")
-    if count:
+async def _put_back(folders: FolderSession, aside: str, original: str, name: str) -> None:
+    """Give a folder set aside for deletion its name back (mail reached it, or DELETE failed)."""
+    try:
+        await folders.rename_mailbox(aside, original)
+    except IMAPError:
         raise ToolError(
+            f"Folder {name!r} was set aside as {aside!r} to be deleted and could not get its "
+            "name back; its messages are untouched there. Nothing was deleted."
+        ) from None
+
+
+def _not_empty(name: str, count: int | None) -> ToolError | None:
+    """Why a folder holding C{count} messages (None: not said) is not deleted; None if empty."""
+    if count is None:
+        return ToolError(f"The mail server did not say whether {name!r} is empty; not deleting.")
+    if count:
+        return ToolError(
             f"Folder {name!r} still holds {count} message(s); move or delete them first. "
             "Nothing was changed."
         )
+    return None
 
 
 def _aside_name(boxes: Sequence[MailboxInfo], box: MailboxInfo) -> str:

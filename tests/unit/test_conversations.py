@@ -358,6 +358,21 @@ def test_mail_filed_into_a_folder_while_it_is_deleted_is_not_deleted(monkeypatch
     assert not [n for n in server.mailboxes if "mailmcp-deleting" in n]
 
 
+def test_a_refused_delete_gives_the_folder_its_name_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the server refuses the DELETE of the set-aside folder, it is renamed back and the refusal told."""
+    server, ctx = world()
+    run(create_mailbox(ctx, CreateMailboxInput(name="Keep")))
+
+    async def refuse(self: Any, mailbox: str) -> None:
+        raise IMAPError("[CANNOT] not today")
+
+    monkeypatch.setattr(_fake_imap.FakeIMAPSession, "delete_mailbox", refuse)
+    with pytest.raises(ToolError, match="refused to delete folder 'Keep'"):
+        run(delete_mailbox(ctx, DeleteMailboxInput(name="Keep")))
+    assert "Keep" in server.mailboxes
+    assert not [n for n in server.mailboxes if "mailmcp-deleting" in n]
+
+
 def test_tool_registry_lists_the_new_tools_once() -> None:
     names = [t.name for t in all_tools()]
     assert len(names) == len(set(names)) == 17
