@@ -28,7 +28,6 @@ from .._toolkit import Tool, ToolContext, ToolError, imap_tool_error
 from ..mail._mailbox_api import (
     IMAPAuthError,
     IMAPError,
-    IMAPNoSuchMailbox,
     IMAPSession,
     MailboxInfo,
 )
@@ -175,7 +174,14 @@ def _missing(name: str) -> ToolError:
     )
 
 
-def _refused(action: str, name: str, error: IMAPError) -> ToolError:
+def _refused(action: str, name: str, error: IMAPError) -> IMAPError | ToolError:
+    """
+    What to raise when the server answered C{action} on folder C{name} with
+    C{error}: a lost connection or login stays itself (the pool and the tool
+    layer report those), a refusal becomes a `ToolError` quoting the server.
+    """
+    if error.transient or isinstance(error, IMAPAuthError):
+        return error
     detail = getattr(error, "text", "") or error.message
     return ToolError(f"The mail server refused to {action} folder {name!r}: {detail}")
 
@@ -208,11 +214,7 @@ async def create_mailbox(ctx: ToolContext, arguments: CreateMailboxInput) -> Cre
             raise ToolError(f"A folder named {full!r} already exists. Nothing was changed.")
         try:
             await cast(FolderSession, session).create_mailbox(full)
-        except IMAPNoSuchMailbox as e:
-            raise _refused("create", full, e) from None
         except IMAPError as e:
-            if e.transient or isinstance(e, IMAPAuthError):
-                raise
             raise _refused("create", full, e) from None
         return CreateMailboxOutput(name=full, delimiter=delimiter, created=True)
 
@@ -244,8 +246,6 @@ async def rename_mailbox(ctx: ToolContext, arguments: RenameMailboxInput) -> Ren
         try:
             await cast(FolderSession, session).rename_mailbox(box.name, new_name)
         except IMAPError as e:
-            if e.transient or isinstance(e, IMAPAuthError):
-                raise
             raise _refused("rename", name, e) from None
         return RenameMailboxOutput(
             old_name=box.name, name=new_name, delimiter=delimiter, renamed=True
@@ -290,8 +290,6 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
         try:
             await folders.rename_mailbox(box.name, aside)
         except IMAPError as e:
-            if e.transient or isinstance(e, IMAPAuthError):
-                raise
             raise _refused("delete", name, e) from None
         try:
             count = await _message_count(session, aside)
@@ -307,8 +305,6 @@ async def delete_mailbox(ctx: ToolContext, arguments: DeleteMailboxInput) -> Del
         await _put_back(folders, aside, box.name, name)
         if refusal is None:
             raise _not_empty(name, count) or ToolError(f"Folder {name!r} was not deleted.")
-        if refusal.transient or isinstance(refusal, IMAPAuthError):
-            raise refusal
         raise _refused("delete", name, refusal)
 
     return await _run_write(ctx, operation)
