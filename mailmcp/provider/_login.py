@@ -710,7 +710,7 @@ class ProviderLogin:
 
 
 def _provider_credentials(
-    signed: Any, client: Any, profile: Any, key: str, full_name: str
+    signed: _Identity, client: Client, profile: ProviderProfile, key: str, full_name: str
 ) -> Credentials:
     """The mail credentials of a provider sign-in: the token stands for both passwords."""
     return Credentials(
