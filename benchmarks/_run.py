@@ -341,14 +341,14 @@ class Bench:
         except Exception as e:  # informative only
             setup["seeding_methods"] = {"error": str(e)[:200]}
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, extra: Sequence[str] = ()) -> None:
         from tests.harness import free_port
 
         self.state_dir = self.workdir / "state"
         t0 = time.perf_counter()
         # The send item sends a few hundred messages: lift the per-account budget.
         self.daemon = Daemon(self.workdir, free_port(), self.state_dir, self.services.ca_file,
-                             extra=("--send-burst", "100000", "--sends-per-hour", "100000"))
+                             extra=("--send-burst", "100000", "--sends-per-hour", "100000", *extra))
         self.client = generate_client(self.workdir, self.state_dir, self.services.imaps_port,
                                       self.services.smtps_port)
         self.report["setup"]["daemon_start_s"] = round(time.perf_counter() - t0, 2)

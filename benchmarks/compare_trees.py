@@ -20,7 +20,9 @@ daemons get the ``--base-url`` of a third that served the logins, as the
 
 ``--fresh`` lists pages 2, 3, ... (each daemon its own, never one listed
 before: every line is read for the first time) instead of page 1 again and
-again.  Quick sizes (a 2,000-message INBOX, a 10,000-message ``Large``).
+again.  ``--redis`` puts all three daemons on the run's Redis store, as the
+processes of ``scale_out`` are (the default is the SQLite file).  Quick
+sizes (a 2,000-message INBOX, a 10,000-message ``Large``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from benchmarks._procs import cpu_seconds
 from benchmarks._run import QUICK, Bench, listing, log, timed
 
 
-async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls: int) -> None:
+async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls: int,
+                  redis: bool = False) -> None:
     from tests.harness import free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="mailmcp-compare-"))
@@ -52,7 +55,8 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
         bench.start_services()
         await asyncio.to_thread(bench.seed)
         await bench.first_access()
-        bench.start_daemon()
+        store = ("--store", bench.services.redis_url) if redis else ()
+        bench.start_daemon(store)
         await bench.login_all()
         assert bench.daemon is not None and bench.state_dir is not None
         # Neither daemon is the one that served the logins: that one holds
@@ -60,7 +64,7 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
         # to walk (~5 % more CPU per call in a run of a tree against itself).
         login_daemon = bench.daemon
         own_env = _procs._env_with_root
-        base = ("--base-url", login_daemon.base_url)
+        base = ("--base-url", login_daemon.base_url, *store)
 
         def other_env() -> dict[str, str]:
             env = own_env()
@@ -96,6 +100,7 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
                 results[name] = (latencies, used + spent)
                 per_block[name].append(spent / calls)
         what = f"pages 2, 3, ... of {folder}" if fresh else f"page 1 of {folder} again and again"
+        what += ", Redis store" if redis else ""
         print(f"list_mail_messages(per_page=20), {what}, {blocks} blocks of {calls} calls each (ABBA):")
         for name, (latencies, used) in results.items():
             print(f"  {name:30s} p50 {statistics.median(latencies) * 1000:6.3f} ms   "
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="pages never listed before instead of page 1")
     parser.add_argument("--blocks", type=int, default=0, help="blocks per side (default 8; 4 with --fresh)")
     parser.add_argument("--calls", type=int, default=0, help="calls per block (default 250; 60 with --fresh)")
+    parser.add_argument("--redis", action="store_true", help="every daemon on the Redis store (as in scale_out)")
     args = parser.parse_args(argv)
     if not (args.other_tree / "mailmcp" / "__init__.py").is_file():
         parser.error(f"{args.other_tree} is not a mailmcp checkout")
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and blocks * calls > pages // 2 - 1:
         parser.error(f"--fresh needs blocks x calls <= {pages // 2 - 1} on {args.folder}")
     log(f"comparing this tree with {args.other_tree}")
-    asyncio.run(compare(args.other_tree.resolve(), args.folder, args.fresh, blocks, calls))
+    asyncio.run(compare(args.other_tree.resolve(), args.folder, args.fresh, blocks, calls, args.redis))
     return 0
 
 

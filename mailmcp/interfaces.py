@@ -45,6 +45,13 @@ class IGrantStore(Interface):
     def get_grant(grant_id: str) -> Deferred[GrantRecord | None]:
         """Fire with the live `GrantRecord`, or None if revoked or expired."""
 
+    def get_allowed_grant(grant_id: str, client_ref: str) -> Deferred[GrantRecord | None]:
+        """
+        Fire with the live `GrantRecord` if it was issued to C{client_ref}
+        and that client is not deny-listed, else None.  What every ``/mcp``
+        request reads: one read, so one round trip on a networked store.
+        """
+
     def activate_grant(
         grant_id: str, code_id: str, code_expires: int, expires: int
     ) -> Deferred[bool]:

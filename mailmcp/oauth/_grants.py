@@ -635,8 +635,10 @@ class GrantService:
 
         Opening the JWE and the sealed row costs ~0.2 ms, paid on every
         ``/mcp`` call; so a bounded cache remembers what a token opened to.
-        The grant row is still read every time, so revocation stays
-        immediate (and a changed row is never served from the cache).
+        The grant row is still read every time, together with the client's
+        deny-list entry (`IGrantStore.get_allowed_grant`: one round trip),
+        so revocation stays immediate (and a changed row is never served
+        from the cache).
 
         :raises InvalidToken: for anything else.
         """
@@ -645,9 +647,9 @@ class GrantService:
         if hit is not None:
             exp, gid, cref, sealed, account, key = hit
             if exp > self._codec.now():
-                record = await self.store.get_grant(gid)
-                if record is not None and record.sealed == sealed and record.client_ref == cref:
-                    await self._still_allowed(record)
+                record = await self.store.get_allowed_grant(gid, cref)
+                if record is not None and record.sealed == sealed:
+                    await self._note_use(record)
                     await self._fill_account(record, account.imap, account.imap_username)
                     self._accounts.move_to_end(digest)
                     return await self._with_fresh_token(account, key)
@@ -696,15 +698,19 @@ class GrantService:
 
     async def _still_allowed(self, record: GrantRecord) -> None:
         """
-        Refuse a grant whose client has been deny-listed (read on every
-        request, like the grant row itself, so revocation reaches every
-        process at its next request), and note the use: the last-used time
-        is written at most once a `TOUCH_INTERVAL` per grant.
+        Refuse a grant whose client has been deny-listed, and note the use.
+        This is the first request of a token; later ones read the grant row
+        and the deny-list together (`IGrantStore.get_allowed_grant`), so a
+        revocation reaches every process at its next request either way.
 
         :raises InvalidToken: for a deny-listed client.
         """
         if await self.store.client_denied(record.client_ref):
             raise InvalidToken()
+        await self._note_use(record)
+
+    async def _note_use(self, record: GrantRecord) -> None:
+        """Write the grant's last-used time, at most once a `TOUCH_INTERVAL`."""
         now = self._now()
         if now - max(record.last_used, self._touched.get(record.grant_id, 0)) < TOUCH_INTERVAL:
             return

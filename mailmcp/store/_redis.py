@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
 import txredisapi
 from service_identity import VerificationError
 from twisted.application.service import Service
@@ -48,6 +49,22 @@ if not expires or tonumber(expires) <= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[2], 'expires', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
+"""
+
+# A grant's fields as one JSON string: txredisapi reads each string of a
+# multi-string reply in its own reactor turn (pausing and resuming the
+# connection in between), ~20 turns for a grant's HGETALL; one string is
+# read at once (~0.1 ms of CPU instead of ~0.4 ms).  Values stay strings
+# (no number conversion).
+_GRANT = """
+return cjson.encode(redis.call('HGETALL', KEYS[1]))
+"""
+
+# The read of every /mcp request, in one round trip: nothing when the
+# client is deny-listed (KEYS[2]), else the grant's fields as `_GRANT`.
+_ALLOWED_GRANT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+return cjson.encode(redis.call('HGETALL', KEYS[1]))
 """
 
 _ROTATE = """
@@ -444,11 +461,15 @@ class RedisGrantStore(Service):
         return self._deadline(self._create(record))
 
     async def _get(self, grant_id: str) -> GrantRecord | None:
-        fields = await self._redis.execute_command("HGETALL", self._grant_key(grant_id))
-        if not fields:
+        reply = await self._redis.eval(_GRANT, [self._grant_key(grant_id)], [])
+        return self._record(grant_id, reply)
+
+    def _record(self, grant_id: str, reply: Any) -> GrantRecord | None:
+        """The live grant from `_GRANT`'s reply, None when absent or expired."""
+        fields = orjson.loads(reply) if reply else None
+        if not fields or not isinstance(fields, list):  # cjson spells no fields "{}"
             return None
-        if isinstance(fields, list):
-            fields = dict(zip(fields[::2], fields[1::2], strict=False))
+        fields = dict(zip(fields[::2], fields[1::2], strict=False))
         expires = int(fields["expires"])
         if expires <= self._now():
             return None
@@ -467,6 +488,19 @@ class RedisGrantStore(Service):
 
     def get_grant(self, grant_id: str) -> Deferred[GrantRecord | None]:
         return self._deadline(self._get(grant_id))
+
+    async def _get_allowed(self, grant_id: str, client_ref: str) -> GrantRecord | None:
+        reply = await self._redis.eval(
+            _ALLOWED_GRANT,
+            [self._grant_key(grant_id), f"{self._prefix}denied:{client_ref}"],
+            [],
+        )
+        record = self._record(grant_id, reply)
+        return record if record is not None and record.client_ref == client_ref else None
+
+    def get_allowed_grant(self, grant_id: str, client_ref: str) -> Deferred[GrantRecord | None]:
+        """`IGrantStore.get_allowed_grant`: one Lua script, one round trip."""
+        return self._deadline(self._get_allowed(grant_id, client_ref))
 
     async def _activate(self, grant_id: str, code_id: str, code_expires: int, expires: int) -> bool:
         result = await self._redis.eval(

@@ -285,6 +285,18 @@ class SQLiteGrantStore(Service):
 
         return _run(call)
 
+    def get_allowed_grant(self, grant_id: str, client_ref: str) -> Deferred[GrantRecord | None]:
+        def call() -> GrantRecord | None:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM grants WHERE grant_id = ? AND expires > ?"  # noqa: S608
+                " AND client_ref = ?"
+                " AND NOT EXISTS (SELECT 1 FROM denied_clients WHERE client_ref = ?)",
+                (grant_id, self._now(), client_ref, client_ref),
+            ).fetchone()
+            return None if row is None else _record(row)
+
+        return _run(call)
+
     def activate_grant(
         self, grant_id: str, code_id: str, code_expires: int, expires: int
     ) -> Deferred[bool]:

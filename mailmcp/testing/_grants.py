@@ -68,6 +68,17 @@ class MemoryGrantStore:
             record = None
         return succeed(record)
 
+    def get_allowed_grant(self, grant_id: str, client_ref: str) -> Deferred[GrantRecord | None]:
+        record = self.grants.get(grant_id)
+        if (
+            record is None
+            or record.expires <= self._now()
+            or record.client_ref != client_ref
+            or client_ref in self.denied_clients
+        ):
+            record = None
+        return succeed(record)
+
     def activate_grant(
         self, grant_id: str, code_id: str, code_expires: int, expires: int
     ) -> Deferred[bool]:

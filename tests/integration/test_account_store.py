@@ -125,6 +125,31 @@ async def test_deny_client(store_and_clock) -> None:
     assert await store.client_denied("bad")
 
 
+@pytest_twisted.ensureDeferred
+async def test_get_allowed_grant(store_and_clock) -> None:
+    """The per-request read: the live grant of that client, nothing once denied, revoked, expired or for another client."""
+    store, clock = store_and_clock
+    # A name beyond ASCII and a client ref of digits only: both come back as written.
+    mine = attrs.evolve(of("a", "0123456789", expires=NOW + 60), client_name="Café ✉ app")
+    theirs = of("a", "c2", expires=NOW + 60)
+    for r in (mine, theirs):
+        await store.create_grant(r)
+    got = await store.get_allowed_grant(mine.grant_id, "0123456789")
+    assert got == mine == await store.get_grant(mine.grant_id)
+    assert await store.get_allowed_grant(mine.grant_id, "c2") is None
+    assert await store.get_allowed_grant("no-such-grant", "c1") is None
+    assert await store.deny_client("c2") == 1
+    assert await store.get_allowed_grant(theirs.grant_id, "c2") is None
+    assert await store.get_allowed_grant(mine.grant_id, "0123456789") is not None
+    await store.revoke_grant(mine.grant_id)
+    assert await store.get_allowed_grant(mine.grant_id, "0123456789") is None
+    later = of("a", "c1", expires=NOW + 10)
+    await store.create_grant(later)
+    assert await store.get_allowed_grant(later.grant_id, "c1") is not None
+    clock.advance(11)
+    assert await store.get_allowed_grant(later.grant_id, "c1") is None
+
+
 def test_account_index_normalises_and_is_keyed() -> None:
     """The index ignores case, outer spaces and Unicode width of the username, but not server or key."""
     ring = KeyRing([new_master_key(NOW)])

@@ -150,18 +150,21 @@ def test_compare_trees_measures_both_daemons() -> None:
     ``python -m benchmarks.compare_trees`` (before/after side by side) runs
     end to end against a second checkout, here the same tree: one line per
     daemon with a latency and a CPU per call, and the blocks' ratios.  A folder that is not a
-    checkout is refused before anything starts.
+    checkout is refused before anything starts.  Run with ``--redis`` (all
+    daemons on the Redis store, as in ``scale_out``); without it the same
+    code runs on the SQLite file.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT), "--blocks", "2", "--calls", "5"],
+        [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT), "--blocks", "2", "--calls", "5",
+         "--redis"],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if "daemon CPU" in line]
     assert len(lines) == 2 and "this tree" in lines[0] and str(ROOT) in lines[1], result.stdout
-    assert "block by block: median" in result.stdout
+    assert "block by block: median" in result.stdout and "Redis store" in result.stdout
     refused = subprocess.run(
         [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT / "docs")],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60,

@@ -491,6 +491,17 @@ def test_verifier_cache_keeps_revocation_immediate(server) -> None:
     assert is_dead(server, other["access_token"])
 
 
+def test_verifier_cache_refuses_a_client_denied_meanwhile(server) -> None:
+    """A cached access token dies the moment its client is deny-listed, even while its grant row stays."""
+    tokens = server.tokens()
+    assert server.account(tokens["access_token"]).imap_password == "alice-pw"
+    (record,) = server.store.grants.values()
+    # As another process's deny_client would look between its two writes.
+    server.store.denied_clients.add(record.client_ref)
+    assert record.grant_id in server.store.grants
+    assert is_dead(server, tokens["access_token"])
+
+
 def test_store_failure_is_503_not_a_traceback(server) -> None:
     """A failing grant store gives a 503 page at login and temporarily_unavailable at the token endpoint."""
     from twisted.internet.defer import fail
