@@ -16,13 +16,15 @@ what the code keeps out of a message (passwords, tokens) stays out of both.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FileLogObserver,
@@ -38,6 +40,7 @@ from twisted.logger import (
 )
 from twisted.logger import Logger as _TwistedLogger
 from twisted.python import logfile
+from twisted.python.threadable import isInIOThread
 
 _ORDER = {
     LogLevel.debug: 0,
@@ -136,11 +139,81 @@ def text_line_formatter() -> Callable[[LogEvent], str | None]:
     return text_line
 
 
-def file_observer(out: IO[str], log_format: str) -> ILogObserver:
+class TurnBatchedWriter:
+    """
+    A log file (or stdout) written once per reactor turn.
+
+    `FileLogObserver` writes and flushes every line: one ``write()`` per
+    access-log line, which on ext4 also journals the inode's new time, ~10 %
+    of the daemon's CPU under load.  Lines logged on the reactor thread are
+    kept until the end of the turn (a ``callLater(0)``, which runs before the
+    next poll, so before a response finished in this turn leaves for its
+    socket); under load one ``write()`` carries the lines of every call the
+    turn served.  A line from another thread, and every line once the
+    reactor has shut down, is written at once, after those kept, in order.
+    """
+
+    def __init__(
+        self, out: IO[str], reactor: Any, in_reactor_thread: Callable[[], bool] = isInIOThread
+    ) -> None:
+        self._out = out
+        self._reactor = reactor
+        self._in_reactor_thread = in_reactor_thread
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._through = False
+        reactor.addSystemEventTrigger("after", "shutdown", self._shut_down)
+        atexit.register(self.drain)
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self._pending.append(text)
+            if self._through or not self._in_reactor_thread():
+                self._write_pending()
+            elif not self._scheduled:
+                self._scheduled = True
+                self._reactor.callLater(0, self._end_of_turn)
+
+    def flush(self) -> None:
+        """Nothing: what is kept is written at the end of the turn."""
+
+    def drain(self) -> None:
+        """Write what is kept now (before a rotation, at exit)."""
+        with self._lock:
+            self._write_pending()
+
+    def _end_of_turn(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            self._write_pending()
+
+    def _shut_down(self) -> None:
+        with self._lock:
+            self._through = True
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except Exception:  # noqa: S110
+            # Disk full or stdout gone: these lines are lost, as they would
+            # be unbatched; logging the failure would only come back here.
+            pass
+
+
+def file_observer(out: IO[str] | TurnBatchedWriter, log_format: str) -> ILogObserver:
     """twistd's text lines, or `json_line`s, written to C{out}."""
+    # A TurnBatchedWriter is the part of a text file the observer uses.
+    target = cast(IO[str], out)
     if log_format == "json":
-        return FileLogObserver(out, json_line)
-    return FileLogObserver(out, text_line_formatter())
+        return FileLogObserver(target, json_line)
+    return FileLogObserver(target, text_line_formatter())
 
 
 def filtered(observer: ILogObserver, level: str) -> ILogObserver:
@@ -150,13 +223,15 @@ def filtered(observer: ILogObserver, level: str) -> ILogObserver:
 
 
 def twistd_observer(
-    twistd_options: Mapping[str, Any], level: str, log_format: str
+    twistd_options: Mapping[str, Any], level: str, log_format: str, reactor: Any = None
 ) -> ILogObserver | None:
     """
     The observer twistd would build from its own options (``--logfile``,
     ``--nodaemon``, ``--syslog``), in C{log_format} and filtered at
     C{level}; None where twistd must decide alone (a ``--logger`` of its
     own, or ``--logfile -`` without ``--nodaemon``, which twistd refuses).
+    Given the C{reactor}, a file or stdout is written once per reactor turn
+    (`TurnBatchedWriter`).
     """
     if twistd_options.get("logger"):
         return None
@@ -168,6 +243,7 @@ def twistd_observer(
         return filtered(observer, level)
     name = twistd_options.get("logfile") or ""
     nodaemon = bool(twistd_options.get("nodaemon"))
+    log_file: logfile.LogFile | None = None
     out: IO[str]
     if name == "-":
         if not nodaemon:
@@ -176,20 +252,26 @@ def twistd_observer(
     elif nodaemon and not name:
         out = sys.stdout
     else:
-        log_file = logfile.LogFile.fromFullPath(name or "twistd.log")
-        _rotate_on_sigusr1(log_file)
-        out = log_file
-    return filtered(file_observer(out, log_format), level)
+        out = log_file = logfile.LogFile.fromFullPath(name or "twistd.log")
+    batched = None if reactor is None else TurnBatchedWriter(out, reactor)
+    if log_file is not None:
+        _rotate_on_sigusr1(log_file, batched)
+    return filtered(file_observer(out if batched is None else batched, log_format), level)
 
 
-def _rotate_on_sigusr1(log_file: logfile.LogFile) -> None:
+def _rotate_on_sigusr1(log_file: logfile.LogFile, batched: TurnBatchedWriter | None) -> None:
     """What twistd does for its own log file: SIGUSR1 rotates it, unless someone else handles it."""
     if signal.getsignal(signal.SIGUSR1):
         return
 
+    def rotate_now() -> None:
+        if batched is not None:
+            batched.drain()  # lines logged before the signal stay in the old file
+        log_file.rotate()
+
     def rotate(signum: int, frame: Any) -> None:
         from twisted.internet import reactor
 
-        reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
+        reactor.callFromThread(rotate_now)  # type: ignore[attr-defined]
 
     signal.signal(signal.SIGUSR1, rotate)

@@ -54,7 +54,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     service: IService = build_service(config, reactor)
     twistd_options = getattr(options, "parent", None)
     if twistd_options is not None:
-        observer = twistd_observer(twistd_options, config.log_level, config.log_format)
+        observer = twistd_observer(twistd_options, config.log_level, config.log_format, reactor)
         if observer is not None:
             return _WithLogObserver(service, observer)
     return service

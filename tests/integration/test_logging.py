@@ -94,3 +94,38 @@ def test_login_check_is_quiet(services: Services, daemon_factory: Any) -> None:
     assert "Unhandled unsolicited response" not in text, text[-3000:]
     factories = [line for line in text.splitlines() if "ing factory" in line]
     assert factories and all("Site" in line for line in factories), factories
+
+
+def test_access_lines_are_in_the_file_when_the_response_arrives_and_sigusr1_rotates(
+    services: Services, daemon_factory: Any
+) -> None:
+    """
+    Lines are written once per reactor turn, yet a call's access line is in
+    the log file by the time its response has arrived; SIGUSR1 rotates the
+    file (twistd's signal), lines logged before it in the old file.
+    """
+    import signal
+    import time
+    import urllib.request
+
+    daemon = daemon_factory(services)
+
+    def health(marker: str) -> None:
+        # The access line names the user agent (the query string it leaves out).
+        request = urllib.request.Request(f"{daemon.base_url}/health", headers={"User-Agent": marker})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            assert response.status == 200
+        assert f'"{marker}"' in daemon.log_text()  # no wait: already written
+
+    for n in range(20):
+        health(f"before-{n}")
+    daemon.process.send_signal(signal.SIGUSR1)
+    rotated = daemon.log_path.with_name(daemon.log_path.name + ".1")
+    deadline = time.monotonic() + 10
+    while not rotated.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    health("after")
+    assert daemon.stop() == 0
+    old, new = rotated.read_text(errors="replace"), daemon.log_text()
+    assert all(f'"before-{n}"' in old for n in range(20))
+    assert '"before-' not in new and '"after"' in new

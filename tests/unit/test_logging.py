@@ -134,3 +134,75 @@ def test_text_lines_are_twistds_own_with_the_timestamp_formatted_once_a_second(
     # base, base + 0.5 and + 0.74 share a second: one formatting for the three.
     # (then the redirected-file lines, back at base's second: one more.)
     assert [c for c in calls if c is not None] == [1_800_000_000, 1_800_000_001, 1_800_003_601, 0, -1, 1_800_000_000]
+
+
+class CountingFile(io.StringIO):
+    """A text file that counts its write() calls (each one a syscall on a real file)."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def access_line(publisher: LogPublisher, n: int) -> None:
+    TwistedLogger(namespace="twisted.web.server", observer=publisher).info(
+        "{log_io}", log_io=f'127.0.0.1 - - "POST /mcp HTTP/1.1" 200 {n}'
+    )
+
+
+def test_lines_of_one_reactor_turn_are_written_together_at_its_end() -> None:
+    """
+    Lines logged on the reactor thread during a turn reach the file in one
+    write at the end of the turn (callLater(0)), in order, with the same
+    text the unbatched observer writes.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailmcp._logging import TurnBatchedWriter
+
+    reactor = MemoryReactorClock()
+    out, plain = CountingFile(), io.StringIO()
+    batched = TurnBatchedWriter(out, reactor, in_reactor_thread=lambda: True)
+    publisher = LogPublisher(file_observer(batched, "text"), file_observer(plain, "text"))
+    for n in range(5):
+        access_line(publisher, n)
+    assert out.getvalue() == "" and out.writes == 0
+    reactor.advance(0)
+    assert out.writes == 1 and out.getvalue() == plain.getvalue()
+    assert [line.rsplit(" ", 1)[1] for line in out.getvalue().splitlines()] == ["0", "1", "2", "3", "4"]
+    access_line(publisher, 5)  # the next turn schedules its own write
+    reactor.advance(0)
+    assert out.writes == 2 and out.getvalue() == plain.getvalue()
+
+
+def test_lines_from_other_threads_and_after_shutdown_are_written_at_once() -> None:
+    """
+    A line from another thread is written at once, after the lines kept so
+    far (order kept); after the reactor's shutdown every line is; and
+    drain() (rotation, exit) writes what is kept.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailmcp._logging import TurnBatchedWriter
+
+    reactor = MemoryReactorClock()
+    on_reactor = [True]
+    out = CountingFile()
+    batched = TurnBatchedWriter(out, reactor, in_reactor_thread=lambda: on_reactor[0])
+    publisher = LogPublisher(file_observer(batched, "text"))
+    access_line(publisher, 1)
+    on_reactor[0] = False
+    access_line(publisher, 2)
+    assert out.writes == 1 and [line[-1] for line in out.getvalue().splitlines()] == ["1", "2"]
+    on_reactor[0] = True
+    access_line(publisher, 3)
+    batched.drain()
+    assert out.getvalue().splitlines()[-1].endswith("3")
+    reactor.advance(0)  # the turn's end finds nothing left to write
+    assert out.writes == 2
+    for trigger, args, kwargs in reactor.triggers["after"]["shutdown"]:
+        trigger(*args, **kwargs)
+    access_line(publisher, 4)
+    assert out.writes == 3 and out.getvalue().splitlines()[-1].endswith("4")
