@@ -21,8 +21,12 @@ daemons get the ``--base-url`` of a third that served the logins, as the
 ``--fresh`` lists pages 2, 3, ... (each daemon its own, never one listed
 before: every line is read for the first time) instead of page 1 again and
 again.  ``--redis`` puts all three daemons on the run's Redis store, as the
-processes of ``scale_out`` are (the default is the SQLite file).  Quick
-sizes (a 2,000-message INBOX, a 10,000-message ``Large``).
+processes of ``scale_out`` are (the default is the SQLite file).
+``--concurrency N`` keeps N calls in flight (closed loop over the 8
+throughput accounts, ``--seconds`` per block) instead of one at a time and
+also prints calls/s: what a change does to a loaded daemon, where one
+reactor turn serves many calls.  Quick sizes (a 2,000-message INBOX, a
+10,000-message ``Large``).
 """
 
 from __future__ import annotations
@@ -35,15 +39,16 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from benchmarks import _procs, _run
 from benchmarks._clients import McpClient
 from benchmarks._procs import cpu_seconds
-from benchmarks._run import QUICK, Bench, listing, log, timed
+from benchmarks._run import QUICK, Bench, closed_loop, listing, log, timed
 
 
 async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls: int,
-                  redis: bool = False) -> None:
+                  redis: bool = False, concurrency: int = 0, seconds: float = 3.0) -> None:
     from tests.harness import free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="mailmcp-compare-"))
@@ -87,6 +92,9 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
         for _name, client, _pid, _pages in sides:
             for _ in range(200):
                 await listing(client, folder)
+        if concurrency:
+            await _loaded(sides, [ours, other], bench, folder, blocks, concurrency, seconds)
+            return
         results: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name, *_ in sides}
         per_block: dict[str, list[float]] = {name: [] for name, *_ in sides}
         for block in range(blocks):
@@ -117,6 +125,36 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+async def _loaded(sides: list[Any], daemons: list[_procs.Daemon], bench: Bench, folder: str,
+                  blocks: int, concurrency: int, seconds: float) -> None:
+    """`compare` with C{concurrency} calls in flight: calls/s and CPU per call, block by block."""
+    tokens = [bench.tokens[bench.tp_user(i)] for i in range(_run.THROUGHPUT_ACCOUNTS)]
+    clients = {name: [McpClient(daemon.base_url, tokens[i % len(tokens)]) for i in range(concurrency)]
+               for (name, *_), daemon in zip(sides, daemons, strict=True)}
+    for group in clients.values():  # every account's pool warm on both daemons
+        await closed_loop(group, lambda c: listing(c, folder), 0.5)
+    done: dict[str, list[tuple[int, float, float]]] = {name: [] for name, *_ in sides}
+    for block in range(blocks):
+        for name, _client, pid, _pages in (sides if block % 2 == 0 else sides[::-1]):
+            before = cpu_seconds(pid) or 0.0
+            r = await closed_loop(clients[name], lambda c: listing(c, folder), seconds, warmup=False)
+            done[name].append((len(r["latencies"]), r["seconds"], (cpu_seconds(pid) or 0.0) - before))
+    print(f"list_mail_messages(per_page=20), page 1 of {folder}, {concurrency} calls in flight over "
+          f"{_run.THROUGHPUT_ACCOUNTS} accounts, {blocks} blocks of {seconds:g} s (ABBA):")
+    for name, rows in done.items():
+        calls = sum(n for n, _, _ in rows)
+        print(f"  {name:30s} {calls / sum(t for _, t, _ in rows):7.1f} calls/s   "
+              f"daemon CPU {sum(c for _, _, c in rows) / max(calls, 1) * 1000:6.3f} ms/call")
+    mine, theirs = done.values()
+    rates = sorted((a[0] / a[1]) / (b[0] / b[1]) for a, b in zip(mine, theirs, strict=True) if b[0])
+    if rates:
+        print(f"  calls/s, this tree / other, block by block: median {statistics.median(rates):.3f}"
+              f" (lowest {rates[0]:.3f}, highest {rates[-1]:.3f})")
+    for group in clients.values():
+        for c in group:
+            c.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_trees", description=__doc__.split("\n\n")[0])
     parser.add_argument("other_tree", type=Path, help="a checkout of mailmcp (its top folder) to compare with")
@@ -125,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=0, help="blocks per side (default 8; 4 with --fresh)")
     parser.add_argument("--calls", type=int, default=0, help="calls per block (default 250; 60 with --fresh)")
     parser.add_argument("--redis", action="store_true", help="every daemon on the Redis store (as in scale_out)")
+    parser.add_argument("--concurrency", type=int, default=0, help="calls in flight (closed loop; default 1 at a time)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per block with --concurrency")
     args = parser.parse_args(argv)
     if not (args.other_tree / "mailmcp" / "__init__.py").is_file():
         parser.error(f"{args.other_tree} is not a mailmcp checkout")
@@ -134,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and blocks * calls > pages // 2 - 1:
         parser.error(f"--fresh needs blocks x calls <= {pages // 2 - 1} on {args.folder}")
     log(f"comparing this tree with {args.other_tree}")
-    asyncio.run(compare(args.other_tree.resolve(), args.folder, args.fresh, blocks, calls, args.redis))
+    if args.concurrency and args.fresh:
+        parser.error("--concurrency lists page 1 again and again; leave out --fresh")
+    asyncio.run(compare(args.other_tree.resolve(), args.folder, args.fresh, blocks, calls, args.redis,
+                        args.concurrency, args.seconds))
     return 0
 
 

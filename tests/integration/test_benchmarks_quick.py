@@ -151,8 +151,8 @@ def test_compare_trees_measures_both_daemons() -> None:
     end to end against a second checkout, here the same tree: one line per
     daemon with a latency and a CPU per call, and the blocks' ratios.  A folder that is not a
     checkout is refused before anything starts.  Run with ``--redis`` (all
-    daemons on the Redis store, as in ``scale_out``); without it the same
-    code runs on the SQLite file.
+    daemons on the Redis store, as in ``scale_out``), then with calls in
+    flight (``--concurrency``) on the SQLite file.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -165,6 +165,16 @@ def test_compare_trees_measures_both_daemons() -> None:
     lines = [line for line in result.stdout.splitlines() if "daemon CPU" in line]
     assert len(lines) == 2 and "this tree" in lines[0] and str(ROOT) in lines[1], result.stdout
     assert "block by block: median" in result.stdout and "Redis store" in result.stdout
+    # With calls in flight (on the SQLite store): calls/s and CPU per call of each.
+    loaded = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT), "--blocks", "2", "--concurrency", "4",
+         "--seconds", "0.5"],
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    lines = [line for line in loaded.stdout.splitlines() if "calls/s   daemon CPU" in line]
+    assert len(lines) == 2 and "4 calls in flight" in loaded.stdout, loaded.stdout
+    assert "calls/s, this tree / other, block by block: median" in loaded.stdout
     refused = subprocess.run(
         [sys.executable, "-m", "benchmarks.compare_trees", str(ROOT / "docs")],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60,
