@@ -144,13 +144,16 @@ class TurnBatchedWriter:
     A log file (or stdout) written once per reactor turn.
 
     `FileLogObserver` writes and flushes every line: one ``write()`` per
-    access-log line, which on ext4 also journals the inode's new time, ~10 %
-    of the daemon's CPU under load.  Lines logged on the reactor thread are
-    kept until the end of the turn (a ``callLater(0)``, which runs before the
-    next poll, so before a response finished in this turn leaves for its
-    socket); under load one ``write()`` carries the lines of every call the
-    turn served.  A line from another thread, and every line once the
-    reactor has shut down, is written at once, after those kept, in order.
+    access-log line, which on ext4 also journals the inode's new time, a
+    few per cent of the daemon's CPU under load.  Lines logged on the
+    reactor thread are kept until the end of the turn (a ``callLater(0)``,
+    which runs before the next poll, so before a response finished in this
+    turn leaves for its socket); under load one ``write()`` carries the lines
+    of every call the turn served.  A line from another thread, and every
+    line once the reactor has shut down, is written at once, after those
+    kept, in order.  A line logged by a signal handler that interrupted
+    this writer on its own thread (twistd's SIGTERM handler logs) is written
+    at once too: waiting for the lock it holds would hang the daemon.
     """
 
     def __init__(
@@ -160,7 +163,8 @@ class TurnBatchedWriter:
         self._reactor = reactor
         self._in_reactor_thread = in_reactor_thread
         self._pending: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._busy = False
         self._scheduled = False
         self._through = False
         reactor.addSystemEventTrigger("after", "shutdown", self._shut_down)
@@ -168,36 +172,52 @@ class TurnBatchedWriter:
 
     def write(self, text: str) -> None:
         with self._lock:
-            self._pending.append(text)
-            if self._through or not self._in_reactor_thread():
-                self._write_pending()
-            elif not self._scheduled:
-                self._scheduled = True
-                self._reactor.callLater(0, self._end_of_turn)
+            if self._busy:
+                self._write(text)
+                return
+            self._busy = True
+            try:
+                self._pending.append(text)
+                if self._through or not self._in_reactor_thread():
+                    self._write_pending()
+                elif not self._scheduled:
+                    self._scheduled = True
+                    self._reactor.callLater(0, self._end_of_turn)
+            finally:
+                self._busy = False
 
     def flush(self) -> None:
         """Nothing: what is kept is written at the end of the turn."""
 
     def drain(self) -> None:
         """Write what is kept now (before a rotation, at exit)."""
-        with self._lock:
-            self._write_pending()
+        self._locked_write_pending()
 
     def _end_of_turn(self) -> None:
-        with self._lock:
-            self._scheduled = False
-            self._write_pending()
+        self._scheduled = False
+        self._locked_write_pending()
 
     def _shut_down(self) -> None:
+        self._through = True
+        self._locked_write_pending()
+
+    def _locked_write_pending(self) -> None:
         with self._lock:
-            self._through = True
-            self._write_pending()
+            if self._busy:  # a signal handler draining while this thread writes
+                return
+            self._busy = True
+            try:
+                self._write_pending()
+            finally:
+                self._busy = False
 
     def _write_pending(self) -> None:
-        if not self._pending:
-            return
-        text = "".join(self._pending)
-        self._pending.clear()
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._write(text)
+
+    def _write(self, text: str) -> None:
         try:
             self._out.write(text)
             self._out.flush()

@@ -206,3 +206,36 @@ def test_lines_from_other_threads_and_after_shutdown_are_written_at_once() -> No
         trigger(*args, **kwargs)
     access_line(publisher, 4)
     assert out.writes == 3 and out.getvalue().splitlines()[-1].endswith("4")
+
+
+def test_a_line_logged_while_the_writer_is_busy_on_its_thread_is_written_not_waited_for() -> None:
+    """
+    twistd's SIGTERM handler logs from the main thread, possibly while that
+    thread is inside the writer: the line is written at once (waiting for
+    the writer's own lock would hang the daemon), and nothing is lost.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailmcp._logging import TurnBatchedWriter
+
+    reactor = MemoryReactorClock()
+
+    class InterruptedFile(CountingFile):
+        """The first write is 'interrupted' by a handler that logs a line."""
+
+        def write(self, text: str) -> int:
+            if self.writes == 0:
+                self.writes += 1
+                batched.write("signal line\n")
+                return io.StringIO.write(self, text)
+            return super().write(text)
+
+    out = InterruptedFile()
+    batched = TurnBatchedWriter(out, reactor, in_reactor_thread=lambda: True)
+    batched.write("first\n")
+    batched.write("second\n")
+    reactor.advance(0)
+    assert sorted(out.getvalue().splitlines()) == ["first", "second", "signal line"]
+    batched.write("third\n")
+    reactor.advance(0)
+    assert out.getvalue().splitlines()[-1] == "third"
