@@ -589,45 +589,53 @@ class GrantService:
         return await self._with_account(successor, gid, raw_key)
 
     async def _with_account(self, tokens: TokenSet, gid: str, key: bytes | str) -> TokenSet:
+        """C{tokens} with the grant's mailbox, for the audit line; issued either way."""
+        email = await self._account_of(gid, key)
+        return tokens if email is None else attrs.evolve(tokens, account=email)
+
+    async def _account_of(self, gid: str, key: Any) -> str | None:
         """
-        C{tokens} with the grant's mailbox, for the audit line (one read of
-        the grant row); without it when the row cannot be read or opened:
-        the tokens are issued either way.
+        The grant's mailbox, for an audit line (one read of the grant row);
+        None when the row cannot be read or opened.
         """
         try:
             record = await self.store.get_grant(gid)
             if record is None:
-                return tokens
+                return None
             raw_key = _b64d(key) if isinstance(key, str) else key
-            email = open_credentials(raw_key, gid, record.sealed).email
+            return open_credentials(raw_key, gid, record.sealed).email
         except Exception as e:
             log.warn(
                 "grant {grant}: account not known for the audit: {kind}",
                 grant=gid,
                 kind=type(e).__name__,
             )
-            return tokens
-        return attrs.evolve(tokens, account=email)
+            return None
 
-    async def revoke(self, client: Client, token: str | None) -> None:
+    async def revoke(self, client: Client, token: str | None) -> str | None:
         """
         RFC 7009: revoke the grant behind a refresh or access token of
         C{client}.  Unknown tokens and other clients' tokens are ignored.
+
+        :return: the revoked grant's mailbox, for the audit line (None when
+            nothing was revoked or the row could not be opened).
         """
         if not token:
-            return
+            return None
         cref = client_ref(client.client_id)
         for kind in ("refresh", "access"):
             try:
                 claims = self._codec.open(kind, token)
             except InvalidToken:
                 continue
-            if hmac.compare_digest(str(claims.get("cl", "")), cref) and isinstance(
-                claims.get("gid"), str
-            ):
-                await self.store.revoke_grant(claims["gid"])
-                log.info("grant {grant} revoked by its client", grant=claims["gid"])
-            return
+            gid = claims.get("gid")
+            if hmac.compare_digest(str(claims.get("cl", "")), cref) and isinstance(gid, str):
+                account = await self._account_of(gid, claims.get("k"))
+                await self.store.revoke_grant(gid)
+                log.info("grant {grant} revoked by its client", grant=gid)
+                return account
+            return None
+        return None
 
     async def account_for(self, access_token: str) -> MailAccount:
         """

@@ -205,7 +205,7 @@ class TokenRoom:
         async def handle(exchange: _Exchange) -> dict[str, Any]:
             form = read_form(request)
             exchange.client = await self._authenticate_client(request, form)
-            await self._parts.grants.revoke(exchange.client, form.get("token"))
+            exchange.account = await self._parts.grants.revoke(exchange.client, form.get("token"))
             return {}
 
         return await self._answer(

@@ -188,6 +188,28 @@ def test_oauth_and_account_page_events_through_http(tmp_path: Path) -> None:
         assert secret not in text
 
 
+def test_revocation_through_the_endpoint_names_the_account(tmp_path: Path) -> None:
+    """
+    ``/oauth/revoke`` (RFC 7009) with the client's refresh token: one
+    ``revoke`` entry naming the client and the revoked grant's mailbox; an
+    unknown token is still 200, its entry names no account; no token or
+    secret is in any entry.
+    """
+    server = make_server(tmp_path)
+    sink = MemoryAuditLog()
+    server.app.audit = Audit(sink, server.clock)
+    tokens = server.tokens()
+    auth = {"client_id": server.client_id, "client_secret": server.client_secret}
+    assert server.token({"token": "not-a-token", **auth}, path="/oauth/revoke")[0].code == 200
+    assert server.token({"token": tokens["refresh_token"], **auth}, path="/oauth/revoke")[0].code == 200
+    revokes = [e for e in sink.entries if e["event"] == "revoke"]
+    assert [(e["outcome"], e["account"]) for e in revokes] == [("ok", None), ("ok", "alice@example.test")]
+    assert {e["client"]["id"] for e in revokes} == {client_ref(server.client_id)[:12]}
+    text = json.dumps(sink.entries)
+    for secret in (tokens["access_token"], tokens["refresh_token"], server.client_secret, "alice-pw"):
+        assert secret not in text
+
+
 def test_a_call_refused_for_a_missing_scope_is_an_error_line() -> None:
     """A read-only token calling a sending tool: 403 (step-up), and one 'error' entry for it."""
     import attrs
