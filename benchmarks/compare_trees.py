@@ -93,7 +93,8 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
             for _ in range(200):
                 await listing(client, folder)
         if concurrency:
-            await _loaded(sides, [ours, other], bench, folder, blocks, concurrency, seconds)
+            await _loaded(sides, [ours, other], bench, folder, blocks, concurrency, seconds,
+                          ", Redis store" if redis else "")
             return
         results: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name, *_ in sides}
         per_block: dict[str, list[float]] = {name: [] for name, *_ in sides}
@@ -126,7 +127,7 @@ async def compare(other_tree: Path, folder: str, fresh: bool, blocks: int, calls
 
 
 async def _loaded(sides: list[Any], daemons: list[_procs.Daemon], bench: Bench, folder: str,
-                  blocks: int, concurrency: int, seconds: float) -> None:
+                  blocks: int, concurrency: int, seconds: float, store: str = "") -> None:
     """`compare` with C{concurrency} calls in flight: calls/s and CPU per call, block by block."""
     tokens = [bench.tokens[bench.tp_user(i)] for i in range(_run.THROUGHPUT_ACCOUNTS)]
     clients = {name: [McpClient(daemon.base_url, tokens[i % len(tokens)]) for i in range(concurrency)]
@@ -139,7 +140,7 @@ async def _loaded(sides: list[Any], daemons: list[_procs.Daemon], bench: Bench, 
             before = cpu_seconds(pid) or 0.0
             r = await closed_loop(clients[name], lambda c: listing(c, folder), seconds, warmup=False)
             done[name].append((len(r["latencies"]), r["seconds"], (cpu_seconds(pid) or 0.0) - before))
-    print(f"list_mail_messages(per_page=20), page 1 of {folder}, {concurrency} calls in flight over "
+    print(f"list_mail_messages(per_page=20), page 1 of {folder}{store}, {concurrency} calls in flight over "
           f"{_run.THROUGHPUT_ACCOUNTS} accounts, {blocks} blocks of {seconds:g} s (ABBA):")
     for name, rows in done.items():
         calls = sum(n for n, _, _ in rows)
