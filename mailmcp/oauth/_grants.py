@@ -645,8 +645,8 @@ class GrantService:
         ``/mcp`` call; so a bounded cache remembers what a token opened to.
         The grant row is still read every time, together with the client's
         deny-list entry (`IGrantStore.get_allowed_grant`: one round trip),
-        so revocation stays immediate (and a changed row is never served
-        from the cache).
+        so revocation and a deny-listed client reach every process at its
+        next request (and a changed row is never served from the cache).
 
         :raises InvalidToken: for anything else.
         """
@@ -704,19 +704,6 @@ class GrantService:
 
         return renew
 
-    async def _still_allowed(self, record: GrantRecord) -> None:
-        """
-        Refuse a grant whose client has been deny-listed, and note the use.
-        This is the first request of a token; later ones read the grant row
-        and the deny-list together (`IGrantStore.get_allowed_grant`), so a
-        revocation reaches every process at its next request either way.
-
-        :raises InvalidToken: for a deny-listed client.
-        """
-        if await self.store.client_denied(record.client_ref):
-            raise InvalidToken()
-        await self._note_use(record)
-
     async def _note_use(self, record: GrantRecord) -> None:
         """Write the grant's last-used time, at most once a `TOUCH_INTERVAL`."""
         now = self._now()
@@ -769,11 +756,11 @@ class GrantService:
         raw_key = _b64d(key)
         if len(raw_key) != 32:
             raise InvalidToken()
-        record = await self.store.get_grant(gid)
-        if record is None or not hmac.compare_digest(record.client_ref, str(claims.get("cl", ""))):
+        record = await self.store.get_allowed_grant(gid, str(claims.get("cl", "")))
+        if record is None:
             raise InvalidToken()
         creds = open_credentials(raw_key, gid, record.sealed)
-        await self._still_allowed(record)
+        await self._note_use(record)
         await self._fill_account(record, creds.imap, creds.imap_username)
         account = MailAccount(
             owner=gid,

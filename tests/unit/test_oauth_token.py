@@ -492,14 +492,17 @@ def test_verifier_cache_keeps_revocation_immediate(server) -> None:
 
 
 def test_verifier_cache_refuses_a_client_denied_meanwhile(server) -> None:
-    """A cached access token dies the moment its client is deny-listed, even while its grant row stays."""
+    """A cached access token, and one never used, die the moment their client is deny-listed, grant rows kept."""
     tokens = server.tokens()
+    unused = server.tokens()
     assert server.account(tokens["access_token"]).imap_password == "alice-pw"
-    (record,) = server.store.grants.values()
+    refs = {record.client_ref for record in server.store.grants.values()}
+    assert len(refs) == 1 and len(server.store.grants) == 2
     # As another process's deny_client would look between its two writes.
-    server.store.denied_clients.add(record.client_ref)
-    assert record.grant_id in server.store.grants
+    server.store.denied_clients.update(refs)
     assert is_dead(server, tokens["access_token"])
+    assert is_dead(server, unused["access_token"])
+    assert len(server.store.grants) == 2
 
 
 def test_store_failure_is_503_not_a_traceback(server) -> None:
