@@ -30,6 +30,14 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     out.append(("warm", f"p50 {_fmt(w.get('p50_ms'))} ms, p99 {_fmt(w.get('p99_ms'))} ms, "
                         f"daemon CPU {_fmt(w.get('daemon_cpu_ms_per_call'))} ms/call",
                 f"warm_p50/floor_p50 = {_fmt(w.get('warm_p50/floor_p50'))}" if "error" not in w else w["error"]))
+    wf = report.get("web_floor") or {}
+    if wf:
+        loaded = wf.get("loaded") or {}
+        out.append(("web floor", f"p50 {_fmt(wf.get('p50_ms'))} ms, server CPU {_fmt(wf.get('server_cpu_ms_per_call'))}"
+                                 f" ms/call ({_fmt(loaded.get('server_cpu_ms_per_call'))} with"
+                                 f" {_fmt(loaded.get('concurrency'))} in flight)",
+                    f"warm beyond both floors: {_fmt(w.get('beyond_floors_p50_ms'))} ms; warm_p50/(floor_p50"
+                    f"+web_floor_p50) = {_fmt(w.get('warm_p50/(floor_p50+web_floor_p50)'))}"))
     fs = w.get("first_sight") or {}
     out.append(("warm first sight", f"p50 {_fmt(fs.get('p50_ms'))} ms, p99 {_fmt(fs.get('p99_ms'))} ms, "
                                     f"daemon CPU {_fmt(fs.get('daemon_cpu_ms_per_call'))} ms/call",

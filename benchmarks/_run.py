@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import json
 import os
 import platform
 import shutil
@@ -25,8 +26,9 @@ import attrs
 
 from benchmarks import _imap, _seed
 from benchmarks._clients import McpClient, ToolCallFailed, count_messages, login_many
-from benchmarks._http import HTTPError, client_overhead
+from benchmarks._http import Connection, HTTPError, client_overhead
 from benchmarks._procs import Daemon, Peer, cpu_seconds, ensure_peer, generate_client, proc_status
+from benchmarks._webfloor import WebFloor
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -266,6 +268,7 @@ class Bench:
         }
         self.services: Any = None
         self.daemon: Daemon | None = None
+        self.web_floor_server: WebFloor | None = None
         self.cold_daemon: Daemon | None = None
         self.tokens: dict[str, str] = {}
         self.ctx = None
@@ -397,6 +400,14 @@ class Bench:
                                     "folder_messages": s.small, **latency_summary(floor_only)}
             await bare.logout()
             raise
+        web = await self._start_web_floor(client)
+        web_client = Connection(web.base_url)
+        web_call = functools.partial(web_client.request, "POST", client.path, client.headers,
+                                     self._web_floor_request)
+        for _ in range(warmup):
+            await web_call()
+        web_floor: list[float] = []
+        web_cpu = 0.0
         floor: list[float] = []
         sequential: list[float] = []
         warm: list[float] = []
@@ -412,6 +423,12 @@ class Bench:
         fresh_cpu = 0.0
         for _ in range(s.blocks):
             floor += await _imap.timed_warm_calls(bare, s.floor_iterations // s.blocks)
+            web0 = cpu_seconds(web.pid)
+            for _ in range(s.floor_iterations // s.blocks):
+                web_floor.append(await timed(web_call))
+            web1 = cpu_seconds(web.pid)
+            if web0 is not None and web1 is not None:
+                web_cpu += web1 - web0
             sequential += await _imap.timed_warm_calls(bare, s.floor_iterations // s.blocks,
                                                        pipelined=False)
             cpu0 = cpu_seconds(self.daemon.pid)
@@ -428,6 +445,20 @@ class Bench:
                 fresh_cpu += cpu2 - cpu1
         commands = _imap.warm_list_commands(bare.exists)
         await bare.logout()
+        web_client.close()
+        try:
+            loaded = await self._loaded_web_floor(web)
+        finally:
+            web.stop()
+        self.report["web_floor"] = {
+            "what": "bare twisted.web Site (this Twisted, the default reactor; no access log, no"
+                    " authentication, MCP or IMAP) answering the warm call's exact request with a JSON"
+                    " body of the warm response's size, measured in the same blocks as floor and warm",
+            "response_bytes": web.response_bytes,
+            **latency_summary(web_floor),
+            "server_cpu_ms_per_call": round(web_cpu / len(web_floor) * 1000, 3) if web_floor else None,
+            "loaded": loaded,
+        }
         self.report["floor"] = {
             "what": "bare asyncio IMAP client, logged in, folder open, the IMAP commands of a warm listing"
                     " in one write (pipelined, as mailmcp sends them)",
@@ -444,6 +475,12 @@ class Bench:
             **latency_summary(warm),
             "warm_p50/floor_p50": ratio(pct(warm, 0.5), pct(floor, 0.5)),
             "warm_p50/sequential_floor_p50": ratio(pct(warm, 0.5), pct(sequential, 0.5)),
+            "warm_p50/(floor_p50+web_floor_p50)": ratio(pct(warm, 0.5),
+                                                         pct(floor, 0.5) + pct(web_floor, 0.5)),
+            "beyond_floors_p50_ms": ms(pct(warm, 0.5) - pct(floor, 0.5) - pct(web_floor, 0.5)),
+            "beyond_floors_note": "warm p50 minus the IMAP floor's and the web floor's: what mailmcp adds"
+                                  " (authentication, MCP, the pooled session, parsing, summaries, JSON,"
+                                  " the access log)",
             "daemon_cpu_ms_per_call": round(daemon_cpu / len(warm) * 1000, 3) if warm else None,
             "first_sight": {
                 "what": "the same call on pages 2, 3, ... (each listed once in the run): lines the"
@@ -454,6 +491,40 @@ class Bench:
             },
         }
         self._warm_client = client
+
+    async def _start_web_floor(self, client: McpClient) -> WebFloor:
+        """The web floor's server, answering with as many bytes as the daemon's warm response."""
+        from tests.harness import free_port
+
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": LIST_TOOL, "arguments": {"folder": "INBOX", "page": 1, "per_page": 20}}}
+        self._web_floor_request = json.dumps(message).encode()
+        status, _, body = await client.conn.request("POST", client.path, client.headers,
+                                                    self._web_floor_request)
+        if status != 200:
+            raise ToolCallFailed(f"HTTP {status} for the web floor's sample request")
+        self._web_floor_headers = dict(client.headers)
+        self.web_floor_server = WebFloor(self.workdir, free_port(), len(body))
+        return self.web_floor_server
+
+    async def _loaded_web_floor(self, web: WebFloor, concurrency: int = 32) -> dict[str, Any]:
+        """The web floor with C{concurrency} requests in flight: calls/s and server CPU per call."""
+        clients = [Connection(web.base_url) for _ in range(concurrency)]
+        cpu0 = cpu_seconds(web.pid)
+        r = await closed_loop(clients, lambda c: c.request("POST", "/mcp", self._web_floor_headers,
+                                                           self._web_floor_request),
+                              self.sizes.throughput_seconds)
+        cpu1 = cpu_seconds(web.pid)
+        for c in clients:
+            c.close()
+        n = len(r["latencies"])
+        return {
+            "concurrency": concurrency,
+            "calls_per_s": round(n / r["seconds"], 1),
+            "server_cpu_ms_per_call": round((cpu1 - cpu0) / n * 1000, 3)
+            if n and cpu0 is not None and cpu1 is not None else None,
+            "failures": len(r["failures"]),
+        }
 
     async def large_folder(self) -> None:
         s = self.sizes
@@ -953,6 +1024,8 @@ class Bench:
                 "failures": len(r["failures"]),
                 "daemon_cpu_share": round((cpu1 - cpu0) / r["seconds"], 2)
                 if cpu0 is not None and cpu1 is not None else None,
+                "daemon_cpu_ms_per_call": round((cpu1 - cpu0) / len(lat) * 1000, 3)
+                if lat and cpu0 is not None and cpu1 is not None else None,
                 "bench_client_cpu_share": round((pcpu1 - pcpu0) / r["seconds"], 2),
             })
             log(f"throughput c={c}: {levels[-1]['calls_per_s']} calls/s")
@@ -1204,6 +1277,8 @@ class Bench:
         self.report["setup"]["http_client_overhead"] = await client_overhead(self.daemon.base_url)
 
     def stop(self) -> None:
+        if self.web_floor_server is not None:
+            self.web_floor_server.stop()
         for d in (self.cold_daemon, self.daemon):
             if d is not None:
                 if d is self.daemon:

@@ -62,7 +62,9 @@ def test_no_errors(report: dict[str, Any]) -> None:
     "item, keys",
     [
         ("floor", ["p50_ms", "p99_ms"]),
-        ("warm", ["p50_ms", "p99_ms", "warm_p50/floor_p50", "daemon_cpu_ms_per_call"]),
+        ("warm", ["p50_ms", "p99_ms", "warm_p50/floor_p50", "daemon_cpu_ms_per_call",
+                  "warm_p50/(floor_p50+web_floor_p50)", "beyond_floors_p50_ms"]),
+        ("web_floor", ["p50_ms", "p99_ms", "server_cpu_ms_per_call", "response_bytes"]),
         ("cold", ["p50_ms", "p99_ms", "cold_p50/warm_p50"]),
         ("large_folder", ["small_p50_ms", "large_p50_ms", "large_p50/small_p50"]),
         ("throughput", ["calls_per_s", "ceiling_calls_per_s", "ceiling_ratio"]),
@@ -75,6 +77,21 @@ def test_item_has_numbers(report: dict[str, Any], item: str, keys: list[str]) ->
     assert "error" not in section, section["error"]
     for key in keys:
         assert _number(section.get(key)), (item, key, section.get(key))
+
+
+def test_web_floor(report: dict[str, Any]) -> None:
+    """The bare twisted.web floor: alone and loaded, and the warm call split into both floors and the rest."""
+    web, warm, floor = report["web_floor"], report["warm"], report["floor"]
+    loaded = web["loaded"]
+    assert loaded["failures"] == 0
+    for key in ("concurrency", "calls_per_s", "server_cpu_ms_per_call"):
+        assert _number(loaded.get(key)), (key, loaded)
+    # The warm response is a page of 20 summaries: kilobytes, as the web floor answers.
+    assert web["response_bytes"] > 2000
+    expected = warm["p50_ms"] - floor["p50_ms"] - web["p50_ms"]
+    assert abs(warm["beyond_floors_p50_ms"] - expected) < 0.01, (warm, floor, web)
+    level = report["throughput"]["levels"][0]
+    assert _number(level.get("daemon_cpu_ms_per_call")), level
 
 
 def test_conversations(report: dict[str, Any]) -> None:
