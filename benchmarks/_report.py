@@ -26,7 +26,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     lf = report.get("large_folder", {})
     t = report.get("throughput", {})
     p = report.get("peer", {})
-    out.append(("floor", f"p50 {_fmt(f.get('p50_ms'))} ms, p99 {_fmt(f.get('p99_ms'))} ms", f.get("error", "")))
+    out.append(("floor", f"p50 {_fmt(f.get('p50_ms'))} ms, p99 {_fmt(f.get('p99_ms'))} ms, client CPU "
+                         f"{_fmt(f.get('client_cpu_ms_per_call'))} ms/call", f.get("error", "")))
     out.append(("warm", f"p50 {_fmt(w.get('p50_ms'))} ms, p99 {_fmt(w.get('p99_ms'))} ms, "
                         f"daemon CPU {_fmt(w.get('daemon_cpu_ms_per_call'))} ms/call",
                 f"warm_p50/floor_p50 = {_fmt(w.get('warm_p50/floor_p50'))}" if "error" not in w else w["error"]))

@@ -61,7 +61,7 @@ def test_no_errors(report: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "item, keys",
     [
-        ("floor", ["p50_ms", "p99_ms"]),
+        ("floor", ["p50_ms", "p99_ms", "client_cpu_ms_per_call"]),
         ("warm", ["p50_ms", "p99_ms", "warm_p50/floor_p50", "daemon_cpu_ms_per_call",
                   "warm_p50/(floor_p50+web_floor_p50)", "beyond_floors_p50_ms"]),
         ("web_floor", ["p50_ms", "p99_ms", "server_cpu_ms_per_call", "response_bytes"]),
