@@ -510,6 +510,7 @@ class Bench:
         if status != 200:
             raise ToolCallFailed(f"HTTP {status} for the web floor's sample request")
         self._web_floor_headers = dict(client.headers)
+        self._web_floor_path = client.path
         self.web_floor_server = WebFloor(self.workdir, free_port(), len(body))
         return self.web_floor_server
 
@@ -517,7 +518,7 @@ class Bench:
         """The web floor with C{concurrency} requests in flight: calls/s and server CPU per call."""
         clients = [Connection(web.base_url) for _ in range(concurrency)]
         cpu0 = cpu_seconds(web.pid)
-        r = await closed_loop(clients, lambda c: c.request("POST", "/mcp", self._web_floor_headers,
+        r = await closed_loop(clients, lambda c: c.request("POST", self._web_floor_path, self._web_floor_headers,
                                                            self._web_floor_request),
                               self.sizes.throughput_seconds)
         cpu1 = cpu_seconds(web.pid)

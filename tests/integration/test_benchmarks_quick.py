@@ -94,6 +94,40 @@ def test_web_floor(report: dict[str, Any]) -> None:
     assert _number(level.get("daemon_cpu_ms_per_call")), level
 
 
+def test_web_floor_answers_the_warm_request_with_the_bytes_it_is_given(tmp_path: Path) -> None:
+    """
+    The web floor's server (a bare twisted.web process) answers a POST of
+    the warm call's shape with a JSON body of exactly the size it was
+    started with, over keep-alive, and GET for its readiness check.
+    """
+    import asyncio
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._http import Connection
+    from benchmarks._webfloor import WebFloor
+    from tests.harness import free_port
+
+    server = WebFloor(tmp_path, free_port(), 12_345)
+    try:
+
+        async def exchange() -> list[tuple[int, dict[str, str], bytes]]:
+            conn = Connection(server.base_url)
+            try:
+                headers = {"Content-Type": "application/json", "Authorization": "Bearer x"}
+                return [await conn.request("POST", "/mcp", headers, b'{"jsonrpc": "2.0"}') for _ in range(3)]
+            finally:
+                conn.close()
+
+        answers = asyncio.run(exchange())
+    finally:
+        server.stop()
+    for status, headers, body in answers:
+        assert status == 200
+        assert headers["content-type"] == "application/json"
+        assert len(body) == 12_345
+        assert json.loads(body)["text"].strip("x") == ""
+
+
 def test_conversations(report: dict[str, Any]) -> None:
     """get_mailbox_changes and get_mail_thread: latencies, their raw IMAP floor and the ratio."""
     section = report["conversations"]
