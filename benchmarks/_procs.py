@@ -67,6 +67,17 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None 
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after C{timeout} seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Daemon:
     """``twistd -n mailmcp`` on a loopback port."""
 
@@ -123,13 +134,7 @@ class Daemon:
         return text
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
         self.output.close()
 
 
@@ -216,11 +221,5 @@ class Peer:
             return ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
         self.output.close()

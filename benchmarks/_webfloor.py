@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks._procs import _env_with_root, wait_http
+from benchmarks._procs import _env_with_root, stop_process, wait_http
 
 
 class WebFloor:
@@ -46,13 +46,7 @@ class WebFloor:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
         self.output.close()
 
 
