@@ -70,10 +70,26 @@ def _port_free(port: int) -> bool:
         return True
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' local ports from."""
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
 def free_port_block(size: int) -> int:
-    """The first of C{size} consecutive free ports (for SeaweedFS's many ports)."""
+    """
+    The first of C{size} consecutive free ports (for SeaweedFS's many
+    ports), outside the kernel's ephemeral range when there is room below
+    it: a free port in that range can become an outgoing connection's local
+    port before the server binds it.
+    """
+    low, high = _ephemeral_ports()
+    start, stop = (10000, low - size) if low - size > 10000 + 100 else (max(high + 1, 10000), 65536 - size)
     for _ in range(200):
-        base = random.randrange(20000, 60000 - size)
+        base = random.randrange(start, stop)
         if all(_port_free(base + i) for i in range(size)):
             return base
     raise RuntimeError("no block of free loopback ports")
@@ -436,10 +452,30 @@ class Services:
                 process.kill()
                 process.wait()
 
+    #: Starts of SeaweedFS tried, each on new ports, before giving up.
+    S3_ATTEMPTS = 3
+
     def start_s3(self) -> None:
-        if not self.s3_started:
-            self._run("start-s3")
+        """
+        Start SeaweedFS, on ports chosen now: it starts when the first test
+        needs it, often minutes after the other services, and ports picked
+        at session start may have been taken since.  A start that fails
+        (services.sh prints SeaweedFS's own last words and cleans up) is
+        tried again on other ports.
+        """
+        if self.s3_started:
+            return
+        for attempt in range(1, self.S3_ATTEMPTS + 1):
+            base = free_port_block(11)
+            self.s3_port, self.s3_port_base = base, base + 1
+            try:
+                self._run("start-s3")
+            except RuntimeError:
+                if attempt == self.S3_ATTEMPTS:
+                    raise
+                continue
             self.s3_started = True
+            return
 
     def stop(self) -> None:
         try:

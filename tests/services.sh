@@ -298,8 +298,14 @@ EOF
 EOF
 }
 
-wait_port() {
-  for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+wait_port() {  # port name [pid: give up as soon as that process has exited]
+  for _ in $(seq 1 400); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+      echo "services.sh: $2 exited before port $1 came up" >&2; return 1
+    fi
+    sleep 0.05
+  done
   echo "services.sh: port $1 ($2) did not come up; see $SVC" >&2; return 1
 }
 
@@ -338,11 +344,23 @@ start_s3() {
       -s3.config="$SVC/s3/s3.json" -admin.ui=false -webdav=false -bucket=attachments \
       >"$SVC/s3/weed.log" 2>&1 &
   echo $! > "$SVC/s3/weed.pid"
-  wait_port "$S3_PORT" seaweedfs
+  if ! wait_port "$S3_PORT" seaweedfs "$(cat "$SVC/s3/weed.pid")"; then
+    # Its own words (a port taken meanwhile, most often), then a clean slate
+    # so that the caller can try again on other ports.
+    tail -n 20 "$SVC/s3/weed.log" >&2 || true
+    stop_s3
+    rm -rf "$SVC/s3/data" "$SVC/s3/logs"
+    mkdir -p "$SVC/s3/data" "$SVC/s3/logs"
+    exit 1
+  fi
+}
+
+stop_s3() {
+  if [ -f "$SVC/s3/weed.pid" ]; then kill -9 "$(cat "$SVC/s3/weed.pid")" 2>/dev/null || true; rm -f "$SVC/s3/weed.pid"; fi
 }
 
 stop() {
-  if [ -f "$SVC/s3/weed.pid" ]; then kill -9 "$(cat "$SVC/s3/weed.pid")" 2>/dev/null || true; rm -f "$SVC/s3/weed.pid"; fi
+  stop_s3
   for pid in redis redis-tls redis-tls-other; do
     if [ -f "$SVC/redis/$pid.pid" ]; then kill "$(cat "$SVC/redis/$pid.pid")" 2>/dev/null || true; fi
   done
