@@ -82,12 +82,13 @@ def _ephemeral_ports() -> tuple[int, int]:
 def free_port_block(size: int) -> int:
     """
     The first of C{size} consecutive free ports (for SeaweedFS's many
-    ports), outside the kernel's ephemeral range when there is room below
-    it: a free port in that range can become an outgoing connection's local
-    port before the server binds it.
+    ports), outside the kernel's ephemeral range when there is room below or
+    above it: a free port in that range can become an outgoing connection's
+    local port before the server binds it.
     """
     low, high = _ephemeral_ports()
-    start, stop = (10000, low - size) if low - size > 10000 + 100 else (max(high + 1, 10000), 65536 - size)
+    spans = [(s, e) for s, e in ((10000, low - size), (max(high + 1, 10000), 65536 - size)) if e - s >= 100]
+    start, stop = spans[0] if spans else (20000, 60000 - size)
     for _ in range(200):
         base = random.randrange(start, stop)
         if all(_port_free(base + i) for i in range(size)):

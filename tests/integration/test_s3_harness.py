@@ -24,12 +24,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_port_blocks_stay_out_of_the_ephemeral_range() -> None:
-    """Every block lies below the kernel's range for outgoing connections' local ports."""
+    """Every block lies outside the kernel's range for outgoing connections' local ports."""
     low, high = harness._ephemeral_ports()
-    assert low - 11 > 10100, "this machine's ephemeral range leaves no room below it"
     for _ in range(50):
         base = harness.free_port_block(11)
-        assert 10000 <= base and base + 11 <= low, (base, low, high)
+        assert base + 11 <= low or base > high, (base, low, high)
 
 
 @pytest.fixture
