@@ -400,10 +400,9 @@ class Bench:
                                     "folder_messages": s.small, **latency_summary(floor_only)}
             await bare.logout()
             raise
-        web = await self._start_web_floor(client)
+        web, post = await self._start_web_floor(client)
         web_client = Connection(web.base_url)
-        web_call = functools.partial(web_client.request, "POST", client.path, client.headers,
-                                     self._web_floor_request)
+        web_call = functools.partial(post, web_client)
         for _ in range(warmup):
             await web_call()
         web_floor: list[float] = []
@@ -450,7 +449,7 @@ class Bench:
         await bare.logout()
         web_client.close()
         try:
-            loaded = await self._loaded_web_floor(web)
+            loaded = await self._loaded_web_floor(web, post)
         finally:
             web.stop()
         self.report["web_floor"] = {
@@ -498,29 +497,35 @@ class Bench:
         }
         self._warm_client = client
 
-    async def _start_web_floor(self, client: McpClient) -> WebFloor:
-        """The web floor's server, answering with as many bytes as the daemon's warm response."""
+    async def _start_web_floor(
+        self, client: McpClient
+    ) -> tuple[WebFloor, Callable[[Connection], Awaitable[Any]]]:
+        """
+        The web floor's server, answering with as many bytes as the daemon's
+        warm response, and the one request both send: C{post(connection)}
+        sends the warm call's path, headers and body on C{connection}.
+        """
         from tests.harness import free_port
 
         message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                    "params": {"name": LIST_TOOL, "arguments": {"folder": "INBOX", "page": 1, "per_page": 20}}}
-        self._web_floor_request = json.dumps(message).encode()
-        status, _, body = await client.conn.request("POST", client.path, client.headers,
-                                                    self._web_floor_request)
+        path, headers, request = client.path, dict(client.headers), json.dumps(message).encode()
+
+        def post(connection: Connection) -> Awaitable[Any]:
+            return connection.request("POST", path, headers, request)
+
+        status, _, body = await post(client.conn)
         if status != 200:
             raise ToolCallFailed(f"HTTP {status} for the web floor's sample request")
-        self._web_floor_headers = dict(client.headers)
-        self._web_floor_path = client.path
         self.web_floor_server = WebFloor(self.workdir, free_port(), len(body))
-        return self.web_floor_server
+        return self.web_floor_server, post
 
-    async def _loaded_web_floor(self, web: WebFloor, concurrency: int = 32) -> dict[str, Any]:
-        """The web floor with C{concurrency} requests in flight: calls/s and server CPU per call."""
+    async def _loaded_web_floor(self, web: WebFloor, post: Callable[[Connection], Awaitable[Any]],
+                                concurrency: int = 32) -> dict[str, Any]:
+        """The web floor with C{concurrency} C{post}s in flight: calls/s and server CPU per call."""
         clients = [Connection(web.base_url) for _ in range(concurrency)]
         cpu0 = cpu_seconds(web.pid)
-        r = await closed_loop(clients, lambda c: c.request("POST", self._web_floor_path, self._web_floor_headers,
-                                                           self._web_floor_request),
-                              self.sizes.throughput_seconds)
+        r = await closed_loop(clients, post, self.sizes.throughput_seconds)
         cpu1 = cpu_seconds(web.pid)
         for c in clients:
             c.close()
